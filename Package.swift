@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "vmscope",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "vmscope", targets: ["vmscope"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C shim, KVM half: the variadic ioctl and the UAPI structs newer than the 6.1 system headers.
+        .target(name: "CKVM"),
+        // C shim, terminal half: ncursesw's macros and globals Swift cannot import.
+        .target(name: "CNcurses", linkerSettings: [.linkedLibrary("ncursesw")]),
+        // Typed handles over /dev/kvm, VM and vCPU file descriptors.
+        .target(name: "KVM", dependencies: [
+            "CKVM",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // A minimal 32-bit x86 assembler and the built-in guest program written with it.
+        .target(name: "GuestCode"),
+        // The reference VMM: memory model, attribute engines, built-in guest, vCPU threads.
+        .target(name: "VMM", dependencies: [
+            "KVM", "GuestCode",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vmscope", dependencies: [
+            "KVM", "VMM",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

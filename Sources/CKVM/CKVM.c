@@ -1,0 +1,19 @@
+// Functions glibc declares only under _GNU_SOURCE, which Swift's Glibc import does not define.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "CKVM.h"
+
+const char *ckvm_errno_name(int err) {
+    const char *name = strerrorname_np(err);
+    return name ? name : "E?";
+}
+
+int ckvm_memfd_create(const char *name, unsigned int flags) {
+    return memfd_create(name, flags);
+}
+
+int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t len) {
+    return fallocate(fd, mode, offset, len);
+}

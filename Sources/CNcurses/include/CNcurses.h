@@ -1,0 +1,31 @@
+// The terminal half of vmscope's C shim: ncursesw's wide-character API and the
+// macros and globals Swift does not import well, as small inline functions.
+#ifndef VMSCOPE_CNCURSES_H
+#define VMSCOPE_CNCURSES_H
+
+#define _XOPEN_SOURCE_EXTENDED 1
+#define NCURSES_WIDECHAR 1
+#include <ncursesw/curses.h>
+#include <locale.h>
+#include <wchar.h>
+
+static inline WINDOW *cnc_stdscr(void) { return stdscr; }
+static inline int cnc_lines(void) { return LINES; }
+static inline int cnc_cols(void) { return COLS; }
+static inline int cnc_colors(void) { return COLORS; }
+static inline int cnc_color_pairs(void) { return COLOR_PAIRS; }
+static inline attr_t cnc_color_pair(short n) { return (attr_t)COLOR_PAIR(n); }
+static inline attr_t cnc_a_bold(void) { return A_BOLD; }
+static inline attr_t cnc_a_reverse(void) { return A_REVERSE; }
+static inline attr_t cnc_a_underline(void) { return A_UNDERLINE; }
+static inline attr_t cnc_a_dim(void) { return A_DIM; }
+static inline int cnc_key_resize(void) { return KEY_RESIZE; }
+static inline int cnc_err(void) { return ERR; }
+
+/// Writes a NUL-terminated wide string at (y, x) with the given attributes and colour pair.
+static inline int cnc_put(int y, int x, const wchar_t *text, attr_t attrs, short pair) {
+    attr_set(attrs, pair, NULL);
+    return mvaddwstr(y, x, text);
+}
+
+#endif

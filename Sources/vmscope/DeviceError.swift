@@ -1,0 +1,52 @@
+import ArgumentParser
+import KVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The one-line answer when `/dev/kvm` cannot be opened: which device, what went wrong, and how to fix it.
+struct DeviceUnavailable: Error, CustomStringConvertible {
+    let path: String
+    let errno: Int32
+
+    init(_ error: KVMError, path: String) {
+        self.path = path
+        self.errno = error.errno
+    }
+
+    var description: String {
+        let why = "\(KVMError.name(of: errno)) (\(String(cString: strerror(errno))))"
+        switch errno {
+        case ENOENT, ENXIO, ENODEV:
+            return "vmscope: cannot open \(path): \(why); load KVM (modprobe kvm_intel or kvm_amd) or run on a host with KVM"
+        case EACCES, EPERM:
+            return "vmscope: cannot open \(path): \(why); run as root or add yourself to the group that owns it (usually kvm)"
+        default:
+            return "vmscope: cannot open \(path): \(why)"
+        }
+    }
+
+    /// Prints the line to stderr and exits with status 2, as every device-level failure does.
+    func exit() -> Never {
+        var err = StandardError()
+        print(description, to: &err)
+        Glibc.exit(2)
+    }
+
+    /// Opens `path`, or prints the one-line error and exits 2.
+    static func openOrExit(_ path: String) -> KVMSystem {
+        do { return try KVMSystem(path: path) } catch { DeviceUnavailable(error, path: path).exit() }
+    }
+}
+
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        let bytes = Array(string.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress! + done, $0.count - done) }
+            if n <= 0 { if n < 0 && Glibc.errno == EINTR { continue }; return }
+            done += n
+        }
+    }
+}

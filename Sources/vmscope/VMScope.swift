@@ -1,0 +1,10 @@
+import ArgumentParser
+
+/// `vmscope`: a terminal inspector for live KVM virtual machines, and the reference VMM it inspects.
+@main
+struct VMScope: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmscope",
+        abstract: "Inspect live KVM virtual machines: memslots, private/shared attributes, memory faults, vCPUs.",
+        subcommands: [CapsCommand.self])
+}
