@@ -1,0 +1,164 @@
+/// A maximal run of guest pages with one attribute, in bytes.
+public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
+    public var gpa: UInt64
+    public var size: UInt64
+    public var isPrivate: Bool
+
+    public init(gpa: UInt64, size: UInt64, isPrivate: Bool) {
+        self.gpa = gpa
+        self.size = size
+        self.isPrivate = isPrivate
+    }
+
+    public var end: UInt64 { gpa + size }
+    public var description: String {
+        "[0x\(String(gpa, radix: 16)), 0x\(String(end, radix: 16))) \(isPrivate ? "private" : "shared")"
+    }
+}
+
+/// The private/shared attribute of every guest page, kept as the GFNs where the attribute flips.
+///
+/// Adjacent runs with the same attribute are always merged, so the attribute alternates from run to run and
+/// the map needs only the first run's attribute plus one sorted `UInt64` per run boundary: memory is O(runs)
+/// (a million runs over 1 TiB cost 8 MB), a lookup is a binary search, and a change rewrites only the
+/// boundaries inside the changed range.
+public struct AttributeMap: Sendable, Equatable {
+    public static let pageSize: UInt64 = 4096
+
+    /// Number of 4 KiB pages covered (RAM size / 4096).
+    public let pageCount: UInt64
+    /// The attribute of GFN 0.
+    public private(set) var firstIsPrivate: Bool
+    /// Sorted GFNs in `1..<pageCount` where the attribute differs from the page before.
+    public private(set) var flips: [UInt64]
+
+    public init(pageCount: UInt64, initiallyPrivate: Bool) {
+        precondition(pageCount > 0)
+        self.pageCount = pageCount
+        self.firstIsPrivate = initiallyPrivate
+        self.flips = []
+    }
+
+    public var runCount: Int { flips.count + 1 }
+
+    /// Index of the first flip greater than `gfn` (= number of flips at or below it).
+    private func upperIndex(_ gfn: UInt64) -> Int {
+        var lo = 0, hi = flips.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if flips[mid] <= gfn { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// Index of the first flip at or above `gfn`.
+    private func lowerIndex(_ gfn: UInt64) -> Int {
+        var lo = 0, hi = flips.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if flips[mid] < gfn { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    public func isPrivate(gfn: UInt64) -> Bool {
+        precondition(gfn < pageCount, "gfn outside RAM")
+        return firstIsPrivate != (upperIndex(gfn) % 2 == 1)
+    }
+
+    /// The run (in pages) containing `gfn`.
+    public func run(containing gfn: UInt64) -> (start: UInt64, end: UInt64, isPrivate: Bool) {
+        let i = upperIndex(gfn)
+        let start = i == 0 ? 0 : flips[i - 1]
+        let end = i == flips.count ? pageCount : flips[i]
+        return (start, end, firstIsPrivate != (i % 2 == 1))
+    }
+
+    /// The runs overlapping `pages`, clipped to it, in order.
+    public func runs(pages: Range<UInt64>) -> [AttributeRun] {
+        precondition(pages.upperBound <= pageCount)
+        guard !pages.isEmpty else { return [] }
+        var out: [AttributeRun] = []
+        var i = upperIndex(pages.lowerBound)
+        var start = pages.lowerBound
+        while start < pages.upperBound {
+            let end = min(i == flips.count ? pageCount : flips[i], pages.upperBound)
+            out.append(AttributeRun(gpa: start * Self.pageSize, size: (end - start) * Self.pageSize,
+                                    isPrivate: firstIsPrivate != (i % 2 == 1)))
+            start = end
+            i += 1
+        }
+        return out
+    }
+
+    /// Every run, in order.
+    public var allRuns: [AttributeRun] { runs(pages: 0..<pageCount) }
+
+    /// Private and shared page counts inside `pages`, without materialising the runs.
+    public func pageCounts(pages: Range<UInt64>) -> (private: UInt64, shared: UInt64) {
+        var priv: UInt64 = 0
+        var i = upperIndex(pages.lowerBound)
+        var start = pages.lowerBound
+        while start < pages.upperBound {
+            let end = min(i == flips.count ? pageCount : flips[i], pages.upperBound)
+            if firstIsPrivate != (i % 2 == 1) { priv += end - start }
+            start = end
+            i += 1
+        }
+        return (priv, UInt64(pages.count) - priv)
+    }
+
+    /// What `set(pages:private:)` would do: the flips to remove, the ones to put in their place.
+    private func plan(_ pages: Range<UInt64>, _ toPrivate: Bool) -> (lo: Int, hi: Int, new: [UInt64], first: Bool) {
+        let a = pages.lowerBound, b = pages.upperBound
+        let lo = lowerIndex(a)           // flips >= a
+        let hi = upperIndex(b)           // flips <= b are replaced
+        var new: [UInt64] = []
+        var first = firstIsPrivate
+        if a == 0 {
+            first = toPrivate
+        } else if isPrivate(gfn: a - 1) != toPrivate {
+            new.append(a)
+        }
+        if b < pageCount && isPrivate(gfn: b) != toPrivate {
+            new.append(b)
+        }
+        return (lo, hi, new, first)
+    }
+
+    /// The number of runs the map would have after `set(pages:private:)`.
+    public func runCountAfterSetting(pages: Range<UInt64>, private toPrivate: Bool) -> Int {
+        guard !pages.isEmpty else { return runCount }
+        let p = plan(pages, toPrivate)
+        return flips.count - (p.hi - p.lo) + p.new.count + 1
+    }
+
+    /// Sets every page in `pages` to `toPrivate`, merging with equal neighbours.
+    ///
+    /// Returns the page window whose runs may differ from before (from the start of the run that held
+    /// `pages.lowerBound - 1` to the end of the run that holds `pages.upperBound`); outside it nothing changed.
+    @discardableResult
+    public mutating func set(pages: Range<UInt64>, private toPrivate: Bool) -> Range<UInt64> {
+        precondition(pages.upperBound <= pageCount, "range outside RAM")
+        guard !pages.isEmpty else { return pages }
+        let window = affectedWindow(pages)
+        let p = plan(pages, toPrivate)
+        flips.replaceSubrange(p.lo..<p.hi, with: p.new)
+        firstIsPrivate = p.first
+        return window
+    }
+
+    /// The pages whose runs a change of `pages` can touch: the run before it, the range, the run after it.
+    public func affectedWindow(_ pages: Range<UInt64>) -> Range<UInt64> {
+        let start = pages.lowerBound == 0 ? 0 : run(containing: pages.lowerBound - 1).start
+        let end = pages.upperBound >= pageCount ? pageCount : run(containing: pages.upperBound).end
+        return start..<end
+    }
+
+    /// True when every page in `pages` already has attribute `toPrivate`.
+    public func isUniform(pages: Range<UInt64>, private toPrivate: Bool) -> Bool {
+        guard !pages.isEmpty else { return true }
+        let r = run(containing: pages.lowerBound)
+        return r.isPrivate == toPrivate && r.end >= pages.upperBound
+    }
+}
