@@ -26,7 +26,7 @@ let package = Package(
         .target(name: "GuestCode"),
         // The reference VMM: memory model, attribute engines, built-in guest, vCPU threads.
         .target(name: "VMM", dependencies: [
-            "KVM", "GuestCode",
+            "KVM", "GuestCode", "CKVM",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope", dependencies: [

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include "CKVM.h"
 
 const char *ckvm_errno_name(int err) {
@@ -17,3 +18,5 @@ int ckvm_memfd_create(const char *name, unsigned int flags) {
 int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t len) {
     return fallocate(fd, mode, offset, len);
 }
+
+int ckvm_gettid(void) { return (int)gettid(); }

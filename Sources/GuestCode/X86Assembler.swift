@@ -141,6 +141,8 @@ public struct X86Assembler {
     public mutating func pop(_ r: Register) { emit(0x58 + r.rawValue) }
     public mutating func pushad() { emit(0x60) }
     public mutating func popad() { emit(0x61) }
+    /// `wrmsr`: MSR `ecx` = `edx:eax`.
+    public mutating func wrmsr() { emit(0x0F, 0x30) }
     /// `vmcall` (Intel) — hangs under the software KVM here; only for hosts where hypercalls work.
     public mutating func vmcall() { emit(0x0F, 0x01, 0xC1) }
 

@@ -107,6 +107,9 @@ struct ckvm_run_system_event {
     uint64_t data[16];
 };
 
+/// The calling thread's kernel thread id (gettid(2); glibc declares it only under _GNU_SOURCE).
+int ckvm_gettid(void);
+
 /// Offset of the exit union inside struct kvm_run.
 #define CKVM_RUN_EXIT_UNION_OFFSET 32
 

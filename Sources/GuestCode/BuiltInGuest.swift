@@ -1,0 +1,311 @@
+/// Where the built-in guest keeps things in guest-physical memory, and the ports it talks through.
+///
+/// Everything below 1 MiB is the guest's own bookkeeping (always private); working sets start at 1 MiB.
+public enum GuestLayout {
+    public static let gdt: UInt32 = 0x1000
+    public static let idt: UInt32 = 0x2000
+    public static let idtLimit: UInt16 = 256 * 8 - 1
+    /// Per-vCPU parameter blocks (`ParameterBlock`), 128 bytes each.
+    public static let parameterBlocks: UInt32 = 0x4000
+    public static let parameterBlockSize: UInt32 = 0x80
+    /// Stacks grow down from `stackTop(vcpu)`.
+    public static let stacks: UInt32 = 0x10000
+    public static let code: UInt32 = 0x60000
+    /// Per-vCPU bounce buffers (one page each), converted shared and back by the guest's doorbell requests.
+    public static let bounceBuffers: UInt32 = 0x80000
+    public static let workingSets: UInt32 = 0x10_0000
+    public static let maxVCPUs = 64
+
+    public static func parameterBlock(_ vcpu: Int) -> UInt32 { parameterBlocks + UInt32(vcpu) * parameterBlockSize }
+    public static func stackTop(_ vcpu: Int) -> UInt32 { stacks + UInt32(vcpu + 1) * 0x1000 }
+    public static func bounceBuffer(_ vcpu: Int) -> UInt32 { bounceBuffers + UInt32(vcpu) * 0x1000 }
+    public static func workingSet(_ vcpu: Int, pages: Int) -> UInt32 { workingSets + UInt32(vcpu * pages) * 0x1000 }
+    /// The RAM the guest needs for `vcpus` working sets of `pages` pages.
+    public static func ramNeeded(vcpus: Int, pages: Int) -> UInt64 { UInt64(workingSet(vcpus, pages: pages)) }
+}
+
+/// I/O ports of the built-in guest (`out dx, eax`; the value is in EAX).
+public enum GuestPort {
+    /// EAX = GPA of the doorbell descriptor in the parameter block: a conversion request.
+    public static let doorbell: UInt16 = 0x500
+    /// EAX = pass counter, once per pass.
+    public static let heartbeat: UInt16 = 0x510
+    /// EAX = GPA of the first word of a page that read back wrong.
+    public static let integrityError: UInt16 = 0x511
+    /// EAX = 18: the #MC handler ran.
+    public static let mceSeen: UInt16 = 0x512
+    /// EAX = 2: the NMI handler ran.
+    public static let nmiSeen: UInt16 = 0x513
+    /// EAX = GPA of a bounce-buffer word that read back wrong through the shared alias.
+    public static let bounceError: UInt16 = 0x514
+    /// EAX = vector of an unexpected exception; the guest then halts for good.
+    public static let exception: UInt16 = 0x515
+    /// EAX = the status the VMM wrote for a failed doorbell request.
+    public static let doorbellFailed: UInt16 = 0x516
+}
+
+/// Offsets inside a vCPU's parameter block. The VMM fills the configuration; the guest owns the rest.
+public enum ParameterBlock {
+    public static let vcpu: Int32 = 0
+    public static let workingSetBase: Int32 = 4
+    public static let workingSetPages: Int32 = 8
+    public static let bounceBuffer: Int32 = 12
+    /// The shared-alias bit as a mask (0: no alias the guest can reach; steps 2 and 4 are skipped).
+    public static let sharedAlias: Int32 = 16
+    /// Convert the bounce buffer every N passes (0: never).
+    public static let convertEvery: Int32 = 20
+    /// Touch a working-set page through the wrong view every M passes (0: never).
+    public static let wrongViewEvery: Int32 = 24
+    /// The guest's pass counter.
+    public static let pass: Int32 = 28
+    /// Doorbell descriptor: GPA, pages, to-private (1/0), status (written by the VMM: 0 = done).
+    public static let doorbellGPA: Int32 = 32
+    public static let doorbellPages: Int32 = 36
+    public static let doorbellToPrivate: Int32 = 40
+    public static let doorbellStatus: Int32 = 44
+    /// Bytes between the words the guest writes and checks in each page (a divisor of 4096).
+    public static let stride: Int32 = 48
+    public static let convertCountdown: Int32 = 56
+    public static let wrongViewCountdown: Int32 = 60
+    /// Offset of the next page the wrong-view touch reads.
+    public static let wrongViewOffset: Int32 = 64
+}
+
+/// The built-in guest: 32-bit flat protected mode, no paging, one loop per vCPU over its own working set.
+///
+/// Each pass (ESI = parameter block, EBP = pass counter):
+/// 1. writes `gpa XOR pass` to every `stride`-th word of its working set through the private view, reads
+///    them back and reports the first bad word of each page on `GuestPort.integrityError`;
+/// 2. every `convertEvery` passes asks through the doorbell for its bounce buffer to become shared, copies
+///    `bounceBytes` of its working set into it through the shared alias, checks the copy, and asks for it back private;
+/// 3. every `wrongViewEvery` passes reads one working-set page through the shared alias without asking, as a
+///    guest with a conversion bug would, so a demo's fault stream is never silent;
+/// 4. reports its pass counter on `GuestPort.heartbeat`.
+/// The #MC and NMI handlers report on their ports and return; any other exception reports its vector and
+/// halts. Memory operands are register-indirect only (see `kvm-facts.md`).
+public struct BuiltInGuest {
+    /// Bytes copied through the bounce buffer each time.
+    public static let bounceBytes: UInt32 = 256
+    public let code: [UInt8]
+    public let origin: UInt32
+    public let entry: UInt32
+    /// The IDT (256 interrupt gates), to be placed at `GuestLayout.idt`.
+    public let idt: [UInt8]
+
+    public init() throws(X86Assembler.AssemblyError) {
+        typealias P = ParameterBlock
+        var a = X86Assembler(origin: GuestLayout.code)
+        let pageMask: UInt32 = 0xFFFF_F000
+
+        a.label("entry")
+        a.xor(.ebp, .ebp)
+        a.load(.eax, from: .esi, disp: P.convertEvery)
+        a.store(.eax, to: .esi, disp: P.convertCountdown)
+        a.load(.eax, from: .esi, disp: P.wrongViewEvery)
+        a.store(.eax, to: .esi, disp: P.wrongViewCountdown)
+        a.store(imm: 0, to: .esi, disp: P.wrongViewOffset)
+
+        a.label("pass")
+        a.inc(.ebp)
+        a.store(.ebp, to: .esi, disp: P.pass)
+
+        // 1. Working set: write, then read back.
+        a.load(.edi, from: .esi, disp: P.workingSetBase)
+        a.load(.ecx, from: .esi, disp: P.workingSetPages)
+        a.shl(.ecx, 12)
+        a.add(.ecx, .edi)                       // ecx = end of the working set
+        a.load(.ebx, from: .esi, disp: P.stride)
+        a.label("write")
+        a.mov(.eax, .edi)
+        a.xor(.eax, .ebp)
+        a.store(.eax, to: .edi)
+        a.add(.edi, .ebx)
+        a.cmp(.edi, .ecx)
+        a.j(.below, "write")
+
+        a.load(.edi, from: .esi, disp: P.workingSetBase)
+        a.label("check")
+        a.mov(.eax, .edi)
+        a.xor(.eax, .ebp)
+        a.load(.edx, from: .edi)
+        a.cmp(.edx, .eax)
+        a.j(.equal, "check.ok")
+        a.mov(.eax, .edi)
+        a.mov(.edx, UInt32(GuestPort.integrityError))
+        a.outDXEAX()
+        a.and(.edi, pageMask)                   // one report per page: skip to the next page
+        a.add(.edi, 0x1000)
+        a.jmp("check.next")
+        a.label("check.ok")
+        a.add(.edi, .ebx)
+        a.label("check.next")
+        a.cmp(.edi, .ecx)
+        a.j(.below, "check")
+
+        // 2. Bounce buffer through the shared alias, every convertEvery passes.
+        a.load(.eax, from: .esi, disp: P.sharedAlias)
+        a.cmp(.eax, 0)
+        a.j(.equal, "heartbeat")
+        a.load(.eax, from: .esi, disp: P.convertEvery)
+        a.cmp(.eax, 0)
+        a.j(.equal, "wrongview")
+        a.load(.eax, from: .esi, disp: P.convertCountdown)
+        a.dec(.eax)
+        a.store(.eax, to: .esi, disp: P.convertCountdown)
+        a.j(.notEqual, "wrongview")
+        a.load(.eax, from: .esi, disp: P.convertEvery)
+        a.store(.eax, to: .esi, disp: P.convertCountdown)
+
+        a.mov(.eax, 0)                          // to shared
+        a.call("doorbell")
+        a.j(.notEqual, "wrongview")             // refused: reported, skip the copy
+        a.load(.edi, from: .esi, disp: P.bounceBuffer)
+        a.load(.eax, from: .esi, disp: P.sharedAlias)
+        a.or(.edi, .eax)                        // edi = bounce buffer's shared alias
+        a.load(.ecx, from: .esi, disp: P.workingSetBase)   // ecx = source page
+        a.mov(.ebx, 0)
+        a.label("copy")
+        a.mov(.eax, .ecx)
+        a.add(.eax, .ebx)
+        a.load(.edx, from: .eax)
+        a.mov(.eax, .edi)
+        a.add(.eax, .ebx)
+        a.store(.edx, to: .eax)
+        a.add(.ebx, 4)
+        a.cmp(.ebx, BuiltInGuest.bounceBytes)
+        a.j(.below, "copy")
+        a.mov(.ebx, 0)
+        a.label("verify")
+        a.mov(.eax, .ecx)
+        a.add(.eax, .ebx)
+        a.load(.edx, from: .eax)
+        a.mov(.eax, .edi)
+        a.add(.eax, .ebx)
+        a.load(.eax, from: .eax)
+        a.cmp(.eax, .edx)
+        a.j(.equal, "verify.ok")
+        a.mov(.eax, .edi)
+        a.add(.eax, .ebx)
+        a.mov(.edx, UInt32(GuestPort.bounceError))
+        a.outDXEAX()
+        a.jmp("verify.done")
+        a.label("verify.ok")
+        a.add(.ebx, 4)
+        a.cmp(.ebx, BuiltInGuest.bounceBytes)
+        a.j(.below, "verify")
+        a.label("verify.done")
+        a.mov(.eax, 1)                          // back to private
+        a.call("doorbell")
+
+        // 3. Wrong-view touch, every wrongViewEvery passes.
+        a.label("wrongview")
+        a.load(.eax, from: .esi, disp: P.wrongViewEvery)
+        a.cmp(.eax, 0)
+        a.j(.equal, "heartbeat")
+        a.load(.eax, from: .esi, disp: P.wrongViewCountdown)
+        a.dec(.eax)
+        a.store(.eax, to: .esi, disp: P.wrongViewCountdown)
+        a.j(.notEqual, "heartbeat")
+        a.load(.eax, from: .esi, disp: P.wrongViewEvery)
+        a.store(.eax, to: .esi, disp: P.wrongViewCountdown)
+        a.load(.edi, from: .esi, disp: P.wrongViewOffset)
+        a.load(.eax, from: .esi, disp: P.workingSetBase)
+        a.add(.eax, .edi)
+        a.load(.edx, from: .esi, disp: P.sharedAlias)
+        a.or(.eax, .edx)
+        a.load(.eax, from: .eax)                // the wrong-view read; its value is not used
+        a.add(.edi, 0x1000)
+        a.load(.ecx, from: .esi, disp: P.workingSetPages)
+        a.shl(.ecx, 12)
+        a.cmp(.edi, .ecx)
+        a.j(.below, "wrongview.store")
+        a.mov(.edi, 0)
+        a.label("wrongview.store")
+        a.store(.edi, to: .esi, disp: P.wrongViewOffset)
+
+        // 4. Heartbeat.
+        a.label("heartbeat")
+        a.mov(.eax, .ebp)
+        a.mov(.edx, UInt32(GuestPort.heartbeat))
+        a.outDXEAX()
+        a.jmp("pass")
+
+        // doorbell(eax = to-private): converts the bounce buffer; ZF set on success.
+        a.label("doorbell")
+        a.store(.eax, to: .esi, disp: P.doorbellToPrivate)
+        a.load(.eax, from: .esi, disp: P.bounceBuffer)
+        a.store(.eax, to: .esi, disp: P.doorbellGPA)
+        a.store(imm: 1, to: .esi, disp: P.doorbellPages)
+        a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.doorbellStatus)
+        a.mov(.eax, .esi)
+        a.add(.eax, UInt32(P.doorbellGPA))
+        a.mov(.edx, UInt32(GuestPort.doorbell))
+        a.outDXEAX()
+        a.load(.eax, from: .esi, disp: P.doorbellStatus)
+        a.cmp(.eax, 0)
+        a.j(.equal, "doorbell.done")
+        a.mov(.edx, UInt32(GuestPort.doorbellFailed))
+        a.outDXEAX()
+        a.cmp(.eax, 0)                          // ZF clear again for the caller
+        a.label("doorbell.done")
+        a.ret()
+
+        // NMI (vector 2): report and return.
+        a.label("nmi")
+        a.pushad()
+        a.mov(.eax, 2)
+        a.mov(.edx, UInt32(GuestPort.nmiSeen))
+        a.outDXEAX()
+        a.popad()
+        a.iret()
+
+        // #MC (vector 18): report, clear MCG_STATUS.MCIP so the next one is not a shutdown, return.
+        a.label("mc")
+        a.pushad()
+        a.mov(.eax, 18)
+        a.mov(.edx, UInt32(GuestPort.mceSeen))
+        a.outDXEAX()
+        a.mov(.ecx, 0x17A)                      // IA32_MCG_STATUS
+        a.xor(.eax, .eax)
+        a.xor(.edx, .edx)
+        a.wrmsr()
+        a.popad()
+        a.iret()
+
+        // Any other vector: report it and stop.
+        for vector in 0..<33 where vector != 2 && vector != 18 {
+            a.label("exception.\(vector)")
+            a.mov(.eax, UInt32(vector))
+            a.jmp("exception")
+        }
+        a.label("exception")
+        a.mov(.edx, UInt32(GuestPort.exception))
+        a.outDXEAX()
+        a.label("halt")
+        a.hlt()
+        a.jmp("halt")
+
+        code = try a.assemble()
+        origin = GuestLayout.code
+        entry = a.address(of: "entry")!
+
+        var table: [UInt8] = []
+        for vector in 0..<256 {
+            let handler: String
+            switch vector {
+            case 2: handler = "nmi"
+            case 18: handler = "mc"
+            case 0..<32: handler = "exception.\(vector)"
+            default: handler = "exception.32"
+            }
+            let offset = a.address(of: handler)!
+            let low = UInt32(FlatSelectors.code) << 16 | (offset & 0xFFFF)
+            let high = (offset & 0xFFFF_0000) | 0x8E00      // present, DPL 0, 32-bit interrupt gate
+            for word in [low, high] { for i in 0..<4 { table.append(UInt8(truncatingIfNeeded: word >> (8 * UInt32(i)))) } }
+        }
+        idt = table
+    }
+}
+
+/// The flat code selector the GDT gives the guest (entry 1).
+enum FlatSelectors { static let code: UInt16 = 0x08 }

@@ -1,0 +1,53 @@
+/// What the VMM does when the guest touches a page through the wrong view.
+public enum FaultPolicy: String, Sendable, CaseIterable {
+    /// Convert the page implicitly, then complete the access against the new backing.
+    case convert
+    /// Stop the vCPU (`fault-stopped`) until resumed; resuming completes the access as `convert` would.
+    case pause
+    /// Record the fault; the access completes as MMIO to nothing (reads all-ones, writes dropped).
+    case report
+}
+
+/// Knobs of the built-in guest.
+public struct GuestOptions: Sendable, Equatable {
+    /// Pages in each vCPU's working set.
+    public var workingSetPages = 256
+    /// Bytes between checked words (a divisor of 4096). Under the software KVM on this project's machines
+    /// every guest memory access is emulated (about 1.5 million instructions a second), so the default checks
+    /// one word a page.
+    public var stride = 4096
+    /// Bounce-buffer conversions every N passes (0: never).
+    public var convertEvery = 8
+    /// A wrong-view touch every M passes (0: never).
+    public var wrongViewEvery = 64
+
+    public init(workingSetPages: Int = 256, stride: Int = 4096, convertEvery: Int = 8, wrongViewEvery: Int = 64) {
+        self.workingSetPages = workingSetPages
+        self.stride = stride
+        self.convertEvery = convertEvery
+        self.wrongViewEvery = wrongViewEvery
+    }
+}
+
+/// Everything `vmscope vmm` is started with.
+public struct VMMConfiguration: Sendable {
+    public var name = "vmscope"
+    public var vcpus = 2
+    public var ramSize: UInt64 = 256 << 20
+    public var engine = AttributeEngineRequest.auto
+    /// The shared-alias GPA bit; nil picks 31 when RAM fits below 2 GiB, else the first bit above RAM.
+    public var sharedAliasBit: Int?
+    public var faultPolicy = FaultPolicy.convert
+    public var allowMutations = false
+    public var allowFaultInjection = false
+    /// Use at most this many memslots (never more than the kernel's limit).
+    public var memslotLimit: Int?
+    public var faultRingCapacity = 4096
+    public var eventLogCapacity = 4096
+    public var guest = GuestOptions()
+    /// Start the vCPUs running the built-in guest; false leaves RAM empty and the vCPUs unstarted.
+    public var runGuest = true
+    public var devicePath = "/dev/kvm"
+
+    public init() {}
+}

@@ -1,0 +1,344 @@
+import Foundation
+import KVM
+
+/// One memslot as the VMM installed it (`query-memslots`).
+public struct MemslotInfo: Sendable, Equatable {
+    public enum View: String, Sendable { case `private`, shared, plain }
+    public enum Backing: String, Sendable { case guestMemfd = "guest_memfd", memfd, anonymous }
+
+    public var slot: Int
+    public var addressSpace: Int
+    public var gpa: UInt64
+    public var size: UInt64
+    public var flags: MemoryRegionFlags
+    public var view: View
+    public var backing: Backing
+    public var guestMemfdOffset: UInt64?
+    public var userspaceAddress: UInt64
+}
+
+/// What a conversion changed.
+public struct ConversionResult: Sendable, Equatable {
+    /// Runs of the attribute map that differ from before (0: the range already had that attribute).
+    public var runsChanged: Int
+    public var durationNs: UInt64
+    public var memslotsChanged: Bool
+}
+
+/// Memory a VM's RAM lives in: a file (guest_memfd or memfd) and the VMM's mapping of it.
+public final class RAMBacking: Sendable {
+    public let kind: MemslotInfo.Backing
+    public let fd: OwnedFileDescriptor
+    public let mapping: HostMapping
+    /// Kept so the guest_memfd outlives its memslots.
+    let guestMemfd: GuestMemfd?
+    let memoryFile: MemoryFile?
+
+    init(guestMemfd: GuestMemfd) throws(KVMError) {
+        self.kind = .guestMemfd
+        self.fd = guestMemfd.fd
+        self.guestMemfd = guestMemfd
+        self.memoryFile = nil
+        self.mapping = try guestMemfd.map()
+    }
+
+    init(memoryFile: MemoryFile) throws(KVMError) {
+        self.kind = .memfd
+        self.fd = memoryFile.fd
+        self.memoryFile = memoryFile
+        self.guestMemfd = nil
+        self.mapping = try HostMapping.shared(fd: memoryFile.fd.rawValue, size: Int(memoryFile.size))
+    }
+
+    /// Frees `[offset, offset+length)`: later reads see zeros.
+    func discard(offset: UInt64, length: UInt64) throws(KVMError) {
+        if let guestMemfd { try guestMemfd.punchHole(offset: offset, length: length) }
+        else if let memoryFile { try memoryFile.punchHole(offset: offset, length: length) }
+    }
+}
+
+/// A view of a GPA: which RAM page it names and through which view, or not RAM at all.
+public struct GPAClassification: Sendable, Equatable {
+    public var ramOffset: UInt64
+    public var privateView: Bool
+    public var gfn: UInt64 { ramOffset / AttributeMap.pageSize }
+}
+
+/// One installed memslot covering RAM pages `[start, end)`.
+struct SlotEntry: Equatable {
+    var start: UInt64
+    var end: UInt64
+    var slot: UInt16
+    var view: MemslotInfo.View
+}
+
+/// A stretch of RAM pages the engine wants one memslot for.
+public struct Segment: Sendable, Equatable {
+    public var start: UInt64
+    public var end: UInt64
+    public var isPrivate: Bool
+}
+
+/// The VM's RAM: backings, attribute map, revoked pages and the memslots that implement them.
+///
+/// Every method expects the caller to hold `lock` (the VMM takes it around each operation); nothing here
+/// blocks on anything but KVM ioctls.
+public final class GuestMemory: @unchecked Sendable {
+    // @unchecked: all mutable state is guarded by `lock`.
+    public let lock = NSLock()
+    public let vm: VirtualMachine
+    public let ramSize: UInt64
+    public let engine: any AttributeEngine
+    public let privateBacking: RAMBacking
+    public let sharedBacking: RAMBacking
+    /// The most memslots this VMM will use (the kernel's `KVM_CAP_NR_MEMSLOTS`, or less when configured).
+    public let memslotLimit: Int
+
+    public private(set) var attributes: AttributeMap
+    /// Pages whose mapping `revoke` removed (true = revoked), until converted or remapped.
+    public private(set) var revoked: AttributeMap
+    private(set) var slots: [SlotEntry] = []
+    private var freeSlots: [UInt16]
+    /// RAM pages at which a memslot always ends (the guest's own code and tables live below the first one, so
+    /// conversions elsewhere never take the memslot it executes from away, not even for a moment).
+    public let pinnedBoundaries: [UInt64]
+    /// Bumped on every memslot change (`MEMSLOTS_CHANGED.generation`).
+    public private(set) var generation: UInt64 = 0
+
+    public var pageCount: UInt64 { attributes.pageCount }
+
+    init(vm: VirtualMachine, ramSize: UInt64, engine: any AttributeEngine, privateBacking: RAMBacking,
+         sharedBacking: RAMBacking, memslotLimit: Int, pinnedBoundaries: [UInt64] = []) throws(VMMError) {
+        self.pinnedBoundaries = pinnedBoundaries.filter { $0 > 0 && $0 < ramSize / AttributeMap.pageSize }.sorted()
+        self.vm = vm
+        self.ramSize = ramSize
+        self.engine = engine
+        self.privateBacking = privateBacking
+        self.sharedBacking = sharedBacking
+        self.memslotLimit = memslotLimit
+        let pages = ramSize / AttributeMap.pageSize
+        attributes = AttributeMap(pageCount: pages, initiallyPrivate: true)
+        revoked = AttributeMap(pageCount: pages, initiallyPrivate: false)
+        freeSlots = (0..<UInt16(min(memslotLimit, Int(UInt16.max)))).reversed()
+        try engine.installInitialAttributes(self)
+        try relayout(window: 0..<pages)
+    }
+
+    // MARK: Queries
+
+    public var memslots: [MemslotInfo] {
+        slots.map { info(for: $0) }
+    }
+
+    public var memslotCount: Int { slots.count }
+
+    func info(for e: SlotEntry) -> MemslotInfo {
+        let region = engine.region(for: Segment(start: e.start, end: e.end, isPrivate: e.view != .shared),
+                                   slot: e.slot, memory: self)
+        let backing: MemslotInfo.Backing
+        switch e.view {
+        case .private: backing = region.flags.contains(.guestMemfd) ? .guestMemfd : privateBacking.kind
+        case .shared: backing = sharedBacking.kind
+        case .plain: backing = region.flags.contains(.guestMemfd) ? .guestMemfd : sharedBacking.kind
+        }
+        return MemslotInfo(slot: Int(e.slot), addressSpace: 0, gpa: region.guestPhysicalAddress, size: region.size,
+                           flags: region.flags, view: e.view, backing: backing,
+                           guestMemfdOffset: region.flags.contains(.guestMemfd) ? region.guestMemfdOffset : nil,
+                           userspaceAddress: region.userspaceAddress)
+    }
+
+    /// The memslot covering RAM page `gfn`, if one does.
+    func slot(containing gfn: UInt64) -> SlotEntry? {
+        var lo = 0, hi = slots.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if slots[mid].end <= gfn { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < slots.count && slots[lo].start <= gfn ? slots[lo] : nil
+    }
+
+    /// Which RAM page and view a guest-physical address names, or nil when it is not RAM.
+    public func classify(_ gpa: UInt64) -> GPAClassification? {
+        engine.classify(gpa, ramSize: ramSize)
+    }
+
+    /// Validates a byte range: page-aligned, non-empty, inside RAM.
+    func pages(gpa: UInt64, size: UInt64) throws(VMMError) -> Range<UInt64> {
+        let page = AttributeMap.pageSize
+        guard size > 0 else { throw VMMError(.invalidRange, "size is 0") }
+        guard gpa % page == 0, size % page == 0 else {
+            throw VMMError(.invalidRange, "gpa \(hex(gpa)) size \(hex(size)) is not 4 KiB aligned")
+        }
+        let (end, overflow) = gpa.addingReportingOverflow(size)
+        guard !overflow, end <= ramSize else {
+            throw VMMError(.invalidRange, "[\(hex(gpa)), \(overflow ? "overflow" : hex(end))) is outside RAM [0, \(hex(ramSize)))")
+        }
+        return (gpa / page)..<(end / page)
+    }
+
+    // MARK: Conversion
+
+    /// Converts `[gpa, gpa+size)` to private or shared; all or nothing.
+    ///
+    /// `discard` frees the backing of the side given up. A conversion also gives revoked pages their
+    /// mapping back. Refused (nothing changed) when the range is invalid or the layout would need more
+    /// memslots than `memslotLimit`.
+    public func convert(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool) throws(VMMError) -> ConversionResult {
+        let started = monotonicNanoseconds()
+        let range = try pages(gpa: gpa, size: size)
+        let anyRevoked = !revoked.isUniform(pages: range, private: false)
+        if attributes.isUniform(pages: range, private: toPrivate) && !anyRevoked {
+            return ConversionResult(runsChanged: 0, durationNs: monotonicNanoseconds() - started, memslotsChanged: false)
+        }
+        var newAttributes = attributes
+        let attributeWindow = newAttributes.set(pages: range, private: toPrivate)
+        var newRevoked = revoked
+        let revokedWindow = newRevoked.set(pages: range, private: false)
+        let window = min(attributeWindow.lowerBound, revokedWindow.lowerBound)..<max(attributeWindow.upperBound, revokedWindow.upperBound)
+        try checkLimit(window: window, attributes: newAttributes, revoked: newRevoked)
+
+        let runsBefore = attributes.runs(pages: window)
+        try engine.setAttributes(pages: range, toPrivate: toPrivate, memory: self)
+        let oldAttributes = attributes, oldRevoked = revoked
+        attributes = newAttributes
+        revoked = newRevoked
+        do throws(VMMError) {
+            let changed = try relayout(window: window)
+            if discard {
+                let side = toPrivate ? sharedBacking : privateBacking
+                do { try side.discard(offset: gpa, length: size) } catch { throw VMMError.kvm(error) }
+            }
+            let runsAfter = attributes.runs(pages: window)
+            let runsChanged = runsAfter.filter { !runsBefore.contains($0) }.count
+            return ConversionResult(runsChanged: max(runsChanged, 1), durationNs: monotonicNanoseconds() - started,
+                                    memslotsChanged: changed)
+        } catch {
+            // Put the map back as it was; relayout brings the memslots back with it.
+            attributes = oldAttributes
+            revoked = oldRevoked
+            try? engine.setAttributes(pages: range, toPrivate: !toPrivate, memory: self)
+            _ = try? relayout(window: window)
+            throw error
+        }
+    }
+
+    /// Removes the mapping of `[gpa, gpa+size)` so the guest's next access faults (fault injection `revoke`).
+    public func revoke(gpa: UInt64, size: UInt64) throws(VMMError) {
+        let range = try pages(gpa: gpa, size: size)
+        var newRevoked = revoked
+        let window = newRevoked.set(pages: range, private: true)
+        let full = attributes.affectedWindow(range)
+        let w = min(window.lowerBound, full.lowerBound)..<max(window.upperBound, full.upperBound)
+        try checkLimit(window: w, attributes: attributes, revoked: newRevoked)
+        let old = revoked
+        revoked = newRevoked
+        do throws(VMMError) { _ = try relayout(window: w) } catch {
+            revoked = old
+            _ = try? relayout(window: w)
+            throw error
+        }
+    }
+
+    /// Gives revoked page `gfn` its mapping back (attribute unchanged).
+    func remap(gfn: UInt64) throws(VMMError) {
+        guard revoked.isPrivate(gfn: gfn) else { return }
+        let range = gfn..<(gfn + 1)
+        var newRevoked = revoked
+        let window = newRevoked.set(pages: range, private: false)
+        let full = attributes.affectedWindow(range)
+        let w = min(window.lowerBound, full.lowerBound)..<max(window.upperBound, full.upperBound)
+        try checkLimit(window: w, attributes: attributes, revoked: newRevoked)
+        revoked = newRevoked
+        _ = try relayout(window: w)
+    }
+
+    /// Frees the backing of `[gpa, gpa+size)` on whichever side each page currently uses (injection `discard`).
+    public func discardContents(gpa: UInt64, size: UInt64) throws(VMMError) {
+        let range = try pages(gpa: gpa, size: size)
+        for run in attributes.runs(pages: range) {
+            let side = run.isPrivate ? privateBacking : sharedBacking
+            do { try side.discard(offset: run.gpa, length: run.size) } catch { throw VMMError.kvm(error) }
+        }
+    }
+
+    private func checkLimit(window: Range<UInt64>, attributes a: AttributeMap, revoked r: AttributeMap) throws(VMMError) {
+        let extended = extend(window)
+        let removed = slots.filter { $0.end > extended.lowerBound && $0.start < extended.upperBound }.count
+        let added = wantedSegments(window: extended, attributes: a, revoked: r).count
+        let needed = slots.count - removed + added
+        if needed > memslotLimit {
+            throw VMMError(.unsupported, "the new layout needs \(needed) memslots; the limit is \(memslotLimit)"
+                + " (KVM_CAP_NR_MEMSLOTS or --memslot-limit): nothing was changed")
+        }
+    }
+
+    /// `window` grown to the edges of the memslots it touches.
+    private func extend(_ window: Range<UInt64>) -> Range<UInt64> {
+        var lo = window.lowerBound, hi = window.upperBound
+        if let s = slot(containing: lo) { lo = min(lo, s.start) }
+        if hi > 0, let s = slot(containing: hi - 1) { hi = max(hi, s.end) }
+        return lo..<hi
+    }
+
+    /// Replaces the memslots touching `window` with what the engine wants there now. Returns whether any changed.
+    @discardableResult
+    func relayout(window: Range<UInt64>) throws(VMMError) -> Bool {
+        let w = extend(window)
+        let first = slots.firstIndex { $0.end > w.lowerBound } ?? slots.count
+        var last = first
+        while last < slots.count && slots[last].start < w.upperBound { last += 1 }
+        let old = Array(slots[first..<last])
+        let wanted = wantedSegments(window: w, attributes: attributes, revoked: revoked)
+        func shape(_ e: SlotEntry) -> Segment { Segment(start: e.start, end: e.end, isPrivate: e.view != .shared) }
+        let oldShape = old.map(shape)
+        if oldShape == wanted { return false }
+
+        // Only the memslots that differ change: delete first (KVM refuses overlapping slots), then create.
+        let keep = old.filter { wanted.contains(shape($0)) }
+        for e in old where !keep.contains(e) {
+            do { try vm.deleteMemoryRegion(slot: e.slot) } catch { throw VMMError.kvm(error) }
+            freeSlots.append(e.slot)
+        }
+        slots.removeSubrange(first..<last)
+        slots.insert(contentsOf: keep, at: first)
+        var created: [SlotEntry] = []
+        for seg in wanted where !oldShape.contains(seg) {
+            guard let id = freeSlots.popLast() else {
+                throw VMMError(.unsupported, "out of memslots (limit \(memslotLimit))")
+            }
+            let region = engine.region(for: seg, slot: id, memory: self)
+            do { try vm.setUserMemoryRegion(region) } catch {
+                freeSlots.append(id)
+                slots.replaceSubrange(first..<(first + keep.count), with: (keep + created).sorted { $0.start < $1.start })
+                throw VMMError.kvm(error)
+            }
+            created.append(SlotEntry(start: seg.start, end: seg.end, slot: id, view: engine.view(of: seg)))
+        }
+        slots.replaceSubrange(first..<(first + keep.count), with: (keep + created).sorted { $0.start < $1.start })
+        generation += 1
+        return true
+    }
+
+    /// The engine's segments for `window`, cut at the pinned boundaries.
+    func wantedSegments(window: Range<UInt64>, attributes a: AttributeMap, revoked r: AttributeMap) -> [Segment] {
+        let segments = engine.segments(window: window, attributes: a, revoked: r)
+        guard !pinnedBoundaries.isEmpty else { return segments }
+        var out: [Segment] = []
+        for var seg in segments {
+            for b in pinnedBoundaries where b > seg.start && b < seg.end {
+                out.append(Segment(start: seg.start, end: b, isPrivate: seg.isPrivate))
+                seg.start = b
+            }
+            out.append(seg)
+        }
+        return out
+    }
+
+    // MARK: Completing an access the VMM emulates
+
+    /// The host address of RAM offset `offset` in the given view's backing.
+    func hostPointer(ramOffset: UInt64, privateView: Bool) -> UnsafeMutableRawPointer {
+        let backing = privateView ? privateBacking : sharedBacking
+        return backing.mapping.base.advanced(by: Int(ramOffset))
+    }
+}

@@ -1,0 +1,565 @@
+import CKVM
+import Foundation
+import GuestCode
+import KVM
+import Logging
+import Synchronization
+
+/// Fault injection kinds (`inject-fault`), each a real host or KVM operation.
+public enum InjectionKind: String, Sendable, CaseIterable {
+    case mce, nmi, discard, revoke, flip
+}
+
+/// What an injection did (`FAULT_INJECTED` data and `inject-fault`'s return).
+public struct InjectionReport: Sendable, Equatable {
+    public var kind: InjectionKind
+    public var vcpu: Int?
+    public var gpa: UInt64?
+    public var size: UInt64?
+    public var detail: String
+}
+
+/// `query-memory-attributes`.
+public struct AttributeQuery: Sendable, Equatable {
+    public var runs: [AttributeRun]
+    public var privateBytes: UInt64
+    public var sharedBytes: UInt64
+}
+
+/// `vcpu-control` actions.
+public enum VCPUAction: String, Sendable, CaseIterable { case pause, resume, step }
+
+/// The reference VMM: one VM on real KVM running the built-in guest, with the API the control server calls.
+public final class ReferenceVMM: @unchecked Sendable {
+    // @unchecked: the mutable parts are the runners (their own locks), `memory` (its lock) and `policy`.
+    public let configuration: VMMConfiguration
+    public let capabilities: KVMCapabilities
+    public let decision: AttributeEngineDecision
+    public let system: KVMSystem
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public let faults: FaultRing
+    public let events: EventLog
+    public let guest: BuiltInGuest
+    let logger: Logger
+    private(set) var runners: [VCPURunner] = []
+    private let policyState: Mutex<FaultPolicy>
+    /// Whether `KVM_X86_SETUP_MCE` worked, or the errno it failed with.
+    public private(set) var mceSetup: Result<UInt64, KVMError>?
+
+    public var faultPolicy: FaultPolicy { policyState.withLock { $0 } }
+    public var vcpuCount: Int { runners.count }
+    public var engineKind: AttributeEngineKind { memory.engine.kind }
+    public var sharedAlias: UInt64? { memory.engine.sharedAlias }
+
+    public init(_ config: VMMConfiguration, logger: Logger = Logger(label: "vmscope.vmm")) throws(VMMError) {
+        self.configuration = config
+        self.logger = logger
+        guard config.vcpus >= 1 && config.vcpus <= GuestLayout.maxVCPUs else {
+            throw VMMError(.genericError, "--vcpus must be between 1 and \(GuestLayout.maxVCPUs), not \(config.vcpus)")
+        }
+        guard config.ramSize % AttributeMap.pageSize == 0 && config.ramSize > 0 else {
+            throw VMMError(.genericError, "--ram must be a non-zero multiple of 4 KiB, not \(config.ramSize)")
+        }
+        let g = config.guest
+        guard g.stride >= 4 && 4096 % g.stride == 0 && g.workingSetPages >= 1 else {
+            throw VMMError(.genericError, "guest stride must divide 4096 and the working set be at least one page")
+        }
+        if config.runGuest {
+            let needed = GuestLayout.ramNeeded(vcpus: config.vcpus, pages: g.workingSetPages)
+            guard config.ramSize >= needed else {
+                throw VMMError(.genericError, "--ram \(config.ramSize) is too small for \(config.vcpus) vCPUs of the built-in guest: it needs \(needed) bytes")
+            }
+        }
+        do {
+            system = try KVMSystem(path: config.devicePath)
+            capabilities = try KVMCapabilities.probe(system)
+        } catch { throw VMMError.kvm(error) }
+        guard capabilities.userMemory2 else {
+            throw VMMError(.unsupported, "the kernel lacks KVM_CAP_USER_MEMORY2 (Linux 6.8 or later needed)")
+        }
+        do { decision = try AttributeEngineDecision.decide(config.engine, capabilities: capabilities) }
+        catch { throw VMMError(.unsupported, error.description) }
+
+        let engine: any AttributeEngine
+        switch decision.engine {
+        case .kernel:
+            engine = KernelEngine()
+        case .vmm:
+            let bit = config.sharedAliasBit ?? Self.defaultAliasBit(ramSize: config.ramSize)
+            guard bit >= 12 && bit < 52 && (UInt64(1) << UInt64(bit)) >= config.ramSize else {
+                throw VMMError(.genericError, "--shared-alias-bit \(bit) must be at least 12, below 52, and above RAM (2^\(bit) >= \(config.ramSize))")
+            }
+            engine = VMMEnforcedEngine(sharedAliasBit: bit)
+        }
+
+        do {
+            vm = try system.createVM(type: decision.vmType)
+            let privateBacking: RAMBacking
+            let caps = capabilities, chosen = decision
+            if caps.guestMemfd {
+                let offered = chosen.engine == .kernel
+                    ? (caps.perVMType.first { $0.type == chosen.vmType }?.guestMemfdFlags ?? [])
+                    : caps.guestMemfdFlags
+                // The VMM maps guest_memfd to read private memory; INIT_SHARED where offered so it can.
+                let flags = offered.intersection([.mmap, .initShared])
+                privateBacking = try RAMBacking(guestMemfd: try vm.createGuestMemfd(size: config.ramSize, flags: flags))
+            } else if decision.engine == .vmm {
+                privateBacking = try RAMBacking(memoryFile: MemoryFile(name: "\(config.name)-private", size: config.ramSize))
+            } else {
+                throw VMMError(.unsupported, "the kernel engine needs KVM_CAP_GUEST_MEMFD")
+            }
+            let sharedBacking = try RAMBacking(memoryFile: MemoryFile(name: "\(config.name)-shared", size: config.ramSize))
+            let limit = min(capabilities.nrMemslots, config.memslotLimit ?? Int.max)
+            memory = try GuestMemory(vm: vm, ramSize: config.ramSize, engine: engine, privateBacking: privateBacking,
+                                     sharedBacking: sharedBacking, memslotLimit: limit,
+                                     pinnedBoundaries: config.runGuest ? [UInt64(GuestLayout.bounceBuffers) / 4096] : [])
+        } catch let e as VMMError {
+            throw e
+        } catch let e as KVMError {
+            throw VMMError.kvm(e)
+        } catch {
+            throw VMMError(.genericError, "\(error)")
+        }
+        faults = FaultRing(capacity: config.faultRingCapacity)
+        events = EventLog(capacity: config.eventLogCapacity)
+        policyState = Mutex(config.faultPolicy)
+        do { guest = try BuiltInGuest() } catch { throw VMMError(.genericError, "built-in guest: \(error)") }
+
+        if decision.engine == .vmm && capabilities.mapGPARangeHypercall {
+            // Hosts where vmcall works can use KVM_HC_MAP_GPA_RANGE too; the built-in guest uses the doorbell.
+            try? vm.enable(.exitHypercall, args: [1 << Hypercall.mapGPARange])
+        }
+        for i in 0..<config.vcpus {
+            let vcpu: VCPU
+            do { vcpu = try vm.createVCPU(id: i) } catch { throw VMMError.kvm(error) }
+            runners.append(VCPURunner(index: i, vcpu: vcpu, vmm: self))
+        }
+        if config.runGuest { try loadGuest() }
+        logger.info("VM ready", metadata: [
+            "name": "\(config.name)", "vcpus": "\(config.vcpus)", "ram": "\(config.ramSize)",
+            "engine": "\(decision.engine.rawValue)", "reason": "\(decision.reason)",
+            "memslots": "\(memory.memslotCount)", "alias": "\(sharedAlias.map { hex($0) } ?? "none")",
+        ])
+    }
+
+    static func defaultAliasBit(ramSize: UInt64) -> Int {
+        if ramSize <= 1 << 31 { return 31 }
+        var bit = 32
+        while (UInt64(1) << UInt64(bit)) < ramSize { bit += 1 }
+        return bit
+    }
+
+    /// Writes the guest image and parameter blocks into private RAM and sets each vCPU's registers.
+    private func loadGuest() throws(VMMError) {
+        let ram = memory.privateBacking.mapping
+        ram.write(FlatProtectedMode.gdtBytes, at: Int(GuestLayout.gdt))
+        ram.write(guest.idt, at: Int(GuestLayout.idt))
+        ram.write(guest.code, at: Int(guest.origin))
+        let g = configuration.guest
+        let alias = sharedAlias.flatMap { $0 < 1 << 32 ? UInt32($0) : nil } ?? 0
+        let banks = UInt64(min(capabilities.mceBanks, 32))
+        for r in runners {
+            let block = Int(GuestLayout.parameterBlock(r.index))
+            func put(_ field: Int32, _ v: UInt32) { ram.store32(v, at: block + Int(field)) }
+            put(ParameterBlock.vcpu, UInt32(r.index))
+            put(ParameterBlock.workingSetBase, GuestLayout.workingSet(r.index, pages: g.workingSetPages))
+            put(ParameterBlock.workingSetPages, UInt32(g.workingSetPages))
+            put(ParameterBlock.bounceBuffer, GuestLayout.bounceBuffer(r.index))
+            put(ParameterBlock.sharedAlias, alias)
+            put(ParameterBlock.convertEvery, UInt32(g.convertEvery))
+            put(ParameterBlock.wrongViewEvery, UInt32(g.wrongViewEvery))
+            put(ParameterBlock.stride, UInt32(g.stride))
+            do {
+                var sregs = try r.vcpu.specialRegisters()
+                FlatProtectedMode.configure(&sregs, gdtBase: UInt64(GuestLayout.gdt), idtBase: UInt64(GuestLayout.idt),
+                                            idtLimit: GuestLayout.idtLimit, cr4: FlatProtectedMode.cr4MCE)
+                try r.vcpu.setSpecialRegisters(sregs)
+                var regs = FlatProtectedMode.registers(entry: UInt64(guest.entry),
+                                                       stack: UInt64(GuestLayout.stackTop(r.index)))
+                regs.rsi = UInt64(GuestLayout.parameterBlock(r.index))
+                try r.vcpu.setRegisters(regs)
+            } catch { throw VMMError.kvm(error) }
+            if banks > 0 {
+                let cap = ((capabilities.mcgCapSupported ?? 0) & ~0xFF) | banks
+                do { try r.vcpu.setupMCE(mcgCap: cap); mceSetup = .success(cap) } catch { mceSetup = .failure(error) }
+            }
+        }
+    }
+
+    // MARK: Life cycle
+
+    /// Starts one thread per vCPU, running.
+    public func start() {
+        for r in runners { r.start(); r.requestResume() }
+    }
+
+    /// Stops and joins every vCPU thread.
+    public func stop() {
+        for r in runners { r.stopAndJoin() }
+        logger.info("vCPU threads joined")
+    }
+
+    // MARK: Permission
+
+    private func requireMutations(_ what: String) throws(VMMError) {
+        guard configuration.allowMutations else {
+            throw VMMError(.permissionDenied, "\(what) needs the VMM started with --allow-mutations")
+        }
+    }
+
+    // MARK: Memory API
+
+    public func queryMemoryAttributes(gpa: UInt64? = nil, size: UInt64? = nil) throws(VMMError) -> AttributeQuery {
+        memory.lock.lock(); defer { memory.lock.unlock() }
+        let range = try memory.pages(gpa: gpa ?? 0, size: size ?? memory.ramSize - (gpa ?? 0))
+        let counts = memory.attributes.pageCounts(pages: range)
+        return AttributeQuery(runs: memory.attributes.runs(pages: range), privateBytes: counts.private * 4096,
+                              sharedBytes: counts.shared * 4096)
+    }
+
+    public var memslots: [MemslotInfo] {
+        memory.lock.lock(); defer { memory.lock.unlock() }
+        return memory.memslots
+    }
+
+    /// `set-memory-attributes`: a conversion the operator asked for.
+    public func setMemoryAttributes(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool = true)
+        throws(VMMError) -> ConversionResult
+    {
+        try requireMutations("set-memory-attributes")
+        return try convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard, cause: .command, vcpu: nil)
+    }
+
+    func convert(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool, cause: ConversionCause, vcpu: Int?)
+        throws(VMMError) -> ConversionResult
+    {
+        memory.lock.lock()
+        let result: ConversionResult
+        let generation: UInt64
+        do { result = try memory.convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard) } catch {
+            memory.lock.unlock()
+            throw error
+        }
+        generation = memory.generation
+        memory.lock.unlock()
+        if result.runsChanged > 0 {
+            events.append(.memoryAttributesChanged(gpa: gpa, size: size, isPrivate: toPrivate, cause: cause, vcpu: vcpu))
+        }
+        if result.memslotsChanged { events.append(.memslotsChanged(generation: generation)) }
+        return result
+    }
+
+    /// `read-memory`: bytes of RAM through one view (`auto`: the page's current attribute).
+    public func readMemory(gpa: UInt64, size: UInt64, privateView: Bool?) throws(VMMError) -> (bytes: [UInt8], isPrivate: Bool) {
+        guard size > 0 && size <= 64 << 10 else { throw VMMError(.invalidRange, "size must be 1 to 65536 bytes") }
+        memory.lock.lock(); defer { memory.lock.unlock() }
+        let (end, overflow) = gpa.addingReportingOverflow(size)
+        guard !overflow && end <= memory.ramSize else {
+            throw VMMError(.invalidRange, "[\(hex(gpa)), +\(size)) is outside RAM")
+        }
+        let isPrivate = privateView ?? memory.attributes.isPrivate(gfn: gpa / 4096)
+        let p = memory.hostPointer(ramOffset: gpa, privateView: isPrivate)
+        return ([UInt8](UnsafeRawBufferPointer(start: p, count: Int(size))), isPrivate)
+    }
+
+    // MARK: vCPUs
+
+    public func vcpus(withRegisters: Bool = true) -> [VCPUSnapshot] {
+        runners.map { $0.snapshot(withRegisters: withRegisters) }
+    }
+
+    public func guestCounters(_ index: Int) -> GuestCounters { runners[index].guestCounters }
+
+    public func vcpuState(_ index: Int) -> VCPURunState { runners[index].currentState }
+
+    /// Waits until vCPU `index` is in one of `states`.
+    public func waitForState(_ index: Int, _ states: Set<VCPURunState>, timeout: TimeInterval) -> Bool {
+        runners[index].wait(for: states, timeout: timeout)
+    }
+
+    /// `vcpu-control`.
+    public func vcpuControl(index: Int?, action: VCPUAction) throws(VMMError) -> [VCPURunState] {
+        try requireMutations("vcpu-control")
+        let targets: [VCPURunner]
+        if let index {
+            guard runners.indices.contains(index) else {
+                throw VMMError(.genericError, "no vCPU \(index) (the VM has \(runners.count))")
+            }
+            targets = [runners[index]]
+        } else { targets = runners }
+        for r in targets {
+            switch action {
+            case .pause:
+                r.requestPause()
+                _ = r.wait(for: [.paused, .halted, .faultStopped, .shutdown, .error], timeout: 2)
+            case .resume: r.requestResume()
+            case .step:
+                r.requestStep()
+                _ = r.wait(for: [.paused, .halted, .faultStopped, .shutdown, .error], timeout: 2)
+            }
+        }
+        return targets.map(\.currentState)
+    }
+
+    public func setFaultPolicy(_ policy: FaultPolicy) throws(VMMError) {
+        try requireMutations("set-fault-policy")
+        policyState.withLock { $0 = policy }
+    }
+
+    // MARK: Fault injection
+
+    public func injectFault(kind: InjectionKind, vcpu: Int? = nil, gpa: UInt64? = nil, size: UInt64? = nil)
+        throws(VMMError) -> InjectionReport
+    {
+        try requireMutations("inject-fault")
+        guard configuration.allowFaultInjection else {
+            throw VMMError(.permissionDenied, "inject-fault needs the VMM started with --allow-fault-injection")
+        }
+        func runner() throws(VMMError) -> VCPURunner {
+            let i = vcpu ?? 0
+            guard runners.indices.contains(i) else { throw VMMError(.genericError, "no vCPU \(i) (the VM has \(runners.count))") }
+            return runners[i]
+        }
+        func range() throws(VMMError) -> (UInt64, UInt64) {
+            guard let gpa, let size else { throw VMMError(.genericError, "\(kind.rawValue) needs gpa and size") }
+            return (gpa, size)
+        }
+        let report: InjectionReport
+        switch kind {
+        case .nmi:
+            let r = try runner()
+            try r.perform { v throws(KVMError) in try v.nmi() }
+            r.wakeIfHalted()
+            report = InjectionReport(kind: kind, vcpu: r.index, detail: "KVM_NMI queued on vcpu \(r.index)")
+        case .mce:
+            let r = try runner()
+            guard let gpa else { throw VMMError(.genericError, "mce needs gpa") }
+            if case .failure(let e)? = mceSetup {
+                throw VMMError(.unsupported, "KVM_X86_SETUP_MCE failed: \(e.errnoName) (\(e.errnoText))")
+            }
+            guard mceSetup != nil else { throw VMMError(.unsupported, "the kernel emulates no MCE banks (KVM_CAP_MCE is 0)") }
+            var mce = kvm_x86_mce()
+            // VAL | UC | EN | MISCV | ADDRV; MCG_STATUS = MCIP | EIPV | RIPV: a recoverable-context #MC.
+            let val: UInt64 = 1 << 63, uc: UInt64 = 1 << 61, en: UInt64 = 1 << 60
+            let miscv: UInt64 = 1 << 59, addrv: UInt64 = 1 << 58
+            mce.status = val | uc | en | miscv | addrv
+            mce.addr = gpa
+            mce.misc = 0x86   // address mode: physical, LSB 12 (a page)
+            mce.mcg_status = 0x7
+            mce.bank = 1
+            let m = mce
+            do throws(VMMError) { try r.perform { v throws(KVMError) in try v.injectMCE(m) } } catch {
+                throw VMMError(.unsupported, "KVM_X86_SET_MCE refused: \(error.description)")
+            }
+            r.wakeIfHalted()
+            report = InjectionReport(kind: kind, vcpu: r.index, gpa: gpa, detail: "KVM_X86_SET_MCE bank 1 addr \(hex(gpa)) on vcpu \(r.index)")
+        case .discard:
+            let (g, s) = try range()
+            memory.lock.lock()
+            do { try memory.discardContents(gpa: g, size: s) } catch { memory.lock.unlock(); throw error }
+            memory.lock.unlock()
+            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s, detail: "backing punched (FALLOC_FL_PUNCH_HOLE): contents lost")
+        case .revoke:
+            let (g, s) = try range()
+            memory.lock.lock()
+            do { try memory.revoke(gpa: g, size: s) } catch { memory.lock.unlock(); throw error }
+            let generation = memory.generation
+            memory.lock.unlock()
+            events.append(.memslotsChanged(generation: generation))
+            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s, detail: "mapping removed: the next access to each page faults")
+        case .flip:
+            let (g, s) = try range()
+            memory.lock.lock()
+            let currentlyPrivate = g < memory.ramSize ? memory.attributes.isPrivate(gfn: g / 4096) : true
+            memory.lock.unlock()
+            let result = try convert(gpa: g, size: s, toPrivate: !currentlyPrivate, discard: false, cause: .injection, vcpu: nil)
+            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s,
+                                     detail: "converted to \(currentlyPrivate ? "shared" : "private") behind the guest's back (\(result.runsChanged) runs changed)")
+        }
+        memory.lock.lock()
+        let gfn = report.gpa.map { $0 / 4096 }
+        let inRAM = gfn.map { $0 < memory.pageCount } ?? false
+        let attribute = inRAM ? (memory.attributes.isPrivate(gfn: gfn!) ? "private" : "shared") : "none"
+        let slot = inRAM ? memory.slot(containing: gfn!).map { Int($0.slot) } : nil
+        memory.lock.unlock()
+        faults.append(FaultRecord(timeNs: monotonicNanoseconds(), vcpu: report.vcpu, gpa: report.gpa ?? 0,
+                                  size: report.size ?? 0, flags: 0, isPrivate: false, access: .unknown, errno: nil,
+                                  source: .vmm, exit: "none", attribute: attribute, slot: slot, action: .injected))
+        events.append(.faultInjected(report))
+        logger.notice("fault injected", metadata: ["kind": "\(kind.rawValue)", "detail": "\(report.detail)"])
+        return report
+    }
+
+    // MARK: Exit handlers (vCPU threads)
+
+    /// An MMIO exit: a vmm-engine memory fault when the GPA is RAM, an ordinary MMIO access otherwise.
+    func handleMMIO(runner: VCPURunner, address: UInt64, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) {
+        guard let c = memory.classify(address) else {
+            if let read { for i in read.indices { read[i] = 0xFF } }
+            return
+        }
+        var resumed = false
+        while true {
+            memory.lock.lock()
+            let gfn = c.gfn
+            let attrPrivate = memory.attributes.isPrivate(gfn: gfn)
+            let isRevoked = memory.revoked.isPrivate(gfn: gfn)
+            if attrPrivate == c.privateView && !isRevoked {
+                // The view is mapped again (a relayout raced with this access): complete it, no fault.
+                complete(c, read: read, write: write)
+                memory.lock.unlock()
+                runner.countRelayoutRetry()
+                return
+            }
+            var record = FaultRecord(
+                timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: address & ~0xFFF, size: 4096,
+                flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView,
+                access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: "MMIO",
+                attribute: attrPrivate ? "private" : "shared", slot: memory.slot(containing: gfn).map { Int($0.slot) },
+                action: .reported)
+            let policy = resumed ? .convert : faultPolicy
+            switch policy {
+            case .convert:
+                var changed: ConversionResult?
+                var generation: UInt64 = 0
+                do {
+                    if attrPrivate == c.privateView {
+                        try memory.remap(gfn: gfn)
+                        record.action = .remapped
+                    } else {
+                        changed = try memory.convert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true)
+                        record.action = .converted
+                    }
+                    generation = memory.generation
+                } catch {
+                    record.action = .reported
+                    logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
+                }
+                faults.append(record)
+                if record.action == .reported {
+                    if let read { for i in read.indices { read[i] = 0xFF } }
+                } else {
+                    complete(c, read: read, write: write)
+                }
+                memory.lock.unlock()
+                if let changed, changed.runsChanged > 0 {
+                    events.append(.memoryAttributesChanged(gpa: gfn * 4096, size: 4096, isPrivate: c.privateView,
+                                                           cause: .implicit, vcpu: runner.index))
+                }
+                if record.action != .reported { events.append(.memslotsChanged(generation: generation)) }
+                return
+            case .report:
+                faults.append(record)
+                memory.lock.unlock()
+                if let read { for i in read.indices { read[i] = 0xFF } }
+                return
+            case .pause:
+                record.action = .paused
+                faults.append(record)
+                memory.lock.unlock()
+                guard runner.faultStop(reason: "memory fault at \(hex(address)) (\(c.privateView ? "private" : "shared") access, page is \(record.attribute))") else {
+                    if let read { for i in read.indices { read[i] = 0xFF } }
+                    return
+                }
+                resumed = true
+            }
+        }
+    }
+
+    /// Performs the access of an MMIO exit against the backing of the view it used. Caller holds the memory lock.
+    private func complete(_ c: GPAClassification, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) {
+        let p = memory.hostPointer(ramOffset: c.ramOffset, privateView: c.privateView)
+        let room = Int(memory.ramSize - c.ramOffset)
+        if let read, let base = read.baseAddress { base.copyMemory(from: p, byteCount: min(read.count, room)) }
+        if let write, let base = write.baseAddress { p.copyMemory(from: base, byteCount: min(write.count, room)) }
+    }
+
+    /// `KVM_EXIT_MEMORY_FAULT` (kernel engine, or any kernel that reports one).
+    func handleKernelFault(runner: VCPURunner, _ f: MemoryFaultExit) {
+        let gfn = f.gpa / 4096
+        memory.lock.lock()
+        let inRAM = gfn < memory.pageCount
+        let attribute = inRAM ? (memory.attributes.isPrivate(gfn: gfn) ? "private" : "shared") : "none"
+        let slot = inRAM ? memory.slot(containing: gfn).map { Int($0.slot) } : nil
+        memory.lock.unlock()
+        var record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
+                                 flags: f.flags, isPrivate: f.isPrivate, access: .unknown,
+                                 errno: KVMError.name(of: f.errno), source: .kernel, exit: "MEMORY_FAULT",
+                                 attribute: attribute, slot: slot, action: .reported)
+        let unknownFlags = f.flags & ~MemoryFaultExit.flagPrivate
+        if unknownFlags != 0 || !inRAM || runner.noteKernelFault(gpa: f.gpa) {
+            faults.append(record)
+            runner.stopWithError(unknownFlags != 0 ? "KVM_EXIT_MEMORY_FAULT with unknown flags \(hex(unknownFlags))"
+                                 : !inRAM ? "KVM_EXIT_MEMORY_FAULT outside RAM at \(hex(f.gpa))"
+                                 : "KVM_EXIT_MEMORY_FAULT repeated at \(hex(f.gpa))")
+            return
+        }
+        switch faultPolicy {
+        case .convert:
+            let size = max(4096, (f.size + 4095) & ~4095)
+            do {
+                _ = try convert(gpa: f.gpa & ~0xFFF, size: size, toPrivate: f.isPrivate, discard: true, cause: .implicit, vcpu: runner.index)
+                record.action = .converted
+                faults.append(record)
+            } catch {
+                faults.append(record)
+                runner.stopWithError("implicit conversion failed: \(error)")
+            }
+        case .pause:
+            record.action = .paused
+            faults.append(record)
+            if runner.faultStop(reason: "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa))") {
+                _ = try? convert(gpa: f.gpa & ~0xFFF, size: max(4096, (f.size + 4095) & ~4095), toPrivate: f.isPrivate,
+                                 discard: true, cause: .implicit, vcpu: runner.index)
+            }
+        case .report:
+            // KVM retries the access on the next KVM_RUN; without a conversion it can only fault again.
+            faults.append(record)
+            _ = runner.faultStop(reason: "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa)) (policy report)")
+        }
+    }
+
+    /// The guest's doorbell: the descriptor at `descriptor` (private RAM) asks for a conversion.
+    func handleDoorbell(runner: VCPURunner, descriptor: UInt64) {
+        memory.lock.lock()
+        guard descriptor % 4 == 0, descriptor + 16 <= memory.ramSize, memory.attributes.isPrivate(gfn: descriptor / 4096) else {
+            memory.lock.unlock()
+            logger.warning("doorbell descriptor outside private RAM", metadata: ["gpa": "\(hex(descriptor))"])
+            return
+        }
+        let ram = memory.privateBacking.mapping
+        let gpa = UInt64(ram.load32(at: Int(descriptor)))
+        let pages = UInt64(ram.load32(at: Int(descriptor) + 4))
+        let toPrivate = ram.load32(at: Int(descriptor) + 8) != 0
+        memory.lock.unlock()
+        var status: UInt32 = 0
+        do {
+            _ = try convert(gpa: gpa, size: pages * 4096, toPrivate: toPrivate, discard: true, cause: .guestRequest, vcpu: runner.index)
+        } catch {
+            status = error.errorClass == .invalidRange ? 1 : 2
+            logger.warning("guest conversion request refused", metadata: ["vcpu": "\(runner.index)", "error": "\(error)"])
+        }
+        memory.lock.lock()
+        ram.store32(status, at: Int(descriptor) + 12)
+        memory.lock.unlock()
+    }
+
+    /// `KVM_HC_MAP_GPA_RANGE`: rbx-style args (gpa, pages, attributes). Returns the value for the guest's RAX.
+    func handleHypercall(runner: VCPURunner, _ call: Hypercall) -> UInt64 {
+        guard call.number == Hypercall.mapGPARange, call.args.count >= 3 else { return UInt64(bitPattern: -38) } // -ENOSYS
+        let attrs = call.args[2]
+        let pageSizes: [UInt64] = [4096, 2 << 20, 1 << 30]
+        let sizeCode = Int(attrs & 0xF)
+        guard attrs & ~0x1F == 0, sizeCode < pageSizes.count else { return UInt64(bitPattern: -22) }  // -EINVAL
+        let (size, overflow) = call.args[1].multipliedReportingOverflow(by: pageSizes[sizeCode])
+        guard !overflow else { return UInt64(bitPattern: -22) }
+        do {
+            _ = try convert(gpa: call.args[0], size: size, toPrivate: attrs & 0x10 != 0, discard: true,
+                            cause: .guestRequest, vcpu: runner.index)
+            return 0
+        } catch {
+            return UInt64(bitPattern: -22)
+        }
+    }
+}

@@ -1,0 +1,68 @@
+import Synchronization
+
+/// Why an attribute changed (`MEMORY_ATTRIBUTES_CHANGED.cause`).
+public enum ConversionCause: String, Sendable {
+    case command, guestRequest = "guest-request", implicit, injection
+}
+
+/// Run state of a vCPU thread.
+public enum VCPURunState: String, Sendable {
+    case running, halted, paused, faultStopped = "fault-stopped", shutdown, error
+}
+
+/// The VMM's events, as the control protocol's events carry them (fault records travel in `FaultRing`).
+public enum VMEvent: Sendable, Equatable {
+    case memoryAttributesChanged(gpa: UInt64, size: UInt64, isPrivate: Bool, cause: ConversionCause, vcpu: Int?)
+    case memslotsChanged(generation: UInt64)
+    case vcpuStateChanged(index: Int, state: VCPURunState, reason: String)
+    case faultInjected(InjectionReport)
+    case guestReport(vcpu: Int, kind: String, value: UInt64)
+}
+
+/// A bounded log of events with sequence numbers; each reader keeps its own position.
+///
+/// Appending never waits for readers: when the log is full the oldest event goes, and a reader that had
+/// not seen it learns how many it missed.
+public final class EventLog: Sendable {
+    public struct Entry: Sendable, Equatable {
+        public var seq: UInt64
+        public var timeNs: UInt64
+        public var event: VMEvent
+    }
+    struct State {
+        var entries: [Entry] = []
+        var head = 0
+        var total: UInt64 = 0
+    }
+    public let capacity: Int
+    private let state = Mutex(State())
+
+    public init(capacity: Int) {
+        precondition(capacity > 0)
+        self.capacity = capacity
+    }
+
+    public func append(_ event: VMEvent) {
+        let now = monotonicNanoseconds()
+        state.withLock { s in
+            s.total += 1
+            let e = Entry(seq: s.total, timeNs: now, event: event)
+            if s.entries.count < capacity { s.entries.append(e) } else {
+                s.entries[s.head] = e
+                s.head = (s.head + 1) % capacity
+            }
+        }
+    }
+
+    public var lastSeq: UInt64 { state.withLock { $0.total } }
+
+    /// Events with `seq > after`, oldest first, and the number evicted before this reader saw them.
+    public func events(after: UInt64) -> (entries: [Entry], dropped: UInt64) {
+        state.withLock { s in
+            let ordered = Array(s.entries[s.head...] + s.entries[..<s.head])
+            let oldest = ordered.first?.seq ?? (s.total + 1)
+            let missed = oldest > after + 1 ? oldest - after - 1 : 0
+            return (ordered.filter { $0.seq > after }, missed)
+        }
+    }
+}

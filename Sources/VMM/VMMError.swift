@@ -1,0 +1,23 @@
+import KVM
+
+/// A refused or failed VMM operation, classed as the control protocol's error classes.
+public struct VMMError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Class: String, Sendable {
+        case genericError = "GenericError"
+        case permissionDenied = "PermissionDenied"
+        case invalidRange = "InvalidRange"
+        case unsupported = "Unsupported"
+    }
+
+    public var errorClass: Class
+    public var description: String
+
+    public init(_ errorClass: Class, _ description: String) {
+        self.errorClass = errorClass
+        self.description = description
+    }
+
+    static func kvm(_ e: KVMError) -> VMMError { VMMError(.genericError, e.description) }
+}
+
+func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
