@@ -81,7 +81,7 @@ public enum ParameterBlock {
 /// 3. every `wrongViewEvery` passes reads one working-set page through the shared alias without asking, as a
 ///    guest with a conversion bug would, so a demo's fault stream is never silent;
 /// 4. reports its pass counter on `GuestPort.heartbeat`.
-/// The #MC and NMI handlers report on their ports and return; any other exception reports its vector and
+/// The #MC and NMI handlers report on their ports and return (without `iret`, see `returnFromInterrupt`); any other exception reports its vector and
 /// halts. Memory operands are register-indirect only (see `kvm-facts.md`).
 public struct BuiltInGuest {
     /// Bytes copied through the bounce buffer each time.
@@ -257,20 +257,18 @@ public struct BuiltInGuest {
         a.mov(.edx, UInt32(GuestPort.nmiSeen))
         a.outDXEAX()
         a.popad()
-        a.iret()
+        Self.returnFromInterrupt(&a)
 
-        // #MC (vector 18): report, clear MCG_STATUS.MCIP so the next one is not a shutdown, return.
+        // #MC (vector 18): report and return. A real handler would clear MCG_STATUS.MCIP with wrmsr; the
+        // software KVM on this project's machines fails to emulate that wrmsr (KVM_EXIT_INTERNAL_ERROR), so
+        // MCIP stays set and a second #MC is a shutdown, as on hardware whose handler did not clear it.
         a.label("mc")
         a.pushad()
         a.mov(.eax, 18)
         a.mov(.edx, UInt32(GuestPort.mceSeen))
         a.outDXEAX()
-        a.mov(.ecx, 0x17A)                      // IA32_MCG_STATUS
-        a.xor(.eax, .eax)
-        a.xor(.edx, .edx)
-        a.wrmsr()
         a.popad()
-        a.iret()
+        Self.returnFromInterrupt(&a)
 
         // Any other vector: report it and stop.
         for vector in 0..<33 where vector != 2 && vector != 18 {
@@ -304,6 +302,22 @@ public struct BuiltInGuest {
             for word in [low, high] { for i in 0..<4 { table.append(UInt8(truncatingIfNeeded: word >> (8 * UInt32(i)))) } }
         }
         idt = table
+    }
+}
+
+extension BuiltInGuest {
+    /// Returns from an interrupt without `iret`: KVM's instruction emulator handles `iret` in real mode only,
+    /// and under the software KVM on this project's machines every guest instruction goes through it.
+    /// The frame is EIP, CS, EFLAGS (same privilege level); only `mov`, `pop`, `lea` and `ret` run, so the
+    /// interrupted code's arithmetic flags survive. IF stays as the interrupted code had it (the guest runs
+    /// with interrupts off). Without `iret` KVM keeps NMIs blocked, so a second NMI waits (see README).
+    static func returnFromInterrupt(_ a: inout X86Assembler) {
+        a.push(.eax)                     // eax, eip, cs, eflags
+        a.load(.eax, from: .esp, disp: 4)
+        a.store(.eax, to: .esp, disp: 12) // eax, eip, cs, eip
+        a.pop(.eax)                      // eip, cs, eip
+        a.lea(.esp, .esp, disp: 8)       // eip
+        a.ret()
     }
 }
 

@@ -121,6 +121,10 @@ public struct X86Assembler {
     public mutating func addMemory(_ imm: UInt32, at base: Register, disp: Int32 = 0) {
         emit(0x81); memoryOperand(reg: 0, base: base, disp: disp); emit32(imm)
     }
+    /// `lea dst, [base + disp]` (leaves the flags alone, unlike `add`).
+    public mutating func lea(_ dst: Register, _ base: Register, disp: Int32) {
+        emit(0x8D); memoryOperand(reg: dst.rawValue, base: base, disp: disp)
+    }
     public mutating func inc(_ r: Register) { emit(0x40 + r.rawValue) }
     public mutating func dec(_ r: Register) { emit(0x48 + r.rawValue) }
     public mutating func shl(_ r: Register, _ count: UInt8) { emit(0xC1); registerOperand(reg: 4, rm: r); emit(count) }

@@ -76,3 +76,191 @@ struct ReferenceVMMTests {
         try checkLayout(vmm)
     }
 }
+
+@Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
+struct ConversionTests {
+    static let ws0: UInt64 = 0x10_0000   // vCPU 0's working set (256 pages)
+
+    @Test func convertingTheWorkingSetSharedGivesVMMFaultsAndImplicitConversions() throws {
+        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
+        let before = vmm.faults.total
+        let mark = vmm.events.lastSeq
+        // discard: false keeps the private copy, so the implicit conversions back find the guest's data.
+        _ = try vmm.setMemoryAttributes(gpa: Self.ws0, size: 1 << 20, toPrivate: false, discard: false)
+        #expect(eventually { (try? vmm.queryMemoryAttributes(gpa: Self.ws0, size: 1 << 20).sharedBytes) == 0 },
+                "the guest's writes should convert every page back to private")
+        let records = vmm.faults.records(after: before).records.filter { $0.gpa >= Self.ws0 && $0.gpa < Self.ws0 + (1 << 20) }
+        #expect(records.count == 256)
+        for r in records {
+            #expect(r.source == .vmm && r.exit == "MMIO")
+            #expect(r.isPrivate && r.flags == FaultRecord.flagPrivate)
+            // The guest may be in its write or its check phase when the range goes shared.
+            #expect(r.access == .write || r.access == .read)
+            #expect(r.attribute == "shared")
+            #expect(r.slot != nil)
+            #expect(r.action == .converted)
+            #expect(r.vcpu == 0)
+        }
+        let seqs = vmm.faults.records(after: 0).records.map(\.seq)
+        #expect(seqs == Array(1...UInt64(seqs.count)))
+        let implicit = vmm.events.events(after: mark).entries.filter { entry in
+            guard case .memoryAttributesChanged(_, _, let p, let cause, let v) = entry.event else { return false }
+            return p && cause == .implicit && v == 0
+        }
+        #expect(implicit.count == 256)
+        #expect(vmm.vcpuState(0) == .running)
+        #expect(vmm.guestCounters(0).integrityErrors == 0)
+    }
+
+    @Test func pausePolicyStopsTheVCPUUntilResumed() throws {
+        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0; $0.faultPolicy = .pause }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
+        _ = try vmm.setMemoryAttributes(gpa: Self.ws0 + 0x1000, size: 0x1000, toPrivate: false)
+        #expect(vmm.waitForState(0, [.faultStopped], timeout: 5))
+        let beat = vmm.guestCounters(0).heartbeat
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(vmm.guestCounters(0).heartbeat == beat, "a fault-stopped vCPU must not run")
+        #expect(vmm.faults.recent(1).first?.action == .paused)
+        #expect(vmm.vcpuState(1) == .running)
+        _ = try vmm.vcpuControl(index: 0, action: .resume)
+        #expect(eventually { vmm.guestCounters(0).heartbeat > beat })
+        #expect(try vmm.queryMemoryAttributes(gpa: Self.ws0 + 0x1000, size: 0x1000).privateBytes == 0x1000)
+    }
+
+    @Test func guestDoorbellConvertsItsBounceBufferAndLayoutFollows() throws {
+        let vmm = try makeVMM { $0.guest.convertEvery = 1; $0.guest.wrongViewEvery = 0 }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(0).doorbellRequests > 20 && vmm.guestCounters(1).doorbellRequests > 20 })
+        let requests = vmm.events.events(after: 0).entries.compactMap { e -> (UInt64, Bool)? in
+            guard case .memoryAttributesChanged(let gpa, _, let p, let cause, _) = e.event, cause == .guestRequest else { return nil }
+            return (gpa, p)
+        }
+        #expect(requests.contains { $0.0 == 0x80000 && !$0.1 } && requests.contains { $0.0 == 0x80000 && $0.1 })
+        #expect(requests.contains { $0.0 == 0x81000 })
+        _ = try vmm.vcpuControl(index: nil, action: .pause)
+        try checkLayout(vmm)
+        for i in 0..<2 {
+            #expect(vmm.guestCounters(i).bounceErrors == 0)
+            #expect(vmm.guestCounters(i).doorbellFailures == 0)
+        }
+        _ = try vmm.vcpuControl(index: nil, action: .resume)
+    }
+
+    @Test func badConversionsAreRefusedAndChangeNothing() throws {
+        let vmm = try makeVMM { $0.runGuest = false; $0.memslotLimit = 6 }
+        let runs = try vmm.queryMemoryAttributes().runs
+        let slots = vmm.memslots
+        let cases: [(UInt64, UInt64, VMMError.Class)] = [
+            (0x1001, 0x1000, .invalidRange), (0x1000, 0x800, .invalidRange), (0x1000, 0, .invalidRange),
+            (vmm.memory.ramSize, 0x1000, .invalidRange), (vmm.memory.ramSize - 0x1000, 0x2000, .invalidRange),
+            (UInt64.max - 0xFFF, 0x2000, .invalidRange),
+        ]
+        for (gpa, size, cls) in cases {
+            #expect { try vmm.setMemoryAttributes(gpa: gpa, size: size, toPrivate: false) } throws: {
+                ($0 as? VMMError)?.errorClass == cls
+            }
+        }
+        // Up to the limit of 6 memslots: 1 -> 3 -> 5 runs fit, the next split would need 7.
+        _ = try vmm.setMemoryAttributes(gpa: 0x10000, size: 0x1000, toPrivate: false)
+        _ = try vmm.setMemoryAttributes(gpa: 0x20000, size: 0x1000, toPrivate: false)
+        let runsAtLimit = try vmm.queryMemoryAttributes().runs
+        let slotsAtLimit = vmm.memslots
+        #expect {
+            try vmm.setMemoryAttributes(gpa: 0x30000, size: 0x1000, toPrivate: false)
+        } throws: { error in
+            let e = error as? VMMError
+            return e?.errorClass == .unsupported && e?.description.contains("limit is 6") == true
+        }
+        #expect(try vmm.queryMemoryAttributes().runs == runsAtLimit)
+        #expect(vmm.memslots == slotsAtLimit)
+        #expect(runs.count == 1 && slots.count == 1)
+        try checkLayout(vmm)
+    }
+
+    @Test func mutationsNeedPermission() throws {
+        let vmm = try makeVMM { $0.runGuest = false; $0.allowMutations = false; $0.allowFaultInjection = false }
+        #expect { try vmm.setMemoryAttributes(gpa: 0, size: 0x1000, toPrivate: false) } throws: {
+            ($0 as? VMMError)?.errorClass == .permissionDenied
+        }
+        #expect { try vmm.injectFault(kind: .nmi, vcpu: 0) } throws: { ($0 as? VMMError)?.errorClass == .permissionDenied }
+        #expect(try vmm.queryMemoryAttributes().sharedBytes == 0)
+    }
+}
+
+@Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
+struct InjectionTests {
+    @Test func discardOnTheWorkingSetIsAnIntegrityError() throws {
+        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
+        // The guest rewrites its working set every pass; a discard between its write and its check shows.
+        var tries = 0
+        while vmm.guestCounters(0).integrityErrors == 0 && tries < 50 {
+            _ = try vmm.injectFault(kind: .discard, gpa: ConversionTests.ws0, size: 1 << 20)
+            tries += 1
+            usleep(20_000)
+        }
+        #expect(vmm.guestCounters(0).integrityErrors > 0)
+        #expect(vmm.faults.recent(1).first?.action == .injected)
+        #expect(vmm.guestCounters(1).integrityErrors == 0)
+    }
+
+    @Test func mceReachesTheGuestHandler() throws {
+        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(1).heartbeat > 3 })
+        do {
+            _ = try vmm.injectFault(kind: .mce, vcpu: 1, gpa: 0x200000)
+            #expect(eventually { vmm.guestCounters(1).mceSeen == 1 })
+            #expect(vmm.vcpuState(1) == .running)
+            #expect(eventually { vmm.guestCounters(1).heartbeat > 20 }, "the guest goes on after its #MC handler")
+            #expect(vmm.faults.recent(1).first?.action == .injected)
+        } catch {
+            let e = error as? VMMError
+            #expect(e?.errorClass == .unsupported, "\(error)")
+        }
+        _ = try vmm.injectFault(kind: .nmi, vcpu: 0)
+        #expect(eventually { vmm.guestCounters(0).nmiSeen == 1 })
+        let beat = vmm.guestCounters(0).heartbeat
+        #expect(eventually { vmm.guestCounters(0).heartbeat > beat }, "the guest goes on after its NMI handler")
+        #expect(vmm.guestCounters(0).exceptions == 0 && vmm.guestCounters(1).exceptions == 0)
+    }
+
+    @Test func revokeProducesFaultsAndTheGuestCarriesOn() throws {
+        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
+        let before = vmm.faults.total
+        _ = try vmm.injectFault(kind: .revoke, gpa: ConversionTests.ws0, size: 0x4000)
+        #expect(eventually { vmm.faults.records(after: before).records.filter { $0.action == .remapped }.count == 4 })
+        let remapped = vmm.faults.records(after: before).records.filter { $0.action == .remapped }
+        #expect(remapped.allSatisfy { $0.attribute == "private" && $0.isPrivate && $0.exit == "MMIO" })
+        #expect(vmm.guestCounters(0).integrityErrors == 0)
+        #expect(eventually { vmm.memory.lock.withLock { vmm.memory.revoked.runCount == 1 } })
+    }
+
+    @Test func flipProducesFaultsAndAnInjectionAttributeChange() throws {
+        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
+        vmm.start()
+        defer { vmm.stop() }
+        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
+        let before = vmm.faults.total
+        let mark = vmm.events.lastSeq
+        _ = try vmm.injectFault(kind: .flip, gpa: ConversionTests.ws0, size: 0x8000)
+        let expected = VMEvent.memoryAttributesChanged(gpa: ConversionTests.ws0, size: 0x8000, isPrivate: false,
+                                                       cause: .injection, vcpu: nil)
+        let changes = vmm.events.events(after: mark).entries.filter { $0.event == expected }
+        #expect(changes.count == 1)
+        #expect(eventually { vmm.faults.records(after: before).records.filter { $0.action == .converted }.count == 8 })
+        #expect(vmm.faults.records(after: before).records.first?.action == .injected)
+    }
+}
