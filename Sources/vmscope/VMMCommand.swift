@@ -1,0 +1,151 @@
+import ArgumentParser
+import Foundation
+import KVM
+import Logging
+import VMM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension AttributeEngineRequest: ExpressibleByArgument {}
+extension FaultPolicy: ExpressibleByArgument {}
+
+/// A byte size with an optional K/M/G/T suffix (binary units).
+struct ByteSize: ExpressibleByArgument {
+    var bytes: UInt64
+    init?(argument: String) {
+        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        var text = argument.uppercased()
+        if text.hasSuffix("IB") { text.removeLast(2) } else if text.hasSuffix("B") { text.removeLast() }
+        var factor: UInt64 = 1
+        if let last = text.last, let f = units[last] { factor = f; text.removeLast() }
+        guard let n = UInt64(text) else { return nil }
+        let (v, overflow) = n.multipliedReportingOverflow(by: factor)
+        guard !overflow, v > 0 else { return nil }
+        bytes = v
+    }
+}
+
+/// `vmscope vmm`: the reference VMM on real KVM.
+struct VMMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmm",
+        abstract: "Run the reference VMM: the built-in guest on real /dev/kvm, private memory in guest_memfd.")
+
+    @Option(help: "Control socket path (created 0600; the control server arrives with the protocol issue).")
+    var socket: String
+
+    @Option(help: "VM name.") var name = "vmscope"
+    @Option(help: "Number of vCPUs.") var vcpus = 2
+    @Option(help: "Guest RAM, e.g. 256M, 1T.") var ram = ByteSize(argument: "256M")!
+    @Option(name: .customLong("attribute-engine"), help: "auto, kernel or vmm.") var engine = AttributeEngineRequest.auto
+    @Option(help: "GPA bit of the shared alias (vmm engine).") var sharedAliasBit: Int?
+    @Option(help: "convert, pause or report.") var faultPolicy = FaultPolicy.convert
+    @Flag(help: "Allow conversions, vcpu-control and set-fault-policy.") var allowMutations = false
+    @Flag(help: "Allow inject-fault (needs --allow-mutations too).") var allowFaultInjection = false
+    @Option(help: "Use at most this many memslots.") var memslotLimit: Int?
+    @Option(help: "KVM device.") var device = KVMSystem.defaultPath
+
+    func validate() throws {
+        guard vcpus >= 1 else { throw ValidationError("--vcpus must be at least 1") }
+        guard !socket.isEmpty else { throw ValidationError("--socket must not be empty") }
+        if allowFaultInjection && !allowMutations {
+            throw ValidationError("--allow-fault-injection needs --allow-mutations")
+        }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        let logger = Logger(label: "vmscope.vmm")
+        if access(device, R_OK | W_OK) != 0 {
+            DeviceUnavailable(KVMError(operation: "open", errno: errno), path: device).exit()
+        }
+        var c = VMMConfiguration()
+        c.name = name
+        c.vcpus = vcpus
+        c.ramSize = ram.bytes
+        c.engine = engine
+        c.sharedAliasBit = sharedAliasBit
+        c.faultPolicy = faultPolicy
+        c.allowMutations = allowMutations
+        c.allowFaultInjection = allowFaultInjection
+        c.memslotLimit = memslotLimit
+        c.devicePath = device
+
+        // Block SIGINT/SIGTERM before any vCPU thread exists (threads inherit the mask), then wait for them here.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let listener: ControlSocketFile
+        do { listener = try ControlSocketFile(path: socket) } catch {
+            var err = StandardError()
+            print("vmscope vmm: \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        let vmm: ReferenceVMM
+        do { vmm = try ReferenceVMM(c, logger: logger) } catch {
+            listener.remove()
+            var err = StandardError()
+            print("vmscope vmm: \(error.errorClass.rawValue): \(error.description)", to: &err)
+            throw ExitCode(2)
+        }
+        vmm.start()
+        logger.info("running; SIGINT or SIGTERM stops", metadata: ["socket": "\(socket)"])
+
+        var received: Int32 = 0
+        sigwait(&set, &received)
+        logger.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        vmm.stop()
+        listener.remove()
+        logger.info("stopped; socket removed")
+    }
+}
+
+/// The control socket's file: bound and listening, mode 0600, removed on shutdown.
+final class ControlSocketFile {
+    let path: String
+    let fd: Int32
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    init(path: String) throws {
+        self.path = path
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw Failure(description: "socket path too long (\(bytes.count) bytes): \(path)")
+        }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            throw Failure(description: "\(path) already exists; is another VMM running? Remove it if not.")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
+        let old = umask(0o177)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        umask(old)
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw Failure(description: "bind \(path): \(KVMError.name(of: e)) (\(String(cString: strerror(e))))")
+        }
+        chmod(path, 0o600)
+        listen(fd, 8)
+    }
+
+    func remove() {
+        close(fd)
+        unlink(path)
+    }
+}
