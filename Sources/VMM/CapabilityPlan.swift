@@ -10,7 +10,6 @@ public struct CapabilityPlanItem: Sendable, Equatable {
 /// Turns a capability probe into what vmscope will do on this kernel.
 public enum CapabilityPlan {
     public static func items(_ c: KVMCapabilities) -> [CapabilityPlanItem] {
-        func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
         let decision = try? AttributeEngineDecision.decide(.auto, capabilities: c)
         let engine = decision.map { "attribute engine: \($0.engine.rawValue) (\($0.reason))" } ?? "attribute engine: none"
         let perType = c.perVMType.map { t in

@@ -1,4 +1,5 @@
 import Foundation
+import KVM
 import Synchronization
 
 /// One memory fault, as `docs/control-protocol.md` ("Fault record") defines it.
@@ -34,7 +35,8 @@ public struct FaultRecord: Sendable, Equatable {
     public var slot: Int?
     public var action: Action
 
-    public static let flagPrivate: UInt64 = 1 << 3
+    /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`, the bit vmm-source records set the way the kernel would.
+    public static let flagPrivate = MemoryFaultExit.flagPrivate
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.
@@ -44,61 +46,91 @@ func monotonicNanoseconds() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-/// The per-VM fault ring: bounded, numbered without gaps, overflow counted.
+/// A bounded log whose entries are numbered from 1 without gaps; when full, the oldest entry goes.
 ///
-/// Writers (vCPU threads) hold the lock only to copy one record in; readers copy out. Nobody waits on a reader.
-public final class FaultRing: Sendable {
+/// Writers hold the lock only to copy one entry in; readers copy out. Nobody waits on a reader, and a reader
+/// that fell behind learns how many entries it missed.
+final class SequencedRing<Element: Sendable>: Sendable {
     struct State {
-        var buffer: [FaultRecord] = []
-        var head = 0          // index of the oldest record once the buffer is full
+        var buffer: [Element] = []
+        var head = 0          // index of the oldest entry once the buffer is full
         var total: UInt64 = 0
+        var ordered: [Element] { Array(buffer[head...] + buffer[..<head]) }
     }
-    public let capacity: Int
+    let capacity: Int
     private let state = Mutex(State())
 
-    public init(capacity: Int) {
+    init(capacity: Int) {
         precondition(capacity > 0)
         self.capacity = capacity
     }
 
+    /// Appends the entry `make` builds from its sequence number; returns it.
+    @discardableResult
+    func append(_ make: (UInt64) -> Element) -> Element {
+        state.withLock { s in
+            s.total += 1
+            let e = make(s.total)
+            if s.buffer.count < capacity {
+                s.buffer.append(e)
+            } else {
+                s.buffer[s.head] = e
+                s.head = (s.head + 1) % capacity
+            }
+            return e
+        }
+    }
+
+    var total: UInt64 { state.withLock { $0.total } }
+    /// Entries evicted so far.
+    var evicted: UInt64 { state.withLock { $0.total - UInt64($0.buffer.count) } }
+
+    /// Entries numbered after `after`, oldest first (at most `limit`), and how many of those were already evicted.
+    func entries(after: UInt64, limit: Int = .max) -> (entries: [Element], dropped: UInt64) {
+        state.withLock { s in
+            let retained = UInt64(s.buffer.count)
+            let oldest = s.total - retained + 1
+            let missed = oldest > after + 1 ? oldest - after - 1 : 0
+            let skip = after >= oldest ? Int(min(after - oldest + 1, retained)) : 0
+            return (Array(s.ordered.dropFirst(skip).prefix(limit)), missed)
+        }
+    }
+
+    /// The most recent `limit` entries, newest last.
+    func recent(_ limit: Int) -> [Element] {
+        state.withLock { Array($0.ordered.suffix(max(0, limit))) }
+    }
+}
+
+/// The per-VM fault ring: bounded, numbered without gaps (`seq`), overflow counted.
+public final class FaultRing: Sendable {
+    private let ring: SequencedRing<FaultRecord>
+
+    public init(capacity: Int) { ring = SequencedRing(capacity: capacity) }
+
+    public var capacity: Int { ring.capacity }
+
     /// Numbers `record` and appends it, evicting the oldest when full. Returns the record as stored.
     @discardableResult
     public func append(_ record: FaultRecord) -> FaultRecord {
-        state.withLock { s in
+        ring.append { seq in
             var r = record
-            s.total += 1
-            r.seq = s.total
-            if s.buffer.count < capacity {
-                s.buffer.append(r)
-            } else {
-                s.buffer[s.head] = r
-                s.head = (s.head + 1) % capacity
-            }
+            r.seq = seq
             return r
         }
     }
 
     /// Records appended so far.
-    public var total: UInt64 { state.withLock { $0.total } }
+    public var total: UInt64 { ring.total }
     /// Records evicted before anyone could read them from the ring.
-    public var dropped: UInt64 { state.withLock { $0.total - UInt64($0.buffer.count) } }
+    public var dropped: UInt64 { ring.evicted }
 
     /// The records with `seq > after`, oldest first, and how many such records were already evicted.
     public func records(after: UInt64, limit: Int = .max) -> (records: [FaultRecord], dropped: UInt64) {
-        state.withLock { s in
-            let ordered = Array(s.buffer[s.head...] + s.buffer[..<s.head])
-            let oldest = ordered.first?.seq ?? (s.total + 1)
-            let missed = oldest > after + 1 ? oldest - after - 1 : 0
-            let newer = ordered.filter { $0.seq > after }
-            return (Array(newer.prefix(limit)), missed)
-        }
+        let r = ring.entries(after: after, limit: limit)
+        return (r.entries, r.dropped)
     }
 
     /// The most recent `limit` records, newest last.
-    public func recent(_ limit: Int) -> [FaultRecord] {
-        state.withLock { s in
-            let ordered = Array(s.buffer[s.head...] + s.buffer[..<s.head])
-            return Array(ordered.suffix(max(0, limit)))
-        }
-    }
+    public func recent(_ limit: Int) -> [FaultRecord] { ring.recent(limit) }
 }

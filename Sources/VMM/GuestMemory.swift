@@ -147,14 +147,34 @@ public final class GuestMemory: @unchecked Sendable {
                            userspaceAddress: region.userspaceAddress)
     }
 
-    /// The memslot covering RAM page `gfn`, if one does.
-    func slot(containing gfn: UInt64) -> SlotEntry? {
+    /// Index of the first memslot that ends after RAM page `gfn` (binary search; slots are sorted and disjoint).
+    private func firstSlotIndex(endingAfter gfn: UInt64) -> Int {
         var lo = 0, hi = slots.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if slots[mid].end <= gfn { lo = mid + 1 } else { hi = mid }
         }
-        return lo < slots.count && slots[lo].start <= gfn ? slots[lo] : nil
+        return lo
+    }
+
+    /// Indices of the memslots that overlap RAM pages `window`.
+    private func slotIndices(overlapping window: Range<UInt64>) -> Range<Int> {
+        let first = firstSlotIndex(endingAfter: window.lowerBound)
+        var last = first
+        while last < slots.count && slots[last].start < window.upperBound { last += 1 }
+        return first..<last
+    }
+
+    /// The memslot covering RAM page `gfn`, if one does.
+    func slot(containing gfn: UInt64) -> SlotEntry? {
+        let i = firstSlotIndex(endingAfter: gfn)
+        return i < slots.count && slots[i].start <= gfn ? slots[i] : nil
+    }
+
+    /// What a fault record says about RAM page `gfn`: its attribute (`none` outside RAM) and its memslot.
+    func faultContext(gfn: UInt64?) -> (attribute: String, slot: Int?) {
+        guard let gfn, gfn < pageCount else { return ("none", nil) }
+        return (attributes.isPrivate(gfn: gfn) ? "private" : "shared", slot(containing: gfn).map { Int($0.slot) })
     }
 
     /// Which RAM page and view a guest-physical address names, or nil when it is not RAM.
@@ -194,7 +214,7 @@ public final class GuestMemory: @unchecked Sendable {
         let attributeWindow = newAttributes.set(pages: range, private: toPrivate)
         var newRevoked = revoked
         let revokedWindow = newRevoked.set(pages: range, private: false)
-        let window = min(attributeWindow.lowerBound, revokedWindow.lowerBound)..<max(attributeWindow.upperBound, revokedWindow.upperBound)
+        let window = union(attributeWindow, revokedWindow)
         try checkLimit(window: window, attributes: newAttributes, revoked: newRevoked)
 
         let runsBefore = attributes.runs(pages: window)
@@ -224,32 +244,31 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Removes the mapping of `[gpa, gpa+size)` so the guest's next access faults (fault injection `revoke`).
     public func revoke(gpa: UInt64, size: UInt64) throws(VMMError) {
-        let range = try pages(gpa: gpa, size: size)
-        var newRevoked = revoked
-        let window = newRevoked.set(pages: range, private: true)
-        let full = attributes.affectedWindow(range)
-        let w = min(window.lowerBound, full.lowerBound)..<max(window.upperBound, full.upperBound)
-        try checkLimit(window: w, attributes: attributes, revoked: newRevoked)
-        let old = revoked
-        revoked = newRevoked
-        do throws(VMMError) { _ = try relayout(window: w) } catch {
-            revoked = old
-            _ = try? relayout(window: w)
-            throw error
-        }
+        try setRevoked(pages: try pages(gpa: gpa, size: size), true)
     }
 
     /// Gives revoked page `gfn` its mapping back (attribute unchanged).
     func remap(gfn: UInt64) throws(VMMError) {
         guard revoked.isPrivate(gfn: gfn) else { return }
-        let range = gfn..<(gfn + 1)
+        try setRevoked(pages: gfn..<(gfn + 1), false)
+    }
+
+    /// Marks `range` revoked or not and re-lays the memslots around it; all or nothing.
+    private func setRevoked(pages range: Range<UInt64>, _ value: Bool) throws(VMMError) {
         var newRevoked = revoked
-        let window = newRevoked.set(pages: range, private: false)
-        let full = attributes.affectedWindow(range)
-        let w = min(window.lowerBound, full.lowerBound)..<max(window.upperBound, full.upperBound)
-        try checkLimit(window: w, attributes: attributes, revoked: newRevoked)
+        let window = union(newRevoked.set(pages: range, private: value), attributes.affectedWindow(range))
+        try checkLimit(window: window, attributes: attributes, revoked: newRevoked)
+        let old = revoked
         revoked = newRevoked
-        _ = try relayout(window: w)
+        do throws(VMMError) { _ = try relayout(window: window) } catch {
+            revoked = old
+            _ = try? relayout(window: window)
+            throw error
+        }
+    }
+
+    private func union(_ a: Range<UInt64>, _ b: Range<UInt64>) -> Range<UInt64> {
+        min(a.lowerBound, b.lowerBound)..<max(a.upperBound, b.upperBound)
     }
 
     /// Frees the backing of `[gpa, gpa+size)` on whichever side each page currently uses (injection `discard`).
@@ -263,7 +282,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     private func checkLimit(window: Range<UInt64>, attributes a: AttributeMap, revoked r: AttributeMap) throws(VMMError) {
         let extended = extend(window)
-        let removed = slots.filter { $0.end > extended.lowerBound && $0.start < extended.upperBound }.count
+        let removed = slotIndices(overlapping: extended).count
         let added = wantedSegments(window: extended, attributes: a, revoked: r).count
         let needed = slots.count - removed + added
         if needed > memslotLimit {
@@ -284,10 +303,9 @@ public final class GuestMemory: @unchecked Sendable {
     @discardableResult
     func relayout(window: Range<UInt64>) throws(VMMError) -> Bool {
         let w = extend(window)
-        let first = slots.firstIndex { $0.end > w.lowerBound } ?? slots.count
-        var last = first
-        while last < slots.count && slots[last].start < w.upperBound { last += 1 }
-        let old = Array(slots[first..<last])
+        let indices = slotIndices(overlapping: w)
+        let first = indices.lowerBound, last = indices.upperBound
+        let old = Array(slots[indices])
         let wanted = wantedSegments(window: w, attributes: attributes, revoked: revoked)
         func shape(_ e: SlotEntry) -> Segment { Segment(start: e.start, end: e.end, isPrivate: e.view != .shared) }
         let oldShape = old.map(shape)

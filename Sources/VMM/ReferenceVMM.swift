@@ -378,14 +378,12 @@ public final class ReferenceVMM: @unchecked Sendable {
                                      detail: "converted to \(currentlyPrivate ? "shared" : "private") behind the guest's back (\(result.runsChanged) runs changed)")
         }
         memory.lock.lock()
-        let gfn = report.gpa.map { $0 / 4096 }
-        let inRAM = gfn.map { $0 < memory.pageCount } ?? false
-        let attribute = inRAM ? (memory.attributes.isPrivate(gfn: gfn!) ? "private" : "shared") : "none"
-        let slot = inRAM ? memory.slot(containing: gfn!).map { Int($0.slot) } : nil
+        let context = memory.faultContext(gfn: report.gpa.map { $0 / 4096 })
         memory.lock.unlock()
         faults.append(FaultRecord(timeNs: monotonicNanoseconds(), vcpu: report.vcpu, gpa: report.gpa ?? 0,
                                   size: report.size ?? 0, flags: 0, isPrivate: false, access: .unknown, errno: nil,
-                                  source: .vmm, exit: "none", attribute: attribute, slot: slot, action: .injected))
+                                  source: .vmm, exit: "none", attribute: context.attribute, slot: context.slot,
+                                  action: .injected))
         events.append(.faultInjected(report))
         logger.notice("fault injected", metadata: ["kind": "\(kind.rawValue)", "detail": "\(report.detail)"])
         return report
@@ -396,7 +394,7 @@ public final class ReferenceVMM: @unchecked Sendable {
     /// An MMIO exit: a vmm-engine memory fault when the GPA is RAM, an ordinary MMIO access otherwise.
     func handleMMIO(runner: VCPURunner, address: UInt64, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) {
         guard let c = memory.classify(address) else {
-            if let read { for i in read.indices { read[i] = 0xFF } }
+            read?.fillAllOnes()
             return
         }
         var resumed = false
@@ -438,7 +436,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                 }
                 faults.append(record)
                 if record.action == .reported {
-                    if let read { for i in read.indices { read[i] = 0xFF } }
+                    read?.fillAllOnes()
                 } else {
                     complete(c, read: read, write: write)
                 }
@@ -452,14 +450,14 @@ public final class ReferenceVMM: @unchecked Sendable {
             case .report:
                 faults.append(record)
                 memory.lock.unlock()
-                if let read { for i in read.indices { read[i] = 0xFF } }
+                read?.fillAllOnes()
                 return
             case .pause:
                 record.action = .paused
                 faults.append(record)
                 memory.lock.unlock()
                 guard runner.faultStop(reason: "memory fault at \(hex(address)) (\(c.privateView ? "private" : "shared") access, page is \(record.attribute))") else {
-                    if let read { for i in read.indices { read[i] = 0xFF } }
+                    read?.fillAllOnes()
                     return
                 }
                 resumed = true
@@ -480,13 +478,12 @@ public final class ReferenceVMM: @unchecked Sendable {
         let gfn = f.gpa / 4096
         memory.lock.lock()
         let inRAM = gfn < memory.pageCount
-        let attribute = inRAM ? (memory.attributes.isPrivate(gfn: gfn) ? "private" : "shared") : "none"
-        let slot = inRAM ? memory.slot(containing: gfn).map { Int($0.slot) } : nil
+        let context = memory.faultContext(gfn: gfn)
         memory.lock.unlock()
         var record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
                                  flags: f.flags, isPrivate: f.isPrivate, access: .unknown,
                                  errno: KVMError.name(of: f.errno), source: .kernel, exit: "MEMORY_FAULT",
-                                 attribute: attribute, slot: slot, action: .reported)
+                                 attribute: context.attribute, slot: context.slot, action: .reported)
         let unknownFlags = f.flags & ~MemoryFaultExit.flagPrivate
         if unknownFlags != 0 || !inRAM || runner.noteKernelFault(gpa: f.gpa) {
             faults.append(record)
@@ -495,11 +492,12 @@ public final class ReferenceVMM: @unchecked Sendable {
                                  : "KVM_EXIT_MEMORY_FAULT repeated at \(hex(f.gpa))")
             return
         }
+        // The pages the fault names: what an implicit conversion converts.
+        let faultGPA = f.gpa & ~0xFFF, faultSize = max(4096, (f.size + 4095) & ~4095)
         switch faultPolicy {
         case .convert:
-            let size = max(4096, (f.size + 4095) & ~4095)
             do {
-                _ = try convert(gpa: f.gpa & ~0xFFF, size: size, toPrivate: f.isPrivate, discard: true, cause: .implicit, vcpu: runner.index)
+                _ = try convert(gpa: faultGPA, size: faultSize, toPrivate: f.isPrivate, discard: true, cause: .implicit, vcpu: runner.index)
                 record.action = .converted
                 faults.append(record)
             } catch {
@@ -510,7 +508,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             record.action = .paused
             faults.append(record)
             if runner.faultStop(reason: "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa))") {
-                _ = try? convert(gpa: f.gpa & ~0xFFF, size: max(4096, (f.size + 4095) & ~4095), toPrivate: f.isPrivate,
+                _ = try? convert(gpa: faultGPA, size: faultSize, toPrivate: f.isPrivate,
                                  discard: true, cause: .implicit, vcpu: runner.index)
             }
         case .report:
@@ -562,4 +560,9 @@ public final class ReferenceVMM: @unchecked Sendable {
             return UInt64(bitPattern: -22)
         }
     }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    /// What a read from nothing returns on x86: all ones.
+    func fillAllOnes() { if let base = baseAddress { base.initializeMemory(as: UInt8.self, repeating: 0xFF, count: count) } }
 }

@@ -262,9 +262,12 @@ final class VCPURunner: @unchecked Sendable {
     func snapshot(withRegisters: Bool) -> VCPUSnapshot {
         var regs: kvm_regs?
         var sregs: kvm_sregs?
-        if withRegisters {
-            regs = try? perform { v throws(KVMError) in try v.registers() }
-            sregs = try? perform { v throws(KVMError) in try v.specialRegisters() }
+        if withRegisters, let both = try? perform({ v throws(KVMError) in
+            RegisterPair(regs: try v.registers(), sregs: try v.specialRegisters())
+        }) {
+            // One request: the vCPU thread is interrupted once for both register sets.
+            regs = both.regs
+            sregs = both.sregs
         }
         let stats = (try? statistics?.readScalars()) ?? [:]
         cond.lock(); defer { cond.unlock() }
@@ -300,7 +303,7 @@ final class VCPURunner: @unchecked Sendable {
             for (i, b) in data.prefix(min(size, 8)).enumerated() { value |= UInt64(b) << (8 * UInt64(i)) }
             guestPort(port, value: value)
         case .ioIn(_, _, _, let buffer):
-            for i in buffer.indices { buffer[i] = 0xFF }
+            buffer.fillAllOnes()
         case .mmioRead(let address, let buffer):
             vmm.handleMMIO(runner: self, address: address, read: buffer, write: nil)
         case .mmioWrite(let address, let data):
@@ -403,4 +406,11 @@ final class VCPURunner: @unchecked Sendable {
 private final class ResultBox<T>: @unchecked Sendable {
     // @unchecked: written once by the vCPU thread before the semaphore is signalled, read after the wait.
     var result: Result<T, KVMError>?
+}
+
+/// Both register sets, read in one trip to the vCPU thread.
+private struct RegisterPair: @unchecked Sendable {
+    // @unchecked: plain C structs of integers.
+    var regs: kvm_regs
+    var sregs: kvm_sregs
 }

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// Why an attribute changed (`MEMORY_ATTRIBUTES_CHANGED.cause`).
 public enum ConversionCause: String, Sendable {
     case command, guestRequest = "guest-request", implicit, injection
@@ -29,40 +27,21 @@ public final class EventLog: Sendable {
         public var timeNs: UInt64
         public var event: VMEvent
     }
-    struct State {
-        var entries: [Entry] = []
-        var head = 0
-        var total: UInt64 = 0
-    }
-    public let capacity: Int
-    private let state = Mutex(State())
+    private let ring: SequencedRing<Entry>
 
-    public init(capacity: Int) {
-        precondition(capacity > 0)
-        self.capacity = capacity
-    }
+    public init(capacity: Int) { ring = SequencedRing(capacity: capacity) }
+
+    public var capacity: Int { ring.capacity }
 
     public func append(_ event: VMEvent) {
         let now = monotonicNanoseconds()
-        state.withLock { s in
-            s.total += 1
-            let e = Entry(seq: s.total, timeNs: now, event: event)
-            if s.entries.count < capacity { s.entries.append(e) } else {
-                s.entries[s.head] = e
-                s.head = (s.head + 1) % capacity
-            }
-        }
+        ring.append { Entry(seq: $0, timeNs: now, event: event) }
     }
 
-    public var lastSeq: UInt64 { state.withLock { $0.total } }
+    public var lastSeq: UInt64 { ring.total }
 
     /// Events with `seq > after`, oldest first, and the number evicted before this reader saw them.
     public func events(after: UInt64) -> (entries: [Entry], dropped: UInt64) {
-        state.withLock { s in
-            let ordered = Array(s.entries[s.head...] + s.entries[..<s.head])
-            let oldest = ordered.first?.seq ?? (s.total + 1)
-            let missed = oldest > after + 1 ? oldest - after - 1 : 0
-            return (ordered.filter { $0.seq > after }, missed)
-        }
+        ring.entries(after: after)
     }
 }

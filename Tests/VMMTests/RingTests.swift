@@ -1,0 +1,40 @@
+import Testing
+@testable import VMM
+
+@Suite struct RingTests {
+    static func record(_ gpa: UInt64) -> FaultRecord {
+        FaultRecord(timeNs: 0, vcpu: 0, gpa: gpa, size: 4096, flags: 0, isPrivate: false, access: .read, errno: nil,
+                    source: .vmm, exit: "MMIO", attribute: "shared", slot: nil, action: .reported)
+    }
+
+    @Test func faultRingNumbersWithoutGapsAndCountsOverflow() {
+        let ring = FaultRing(capacity: 3)
+        for g in 1...5 as ClosedRange<UInt64> { ring.append(Self.record(g * 4096)) }
+        #expect(ring.total == 5)
+        #expect(ring.dropped == 2)
+        let all = ring.records(after: 0)
+        #expect(all.records.map(\.seq) == [3, 4, 5])
+        let gpas: [UInt64] = [0x3000, 0x4000, 0x5000]
+        #expect(all.records.map(\.gpa) == gpas)
+        #expect(all.dropped == 2)
+        let later = ring.records(after: 3)
+        #expect(later.records.map(\.seq) == [4, 5])
+        #expect(later.dropped == 0)
+        #expect(ring.records(after: 5).records.isEmpty)
+        let first: [UInt64] = [3]
+        #expect(ring.records(after: 0, limit: 1).records.map(\.seq) == first)
+        #expect(ring.recent(2).map(\.seq) == [4, 5])
+    }
+
+    @Test func eventLogReaderLearnsWhatItMissed() {
+        let log = EventLog(capacity: 2)
+        #expect(log.events(after: 0).entries.isEmpty && log.events(after: 0).dropped == 0)
+        for g in 1...4 as ClosedRange<UInt64> { log.append(.memslotsChanged(generation: g)) }
+        let r = log.events(after: 1)
+        #expect(r.entries.map(\.seq) == [3, 4])
+        let expected: [VMEvent] = [.memslotsChanged(generation: 3), .memslotsChanged(generation: 4)]
+        #expect(r.entries.map(\.event) == expected)
+        #expect(r.dropped == 1)
+        #expect(log.lastSeq == 4)
+    }
+}
