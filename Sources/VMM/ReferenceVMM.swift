@@ -236,17 +236,12 @@ public final class ReferenceVMM: @unchecked Sendable {
     {
         memory.lock.lock()
         let result: ConversionResult
-        let generation: UInt64
         do { result = try memory.convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard) } catch {
             memory.lock.unlock()
             throw error
         }
-        generation = memory.generation
+        logEvents(conversionEvents(result, gpa: gpa, size: size, toPrivate: toPrivate, cause: cause, vcpu: vcpu))
         memory.lock.unlock()
-        if result.runsChanged > 0 {
-            events.append(.memoryAttributesChanged(gpa: gpa, size: size, isPrivate: toPrivate, cause: cause, vcpu: vcpu))
-        }
-        if result.memslotsChanged { events.append(.memslotsChanged(generation: generation)) }
         return result
     }
 
@@ -354,39 +349,73 @@ public final class ReferenceVMM: @unchecked Sendable {
             }
             r.wakeIfHalted()
             report = InjectionReport(kind: kind, vcpu: r.index, gpa: gpa, detail: "KVM_X86_SET_MCE bank 1 addr \(hex(gpa)) on vcpu \(r.index)")
-        case .discard:
+        case .discard, .revoke, .flip:
             let (g, s) = try range()
+            var followUp: [VMEvent] = []
+            let detail: String
             memory.lock.lock()
-            do { try memory.discardContents(gpa: g, size: s) } catch { memory.lock.unlock(); throw error }
+            do throws(VMMError) {
+                switch kind {
+                case .discard:
+                    try memory.discardContents(gpa: g, size: s)
+                    detail = "backing punched (FALLOC_FL_PUNCH_HOLE): contents lost"
+                case .revoke:
+                    try memory.revoke(gpa: g, size: s)
+                    followUp.append(.memslotsChanged(generation: memory.generation))
+                    detail = "mapping removed: the next access to each page faults"
+                default:
+                    let currentlyPrivate = g < memory.ramSize ? memory.attributes.isPrivate(gfn: g / 4096) : true
+                    let result = try memory.convert(gpa: g, size: s, toPrivate: !currentlyPrivate, discard: false)
+                    followUp = conversionEvents(result, gpa: g, size: s, toPrivate: !currentlyPrivate,
+                                                cause: .injection, vcpu: nil)
+                    detail = "converted to \(currentlyPrivate ? "shared" : "private") behind the guest's back (\(result.runsChanged) runs changed)"
+                }
+            } catch {
+                memory.lock.unlock()
+                throw error
+            }
+            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s, detail: detail)
+            // Recorded before the lock goes, so the record precedes every fault the injection causes
+            // (vCPU threads take the same lock before they record a fault).
+            appendInjectionRecord(report)
+            logEvents(followUp)
             memory.lock.unlock()
-            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s, detail: "backing punched (FALLOC_FL_PUNCH_HOLE): contents lost")
-        case .revoke:
-            let (g, s) = try range()
-            memory.lock.lock()
-            do { try memory.revoke(gpa: g, size: s) } catch { memory.lock.unlock(); throw error }
-            let generation = memory.generation
-            memory.lock.unlock()
-            events.append(.memslotsChanged(generation: generation))
-            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s, detail: "mapping removed: the next access to each page faults")
-        case .flip:
-            let (g, s) = try range()
-            memory.lock.lock()
-            let currentlyPrivate = g < memory.ramSize ? memory.attributes.isPrivate(gfn: g / 4096) : true
-            memory.lock.unlock()
-            let result = try convert(gpa: g, size: s, toPrivate: !currentlyPrivate, discard: false, cause: .injection, vcpu: nil)
-            report = InjectionReport(kind: kind, vcpu: nil, gpa: g, size: s,
-                                     detail: "converted to \(currentlyPrivate ? "shared" : "private") behind the guest's back (\(result.runsChanged) runs changed)")
         }
-        memory.lock.lock()
+        if kind == .nmi || kind == .mce {
+            memory.lock.lock()
+            appendInjectionRecord(report)
+            memory.lock.unlock()
+        }
+        events.append(.faultInjected(report))
+        logger.notice("fault injected", metadata: ["kind": "\(kind.rawValue)", "detail": "\(report.detail)"])
+        return report
+    }
+
+    /// The fault record an injection leaves. Caller holds the memory lock.
+    private func appendInjectionRecord(_ report: InjectionReport) {
         let context = memory.faultContext(gfn: report.gpa.map { $0 / 4096 })
-        memory.lock.unlock()
         faults.append(FaultRecord(timeNs: monotonicNanoseconds(), vcpu: report.vcpu, gpa: report.gpa ?? 0,
                                   size: report.size ?? 0, flags: 0, isPrivate: false, access: .unknown, errno: nil,
                                   source: .vmm, exit: "none", attribute: context.attribute, slot: context.slot,
                                   action: .injected))
-        events.append(.faultInjected(report))
-        logger.notice("fault injected", metadata: ["kind": "\(kind.rawValue)", "detail": "\(report.detail)"])
-        return report
+    }
+
+    /// Logs the events of a memory change. Called with the memory lock held, so anyone who sees the new state
+    /// through a query also finds its events in the log (the event log never takes the memory lock).
+    private func logEvents(_ list: [VMEvent]) {
+        for e in list { events.append(e) }
+    }
+
+    /// The events a conversion emits: the attribute change (when runs changed), then the memslot change.
+    /// `memory.generation` is read as it is now: call with the memory lock held, right after the conversion.
+    private func conversionEvents(_ result: ConversionResult, gpa: UInt64, size: UInt64, toPrivate: Bool,
+                                  cause: ConversionCause, vcpu: Int?) -> [VMEvent] {
+        var out: [VMEvent] = []
+        if result.runsChanged > 0 {
+            out.append(.memoryAttributesChanged(gpa: gpa, size: size, isPrivate: toPrivate, cause: cause, vcpu: vcpu))
+        }
+        if result.memslotsChanged { out.append(.memslotsChanged(generation: memory.generation)) }
+        return out
     }
 
     // MARK: Exit handlers (vCPU threads)
@@ -410,26 +439,27 @@ public final class ReferenceVMM: @unchecked Sendable {
                 runner.countRelayoutRetry()
                 return
             }
+            let context = memory.faultContext(gfn: gfn)
             var record = FaultRecord(
                 timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: address & ~0xFFF, size: 4096,
                 flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView,
                 access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: "MMIO",
-                attribute: attrPrivate ? "private" : "shared", slot: memory.slot(containing: gfn).map { Int($0.slot) },
-                action: .reported)
+                attribute: context.attribute, slot: context.slot, action: .reported)
             let policy = resumed ? .convert : faultPolicy
             switch policy {
             case .convert:
-                var changed: ConversionResult?
-                var generation: UInt64 = 0
+                var followUp: [VMEvent] = []
                 do {
                     if attrPrivate == c.privateView {
                         try memory.remap(gfn: gfn)
                         record.action = .remapped
+                        followUp = [.memslotsChanged(generation: memory.generation)]
                     } else {
-                        changed = try memory.convert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true)
+                        let result = try memory.convert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true)
                         record.action = .converted
+                        followUp = conversionEvents(result, gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
+                                                    cause: .implicit, vcpu: runner.index)
                     }
-                    generation = memory.generation
                 } catch {
                     record.action = .reported
                     logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
@@ -440,12 +470,8 @@ public final class ReferenceVMM: @unchecked Sendable {
                 } else {
                     complete(c, read: read, write: write)
                 }
+                logEvents(followUp)
                 memory.lock.unlock()
-                if let changed, changed.runsChanged > 0 {
-                    events.append(.memoryAttributesChanged(gpa: gfn * 4096, size: 4096, isPrivate: c.privateView,
-                                                           cause: .implicit, vcpu: runner.index))
-                }
-                if record.action != .reported { events.append(.memslotsChanged(generation: generation)) }
                 return
             case .report:
                 faults.append(record)
