@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "vmscope", targets: ["vmscope"]),
+        .executable(name: "vmscope-bench", targets: ["vmscope-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -34,8 +35,16 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Benchmarks (`swift run -c release vmscope-bench`); a library so `swift test` can smoke-run them.
+        .target(name: "Benchmarks", dependencies: [
+            "VMM", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vmscope-bench", dependencies: [
+            "Benchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),
     ],
     swiftLanguageModes: [.v6]

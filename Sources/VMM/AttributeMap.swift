@@ -4,13 +4,13 @@ public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
     public var size: UInt64
     public var isPrivate: Bool
 
-    public init(gpa: UInt64, size: UInt64, isPrivate: Bool) {
+    @inlinable public init(gpa: UInt64, size: UInt64, isPrivate: Bool) {
         self.gpa = gpa
         self.size = size
         self.isPrivate = isPrivate
     }
 
-    public var end: UInt64 { gpa + size }
+    @inlinable public var end: UInt64 { gpa + size }
     public var description: String {
         "[0x\(String(gpa, radix: 16)), 0x\(String(end, radix: 16))) \(isPrivate ? "private" : "shared")"
     }
@@ -74,21 +74,19 @@ public struct AttributeMap: Sendable, Equatable {
         return (start, end, firstIsPrivate != (i % 2 == 1))
     }
 
+    /// The runs overlapping `pages`, clipped to it, in order, as a collection over the map's own storage:
+    /// nothing is copied or allocated, so walking a million runs costs about as much as reading their boundaries.
+    public func runView(pages: Range<UInt64>) -> AttributeRuns {
+        precondition(pages.upperBound <= pageCount)
+        let first = upperIndex(pages.lowerBound)
+        let last = pages.isEmpty ? first : lowerIndex(pages.upperBound)
+        return AttributeRuns(flips: flips, pageCount: pageCount, firstIsPrivate: firstIsPrivate, pages: pages,
+                             indices: first..<(pages.isEmpty ? first : last + 1))
+    }
+
     /// The runs overlapping `pages`, clipped to it, in order.
     public func runs(pages: Range<UInt64>) -> [AttributeRun] {
-        precondition(pages.upperBound <= pageCount)
-        guard !pages.isEmpty else { return [] }
-        var out: [AttributeRun] = []
-        var i = upperIndex(pages.lowerBound)
-        var start = pages.lowerBound
-        while start < pages.upperBound {
-            let end = min(i == flips.count ? pageCount : flips[i], pages.upperBound)
-            out.append(AttributeRun(gpa: start * Self.pageSize, size: (end - start) * Self.pageSize,
-                                    isPrivate: firstIsPrivate != (i % 2 == 1)))
-            start = end
-            i += 1
-        }
-        return out
+        Array(runView(pages: pages))
     }
 
     /// Every run, in order.
@@ -160,5 +158,26 @@ public struct AttributeMap: Sendable, Equatable {
         guard !pages.isEmpty else { return true }
         let r = run(containing: pages.lowerBound)
         return r.isPrivate == toPrivate && r.end >= pages.upperBound
+    }
+}
+
+/// Runs of an `AttributeMap` clipped to a page range (`AttributeMap.runView(pages:)`). Index `i` is the run
+/// that starts at the map's `i`-th flip (0: the run starting at page 0).
+public struct AttributeRuns: RandomAccessCollection, Sendable {
+    @usableFromInline let flips: [UInt64]
+    @usableFromInline let pageCount: UInt64
+    @usableFromInline let firstIsPrivate: Bool
+    @usableFromInline let pages: Range<UInt64>
+    public let indices: Range<Int>
+
+    @inlinable public var startIndex: Int { indices.lowerBound }
+    @inlinable public var endIndex: Int { indices.upperBound }
+
+    @inlinable public subscript(i: Int) -> AttributeRun {
+        precondition(indices.contains(i), "run index out of range")
+        let start = Swift.max(i == 0 ? 0 : flips[i - 1], pages.lowerBound)
+        let end = Swift.min(i == flips.count ? pageCount : flips[i], pages.upperBound)
+        return AttributeRun(gpa: start &* AttributeMap.pageSize, size: (end &- start) &* AttributeMap.pageSize,
+                            isPrivate: firstIsPrivate != (i & 1 == 1))
     }
 }

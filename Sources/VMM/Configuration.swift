@@ -42,6 +42,8 @@ public struct VMMConfiguration: Sendable {
     public var allowFaultInjection = false
     /// Use at most this many memslots (never more than the kernel's limit).
     public var memslotLimit: Int?
+    /// Bytes; no memslot crosses a multiple of it (see `GuestMemory.memslotSpan`).
+    public var memslotSpan = GuestMemory.defaultMemslotSpan
     public var faultRingCapacity = 4096
     public var eventLogCapacity = 4096
     public var guest = GuestOptions()

@@ -73,7 +73,7 @@ struct SlotEntry: Equatable {
 }
 
 /// A stretch of RAM pages the engine wants one memslot for.
-public struct Segment: Sendable, Equatable {
+public struct Segment: Sendable, Hashable {
     public var start: UInt64
     public var end: UInt64
     public var isPrivate: Bool
@@ -102,13 +102,19 @@ public final class GuestMemory: @unchecked Sendable {
     /// RAM pages at which a memslot always ends (the guest's own code and tables live below the first one, so
     /// conversions elsewhere never take the memslot it executes from away, not even for a moment).
     public let pinnedBoundaries: [UInt64]
+    /// No memslot crosses a multiple of this many RAM pages. KVM allocates per-page metadata for every memslot it
+    /// creates (rmap and write-tracking arrays under shadow paging), so splitting a slot costs O(its size): without
+    /// a bound, each conversion inside a 1 TiB VM would rebuild a slot of up to 1 TiB.
+    public let memslotSpan: UInt64
     /// Bumped on every memslot change (`MEMSLOTS_CHANGED.generation`).
     public private(set) var generation: UInt64 = 0
 
     public var pageCount: UInt64 { attributes.pageCount }
 
     init(vm: VirtualMachine, ramSize: UInt64, engine: any AttributeEngine, privateBacking: RAMBacking,
-         sharedBacking: RAMBacking, memslotLimit: Int, pinnedBoundaries: [UInt64] = []) throws(VMMError) {
+         sharedBacking: RAMBacking, memslotLimit: Int, pinnedBoundaries: [UInt64] = [],
+         memslotSpan: UInt64 = GuestMemory.defaultMemslotSpan) throws(VMMError) {
+        self.memslotSpan = max(memslotSpan / AttributeMap.pageSize, 1)
         self.pinnedBoundaries = pinnedBoundaries.filter { $0 > 0 && $0 < ramSize / AttributeMap.pageSize }.sorted()
         self.vm = vm
         self.ramSize = ramSize
@@ -211,10 +217,10 @@ public final class GuestMemory: @unchecked Sendable {
             return ConversionResult(runsChanged: 0, durationNs: monotonicNanoseconds() - started, memslotsChanged: false)
         }
         var newAttributes = attributes
-        let attributeWindow = newAttributes.set(pages: range, private: toPrivate)
+        newAttributes.set(pages: range, private: toPrivate)
         var newRevoked = revoked
-        let revokedWindow = newRevoked.set(pages: range, private: false)
-        let window = union(attributeWindow, revokedWindow)
+        newRevoked.set(pages: range, private: false)
+        let window = neighbourhood(range)
         try checkLimit(window: window, attributes: newAttributes, revoked: newRevoked)
 
         let runsBefore = attributes.runs(pages: window)
@@ -256,7 +262,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// Marks `range` revoked or not and re-lays the memslots around it; all or nothing.
     private func setRevoked(pages range: Range<UInt64>, _ value: Bool) throws(VMMError) {
         var newRevoked = revoked
-        let window = union(newRevoked.set(pages: range, private: value), attributes.affectedWindow(range))
+        newRevoked.set(pages: range, private: value)
+        let window = neighbourhood(range)
         try checkLimit(window: window, attributes: attributes, revoked: newRevoked)
         let old = revoked
         revoked = newRevoked
@@ -267,8 +274,11 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
-    private func union(_ a: Range<UInt64>, _ b: Range<UInt64>) -> Range<UInt64> {
-        min(a.lowerBound, b.lowerBound)..<max(a.upperBound, b.upperBound)
+    /// The pages whose memslots a change of `range` can touch, before `extend`: the range and one page either side.
+    /// Outside it every run edge stays an edge, so the memslots there stay as they are; the slots holding the
+    /// neighbouring pages are the ones a merge can join.
+    private func neighbourhood(_ range: Range<UInt64>) -> Range<UInt64> {
+        (range.lowerBound == 0 ? 0 : range.lowerBound - 1)..<min(range.upperBound + 1, pageCount)
     }
 
     /// Frees the backing of `[gpa, gpa+size)` on whichever side each page currently uses (injection `discard`).
@@ -312,15 +322,16 @@ public final class GuestMemory: @unchecked Sendable {
         if oldShape == wanted { return false }
 
         // Only the memslots that differ change: delete first (KVM refuses overlapping slots), then create.
-        let keep = old.filter { wanted.contains(shape($0)) }
-        for e in old where !keep.contains(e) {
+        let wantedSet = Set(wanted), oldSet = Set(oldShape)
+        let keep = old.filter { wantedSet.contains(shape($0)) }
+        for e in old where !wantedSet.contains(shape(e)) {
             do { try vm.deleteMemoryRegion(slot: e.slot) } catch { throw VMMError.kvm(error) }
             freeSlots.append(e.slot)
         }
         slots.removeSubrange(first..<last)
         slots.insert(contentsOf: keep, at: first)
         var created: [SlotEntry] = []
-        for seg in wanted where !oldShape.contains(seg) {
+        for seg in wanted where !oldSet.contains(seg) {
             guard let id = freeSlots.popLast() else {
                 throw VMMError(.unsupported, "out of memslots (limit \(memslotLimit))")
             }
@@ -337,15 +348,29 @@ public final class GuestMemory: @unchecked Sendable {
         return true
     }
 
-    /// The engine's segments for `window`, cut at the pinned boundaries.
+    /// Bytes: the default `memslotSpan`.
+    public static let defaultMemslotSpan: UInt64 = 1 << 30
+
+    /// The first RAM page after `gfn` at which a memslot must end: a pinned boundary or a multiple of the span.
+    func nextCut(after gfn: UInt64) -> UInt64 {
+        var lo = 0, hi = pinnedBoundaries.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if pinnedBoundaries[mid] <= gfn { lo = mid + 1 } else { hi = mid }
+        }
+        let spanCut = (gfn / memslotSpan + 1) * memslotSpan
+        return lo < pinnedBoundaries.count ? min(pinnedBoundaries[lo], spanCut) : spanCut
+    }
+
+    /// The engine's segments for `window`, cut at the pinned boundaries and the span multiples.
     func wantedSegments(window: Range<UInt64>, attributes a: AttributeMap, revoked r: AttributeMap) -> [Segment] {
-        let segments = engine.segments(window: window, attributes: a, revoked: r)
-        guard !pinnedBoundaries.isEmpty else { return segments }
         var out: [Segment] = []
-        for var seg in segments {
-            for b in pinnedBoundaries where b > seg.start && b < seg.end {
-                out.append(Segment(start: seg.start, end: b, isPrivate: seg.isPrivate))
-                seg.start = b
+        for var seg in engine.segments(window: window, attributes: a, revoked: r) {
+            var cut = nextCut(after: seg.start)
+            while cut < seg.end {
+                out.append(Segment(start: seg.start, end: cut, isPrivate: seg.isPrivate))
+                seg.start = cut
+                cut = nextCut(after: cut)
             }
             out.append(seg)
         }

@@ -113,7 +113,8 @@ public final class ReferenceVMM: @unchecked Sendable {
             let limit = min(capabilities.nrMemslots, config.memslotLimit ?? Int.max)
             memory = try GuestMemory(vm: vm, ramSize: config.ramSize, engine: engine, privateBacking: privateBacking,
                                      sharedBacking: sharedBacking, memslotLimit: limit,
-                                     pinnedBoundaries: config.runGuest ? [UInt64(GuestLayout.bounceBuffers) / 4096] : [])
+                                     pinnedBoundaries: config.runGuest ? [UInt64(GuestLayout.bounceBuffers) / 4096] : [],
+                                     memslotSpan: config.memslotSpan)
         } catch let e as VMMError {
             throw e
         } catch let e as KVMError {

@@ -44,10 +44,15 @@ struct VMMCommand: ParsableCommand {
     @Flag(help: "Allow conversions, vcpu-control and set-fault-policy.") var allowMutations = false
     @Flag(help: "Allow inject-fault (needs --allow-mutations too).") var allowFaultInjection = false
     @Option(help: "Use at most this many memslots.") var memslotLimit: Int?
+    @Option(help: "No memslot crosses a multiple of this size (4K-aligned), e.g. 1G.")
+    var memslotSpan = ByteSize(argument: "1G")!
     @Option(help: "KVM device.") var device = KVMSystem.defaultPath
 
     func validate() throws {
         guard vcpus >= 1 else { throw ValidationError("--vcpus must be at least 1") }
+        guard memslotSpan.bytes >= 4096 && memslotSpan.bytes % 4096 == 0 else {
+            throw ValidationError("--memslot-span must be a non-zero multiple of 4K")
+        }
         guard !socket.isEmpty else { throw ValidationError("--socket must not be empty") }
         if allowFaultInjection && !allowMutations {
             throw ValidationError("--allow-fault-injection needs --allow-mutations")
@@ -70,6 +75,7 @@ struct VMMCommand: ParsableCommand {
         c.allowMutations = allowMutations
         c.allowFaultInjection = allowFaultInjection
         c.memslotLimit = memslotLimit
+        c.memslotSpan = memslotSpan.bytes
         c.devicePath = device
 
         // Block SIGINT/SIGTERM before any vCPU thread exists (threads inherit the mask), then wait for them here.

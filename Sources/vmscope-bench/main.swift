@@ -1,0 +1,40 @@
+import ArgumentParser
+import Benchmarks
+import Foundation
+
+@main
+struct VMScopeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmscope-bench",
+        abstract: "vmscope's benchmarks: medians over repeated runs, with baselines measured in the same run.",
+        discussion: "Run from a release build: swift run -c release vmscope-bench")
+
+    @Flag(help: "Print {\"machine\", \"results\"} as JSON.") var json = false
+    @Flag(help: "Tiny sizes, to check that every benchmark still runs.") var smoke = false
+    @Option(help: "Only the groups named (attr, convert); repeatable.") var only: [String] = []
+    @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
+    var markdown: String?
+
+    func run() throws {
+        let sizes = smoke ? BenchSizes.smoke : .full
+        var results: [BenchResult] = []
+        func wanted(_ group: String) -> Bool { only.isEmpty || only.contains(group) }
+        if wanted("attr") { results += attributeMapBenchmarks(sizes) }
+        if wanted("convert") { results += try conversionBenchmarks(sizes) }
+        let report = BenchReport(machine: .current(), results: results)
+        if json {
+            print(report.json())
+        } else {
+            for r in results {
+                let extra = [r.target.map { "target \($0)" + (r.met == false ? " MISSED" : "") },
+                             r.ratio.map { String(format: "%.3g× %@", $0, r.baseline ?? "") }, r.note]
+                    .compactMap { $0 }.joined(separator: "; ")
+                print("\(r.name.padding(toLength: 30, withPad: " ", startingAt: 0)) \(String(format: "%12.4g", r.value)) \(r.unit.padding(toLength: 4, withPad: " ", startingAt: 0))  \(extra)")
+            }
+        }
+        if let markdown {
+            let command = "swift run -c release vmscope-bench --markdown \(markdown)" + (smoke ? " --smoke" : "")
+            try report.markdown(command: command).write(toFile: markdown, atomically: true, encoding: .utf8)
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import Foundation
+import Testing
+@testable import Benchmarks
+import VMM
+
+/// The benchmarks at tiny sizes, so they cannot rot; figures come from `swift run -c release vmscope-bench`.
+struct SmokeTests {
+    @Test func bitmapBaselineFindsTheSameRunsAsTheMap() {
+        var map = alternatingMap(bytes: 64 << 20, runs: 37)
+        map.set(pages: 100..<101, private: false)
+        map.set(pages: 16383..<16384, private: false)
+        #expect(PageBitmap(map).runs() == map.allRuns)
+        #expect(map.runCount == 40)
+        let walked = summary(map)
+        #expect(walked.runs == 40)
+        #expect(PageBitmap(map).summary() == walked)
+        #expect(walked.privatePages == map.pageCounts(pages: 0..<map.pageCount).private)
+    }
+
+    @Test func attributeMapBenchmarksReportEveryFigure() throws {
+        let results = attributeMapBenchmarks(.smoke)
+        let names = Set(results.map(\.name))
+        for name in ["attr-query-1tib-1m-runs-us", "attr-bytes-per-run", "bitmap-query-full-range-us",
+                     "attr-query-1gib-window-us", "attr-lookup-ns"] {
+            #expect(names.contains(name), "missing \(name)")
+        }
+        for r in results { #expect(r.value.isFinite && r.value > 0, "\(r.name) = \(r.value)") }
+        let query = try #require(results.first { $0.name == "attr-query-1tib-1m-runs-us" })
+        #expect(query.baseline == "bitmap-query-full-range-us" && query.ratio != nil && query.met != nil)
+    }
+
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm"), "/dev/kvm does not exist on this machine"))
+    func conversionBenchmarksRunOnRealKVM() throws {
+        let results = try conversionBenchmarks(.smoke)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let convert = try #require(byName["vmm-convert-ms-16k-runs"])
+        #expect(convert.value > 0 && convert.value.isFinite)
+        #expect(convert.note?.contains("\(BenchSizes.smoke.vmRuns + 1) runs") == true, "\(convert.note ?? "")")
+        #expect(byName["vmm-convert-ms-small-vm"].map { $0.value > 0 } == true)
+        #expect(byName["vmm-rss-mib-16k-runs"].map { $0.value > 0 } == true)
+    }
+
+    @Test func reportEncodesTheIssueShape() throws {
+        let report = BenchReport(machine: .current(), results: [
+            BenchResult(name: "b", value: 2, unit: "ms"),
+            BenchResult(name: "a", value: 1, unit: "ms", target: .atMost(1.5), baseline: BenchResult(name: "b", value: 2, unit: "ms")),
+        ])
+        let object = try JSONSerialization.jsonObject(with: Data(report.json().utf8)) as? [String: Any]
+        let results = try #require(object?["results"] as? [[String: Any]])
+        #expect(object?["machine"] is [String: Any])
+        #expect(results.count == 2)
+        #expect(results[1]["ratio"] as? Double == 0.5)
+        #expect(results[1]["met"] as? Bool == true)
+        #expect(report.markdown(command: "x").contains("| a | 1 | ms | <= 1.5 | yes | b | 0.5× |"))
+    }
+}
