@@ -42,6 +42,32 @@ public enum GuestPort {
     public static let exception: UInt16 = 0x515
     /// EAX = the status the VMM wrote for a failed doorbell request.
     public static let doorbellFailed: UInt16 = 0x516
+    /// Conversion selftest: EAX = phase (`SelftestPhase`); the range is in the parameter block
+    /// (`selftestGPA`, `selftestSize`). The vCPU waits while the host checks and writes the backings.
+    public static let selftestSync: UInt16 = 0x517
+}
+
+/// The points at which the conversion selftest stops for the host (`GuestPort.selftestSync`).
+public enum SelftestPhase: UInt32, Sendable {
+    /// The range is shared; the guest wrote `gpa ^ sharedKey` through the alias. The host checks the shared
+    /// backing holds that, the private backing was discarded (zeros), then writes `gpa ^ hostKey` to the shared
+    /// backing, which the guest checks next.
+    case sharedWritten = 1
+    /// The range is private again; the guest wrote `gpa ^ privateKey` through the private view. The host
+    /// checks the private backing holds that and the shared backing was discarded (zeros: nothing leaked).
+    case privateWritten = 2
+
+    /// Keys XORed with each word's GPA (the address without the alias bit).
+    public static let initialKey: UInt32 = 0x1111_1111
+    public static let sharedKey: UInt32 = 0x2222_2222
+    public static let hostKey: UInt32 = 0x3333_3333
+    public static let privateKey: UInt32 = 0x4444_4444
+    /// (offset, size) inside each vCPU's region, as in the kernel's private_mem_conversions_test.
+    public static let ranges: [(offset: UInt32, size: UInt32)] = [
+        (0, 0x1000), (0, 0x20_0000), (0x1000, 0x1000), (0x1000, 0x20_0000), (0x20_0000, 0x1000),
+    ]
+    /// The region each vCPU needs: the largest offset + size, rounded up to 4 MiB.
+    public static let regionPages = 1024
 }
 
 /// Offsets inside a vCPU's parameter block. The VMM fills the configuration; the guest owns the rest.
@@ -69,6 +95,12 @@ public enum ParameterBlock {
     public static let wrongViewCountdown: Int32 = 60
     /// Offset of the next page the wrong-view touch reads.
     public static let wrongViewOffset: Int32 = 64
+    /// 0: the demo loop; 1: the conversion selftest (`SelftestPhase`) over the working set.
+    public static let mode: Int32 = 68
+    /// Selftest: the range under test, and the address of its entry in the range table.
+    public static let selftestGPA: Int32 = 72
+    public static let selftestSize: Int32 = 76
+    public static let selftestEntry: Int32 = 80
 }
 
 /// The built-in guest: 32-bit flat protected mode, no paging, one loop per vCPU over its own working set.
@@ -98,6 +130,9 @@ public struct BuiltInGuest {
         let pageMask: UInt32 = 0xFFFF_F000
 
         a.label("entry")
+        a.load(.eax, from: .esi, disp: P.mode)
+        a.cmp(.eax, 1)
+        a.j(.equal, "selftest")
         a.xor(.ebp, .ebp)
         a.load(.eax, from: .esi, disp: P.convertEvery)
         a.store(.eax, to: .esi, disp: P.convertCountdown)
@@ -236,6 +271,8 @@ public struct BuiltInGuest {
         a.load(.eax, from: .esi, disp: P.bounceBuffer)
         a.store(.eax, to: .esi, disp: P.doorbellGPA)
         a.store(imm: 1, to: .esi, disp: P.doorbellPages)
+        // doorbell.send: the descriptor (GPA, pages, to-private) is already filled in; ZF set on success.
+        a.label("doorbell.send")
         a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.doorbellStatus)
         a.mov(.eax, .esi)
         a.add(.eax, UInt32(P.doorbellGPA))
@@ -249,6 +286,8 @@ public struct BuiltInGuest {
         a.cmp(.eax, 0)                          // ZF clear again for the caller
         a.label("doorbell.done")
         a.ret()
+
+        Self.emitSelftest(&a)
 
         // NMI (vector 2): report and return.
         a.label("nmi")
@@ -318,6 +357,182 @@ extension BuiltInGuest {
         a.pop(.eax)                      // eip, cs, eip
         a.lea(.esp, .esp, disp: 8)       // eip
         a.ret()
+    }
+}
+
+extension BuiltInGuest {
+    /// The conversion selftest (parameter `mode` = 1), after the kernel's private_mem_conversions_test. For each
+    /// (offset, size) of `SelftestPhase.ranges` inside its working set, each vCPU:
+    /// 1. writes `gpa ^ initialKey` over the whole region through the private view and checks it;
+    /// 2. asks through the doorbell for the range to become shared;
+    /// 3. writes `gpa ^ sharedKey` over the range through the alias; syncs (`sharedWritten`);
+    /// 4. checks the range reads `gpa ^ hostKey` through the alias, and the rest of the region still reads
+    ///    `gpa ^ initialKey` privately;
+    /// 5. asks for the range back private, writes `gpa ^ privateKey` through the private view, syncs
+    ///    (`privateWritten`), and checks it reads back.
+    /// Mismatches go to `GuestPort.integrityError` (the address read); after every pass over the table the
+    /// pass counter goes to `GuestPort.heartbeat`, and the test starts again.
+    static func emitSelftest(_ a: inout X86Assembler) {
+        typealias P = ParameterBlock
+        typealias K = SelftestPhase
+
+        a.label("selftest")
+        a.xor(.ebp, .ebp)
+        a.label("selftest.pass")
+        a.inc(.ebp)
+        a.mov(.eax, address: "selftest.ranges")
+        a.store(.eax, to: .esi, disp: P.selftestEntry)
+        a.label("selftest.range")
+        a.load(.ebx, from: .esi, disp: P.selftestEntry)
+        a.load(.ecx, from: .ebx, disp: 4)
+        a.cmp(.ecx, 0)
+        a.j(.equal, "selftest.done")
+        a.load(.eax, from: .ebx)
+        a.load(.edx, from: .esi, disp: P.workingSetBase)
+        a.add(.eax, .edx)
+        a.store(.eax, to: .esi, disp: P.selftestGPA)
+        a.store(.ecx, to: .esi, disp: P.selftestSize)
+
+        // 1. The whole region private, initialKey.
+        regionBounds(&a)
+        a.mov(.ebx, K.initialKey)
+        a.mov(.edx, 0)
+        a.call("selftest.fill")
+        regionBounds(&a)
+        a.call("selftest.verify")
+
+        // 2-3. Shared; write through the alias; the host checks and answers.
+        a.mov(.eax, 0)
+        a.call("selftest.doorbell")
+        rangeBounds(&a)
+        a.mov(.ebx, K.sharedKey)
+        a.load(.edx, from: .esi, disp: P.sharedAlias)
+        a.call("selftest.fill")
+        a.mov(.eax, K.sharedWritten.rawValue)
+        a.mov(.edx, UInt32(GuestPort.selftestSync))
+        a.outDXEAX()
+
+        // 4. The host's bytes through the alias; the rest of the region untouched.
+        rangeBounds(&a)
+        a.mov(.ebx, K.hostKey)
+        a.load(.edx, from: .esi, disp: P.sharedAlias)
+        a.call("selftest.verify")
+        a.load(.edi, from: .esi, disp: P.workingSetBase)
+        a.load(.ecx, from: .esi, disp: P.selftestGPA)
+        a.mov(.ebx, K.initialKey)
+        a.mov(.edx, 0)
+        a.call("selftest.verify")
+        rangeBounds(&a)
+        a.mov(.edi, .ecx)
+        a.load(.ecx, from: .esi, disp: P.workingSetPages)
+        a.shl(.ecx, 12)
+        a.load(.eax, from: .esi, disp: P.workingSetBase)
+        a.add(.ecx, .eax)
+        a.call("selftest.verify")
+
+        // 5. Private again; write privately; the host checks nothing leaked.
+        a.mov(.eax, 1)
+        a.call("selftest.doorbell")
+        rangeBounds(&a)
+        a.mov(.ebx, K.privateKey)
+        a.mov(.edx, 0)
+        a.call("selftest.fill")
+        a.mov(.eax, K.privateWritten.rawValue)
+        a.mov(.edx, UInt32(GuestPort.selftestSync))
+        a.outDXEAX()
+        rangeBounds(&a)
+        a.mov(.ebx, K.privateKey)
+        a.mov(.edx, 0)
+        a.call("selftest.verify")
+
+        a.addMemory(8, at: .esi, disp: P.selftestEntry)
+        a.jmp("selftest.range")
+        a.label("selftest.done")
+        a.mov(.eax, .ebp)
+        a.mov(.edx, UInt32(GuestPort.heartbeat))
+        a.outDXEAX()
+        a.jmp("selftest.pass")
+
+        // selftest.doorbell(eax = to-private): converts [selftestGPA, +selftestSize).
+        a.label("selftest.doorbell")
+        a.store(.eax, to: .esi, disp: P.doorbellToPrivate)
+        a.load(.eax, from: .esi, disp: P.selftestGPA)
+        a.store(.eax, to: .esi, disp: P.doorbellGPA)
+        a.load(.eax, from: .esi, disp: P.selftestSize)
+        a.shr(.eax, 12)
+        a.store(.eax, to: .esi, disp: P.doorbellPages)
+        a.jmp("doorbell.send")
+
+        // selftest.fill(edi = start, ecx = end, ebx = key, edx = view mask): [p | mask] = p ^ key every stride.
+        a.label("selftest.fill")
+        a.push(.ebp)
+        a.label("selftest.fill.loop")
+        a.cmp(.edi, .ecx)
+        a.j(.aboveOrEqual, "selftest.fill.done")
+        a.mov(.eax, .edi)
+        a.xor(.eax, .ebx)
+        a.mov(.ebp, .edi)
+        a.or(.ebp, .edx)
+        a.store(.eax, to: .ebp)
+        a.load(.eax, from: .esi, disp: P.stride)
+        a.add(.edi, .eax)
+        a.jmp("selftest.fill.loop")
+        a.label("selftest.fill.done")
+        a.pop(.ebp)
+        a.ret()
+
+        // selftest.verify(edi = start, ecx = end, ebx = key, edx = view mask): reports the first bad word of
+        // each page on GuestPort.integrityError.
+        a.label("selftest.verify")
+        a.push(.ebp)
+        a.label("selftest.verify.loop")
+        a.cmp(.edi, .ecx)
+        a.j(.aboveOrEqual, "selftest.verify.done")
+        a.mov(.ebp, .edi)
+        a.or(.ebp, .edx)
+        a.load(.eax, from: .ebp)
+        a.xor(.eax, .edi)
+        a.cmp(.eax, .ebx)
+        a.j(.equal, "selftest.verify.ok")
+        a.mov(.eax, .ebp)
+        a.push(.edx)
+        a.mov(.edx, UInt32(GuestPort.integrityError))
+        a.outDXEAX()
+        a.pop(.edx)
+        a.and(.edi, 0xFFFF_F000)
+        a.add(.edi, 0x1000)
+        a.jmp("selftest.verify.loop")
+        a.label("selftest.verify.ok")
+        a.load(.eax, from: .esi, disp: P.stride)
+        a.add(.edi, .eax)
+        a.jmp("selftest.verify.loop")
+        a.label("selftest.verify.done")
+        a.pop(.ebp)
+        a.ret()
+
+        a.align(4)
+        a.label("selftest.ranges")
+        for r in K.ranges {
+            a.data32(r.offset)
+            a.data32(r.size)
+        }
+        a.data32(0)
+        a.data32(0)
+    }
+
+    /// edi = working-set base, ecx = its end.
+    private static func regionBounds(_ a: inout X86Assembler) {
+        a.load(.edi, from: .esi, disp: ParameterBlock.workingSetBase)
+        a.load(.ecx, from: .esi, disp: ParameterBlock.workingSetPages)
+        a.shl(.ecx, 12)
+        a.add(.ecx, .edi)
+    }
+
+    /// edi = selftestGPA, ecx = selftestGPA + selftestSize.
+    private static func rangeBounds(_ a: inout X86Assembler) {
+        a.load(.edi, from: .esi, disp: ParameterBlock.selftestGPA)
+        a.load(.ecx, from: .esi, disp: ParameterBlock.selftestSize)
+        a.add(.ecx, .edi)
     }
 }
 

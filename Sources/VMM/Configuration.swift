@@ -20,12 +20,17 @@ public struct GuestOptions: Sendable, Equatable {
     public var convertEvery = 8
     /// A wrong-view touch every M passes (0: never).
     public var wrongViewEvery = 64
+    /// Run the conversion selftest (`SelftestPhase`) instead of the demo loop; needs working sets of at least
+    /// `SelftestPhase.regionPages` pages.
+    public var selftest = false
 
-    public init(workingSetPages: Int = 256, stride: Int = 4096, convertEvery: Int = 8, wrongViewEvery: Int = 64) {
+    public init(workingSetPages: Int = 256, stride: Int = 4096, convertEvery: Int = 8, wrongViewEvery: Int = 64,
+                selftest: Bool = false) {
         self.workingSetPages = workingSetPages
         self.stride = stride
         self.convertEvery = convertEvery
         self.wrongViewEvery = wrongViewEvery
+        self.selftest = selftest
     }
 }
 

@@ -44,6 +44,14 @@ public final class ReferenceVMM: @unchecked Sendable {
     let logger: Logger
     private(set) var runners: [VCPURunner] = []
     private let policyState: Mutex<FaultPolicy>
+    private let selftestHookState = Mutex<(@Sendable (SelftestSync) -> Void)?>(nil)
+
+    /// Called on the vCPU thread at each `GuestPort.selftestSync` of the conversion selftest; the vCPU waits
+    /// until it returns. Set before `start()`; for tests (the host side of the selftest).
+    public var selftestHook: (@Sendable (SelftestSync) -> Void)? {
+        get { selftestHookState.withLock { $0 } }
+        set { selftestHookState.withLock { $0 = newValue } }
+    }
     /// Whether `KVM_X86_SETUP_MCE` worked, or the errno it failed with.
     public private(set) var mceSetup: Result<UInt64, KVMError>?
 
@@ -64,6 +72,9 @@ public final class ReferenceVMM: @unchecked Sendable {
         let g = config.guest
         guard g.stride >= 4 && 4096 % g.stride == 0 && g.workingSetPages >= 1 else {
             throw VMMError(.genericError, "guest stride must divide 4096 and the working set be at least one page")
+        }
+        guard !g.selftest || g.workingSetPages >= SelftestPhase.regionPages else {
+            throw VMMError(.genericError, "the selftest needs working sets of at least \(SelftestPhase.regionPages) pages")
         }
         if config.runGuest {
             let needed = GuestLayout.ramNeeded(vcpus: config.vcpus, pages: g.workingSetPages)
@@ -171,6 +182,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             put(ParameterBlock.convertEvery, UInt32(g.convertEvery))
             put(ParameterBlock.wrongViewEvery, UInt32(g.wrongViewEvery))
             put(ParameterBlock.stride, UInt32(g.stride))
+            put(ParameterBlock.mode, g.selftest ? 1 : 0)
             do {
                 var sregs = try r.vcpu.specialRegisters()
                 FlatProtectedMode.configure(&sregs, gdtBase: UInt64(GuestLayout.gdt), idtBase: UInt64(GuestLayout.idt),
@@ -545,6 +557,19 @@ public final class ReferenceVMM: @unchecked Sendable {
         }
     }
 
+    /// The selftest stopped for the host: hand the range to the hook.
+    func handleSelftestSync(runner: VCPURunner, phase: UInt64) {
+        let ram = memory.privateBacking.mapping
+        let block = Int(GuestLayout.parameterBlock(runner.index))
+        let gpa = UInt64(ram.load32(at: block + Int(ParameterBlock.selftestGPA)))
+        let size = UInt64(ram.load32(at: block + Int(ParameterBlock.selftestSize)))
+        guard let p = SelftestPhase(rawValue: UInt32(truncatingIfNeeded: phase)) else {
+            logger.warning("selftest sync with unknown phase", metadata: ["phase": "\(phase)"])
+            return
+        }
+        selftestHook?(SelftestSync(vcpu: runner.index, phase: p, gpa: gpa, size: size, memory: memory))
+    }
+
     /// The guest's doorbell: the descriptor at `descriptor` (private RAM) asks for a conversion.
     func handleDoorbell(runner: VCPURunner, descriptor: UInt64) {
         memory.lock.lock()
@@ -587,6 +612,16 @@ public final class ReferenceVMM: @unchecked Sendable {
             return UInt64(bitPattern: -22)
         }
     }
+}
+
+/// One stop of the conversion selftest: which vCPU, which phase, the range, and the backings to check.
+public struct SelftestSync: @unchecked Sendable {
+    // @unchecked: `memory` is only read through its backings' mappings, which the hook may touch freely.
+    public var vcpu: Int
+    public var phase: SelftestPhase
+    public var gpa: UInt64
+    public var size: UInt64
+    public let memory: GuestMemory
 }
 
 extension UnsafeMutableRawBufferPointer {

@@ -33,6 +33,8 @@ public struct GuestCounters: Sendable, Equatable {
     public var doorbellFailures: UInt64 = 0
     /// MMIO exits at RAM GPAs whose view was mapped again by the time they were handled (a relayout race).
     public var relayoutRetries: UInt64 = 0
+    /// Conversion-selftest stops (`GuestPort.selftestSync`).
+    public var selftestSyncs: UInt64 = 0
 }
 
 private let kickSignal = SIGUSR1
@@ -362,6 +364,9 @@ final class VCPURunner: @unchecked Sendable {
             report("exception", value) { $0.exceptions += 1; $0.lastException = value }
         case GuestPort.doorbellFailed:
             report("doorbell-failed", value) { $0.doorbellFailures += 1 }
+        case GuestPort.selftestSync:
+            cond.lock(); counters.selftestSyncs += 1; cond.unlock()
+            vmm.handleSelftestSync(runner: self, phase: value)
         case GuestPort.doorbell:
             cond.lock(); counters.doorbellRequests += 1; cond.unlock()
             vmm.handleDoorbell(runner: self, descriptor: value)
