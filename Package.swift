@@ -30,8 +30,15 @@ let package = Package(
             "KVM", "GuestCode", "CKVM",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The control protocol's wire format (QMP framing, JSON) and the client every front end uses.
+        .target(name: "ControlProtocol"),
+        // The control server inside the VMM process.
+        .target(name: "ControlServer", dependencies: [
+            "VMM", "KVM", "ControlProtocol",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "VMM",
+            "KVM", "VMM", "ControlProtocol", "ControlServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -45,6 +52,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM"]),
+        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),
     ],
     swiftLanguageModes: [.v6]

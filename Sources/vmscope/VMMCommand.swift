@@ -1,4 +1,6 @@
 import ArgumentParser
+import ControlProtocol
+import ControlServer
 import Foundation
 import KVM
 import Logging
@@ -32,7 +34,7 @@ struct VMMCommand: ParsableCommand {
         commandName: "vmm",
         abstract: "Run the reference VMM: the built-in guest on real /dev/kvm, private memory in guest_memfd.")
 
-    @Option(help: "Control socket path (created 0600; the control server arrives with the protocol issue).")
+    @Option(help: "Control socket path (created 0600; QMP framing, see docs/control-protocol.md).")
     var socket: String
 
     @Option(help: "VM name.") var name = "vmscope"
@@ -84,8 +86,8 @@ struct VMMCommand: ParsableCommand {
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        let listener: ControlSocketFile
-        do { listener = try ControlSocketFile(path: socket) } catch {
+        let listener: UnixListener
+        do { listener = try UnixListener(path: socket) } catch {
             var err = StandardError()
             print("vmscope vmm: \(error)", to: &err)
             throw ExitCode(2)
@@ -97,61 +99,17 @@ struct VMMCommand: ParsableCommand {
             print("vmscope vmm: \(error.errorClass.rawValue): \(error.description)", to: &err)
             throw ExitCode(2)
         }
+        let server = ControlServer(vmm: vmm, listener: listener, logger: Logger(label: "vmscope.control"))
+        server.start()
         vmm.start()
         logger.info("running; SIGINT or SIGTERM stops", metadata: ["socket": "\(socket)"])
 
         var received: Int32 = 0
         sigwait(&set, &received)
         logger.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        server.stop()
         vmm.stop()
         listener.remove()
         logger.info("stopped; socket removed")
-    }
-}
-
-/// The control socket's file: bound and listening, mode 0600, removed on shutdown.
-final class ControlSocketFile {
-    let path: String
-    let fd: Int32
-
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-    }
-
-    init(path: String) throws {
-        self.path = path
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw Failure(description: "socket path too long (\(bytes.count) bytes): \(path)")
-        }
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            throw Failure(description: "\(path) already exists; is another VMM running? Remove it if not.")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        let old = umask(0o177)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        umask(old)
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            throw Failure(description: "bind \(path): \(KVMError.name(of: e)) (\(String(cString: strerror(e))))")
-        }
-        chmod(path, 0o600)
-        listen(fd, 8)
-    }
-
-    func remove() {
-        close(fd)
-        unlink(path)
     }
 }

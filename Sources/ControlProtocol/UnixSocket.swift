@@ -1,0 +1,161 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed socket operation, with the call and errno named.
+public struct SocketError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+    static func errno(_ call: String, _ e: Int32 = Glibc.errno) -> SocketError {
+        SocketError("\(call): \(String(cString: strerror(e)))")
+    }
+}
+
+func makeAddress(_ path: String) throws(SocketError) -> sockaddr_un {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        throw SocketError("socket path must be 1 to \(MemoryLayout.size(ofValue: addr.sun_path) - 1) bytes: \(path)")
+    }
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return addr
+}
+
+/// The control socket's listening end: created mode 0600, never over an existing file, removed on `remove()`.
+public final class UnixListener: @unchecked Sendable {
+    // @unchecked: immutable after init; `remove` is called once by the owner.
+    public let path: String
+    public let fd: Int32
+
+    public init(path: String) throws(SocketError) {
+        self.path = path
+        var addr = try makeAddress(path)
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            throw SocketError("\(path) already exists; is another VMM running? Remove it if not.")
+        }
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw .errno("socket") }
+        let old = umask(0o177)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        let e = errno
+        umask(old)
+        guard rc == 0 else {
+            close(fd)
+            throw .errno("bind \(path)", e)
+        }
+        chmod(path, 0o600)
+        guard listen(fd, 64) == 0 else {
+            let e = errno
+            close(fd)
+            unlink(path)
+            throw .errno("listen \(path)", e)
+        }
+    }
+
+    /// A pending connection (non-blocking, close-on-exec), or nil when none is waiting.
+    public func accept() -> Int32? {
+        let c = Glibc.accept(fd, nil, nil)
+        guard c >= 0 else { return nil }
+        _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
+        return c
+    }
+
+    public func remove() {
+        close(fd)
+        unlink(path)
+    }
+}
+
+/// The uid and pid at the other end of a Unix socket (`SO_PEERCRED`).
+public func peerCredentials(_ fd: Int32) -> (uid: uid_t, pid: pid_t)? {
+    // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides it behind _GNU_SOURCE).
+    var cred: (Int32, UInt32, UInt32) = (0, 0, 0)
+    var len = socklen_t(MemoryLayout.size(ofValue: cred))
+    guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 else { return nil }
+    return (cred.1, cred.0)
+}
+
+/// A blocking client connection that reads and writes whole lines.
+public final class LineConnection: @unchecked Sendable {
+    // @unchecked: one reader and one writer at a time (the client serialises them).
+    public let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+    /// Longest line accepted from the peer.
+    public let maxLine: Int
+
+    public init(path: String, maxLine: Int = 64 << 20) throws(SocketError) {
+        var addr = try makeAddress(path)
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw .errno("socket") }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(s)
+            throw .errno("connect \(path)", e)
+        }
+        fd = s
+        self.maxLine = maxLine
+    }
+
+    deinit { close(fd) }
+
+    /// Shuts both directions down (a blocked `readLine` returns nil).
+    public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+    public func send(_ line: String) throws(SocketError) {
+        try sendBytes(Array(line.utf8) + [0x0A])
+    }
+
+    public func sendBytes(_ bytes: [UInt8]) throws(SocketError) {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .errno("send")
+            }
+            sent += n
+        }
+    }
+
+    /// The next line without its newline; nil at end of stream or after `timeoutMs` (-1: wait forever).
+    public func readLine(timeoutMs: Int32 = -1) throws(SocketError) -> [UInt8]? {
+        while true {
+            if let nl = buffer[start...].firstIndex(of: 0x0A) {
+                let line = Array(buffer[start..<nl])
+                start = nl + 1
+                if start > 65536 && start * 2 > buffer.count {
+                    buffer.removeFirst(start)
+                    start = 0
+                }
+                return line
+            }
+            guard buffer.count - start <= maxLine else { throw SocketError("line longer than \(maxLine) bytes from the peer") }
+            if timeoutMs >= 0 {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let r = poll(&p, 1, timeoutMs)
+                if r == 0 { return nil }
+                if r < 0 { if errno == EINTR { continue }; throw .errno("poll") }
+            }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 65536, 0) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .errno("recv")
+            }
+            if n == 0 { return nil }
+            buffer.append(contentsOf: chunk[0..<n])
+        }
+    }
+}

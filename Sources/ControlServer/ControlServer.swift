@@ -1,0 +1,318 @@
+import ControlProtocol
+import Foundation
+import Logging
+import Synchronization
+import VMM
+
+/// The control socket's server: QMP framing, vmscope's commands, events to every negotiated client.
+///
+/// One thread runs everything: it polls the listener and the clients, runs commands against the VMM, and
+/// every tick copies new events from the VMM's bounded logs into each client's output. The vCPU threads only
+/// append to those logs, so they never wait for a client; a client that stops reading falls behind in the
+/// logs, and what it missed comes back to it as `dropped` counts.
+public final class ControlServer: @unchecked Sendable {
+    // @unchecked: `clients` and the other state are touched by the server thread only; `stopFlag` is atomic.
+    public struct Options: Sendable {
+        /// How often new events are looked for while a client is negotiated.
+        public var tickMs: Int32 = 2
+        /// `MEMORY_FAULT` events go to a client at most this often (records are batched in between).
+        public var faultBatchNs: UInt64 = 10_000_000
+        /// Output a client has not read beyond which no new events are queued for it (they become `dropped`).
+        public var maxPendingOutput = 4 << 20
+        /// Records in one `MEMORY_FAULT` event at most.
+        public var maxRecordsPerEvent = 1024
+        /// Uids allowed besides root.
+        public var allowedUID: uid_t = geteuid()
+        public init() {}
+    }
+
+    final class Client {
+        let fd: Int32
+        let id: Int
+        let pid: pid_t
+        var framer = Framer()
+        var output: [UInt8] = []
+        var outputStart = 0
+        var negotiated = false
+        var closed = false
+        var faultCursor: UInt64 = 0
+        var eventCursor: UInt64 = 0
+        var lastFaultEvent: UInt64 = 0
+        var eventsDropped: UInt64 = 0
+        init(fd: Int32, id: Int, pid: pid_t) { self.fd = fd; self.id = id; self.pid = pid }
+        var pendingOutput: Int { output.count - outputStart }
+    }
+
+    public let vmm: ReferenceVMM
+    public let listener: UnixListener
+    let options: Options
+    let logger: Logger
+    let commands: CommandTable
+    private var clients: [Client] = []
+    private var nextID = 1
+    private let stopFlag = Atomic<Bool>(false)
+    private let wakePipe: (read: Int32, write: Int32)
+    private var thread: Thread?
+    private let finished = NSCondition()
+    private var isFinished = false
+    /// Wall-clock nanoseconds minus monotonic ones, for event timestamps.
+    private let wallOffset: Int64
+    private let clientCount = Atomic<Int>(0)
+
+    public init(vmm: ReferenceVMM, listener: UnixListener, options: Options = Options(),
+                logger: Logger = Logger(label: "vmscope.control")) {
+        self.vmm = vmm
+        self.listener = listener
+        self.options = options
+        self.logger = logger
+        self.commands = CommandTable(vmm: vmm)
+        var fds: [Int32] = [0, 0]
+        pipe(&fds)
+        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        wakePipe = (fds[0], fds[1])
+        var mono = timespec(), wall = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &mono)
+        clock_gettime(CLOCK_REALTIME, &wall)
+        wallOffset = (Int64(wall.tv_sec) - Int64(mono.tv_sec)) * 1_000_000_000 + Int64(wall.tv_nsec) - Int64(mono.tv_nsec)
+    }
+
+    deinit {
+        close(wakePipe.read)
+        close(wakePipe.write)
+    }
+
+    /// Connected clients (negotiated or not).
+    public var connectedClients: Int { clientCount.load(ordering: .relaxed) }
+
+    public func start() {
+        let t = Thread { [self] in
+            run()
+            finished.lock(); isFinished = true; finished.broadcast(); finished.unlock()
+        }
+        t.name = "vmscope-control"
+        thread = t
+        t.start()
+    }
+
+    /// Stops serving: closes every client and waits for the server thread. The listener stays for the owner.
+    public func stop() {
+        stopFlag.store(true, ordering: .relaxed)
+        var b: UInt8 = 1
+        _ = write(wakePipe.write, &b, 1)
+        guard thread != nil else { return }
+        finished.lock()
+        while !isFinished { finished.wait() }
+        finished.unlock()
+    }
+
+    // MARK: The loop
+
+    private func run() {
+        while !stopFlag.load(ordering: .relaxed) {
+            var fds = [pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0)]
+            for c in clients {
+                fds.append(pollfd(fd: c.fd, events: Int16(POLLIN) | (c.pendingOutput > 0 ? Int16(POLLOUT) : 0), revents: 0))
+            }
+            let timeout: Int32 = clients.contains { $0.negotiated } ? options.tickMs : 200
+            let n = poll(&fds, nfds_t(fds.count), timeout)
+            if n < 0 && errno != EINTR {
+                logger.error("poll failed; control server stops", metadata: ["errno": "\(errno)"])
+                break
+            }
+            if fds[0].revents != 0 { drainWakePipe() }
+            if fds[1].revents & Int16(POLLIN) != 0 { acceptAll() }
+            for (i, c) in clients.enumerated() where !c.closed {
+                let r = fds.count > i + 2 ? fds[i + 2].revents : 0
+                if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { readFrom(c) }
+            }
+            let now = monotonic()
+            for c in clients where c.negotiated && !c.closed { pumpEvents(c, now: now) }
+            for c in clients where !c.closed && c.pendingOutput > 0 { flush(c) }
+            reap()
+        }
+        for c in clients { close(c.fd) }
+        clients.removeAll()
+        clientCount.store(0, ordering: .relaxed)
+    }
+
+    private func drainWakePipe() {
+        var buf = [UInt8](repeating: 0, count: 64)
+        while read(wakePipe.read, &buf, 64) > 0 {}
+    }
+
+    private func monotonic() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    private func wall(_ monotonicNs: UInt64) -> UInt64 { UInt64(Int64(monotonicNs) + wallOffset) }
+
+    private func acceptAll() {
+        while let fd = listener.accept() {
+            guard let cred = peerCredentials(fd) else { close(fd); continue }
+            if cred.uid != 0 && cred.uid != options.allowedUID {
+                // Refused before anything else: one error line, then the connection closes.
+                let line = QMP.error(.permissionDenied, "uid \(cred.uid) may not use this VMM's control socket; only root and uid \(options.allowedUID) may", id: nil).serialized + "\n"
+                _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                close(fd)
+                logger.warning("refused a client", metadata: ["uid": "\(cred.uid)", "pid": "\(cred.pid)"])
+                continue
+            }
+            let c = Client(fd: fd, id: nextID, pid: cred.pid)
+            nextID += 1
+            clients.append(c)
+            clientCount.store(clients.count, ordering: .relaxed)
+            queue(QMP.greeting, to: c)
+            logger.debug("client connected", metadata: ["client": "\(c.id)", "pid": "\(cred.pid)"])
+        }
+    }
+
+    private func reap() {
+        let before = clients.count
+        clients.removeAll { c in
+            if c.closed { close(c.fd); logger.debug("client gone", metadata: ["client": "\(c.id)"]) }
+            return c.closed
+        }
+        if clients.count != before { clientCount.store(clients.count, ordering: .relaxed) }
+    }
+
+    // MARK: Input
+
+    private func readFrom(_ c: Client) {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !c.closed {
+            let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, 65536, 0) }
+            if n == 0 { c.closed = true; return }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno != EAGAIN && errno != EWOULDBLOCK { c.closed = true }
+                return
+            }
+            processInput(c, chunk[0..<n])
+            // Do not let one client monopolise the loop, nor read while its replies pile up unread.
+            if c.pendingOutput > options.maxPendingOutput { return }
+        }
+    }
+
+    private func processInput(_ c: Client, _ bytes: ArraySlice<UInt8>) {
+        for frame in c.framer.feed(bytes) {
+            switch frame {
+            case .message(let m): handleMessage(c, m)
+            case .tooLong:
+                queue(QMP.error(.genericError, "message longer than \(QMP.maxLine) bytes; discarded up to the next newline", id: nil), to: c)
+            }
+        }
+    }
+
+    private func handleMessage(_ c: Client, _ message: [UInt8]) {
+        var bytes = message
+        while let last = bytes.last, last == 0x0D || last == 0x20 || last == 0x09 { bytes.removeLast() }
+        if bytes.isEmpty { return }
+        let message: JSON
+        do { message = try JSON.parse(bytes: &bytes) } catch {
+            queue(QMP.error(.genericError, "JSON parse error: \(error)", id: nil), to: c)
+            return
+        }
+        guard case .object(let members) = message else {
+            queue(QMP.error(.genericError, "QMP input must be a JSON object, not \(message.typeName)", id: nil), to: c)
+            return
+        }
+        let id = message["id"]
+        if let unknown = members.first(where: { !["execute", "arguments", "id"].contains($0.0) }) {
+            let desc = unknown.0 == "exec-oob" ? "out-of-band execution is not offered (capabilities are [])"
+                : "QMP input member '\(unknown.0)' is unexpected"
+            queue(QMP.error(.genericError, desc, id: id), to: c)
+            return
+        }
+        guard let name = message["execute"]?.stringValue else {
+            queue(QMP.error(.genericError, "QMP input lacks member 'execute' (a string naming the command)", id: id), to: c)
+            return
+        }
+        if !c.negotiated {
+            guard name == "qmp_capabilities" else {
+                queue(QMP.error(.commandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'", id: id), to: c)
+                return
+            }
+            do throws(CommandError) {
+                var args = try Arguments(message["arguments"])
+                if let enable = try args.optionalStringList("enable"), let first = enable.first {
+                    throw CommandError(.genericError, "Capability '\(first)' is not available")
+                }
+                try args.finish()
+            } catch {
+                queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
+                return
+            }
+            c.negotiated = true
+            // Events from now on, not the history before.
+            c.faultCursor = vmm.faults.total
+            c.eventCursor = vmm.events.lastSeq
+            queue(QMP.reply(.object([]), id: id), to: c)
+            return
+        }
+        if name == "qmp_capabilities" {
+            queue(QMP.error(.commandNotFound, "Capabilities negotiation is already complete, command ignored", id: id), to: c)
+            return
+        }
+        do throws(CommandError) {
+            let result = try commands.run(name, message["arguments"])
+            queue(QMP.reply(result, id: id), to: c)
+        } catch {
+            queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
+        }
+    }
+
+    // MARK: Output
+
+    private func queue(_ message: JSON, to c: Client) {
+        message.write(to: &c.output)
+        c.output.append(0x0A)
+    }
+
+    private func flush(_ c: Client) {
+        while c.pendingOutput > 0 {
+            let n = c.output.withUnsafeBytes {
+                send(c.fd, $0.baseAddress! + c.outputStart, c.pendingOutput, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno != EAGAIN && errno != EWOULDBLOCK { c.closed = true }
+                break
+            }
+            c.outputStart += n
+        }
+        if c.outputStart == c.output.count {
+            c.output.removeAll(keepingCapacity: c.output.capacity <= 1 << 20)
+            c.outputStart = 0
+        } else if c.outputStart > 1 << 20 {
+            c.output.removeFirst(c.outputStart)
+            c.outputStart = 0
+        }
+    }
+
+    private func pumpEvents(_ c: Client, now: UInt64) {
+        // A client that does not read gets nothing new queued; the logs move on without it.
+        guard c.pendingOutput < options.maxPendingOutput else { return }
+        let (entries, missed) = vmm.events.events(after: c.eventCursor)
+        c.eventsDropped += missed
+        if c.eventsDropped > 0 {
+            queue(QMP.event("EVENTS_DROPPED", .object([("count", .u(c.eventsDropped))]), wallNs: wall(now)), to: c)
+            c.eventsDropped = 0
+        }
+        for e in entries {
+            let (name, data) = Encode.event(e.event)
+            queue(QMP.event(name, data, wallNs: wall(e.timeNs)), to: c)
+        }
+        c.eventCursor = entries.last?.seq ?? (c.eventCursor + missed)
+
+        guard now &- c.lastFaultEvent >= options.faultBatchNs, vmm.faults.total > c.faultCursor else { return }
+        let (records, dropped) = vmm.faults.records(after: c.faultCursor, limit: options.maxRecordsPerEvent)
+        guard !records.isEmpty || dropped > 0 else { return }
+        c.faultCursor = records.last?.seq ?? (c.faultCursor + dropped)
+        c.lastFaultEvent = now
+        let data = JSON.object([("records", .array(records.map(Encode.record))), ("dropped", .u(dropped))])
+        queue(QMP.event("MEMORY_FAULT", data, wallNs: wall(now)), to: c)
+    }
+}

@@ -1,0 +1,31 @@
+import Testing
+@testable import ControlProtocol
+
+struct JSONTests {
+    @Test func roundTripsExactIntegersAndOrder() throws {
+        let text = #"{"b":18446744073709551615,"a":-9223372036854775808,"c":[1.5,true,null,"x\"\n\u00e9"],"d":{}}"#
+        let v = try JSON.parse(text)
+        #expect(v["b"] == .uint(UInt64.max))
+        #expect(v["a"] == .int(Int64.min))
+        #expect(v["c"]?.arrayValue?[3] == .string("x\"\né"))
+        #expect(v.objectMembers?.map(\.0) == ["b", "a", "c", "d"])
+        #expect(try JSON.parse(v.serialized) == v)
+    }
+
+    @Test(arguments: ["", "{", "{\"a\" 1}", "[1,]", "01", "\"\u{1}\"", "{\"a\":1,\"a\":2}", "nul", "1 2", "\"\\ud800\""])
+    func refusesMalformedText(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSON.parse(text) }
+    }
+
+    @Test func refusesDeepNesting() {
+        let deep = String(repeating: "[", count: 200) + String(repeating: "]", count: 200)
+        #expect(throws: JSONParseError.self) { try JSON.parse(deep) }
+        let ok = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        #expect((try? JSON.parse(ok)) != nil)
+    }
+
+    @Test func parsesSurrogatePairsAndControlEscapes() throws {
+        #expect(try JSON.parse(#""\ud83d\ude00""#) == .string("😀"))
+        #expect(JSON.string("a\u{1}b").serialized == #""a\u0001b""#)
+    }
+}
