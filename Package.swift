@@ -49,10 +49,12 @@ let package = Package(
         .executableTarget(name: "vmscope-bench", dependencies: [
             "Benchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Helpers shared by the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM"]),
-        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM"]),
+        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),
     ],
     swiftLanguageModes: [.v6]

@@ -23,6 +23,8 @@ public struct Framer: Sendable {
     private var lineMode = false  // a top-level non-container: runs to the newline
     private var inMessage = false
     private var discarding = false
+    /// The newline that ended the last line of an unfinished message, if any.
+    private var unfinishedNewline: Int?
 
     public init(maxMessage: Int = QMP.maxLine) { self.maxMessage = maxMessage }
 
@@ -80,19 +82,42 @@ public struct Framer: Sendable {
         return frames
     }
 
-    /// At a newline inside an unfinished message: end it there if it can no longer be valid JSON.
+    /// At a newline inside an unfinished message: end it there if it can no longer be valid JSON. When the
+    /// first error lies after an earlier newline of the message (`{"execute":"x"` then a new line starting a
+    /// new object), the message ends at that earlier newline and framing starts again after it.
     private mutating func checkNewline(at i: Int, into frames: inout [Frame]) {
         let text = buffer[start..<i]
-        let incomplete: Bool = text.withContiguousStorageIfAvailable { p in
-            do throws(JSONParseError) { _ = try JSON.parse(p); return false } catch { return error.offset >= p.count }
-        } ?? true
-        if !incomplete {
+        let errorOffset: Int? = text.withContiguousStorageIfAvailable { p in
+            do throws(JSONParseError) { _ = try JSON.parse(p); return nil } catch {
+                return error.offset >= p.count ? nil : error.offset
+            }
+        } ?? nil
+        guard let errorOffset else { unfinishedNewline = i; return }
+        if let k = buffer[start..<(start + errorOffset)].lastIndex(of: 0x0A) {
+            frames.append(.message(Array(buffer[start..<k])))
+            reset(at: k + 1)
+            scan = k + 1
+        } else {
             frames.append(.message(Array(text)))
             reset(at: i + 1)
         }
     }
 
+    /// Whether an unfinished message has a complete line (a line-oriented sender may have made a mistake).
+    public var hasUnfinishedLine: Bool { unfinishedNewline != nil }
+
+    /// Ends the unfinished message at its last newline (the caller decided no more is coming: a sender that
+    /// types lines has stopped); framing restarts after that newline.
+    public mutating func flushUnfinishedLine() -> Frame? {
+        guard let nl = unfinishedNewline, nl >= start else { return nil }
+        let frame = Frame.message(Array(buffer[start..<nl]))
+        reset(at: nl + 1)
+        scan = nl + 1
+        return frame
+    }
+
     private mutating func reset(at position: Int) {
+        unfinishedNewline = nil
         start = position
         depth = 0
         inString = false

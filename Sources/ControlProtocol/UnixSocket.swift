@@ -129,23 +129,19 @@ public final class LineConnection: @unchecked Sendable {
         }
     }
 
-    /// The next line without its newline; nil at end of stream or after `timeoutMs` (-1: wait forever).
-    public func readLine(timeoutMs: Int32 = -1) throws(SocketError) -> [UInt8]? {
+    /// Whatever bytes arrive next: empty after `timeoutMs` (-1: wait forever), nil at end of stream.
+    public func readChunk(timeoutMs: Int32) throws(SocketError) -> [UInt8]? {
+        if start < buffer.count {
+            let rest = Array(buffer[start...])
+            buffer.removeAll()
+            start = 0
+            return rest
+        }
         while true {
-            if let nl = buffer[start...].firstIndex(of: 0x0A) {
-                let line = Array(buffer[start..<nl])
-                start = nl + 1
-                if start > 65536 && start * 2 > buffer.count {
-                    buffer.removeFirst(start)
-                    start = 0
-                }
-                return line
-            }
-            guard buffer.count - start <= maxLine else { throw SocketError("line longer than \(maxLine) bytes from the peer") }
             if timeoutMs >= 0 {
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 let r = poll(&p, 1, timeoutMs)
-                if r == 0 { return nil }
+                if r == 0 { return [] }
                 if r < 0 { if errno == EINTR { continue }; throw .errno("poll") }
             }
             var chunk = [UInt8](repeating: 0, count: 65536)
@@ -155,7 +151,31 @@ public final class LineConnection: @unchecked Sendable {
                 throw .errno("recv")
             }
             if n == 0 { return nil }
-            buffer.append(contentsOf: chunk[0..<n])
+            return Array(chunk[0..<n])
+        }
+    }
+
+    /// The next line without its newline; nil at end of stream or after `timeoutMs` (-1: wait forever).
+    public func readLine(timeoutMs: Int32 = -1) throws(SocketError) -> [UInt8]? {
+        while true {
+            if let nl = buffer[start...].firstIndex(of: 0x0A) {
+                let line = Array(buffer[start..<nl])
+                start = nl + 1
+                if start == buffer.count || (start > 65536 && start * 2 > buffer.count) {
+                    buffer.removeFirst(start)
+                    start = 0
+                }
+                return line
+            }
+            guard buffer.count - start <= maxLine else { throw SocketError("line longer than \(maxLine) bytes from the peer") }
+            let pending = Array(buffer[start...])
+            buffer.removeAll()
+            start = 0
+            guard let chunk = try readChunk(timeoutMs: timeoutMs), !chunk.isEmpty else {
+                buffer = pending
+                return nil
+            }
+            buffer = pending + chunk
         }
     }
 }

@@ -21,6 +21,9 @@ public final class ControlServer: @unchecked Sendable {
         public var maxPendingOutput = 4 << 20
         /// Records in one `MEMORY_FAULT` event at most.
         public var maxRecordsPerEvent = 1024
+        /// A line that leaves a message unfinished is taken as the whole message (and refused) when nothing
+        /// more arrives for this long: `socat` users get their error, multi-line senders are not cut.
+        public var unfinishedLineNs: UInt64 = 500_000_000
         /// Uids allowed besides root.
         public var allowedUID: uid_t = geteuid()
         public init() {}
@@ -31,6 +34,7 @@ public final class ControlServer: @unchecked Sendable {
         let id: Int
         let pid: pid_t
         var framer = Framer()
+        var lastInput: UInt64 = 0
         var output: [UInt8] = []
         var outputStart = 0
         var negotiated = false
@@ -114,7 +118,7 @@ public final class ControlServer: @unchecked Sendable {
             for c in clients {
                 fds.append(pollfd(fd: c.fd, events: Int16(POLLIN) | (c.pendingOutput > 0 ? Int16(POLLOUT) : 0), revents: 0))
             }
-            let timeout: Int32 = clients.contains { $0.negotiated } ? options.tickMs : 200
+            let timeout: Int32 = clients.contains { $0.negotiated } ? options.tickMs : 100
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n < 0 && errno != EINTR {
                 logger.error("poll failed; control server stops", metadata: ["errno": "\(errno)"])
@@ -127,6 +131,10 @@ public final class ControlServer: @unchecked Sendable {
                 if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { readFrom(c) }
             }
             let now = monotonic()
+            for c in clients where !c.closed && c.framer.hasUnfinishedLine && now - c.lastInput > options.unfinishedLineNs {
+                if case .message(let m)? = c.framer.flushUnfinishedLine() { handleMessage(c, m) }
+                processInput(c, [])
+            }
             for c in clients where c.negotiated && !c.closed { pumpEvents(c, now: now) }
             for c in clients where !c.closed && c.pendingOutput > 0 { flush(c) }
             reap()
@@ -190,6 +198,7 @@ public final class ControlServer: @unchecked Sendable {
                 if errno != EAGAIN && errno != EWOULDBLOCK { c.closed = true }
                 return
             }
+            c.lastInput = monotonic()
             processInput(c, chunk[0..<n])
             // Do not let one client monopolise the loop, nor read while its replies pile up unread.
             if c.pendingOutput > options.maxPendingOutput { return }

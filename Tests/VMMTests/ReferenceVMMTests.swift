@@ -1,8 +1,7 @@
 import Foundation
 import Testing
+@_exported import TestSupport
 @testable import VMM
-
-let kvmPresent = FileManager.default.fileExists(atPath: "/dev/kvm")
 
 func makeVMM(_ tweak: (inout VMMConfiguration) -> Void = { _ in }) throws -> ReferenceVMM {
     var c = VMMConfiguration()
@@ -12,16 +11,6 @@ func makeVMM(_ tweak: (inout VMMConfiguration) -> Void = { _ in }) throws -> Ref
     c.allowFaultInjection = true
     tweak(&c)
     return try ReferenceVMM(c)
-}
-
-/// Polls `condition` every 10 ms for at most `seconds`.
-func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
 }
 
 /// Memslots never overlap, each lies in the view its run belongs to, and their count equals the runs.

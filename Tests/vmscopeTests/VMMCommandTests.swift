@@ -4,30 +4,15 @@ import Testing
 @Suite(.serialized) struct VMMCommandTests {
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
     func runsUntilSIGTERMThenRemovesTheSocket() throws {
-        let socket = FileManager.default.temporaryDirectory.appendingPathComponent("vmscope-\(getpid()).sock").path
-        try? FileManager.default.removeItem(atPath: socket)
-        let process = Process()
-        process.executableURL = Binary.url
-        process.arguments = ["vmm", "--socket", socket, "--ram", "64M"]
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        var appeared = false
-        for _ in 0..<200 where !appeared {
-            appeared = FileManager.default.fileExists(atPath: socket)
-            if !appeared { usleep(20_000) }
-        }
-        #expect(appeared)
-        let mode = (try FileManager.default.attributesOfItem(atPath: socket)[.posixPermissions] as? Int) ?? 0
+        let vmm = try RunningVMM()
+        let mode = (try FileManager.default.attributesOfItem(atPath: vmm.socket)[.posixPermissions] as? Int) ?? 0
         #expect(mode == 0o600)
         usleep(300_000)
-        #expect(process.isRunning)
-        process.terminate()
-        process.waitUntilExit()
-        let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(process.terminationStatus == 0, "\(log)")
-        #expect(!FileManager.default.fileExists(atPath: socket))
+        #expect(vmm.process.isRunning)
+        vmm.stop()
+        let log = String(decoding: vmm.log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(vmm.process.terminationStatus == 0, "\(log)")
+        #expect(!FileManager.default.fileExists(atPath: vmm.socket))
         #expect(log.contains("engine=vmm"))
         #expect(log.contains("vCPU threads joined"))
     }

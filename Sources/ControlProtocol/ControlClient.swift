@@ -1,0 +1,227 @@
+import Foundation
+
+/// Why a control-socket call failed.
+public enum ControlClientError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The socket could not be reached or broke.
+    case connection(String)
+    /// The peer does not speak QMP as expected.
+    case protocolError(String)
+    /// The command was refused: the reply's error class and text.
+    case command(errorClass: String, desc: String)
+    case timeout(String)
+
+    public var description: String {
+        switch self {
+        case .connection(let s): "connection: \(s)"
+        case .protocolError(let s): "protocol: \(s)"
+        case .command(let c, let d): "\(c): \(d)"
+        case .timeout(let s): "timed out: \(s)"
+        }
+    }
+}
+
+/// Who is at the other end, from the greeting.
+public enum ControlPeer: Sendable, Equatable {
+    /// vmscope's reference VMM, with its protocol version.
+    case vmscope(protocolVersion: Int, package: String)
+    /// Any other QMP server (a stock QEMU), with its version string.
+    case qemu(version: String, package: String)
+}
+
+/// A negotiated QMP session: one command at a time or several in flight (replies matched by `id`), events
+/// delivered in order.
+///
+/// A reader thread takes every message off the socket, so events never wait behind a command. Events are
+/// kept in a bounded queue (`eventCapacity`); when the reader has to drop the oldest, `eventsDropped` says
+/// how many.
+public final class ControlClient: @unchecked Sendable {
+    // @unchecked: mutable state is guarded by `lock`.
+    public let greeting: JSON
+    public let peer: ControlPeer
+    public let path: String
+    public let eventCapacity: Int
+
+    private let connection: LineConnection
+    private var framer = Framer(maxMessage: 64 << 20)
+    private let lock = NSCondition()
+    private var replies: [String: JSON] = [:]
+    private var events: [JSON] = []
+    private var eventsHead = 0
+    private var dropped: UInt64 = 0
+    private var closedReason: String?
+    private var nextID = 1
+    private var reader: Thread?
+
+    /// Connects, reads the greeting and negotiates capabilities.
+    public init(path: String, timeoutMs: Int32 = 5000, eventCapacity: Int = 65536) throws(ControlClientError) {
+        self.path = path
+        self.eventCapacity = eventCapacity
+        do { connection = try LineConnection(path: path) } catch { throw .connection(error.description) }
+        // The greeting: the first message on the stream.
+        var pendingFrames: [Framer.Frame] = []
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
+        var greetingMessage: JSON?
+        while greetingMessage == nil {
+            let left = Int64(deadline) - Int64(DispatchTime.now().uptimeNanoseconds)
+            guard left > 0 else { throw .timeout("no QMP greeting from \(path)") }
+            let chunk: [UInt8]?
+            do { chunk = try connection.readChunk(timeoutMs: Int32(left / 1_000_000) + 1) } catch { throw .connection(error.description) }
+            guard let chunk else { throw .connection("\(path) closed before its greeting") }
+            if chunk.isEmpty { continue }
+            pendingFrames += framer.feed(chunk)
+            if let first = pendingFrames.first {
+                pendingFrames.removeFirst()
+                guard case .message(var bytes) = first, let g = try? JSON.parse(bytes: &bytes) else {
+                    throw .protocolError("the first message from \(path) is not JSON")
+                }
+                greetingMessage = g
+            }
+        }
+        greeting = greetingMessage!
+        guard let qmp = greeting["QMP"], let version = qmp["version"] else {
+            throw .protocolError("\(path) did not greet with a QMP object: \(greeting.serialized.prefix(200))")
+        }
+        let package = version["package"]?.stringValue ?? ""
+        if let v = greeting["vmscope"]?["protocol"]?.intValue {
+            peer = .vmscope(protocolVersion: v, package: package)
+        } else {
+            let q = version["qemu"]
+            let parts = ["major", "minor", "micro"].map { q?[$0]?.intValue.map(String.init) ?? "?" }
+            peer = .qemu(version: parts.joined(separator: "."), package: package)
+        }
+        for f in pendingFrames { deliver(f) }
+        let t = Thread { [self] in readLoop() }
+        t.name = "vmscope-qmp-reader"
+        reader = t
+        t.start()
+        _ = try execute("qmp_capabilities", timeoutMs: timeoutMs)
+    }
+
+    deinit { connection.shutdown() }
+
+    public func close() {
+        connection.shutdown()
+        lock.lock()
+        if closedReason == nil { closedReason = "closed by this client" }
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// Whether the connection is still up (false once the peer went away or `close()` ran).
+    public var isConnected: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return closedReason == nil
+    }
+
+    private func readLoop() {
+        while true {
+            let chunk: [UInt8]?
+            do { chunk = try connection.readChunk(timeoutMs: -1) } catch {
+                finish(error.description)
+                return
+            }
+            guard let chunk else { finish("\(path) closed the connection"); return }
+            for f in framer.feed(chunk) { deliver(f) }
+        }
+    }
+
+    private func finish(_ reason: String) {
+        lock.lock()
+        if closedReason == nil { closedReason = reason }
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    private func deliver(_ frame: Framer.Frame) {
+        guard case .message(var bytes) = frame, let message = try? JSON.parse(bytes: &bytes) else { return }
+        lock.lock()
+        defer { lock.broadcast(); lock.unlock() }
+        if message["event"] != nil {
+            if events.count - eventsHead >= eventCapacity {
+                eventsHead += 1
+                dropped += 1
+            }
+            events.append(message)
+            if eventsHead > 4096 && eventsHead * 2 > events.count {
+                events.removeFirst(eventsHead)
+                eventsHead = 0
+            }
+        } else if let id = message["id"]?.stringValue {
+            replies[id] = message
+        } else if let e = message["error"] {
+            // An error without id: the server could not read a message of ours.
+            replies["<no id>"] = .object([("error", e)])
+        }
+    }
+
+    /// Sends a command and waits for its reply; a refusal throws `.command` with the class and text.
+    @discardableResult
+    public func execute(_ name: String, _ arguments: JSON? = nil, timeoutMs: Int32 = 30_000) throws(ControlClientError) -> JSON {
+        lock.lock()
+        let id = "vmscope-\(nextID)"
+        nextID += 1
+        lock.unlock()
+        var members: [(String, JSON)] = [("execute", .string(name))]
+        if let arguments { members.append(("arguments", arguments)) }
+        members.append(("id", .string(id)))
+        do { try connection.send(JSON.object(members).serialized) } catch { throw .connection(error.description) }
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        lock.lock()
+        defer { lock.unlock() }
+        while replies[id] == nil {
+            if let closedReason { throw .connection(closedReason) }
+            if !lock.wait(until: deadline) && replies[id] == nil { throw .timeout("no reply to \(name)") }
+        }
+        let reply = replies.removeValue(forKey: id)!
+        if let e = reply["error"] {
+            throw .command(errorClass: e["class"]?.stringValue ?? "GenericError", desc: e["desc"]?.stringValue ?? "")
+        }
+        guard let r = reply["return"] else { throw .protocolError("reply without return or error: \(reply.serialized.prefix(200))") }
+        return r
+    }
+
+    /// The next event in arrival order, waiting up to `timeoutMs`; nil on timeout or when the connection is gone
+    /// and every event was taken.
+    public func nextEvent(timeoutMs: Int32) -> JSON? {
+        let deadline = Date().addingTimeInterval(Double(max(timeoutMs, 0)) / 1000)
+        lock.lock()
+        defer { lock.unlock() }
+        while eventsHead == events.count {
+            if closedReason != nil { return nil }
+            if !lock.wait(until: deadline) && eventsHead == events.count { return nil }
+        }
+        let e = events[eventsHead]
+        eventsHead += 1
+        return e
+    }
+
+    /// Every event received so far, in order.
+    public func drainEvents() -> [JSON] {
+        lock.lock()
+        defer { lock.unlock() }
+        let out = Array(events[eventsHead...])
+        eventsHead = events.count
+        return out
+    }
+
+    /// Events this client's own queue dropped because nobody took them.
+    public var eventsDropped: UInt64 {
+        lock.lock(); defer { lock.unlock() }
+        return dropped
+    }
+}
+
+/// Connects to `path`, retrying with exponential backoff (100 ms doubling to `maxDelayMs`) while
+/// `keepTrying` says so; `onRetry` hears each failure and the delay before the next attempt.
+public func connectWithBackoff(path: String, maxDelayMs: Int = 2000, keepTrying: () -> Bool,
+                               onRetry: (ControlClientError, Int) -> Void = { _, _ in }) -> ControlClient? {
+    var delay = 100
+    while keepTrying() {
+        do throws(ControlClientError) { return try ControlClient(path: path) } catch {
+            onRetry(error, delay)
+            usleep(useconds_t(delay * 1000))
+            delay = min(delay * 2, maxDelayMs)
+        }
+    }
+    return nil
+}

@@ -1,0 +1,66 @@
+import Testing
+@testable import ControlProtocol
+
+struct FramerTests {
+    func texts(_ frames: [Framer.Frame]) -> [String] {
+        frames.map { if case .message(let m) = $0 { String(decoding: m, as: UTF8.self) } else { "<too long>" } }
+    }
+
+    @Test func splitsBackToBackObjectsWithoutNewlines() {
+        var f = Framer()
+        #expect(texts(f.feed(Array(#"{"a":"}{"}{"b":[1,{"c":2}]}  {"#.utf8))) == [#"{"a":"}{"}"#, #"{"b":[1,{"c":2}]}"#])
+        #expect(texts(f.feed(Array(#""x":1}"#.utf8))) == [#"{"x":1}"#])
+        #expect(f.pendingBytes == 0)
+    }
+
+    @Test func byteAtATimeGivesTheSameMessages() {
+        let stream = "{\"execute\":\"q\",\"arguments\":{\"s\":\"a\\\"}\"}}\n[1,2]\r\n{\"id\":\n 1}"
+        var f = Framer()
+        var out: [Framer.Frame] = []
+        for b in stream.utf8 { out += f.feed([b]) }
+        #expect(texts(out) == ["{\"execute\":\"q\",\"arguments\":{\"s\":\"a\\\"}\"}}", "[1,2]", "{\"id\":\n 1}"])
+    }
+
+    @Test func invalidInputEndsAtTheNewlineAndTheStreamResyncs() {
+        var f = Framer()
+        let frames = texts(f.feed(Array("{bad\n42\n\"unterminated\n{\"ok\":true}\n".utf8)))
+        #expect(frames == ["{bad", "42", "\"unterminated", "{\"ok\":true}"])
+    }
+
+    @Test func anUnfinishedLineEndsWhenTheNextLineCannotContinueIt() {
+        var f = Framer()
+        #expect(texts(f.feed(Array("{\"execute\":\"q\"\n".utf8))).isEmpty, "could still continue")
+        #expect(f.hasUnfinishedLine)
+        #expect(texts(f.feed(Array("{\"execute\":\"r\"}\n".utf8))) == ["{\"execute\":\"q\"", "{\"execute\":\"r\"}"])
+        // A pretty-printed object across lines stays one message.
+        #expect(texts(f.feed(Array("{\"execute\":\n  \"s\",\n \"arguments\":\n {}\n}".utf8))) == ["{\"execute\":\n  \"s\",\n \"arguments\":\n {}\n}"])
+    }
+
+    @Test func anUnfinishedLineCanBeFlushedAndFramingGoesOn() {
+        var f = Framer()
+        #expect(f.feed(Array("{\"a\":1\n{\"b\"".utf8)).isEmpty)
+        #expect(texts(f.flushUnfinishedLine().map { [$0] } ?? []) == ["{\"a\":1"])
+        #expect(!f.hasUnfinishedLine)
+        #expect(texts(f.feed(Array(":2}".utf8))) == ["{\"b\":2}"])
+    }
+
+    @Test func overLongMessageIsDiscardedUpToTheNewline() {
+        var f = Framer(maxMessage: 64)
+        let long = "{\"a\":\"" + String(repeating: "x", count: 200) + "\"}\n{\"b\":1}"
+        #expect(texts(f.feed(Array(long.utf8))) == ["<too long>", "{\"b\":1}"])
+    }
+}
+
+extension FramerTests {
+    @Test func aMegabyteInSmallChunksIsLinear() {
+        var f = Framer()
+        let big = Array((#"{"id":""# + String(repeating: "x", count: (1 << 20) + 10) + "\"}\n{\"a\":1}\n").utf8)
+        var frames: [Framer.Frame] = []
+        var i = 0
+        while i < big.count {
+            frames += f.feed(big[i..<min(i + 4096, big.count)])
+            i += 4096
+        }
+        #expect(texts(frames) == ["<too long>", "{\"a\":1}"])
+    }
+}
