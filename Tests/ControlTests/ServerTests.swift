@@ -84,7 +84,8 @@ struct ServerTests {
     }
 
     @Test func badInputGetsAnErrorAndTheConnectionStillAnswers() throws {
-        let s = try Served()
+        // The guest's own conversions off, so the layout can only change if bad input changed it.
+        let s = try Served { $0.guest.convertEvery = 0; $0.guest.wrongViewEvery = 0 }
         defer { s.stop() }
         let c = try LineClient(s.path)
         try c.negotiate()
@@ -180,7 +181,8 @@ struct ServerTests {
         let withStuckClient = Double(s.vmm.guestCounters(0).heartbeats - beats.0) / 10
         let alone = Double(control.vmm.guestCounters(0).heartbeats - beats.1) / 10
         let faultsDuring = s.vmm.faults.total - faultsBefore
-        #expect(faultsDuring > 2000, "the guest faulted \(faultsDuring) times in 10 s")
+        // Enough to overrun the 256-record ring several times over, even on a loaded machine.
+        #expect(faultsDuring > 1000, "the guest faulted \(faultsDuring) times in 10 s")
         #expect(withStuckClient >= alone * 0.9, "heartbeats/s \(alone) without a client, \(withStuckClient) with one that never reads")
 
         // Now read everything: every gap in seq is announced as `dropped` in the batch that follows it.
