@@ -32,13 +32,15 @@ let package = Package(
         ]),
         // The control protocol's wire format (QMP framing, JSON) and the client every front end uses.
         .target(name: "ControlProtocol"),
+        // The inspector without a terminal: model, UI state, key table, headless renderer.
+        .target(name: "Inspector", dependencies: ["ControlProtocol"]),
         // The control server inside the VMM process.
         .target(name: "ControlServer", dependencies: [
             "VMM", "KVM", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "VMM", "ControlProtocol", "ControlServer",
+            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -54,6 +56,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM"]),
+        .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),
     ],

@@ -6,5 +6,5 @@ struct VMScope: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmscope",
         abstract: "Inspect live KVM virtual machines: memslots, private/shared attributes, memory faults, vCPUs.",
-        subcommands: [CapsCommand.self, VMMCommand.self, CtlCommand.self])
+        subcommands: [AttachCommand.self, DemoCommand.self, VMMCommand.self, CtlCommand.self, CapsCommand.self])
 }

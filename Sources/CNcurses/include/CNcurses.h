@@ -28,4 +28,24 @@ static inline int cnc_put(int y, int x, const wchar_t *text, attr_t attrs, short
     return mvaddwstr(y, x, text);
 }
 
+/// One key or character: returns KEY_CODE_YES for function keys, OK for characters, ERR on timeout.
+static inline int cnc_get_wch(int *out) {
+    wint_t w = 0;
+    int r = get_wch(&w);
+    *out = (int)w;
+    return r;
+}
+static inline int cnc_key_code_yes(void) { return KEY_CODE_YES; }
+static inline int cnc_key_up(void) { return KEY_UP; }
+static inline int cnc_key_down(void) { return KEY_DOWN; }
+static inline int cnc_key_left(void) { return KEY_LEFT; }
+static inline int cnc_key_right(void) { return KEY_RIGHT; }
+static inline int cnc_key_ppage(void) { return KEY_PPAGE; }
+static inline int cnc_key_npage(void) { return KEY_NPAGE; }
+static inline int cnc_key_home(void) { return KEY_HOME; }
+static inline int cnc_key_end(void) { return KEY_END; }
+static inline int cnc_key_btab(void) { return KEY_BTAB; }
+static inline int cnc_key_enter(void) { return KEY_ENTER; }
+static inline int cnc_key_backspace(void) { return KEY_BACKSPACE; }
+
 #endif

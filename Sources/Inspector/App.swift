@@ -1,0 +1,387 @@
+import ControlProtocol
+
+/// The four views.
+public enum Pane: Int, Sendable, CaseIterable {
+    case map = 0, faults, memslots, vcpus
+    public var title: String {
+        switch self {
+        case .map: "1 GFN map"
+        case .faults: "2 Faults"
+        case .memslots: "3 Memslots"
+        case .vcpus: "4 vCPUs"
+        }
+    }
+}
+
+/// A key as the input handler sees it.
+public enum Key: Sendable, Equatable, Hashable {
+    case char(Character)
+    case up, down, left, right, pageUp, pageDown, home, end, tab, backTab, enter, escape, backspace, resize
+}
+
+/// What the controller does for the UI: talk to the VMM, or quit.
+public enum Effect: Sendable, Equatable {
+    case execute(name: String, arguments: JSON, description: String)
+    case readMemory(gpa: UInt64)
+    case quit
+}
+
+/// One line of the key table: the input handler dispatches on it and the help screen prints it.
+public struct KeyBinding: Sendable {
+    public var keys: [Key]
+    public var label: String
+    public var help: String
+    public var mutates: Bool
+    let action: @Sendable (inout InspectorUI) -> [Effect]
+}
+
+/// A dialog over the views.
+public enum Overlay: Sendable, Equatable {
+    case help
+    case confirm(prompt: String, effect: Effect)
+    case injectMenu(selected: Int)
+    case hexDump(gpa: UInt64, bytes: [UInt8]?)
+}
+
+/// The inspector's UI state: focus, cursors, zoom, selection, dialogs. `handle(_:)` turns keys into changes
+/// and effects; nothing here touches a terminal or a socket.
+public struct InspectorUI: Sendable {
+    public var focus: Pane = .map
+    public var maximized = false
+    /// Map cursor (a GFN) and zoom (pages per cell; nil = fit all of RAM).
+    public var cursorGFN: UInt64 = 0
+    public var pagesPerCell: UInt64?
+    public var firstCell: UInt64 = 0
+    /// A range selection start on the map (GFN), while `v` is active, and the finished selection.
+    public var selectionAnchor: UInt64?
+    public var selection: ClosedRange<UInt64>?
+    public var faultCursor = 0          // 0 = newest
+    public var frozen = false
+    public var frozenAtSeq: UInt64?
+    public var faultFilter = FaultFilter()
+    public var memslotCursor = 0
+    public var memslotSort = MemslotSort.slot
+    public var vcpuCursor = 0
+    public var overlay: Overlay?
+    /// A line being typed after `:` or `/`.
+    public var prompt: (kind: Character, text: String)?
+    public var status: (text: String, isError: Bool)?
+    public var readOnly = false
+    public var ascii = false
+    public var themeNames: [String] = ["default"]
+    public var themeIndex = 0
+    /// Set by the controller each frame: the map's grid size and RAM, for cursor movement.
+    public var mapColumns = 64
+    public var mapRows = 16
+    public var totalPages: UInt64 = 1
+    public var vcpuCount = 0
+    /// Run state of each vCPU, as last reported (`P` pauses a running one and resumes a stopped one).
+    public var vcpuStates: [String] = []
+
+    public init() {}
+
+    public var themeName: String { themeNames[themeIndex % max(1, themeNames.count)] }
+
+    public var effectivePagesPerCell: UInt64 {
+        pagesPerCell ?? MapGeometry.fitting(totalPages: totalPages, columns: mapColumns, rows: mapRows)
+    }
+
+    // MARK: The key table
+
+    public static let bindings: [KeyBinding] = [
+        KeyBinding(keys: [.tab], label: "Tab", help: "next view", mutates: false) { ui in
+            ui.focus = Pane(rawValue: (ui.focus.rawValue + 1) % 4)!; return [] },
+        KeyBinding(keys: [.backTab], label: "S-Tab", help: "previous view", mutates: false) { ui in
+            ui.focus = Pane(rawValue: (ui.focus.rawValue + 3) % 4)!; return [] },
+        KeyBinding(keys: [.char("1"), .char("2"), .char("3"), .char("4")], label: "1-4", help: "focus map, faults, memslots, vCPUs", mutates: false) { _ in [] },
+        KeyBinding(keys: [.char("z")], label: "z", help: "maximise the focused view / back to all four", mutates: false) { ui in
+            ui.maximized.toggle(); return [] },
+        KeyBinding(keys: [.up, .char("k")], label: "↑ k", help: "move up", mutates: false) { ui in ui.move(dx: 0, dy: -1); return [] },
+        KeyBinding(keys: [.down, .char("j")], label: "↓ j", help: "move down", mutates: false) { ui in ui.move(dx: 0, dy: 1); return [] },
+        KeyBinding(keys: [.left, .char("h")], label: "← h", help: "move left (map)", mutates: false) { ui in ui.move(dx: -1, dy: 0); return [] },
+        KeyBinding(keys: [.right, .char("l")], label: "→ l", help: "move right (map)", mutates: false) { ui in ui.move(dx: 1, dy: 0); return [] },
+        KeyBinding(keys: [.char("g"), .home], label: "g", help: "to the start", mutates: false) { ui in ui.jump(toEnd: false); return [] },
+        KeyBinding(keys: [.char("G"), .end], label: "G", help: "to the end", mutates: false) { ui in ui.jump(toEnd: true); return [] },
+        KeyBinding(keys: [.char("+"), .char("=")], label: "+", help: "zoom in on the cursor", mutates: false) { ui in ui.zoom(in: true); return [] },
+        KeyBinding(keys: [.char("-")], label: "-", help: "zoom out", mutates: false) { ui in ui.zoom(in: false); return [] },
+        KeyBinding(keys: [.char("v")], label: "v", help: "start / end a range selection on the map", mutates: false) { ui in ui.toggleSelection(); return [] },
+        KeyBinding(keys: [.char("p")], label: "p", help: "convert the selection to private (asks first)", mutates: true) { ui in ui.askConvert(toPrivate: true); return [] },
+        KeyBinding(keys: [.char("s")], label: "s", help: "convert the selection to shared (asks first)", mutates: true) { ui in ui.askConvert(toPrivate: false); return [] },
+        KeyBinding(keys: [.char("i")], label: "i", help: "fault injection: mce, nmi, discard, revoke, flip", mutates: true) { ui in
+            ui.overlay = .injectMenu(selected: 0); return [] },
+        KeyBinding(keys: [.char("P")], label: "P", help: "pause / resume the selected vCPU", mutates: true) { ui in ui.pauseResume() },
+        KeyBinding(keys: [.char(".")], label: ".", help: "single-step the selected vCPU", mutates: true) { ui in
+            [.execute(name: "vcpu-control", arguments: .object([("index", .i(ui.vcpuCursor)), ("action", .string("step"))]),
+                      description: "step vCPU \(ui.vcpuCursor)")] },
+        KeyBinding(keys: [.char("f")], label: "f", help: "freeze / unfreeze the fault stream", mutates: false) { ui in
+            ui.frozen.toggle(); ui.frozenAtSeq = nil; return [] },
+        KeyBinding(keys: [.char("/")], label: "/", help: "filter faults: vcpu=N access=read|write source=vmm|kernel gpa=A-B", mutates: false) { ui in
+            ui.prompt = ("/", ui.faultFilter.text); return [] },
+        KeyBinding(keys: [.char(":")], label: ":", help: "command: convert GPA SIZE private|shared, goto GPA, policy P, quit", mutates: false) { ui in
+            ui.prompt = (":", ""); return [] },
+        KeyBinding(keys: [.char("o")], label: "o", help: "sort memslots by slot, GPA, size", mutates: false) { ui in
+            ui.memslotSort = ui.memslotSort.next; return [] },
+        KeyBinding(keys: [.char("x")], label: "x", help: "hex dump of the page under the map cursor", mutates: false) { ui in
+            let gpa = ui.cursorGFN * 4096
+            ui.overlay = .hexDump(gpa: gpa, bytes: nil)
+            return [.readMemory(gpa: gpa)] },
+        KeyBinding(keys: [.char("t")], label: "t", help: "next colour theme", mutates: false) { ui in
+            ui.themeIndex = (ui.themeIndex + 1) % max(1, ui.themeNames.count)
+            ui.status = ("theme \(ui.themeName)", false); return [] },
+        KeyBinding(keys: [.char("?")], label: "?", help: "this help", mutates: false) { ui in ui.overlay = .help; return [] },
+        KeyBinding(keys: [.char("q")], label: "q", help: "quit", mutates: false) { _ in [.quit] },
+    ]
+
+    public static let injectionKinds = ["mce", "nmi", "discard", "revoke", "flip"]
+
+    // MARK: Input
+
+    public mutating func handle(_ key: Key) -> [Effect] {
+        if let p = prompt { return handlePrompt(key, p) }
+        if let o = overlay { return handleOverlay(key, o) }
+        if case .char(let c) = key, let n = c.wholeNumberValue, (1...4).contains(n) {
+            focus = Pane(rawValue: n - 1)!
+            return []
+        }
+        guard let b = Self.bindings.first(where: { $0.keys.contains(key) }) else { return [] }
+        if b.mutates && readOnly {
+            status = ("read-only: \(b.help) is disabled", true)
+            return []
+        }
+        return b.action(&self)
+    }
+
+    private mutating func handlePrompt(_ key: Key, _ p: (kind: Character, text: String)) -> [Effect] {
+        switch key {
+        case .escape: prompt = nil
+        case .backspace: prompt = (p.kind, String(p.text.dropLast()))
+        case .char(let c): prompt = (p.kind, p.text + String(c))
+        case .enter:
+            prompt = nil
+            return p.kind == "/" ? applyFilter(p.text) : runCommand(p.text)
+        default: break
+        }
+        return []
+    }
+
+    private mutating func handleOverlay(_ key: Key, _ o: Overlay) -> [Effect] {
+        switch o {
+        case .help, .hexDump:
+            overlay = nil
+        case .confirm(_, let effect):
+            overlay = nil
+            if key == .char("y") || key == .char("Y") { return [effect] }
+            status = ("cancelled", false)
+        case .injectMenu(let sel):
+            switch key {
+            case .up, .char("k"): overlay = .injectMenu(selected: (sel + 4) % 5)
+            case .down, .char("j"): overlay = .injectMenu(selected: (sel + 1) % 5)
+            case .enter: overlay = nil; return inject(Self.injectionKinds[sel])
+            case .char(let c):
+                overlay = nil
+                if let kind = Self.injectionKinds.first(where: { $0.first == c }) { return inject(kind) }
+            default: overlay = nil
+            }
+        }
+        return []
+    }
+
+    // MARK: Actions
+
+    mutating func move(dx: Int, dy: Int) {
+        switch focus {
+        case .map:
+            let span = effectivePagesPerCell
+            let delta = Int64(dx) + Int64(dy) * Int64(mapColumns)
+            let cell = Int64(cursorGFN / span) + delta
+            let maxCell = Int64((totalPages - 1) / span)
+            cursorGFN = UInt64(min(max(cell, 0), maxCell)) * span
+            scrollToCursor()
+        case .faults: faultCursor = max(0, faultCursor - dy)
+        case .memslots: memslotCursor = max(0, memslotCursor + dy)
+        case .vcpus: vcpuCursor = min(max(0, vcpuCursor + dy + dx), max(0, vcpuCount - 1))
+        }
+    }
+
+    mutating func jump(toEnd: Bool) {
+        switch focus {
+        case .map: cursorGFN = toEnd ? (totalPages - 1) / effectivePagesPerCell * effectivePagesPerCell : 0; scrollToCursor()
+        case .faults: faultCursor = toEnd ? 0 : Int.max / 2
+        case .memslots: memslotCursor = toEnd ? Int.max / 2 : 0
+        case .vcpus: vcpuCursor = toEnd ? max(0, vcpuCount - 1) : 0
+        }
+    }
+
+    /// Keeps the cursor's cell on screen.
+    public mutating func scrollToCursor() {
+        let span = effectivePagesPerCell
+        let cell = cursorGFN / span
+        let perRow = UInt64(max(1, mapColumns))
+        let visible = perRow * UInt64(max(1, mapRows))
+        firstCell = min(firstCell, cell / perRow * perRow)
+        if cell >= firstCell + visible { firstCell = (cell / perRow + 1) * perRow - visible }
+        if pagesPerCell == nil { firstCell = 0 }
+    }
+
+    mutating func zoom(in zoomIn: Bool) {
+        let fit = MapGeometry.fitting(totalPages: totalPages, columns: mapColumns, rows: mapRows)
+        var span = effectivePagesPerCell
+        if zoomIn { span = max(1, span / 2) } else { span = span * 2 }
+        pagesPerCell = span >= fit ? nil : span
+        cursorGFN = cursorGFN / effectivePagesPerCell * effectivePagesPerCell
+        firstCell = 0
+        scrollToCursor()
+        status = ("zoom: \(Fmt.size(effectivePagesPerCell * 4096)) per cell", false)
+    }
+
+    mutating func toggleSelection() {
+        focus = .map
+        let span = effectivePagesPerCell
+        if let anchor = selectionAnchor {
+            let lo = min(anchor, cursorGFN), hi = max(anchor, cursorGFN) + span - 1
+            selection = lo...min(hi, totalPages - 1)
+            selectionAnchor = nil
+            status = ("selected \(Fmt.size((selection!.upperBound - lo + 1) * 4096)) at \(Fmt.hex(lo * 4096))", false)
+        } else {
+            selectionAnchor = cursorGFN
+            selection = nil
+            status = ("selecting from \(Fmt.hex(cursorGFN * 4096)); v again ends the range", false)
+        }
+    }
+
+    /// The selection, or the cell under the cursor, in bytes.
+    public var targetRange: (gpa: UInt64, size: UInt64) {
+        if let s = selection { return (s.lowerBound * 4096, (s.upperBound - s.lowerBound + 1) * 4096) }
+        let span = effectivePagesPerCell
+        return (cursorGFN * 4096, min(span, totalPages - cursorGFN) * 4096)
+    }
+
+    mutating func askConvert(toPrivate: Bool) {
+        let (gpa, size) = targetRange
+        let word = toPrivate ? "private" : "shared"
+        let effect = Effect.execute(name: "set-memory-attributes",
+                                    arguments: .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(toPrivate))]),
+                                    description: "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(word)")
+        overlay = .confirm(prompt: "Convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(word)? y/N", effect: effect)
+    }
+
+    mutating func inject(_ kind: String) -> [Effect] {
+        let (gpa, size) = targetRange
+        var args: [(String, JSON)] = [("kind", .string(kind))]
+        switch kind {
+        case "nmi": args.append(("vcpu", .i(vcpuCursor)))
+        case "mce": args += [("vcpu", .i(vcpuCursor)), ("gpa", .u(gpa))]
+        default: args += [("gpa", .u(gpa)), ("size", .u(size))]
+        }
+        let target = kind == "nmi" ? "vCPU \(vcpuCursor)" : "\(Fmt.size(size)) at \(Fmt.hex(gpa))"
+        return [.execute(name: "inject-fault", arguments: .object(args), description: "inject \(kind) into \(target)")]
+    }
+
+    mutating func pauseResume() -> [Effect] {
+        let state = vcpuCursor < vcpuStates.count ? vcpuStates[vcpuCursor] : "running"
+        let action = ["paused", "fault-stopped"].contains(state) ? "resume" : "pause"
+        return [.execute(name: "vcpu-control", arguments: .object([("index", .i(vcpuCursor)), ("action", .string(action))]),
+                         description: "\(action) vCPU \(vcpuCursor)")]
+    }
+
+    mutating func applyFilter(_ text: String) -> [Effect] {
+        switch FaultFilter.parse(text) {
+        case .success(let f): faultFilter = f; faultCursor = 0; status = (f.text.isEmpty ? "filter cleared" : "filter: \(f.text)", false)
+        case .failure(let e): status = (e.message, true)
+        }
+        return []
+    }
+
+    mutating func runCommand(_ line: String) -> [Effect] {
+        let words = line.split(separator: " ").map(String.init)
+        guard let verb = words.first else { return [] }
+        switch verb {
+        case "q", "quit": return [.quit]
+        case "goto":
+            guard words.count == 2, let gpa = Fmt.parseSize(words[1]), gpa / 4096 < totalPages else {
+                status = ("usage: goto GPA (inside RAM)", true); return []
+            }
+            focus = .map
+            cursorGFN = gpa / 4096 / effectivePagesPerCell * effectivePagesPerCell
+            scrollToCursor()
+            return []
+        case "convert":
+            guard words.count == 4, let gpa = Fmt.parseSize(words[1]), let size = Fmt.parseSize(words[2]),
+                  ["private", "shared"].contains(words[3]) else {
+                status = ("usage: convert GPA SIZE private|shared (e.g. convert 0x100000 2M shared)", true); return []
+            }
+            guard !readOnly else { status = ("read-only: conversions are disabled", true); return [] }
+            let p = words[3] == "private"
+            return [.execute(name: "set-memory-attributes",
+                             arguments: .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(p))]),
+                             description: "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(words[3])")]
+        case "policy":
+            guard words.count == 2, ["convert", "pause", "report"].contains(words[1]) else {
+                status = ("usage: policy convert|pause|report", true); return []
+            }
+            guard !readOnly else { status = ("read-only: policy changes are disabled", true); return [] }
+            return [.execute(name: "set-fault-policy", arguments: .object([("policy", .string(words[1]))]),
+                             description: "fault policy \(words[1])")]
+        default:
+            status = ("unknown command '\(verb)': convert, goto, policy, quit", true)
+            return []
+        }
+    }
+}
+
+public enum MemslotSort: String, Sendable {
+    case slot, gpa, size
+    var next: MemslotSort { switch self { case .slot: .gpa; case .gpa: .size; case .size: .slot } }
+}
+
+/// The fault stream's filter: `vcpu=N access=read|write|exec|unknown source=vmm|kernel gpa=A-B`.
+public struct FaultFilter: Sendable, Equatable {
+    public var vcpu: Int?
+    public var access: String?
+    public var source: String?
+    public var gpaRange: ClosedRange<UInt64>?
+    public var text = ""
+
+    public init() {}
+
+    public struct ParseError: Error, Equatable { public var message: String }
+
+    public static func parse(_ text: String) -> Result<FaultFilter, ParseError> {
+        var f = FaultFilter()
+        f.text = text.trimmingCharacters(in: " ")
+        for word in text.split(separator: " ") {
+            let kv = word.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2 else { return .failure(ParseError(message: "filter: '\(word)' is not key=value")) }
+            switch kv[0] {
+            case "vcpu":
+                guard let n = Int(kv[1]), n >= 0 else { return .failure(ParseError(message: "filter: vcpu wants a number")) }
+                f.vcpu = n
+            case "access":
+                guard ["read", "write", "exec", "unknown"].contains(kv[1]) else { return .failure(ParseError(message: "filter: access is read, write, exec or unknown")) }
+                f.access = kv[1]
+            case "source":
+                guard ["vmm", "kernel"].contains(kv[1]) else { return .failure(ParseError(message: "filter: source is vmm or kernel")) }
+                f.source = kv[1]
+            case "gpa":
+                let ends = kv[1].split(separator: "-").map { Fmt.parseSize(String($0)) }
+                guard ends.count == 2, let a = ends[0], let b = ends[1], a <= b else {
+                    return .failure(ParseError(message: "filter: gpa wants START-END, e.g. gpa=0x100000-0x200000"))
+                }
+                f.gpaRange = a...b
+            default:
+                return .failure(ParseError(message: "filter: unknown key '\(kv[0])' (vcpu, access, source, gpa)"))
+            }
+        }
+        return .success(f)
+    }
+
+    public func matches(_ r: FaultRow) -> Bool {
+        if let vcpu, r.vcpu != vcpu { return false }
+        if let access, r.access != access { return false }
+        if let source, r.source != source { return false }
+        if let gpaRange, !gpaRange.contains(r.gpa) { return false }
+        return true
+    }
+
+    public var isEmpty: Bool { vcpu == nil && access == nil && source == nil && gpaRange == nil }
+}

@@ -1,0 +1,363 @@
+import ControlProtocol
+
+/// What the inspector knows about the VM, built from query replies and events (vmscope's VMM or QEMU).
+/// Plain data: the controller feeds it, the renderer reads it.
+public struct VMInfo: Sendable, Equatable {
+    public var name = "?"
+    public var pid: Int?
+    public var engine = "?"
+    public var sharedAliasBit: Int?
+    public var ramSize: UInt64 = 0
+    public var vcpus = 0
+    public var mutationsAllowed = false
+    public var faultInjectionAllowed = false
+    public var policy = "?"
+
+    public init() {}
+
+    public init(_ j: JSON) {
+        name = j["name"]?.stringValue ?? "?"
+        pid = j["pid"]?.intValue
+        engine = j["attribute-engine"]?.stringValue ?? "?"
+        sharedAliasBit = j["shared-alias"]?.intValue
+        ramSize = j["ram-size"]?.uint64Value ?? 0
+        vcpus = j["vcpus"]?.intValue ?? 0
+        mutationsAllowed = j["mutations-allowed"]?.boolValue ?? false
+        faultInjectionAllowed = j["fault-injection-allowed"]?.boolValue ?? false
+        policy = j["fault-policy"]?.stringValue ?? "?"
+    }
+}
+
+public struct MemslotRow: Sendable, Equatable {
+    public var slot: Int
+    public var asID: Int
+    public var gpa: UInt64
+    public var size: UInt64
+    public var flags: UInt64
+    public var flagNames: [String]
+    public var view: String
+    public var backing: String
+    public var guestMemfdOffset: UInt64?
+    public var userspaceAddress: UInt64
+    /// Private and shared 4 KiB pages of the RAM this slot maps (from the attribute runs).
+    public var privatePages: UInt64 = 0
+    public var sharedPages: UInt64 = 0
+
+    public init?(_ j: JSON) {
+        guard let slot = j["slot"]?.intValue, let gpa = j["gpa"]?.uint64Value, let size = j["size"]?.uint64Value else { return nil }
+        self.slot = slot
+        self.asID = j["as-id"]?.intValue ?? 0
+        self.gpa = gpa
+        self.size = size
+        self.flags = j["flags"]?.uint64Value ?? 0
+        self.flagNames = j["flag-names"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        self.view = j["view"]?.stringValue ?? "?"
+        self.backing = j["backing"]?.stringValue ?? "?"
+        self.guestMemfdOffset = j["guest-memfd-offset"]?.uint64Value
+        self.userspaceAddress = j["userspace-addr"]?.uint64Value ?? 0
+    }
+
+    public init(slot: Int, gpa: UInt64, size: UInt64, view: String, backing: String, flagNames: [String] = []) {
+        self.slot = slot
+        self.asID = 0
+        self.gpa = gpa
+        self.size = size
+        self.flags = 0
+        self.flagNames = flagNames
+        self.view = view
+        self.backing = backing
+        self.userspaceAddress = 0
+    }
+}
+
+/// A run of RAM pages with one attribute, in bytes.
+public struct RunRow: Sendable, Equatable {
+    public var gpa: UInt64
+    public var size: UInt64
+    public var isPrivate: Bool
+    public var end: UInt64 { gpa + size }
+    public init(gpa: UInt64, size: UInt64, isPrivate: Bool) { self.gpa = gpa; self.size = size; self.isPrivate = isPrivate }
+}
+
+/// One fault record as the protocol carries it.
+public struct FaultRow: Sendable, Equatable {
+    public var seq: UInt64
+    public var timeNs: UInt64
+    public var vcpu: Int?
+    public var gpa: UInt64
+    public var size: UInt64
+    public var flags: UInt64
+    public var isPrivate: Bool
+    public var access: String
+    public var errno: String?
+    public var source: String
+    public var exit: String
+    public var attribute: String
+    public var slot: Int?
+    public var action: String
+
+    public var gfn: UInt64 { gpa / 4096 }
+
+    public init?(_ j: JSON) {
+        guard let seq = j["seq"]?.uint64Value, let gpa = j["gpa"]?.uint64Value else { return nil }
+        self.seq = seq
+        timeNs = j["time-ns"]?.uint64Value ?? 0
+        vcpu = j["vcpu"]?.intValue
+        self.gpa = gpa
+        size = j["size"]?.uint64Value ?? 0
+        flags = j["flags"]?.uint64Value ?? 0
+        isPrivate = j["private"]?.boolValue ?? false
+        access = j["access"]?.stringValue ?? "unknown"
+        errno = j["errno"]?.stringValue
+        source = j["source"]?.stringValue ?? "?"
+        exit = j["exit"]?.stringValue ?? "?"
+        attribute = j["attribute"]?.stringValue ?? "?"
+        slot = j["slot"]?.intValue
+        action = j["action"]?.stringValue ?? "?"
+    }
+
+    public init(seq: UInt64, timeNs: UInt64 = 0, vcpu: Int?, gpa: UInt64, flags: UInt64, access: String,
+                source: String = "vmm", exit: String = "MMIO", attribute: String = "shared", slot: Int? = nil,
+                action: String = "converted") {
+        self.seq = seq
+        self.timeNs = timeNs
+        self.vcpu = vcpu
+        self.gpa = gpa
+        self.size = 4096
+        self.flags = flags
+        self.isPrivate = flags & FaultFlags.privateBit != 0
+        self.access = access
+        self.source = source
+        self.exit = exit
+        self.attribute = attribute
+        self.slot = slot
+        self.action = action
+    }
+}
+
+public struct VCPURow: Sendable, Equatable {
+    public var index: Int
+    public var threadID: Int
+    public var state: String
+    public var lastExit: String
+    public var exitCounts: [(String, UInt64)]
+    public var registers: [(String, UInt64)]
+    public var segments: [(String, UInt64)]   // selector per segment register
+    public var controlRegisters: [(String, UInt64)]
+    public var stats: [(String, UInt64)]
+    public var guest: [(String, UInt64)]
+
+    public var totalExits: UInt64 { exitCounts.reduce(0) { $0 + $1.1 } }
+
+    static func pairs(_ j: JSON?) -> [(String, UInt64)] {
+        (j?.objectMembers ?? []).compactMap { k, v in v.uint64Value.map { (k, $0) } }
+    }
+
+    public init?(_ j: JSON) {
+        guard let index = j["index"]?.intValue else { return nil }
+        self.index = index
+        threadID = j["thread-id"]?.intValue ?? 0
+        state = j["state"]?.stringValue ?? "?"
+        lastExit = j["last-exit"]?.stringValue ?? "-"
+        exitCounts = Self.pairs(j["exit-counts"])
+        registers = Self.pairs(j["regs"])
+        let sregs = j["sregs"]
+        segments = ["cs", "ds", "es", "fs", "gs", "ss"].compactMap { name in sregs?[name]?["selector"]?.uint64Value.map { (name, $0) } }
+        controlRegisters = ["cr0", "cr2", "cr3", "cr4", "efer"].compactMap { name in sregs?[name]?.uint64Value.map { (name, $0) } }
+        stats = Self.pairs(j["stats"])
+        guest = Self.pairs(j["guest"])
+    }
+
+    public init(index: Int, state: String, lastExit: String, exitCounts: [(String, UInt64)] = [],
+                registers: [(String, UInt64)] = [], stats: [(String, UInt64)] = [], guest: [(String, UInt64)] = []) {
+        self.index = index
+        self.threadID = 0
+        self.state = state
+        self.lastExit = lastExit
+        self.exitCounts = exitCounts
+        self.registers = registers
+        self.segments = []
+        self.controlRegisters = []
+        self.stats = stats
+        self.guest = guest
+    }
+
+    public static func == (a: VCPURow, b: VCPURow) -> Bool {
+        a.index == b.index && a.state == b.state && a.lastExit == b.lastExit
+            && a.exitCounts.map(\.0) == b.exitCounts.map(\.0) && a.exitCounts.map(\.1) == b.exitCounts.map(\.1)
+            && a.registers.map(\.1) == b.registers.map(\.1) && a.stats.map(\.1) == b.stats.map(\.1)
+    }
+}
+
+/// The connection as the status bar shows it.
+public enum ConnectionState: Sendable, Equatable {
+    case connected(String)
+    case disconnected(String)
+}
+
+/// Everything the views show.
+public struct InspectorModel: Sendable {
+    public var vm = VMInfo()
+    public var memslots: [MemslotRow] = []
+    public var runs: [RunRow] = []
+    public var vcpus: [VCPURow] = []
+    /// The vCPUs as of the previous refresh (changed values are highlighted, exit rates computed).
+    public var previousVCPUs: [VCPURow] = []
+    public var vcpuRefreshIntervalNs: UInt64 = 0
+    /// The newest fault records, oldest first, at most `faultCapacity`.
+    public private(set) var faults: [FaultRow] = []
+    public let faultCapacity: Int
+    /// Records the server said it dropped for us, and events it dropped.
+    public var faultsDropped: UInt64 = 0
+    public var eventsDropped: UInt64 = 0
+    /// Records received in all.
+    public var faultsReceived: UInt64 = 0
+    /// Faults per second over the last 60 seconds (last element = the current second).
+    public var faultRate: [Int] = Array(repeating: 0, count: 60)
+    private var faultRateSecond: UInt64 = 0
+    /// GFN → when it last faulted (monotonic ns), for the map's fading marks.
+    public var recentFaults: [UInt64: UInt64] = [:]
+    /// GUEST_REPORT counts by kind, and the last value of each.
+    public var guestReports: [String: (count: UInt64, last: UInt64)] = [:]
+    public var connection = ConnectionState.disconnected("not connected")
+    /// Events received in the last second (status bar).
+    public var eventRate = 0
+    private var eventsThisSecond = 0
+    private var eventSecond: UInt64 = 0
+    public var memslotGeneration: UInt64 = 0
+    /// Set when an event says memslots or attributes changed; the controller re-queries and clears it.
+    public var memslotsStale = true
+    public var attributesStale = true
+    /// Whether the peer is QEMU (no vmscope commands).
+    public var peerIsQEMU = false
+
+    public init(faultCapacity: Int = 100_000) { self.faultCapacity = faultCapacity }
+
+    // MARK: Query replies
+
+    public mutating func apply(vm j: JSON) { vm = VMInfo(j) }
+
+    public mutating func apply(memslots j: JSON) {
+        memslots = (j.arrayValue ?? []).compactMap(MemslotRow.init)
+        countPages()
+        memslotsStale = false
+    }
+
+    public mutating func apply(attributes j: JSON) {
+        runs = (j["runs"]?.arrayValue ?? []).compactMap { r in
+            guard let gpa = r["gpa"]?.uint64Value, let size = r["size"]?.uint64Value, let p = r["private"]?.boolValue else { return nil }
+            return RunRow(gpa: gpa, size: size, isPrivate: p)
+        }
+        countPages()
+        attributesStale = false
+    }
+
+    public mutating func apply(vcpus j: JSON, intervalNs: UInt64) {
+        previousVCPUs = vcpus
+        vcpus = (j.arrayValue ?? []).compactMap(VCPURow.init)
+        vcpuRefreshIntervalNs = intervalNs
+    }
+
+    /// Private/shared pages per memslot, from the runs (a slot in the shared alias counts its RAM pages).
+    mutating func countPages() {
+        let alias: UInt64 = vm.sharedAliasBit.map { 1 << UInt64($0) } ?? 0
+        for i in memslots.indices {
+            var start = memslots[i].gpa
+            if alias != 0 && memslots[i].view == "shared" { start &= ~alias }
+            let end = start + memslots[i].size
+            var p: UInt64 = 0, s: UInt64 = 0
+            var k = firstRun(endingAfter: start)
+            while k < runs.count && runs[k].gpa < end {
+                let overlap = min(end, runs[k].end) - max(start, runs[k].gpa)
+                if runs[k].isPrivate { p += overlap } else { s += overlap }
+                k += 1
+            }
+            memslots[i].privatePages = p / 4096
+            memslots[i].sharedPages = s / 4096
+        }
+    }
+
+    /// Index of the first run ending after `gpa` (runs are sorted and adjacent).
+    public func firstRun(endingAfter gpa: UInt64) -> Int {
+        var lo = 0, hi = runs.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if runs[mid].end <= gpa { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// The attribute of the page at `gpa`, if RAM.
+    public func attribute(at gpa: UInt64) -> Bool? {
+        let k = firstRun(endingAfter: gpa)
+        return k < runs.count && runs[k].gpa <= gpa ? runs[k].isPrivate : nil
+    }
+
+    /// The memslot mapping RAM address `gpa` (either view).
+    public func memslot(containing gpa: UInt64) -> MemslotRow? {
+        let alias: UInt64 = vm.sharedAliasBit.map { 1 << UInt64($0) } ?? 0
+        return memslots.first { m in
+            let start = alias != 0 && m.view == "shared" ? m.gpa & ~alias : m.gpa
+            return gpa >= start && gpa < start + m.size
+        }
+    }
+
+    // MARK: Events
+
+    public mutating func apply(event e: JSON, nowNs: UInt64) {
+        let second = nowNs / 1_000_000_000
+        if second != eventSecond {
+            eventRate = second == eventSecond + 1 ? eventsThisSecond : 0
+            eventsThisSecond = 0
+            eventSecond = second
+        }
+        eventsThisSecond += 1
+        let data = e["data"]
+        switch e["event"]?.stringValue {
+        case "MEMORY_FAULT":
+            faultsDropped += data?["dropped"]?.uint64Value ?? 0
+            for r in data?["records"]?.arrayValue ?? [] {
+                if let f = FaultRow(r) { append(fault: f, nowNs: nowNs) }
+            }
+        case "MEMORY_ATTRIBUTES_CHANGED":
+            attributesStale = true
+            memslotsStale = true
+        case "MEMSLOTS_CHANGED":
+            memslotGeneration = data?["generation"]?.uint64Value ?? memslotGeneration
+            memslotsStale = true
+        case "EVENTS_DROPPED":
+            eventsDropped += data?["count"]?.uint64Value ?? 0
+        case "GUEST_REPORT":
+            if let kind = data?["kind"]?.stringValue {
+                let old = guestReports[kind] ?? (0, 0)
+                guestReports[kind] = (old.count + 1, data?["value"]?.uint64Value ?? 0)
+            }
+        case "VCPU_STATE_CHANGED":
+            if let i = data?["index"]?.intValue, let s = data?["state"]?.stringValue,
+               let k = vcpus.firstIndex(where: { $0.index == i }) {
+                vcpus[k].state = s
+            }
+        default:
+            break
+        }
+    }
+
+    public mutating func append(fault f: FaultRow, nowNs: UInt64) {
+        faults.append(f)
+        if faults.count > faultCapacity + faultCapacity / 4 { faults.removeFirst(faults.count - faultCapacity) }
+        faultsReceived += 1
+        recentFaults[f.gfn] = nowNs
+        if recentFaults.count > 4096 { recentFaults = recentFaults.filter { nowNs - $0.value < 5_000_000_000 } }
+        let second = nowNs / 1_000_000_000
+        if second != faultRateSecond {
+            let shift = Int(min(second &- faultRateSecond, 60))
+            faultRate.removeFirst(shift)
+            faultRate.append(contentsOf: Array(repeating: 0, count: shift))
+            faultRateSecond = second
+        }
+        faultRate[faultRate.count - 1] += 1
+    }
+
+    /// The faults as the view keeps them (at most `faultCapacity`, newest last).
+    public var visibleFaults: ArraySlice<FaultRow> { faults.suffix(faultCapacity) }
+}

@@ -1,0 +1,371 @@
+/// Turns the model and UI state into a screen. Pure: the same inputs give the same cells.
+public struct Renderer {
+    public static let minWidth = 60
+    public static let minHeight = 16
+
+    public var ascii = false
+    public var nowNs: UInt64 = 0
+
+    public init(ascii: Bool = false, nowNs: UInt64 = 0) {
+        self.ascii = ascii
+        self.nowNs = nowNs
+    }
+
+    /// Where each pane goes for a screen of this size.
+    public static func layout(width: Int, height: Int, ui: InspectorUI) -> [Pane: Rect] {
+        let body = Rect(x: 0, y: 1, width: width, height: height - 2)
+        if ui.maximized { return [ui.focus: body] }
+        let leftW = body.width / 2, topH = body.height / 2
+        return [
+            .map: Rect(x: 0, y: body.y, width: leftW, height: topH),
+            .faults: Rect(x: leftW, y: body.y, width: body.width - leftW, height: topH),
+            .memslots: Rect(x: 0, y: body.y + topH, width: leftW, height: body.height - topH),
+            .vcpus: Rect(x: leftW, y: body.y + topH, width: body.width - leftW, height: body.height - topH),
+        ]
+    }
+
+    /// The map's grid (columns, rows) in a pane: its inner area less the legend and cursor lines.
+    public static func mapGrid(_ r: Rect) -> (columns: Int, rows: Int) {
+        (max(1, r.inner.width), max(1, r.inner.height - 2))
+    }
+
+    public func render(_ m: InspectorModel, _ ui: InspectorUI, width: Int, height: Int) -> Screen {
+        var s = Screen(width: width, height: height)
+        guard width >= Self.minWidth && height >= Self.minHeight else {
+            let lines = ["window too small", "vmscope needs \(Self.minWidth)×\(Self.minHeight)", "this one is \(width)×\(height)"]
+            for (i, l) in lines.enumerated() {
+                s.put(l, x: max(0, (width - l.count) / 2), y: max(0, height / 2 - 1) + i, role: i == 0 ? .warning : .normal)
+            }
+            return s
+        }
+        statusBar(&s, m, ui)
+        for (pane, rect) in Self.layout(width: width, height: height, ui: ui) {
+            s.box(rect, title: pane.title, focused: pane == ui.focus, ascii: ascii)
+            switch pane {
+            case .map: mapPane(&s, rect.inner, m, ui)
+            case .faults: faultsPane(&s, rect.inner, m, ui)
+            case .memslots: memslotsPane(&s, rect.inner, m, ui)
+            case .vcpus: vcpusPane(&s, rect.inner, m, ui)
+            }
+        }
+        bottomLine(&s, ui)
+        if let o = ui.overlay { overlay(&s, o, m, ui) }
+        return s
+    }
+
+    // MARK: Bars
+
+    func statusBar(_ s: inout Screen, _ m: InspectorModel, _ ui: InspectorUI) {
+        s.fill(Rect(x: 0, y: 0, width: s.width, height: 1), role: .statusBar)
+        let conn: String
+        switch m.connection {
+        case .connected(let peer): conn = s.width >= 140 ? "connected (\(peer))" : "connected"
+        case .disconnected(let why): conn = "disconnected — retrying: \(why)"
+        }
+        let dropped = m.faultsDropped + m.eventsDropped
+        // Most important first; what does not fit is left off the end.
+        var parts = [m.vm.name, "engine \(m.vm.engine)", "policy \(m.vm.policy)", conn, "dropped \(dropped)",
+                     "faults \(m.faultsReceived)", "\(m.eventRate) ev/s"]
+        if ui.readOnly || !m.vm.mutationsAllowed { parts.insert(ui.readOnly ? "READ-ONLY" : "no mutations", at: 3) }
+        var line = " vmscope"
+        for p in parts where line.count + 3 + p.count <= s.width { line += " │ " + p }
+        s.put(line, x: 0, y: 0, role: .statusBar)
+        if case .disconnected = m.connection, let r = line.range(of: conn) {
+            let start = line.distance(from: line.startIndex, to: r.lowerBound)
+            s.put(conn, x: start, y: 0, role: .statusError)
+        }
+        if dropped > 0, let r = line.range(of: "dropped \(dropped)") {
+            s.put("dropped \(dropped)", x: line.distance(from: line.startIndex, to: r.lowerBound), y: 0, role: .warning)
+        }
+    }
+
+    func bottomLine(_ s: inout Screen, _ ui: InspectorUI) {
+        let y = s.height - 1
+        if let p = ui.prompt {
+            s.put("\(p.kind)\(p.text)█", x: 0, y: y, role: .highlight)
+        } else if let st = ui.status {
+            s.put(st.text, x: 0, y: y, role: st.isError ? .statusError : .statusOK)
+        } else {
+            s.put("? help  Tab views  hjkl move  +/- zoom  v select  s/p convert  i inject  f freeze  / filter  : cmd  q quit",
+                  x: 0, y: y, role: .dim)
+        }
+    }
+
+    // MARK: GFN map
+
+    func mapPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
+        let (cols, rows) = Self.mapGrid(Rect(x: r.x - 1, y: r.y - 1, width: r.width + 2, height: r.height + 2))
+        let total = max(1, m.vm.ramSize / 4096)
+        let span = ui.pagesPerCell ?? MapGeometry.fitting(totalPages: total, columns: cols, rows: rows)
+        let g = MapGeometry(pagesPerCell: span, firstCell: ui.pagesPerCell == nil ? 0 : ui.firstCell, columns: cols, rows: rows)
+        let cells = GFNMap.cells(runs: m.runs, totalPages: total, geometry: g, recentFaults: m.recentFaults, nowNs: nowNs)
+        let cursorCell = ui.cursorGFN / span
+        let anchor = ui.selectionAnchor
+        for (i, c) in cells.enumerated() {
+            var (ch, role) = GFNMap.glyph(c, ascii: ascii)
+            let cellIndex = g.firstCell + UInt64(i)
+            let cellEnd = c.firstGFN + span - 1
+            if let sel = ui.selection, c.firstGFN <= sel.upperBound && cellEnd >= sel.lowerBound, !c.outside { role = .selection }
+            if let a = anchor, !c.outside {
+                let lo = min(a, ui.cursorGFN), hi = max(a, ui.cursorGFN)
+                if c.firstGFN <= hi && cellEnd >= lo { role = .selection }
+            }
+            if cellIndex == cursorCell && ui.focus == .map { role = .cursor; if ch == " " { ch = ascii ? "@" : "▒" } }
+            s[r.x + i % cols, r.y + i / cols] = Cell(ch, role)
+        }
+        // Cursor line and legend.
+        let gpa = ui.cursorGFN * 4096
+        let attr = m.attribute(at: gpa).map { $0 ? "private" : "shared" } ?? "outside RAM"
+        let slot = m.memslot(containing: gpa).map { "slot \($0.slot)" } ?? "no slot"
+        s.put("\(Fmt.hex(gpa)) gfn \(ui.cursorGFN) \(attr) \(slot) · \(Fmt.size(span * 4096))/cell", x: r.x, y: r.y + rows, role: .highlight, limit: r.width)
+        let legend: [(String, Role)] = ascii
+            ? [("# private ", .privatePage), (". shared ", .sharedPage), ("+- mixed ", .mixed), ("! faulted ", .faulted), ("sel ", .selection)]
+            : [("█ private ", .privatePage), ("░ shared ", .sharedPage), ("▓▒ mixed ", .mixed), ("█ faulted ", .faulted), ("▒ selected", .selection)]
+        var x = r.x
+        for (text, role) in legend {
+            s.put(text, x: x, y: r.y + rows + 1, role: role, limit: r.x + r.width - x)
+            x += text.count
+        }
+    }
+
+    // MARK: Faults
+
+    public static func faultLine(_ f: FaultRow, baseNs: UInt64, width: Int = 200) -> String {
+        let vcpu = "v\(f.vcpu.map(String.init) ?? "-")"
+        let wants = f.isPrivate ? "priv" : "shrd"
+        if width < 70 {
+            return "\(Fmt.padLeft(String(f.seq), 6)) \(vcpu) \(Fmt.hex(f.gpa, width: 8)) \(Fmt.pad(f.access, 5)) \(wants) \(f.action)"
+        }
+        let t = Double(f.timeNs &- baseNs) / 1e9
+        let time = t >= 0 && t < 1e6 ? String(Int(t * 1000)) : "-"
+        return "\(Fmt.padLeft(String(f.seq), 7)) \(Fmt.padLeft(time, 8))ms \(vcpu) "
+            + "\(Fmt.hex(f.gpa, width: 8)) gfn \(Fmt.pad(String(f.gfn), 7)) \(Fmt.pad(Fmt.size(f.size), 3)) "
+            + "\(Fmt.pad(f.access, 5)) \(wants) \(f.source)/\(f.exit) \(f.action) flags \(Fmt.hex(f.flags))"
+    }
+
+    /// The flags as the detail panel prints them: merged bits by name, proposals marked, others as `bit N`.
+    public static func flagText(_ flags: UInt64) -> String {
+        let bits = FaultFlags.decode(flags)
+        if bits.isEmpty { return "none" }
+        var parts: [String] = []
+        let merged = bits.filter { $0.status == .merged }.map(\.name)
+        if !merged.isEmpty { parts.append(merged.joined(separator: " | ")) }
+        let proposed = bits.filter { $0.status == .proposed }.map(\.name)
+        if !proposed.isEmpty { parts.append("proposed, not merged: " + proposed.joined(separator: " ")) }
+        let unknown = bits.filter { $0.status == .unknown }.map(\.name)
+        if !unknown.isEmpty { parts.append("unknown: " + unknown.joined(separator: " ")) }
+        return parts.joined(separator: "; ")
+    }
+
+    func faultsPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
+        var header = "total \(m.faultsReceived)  \(m.faultRate.last ?? 0)/s  dropped \(m.faultsDropped)"
+        if ui.frozen { header += "  FROZEN" }
+        if !ui.faultFilter.isEmpty { header += "  filter: \(ui.faultFilter.text)" }
+        s.put(header, x: r.x, y: r.y, role: m.faultsDropped > 0 ? .warning : .header, limit: r.width)
+        let spark = sparkline(Array(m.faultRate.suffix(max(0, min(30, r.width - header.count - 2)))))
+        if header.count + 2 + spark.count <= r.width { s.put(spark, x: r.x + r.width - spark.count, y: r.y, role: .highlight) }
+
+        let detailHeight = r.height >= 12 ? 5 : 0
+        let listHeight = r.height - 1 - detailHeight
+        let all = m.visibleFaults
+        var shown: [FaultRow] = []
+        shown.reserveCapacity(listHeight * 2)
+        let limitSeq = ui.frozen ? (ui.frozenAtSeq ?? all.last?.seq ?? 0) : UInt64.max
+        // Newest first until the list and the cursor's offset are covered.
+        let needed = listHeight + ui.faultCursor
+        for f in all.reversed() where f.seq <= limitSeq && ui.faultFilter.matches(f) {
+            shown.append(f)
+            if shown.count >= needed { break }
+        }
+        let cursor = min(ui.faultCursor, max(0, shown.count - 1))
+        let first = max(0, cursor - listHeight + 1)
+        let window = Array(shown.dropFirst(first).prefix(listHeight))
+        let baseNs = all.first?.timeNs ?? 0
+        for (i, f) in window.reversed().enumerated() {
+            let y = r.y + 1 + (listHeight - window.count) + i
+            let selected = ui.focus == .faults && first + window.count - 1 - i == cursor
+            s.put(Self.faultLine(f, baseNs: baseNs, width: r.width), x: r.x, y: y, role: selected ? .cursor : (f.isPrivate ? .normal : .sharedPage), limit: r.width)
+        }
+        if shown.isEmpty {
+            s.put(m.faultsReceived == 0 ? "no faults yet" : "no faults match the filter", x: r.x, y: r.y + 1, role: .dim, limit: r.width)
+        }
+        guard detailHeight > 0 else { return }
+        let dy = r.y + r.height - detailHeight
+        s.put(String(repeating: ascii ? "-" : "─", count: r.width), x: r.x, y: dy, role: .border)
+        guard cursor < shown.count else { return }
+        let f = shown[cursor]
+        var details = ["#\(f.seq) flags \(Fmt.hex(f.flags)) = \(Self.flagText(f.flags))"]
+        var place = "gpa \(Fmt.hex(f.gpa)) gfn \(f.gfn) \(Fmt.size(f.size)) was \(f.attribute)"
+        if let slot = f.slot, let ms = m.memslots.first(where: { $0.slot == slot }) {
+            let alias: UInt64 = m.vm.sharedAliasBit.map { 1 << UInt64($0) } ?? 0
+            let start = ms.view == "shared" ? ms.gpa & ~alias : ms.gpa
+            place += " · slot \(slot) (\(ms.view), \(ms.backing)) +\(Fmt.hex(f.gpa &- start))"
+        } else {
+            place += " · slot \(f.slot.map(String.init) ?? "none")"
+        }
+        details.append(place)
+        details.append("access \(f.access) · wants \(f.isPrivate ? "private" : "shared") · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
+        if f.source == "vmm" { details.append("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT") }
+        var y = dy + 1
+        for line in details.flatMap({ wrap($0, r.width) }) where y < r.y + r.height {
+            s.put(line, x: r.x, y: y, role: y == dy + 1 ? .highlight : (line.hasPrefix("detected") ? .dim : .normal), limit: r.width)
+            y += 1
+        }
+    }
+
+    /// `text` cut into lines of at most `width`, at spaces where possible.
+    func wrap(_ text: String, _ width: Int) -> [String] {
+        guard width > 0, text.count > width else { return [text] }
+        var lines: [String] = []
+        var current = ""
+        for word in text.split(separator: " ", omittingEmptySubsequences: false) {
+            if current.isEmpty { current = String(word) }
+            else if current.count + 1 + word.count <= width { current += " " + word }
+            else { lines.append(current); current = String(word) }
+            while current.count > width { lines.append(String(current.prefix(width))); current = String(current.dropFirst(width)) }
+        }
+        if !current.isEmpty { lines.append(current) }
+        return lines
+    }
+
+    func sparkline(_ values: [Int]) -> String {
+        let glyphs: [Character] = ascii ? [" ", ".", ":", "|", "#"] : [" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"]
+        let top = max(1, values.max() ?? 1)
+        return String(values.map { glyphs[min(glyphs.count - 1, ($0 * (glyphs.count - 1) + top - 1) / top)] })
+    }
+
+    // MARK: Memslots
+
+    public static func sortedMemslots(_ m: InspectorModel, _ sort: MemslotSort) -> [MemslotRow] {
+        switch sort {
+        case .slot: m.memslots.sorted { $0.slot < $1.slot }
+        case .gpa: m.memslots.sorted { $0.gpa < $1.gpa }
+        case .size: m.memslots.sorted { ($0.size, $1.slot) > ($1.size, $0.slot) }
+        }
+    }
+
+    static func shortFlag(_ name: String) -> String {
+        switch name { case "GUEST_MEMFD": "gmem"; case "READONLY": "ro"; case "LOG_DIRTY_PAGES": "dirty"; default: name.lowercased() }
+    }
+
+    func memslotsPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
+        let narrow = r.width < 76
+        let header = narrow ? "slot view    gpa          size flags priv/shared"
+            : "slot view    gpa range               size  flags       backing      priv/shared"
+        s.put(header + "  (\(m.memslots.count), by \(ui.memslotSort.rawValue))", x: r.x, y: r.y, role: .header, limit: r.width)
+        let rows = Self.sortedMemslots(m, ui.memslotSort)
+        let height = r.height - 1
+        let cursor = min(ui.memslotCursor, max(0, rows.count - 1))
+        let first = max(0, cursor - height + 1)
+        for (i, ms) in rows.dropFirst(first).prefix(height).enumerated() {
+            let line: String
+            if narrow {
+                line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
+                    + "\(Fmt.pad(ms.flagNames.map(Self.shortFlag).joined(separator: ","), 5)) \(ms.privatePages)/\(ms.sharedPages)"
+            } else {
+                let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa + ms.size, width: 8))"
+                line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
+                    + "\(Fmt.pad(ms.flagNames.joined(separator: ","), 11)) \(Fmt.pad(ms.backing, 12)) \(ms.privatePages)/\(ms.sharedPages)"
+            }
+            let selected = ui.focus == .memslots && first + i == cursor
+            s.put(line, x: r.x, y: r.y + 1 + i, role: selected ? .cursor : (ms.view == "shared" ? .sharedPage : .normal), limit: r.width)
+        }
+        if rows.isEmpty { s.put(m.peerIsQEMU ? "QEMU does not report memslots over QMP" : "no memslots", x: r.x, y: r.y + 1, role: .dim, limit: r.width) }
+    }
+
+    // MARK: vCPUs
+
+    func vcpusPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
+        s.put("vcpu state          last exit        exits      rate/s", x: r.x, y: r.y, role: .header, limit: r.width)
+        var y = r.y + 1
+        let seconds = Double(max(m.vcpuRefreshIntervalNs, 1)) / 1e9
+        for v in m.vcpus where y < r.y + r.height {
+            let prev = m.previousVCPUs.first { $0.index == v.index }
+            let rate = prev.map { Double(v.totalExits &- $0.totalExits) / seconds } ?? 0
+            let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) \(Fmt.padLeft(String(v.totalExits), 10)) \(Fmt.padLeft(String(Int(rate)), 10))"
+            let role: Role = ui.focus == .vcpus && v.index == ui.vcpuCursor ? .cursor
+                : (["error", "shutdown", "fault-stopped"].contains(v.state) ? .warning : .normal)
+            s.put(line, x: r.x, y: y, role: role, limit: r.width)
+            y += 1
+        }
+        guard let v = m.vcpus.first(where: { $0.index == ui.vcpuCursor }) ?? m.vcpus.first else {
+            s.put(m.connection == .disconnected("") ? "" : "no vCPUs reported", x: r.x, y: y, role: .dim, limit: r.width)
+            return
+        }
+        let prev = m.previousVCPUs.first { $0.index == v.index }
+        func oldValue(_ list: [(String, UInt64)]?, _ name: String) -> UInt64? { list?.first { $0.0 == name }?.1 }
+        y += 1
+        guard y < r.y + r.height else { return }
+        s.put("vCPU \(v.index) registers", x: r.x, y: y, role: .title, limit: r.width)
+        y += 1
+        let cellWidth = 24
+        let perRow = max(1, r.width / cellWidth)
+        var items: [(String, UInt64, Bool)] = v.registers.map { name, value in (name, value, oldValue(prev?.registers, name).map { $0 != value } ?? false) }
+        items += v.segments.map { ($0.0, $0.1, false) } + v.controlRegisters.map { ($0.0, $0.1, false) }
+        for (i, item) in items.enumerated() {
+            let row = y + i / perRow
+            guard row < r.y + r.height else { break }
+            s.put(Fmt.pad("\(Fmt.padLeft(item.0, 6)) \(Fmt.hex(item.1, width: 8))", cellWidth), x: r.x + (i % perRow) * cellWidth, y: row,
+                  role: item.2 ? .changed : .normal, limit: r.width - (i % perRow) * cellWidth)
+        }
+        y += (items.count + perRow - 1) / perRow + (items.isEmpty ? 0 : 1)
+        let wanted = ["exits", "io_exits", "mmio_exits", "halt_exits", "insn_emulation", "signal_exits", "irq_exits", "nmi_injections"]
+        let stats = wanted.compactMap { name in v.stats.first { $0.0 == name } } + v.guest.filter { ["heartbeat", "integrity-errors", "mce-seen", "nmi-seen"].contains($0.0) }
+        for (i, st) in stats.enumerated() {
+            let row = y + i / perRow
+            guard row < r.y + r.height else { break }
+            let changed = (oldValue(prev?.stats, st.0) ?? oldValue(prev?.guest, st.0)).map { $0 != st.1 } ?? false
+            let role: Role = st.0 == "integrity-errors" && st.1 > 0 ? .error : (changed ? .changed : .normal)
+            s.put(Fmt.pad("\(st.0) \(st.1)", cellWidth), x: r.x + (i % perRow) * cellWidth, y: row, role: role, limit: r.width - (i % perRow) * cellWidth)
+        }
+    }
+
+    // MARK: Overlays
+
+    func overlay(_ s: inout Screen, _ o: Overlay, _ m: InspectorModel, _ ui: InspectorUI) {
+        switch o {
+        case .help:
+            let lines = InspectorUI.bindings.map { b in
+                "\(Fmt.pad(b.label, 7)) \(b.help)" + (b.mutates && ui.readOnly ? " (disabled: read-only)" : "")
+            }
+            dialog(&s, title: "Keys (any key closes)", lines: lines)
+        case .confirm(let prompt, _):
+            dialog(&s, title: "Confirm", lines: [prompt])
+        case .injectMenu(let sel):
+            let (gpa, size) = ui.targetRange
+            let lines = InspectorUI.injectionKinds.enumerated().map { i, k in
+                (i == sel ? "> " : "  ") + k + ": " + [
+                    "machine check into vCPU \(ui.vcpuCursor) for \(Fmt.hex(gpa))", "NMI into vCPU \(ui.vcpuCursor)",
+                    "punch the backing of \(Fmt.size(size)) at \(Fmt.hex(gpa))", "unmap \(Fmt.size(size)) at \(Fmt.hex(gpa))",
+                    "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) behind the guest's back",
+                ][i]
+            }
+            dialog(&s, title: "Inject a fault (j/k, Enter, or the first letter; Esc cancels)", lines: lines)
+        case .hexDump(let gpa, let bytes):
+            guard let bytes else { dialog(&s, title: "read-memory \(Fmt.hex(gpa))", lines: ["reading…"]); return }
+            var lines: [String] = []
+            for row in stride(from: 0, to: min(bytes.count, 16 * 16), by: 16) {
+                let chunk = bytes[row..<min(row + 16, bytes.count)]
+                let hexPart = chunk.map { Fmt.padLeft(String($0, radix: 16), 2).replacingSpaces() }.joined(separator: " ")
+                let text = String(chunk.map { $0 >= 32 && $0 < 127 ? Character(UnicodeScalar($0)) : "." })
+                lines.append("\(Fmt.hex(gpa + UInt64(row), width: 8))  \(Fmt.pad(hexPart, 47))  \(text)")
+            }
+            dialog(&s, title: "read-memory \(Fmt.hex(gpa)) (first 256 bytes; any key closes)", lines: lines)
+        }
+    }
+
+    func dialog(_ s: inout Screen, title: String, lines: [String]) {
+        let w = min(s.width - 4, max(title.count + 6, (lines.map(\.count).max() ?? 0) + 4))
+        let h = min(s.height - 2, lines.count + 2)
+        let r = Rect(x: (s.width - w) / 2, y: (s.height - h) / 2, width: w, height: h)
+        s.fill(r, role: .dialog)
+        s.box(r, title: title, focused: true, ascii: ascii)
+        for (i, l) in lines.prefix(h - 2).enumerated() {
+            s.put(l, x: r.x + 2, y: r.y + 1 + i, role: .dialog, limit: w - 4)
+        }
+    }
+}
+
+extension String {
+    func replacingSpaces() -> String { String(map { $0 == " " ? "0" : $0 }) }
+}

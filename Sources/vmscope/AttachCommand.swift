@@ -1,0 +1,145 @@
+import ArgumentParser
+import ControlProtocol
+import Foundation
+import Inspector
+
+/// Options shared by `attach` and `demo`.
+struct InspectorOptions: ParsableArguments {
+    @Option(help: "Colour theme: a name from themes/ (default, high-contrast, light, mono) or a path to a .json file.")
+    var theme = "default"
+    @Flag(help: "ASCII glyphs instead of Unicode blocks (automatic when the locale is not UTF-8).") var ascii = false
+    @Flag(help: "Hide and refuse conversions, injections and vCPU control.") var readOnly = false
+
+    /// Where theme files are looked for by name.
+    static func themeDirectories() -> [String] {
+        var dirs: [String] = []
+        if let d = ProcessInfo.processInfo.environment["VMSCOPE_THEMES"] { dirs.append(d) }
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        dirs.append(exe.appendingPathComponent("../../../themes").standardized.path)   // a checkout's .build/<triple>/<config>
+        dirs.append(exe.appendingPathComponent("../share/vmscope/themes").standardized.path)
+        dirs.append(FileManager.default.currentDirectoryPath + "/themes")
+        return dirs
+    }
+
+    /// Every theme found, the chosen one first; problems (bad files, a missing choice) as messages.
+    func loadThemes() -> (themes: [String: Theme], order: [String], problems: [String]) {
+        var themes: [String: Theme] = ["mono": .mono]
+        var problems: [String] = []
+        var order: [String] = []
+        func load(_ path: String) -> Theme? {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+            do { return try Theme.parse(text, file: path) } catch {
+                problems.append("theme \(error.description)")
+                return nil
+            }
+        }
+        for dir in Self.themeDirectories() {
+            for file in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where file.hasSuffix(".json") {
+                let name = String(file.dropLast(5))
+                if themes[name] != nil && name != "mono" { continue }
+                if let t = load(dir + "/" + file) { themes[name] = t; if !order.contains(name) { order.append(name) } }
+            }
+        }
+        var chosen = theme
+        if theme.contains("/") || theme.hasSuffix(".json") {
+            if let t = load(theme) { chosen = t.name; themes[chosen] = t }
+            else if FileManager.default.fileExists(atPath: theme) { chosen = "default" }
+            else { problems.append("theme file \(theme) does not exist"); chosen = "default" }
+        } else if themes[theme] == nil {
+            problems.append("no theme named \(theme) (have: \(themes.keys.sorted().joined(separator: ", ")))")
+            chosen = "default"
+        }
+        if themes[chosen] == nil { chosen = "mono" }
+        if !order.contains("mono") { order.append("mono") }
+        order.removeAll { $0 == chosen }
+        return (themes, [chosen] + order, problems)
+    }
+
+    var useASCII: Bool {
+        if ascii { return true }
+        let env = ProcessInfo.processInfo.environment
+        let locale = env["LC_ALL"].flatMap { $0.isEmpty ? nil : $0 } ?? env["LC_CTYPE"].flatMap { $0.isEmpty ? nil : $0 } ?? env["LANG"] ?? ""
+        let l = locale.lowercased()
+        return !(l.contains("utf-8") || l.contains("utf8"))
+    }
+
+    /// Connects (before the terminal is touched), then runs the UI until quit.
+    func inspect(socket: String) throws {
+        var err = StandardError()
+        let client: ControlClient
+        do { client = try ControlClient(path: socket, timeoutMs: 3000) } catch {
+            print("vmscope: cannot attach to \(socket): \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        let (themes, order, problems) = loadThemes()
+        for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
+        let session = InspectorSession(path: socket, client: client, themes: themes, themeOrder: order,
+                                       ascii: useASCII, readOnly: readOnly)
+        if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
+        let terminal = Terminal(theme: themes[order[0]] ?? .mono)
+        defer { terminal.close() }
+        session.run(terminal: terminal)
+    }
+}
+
+/// `vmscope attach SOCKET`: the inspector on a live VM (vmscope's VMM, or QEMU's QMP socket).
+struct AttachCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attach",
+        abstract: "Open the inspector on a VMM's control socket (vmscope vmm, or a QEMU QMP socket).")
+
+    @Argument(help: "The control socket.") var socket: String
+    @OptionGroup var options: InspectorOptions
+
+    func run() throws { try options.inspect(socket: socket) }
+}
+
+/// `vmscope demo`: the reference VMM (mutations and injection allowed) and the inspector on it, in one command.
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Start the reference VMM with mutations and fault injection allowed, and attach the inspector to it.")
+
+    @Option(help: "Number of vCPUs.") var vcpus = 2
+    @Option(help: "Guest RAM, e.g. 256M.") var ram = "256M"
+    @OptionGroup var options: InspectorOptions
+
+    func run() throws {
+        var err = StandardError()
+        // A private directory for the socket and the VMM's log.
+        var template = Array((NSTemporaryDirectory() + "vmscope-demo-XXXXXX").utf8CString)
+        guard let dirPointer = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            print("vmscope demo: mkdtemp: \(String(cString: strerror(errno)))", to: &err)
+            throw ExitCode(2)
+        }
+        let dir = String(cString: dirPointer)
+        let socket = dir + "/vm.sock", logPath = dir + "/vmm.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        let vmm = Process()
+        vmm.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        vmm.arguments = ["vmm", "--socket", socket, "--vcpus", String(vcpus), "--ram", ram, "--name", "demo",
+                         "--allow-mutations", "--allow-fault-injection"]
+        vmm.standardOutput = FileHandle.nullDevice
+        vmm.standardError = FileHandle(forWritingAtPath: logPath)
+        vmm.standardInput = FileHandle.nullDevice
+        try vmm.run()
+        defer {
+            if vmm.isRunning { vmm.terminate(); vmm.waitUntilExit() }
+        }
+        var up = false
+        for _ in 0..<500 where !up && vmm.isRunning {
+            up = FileManager.default.fileExists(atPath: socket)
+            if !up { usleep(10_000) }
+        }
+        guard up else {
+            vmm.waitUntilExit()
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            print("vmscope demo: the VMM did not start:\n\(log)", to: &err)
+            throw ExitCode(2)
+        }
+        try options.inspect(socket: socket)
+    }
+}

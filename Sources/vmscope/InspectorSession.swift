@@ -1,0 +1,186 @@
+import ControlProtocol
+import Foundation
+import Inspector
+
+/// `vmscope attach`'s loop: keeps the model fed from the control socket, the UI state from the keys, and the
+/// terminal painted from the headless renderer.
+final class InspectorSession {
+    let path: String
+    var client: ControlClient?
+    var model = InspectorModel()
+    var ui = InspectorUI()
+    let themes: [String: Theme]
+    var renderer: Renderer
+    private var lastVCPUQuery: UInt64 = 0
+    private var lastReconnect: UInt64 = 0
+    private var reconnectDelayMs: UInt64 = 100
+    private var dirty = true
+    private var lastPaint: UInt64 = 0
+
+    init(path: String, client: ControlClient, themes: [String: Theme], themeOrder: [String], ascii: Bool, readOnly: Bool) {
+        self.path = path
+        self.client = client
+        self.themes = themes
+        renderer = Renderer(ascii: ascii)
+        ui.ascii = ascii
+        ui.readOnly = readOnly
+        ui.themeNames = themeOrder
+        connected(client)
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    private func connected(_ c: ControlClient) {
+        client = c
+        reconnectDelayMs = 100
+        switch c.peer {
+        case .vmscope(_, let package): model.connection = .connected(package); model.peerIsQEMU = false
+        case .qemu(let version, _): model.connection = .connected("QEMU \(version)"); model.peerIsQEMU = true
+        }
+        model.memslotsStale = true
+        model.attributesStale = true
+        refreshVM()
+    }
+
+    private func call(_ name: String, _ args: JSON? = nil) -> JSON? {
+        guard let client else { return nil }
+        do { return try client.execute(name, args, timeoutMs: 5000) } catch {
+            if case .command = error { return nil }
+            disconnected("\(error)")
+            return nil
+        }
+    }
+
+    private func disconnected(_ why: String) {
+        client?.close()
+        client = nil
+        model.connection = .disconnected(why)
+        dirty = true
+    }
+
+    private func refreshVM() {
+        if model.peerIsQEMU {
+            var vm = VMInfo()
+            vm.name = call("query-name")?["name"]?.stringValue ?? "QEMU"
+            vm.engine = "QEMU"
+            vm.policy = call("query-status")?["status"]?.stringValue ?? "?"
+            model.vm = vm
+        } else if let vm = call("query-vm") {
+            model.apply(vm: vm)
+        }
+        ui.totalPages = max(1, model.vm.ramSize / 4096)
+    }
+
+    /// One pass: events, due queries, reconnection. Returns whether anything changed.
+    private func poll(now: UInt64) {
+        guard let client else {
+            if now - lastReconnect > reconnectDelayMs * 1_000_000 {
+                lastReconnect = now
+                do { connected(try ControlClient(path: path, timeoutMs: 500)) } catch {
+                    reconnectDelayMs = min(reconnectDelayMs * 2, 2000)
+                    model.connection = .disconnected("\(error) (next try in \(reconnectDelayMs) ms)")
+                }
+                dirty = true
+            }
+            return
+        }
+        var n = 0
+        while n < 10_000, let e = client.nextEvent(timeoutMs: 0) {
+            model.apply(event: e, nowNs: now)
+            n += 1
+        }
+        if n > 0 { dirty = true }
+        if !client.isConnected { disconnected("the VMM went away"); return }
+        guard !model.peerIsQEMU else {
+            if now - lastVCPUQuery > 500_000_000 {
+                lastVCPUQuery = now
+                model.vm.policy = call("query-status")?["status"]?.stringValue ?? model.vm.policy
+                dirty = true
+            }
+            return
+        }
+        if model.memslotsStale, let j = call("query-memslots") { model.apply(memslots: j); dirty = true }
+        if model.attributesStale, let j = call("query-memory-attributes") { model.apply(attributes: j); dirty = true }
+        if now - lastVCPUQuery > 250_000_000, let j = call("query-vcpus") {
+            model.apply(vcpus: j, intervalNs: lastVCPUQuery == 0 ? 1 : now - lastVCPUQuery)
+            lastVCPUQuery = now
+            if now - lastPaint > 900_000_000 { dirty = true }
+            if model.vcpus != model.previousVCPUs { dirty = true }
+        }
+    }
+
+    private func perform(_ effect: Effect) -> Bool {
+        switch effect {
+        case .quit:
+            return false
+        case .readMemory(let gpa):
+            if let r = call("read-memory", .object([("gpa", .u(gpa)), ("size", .u(4096)), ("view", .string("auto"))])),
+               let data = r["data"]?.stringValue, let bytes = Data(base64Encoded: data) {
+                ui.overlay = .hexDump(gpa: gpa, bytes: Array(bytes))
+            } else {
+                ui.overlay = nil
+                ui.status = ("read-memory \(Fmt.hex(gpa)) failed", true)
+            }
+        case .execute(let name, let args, let description):
+            guard let client else { ui.status = ("\(description): not connected", true); return true }
+            do {
+                let r = try client.execute(name, args, timeoutMs: 10_000)
+                var detail = ""
+                if let d = r["detail"]?.stringValue { detail = ": \(d)" }
+                if let ns = r["duration-ns"]?.uint64Value { detail = " in \(ns / 1000) µs" }
+                ui.status = ("\(description): done\(detail)", false)
+                model.attributesStale = true
+                model.memslotsStale = true
+                lastVCPUQuery = 0
+            } catch {
+                if case .command(let c, let d) = error { ui.status = ("\(description): \(c): \(d)", true) }
+                else { ui.status = ("\(description): \(error)", true); disconnected("\(error)") }
+            }
+        }
+        return true
+    }
+
+    /// Runs until `q` (or `:quit`).
+    func run(terminal: Terminal) {
+        applyTheme(terminal)
+        var currentTheme = ui.themeIndex
+        while true {
+            let now = Self.now()
+            poll(now: now)
+            let (w, h) = terminal.size
+            // Tell the UI state the map's geometry, so cursor moves and zoom use what is on screen.
+            if let mapRect = Renderer.layout(width: w, height: h, ui: ui)[.map] {
+                let g = Renderer.mapGrid(mapRect)
+                ui.mapColumns = g.columns
+                ui.mapRows = g.rows
+            }
+            ui.vcpuCount = model.vcpus.count
+            ui.vcpuStates = model.vcpus.map(\.state)
+            if ui.frozen && ui.frozenAtSeq == nil { ui.frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
+            // Fading fault marks need repaints while they fade.
+            if !model.recentFaults.isEmpty && now - lastPaint > 100_000_000 { dirty = true }
+            if dirty {
+                renderer.nowNs = now
+                terminal.paint(renderer.render(model, ui, width: w, height: h))
+                lastPaint = now
+                dirty = false
+            }
+            guard let key = terminal.readKey() else { continue }
+            dirty = true
+            if key == .resize { continue }
+            for effect in ui.handle(key) where !perform(effect) { return }
+            if ui.themeIndex != currentTheme {
+                currentTheme = ui.themeIndex
+                applyTheme(terminal)
+            }
+        }
+    }
+
+    private func applyTheme(_ terminal: Terminal) {
+        terminal.apply(themes[ui.themeName] ?? .mono)
+    }
+}

@@ -1,0 +1,166 @@
+import ControlProtocol
+import Foundation
+import Testing
+@testable import Inspector
+
+/// A small VM as the views would see it: 64 MiB, a shared hole, two vCPUs, a few faults.
+func fixtureModel() throws -> InspectorModel {
+    var m = InspectorModel()
+    m.apply(vm: try JSON.parse(#"{"name":"fixture","attribute-engine":"vmm","shared-alias":31,"ram-size":67108864,"vcpus":2,"mutations-allowed":true,"fault-injection-allowed":true,"fault-policy":"convert"}"#))
+    m.apply(memslots: try JSON.parse(#"""
+        [{"slot":0,"as-id":0,"gpa":0,"size":1048576,"flags":4,"flag-names":["GUEST_MEMFD"],"view":"private","backing":"guest_memfd","guest-memfd-offset":0,"userspace-addr":1},
+         {"slot":7,"as-id":0,"gpa":2148532224,"size":1048576,"flags":0,"flag-names":[],"view":"shared","backing":"memfd","guest-memfd-offset":null,"userspace-addr":2},
+         {"slot":2,"as-id":0,"gpa":2097152,"size":65011712,"flags":4,"flag-names":["GUEST_MEMFD"],"view":"private","backing":"guest_memfd","guest-memfd-offset":2097152,"userspace-addr":3}]
+        """#))
+    m.apply(attributes: try JSON.parse(#"{"runs":[{"gpa":0,"size":1048576,"private":true},{"gpa":1048576,"size":1048576,"private":false},{"gpa":2097152,"size":65011712,"private":true}]}"#))
+    m.apply(vcpus: try JSON.parse(#"""
+        [{"index":0,"thread-id":11,"state":"running","last-exit":"MMIO","exit-counts":{"IO":10,"MMIO":5},"regs":{"rax":1,"rip":393216},"sregs":{"cs":{"selector":8},"cr0":17},"stats":{"exits":15,"insn_emulation":900},"guest":{"heartbeat":7,"integrity-errors":0}},
+         {"index":1,"thread-id":12,"state":"fault-stopped","last-exit":"MMIO","exit-counts":{"IO":3},"regs":{"rax":2,"rip":393300},"sregs":{},"stats":{"exits":3},"guest":{"heartbeat":2,"integrity-errors":3}}]
+        """#), intervalNs: 1_000_000_000)
+    m.connection = .connected("vmscope 0.1.0")
+    let event = try JSON.parse(#"""
+        {"event":"MEMORY_FAULT","data":{"dropped":4,"records":[
+         {"seq":5,"time-ns":1000000000,"vcpu":0,"gpa":1052672,"size":4096,"flags":8,"private":true,"access":"write","errno":null,"source":"vmm","exit":"MMIO","attribute":"shared","slot":7,"action":"converted"},
+         {"seq":6,"time-ns":1500000000,"vcpu":1,"gpa":3145728,"size":4096,"flags":27,"private":true,"access":"read","errno":"EFAULT","source":"kernel","exit":"MEMORY_FAULT","attribute":"private","slot":2,"action":"paused"}]},
+         "timestamp":{"seconds":1,"microseconds":0}}
+        """#)
+    m.apply(event: event, nowNs: 2_000_000_000)
+    return m
+}
+
+func ui(focus: Pane = .map) -> InspectorUI {
+    var u = InspectorUI()
+    u.focus = focus
+    u.totalPages = 16384
+    return u
+}
+
+struct RendererTests {
+    @Test(arguments: [(80, 24), (200, 60)])
+    func everyViewAtBothSizes(width: Int, height: Int) throws {
+        let m = try fixtureModel()
+        let s = Renderer(nowNs: 2_000_000_000).render(m, ui(), width: width, height: height)
+        let text = s.text
+        #expect(s.lines.count == height)
+        #expect(s.lines.allSatisfy { $0.count <= width })
+        #expect(s.lines[0].contains("fixture") && s.lines[0].contains("engine vmm") && s.lines[0].contains("policy convert"))
+        #expect(s.lines[0].contains("dropped 4"))
+        for title in ["1 GFN map", "2 Faults", "3 Memslots", "4 vCPUs"] { #expect(text.contains(title), "\(title) missing") }
+        // Map: cursor line and legend.
+        #expect(text.contains("0x0 gfn 0 private slot 0"))
+        #expect(text.contains("█ private") && text.contains("░ shared"))
+        // Faults: the newest record's line (its text is cut to the pane), the counters.
+        #expect(text.contains("total 2"))
+        #expect(text.contains(width >= 160 ? "      6 " : "     6 v1 0x00300000 read  priv paused"))
+        // Memslots: rows, shared slot counted against RAM pages.
+        #expect(text.contains(width >= 160 ? "GUEST_MEMFD" : "gmem"))
+        #expect(text.contains("shared"))
+        // vCPUs: both rows with their states.
+        #expect(text.contains("running") && text.contains("fault-stopped"))
+        if width >= 200 {
+            #expect(text.contains("0x00300000 gfn 768"))
+            #expect(text.contains("dropped 4"))
+            #expect(text.contains("256/0"), "slot 0: 256 private pages")
+            #expect(text.contains("0/256"), "slot 7: the shared alias of 1 MiB")
+            #expect(text.contains("rip 0x00060000"))
+            #expect(text.contains("integrity-errors 0"))
+        }
+    }
+
+    @Test func faultDetailDecodesEveryFlagBit() throws {
+        let m = try fixtureModel()
+        var u = ui(focus: .faults)
+        u.faultCursor = 0
+        let text = Renderer().render(m, u, width: 200, height: 60).text
+        // flags 27 = 0b11011: READ, WRITE (proposed), PRIVATE (merged), USERFAULT/TAGACCESS (proposed).
+        #expect(text.contains("#6 flags 0x1b = PRIVATE; proposed, not merged: READ WRITE USERFAULT/TAGACCESS"))
+        #expect(text.contains("slot 2 (private, guest_memfd) +0x100000"))
+        #expect(text.contains("access read · wants private · kernel via MEMORY_FAULT · errno EFAULT · paused"))
+        u.faultCursor = 1
+        let older = Renderer().render(m, u, width: 200, height: 60).text
+        #expect(older.contains("#5 flags 0x8 = PRIVATE"))
+        #expect(older.contains("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT"))
+    }
+
+    @Test func unknownFlagBitsAreShownByNumber() {
+        #expect(Renderer.flagText(1 << 40 | 8) == "PRIVATE; unknown: bit 40")
+        #expect(Renderer.flagText(0) == "none")
+    }
+
+    @Test func tooSmallSaysSo() throws {
+        let s = Renderer().render(try fixtureModel(), ui(), width: 50, height: 12)
+        #expect(s.text.contains("window too small"))
+        #expect(s.text.contains("60×16") && s.text.contains("50×12"))
+        #expect(!s.text.contains("GFN map"))
+    }
+
+    @Test func maximisedViewAndOverlays() throws {
+        let m = try fixtureModel()
+        var u = ui(focus: .memslots)
+        u.maximized = true
+        let s = Renderer().render(m, u, width: 80, height: 24).text
+        #expect(s.contains("3 Memslots") && !s.contains("1 GFN map"))
+        u.overlay = .help
+        let help = Renderer().render(m, u, width: 200, height: 60).text
+        for b in InspectorUI.bindings { #expect(help.contains(b.help), "help lacks \(b.label)") }
+        u.overlay = .hexDump(gpa: 0x1000, bytes: Array(0..<32))
+        let hex = Renderer().render(m, u, width: 120, height: 40).text
+        #expect(hex.contains("0x00001000  00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"))
+    }
+
+    @Test func disconnectedIsShownInTheStatusBar() throws {
+        var m = try fixtureModel()
+        m.connection = .disconnected("the VMM went away")
+        let s = Renderer().render(m, ui(), width: 120, height: 30)
+        #expect(s.lines[0].contains("disconnected — retrying: the VMM went away"))
+    }
+
+    @Test func asciiModeUsesNoBlockGlyphs() throws {
+        let s = Renderer(ascii: true).render(try fixtureModel(), ui(), width: 100, height: 30).text
+        #expect(!s.contains("█") && !s.contains("─"))
+        #expect(s.contains("# private") && s.contains(". shared"))
+    }
+}
+
+struct GFNMapTests {
+    @Test func cellsCountTheSamePagesAsABruteForceWalk() {
+        var rng = SystemRandomNumberGenerator()
+        let total: UInt64 = 10_000
+        var runs: [RunRow] = []
+        var gfn: UInt64 = 0
+        var p = true
+        while gfn < total {
+            let len = min(UInt64.random(in: 1...300, using: &rng), total - gfn)
+            runs.append(RunRow(gpa: gfn * 4096, size: len * 4096, isPrivate: p))
+            gfn += len
+            p.toggle()
+        }
+        for span in [1, 8, 64, 256] as [UInt64] {
+            let g = MapGeometry(pagesPerCell: span, firstCell: 3, columns: 17, rows: 5)
+            let cells = GFNMap.cells(runs: runs, totalPages: total, geometry: g, recentFaults: [:], nowNs: 0)
+            #expect(cells.count == 17 * 5)
+            for c in cells {
+                var priv: UInt64 = 0, shared: UInt64 = 0
+                for page in c.firstGFN..<max(c.firstGFN, min(c.firstGFN + span, total)) {
+                    let r = runs.first { $0.gpa / 4096 <= page && page < $0.end / 4096 }!
+                    if r.isPrivate { priv += 1 } else { shared += 1 }
+                }
+                #expect(c.privatePages == priv && c.sharedPages == shared, "span \(span) cell at \(c.firstGFN)")
+            }
+        }
+    }
+
+    @Test func fittingSpanCoversAllOfRAM() {
+        let span = MapGeometry.fitting(totalPages: 1 << 28, columns: 200, rows: 50)   // 1 TiB
+        #expect(span.nonzeroBitCount == 1)
+        #expect((1 << 28) / span <= 200 * 50 && (1 << 28) / (span / 2) > 200 * 50)
+    }
+
+    @Test func recentFaultsHeatTheirCell() {
+        let runs = [RunRow(gpa: 0, size: 1 << 20, isPrivate: true)]
+        let g = MapGeometry(pagesPerCell: 16, firstCell: 0, columns: 16, rows: 1)
+        let cells = GFNMap.cells(runs: runs, totalPages: 256, geometry: g, recentFaults: [40: 1_000], nowNs: 1_000)
+        #expect(cells[2].heat == 1 && cells[1].heat == 0)
+        #expect(GFNMap.glyph(cells[2], ascii: true).1 == .faulted)
+    }
+}

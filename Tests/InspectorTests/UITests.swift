@@ -1,0 +1,149 @@
+import ControlProtocol
+import Foundation
+import Testing
+@testable import Inspector
+
+struct UITests {
+    @Test func selectingARangeAndPressingSAsksThenConverts() {
+        var u = ui()
+        u.mapColumns = 64
+        u.mapRows = 16
+        u.pagesPerCell = 16
+        #expect(u.handle(.char(":")).isEmpty)
+        for c in "goto 0x100000" { _ = u.handle(.char(c)) }
+        _ = u.handle(.enter)
+        #expect(u.cursorGFN == 256)
+        _ = u.handle(.char("v"))
+        _ = u.handle(.char("l"))
+        _ = u.handle(.char("l"))
+        _ = u.handle(.char("v"))
+        #expect(u.selection?.lowerBound == 256 && u.selection?.upperBound == 256 + 3 * 16 - 1)
+        #expect(u.handle(.char("s")).isEmpty)
+        guard case .confirm(let prompt, _)? = u.overlay else { Issue.record("no confirmation"); return }
+        #expect(prompt == "Convert 192K at 0x100000 to shared? y/N")
+        let effects = u.handle(.char("y"))
+        #expect(effects == [.execute(name: "set-memory-attributes",
+                                     arguments: .object([("gpa", .int(0x100000)), ("size", .int(192 << 10)), ("private", .bool(false))]),
+                                     description: "convert 192K at 0x100000 to shared")])
+        // Anything but y cancels.
+        _ = u.handle(.char("p"))
+        #expect(u.handle(.char("n")).isEmpty && u.overlay == nil)
+    }
+
+    @Test func readOnlyRefusesEveryMutatingKey() {
+        var u = ui()
+        u.readOnly = true
+        for b in InspectorUI.bindings where b.mutates {
+            #expect(u.handle(b.keys[0]).isEmpty, "\(b.label)")
+            #expect(u.overlay == nil)
+            #expect(u.status?.isError == true)
+        }
+        for c in "convert 0 4K shared" { _ = u.handle(c == ":" ? .char(c) : .char(c)) }
+        var v = ui()
+        v.readOnly = true
+        _ = v.handle(.char(":"))
+        for c in "convert 0 4K shared" { _ = v.handle(.char(c)) }
+        #expect(v.handle(.enter).isEmpty)
+    }
+
+    @Test func injectionMenuBuildsTheRightArguments() {
+        var u = ui()
+        u.vcpuCursor = 1
+        _ = u.handle(.char("i"))
+        #expect(u.overlay == .injectMenu(selected: 0))
+        #expect(u.handle(.char("n")) == [.execute(name: "inject-fault", arguments: .object([("kind", .string("nmi")), ("vcpu", .int(1))]),
+                                                  description: "inject nmi into vCPU 1")])
+        _ = u.handle(.char("i"))
+        _ = u.handle(.down)
+        _ = u.handle(.down)
+        guard case .execute(let name, let args, _)? = u.handle(.enter).first else { Issue.record("no effect"); return }
+        #expect(name == "inject-fault" && args["kind"] == .string("discard") && args["size"] != nil)
+    }
+
+    @Test func filtersParseOrSayWhy() {
+        #expect((try? FaultFilter.parse("vcpu=1 access=write source=vmm gpa=0x1000-0x2000").get())?.gpaRange == 0x1000...0x2000)
+        for bad in ["vcpu=x", "access=sideways", "gpa=5", "colour=red", "loose"] {
+            guard case .failure(let e) = FaultFilter.parse(bad) else { Issue.record("\(bad) accepted"); continue }
+            #expect(e.message.hasPrefix("filter:"))
+        }
+        var u = ui()
+        _ = u.handle(.char("/"))
+        for c in "vcpu=9" { _ = u.handle(.char(c)) }
+        _ = u.handle(.enter)
+        #expect(u.faultFilter.vcpu == 9)
+        let f = FaultRow(seq: 1, vcpu: 1, gpa: 0, flags: 8, access: "read")
+        #expect(!u.faultFilter.matches(f))
+    }
+
+    @Test func badCommandsSayHowToUseThem() {
+        var u = ui()
+        for (line, text) in [("convert 0 4K sideways", "usage: convert"), ("goto nowhere", "usage: goto"), ("frobnicate", "unknown command")] {
+            _ = u.handle(.char(":"))
+            for c in line { _ = u.handle(.char(c)) }
+            #expect(u.handle(.enter).isEmpty)
+            #expect(u.status?.isError == true && u.status?.text.contains(text) == true, "\(line)")
+        }
+    }
+
+    @Test func zoomHalvesDownToSinglePagesAndBackToFit() {
+        var u = ui()
+        u.mapColumns = 64
+        u.mapRows = 16
+        u.totalPages = 1 << 28
+        let fit = u.effectivePagesPerCell
+        for _ in 0..<40 { _ = u.handle(.char("+")) }
+        #expect(u.effectivePagesPerCell == 1)
+        for _ in 0..<40 { _ = u.handle(.char("-")) }
+        #expect(u.pagesPerCell == nil && u.effectivePagesPerCell == fit)
+    }
+}
+
+struct ThemeTests {
+    static var themesDirectory: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../themes").standardized.path
+    }
+
+    @Test func everyShippedThemeParsesAndCoversEveryRole() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: Self.themesDirectory).filter { $0.hasSuffix(".json") }
+        #expect(Set(files).isSuperset(of: ["default.json", "high-contrast.json", "light.json", "mono.json"]))
+        for f in files {
+            let t = try Theme.parse(try String(contentsOfFile: Self.themesDirectory + "/" + f, encoding: .utf8), file: f)
+            #expect(t.styles.count == Role.allCases.count, "\(f)")
+        }
+    }
+
+    @Test func badThemesNameTheLine() throws {
+        let good = try String(contentsOfFile: Self.themesDirectory + "/default.json", encoding: .utf8)
+        let unknownRole = good.replacingOccurrences(of: "\"dialog\"", with: "\"dialogue\"")
+        #expect(throws: Theme.LoadError.self) { try Theme.parse(unknownRole, file: "t.json") }
+        do { _ = try Theme.parse(unknownRole, file: "t.json") } catch {
+            let line = 1 + good.prefix(upTo: good.range(of: "\"dialog\"")!.lowerBound).filter { $0 == "\n" }.count
+            #expect(error.line == line && error.reason.contains("dialogue"))
+        }
+        let brokenJSON = "{\n  \"name\": \"x\",\n  \"roles\": {\n    \"normal\": {\"fg\": }\n  }\n}\n"
+        do { _ = try Theme.parse(brokenJSON, file: "b.json"); Issue.record("accepted") } catch {
+            #expect(error.line == 4, "\(error)")
+            #expect(error.description.hasPrefix("b.json:4:"))
+        }
+        let badColour = good.replacingOccurrences(of: "\"fg\": \"cyan\"", with: "\"fg\": \"teal\"")
+        #expect(throws: Theme.LoadError.self) { try Theme.parse(badColour, file: "c.json") }
+    }
+}
+
+struct ModelTests {
+    @Test func faultEventsAccumulateAndDropsAreCounted() throws {
+        let m = try fixtureModel()
+        #expect(m.faultsReceived == 2 && m.faultsDropped == 4)
+        #expect(m.visibleFaults.map(\.seq) == [5, 6])
+        #expect(m.recentFaults[257] == 2_000_000_000)
+        #expect(m.memslot(containing: 0x100000)?.slot == 7)
+        #expect(m.attribute(at: 0x100000) == false && m.attribute(at: 0x200000) == true && m.attribute(at: 1 << 30) == nil)
+    }
+
+    @Test func changeEventsMarkQueriesStale() throws {
+        var m = try fixtureModel()
+        #expect(!m.memslotsStale && !m.attributesStale)
+        m.apply(event: try JSON.parse(#"{"event":"MEMORY_ATTRIBUTES_CHANGED","data":{"gpa":0,"size":4096,"private":false,"cause":"command","vcpu":null}}"#), nowNs: 0)
+        #expect(m.memslotsStale && m.attributesStale)
+    }
+}
