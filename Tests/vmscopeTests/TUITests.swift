@@ -1,0 +1,145 @@
+import Foundation
+import Testing
+
+/// The real `vmscope demo` driven inside tmux, as a person would drive it.
+final class TmuxSession {
+    let name = "vmscope-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    static let tmux = ["/usr/bin/tmux", "/usr/local/bin/tmux"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    init(_ command: String, width: Int = 160, height: Int = 48) throws {
+        // Not through runProcess: a tmux server started here would inherit its pipes and they would never close.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.tmux!)
+        p.arguments = ["new-session", "-d", "-s", name, "-x", "\(width)", "-y", "\(height)", command]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        try #require(p.terminationStatus == 0, "tmux new-session failed")
+    }
+
+    func keys(_ keys: String...) throws {
+        _ = try runProcess(Self.tmux!, ["send-keys", "-t", name] + keys)
+    }
+
+    func capture() throws -> String {
+        try runProcess(Self.tmux!, ["capture-pane", "-p", "-t", name]).stdout
+    }
+
+    /// Polls the pane until `condition` holds (or `seconds` pass); returns the last capture.
+    func waitFor(_ seconds: Double = 10, _ condition: (String) -> Bool) throws -> String {
+        let deadline = Date().addingTimeInterval(seconds)
+        var screen = try capture()
+        while !condition(screen) && Date() < deadline {
+            usleep(100_000)
+            screen = try capture()
+        }
+        return screen
+    }
+
+    deinit { _ = try? runProcess(Self.tmux!, ["kill-session", "-t", name]) }
+}
+
+/// The number after `label ` in the status bar or a pane, e.g. "faults 123".
+func number(after label: String, in screen: String) -> Int? {
+    guard let r = screen.range(of: label + " ") else { return nil }
+    return Int(screen[r.upperBound...].prefix { $0.isNumber })
+}
+
+@Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
+struct TUITests {
+    @Test func demoShowsLiveViewsConvertsInjectsAndQuits() throws {
+        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60")
+        // All four views with live data.
+        var screen = try t.waitFor(20) { s in
+            s.contains("GUEST_MEMFD") && s.contains("running") && s.contains("vmm/MMIO") && s.contains("rip 0x")
+        }
+        for title in ["1 GFN map", "2 Faults", "3 Memslots", "4 vCPUs", "engine vmm", "policy convert"] {
+            #expect(screen.contains(title), "no \(title) in:\n\(screen)")
+        }
+        #expect(screen.contains("vmm/MMIO"), "faults stream:\n\(screen)")
+
+        // Select 1 MiB of vCPU 0's working set, convert it to shared, confirm.
+        let mapBefore = screen.split(separator: "\n").prefix(20).map { String($0.prefix(80)) }
+        try t.keys(":", "goto 0x100000", "Enter")
+        try t.keys("v", "l", "l", "l", "v")
+        screen = try t.waitFor(3) { $0.contains("selected") }
+        try t.keys("s")
+        screen = try t.waitFor(3) { $0.contains("to shared? y/N") }
+        #expect(screen.contains("Convert 1M at 0x100000 to shared? y/N"), "\(screen)")
+        let faultsBefore = number(after: "faults", in: screen) ?? 0
+        try t.keys("y")
+        screen = try t.waitFor(2) { s in
+            s.contains("to shared: done") && (number(after: "faults", in: s) ?? 0) >= faultsBefore + 50
+        }
+        #expect(screen.contains("convert 1M at 0x100000 to shared: done"), "\(screen)")
+        #expect((number(after: "faults", in: screen) ?? 0) >= faultsBefore + 50, "faults \(faultsBefore) → \(number(after: "faults", in: screen) ?? 0)")
+        let mapAfter = screen.split(separator: "\n").prefix(20).map { String($0.prefix(80)) }
+        #expect(mapAfter != mapBefore, "the map did not change")
+
+        // Discard vCPU 0's working set under the selection: the guest reports (more) integrity errors. (The
+        // conversion above discarded the private copy too, so the count may already be above zero.)
+        screen = try t.waitFor(3) { number(after: "integrity-errors", in: $0) != nil }
+        Thread.sleep(forTimeInterval: 1)
+        let errorsBefore = number(after: "integrity-errors", in: try t.capture()) ?? 0
+        try t.keys("i")
+        screen = try t.waitFor(3) { $0.contains("Inject a fault") }
+        try t.keys("d")
+        screen = try t.waitFor(5) { s in
+            s.contains("inject discard into 1M at 0x100000: done") && (number(after: "integrity-errors", in: s) ?? 0) > errorsBefore
+        }
+        #expect(screen.contains("inject discard into 1M at 0x100000: done"), "\(screen)")
+        #expect((number(after: "integrity-errors", in: screen) ?? 0) > errorsBefore, "\(screen)")
+
+        // Help, then quit with status 0 and the shell back.
+        try t.keys("?")
+        screen = try t.waitFor(3) { $0.contains("Keys (any key closes)") }
+        #expect(screen.contains("convert the selection to shared"))
+        try t.keys("Escape")
+        try t.keys("q")
+        screen = try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }
+        #expect(screen.contains("VMSCOPE-EXIT=0"), "\(screen)")
+        #expect(!screen.contains("1 GFN map"), "the terminal was restored")
+    }
+
+    @Test func tooSmallWindowSaysSo() throws {
+        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 50, height: 12)
+        let screen = try t.waitFor(15) { $0.contains("window too small") }
+        #expect(screen.contains("window too small") && screen.contains("50×12"), "\(screen)")
+        try t.keys("q")
+        #expect(try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
+    }
+}
+
+struct AttachErrorTests {
+    @Test func aMissingSocketIsOneLineAndExitTwo() throws {
+        let r = try Binary.run(["attach", "/tmp/vmscope-no-such-\(getpid()).sock"])
+        #expect(r.status == 2)
+        #expect(r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("cannot attach") && r.stderr.contains("No such file"))
+        #expect(!r.stdout.contains("\u{1B}["), "the terminal was not touched")
+    }
+
+    @Test func aSocketThatIsNotQMPIsOneLineAndExitTwo() throws {
+        let path = NSTemporaryDirectory() + "vmscope-notqmp-\(getpid()).sock"
+        unlink(path)
+        // Something that speaks, but not QMP.
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = ["-c", """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+            c, _ = s.accept(); c.sendall(b"220 hello, this is SMTP\\r\\n"); c.recv(100)
+            """, path]
+        try server.run()
+        defer { server.terminate(); unlink(path) }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: path) { usleep(10_000) }
+        let r = try Binary.run(["attach", path])
+        #expect(r.status == 2)
+        #expect(r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("cannot attach"), "\(r.stderr)")
+    }
+}
