@@ -101,11 +101,16 @@ public enum ParameterBlock {
     public static let selftestGPA: Int32 = 72
     public static let selftestSize: Int32 = 76
     public static let selftestEntry: Int32 = 80
+    /// The working-set page (GPA) the last wrong-view touch converted away: the next pass does not expect its
+    /// old contents (0xFFFFFFFF: none).
+    public static let skipPage: Int32 = 84
 }
 
 /// The built-in guest: 32-bit flat protected mode, no paging, one loop per vCPU over its own working set.
 ///
 /// Each pass (ESI = parameter block, EBP = pass counter):
+/// 0. checks that every `stride`-th word still holds what the previous pass wrote (except the page its own
+///    wrong-view touch gave away), so a discard or a lossy conversion is reported whenever it happened;
 /// 1. writes `gpa XOR pass` to every `stride`-th word of its working set through the private view, reads
 ///    them back and reports the first bad word of each page on `GuestPort.integrityError`;
 /// 2. every `convertEvery` passes asks through the doorbell for its bounce buffer to become shared, copies
@@ -139,10 +144,33 @@ public struct BuiltInGuest {
         a.load(.eax, from: .esi, disp: P.wrongViewEvery)
         a.store(.eax, to: .esi, disp: P.wrongViewCountdown)
         a.store(imm: 0, to: .esi, disp: P.wrongViewOffset)
+        a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.skipPage)
 
         a.label("pass")
         a.inc(.ebp)
         a.store(.ebp, to: .esi, disp: P.pass)
+
+        // 0. What the previous pass wrote must still be there: a discard, or a conversion that lost the data,
+        //    shows here whenever it happened (not only between a write and its read-back).
+        a.cmp(.ebp, 1)
+        a.j(.equal, "precheck.done")
+        a.load(.edi, from: .esi, disp: P.workingSetBase)
+        a.load(.ecx, from: .esi, disp: P.workingSetPages)
+        a.shl(.ecx, 12)
+        a.add(.ecx, .edi)
+        a.load(.ebx, from: .esi, disp: P.stride)
+        a.label("precheck")
+        a.mov(.eax, .edi)
+        a.and(.eax, pageMask)
+        a.load(.edx, from: .esi, disp: P.skipPage)
+        a.cmp(.eax, .edx)
+        a.j(.equal, "precheck.skip")            // the page its own wrong-view touch gave away
+        a.mov(.eax, .ebp)
+        a.dec(.eax)
+        a.xor(.eax, .edi)                       // what the previous pass wrote
+        Self.compareAndAdvance(&a, "precheck")
+        a.label("precheck.done")
+        a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.skipPage)
 
         // 1. Working set: write, then read back.
         a.load(.edi, from: .esi, disp: P.workingSetBase)
@@ -162,20 +190,7 @@ public struct BuiltInGuest {
         a.label("check")
         a.mov(.eax, .edi)
         a.xor(.eax, .ebp)
-        a.load(.edx, from: .edi)
-        a.cmp(.edx, .eax)
-        a.j(.equal, "check.ok")
-        a.mov(.eax, .edi)
-        a.mov(.edx, UInt32(GuestPort.integrityError))
-        a.outDXEAX()
-        a.and(.edi, pageMask)                   // one report per page: skip to the next page
-        a.add(.edi, 0x1000)
-        a.jmp("check.next")
-        a.label("check.ok")
-        a.add(.edi, .ebx)
-        a.label("check.next")
-        a.cmp(.edi, .ecx)
-        a.j(.below, "check")
+        Self.compareAndAdvance(&a, "check")
 
         // 2. Bounce buffer through the shared alias, every convertEvery passes.
         a.load(.eax, from: .esi, disp: P.sharedAlias)
@@ -246,6 +261,7 @@ public struct BuiltInGuest {
         a.load(.edi, from: .esi, disp: P.wrongViewOffset)
         a.load(.eax, from: .esi, disp: P.workingSetBase)
         a.add(.eax, .edi)
+        a.store(.eax, to: .esi, disp: P.skipPage)
         a.load(.edx, from: .esi, disp: P.sharedAlias)
         a.or(.eax, .edx)
         a.load(.eax, from: .eax)                // the wrong-view read; its value is not used
@@ -345,6 +361,27 @@ public struct BuiltInGuest {
 }
 
 extension BuiltInGuest {
+    /// The body of a working-set check loop named `name`: compares the word at EDI with EAX; a mismatch is
+    /// reported on `GuestPort.integrityError` and the rest of that page skipped (`name.skip` lands there too);
+    /// EDI advances by EBX and the loop goes on while EDI < ECX.
+    static func compareAndAdvance(_ a: inout X86Assembler, _ name: String) {
+        a.load(.edx, from: .edi)
+        a.cmp(.edx, .eax)
+        a.j(.equal, "\(name).ok")
+        a.mov(.eax, .edi)
+        a.mov(.edx, UInt32(GuestPort.integrityError))
+        a.outDXEAX()
+        a.label("\(name).skip")
+        a.and(.edi, 0xFFFF_F000)                // one report per page: skip to the next page
+        a.add(.edi, 0x1000)
+        a.jmp("\(name).next")
+        a.label("\(name).ok")
+        a.add(.edi, .ebx)
+        a.label("\(name).next")
+        a.cmp(.edi, .ecx)
+        a.j(.below, name)
+    }
+
     /// Returns from an interrupt without `iret`: KVM's instruction emulator handles `iret` in real mode only,
     /// and under the software KVM on this project's machines every guest instruction goes through it.
     /// The frame is EIP, CS, EFLAGS (same privilege level); only `mov`, `pop`, `lea` and `ret` run, so the

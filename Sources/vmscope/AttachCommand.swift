@@ -77,8 +77,10 @@ struct InspectorOptions: ParsableArguments {
                                        ascii: useASCII, readOnly: readOnly)
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
-        defer { terminal.close() }
         session.run(terminal: terminal)
+        terminal.close()
+        let signal = Terminal.interrupted.load(ordering: .relaxed)
+        if signal != 0 { throw ExitCode(128 + signal) }
     }
 }
 
@@ -130,7 +132,7 @@ struct DemoCommand: ParsableCommand {
             if vmm.isRunning { vmm.terminate(); vmm.waitUntilExit() }
         }
         var up = false
-        for _ in 0..<500 where !up && vmm.isRunning {
+        for _ in 0..<3000 where !up && vmm.isRunning {
             up = FileManager.default.fileExists(atPath: socket)
             if !up { usleep(10_000) }
         }

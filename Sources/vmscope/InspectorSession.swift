@@ -169,6 +169,7 @@ final class InspectorSession {
                 lastPaint = now
                 dirty = false
             }
+            if Terminal.interrupted.load(ordering: .relaxed) != 0 { return }
             guard let key = terminal.readKey() else { continue }
             dirty = true
             if key == .resize { continue }

@@ -10,6 +10,8 @@ final class Terminal {
     private var theme: Theme
     private var pairs: [Role: (attrs: attr_t, pair: Int16)] = [:]
     private static let active = Atomic<Bool>(false)
+    /// The signal that asked the UI to stop (0: none).
+    static let interrupted = Atomic<Int32>(0)
 
     init(theme: Theme) {
         self.theme = theme
@@ -29,8 +31,17 @@ final class Terminal {
             colours256 = cnc_colors() >= 256
         }
         apply(theme)
-        // The terminal comes back on SIGINT/SIGTERM and on a crash path too.
-        for sig in [SIGINT, SIGTERM, SIGHUP, SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE] {
+        // SIGINT/SIGTERM/SIGHUP end the loop like `q` (so the demo's VMM and directory are cleaned up too);
+        // on a crash path the terminal is restored before the signal takes the process down.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal(sig) { s in Terminal.interrupted.store(s, ordering: .relaxed) }
+            sigaddset(&stopSignals, sig)
+        }
+        // A parent may have left them blocked (spawned processes inherit the mask); the UI must hear them.
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
+        for sig in [SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE] {
             signal(sig) { s in
                 Terminal.restore()
                 signal(s, SIG_DFL)

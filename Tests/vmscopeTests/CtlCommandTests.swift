@@ -100,7 +100,9 @@ struct ThirdPartyQMPClientTests {
         let out = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
         #expect(out?["greeting"] as? Bool == true)
         #expect((out?["slots"] as? Int ?? 0) >= 2)
-        #expect(out?["views"] as? [String] == ["private"])
+        // Private RAM, plus a shared slot whenever the guest's bounce buffer happens to be shared at that moment.
+        let views = Set(out?["views"] as? [String] ?? [])
+        #expect(views.contains("private") && views.isSubset(of: ["private", "shared"]), "\(views)")
         #expect(out?["vcpus"] as? [Int] == [0, 1])
         #expect(out?["refused"] as? String == "PermissionDenied")
     }

@@ -7,24 +7,43 @@ final class TmuxSession {
     static let tmux = ["/usr/bin/tmux", "/usr/local/bin/tmux"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
     init(_ command: String, width: Int = 160, height: Int = 48) throws {
-        // Not through runProcess: a tmux server started here would inherit its pipes and they would never close.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.tmux!)
-        p.arguments = ["new-session", "-d", "-s", name, "-x", "\(width)", "-y", "\(height)", command]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        try #require(p.terminationStatus == 0, "tmux new-session failed")
+        // posix_spawn, not Process: the tmux server this starts must not inherit the runner's pipes (they would
+        // never close) nor its blocked signals (the program in it must hear Ctrl-C as from a shell).
+        let status = Self.spawnAndWait([Self.tmux!, "-L", name, "new-session", "-d", "-s", name, "-x", "\(width)", "-y", "\(height)", command])
+        try #require(status == 0, "tmux new-session exited with \(status)")
+    }
+
+    static func spawnAndWait(_ argv: [String]) -> Int32 {
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for sig in [SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGPIPE] { sigaddset(&defaults, sig) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd: Int32 in [0, 1, 2] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { for a in cargs { free(a) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, argv[0], &actions, &attr, &cargs, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status >> 8) & 0xFF
     }
 
     func keys(_ keys: String...) throws {
-        _ = try runProcess(Self.tmux!, ["send-keys", "-t", name] + keys)
+        _ = try runProcess(Self.tmux!, ["-L", name, "send-keys", "-t", name] + keys)
     }
 
     func capture() throws -> String {
-        try runProcess(Self.tmux!, ["capture-pane", "-p", "-t", name]).stdout
+        try runProcess(Self.tmux!, ["-L", name, "capture-pane", "-p", "-t", name]).stdout
     }
 
     /// Polls the pane until `condition` holds (or `seconds` pass); returns the last capture.
@@ -38,7 +57,8 @@ final class TmuxSession {
         return screen
     }
 
-    deinit { _ = try? runProcess(Self.tmux!, ["kill-session", "-t", name]) }
+    // Each session has its own tmux server (-L), so tests never share one that is shutting down.
+    deinit { _ = try? runProcess(Self.tmux!, ["-L", name, "kill-server"]) }
 }
 
 /// The number after `label ` in the status bar or a pane, e.g. "faults 123".
@@ -102,6 +122,24 @@ struct TUITests {
         screen = try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }
         #expect(screen.contains("VMSCOPE-EXIT=0"), "\(screen)")
         #expect(!screen.contains("1 GFN map"), "the terminal was restored")
+    }
+
+    @Test func ctrlCAndABadThemeAreHandled() throws {
+        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let theme = NSTemporaryDirectory() + "vmscope-bad-theme-\(getpid()).json"
+        try "{\n  \"name\": \"bad\",\n  \"roles\": {\n    \"normal\": {\"fg\": \"mauve\"}\n  }\n}\n".write(toFile: theme, atomically: true, encoding: .utf8)
+        defer { unlink(theme) }
+        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo --theme \(theme); echo VMSCOPE-EXIT=$?; ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l | sed 's/^/DEMO-DIRS=/'; sleep 60")
+        let screen = try t.waitFor(15) { $0.contains("2 Faults") && $0.contains("using theme default") }
+        #expect(screen.contains("\(theme):4:") && screen.contains("using theme default"), "\(screen)")
+        let dirsBefore = try runProcess("/bin/sh", ["-c", "ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l"]).stdout
+        try t.keys("C-c")
+        let after = try t.waitFor(10) { $0.contains("DEMO-DIRS=") }
+        #expect(after.contains("VMSCOPE-EXIT=130"), "\(after)")
+        #expect(!after.contains("1 GFN map"), "the terminal was restored")
+        let dirsAfter = Int(after.components(separatedBy: "DEMO-DIRS=").last?.prefix { $0.isNumber } ?? "") ?? -1
+        #expect(dirsAfter == (Int(dirsBefore.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) - 1,
+                "the demo's private directory is removed")
     }
 
     @Test func tooSmallWindowSaysSo() throws {
