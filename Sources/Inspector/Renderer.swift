@@ -85,6 +85,9 @@ public struct Renderer {
             s.put("\(p.kind)\(p.text)█", x: 0, y: y, role: .highlight)
         } else if let st = ui.status {
             s.put(st.text, x: 0, y: y, role: st.isError ? .statusError : .statusOK)
+        } else if ui.readOnly {
+            s.put("? help  Tab views  hjkl move  +/- zoom  f freeze  / filter  : cmd  x hexdump  q quit   (read-only)",
+                  x: 0, y: y, role: .dim)
         } else {
             s.put("? help  Tab views  hjkl move  +/- zoom  v select  s/p convert  i inject  f freeze  / filter  : cmd  q quit",
                   x: 0, y: y, role: .dim)
@@ -309,6 +312,15 @@ public struct Renderer {
                   role: item.2 ? .changed : .normal, limit: r.width - (i % perRow) * cellWidth)
         }
         y += (items.count + perRow - 1) / perRow + (items.isEmpty ? 0 : 1)
+        // Exits by reason, with what changed since the last refresh.
+        if y < r.y + r.height && !v.exitCounts.isEmpty {
+            let text = "exits: " + v.exitCounts.map { name, count in
+                let delta = oldValue(prev?.exitCounts, name).map { count &- $0 } ?? 0
+                return delta > 0 ? "\(name) \(count) (+\(delta))" : "\(name) \(count)"
+            }.joined(separator: "  ")
+            s.put(text, x: r.x, y: y, role: .normal, limit: r.width)
+            y += 1
+        }
         let wanted = ["exits", "io_exits", "mmio_exits", "halt_exits", "insn_emulation", "signal_exits", "irq_exits", "nmi_injections"]
         let stats = wanted.compactMap { name in v.stats.first { $0.0 == name } } + v.guest.filter { ["heartbeat", "integrity-errors", "mce-seen", "nmi-seen"].contains($0.0) }
         for (i, st) in stats.enumerated() {

@@ -105,7 +105,7 @@ final class InspectorSession {
         }
         if model.memslotsStale, let j = call("query-memslots") { model.apply(memslots: j); dirty = true }
         if model.attributesStale, let j = call("query-memory-attributes") { model.apply(attributes: j); dirty = true }
-        if now - lastVCPUQuery > 250_000_000, let j = call("query-vcpus") {
+        if now - lastVCPUQuery > 100_000_000, let j = call("query-vcpus") {
             model.apply(vcpus: j, intervalNs: lastVCPUQuery == 0 ? 1 : now - lastVCPUQuery)
             lastVCPUQuery = now
             if now - lastPaint > 900_000_000 { dirty = true }

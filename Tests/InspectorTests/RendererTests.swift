@@ -64,6 +64,7 @@ struct RendererTests {
             #expect(text.contains("0/256"), "slot 7: the shared alias of 1 MiB")
             #expect(text.contains("rip 0x00060000"))
             #expect(text.contains("integrity-errors 0"))
+            #expect(text.contains("exits: IO 10  MMIO 5"))
         }
     }
 
@@ -106,6 +107,14 @@ struct RendererTests {
         u.overlay = .hexDump(gpa: 0x1000, bytes: Array(0..<32))
         let hex = Renderer().render(m, u, width: 120, height: 40).text
         #expect(hex.contains("0x00001000  00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"))
+    }
+
+    @Test func readOnlyHidesTheMutatingKeys() throws {
+        var u = ui()
+        u.readOnly = true
+        let s = Renderer().render(try fixtureModel(), u, width: 120, height: 30)
+        #expect(s.lines[0].contains("READ-ONLY"))
+        #expect(s.lines.last?.contains("(read-only)") == true && s.lines.last?.contains("convert") == false)
     }
 
     @Test func disconnectedIsShownInTheStatusBar() throws {
