@@ -42,6 +42,10 @@ final class TmuxSession {
         _ = try runProcess(Self.tmux!, ["-L", name, "send-keys", "-t", name] + keys)
     }
 
+    func resize(width: Int, height: Int) throws {
+        _ = try runProcess(Self.tmux!, ["-L", name, "resize-window", "-t", name, "-x", "\(width)", "-y", "\(height)"])
+    }
+
     func capture() throws -> String {
         try runProcess(Self.tmux!, ["-L", name, "capture-pane", "-p", "-t", name]).stdout
     }
@@ -142,11 +146,18 @@ struct TUITests {
                 "the demo's private directory is removed")
     }
 
-    @Test func tooSmallWindowSaysSo() throws {
+    @Test func resizingRedrawsAndTooSmallSaysSo() throws {
         try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 50, height: 12)
-        let screen = try t.waitFor(15) { $0.contains("window too small") }
+        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 120, height: 36)
+        var screen = try t.waitFor(15) { $0.contains("4 vCPUs") && $0.contains("running") }
+        #expect(screen.contains("4 vCPUs"), "\(screen)")
+        try t.resize(width: 50, height: 12)
+        screen = try t.waitFor(5) { $0.contains("window too small") }
         #expect(screen.contains("window too small") && screen.contains("50×12"), "\(screen)")
+        try t.resize(width: 160, height: 48)
+        screen = try t.waitFor(5) { $0.contains("4 vCPUs") }
+        #expect(screen.contains("4 vCPUs") && !screen.contains("window too small"), "\(screen)")
+        #expect(screen.split(separator: "\n").first?.contains("policy convert") == true, "the status bar is redrawn at the top")
         try t.keys("q")
         #expect(try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
     }
