@@ -46,7 +46,7 @@ let package = Package(
         ]),
         // Benchmarks (`swift run -c release vmscope-bench`); a library so `swift test` can smoke-run them.
         .target(name: "Benchmarks", dependencies: [
-            "VMM", .product(name: "Logging", package: "swift-log"),
+            "VMM", "Inspector", "ControlProtocol", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope-bench", dependencies: [
             "Benchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "TestSupport"]),
-        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM"]),
+        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),

@@ -33,8 +33,33 @@ public struct Framer: Sendable {
 
     public mutating func feed(_ bytes: some Collection<UInt8>) -> [Frame] {
         buffer.append(contentsOf: bytes)
+        return scanBuffer()
+    }
+
+    /// The same for a slice of an array (what a socket read gives), without generic dispatch.
+    public mutating func feed(_ bytes: ArraySlice<UInt8>) -> [Frame] {
+        buffer.append(contentsOf: bytes)
+        return scanBuffer()
+    }
+
+    private mutating func scanBuffer() -> [Frame] {
         var frames: [Frame] = []
         while scan < buffer.count {
+            // Inside a string nothing but a quote, a backslash or a newline matters: skip ahead to the next one.
+            if inString && !escaped && !discarding && !lineMode {
+                let next = buffer.withUnsafeBufferPointer { p -> Int in
+                    var i = scan
+                    while i < p.count {
+                        let c = p[i]
+                        if c == 0x22 || c == 0x5C || c == 0x0A { break }
+                        i += 1
+                    }
+                    return i
+                }
+                if inMessage && next - start > maxMessage { scan = start + maxMessage }
+                else { scan = next }
+                if scan >= buffer.count { break }
+            }
             let b = buffer[scan]
             let i = scan
             scan += 1

@@ -211,8 +211,12 @@ struct JSONParser {
                 i += 1
                 skipWhitespace()
                 let v = try value(depth: depth + 1)
-                if members.contains(where: { $0.0 == key }) { throw fail("duplicate member \"\(key)\"") }
                 members.append((key, v))
+                if members.count > 1 && members.count <= 32 {
+                    for k in 0..<(members.count - 1) where members[k].0 == key { throw fail("duplicate member \"\(key)\"") }
+                } else if members.count > 32 {
+                    if Set(members.map(\.0)).count != members.count { throw fail("duplicate member \"\(key)\"") }
+                }
                 skipWhitespace()
                 guard i < b.count else { throw fail("unexpected end") }
                 if b[i] == UInt8(ascii: ",") { i += 1; continue }

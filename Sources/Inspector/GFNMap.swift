@@ -17,6 +17,13 @@ public struct MapGeometry: Sendable, Equatable {
     public var columns: Int
     public var rows: Int
 
+    public init(pagesPerCell: UInt64, firstCell: UInt64, columns: Int, rows: Int) {
+        self.pagesPerCell = pagesPerCell
+        self.firstCell = firstCell
+        self.columns = columns
+        self.rows = rows
+    }
+
     /// The smallest power-of-two span that fits all of RAM in the grid.
     public static func fitting(totalPages: UInt64, columns: Int, rows: Int) -> UInt64 {
         let cells = UInt64(max(1, columns * rows))

@@ -99,21 +99,33 @@ public struct FaultRow: Sendable, Equatable {
     public var gfn: UInt64 { gpa / 4096 }
 
     public init?(_ j: JSON) {
-        guard let seq = j["seq"]?.uint64Value, let gpa = j["gpa"]?.uint64Value else { return nil }
+        guard case .object(let members) = j else { return nil }
+        var seq: UInt64?, gpa: UInt64?
+        timeNs = 0; vcpu = nil; size = 0; flags = 0; isPrivate = false; access = "unknown"; errno = nil
+        source = "?"; exit = "?"; attribute = "?"; slot = nil; action = "?"
+        // One pass over the members (this runs for every record of every MEMORY_FAULT batch).
+        for (k, v) in members {
+            switch k {
+            case "seq": seq = v.uint64Value
+            case "time-ns": timeNs = v.uint64Value ?? 0
+            case "vcpu": vcpu = v.intValue
+            case "gpa": gpa = v.uint64Value
+            case "size": size = v.uint64Value ?? 0
+            case "flags": flags = v.uint64Value ?? 0
+            case "private": isPrivate = v.boolValue ?? false
+            case "access": access = v.stringValue ?? "unknown"
+            case "errno": errno = v.stringValue
+            case "source": source = v.stringValue ?? "?"
+            case "exit": exit = v.stringValue ?? "?"
+            case "attribute": attribute = v.stringValue ?? "?"
+            case "slot": slot = v.intValue
+            case "action": action = v.stringValue ?? "?"
+            default: break
+            }
+        }
+        guard let seq, let gpa else { return nil }
         self.seq = seq
-        timeNs = j["time-ns"]?.uint64Value ?? 0
-        vcpu = j["vcpu"]?.intValue
         self.gpa = gpa
-        size = j["size"]?.uint64Value ?? 0
-        flags = j["flags"]?.uint64Value ?? 0
-        isPrivate = j["private"]?.boolValue ?? false
-        access = j["access"]?.stringValue ?? "unknown"
-        errno = j["errno"]?.stringValue
-        source = j["source"]?.stringValue ?? "?"
-        exit = j["exit"]?.stringValue ?? "?"
-        attribute = j["attribute"]?.stringValue ?? "?"
-        slot = j["slot"]?.intValue
-        action = j["action"]?.stringValue ?? "?"
     }
 
     public init(seq: UInt64, timeNs: UInt64 = 0, vcpu: Int?, gpa: UInt64, flags: UInt64, access: String,
@@ -347,7 +359,7 @@ public struct InspectorModel: Sendable {
         if faults.count > faultCapacity + faultCapacity / 4 { faults.removeFirst(faults.count - faultCapacity) }
         faultsReceived += 1
         recentFaults[f.gfn] = nowNs
-        if recentFaults.count > 4096 { recentFaults = recentFaults.filter { nowNs - $0.value < 5_000_000_000 } }
+        if recentFaults.count > 8192 { pruneRecentFaults(nowNs: nowNs) }
         let second = nowNs / 1_000_000_000
         if second != faultRateSecond {
             let shift = Int(min(second &- faultRateSecond, 60))
@@ -356,6 +368,16 @@ public struct InspectorModel: Sendable {
             faultRateSecond = second
         }
         faultRate[faultRate.count - 1] += 1
+    }
+
+    /// Keeps the fading marks bounded: drops those older than the fade, then (a burst over many pages) all but
+    /// the newest 4096. Runs once per 4096 or more new pages, so appending stays O(1) amortised.
+    mutating func pruneRecentFaults(nowNs: UInt64) {
+        recentFaults = recentFaults.filter { nowNs &- $0.value < 5_000_000_000 }
+        if recentFaults.count > 4096 {
+            let newest = recentFaults.sorted { $0.value > $1.value }.prefix(4096)
+            recentFaults = Dictionary(uniqueKeysWithValues: newest.map { ($0.key, $0.value) })
+        }
     }
 
     /// The faults as the view keeps them (at most `faultCapacity`, newest last).

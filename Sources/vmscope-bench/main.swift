@@ -11,7 +11,7 @@ struct VMScopeBench: ParsableCommand {
 
     @Flag(help: "Print {\"machine\", \"results\"} as JSON.") var json = false
     @Flag(help: "Tiny sizes, to check that every benchmark still runs.") var smoke = false
-    @Option(help: "Only the groups named (attr, convert); repeatable.") var only: [String] = []
+    @Option(help: "Only the groups named (attr, inspector, convert); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
 
@@ -20,6 +20,7 @@ struct VMScopeBench: ParsableCommand {
         var results: [BenchResult] = []
         func wanted(_ group: String) -> Bool { only.isEmpty || only.contains(group) }
         if wanted("attr") { results += attributeMapBenchmarks(sizes) }
+        if wanted("inspector") { results += inspectorBenchmarks(sizes) }
         if wanted("convert") { results += try conversionBenchmarks(sizes) }
         let report = BenchReport(machine: .current(), results: results)
         if json {

@@ -40,6 +40,18 @@ struct SmokeTests {
         #expect(byName["vmm-rss-mib-16k-runs"].map { $0.value > 0 } == true)
     }
 
+    @Test func inspectorBenchmarksReportEveryFigure() throws {
+        let results = inspectorBenchmarks(.smoke)
+        let names = Set(results.map(\.name))
+        for name in ["fault-decode-records-per-s", "map-frame-ms", "render-frame-ms"] { #expect(names.contains(name), "missing \(name)") }
+        for r in results { #expect(r.value.isFinite && r.value > 0, "\(r.name) = \(r.value)") }
+        // The decode path really decodes: every record reaches the model, in order.
+        let model = decodeIntoModel(faultEventBytes(batches: 3, perBatch: 100), chunk: 777)
+        #expect(model.faultsReceived == 300)
+        #expect(model.visibleFaults.map(\.seq) == Array(1...300))
+        #expect(model.visibleFaults.last?.access == "write" || model.visibleFaults.last?.access == "read")
+    }
+
     @Test func reportEncodesTheIssueShape() throws {
         let report = BenchReport(machine: .current(), results: [
             BenchResult(name: "b", value: 2, unit: "ms"),

@@ -140,6 +140,17 @@ struct ModelTests {
         #expect(m.attribute(at: 0x100000) == false && m.attribute(at: 0x200000) == true && m.attribute(at: 1 << 30) == nil)
     }
 
+    @Test func fadingMarksStayBoundedUnderABurst() {
+        var m = InspectorModel(faultCapacity: 1000)
+        for i in 0..<50_000 as Range<UInt64> {
+            m.append(fault: FaultRow(seq: i + 1, vcpu: 0, gpa: i * 4096, flags: 8, access: "read"), nowNs: 1_000 + i)
+        }
+        #expect(m.recentFaults.count <= 8192)
+        #expect(m.recentFaults[49_999] == 1_000 + 49_999, "the newest mark is kept")
+        #expect(m.visibleFaults.count == 1000 && m.visibleFaults.last?.seq == 50_000)
+        #expect(m.faultsReceived == 50_000)
+    }
+
     @Test func changeEventsMarkQueriesStale() throws {
         var m = try fixtureModel()
         #expect(!m.memslotsStale && !m.attributesStale)

@@ -1,0 +1,126 @@
+import ControlProtocol
+import Foundation
+import Inspector
+
+/// `MEMORY_FAULT` events as the VMM sends them: `batches` lines of `perBatch` records each.
+public func faultEventBytes(batches: Int, perBatch: Int) -> [UInt8] {
+    var out: [UInt8] = []
+    var seq: UInt64 = 1
+    for b in 0..<batches {
+        var records: [JSON] = []
+        for i in 0..<perBatch {
+            let gpa = UInt64(0x100000 + ((b * perBatch + i) % 65536) * 4096)
+            records.append(.object([
+                ("seq", .u(seq)), ("time-ns", .u(1_000_000_000 + seq * 1000)), ("vcpu", .i(i % 4)), ("gpa", .u(gpa)),
+                ("size", .i(4096)), ("flags", .i(8)), ("private", .bool(true)), ("access", .string(i % 2 == 0 ? "write" : "read")),
+                ("errno", .null), ("source", .string("vmm")), ("exit", .string("MMIO")), ("attribute", .string("shared")),
+                ("slot", .i(3)), ("action", .string("converted")),
+            ]))
+            seq += 1
+        }
+        QMP.event("MEMORY_FAULT", .object([("records", .array(records)), ("dropped", .i(0))]), wallNs: 1_700_000_000_000_000_000)
+            .write(to: &out)
+        out.append(0x0A)
+    }
+    return out
+}
+
+/// Raw socket bytes in, view model out: framing, parsing, records into the model.
+public func decodeIntoModel(_ bytes: [UInt8], chunk: Int = 65536) -> InspectorModel {
+    var model = InspectorModel()
+    var framer = Framer(maxMessage: 64 << 20)
+    var i = 0
+    while i < bytes.count {
+        for frame in framer.feed(bytes[i..<min(i + chunk, bytes.count)]) {
+            guard case .message(var m) = frame, let e = try? JSON.parse(bytes: &m) else { continue }
+            model.apply(event: e, nowNs: 1)
+        }
+        i += chunk
+    }
+    return model
+}
+
+/// Python's `json` module on the same lines (the baseline the issue names), records per second, median.
+func pythonJSONRecordsPerSecond(_ bytes: [UInt8], records: Int, repetitions: Int) -> Double? {
+    let path = NSTemporaryDirectory() + "vmscope-bench-\(getpid()).jsonl"
+    guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else { return nil }
+    defer { unlink(path) }
+    let script = """
+        import json, sys, time
+        data = open(sys.argv[1], 'rb').read().splitlines()
+        times = []
+        for _ in range(int(sys.argv[2])):
+            t = time.perf_counter()
+            n = 0
+            for line in data:
+                n += len(json.loads(line)['data']['records'])
+            times.append(time.perf_counter() - t)
+        times.sort()
+        print(n / times[len(times) // 2])
+        """
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", "-c", script, path, String(repetitions)]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    do { try p.run() } catch { return nil }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { return nil }
+    return Double(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+}
+
+/// The inspector's side: decoding fault batches, computing a map frame, rendering a full screen.
+public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
+    let batches = sizes.repetitions > 10 ? 200 : 4, perBatch = 1024
+    let records = batches * perBatch
+    let bytes = faultEventBytes(batches: batches, perBatch: perBatch)
+    let reps = max(3, sizes.repetitions / 10)
+    var sink = 0
+    let decodeNs = median(sample(reps) { _ in sink &+= Int(decodeIntoModel(bytes).faultsReceived) })
+    let python = pythonJSONRecordsPerSecond(bytes, records: records, repetitions: reps)
+    let baseline = python.map {
+        BenchResult(name: "python-json-records-per-s", value: $0, unit: "records/s",
+                    note: "baseline: python3 json.loads on the same \(bytes.count >> 10) KiB of MEMORY_FAULT lines")
+    }
+    var results: [BenchResult] = []
+    if let baseline { results.append(baseline) }
+    results.append(BenchResult(name: "fault-decode-records-per-s", value: Double(records) / (decodeNs / 1e9), unit: "records/s",
+                               target: .atLeast(1_000_000), baseline: baseline,
+                               note: "raw socket bytes → framer → JSON → FaultRow in the model (\(records) records)"))
+
+    // A 1 TiB VM with 16,000 runs, as the GFN map sees it, on a 200×60 terminal.
+    let pages: UInt64 = sizes.mapBytes / 4096
+    let runCount = min(16_000, sizes.mapRuns)
+    let runPages = pages / UInt64(runCount)
+    var runs: [RunRow] = []
+    for i in 0..<runCount {
+        let start = UInt64(i) * runPages
+        let end = i == runCount - 1 ? pages : start + runPages
+        runs.append(RunRow(gpa: start * 4096, size: (end - start) * 4096, isPrivate: i % 2 == 0))
+    }
+    let grid = Renderer.mapGrid(Renderer.layout(width: 200, height: 60, ui: InspectorUI())[.map]!)
+    let geometry = MapGeometry(pagesPerCell: MapGeometry.fitting(totalPages: pages, columns: grid.columns, rows: grid.rows),
+                               firstCell: 0, columns: grid.columns, rows: grid.rows)
+    let mapNs = median(sample(sizes.repetitions) { _ in
+        sink &+= GFNMap.cells(runs: runs, totalPages: pages, geometry: geometry, recentFaults: [:], nowNs: 0).count
+    })
+    results.append(BenchResult(name: "map-frame-ms", value: mapNs / 1e6, unit: "ms", target: .atMost(2),
+                               note: "cells of a \(grid.columns)×\(grid.rows) map over \(sizes.mapBytes >> 30) GiB with \(runCount) runs"))
+
+    // A full screen with every view, 100,000 faults buffered.
+    var model = decodeIntoModel(faultEventBytes(batches: sizes.repetitions > 10 ? 98 : 2, perBatch: 1024))
+    model.vm.ramSize = sizes.mapBytes
+    model.vm.name = "bench"
+    model.runs = runs
+    model.connection = .connected("bench")
+    var ui = InspectorUI()
+    ui.totalPages = pages
+    let renderer = Renderer()
+    let renderNs = median(sample(sizes.repetitions) { _ in sink &+= renderer.render(model, ui, width: 200, height: 60).width })
+    results.append(BenchResult(name: "render-frame-ms", value: renderNs / 1e6, unit: "ms", target: .atMost(2),
+                               note: "headless renderer, 200×60, all views, \(model.visibleFaults.count) faults buffered"))
+    if sink == 42 { print("") }
+    return results
+}
