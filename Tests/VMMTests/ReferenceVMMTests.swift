@@ -13,6 +13,14 @@ func makeVMM(_ tweak: (inout VMMConfiguration) -> Void = { _ in }) throws -> Ref
     return try ReferenceVMM(c)
 }
 
+/// A VMM made with `tweak`, started, with vCPU 0's guest already beating (the caller stops it).
+func runningVMM(sourceLocation: SourceLocation = #_sourceLocation, _ tweak: (inout VMMConfiguration) -> Void = { _ in }) throws -> ReferenceVMM {
+    let vmm = try makeVMM(tweak)
+    vmm.start()
+    #expect(eventually { vmm.guestCounters(0).heartbeat > 3 }, "the guest did not start beating", sourceLocation: sourceLocation)
+    return vmm
+}
+
 /// Memslots never overlap, each lies in the view its run belongs to, and their count equals the runs.
 func checkLayout(_ vmm: ReferenceVMM, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let slots = vmm.memslots
@@ -88,10 +96,8 @@ struct ConversionTests {
     static let ws0: UInt64 = 0x10_0000   // vCPU 0's working set (256 pages)
 
     @Test func convertingTheWorkingSetSharedGivesVMMFaultsAndImplicitConversions() throws {
-        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
-        vmm.start()
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
         defer { vmm.stop() }
-        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
         let before = vmm.faults.total
         let mark = vmm.events.lastSeq
         // discard: false keeps the private copy, so the implicit conversions back find the guest's data.
@@ -122,10 +128,8 @@ struct ConversionTests {
     }
 
     @Test func pausePolicyStopsTheVCPUUntilResumed() throws {
-        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0; $0.faultPolicy = .pause }
-        vmm.start()
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0; $0.faultPolicy = .pause }
         defer { vmm.stop() }
-        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
         _ = try vmm.setMemoryAttributes(gpa: Self.ws0 + 0x1000, size: 0x1000, toPrivate: false)
         #expect(vmm.waitForState(0, [.faultStopped], timeout: 5))
         let beat = vmm.guestCounters(0).heartbeat
@@ -202,10 +206,8 @@ struct ConversionTests {
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct InjectionTests {
     @Test func discardOnTheWorkingSetIsAnIntegrityError() throws {
-        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
-        vmm.start()
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
         defer { vmm.stop() }
-        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
         // Each pass first checks what the previous one wrote, so one discard, whenever it lands, shows.
         _ = try vmm.injectFault(kind: .discard, gpa: ConversionTests.ws0, size: 1 << 20)
         #expect(eventually { vmm.guestCounters(0).integrityErrors > 0 })
@@ -236,10 +238,8 @@ struct InjectionTests {
     }
 
     @Test func revokeProducesFaultsAndTheGuestCarriesOn() throws {
-        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
-        vmm.start()
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
         defer { vmm.stop() }
-        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
         let before = vmm.faults.total
         _ = try vmm.injectFault(kind: .revoke, gpa: ConversionTests.ws0, size: 0x4000)
         #expect(eventually { vmm.faults.records(after: before).records.filter { $0.action == .remapped }.count == 4 })
@@ -250,10 +250,8 @@ struct InjectionTests {
     }
 
     @Test func flipProducesFaultsAndAnInjectionAttributeChange() throws {
-        let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
-        vmm.start()
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
         defer { vmm.stop() }
-        #expect(eventually { vmm.guestCounters(0).heartbeat > 3 })
         let before = vmm.faults.total
         let mark = vmm.events.lastSeq
         _ = try vmm.injectFault(kind: .flip, gpa: ConversionTests.ws0, size: 0x8000)
