@@ -304,7 +304,7 @@ public final class ControlServer: @unchecked Sendable {
     private func pumpEvents(_ c: Client, now: UInt64) {
         // A client that does not read gets nothing new queued; the logs move on without it.
         guard c.pendingOutput < options.maxPendingOutput else { return }
-        let (entries, missed) = vmm.events.events(after: c.eventCursor)
+        let (entries, missed) = vmm.events.lastSeq > c.eventCursor ? vmm.events.events(after: c.eventCursor) : ([], 0)
         c.eventsDropped += missed
         if c.eventsDropped > 0 {
             queue(QMP.event("EVENTS_DROPPED", .object([("count", .u(c.eventsDropped))]), wallNs: wall(now)), to: c)

@@ -55,7 +55,6 @@ final class SequencedRing<Element: Sendable>: Sendable {
         var buffer: [Element] = []
         var head = 0          // index of the oldest entry once the buffer is full
         var total: UInt64 = 0
-        var ordered: [Element] { Array(buffer[head...] + buffer[..<head]) }
     }
     let capacity: Int
     private let state = Mutex(State())
@@ -92,13 +91,22 @@ final class SequencedRing<Element: Sendable>: Sendable {
             let oldest = s.total - retained + 1
             let missed = oldest > after + 1 ? oldest - after - 1 : 0
             let skip = after >= oldest ? Int(min(after - oldest + 1, retained)) : 0
-            return (Array(s.ordered.dropFirst(skip).prefix(limit)), missed)
+            // Only the entries asked for are copied, straight out of the ring (readers poll this often).
+            let count = min(limit, s.buffer.count - skip)
+            guard count > 0 else { return ([], missed) }
+            let start = s.buffer.count < capacity ? 0 : s.head
+            let out = (0..<count).map { s.buffer[(start + skip + $0) % s.buffer.count] }
+            return (out, missed)
         }
     }
 
     /// The most recent `limit` entries, newest last.
     func recent(_ limit: Int) -> [Element] {
-        state.withLock { Array($0.ordered.suffix(max(0, limit))) }
+        state.withLock { s in
+            let count = min(max(0, limit), s.buffer.count)
+            let start = s.buffer.count < capacity ? 0 : s.head
+            return (0..<count).map { s.buffer[(start + s.buffer.count - count + $0) % s.buffer.count] }
+        }
     }
 }
 

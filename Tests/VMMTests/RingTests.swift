@@ -37,4 +37,28 @@ import Testing
         #expect(r.dropped == 1)
         #expect(log.lastSeq == 4)
     }
+
+    /// Reads straight out of the ring agree with a plain list of everything appended, before and after it wraps.
+    @Test(arguments: [1, 2, 5, 16])
+    func readsAgreeWithEverythingAppended(capacity: Int) {
+        let ring = FaultRing(capacity: capacity)
+        var all: [UInt64] = []
+        for n in 1...(capacity * 3 + 1) {
+            ring.append(Self.record(UInt64(n) * 4096))
+            all.append(UInt64(n))
+            let kept = Array(all.suffix(capacity))
+            for after in [0, max(0, n - capacity - 1), n - 1, n] as [Int] {
+                for limit in [1, 2, capacity, .max] {
+                    let r = ring.records(after: UInt64(after), limit: limit)
+                    let expected = Array(kept.filter { $0 > UInt64(after) }.prefix(limit))
+                    #expect(r.records.map(\.seq) == expected, "cap \(capacity) n \(n) after \(after) limit \(limit)")
+                    let oldest = kept.first ?? 1
+                    #expect(r.dropped == (oldest > UInt64(after) + 1 ? oldest - UInt64(after) - 1 : 0))
+                }
+            }
+            for limit in [0, 1, capacity, capacity + 3] {
+                #expect(ring.recent(limit).map(\.seq) == Array(kept.suffix(limit)), "recent \(limit) of \(n)")
+            }
+        }
+    }
 }
