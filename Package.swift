@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-algorithms", from: "1.2.1"),
     ],
     targets: [
         // C shim, KVM half: the variadic ioctl and the UAPI structs newer than the 6.1 system headers.
@@ -29,11 +30,14 @@ let package = Package(
         .target(name: "VMM", dependencies: [
             "KVM", "GuestCode", "CKVM",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Algorithms", package: "swift-algorithms"),
         ]),
         // The control protocol's wire format (QMP framing, JSON) and the client every front end uses.
         .target(name: "ControlProtocol"),
         // The inspector without a terminal: model, UI state, key table, headless renderer.
-        .target(name: "Inspector", dependencies: ["ControlProtocol"]),
+        .target(name: "Inspector", dependencies: [
+            "ControlProtocol", .product(name: "Algorithms", package: "swift-algorithms"),
+        ]),
         // The control server inside the VMM process.
         .target(name: "ControlServer", dependencies: [
             "VMM", "KVM", "ControlProtocol",

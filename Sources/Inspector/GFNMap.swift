@@ -1,3 +1,4 @@
+import Algorithms
 /// One cell of the GFN map: a power-of-two span of guest pages.
 public struct MapCell: Sendable, Equatable {
     public var firstGFN: UInt64
@@ -42,12 +43,7 @@ public enum GFNMap {
         out.reserveCapacity(count)
         // The first run that ends after the first cell's start.
         let startPage = g.firstCell * g.pagesPerCell
-        var lo = 0, hi = runs.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if runs[mid].end / 4096 <= startPage { lo = mid + 1 } else { hi = mid }
-        }
-        var k = lo
+        var k = runs.partitioningIndex { $0.end / 4096 > startPage }
         // Faults bucketed by cell (only those in view).
         var heatByCell: [UInt64: Double] = [:]
         for (gfn, t) in recentFaults {

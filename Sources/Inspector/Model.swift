@@ -1,3 +1,4 @@
+import Algorithms
 import ControlProtocol
 
 /// What the inspector knows about the VM, built from query replies and events (vmscope's VMM or QEMU).
@@ -291,12 +292,7 @@ public struct InspectorModel: Sendable {
 
     /// Index of the first run ending after `gpa` (runs are sorted and adjacent).
     public func firstRun(endingAfter gpa: UInt64) -> Int {
-        var lo = 0, hi = runs.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if runs[mid].end <= gpa { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
+        runs.partitioningIndex { $0.end > gpa }
     }
 
     /// The attribute of the page at `gpa`, if RAM.

@@ -1,3 +1,4 @@
+import Algorithms
 /// A maximal run of guest pages with one attribute, in bytes.
 public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
     public var gpa: UInt64
@@ -43,22 +44,12 @@ public struct AttributeMap: Sendable, Equatable {
 
     /// Index of the first flip greater than `gfn` (= number of flips at or below it).
     private func upperIndex(_ gfn: UInt64) -> Int {
-        var lo = 0, hi = flips.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if flips[mid] <= gfn { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
+        flips.partitioningIndex { $0 > gfn }
     }
 
     /// Index of the first flip at or above `gfn`.
     private func lowerIndex(_ gfn: UInt64) -> Int {
-        var lo = 0, hi = flips.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if flips[mid] < gfn { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
+        flips.partitioningIndex { $0 >= gfn }
     }
 
     public func isPrivate(gfn: UInt64) -> Bool {

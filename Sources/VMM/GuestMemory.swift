@@ -1,3 +1,4 @@
+import Algorithms
 import Foundation
 import KVM
 
@@ -155,12 +156,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Index of the first memslot that ends after RAM page `gfn` (binary search; slots are sorted and disjoint).
     private func firstSlotIndex(endingAfter gfn: UInt64) -> Int {
-        var lo = 0, hi = slots.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if slots[mid].end <= gfn { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
+        slots.partitioningIndex { $0.end > gfn }
     }
 
     /// Indices of the memslots that overlap RAM pages `window`.
@@ -353,11 +349,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// The first RAM page after `gfn` at which a memslot must end: a pinned boundary or a multiple of the span.
     func nextCut(after gfn: UInt64) -> UInt64 {
-        var lo = 0, hi = pinnedBoundaries.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if pinnedBoundaries[mid] <= gfn { lo = mid + 1 } else { hi = mid }
-        }
+        let lo = pinnedBoundaries.partitioningIndex { $0 > gfn }
         let spanCut = (gfn / memslotSpan + 1) * memslotSpan
         return lo < pinnedBoundaries.count ? min(pinnedBoundaries[lo], spanCut) : spanCut
     }
