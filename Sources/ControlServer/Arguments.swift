@@ -33,10 +33,15 @@ struct Arguments {
         CommandError(.genericError, "Parameter '\(name)' is missing")
     }
 
-    mutating func optionalUInt64(_ name: String) throws(CommandError) -> UInt64? {
+    /// The member `name` converted by `convert`; nil when absent or null; `what` names the type in the error.
+    private mutating func optional<T>(_ name: String, _ what: String, _ convert: (JSON) -> T?) throws(CommandError) -> T? {
         guard let v = value(name), !v.isNull else { return nil }
-        guard let u = v.uint64Value else { throw expects(name, "an unsigned 64-bit integer") }
-        return u
+        guard let t = convert(v) else { throw expects(name, what) }
+        return t
+    }
+
+    mutating func optionalUInt64(_ name: String) throws(CommandError) -> UInt64? {
+        try optional(name, "an unsigned 64-bit integer") { $0.uint64Value }
     }
 
     mutating func uint64(_ name: String) throws(CommandError) -> UInt64 {
@@ -45,17 +50,11 @@ struct Arguments {
     }
 
     mutating func optionalInt(_ name: String, in range: ClosedRange<Int>) throws(CommandError) -> Int? {
-        guard let v = value(name), !v.isNull else { return nil }
-        guard let i = v.intValue, range.contains(i) else {
-            throw expects(name, "an integer in \(range.lowerBound)...\(range.upperBound)")
-        }
-        return i
+        try optional(name, "an integer in \(range.lowerBound)...\(range.upperBound)") { $0.intValue.flatMap { range.contains($0) ? $0 : nil } }
     }
 
     mutating func optionalBool(_ name: String) throws(CommandError) -> Bool? {
-        guard let v = value(name), !v.isNull else { return nil }
-        guard let b = v.boolValue else { throw expects(name, "a boolean") }
-        return b
+        try optional(name, "a boolean") { $0.boolValue }
     }
 
     mutating func bool(_ name: String) throws(CommandError) -> Bool {
@@ -65,11 +64,7 @@ struct Arguments {
 
     mutating func optionalEnum<E: RawRepresentable & CaseIterable>(_ name: String, _: E.Type) throws(CommandError) -> E?
     where E.RawValue == String {
-        guard let v = value(name), !v.isNull else { return nil }
-        guard let s = v.stringValue, let e = E(rawValue: s) else {
-            throw expects(name, "one of " + E.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", "))
-        }
-        return e
+        try optional(name, "one of " + E.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")) { $0.stringValue.flatMap(E.init) }
     }
 
     mutating func enumeration<E: RawRepresentable & CaseIterable>(_ name: String, _ t: E.Type) throws(CommandError) -> E
@@ -79,14 +74,11 @@ struct Arguments {
     }
 
     mutating func optionalStringList(_ name: String) throws(CommandError) -> [String]? {
-        guard let v = value(name), !v.isNull else { return nil }
-        guard let a = v.arrayValue else { throw expects(name, "a list of strings") }
-        var out: [String] = []
-        for e in a {
-            guard let s = e.stringValue else { throw expects(name, "a list of strings") }
-            out.append(s)
+        try optional(name, "a list of strings") { v in
+            guard let a = v.arrayValue else { return nil }
+            let strings = a.compactMap(\.stringValue)
+            return strings.count == a.count ? strings : nil
         }
-        return out
     }
 
     /// Refuses any member the command did not read.

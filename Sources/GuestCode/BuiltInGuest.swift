@@ -306,24 +306,11 @@ public struct BuiltInGuest {
         Self.emitSelftest(&a)
 
         // NMI (vector 2): report and return.
-        a.label("nmi")
-        a.pushad()
-        a.mov(.eax, 2)
-        a.mov(.edx, UInt32(GuestPort.nmiSeen))
-        a.outDXEAX()
-        a.popad()
-        Self.returnFromInterrupt(&a)
-
+        Self.reportingHandler(&a, "nmi", vector: 2, port: GuestPort.nmiSeen)
         // #MC (vector 18): report and return. A real handler would clear MCG_STATUS.MCIP with wrmsr; the
         // software KVM on this project's machines fails to emulate that wrmsr (KVM_EXIT_INTERNAL_ERROR), so
         // MCIP stays set and a second #MC is a shutdown, as on hardware whose handler did not clear it.
-        a.label("mc")
-        a.pushad()
-        a.mov(.eax, 18)
-        a.mov(.edx, UInt32(GuestPort.mceSeen))
-        a.outDXEAX()
-        a.popad()
-        Self.returnFromInterrupt(&a)
+        Self.reportingHandler(&a, "mc", vector: 18, port: GuestPort.mceSeen)
 
         // Any other vector: report it and stop.
         for vector in 0..<33 where vector != 2 && vector != 18 {
@@ -380,6 +367,17 @@ extension BuiltInGuest {
         a.label("\(name).next")
         a.cmp(.edi, .ecx)
         a.j(.below, name)
+    }
+
+    /// An interrupt handler at `label` that reports `vector` on `port` and returns to the interrupted code.
+    static func reportingHandler(_ a: inout X86Assembler, _ label: String, vector: UInt32, port: UInt16) {
+        a.label(label)
+        a.pushad()
+        a.mov(.eax, vector)
+        a.mov(.edx, UInt32(port))
+        a.outDXEAX()
+        a.popad()
+        returnFromInterrupt(&a)
     }
 
     /// Returns from an interrupt without `iret`: KVM's instruction emulator handles `iret` in real mode only,
