@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-algorithms", from: "1.2.1"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // C shim, KVM half: the variadic ioctl and the UAPI structs newer than the 6.1 system headers.
@@ -37,6 +38,7 @@ let package = Package(
         // The inspector without a terminal: model, UI state, key table, headless renderer.
         .target(name: "Inspector", dependencies: [
             "ControlProtocol", .product(name: "Algorithms", package: "swift-algorithms"),
+            .product(name: "DequeModule", package: "swift-collections"),
         ]),
         // The control server inside the VMM process.
         .target(name: "ControlServer", dependencies: [

@@ -28,12 +28,18 @@ public func faultEventBytes(batches: Int, perBatch: Int) -> [UInt8] {
 /// Raw socket bytes in, view model out: framing, parsing, records into the model.
 public func decodeIntoModel(_ bytes: [UInt8], chunk: Int = 65536) -> InspectorModel {
     var model = InspectorModel()
-    var framer = Framer(maxMessage: 64 << 20)
+    var framer = Framer(maxMessage: 64 << 20, decodeFaults: true)
     var i = 0
     while i < bytes.count {
         for frame in framer.feed(bytes[i..<min(i + chunk, bytes.count)]) {
-            guard case .message(var m) = frame, let e = try? JSON.parse(bytes: &m) else { continue }
-            model.apply(event: e, nowNs: 1)
+            // What ControlClient(decodeFaults: true) and the session do with each message.
+            if case .faults(let batch) = frame { model.apply(faults: batch, nowNs: 1); continue }
+            guard case .message(var m) = frame else { continue }
+            if let batch = FaultBatch.decodeEvent(m) {
+                model.apply(faults: batch, nowNs: 1)
+            } else if let e = try? JSON.parse(bytes: &m) {
+                model.apply(event: e, nowNs: 1)
+            }
         }
         i += chunk
     }

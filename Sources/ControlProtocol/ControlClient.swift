@@ -28,6 +28,13 @@ public enum ControlPeer: Sendable, Equatable {
     case qemu(version: String, package: String)
 }
 
+/// An event as the client queues it: `MEMORY_FAULT` events already decoded when the client was asked to
+/// (`decodeFaults`), everything else as parsed JSON.
+public enum ControlEvent: Sendable {
+    case faults(FaultBatch)
+    case json(JSON)
+}
+
 /// A negotiated QMP session: one command at a time or several in flight (replies matched by `id`), events
 /// delivered in order.
 ///
@@ -40,12 +47,15 @@ public final class ControlClient: @unchecked Sendable {
     public let peer: ControlPeer
     public let path: String
     public let eventCapacity: Int
+    /// Whether `MEMORY_FAULT` events skip the JSON tree (`FaultBatch.decodeEvent`); `nextEvent` then hands
+    /// them out re-encoded, `nextItem` as they are.
+    public let decodeFaults: Bool
 
     private let connection: LineConnection
-    private var framer = Framer(maxMessage: 64 << 20)
+    private var framer: Framer
     private let lock = NSCondition()
     private var replies: [String: JSON] = [:]
-    private var events: [JSON] = []
+    private var events: [ControlEvent] = []
     private var eventsHead = 0
     private var dropped: UInt64 = 0
     private var closedReason: String?
@@ -53,9 +63,12 @@ public final class ControlClient: @unchecked Sendable {
     private var reader: Thread?
 
     /// Connects, reads the greeting and negotiates capabilities.
-    public init(path: String, timeoutMs: Int32 = 5000, eventCapacity: Int = 65536) throws(ControlClientError) {
+    public init(path: String, timeoutMs: Int32 = 5000, eventCapacity: Int = 65536,
+                decodeFaults: Bool = false) throws(ControlClientError) {
         self.path = path
         self.eventCapacity = eventCapacity
+        self.decodeFaults = decodeFaults
+        framer = Framer(maxMessage: 64 << 20, decodeFaults: decodeFaults)
         do { connection = try LineConnection(path: path) } catch { throw .connection(error.description) }
         // The greeting: the first message on the stream.
         var pendingFrames: [Framer.Frame] = []
@@ -133,24 +146,42 @@ public final class ControlClient: @unchecked Sendable {
     }
 
     private func deliver(_ frame: Framer.Frame) {
-        guard case .message(var bytes) = frame, let message = try? JSON.parse(bytes: &bytes) else { return }
+        if case .faults(let batch) = frame {
+            lock.lock()
+            defer { lock.broadcast(); lock.unlock() }
+            enqueue(.faults(batch))
+            return
+        }
+        guard case .message(var bytes) = frame else { return }
+        if decodeFaults, let batch = FaultBatch.decodeEvent(bytes) {
+            lock.lock()
+            defer { lock.broadcast(); lock.unlock() }
+            enqueue(.faults(batch))
+            return
+        }
+        guard let message = try? JSON.parse(bytes: &bytes) else { return }
         lock.lock()
         defer { lock.broadcast(); lock.unlock() }
         if message["event"] != nil {
-            if events.count - eventsHead >= eventCapacity {
-                eventsHead += 1
-                dropped += 1
-            }
-            events.append(message)
-            if eventsHead > 4096 && eventsHead * 2 > events.count {
-                events.removeFirst(eventsHead)
-                eventsHead = 0
-            }
+            enqueue(.json(message))
         } else if let id = message["id"]?.stringValue {
             replies[id] = message
         } else if let e = message["error"] {
             // An error without id: the server could not read a message of ours.
             replies["<no id>"] = .object([("error", e)])
+        }
+    }
+
+    /// Caller holds `lock`.
+    private func enqueue(_ e: ControlEvent) {
+        if events.count - eventsHead >= eventCapacity {
+            eventsHead += 1
+            dropped += 1
+        }
+        events.append(e)
+        if eventsHead > 4096 && eventsHead * 2 > events.count {
+            events.removeFirst(eventsHead)
+            eventsHead = 0
         }
     }
 
@@ -183,6 +214,15 @@ public final class ControlClient: @unchecked Sendable {
     /// The next event in arrival order, waiting up to `timeoutMs`; nil on timeout or when the connection is gone
     /// and every event was taken.
     public func nextEvent(timeoutMs: Int32) -> JSON? {
+        switch nextItem(timeoutMs: timeoutMs) {
+        case .none: nil
+        case .json(let j)?: j
+        case .faults(let b)?: b.eventJSON
+        }
+    }
+
+    /// The next event as queued (decoded fault batches stay decoded).
+    public func nextItem(timeoutMs: Int32) -> ControlEvent? {
         let deadline = Date().addingTimeInterval(Double(max(timeoutMs, 0)) / 1000)
         lock.lock()
         defer { lock.unlock() }
@@ -199,7 +239,12 @@ public final class ControlClient: @unchecked Sendable {
     public func drainEvents() -> [JSON] {
         lock.lock()
         defer { lock.unlock() }
-        let out = Array(events[eventsHead...])
+        let out = events[eventsHead...].map { e -> JSON in
+            switch e {
+            case .json(let j): j
+            case .faults(let b): b.eventJSON
+            }
+        }
         eventsHead = events.count
         return out
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Splits a QMP byte stream into messages.
 ///
 /// QMP does not need newlines: QEMU's own clients (Python's `qemu.qmp`) send one JSON object after another
@@ -11,7 +13,16 @@ public struct Framer: Sendable {
         case message([UInt8])
         /// A message longer than `maxMessage`: discarded up to the next newline.
         case tooLong
+        /// A `MEMORY_FAULT` event line, already decoded (only with `decodeFaults`).
+        case faults(FaultBatch)
     }
+
+    /// Whether lines that start as a `MEMORY_FAULT` event are decoded in place (`FaultBatch.decodeEvent`) instead
+    /// of being scanned, copied and handed out as bytes. Such a line is taken once its newline has arrived (the
+    /// VMM ends every message with one); a line the decoder does not take is framed as usual.
+    public let decodeFaults: Bool
+    /// How far a pending fault line was searched for its newline.
+    private var newlineSearched = 0
 
     public let maxMessage: Int
     private var buffer: [UInt8] = []
@@ -26,7 +37,10 @@ public struct Framer: Sendable {
     /// The newline that ended the last line of an unfinished message, if any.
     private var unfinishedNewline: Int?
 
-    public init(maxMessage: Int = QMP.maxLine) { self.maxMessage = maxMessage }
+    public init(maxMessage: Int = QMP.maxLine, decodeFaults: Bool = false) {
+        self.maxMessage = maxMessage
+        self.decodeFaults = decodeFaults
+    }
 
     /// Bytes received but not yet part of a complete message.
     public var pendingBytes: Int { buffer.count - start }
@@ -44,21 +58,13 @@ public struct Framer: Sendable {
 
     private mutating func scanBuffer() -> [Frame] {
         var frames: [Frame] = []
-        while scan < buffer.count {
-            // Inside a string nothing but a quote, a backslash or a newline matters: skip ahead to the next one.
-            if inString && !escaped && !discarding && !lineMode {
-                let next = buffer.withUnsafeBufferPointer { p -> Int in
-                    var i = scan
-                    while i < p.count {
-                        let c = p[i]
-                        if c == 0x22 || c == 0x5C || c == 0x0A { break }
-                        i += 1
-                    }
-                    return i
-                }
-                if inMessage && next - start > maxMessage { scan = start + maxMessage }
-                else { scan = next }
+        scanning: while scan < buffer.count {
+            // Inside a container message only nesting, strings and newlines matter: run through it in one go.
+            if inMessage && !lineMode && !discarding {
+                scanContainer(into: &frames)
                 if scan >= buffer.count { break }
+                // Not at the size limit: the message ended or a newline was dealt with; look again.
+                if !inMessage || scan - start < maxMessage { continue }
             }
             let b = buffer[scan]
             let i = scan
@@ -69,6 +75,21 @@ public struct Framer: Sendable {
             }
             if !inMessage {
                 if b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A { start = scan; continue }
+                if decodeFaults && b == UInt8(ascii: "{") {
+                    switch faultLine(at: i) {
+                    case .decoded(let batch, let next):
+                        frames.append(.faults(batch))
+                        start = next
+                        scan = next
+                        continue scanning
+                    case .waitForNewline:
+                        scan = i
+                        start = i
+                        break scanning
+                    case .notFaults:
+                        break
+                    }
+                }
                 inMessage = true
                 start = i
                 if b == UInt8(ascii: "{") || b == UInt8(ascii: "[") { depth = 1 } else { lineMode = true }
@@ -102,9 +123,86 @@ public struct Framer: Sendable {
         if start > 0 && (start == buffer.count || start > 65536) {
             buffer.removeFirst(start)
             scan -= start
+            newlineSearched = max(0, newlineSearched - start)
             start = 0
         }
         return frames
+    }
+
+    private static let faultPrefix = Array(#"{"event":"MEMORY_FAULT""#.utf8)
+
+    private enum FaultLine {
+        case decoded(FaultBatch, next: Int)
+        case waitForNewline
+        case notFaults
+    }
+
+    /// A `MEMORY_FAULT` line starting at `i`: decoded when its newline is here, waited for while it may still come.
+    private mutating func faultLine(at i: Int) -> FaultLine {
+        let prefix = Self.faultPrefix
+        let have = min(prefix.count, buffer.count - i)
+        guard buffer[i..<(i + have)].elementsEqual(prefix[0..<have]) else { newlineSearched = 0; return .notFaults }
+        let from = max(i, newlineSearched)
+        let newline: Int? = buffer.withUnsafeBufferPointer { p in
+            guard from < p.count, let hit = memchr(p.baseAddress! + from, 0x0A, p.count - from) else { return nil }
+            return p.baseAddress!.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+        }
+        guard let newline else {
+            newlineSearched = buffer.count
+            // Beyond the size limit the ordinary path says `.tooLong`.
+            if buffer.count - i <= maxMessage { return .waitForNewline }
+            newlineSearched = 0
+            return .notFaults
+        }
+        newlineSearched = 0
+        guard newline - i <= maxMessage else { return .notFaults }
+        let batch = buffer.withUnsafeBufferPointer { p in
+            FaultBatch.decodeEvent(UnsafeBufferPointer(rebasing: p[i..<newline]))
+        }
+        guard let batch else { return .notFaults }
+        return .decoded(batch, next: newline + 1)
+    }
+
+    /// Runs through a container message from `scan` until the byte that closes it, a newline (handed to
+    /// `checkNewline`), or the size limit (left to the byte-by-byte path, which says `.tooLong`).
+    private mutating func scanContainer(into frames: inout [Frame]) {
+        let limit = min(buffer.count, start + maxMessage)
+        var d = depth, inStr = inString, esc = escaped
+        var i = scan
+        var stop: UInt8 = 0
+        buffer.withUnsafeBufferPointer { p in
+            scanning: while i < limit {
+                let c = p[i]
+                if inStr {
+                    if esc { esc = false }
+                    else if c == 0x5C { esc = true }
+                    else if c == 0x22 { inStr = false }
+                    else if c == 0x0A { stop = c; break scanning }
+                } else {
+                    switch c {
+                    case 0x22: inStr = true
+                    case 0x7B, 0x5B: d += 1
+                    case 0x7D, 0x5D:
+                        d -= 1
+                        if d == 0 { stop = c; break scanning }
+                    case 0x0A: stop = c; break scanning
+                    default: break
+                    }
+                }
+                i += 1
+            }
+        }
+        depth = d
+        inString = inStr
+        escaped = esc
+        guard stop != 0 else { scan = i; return }
+        scan = i + 1
+        if stop == 0x0A {
+            checkNewline(at: i, into: &frames)
+        } else {
+            frames.append(.message(Array(buffer[start..<scan])))
+            reset(at: scan)
+        }
     }
 
     /// At a newline inside an unfinished message: end it there if it can no longer be valid JSON. When the

@@ -209,6 +209,7 @@ public final class ControlServer: @unchecked Sendable {
         for frame in c.framer.feed(bytes) {
             switch frame {
             case .message(let m): handleMessage(c, m)
+            case .faults: break  // only a framer made with decodeFaults gives these
             case .tooLong:
                 queue(QMP.error(.genericError, "message longer than \(QMP.maxLine) bytes; discarded up to the next newline", id: nil), to: c)
             }

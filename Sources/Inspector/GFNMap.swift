@@ -37,7 +37,7 @@ public struct MapGeometry: Sendable, Equatable {
 public enum GFNMap {
     /// Cells for the grid, row by row. O(cells + runs in view): the runs are walked once, in step with the cells.
     public static func cells(runs: [RunRow], totalPages: UInt64, geometry g: MapGeometry,
-                             recentFaults: [UInt64: UInt64], nowNs: UInt64, fadeNs: UInt64 = 3_000_000_000) -> [MapCell] {
+                             recentFaults: RecentFaults, nowNs: UInt64, fadeNs: UInt64 = 3_000_000_000) -> [MapCell] {
         let count = g.columns * g.rows
         var out: [MapCell] = []
         out.reserveCapacity(count)

@@ -1,4 +1,5 @@
 import Algorithms
+import DequeModule
 import ControlProtocol
 
 /// What the inspector knows about the VM, built from query replies and events (vmscope's VMM or QEMU).
@@ -80,74 +81,6 @@ public struct RunRow: Sendable, Equatable {
     public init(gpa: UInt64, size: UInt64, isPrivate: Bool) { self.gpa = gpa; self.size = size; self.isPrivate = isPrivate }
 }
 
-/// One fault record as the protocol carries it.
-public struct FaultRow: Sendable, Equatable {
-    public var seq: UInt64
-    public var timeNs: UInt64
-    public var vcpu: Int?
-    public var gpa: UInt64
-    public var size: UInt64
-    public var flags: UInt64
-    public var isPrivate: Bool
-    public var access: String
-    public var errno: String?
-    public var source: String
-    public var exit: String
-    public var attribute: String
-    public var slot: Int?
-    public var action: String
-
-    public var gfn: UInt64 { gpa / 4096 }
-
-    public init?(_ j: JSON) {
-        guard case .object(let members) = j else { return nil }
-        var seq: UInt64?, gpa: UInt64?
-        timeNs = 0; vcpu = nil; size = 0; flags = 0; isPrivate = false; access = "unknown"; errno = nil
-        source = "?"; exit = "?"; attribute = "?"; slot = nil; action = "?"
-        // One pass over the members (this runs for every record of every MEMORY_FAULT batch).
-        for (k, v) in members {
-            switch k {
-            case "seq": seq = v.uint64Value
-            case "time-ns": timeNs = v.uint64Value ?? 0
-            case "vcpu": vcpu = v.intValue
-            case "gpa": gpa = v.uint64Value
-            case "size": size = v.uint64Value ?? 0
-            case "flags": flags = v.uint64Value ?? 0
-            case "private": isPrivate = v.boolValue ?? false
-            case "access": access = v.stringValue ?? "unknown"
-            case "errno": errno = v.stringValue
-            case "source": source = v.stringValue ?? "?"
-            case "exit": exit = v.stringValue ?? "?"
-            case "attribute": attribute = v.stringValue ?? "?"
-            case "slot": slot = v.intValue
-            case "action": action = v.stringValue ?? "?"
-            default: break
-            }
-        }
-        guard let seq, let gpa else { return nil }
-        self.seq = seq
-        self.gpa = gpa
-    }
-
-    public init(seq: UInt64, timeNs: UInt64 = 0, vcpu: Int?, gpa: UInt64, flags: UInt64, access: String,
-                source: String = "vmm", exit: String = "MMIO", attribute: String = "shared", slot: Int? = nil,
-                action: String = "converted") {
-        self.seq = seq
-        self.timeNs = timeNs
-        self.vcpu = vcpu
-        self.gpa = gpa
-        self.size = 4096
-        self.flags = flags
-        self.isPrivate = flags & FaultFlags.privateBit != 0
-        self.access = access
-        self.source = source
-        self.exit = exit
-        self.attribute = attribute
-        self.slot = slot
-        self.action = action
-    }
-}
-
 public struct VCPURow: Sendable, Equatable {
     public var index: Int
     public var threadID: Int
@@ -218,7 +151,7 @@ public struct InspectorModel: Sendable {
     public var previousVCPUs: [VCPURow] = []
     public var vcpuRefreshIntervalNs: UInt64 = 0
     /// The newest fault records, oldest first, at most `faultCapacity`.
-    public private(set) var faults: [FaultRow] = []
+    public private(set) var faults = Deque<FaultRow>()
     public let faultCapacity: Int
     /// Records the server said it dropped for us, and events it dropped.
     public var faultsDropped: UInt64 = 0
@@ -228,8 +161,8 @@ public struct InspectorModel: Sendable {
     /// Faults per second over the last 60 seconds (last element = the current second).
     public var faultRate: [Int] = Array(repeating: 0, count: 60)
     private var faultRateSecond: UInt64 = 0
-    /// GFN → when it last faulted (monotonic ns), for the map's fading marks.
-    public var recentFaults: [UInt64: UInt64] = [:]
+    /// Where and when (monotonic ns) the newest faults hit, for the map's fading marks.
+    public var recentFaults = RecentFaults()
     /// GUEST_REPORT counts by kind, and the last value of each.
     public var guestReports: [String: (count: UInt64, last: UInt64)] = [:]
     public var connection = ConnectionState.disconnected("not connected")
@@ -312,7 +245,7 @@ public struct InspectorModel: Sendable {
 
     // MARK: Events
 
-    public mutating func apply(event e: JSON, nowNs: UInt64) {
+    private mutating func countEvent(nowNs: UInt64) {
         let second = nowNs / 1_000_000_000
         if second != eventSecond {
             eventRate = second == eventSecond + 1 ? eventsThisSecond : 0
@@ -320,13 +253,23 @@ public struct InspectorModel: Sendable {
             eventSecond = second
         }
         eventsThisSecond += 1
+    }
+
+    /// A `MEMORY_FAULT` event decoded by `FaultBatch.decodeEvent` (the same as `apply(event:)` with its JSON).
+    public mutating func apply(faults batch: FaultBatch, nowNs: UInt64) {
+        countEvent(nowNs: nowNs)
+        faultsDropped += batch.dropped
+        for f in batch.records { append(fault: f, nowNs: nowNs) }
+    }
+
+    public mutating func apply(event e: JSON, nowNs: UInt64) {
         let data = e["data"]
+        if e["event"]?.stringValue == "MEMORY_FAULT" {
+            apply(faults: FaultBatch(data: data), nowNs: nowNs)
+            return
+        }
+        countEvent(nowNs: nowNs)
         switch e["event"]?.stringValue {
-        case "MEMORY_FAULT":
-            faultsDropped += data?["dropped"]?.uint64Value ?? 0
-            for r in data?["records"]?.arrayValue ?? [] {
-                if let f = FaultRow(r) { append(fault: f, nowNs: nowNs) }
-            }
         case "MEMORY_ATTRIBUTES_CHANGED":
             attributesStale = true
             memslotsStale = true
@@ -351,11 +294,10 @@ public struct InspectorModel: Sendable {
     }
 
     public mutating func append(fault f: FaultRow, nowNs: UInt64) {
+        if faults.count >= faultCapacity { faults.removeFirst() }
         faults.append(f)
-        if faults.count > faultCapacity + faultCapacity / 4 { faults.removeFirst(faults.count - faultCapacity) }
         faultsReceived += 1
-        recentFaults[f.gfn] = nowNs
-        if recentFaults.count > 8192 { pruneRecentFaults(nowNs: nowNs) }
+        recentFaults.append(gfn: f.gfn, at: nowNs)
         let second = nowNs / 1_000_000_000
         if second != faultRateSecond {
             let shift = Int(min(second &- faultRateSecond, 60))
@@ -366,16 +308,40 @@ public struct InspectorModel: Sendable {
         faultRate[faultRate.count - 1] += 1
     }
 
-    /// Keeps the fading marks bounded: drops those older than the fade, then (a burst over many pages) all but
-    /// the newest 4096. Runs once per 4096 or more new pages, so appending stays O(1) amortised.
-    mutating func pruneRecentFaults(nowNs: UInt64) {
-        recentFaults = recentFaults.filter { nowNs &- $0.value < 5_000_000_000 }
-        if recentFaults.count > 4096 {
-            let newest = recentFaults.sorted { $0.value > $1.value }.prefix(4096)
-            recentFaults = Dictionary(uniqueKeysWithValues: newest.map { ($0.key, $0.value) })
-        }
+    /// The faults as the view keeps them (at most `faultCapacity`, newest last).
+    public var visibleFaults: Deque<FaultRow> { faults }
+}
+
+/// The newest `capacity` fault marks (GFN, monotonic ns), oldest overwritten first: O(1) per fault, so a burst
+/// costs the map nothing it has to catch up on. A page that faulted again appears again (the map takes the
+/// newest of a cell's marks).
+public struct RecentFaults: Sendable, Sequence, ExpressibleByDictionaryLiteral {
+    public let capacity: Int
+    private var marks: [(gfn: UInt64, ns: UInt64)] = []
+    private var next = 0
+
+    public init(capacity: Int = 4096) {
+        precondition(capacity > 0)
+        self.capacity = capacity
     }
 
-    /// The faults as the view keeps them (at most `faultCapacity`, newest last).
-    public var visibleFaults: ArraySlice<FaultRow> { faults.suffix(faultCapacity) }
+    public init(dictionaryLiteral elements: (UInt64, UInt64)...) {
+        self.init()
+        for (g, t) in elements { append(gfn: g, at: t) }
+    }
+
+    public mutating func append(gfn: UInt64, at ns: UInt64) {
+        if marks.count < capacity { marks.append((gfn, ns)) } else { marks[next] = (gfn, ns) }
+        next = (next + 1) % capacity
+    }
+
+    public var count: Int { marks.count }
+    public var isEmpty: Bool { marks.isEmpty }
+
+    /// When `gfn` last faulted, among the marks kept.
+    public subscript(gfn: UInt64) -> UInt64? {
+        marks.lazy.filter { $0.gfn == gfn }.map(\.ns).max()
+    }
+
+    public func makeIterator() -> some IteratorProtocol<(gfn: UInt64, ns: UInt64)> { marks.makeIterator() }
 }

@@ -1,3 +1,4 @@
+import ControlProtocol
 /// Turns the model and UI state into a screen. Pure: the same inputs give the same cells.
 public struct Renderer {
     public static let minWidth = 60

@@ -67,7 +67,7 @@ struct InspectorOptions: ParsableArguments {
     func inspect(socket: String) throws {
         var err = StandardError()
         let client: ControlClient
-        do { client = try ControlClient(path: socket, timeoutMs: 3000) } catch {
+        do { client = try ControlClient(path: socket, timeoutMs: 3000, decodeFaults: true) } catch {
             print("vmscope: cannot attach to \(socket): \(error)", to: &err)
             throw ExitCode(2)
         }

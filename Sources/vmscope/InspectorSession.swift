@@ -80,7 +80,7 @@ final class InspectorSession {
         guard let client else {
             if now - lastReconnect > reconnectDelayMs * 1_000_000 {
                 lastReconnect = now
-                do { connected(try ControlClient(path: path, timeoutMs: 500)) } catch {
+                do { connected(try ControlClient(path: path, timeoutMs: 500, decodeFaults: true)) } catch {
                     reconnectDelayMs = min(reconnectDelayMs * 2, 2000)
                     model.connection = .disconnected("\(error) (next try in \(reconnectDelayMs) ms)")
                 }
@@ -89,8 +89,11 @@ final class InspectorSession {
             return
         }
         var n = 0
-        while n < 10_000, let e = client.nextEvent(timeoutMs: 0) {
-            model.apply(event: e, nowNs: now)
+        while n < 10_000, let e = client.nextItem(timeoutMs: 0) {
+            switch e {
+            case .faults(let batch): model.apply(faults: batch, nowNs: now)
+            case .json(let j): model.apply(event: j, nowNs: now)
+            }
             n += 1
         }
         if n > 0 { dirty = true }
