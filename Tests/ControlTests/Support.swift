@@ -5,30 +5,16 @@ import Testing
 @_exported import TestSupport
 import VMM
 
-/// A reference VMM with its control server on a fresh socket path.
-final class Served {
-    let vmm: ReferenceVMM
-    let server: ControlServer
-    let listener: UnixListener
-    let path: String
+typealias Served = ServedVMM
 
-    init(path: String? = nil, options: ControlServer.Options = .init(), _ tweak: (inout VMMConfiguration) -> Void = { _ in }) throws {
+extension ServedVMM {
+    /// A 2-vCPU, 64 MiB VM changed by `tweak`, served on `path` (default: a fresh one).
+    convenience init(path: String? = nil, options: ControlServer.Options = .init(), _ tweak: (inout VMMConfiguration) -> Void = { _ in }) throws {
         var c = VMMConfiguration()
         c.vcpus = 2
         c.ramSize = 64 << 20
         tweak(&c)
-        vmm = try ReferenceVMM(c)
-        self.path = path ?? NSTemporaryDirectory() + "vmscope-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        listener = try UnixListener(path: self.path)
-        server = ControlServer(vmm: vmm, listener: listener, options: options)
-        server.start()
-        vmm.start()
-    }
-
-    func stop() {
-        server.stop()
-        vmm.stop()
-        listener.remove()
+        try self.init(c, path: path, options: options)
     }
 }
 
