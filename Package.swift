@@ -50,9 +50,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Child processes with a clean signal mask (Foundation's Process passes blocked signals on), and a stock
+        // QEMU started for tests and benchmarks.
+        .target(name: "ProcessSupport"),
         // Benchmarks (`swift run -c release vmscope-bench`); a library so `swift test` can smoke-run them.
         .target(name: "Benchmarks", dependencies: [
-            "VMM", "Inspector", "ControlProtocol", .product(name: "Logging", package: "swift-log"),
+            "VMM", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope-bench", dependencies: [
             "Benchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -61,10 +64,10 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "TestSupport"]),
-        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector"]),
+        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
-        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM"]),
+        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "ProcessSupport", "ControlProtocol", "Inspector"]),
     ],
     swiftLanguageModes: [.v6]
 )

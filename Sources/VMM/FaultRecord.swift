@@ -35,6 +35,23 @@ public struct FaultRecord: Sendable, Equatable {
     public var slot: Int?
     public var action: Action
 
+    public init(timeNs: UInt64, vcpu: Int?, gpa: UInt64, size: UInt64, flags: UInt64, isPrivate: Bool, access: Access,
+                errno: String?, source: Source, exit: String, attribute: String, slot: Int?, action: Action) {
+        self.timeNs = timeNs
+        self.vcpu = vcpu
+        self.gpa = gpa
+        self.size = size
+        self.flags = flags
+        self.isPrivate = isPrivate
+        self.access = access
+        self.errno = errno
+        self.source = source
+        self.exit = exit
+        self.attribute = attribute
+        self.slot = slot
+        self.action = action
+    }
+
     /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`, the bit vmm-source records set the way the kernel would.
     public static let flagPrivate = MemoryFaultExit.flagPrivate
 }

@@ -39,6 +39,9 @@ public final class ReferenceVMM: @unchecked Sendable {
     public let vm: VirtualMachine
     public let memory: GuestMemory
     public let faults: FaultRing
+    /// What recording each recent vmm-engine fault cost its vCPU thread, in ns, conversion excluded: from the
+    /// exit handler's start to the record in the ring (lock wait, classification, record, ring append).
+    private let faultEmitCost = SequencedRing<UInt64>(capacity: 4096)
     public let events: EventLog
     public let guest: BuiltInGuest
     let logger: Logger
@@ -273,6 +276,10 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     // MARK: vCPUs
 
+    /// The recent per-fault recording costs (see `faultEmitCost`), oldest first: the benchmark's
+    /// `vmm-fault-emit-ns`.
+    public func recentFaultEmitCosts() -> [UInt64] { faultEmitCost.recent(faultEmitCost.capacity) }
+
     public func vcpus(withRegisters: Bool = true) -> [VCPUSnapshot] {
         runners.map { $0.snapshot(withRegisters: withRegisters) }
     }
@@ -435,10 +442,13 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     /// An MMIO exit: a vmm-engine memory fault when the GPA is RAM, an ordinary MMIO access otherwise.
     func handleMMIO(runner: VCPURunner, address: UInt64, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) {
+        let entered = monotonicNanoseconds()
         guard let c = memory.classify(address) else {
             read?.fillAllOnes()
             return
         }
+        var conversionNs: UInt64 = 0
+        func emitted() { faultEmitCost.append { _ in monotonicNanoseconds() &- entered &- conversionNs } }
         var resumed = false
         while true {
             memory.lock.lock()
@@ -462,6 +472,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             switch policy {
             case .convert:
                 var followUp: [VMEvent] = []
+                let converting = monotonicNanoseconds()
                 do {
                     if attrPrivate == c.privateView {
                         try memory.remap(gfn: gfn)
@@ -477,7 +488,9 @@ public final class ReferenceVMM: @unchecked Sendable {
                     record.action = .reported
                     logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
                 }
+                conversionNs = monotonicNanoseconds() &- converting
                 faults.append(record)
+                if !resumed { emitted() }  // after a pause the wait would count
                 if record.action == .reported {
                     read?.fillAllOnes()
                 } else {
@@ -488,6 +501,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                 return
             case .report:
                 faults.append(record)
+                emitted()
                 memory.lock.unlock()
                 read?.fillAllOnes()
                 return

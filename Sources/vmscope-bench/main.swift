@@ -11,7 +11,7 @@ struct VMScopeBench: ParsableCommand {
 
     @Flag(help: "Print {\"machine\", \"results\"} as JSON.") var json = false
     @Flag(help: "Tiny sizes, to check that every benchmark still runs.") var smoke = false
-    @Option(help: "Only the groups named (attr, inspector, convert); repeatable.") var only: [String] = []
+    @Option(help: "Only the groups named (attr, inspector, convert, live, cpu); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
 
@@ -22,6 +22,12 @@ struct VMScopeBench: ParsableCommand {
         if wanted("attr") { results += attributeMapBenchmarks(sizes) }
         if wanted("inspector") { results += inspectorBenchmarks(sizes) }
         if wanted("convert") { results += try conversionBenchmarks(sizes) }
+        if wanted("live") { results += try liveBenchmarks(sizes) }
+        if wanted("cpu") {
+            // The inspector measured is the `vmscope` built next to this benchmark.
+            let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+            results += try inspectorCPUBenchmarks(sizes, vmscope: dir + "/vmscope")
+        }
         let report = BenchReport(machine: .current(), results: results)
         if json {
             print(report.json())

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSupport
 import Testing
 @testable import Benchmarks
 import VMM
@@ -50,6 +51,42 @@ struct SmokeTests {
         #expect(model.faultsReceived == 300)
         #expect(model.visibleFaults.map(\.seq) == Array(1...300))
         #expect(model.visibleFaults.last?.access == "write" || model.visibleFaults.last?.access == "read")
+    }
+
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm"), "/dev/kvm does not exist on this machine"))
+    func liveBenchmarksMeasureARunningVM() throws {
+        let results = try liveBenchmarks(.smoke)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in ["vmm-fault-emit-ns", "e2e-latency-ms-1k", "e2e-latency-ms-max-rate", "convert-rtt-ms", "vmscope-query-vm-rtt-ms"] {
+            let r = try #require(byName[name], "missing \(name)")
+            #expect(r.value.isFinite && r.value > 0, "\(name) = \(r.value)")
+        }
+        // Faults really flowed: the paced run names the rate it reached.
+        #expect(byName["e2e-latency-ms-1k"]?.note?.contains(" 0 faults/s") == false, "\(byName["e2e-latency-ms-1k"]?.note ?? "")")
+        let qemu = try #require(byName["qemu-status-rtt-ms"])
+        if QEMUInstance.binary != nil {
+            #expect(qemu.value.isFinite && qemu.value > 0, "\(qemu.note ?? "")")
+            #expect(byName["convert-rtt-ms"]?.baseline == "qemu-status-rtt-ms")
+        } else {
+            print("qemu-status-rtt-ms skipped: qemu-system-x86_64 is not installed")
+        }
+    }
+
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm"), "/dev/kvm does not exist on this machine"))
+    func inspectorCPUBenchmarksDriveTheRealBinary() throws {
+        let vmscope = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("vmscope").path
+        try #require(FileManager.default.isExecutableFile(atPath: vmscope), "\(vmscope) was not built")
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let results = try inspectorCPUBenchmarks(.smoke, vmscope: vmscope)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in ["idle-cpu-pct", "stream-cpu-pct", "stream-rss-growth-mib"] {
+            let r = try #require(byName[name], "missing \(name)")
+            #expect(r.value.isFinite, "\(name) = \(r.value)")
+        }
+        // The stream costs the inspector more than idling does, and the feeder reached its rate.
+        #expect(byName["stream-cpu-pct"]!.value > byName["idle-cpu-pct"]!.value)
+        #expect(byName["stream-cpu-pct"]?.note?.contains("under 0 fault") == false)
     }
 
     @Test func reportEncodesTheIssueShape() throws {

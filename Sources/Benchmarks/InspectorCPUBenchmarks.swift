@@ -1,0 +1,158 @@
+import Foundation
+import ProcessSupport
+import Synchronization
+import VMM
+
+/// A program in a detached tmux pane of its own server (`-L`), as a person would run it.
+final class TmuxPane {
+    static let tmux = ["/usr/bin/tmux", "/usr/local/bin/tmux"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    let server = "vmscope-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
+    /// Starts `command` (run with `exec`, so the pane's process is the program itself) on a width×height pane.
+    init?(_ command: String, width: Int = 200, height: Int = 60) {
+        guard let tmux = Self.tmux else { return nil }
+        guard Self.spawnAndWait([tmux, "-L", server, "new-session", "-d", "-x", "\(width)", "-y", "\(height)", "exec \(command)"]) == 0
+        else { return nil }
+    }
+
+    /// Runs `argv` to completion (clean signal mask: see `ChildProcess`); its stdout goes to `output`.
+    static func spawnAndWait(_ argv: [String], output: String = "/dev/null") -> Int32 {
+        (try? ChildProcess.run(argv, redirects: .init(stdout: output))) ?? -1
+    }
+
+    /// The pane's process id.
+    var pid: Int32? {
+        let out = NSTemporaryDirectory() + "\(server).pid"
+        defer { unlink(out) }
+        guard spawn(["list-panes", "-F", "#{pane_pid}"], output: out) == 0,
+              let text = try? String(contentsOfFile: out, encoding: .utf8) else { return nil }
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    var screen: String {
+        let out = NSTemporaryDirectory() + "\(server).screen"
+        defer { unlink(out) }
+        _ = spawn(["capture-pane", "-p"], output: out)
+        return (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+    }
+
+    @discardableResult
+    func spawn(_ args: [String], output: String = "/dev/null") -> Int32 {
+        Self.spawnAndWait([Self.tmux!, "-L", server] + args, output: output)
+    }
+
+    func kill() { spawn(["kill-server"]) }
+}
+
+/// CPU time of a process in seconds, all its threads, with nanosecond resolution (/proc/PID/task/*/schedstat;
+/// /proc/PID/stat counts in ticks of 10 ms, too coarse for a process near 1%).
+func cpuSeconds(pid: Int32) -> Double? {
+    guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return nil }
+    var ns: UInt64 = 0
+    for t in tasks {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/schedstat", encoding: .utf8),
+              let first = text.split(separator: " ").first, let v = UInt64(first) else { continue }
+        ns += v
+    }
+    return Double(ns) / 1e9
+}
+
+/// Resident set size of a process in bytes.
+func residentBytes(pid: Int32) -> UInt64? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+          let kb = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+    return kb * 1024
+}
+
+/// The real `vmscope attach` in a 200×60 tmux pane: its CPU use attached to an idle VM, then under a stream of
+/// 100,000 fault records a second (synthetic records appended to the VMM's fault ring by a feeder thread, sent
+/// by the real control server), with its RSS sampled through the stream.
+public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, devicePath: String = "/dev/kvm") throws -> [BenchResult] {
+    guard FileManager.default.fileExists(atPath: devicePath) else {
+        return [BenchResult(name: "idle-cpu-pct", value: .nan, unit: "%", note: "skipped: \(devicePath) does not exist")]
+    }
+    guard TmuxPane.tmux != nil, FileManager.default.isExecutableFile(atPath: vmscope) else {
+        return [BenchResult(name: "idle-cpu-pct", value: .nan, unit: "%", note: "skipped: needs tmux and \(vmscope)")]
+    }
+    let full = sizes.repetitions > 10
+    let vm = try liveVM(devicePath: devicePath) { c in c.faultRingCapacity = 1 << 17 }
+    defer { vm.stop() }
+    _ = try vm.vmm.vcpuControl(index: nil, action: .pause)
+    guard let pane = TmuxPane("env LANG=C.UTF-8 TERM=xterm-256color \(vmscope) attach \(vm.path)") else {
+        return [BenchResult(name: "idle-cpu-pct", value: .nan, unit: "%", note: "skipped: tmux did not start")]
+    }
+    defer { pane.kill() }
+    var pid: Int32?
+    let deadline = nowNs() + 10_000_000_000
+    while nowNs() < deadline {
+        if pane.screen.contains("2 Faults"), let p = pane.pid { pid = p; break }
+        usleep(100_000)
+    }
+    guard let pid else { throw BenchError("the inspector did not start in tmux:\n\(pane.screen)") }
+
+    /// Share of one core over `seconds`, sampled in windows of `window` s (median of the windows).
+    func cpuPercent(seconds: Double, window: Double = 1) -> Double {
+        var shares: [Double] = []
+        var left = seconds
+        while left > 0 {
+            let c0 = cpuSeconds(pid: pid) ?? 0, t0 = nowNs()
+            usleep(useconds_t(window * 1e6))
+            let c1 = cpuSeconds(pid: pid) ?? 0
+            shares.append((c1 - c0) / (Double(nowNs() - t0) / 1e9) * 100)
+            left -= window
+        }
+        return median(shares)
+    }
+    usleep(1_000_000)
+    let idle = cpuPercent(seconds: full ? 20 : 2, window: full ? 5 : 1)
+    let idleResult = BenchResult(name: "idle-cpu-pct", value: idle, unit: "%", target: .atMost(1),
+                                 note: "vmscope attach (200×60 tmux pane) on a VM with its vCPUs paused; median of \(full ? 5 : 1) s windows")
+
+    // The stream: 1,000 records every 10 ms from a feeder thread, as fast vCPUs would leave them.
+    final class Flag: Sendable { let raised = Atomic(false) }
+    let flag = Flag()
+    let feeder = Thread {
+        var next = nowNs()
+        var gfn: UInt64 = 0
+        while !flag.raised.load(ordering: .relaxed) {
+            for _ in 0..<1000 {
+                vm.vmm.faults.append(FaultRecord(timeNs: nowNs(), vcpu: Int(gfn % 2), gpa: 0x100000 + (gfn % 4096) * 4096,
+                                                 size: 4096, flags: 8, isPrivate: true, access: .write, errno: nil,
+                                                 source: .vmm, exit: "MMIO", attribute: "shared", slot: 1, action: .reported))
+                gfn &+= 1
+            }
+            next += 10_000_000
+            let now = nowNs()
+            if next > now { usleep(useconds_t((next - now) / 1000)) }
+        }
+    }
+    let total0 = vm.vmm.faults.total
+    feeder.start()
+    defer { flag.raised.store(true, ordering: .relaxed) }
+    let streamSeconds = full ? 60.0 : 3.0
+    let warm = full ? 10.0 : 1.0
+    let t0 = nowNs()
+    usleep(useconds_t(warm * 1e6))
+    let rssWarm = residentBytes(pid: pid) ?? 0
+    let streamCPU = cpuPercent(seconds: streamSeconds - warm)
+    let rssEnd = residentBytes(pid: pid) ?? 0
+    let rate = Double(vm.vmm.faults.total - total0) / (Double(nowNs() - t0) / 1e9)
+    flag.raised.store(true, ordering: .relaxed)
+    let screen = pane.screen
+    return [
+        idleResult,
+        BenchResult(name: "stream-cpu-pct", value: streamCPU, unit: "%", target: .atMost(50), baseline: idleResult,
+                    note: String(format: "the same inspector under %.0f fault records/s for %.0f s (synthetic records in the VMM's ring, real control server); %@", rate, streamSeconds,
+                                 screen.contains("dropped 0") ? "none dropped" : "the server reported drops")),
+        BenchResult(name: "stream-rss-growth-mib", value: (Double(rssEnd) - Double(rssWarm)) / Double(1 << 20), unit: "MiB",
+                    target: .atMost(8),
+                    note: String(format: "inspector RSS %.1f MiB after %.0f s of the stream, %.1f MiB at its end (flat: bounded fault list and marks)",
+                                 Double(rssWarm) / Double(1 << 20), warm, Double(rssEnd) / Double(1 << 20))),
+    ]
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
