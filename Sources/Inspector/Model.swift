@@ -14,6 +14,10 @@ public struct VMInfo: Sendable, Equatable {
     public var mutationsAllowed = false
     public var faultInjectionAllowed = false
     public var policy = "?"
+    /// A stock QEMU's own facts: its version ("QEMU 7.2.22"), run state (`query-status`) and accelerator.
+    public var qemuVersion: String?
+    public var runState: String?
+    public var accelerator: String?
 
     public init() {}
 
@@ -44,6 +48,12 @@ public struct MemslotRow: Sendable, Equatable {
     /// Private and shared 4 KiB pages of the RAM this slot maps (from the attribute runs).
     public var privatePages: UInt64 = 0
     public var sharedPages: UInt64 = 0
+    /// Whether `slot` is KVM's slot number; false for QEMU ranges, where QMP does not say it (`slot` is then
+    /// the row's ordinal and is not shown).
+    public var slotKnown = true
+    /// QEMU's memory region name and the range's offset into it (`info mtree -f`'s `@OFFSET`).
+    public var regionName: String?
+    public var regionOffset: UInt64?
 
     public init?(_ j: JSON) {
         guard let slot = j["slot"]?.intValue, let gpa = j["gpa"]?.uint64Value, let size = j["size"]?.uint64Value else { return nil }
@@ -57,6 +67,15 @@ public struct MemslotRow: Sendable, Equatable {
         self.backing = j["backing"]?.stringValue ?? "?"
         self.guestMemfdOffset = j["guest-memfd-offset"]?.uint64Value
         self.userspaceAddress = j["userspace-addr"]?.uint64Value ?? 0
+    }
+
+    /// A KVM-mapped range QEMU printed in `info mtree -f`: slot number unknown, type as backing.
+    public init(qemu r: QEMUText.FlatRange, ordinal: Int, guestMemfd: Bool) {
+        self.init(slot: ordinal, gpa: r.start, size: r.size, view: "plain",
+                  backing: guestMemfd && r.type == "ram" ? "ram+guest_memfd" : r.type)
+        slotKnown = false
+        regionName = r.name
+        regionOffset = r.offset
     }
 
     public init(slot: Int, gpa: UInt64, size: UInt64, view: String, backing: String, flagNames: [String] = []) {
@@ -92,8 +111,11 @@ public struct VCPURow: Sendable, Equatable {
     public var controlRegisters: [(String, UInt64)]
     public var stats: [(String, UInt64)]
     public var guest: [(String, UInt64)]
+    /// KVM's own count of all exits where the source has one (QEMU's `exits` statistic); else the sum of
+    /// `exitCounts`.
+    public var exitTotal: UInt64?
 
-    public var totalExits: UInt64 { exitCounts.reduce(0) { $0 + $1.1 } }
+    public var totalExits: UInt64 { exitTotal ?? exitCounts.reduce(0) { $0 + $1.1 } }
 
     static func pairs(_ j: JSON?) -> [(String, UInt64)] {
         (j?.objectMembers ?? []).compactMap { k, v in v.uint64Value.map { (k, $0) } }
@@ -114,16 +136,17 @@ public struct VCPURow: Sendable, Equatable {
         guest = Self.pairs(j["guest"])
     }
 
-    public init(index: Int, state: String, lastExit: String, exitCounts: [(String, UInt64)] = [],
-                registers: [(String, UInt64)] = [], stats: [(String, UInt64)] = [], guest: [(String, UInt64)] = []) {
+    public init(index: Int, threadID: Int = 0, state: String, lastExit: String, exitCounts: [(String, UInt64)] = [],
+                registers: [(String, UInt64)] = [], segments: [(String, UInt64)] = [], controlRegisters: [(String, UInt64)] = [],
+                stats: [(String, UInt64)] = [], guest: [(String, UInt64)] = []) {
         self.index = index
-        self.threadID = 0
+        self.threadID = threadID
         self.state = state
         self.lastExit = lastExit
         self.exitCounts = exitCounts
         self.registers = registers
-        self.segments = []
-        self.controlRegisters = []
+        self.segments = segments
+        self.controlRegisters = controlRegisters
         self.stats = stats
         self.guest = guest
     }
@@ -176,6 +199,10 @@ public struct InspectorModel: Sendable {
     public var attributesStale = true
     /// Whether the peer is QEMU (no vmscope commands).
     public var peerIsQEMU = false
+    /// Views the peer has no source for, with the reason the pane shows instead of an empty one.
+    public var unavailable: [Pane: String] = [:]
+    /// VM-wide KVM statistics where the peer reports them (QEMU's `query-stats` target `vm`).
+    public var vmStats: [(String, UInt64)] = []
 
     public init(faultCapacity: Int = 100_000) { self.faultCapacity = faultCapacity }
 
@@ -199,8 +226,13 @@ public struct InspectorModel: Sendable {
     }
 
     public mutating func apply(vcpus j: JSON, intervalNs: UInt64) {
+        apply(vcpus: (j.arrayValue ?? []).compactMap(VCPURow.init), intervalNs: intervalNs)
+    }
+
+    /// New vCPU rows; the old ones become `previousVCPUs` (changes highlighted, rates computed over `intervalNs`).
+    public mutating func apply(vcpus rows: [VCPURow], intervalNs: UInt64) {
         previousVCPUs = vcpus
-        vcpus = (j.arrayValue ?? []).compactMap(VCPURow.init)
+        vcpus = rows
         vcpuRefreshIntervalNs = intervalNs
     }
 

@@ -42,6 +42,13 @@ public struct Renderer {
         statusBar(&s, m, ui)
         for (pane, rect) in Self.layout(width: width, height: height, ui: ui) {
             s.box(rect, title: pane.title, focused: pane == ui.focus, ascii: ascii)
+            if let why = m.unavailable[pane] {
+                // Say what the peer does not offer, instead of an empty pane.
+                for (i, line) in wrap(why, rect.inner.width).prefix(rect.inner.height).enumerated() {
+                    s.put(line, x: rect.inner.x, y: rect.inner.y + i, role: .warning, limit: rect.inner.width)
+                }
+                continue
+            }
             switch pane {
             case .map: mapPane(&s, rect.inner, m, ui)
             case .faults: faultsPane(&s, rect.inner, m, ui)
@@ -65,8 +72,14 @@ public struct Renderer {
         }
         let dropped = m.faultsDropped + m.eventsDropped
         // Most important first; what does not fit is left off the end.
-        var parts = [m.vm.name, "engine \(m.vm.engine)", "policy \(m.vm.policy)", conn, "dropped \(dropped)",
+        var parts: [String]
+        if let qemu = m.vm.qemuVersion {
+            // A stock QEMU: its version, accelerator and run state; it has no attribute engine nor fault stream.
+            parts = [m.vm.name, "\(qemu) \(m.vm.accelerator ?? "?")", "status \(m.vm.runState ?? "?")", conn, "\(m.eventRate) ev/s"]
+        } else {
+            parts = [m.vm.name, "engine \(m.vm.engine)", "policy \(m.vm.policy)", conn, "dropped \(dropped)",
                      "faults \(m.faultsReceived)", "\(m.eventRate) ev/s"]
+        }
         if ui.readOnly || !m.vm.mutationsAllowed { parts.insert(ui.readOnly ? "READ-ONLY" : "no mutations", at: 3) }
         var line = " vmscope"
         for p in parts where line.count + 3 + p.count <= s.width { line += " │ " + p }
@@ -252,9 +265,21 @@ public struct Renderer {
         switch name { case "GUEST_MEMFD": "gmem"; case "READONLY": "ro"; case "LOG_DIRTY_PAGES": "dirty"; default: name.lowercased() }
     }
 
+    /// One KVM-mapped range of a QEMU: no slot number (QMP does not say it), QEMU's region name and offset.
+    static func qemuMemslotLine(_ ms: MemslotRow, narrow: Bool) -> String {
+        let region = (ms.regionName ?? "?") + (ms.regionOffset.map { " @\(Fmt.hex($0))" } ?? "")
+        if narrow {
+            return "\(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) \(Fmt.pad(ms.backing, 4)) \(region)"
+        }
+        let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa + ms.size, width: 8))"
+        return "\(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5))  \(Fmt.pad(ms.backing, 6)) \(region)"
+    }
+
     func memslotsPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
         let narrow = r.width < 76
-        let header = narrow ? "slot view    gpa          size flags priv/shared"
+        let header = m.peerIsQEMU
+            ? (narrow ? "gpa          size type region" : "gpa range               size   type   region (@offset) · KVM-mapped, from info mtree -f")
+            : narrow ? "slot view    gpa          size flags priv/shared"
             : "slot view    gpa range               size  flags       backing      priv/shared"
         s.put(header + "  (\(m.memslots.count), by \(ui.memslotSort.rawValue))", x: r.x, y: r.y, role: .header, limit: r.width)
         let rows = Self.sortedMemslots(m, ui.memslotSort)
@@ -263,7 +288,9 @@ public struct Renderer {
         let first = max(0, cursor - height + 1)
         for (i, ms) in rows.dropFirst(first).prefix(height).enumerated() {
             let line: String
-            if narrow {
+            if !ms.slotKnown {
+                line = Self.qemuMemslotLine(ms, narrow: narrow)
+            } else if narrow {
                 line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
                     + "\(Fmt.pad(ms.flagNames.map(Self.shortFlag).joined(separator: ","), 5)) \(ms.privatePages)/\(ms.sharedPages)"
             } else {
@@ -330,6 +357,13 @@ public struct Renderer {
             let changed = (oldValue(prev?.stats, st.0) ?? oldValue(prev?.guest, st.0)).map { $0 != st.1 } ?? false
             let role: Role = st.0 == "integrity-errors" && st.1 > 0 ? .error : (changed ? .changed : .normal)
             s.put(Fmt.pad("\(st.0) \(st.1)", cellWidth), x: r.x + (i % perRow) * cellWidth, y: row, role: role, limit: r.width - (i % perRow) * cellWidth)
+        }
+        y += (stats.count + perRow - 1) / perRow
+        // VM-wide KVM statistics, where the peer reports them (QEMU's query-stats target vm).
+        let vmWanted = ["pages_4k", "pages_2m", "pages_1g", "mmu_shadow_zapped", "remote_tlb_flush", "nx_lpage_splits"]
+        let vmStats = vmWanted.compactMap { name in m.vmStats.first { $0.0 == name } }
+        if !vmStats.isEmpty && y < r.y + r.height {
+            s.put("VM: " + vmStats.map { "\($0.0) \($0.1)" }.joined(separator: "  "), x: r.x, y: y, role: .dim, limit: r.width)
         }
     }
 

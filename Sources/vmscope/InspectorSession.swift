@@ -11,6 +11,8 @@ final class InspectorSession {
     var ui = InspectorUI()
     let themes: [String: Theme]
     var renderer: Renderer
+    /// Set while the peer is a stock QEMU: what to poll there and how actions map onto its commands.
+    var qemu: QEMUSource?
     private var lastVCPUQuery: UInt64 = 0
     private var lastReconnect: UInt64 = 0
     private var reconnectDelayMs: UInt64 = 100
@@ -37,13 +39,37 @@ final class InspectorSession {
     private func connected(_ c: ControlClient) {
         client = c
         reconnectDelayMs = 100
-        switch c.peer {
-        case .vmscope(_, let package): model.connection = .connected(package); model.peerIsQEMU = false
-        case .qemu(let version, _): model.connection = .connected("QEMU \(version)"); model.peerIsQEMU = true
-        }
         model.memslotsStale = true
         model.attributesStale = true
-        refreshVM()
+        switch c.peer {
+        case .vmscope(_, let package):
+            model.connection = .connected(package)
+            model.peerIsQEMU = false
+            model.unavailable = [:]
+            qemu = nil
+            refreshVM()
+        case .qemu(let version, _):
+            model.connection = .connected("QEMU \(version)")
+            model.peerIsQEMU = true
+            var source = QEMUSource(greeting: c.greeting)
+            do { try source.start(execute(c), model: &model, nowNs: Self.now()) } catch { failed(error) }
+            qemu = source
+        }
+        ui.totalPages = max(1, model.vm.ramSize / 4096)
+    }
+
+    /// `client.execute` as a QEMUSource calls it.
+    private func execute(_ c: ControlClient) -> QEMUSource.Execute {
+        { name, args in try c.execute(name, args, timeoutMs: 5000) }
+    }
+
+    /// A query failed: a refused command is shown, anything else means the connection is gone.
+    private func failed(_ error: any Error) {
+        if let e = error as? ControlClientError, case .command(let c, let d) = e {
+            ui.status = ("\(c): \(d)", true)
+        } else {
+            disconnected("\(error)")
+        }
     }
 
     private func call(_ name: String, _ args: JSON? = nil) -> JSON? {
@@ -63,16 +89,7 @@ final class InspectorSession {
     }
 
     private func refreshVM() {
-        if model.peerIsQEMU {
-            var vm = VMInfo()
-            vm.name = call("query-name")?["name"]?.stringValue ?? "QEMU"
-            vm.engine = "QEMU"
-            vm.policy = call("query-status")?["status"]?.stringValue ?? "?"
-            model.vm = vm
-        } else if let vm = call("query-vm") {
-            model.apply(vm: vm)
-        }
-        ui.totalPages = max(1, model.vm.ramSize / 4096)
+        if let vm = call("query-vm") { model.apply(vm: vm) }
     }
 
     /// One pass: events, due queries, reconnection. Returns whether anything changed.
@@ -92,18 +109,18 @@ final class InspectorSession {
         while n < 10_000, let e = client.nextItem(timeoutMs: 0) {
             switch e {
             case .faults(let batch): model.apply(faults: batch, nowNs: now)
-            case .json(let j): model.apply(event: j, nowNs: now)
+            case .json(let j):
+                model.apply(event: j, nowNs: now)
+                qemu?.apply(event: j, model: &model)
             }
             n += 1
         }
         if n > 0 { dirty = true }
         if !client.isConnected { disconnected("the VMM went away"); return }
-        guard !model.peerIsQEMU else {
-            if now - lastVCPUQuery > 500_000_000 {
-                lastVCPUQuery = now
-                model.vm.policy = call("query-status")?["status"]?.stringValue ?? model.vm.policy
-                dirty = true
-            }
+        if var source = qemu {
+            do { if try source.poll(execute(client), model: &model, nowNs: now) { dirty = true } } catch { failed(error) }
+            qemu = source
+            ui.totalPages = max(1, model.vm.ramSize / 4096)
             return
         }
         if model.memslotsStale, let j = call("query-memslots") { model.apply(memslots: j); dirty = true }
@@ -120,6 +137,12 @@ final class InspectorSession {
         switch effect {
         case .quit:
             return false
+        case .readMemory(let gpa) where qemu != nil:
+            guard let client else { ui.overlay = nil; return true }
+            do { ui.overlay = .hexDump(gpa: gpa, bytes: try qemu!.readMemory(execute(client), gpa: gpa)) } catch {
+                ui.overlay = nil
+                ui.status = ("read \(Fmt.hex(gpa)): \(error)", true)
+            }
         case .readMemory(let gpa):
             if let r = call("read-memory", .object([("gpa", .u(gpa)), ("size", .u(4096)), ("view", .string("auto"))])),
                let data = r["data"]?.stringValue, let bytes = Data(base64Encoded: data) {
@@ -128,8 +151,14 @@ final class InspectorSession {
                 ui.overlay = nil
                 ui.status = ("read-memory \(Fmt.hex(gpa)) failed", true)
             }
-        case .execute(let name, let args, let description):
+        case .execute(var name, var args, var description):
             guard let client else { ui.status = ("\(description): not connected", true); return true }
+            if let qemu {
+                switch qemu.translate(name, args) {
+                case .refuse(let why): ui.status = ("\(description): refused: \(why)", true); return true
+                case .run(let n, let a, let d): (name, args, description) = (n, a ?? .object([]), d)
+                }
+            }
             do {
                 let r = try client.execute(name, args, timeoutMs: 10_000)
                 var detail = ""
@@ -139,6 +168,7 @@ final class InspectorSession {
                 model.attributesStale = true
                 model.memslotsStale = true
                 lastVCPUQuery = 0
+                qemu?.refreshSoon()
             } catch {
                 if case .command(let c, let d) = error { ui.status = ("\(description): \(c): \(d)", true) }
                 else { ui.status = ("\(description): \(error)", true); disconnected("\(error)") }
