@@ -312,7 +312,8 @@ public struct Renderer {
         let seconds = Double(max(m.vcpuRefreshIntervalNs, 1)) / 1e9
         for v in m.vcpus where y < r.y + r.height {
             let prev = m.previousVCPUs.first { $0.index == v.index }
-            let rate = prev.map { Double(v.totalExits &- $0.totalExits) / seconds } ?? 0
+            // A counter that went backwards (the VM was restarted) has no rate.
+            let rate = prev.map { v.totalExits >= $0.totalExits ? Double(v.totalExits - $0.totalExits) / seconds : 0 } ?? 0
             let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) \(Fmt.padLeft(String(v.totalExits), 10)) \(Fmt.padLeft(String(Int(rate)), 10))"
             let role: Role = ui.focus == .vcpus && v.index == ui.vcpuCursor ? .cursor
                 : (["error", "shutdown", "fault-stopped"].contains(v.state) ? .warning : .normal)
@@ -343,7 +344,7 @@ public struct Renderer {
         // Exits by reason, with what changed since the last refresh.
         if y < r.y + r.height && !v.exitCounts.isEmpty {
             let text = "exits: " + v.exitCounts.map { name, count in
-                let delta = oldValue(prev?.exitCounts, name).map { count &- $0 } ?? 0
+                let delta = oldValue(prev?.exitCounts, name).map { count >= $0 ? count - $0 : 0 } ?? 0
                 return delta > 0 ? "\(name) \(count) (+\(delta))" : "\(name) \(count)"
             }.joined(separator: "  ")
             s.put(text, x: r.x, y: y, role: .normal, limit: r.width)

@@ -41,6 +41,9 @@ final class InspectorSession {
         reconnectDelayMs = 100
         model.memslotsStale = true
         model.attributesStale = true
+        // Perhaps another VM, or the same one restarted: no rates against the old counters.
+        model.vcpus = []
+        model.previousVCPUs = []
         switch c.peer {
         case .vmscope(_, let package):
             model.connection = .connected(package)

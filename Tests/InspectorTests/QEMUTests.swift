@@ -159,6 +159,24 @@ struct QEMUSourceTests {
         #expect(!q.asked.contains("hmp:info mtree -f"), "memory is polled on its own, slower clock")
     }
 
+    @Test func aPausedVMIsAskedOnlyForItsRunStateBetweenSlowPolls() throws {
+        var (source, q) = try canned(status: "paused")
+        var m = InspectorModel()
+        try source.start(q.execute, model: &m, nowNs: 1)
+        q.asked = []
+        #expect(try source.poll(q.execute, model: &m, nowNs: 1_100_000_000))
+        #expect(q.asked == ["query-status"], "registers and stats of a paused VM do not move")
+        q.asked = []
+        try source.poll(q.execute, model: &m, nowNs: 5_200_000_000)
+        #expect(Set(q.asked) == ["hmp:info mtree -f", "query-memory-size-summary", "query-cpus-fast", "stats:vm", "query-status",
+                                 "hmp:info registers -a", "stats:vcpu"], "the slow poll reads everything")
+        // Running again: registers and vCPU stats every second, the rest stays on the slow clock.
+        q.replies["query-status"] = try JSON.parse(#"{"status": "running", "running": true}"#)
+        q.asked = []
+        try source.poll(q.execute, model: &m, nowNs: 6_300_000_000)
+        #expect(q.asked == ["query-status", "hmp:info registers -a", "stats:vcpu"])
+    }
+
     @Test func aNewerQEMUWithAConfidentialGuestSaysItsRAMIsGuestMemfd() throws {
         var (source, q) = try canned(major: 10, minor: 1)
         // /machine's confidential-guest-support link, then that object's type.

@@ -36,6 +36,17 @@ func ui(focus: Pane = .map) -> InspectorUI {
 }
 
 struct RendererTests {
+    @Test func countersThatWentBackwardsShowNoRateAndDoNotTrap() throws {
+        // A VM restarted under the inspector: its exit counters start again below the last reading.
+        var m = try fixtureModel()
+        m.apply(vcpus: [VCPURow(index: 0, state: "running", lastExit: "IO", exitCounts: [("IO", 1_000_000)])], intervalNs: 1_000_000_000)
+        m.apply(vcpus: [VCPURow(index: 0, state: "running", lastExit: "IO", exitCounts: [("IO", 7)])], intervalNs: 1_000_000_000)
+        let text = Renderer().render(m, ui(focus: .vcpus), width: 200, height: 60).text
+        let row = try #require(text.split(separator: "\n").first { $0.contains("   0 running") })
+        #expect(row.hasSuffix("7          0") || row.contains(" 7          0 "), "\(row)")
+        #expect(text.contains("IO 7") && !text.contains("(+"), "no delta against the old counter")
+    }
+
     @Test(arguments: [(80, 24), (200, 60)])
     func everyViewAtBothSizes(width: Int, height: Int) throws {
         let m = try fixtureModel()

@@ -1,0 +1,200 @@
+import ControlProtocol
+import Foundation
+import Inspector
+import ProcessSupport
+import Testing
+
+/// Two QEMU machines unlike each other in type, vCPUs, memory and devices (the second has RAM above 4 GiB
+/// and a pc-dimm on a hot-pluggable memory slot).
+let qemuConfigurations: [(name: String, vcpus: Int, arguments: [String])] = [
+    ("pc-2vcpu-256M", 2, ["-machine", "pc", "-m", "256", "-smp", "2", "-nodefaults"]),
+    ("q35-3vcpu-5G-dimm", 3, ["-machine", "q35", "-m", "5G,slots=2,maxmem=8G", "-object", "memory-backend-ram,id=m1,size=128M",
+                              "-device", "pc-dimm,memdev=m1,id=dimm1", "-smp", "3", "-nodefaults"]),
+]
+
+/// The test's own reading of QEMU's text, with regular expressions (not the inspector's parser), so the two
+/// are checked against each other.
+enum Independent {
+    static func normalized(_ s: String) -> String { s.replacingOccurrences(of: "\r\n", with: "\n") }
+
+    /// "start+size" of each KVM-mapped range in the flat view of address space "memory".
+    static func kvmRanges(_ mtree: String) throws -> [String] {
+        let block = try #require(normalized(mtree).components(separatedBy: "FlatView #").first { $0.contains("AS \"memory\",") })
+        let re = try NSRegularExpression(pattern: #"^\s+([0-9a-f]{16})-([0-9a-f]{16}) \(prio -?\d+, [^)]+\): .* KVM$"#, options: .anchorsMatchLines)
+        return re.matches(in: block, range: NSRange(block.startIndex..., in: block)).map { m in
+            let start = UInt64(block[Range(m.range(at: 1), in: block)!], radix: 16)!
+            let end = UInt64(block[Range(m.range(at: 2), in: block)!], radix: 16)!
+            return "\(String(start, radix: 16))+\(String(end - start + 1, radix: 16))"
+        }
+    }
+
+    /// Register `name` (EIP, EAX, ESP, EFL, CR0, or a segment like CS) of each CPU#N block, as printed.
+    static func register(_ name: String, _ text: String) throws -> [Int: UInt64] {
+        var out: [Int: UInt64] = [:]
+        let re = try NSRegularExpression(pattern: "(?:^|\\s)\(name) ?=([0-9a-f]+)")
+        for block in normalized(text).components(separatedBy: "CPU#").dropFirst() {
+            guard let n = Int(block.prefix { $0.isNumber }),
+                  let m = re.firstMatch(in: block, range: NSRange(block.startIndex..., in: block)) else { continue }
+            out[n] = UInt64(block[Range(m.range(at: 1), in: block)!], radix: 16)
+        }
+        return out
+    }
+}
+
+func hmp(_ c: ControlClient, _ command: String) throws -> String {
+    try c.execute("human-monitor-command", .object([("command-line", .string(command))])).stringValue ?? ""
+}
+
+func monotonicNs() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+let qemuAvailable = QEMUInstance.binary != nil
+
+/// Starts QEMU and says on the test's output when it had to fall back from KVM.
+func startQEMU(_ arguments: [String], monitors: Int = 2, directory: String? = nil) throws -> QEMUInstance {
+    let q = try QEMUInstance(arguments: arguments, monitors: monitors, directory: directory)
+    if let why = q.fallbackReason { print("QEMU runs with -accel \(q.accelerator): \(why)") }
+    return q
+}
+
+@Suite(.serialized, .enabled(if: qemuAvailable, "qemu-system-x86_64 is not installed (.ci/run installs qemu-system-x86)"))
+struct QEMUModelTests {
+    @Test(arguments: qemuConfigurations.indices)
+    func memslotsRegistersAndStatsMatchWhatQEMUSays(configuration: Int) throws {
+        let config = qemuConfigurations[configuration]
+        let qemu = try startQEMU(config.arguments)
+        defer { qemu.stop() }
+        let inspector = try ControlClient(path: qemu.qmpSockets[0])
+        let checker = try ControlClient(path: qemu.qmpSockets[1])
+        defer { inspector.close(); checker.close() }
+        var source = QEMUSource(greeting: inspector.greeting)
+        var model = InspectorModel()
+        let execute: QEMUSource.Execute = { name, args in try inspector.execute(name, args) }
+        // Let the firmware get going, then pause: memory map and registers hold still while both sides read.
+        Thread.sleep(forTimeInterval: 0.5)
+        try checker.execute("stop")
+        var now = monotonicNs()
+        try source.start(execute, model: &model, nowNs: now)
+
+        let expected = try Independent.kvmRanges(try hmp(checker, "info mtree -f"))
+        #expect(expected.count >= 2, "\(config.name): KVM ranges in info mtree -f: \(expected)")
+        #expect(model.memslots.map { "\(String($0.gpa, radix: 16))+\(String($0.size, radix: 16))" } == expected, "\(config.name)")
+        if config.name.contains("dimm") {
+            #expect(model.memslots.contains { $0.regionName == "m1" && $0.size == 128 << 20 }, "the DIMM's range")
+            #expect(model.memslots.contains { $0.gpa == 1 << 32 && $0.regionName == "pc.ram" && $0.regionOffset != nil }, "RAM above 4 GiB, with @offset")
+        }
+
+        let cpus = try #require(try checker.execute("query-cpus-fast").arrayValue)
+        #expect(cpus.count == config.vcpus)
+        #expect(model.vcpus.map(\.index) == Array(0..<config.vcpus))
+        #expect(model.vcpus.allSatisfy { $0.state == "paused" }, "\(model.vcpus.map(\.state))")
+        let text = try hmp(checker, "info registers -a")
+        for (printed, ours) in [("EIP", "rip"), ("EAX", "rax"), ("ESP", "rsp"), ("EFL", "rflags"), ("CR0", "cr0"), ("CS", "cs")] {
+            let want = try Independent.register(printed, text)
+            #expect(want.count == config.vcpus, "\(printed) for every vCPU")
+            for v in model.vcpus {
+                let got = (v.registers + v.controlRegisters + v.segments).first { $0.0 == ours }?.1
+                #expect(got == want[v.index], "\(config.name) vCPU \(v.index) \(ours): \(got.map { String($0, radix: 16) } ?? "nil") vs info registers \(want[v.index].map { String($0, radix: 16) } ?? "nil")")
+            }
+        }
+
+        // Running, KVM's exit counters move between polls.
+        try checker.execute("cont")
+        source.apply(event: .object([("event", .string("RESUME"))]), model: &model)
+        now = monotonicNs()
+        try source.poll(execute, model: &model, nowNs: now)
+        let before = model.vcpus.reduce(0) { $0 + $1.totalExits }
+        #expect(model.vcpus.contains { $0.state == "running" || $0.state == "halted" })
+        Thread.sleep(forTimeInterval: 2)
+        try source.poll(execute, model: &model, nowNs: monotonicNs())
+        let after = model.vcpus.reduce(0) { $0 + $1.totalExits }
+        #expect(after > before, "\(config.name): KVM exits \(before) → \(after) while running")
+        #expect(!model.vmStats.isEmpty, "query-stats target vm")
+
+        if config.name.contains("dimm") {
+            // Hot-plug a second DIMM: the next memory poll shows its range, still equal to info mtree -f.
+            try checker.execute("object-add", .object([("qom-type", .string("memory-backend-ram")), ("id", .string("m2")), ("size", .u(64 << 20))]))
+            try checker.execute("device_add", .object([("driver", .string("pc-dimm")), ("id", .string("dimm2")), ("memdev", .string("m2"))]))
+            try source.poll(execute, model: &model, nowNs: monotonicNs() + 10_000_000_000)
+            #expect(model.memslots.contains { $0.regionName == "m2" && $0.size == 64 << 20 }, "\(model.memslots.map(\.regionName))")
+            let now2 = try Independent.kvmRanges(try hmp(checker, "info mtree -f"))
+            #expect(model.memslots.map { "\(String($0.gpa, radix: 16))+\(String($0.size, radix: 16))" } == now2)
+            #expect(model.vm.ramSize == (5 << 30) + (128 << 20) + (64 << 20), "base + plugged memory")
+        }
+    }
+}
+
+@Suite(.serialized, .enabled(if: qemuAvailable, "qemu-system-x86_64 is not installed (.ci/run installs qemu-system-x86)"))
+struct QEMUTUITests {
+    @Test func attachPausesResumesSurvivesAKilledQEMUAndReattaches() throws {
+        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let config = qemuConfigurations[0]
+        let qemu = try startQEMU(config.arguments)
+        defer { qemu.stop() }
+        let checker = try ControlClient(path: qemu.qmpSockets[1])
+        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo VMSCOPE-EXIT=$?; sleep 60", width: 200, height: 50)
+        var screen = try t.waitFor(15) { $0.contains("status running") && $0.contains("pc.ram") && $0.contains("rip 0x") }
+        #expect(screen.contains("QEMU 7.") || screen.contains("QEMU "), "\(screen)")
+        #expect(screen.contains("no guest_memfd") && screen.contains("private/shared map unavailable"), "\(screen)")
+        #expect(screen.contains("fault") && screen.contains("unavailable"), "\(screen)")
+
+        // P on the vCPU view stops the VM; QEMU's own query-status agrees.
+        try t.keys("4", "P")
+        screen = try t.waitFor(5) { $0.contains("status paused") }
+        #expect(screen.contains("stop the VM") && screen.contains("done"), "\(screen)")
+        #expect(try checker.execute("query-status")["status"]?.stringValue == "paused")
+        // Paused, the registers shown for vCPU 0 are those info registers prints.
+        let eip = try #require(try Independent.register("EIP", try hmp(checker, "info registers -a"))[0])
+        screen = try t.waitFor(3) { $0.contains(String(format: "rip 0x%08x", eip)) }
+        #expect(screen.contains(String(format: "rip 0x%08x", eip)), "EIP \(String(eip, radix: 16)) in:\n\(screen)")
+        try t.keys("P")
+        screen = try t.waitFor(5) { $0.contains("status running") }
+        #expect(try checker.execute("query-status")["status"]?.stringValue == "running")
+
+        // NMI through QEMU's inject-nmi; a conversion is refused with QEMU's reason and changes nothing.
+        try t.keys("i", "n")
+        screen = try t.waitFor(3) { $0.contains("inject an NMI") }
+        #expect(screen.contains("inject an NMI (QEMU's inject-nmi: every vCPU): done"), "\(screen)")
+        try t.keys("1", "s", "y")
+        screen = try t.waitFor(3) { $0.contains("refused") }
+        #expect(screen.contains("refused: QEMU") && screen.contains("no QMP command for private/shared conversion"), "\(screen)")
+
+        // QEMU dies: the inspector says so and keeps running; a new QEMU on the same path is picked up.
+        checker.close()
+        qemu.kill()
+        screen = try t.waitFor(10) { $0.contains("disconnected") }
+        #expect(screen.contains("disconnected"), "\(screen)")
+        #expect(!screen.contains("VMSCOPE-EXIT"), "the inspector is still running")
+        let again = try startQEMU(config.arguments, directory: qemu.directory)
+        defer { again.stop() }
+        screen = try t.waitFor(15) { $0.contains("status running") && !$0.contains("disconnected") && $0.contains("pc.ram") }
+        #expect(screen.contains("connected (QEMU") && screen.contains("status running"), "\(screen)")
+
+        try t.keys("q")
+        #expect(try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
+    }
+
+    @Test func pollingCostsQEMULessThanOnePercentOfACore() throws {
+        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        // A paused QEMU (-S) costs next to nothing by itself, so what it spends is what the inspector asks of it.
+        let qemu = try startQEMU(qemuConfigurations[1].arguments + ["-S"], monitors: 1)
+        defer { qemu.stop() }
+        func cpu(over seconds: Double) -> Double {
+            let c0 = cpuSeconds(pid: qemu.process.pid) ?? 0, t0 = monotonicNs()
+            Thread.sleep(forTimeInterval: seconds)
+            let c1 = cpuSeconds(pid: qemu.process.pid) ?? 0
+            return (c1 - c0) / (Double(monotonicNs() - t0) / 1e9) * 100
+        }
+        Thread.sleep(forTimeInterval: 1)   // past QEMU's own start-up
+        let alone = cpu(over: 3)
+        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); sleep 60", width: 200, height: 50)
+        _ = try t.waitFor(15) { $0.contains("status prelaunch") && $0.contains("rip 0x") }
+        let attached = cpu(over: 6)
+        print("QEMU CPU: \(String(format: "%.2f", alone))% alone, \(String(format: "%.2f", attached))% with vmscope attached (3 vCPUs, polled every second)")
+        #expect(attached - alone < 1.0, "QEMU spent \(attached)% of a core with the inspector attached, \(alone)% without")
+        try t.keys("q")
+    }
+}
