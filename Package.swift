@@ -34,7 +34,7 @@ let package = Package(
             .product(name: "Algorithms", package: "swift-algorithms"),
         ]),
         // The control protocol's wire format (QMP framing, JSON) and the client every front end uses.
-        .target(name: "ControlProtocol"),
+        .target(name: "ControlProtocol", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),
         // The inspector without a terminal: model, UI state, key table, headless renderer.
         .target(name: "Inspector", dependencies: [
             "ControlProtocol", .product(name: "Algorithms", package: "swift-algorithms"),

@@ -119,11 +119,14 @@ public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, deviceP
     let rate = Double(vm.vmm.faults.total - total0) / (Double(nowNs() - t0) / 1e9)
     flag.raised.store(true, ordering: .relaxed)
     let screen = pane.screen
+    // The status bar's "dropped N": records the server could not deliver to this inspector, announced to it.
+    let dropped = screen.range(of: "dropped ").map { r in UInt64(screen[r.upperBound...].prefix { $0.isNumber }) ?? 0 }
+    let total = vm.vmm.faults.total - total0
     return [
         idleResult,
         BenchResult(name: "stream-cpu-pct", value: streamCPU, unit: "%", target: .atMost(50), baseline: idleResult,
                     note: String(format: "the same inspector under %.0f fault records/s for %.0f s (synthetic records in the VMM's ring, real control server); %@", rate, streamSeconds,
-                                 screen.contains("dropped 0") ? "none dropped" : "the server reported drops")),
+                                 dropped.map { "\($0) of \(total) records announced as dropped" } ?? "dropped count not on screen")),
         BenchResult(name: "stream-rss-growth-mib", value: (Double(rssEnd) - Double(rssWarm)) / Double(1 << 20), unit: "MiB",
                     target: .atMost(8),
                     note: String(format: "inspector RSS %.1f MiB after %.0f s of the stream, %.1f MiB at its end (flat: bounded fault list and marks)",

@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 
 /// Why a control-socket call failed.
@@ -55,8 +56,8 @@ public final class ControlClient: @unchecked Sendable {
     private var framer: Framer
     private let lock = NSCondition()
     private var replies: [String: JSON] = [:]
-    private var events: [ControlEvent] = []
-    private var eventsHead = 0
+    /// Events not yet taken; a taken one is released at once (a fault batch can hold thousands of records).
+    private var events = Deque<ControlEvent>()
     private var dropped: UInt64 = 0
     private var closedReason: String?
     private var nextID = 1
@@ -174,15 +175,11 @@ public final class ControlClient: @unchecked Sendable {
 
     /// Caller holds `lock`.
     private func enqueue(_ e: ControlEvent) {
-        if events.count - eventsHead >= eventCapacity {
-            eventsHead += 1
+        if events.count >= eventCapacity {
+            events.removeFirst()
             dropped += 1
         }
         events.append(e)
-        if eventsHead > 4096 && eventsHead * 2 > events.count {
-            events.removeFirst(eventsHead)
-            eventsHead = 0
-        }
     }
 
     /// Sends a command and waits for its reply; a refusal throws `.command` with the class and text.
@@ -226,26 +223,24 @@ public final class ControlClient: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(Double(max(timeoutMs, 0)) / 1000)
         lock.lock()
         defer { lock.unlock() }
-        while eventsHead == events.count {
+        while events.isEmpty {
             if closedReason != nil { return nil }
-            if !lock.wait(until: deadline) && eventsHead == events.count { return nil }
+            if !lock.wait(until: deadline) && events.isEmpty { return nil }
         }
-        let e = events[eventsHead]
-        eventsHead += 1
-        return e
+        return events.removeFirst()
     }
 
     /// Every event received so far, in order.
     public func drainEvents() -> [JSON] {
         lock.lock()
         defer { lock.unlock() }
-        let out = events[eventsHead...].map { e -> JSON in
+        let out = events.map { e -> JSON in
             switch e {
             case .json(let j): j
             case .faults(let b): b.eventJSON
             }
         }
-        eventsHead = events.count
+        events.removeAll()
         return out
     }
 
