@@ -3,47 +3,6 @@ import ProcessSupport
 import Synchronization
 import VMM
 
-/// A program in a detached tmux pane of its own server (`-L`), as a person would run it.
-final class TmuxPane {
-    static let tmux = ["/usr/bin/tmux", "/usr/local/bin/tmux"].first { FileManager.default.isExecutableFile(atPath: $0) }
-    let server = "vmscope-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-
-    /// Starts `command` (run with `exec`, so the pane's process is the program itself) on a width×height pane.
-    init?(_ command: String, width: Int = 200, height: Int = 60) {
-        guard let tmux = Self.tmux else { return nil }
-        guard Self.spawnAndWait([tmux, "-L", server, "new-session", "-d", "-x", "\(width)", "-y", "\(height)", "exec \(command)"]) == 0
-        else { return nil }
-    }
-
-    /// Runs `argv` to completion (clean signal mask: see `ChildProcess`); its stdout goes to `output`.
-    static func spawnAndWait(_ argv: [String], output: String = "/dev/null") -> Int32 {
-        (try? ChildProcess.run(argv, redirects: .init(stdout: output))) ?? -1
-    }
-
-    /// The pane's process id.
-    var pid: Int32? {
-        let out = NSTemporaryDirectory() + "\(server).pid"
-        defer { unlink(out) }
-        guard spawn(["list-panes", "-F", "#{pane_pid}"], output: out) == 0,
-              let text = try? String(contentsOfFile: out, encoding: .utf8) else { return nil }
-        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-    }
-
-    var screen: String {
-        let out = NSTemporaryDirectory() + "\(server).screen"
-        defer { unlink(out) }
-        _ = spawn(["capture-pane", "-p"], output: out)
-        return (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
-    }
-
-    @discardableResult
-    func spawn(_ args: [String], output: String = "/dev/null") -> Int32 {
-        Self.spawnAndWait([Self.tmux!, "-L", server] + args, output: output)
-    }
-
-    func kill() { spawn(["kill-server"]) }
-}
-
 /// The real `vmscope attach` in a 200×60 tmux pane: its CPU use attached to an idle VM, then under a stream of
 /// 100,000 fault records a second (synthetic records appended to the VMM's fault ring by a feeder thread, sent
 /// by the real control server), with its RSS sampled through the stream.
@@ -58,17 +17,18 @@ public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, deviceP
     let vm = try liveVM(devicePath: devicePath) { c in c.faultRingCapacity = 1 << 17 }
     defer { vm.stop() }
     _ = try vm.vmm.vcpuControl(index: nil, action: .pause)
-    guard let pane = TmuxPane("env LANG=C.UTF-8 TERM=xterm-256color \(vmscope) attach \(vm.path)") else {
+    // `exec`, so the pane's process is the inspector itself.
+    guard let pane = try? TmuxPane("exec env LANG=C.UTF-8 TERM=xterm-256color \(vmscope) attach \(vm.path)", width: 200, height: 60) else {
         return [BenchResult(name: "idle-cpu-pct", value: .nan, unit: "%", note: "skipped: tmux did not start")]
     }
     defer { pane.kill() }
     var pid: Int32?
     let deadline = nowNs() + 10_000_000_000
     while nowNs() < deadline {
-        if pane.screen.contains("2 Faults"), let p = pane.pid { pid = p; break }
+        if pane.capture().contains("2 Faults"), let p = pane.pid { pid = p; break }
         usleep(100_000)
     }
-    guard let pid else { throw BenchError("the inspector did not start in tmux:\n\(pane.screen)") }
+    guard let pid else { throw BenchError("the inspector did not start in tmux:\n\(pane.capture())") }
 
     /// Share of one core over `seconds`, sampled in windows of `window` s (median of the windows).
     func cpuPercent(seconds: Double, window: Double = 1) -> Double {
@@ -118,7 +78,7 @@ public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, deviceP
     let rssEnd = residentBytes(pid: pid) ?? 0
     let rate = Double(vm.vmm.faults.total - total0) / (Double(nowNs() - t0) / 1e9)
     flag.raised.store(true, ordering: .relaxed)
-    let screen = pane.screen
+    let screen = pane.capture()
     // The status bar's "dropped N": records the server could not deliver to this inspector, announced to it.
     let dropped = screen.range(of: "dropped ").map { r in UInt64(screen[r.upperBound...].prefix { $0.isNumber }) ?? 0 }
     let total = vm.vmm.faults.total - total0

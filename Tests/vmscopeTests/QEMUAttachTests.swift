@@ -130,55 +130,55 @@ struct QEMUModelTests {
 @Suite(.serialized, .enabled(if: qemuAvailable, "qemu-system-x86_64 is not installed (.ci/run installs qemu-system-x86)"))
 struct QEMUTUITests {
     @Test func attachPausesResumesSurvivesAKilledQEMUAndReattaches() throws {
-        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
         let config = qemuConfigurations[0]
         let qemu = try startQEMU(config.arguments)
         defer { qemu.stop() }
         let checker = try ControlClient(path: qemu.qmpSockets[1])
-        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo VMSCOPE-EXIT=$?; sleep 60", width: 200, height: 50)
-        var screen = try t.waitFor(15) { $0.contains("status running") && $0.contains("pc.ram") && $0.contains("rip 0x") }
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo VMSCOPE-EXIT=$?; sleep 60", width: 200, height: 50)
+        var screen = t.waitFor(15) { $0.contains("status running") && $0.contains("pc.ram") && $0.contains("rip 0x") }
         #expect(screen.contains("QEMU 7.") || screen.contains("QEMU "), "\(screen)")
         #expect(screen.contains("no guest_memfd") && screen.contains("private/shared map unavailable"), "\(screen)")
         #expect(screen.contains("fault") && screen.contains("unavailable"), "\(screen)")
 
         // P on the vCPU view stops the VM; QEMU's own query-status agrees.
-        try t.keys("4", "P")
-        screen = try t.waitFor(5) { $0.contains("status paused") }
+        t.keys("4", "P")
+        screen = t.waitFor(5) { $0.contains("status paused") }
         #expect(screen.contains("stop the VM") && screen.contains("done"), "\(screen)")
         #expect(try checker.execute("query-status")["status"]?.stringValue == "paused")
         // Paused, the registers shown for vCPU 0 are those info registers prints.
         let eip = try #require(try Independent.register("EIP", try hmp(checker, "info registers -a"))[0])
-        screen = try t.waitFor(3) { $0.contains(String(format: "rip 0x%08x", eip)) }
+        screen = t.waitFor(3) { $0.contains(String(format: "rip 0x%08x", eip)) }
         #expect(screen.contains(String(format: "rip 0x%08x", eip)), "EIP \(String(eip, radix: 16)) in:\n\(screen)")
-        try t.keys("P")
-        screen = try t.waitFor(5) { $0.contains("status running") }
+        t.keys("P")
+        screen = t.waitFor(5) { $0.contains("status running") }
         #expect(try checker.execute("query-status")["status"]?.stringValue == "running")
 
         // NMI through QEMU's inject-nmi; a conversion is refused with QEMU's reason and changes nothing.
-        try t.keys("i", "n")
-        screen = try t.waitFor(3) { $0.contains("inject an NMI") }
+        t.keys("i", "n")
+        screen = t.waitFor(3) { $0.contains("inject an NMI") }
         #expect(screen.contains("inject an NMI (QEMU's inject-nmi: every vCPU): done"), "\(screen)")
-        try t.keys("1", "s", "y")
-        screen = try t.waitFor(3) { $0.contains("refused") }
+        t.keys("1", "s", "y")
+        screen = t.waitFor(3) { $0.contains("refused") }
         #expect(screen.contains("refused: QEMU") && screen.contains("no QMP command for private/shared conversion"), "\(screen)")
 
         // QEMU dies: the inspector says so and keeps running; a new QEMU on the same path is picked up.
         checker.close()
         qemu.kill()
-        screen = try t.waitFor(10) { $0.contains("disconnected") }
+        screen = t.waitFor(10) { $0.contains("disconnected") }
         #expect(screen.contains("disconnected"), "\(screen)")
         #expect(!screen.contains("VMSCOPE-EXIT"), "the inspector is still running")
         let again = try startQEMU(config.arguments, directory: qemu.directory)
         defer { again.stop() }
-        screen = try t.waitFor(15) { $0.contains("status running") && !$0.contains("disconnected") && $0.contains("pc.ram") }
+        screen = t.waitFor(15) { $0.contains("status running") && !$0.contains("disconnected") && $0.contains("pc.ram") }
         #expect(screen.contains("connected (QEMU") && screen.contains("status running"), "\(screen)")
 
-        try t.keys("q")
-        #expect(try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
+        t.keys("q")
+        #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
     }
 
     @Test func pollingCostsQEMULessThanOnePercentOfACore() throws {
-        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
         // A paused QEMU (-S) costs next to nothing by itself, so what it spends is what the inspector asks of it.
         let qemu = try startQEMU(qemuConfigurations[1].arguments + ["-S"], monitors: 1)
         defer { qemu.stop() }
@@ -190,11 +190,11 @@ struct QEMUTUITests {
         }
         Thread.sleep(forTimeInterval: 1)   // past QEMU's own start-up
         let alone = cpu(over: 3)
-        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); sleep 60", width: 200, height: 50)
-        _ = try t.waitFor(15) { $0.contains("status prelaunch") && $0.contains("rip 0x") }
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); sleep 60", width: 200, height: 50)
+        _ = t.waitFor(15) { $0.contains("status prelaunch") && $0.contains("rip 0x") }
         let attached = cpu(over: 6)
         print("QEMU CPU: \(String(format: "%.2f", alone))% alone, \(String(format: "%.2f", attached))% with vmscope attached (3 vCPUs, polled every second)")
         #expect(attached - alone < 1.0, "QEMU spent \(attached)% of a core with the inspector attached, \(alone)% without")
-        try t.keys("q")
+        t.keys("q")
     }
 }

@@ -2,49 +2,6 @@ import Foundation
 import ProcessSupport
 import Testing
 
-/// The real `vmscope demo` driven inside tmux, as a person would drive it.
-final class TmuxSession {
-    let name = "vmscope-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    static let tmux = ["/usr/bin/tmux", "/usr/local/bin/tmux"].first { FileManager.default.isExecutableFile(atPath: $0) }
-
-    init(_ command: String, width: Int = 160, height: Int = 48) throws {
-        // posix_spawn, not Process: the tmux server this starts must not inherit the runner's pipes (they would
-        // never close) nor its blocked signals (the program in it must hear Ctrl-C as from a shell).
-        let status = Self.spawnAndWait([Self.tmux!, "-L", name, "new-session", "-d", "-s", name, "-x", "\(width)", "-y", "\(height)", command])
-        try #require(status == 0, "tmux new-session exited with \(status)")
-    }
-
-    static func spawnAndWait(_ argv: [String]) -> Int32 {
-        (try? ChildProcess.run(argv)) ?? -1
-    }
-
-    func keys(_ keys: String...) throws {
-        _ = try runProcess(Self.tmux!, ["-L", name, "send-keys", "-t", name] + keys)
-    }
-
-    func resize(width: Int, height: Int) throws {
-        _ = try runProcess(Self.tmux!, ["-L", name, "resize-window", "-t", name, "-x", "\(width)", "-y", "\(height)"])
-    }
-
-    func capture() throws -> String {
-        try runProcess(Self.tmux!, ["-L", name, "capture-pane", "-p", "-t", name]).stdout
-    }
-
-    /// Polls the pane until `condition` holds (or `seconds` pass); returns the last capture.
-    func waitFor(_ seconds: Double = 10, _ condition: (String) -> Bool) throws -> String {
-        let deadline = Date().addingTimeInterval(seconds)
-        var screen = try capture()
-        while !condition(screen) && Date() < deadline {
-            usleep(100_000)
-            screen = try capture()
-        }
-        return screen
-    }
-
-    // Each session has its own tmux server (-L), so tests never share one that is shutting down.
-    deinit { _ = try? runProcess(Self.tmux!, ["-L", name, "kill-server"]) }
-}
-
 /// The number after `label ` in the status bar or a pane, e.g. "faults 123".
 func number(after label: String, in screen: String) -> Int? {
     guard let r = screen.range(of: label + " ") else { return nil }
@@ -54,10 +11,10 @@ func number(after label: String, in screen: String) -> Int? {
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct TUITests {
     @Test func demoShowsLiveViewsConvertsInjectsAndQuits() throws {
-        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60")
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60")
         // All four views with live data.
-        var screen = try t.waitFor(20) { s in
+        var screen = t.waitFor(20) { s in
             s.contains("GUEST_MEMFD") && s.contains("running") && s.contains("vmm/MMIO") && s.contains("rip 0x")
         }
         for title in ["1 GFN map", "2 Faults", "3 Memslots", "4 vCPUs", "engine vmm", "policy convert"] {
@@ -67,15 +24,15 @@ struct TUITests {
 
         // Select 1 MiB of vCPU 0's working set, convert it to shared, confirm.
         let mapBefore = screen.split(separator: "\n").prefix(20).map { String($0.prefix(80)) }
-        try t.keys(":", "goto 0x100000", "Enter")
-        try t.keys("v", "l", "l", "l", "v")
-        screen = try t.waitFor(3) { $0.contains("selected") }
-        try t.keys("s")
-        screen = try t.waitFor(3) { $0.contains("to shared? y/N") }
+        t.keys(":", "goto 0x100000", "Enter")
+        t.keys("v", "l", "l", "l", "v")
+        screen = t.waitFor(3) { $0.contains("selected") }
+        t.keys("s")
+        screen = t.waitFor(3) { $0.contains("to shared? y/N") }
         #expect(screen.contains("Convert 1M at 0x100000 to shared? y/N"), "\(screen)")
         let faultsBefore = number(after: "faults", in: screen) ?? 0
-        try t.keys("y")
-        screen = try t.waitFor(2) { s in
+        t.keys("y")
+        screen = t.waitFor(2) { s in
             s.contains("to shared: done") && (number(after: "faults", in: s) ?? 0) >= faultsBefore + 50
         }
         #expect(screen.contains("convert 1M at 0x100000 to shared: done"), "\(screen)")
@@ -85,40 +42,40 @@ struct TUITests {
 
         // Discard vCPU 0's working set under the selection: the guest reports (more) integrity errors. (The
         // conversion above discarded the private copy too, so the count may already be above zero.)
-        screen = try t.waitFor(3) { number(after: "integrity-errors", in: $0) != nil }
+        screen = t.waitFor(3) { number(after: "integrity-errors", in: $0) != nil }
         Thread.sleep(forTimeInterval: 1)
-        let errorsBefore = number(after: "integrity-errors", in: try t.capture()) ?? 0
-        try t.keys("i")
-        screen = try t.waitFor(3) { $0.contains("Inject a fault") }
-        try t.keys("d")
-        screen = try t.waitFor(5) { s in
+        let errorsBefore = number(after: "integrity-errors", in: t.capture()) ?? 0
+        t.keys("i")
+        screen = t.waitFor(3) { $0.contains("Inject a fault") }
+        t.keys("d")
+        screen = t.waitFor(5) { s in
             s.contains("inject discard into 1M at 0x100000: done") && (number(after: "integrity-errors", in: s) ?? 0) > errorsBefore
         }
         #expect(screen.contains("inject discard into 1M at 0x100000: done"), "\(screen)")
         #expect((number(after: "integrity-errors", in: screen) ?? 0) > errorsBefore, "\(screen)")
 
         // Help, then quit with status 0 and the shell back.
-        try t.keys("?")
-        screen = try t.waitFor(3) { $0.contains("Keys (any key closes)") }
+        t.keys("?")
+        screen = t.waitFor(3) { $0.contains("Keys (any key closes)") }
         #expect(screen.contains("convert the selection to shared"))
-        try t.keys("Escape")
-        try t.keys("q")
-        screen = try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }
+        t.keys("Escape")
+        t.keys("q")
+        screen = t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }
         #expect(screen.contains("VMSCOPE-EXIT=0"), "\(screen)")
         #expect(!screen.contains("1 GFN map"), "the terminal was restored")
     }
 
     @Test func ctrlCAndABadThemeAreHandled() throws {
-        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
         let theme = NSTemporaryDirectory() + "vmscope-bad-theme-\(getpid()).json"
         try "{\n  \"name\": \"bad\",\n  \"roles\": {\n    \"normal\": {\"fg\": \"mauve\"}\n  }\n}\n".write(toFile: theme, atomically: true, encoding: .utf8)
         defer { unlink(theme) }
-        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo --theme \(theme); echo VMSCOPE-EXIT=$?; ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l | sed 's/^/DEMO-DIRS=/'; sleep 60")
-        let screen = try t.waitFor(15) { $0.contains("2 Faults") && $0.contains("using theme default") }
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo --theme \(theme); echo VMSCOPE-EXIT=$?; ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l | sed 's/^/DEMO-DIRS=/'; sleep 60")
+        let screen = t.waitFor(15) { $0.contains("2 Faults") && $0.contains("using theme default") }
         #expect(screen.contains("\(theme):4:") && screen.contains("using theme default"), "\(screen)")
         let dirsBefore = try runProcess("/bin/sh", ["-c", "ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l"]).stdout
-        try t.keys("C-c")
-        let after = try t.waitFor(10) { $0.contains("DEMO-DIRS=") }
+        t.keys("C-c")
+        let after = t.waitFor(10) { $0.contains("DEMO-DIRS=") }
         #expect(after.contains("VMSCOPE-EXIT=130"), "\(after)")
         #expect(!after.contains("1 GFN map"), "the terminal was restored")
         let dirsAfter = Int(after.components(separatedBy: "DEMO-DIRS=").last?.prefix { $0.isNumber } ?? "") ?? -1
@@ -127,19 +84,19 @@ struct TUITests {
     }
 
     @Test func resizingRedrawsAndTooSmallSaysSo() throws {
-        try #require(TmuxSession.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxSession("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 120, height: 36)
-        var screen = try t.waitFor(15) { $0.contains("4 vCPUs") && $0.contains("running") }
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 120, height: 36)
+        var screen = t.waitFor(15) { $0.contains("4 vCPUs") && $0.contains("running") }
         #expect(screen.contains("4 vCPUs"), "\(screen)")
-        try t.resize(width: 50, height: 12)
-        screen = try t.waitFor(5) { $0.contains("window too small") }
+        t.resize(width: 50, height: 12)
+        screen = t.waitFor(5) { $0.contains("window too small") }
         #expect(screen.contains("window too small") && screen.contains("50×12"), "\(screen)")
-        try t.resize(width: 160, height: 48)
-        screen = try t.waitFor(5) { $0.contains("4 vCPUs") }
+        t.resize(width: 160, height: 48)
+        screen = t.waitFor(5) { $0.contains("4 vCPUs") }
         #expect(screen.contains("4 vCPUs") && !screen.contains("window too small"), "\(screen)")
         #expect(screen.split(separator: "\n").first?.contains("policy convert") == true, "the status bar is redrawn at the top")
-        try t.keys("q")
-        #expect(try t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
+        t.keys("q")
+        #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
     }
 }
 
