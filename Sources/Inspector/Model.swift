@@ -197,8 +197,8 @@ public struct InspectorModel: Sendable {
     /// Set when an event says memslots or attributes changed; the controller re-queries and clears it.
     public var memslotsStale = true
     public var attributesStale = true
-    /// Whether the peer is QEMU (no vmscope commands).
-    public var peerIsQEMU = false
+    /// Whether the peer is a stock QEMU (no vmscope commands): known once its version is.
+    public var peerIsQEMU: Bool { vm.qemuVersion != nil }
     /// Views the peer has no source for, with the reason the pane shows instead of an empty one.
     public var unavailable: [Pane: String] = [:]
     /// VM-wide KVM statistics where the peer reports them (QEMU's `query-stats` target `vm`).

@@ -25,8 +25,6 @@ public struct QEMUSource: Sendable {
     private var lastVCPURefresh: UInt64 = 0
     /// `query-cpus-fast` as last read.
     private var cpuList: [JSON] = []
-    /// Whether the VM ran at the last vCPU refresh.
-    private var wasRunning = false
 
     /// From the greeting's `QMP.version.qemu`.
     public init(greeting: JSON) {
@@ -97,12 +95,17 @@ public struct QEMUSource: Sendable {
         let stateChanged = runState != model.vm.runState
         model.vm.runState = runState
         // Registers and counters move only while the VM runs (and at the moment it stops).
-        if slow || running || stateChanged || wasRunning != running {
+        if slow || running || stateChanged {
             let interval = lastVCPURefresh == 0 ? 1 : nowNs &- lastVCPURefresh
             lastVCPURefresh = nowNs
             try refreshVCPUs(execute, model: &model, runState: runState, running: running, intervalNs: interval)
         }
         return true
+    }
+
+    /// What an HMP command printed, through `human-monitor-command`.
+    static func hmp(_ execute: Execute, _ commandLine: String) throws -> String {
+        try execute("human-monitor-command", .object([("command-line", .string(commandLine))])).stringValue ?? ""
     }
 
     static func statsArguments(_ target: String) -> JSON {
@@ -117,7 +120,7 @@ public struct QEMUSource: Sendable {
 
     /// The first `size` bytes at `gpa`, read with HMP `xp` (QEMU's own physical-memory dump; reads only).
     public func readMemory(_ execute: Execute, gpa: UInt64, size: Int = 256) throws -> [UInt8] {
-        let text = try execute("human-monitor-command", .object([("command-line", .string("xp /\(size)xb 0x\(String(gpa, radix: 16))"))])).stringValue ?? ""
+        let text = try Self.hmp(execute, "xp /\(size)xb 0x\(String(gpa, radix: 16))")
         let dump = QEMUText.memoryDump(text)
         if dump.bytes.isEmpty { throw ControlClientError.command(errorClass: "GenericError", desc: "xp 0x\(String(gpa, radix: 16)): \(dump.error ?? "no output")") }
         return dump.bytes
@@ -136,7 +139,7 @@ public struct QEMUSource: Sendable {
     }
 
     mutating func refreshMemory(_ execute: Execute, model: inout InspectorModel) throws {
-        let tree = try execute("human-monitor-command", .object([("command-line", .string("info mtree -f"))])).stringValue ?? ""
+        let tree = try Self.hmp(execute, "info mtree -f")
         let ranges = QEMUText.flatView(tree).filter(\.kvm)
         model.memslots = ranges.enumerated().map { MemslotRow(qemu: $1, ordinal: $0, guestMemfd: guestMemfdGuest != nil) }
         let summary = try execute("query-memory-size-summary", nil)
@@ -145,9 +148,7 @@ public struct QEMUSource: Sendable {
     }
 
     mutating func refreshVCPUs(_ execute: Execute, model: inout InspectorModel, runState: String, running: Bool, intervalNs: UInt64) throws {
-        wasRunning = running
-        let text = try execute("human-monitor-command", .object([("command-line", .string("info registers -a"))])).stringValue ?? ""
-        let regs = QEMUText.registers(text)
+        let regs = QEMUText.registers(try Self.hmp(execute, "info registers -a"))
         var stats: [String: [(String, UInt64)]] = [:]
         if let s = try? execute("query-stats", Self.statsArguments("vcpu")) { stats = QEMUStats.byPath(s) }
         var rows: [VCPURow] = []

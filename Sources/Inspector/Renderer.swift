@@ -301,7 +301,7 @@ public struct Renderer {
             let selected = ui.focus == .memslots && first + i == cursor
             s.put(line, x: r.x, y: r.y + 1 + i, role: selected ? .cursor : (ms.view == "shared" ? .sharedPage : .normal), limit: r.width)
         }
-        if rows.isEmpty { s.put(m.peerIsQEMU ? "QEMU does not report memslots over QMP" : "no memslots", x: r.x, y: r.y + 1, role: .dim, limit: r.width) }
+        if rows.isEmpty { s.put(m.peerIsQEMU ? "no KVM-mapped ranges in info mtree -f (yet)" : "no memslots", x: r.x, y: r.y + 1, role: .dim, limit: r.width) }
     }
 
     // MARK: vCPUs

@@ -41,19 +41,18 @@ final class InspectorSession {
         reconnectDelayMs = 100
         model.memslotsStale = true
         model.attributesStale = true
-        // Perhaps another VM, or the same one restarted: no rates against the old counters.
+        // Perhaps another VM, or the same one restarted: no facts or rates carried over from the old one.
+        model.vm = VMInfo()
         model.vcpus = []
         model.previousVCPUs = []
         switch c.peer {
         case .vmscope(_, let package):
             model.connection = .connected(package)
-            model.peerIsQEMU = false
             model.unavailable = [:]
             qemu = nil
             refreshVM()
         case .qemu(let version, _):
             model.connection = .connected("QEMU \(version)")
-            model.peerIsQEMU = true
             var source = QEMUSource(greeting: c.greeting)
             do { try source.start(execute(c), model: &model, nowNs: Self.now()) } catch { failed(error) }
             qemu = source
