@@ -76,12 +76,12 @@ public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, deviceP
     let rssWarm = residentBytes(pid: pid) ?? 0
     let streamCPU = cpuPercent(seconds: streamSeconds - warm)
     let rssEnd = residentBytes(pid: pid) ?? 0
-    let rate = Double(vm.vmm.faults.total - total0) / (Double(nowNs() - t0) / 1e9)
+    let total = vm.vmm.faults.total - total0
+    let rate = Double(total) / (Double(nowNs() - t0) / 1e9)
     flag.raised.store(true, ordering: .relaxed)
     let screen = pane.capture()
     // The status bar's "dropped N": records the server could not deliver to this inspector, announced to it.
     let dropped = screen.range(of: "dropped ").map { r in UInt64(screen[r.upperBound...].prefix { $0.isNumber }) ?? 0 }
-    let total = vm.vmm.faults.total - total0
     return [
         idleResult,
         BenchResult(name: "stream-cpu-pct", value: streamCPU, unit: "%", target: .atMost(50), baseline: idleResult,
