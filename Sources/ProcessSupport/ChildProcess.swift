@@ -26,7 +26,7 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     /// Starts `argv[0]` (an absolute path) with `argv`; throws with the errno text when it cannot start.
-    public init(_ argv: [String], redirects: Redirects = Redirects(), environment: [String: String]? = nil) throws {
+    public init(_ argv: [String], redirects: Redirects = Redirects()) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
         var attr = posix_spawnattr_t()
@@ -48,12 +48,8 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 2, redirects.stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         let cargs = argv.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) } }
-        let envStrings = environment.map { $0.map { "\($0.key)=\($0.value)" } }
-        let cenv = envStrings.map { $0.map { strdup($0) } + [nil] }
-        defer { for e in cenv ?? [] { free(e) } }
         var child: pid_t = 0
-        let rc = cenv.map { env in posix_spawn(&child, argv[0], &actions, &attr, cargs, env) }
-            ?? posix_spawn(&child, argv[0], &actions, &attr, cargs, environ)
+        let rc = posix_spawn(&child, argv[0], &actions, &attr, cargs, environ)
         guard rc == 0 else { throw SpawnError(path: argv[0], errno: rc) }
         pid = child
     }
