@@ -215,7 +215,12 @@ struct ServerTests {
         }
         let lagging = try #require(stuck)
         #expect(faultsDuring >= 4000, "the guest faulted \(faultsDuring) times while the client did not read (the ring holds 256)")
-        #expect(Double(withStuck) >= Double(without) * 0.9,
+        // A vCPU that waited on this client would stop: the guest would stall once ~1,356 records were queued and
+        // its heartbeats in these windows would be a fraction of the other VM's. What remains is the server's work
+        // for the extra client, which shares this machine's two cores with both guests: up to ~12% under the full
+        // suite's load (CI measured 2743 against 3116 once). That cost is a performance figure for the
+        // benchmarks; here the bound separates "slower" from "blocked".
+        #expect(Double(withStuck) >= Double(without) * 0.6,
                 "heartbeats: \(without) beside a reading client only, \(withStuck) with one that never reads")
 
         // Now read everything: every gap in seq is announced as `dropped` in the batch that follows it.
