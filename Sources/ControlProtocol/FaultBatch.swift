@@ -206,13 +206,25 @@ struct FaultDecoder {
         return true
     }
 
-    /// Whether the bytes at `k` are `pattern` (no bytes read).
+    /// Whether the bytes at `k` are `pattern` (no bytes read). Patterns of 4 to 16 bytes (every member name and
+    /// word the VMM writes) are compared as two overlapping words, not byte by byte.
     @inline(__always) private func matches(_ pattern: StaticString, at k: Int) -> Bool {
         let n = pattern.utf8CodeUnitCount
         guard k + n <= b.count else { return false }
-        let s = pattern.utf8Start
-        for j in 0..<n where s[j] != b[k + j] { return false }
-        return true
+        let s = UnsafeRawPointer(pattern.utf8Start), t = UnsafeRawPointer(b.baseAddress! + k)
+        switch n {
+        case 8...16:
+            return s.loadUnaligned(as: UInt64.self) == t.loadUnaligned(as: UInt64.self)
+                && s.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self) == t.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self)
+        case 4..<8:
+            return s.loadUnaligned(as: UInt32.self) == t.loadUnaligned(as: UInt32.self)
+                && s.loadUnaligned(fromByteOffset: n - 4, as: UInt32.self) == t.loadUnaligned(fromByteOffset: n - 4, as: UInt32.self)
+        default:
+            for j in 0..<n where s.load(fromByteOffset: j, as: UInt8.self) != t.load(fromByteOffset: j, as: UInt8.self) {
+                return false
+            }
+            return true
+        }
     }
 
     /// The bytes of a member name without escapes, and the colon after it (names with escapes send the message to
@@ -314,6 +326,9 @@ struct FaultDecoder {
 
     private mutating func records(into out: inout [FaultRow]) -> Bool {
         p.i += 1
+        // The VMM's records are ~200 bytes each; reserving for what the rest of the line can hold saves the
+        // array's regrowth (bounded, so a long line of something else reserves little).
+        out.reserveCapacity(min((b.count - p.i) / 192, 4096))
         if byte(UInt8(ascii: "]")) { return true }
         while true {
             skipWhitespace()
@@ -492,7 +507,7 @@ struct FaultDecoder {
             guard let end = endOfObject() else { return false }
             if end { break }
         }
-        if have & FaultRow.required == FaultRow.required { out.append(r) }
+        if have & FaultRow.required == FaultRow.required { out.append(consume r) }
         return true
     }
 }

@@ -288,10 +288,20 @@ public struct InspectorModel: Sendable {
     }
 
     /// A `MEMORY_FAULT` event decoded by `FaultBatch.decodeEvent` (the same as `apply(event:)` with its JSON).
+    /// A whole batch at once: the same state as appending its records one by one, with the buffer trimmed and
+    /// filled in bulk (a batch holds up to a thousand records).
     public mutating func apply(faults batch: FaultBatch, nowNs: UInt64) {
         countEvent(nowNs: nowNs)
         faultsDropped += batch.dropped
-        for f in batch.records { append(fault: f, nowNs: nowNs) }
+        let records = batch.records
+        guard !records.isEmpty else { return }
+        let keep = min(records.count, faultCapacity)
+        let overflow = faults.count + keep - faultCapacity
+        if overflow > 0 { faults.removeFirst(overflow) }
+        faults.append(contentsOf: records[(records.count - keep)...])
+        faultsReceived += UInt64(records.count)
+        for f in records { recentFaults.append(gfn: f.gfn, at: nowNs) }
+        countFaults(records.count, nowNs: nowNs)
     }
 
     public mutating func apply(event e: JSON, nowNs: UInt64) {
@@ -330,6 +340,10 @@ public struct InspectorModel: Sendable {
         faults.append(f)
         faultsReceived += 1
         recentFaults.append(gfn: f.gfn, at: nowNs)
+        countFaults(1, nowNs: nowNs)
+    }
+
+    private mutating func countFaults(_ n: Int, nowNs: UInt64) {
         let second = nowNs / 1_000_000_000
         if second != faultRateSecond {
             let shift = Int(min(second &- faultRateSecond, 60))
@@ -337,7 +351,7 @@ public struct InspectorModel: Sendable {
             faultRate.append(contentsOf: Array(repeating: 0, count: shift))
             faultRateSecond = second
         }
-        faultRate[faultRate.count - 1] += 1
+        faultRate[faultRate.count - 1] += n
     }
 
     /// The faults as the view keeps them (at most `faultCapacity`, newest last).

@@ -151,6 +151,27 @@ struct ModelTests {
         #expect(m.faultsReceived == 50_000)
     }
 
+    @Test func aBatchLeavesTheModelAsItsRecordsOneByOneWould() {
+        // Batches smaller than, straddling and larger than the buffer, across a second boundary.
+        var batched = InspectorModel(faultCapacity: 700), single = InspectorModel(faultCapacity: 700)
+        var seq: UInt64 = 0
+        for (n, ns) in [(300, 1_000), (0, 1_200), (500, 1_000_000_500), (1_500, 1_000_000_900), (7, 4_000_000_000)]
+            as [(Int, UInt64)] {
+            let records = (0..<n).map { _ -> FaultRow in
+                seq += 1
+                return FaultRow(seq: seq, vcpu: Int(seq % 3), gpa: seq * 4096, flags: 8, access: "write")
+            }
+            batched.apply(faults: FaultBatch(records: records, dropped: 2), nowNs: ns)
+            single.faultsDropped += 2
+            for r in records { single.append(fault: r, nowNs: ns) }
+        }
+        #expect(batched.visibleFaults.map(\.seq) == single.visibleFaults.map(\.seq))
+        #expect(batched.visibleFaults.count == 700 && batched.visibleFaults.last?.seq == seq)
+        #expect(batched.faultsReceived == single.faultsReceived && batched.faultsDropped == single.faultsDropped)
+        #expect(batched.faultRate == single.faultRate && batched.faultRate.reduce(0, +) == 2_307)
+        #expect(Array(batched.recentFaults.map(\.gfn)) == Array(single.recentFaults.map(\.gfn)))
+    }
+
     @Test func changeEventsMarkQueriesStale() throws {
         var m = try fixtureModel()
         #expect(!m.memslotsStale && !m.attributesStale)
