@@ -35,9 +35,11 @@ let package = Package(
         ]),
         // The control protocol's wire format (QMP framing, JSON) and the client every front end uses.
         .target(name: "ControlProtocol", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),
-        // The inspector without a terminal: model, UI state, key table, headless renderer.
+        // zlib (Debian's zlib1g-dev), for recordings.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings.
         .target(name: "Inspector", dependencies: [
-            "ControlProtocol", .product(name: "Algorithms", package: "swift-algorithms"),
+            "ControlProtocol", "CZlib", .product(name: "Algorithms", package: "swift-algorithms"),
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         // The control server inside the VMM process.

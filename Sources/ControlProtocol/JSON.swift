@@ -94,6 +94,39 @@ extension JSON {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Indented JSON for people (snapshots pasted into tickets): objects and arrays one member a line, except
+    /// those whose compact form fits in `inline` characters, which stay on one line (a fault record, a run).
+    public func pretty(inline: Int = 100) -> String {
+        var out: [UInt8] = []
+        writePretty(to: &out, indent: 0, inline: inline)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private func writePretty(to out: inout [UInt8], indent: Int, inline: Int) {
+        let compact = serialized
+        let members: [(String?, JSON)]
+        let open: UInt8, close: UInt8
+        switch self {
+        case .array(let a) where !a.isEmpty: members = a.map { (nil, $0) }; open = UInt8(ascii: "["); close = UInt8(ascii: "]")
+        case .object(let m) where !m.isEmpty: members = m.map { ($0.0, $0.1) }; open = UInt8(ascii: "{"); close = UInt8(ascii: "}")
+        default: out.append(contentsOf: compact.utf8); return
+        }
+        if compact.utf8.count + indent <= inline { out.append(contentsOf: compact.utf8); return }
+        out.append(open)
+        for (i, (k, v)) in members.enumerated() {
+            out.append(contentsOf: (i == 0 ? "\n" : ",\n").utf8)
+            out.append(contentsOf: repeatElement(0x20, count: indent + 2))
+            if let k {
+                JSON.writeString(k, to: &out)
+                out.append(contentsOf: ": ".utf8)
+            }
+            v.writePretty(to: &out, indent: indent + 2, inline: inline)
+        }
+        out.append(0x0A)
+        out.append(contentsOf: repeatElement(0x20, count: indent))
+        out.append(close)
+    }
+
     public func write(to out: inout [UInt8]) {
         switch self {
         case .null: out.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C])

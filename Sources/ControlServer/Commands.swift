@@ -15,7 +15,7 @@ struct CommandTable {
     static let names = [
         "qmp_capabilities", "query-commands", "query-version", "query-vm", "query-memslots",
         "query-memory-attributes", "set-memory-attributes", "query-vcpus", "query-memory-faults", "vcpu-control",
-        "inject-fault", "read-memory", "set-fault-policy",
+        "inject-fault", "read-memory", "set-fault-policy", "query-snapshot",
     ]
 
     static func vmmError(_ e: VMMError) -> CommandError {
@@ -39,6 +39,19 @@ struct CommandTable {
         do { return try body() } catch { throw Self.vmmError(error) }
     }
 
+    private func vmObject() -> JSON {
+        let c = vmm.configuration
+        return .object([
+            ("name", .string(c.name)), ("pid", .i(Int(getpid()))), ("vm-type", .u(UInt64(vmm.decision.vmType.rawValue))),
+            ("attribute-engine", .string(vmm.engineKind.rawValue)),
+            ("shared-alias", .opt(vmm.sharedAlias.map { .i($0.trailingZeroBitCount) })),
+            ("ram-size", .u(c.ramSize)), ("vcpus", .i(vmm.vcpuCount)),
+            ("mutations-allowed", .bool(c.allowMutations)), ("fault-injection-allowed", .bool(c.allowFaultInjection)),
+            ("fault-policy", .string(vmm.faultPolicy.rawValue)),
+            ("kvm-capabilities", Encode.capabilities(vmm.capabilities)),
+        ])
+    }
+
     private func dispatch(_ name: String, _ a: inout Arguments) throws(CommandError) -> JSON {
         func args<T>(_ body: (inout Arguments) throws(CommandError) -> T) throws(CommandError) -> T { try body(&a) }
         switch name {
@@ -50,15 +63,21 @@ struct CommandTable {
             return QMP.versionObject
         case "query-vm":
             try a.finish()
-            let c = vmm.configuration
+            return vmObject()
+        case "query-snapshot":
+            let limit = try args { a throws(CommandError) in
+                let l = try a.optionalInt("faults", in: 0...vmm.faults.capacity) ?? 256
+                try a.finish()
+                return l
+            }
+            let state = vmm.captureState(faultLimit: limit)
             return .object([
-                ("name", .string(c.name)), ("pid", .i(Int(getpid()))), ("vm-type", .u(UInt64(vmm.decision.vmType.rawValue))),
-                ("attribute-engine", .string(vmm.engineKind.rawValue)),
-                ("shared-alias", .opt(vmm.sharedAlias.map { .i($0.trailingZeroBitCount) })),
-                ("ram-size", .u(c.ramSize)), ("vcpus", .i(vmm.vcpuCount)),
-                ("mutations-allowed", .bool(c.allowMutations)), ("fault-injection-allowed", .bool(c.allowFaultInjection)),
-                ("fault-policy", .string(vmm.faultPolicy.rawValue)),
-                ("kvm-capabilities", Encode.capabilities(vmm.capabilities)),
+                ("vm", vmObject()),
+                ("memslots", .array(state.memslots.map(Encode.memslot))),
+                ("attributes", Encode.attributes(state.attributes)),
+                ("faults", .object([("records", .array(state.faults.map(Encode.record))),
+                                    ("total", .u(state.faultsTotal)), ("dropped", .u(state.faultsDropped))])),
+                ("vcpus", .array(vmm.vcpus().map(Encode.vcpu))),
             ])
         case "query-memslots":
             try a.finish()

@@ -19,11 +19,44 @@ public enum Key: Sendable, Equatable, Hashable {
     case up, down, left, right, pageUp, pageDown, home, end, tab, backTab, enter, escape, backspace, resize
 }
 
-/// What the controller does for the UI: talk to the VMM, or quit.
+/// What the controller does for the UI: talk to the VMM, write files, move a replay, or quit.
 public enum Effect: Sendable, Equatable {
     case execute(name: String, arguments: JSON, description: String)
     case readMemory(gpa: UInt64)
+    /// Write a snapshot of what the views show to a file.
+    case snapshot
+    /// Start recording the session to a file, or stop and finish it.
+    case toggleRecording
+    case replay(ReplayControl)
     case quit
+}
+
+/// The keys of a replay's timeline.
+public enum ReplayControl: Sendable, Equatable {
+    case togglePause
+    case skip(seconds: Int)
+    case previousBurst, nextBurst
+}
+
+/// What the status bar shows of a replay.
+public struct ReplayStatus: Sendable, Equatable {
+    public var positionNs: UInt64
+    public var durationNs: UInt64
+    public var speed: Double
+    public var paused: Bool
+    public init(positionNs: UInt64, durationNs: UInt64, speed: Double, paused: Bool) {
+        self.positionNs = positionNs
+        self.durationNs = durationNs
+        self.speed = speed
+        self.paused = paused
+    }
+}
+
+/// What the status bar shows of a recording in progress.
+public struct RecordingStatus: Sendable, Equatable {
+    public var file: String
+    public var startedNs: UInt64
+    public init(file: String, startedNs: UInt64) { self.file = file; self.startedNs = startedNs }
 }
 
 /// One line of the key table: the input handler dispatches on it and the help screen prints it.
@@ -77,6 +110,10 @@ public struct InspectorUI: Sendable {
     public var vcpuCount = 0
     /// Run state of each vCPU, as last reported (`P` pauses a running one and resumes a stopped one).
     public var vcpuStates: [String] = []
+    /// Set while the views show a recording (`vmscope replay`): its timeline keys work, mutations do not.
+    public var replay: ReplayStatus?
+    /// Set while `R` records the session.
+    public var recording: RecordingStatus?
 
     public init() {}
 
@@ -125,6 +162,15 @@ public struct InspectorUI: Sendable {
             let gpa = ui.cursorGFN * 4096
             ui.overlay = .hexDump(gpa: gpa, bytes: nil)
             return [.readMemory(gpa: gpa)] },
+        KeyBinding(keys: [.char("S")], label: "S", help: "write a snapshot of every view to a file (.json and .txt)", mutates: false) { _ in
+            [.snapshot] },
+        KeyBinding(keys: [.char("R")], label: "R", help: "start / stop recording the session to a file", mutates: false) { ui in
+            guard ui.replay == nil else { ui.status = ("R: this is a replay; it is a recording already", true); return [] }
+            return [.toggleRecording] },
+        KeyBinding(keys: [.char(" ")], label: "Space", help: "replay: pause / play", mutates: false) { ui in
+            ui.replayOnly(.togglePause) },
+        KeyBinding(keys: [.char("["), .char("]")], label: "[ ]", help: "replay: back / forward 10 s", mutates: false) { _ in [] },
+        KeyBinding(keys: [.char("{"), .char("}")], label: "{ }", help: "replay: previous / next fault burst", mutates: false) { _ in [] },
         KeyBinding(keys: [.char("t")], label: "t", help: "next colour theme", mutates: false) { ui in
             ui.themeIndex = (ui.themeIndex + 1) % max(1, ui.themeNames.count)
             ui.status = ("theme \(ui.themeName)", false); return [] },
@@ -142,6 +188,13 @@ public struct InspectorUI: Sendable {
         if case .char(let c) = key, let n = c.wholeNumberValue, (1...4).contains(n) {
             focus = Pane(rawValue: n - 1)!
             return []
+        }
+        switch key {
+        case .char("["): return replayOnly(.skip(seconds: -10))
+        case .char("]"): return replayOnly(.skip(seconds: 10))
+        case .char("{"): return replayOnly(.previousBurst)
+        case .char("}"): return replayOnly(.nextBurst)
+        default: break
         }
         guard let b = Self.bindings.first(where: { $0.keys.contains(key) }) else { return [] }
         if b.mutates && readOnly {
@@ -275,6 +328,11 @@ public struct InspectorUI: Sendable {
         }
         let target = kind == "nmi" ? "vCPU \(vcpuCursor)" : "\(Fmt.size(size)) at \(Fmt.hex(gpa))"
         return [.execute(name: "inject-fault", arguments: .object(args), description: "inject \(kind) into \(target)")]
+    }
+
+    mutating func replayOnly(_ c: ReplayControl) -> [Effect] {
+        guard replay != nil else { status = ("that key moves a replay's timeline (vmscope replay FILE)", true); return [] }
+        return [.replay(c)]
     }
 
     mutating func pauseResume() -> [Effect] {

@@ -343,6 +343,16 @@ public struct InspectorModel: Sendable {
         countFaults(1, nowNs: nowNs)
     }
 
+    /// Records from before the session (a snapshot's): kept and marked at their own time, not counted as arrivals.
+    mutating func appendHistory(_ records: [FaultRow]) {
+        for f in records {
+            if faults.count >= faultCapacity { faults.removeFirst() }
+            faults.append(f)
+            recentFaults.append(gfn: f.gfn, at: f.timeNs)
+        }
+        faultsReceived += UInt64(records.count)
+    }
+
     private mutating func countFaults(_ n: Int, nowNs: UInt64) {
         let second = nowNs / 1_000_000_000
         if second != faultRateSecond {

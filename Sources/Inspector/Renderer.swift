@@ -80,7 +80,17 @@ public struct Renderer {
             parts = [m.vm.name, "engine \(m.vm.engine)", "policy \(m.vm.policy)", conn, "dropped \(dropped)",
                      "faults \(m.faultsReceived)", "\(m.eventRate) ev/s"]
         }
-        if ui.readOnly || !m.vm.mutationsAllowed { parts.insert(ui.readOnly ? "READ-ONLY" : "no mutations", at: 3) }
+        if ui.replay == nil && (ui.readOnly || !m.vm.mutationsAllowed) {
+            parts.insert(ui.readOnly ? "READ-ONLY" : "no mutations", at: 3)
+        }
+        if let r = ui.replay {
+            // The timeline first: where in the recording these views are.
+            parts.insert(Self.timeline(r), at: 0)
+        }
+        if let rec = ui.recording {
+            let secs = (nowNs &- rec.startedNs) / 1_000_000_000
+            parts.insert("● REC \(secs / 60):\(secs % 60 < 10 ? "0" : "")\(secs % 60) \(rec.file.split(separator: "/").last.map(String.init) ?? rec.file)", at: 0)
+        }
         var line = " vmscope"
         for p in parts where line.count + 3 + p.count <= s.width { line += " │ " + p }
         s.put(line, x: 0, y: 0, role: .statusBar)
@@ -93,12 +103,21 @@ public struct Renderer {
         }
     }
 
+    /// "REPLAY ▶ 0:12.345 / 0:30.000 ×1" (‖ when paused).
+    public static func timeline(_ r: ReplayStatus) -> String {
+        let speed = r.speed == r.speed.rounded() ? String(Int(r.speed)) : String(r.speed)
+        return "REPLAY \(r.paused ? "‖" : "▶") \(Fmt.duration(r.positionNs)) / \(Fmt.duration(r.durationNs)) ×\(speed)"
+    }
+
     func bottomLine(_ s: inout Screen, _ ui: InspectorUI) {
         let y = s.height - 1
         if let p = ui.prompt {
             s.put("\(p.kind)\(p.text)█", x: 0, y: y, role: .highlight)
         } else if let st = ui.status {
             s.put(st.text, x: 0, y: y, role: st.isError ? .statusError : .statusOK)
+        } else if ui.replay != nil {
+            s.put("Space play/pause  [ ] -/+10 s  { } fault bursts  ? help  Tab views  hjkl move  S snapshot  q quit   (replay)",
+                  x: 0, y: y, role: .dim)
         } else if ui.readOnly {
             s.put("? help  Tab views  hjkl move  +/- zoom  f freeze  / filter  : cmd  x hexdump  q quit   (read-only)",
                   x: 0, y: y, role: .dim)

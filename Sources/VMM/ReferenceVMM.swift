@@ -26,6 +26,15 @@ public struct AttributeQuery: Sendable, Equatable {
     public var sharedBytes: UInt64
 }
 
+/// What `captureState` returns: one consistent cut of the memory layout and the fault ring.
+public struct StateCapture: Sendable {
+    public var memslots: [MemslotInfo]
+    public var attributes: AttributeQuery
+    public var faults: [FaultRecord]
+    public var faultsTotal: UInt64
+    public var faultsDropped: UInt64
+}
+
 /// `vcpu-control` actions.
 public enum VCPUAction: String, Sendable, CaseIterable { case pause, resume, step }
 
@@ -237,6 +246,19 @@ public final class ReferenceVMM: @unchecked Sendable {
     public var memslots: [MemslotInfo] {
         memory.lock.lock(); defer { memory.lock.unlock() }
         return memory.memslots
+    }
+
+    /// Memslots, the attribute runs of all RAM and the newest fault records as of one instant (`query-snapshot`):
+    /// taken under the lock every conversion, remap and fault record takes, so the three agree.
+    public func captureState(faultLimit: Int) -> StateCapture {
+        memory.lock.lock(); defer { memory.lock.unlock() }
+        let all = 0..<(memory.ramSize / 4096)
+        let counts = memory.attributes.pageCounts(pages: all)
+        return StateCapture(
+            memslots: memory.memslots,
+            attributes: AttributeQuery(runs: memory.attributes.runs(pages: all), privateBytes: counts.private * 4096,
+                                       sharedBytes: counts.shared * 4096),
+            faults: faults.recent(faultLimit), faultsTotal: faults.total, faultsDropped: faults.dropped)
     }
 
     /// `set-memory-attributes`: a conversion the operator asked for.

@@ -64,7 +64,7 @@ struct InspectorOptions: ParsableArguments {
     }
 
     /// Connects (before the terminal is touched), then runs the UI until quit.
-    func inspect(socket: String) throws {
+    func inspect(socket: String, note: String? = nil) throws {
         var err = StandardError()
         let client: ControlClient
         do { client = try ControlClient(path: socket, timeoutMs: 3000, decodeFaults: true) } catch {
@@ -75,6 +75,7 @@ struct InspectorOptions: ParsableArguments {
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
         let session = InspectorSession(path: socket, client: client, themes: themes, themeOrder: order,
                                        ascii: useASCII, readOnly: readOnly)
+        if let note { session.ui.status = (note, false) }
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
         session.run(terminal: terminal)
@@ -142,6 +143,7 @@ struct DemoCommand: ParsableCommand {
             print("vmscope demo: the VMM did not start:\n\(log)", to: &err)
             throw ExitCode(2)
         }
-        try options.inspect(socket: socket)
+        // Other tools (vmscope ctl, snapshot, record) can use the demo's VM while it runs: say where it is.
+        try options.inspect(socket: socket, note: "demo VM socket: \(socket) (for vmscope ctl, snapshot, record)")
     }
 }

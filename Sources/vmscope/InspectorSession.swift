@@ -17,6 +17,8 @@ final class InspectorSession {
     private var lastReconnect: UInt64 = 0
     private var reconnectDelayMs: UInt64 = 100
     private var dirty = true
+    /// `R`'s recording, while it runs.
+    private var recording: BackgroundRecording?
     private var lastPaint: UInt64 = 0
 
     init(path: String, client: ControlClient, themes: [String: Theme], themeOrder: [String], ascii: Bool, readOnly: Bool) {
@@ -30,11 +32,7 @@ final class InspectorSession {
         connected(client)
     }
 
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    static func now() -> UInt64 { Inspector.Clock.monotonicNs() }
 
     private func connected(_ c: ControlClient) {
         client = c
@@ -138,7 +136,28 @@ final class InspectorSession {
     private func perform(_ effect: Effect) -> Bool {
         switch effect {
         case .quit:
+            if let r = recording { _ = r.stop(); recording = nil }
             return false
+        case .snapshot:
+            ui.status = writeSnapshotFiles(model, origin: .live, ascii: ui.ascii)
+        case .toggleRecording:
+            if let r = recording {
+                recording = nil
+                ui.recording = nil
+                ui.status = (r.stop(), false)
+            } else {
+                let path = sessionFilePath("recording", "jsonl.gz")
+                do {
+                    let r = try BackgroundRecording(socket: self.path, path: path)
+                    recording = r
+                    ui.recording = RecordingStatus(file: path, startedNs: r.startedNs)
+                    ui.status = ("recording to \(path); R stops", false)
+                } catch {
+                    ui.status = ("cannot record: \(error)", true)
+                }
+            }
+        case .replay:
+            ui.status = ("that key moves a replay's timeline (vmscope replay FILE)", true)
         case .readMemory(let gpa) where qemu != nil:
             guard let client else { ui.overlay = nil; return true }
             do { ui.overlay = .hexDump(gpa: gpa, bytes: try qemu!.readMemory(execute(client), gpa: gpa)) } catch {
@@ -204,7 +223,18 @@ final class InspectorSession {
                 lastPaint = now
                 dirty = false
             }
-            if Terminal.interrupted.load(ordering: .relaxed) != 0 { return }
+            if let r = recording, let outcome = r.finished {
+                // It ended on its own (the VMM went away, a write failed): say so.
+                recording = nil
+                ui.recording = nil
+                ui.status = (outcome, !outcome.hasPrefix("recording finished"))
+                dirty = true
+            }
+            if recording != nil && now - lastPaint > 1_000_000_000 { dirty = true }   // the REC clock
+            if Terminal.interrupted.load(ordering: .relaxed) != 0 {
+                if let r = recording { _ = r.stop(); recording = nil }
+                return
+            }
             guard let key = terminal.readKey() else { continue }
             dirty = true
             if key == .resize { continue }

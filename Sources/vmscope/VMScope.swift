@@ -6,5 +6,6 @@ struct VMScope: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmscope",
         abstract: "Inspect live KVM virtual machines: memslots, private/shared attributes, memory faults, vCPUs.",
-        subcommands: [AttachCommand.self, DemoCommand.self, VMMCommand.self, CtlCommand.self, CapsCommand.self])
+        subcommands: [AttachCommand.self, DemoCommand.self, VMMCommand.self, CtlCommand.self, CapsCommand.self,
+                      SnapshotCommand.self, RecordCommand.self, ReplayCommand.self])
 }

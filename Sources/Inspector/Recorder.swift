@@ -1,0 +1,115 @@
+import ControlProtocol
+import Foundation
+
+/// The two clocks recordings and snapshots use, in ns.
+public enum Clock {
+    public static func monotonicNs() -> UInt64 { read(CLOCK_MONOTONIC) }
+    public static func wallNs() -> UInt64 { read(CLOCK_REALTIME) }
+    private static func read(_ id: clockid_t) -> UInt64 {
+        var ts = timespec()
+        clock_gettime(id, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
+
+/// Records a vmscope VMM's session to a file: the opening `query-snapshot`, then every event, the queries an
+/// inspector would make after a change event (memslots, attributes), and the vCPUs every `vcpuIntervalNs`.
+/// It is a client of its own, so it runs beside an attached inspector.
+// @unchecked: one thread uses it at a time (the TUI hands it to its recording thread and only joins it).
+public final class Recorder: @unchecked Sendable {
+    public let writer: RecordingWriter
+    private let client: ControlClient
+    public var vcpuIntervalNs: UInt64 = 1_000_000_000
+    private var lastVCPUs: UInt64 = 0
+    private var lastClientDrops: UInt64 = 0
+
+    static func monotonicNs() -> UInt64 { Clock.monotonicNs() }
+    static func wallNs() -> UInt64 { Clock.wallNs() }
+
+    /// Connects, writes the header and the opening snapshot. A stock QEMU is refused: it has no
+    /// `query-snapshot` and serves one client per monitor, which the inspector already holds.
+    public init(socket: String, path: String, faultLimit: Int = 256, recorder: String = "vmscope") throws {
+        let client = try ControlClient(path: socket, timeoutMs: 5000, decodeFaults: true)
+        guard case .vmscope = client.peer else {
+            client.close()
+            throw RecordingError.format("\(socket) is a stock QEMU: recording needs vmscope's VMM (QEMU has no query-snapshot, and serves one client per QMP monitor)")
+        }
+        self.client = client
+        let mono = Self.monotonicNs()
+        writer = try RecordingWriter(path: path, header: Recording.Header(
+            startedAtWallNs: Self.wallNs(), startedAtMonotonicNs: mono, socket: socket, greeting: client.greeting,
+            recorder: recorder))
+        let snapshot = try client.execute("query-snapshot", .object([("faults", .i(faultLimit))]), timeoutMs: 10_000)
+        try writer.append(.snapshot(snapshot), monotonicNs: Self.monotonicNs())
+        try writer.flush()
+        lastVCPUs = Self.monotonicNs()
+    }
+
+    /// Records until `shouldStop` says so, the deadline passes or the VMM goes away; finishes the file either
+    /// way and returns why it stopped. A write error (disk full) finishes what it can and throws.
+    public func run(until deadlineNs: UInt64? = nil, shouldStop: () -> Bool) throws -> String {
+        var reason = "stopped"
+        do {
+            reason = try loop(until: deadlineNs, shouldStop: shouldStop)
+        } catch {
+            client.close()
+            // The file is good up to the last flush; try to end it properly too (the disk may let the trailer in).
+            try? writer.finish(reason: "write error: \(error)", monotonicNs: Self.monotonicNs())
+            throw error
+        }
+        client.close()
+        try writer.finish(reason: reason, monotonicNs: Self.monotonicNs())
+        return reason
+    }
+
+    private func loop(until deadlineNs: UInt64?, shouldStop: () -> Bool) throws -> String {
+        while true {
+            if shouldStop() { return "stopped" }
+            let now = Self.monotonicNs()
+            if let deadlineNs, now >= deadlineNs { return "duration reached" }
+            var memslotsChanged = false, attributesChanged = false
+            var n = 0
+            while n < 4096, let item = client.nextItem(timeoutMs: n == 0 ? 50 : 0) {
+                let event: JSON
+                switch item {
+                case .faults(let batch): event = batch.eventJSON
+                case .json(let j): event = j
+                }
+                switch event["event"]?.stringValue {
+                case "MEMSLOTS_CHANGED": memslotsChanged = true
+                case "MEMORY_ATTRIBUTES_CHANGED": attributesChanged = true
+                default: break
+                }
+                try writer.append(.event(event), monotonicNs: Self.monotonicNs())
+                n += 1
+            }
+            // Events this client's own queue had to drop: in the file as the server's EVENTS_DROPPED would be.
+            let drops = client.eventsDropped
+            if drops > lastClientDrops {
+                let e: JSON = .object([("event", .string("EVENTS_DROPPED")),
+                                       ("data", .object([("count", .u(drops - lastClientDrops)), ("where", .string("recorder"))]))])
+                try writer.append(.event(e), monotonicNs: Self.monotonicNs())
+                lastClientDrops = drops
+            }
+            guard client.isConnected else { return "the VMM went away" }
+            do {
+                if memslotsChanged { try query("query-memslots") }
+                if attributesChanged { try query("query-memory-attributes") }
+                let t = Self.monotonicNs()
+                if t - lastVCPUs >= vcpuIntervalNs {
+                    try query("query-vcpus")
+                    lastVCPUs = t
+                }
+            } catch let e as ControlClientError {
+                if case .command = e { continue }
+                return "the VMM went away (\(e))"
+            }
+            try writer.flush()
+        }
+    }
+
+    private func query(_ name: String) throws {
+        let value = try client.execute(name, nil, timeoutMs: 10_000)
+        try writer.append(.reply(command: name, value: value), monotonicNs: Self.monotonicNs())
+    }
+}

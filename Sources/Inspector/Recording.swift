@@ -1,0 +1,219 @@
+import ControlProtocol
+import Foundation
+
+/// Why a recording cannot be written or read at all.
+public enum RecordingError: Error, Sendable, Equatable, CustomStringConvertible {
+    case io(String)
+    case format(String)
+
+    public var description: String {
+        switch self {
+        case .io(let s), .format(let s): s
+        }
+    }
+}
+
+/// A recording (docs/recording.md): gzip-compressed JSON lines. The first line is the header (format, version,
+/// start time, the peer's greeting); each further line is one entry with `t`, nanoseconds since the start:
+/// `snapshot` (a `query-snapshot` reply), `event` (an event as received), `reply` + `return` (a query the recorder
+/// made and its answer), and `end` (why recording stopped) as the last line of a finished file.
+public struct Recording: Sendable {
+    public static let format = "vmscope-recording"
+    public static let version = 1
+
+    public struct Header: Sendable {
+        public var version: Int
+        public var startedAtWallNs: UInt64
+        /// The recorder's CLOCK_MONOTONIC at the start: fault records carry the VMM's, on the same host.
+        public var startedAtMonotonicNs: UInt64
+        public var socket: String
+        public var greeting: JSON
+        public var recorder: String
+
+        public init(startedAtWallNs: UInt64, startedAtMonotonicNs: UInt64, socket: String, greeting: JSON, recorder: String) {
+            version = Recording.version
+            self.startedAtWallNs = startedAtWallNs
+            self.startedAtMonotonicNs = startedAtMonotonicNs
+            self.socket = socket
+            self.greeting = greeting
+            self.recorder = recorder
+        }
+
+        var json: JSON {
+            .object([("format", .string(Recording.format)), ("version", .i(version)),
+                     ("started-at-ns", .u(startedAtWallNs)), ("started-monotonic-ns", .u(startedAtMonotonicNs)),
+                     ("socket", .string(socket)), ("greeting", greeting), ("recorder", .string(recorder))])
+        }
+
+        init(_ j: JSON) throws(RecordingError) {
+            guard j["format"]?.stringValue == Recording.format else {
+                throw .format("the first line is not a vmscope recording header (no \"format\": \"\(Recording.format)\")")
+            }
+            guard let v = j["version"]?.intValue else { throw .format("the header has no version") }
+            guard v <= Recording.version else {
+                throw .format("the recording is format version \(v); this vmscope reads version \(Recording.version) and older: use a newer vmscope")
+            }
+            guard v >= 1, let wall = j["started-at-ns"]?.uint64Value, let mono = j["started-monotonic-ns"]?.uint64Value,
+                  let greeting = j["greeting"], case .object = greeting else {
+                throw .format("the header lacks started-at-ns, started-monotonic-ns or greeting")
+            }
+            version = v
+            startedAtWallNs = wall
+            startedAtMonotonicNs = mono
+            socket = j["socket"]?.stringValue ?? "?"
+            self.greeting = greeting
+            recorder = j["recorder"]?.stringValue ?? "?"
+        }
+    }
+
+    public enum Entry: Sendable, Equatable {
+        case snapshot(JSON)
+        case event(JSON)
+        case reply(command: String, value: JSON)
+        case end(reason: String)
+
+        var json: JSON {
+            switch self {
+            case .snapshot(let j): .object([("snapshot", j)])
+            case .event(let j): .object([("event", j)])
+            case .reply(let c, let v): .object([("reply", .string(c)), ("return", v)])
+            case .end(let r): .object([("end", .string(r))])
+            }
+        }
+
+        init?(_ j: JSON) {
+            if let s = j["snapshot"], case .object = s { self = .snapshot(s) }
+            else if let e = j["event"], e["event"]?.stringValue != nil { self = .event(e) }
+            else if let c = j["reply"]?.stringValue, let v = j["return"] { self = .reply(command: c, value: v) }
+            else if let r = j["end"]?.stringValue { self = .end(reason: r) }
+            else { return nil }
+        }
+    }
+
+    public var header: Header
+    public var entries: [(t: UInt64, entry: Entry)]
+    /// Where and why reading stopped before the end of a finished recording; nil when it was read whole.
+    public var damage: String?
+    /// How recording ended (`end` entry), when it did.
+    public var endReason: String? {
+        if case .end(let r)? = entries.last?.entry { r } else { nil }
+    }
+    public var durationNs: UInt64 { entries.last?.t ?? 0 }
+
+    /// Reads a recording as far as it is sound. A file that is not a recording, or one from a newer format
+    /// version, throws; a truncated or damaged one gives the entries before the damage and says where in
+    /// `damage`.
+    public static func read(path: String) throws(RecordingError) -> Recording {
+        let data: [UInt8]
+        do { data = Array(try Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+            throw .io("cannot read \(path): \(error.localizedDescription)")
+        }
+        return try parse(data)
+    }
+
+    public static func parse(_ data: [UInt8]) throws(RecordingError) -> Recording {
+        let (bytes, gzipDamage) = GzipReader.inflateAll(data)
+        var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false)
+        var damage = gzipDamage
+        // The part after the last newline is a line the writer had not finished.
+        let tail = lines.removeLast()
+        guard let first = lines.first else {
+            throw .format(damage.map { "no recording header: \($0)" } ?? "no recording header (the file holds no complete line)")
+        }
+        var firstLine = Array(first)
+        let headerJSON: JSON
+        do { headerJSON = try JSON.parse(bytes: &firstLine) } catch { throw .format("the header line is not JSON: \(error)") }
+        var recording = Recording(header: try Header(headerJSON), entries: [], damage: nil)
+        var lastT: UInt64 = 0
+        for (n, line) in lines.dropFirst().enumerated() {
+            let lineNumber = n + 2
+            var bytes = Array(line)
+            guard let j = try? JSON.parse(bytes: &bytes) else {
+                damage = "line \(lineNumber) is not JSON; replay stops after line \(lineNumber - 1)"
+                break
+            }
+            guard let t = j["t"]?.uint64Value, let entry = Entry(j) else {
+                damage = "line \(lineNumber) is not a recording entry; replay stops after line \(lineNumber - 1)"
+                break
+            }
+            guard t >= lastT else {
+                damage = "line \(lineNumber) goes back in time (t \(t) after \(lastT)); replay stops after line \(lineNumber - 1)"
+                break
+            }
+            lastT = t
+            recording.entries.append((t, entry))
+        }
+        if damage == nil && !tail.isEmpty {
+            damage = "the last line (\(lines.count + 1)) is incomplete: \(tail.count) bytes without a newline"
+        }
+        if damage == nil && recording.endReason == nil {
+            damage = "the recording has no end entry: the recorder stopped without finishing it"
+        }
+        recording.damage = damage.map { "\($0) (\(recording.entries.count) entries read, up to \(Fmt.duration(recording.durationNs)))" }
+        return recording
+    }
+
+    static func line(t: UInt64, _ e: Entry) -> JSON {
+        guard case .object(let m) = e.json else { return .null }
+        return .object([("t", .u(t))] + m)
+    }
+}
+
+/// Writes a recording as it happens: the header at once, then entries; flushed so that a killed recorder
+/// leaves a file that replays up to its last flush.
+public final class RecordingWriter {
+    public let header: Recording.Header
+    private let gzip: GzipWriter
+    private var lastFlush: UInt64 = 0
+    private var dirty = false
+    public private(set) var entries = 0
+    public var path: String { gzip.path }
+    public var bytesWritten: UInt64 { gzip.bytesWritten }
+
+    public init(path: String, header: Recording.Header) throws(RecordingError) {
+        self.header = header
+        gzip = try GzipWriter(path: path)
+        var bytes: [UInt8] = []
+        header.json.write(to: &bytes)
+        bytes.append(0x0A)
+        try gzip.write(bytes)
+        try gzip.flush()
+    }
+
+    /// Appends one entry at `monotonicNs` (CLOCK_MONOTONIC); flushes at most every `flushEveryNs`.
+    public func append(_ e: Recording.Entry, monotonicNs: UInt64, flushEveryNs: UInt64 = 100_000_000) throws(RecordingError) {
+        let t = monotonicNs >= header.startedAtMonotonicNs ? monotonicNs - header.startedAtMonotonicNs : 0
+        var bytes: [UInt8] = []
+        Recording.line(t: t, e).write(to: &bytes)
+        bytes.append(0x0A)
+        try gzip.write(bytes)
+        entries += 1
+        dirty = true
+        if monotonicNs &- lastFlush >= flushEveryNs {
+            try flush()
+            lastFlush = monotonicNs
+        }
+    }
+
+    public func flush() throws(RecordingError) {
+        guard dirty else { return }
+        try gzip.flush()
+        dirty = false
+    }
+
+    /// The `end` entry and the gzip trailer.
+    public func finish(reason: String, monotonicNs: UInt64) throws(RecordingError) {
+        try append(.end(reason: reason), monotonicNs: monotonicNs, flushEveryNs: .max)
+        try gzip.finish()
+    }
+}
+
+extension Fmt {
+    /// "1:02.345" (minutes, seconds, milliseconds) for timelines.
+    public static func duration(_ ns: UInt64) -> String {
+        let ms = ns / 1_000_000
+        let s = ms / 1000
+        let frac = String(ms % 1000)
+        return "\(s / 60):" + (s % 60 < 10 ? "0" : "") + "\(s % 60)." + String(repeating: "0", count: 3 - frac.count) + frac
+    }
+}

@@ -1,0 +1,234 @@
+import ArgumentParser
+import ControlProtocol
+import Foundation
+import Inspector
+import Synchronization
+
+/// "30", "30s", "2m", "1h", "1.5s": seconds.
+func parseDuration(_ text: String) -> Double? {
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+    for (suffix, scale) in units where text.hasSuffix(suffix) {
+        guard let v = Double(text.dropLast(suffix.count)), v.isFinite, v >= 0 else { return nil }
+        return v * scale
+    }
+    guard let v = Double(text), v.isFinite, v >= 0 else { return nil }
+    return v
+}
+
+private let recordStop = Atomic<Int32>(0)
+
+/// `vmscope record SOCKET -o FILE`: the session to a file, beside any inspector.
+struct RecordCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "record",
+        abstract: "Record a VMM's session (snapshot, every event, state polls) to a gzip JSON-lines file.",
+        discussion: """
+            Ctrl-C (or SIGTERM) finishes the file cleanly. A recorder killed outright leaves a file that replays \
+            up to its last flush (at most 100 ms before). The format is in docs/recording.md. Exit status 0 \
+            when the file was finished, 2 when it could not be started or written.
+            """)
+
+    @Argument(help: "The control socket (vmscope's VMM).") var socket: String
+    @Option(name: .shortAndLong, help: "The file to write (conventionally .jsonl.gz).") var output: String
+    @Option(help: "Stop after this long, e.g. 30s, 5m (default: until Ctrl-C).") var duration: String?
+    @Option(help: "How many of the newest fault records the opening snapshot holds.") var faults = 256
+
+    func validate() throws {
+        if let duration, parseDuration(duration) == nil {
+            throw ValidationError("--duration '\(duration)' is not a duration (e.g. 30, 30s, 5m, 1h)")
+        }
+        guard (0...1_000_000).contains(faults) else { throw ValidationError("--faults must be 0 to 1000000") }
+    }
+
+    func run() throws {
+        var err = StandardError()
+        for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig) { s in recordStop.store(s, ordering: .relaxed) } }
+        let recorder: Recorder
+        do { recorder = try Recorder(socket: socket, path: output, faultLimit: faults, recorder: "vmscope record") } catch {
+            print("vmscope record: \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        let deadline = duration.flatMap(parseDuration).map { InspectorSession.now() + UInt64($0 * 1e9) }
+        print("vmscope record: recording \(socket) to \(output)\(duration.map { " for \($0)" } ?? "; Ctrl-C finishes the file")",
+              to: &err)
+        do {
+            let reason = try recorder.run(until: deadline) { recordStop.load(ordering: .relaxed) != 0 }
+            print("vmscope record: finished (\(reason)): \(recorder.writer.entries) entries, \(recorder.writer.bytesWritten) bytes in \(output)",
+                  to: &err)
+        } catch {
+            print("vmscope record: \(error); \(output) replays up to the last flush", to: &err)
+            throw ExitCode(2)
+        }
+    }
+}
+
+/// `vmscope replay FILE`: the inspector driven by a recording.
+struct ReplayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay",
+        abstract: "Replay a recording in the inspector (same views and keys; mutations disabled), or print the views at a time.",
+        discussion: """
+            Keys beside the inspector's: Space pause/play, [ and ] 10 s back/forward, { and } previous/next \
+            fault burst. With --dump-at T no terminal is used: the views at T seconds into the recording are \
+            printed as a snapshot (--json, the default, or --text). A truncated or damaged recording replays up \
+            to the damage, and says where it stopped.
+            """)
+
+    @Argument(help: "The recording.") var file: String
+    @Option(help: "Playback speed (0.1 to 100).") var speed: Double = 1
+    @Option(help: "Print the views at this many seconds into the recording (or 'end') instead of opening the TUI.")
+    var dumpAt: String?
+    @Flag var format: SnapshotFormat = .json
+    @Option(help: "With --dump-at: how many of the newest fault records to include.") var faults = 256
+    @Option(name: .shortAndLong, help: "With --dump-at: write to this file instead of standard output.") var output: String?
+    @OptionGroup var options: InspectorOptions
+
+    func validate() throws {
+        guard speed >= 0.1 && speed <= 100 else { throw ValidationError("--speed must be between 0.1 and 100") }
+        if let dumpAt, dumpAt != "end", parseDuration(dumpAt) == nil {
+            throw ValidationError("--dump-at '\(dumpAt)' is not a time into the recording (seconds, e.g. 12.5, or 'end')")
+        }
+        guard (0...1_000_000).contains(faults) else { throw ValidationError("--faults must be 0 to 1000000") }
+    }
+
+    func run() throws {
+        var err = StandardError()
+        let recording: Recording
+        do { recording = try Recording.read(path: file) } catch {
+            print("vmscope replay: \(file): \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        if let damage = recording.damage { print("vmscope replay: \(file): \(damage)", to: &err) }
+        var replay = Replay(recording, file: file)
+        if let dumpAt {
+            let wanted = dumpAt == "end" ? recording.durationNs : UInt64(parseDuration(dumpAt)! * 1e9)
+            if wanted > recording.durationNs {
+                print("vmscope replay: \(file) holds \(Fmt.duration(recording.durationNs)); showing its end, not \(dumpAt) s", to: &err)
+            }
+            replay.seek(to: wanted)
+            let text = switch format {
+            case .json:
+                Snapshot.json(replay.model, faultLimit: faults,
+                              takenAtWallNs: recording.header.startedAtWallNs + replay.positionNs,
+                              origin: .recording(file: file, offsetNs: replay.positionNs)).pretty() + "\n"
+            case .text: Snapshot.text(replay.model, ascii: options.ascii, nowNs: replay.monotonicNs(at: replay.positionNs))
+            }
+            try writeOutput(text, to: output, command: "replay")
+            return
+        }
+        let (themes, order, problems) = options.loadThemes()
+        for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
+        let session = ReplaySession(replay: replay, speed: speed, themes: themes, themeOrder: order, ascii: options.useASCII)
+        if let damage = recording.damage { session.ui.status = (damage, true) }
+        let terminal = Terminal(theme: themes[order[0]] ?? .mono)
+        session.run(terminal: terminal)
+        terminal.close()
+        let signal = Terminal.interrupted.load(ordering: .relaxed)
+        if signal != 0 { throw ExitCode(128 + signal) }
+    }
+}
+
+/// `vmscope replay`'s loop: the recording's clock instead of a socket.
+final class ReplaySession {
+    var replay: Replay
+    var ui = InspectorUI()
+    let themes: [String: Theme]
+    var renderer: Renderer
+    var speed: Double
+    /// Playback: position `anchorNs` at monotonic time `anchorAt`; paused keeps the position.
+    private var paused = false
+    private var anchorNs: UInt64 = 0
+    private var anchorAt: UInt64 = InspectorSession.now()
+
+    init(replay: Replay, speed: Double, themes: [String: Theme], themeOrder: [String], ascii: Bool) {
+        self.replay = replay
+        self.speed = speed
+        self.themes = themes
+        renderer = Renderer(ascii: ascii)
+        ui.ascii = ascii
+        ui.readOnly = true
+        ui.themeNames = themeOrder
+    }
+
+    private func position(now: UInt64) -> UInt64 {
+        paused ? anchorNs : anchorNs + UInt64(Double(now - anchorAt) * speed)
+    }
+
+    private func jump(to t: UInt64, now: UInt64) {
+        anchorNs = min(t, replay.durationNs)
+        anchorAt = now
+        replay.seek(to: anchorNs)
+    }
+
+    private func perform(_ effect: Effect, now: UInt64) -> Bool {
+        switch effect {
+        case .quit: return false
+        case .snapshot:
+            ui.status = writeSnapshotFiles(replay.model, origin: .recording(file: replay.file, offsetNs: replay.positionNs),
+                                           ascii: ui.ascii)
+        case .toggleRecording:
+            ui.status = ("R: this is a replay; it is a recording already", true)
+        case .readMemory:
+            ui.overlay = nil
+            ui.status = ("a recording holds no guest memory", true)
+        case .execute(_, _, let description):
+            ui.status = ("\(description): refused: this is a replay", true)
+        case .replay(let c):
+            let at = position(now: now)
+            switch c {
+            case .togglePause:
+                anchorNs = min(at, replay.durationNs)
+                anchorAt = now
+                paused.toggle()
+            case .skip(let s):
+                jump(to: s < 0 ? at - min(at, UInt64(-s) * 1_000_000_000) : at + UInt64(s) * 1_000_000_000, now: now)
+            case .previousBurst:
+                // Within a second of a burst's start, `{` goes to the one before it.
+                if let b = replay.burst(before: at > 1_000_000_000 ? at - 1_000_000_000 : 0) ?? replay.burst(before: at) {
+                    jump(to: b, now: now)
+                } else { ui.status = ("no fault burst before \(Fmt.duration(at))", true) }
+            case .nextBurst:
+                if let b = replay.burst(after: at) { jump(to: b, now: now) } else {
+                    ui.status = ("no fault burst after \(Fmt.duration(at))", true)
+                }
+            }
+        }
+        return true
+    }
+
+    func run(terminal: Terminal) {
+        terminal.apply(themes[ui.themeName] ?? .mono)
+        var currentTheme = ui.themeIndex
+        while true {
+            let now = InspectorSession.now()
+            var at = position(now: now)
+            if at >= replay.durationNs && !paused {
+                at = replay.durationNs
+                anchorNs = at
+                paused = true
+            }
+            replay.seek(to: at)
+            let (w, h) = terminal.size
+            if let mapRect = Renderer.layout(width: w, height: h, ui: ui)[.map] {
+                let g = Renderer.mapGrid(mapRect)
+                ui.mapColumns = g.columns
+                ui.mapRows = g.rows
+            }
+            ui.totalPages = max(1, replay.model.vm.ramSize / 4096)
+            ui.vcpuCount = replay.model.vcpus.count
+            ui.vcpuStates = replay.model.vcpus.map(\.state)
+            ui.replay = ReplayStatus(positionNs: replay.positionNs, durationNs: replay.durationNs, speed: speed, paused: paused)
+            if ui.frozen && ui.frozenAtSeq == nil { ui.frozenAtSeq = replay.model.visibleFaults.last?.seq ?? 0 }
+            renderer.nowNs = replay.monotonicNs(at: replay.positionNs)
+            terminal.paint(renderer.render(replay.model, ui, width: w, height: h))
+            if Terminal.interrupted.load(ordering: .relaxed) != 0 { return }
+            guard let key = terminal.readKey() else { continue }
+            if key == .resize { continue }
+            for effect in ui.handle(key) where !perform(effect, now: InspectorSession.now()) { return }
+            if ui.themeIndex != currentTheme {
+                currentTheme = ui.themeIndex
+                terminal.apply(themes[ui.themeName] ?? .mono)
+            }
+        }
+    }
+}
