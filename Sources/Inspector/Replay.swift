@@ -14,7 +14,7 @@ public struct Replay: Sendable {
     /// in an event the server had already queued) and is applied once.
     private var lastSeq: UInt64 = 0
     private var lastVCPUReplyNs: UInt64 = 0
-    /// Start times of fault bursts (a fault event after at least `burstGapNs` without one), for `{` and `}`.
+    /// Start times of fault bursts (a fault event after more than `burstGapNs` without one), for `{` and `}`.
     public let burstsNs: [UInt64]
     public static let burstGapNs: UInt64 = 1_000_000_000
 
@@ -26,7 +26,7 @@ public struct Replay: Sendable {
         for (t, e) in recording.entries {
             guard case .event(let j) = e, j["event"]?.stringValue == "MEMORY_FAULT",
                   !(j["data"]?["records"]?.arrayValue ?? []).isEmpty else { continue }
-            if lastFault.map({ t - $0 >= Self.burstGapNs }) ?? true { bursts.append(t) }
+            if lastFault.map({ t - $0 > Self.burstGapNs }) ?? true { bursts.append(t) }
             lastFault = t
         }
         burstsNs = bursts

@@ -208,13 +208,16 @@ struct ServerTests {
             // buffers and the server's 64 KiB of pending output hold (~1,100), plus the 256-record ring. Under
             // load the guest faults more slowly, so this waits for the count, not for a fixed time.
             Thread.sleep(forTimeInterval: window == 7 ? 4 : 1.25)
-            if window == 7 { _ = eventually(20) { target.vmm.faults.total - b.2 >= 4000 } }
+            if window == 7 { _ = eventually(40) { target.vmm.faults.total - b.2 >= 4000 } }
             withStuck += beats(target) - b.0
             without += beats(other) - b.1
             faultsDuring = target.vmm.faults.total - b.2
         }
         let lagging = try #require(stuck)
-        #expect(faultsDuring >= 4000, "the guest faulted \(faultsDuring) times while the client did not read (the ring holds 256)")
+        // Far more than the 256-record ring and the ~1,100 records the socket and pending output hold; under the
+        // full suite's load on two cores the emulated guest may take longer than 40 s for 4,000 (CI saw 2,966 in
+        // 24 s), which still overflows both, as `droppedTotal > 0` below checks.
+        #expect(faultsDuring >= 2000, "the guest faulted \(faultsDuring) times while the client did not read (the ring holds 256)")
         // A vCPU that waited on this client would stop: the guest would stall once ~1,356 records were queued and
         // its heartbeats in these windows would be a fraction of the other VM's. What remains is the server's work
         // for the extra client, which shares this machine's two cores with both guests: up to ~12% under the full

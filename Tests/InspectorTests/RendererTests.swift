@@ -99,6 +99,38 @@ struct RendererTests {
         #expect(Renderer.flagText(0) == "none")
     }
 
+    @Test func theStatusBarShowsAReplaysTimelineAndARecording() throws {
+        let m = try fixtureModel()
+        var ui = InspectorUI()
+        ui.readOnly = true
+        ui.replay = ReplayStatus(positionNs: 72_345_000_000, durationNs: 90_000_000_000, speed: 2, paused: true)
+        var top = Renderer().render(m, ui, width: 160, height: 40).lines[0]
+        #expect(top.hasPrefix(" vmscope │ REPLAY ‖ 1:12.345 / 1:30.000 ×2 │ fixture"), "\(top)")
+        #expect(!top.contains("READ-ONLY"), "a replay is read-only by nature; the timeline says so")
+        ui.replay?.paused = false
+        ui.replay?.speed = 0.5
+        top = Renderer().render(m, ui, width: 160, height: 40).lines[0]
+        #expect(top.contains("REPLAY ▶ 1:12.345 / 1:30.000 ×0.5"), "\(top)")
+        #expect(Renderer().render(m, ui, width: 160, height: 40).lines[39].contains("Space play/pause"))
+
+        var live = InspectorUI()
+        live.recording = RecordingStatus(file: "/tmp/x/vmscope-recording-1.jsonl.gz", startedNs: 1_000_000_000)
+        top = Renderer(nowNs: 66_500_000_000).render(m, live, width: 160, height: 40).lines[0]
+        #expect(top.hasPrefix(" vmscope │ ● REC 1:05 vmscope-recording-1.jsonl.gz │ fixture"), "\(top)")
+    }
+
+    @Test func timelineKeysActOnlyInAReplay() {
+        var ui = InspectorUI()
+        #expect(ui.handle(.char("]")).isEmpty && ui.status?.isError == true)
+        #expect(ui.handle(.char(" ")).isEmpty)
+        #expect(ui.handle(.char("S")) == [.snapshot] && ui.handle(.char("R")) == [.toggleRecording])
+        ui.replay = ReplayStatus(positionNs: 0, durationNs: 1, speed: 1, paused: false)
+        #expect(ui.handle(.char("]")) == [.replay(.skip(seconds: 10))] && ui.handle(.char("[")) == [.replay(.skip(seconds: -10))])
+        #expect(ui.handle(.char("{")) == [.replay(.previousBurst)] && ui.handle(.char("}")) == [.replay(.nextBurst)])
+        #expect(ui.handle(.char(" ")) == [.replay(.togglePause)])
+        #expect(ui.handle(.char("R")).isEmpty && ui.status?.text.contains("replay") == true)
+    }
+
     @Test func tooSmallSaysSo() throws {
         let s = Renderer().render(try fixtureModel(), ui(), width: 50, height: 12)
         #expect(s.text.contains("window too small"))
