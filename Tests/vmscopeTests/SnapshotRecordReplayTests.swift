@@ -125,6 +125,16 @@ struct RecordReplayTests {
         demo.keys("R")
         screen = demo.waitFor(5) { $0.contains("● REC") }
         #expect(screen.contains("● REC") && screen.contains("recording to \(dir)/vmscope-recording-"), "\(screen)")
+        // `S`: what the inspector shows, to a file beside it.
+        demo.keys("S")
+        screen = demo.waitFor(5) { $0.contains("snapshot written: ") }
+        let livePath = try #require(screen.components(separatedBy: "snapshot written: ").dropFirst().first?
+            .split(separator: " ").first.map(String.init), "\(screen)")
+        let liveSnap = try String(contentsOfFile: livePath, encoding: .utf8)
+        if pythonJSONSchema { #expect(try schemaComplaint(liveSnap) == nil) }
+        #expect(try parseJSON(liveSnap)["origin"]?["kind"] == .string("live"))
+        let liveTxt = try String(contentsOfFile: String(livePath.dropLast(5)) + ".txt", encoding: .utf8)
+        #expect(liveTxt.contains("1 GFN map") && liveTxt.contains("4 vCPUs") && liveTxt.contains("GUEST_MEMFD"), "\(liveTxt)")
 
         // Conversions and injections while the guest runs: from the inspector's keys and from vmscope ctl.
         demo.keys(":", "convert 0x8000000 1M shared", "Enter")
