@@ -18,6 +18,10 @@ struct CommandTable {
         "inject-fault", "read-memory", "set-fault-policy", "query-snapshot",
     ]
 
+    /// Commands that change the VM or read its memory: each is logged as an audit line with the client's pid
+    /// and uid, whether it was done or refused.
+    static let audited: Set<String> = ["set-memory-attributes", "vcpu-control", "inject-fault", "set-fault-policy", "read-memory"]
+
     static func vmmError(_ e: VMMError) -> CommandError {
         let c: QMP.ErrorClass = switch e.errorClass {
         case .genericError: .genericError
@@ -47,6 +51,7 @@ struct CommandTable {
             ("shared-alias", .opt(vmm.sharedAlias.map { .i($0.trailingZeroBitCount) })),
             ("ram-size", .u(c.ramSize)), ("vcpus", .i(vmm.vcpuCount)),
             ("mutations-allowed", .bool(c.allowMutations)), ("fault-injection-allowed", .bool(c.allowFaultInjection)),
+            ("memory-reads-allowed", .bool(c.allowMemoryReads)),
             ("fault-policy", .string(vmm.faultPolicy.rawValue)),
             ("kvm-capabilities", Encode.capabilities(vmm.capabilities)),
         ])

@@ -33,6 +33,7 @@ public final class ControlServer: @unchecked Sendable {
         let fd: Int32
         let id: Int
         let pid: pid_t
+        let uid: uid_t
         var framer = Framer()
         var lastInput: UInt64 = 0
         var output: [UInt8] = []
@@ -43,7 +44,7 @@ public final class ControlServer: @unchecked Sendable {
         var eventCursor: UInt64 = 0
         var lastFaultEvent: UInt64 = 0
         var eventsDropped: UInt64 = 0
-        init(fd: Int32, id: Int, pid: pid_t) { self.fd = fd; self.id = id; self.pid = pid }
+        init(fd: Int32, id: Int, pid: pid_t, uid: uid_t) { self.fd = fd; self.id = id; self.pid = pid; self.uid = uid }
         var pendingOutput: Int { output.count - outputStart }
     }
 
@@ -168,7 +169,7 @@ public final class ControlServer: @unchecked Sendable {
                 logger.warning("refused a client", metadata: ["uid": "\(cred.uid)", "pid": "\(cred.pid)"])
                 continue
             }
-            let c = Client(fd: fd, id: nextID, pid: cred.pid)
+            let c = Client(fd: fd, id: nextID, pid: cred.pid, uid: cred.uid)
             nextID += 1
             clients.append(c)
             clientCount.store(clients.count, ordering: .relaxed)
@@ -266,12 +267,33 @@ public final class ControlServer: @unchecked Sendable {
             queue(QMP.error(.commandNotFound, "Capabilities negotiation is already complete, command ignored", id: id), to: c)
             return
         }
+        let audited = CommandTable.audited.contains(name)
         do throws(CommandError) {
             let result = try commands.run(name, message["arguments"])
             queue(QMP.reply(result, id: id), to: c)
+            if audited { audit(c, name, message["arguments"], outcome: "done") }
         } catch {
             queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
+            if audited { audit(c, name, message["arguments"], outcome: "refused: \(error.errorClass.rawValue): \(error.desc)") }
         }
+    }
+
+    /// One line per mutating (or memory-reading) command, done or refused: who asked, what, and how it went.
+    private func audit(_ c: Client, _ name: String, _ arguments: JSON?, outcome: String) {
+        logger.notice("audit", metadata: [
+            "command": "\(name)", "arguments": "\(arguments?.serialized ?? "{}")", "client": "\(c.id)",
+            "pid": "\(c.pid)", "uid": "\(c.uid)", "outcome": "\(outcome)",
+        ])
+    }
+
+    /// The bytes a client would receive for `input`, sent on a fresh connection from (`pid`, `uid`): the
+    /// protocol without a socket, for the fuzzer. Only while the server thread is not running.
+    public func respond(to input: [UInt8], pid: pid_t = 0, uid: uid_t = 0) -> [UInt8] {
+        precondition(thread == nil, "respond(to:) is for a server that was not started")
+        let c = Client(fd: -1, id: 0, pid: pid, uid: uid)
+        queue(QMP.greeting, to: c)
+        processInput(c, input[...])
+        return c.output
     }
 
     // MARK: Output

@@ -54,10 +54,12 @@ public final class QEMUInstance: @unchecked Sendable {
             for s in qmpSockets { argv += ["-qmp", "unix:\(s),server=on,wait=off"] }
             let p = try ChildProcess(argv, redirects: .init(stderr: logPath))
             let deadline = Date().addingTimeInterval(timeout)
-            while p.isRunning && Date() < deadline && !qmpSockets.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
+            // Listening, not just bound: QEMU binds the path a moment before it listens, and a connect in
+            // between is refused (seen under load).
+            while p.isRunning && Date() < deadline && !Self.listening(qmpSockets) {
                 usleep(20_000)
             }
-            if qmpSockets.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) && p.isRunning {
+            if Self.listening(qmpSockets) && p.isRunning {
                 process = p
                 accelerator = accel
                 fallbackReason = refusal
@@ -72,6 +74,20 @@ public final class QEMUInstance: @unchecked Sendable {
             refusal = "QEMU refused -accel kvm: \(log.split(separator: "\n").last(where: { !$0.contains("warning") }) ?? "no reason given")"
         }
         fatalError("unreachable")
+    }
+
+    /// Whether every path is a listening Unix socket (/proc/net/unix: flag __SO_ACCEPTCON, 0x10000).
+    static func listening(_ paths: [String]) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else {
+            return paths.allSatisfy { FileManager.default.fileExists(atPath: $0) }
+        }
+        var listeners = Set<Substring>()
+        for line in table.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 8, let flags = UInt32(f[3], radix: 16), flags & 0x10000 != 0 else { continue }
+            listeners.insert(f[7])
+        }
+        return paths.allSatisfy { listeners.contains(Substring($0)) }
     }
 
     /// SIGTERM (QEMU shuts down cleanly on it), SIGKILL after `grace` seconds; removes the directory when it

@@ -45,6 +45,8 @@ public struct VMMConfiguration: Sendable {
     public var faultPolicy = FaultPolicy.convert
     public var allowMutations = false
     public var allowFaultInjection = false
+    /// Whether `read-memory` may return guest memory (false under `vmscope vmm --read-only`).
+    public var allowMemoryReads = true
     /// Use at most this many memslots (never more than the kernel's limit).
     public var memslotLimit: Int?
     /// Bytes; no memslot crosses a multiple of it (see `GuestMemory.memslotSpan`).

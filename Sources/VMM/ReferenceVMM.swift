@@ -285,6 +285,9 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     /// `read-memory`: bytes of RAM through one view (`auto`: the page's current attribute).
     public func readMemory(gpa: UInt64, size: UInt64, privateView: Bool?) throws(VMMError) -> (bytes: [UInt8], isPrivate: Bool) {
+        guard configuration.allowMemoryReads else {
+            throw VMMError(.permissionDenied, "read-memory is refused: the VMM was started with --read-only (guest memory stays private)")
+        }
         guard size > 0 && size <= 64 << 10 else { throw VMMError(.invalidRange, "size must be 1 to 65536 bytes") }
         memory.lock.lock(); defer { memory.lock.unlock() }
         let (end, overflow) = gpa.addingReportingOverflow(size)

@@ -45,6 +45,8 @@ struct VMMCommand: ParsableCommand {
     @Option(help: "convert, pause or report.") var faultPolicy = FaultPolicy.convert
     @Flag(help: "Allow conversions, vcpu-control and set-fault-policy.") var allowMutations = false
     @Flag(help: "Allow inject-fault (needs --allow-mutations too).") var allowFaultInjection = false
+    @Flag(help: "Answer queries only: refuse read-memory (guest memory contents) as well as every mutation.")
+    var readOnly = false
     @Option(help: "Use at most this many memslots.") var memslotLimit: Int?
     @Option(help: "No memslot crosses a multiple of this size (4K-aligned), e.g. 1G.")
     var memslotSpan = ByteSize(argument: "1G")!
@@ -56,6 +58,9 @@ struct VMMCommand: ParsableCommand {
             throw ValidationError("--memslot-span must be a non-zero multiple of 4K")
         }
         guard !socket.isEmpty else { throw ValidationError("--socket must not be empty") }
+        if readOnly && (allowMutations || allowFaultInjection) {
+            throw ValidationError("--read-only refuses what --allow-mutations and --allow-fault-injection allow: give one or the other")
+        }
         if allowFaultInjection && !allowMutations {
             throw ValidationError("--allow-fault-injection needs --allow-mutations")
         }
@@ -76,6 +81,7 @@ struct VMMCommand: ParsableCommand {
         c.faultPolicy = faultPolicy
         c.allowMutations = allowMutations
         c.allowFaultInjection = allowFaultInjection
+        c.allowMemoryReads = !readOnly
         c.memslotLimit = memslotLimit
         c.memslotSpan = memslotSpan.bytes
         c.devicePath = device

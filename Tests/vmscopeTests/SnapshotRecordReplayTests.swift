@@ -42,7 +42,13 @@ struct SnapshotCommandTests {
         defer { vmm.stop() }
         // A conversion first, so the runs are not one block.
         _ = try Binary.run(["ctl", vmm.socket, "set-memory-attributes", #"{"gpa": 33554432, "size": 1048576, "private": false}"#])
-        Thread.sleep(forTimeInterval: 1)
+        // Some faults to capture: the guest's first ones take a moment, longer under load.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let q = try Binary.run(["ctl", vmm.socket, "query-memory-faults", #"{"limit": 0}"#])
+            if (try? parseJSON(q.stdout))?["total"]?.uint64Value ?? 0 >= 5 { break }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
         let r = try Binary.run(["snapshot", vmm.socket, "--json", "--faults", "50"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try schemaComplaint(r.stdout) == nil)
