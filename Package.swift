@@ -62,6 +62,12 @@ let package = Package(
         .executableTarget(name: "vmscope-bench", dependencies: [
             "Benchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Fuzz targets (server, client, theme, recording) and their driver: libFuzzer entry points when built with
+        // -sanitize=fuzzer,address -DFUZZING, else a corpus runner.
+        .target(name: "FuzzTargets", dependencies: [
+            "ControlProtocol", "ControlServer", "VMM", "Inspector", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vmscope-fuzz", dependencies: ["FuzzTargets"]),
         // Helpers shared by the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
@@ -69,6 +75,7 @@ let package = Package(
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "ProcessSupport", "ControlProtocol", "Inspector"]),
     ],
     swiftLanguageModes: [.v6]

@@ -113,6 +113,11 @@ public struct Recording: Sendable {
 
     public static func parse(_ data: [UInt8]) throws(RecordingError) -> Recording {
         let (bytes, gzipDamage) = GzipReader.inflateAll(data)
+        return try parse(inflated: bytes, damage: gzipDamage)
+    }
+
+    /// The JSON lines once inflated; `damage` is what the gzip layer said, if anything.
+    public static func parse(inflated bytes: [UInt8], damage gzipDamage: String? = nil) throws(RecordingError) -> Recording {
         var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false)
         var damage = gzipDamage
         // The part after the last newline is a line the writer had not finished.

@@ -1,0 +1,131 @@
+import ControlProtocol
+import ControlServer
+import Foundation
+import Inspector
+import Logging
+import VMM
+
+/// What the fuzzer (`vmscope-fuzz`, built with -sanitize=fuzzer,address) and the corpus tests feed bytes to.
+/// Each target also checks a property of the result: a violation traps, which the fuzzer reports as a crash.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    /// The control server's side: bytes from a client, through framing, negotiation and every command, on a
+    /// live reference VMM (mutations and injection allowed, so every command's path is reachable). Property:
+    /// every line the server sends back is one JSON object that is a greeting, a reply, an error or an event.
+    case server
+    /// The inspector's side: bytes from a server, through the framer (both with and without the fault fast
+    /// path) and the decoders into a model. Property: whatever the fast `MEMORY_FAULT` decoder accepts equals
+    /// the general JSON path's reading of the same message.
+    case client
+    /// Theme files. Property: a refusal names a line.
+    case theme
+    /// Recordings, as files (gzip) and as their inflated lines, replayed to the middle and the end, and
+    /// snapshotted as JSON (the renderer is the client target's).
+    case recording
+
+    public func run(_ bytes: UnsafeBufferPointer<UInt8>) {
+        switch self {
+        case .server: Self.server(Array(bytes))
+        case .client: Self.client(Array(bytes))
+        case .theme: Self.theme(Array(bytes))
+        case .recording: Self.recording(Array(bytes))
+        }
+    }
+
+    public func run(_ bytes: [UInt8]) { bytes.withUnsafeBufferPointer { run($0) } }
+
+    // MARK: Server
+
+    /// One VMM and server for the whole run (the server thread is not started: `respond` stands in for it).
+    nonisolated(unsafe) private static var served: (vmm: ReferenceVMM, server: ControlServer, listener: UnixListener)?
+
+    /// Starts the VMM the server target needs; nil with the reason when it cannot (no /dev/kvm).
+    public static func prepareServer() -> String? {
+        if served != nil { return nil }
+        var c = VMMConfiguration()
+        c.vcpus = 2
+        c.ramSize = 64 << 20
+        c.allowMutations = true
+        c.allowFaultInjection = true
+        let quiet = Logger(label: "fuzz") { _ in SwiftLogNoOpLogHandler() }
+        do {
+            let vmm = try ReferenceVMM(c, logger: quiet)
+            let path = NSTemporaryDirectory() + "vmscope-fuzz-\(getpid()).sock"
+            let listener = try UnixListener(path: path)
+            let server = ControlServer(vmm: vmm, listener: listener, logger: quiet)
+            vmm.start()
+            served = (vmm, server, listener)
+            return nil
+        } catch {
+            return "the server target needs a reference VMM: \(error)"
+        }
+    }
+
+    static func server(_ input: [UInt8]) {
+        if served == nil, let why = prepareServer() { fatalError(why) }
+        let output = served!.server.respond(to: input)
+        for line in output.split(separator: 0x0A) {
+            var bytes = Array(line)
+            guard let j = try? JSON.parse(bytes: &bytes), case .object = j else {
+                fatalError("the server sent a line that is not a JSON object: \(String(decoding: line.prefix(200), as: UTF8.self))")
+            }
+            guard j["QMP"] != nil || j["return"] != nil || j["error"]?["class"]?.stringValue != nil || j["event"] != nil else {
+                fatalError("the server sent neither greeting, reply, error nor event: \(j.serialized.prefix(200))")
+            }
+        }
+    }
+
+    // MARK: Client
+
+    static func client(_ input: [UInt8]) {
+        // Chunk sizes from the input itself, so the fuzzer also explores where reads split messages.
+        let chunk = 1 + Int(input.first ?? 0) * 7
+        var fast = Framer(maxMessage: 1 << 16, decodeFaults: true)
+        var plain = Framer(maxMessage: 1 << 16, decodeFaults: false)
+        var model = InspectorModel(faultCapacity: 64)
+        var i = 0
+        while i < input.count {
+            let piece = input[i..<min(i + chunk, input.count)]
+            for frame in fast.feed(piece) {
+                switch frame {
+                case .faults(let batch): model.apply(faults: batch, nowNs: 1)
+                case .message(var m):
+                    if let batch = FaultBatch.decodeEvent(m) { model.apply(faults: batch, nowNs: 1) }
+                    else if let e = try? JSON.parse(bytes: &m) { model.apply(event: e, nowNs: 1) }
+                case .tooLong: break
+                }
+            }
+            for frame in plain.feed(piece) {
+                guard case .message(let m) = frame, let batch = FaultBatch.decodeEvent(m) else { continue }
+                var copy = m
+                guard let parsed = try? JSON.parse(bytes: &copy) else {
+                    fatalError("the fast decoder accepted what JSON.parse refuses: \(String(decoding: m.prefix(200), as: UTF8.self))")
+                }
+                guard FaultBatch(data: parsed["data"]) == batch else {
+                    fatalError("the fast decoder and the JSON path disagree on: \(String(decoding: m.prefix(200), as: UTF8.self))")
+                }
+            }
+            i += chunk
+        }
+        _ = Renderer().render(model, InspectorUI(), width: 80, height: 24)
+    }
+
+    // MARK: Theme
+
+    static func theme(_ input: [UInt8]) {
+        do { _ = try Theme.parse(String(decoding: input, as: UTF8.self), file: "fuzz.json") } catch {
+            guard error.description.contains("fuzz.json") else { fatalError("a theme refusal without the file: \(error)") }
+        }
+    }
+
+    // MARK: Recording
+
+    static func recording(_ input: [UInt8]) {
+        for parsed in [try? Recording.parse(input), try? Recording.parse(inflated: input)] {
+            guard let r = parsed else { continue }
+            var replay = Replay(r, file: "fuzz")
+            replay.seek(to: r.durationNs / 2)
+            replay.seek(to: .max)
+            _ = Snapshot.json(replay.model, takenAtWallNs: 0, origin: .recording(file: "fuzz", offsetNs: replay.positionNs))
+        }
+    }
+}
