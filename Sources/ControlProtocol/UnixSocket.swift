@@ -25,18 +25,44 @@ func makeAddress(_ path: String) throws(SocketError) -> sockaddr_un {
     return addr
 }
 
-/// The control socket's listening end: created mode 0600, never over an existing file, removed on `remove()`.
+/// The control socket's listening end: created mode 0600, removed on `remove()`. Never over an existing file,
+/// except a stale socket: one nobody listens on any more (a VMM that was killed leaves it), which is replaced.
 public final class UnixListener: @unchecked Sendable {
     // @unchecked: immutable after init; `remove` is called once by the owner.
     public let path: String
     public let fd: Int32
+    /// Whether a stale socket (nobody listening) was at `path` and was replaced.
+    public private(set) var staleReplaced = false
+
+    /// 0 when something accepts a connection on `addr`, else the connect errno.
+    private static func probe(_ addr: inout sockaddr_un) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0 ? 0 : errno
+    }
 
     public init(path: String) throws(SocketError) {
         self.path = path
         var addr = try makeAddress(path)
         var st = stat()
         if lstat(path, &st) == 0 {
-            throw SocketError("\(path) already exists; is another VMM running? Remove it if not.")
+            guard st.st_mode & S_IFMT == S_IFSOCK else {
+                throw SocketError("\(path) already exists and is not a socket; choose another path")
+            }
+            switch Self.probe(&addr) {
+            case ECONNREFUSED:
+                // Nobody listens: what a killed VMM leaves behind.
+                guard unlink(path) == 0 else { throw .errno("unlink the stale socket \(path)") }
+                staleReplaced = true
+            case 0:
+                throw SocketError("\(path) is in use: another VMM is serving it")
+            case let e:
+                throw SocketError("\(path) already exists and cannot be probed (\(String(cString: strerror(e)))); remove it if no VMM uses it")
+            }
         }
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .errno("socket") }

@@ -17,6 +17,8 @@ final class InspectorSession {
     private var lastReconnect: UInt64 = 0
     private var reconnectDelayMs: UInt64 = 100
     private var dirty = true
+    /// When the connection was lost (cleared once a reconnection has said what the gap cost).
+    private var disconnectedAt: UInt64?
     /// `R`'s recording, while it runs.
     private var recording: BackgroundRecording?
     private var lastPaint: UInt64 = 0
@@ -35,6 +37,8 @@ final class InspectorSession {
     static func now() -> UInt64 { Inspector.Clock.monotonicNs() }
 
     private func connected(_ c: ControlClient) {
+        let previousPid = model.vm.pid
+        let lastSeq = model.visibleFaults.last?.seq
         client = c
         reconnectDelayMs = 100
         model.memslotsStale = true
@@ -49,6 +53,7 @@ final class InspectorSession {
             model.unavailable = [:]
             qemu = nil
             refreshVM()
+            if let since = disconnectedAt { ui.status = gapReport(since: since, previousPid: previousPid, lastSeq: lastSeq) }
         case .qemu(let version, _):
             model.connection = .connected("QEMU \(version)")
             var source = QEMUSource(greeting: c.greeting)
@@ -56,6 +61,19 @@ final class InspectorSession {
             qemu = source
         }
         ui.totalPages = max(1, model.vm.ramSize / 4096)
+        disconnectedAt = nil
+    }
+
+    /// What the bottom line says after a reconnection: how long the views were blind, and what went by.
+    private func gapReport(since: UInt64, previousPid: Int?, lastSeq: UInt64?) -> (text: String, isError: Bool) {
+        let seconds = String(format: "%.1f", Double(Self.now() - since) / 1e9)
+        if let previousPid, let pid = model.vm.pid, pid != previousPid {
+            return ("reconnected after \(seconds) s: the VMM restarted (pid \(previousPid) → \(pid)); its counters and fault seq start afresh", true)
+        }
+        if let lastSeq, let total = call("query-memory-faults", .object([("limit", .i(0))]))?["total"]?.uint64Value, total > lastSeq {
+            return ("reconnected after \(seconds) s: \(total - lastSeq) fault records went by unseen (seq \(lastSeq + 1)–\(total))", true)
+        }
+        return ("reconnected after \(seconds) s; no fault records missed", false)
     }
 
     /// `client.execute` as a QEMUSource calls it.
@@ -84,6 +102,7 @@ final class InspectorSession {
     private func disconnected(_ why: String) {
         client?.close()
         client = nil
+        if disconnectedAt == nil { disconnectedAt = Self.now() }
         model.connection = .disconnected(why)
         dirty = true
     }

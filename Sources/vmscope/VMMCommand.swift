@@ -98,6 +98,10 @@ struct VMMCommand: ParsableCommand {
             print("vmscope vmm: \(error)", to: &err)
             throw ExitCode(2)
         }
+        if listener.staleReplaced {
+            logger.notice("replaced a stale socket nobody listened on (a VMM killed before it could remove it)",
+                          metadata: ["socket": "\(socket)"])
+        }
         let vmm: ReferenceVMM
         do { vmm = try ReferenceVMM(c, logger: logger) } catch {
             listener.remove()
