@@ -68,7 +68,7 @@ public struct Renderer {
         let conn: String
         switch m.connection {
         case .connected(let peer): conn = s.width >= 140 ? "connected (\(peer))" : "connected"
-        case .disconnected(let why): conn = "disconnected — retrying: \(why)"
+        case .disconnected(let why): conn = ui.replay == nil ? "disconnected — retrying: \(why)" : "disconnected: \(why)"
         }
         let dropped = m.faultsDropped + m.eventsDropped
         // Most important first; what does not fit is left off the end.

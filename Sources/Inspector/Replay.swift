@@ -89,8 +89,11 @@ public struct Replay: Sendable {
                 lastVCPUReplyNs = item.t
             default: break
             }
-        case .end(let reason):
-            model.connection = .disconnected("recording ended: \(reason)")
+        case .end(let reason) where reason.hasPrefix("the VMM went away"):
+            // The recording ends where the live connection did.
+            model.connection = .disconnected(reason)
+        case .end:
+            break
         }
     }
 

@@ -199,6 +199,7 @@ final class ReplaySession {
     func run(terminal: Terminal) {
         terminal.apply(themes[ui.themeName] ?? .mono)
         var currentTheme = ui.themeIndex
+        var dirty = true
         while true {
             let now = InspectorSession.now()
             var at = position(now: now)
@@ -206,6 +207,7 @@ final class ReplaySession {
                 at = replay.durationNs
                 anchorNs = at
                 paused = true
+                dirty = true
             }
             replay.seek(to: at)
             let (w, h) = terminal.size
@@ -219,10 +221,15 @@ final class ReplaySession {
             ui.vcpuStates = replay.model.vcpus.map(\.state)
             ui.replay = ReplayStatus(positionNs: replay.positionNs, durationNs: replay.durationNs, speed: speed, paused: paused)
             if ui.frozen && ui.frozenAtSeq == nil { ui.frozenAtSeq = replay.model.visibleFaults.last?.seq ?? 0 }
-            renderer.nowNs = replay.monotonicNs(at: replay.positionNs)
-            terminal.paint(renderer.render(replay.model, ui, width: w, height: h))
+            // Paused, the views only change on a key: no repaint in between.
+            if !paused || dirty {
+                renderer.nowNs = replay.monotonicNs(at: replay.positionNs)
+                terminal.paint(renderer.render(replay.model, ui, width: w, height: h))
+                dirty = false
+            }
             if Terminal.interrupted.load(ordering: .relaxed) != 0 { return }
             guard let key = terminal.readKey() else { continue }
+            dirty = true
             if key == .resize { continue }
             for effect in ui.handle(key) where !perform(effect, now: InspectorSession.now()) { return }
             if ui.themeIndex != currentTheme {

@@ -82,7 +82,7 @@ struct RecordingTests {
         #expect(replay.burstsNs == [2_000_000, 7_000_000_000])
         replay.seek(to: .max)
         #expect(replay.atEnd && replay.positionNs == r.durationNs)
-        #expect(replay.model.connection == .disconnected("recording ended: duration reached"))
+        #expect(replay.model.connection == .connected("vmscope 0.1.0, recorded"), "a recording that ran its course ends connected")
     }
 
     @Test func damageStopsTheReplayThereAndSaysWhere() throws {

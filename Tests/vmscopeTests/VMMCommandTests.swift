@@ -25,6 +25,20 @@ import Testing
         let f = try Binary.run(["vmm", "--socket", "/tmp/never-created.sock", "--allow-fault-injection"])
         #expect(f.status != 0)
         #expect(f.stderr.contains("--allow-mutations"))
+        let ro = try Binary.run(["vmm", "--socket", "/tmp/never-created.sock", "--read-only", "--allow-mutations"])
+        #expect(ro.status != 0 && ro.stderr.contains("--read-only refuses what --allow-mutations"), "\(ro.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/never-created.sock"))
+    }
+
+    @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
+    func readOnlyRefusesMemoryReadsAndSaysSo() throws {
+        let vmm = try RunningVMM(["--read-only"])
+        defer { vmm.stop() }
+        let vm = try Binary.run(["ctl", vmm.socket, "query-vm"])
+        #expect(vm.stdout.contains("\"memory-reads-allowed\": false") || vm.stdout.contains("\"memory-reads-allowed\":false"), "\(vm.stdout)")
+        let r = try Binary.run(["ctl", vmm.socket, "read-memory", #"{"gpa": 0, "size": 16}"#])
+        #expect(r.status == 1 && r.stderr.contains("PermissionDenied") && r.stderr.contains("--read-only"), "\(r.stderr)")
+        #expect(r.stdout.isEmpty)
     }
 
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
