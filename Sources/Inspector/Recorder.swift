@@ -39,9 +39,16 @@ public final class Recorder: @unchecked Sendable {
         writer = try RecordingWriter(path: path, header: Recording.Header(
             startedAtWallNs: Self.wallNs(), startedAtMonotonicNs: mono, socket: socket, greeting: client.greeting,
             recorder: recorder))
-        let snapshot = try client.execute("query-snapshot", .object([("faults", .i(faultLimit))]), timeoutMs: 10_000)
-        try writer.append(.snapshot(snapshot), monotonicNs: Self.monotonicNs())
-        try writer.flush()
+        do {
+            let snapshot = try client.execute("query-snapshot", .object([("faults", .i(faultLimit))]), timeoutMs: 10_000)
+            try writer.append(.snapshot(snapshot), monotonicNs: Self.monotonicNs())
+            try writer.flush()
+        } catch {
+            // No recording without its starting state: leave no half file behind.
+            client.close()
+            unlink(path)
+            throw error
+        }
         lastVCPUs = Self.monotonicNs()
     }
 

@@ -164,6 +164,8 @@ final class InspectorSession {
                 recording = nil
                 ui.recording = nil
                 ui.status = (r.stop(), false)
+            } else if qemu != nil {
+                ui.status = ("cannot record: recording needs vmscope's VMM (QEMU has no query-snapshot, and this inspector holds its monitor)", true)
             } else {
                 let path = sessionFilePath("recording", "jsonl.gz")
                 do {

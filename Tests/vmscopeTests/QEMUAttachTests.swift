@@ -161,6 +161,10 @@ struct QEMUTUITests {
         t.keys("1", "s", "y")
         screen = t.waitFor(3) { $0.contains("refused") }
         #expect(screen.contains("refused: QEMU") && screen.contains("no QMP command for private/shared conversion"), "\(screen)")
+        // R: refused at once with the reason (no second connection to a monitor QEMU serves to one client).
+        t.keys("R")
+        screen = t.waitFor(3) { $0.contains("cannot record") }
+        #expect(screen.contains("cannot record: recording needs vmscope's VMM"), "\(screen)")
 
         // QEMU dies: the inspector says so and keeps running; a new QEMU on the same path is picked up.
         checker.close()
