@@ -119,6 +119,20 @@ public struct InspectorUI: Sendable {
 
     public var themeName: String { themeNames[themeIndex % max(1, themeNames.count)] }
 
+    /// Tells the UI state what a `width`×`height` frame over `model` shows: the map's grid (so cursor moves and
+    /// zoom use what is on screen), RAM, the vCPUs; and pins a frozen fault stream to its newest record.
+    public mutating func fit(_ model: InspectorModel, width: Int, height: Int) {
+        if let r = Renderer.layout(width: width, height: height, ui: self)[.map] {
+            let g = Renderer.mapGrid(r)
+            mapColumns = g.columns
+            mapRows = g.rows
+        }
+        totalPages = max(1, model.vm.ramSize / 4096)
+        vcpuCount = model.vcpus.count
+        vcpuStates = model.vcpus.map(\.state)
+        if frozen && frozenAtSeq == nil { frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
+    }
+
     public var effectivePagesPerCell: UInt64 {
         pagesPerCell ?? MapGeometry.fitting(totalPages: totalPages, columns: mapColumns, rows: mapRows)
     }

@@ -86,7 +86,6 @@ public enum Snapshot {
         var ui = InspectorUI()
         ui.ascii = ascii
         ui.maximized = true
-        ui.totalPages = max(1, m.vm.ramSize / 4096)
         var out: [String] = []
         for pane in Pane.allCases {
             ui.focus = pane
@@ -96,11 +95,7 @@ public enum Snapshot {
             case .memslots: max(16, m.memslots.count + 6)
             case .vcpus: max(16, 14 * max(1, m.vcpus.count) + 4)
             }
-            if pane == .map, let r = Renderer.layout(width: width, height: height, ui: ui)[.map] {
-                let g = Renderer.mapGrid(r)
-                ui.mapColumns = g.columns
-                ui.mapRows = g.rows
-            }
+            ui.fit(m, width: width, height: height)
             var lines = renderer.render(m, ui, width: width, height: height).lines
             lines.removeLast()   // the key hints
             if pane != .map { lines.removeFirst() }   // the status bar, once is enough

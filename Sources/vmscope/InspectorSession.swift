@@ -60,7 +60,6 @@ final class InspectorSession {
             do { try source.start(execute(c), model: &model, nowNs: Self.now()) } catch { failed(error) }
             qemu = source
         }
-        ui.totalPages = max(1, model.vm.ramSize / 4096)
         disconnectedAt = nil
     }
 
@@ -139,7 +138,6 @@ final class InspectorSession {
         if var source = qemu {
             do { if try source.poll(execute(client), model: &model, nowNs: now) { dirty = true } } catch { failed(error) }
             qemu = source
-            ui.totalPages = max(1, model.vm.ramSize / 4096)
             return
         }
         if model.memslotsStale, let j = call("query-memslots") { model.apply(memslots: j); dirty = true }
@@ -227,15 +225,7 @@ final class InspectorSession {
             let now = Self.now()
             poll(now: now)
             let (w, h) = terminal.size
-            // Tell the UI state the map's geometry, so cursor moves and zoom use what is on screen.
-            if let mapRect = Renderer.layout(width: w, height: h, ui: ui)[.map] {
-                let g = Renderer.mapGrid(mapRect)
-                ui.mapColumns = g.columns
-                ui.mapRows = g.rows
-            }
-            ui.vcpuCount = model.vcpus.count
-            ui.vcpuStates = model.vcpus.map(\.state)
-            if ui.frozen && ui.frozenAtSeq == nil { ui.frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
+            ui.fit(model, width: w, height: h)
             // Fading fault marks need repaints while they fade.
             if !model.recentFaults.isEmpty && now - lastPaint > 100_000_000 { dirty = true }
             if dirty {

@@ -211,16 +211,8 @@ final class ReplaySession {
             }
             replay.seek(to: at)
             let (w, h) = terminal.size
-            if let mapRect = Renderer.layout(width: w, height: h, ui: ui)[.map] {
-                let g = Renderer.mapGrid(mapRect)
-                ui.mapColumns = g.columns
-                ui.mapRows = g.rows
-            }
-            ui.totalPages = max(1, replay.model.vm.ramSize / 4096)
-            ui.vcpuCount = replay.model.vcpus.count
-            ui.vcpuStates = replay.model.vcpus.map(\.state)
+            ui.fit(replay.model, width: w, height: h)
             ui.replay = ReplayStatus(positionNs: replay.positionNs, durationNs: replay.durationNs, speed: speed, paused: paused)
-            if ui.frozen && ui.frozenAtSeq == nil { ui.frozenAtSeq = replay.model.visibleFaults.last?.seq ?? 0 }
             // Paused, the views only change on a key: no repaint in between.
             if !paused || dirty {
                 renderer.nowNs = replay.monotonicNs(at: replay.positionNs)
