@@ -280,8 +280,11 @@ public final class ControlServer: @unchecked Sendable {
 
     /// One line per mutating (or memory-reading) command, done or refused: who asked, what, and how it went.
     private func audit(_ c: Client, _ name: String, _ arguments: JSON?, outcome: String) {
+        // Arguments as sent, up to 512 characters: a client cannot make the log carry a megabyte line.
+        let text = arguments?.serialized ?? "{}"
+        let shown = text.count <= 512 ? text : text.prefix(512) + "… (\(text.utf8.count) bytes)"
         logger.notice("audit", metadata: [
-            "command": "\(name)", "arguments": "\(arguments?.serialized ?? "{}")", "client": "\(c.id)",
+            "command": "\(name)", "arguments": "\(shown)", "client": "\(c.id)",
             "pid": "\(c.pid)", "uid": "\(c.uid)", "outcome": "\(outcome)",
         ])
     }

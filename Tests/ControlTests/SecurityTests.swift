@@ -113,6 +113,21 @@ struct SecurityTests {
         }
     }
 
+    @Test func anAuditLineStaysShortWhateverTheClientSends() throws {
+        let log = CapturedLog()
+        let s = try Self.start(.mutations, log: log)
+        defer { s.stop() }
+        let c = try LineClient(s.path)
+        try c.negotiate()
+        let big = String(repeating: "x", count: 200_000)
+        let r = try c.call(#"{"execute":"set-memory-attributes","arguments":{"gpa":16777216,"size":4096,"private":false,"junk":"\#(big)"}}"#)
+        #expect(errorClass(r) == "GenericError")
+        let line = try #require(log.audit().last)
+        #expect(line["command"] == "set-memory-attributes" && line["outcome"]?.hasPrefix("refused: GenericError") == true)
+        let shown = try #require(line["arguments"])
+        #expect(shown.count < 600 && shown.hasSuffix("(200054 bytes)") && shown.hasPrefix(#"{"gpa":16777216"#), "\(shown.prefix(100))…\(shown.suffix(40))")
+    }
+
     @Test func readMemoryIsBounded() throws {
         let log = CapturedLog()
         let s = try Self.start(.locked, log: log)
