@@ -2,7 +2,7 @@ import ControlProtocol
 import Foundation
 
 /// The two clocks recordings and snapshots use, in ns.
-public enum Clock {
+public enum HostClock {
     public static func monotonicNs() -> UInt64 { read(CLOCK_MONOTONIC) }
     public static func wallNs() -> UInt64 { read(CLOCK_REALTIME) }
     private static func read(_ id: clockid_t) -> UInt64 {
@@ -23,8 +23,6 @@ public final class Recorder: @unchecked Sendable {
     private var lastVCPUs: UInt64 = 0
     private var lastClientDrops: UInt64 = 0
 
-    static func monotonicNs() -> UInt64 { Clock.monotonicNs() }
-    static func wallNs() -> UInt64 { Clock.wallNs() }
 
     /// Connects, writes the header and the opening snapshot. A stock QEMU is refused: it has no
     /// `query-snapshot` and serves one client per monitor, which the inspector already holds.
@@ -35,13 +33,13 @@ public final class Recorder: @unchecked Sendable {
             throw RecordingError.format("\(socket) is a stock QEMU: recording needs vmscope's VMM (QEMU has no query-snapshot, and serves one client per QMP monitor)")
         }
         self.client = client
-        let mono = Self.monotonicNs()
+        let mono = HostClock.monotonicNs()
         writer = try RecordingWriter(path: path, header: Recording.Header(
-            startedAtWallNs: Self.wallNs(), startedAtMonotonicNs: mono, socket: socket, greeting: client.greeting,
+            startedAtWallNs: HostClock.wallNs(), startedAtMonotonicNs: mono, socket: socket, greeting: client.greeting,
             recorder: recorder))
         do {
             let snapshot = try client.execute("query-snapshot", .object([("faults", .i(faultLimit))]), timeoutMs: 10_000)
-            try writer.append(.snapshot(snapshot), monotonicNs: Self.monotonicNs())
+            try writer.append(.snapshot(snapshot), monotonicNs: HostClock.monotonicNs())
             try writer.flush()
         } catch {
             // No recording without its starting state: leave no half file behind.
@@ -49,7 +47,7 @@ public final class Recorder: @unchecked Sendable {
             unlink(path)
             throw error
         }
-        lastVCPUs = Self.monotonicNs()
+        lastVCPUs = HostClock.monotonicNs()
     }
 
     /// Records until `shouldStop` says so, the deadline passes or the VMM goes away; finishes the file either
@@ -61,18 +59,18 @@ public final class Recorder: @unchecked Sendable {
         } catch {
             client.close()
             // The file is good up to the last flush; try to end it properly too (the disk may let the trailer in).
-            try? writer.finish(reason: "write error: \(error)", monotonicNs: Self.monotonicNs())
+            try? writer.finish(reason: "write error: \(error)", monotonicNs: HostClock.monotonicNs())
             throw error
         }
         client.close()
-        try writer.finish(reason: reason, monotonicNs: Self.monotonicNs())
+        try writer.finish(reason: reason, monotonicNs: HostClock.monotonicNs())
         return reason
     }
 
     private func loop(until deadlineNs: UInt64?, shouldStop: () -> Bool) throws -> String {
         while true {
             if shouldStop() { return "stopped" }
-            let now = Self.monotonicNs()
+            let now = HostClock.monotonicNs()
             if let deadlineNs, now >= deadlineNs { return "duration reached" }
             var memslotsChanged = false, attributesChanged = false
             var n = 0
@@ -87,7 +85,7 @@ public final class Recorder: @unchecked Sendable {
                 case "MEMORY_ATTRIBUTES_CHANGED": attributesChanged = true
                 default: break
                 }
-                try writer.append(.event(event), monotonicNs: Self.monotonicNs())
+                try writer.append(.event(event), monotonicNs: HostClock.monotonicNs())
                 n += 1
             }
             // Events this client's own queue had to drop: in the file as the server's EVENTS_DROPPED would be.
@@ -95,14 +93,14 @@ public final class Recorder: @unchecked Sendable {
             if drops > lastClientDrops {
                 let e: JSON = .object([("event", .string("EVENTS_DROPPED")),
                                        ("data", .object([("count", .u(drops - lastClientDrops)), ("where", .string("recorder"))]))])
-                try writer.append(.event(e), monotonicNs: Self.monotonicNs())
+                try writer.append(.event(e), monotonicNs: HostClock.monotonicNs())
                 lastClientDrops = drops
             }
             guard client.isConnected else { return "the VMM went away" }
             do {
                 if memslotsChanged { try query("query-memslots") }
                 if attributesChanged { try query("query-memory-attributes") }
-                let t = Self.monotonicNs()
+                let t = HostClock.monotonicNs()
                 if t - lastVCPUs >= vcpuIntervalNs {
                     try query("query-vcpus")
                     lastVCPUs = t
@@ -117,6 +115,6 @@ public final class Recorder: @unchecked Sendable {
 
     private func query(_ name: String) throws {
         let value = try client.execute(name, nil, timeoutMs: 10_000)
-        try writer.append(.reply(command: name, value: value), monotonicNs: Self.monotonicNs())
+        try writer.append(.reply(command: name, value: value), monotonicNs: HostClock.monotonicNs())
     }
 }

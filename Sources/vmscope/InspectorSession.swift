@@ -34,8 +34,6 @@ final class InspectorSession {
         connected(client)
     }
 
-    static func now() -> UInt64 { Inspector.Clock.monotonicNs() }
-
     private func connected(_ c: ControlClient) {
         let previousPid = model.vm.pid
         let lastSeq = model.visibleFaults.last?.seq
@@ -57,7 +55,7 @@ final class InspectorSession {
         case .qemu(let version, _):
             model.connection = .connected("QEMU \(version)")
             var source = QEMUSource(greeting: c.greeting)
-            do { try source.start(execute(c), model: &model, nowNs: Self.now()) } catch { failed(error) }
+            do { try source.start(execute(c), model: &model, nowNs: HostClock.monotonicNs()) } catch { failed(error) }
             qemu = source
         }
         disconnectedAt = nil
@@ -65,7 +63,7 @@ final class InspectorSession {
 
     /// What the bottom line says after a reconnection: how long the views were blind, and what went by.
     private func gapReport(since: UInt64, previousPid: Int?, lastSeq: UInt64?) -> (text: String, isError: Bool) {
-        let seconds = String(format: "%.1f", Double(Self.now() - since) / 1e9)
+        let seconds = String(format: "%.1f", Double(HostClock.monotonicNs() - since) / 1e9)
         if let previousPid, let pid = model.vm.pid, pid != previousPid {
             return ("reconnected after \(seconds) s: the VMM restarted (pid \(previousPid) → \(pid)); its counters and fault seq start afresh", true)
         }
@@ -101,7 +99,7 @@ final class InspectorSession {
     private func disconnected(_ why: String) {
         client?.close()
         client = nil
-        if disconnectedAt == nil { disconnectedAt = Self.now() }
+        if disconnectedAt == nil { disconnectedAt = HostClock.monotonicNs() }
         model.connection = .disconnected(why)
         dirty = true
     }
@@ -222,7 +220,7 @@ final class InspectorSession {
         applyTheme(terminal)
         var currentTheme = ui.themeIndex
         while true {
-            let now = Self.now()
+            let now = HostClock.monotonicNs()
             poll(now: now)
             let (w, h) = terminal.size
             ui.fit(model, width: w, height: h)

@@ -48,7 +48,7 @@ struct RecordCommand: ParsableCommand {
             print("vmscope record: \(error)", to: &err)
             throw ExitCode(2)
         }
-        let deadline = duration.flatMap(parseDuration).map { InspectorSession.now() + UInt64($0 * 1e9) }
+        let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + UInt64($0 * 1e9) }
         print("vmscope record: recording \(socket) to \(output)\(duration.map { " for \($0)" } ?? "; Ctrl-C finishes the file")",
               to: &err)
         do {
@@ -138,7 +138,7 @@ final class ReplaySession {
     /// Playback: position `anchorNs` at monotonic time `anchorAt`; paused keeps the position.
     private var paused = false
     private var anchorNs: UInt64 = 0
-    private var anchorAt: UInt64 = InspectorSession.now()
+    private var anchorAt: UInt64 = HostClock.monotonicNs()
 
     init(replay: Replay, speed: Double, themes: [String: Theme], themeOrder: [String], ascii: Bool) {
         self.replay = replay
@@ -201,7 +201,7 @@ final class ReplaySession {
         var currentTheme = ui.themeIndex
         var dirty = true
         while true {
-            let now = InspectorSession.now()
+            let now = HostClock.monotonicNs()
             var at = position(now: now)
             if at >= replay.durationNs && !paused {
                 at = replay.durationNs
@@ -223,7 +223,7 @@ final class ReplaySession {
             guard let key = terminal.readKey() else { continue }
             dirty = true
             if key == .resize { continue }
-            for effect in ui.handle(key) where !perform(effect, now: InspectorSession.now()) { return }
+            for effect in ui.handle(key) where !perform(effect, now: HostClock.monotonicNs()) { return }
             if ui.themeIndex != currentTheme {
                 currentTheme = ui.themeIndex
                 terminal.apply(themes[ui.themeName] ?? .mono)

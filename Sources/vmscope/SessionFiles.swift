@@ -27,7 +27,7 @@ func writeSnapshotFiles(_ model: InspectorModel, origin: Snapshot.Origin, ascii:
     let json = sessionFilePath("snapshot", "json")
     let txt = String(json.dropLast(5)) + ".txt"
     do {
-        try Data((Snapshot.json(model, takenAtWallNs: wallClockNs(), origin: origin).pretty() + "\n").utf8)
+        try Data((Snapshot.json(model, takenAtWallNs: HostClock.wallNs(), origin: origin).pretty() + "\n").utf8)
             .write(to: URL(fileURLWithPath: json), options: .atomic)
         try Data(Snapshot.text(model, ascii: ascii).utf8).write(to: URL(fileURLWithPath: txt), options: .atomic)
     } catch {
@@ -46,7 +46,7 @@ final class BackgroundRecording: Sendable {
 
     init(socket: String, path: String) throws {
         self.path = path
-        startedNs = InspectorSession.now()
+        startedNs = HostClock.monotonicNs()
         let recorder = try Recorder(socket: socket, path: path, recorder: "vmscope attach (R)")
         let thread = Thread { [self] in
             let result: String

@@ -14,8 +14,6 @@ enum SnapshotFormat: String, EnumerableFlag {
     }
 }
 
-func wallClockNs() -> UInt64 { Inspector.Clock.wallNs() }
-
 /// `vmscope snapshot SOCKET`: every view at one instant, without a terminal.
 struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -43,8 +41,8 @@ struct SnapshotCommand: ParsableCommand {
         do {
             let client = try ControlClient(path: socket, timeoutMs: 5000)
             defer { client.close() }
-            let taken = wallClockNs()
-            let (model, _) = try Capture.model(client, faultLimit: faults, nowNs: InspectorSession.now())
+            let taken = HostClock.wallNs()
+            let (model, _) = try Capture.model(client, faultLimit: faults, nowNs: HostClock.monotonicNs())
             text = switch format {
             case .json: Snapshot.json(model, faultLimit: faults, takenAtWallNs: taken, origin: .live).pretty() + "\n"
             case .text: Snapshot.text(model, ascii: ascii)
