@@ -80,8 +80,7 @@ struct CommandTable {
                 ("vm", vmObject()),
                 ("memslots", .array(state.memslots.map(Encode.memslot))),
                 ("attributes", Encode.attributes(state.attributes)),
-                ("faults", .object([("records", .array(state.faults.map(Encode.record))),
-                                    ("total", .u(state.faultsTotal)), ("dropped", .u(state.faultsDropped))])),
+                ("faults", Encode.faults(state.faults, total: state.faultsTotal, dropped: state.faultsDropped)),
                 ("vcpus", .array(vmm.vcpus().map(Encode.vcpu))),
             ])
         case "query-memslots":
@@ -114,10 +113,7 @@ struct CommandTable {
                 try a.finish()
                 return l
             }
-            return .object([
-                ("records", .array(vmm.faults.recent(limit).map(Encode.record))),
-                ("total", .u(vmm.faults.total)), ("dropped", .u(vmm.faults.dropped)),
-            ])
+            return Encode.faults(vmm.faults.recent(limit), total: vmm.faults.total, dropped: vmm.faults.dropped)
         case "vcpu-control":
             let (index, action) = try args { a throws(CommandError) in
                 let r = (try a.optionalInt("index", in: 0...Int(Int32.max)), try a.enumeration("action", VCPUAction.self))

@@ -15,6 +15,11 @@ enum Encode {
         ])
     }
 
+    /// `query-memory-faults`' reply (also `query-snapshot`'s `faults`).
+    static func faults(_ records: [FaultRecord], total: UInt64, dropped: UInt64) -> JSON {
+        .object([("records", .array(records.map(record))), ("total", .u(total)), ("dropped", .u(dropped))])
+    }
+
     static func memslot(_ m: MemslotInfo) -> JSON {
         .object([
             ("slot", .i(m.slot)), ("as-id", .i(m.addressSpace)), ("gpa", .u(m.gpa)), ("size", .u(m.size)),

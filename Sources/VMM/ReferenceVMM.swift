@@ -237,9 +237,13 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     public func queryMemoryAttributes(gpa: UInt64? = nil, size: UInt64? = nil) throws(VMMError) -> AttributeQuery {
         memory.lock.lock(); defer { memory.lock.unlock() }
-        let range = try memory.pages(gpa: gpa ?? 0, size: size ?? memory.ramSize - (gpa ?? 0))
-        let counts = memory.attributes.pageCounts(pages: range)
-        return AttributeQuery(runs: memory.attributes.runs(pages: range), privateBytes: counts.private * 4096,
+        return attributes(pages: try memory.pages(gpa: gpa ?? 0, size: size ?? memory.ramSize - (gpa ?? 0)))
+    }
+
+    /// Runs and byte counts of `pages`; the caller holds `memory.lock`.
+    private func attributes(pages: Range<UInt64>) -> AttributeQuery {
+        let counts = memory.attributes.pageCounts(pages: pages)
+        return AttributeQuery(runs: memory.attributes.runs(pages: pages), privateBytes: counts.private * 4096,
                               sharedBytes: counts.shared * 4096)
     }
 
@@ -252,12 +256,8 @@ public final class ReferenceVMM: @unchecked Sendable {
     /// taken under the lock every conversion, remap and fault record takes, so the three agree.
     public func captureState(faultLimit: Int) -> StateCapture {
         memory.lock.lock(); defer { memory.lock.unlock() }
-        let all = 0..<(memory.ramSize / 4096)
-        let counts = memory.attributes.pageCounts(pages: all)
         return StateCapture(
-            memslots: memory.memslots,
-            attributes: AttributeQuery(runs: memory.attributes.runs(pages: all), privateBytes: counts.private * 4096,
-                                       sharedBytes: counts.shared * 4096),
+            memslots: memory.memslots, attributes: attributes(pages: 0..<(memory.ramSize / 4096)),
             faults: faults.recent(faultLimit), faultsTotal: faults.total, faultsDropped: faults.dropped)
     }
 
