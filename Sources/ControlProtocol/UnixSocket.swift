@@ -25,6 +25,26 @@ func makeAddress(_ path: String) throws(SocketError) -> sockaddr_un {
     return addr
 }
 
+/// A blocking stream socket connected to `addr`, or which call failed (`socket` or `connect`) and its errno.
+func connectedSocket(_ addr: inout sockaddr_un) -> Result<Int32, ConnectFailure> {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return .failure(ConnectFailure(call: "socket", errno: errno)) }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else {
+        let e = errno
+        close(fd)
+        return .failure(ConnectFailure(call: "connect", errno: e))
+    }
+    return .success(fd)
+}
+
+struct ConnectFailure: Error {
+    var call: String
+    var errno: Int32
+}
+
 /// The control socket's listening end: created mode 0600, removed on `remove()`. Never over an existing file,
 /// except a stale socket: one nobody listens on any more (a VMM that was killed leaves it), which is replaced.
 public final class UnixListener: @unchecked Sendable {
@@ -36,13 +56,10 @@ public final class UnixListener: @unchecked Sendable {
 
     /// 0 when something accepts a connection on `addr`, else the connect errno.
     private static func probe(_ addr: inout sockaddr_un) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return errno }
-        defer { close(fd) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        switch connectedSocket(&addr) {
+        case .success(let fd): close(fd); return 0
+        case .failure(let e): return e.errno
         }
-        return rc == 0 ? 0 : errno
     }
 
     public init(path: String) throws(SocketError) {
@@ -120,17 +137,10 @@ public final class LineConnection: @unchecked Sendable {
 
     public init(path: String, maxLine: Int = 64 << 20) throws(SocketError) {
         var addr = try makeAddress(path)
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw .errno("socket") }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        switch connectedSocket(&addr) {
+        case .success(let s): fd = s
+        case .failure(let e): throw .errno(e.call == "socket" ? "socket" : "connect \(path)", e.errno)
         }
-        guard rc == 0 else {
-            let e = errno
-            close(s)
-            throw .errno("connect \(path)", e)
-        }
-        fd = s
         self.maxLine = maxLine
     }
 
