@@ -293,15 +293,19 @@ public struct InspectorModel: Sendable {
     public mutating func apply(faults batch: FaultBatch, nowNs: UInt64) {
         countEvent(nowNs: nowNs)
         faultsDropped += batch.dropped
-        let records = batch.records
-        guard !records.isEmpty else { return }
+        guard !batch.records.isEmpty else { return }
+        store(batch.records)
+        for f in batch.records { recentFaults.append(gfn: f.gfn, at: nowNs) }
+        countFaults(batch.records.count, nowNs: nowNs)
+    }
+
+    /// Keeps the newest `faultCapacity` of the buffer and `records`, trimmed and filled in bulk.
+    private mutating func store(_ records: [FaultRow]) {
         let keep = min(records.count, faultCapacity)
         let overflow = faults.count + keep - faultCapacity
         if overflow > 0 { faults.removeFirst(overflow) }
         faults.append(contentsOf: records[(records.count - keep)...])
         faultsReceived += UInt64(records.count)
-        for f in records { recentFaults.append(gfn: f.gfn, at: nowNs) }
-        countFaults(records.count, nowNs: nowNs)
     }
 
     public mutating func apply(event e: JSON, nowNs: UInt64) {
@@ -345,12 +349,8 @@ public struct InspectorModel: Sendable {
 
     /// Records from before the session (a snapshot's): kept and marked at their own time, not counted as arrivals.
     mutating func appendHistory(_ records: [FaultRow]) {
-        for f in records {
-            if faults.count >= faultCapacity { faults.removeFirst() }
-            faults.append(f)
-            recentFaults.append(gfn: f.gfn, at: f.timeNs)
-        }
-        faultsReceived += UInt64(records.count)
+        store(records)
+        for f in records { recentFaults.append(gfn: f.gfn, at: f.timeNs) }
     }
 
     private mutating func countFaults(_ n: Int, nowNs: UInt64) {
