@@ -183,8 +183,14 @@ public struct InspectorUI: Sendable {
             return [.toggleRecording] },
         KeyBinding(keys: [.char(" ")], label: "Space", help: "replay: pause / play", mutates: false) { ui in
             ui.replayOnly(.togglePause) },
-        KeyBinding(keys: [.char("["), .char("]")], label: "[ ]", help: "replay: back / forward 10 s", mutates: false) { _ in [] },
-        KeyBinding(keys: [.char("{"), .char("}")], label: "{ }", help: "replay: previous / next fault burst", mutates: false) { _ in [] },
+        KeyBinding(keys: [.char("[")], label: "[", help: "replay: back 10 s", mutates: false) { ui in
+            ui.replayOnly(.skip(seconds: -10)) },
+        KeyBinding(keys: [.char("]")], label: "]", help: "replay: forward 10 s", mutates: false) { ui in
+            ui.replayOnly(.skip(seconds: 10)) },
+        KeyBinding(keys: [.char("{")], label: "{", help: "replay: previous fault burst", mutates: false) { ui in
+            ui.replayOnly(.previousBurst) },
+        KeyBinding(keys: [.char("}")], label: "}", help: "replay: next fault burst", mutates: false) { ui in
+            ui.replayOnly(.nextBurst) },
         KeyBinding(keys: [.char("t")], label: "t", help: "next colour theme", mutates: false) { ui in
             ui.themeIndex = (ui.themeIndex + 1) % max(1, ui.themeNames.count)
             ui.status = ("theme \(ui.themeName)", false); return [] },
@@ -202,13 +208,6 @@ public struct InspectorUI: Sendable {
         if case .char(let c) = key, let n = c.wholeNumberValue, (1...4).contains(n) {
             focus = Pane(rawValue: n - 1)!
             return []
-        }
-        switch key {
-        case .char("["): return replayOnly(.skip(seconds: -10))
-        case .char("]"): return replayOnly(.skip(seconds: 10))
-        case .char("{"): return replayOnly(.previousBurst)
-        case .char("}"): return replayOnly(.nextBurst)
-        default: break
         }
         guard let b = Self.bindings.first(where: { $0.keys.contains(key) }) else { return [] }
         if b.mutates && readOnly {
