@@ -27,6 +27,27 @@ public enum ControlPeer: Sendable, Equatable {
     case vmscope(protocolVersion: Int, package: String)
     /// Any other QMP server (a stock QEMU), with its version string.
     case qemu(version: String, package: String)
+
+    /// From a QMP greeting (vmscope's adds `vmscope.protocol`); nil when it is not one.
+    public init?(greeting: JSON) {
+        guard let version = greeting["QMP"]?["version"] else { return nil }
+        let package = version["package"]?.stringValue ?? ""
+        if let v = greeting["vmscope"]?["protocol"]?.intValue {
+            self = .vmscope(protocolVersion: v, package: package)
+        } else {
+            let q = version["qemu"]
+            let parts = ["major", "minor", "micro"].map { q?[$0]?.intValue.map(String.init) ?? "?" }
+            self = .qemu(version: parts.joined(separator: "."), package: package)
+        }
+    }
+
+    /// As the status bar names it: vmscope's package ("vmscope 0.1.0"), or "QEMU 7.2.22".
+    public var name: String {
+        switch self {
+        case .vmscope(_, let package): package
+        case .qemu(let version, _): "QEMU \(version)"
+        }
+    }
 }
 
 /// An event as the client queues it: `MEMORY_FAULT` events already decoded when the client was asked to
@@ -92,17 +113,10 @@ public final class ControlClient: @unchecked Sendable {
             }
         }
         greeting = greetingMessage!
-        guard let qmp = greeting["QMP"], let version = qmp["version"] else {
+        guard let peer = ControlPeer(greeting: greeting) else {
             throw .protocolError("\(path) did not greet with a QMP object: \(greeting.serialized.prefix(200))")
         }
-        let package = version["package"]?.stringValue ?? ""
-        if let v = greeting["vmscope"]?["protocol"]?.intValue {
-            peer = .vmscope(protocolVersion: v, package: package)
-        } else {
-            let q = version["qemu"]
-            let parts = ["major", "minor", "micro"].map { q?[$0]?.intValue.map(String.init) ?? "?" }
-            peer = .qemu(version: parts.joined(separator: "."), package: package)
-        }
+        self.peer = peer
         for f in pendingFrames { deliver(f) }
         let t = Thread { [self] in readLoop() }
         t.name = "vmscope-qmp-reader"

@@ -38,7 +38,7 @@ public final class Recorder: @unchecked Sendable {
             startedAtWallNs: HostClock.wallNs(), startedAtMonotonicNs: mono, socket: socket, greeting: client.greeting,
             recorder: recorder))
         do {
-            let snapshot = try client.execute("query-snapshot", .object([("faults", .i(faultLimit))]), timeoutMs: 10_000)
+            let snapshot = try Capture.snapshotReply(client, faultLimit: faultLimit)
             try writer.append(.snapshot(snapshot), monotonicNs: HostClock.monotonicNs())
             try writer.flush()
         } catch {

@@ -38,18 +38,11 @@ public struct Replay: Sendable {
 
     private mutating func reset() {
         model = InspectorModel()
-        model.connection = .connected(Self.peerName(recording.header.greeting) + ", recorded")
+        model.connection = .connected((ControlPeer(greeting: recording.header.greeting)?.name ?? "?") + ", recorded")
         positionNs = 0
         applied = 0
         lastSeq = 0
         lastVCPUReplyNs = 0
-    }
-
-    static func peerName(_ greeting: JSON) -> String {
-        let q = greeting["QMP"]?["version"]
-        if let pkg = q?["package"]?.stringValue, pkg.hasPrefix("vmscope") { return pkg }
-        let v = q?["qemu"]
-        return "QEMU \(v?["major"]?.intValue ?? 0).\(v?["minor"]?.intValue ?? 0).\(v?["micro"]?.intValue ?? 0)"
     }
 
     /// The model as of `t` (clamped to the recording): entries up to and including `t` applied.

@@ -45,15 +45,14 @@ final class InspectorSession {
         model.vm = VMInfo()
         model.vcpus = []
         model.previousVCPUs = []
+        model.connection = .connected(c.peer.name)
         switch c.peer {
-        case .vmscope(_, let package):
-            model.connection = .connected(package)
+        case .vmscope:
             model.unavailable = [:]
             qemu = nil
             refreshVM()
             if let since = disconnectedAt { ui.status = gapReport(since: since, previousPid: previousPid, lastSeq: lastSeq) }
-        case .qemu(let version, _):
-            model.connection = .connected("QEMU \(version)")
+        case .qemu:
             var source = QEMUSource(greeting: c.greeting)
             do { try source.start(execute(c), model: &model, nowNs: HostClock.monotonicNs()) } catch { failed(error) }
             qemu = source

@@ -42,7 +42,7 @@ struct SnapshotCommand: ParsableCommand {
             let client = try ControlClient(path: socket, timeoutMs: 5000)
             defer { client.close() }
             let taken = HostClock.wallNs()
-            let (model, _) = try Capture.model(client, faultLimit: faults, nowNs: HostClock.monotonicNs())
+            let model = try Capture.model(client, faultLimit: faults, nowNs: HostClock.monotonicNs())
             text = switch format {
             case .json: Snapshot.json(model, faultLimit: faults, takenAtWallNs: taken, origin: .live).pretty() + "\n"
             case .text: Snapshot.text(model, ascii: ascii)

@@ -5,7 +5,7 @@ import Testing
 
 /// Recording files: written as they happen, read as far as they are sound.
 struct RecordingTests {
-    static let greeting = try! JSON.parse(#"{"QMP":{"version":{"qemu":{"major":0,"minor":1,"micro":0},"package":"vmscope 0.1.0"},"capabilities":[]}}"#)
+    static let greeting = try! JSON.parse(#"{"QMP":{"version":{"qemu":{"major":0,"minor":1,"micro":0},"package":"vmscope 0.1.0"},"capabilities":[]},"vmscope":{"protocol":1}}"#)
 
     static func temporaryPath(_ name: String) -> String {
         NSTemporaryDirectory() + "vmscope-rec-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"
