@@ -18,6 +18,13 @@ public struct VMInfo: Sendable, Equatable {
     public var qemuVersion: String?
     public var runState: String?
     public var accelerator: String?
+    /// A stock QEMU's machine type (`pc-q35-7.2`, with its alias when it has one: `pc-q35-7.2 (q35)`) and target
+    /// architecture (`query-target`).
+    public var machine: String?
+    public var arch: String?
+    /// How often a stock QEMU's registers and counters are read (QEMUSource's spacing: one second, or longer
+    /// where that would cost QEMU more than its budget).
+    public var pollIntervalNs: UInt64?
 
     public init() {}
 
@@ -54,6 +61,9 @@ public struct MemslotRow: Sendable, Equatable {
     /// QEMU's memory region name and the range's offset into it (`info mtree -f`'s `@OFFSET`).
     public var regionName: String?
     public var regionOffset: UInt64?
+    /// The memory device this range belongs to, as QEMU's `query-memory-devices` names it: `dimm dimm1`,
+    /// with `hotplugged` when it was plugged after start.
+    public var device: String?
 
     public init?(_ j: JSON) {
         guard let slot = j["slot"]?.intValue, let gpa = j["gpa"]?.uint64Value, let size = j["size"]?.uint64Value else { return nil }

@@ -3,19 +3,30 @@ import ControlProtocol
 /// Keeps an `InspectorModel` fed from a stock QEMU's QMP socket, with no agent in the guest or beside QEMU.
 ///
 /// QEMU sends events for run-state changes only, so the rest is polled, at rates chosen by what each command
-/// costs QEMU (0.3 to 1.6 ms of its CPU per call on this project's machines; `query-stats` is the dearest):
+/// costs QEMU (measured on QEMU 7.2 with 3 vCPUs: `query-status` 0.5 ms of its CPU, `info registers -a` and
+/// `query-stats` for the vCPUs 2 ms each, growing with the vCPU count):
 /// - every second, the run state; while the VM runs, also the registers (`info registers -a`, which briefly
 ///   stops each vCPU) and the vCPUs' KVM statistics;
-/// - every five seconds, the CPU list (`query-cpus-fast`), the memory map (`info mtree -f`), VM-wide
-///   statistics, and the registers and statistics of a paused VM (they only move when it runs).
-/// An event that says something changed makes the next poll come at once. A paused QEMU then spends well
-/// under 1% of a core answering (`QEMUTUITests` measures it).
+/// - every five seconds, the CPU list (`query-cpus-fast`), the memory map (`info mtree -f`) and its memory
+///   devices, VM-wide statistics, and the registers and statistics of a paused VM (they only move when it runs).
+/// Each of the two polls is spaced further apart when it takes longer than `budget` of the time between them
+/// (a VM with many vCPUs): the time a poll waits for its replies bounds what QEMU spent on it (its main loop
+/// answers one command at a time). An event that says something changed makes the next poll come at once.
+/// `QEMUTUITests` measures QEMU's CPU with and without the inspector, paused and running.
 public struct QEMUSource: Sendable {
     /// Sends one command and returns its `return` value; a refusal or a broken connection throws.
     public typealias Execute = (String, JSON?) throws -> JSON
 
     public var fastIntervalNs: UInt64 = 1_000_000_000
     public var slowIntervalNs: UInt64 = 5_000_000_000
+    /// The share of one core that each poll may cost QEMU, as time waited for its replies over the time
+    /// between two of them.
+    public var budget = 0.004
+    /// Reads the time a poll takes (replaceable in tests).
+    public var clock: @Sendable () -> UInt64 = HostClock.monotonicNs
+    /// The spacing in force: `fastIntervalNs`/`slowIntervalNs`, or longer where a poll costs more than `budget`.
+    public private(set) var fastSpacingNs: UInt64 = 1_000_000_000
+    public private(set) var slowSpacingNs: UInt64 = 5_000_000_000
     public private(set) var version: (major: Int, minor: Int, micro: Int)
     public private(set) var versionText: String
     /// The confidential-guest object's type when QEMU backs RAM with guest_memfd (SEV-SNP, TDX; QEMU 9.1+).
@@ -59,6 +70,8 @@ public struct QEMUSource: Sendable {
         vm.name = name.isEmpty ? "(no -name)" : name
         let kvm = try execute("query-kvm", nil)
         vm.accelerator = kvm["enabled"]?.boolValue == true ? "kvm" : (kvm["present"]?.boolValue == true ? "tcg (KVM present, not used)" : "tcg")
+        vm.arch = (try? execute("query-target", nil))?["arch"]?.stringValue
+        vm.machine = Self.machineType(execute)
         vm.engine = "none"
         vm.policy = "-"
         // QEMU's own commands are all it takes: stop/cont and inject-nmi need no opt-in.
@@ -76,18 +89,45 @@ public struct QEMUSource: Sendable {
         try poll(execute, model: &model, nowNs: nowNs)
     }
 
+    /// The machine type QEMU runs (`qom-get /machine type` is `pc-q35-7.2-machine`), with the alias
+    /// `query-machines` gives it (`q35`); nil when this QEMU answers neither.
+    static func machineType(_ execute: Execute) -> String? {
+        guard let type = (try? execute("qom-get", .object([("path", .string("/machine")), ("property", .string("type"))])))?.stringValue,
+              !type.isEmpty else { return nil }
+        let name = type.hasSuffix("-machine") ? String(type.dropLast("-machine".count)) : type
+        let alias = (try? execute("query-machines", nil))?.arrayValue?.first { $0["name"]?.stringValue == name }?["alias"]?.stringValue
+        return alias.map { "\(name) (\($0))" } ?? name
+    }
+
     /// Whatever is due; returns whether the model changed.
     @discardableResult
     public mutating func poll(_ execute: Execute, model: inout InspectorModel, nowNs: UInt64) throws -> Bool {
-        let slow = lastSlowPoll == 0 || nowNs &- lastSlowPoll >= slowIntervalNs || model.memslotsStale
-        let fast = slow || lastFastPoll == 0 || nowNs &- lastFastPoll >= fastIntervalNs
+        try withoutActuallyEscaping(execute) { execute in try poll(timing: execute, model: &model, nowNs: nowNs) }
+    }
+
+    private mutating func poll(timing execute: @escaping Execute, model: inout InspectorModel, nowNs: UInt64) throws -> Bool {
+        let slow = lastSlowPoll == 0 || nowNs &- lastSlowPoll >= slowSpacingNs || model.memslotsStale
+        let fast = slow || lastFastPoll == 0 || nowNs &- lastFastPoll >= fastSpacingNs
         guard fast else { return false }
         lastFastPoll = nowNs
+        // Only the time spent waiting for QEMU counts, not the parsing of what it said.
+        let waited = Stopwatch(clock)
+        let execute: Execute = { name, arguments in
+            let started = waited.clock()
+            defer { waited.ns += waited.clock() &- started }
+            return try execute(name, arguments)
+        }
         if slow {
             lastSlowPoll = nowNs
             try refreshMemory(execute, model: &model)
             cpuList = try execute("query-cpus-fast", nil).arrayValue ?? []
             if let s = try? execute("query-stats", Self.statsArguments("vm")) { model.vmStats = QEMUStats.byPath(s)[""] ?? [] }
+            slowSpacingNs = spacing(slowIntervalNs, spentNs: waited.ns)
+            waited.ns = 0
+        }
+        defer {
+            fastSpacingNs = spacing(fastIntervalNs, spentNs: waited.ns)
+            model.vm.pollIntervalNs = fastSpacingNs
         }
         let status = try execute("query-status", nil)
         let runState = status["status"]?.stringValue ?? "?"
@@ -101,6 +141,18 @@ public struct QEMUSource: Sendable {
             try refreshVCPUs(execute, model: &model, runState: runState, running: running, intervalNs: interval)
         }
         return true
+    }
+
+    /// Time added up across calls.
+    final class Stopwatch {
+        let clock: @Sendable () -> UInt64
+        var ns: UInt64 = 0
+        init(_ clock: @escaping @Sendable () -> UInt64) { self.clock = clock }
+    }
+
+    /// At least `interval`, and long enough that `spentNs` is at most `budget` of it.
+    func spacing(_ interval: UInt64, spentNs: UInt64) -> UInt64 {
+        max(interval, UInt64(min(Double(spentNs) / budget, 3_600e9)))
     }
 
     /// What an HMP command printed, through `human-monitor-command`.
@@ -141,10 +193,30 @@ public struct QEMUSource: Sendable {
     mutating func refreshMemory(_ execute: Execute, model: inout InspectorModel) throws {
         let tree = try Self.hmp(execute, "info mtree -f")
         let ranges = QEMUText.flatView(tree).filter(\.kvm)
-        model.memslots = ranges.enumerated().map { MemslotRow(qemu: $1, ordinal: $0, guestMemfd: guestMemfdGuest != nil) }
+        let devices = (try? execute("query-memory-devices", nil))?.arrayValue ?? []
+        model.memslots = ranges.enumerated().map { i, r in
+            var row = MemslotRow(qemu: r, ordinal: i, guestMemfd: guestMemfdGuest != nil)
+            row.device = Self.memoryDevice(containing: r, devices)
+            return row
+        }
         let summary = try execute("query-memory-size-summary", nil)
         model.vm.ramSize = (summary["base-memory"]?.uint64Value ?? 0) + (summary["plugged-memory"]?.uint64Value ?? 0)
         model.memslotsStale = false
+    }
+
+    /// The memory device (`query-memory-devices`) whose range holds `r`: "dimm dimm1", "+ hotplugged" when
+    /// plugged after start. Matched by address, since a backend's region name need not be unique.
+    static func memoryDevice(containing r: QEMUText.FlatRange, _ devices: [JSON]) -> String? {
+        for d in devices {
+            // DIMMs and NVDIMMs say addr and size; virtio-mem, virtio-pmem and sgx-epc say memaddr, and
+            // virtio-mem's region is max-size long (size is what is plugged of it).
+            guard let data = d["data"], let addr = (data["addr"] ?? data["memaddr"])?.uint64Value,
+                  let size = (data["max-size"] ?? data["size"])?.uint64Value,
+                  r.start >= addr, r.start - addr < size, r.size <= size - (r.start - addr) else { continue }
+            let name = [d["type"]?.stringValue, data["id"]?.stringValue].compactMap { $0 }.joined(separator: " ")
+            return data["hotplugged"]?.boolValue == true ? name + ", hotplugged" : name
+        }
+        return nil
     }
 
     mutating func refreshVCPUs(_ execute: Execute, model: inout InspectorModel, runState: String, running: Bool, intervalNs: UInt64) throws {

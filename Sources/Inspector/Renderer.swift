@@ -75,7 +75,10 @@ public struct Renderer {
         var parts: [String]
         if let qemu = m.vm.qemuVersion {
             // A stock QEMU: its version, accelerator and run state; it has no attribute engine nor fault stream.
-            parts = [m.vm.name, "\(qemu) \(m.vm.accelerator ?? "?")", "status \(m.vm.runState ?? "?")", conn, "\(m.eventRate) ev/s"]
+            let machine = [m.vm.machine, m.vm.arch].compactMap { $0 }.joined(separator: " ")
+            let poll = m.vm.pollIntervalNs.map { "polled every \(String(format: "%.1f", Double($0) / 1e9)) s" } ?? ""
+            parts = [m.vm.name, "\(qemu) \(m.vm.accelerator ?? "?")", "status \(m.vm.runState ?? "?")", conn, machine, poll, "\(m.eventRate) ev/s"]
+                .filter { !$0.isEmpty }
         } else {
             parts = [m.vm.name, "engine \(m.vm.engine)", "policy \(m.vm.policy)", conn, "dropped \(dropped)",
                      "faults \(m.faultsReceived)", "\(m.eventRate) ev/s"]
@@ -286,7 +289,7 @@ public struct Renderer {
 
     /// One KVM-mapped range of a QEMU: no slot number (QMP does not say it), QEMU's region name and offset.
     static func qemuMemslotLine(_ ms: MemslotRow, narrow: Bool) -> String {
-        let region = (ms.regionName ?? "?") + (ms.regionOffset.map { " @\(Fmt.hex($0))" } ?? "")
+        let region = (ms.regionName ?? "?") + (ms.regionOffset.map { " @\(Fmt.hex($0))" } ?? "") + (ms.device.map { " · \($0)" } ?? "")
         if narrow {
             return "\(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) \(Fmt.pad(ms.backing, 4)) \(region)"
         }
@@ -326,7 +329,8 @@ public struct Renderer {
     // MARK: vCPUs
 
     func vcpusPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
-        s.put("vcpu state          last exit        exits      rate/s", x: r.x, y: r.y, role: .header, limit: r.width)
+        // The host thread last: what perf, top and gdb need, and what a narrow pane can lose first.
+        s.put("vcpu state          last exit        exits      rate/s  thread", x: r.x, y: r.y, role: .header, limit: r.width)
         var y = r.y + 1
         let seconds = Double(max(m.vcpuRefreshIntervalNs, 1)) / 1e9
         for v in m.vcpus where y < r.y + r.height {
@@ -334,6 +338,7 @@ public struct Renderer {
             // A counter that went backwards (the VM was restarted) has no rate.
             let rate = prev.map { v.totalExits >= $0.totalExits ? Double(v.totalExits - $0.totalExits) / seconds : 0 } ?? 0
             let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) \(Fmt.padLeft(String(v.totalExits), 10)) \(Fmt.padLeft(String(Int(rate)), 10))"
+                + (v.threadID > 0 ? "  \(v.threadID)" : "")
             let role: Role = ui.focus == .vcpus && v.index == ui.vcpuCursor ? .cursor
                 : (["error", "shutdown", "fault-stopped"].contains(v.state) ? .warning : .normal)
             s.put(line, x: r.x, y: y, role: role, limit: r.width)

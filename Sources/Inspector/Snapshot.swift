@@ -34,6 +34,7 @@ public enum Snapshot {
             ("mutations-allowed", .bool(v.mutationsAllowed)), ("fault-injection-allowed", .bool(v.faultInjectionAllowed)),
             ("fault-policy", .string(v.policy)), ("qemu-version", .opt(v.qemuVersion.map { .string($0) })),
             ("run-state", .opt(v.runState.map { .string($0) })), ("accelerator", .opt(v.accelerator.map { .string($0) })),
+            ("machine", .opt(v.machine.map { .string($0) })), ("arch", .opt(v.arch.map { .string($0) })),
         ])
         let memslots: JSON = .array(m.memslots.map { s in
             .object([
@@ -42,7 +43,7 @@ public enum Snapshot {
                 ("backing", .string(s.backing)), ("guest-memfd-offset", .opt(s.guestMemfdOffset.map { .u($0) })),
                 ("userspace-addr", .u(s.userspaceAddress)), ("private-pages", .u(s.privatePages)),
                 ("shared-pages", .u(s.sharedPages)), ("region", .opt(s.regionName.map { .string($0) })),
-                ("region-offset", .opt(s.regionOffset.map { .u($0) })),
+                ("region-offset", .opt(s.regionOffset.map { .u($0) })), ("device", .opt(s.device.map { .string($0) })),
             ])
         })
         var attributes: JSON = .null

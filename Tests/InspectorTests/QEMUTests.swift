@@ -17,7 +17,8 @@ final class CannedQEMU: @unchecked Sendable {
 
     func execute(_ name: String, _ args: JSON?) throws -> JSON {
         let key = name == "human-monitor-command" ? "hmp:" + (args?["command-line"]?.stringValue ?? "")
-            : name == "query-stats" ? "stats:" + (args?["target"]?.stringValue ?? "") : name
+            : name == "query-stats" ? "stats:" + (args?["target"]?.stringValue ?? "")
+            : name == "qom-get" ? "qom:" + (args?["path"]?.stringValue ?? "") + "." + (args?["property"]?.stringValue ?? "") : name
         asked.append(key)
         guard let r = replies[key] else { throw ControlClientError.command(errorClass: "CommandNotFound", desc: "no \(key)") }
         return r
@@ -120,6 +121,22 @@ struct QEMUSourceTests {
                  {"provider":"kvm","qom-path":"/machine/unattached/device[0]","stats":[{"name":"exits","value":8962},{"name":"halt_exits","value":732}]}]
                 """#),
             "stats:vm": try JSON.parse(#"[{"provider":"kvm","stats":[{"name":"pages_4k","value":12}]}]"#),
+            "query-target": try JSON.parse(#"{"arch": "x86_64"}"#),
+            "qom:/machine.type": .string("pc-q35-7.2-machine"),
+            "query-machines": try JSON.parse(#"""
+                [{"name": "pc-i440fx-7.2", "alias": "pc", "cpu-max": 255}, {"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288},
+                 {"name": "pc-q35-7.1", "cpu-max": 288}]
+                """#),
+            // As QEMU 7.2 printed it for the fixture's DIMM (addr 0x140000000, 256 MiB), plus a hot-plugged one
+            // and a virtio-mem device (memaddr, max-size) whose ranges the fixture's map does not have.
+            "query-memory-devices": try JSON.parse(#"""
+                [{"type": "dimm", "data": {"memdev": "/objects/m1", "hotplugged": false, "addr": 5368709120, "hotpluggable": true,
+                  "size": 268435456, "slot": 0, "node": 0, "id": "dimm1"}},
+                 {"type": "dimm", "data": {"memdev": "/objects/m2", "hotplugged": true, "addr": 5637144576, "hotpluggable": true,
+                  "size": 67108864, "slot": 1, "node": 0, "id": "dimm2"}},
+                 {"type": "virtio-mem", "data": {"memaddr": 8589934592, "size": 0, "max-size": 1073741824, "block-size": 2097152,
+                  "node": 0, "requested-size": 0, "memdev": "/objects/vm0", "id": "vmem0"}}]
+                """#),
         ])
         return (QEMUSource(greeting: try CannedQEMU.greeting(major, minor)), q)
     }
@@ -132,6 +149,9 @@ struct QEMUSourceTests {
         #expect(m.vm.ramSize == 3_489_660_928 && m.vm.vcpus == 2)
         #expect(m.memslots.count == 8 && m.memslots.allSatisfy { !$0.slotKnown })
         #expect(m.memslots.last?.regionName == "m1" && m.memslots[6].regionOffset == 0x8000_0000)
+        // The DIMM's range is named by its device (matched by address); RAM and ROM belong to no device.
+        #expect(m.memslots.last?.device == "dimm dimm1" && m.memslots.dropLast().allSatisfy { $0.device == nil })
+        #expect(m.vm.machine == "pc-q35-7.2 (q35)" && m.vm.arch == "x86_64")
         // Stats are matched to vCPUs by qom-path, not by reply order.
         #expect(m.vcpus.map(\.index) == [0, 1] && m.vcpus.map(\.threadID) == [3546, 3547])
         #expect(m.vcpus[0].totalExits == 8962 && m.vcpus[1].totalExits == 20)
@@ -168,7 +188,7 @@ struct QEMUSourceTests {
         #expect(q.asked == ["query-status"], "registers and stats of a paused VM do not move")
         q.asked = []
         try source.poll(q.execute, model: &m, nowNs: 5_200_000_000)
-        #expect(Set(q.asked) == ["hmp:info mtree -f", "query-memory-size-summary", "query-cpus-fast", "stats:vm", "query-status",
+        #expect(Set(q.asked) == ["hmp:info mtree -f", "query-memory-devices", "query-memory-size-summary", "query-cpus-fast", "stats:vm", "query-status",
                                  "hmp:info registers -a", "stats:vcpu"], "the slow poll reads everything")
         // Running again: registers and vCPU stats every second, the rest stays on the slow clock.
         q.replies["query-status"] = try JSON.parse(#"{"status": "running", "running": true}"#)
@@ -177,11 +197,41 @@ struct QEMUSourceTests {
         #expect(q.asked == ["query-status", "hmp:info registers -a", "stats:vcpu"])
     }
 
+    @Test func aPollThatCostsQEMUMoreThanItsBudgetIsSpacedFurtherApart() throws {
+        var (source, q) = try canned()
+        // A clock that moves only while QEMU "answers": 2 ms a command, 30 ms for the registers of many vCPUs.
+        final class FakeClock: @unchecked Sendable { var ns: UInt64 = 0 }
+        let clock = FakeClock()
+        source.clock = { clock.ns }
+        let execute: QEMUSource.Execute = { name, args in
+            clock.ns += args?["command-line"]?.stringValue == "info registers -a" ? 30_000_000 : 2_000_000
+            return try q.execute(name, args)
+        }
+        var m = InspectorModel()
+        try source.start(execute, model: &m, nowNs: 1)
+        // The running VM's poll (status, registers, vCPU stats) took 34 ms: 0.4% of a core is one every 8.5 s.
+        #expect(source.fastSpacingNs == 8_500_000_000 && m.vm.pollIntervalNs == 8_500_000_000)
+        #expect(source.slowSpacingNs == 5_000_000_000, "the slow poll's 10 ms stays within its 5 s")
+        q.asked = []
+        #expect(try source.poll(execute, model: &m, nowNs: 5_100_000_000), "the slow poll is due")
+        q.asked = []
+        #expect(try source.poll(execute, model: &m, nowNs: 8_000_000_000) == false, "not at the one-second default")
+        #expect(q.asked.isEmpty)
+        #expect(try source.poll(execute, model: &m, nowNs: 13_700_000_000))
+        // Cheap again (a few vCPUs): back to every second.
+        q.replies["hmp:info registers -a"] = .string(try qemuFixture("qemu72-pc-registers.txt"))
+        source.clock = { 0 }
+        try source.poll(execute, model: &m, nowNs: 30_000_000_000)
+        #expect(source.fastSpacingNs == 1_000_000_000 && source.slowSpacingNs == 5_000_000_000)
+        let text = Renderer().render(m, InspectorUI(), width: 200, height: 60).text
+        #expect(text.contains("polled every 1.0 s"), "\(text)")
+    }
+
     @Test func aNewerQEMUWithAConfidentialGuestSaysItsRAMIsGuestMemfd() throws {
         var (source, q) = try canned(major: 10, minor: 1)
         // /machine's confidential-guest-support link, then that object's type.
         let execute: QEMUSource.Execute = { name, args in
-            guard name == "qom-get" else { return try q.execute(name, args) }
+            guard name == "qom-get", args?["property"]?.stringValue != "type" || args?["path"]?.stringValue != "/machine" else { return try q.execute(name, args) }
             return args?["path"]?.stringValue == "/machine" ? .string("/objects/snp0") : .string("sev-snp-guest")
         }
         var m = InspectorModel()
@@ -220,6 +270,25 @@ struct QEMUSourceTests {
         #expect(text.contains("QEMU 7.2.0 kvm") && text.contains("status running"))
         #expect(!text.contains("engine") && !text.contains("no faults yet"), "no vmscope-only words")
         #expect(text.contains("0x100000000-0x140000000") && text.contains("pc.ram @0x80000000"), "\(text)")
-        #expect(text.contains("0x140000000-0x150000000") && text.contains(" m1"))
+        #expect(text.contains("0x140000000-0x150000000") && text.contains(" m1 · dimm dimm1"), "\(text)")
+        #expect(text.contains("pc-q35-7.2 (q35) x86_64"), "machine and target in the status bar")
+        #expect(text.contains("thread") && text.contains("  3546") && text.contains("  3547"), "query-cpus-fast's thread ids")
+    }
+
+    @Test func aMemoryDeviceIsFoundByAddressWhateverItsKind() throws {
+        let devices = try JSON.parse(#"""
+            [{"type": "dimm", "data": {"addr": 4294967296, "size": 134217728, "id": "dimm1", "hotplugged": true, "memdev": "/objects/m1"}},
+             {"type": "virtio-mem", "data": {"memaddr": 8589934592, "size": 0, "max-size": 1073741824, "id": "vmem0", "memdev": "/objects/vm0"}},
+             {"type": "nvdimm", "data": {"addr": 17179869184, "size": 4096, "memdev": "/objects/nv"}}]
+            """#).arrayValue ?? []
+        func range(_ start: UInt64, _ size: UInt64) -> QEMUText.FlatRange {
+            QEMUText.FlatRange(start: start, size: size, type: "ram", name: "x", offset: nil, kvm: true)
+        }
+        #expect(QEMUSource.memoryDevice(containing: range(1 << 32, 128 << 20), devices) == "dimm dimm1, hotplugged")
+        #expect(QEMUSource.memoryDevice(containing: range((1 << 32) + 4096, 4096), devices) == "dimm dimm1, hotplugged", "part of it")
+        #expect(QEMUSource.memoryDevice(containing: range((1 << 32) + 4096, 128 << 20), devices) == nil, "runs past its end")
+        #expect(QEMUSource.memoryDevice(containing: range(8 << 30, 512 << 20), devices) == "virtio-mem vmem0", "within max-size")
+        #expect(QEMUSource.memoryDevice(containing: range(16 << 30, 4096), devices) == "nvdimm", "no id: the kind alone")
+        #expect(QEMUSource.memoryDevice(containing: range(0, 4096), devices) == nil)
     }
 }
