@@ -19,12 +19,15 @@ enum Independent {
 
     /// "start+size" of each KVM-mapped range in the flat view of address space "memory".
     static func kvmRanges(_ mtree: String) throws -> [String] {
+        try kvmRangeBounds(mtree).map { "\(String($0.start, radix: 16))+\(String($0.end - $0.start + 1, radix: 16))" }
+    }
+
+    /// Start and (inclusive) end of each KVM-mapped range in the flat view of address space "memory".
+    static func kvmRangeBounds(_ mtree: String) throws -> [(start: UInt64, end: UInt64)] {
         let block = try #require(normalized(mtree).components(separatedBy: "FlatView #").first { $0.contains("AS \"memory\",") })
         let re = try NSRegularExpression(pattern: #"^\s+([0-9a-f]{16})-([0-9a-f]{16}) \(prio -?\d+, [^)]+\): .* KVM$"#, options: .anchorsMatchLines)
         return re.matches(in: block, range: NSRange(block.startIndex..., in: block)).map { m in
-            let start = UInt64(block[Range(m.range(at: 1), in: block)!], radix: 16)!
-            let end = UInt64(block[Range(m.range(at: 2), in: block)!], radix: 16)!
-            return "\(String(start, radix: 16))+\(String(end - start + 1, radix: 16))"
+            (UInt64(block[Range(m.range(at: 1), in: block)!], radix: 16)!, UInt64(block[Range(m.range(at: 2), in: block)!], radix: 16)!)
         }
     }
 
@@ -153,6 +156,14 @@ struct QEMUTUITests {
         #expect(screen.contains("QEMU 7.") || screen.contains("QEMU "), "\(screen)")
         #expect(screen.contains("no guest_memfd") && screen.contains("private/shared map unavailable"), "\(screen)")
         #expect(screen.contains("fault") && screen.contains("unavailable"), "\(screen)")
+        // The memslot view lists exactly the KVM ranges info mtree -f shows (end exclusive on screen).
+        let ranges = try Independent.kvmRangeBounds(try hmp(checker, "info mtree -f"))
+        #expect(ranges.count >= 2)
+        for r in ranges {
+            let shown = String(format: "0x%08llx-0x%08llx", r.start, r.end + 1)
+            #expect(screen.contains(shown), "\(shown) in:\n\(screen)")
+        }
+        #expect(screen.contains("(\(ranges.count), by"), "as many rows as ranges:\n\(screen)")
         // The machine and target in the status bar; each vCPU's host thread, as query-cpus-fast names it.
         #expect(screen.contains("pc-i440fx-") && screen.contains("(pc) x86_64"), "\(screen)")
         for c in try #require(try checker.execute("query-cpus-fast").arrayValue) {
@@ -165,10 +176,18 @@ struct QEMUTUITests {
         screen = t.waitFor(5) { $0.contains("status paused") }
         #expect(screen.contains("stop the VM") && screen.contains("done"), "\(screen)")
         #expect(try checker.execute("query-status")["status"]?.stringValue == "paused")
-        // Paused, the registers shown for vCPU 0 are those info registers prints.
-        let eip = try #require(try Independent.register("EIP", try hmp(checker, "info registers -a"))[0])
-        screen = t.waitFor(3) { $0.contains(String(format: "rip 0x%08x", eip)) }
-        #expect(screen.contains(String(format: "rip 0x%08x", eip)), "EIP \(String(eip, radix: 16)) in:\n\(screen)")
+        // Paused, the registers shown for each vCPU (j moves to the next) are those info registers prints.
+        let registers = try hmp(checker, "info registers -a")
+        for index in 0..<config.vcpus {
+            if index > 0 { t.keys("j") }
+            var wanted = ["vCPU \(index) registers"]
+            for (printed, ours) in [("EIP", "rip"), ("EAX", "rax"), ("ESP", "rsp"), ("EFL", "rflags"), ("CR0", "cr0")] {
+                let value = try #require(try Independent.register(printed, registers)[index], "\(printed) of CPU#\(index)")
+                wanted.append(String(format: "%@ 0x%08llx", ours, value))
+            }
+            screen = t.waitFor(3) { s in wanted.allSatisfy { s.contains($0) } }
+            for w in wanted { #expect(screen.contains(w), "\(w) in:\n\(screen)") }
+        }
         t.keys("P")
         screen = t.waitFor(5) { $0.contains("status running") }
         #expect(try checker.execute("query-status")["status"]?.stringValue == "running")
