@@ -84,6 +84,10 @@ public final class ControlClient: @unchecked Sendable {
     private var nextID = 1
     private var reader: Thread?
 
+    static func seconds(_ ms: Int32) -> String {
+        ms % 1000 == 0 ? "\(ms / 1000) s" : String(format: "%.1f s", Double(ms) / 1000)
+    }
+
     /// Connects, reads the greeting and negotiates capabilities.
     public init(path: String, timeoutMs: Int32 = 5000, eventCapacity: Int = 65536,
                 decodeFaults: Bool = false) throws(ControlClientError) {
@@ -98,7 +102,11 @@ public final class ControlClient: @unchecked Sendable {
         var greetingMessage: JSON?
         while greetingMessage == nil {
             let left = Int64(deadline) - Int64(DispatchTime.now().uptimeNanoseconds)
-            guard left > 0 else { throw .timeout("no QMP greeting from \(path)") }
+            guard left > 0 else {
+                throw .timeout("no QMP greeting from \(path) within \(Self.seconds(timeoutMs)): it took the connection but said nothing. "
+                    + "A QEMU monitor serves one client at a time, so another (libvirt, qmp-shell, another vmscope) may hold it; "
+                    + "start QEMU with another -qmp unix:PATH,server=on,wait=off and attach to that")
+            }
             let chunk: [UInt8]?
             do { chunk = try connection.readChunk(timeoutMs: Int32(left / 1_000_000) + 1) } catch { throw .connection(error.description) }
             guard let chunk else { throw .connection("\(path) closed before its greeting") }

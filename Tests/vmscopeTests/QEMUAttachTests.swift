@@ -219,6 +219,25 @@ struct QEMUTUITests {
         #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
     }
 
+    @Test func aMonitorAnotherClientHoldsIsExplainedAndFreedAgain() throws {
+        let qemu = try startQEMU(qemuConfigurations[0].arguments, monitors: 1)
+        defer { qemu.stop() }
+        // Another client (libvirt, say) holds QEMU's only monitor: QEMU accepts the connection and says nothing.
+        let holder = try ControlClient(path: qemu.qmpSockets[0])
+        for args in [["attach", qemu.qmpSockets[0]], ["snapshot", qemu.qmpSockets[0], "--json"]] {
+            let r = try Binary.run(args)
+            #expect(r.status == 2, "\(args[0]): \(r.status) \(r.stderr)")
+            #expect(r.stderr.contains("no QMP greeting") && r.stderr.contains("one client at a time") && r.stderr.contains("another -qmp"),
+                    "\(args[0]): \(r.stderr)")
+            #expect(r.stdout.isEmpty, "\(args[0]) wrote nothing: \(r.stdout.prefix(200))")
+        }
+        // Freed, the same monitor serves vmscope.
+        holder.close()
+        let r = try Binary.run(["snapshot", qemu.qmpSockets[0], "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("\"peer\": \"QEMU 7.") || r.stdout.contains("\"peer\":\"QEMU "), "\(r.stdout.prefix(300))")
+    }
+
     /// Paused (-S), a QEMU costs next to nothing by itself, so what it spends is what the inspector asks of it
     /// (the run state every second, the rest every five). Running, the inspector also reads the registers and
     /// KVM statistics every second; the guest (SeaBIOS with no boot device, idling) costs QEMU a steady
