@@ -68,6 +68,8 @@ public final class ControlClient: @unchecked Sendable {
     public let greeting: JSON
     public let peer: ControlPeer
     public let path: String
+    /// The process at the other end of the socket (`SO_PEERCRED`): a stock QEMU's pid, which QMP does not say.
+    public let serverPID: Int?
     public let eventCapacity: Int
     /// Whether `MEMORY_FAULT` events skip the JSON tree (`FaultBatch.decodeEvent`); `nextEvent` then hands
     /// them out re-encoded, `nextItem` as they are.
@@ -96,6 +98,7 @@ public final class ControlClient: @unchecked Sendable {
         self.decodeFaults = decodeFaults
         framer = Framer(maxMessage: 64 << 20, decodeFaults: decodeFaults)
         do { connection = try LineConnection(path: path) } catch { throw .connection(error.description) }
+        serverPID = peerCredentials(connection.fd).map { Int($0.pid) }
         // The greeting: the first message on the stream.
         var pendingFrames: [Framer.Frame] = []
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000

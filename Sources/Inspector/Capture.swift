@@ -14,7 +14,8 @@ public enum Capture {
             model.apply(snapshot: try snapshotReply(client, faultLimit: faultLimit, timeoutMs: timeoutMs))
         case .qemu:
             var source = QEMUSource(greeting: client.greeting)
-            try source.start({ name, args in try client.execute(name, args, timeoutMs: timeoutMs) }, model: &model, nowNs: nowNs)
+            try source.start({ name, args in try client.execute(name, args, timeoutMs: timeoutMs) }, model: &model, nowNs: nowNs,
+                             pid: client.serverPID)
         }
         return model
     }

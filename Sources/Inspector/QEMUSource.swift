@@ -21,7 +21,7 @@ public struct QEMUSource: Sendable {
     public var slowIntervalNs: UInt64 = 5_000_000_000
     /// The share of one core that each poll may cost QEMU, as time waited for its replies over the time
     /// between two of them.
-    public var budget = 0.004
+    public var budget = 0.006
     /// Reads the time a poll takes (replaceable in tests).
     public var clock: @Sendable () -> UInt64 = HostClock.monotonicNs
     /// The spacing in force: `fastIntervalNs`/`slowIntervalNs`, or longer where a poll costs more than `budget`.
@@ -62,10 +62,11 @@ public struct QEMUSource: Sendable {
         return [.map: map, .faults: faults]
     }
 
-    /// Everything once, right after connecting.
-    public mutating func start(_ execute: Execute, model: inout InspectorModel, nowNs: UInt64) throws {
+    /// Everything once, right after connecting. `pid` is QEMU's, from the socket's peer credentials (QMP has none).
+    public mutating func start(_ execute: Execute, model: inout InspectorModel, nowNs: UInt64, pid: Int? = nil) throws {
         var vm = VMInfo()
         vm.qemuVersion = versionText
+        vm.pid = pid
         let name = try execute("query-name", nil)["name"]?.stringValue ?? ""
         vm.name = name.isEmpty ? "(no -name)" : name
         let kvm = try execute("query-kvm", nil)

@@ -75,7 +75,7 @@ public struct Renderer {
         var parts: [String]
         if let qemu = m.vm.qemuVersion {
             // A stock QEMU: its version, accelerator and run state; it has no attribute engine nor fault stream.
-            let machine = [m.vm.machine, m.vm.arch].compactMap { $0 }.joined(separator: " ")
+            let machine = [m.vm.machine, m.vm.arch, m.vm.pid.map { "pid \($0)" }].compactMap { $0 }.joined(separator: " ")
             let poll = m.vm.pollIntervalNs.map { "polled every \(String(format: "%.1f", Double($0) / 1e9)) s" } ?? ""
             parts = [m.vm.name, "\(qemu) \(m.vm.accelerator ?? "?")", "status \(m.vm.runState ?? "?")", conn, machine, poll, "\(m.eventRate) ev/s"]
                 .filter { !$0.isEmpty }

@@ -54,8 +54,9 @@ final class InspectorSession {
             if let since = disconnectedAt { ui.status = gapReport(since: since, previousPid: previousPid, lastSeq: lastSeq) }
         case .qemu:
             var source = QEMUSource(greeting: c.greeting)
-            do { try source.start(execute(c), model: &model, nowNs: HostClock.monotonicNs()) } catch { failed(error) }
+            do { try source.start(execute(c), model: &model, nowNs: HostClock.monotonicNs(), pid: c.serverPID) } catch { failed(error) }
             qemu = source
+            if let since = disconnectedAt { ui.status = qemuGapReport(since: since, previousPid: previousPid) }
         }
         disconnectedAt = nil
     }
@@ -70,6 +71,15 @@ final class InspectorSession {
             return ("reconnected after \(seconds) s: \(total - lastSeq) fault records went by unseen (seq \(lastSeq + 1)–\(total))", true)
         }
         return ("reconnected after \(seconds) s; no fault records missed", false)
+    }
+
+    /// The same after reconnecting to a QEMU: it has no fault stream to have missed, but it may be another process.
+    private func qemuGapReport(since: UInt64, previousPid: Int?) -> (text: String, isError: Bool) {
+        let seconds = String(format: "%.1f", Double(HostClock.monotonicNs() - since) / 1e9)
+        if let previousPid, let pid = model.vm.pid, pid != previousPid {
+            return ("reconnected after \(seconds) s: QEMU restarted (pid \(previousPid) → \(pid)); its counters start afresh", true)
+        }
+        return ("reconnected after \(seconds) s to the same QEMU (pid \(model.vm.pid.map(String.init) ?? "?"))", false)
     }
 
     /// `client.execute` as a QEMUSource calls it.

@@ -209,15 +209,15 @@ struct QEMUSourceTests {
         }
         var m = InspectorModel()
         try source.start(execute, model: &m, nowNs: 1)
-        // The running VM's poll (status, registers, vCPU stats) took 34 ms: 0.4% of a core is one every 8.5 s.
-        #expect(source.fastSpacingNs == 8_500_000_000 && m.vm.pollIntervalNs == 8_500_000_000)
+        // The running VM's poll (status, registers, vCPU stats) took 34 ms: 0.6% of a core is one every 5.67 s.
+        #expect(source.fastSpacingNs == 5_666_666_666 && m.vm.pollIntervalNs == 5_666_666_666)
         #expect(source.slowSpacingNs == 5_000_000_000, "the slow poll's 10 ms stays within its 5 s")
         q.asked = []
         #expect(try source.poll(execute, model: &m, nowNs: 5_100_000_000), "the slow poll is due")
         q.asked = []
         #expect(try source.poll(execute, model: &m, nowNs: 8_000_000_000) == false, "not at the one-second default")
         #expect(q.asked.isEmpty)
-        #expect(try source.poll(execute, model: &m, nowNs: 13_700_000_000))
+        #expect(try source.poll(execute, model: &m, nowNs: 10_800_000_000))
         // Cheap again (a few vCPUs): back to every second.
         q.replies["hmp:info registers -a"] = .string(try qemuFixture("qemu72-pc-registers.txt"))
         source.clock = { 0 }

@@ -80,7 +80,8 @@ struct QEMUModelTests {
         Thread.sleep(forTimeInterval: 0.5)
         try checker.execute("stop")
         var now = monotonicNs()
-        try source.start(execute, model: &model, nowNs: now)
+        try source.start(execute, model: &model, nowNs: now, pid: inspector.serverPID)
+        #expect(model.vm.pid == Int(qemu.process.pid), "QEMU's pid, from the socket's peer credentials")
 
         let expected = try Independent.kvmRanges(try hmp(checker, "info mtree -f"))
         #expect(expected.count >= 2, "\(config.name): KVM ranges in info mtree -f: \(expected)")
@@ -123,7 +124,9 @@ struct QEMUModelTests {
         let before = model.vcpus.reduce(0) { $0 + $1.totalExits }
         #expect(model.vcpus.contains { $0.state == "running" || $0.state == "halted" })
         Thread.sleep(forTimeInterval: 2)
-        try source.poll(execute, model: &model, nowNs: monotonicNs())
+        // Due at once (the poll's spacing stretches when QEMU is slow to answer, as under parallel tests).
+        source.refreshSoon()
+        #expect(try source.poll(execute, model: &model, nowNs: monotonicNs()))
         let after = model.vcpus.reduce(0) { $0 + $1.totalExits }
         #expect(after > before, "\(config.name): KVM exits \(before) → \(after) while running")
         #expect(!model.vmStats.isEmpty, "query-stats target vm")
@@ -165,7 +168,7 @@ struct QEMUTUITests {
         }
         #expect(screen.contains("(\(ranges.count), by"), "as many rows as ranges:\n\(screen)")
         // The machine and target in the status bar; each vCPU's host thread, as query-cpus-fast names it.
-        #expect(screen.contains("pc-i440fx-") && screen.contains("(pc) x86_64"), "\(screen)")
+        #expect(screen.contains("pc-i440fx-") && screen.contains("(pc) x86_64 pid \(qemu.process.pid)"), "\(screen)")
         for c in try #require(try checker.execute("query-cpus-fast").arrayValue) {
             let tid = try #require(c["thread-id"]?.intValue)
             #expect(screen.contains("  \(tid)\n") || screen.contains("  \(tid) "), "thread \(tid) in:\n\(screen)")
@@ -214,6 +217,9 @@ struct QEMUTUITests {
         defer { again.stop() }
         screen = t.waitFor(15) { $0.contains("status running") && !$0.contains("disconnected") && $0.contains("pc.ram") }
         #expect(screen.contains("connected (QEMU") && screen.contains("status running"), "\(screen)")
+        let restarted = "QEMU restarted (pid \(qemu.process.pid) → \(again.process.pid))"
+        screen = t.waitFor(3) { $0.contains(restarted) }
+        #expect(screen.contains(restarted) && screen.contains("pid \(again.process.pid)"), "\(screen)")
 
         t.keys("q")
         #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
