@@ -108,6 +108,8 @@ public struct InspectorUI: Sendable {
     public var mapRows = 16
     public var totalPages: UInt64 = 1
     public var vcpuCount = 0
+    /// Where each memslot row starts, in the order the memslot view shows them (`x` there dumps it).
+    public var memslotStarts: [UInt64] = []
     /// Run state of each vCPU, as last reported (`P` pauses a running one and resumes a stopped one).
     public var vcpuStates: [String] = []
     /// Set while the views show a recording (`vmscope replay`): its timeline keys work, mutations do not.
@@ -130,6 +132,7 @@ public struct InspectorUI: Sendable {
         totalPages = max(1, model.vm.ramSize / 4096)
         vcpuCount = model.vcpus.count
         vcpuStates = model.vcpus.map(\.state)
+        memslotStarts = Renderer.sortedMemslots(model, memslotSort).map(\.gpa)
         if frozen && frozenAtSeq == nil { frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
     }
 
@@ -172,8 +175,10 @@ public struct InspectorUI: Sendable {
             ui.prompt = (":", ""); return [] },
         KeyBinding(keys: [.char("o")], label: "o", help: "sort memslots by slot, GPA, size", mutates: false) { ui in
             ui.memslotSort = ui.memslotSort.next; return [] },
-        KeyBinding(keys: [.char("x")], label: "x", help: "hex dump of the page under the map cursor", mutates: false) { ui in
-            let gpa = ui.cursorGFN * 4096
+        KeyBinding(keys: [.char("x")], label: "x", help: "hex dump of the page under the map cursor (in the memslot view: where the selected slot starts)",
+                   mutates: false) { ui in
+            let gpa = ui.focus == .memslots && !ui.memslotStarts.isEmpty
+                ? ui.memslotStarts[min(ui.memslotCursor, ui.memslotStarts.count - 1)] : ui.cursorGFN * 4096
             ui.overlay = .hexDump(gpa: gpa, bytes: nil)
             return [.readMemory(gpa: gpa)] },
         KeyBinding(keys: [.char("S")], label: "S", help: "write a snapshot of every view to a file (.json and .txt)", mutates: false) { _ in
@@ -264,7 +269,7 @@ public struct InspectorUI: Sendable {
             cursorGFN = UInt64(min(max(cell, 0), maxCell)) * span
             scrollToCursor()
         case .faults: faultCursor = max(0, faultCursor - dy)
-        case .memslots: memslotCursor = max(0, memslotCursor + dy)
+        case .memslots: memslotCursor = min(max(0, memslotCursor + dy), max(0, memslotStarts.count - 1))
         case .vcpus: vcpuCursor = min(max(0, vcpuCursor + dy + dx), max(0, vcpuCount - 1))
         }
     }
@@ -273,7 +278,7 @@ public struct InspectorUI: Sendable {
         switch focus {
         case .map: cursorGFN = toEnd ? (totalPages - 1) / effectivePagesPerCell * effectivePagesPerCell : 0; scrollToCursor()
         case .faults: faultCursor = toEnd ? 0 : Int.max / 2
-        case .memslots: memslotCursor = toEnd ? Int.max / 2 : 0
+        case .memslots: memslotCursor = toEnd ? max(0, memslotStarts.count - 1) : 0
         case .vcpus: vcpuCursor = toEnd ? max(0, vcpuCount - 1) : 0
         }
     }

@@ -56,7 +56,7 @@ public struct Renderer {
             case .vcpus: vcpusPane(&s, rect.inner, m, ui)
             }
         }
-        bottomLine(&s, ui)
+        bottomLine(&s, m, ui)
         if let o = ui.overlay { overlay(&s, o, m, ui) }
         return s
     }
@@ -112,7 +112,7 @@ public struct Renderer {
         return "REPLAY \(r.paused ? "‖" : "▶") \(Fmt.duration(r.positionNs)) / \(Fmt.duration(r.durationNs)) ×\(speed)"
     }
 
-    func bottomLine(_ s: inout Screen, _ ui: InspectorUI) {
+    func bottomLine(_ s: inout Screen, _ m: InspectorModel, _ ui: InspectorUI) {
         let y = s.height - 1
         if let p = ui.prompt {
             s.put("\(p.kind)\(p.text)█", x: 0, y: y, role: .highlight)
@@ -120,6 +120,10 @@ public struct Renderer {
             s.put(st.text, x: 0, y: y, role: st.isError ? .statusError : .statusOK)
         } else if ui.replay != nil {
             s.put("Space play/pause  [ ] -/+10 s  { } fault bursts  ? help  Tab views  hjkl move  S snapshot  q quit   (replay)",
+                  x: 0, y: y, role: .dim)
+        } else if m.peerIsQEMU && !ui.readOnly {
+            // What does something on a stock QEMU (the rest is refused with the reason).
+            s.put("? help  Tab views  jk move  P stop/cont VM  i n NMI  x hexdump  o sort  S snapshot  t theme  q quit   (QEMU)",
                   x: 0, y: y, role: .dim)
         } else if ui.readOnly {
             s.put("? help  Tab views  hjkl move  +/- zoom  f freeze  / filter  : cmd  x hexdump  q quit   (read-only)",
@@ -329,8 +333,9 @@ public struct Renderer {
     // MARK: vCPUs
 
     func vcpusPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
-        // The host thread last: what perf, top and gdb need, and what a narrow pane can lose first.
-        s.put("vcpu state          last exit        exits      rate/s  thread", x: r.x, y: r.y, role: .header, limit: r.width)
+        // The host thread last: what perf, top and gdb need, and what a narrow pane leaves out (whole, never cut).
+        let threadFits = r.width >= 67
+        s.put("vcpu state          last exit        exits      rate/s" + (threadFits ? "  thread" : ""), x: r.x, y: r.y, role: .header, limit: r.width)
         var y = r.y + 1
         let seconds = Double(max(m.vcpuRefreshIntervalNs, 1)) / 1e9
         for v in m.vcpus where y < r.y + r.height {
@@ -338,7 +343,7 @@ public struct Renderer {
             // A counter that went backwards (the VM was restarted) has no rate.
             let rate = prev.map { v.totalExits >= $0.totalExits ? Double(v.totalExits - $0.totalExits) / seconds : 0 } ?? 0
             let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) \(Fmt.padLeft(String(v.totalExits), 10)) \(Fmt.padLeft(String(Int(rate)), 10))"
-                + (v.threadID > 0 ? "  \(v.threadID)" : "")
+                + (v.threadID > 0 && threadFits ? "  \(v.threadID)" : "")
             let role: Role = ui.focus == .vcpus && v.index == ui.vcpuCursor ? .cursor
                 : (["error", "shutdown", "fault-stopped"].contains(v.state) ? .warning : .normal)
             s.put(line, x: r.x, y: y, role: role, limit: r.width)

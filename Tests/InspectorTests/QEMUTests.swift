@@ -272,6 +272,7 @@ struct QEMUSourceTests {
         #expect(text.contains("0x100000000-0x140000000") && text.contains("pc.ram @0x80000000"), "\(text)")
         #expect(text.contains("0x140000000-0x150000000") && text.contains(" m1 · dimm dimm1"), "\(text)")
         #expect(text.contains("pc-q35-7.2 (q35) x86_64"), "machine and target in the status bar")
+        #expect(text.contains("P stop/cont VM") && !text.contains("s/p convert"), "the key line offers what QEMU does")
         #expect(text.contains("thread") && text.contains("  3546") && text.contains("  3547"), "query-cpus-fast's thread ids")
     }
 

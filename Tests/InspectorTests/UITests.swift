@@ -30,6 +30,36 @@ struct UITests {
         #expect(u.handle(.char("n")).isEmpty && u.overlay == nil)
     }
 
+    @Test func xDumpsTheMapCursorsPageOrTheSelectedMemslotsStart() throws {
+        var m = InspectorModel()
+        m.vm.ramSize = 1 << 30
+        m.memslots = [MemslotRow(slot: 2, gpa: 0xfffc_0000, size: 0x40000, view: "plain", backing: "rom"),
+                      MemslotRow(slot: 0, gpa: 0, size: 0xa0000, view: "plain", backing: "ram"),
+                      MemslotRow(slot: 1, gpa: 0x10_0000, size: 0x3ff0_0000, view: "plain", backing: "ram")]
+        var u = ui()
+        u.fit(m, width: 200, height: 60)
+        u.cursorGFN = 0x123
+        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0x123000)], "the map: the page under the cursor")
+        u.overlay = nil
+        _ = u.handle(.char("3"))
+        _ = u.handle(.char("j"))
+        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0x10_0000)], "by slot, the second row is slot 1")
+        u.overlay = nil
+        // Sorted by size, the same cursor is another row; past the end, the last.
+        _ = u.handle(.char("o")); _ = u.handle(.char("o"))
+        u.fit(m, width: 200, height: 60)
+        #expect(u.memslotSort == .size)
+        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0)])
+        u.overlay = nil
+        _ = u.handle(.char("G"))
+        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0xfffc_0000)])
+        u.overlay = nil
+        // From the end, one up is the row before the last (the cursor never runs past the rows).
+        _ = u.handle(.char("j"))
+        _ = u.handle(.char("k"))
+        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0)])
+    }
+
     @Test func readOnlyRefusesEveryMutatingKey() {
         var u = ui()
         u.readOnly = true

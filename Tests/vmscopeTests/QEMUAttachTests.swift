@@ -191,6 +191,17 @@ struct QEMUTUITests {
             screen = t.waitFor(3) { s in wanted.allSatisfy { s.contains($0) } }
             for w in wanted { #expect(screen.contains(w), "\(w) in:\n\(screen)") }
         }
+        // x in the memslot view dumps where the selected range starts (G: the last, the BIOS ROM), read with
+        // QEMU's xp; the first 16 bytes are those xp prints to the checker.
+        let last = try #require(ranges.last)
+        let xp = Independent.normalized(try hmp(checker, String(format: "xp /16xb 0x%llx", last.start)))
+        let bytes = xp.split(separator: "\n").flatMap { $0.split(separator: " ").dropFirst().map { String($0.dropFirst(2)) } }
+        #expect(bytes.count == 16, "\(xp)")
+        t.keys("3", "G", "x")
+        let dumpLine = String(format: "0x%08llx  ", last.start) + bytes.joined(separator: " ")
+        screen = t.waitFor(5) { $0.contains(dumpLine) }
+        #expect(screen.contains(String(format: "read-memory 0x%08llx", last.start)) && screen.contains(dumpLine), "\(dumpLine) in:\n\(screen)")
+        t.keys("Escape", "4")
         t.keys("P")
         screen = t.waitFor(5) { $0.contains("status running") }
         #expect(try checker.execute("query-status")["status"]?.stringValue == "running")
