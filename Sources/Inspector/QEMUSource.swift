@@ -85,6 +85,9 @@ public struct QEMUSource: Sendable {
             guestMemfdGuest = type
         }
         model.unavailable = unavailableViews
+        if kvm["enabled"]?.boolValue != true {
+            model.unavailable[.memslots] = "\(versionText) runs TCG, not KVM (query-kvm): it has no KVM memslots"
+        }
         model.runs = []
         refreshSoon()
         try poll(execute, model: &model, nowNs: nowNs)

@@ -342,7 +342,10 @@ public struct Renderer {
             let prev = m.previousVCPUs.first { $0.index == v.index }
             // A counter that went backwards (the VM was restarted) has no rate.
             let rate = prev.map { v.totalExits >= $0.totalExits ? Double(v.totalExits - $0.totalExits) / seconds : 0 } ?? 0
-            let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) \(Fmt.padLeft(String(v.totalExits), 10)) \(Fmt.padLeft(String(Int(rate)), 10))"
+            // A QEMU without KVM has no exit counters: none shown rather than zeros.
+            let counted = !(m.peerIsQEMU && v.stats.isEmpty)
+            let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) "
+                + "\(Fmt.padLeft(counted ? String(v.totalExits) : "-", 10)) \(Fmt.padLeft(counted ? String(Int(rate)) : "-", 10))"
                 + (v.threadID > 0 && threadFits ? "  \(v.threadID)" : "")
             let role: Role = ui.focus == .vcpus && v.index == ui.vcpuCursor ? .cursor
                 : (["error", "shutdown", "fault-stopped"].contains(v.state) ? .warning : .normal)
@@ -377,6 +380,11 @@ public struct Renderer {
                 return delta > 0 ? "\(name) \(count) (+\(delta))" : "\(name) \(count)"
             }.joined(separator: "  ")
             s.put(text, x: r.x, y: y, role: .normal, limit: r.width)
+            y += 1
+        }
+        if m.peerIsQEMU && v.stats.isEmpty && y < r.y + r.height {
+            let why = m.vm.accelerator.map { $0.hasPrefix("kvm") ? "query-stats gave none" : "QEMU runs \($0)" } ?? "query-stats gave none"
+            s.put("no KVM statistics: \(why)", x: r.x, y: y, role: .dim, limit: r.width)
             y += 1
         }
         let wanted = ["exits", "io_exits", "mmio_exits", "halt_exits", "insn_emulation", "signal_exits", "irq_exits", "nmi_injections"]

@@ -27,8 +27,10 @@ public final class QEMUInstance: @unchecked Sendable {
     /// Starts QEMU with `arguments` (machine, memory, CPUs, devices) plus `-display none` and `monitors` QMP
     /// sockets; waits until every socket exists. With `directory` the sockets go there (a restart on the same
     /// paths); without, into a new private directory.
-    public init(arguments: [String], monitors: Int = 1, directory given: String? = nil, timeout: Double = 20) throws {
-        guard let binary = Self.binary else { throw StartError(description: "qemu-system-x86_64 is not installed") }
+    /// `binary` replaces the installed QEMU (a wrapper, say).
+    public init(arguments: [String], monitors: Int = 1, directory given: String? = nil, timeout: Double = 20,
+                binary: String? = nil) throws {
+        guard let binary = binary ?? Self.binary else { throw StartError(description: "qemu-system-x86_64 is not installed") }
         if let given {
             directory = given
             ownsDirectory = false
