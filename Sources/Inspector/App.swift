@@ -119,6 +119,13 @@ public struct InspectorUI: Sendable {
 
     public init() {}
 
+    /// A session's starting state: its themes (the first is in use), ASCII or not, read-only or not.
+    public init(themeNames: [String], ascii: Bool, readOnly: Bool) {
+        self.themeNames = themeNames
+        self.ascii = ascii
+        self.readOnly = readOnly
+    }
+
     public var themeName: String { themeNames[themeIndex % max(1, themeNames.count)] }
 
     /// Tells the UI state what a `width`×`height` frame over `model` shows: the map's grid (so cursor moves and
@@ -134,6 +141,17 @@ public struct InspectorUI: Sendable {
         vcpuStates = model.vcpus.map(\.state)
         memslotStarts = Renderer.sortedMemslots(model, memslotSort).map(\.gpa)
         if frozen && frozenAtSeq == nil { frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
+        // Keep the fault cursor on a fault the list shows (g puts it past the oldest, from where j and k would
+        // not move it). It counts back from the newest, so only that many are looked at.
+        if faultCursor > 0 {
+            let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
+            var shown = 0
+            for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
+                shown += 1
+                if shown > faultCursor { break }
+            }
+            faultCursor = min(faultCursor, max(0, shown - 1))
+        }
     }
 
     public var effectivePagesPerCell: UInt64 {

@@ -44,6 +44,9 @@ public final class TmuxPane: @unchecked Sendable {
     /// The pane's text, as `capture-pane -p` prints it.
     public func capture() -> String { tmux(["capture-pane", "-p", "-t", name], output: true).stdout }
 
+    /// The pane's text with its colours and attributes as SGR escape sequences (`capture-pane -e`).
+    public func captureStyled() -> String { tmux(["capture-pane", "-p", "-e", "-t", name], output: true).stdout }
+
     /// The process running in the pane (the shell, or the program itself when the command `exec`s it).
     public var pid: Int32? {
         let r = tmux(["list-panes", "-t", name, "-F", "#{pane_pid}"], output: true)

@@ -8,8 +8,8 @@ final class InspectorSession {
     let path: String
     var client: ControlClient?
     var model = InspectorModel()
-    var ui = InspectorUI()
-    let themes: [String: Theme]
+    var ui: InspectorUI
+    var themes: ThemeFollower
     var renderer: Renderer
     /// Set while the peer is a stock QEMU: what to poll there and how actions map onto its commands.
     var qemu: QEMUSource?
@@ -26,11 +26,9 @@ final class InspectorSession {
     init(path: String, client: ControlClient, themes: [String: Theme], themeOrder: [String], ascii: Bool, readOnly: Bool) {
         self.path = path
         self.client = client
-        self.themes = themes
+        self.themes = ThemeFollower(themes)
         renderer = Renderer(ascii: ascii)
-        ui.ascii = ascii
-        ui.readOnly = readOnly
-        ui.themeNames = themeOrder
+        ui = InspectorUI(themeNames: themeOrder, ascii: ascii, readOnly: readOnly)
         connected(client)
     }
 
@@ -226,9 +224,8 @@ final class InspectorSession {
 
     /// Runs until `q` (or `:quit`).
     func run(terminal: Terminal) {
-        applyTheme(terminal)
-        var currentTheme = ui.themeIndex
         while true {
+            themes.follow(&ui, on: terminal)
             let now = HostClock.monotonicNs()
             poll(now: now)
             let (w, h) = terminal.size
@@ -257,14 +254,6 @@ final class InspectorSession {
             dirty = true
             if key == .resize { continue }
             for effect in ui.handle(key) where !perform(effect) { return }
-            if ui.themeIndex != currentTheme {
-                currentTheme = ui.themeIndex
-                applyTheme(terminal)
-            }
         }
-    }
-
-    private func applyTheme(_ terminal: Terminal) {
-        terminal.apply(themes[ui.themeName] ?? .mono)
     }
 }

@@ -131,8 +131,8 @@ struct ReplayCommand: ParsableCommand {
 /// `vmscope replay`'s loop: the recording's clock instead of a socket.
 final class ReplaySession {
     var replay: Replay
-    var ui = InspectorUI()
-    let themes: [String: Theme]
+    var ui: InspectorUI
+    var themes: ThemeFollower
     var renderer: Renderer
     var speed: Double
     /// Playback: position `anchorNs` at monotonic time `anchorAt`; paused keeps the position.
@@ -143,11 +143,9 @@ final class ReplaySession {
     init(replay: Replay, speed: Double, themes: [String: Theme], themeOrder: [String], ascii: Bool) {
         self.replay = replay
         self.speed = speed
-        self.themes = themes
+        self.themes = ThemeFollower(themes)
         renderer = Renderer(ascii: ascii)
-        ui.ascii = ascii
-        ui.readOnly = true
-        ui.themeNames = themeOrder
+        ui = InspectorUI(themeNames: themeOrder, ascii: ascii, readOnly: true)
     }
 
     private func position(now: UInt64) -> UInt64 {
@@ -197,10 +195,9 @@ final class ReplaySession {
     }
 
     func run(terminal: Terminal) {
-        terminal.apply(themes[ui.themeName] ?? .mono)
-        var currentTheme = ui.themeIndex
         var dirty = true
         while true {
+            themes.follow(&ui, on: terminal)
             let now = HostClock.monotonicNs()
             var at = position(now: now)
             if at >= replay.durationNs && !paused {
@@ -224,10 +221,6 @@ final class ReplaySession {
             dirty = true
             if key == .resize { continue }
             for effect in ui.handle(key) where !perform(effect, now: HostClock.monotonicNs()) { return }
-            if ui.themeIndex != currentTheme {
-                currentTheme = ui.themeIndex
-                terminal.apply(themes[ui.themeName] ?? .mono)
-            }
         }
     }
 }

@@ -6,6 +6,8 @@ import Synchronization
 /// The ncurses side: paints a `Screen` and reads keys. Everything else is headless.
 final class Terminal {
     private(set) var colours = false
+    /// Why the themes' colours are not used, when they are not: attributes only then.
+    private(set) var colourlessReason: String?
     private var colours256 = false
     private var theme: Theme
     private var pairs: [Role: (attrs: attr_t, pair: Int16)] = [:]
@@ -24,7 +26,12 @@ final class Terminal {
         keypad(cnc_stdscr(), true)
         timeout(50)
         curs_set(0)
-        if has_colors() && ProcessInfo.processInfo.environment["NO_COLOR"] == nil {
+        // NO_COLOR (no-color.org): present and not empty.
+        if let noColor = ProcessInfo.processInfo.environment["NO_COLOR"], !noColor.isEmpty {
+            colourlessReason = "NO_COLOR is set"
+        } else if !has_colors() {
+            colourlessReason = "the terminal has no colours"
+        } else {
             start_color()
             use_default_colors()
             colours = true
@@ -132,6 +139,24 @@ final class Terminal {
         default:
             guard let u = Unicode.Scalar(UInt32(bitPattern: code)) else { return nil }
             return .char(Character(u))
+        }
+    }
+}
+
+/// Keeps the terminal's colours on the theme the UI names (`t` cycles it), applying one only when it changes.
+struct ThemeFollower {
+    let themes: [String: Theme]
+    private var applied: Int?
+
+    init(_ themes: [String: Theme]) { self.themes = themes }
+
+    mutating func follow(_ ui: inout InspectorUI, on terminal: Terminal) {
+        guard applied != ui.themeIndex else { return }
+        let changed = applied != nil
+        applied = ui.themeIndex
+        terminal.apply(themes[ui.themeName] ?? .mono)
+        if changed, let why = terminal.colourlessReason {
+            ui.status = ("theme \(ui.themeName): attributes only, no colours (\(why))", false)
         }
     }
 }

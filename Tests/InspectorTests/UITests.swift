@@ -60,6 +60,26 @@ struct UITests {
         #expect(u.handle(.char("x")) == [.readMemory(gpa: 0)])
     }
 
+    @Test func theFaultCursorStaysOnTheFaultsShown() {
+        var m = InspectorModel()
+        m.apply(faults: FaultBatch(records: (1...10).map { FaultRow(seq: $0, vcpu: Int($0 % 2), gpa: $0 * 4096, flags: 8, access: "write") },
+                                   dropped: 0), nowNs: 1)
+        var u = ui(focus: .faults)
+        _ = u.handle(.char("g"))
+        u.fit(m, width: 200, height: 60)
+        #expect(u.faultCursor == 9, "the oldest of ten")
+        _ = u.handle(.char("j"))
+        #expect(u.faultCursor == 8, "one newer, at once")
+        // Filtered to vCPU 1 (five faults), the same cursor is past the oldest shown: it comes back to it.
+        u.faultFilter = (try? FaultFilter.parse("vcpu=1").get()) ?? FaultFilter()
+        u.faultCursor = 8
+        u.fit(m, width: 200, height: 60)
+        #expect(u.faultCursor == 4)
+        u.faultCursor = 2
+        u.fit(m, width: 200, height: 60)
+        #expect(u.faultCursor == 2, "a cursor within the list stays")
+    }
+
     @Test func readOnlyRefusesEveryMutatingKey() {
         var u = ui()
         u.readOnly = true

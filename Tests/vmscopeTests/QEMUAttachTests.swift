@@ -174,6 +174,11 @@ struct QEMUTUITests {
             #expect(screen.contains("  \(tid)\n") || screen.contains("  \(tid) "), "thread \(tid) in:\n\(screen)")
         }
 
+        // t under NO_COLOR (which the test runner sets): the theme's name, and that it shows no colours.
+        t.keys("t")
+        screen = t.waitFor(3) { $0.contains("attributes only") }
+        #expect(screen.contains("theme high-contrast: attributes only, no colours (NO_COLOR is set)"), "\(screen)")
+
         // P on the vCPU view stops the VM; QEMU's own query-status agrees.
         t.keys("4", "P")
         screen = t.waitFor(5) { $0.contains("status paused") }
@@ -253,6 +258,35 @@ struct QEMUTUITests {
         let r = try Binary.run(["snapshot", qemu.qmpSockets[0], "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("\"peer\": \"QEMU 7.") || r.stdout.contains("\"peer\":\"QEMU "), "\(r.stdout.prefix(300))")
+    }
+
+    /// t cycles the colour theme: the terminal's colours change, not just the name.
+    @Test func aThemeChangesTheTerminalsColours() throws {
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let qemu = try startQEMU(qemuConfigurations[0].arguments + ["-S"], monitors: 1)
+        defer { qemu.stop() }
+        // The test runner sets NO_COLOR; a user's terminal usually does not.
+        let t = try TmuxPane("env -u NO_COLOR LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); sleep 60", width: 160, height: 48)
+        _ = t.waitFor(15) { $0.contains("status prelaunch") && $0.contains("rip 0x") }
+        func styles() -> Set<String> {
+            var out = Set<String>()
+            var rest = Substring(t.captureStyled())
+            while let start = rest.range(of: "\u{1b}[") {
+                let tail = rest[start.upperBound...]
+                guard let end = tail.firstIndex(of: "m") else { break }
+                out.insert(String(tail[..<end]))
+                rest = tail[tail.index(after: end)...]
+            }
+            return out
+        }
+        let before = styles()
+        #expect(before.contains { $0.contains("38;5;") }, "the default theme's 256 colours: \(before.sorted())")
+        t.keys("t")
+        let screen = t.waitFor(3) { $0.contains("theme high-contrast") }
+        #expect(!screen.contains("attributes only"), "\(screen)")
+        let after = styles()
+        #expect(before != after && !after.contains { $0.contains("38;5;60") }, "colours \(before.sorted()) → \(after.sorted())")
+        t.keys("q")
     }
 
     /// Paused (-S), a QEMU costs next to nothing by itself, so what it spends is what the inspector asks of it
