@@ -23,6 +23,9 @@ public enum Key: Sendable, Equatable, Hashable {
 public enum Effect: Sendable, Equatable {
     case execute(name: String, arguments: JSON, description: String)
     case readMemory(gpa: UInt64)
+    /// Read memory where row `row` of the memslot view (in its current order) starts: the session looks the row
+    /// up in its model (`Renderer.memslot(atRow:)`), so no frame has to keep the rows' order for a key.
+    case readMemslot(row: Int)
     /// Write a snapshot of what the views show to a file.
     case snapshot
     /// Start recording the session to a file, or stop and finish it.
@@ -91,7 +94,9 @@ public struct InspectorUI: Sendable {
     public var faultCursor = 0          // 0 = newest
     public var frozen = false
     public var frozenAtSeq: UInt64?
-    public var faultFilter = FaultFilter()
+    public var faultFilter = FaultFilter() { didSet { faultCursorChecked = nil } }
+    /// The fault cursor as `fit` last found it within the list.
+    private var faultCursorChecked: Int?
     public var memslotCursor = 0
     public var memslotSort = MemslotSort.slot
     public var vcpuCursor = 0
@@ -108,8 +113,7 @@ public struct InspectorUI: Sendable {
     public var mapRows = 16
     public var totalPages: UInt64 = 1
     public var vcpuCount = 0
-    /// Where each memslot row starts, in the order the memslot view shows them (`x` there dumps it).
-    public var memslotStarts: [UInt64] = []
+    public var memslotCount = 0
     /// Run state of each vCPU, as last reported (`P` pauses a running one and resumes a stopped one).
     public var vcpuStates: [String] = []
     /// Set while the views show a recording (`vmscope replay`): its timeline keys work, mutations do not.
@@ -139,11 +143,12 @@ public struct InspectorUI: Sendable {
         totalPages = max(1, model.vm.ramSize / 4096)
         vcpuCount = model.vcpus.count
         vcpuStates = model.vcpus.map(\.state)
-        memslotStarts = Renderer.sortedMemslots(model, memslotSort).map(\.gpa)
+        memslotCount = model.memslots.count
         if frozen && frozenAtSeq == nil { frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
         // Keep the fault cursor on a fault the list shows (g puts it past the oldest, from where j and k would
-        // not move it). It counts back from the newest, so only that many are looked at.
-        if faultCursor > 0 {
+        // not move it). It counts back from the newest, so only that many are looked at, and only when it moved:
+        // arriving faults never make a checked cursor point past the list.
+        if faultCursor > 0 && faultCursor != faultCursorChecked {
             let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
             var shown = 0
             for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
@@ -151,6 +156,7 @@ public struct InspectorUI: Sendable {
                 if shown > faultCursor { break }
             }
             faultCursor = min(faultCursor, max(0, shown - 1))
+            faultCursorChecked = faultCursor
         }
     }
 
@@ -195,8 +201,8 @@ public struct InspectorUI: Sendable {
             ui.memslotSort = ui.memslotSort.next; return [] },
         KeyBinding(keys: [.char("x")], label: "x", help: "hex dump of the page under the map cursor (in the memslot view: where the selected slot starts)",
                    mutates: false) { ui in
-            let gpa = ui.focus == .memslots && !ui.memslotStarts.isEmpty
-                ? ui.memslotStarts[min(ui.memslotCursor, ui.memslotStarts.count - 1)] : ui.cursorGFN * 4096
+            if ui.focus == .memslots && ui.memslotCount > 0 { return [.readMemslot(row: min(ui.memslotCursor, ui.memslotCount - 1))] }
+            let gpa = ui.cursorGFN * 4096
             ui.overlay = .hexDump(gpa: gpa, bytes: nil)
             return [.readMemory(gpa: gpa)] },
         KeyBinding(keys: [.char("S")], label: "S", help: "write a snapshot of every view to a file (.json and .txt)", mutates: false) { _ in
@@ -287,7 +293,7 @@ public struct InspectorUI: Sendable {
             cursorGFN = UInt64(min(max(cell, 0), maxCell)) * span
             scrollToCursor()
         case .faults: faultCursor = max(0, faultCursor - dy)
-        case .memslots: memslotCursor = min(max(0, memslotCursor + dy), max(0, memslotStarts.count - 1))
+        case .memslots: memslotCursor = min(max(0, memslotCursor + dy), max(0, memslotCount - 1))
         case .vcpus: vcpuCursor = min(max(0, vcpuCursor + dy + dx), max(0, vcpuCount - 1))
         }
     }
@@ -296,7 +302,7 @@ public struct InspectorUI: Sendable {
         switch focus {
         case .map: cursorGFN = toEnd ? (totalPages - 1) / effectivePagesPerCell * effectivePagesPerCell : 0; scrollToCursor()
         case .faults: faultCursor = toEnd ? 0 : Int.max / 2
-        case .memslots: memslotCursor = toEnd ? max(0, memslotStarts.count - 1) : 0
+        case .memslots: memslotCursor = toEnd ? max(0, memslotCount - 1) : 0
         case .vcpus: vcpuCursor = toEnd ? max(0, vcpuCount - 1) : 0
         }
     }

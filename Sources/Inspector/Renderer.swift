@@ -287,6 +287,12 @@ public struct Renderer {
         }
     }
 
+    /// Row `row` of the memslot view as `sort` orders it.
+    public static func memslot(atRow row: Int, _ m: InspectorModel, _ sort: MemslotSort) -> MemslotRow? {
+        let rows = sortedMemslots(m, sort)
+        return rows.indices.contains(row) ? rows[row] : nil
+    }
+
     static func shortFlag(_ name: String) -> String {
         switch name { case "GUEST_MEMFD": "gmem"; case "READONLY": "ro"; case "LOG_DIRTY_PAGES": "dirty"; default: name.lowercased() }
     }

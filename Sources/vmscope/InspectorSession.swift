@@ -49,35 +49,29 @@ final class InspectorSession {
             model.unavailable = [:]
             qemu = nil
             refreshVM()
-            if let since = disconnectedAt { ui.status = gapReport(since: since, previousPid: previousPid, lastSeq: lastSeq) }
         case .qemu:
             var source = QEMUSource(greeting: c.greeting)
             do { try source.start(execute(c), model: &model, nowNs: HostClock.monotonicNs(), pid: c.serverPID) } catch { failed(error) }
             qemu = source
-            if let since = disconnectedAt { ui.status = qemuGapReport(since: since, previousPid: previousPid) }
         }
+        if let since = disconnectedAt { ui.status = gapReport(since: since, previousPid: previousPid, lastSeq: lastSeq) }
         disconnectedAt = nil
     }
 
-    /// What the bottom line says after a reconnection: how long the views were blind, and what went by.
+    /// What the bottom line says after a reconnection: how long the views were blind, and what went by (a
+    /// stock QEMU has no fault stream to have missed, but it may be another process).
     private func gapReport(since: UInt64, previousPid: Int?, lastSeq: UInt64?) -> (text: String, isError: Bool) {
         let seconds = String(format: "%.1f", Double(HostClock.monotonicNs() - since) / 1e9)
         if let previousPid, let pid = model.vm.pid, pid != previousPid {
-            return ("reconnected after \(seconds) s: the VMM restarted (pid \(previousPid) → \(pid)); its counters and fault seq start afresh", true)
+            let afresh = qemu == nil ? "the VMM restarted (pid \(previousPid) → \(pid)); its counters and fault seq start afresh"
+                : "QEMU restarted (pid \(previousPid) → \(pid)); its counters start afresh"
+            return ("reconnected after \(seconds) s: \(afresh)", true)
         }
+        if qemu != nil { return ("reconnected after \(seconds) s to the same QEMU (pid \(model.vm.pid.map(String.init) ?? "?"))", false) }
         if let lastSeq, let total = call("query-memory-faults", .object([("limit", .i(0))]))?["total"]?.uint64Value, total > lastSeq {
             return ("reconnected after \(seconds) s: \(total - lastSeq) fault records went by unseen (seq \(lastSeq + 1)–\(total))", true)
         }
         return ("reconnected after \(seconds) s; no fault records missed", false)
-    }
-
-    /// The same after reconnecting to a QEMU: it has no fault stream to have missed, but it may be another process.
-    private func qemuGapReport(since: UInt64, previousPid: Int?) -> (text: String, isError: Bool) {
-        let seconds = String(format: "%.1f", Double(HostClock.monotonicNs() - since) / 1e9)
-        if let previousPid, let pid = model.vm.pid, pid != previousPid {
-            return ("reconnected after \(seconds) s: QEMU restarted (pid \(previousPid) → \(pid)); its counters start afresh", true)
-        }
-        return ("reconnected after \(seconds) s to the same QEMU (pid \(model.vm.pid.map(String.init) ?? "?"))", false)
     }
 
     /// `client.execute` as a QEMUSource calls it.
@@ -182,6 +176,10 @@ final class InspectorSession {
             }
         case .replay:
             ui.status = ("that key moves a replay's timeline (vmscope replay FILE)", true)
+        case .readMemslot(let row):
+            guard let slot = Renderer.memslot(atRow: row, model, ui.memslotSort) else { return true }
+            ui.overlay = .hexDump(gpa: slot.gpa, bytes: nil)
+            return perform(.readMemory(gpa: slot.gpa))
         case .readMemory(let gpa) where qemu != nil:
             guard let client else { ui.overlay = nil; return true }
             do { ui.overlay = .hexDump(gpa: gpa, bytes: try qemu!.readMemory(execute(client), gpa: gpa)) } catch {

@@ -166,7 +166,7 @@ final class ReplaySession {
                                            ascii: ui.ascii)
         case .toggleRecording:
             ui.status = ("R: this is a replay; it is a recording already", true)
-        case .readMemory:
+        case .readMemory, .readMemslot:
             ui.overlay = nil
             ui.status = ("a recording holds no guest memory", true)
         case .execute(_, _, let description):

@@ -43,21 +43,19 @@ struct UITests {
         u.overlay = nil
         _ = u.handle(.char("3"))
         _ = u.handle(.char("j"))
-        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0x10_0000)], "by slot, the second row is slot 1")
-        u.overlay = nil
-        // Sorted by size, the same cursor is another row; past the end, the last.
+        #expect(u.handle(.char("x")) == [.readMemslot(row: 1)])
+        #expect(Renderer.memslot(atRow: 1, m, u.memslotSort)?.gpa == 0x10_0000, "by slot, the second row is slot 1")
+        // Sorted by size, the same row is another slot.
         _ = u.handle(.char("o")); _ = u.handle(.char("o"))
-        u.fit(m, width: 200, height: 60)
         #expect(u.memslotSort == .size)
-        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0)])
-        u.overlay = nil
+        #expect(Renderer.memslot(atRow: 1, m, u.memslotSort)?.gpa == 0)
+        #expect(Renderer.memslot(atRow: 3, m, u.memslotSort) == nil)
+        // The cursor never runs past the rows: from the end, one up is the row before the last.
         _ = u.handle(.char("G"))
-        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0xfffc_0000)])
-        u.overlay = nil
-        // From the end, one up is the row before the last (the cursor never runs past the rows).
+        #expect(u.handle(.char("x")) == [.readMemslot(row: 2)])
         _ = u.handle(.char("j"))
         _ = u.handle(.char("k"))
-        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0)])
+        #expect(u.handle(.char("x")) == [.readMemslot(row: 1)])
     }
 
     @Test func theFaultCursorStaysOnTheFaultsShown() {
