@@ -132,13 +132,7 @@ struct RecordReplayTests {
         screen = demo.waitFor(5) { $0.contains("● REC") }
         #expect(screen.contains("● REC") && screen.contains("recording to \(dir)/vmscope-recording-"), "\(screen)")
         // `S`: what the inspector shows, to a file beside it.
-        demo.keys("S")
-        screen = demo.waitFor(5) { $0.contains("snapshot written: ") }
-        let livePath = try #require(screen.components(separatedBy: "snapshot written: ").dropFirst().first?
-            .split(separator: " ").first.map(String.init), "\(screen)")
-        let liveSnap = try String(contentsOfFile: livePath, encoding: .utf8)
-        if pythonJSONSchema { #expect(try schemaComplaint(liveSnap) == nil) }
-        #expect(try parseJSON(liveSnap)["origin"]?["kind"] == .string("live"))
+        let livePath = try pressSAndCheckSnapshot(demo, origin: "live")
         let liveTxt = try String(contentsOfFile: String(livePath.dropLast(5)) + ".txt", encoding: .utf8)
         #expect(liveTxt.contains("1 GFN map") && liveTxt.contains("4 vCPUs") && liveTxt.contains("GUEST_MEMFD"), "\(liveTxt)")
 
@@ -247,13 +241,7 @@ struct RecordReplayTests {
         tui.keys("p")
         screen = tui.waitFor(3) { $0.contains("read-only") }
         #expect(screen.contains("read-only: convert the selection to private (asks first) is disabled"), "\(screen)")
-        tui.keys("S")
-        screen = tui.waitFor(5) { $0.contains("snapshot written: ") }
-        let snapPath = try #require(screen.components(separatedBy: "snapshot written: ").dropFirst().first?
-            .split(separator: " ").first.map(String.init), "\(screen)")
-        let snap = try String(contentsOfFile: snapPath, encoding: .utf8)
-        if pythonJSONSchema { #expect(try schemaComplaint(snap) == nil) }
-        #expect(try parseJSON(snap)["origin"]?["kind"] == .string("recording"))
+        _ = try pressSAndCheckSnapshot(tui, origin: "recording")
         tui.keys("q")
         screen = tui.waitFor(10) { $0.contains("REPLAY-EXIT=") }
         #expect(screen.contains("REPLAY-EXIT=0"), "\(screen)")
@@ -286,6 +274,19 @@ struct RecordReplayTests {
         let f = try Recording.read(path: finished)
         #expect(f.damage == nil && f.endReason == "stopped")
     }
+}
+
+/// `S` in a pane: the JSON snapshot it says it wrote is valid against the schema and has origin `origin`;
+/// returns its path.
+func pressSAndCheckSnapshot(_ pane: TmuxPane, origin: String) throws -> String {
+    pane.keys("S")
+    let screen = pane.waitFor(5) { $0.contains("snapshot written: ") }
+    let path = try #require(screen.components(separatedBy: "snapshot written: ").dropFirst().first?
+        .split(separator: " ").first.map(String.init), "\(screen)")
+    let snap = try String(contentsOfFile: path, encoding: .utf8)
+    if pythonJSONSchema { #expect(try schemaComplaint(snap) == nil) }
+    #expect(try parseJSON(snap)["origin"]?["kind"] == .string(origin))
+    return path
 }
 
 /// The replay position in the status bar's "REPLAY ▶ 0:12.345 / 0:30.000", in seconds.
