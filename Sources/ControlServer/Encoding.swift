@@ -79,6 +79,8 @@ enum Encode {
             ("last-exit", .string(v.lastExit)), ("exit-counts", counts(v.exitCounts)),
             ("regs", .opt(v.registers.map(registers))), ("sregs", .opt(v.specialRegisters.map(specialRegisters))),
             ("stats", counts(v.statistics)),
+            // vmscope extension: why the vCPU is in state error (the exit and its data), else null.
+            ("error", .opt(v.errorDetail.map(JSON.string))),
             // vmscope extension: what the built-in guest reported on its ports.
             ("guest", guest(v.guest)),
         ])

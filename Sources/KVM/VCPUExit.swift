@@ -32,6 +32,20 @@ public enum VCPUExit {
     /// Any other exit reason, unhandled.
     case other(ExitReason)
 
+    /// `KVM_INTERNAL_ERROR_EMULATION`: the instruction could not be emulated (e.g. fetched from MMIO).
+    public static let emulationFailure: UInt32 = 1
+
+    /// The UAPI name of an internal-error suberror.
+    public static func internalErrorName(_ s: UInt32) -> String {
+        switch s {
+        case 1: "EMULATION"
+        case 2: "SIMUL_EX"
+        case 3: "DELIVERY_EV"
+        case 4: "UNEXPECTED_EXIT_REASON"
+        default: "suberror \(s)"
+        }
+    }
+
     /// The exit reason this exit came from.
     public var reason: ExitReason {
         switch self {

@@ -20,6 +20,33 @@ public protocol AttributeEngine: AnyObject, Sendable {
     func view(of segment: Segment) -> MemslotInfo.View
     /// Which RAM page and view `gpa` names, or nil when it is not RAM.
     func classify(_ gpa: UInt64, ramSize: UInt64) -> GPAClassification?
+    /// Memslots installed once and never re-laid (kernel engine: the shared alias), as RAM-page segments, and
+    /// the memslot for each.
+    func staticSegments(pageCount: UInt64) -> [Segment]
+    func staticRegion(for segment: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion
+    /// Why converting `pages` is refused on this engine, or nil.
+    func conversionRefusal(pages: Range<UInt64>) -> String?
+}
+
+extension AttributeEngine {
+    public func staticSegments(pageCount: UInt64) -> [Segment] { [] }
+    public func staticRegion(for segment: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion {
+        region(for: segment, slot: slot, memory: memory)
+    }
+    public func conversionRefusal(pages: Range<UInt64>) -> String? { nil }
+}
+
+/// `window` cut into pieces of at most 2^18 pages (1 GiB), well inside KVM_MEM_MAX_NR_PAGES.
+func gigabytePieces(_ window: Range<UInt64>, isPrivate: Bool) -> [Segment] {
+    let maxPages: UInt64 = 1 << 18
+    var out: [Segment] = []
+    var start = window.lowerBound
+    while start < window.upperBound {
+        let stop = min(window.upperBound, (start / maxPages + 1) * maxPages)
+        out.append(Segment(start: start, end: stop, isPrivate: isPrivate))
+        start = stop
+    }
+    return out
 }
 
 /// Pieces of `window` on which both maps are constant: (start, end, private, revoked).
@@ -77,14 +104,14 @@ public final class VMMEnforcedEngine: AttributeEngine {
             let b = memory.privateBacking
             if b.kind == .guestMemfd {
                 return MemoryRegion(slot: slot, flags: .guestMemfd, guestPhysicalAddress: offset, size: size,
-                                    userspaceAddress: b.mapping.address + offset, guestMemfd: b.fd.rawValue,
-                                    guestMemfdOffset: offset)
+                                    userspaceAddress: (b.mapping?.address ?? memory.sharedMapping.address) + offset,
+                                    guestMemfd: b.fd.rawValue, guestMemfdOffset: offset)
             }
             return MemoryRegion(slot: slot, guestPhysicalAddress: offset, size: size,
-                                userspaceAddress: b.mapping.address + offset)
+                                userspaceAddress: (b.mapping?.address ?? 0) + offset)
         }
         return MemoryRegion(slot: slot, guestPhysicalAddress: offset | alias, size: size,
-                            userspaceAddress: memory.sharedBacking.mapping.address + offset)
+                            userspaceAddress: memory.sharedMapping.address + offset)
     }
 
     public func view(of s: Segment) -> MemslotInfo.View { s.isPrivate ? .private : .shared }
@@ -97,25 +124,54 @@ public final class VMMEnforcedEngine: AttributeEngine {
     }
 }
 
-/// The kernel engine: every RAM memslot carries both backings (`KVM_MEM_GUEST_MEMFD` for private,
-/// `userspace_addr` for shared), conversions are `KVM_SET_MEMORY_ATTRIBUTES`, and faults are the kernel's own
-/// `KVM_EXIT_MEMORY_FAULT`. Needs a VM type that reports `KVM_MEMORY_ATTRIBUTE_PRIVATE`; it cannot run on
-/// this project's machines (see `vmscope caps`).
+/// The kernel engine: real `KVM_SET_MEMORY_ATTRIBUTES` and real `KVM_EXIT_MEMORY_FAULT`, on a VM type with
+/// private memory (`KVM_X86_SW_PROTECTED_VM` in the lab). See docs/attribute-engines.md, "kernel engine".
+///
+/// Such a guest cannot say which view it wants (no C-bit, no shared bit): KVM takes the attribute as the truth
+/// and exits only where the view that attribute names has no backing. So the same two views as the vmm engine
+/// are laid out for KVM to enforce:
+/// - the **private view** at the RAM's own GPAs: KVM attribute PRIVATE on every page (set once), a
+///   `KVM_MEM_GUEST_MEMFD` memslot over each private run and none over shared runs, so a guest access there to a
+///   shared page is a private access without a memslot: `KVM_EXIT_MEMORY_FAULT`, flags PRIVATE;
+/// - the **shared view** at `gpa | alias`: plain memslots over the whole shared memfd, whose KVM attributes are
+///   the VM's attribute map (each conversion is `KVM_SET_MEMORY_ATTRIBUTES` there), so a guest access through
+///   the alias to a private page is a private access to a memslot without guest_memfd: `KVM_EXIT_MEMORY_FAULT`,
+///   flags PRIVATE (the attribute it met; the guest wanted the shared view, and the VMM converts that way).
+/// Where the guest_memfd cannot be mapped (Linux 6.12), the VMM cannot write a private image: the guest's image
+/// pages (`imagePages`) are a plain shared memslot in the private view, as the upstream selftests keep their code,
+/// and conversions there are refused.
 public final class KernelEngine: AttributeEngine {
     public let kind = AttributeEngineKind.kernel
-    public var sharedAlias: UInt64? { nil }
+    public let alias: UInt64
+    public var sharedAlias: UInt64? { alias }
+    /// RAM pages that stay shared in the private view (the guest's image), or nil.
+    public let imagePages: Range<UInt64>?
 
-    public init() {}
+    public init(sharedAliasBit: Int, imagePages: Range<UInt64>?) {
+        alias = 1 << UInt64(sharedAliasBit)
+        self.imagePages = imagePages
+    }
 
     public func installInitialAttributes(_ memory: GuestMemory) throws(VMMError) {
-        // RAM starts private, as the map says.
-        try setAttributes(pages: 0..<memory.pageCount, toPrivate: true, memory: memory)
+        // The private view is private everywhere but the image; the alias carries the map.
+        let pages = memory.pageCount
+        let image = imagePages ?? 0..<0
+        for run in [0..<image.lowerBound, image.upperBound..<pages] where !run.isEmpty {
+            try set(address: run.lowerBound * AttributeMap.pageSize, pages: UInt64(run.count), toPrivate: true, memory)
+        }
+        for run in memory.attributes.runs(pages: 0..<pages) where run.isPrivate {
+            try set(address: run.gpa | alias, pages: run.size / AttributeMap.pageSize, toPrivate: true, memory)
+        }
     }
 
     public func setAttributes(pages: Range<UInt64>, toPrivate: Bool, memory: GuestMemory) throws(VMMError) {
+        try set(address: (pages.lowerBound * AttributeMap.pageSize) | alias, pages: UInt64(pages.count),
+                toPrivate: toPrivate, memory)
+    }
+
+    private func set(address: UInt64, pages: UInt64, toPrivate: Bool, _ memory: GuestMemory) throws(VMMError) {
         do {
-            try memory.vm.setMemoryAttributes(address: pages.lowerBound * AttributeMap.pageSize,
-                                              size: UInt64(pages.count) * AttributeMap.pageSize,
+            try memory.vm.setMemoryAttributes(address: address, size: pages * AttributeMap.pageSize,
                                               attributes: toPrivate ? .private : [])
         } catch {
             throw VMMError(error.errno == 22 || error.errno == 25 ? .unsupported : .genericError, error.description)
@@ -124,15 +180,27 @@ public final class KernelEngine: AttributeEngine {
 
     public func segments(window: Range<UInt64>, attributes: AttributeMap, revoked: AttributeMap) -> [Segment] {
         var out: [Segment] = []
-        // Memslots of at most 2^31 - 1 pages (KVM_MEM_MAX_NR_PAGES); 1 GiB pieces keep them well inside it.
-        let maxPages: UInt64 = 1 << 18
-        for run in revoked.runs(pages: window) where !run.isPrivate {
-            var start = run.gpa / AttributeMap.pageSize
-            let end = run.end / AttributeMap.pageSize
-            while start < end {
-                let stop = min(end, (start / maxPages + 1) * maxPages)
-                out.append(Segment(start: start, end: stop, isPrivate: true))
-                start = stop
+        let image = imagePages ?? 0..<0
+        for p in pieces(window: window, attributes: attributes, revoked: revoked) where !p.revoked {
+            let run = p.start..<p.end
+            let inImage = run.clamped(to: image)
+            // Outside the image only private runs have a memslot (guest_memfd); the image is one plain slot.
+            var parts: [(Range<UInt64>, Bool)] = []
+            if !inImage.isEmpty {
+                if run.lowerBound < inImage.lowerBound { parts.append((run.lowerBound..<inImage.lowerBound, p.isPrivate)) }
+                parts.append((inImage, false))
+                if inImage.upperBound < run.upperBound { parts.append((inImage.upperBound..<run.upperBound, p.isPrivate)) }
+            } else {
+                parts.append((run, p.isPrivate))
+            }
+            for (r, priv) in parts {
+                let isImage = !r.clamped(to: image).isEmpty
+                guard priv || isImage else { continue }
+                if let last = out.last, last.end == r.lowerBound, last.isPrivate == priv {
+                    out[out.count - 1].end = r.upperBound
+                } else {
+                    out.append(Segment(start: r.lowerBound, end: r.upperBound, isPrivate: priv))
+                }
             }
         }
         return out
@@ -140,15 +208,41 @@ public final class KernelEngine: AttributeEngine {
 
     public func region(for s: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion {
         let offset = s.start * AttributeMap.pageSize
-        return MemoryRegion(slot: slot, flags: .guestMemfd, guestPhysicalAddress: offset,
-                            size: (s.end - s.start) * AttributeMap.pageSize,
-                            userspaceAddress: memory.sharedBacking.mapping.address + offset,
-                            guestMemfd: memory.privateBacking.fd.rawValue, guestMemfdOffset: offset)
+        let size = (s.end - s.start) * AttributeMap.pageSize
+        if s.isPrivate {
+            return MemoryRegion(slot: slot, flags: .guestMemfd, guestPhysicalAddress: offset, size: size,
+                                userspaceAddress: memory.sharedMapping.address + offset,
+                                guestMemfd: memory.privateBacking.fd.rawValue, guestMemfdOffset: offset)
+        }
+        // The image: the private view's GPAs, shared memory.
+        return MemoryRegion(slot: slot, guestPhysicalAddress: offset, size: size,
+                            userspaceAddress: memory.sharedMapping.address + offset)
     }
 
-    public func view(of s: Segment) -> MemslotInfo.View { .plain }
+    public func view(of s: Segment) -> MemslotInfo.View { s.isPrivate ? .private : .plain }
+
+    public func staticSegments(pageCount: UInt64) -> [Segment] {
+        gigabytePieces(0..<pageCount, isPrivate: false)
+    }
+
+    /// The shared view: a plain memslot at `gpa | alias` over the shared memfd.
+    public func staticRegion(for s: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion {
+        let offset = s.start * AttributeMap.pageSize
+        return MemoryRegion(slot: slot, guestPhysicalAddress: offset | alias, size: (s.end - s.start) * AttributeMap.pageSize,
+                            userspaceAddress: memory.sharedMapping.address + offset)
+    }
+
+    public func conversionRefusal(pages: Range<UInt64>) -> String? {
+        guard let image = imagePages, pages.overlaps(image) else { return nil }
+        return "pages \(image.lowerBound)-\(image.upperBound - 1) hold the guest's image in shared memory: this kernel's"
+            + " guest_memfd cannot be mapped (no GUEST_MEMFD_FLAG_MMAP), so the VMM cannot give the guest a private copy;"
+            + " the kernel engine refuses to convert them"
+    }
 
     public func classify(_ gpa: UInt64, ramSize: UInt64) -> GPAClassification? {
-        gpa < ramSize ? GPAClassification(ramOffset: gpa, privateView: true) : nil
+        let shared = gpa & alias != 0
+        let offset = gpa & ~alias
+        guard offset < ramSize else { return nil }
+        return GPAClassification(ramOffset: offset, privateView: !shared)
     }
 }

@@ -26,11 +26,14 @@ public struct ConversionResult: Sendable, Equatable {
     public var memslotsChanged: Bool
 }
 
-/// Memory a VM's RAM lives in: a file (guest_memfd or memfd) and the VMM's mapping of it.
+/// Memory a VM's RAM lives in: a file (guest_memfd or memfd) and the VMM's mapping of it, where it has one.
 public final class RAMBacking: Sendable {
     public let kind: MemslotInfo.Backing
     public let fd: OwnedFileDescriptor
-    public let mapping: HostMapping
+    /// The VMM's mapping; nil for a guest_memfd the kernel does not let it map (no `GUEST_MEMFD_FLAG_MMAP`,
+    /// e.g. Linux 6.12 or a private-memory VM type): then private pages are unreachable from the host, as on a
+    /// confidential VM.
+    public let mapping: HostMapping?
     /// Kept so the guest_memfd outlives its memslots.
     let guestMemfd: GuestMemfd?
     let memoryFile: MemoryFile?
@@ -40,7 +43,7 @@ public final class RAMBacking: Sendable {
         self.fd = guestMemfd.fd
         self.guestMemfd = guestMemfd
         self.memoryFile = nil
-        self.mapping = try guestMemfd.map()
+        self.mapping = guestMemfd.flags.contains(.mmap) ? try guestMemfd.map() : nil
     }
 
     init(memoryFile: MemoryFile) throws(KVMError) {
@@ -71,6 +74,9 @@ struct SlotEntry: Equatable {
     var end: UInt64
     var slot: UInt16
     var view: MemslotInfo.View
+    /// The segment's `isPrivate` as the engine laid it.
+    var isPrivate: Bool
+    var segment: Segment { Segment(start: start, end: end, isPrivate: isPrivate) }
 }
 
 /// A stretch of RAM pages the engine wants one memslot for.
@@ -92,6 +98,8 @@ public final class GuestMemory: @unchecked Sendable {
     public let engine: any AttributeEngine
     public let privateBacking: RAMBacking
     public let sharedBacking: RAMBacking
+    /// The shared backing's mapping (a memfd: always mapped).
+    public let sharedMapping: HostMapping
     /// The most memslots this VMM will use (the kernel's `KVM_CAP_NR_MEMSLOTS`, or less when configured).
     public let memslotLimit: Int
 
@@ -99,6 +107,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// Pages whose mapping `revoke` removed (true = revoked), until converted or remapped.
     public private(set) var revoked: AttributeMap
     private(set) var slots: [SlotEntry] = []
+    /// Memslots the engine installs once and never re-lays (the kernel engine's shared alias).
+    private(set) var staticSlots: [SlotEntry] = []
     private var freeSlots: [UInt16]
     /// RAM pages at which a memslot always ends (the guest's own code and tables live below the first one, so
     /// conversions elsewhere never take the memslot it executes from away, not even for a moment).
@@ -114,7 +124,11 @@ public final class GuestMemory: @unchecked Sendable {
 
     init(vm: VirtualMachine, ramSize: UInt64, engine: any AttributeEngine, privateBacking: RAMBacking,
          sharedBacking: RAMBacking, memslotLimit: Int, pinnedBoundaries: [UInt64] = [],
-         memslotSpan: UInt64 = GuestMemory.defaultMemslotSpan) throws(VMMError) {
+         memslotSpan: UInt64 = GuestMemory.defaultMemslotSpan, initiallyShared: Range<UInt64>? = nil) throws(VMMError) {
+        guard let sharedMapping = sharedBacking.mapping else {
+            throw VMMError(.genericError, "the shared backing is not mapped")
+        }
+        self.sharedMapping = sharedMapping
         self.memslotSpan = max(memslotSpan / AttributeMap.pageSize, 1)
         self.pinnedBoundaries = pinnedBoundaries.filter { $0 > 0 && $0 < ramSize / AttributeMap.pageSize }.sorted()
         self.vm = vm
@@ -125,23 +139,29 @@ public final class GuestMemory: @unchecked Sendable {
         self.memslotLimit = memslotLimit
         let pages = ramSize / AttributeMap.pageSize
         attributes = AttributeMap(pageCount: pages, initiallyPrivate: true)
+        if let initiallyShared, !initiallyShared.isEmpty { attributes.set(pages: initiallyShared.clamped(to: 0..<pages), private: false) }
         revoked = AttributeMap(pageCount: pages, initiallyPrivate: false)
         freeSlots = (0..<UInt16(min(memslotLimit, Int(UInt16.max)))).reversed()
         try engine.installInitialAttributes(self)
+        for seg in engine.staticSegments(pageCount: pages) {
+            guard let id = freeSlots.popLast() else { throw VMMError(.unsupported, "out of memslots (limit \(memslotLimit))") }
+            do { try vm.setUserMemoryRegion(engine.staticRegion(for: seg, slot: id, memory: self)) } catch { throw VMMError.kvm(error) }
+            staticSlots.append(SlotEntry(start: seg.start, end: seg.end, slot: id, view: .shared, isPrivate: seg.isPrivate))
+        }
         try relayout(window: 0..<pages)
     }
 
     // MARK: Queries
 
     public var memslots: [MemslotInfo] {
-        slots.map { info(for: $0) }
+        slots.map { info(for: $0) } + staticSlots.map { info(for: $0, isStatic: true) }
     }
 
-    public var memslotCount: Int { slots.count }
+    public var memslotCount: Int { slots.count + staticSlots.count }
 
-    func info(for e: SlotEntry) -> MemslotInfo {
-        let region = engine.region(for: Segment(start: e.start, end: e.end, isPrivate: e.view != .shared),
-                                   slot: e.slot, memory: self)
+    func info(for e: SlotEntry, isStatic: Bool = false) -> MemslotInfo {
+        let region = isStatic ? engine.staticRegion(for: e.segment, slot: e.slot, memory: self)
+                              : engine.region(for: e.segment, slot: e.slot, memory: self)
         let backing: MemslotInfo.Backing
         switch e.view {
         case .private: backing = region.flags.contains(.guestMemfd) ? .guestMemfd : privateBacking.kind
@@ -208,6 +228,7 @@ public final class GuestMemory: @unchecked Sendable {
     public func convert(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool) throws(VMMError) -> ConversionResult {
         let started = monotonicNanoseconds()
         let range = try pages(gpa: gpa, size: size)
+        if let refusal = engine.conversionRefusal(pages: range) { throw VMMError(.unsupported, refusal) }
         let anyRevoked = !revoked.isUniform(pages: range, private: false)
         if attributes.isUniform(pages: range, private: toPrivate) && !anyRevoked {
             return ConversionResult(runsChanged: 0, durationNs: monotonicNanoseconds() - started, memslotsChanged: false)
@@ -290,7 +311,7 @@ public final class GuestMemory: @unchecked Sendable {
         let extended = extend(window)
         let removed = slotIndices(overlapping: extended).count
         let added = wantedSegments(window: extended, attributes: a, revoked: r).count
-        let needed = slots.count - removed + added
+        let needed = memslotCount - removed + added
         if needed > memslotLimit {
             throw VMMError(.unsupported, "the new layout needs \(needed) memslots; the limit is \(memslotLimit)"
                 + " (KVM_CAP_NR_MEMSLOTS or --memslot-limit): nothing was changed")
@@ -313,7 +334,7 @@ public final class GuestMemory: @unchecked Sendable {
         let first = indices.lowerBound, last = indices.upperBound
         let old = Array(slots[indices])
         let wanted = wantedSegments(window: w, attributes: attributes, revoked: revoked)
-        func shape(_ e: SlotEntry) -> Segment { Segment(start: e.start, end: e.end, isPrivate: e.view != .shared) }
+        func shape(_ e: SlotEntry) -> Segment { e.segment }
         let oldShape = old.map(shape)
         if oldShape == wanted { return false }
 
@@ -337,7 +358,8 @@ public final class GuestMemory: @unchecked Sendable {
                 slots.replaceSubrange(first..<(first + keep.count), with: (keep + created).sorted { $0.start < $1.start })
                 throw VMMError.kvm(error)
             }
-            created.append(SlotEntry(start: seg.start, end: seg.end, slot: id, view: engine.view(of: seg)))
+            created.append(SlotEntry(start: seg.start, end: seg.end, slot: id, view: engine.view(of: seg),
+                                     isPrivate: seg.isPrivate))
         }
         slots.replaceSubrange(first..<(first + keep.count), with: (keep + created).sorted { $0.start < $1.start })
         generation += 1
@@ -371,9 +393,21 @@ public final class GuestMemory: @unchecked Sendable {
 
     // MARK: Completing an access the VMM emulates
 
-    /// The host address of RAM offset `offset` in the given view's backing.
-    func hostPointer(ramOffset: UInt64, privateView: Bool) -> UnsafeMutableRawPointer {
+    /// The host address of RAM offset `offset` in the given view's backing; nil where the VMM cannot map it
+    /// (a guest_memfd without `GUEST_MEMFD_FLAG_MMAP`).
+    func hostPointer(ramOffset: UInt64, privateView: Bool) -> UnsafeMutableRawPointer? {
         let backing = privateView ? privateBacking : sharedBacking
-        return backing.mapping.base.advanced(by: Int(ramOffset))
+        return backing.mapping?.base.advanced(by: Int(ramOffset))
     }
+
+    /// The mapping holding RAM page `gfn` as the guest sees it now (its attribute's backing), or nil where the
+    /// VMM cannot map that backing.
+    public func currentMapping(gfn: UInt64) -> HostMapping? {
+        guard gfn < pageCount else { return nil }
+        return attributes.isPrivate(gfn: gfn) ? privateBacking.mapping : sharedMapping
+    }
+
+    /// Why the host cannot read private pages, for messages.
+    public static let privateUnmappable = "private pages live in a guest_memfd this kernel does not let the VMM map"
+        + " (no GUEST_MEMFD_FLAG_MMAP: Linux before 6.18, or a private-memory VM type)"
 }

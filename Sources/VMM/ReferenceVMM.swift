@@ -105,14 +105,17 @@ public final class ReferenceVMM: @unchecked Sendable {
         catch { throw VMMError(.unsupported, error.description) }
 
         let engine: any AttributeEngine
+        let bit = config.sharedAliasBit ?? Self.defaultAliasBit(ramSize: config.ramSize)
+        guard bit >= 12 && bit < 52 && (UInt64(1) << UInt64(bit)) >= config.ramSize else {
+            throw VMMError(.genericError, "--shared-alias-bit \(bit) must be at least 12, below 52, and above RAM (2^\(bit) >= \(config.ramSize))")
+        }
+        // The kernel engine never maps guest_memfd (private memory stays out of the host's reach, as on a
+        // confidential VM), so the guest's image lives in shared memory the VMM can write.
+        let imagePages: Range<UInt64>? = config.runGuest ? 0..<(UInt64(GuestLayout.bounceBuffers) / AttributeMap.pageSize) : nil
         switch decision.engine {
         case .kernel:
-            engine = KernelEngine()
+            engine = KernelEngine(sharedAliasBit: bit, imagePages: imagePages)
         case .vmm:
-            let bit = config.sharedAliasBit ?? Self.defaultAliasBit(ramSize: config.ramSize)
-            guard bit >= 12 && bit < 52 && (UInt64(1) << UInt64(bit)) >= config.ramSize else {
-                throw VMMError(.genericError, "--shared-alias-bit \(bit) must be at least 12, below 52, and above RAM (2^\(bit) >= \(config.ramSize))")
-            }
             engine = VMMEnforcedEngine(sharedAliasBit: bit)
         }
 
@@ -121,11 +124,9 @@ public final class ReferenceVMM: @unchecked Sendable {
             let privateBacking: RAMBacking
             let caps = capabilities, chosen = decision
             if caps.guestMemfd {
-                let offered = chosen.engine == .kernel
-                    ? (caps.perVMType.first { $0.type == chosen.vmType }?.guestMemfdFlags ?? [])
-                    : caps.guestMemfdFlags
-                // The VMM maps guest_memfd to read private memory; INIT_SHARED where offered so it can.
-                let flags = offered.intersection([.mmap, .initShared])
+                // The vmm engine maps guest_memfd to read private memory (INIT_SHARED where offered so it can);
+                // the kernel engine does not.
+                let flags = chosen.engine == .kernel ? [] : caps.guestMemfdFlags.intersection([.mmap, .initShared])
                 privateBacking = try RAMBacking(guestMemfd: try vm.createGuestMemfd(size: config.ramSize, flags: flags))
             } else if decision.engine == .vmm {
                 privateBacking = try RAMBacking(memoryFile: MemoryFile(name: "\(config.name)-private", size: config.ramSize))
@@ -137,7 +138,8 @@ public final class ReferenceVMM: @unchecked Sendable {
             memory = try GuestMemory(vm: vm, ramSize: config.ramSize, engine: engine, privateBacking: privateBacking,
                                      sharedBacking: sharedBacking, memslotLimit: limit,
                                      pinnedBoundaries: config.runGuest ? [UInt64(GuestLayout.bounceBuffers) / 4096] : [],
-                                     memslotSpan: config.memslotSpan)
+                                     memslotSpan: config.memslotSpan,
+                                     initiallyShared: decision.engine == .kernel ? imagePages : nil)
         } catch let e as VMMError {
             throw e
         } catch let e as KVMError {
@@ -176,7 +178,9 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     /// Writes the guest image and parameter blocks into private RAM and sets each vCPU's registers.
     private func loadGuest() throws(VMMError) {
-        let ram = memory.privateBacking.mapping
+        guard let ram = memory.currentMapping(gfn: 0) else {
+            throw VMMError(.unsupported, "cannot load the built-in guest: \(GuestMemory.privateUnmappable)")
+        }
         ram.write(FlatProtectedMode.gdtBytes, at: Int(GuestLayout.gdt))
         ram.write(guest.idt, at: Int(GuestLayout.idt))
         ram.write(guest.code, at: Int(guest.origin))
@@ -295,7 +299,9 @@ public final class ReferenceVMM: @unchecked Sendable {
             throw VMMError(.invalidRange, "[\(hex(gpa)), +\(size)) is outside RAM")
         }
         let isPrivate = privateView ?? memory.attributes.isPrivate(gfn: gpa / 4096)
-        let p = memory.hostPointer(ramOffset: gpa, privateView: isPrivate)
+        guard let p = memory.hostPointer(ramOffset: gpa, privateView: isPrivate) else {
+            throw VMMError(.unsupported, "read-memory \(hex(gpa)) through the private view: \(GuestMemory.privateUnmappable)")
+        }
         return ([UInt8](UnsafeRawBufferPointer(start: p, count: Int(size))), isPrivate)
     }
 
@@ -543,63 +549,180 @@ public final class ReferenceVMM: @unchecked Sendable {
         }
     }
 
+    /// An emulation failure (`KVM_EXIT_INTERNAL_ERROR`, suberror EMULATION): when the vCPU was fetching its next
+    /// instruction from a RAM page whose view has no memslot (the vmm engine's wrong-view case), it is a memory
+    /// fault with access `exec`, handled by the policy like a data access; true when it was one. Without paging
+    /// (the built-in guest) the fetch address is CS.base + RIP; the instruction may straddle into the next page.
+    /// KVM re-runs the instruction on the next `KVM_RUN` (RIP has not moved), so a conversion lets it proceed.
+    func handleFetchFault(runner: VCPURunner) -> Bool {
+        guard let regs = try? runner.vcpu.registers(), let sregs = try? runner.vcpu.specialRegisters(),
+              sregs.cr0 & 0x8000_0000 == 0 else { return false }   // with paging the fetch address is virtual
+        let mask: UInt64 = sregs.efer & 0x400 != 0 ? ~0 : 0xFFFF_FFFF
+        let linear = (sregs.cs.base &+ regs.rip) & mask
+        // The fetch (exec), then what the CPU reads by itself while running it: the descriptor tables and the
+        // stack (delivering an exception or loading a segment). Those are not the instruction's own access, so
+        // their records say `unknown`.
+        let stack = (sregs.ss.base &+ regs.rsp &- 4) & mask
+        let candidates: [(UInt64, FaultRecord.Access)] = [
+            (linear, .exec), ((linear &+ 14) & mask, .exec),
+            (sregs.gdt.base & mask, .unknown), (sregs.idt.base & mask, .unknown), (stack, .unknown),
+        ]
+        memory.lock.lock()
+        var hit: (gpa: UInt64, c: GPAClassification, access: FaultRecord.Access)?
+        for (gpa, access) in candidates {
+            guard let c = memory.classify(gpa) else { continue }
+            if memory.attributes.isPrivate(gfn: c.gfn) != c.privateView || memory.revoked.isPrivate(gfn: c.gfn) {
+                hit = (gpa, c, access)
+                break
+            }
+        }
+        memory.lock.unlock()
+        guard let (gpa, c, access) = hit else { return false }
+        if runner.noteRepeatedFault(gpa: gpa & ~0xFFF) {
+            runner.stopWithError("instruction fetch at \(hex(gpa)) keeps faulting after the page was converted")
+            return true
+        }
+        memory.lock.lock()
+        let context = memory.faultContext(gfn: c.gfn)
+        memory.lock.unlock()
+        var record = FaultRecord(
+            timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: gpa & ~0xFFF, size: 4096,
+            flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView, access: access, errno: nil,
+            source: .vmm, exit: "INTERNAL_ERROR", attribute: context.attribute, slot: context.slot, action: .reported)
+        func resolve() -> Bool {
+            memory.lock.lock()
+            let attrMatches = memory.attributes.isPrivate(gfn: c.gfn) == c.privateView
+            memory.lock.unlock()
+            do {
+                if attrMatches {
+                    memory.lock.lock()
+                    defer { memory.lock.unlock() }
+                    try memory.remap(gfn: c.gfn)
+                    logEvents([.memslotsChanged(generation: memory.generation)])
+                    record.action = .remapped
+                } else {
+                    _ = try convert(gpa: c.gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true,
+                                    cause: .implicit, vcpu: runner.index)
+                    record.action = .converted
+                }
+                return true
+            } catch {
+                logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(gpa))", "error": "\(error)"])
+                return false
+            }
+        }
+        let reason = "\(access == .exec ? "instruction fetch" : "implicit access") at \(hex(gpa)) (\(c.privateView ? "private" : "shared") view, page is \(context.attribute))"
+        switch faultPolicy {
+        case .convert:
+            let ok = resolve()
+            faults.append(record)
+            if !ok { runner.stopWithError("implicit conversion failed: " + reason) }
+        case .pause:
+            record.action = .paused
+            faults.append(record)
+            if runner.faultStop(reason: reason) { _ = resolve() }
+        case .report:
+            // There is no "nothing" to execute: the vCPU stays on the fetch until the page is converted.
+            faults.append(record)
+            _ = runner.faultStop(reason: reason + ", policy report: waiting on the fetch")
+        }
+        return true
+    }
+
     /// Performs the access of an MMIO exit against the backing of the view it used. Caller holds the memory lock.
     private func complete(_ c: GPAClassification, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) {
-        let p = memory.hostPointer(ramOffset: c.ramOffset, privateView: c.privateView)
+        guard let p = memory.hostPointer(ramOffset: c.ramOffset, privateView: c.privateView) else {
+            read?.fillAllOnes()
+            return
+        }
         let room = Int(memory.ramSize - c.ramOffset)
         if let read, let base = read.baseAddress { base.copyMemory(from: p, byteCount: min(read.count, room)) }
         if let write, let base = write.baseAddress { p.copyMemory(from: base, byteCount: min(write.count, room)) }
     }
 
     /// `KVM_EXIT_MEMORY_FAULT` (kernel engine, or any kernel that reports one).
+    ///
+    /// The record keeps the kernel's `flags`, `gpa`, `size` and errno verbatim. Its `private` is the direction the
+    /// access wanted: on the kernel engine's layout that is the view the guest used (the private view's GPAs, or
+    /// the shared alias), because a `KVM_X86_SW_PROTECTED_VM` guest cannot say it and the kernel's PRIVATE bit
+    /// reports the attribute the access met (docs/attribute-engines.md). Elsewhere it is the kernel's bit.
     func handleKernelFault(runner: VCPURunner, _ f: MemoryFaultExit) {
-        let gfn = f.gpa / 4096
         memory.lock.lock()
-        let inRAM = gfn < memory.pageCount
-        let context = memory.faultContext(gfn: gfn)
+        let c = memory.classify(f.gpa)
+        let context = memory.faultContext(gfn: c?.gfn)
         memory.lock.unlock()
+        let wantsPrivate = c?.privateView ?? f.isPrivate
         var record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
-                                 flags: f.flags, isPrivate: f.isPrivate, access: .unknown,
+                                 flags: f.flags, isPrivate: wantsPrivate, access: .unknown,
                                  errno: KVMError.name(of: f.errno), source: .kernel, exit: "MEMORY_FAULT",
                                  attribute: context.attribute, slot: context.slot, action: .reported)
         let unknownFlags = f.flags & ~MemoryFaultExit.flagPrivate
-        if unknownFlags != 0 || !inRAM || runner.noteKernelFault(gpa: f.gpa) {
+        if unknownFlags != 0 || c == nil || runner.noteRepeatedFault(gpa: f.gpa) {
             faults.append(record)
             runner.stopWithError(unknownFlags != 0 ? "KVM_EXIT_MEMORY_FAULT with unknown flags \(hex(unknownFlags))"
-                                 : !inRAM ? "KVM_EXIT_MEMORY_FAULT outside RAM at \(hex(f.gpa))"
+                                 : c == nil ? "KVM_EXIT_MEMORY_FAULT outside RAM at \(hex(f.gpa))"
                                  : "KVM_EXIT_MEMORY_FAULT repeated at \(hex(f.gpa))")
             return
         }
-        // The pages the fault names: what an implicit conversion converts.
-        let faultGPA = f.gpa & ~0xFFF, faultSize = max(4096, (f.size + 4095) & ~4095)
+        guard let c else { return }
+        // The RAM pages the fault names, in the private view's GPAs: what an implicit conversion converts.
+        let first = c.ramOffset & ~0xFFF
+        let last = min(memory.ramSize, (c.ramOffset &+ max(f.size, 1) &+ 4095) & ~0xFFF)
+        let faultGPA = first, faultSize = max(4096, last > first ? last - first : 4096)
+        /// Converts (or gives back a revoked mapping); false when the conversion failed.
+        func resolve() -> Bool {
+            memory.lock.lock()
+            let attrMatches = memory.attributes.isUniform(pages: (faultGPA / 4096)..<((faultGPA + faultSize) / 4096), private: wantsPrivate)
+            if attrMatches {
+                // The attribute already is what the access wanted: a revoked mapping, or a conversion that raced.
+                do {
+                    try memory.remap(gfn: faultGPA / 4096)
+                    logEvents([.memslotsChanged(generation: memory.generation)])
+                    record.action = .remapped
+                } catch {
+                    memory.lock.unlock()
+                    return false
+                }
+                memory.lock.unlock()
+                return true
+            }
+            memory.lock.unlock()
+            do {
+                _ = try convert(gpa: faultGPA, size: faultSize, toPrivate: wantsPrivate, discard: true, cause: .implicit,
+                                vcpu: runner.index)
+                record.action = .converted
+                return true
+            } catch {
+                logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(f.gpa))", "error": "\(error)"])
+                return false
+            }
+        }
+        let reason = "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa)) (\(wantsPrivate ? "private" : "shared") access, page is \(context.attribute))"
         switch faultPolicy {
         case .convert:
-            do {
-                _ = try convert(gpa: faultGPA, size: faultSize, toPrivate: f.isPrivate, discard: true, cause: .implicit, vcpu: runner.index)
-                record.action = .converted
+            if resolve() { faults.append(record) } else {
                 faults.append(record)
-            } catch {
-                faults.append(record)
-                runner.stopWithError("implicit conversion failed: \(error)")
+                runner.stopWithError("implicit conversion failed at \(hex(f.gpa))")
             }
         case .pause:
             record.action = .paused
             faults.append(record)
-            if runner.faultStop(reason: "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa))") {
-                _ = try? convert(gpa: faultGPA, size: faultSize, toPrivate: f.isPrivate,
-                                 discard: true, cause: .implicit, vcpu: runner.index)
-            }
+            if runner.faultStop(reason: reason) { _ = resolve() }
         case .report:
-            // KVM retries the access on the next KVM_RUN; without a conversion it can only fault again.
+            // KVM retries the access on the next KVM_RUN: without a conversion it faults again, so the vCPU stays
+            // on the faulting access until someone converts the page (or changes the policy) and resumes it.
             faults.append(record)
-            _ = runner.faultStop(reason: "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa)) (policy report)")
+            _ = runner.faultStop(reason: reason + ", policy report: waiting on the access")
         }
     }
 
     /// The selftest stopped for the host: hand the range to the hook.
     func handleSelftestSync(runner: VCPURunner, phase: UInt64) {
-        let ram = memory.privateBacking.mapping
         let block = Int(GuestLayout.parameterBlock(runner.index))
+        memory.lock.lock()
+        let mapping = memory.currentMapping(gfn: UInt64(block) / 4096)
+        memory.lock.unlock()
+        guard let ram = mapping else { return }
         let gpa = UInt64(ram.load32(at: block + Int(ParameterBlock.selftestGPA)))
         let size = UInt64(ram.load32(at: block + Int(ParameterBlock.selftestSize)))
         guard let p = SelftestPhase(rawValue: UInt32(truncatingIfNeeded: phase)) else {
@@ -612,12 +735,14 @@ public final class ReferenceVMM: @unchecked Sendable {
     /// The guest's doorbell: the descriptor at `descriptor` (private RAM) asks for a conversion.
     func handleDoorbell(runner: VCPURunner, descriptor: UInt64) {
         memory.lock.lock()
-        guard descriptor % 4 == 0, descriptor + 16 <= memory.ramSize, memory.attributes.isPrivate(gfn: descriptor / 4096) else {
+        // The descriptor lives in the guest's own memory: private RAM (vmm engine) or its shared image (kernel engine).
+        guard descriptor % 4 == 0, descriptor + 16 <= memory.ramSize, descriptor / 4096 == (descriptor + 15) / 4096,
+              let ram = memory.currentMapping(gfn: descriptor / 4096),
+              memory.attributes.isPrivate(gfn: descriptor / 4096) || memory.engine.kind == .kernel else {
             memory.lock.unlock()
-            logger.warning("doorbell descriptor outside private RAM", metadata: ["gpa": "\(hex(descriptor))"])
+            logger.warning("doorbell descriptor outside the guest's own RAM", metadata: ["gpa": "\(hex(descriptor))"])
             return
         }
-        let ram = memory.privateBacking.mapping
         let gpa = UInt64(ram.load32(at: Int(descriptor)))
         let pages = UInt64(ram.load32(at: Int(descriptor) + 4))
         let toPrivate = ram.load32(at: Int(descriptor) + 8) != 0

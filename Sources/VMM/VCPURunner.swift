@@ -17,6 +17,8 @@ public struct VCPUSnapshot: Sendable {
     public var registers: kvm_regs?
     public var specialRegisters: kvm_sregs?
     public var statistics: [String: UInt64]
+    /// Why the vCPU is in state `error` (the exit and its data, e.g. an internal error's suberror), else nil.
+    public var errorDetail: String?
 }
 
 /// What the built-in guest reported through its ports.
@@ -67,6 +69,7 @@ final class VCPURunner: @unchecked Sendable {
     private var requests: [() -> Void] = []
     private var exitCounts: [String: UInt64] = [:]
     private var lastExit = "none"
+    private var errorDetail: String?
     private var counters = GuestCounters()
     private var threadID: Int32 = 0
     private var thread: pthread_t?
@@ -130,6 +133,7 @@ final class VCPURunner: @unchecked Sendable {
         // Caller holds cond.
         guard state != new else { return }
         state = new
+        errorDetail = new == .error ? reason : nil
         cond.broadcast()
         vmm.events.append(.vcpuStateChanged(index: index, state: new, reason: reason))
     }
@@ -275,7 +279,7 @@ final class VCPURunner: @unchecked Sendable {
         cond.lock(); defer { cond.unlock() }
         return VCPUSnapshot(index: index, threadID: threadID, state: state, lastExit: lastExit,
                             exitCounts: exitCounts, guest: counters, registers: regs, specialRegisters: sregs,
-                            statistics: stats)
+                            statistics: stats, errorDetail: errorDetail)
     }
 
     var guestCounters: GuestCounters {
@@ -317,8 +321,12 @@ final class VCPURunner: @unchecked Sendable {
         case .systemEvent(let type, _):
             cond.lock(); setState(.shutdown, "KVM_EXIT_SYSTEM_EVENT type \(type)"); cond.unlock()
         case .internalError(let suberror, let data):
+            // An instruction fetch from a page whose view has no memslot (vmm engine) is an emulation failure:
+            // a memory fault with access exec, handled by the policy like a data access.
+            if suberror == VCPUExit.emulationFailure && vmm.handleFetchFault(runner: self) { return }
             cond.lock()
-            setState(.error, "KVM_EXIT_INTERNAL_ERROR suberror \(suberror) data \(data.map { hex($0) })")
+            setState(.error, "KVM_EXIT_INTERNAL_ERROR suberror \(suberror) (\(VCPUExit.internalErrorName(suberror)))"
+                     + " data [\(data.map { hex($0) }.joined(separator: ", "))]")
             cond.unlock()
         case .failEntry(let reason, _):
             cond.lock(); setState(.error, "KVM_EXIT_FAIL_ENTRY reason \(hex(reason))"); cond.unlock()
@@ -396,8 +404,9 @@ final class VCPURunner: @unchecked Sendable {
         return resumed
     }
 
-    /// Guards against a kernel fault repeating forever at one GPA. True when it has repeated too often.
-    func noteKernelFault(gpa: UInt64) -> Bool {
+    /// Guards against a fault repeating forever at one GPA (kernel exits, instruction fetches). True when it has
+    /// repeated too often.
+    func noteRepeatedFault(gpa: UInt64) -> Bool {
         if lastFaultGPA == gpa { repeatedFaults += 1 } else { lastFaultGPA = gpa; repeatedFaults = 1 }
         return repeatedFaults > 16
     }
