@@ -47,8 +47,11 @@ let package = Package(
             "VMM", "KVM", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The nested KVM lab (QEMU TCG + Linux 6.12 with KVM_SW_PROTECTED_VM): build recipe and inputs as
+        // resources, the boot, and the control link between the host's socket and the VMM inside.
+        .target(name: "Lab", dependencies: ["ControlProtocol", "ProcessSupport"], resources: [.copy("Resources")]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses",
+            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -1,0 +1,103 @@
+import ControlProtocol
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The guest half of the lab's control link (`vmscope lab agent`, started by the lab's job script inside the lab
+/// guest): opens the virtio-serial port, waits for the VMM's socket, then connects one VMM client per channel the
+/// host opens. It ends, saying why, when the VMM process ends or the link breaks.
+public struct LabAgent {
+    public var portName: String
+    public var vmmSocket: String
+    public var vmmPID: pid_t?
+    /// How long the VMM may take to start serving (TCG is slow: a cold Swift start takes seconds there).
+    public var startTimeout: Double = 300
+
+    public init(portName: String, vmmSocket: String, vmmPID: pid_t?) {
+        self.portName = portName
+        self.vmmSocket = vmmSocket
+        self.vmmPID = vmmPID
+    }
+
+    /// The `/dev` node of the virtio-serial port named `name` (no udev in the lab: read sysfs).
+    public static func portDevice(named name: String, sysfs: String = "/sys/class/virtio-ports") -> String? {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: sysfs) else { return nil }
+        for e in entries.sorted() {
+            let text = (try? String(contentsOfFile: "\(sysfs)/\(e)/name", encoding: .utf8)) ?? ""
+            if text.trimmingCharacters(in: .whitespacesAndNewlines) == name { return "/dev/\(e)" }
+        }
+        return nil
+    }
+
+    private func vmmAlive() -> Bool {
+        guard let vmmPID else { return true }
+        var status: Int32 = 0
+        let r = waitpid(vmmPID, &status, WNOHANG)
+        return r == 0 || (r < 0 && kill(vmmPID, 0) == 0)
+    }
+
+    private func connectVMM() -> Int32? {
+        try? LineConnectionFD.connect(path: vmmSocket)
+    }
+
+    /// Runs the agent; returns the process exit status.
+    public func run(log: (String) -> Void) -> Int32 {
+        guard let device = Self.portDevice(named: portName) else {
+            log("no virtio-serial port named \(portName) (is CONFIG_VIRTIO_CONSOLE in the lab kernel?)")
+            return 2
+        }
+        let link = open(device, O_RDWR | O_CLOEXEC)
+        guard link >= 0 else {
+            log("open \(device): \(String(cString: strerror(errno)))")
+            return 2
+        }
+        // Wait until the VMM serves its socket (or dies).
+        let deadline = Date().addingTimeInterval(startTimeout)
+        while true {
+            if let fd = connectVMM() { close(fd); break }
+            if !vmmAlive() { log("the VMM exited before it served \(vmmSocket)"); return 3 }
+            if Date() > deadline { log("the VMM did not serve \(vmmSocket) within \(Int(startTimeout)) s"); return 3 }
+            usleep(100_000)
+        }
+        let pump = MuxPump(link: link)
+        pump.onFrame = { m in
+            switch m.type {
+            case .open:
+                if pump.streams.count >= pump.maxChannels {
+                    pump.send(.close, channel: m.channel)
+                } else if let fd = connectVMM() {
+                    pump.add(channel: m.channel, fd: fd, label: "channel \(m.channel)")
+                } else {
+                    pump.send(.close, channel: m.channel)
+                }
+            default:
+                break
+            }
+        }
+        // The VMM closed a client's connection: the host closes that client.
+        pump.onStreamEnded = { ch in pump.drop(channel: ch, tellPeer: true) }
+        pump.onTick = {
+            if !vmmAlive() { pump.stop("the VMM exited") }
+        }
+        pump.send(.hello, channel: 0, Array("vmscope lab agent: VMM serving \(vmmSocket)".utf8))
+        log("link up on \(device); VMM serving \(vmmSocket)")
+        pump.run()
+        let reason = pump.stopReason ?? "stopped"
+        pump.send(.bye, channel: 0, Array(reason.utf8))
+        pump.drainLink(ms: 2000)
+        log("agent stopping: \(reason)")
+        return reason == "the VMM exited" ? 0 : 1
+    }
+}
+
+/// A connected Unix stream socket as a bare descriptor (the pump owns it).
+enum LineConnectionFD {
+    static func connect(path: String) throws -> Int32 {
+        let c = try LineConnection(path: path)
+        // LineConnection closes its descriptor in deinit: hand over a duplicate.
+        let fd = dup(c.fd)
+        guard fd >= 0 else { throw SocketError("dup: \(String(cString: strerror(errno)))") }
+        return fd
+    }
+}
