@@ -305,7 +305,7 @@ public struct InspectorModel: Sendable {
         faultsDropped += batch.dropped
         guard !batch.records.isEmpty else { return }
         store(batch.records)
-        for f in batch.records { recentFaults.append(gfn: f.gfn, at: nowNs) }
+        for f in batch.records { recentFaults.append(gfn: canonicalGFN(f), at: nowNs) }
         countFaults(batch.records.count, nowNs: nowNs)
     }
 
@@ -349,18 +349,24 @@ public struct InspectorModel: Sendable {
         }
     }
 
+    /// The shared-alias mask of the VM (0 when it has none).
+    public var aliasMask: UInt64 { vm.sharedAliasBit.flatMap { (0..<64).contains($0) ? UInt64(1) << UInt64($0) : nil } ?? 0 }
+
+    /// The RAM page a fault names: an access through the shared alias names the page without the alias bit.
+    public func canonicalGFN(_ f: FaultRow) -> UInt64 { (f.gpa & ~aliasMask) / 4096 }
+
     public mutating func append(fault f: FaultRow, nowNs: UInt64) {
         if faults.count >= faultCapacity { faults.removeFirst() }
         faults.append(f)
         faultsReceived += 1
-        recentFaults.append(gfn: f.gfn, at: nowNs)
+        recentFaults.append(gfn: canonicalGFN(f), at: nowNs)
         countFaults(1, nowNs: nowNs)
     }
 
     /// Records from before the session (a snapshot's): kept and marked at their own time, not counted as arrivals.
     mutating func appendHistory(_ records: [FaultRow]) {
         store(records)
-        for f in records { recentFaults.append(gfn: f.gfn, at: f.timeNs) }
+        for f in records { recentFaults.append(gfn: canonicalGFN(f), at: f.timeNs) }
     }
 
     private mutating func countFaults(_ n: Int, nowNs: UInt64) {

@@ -173,7 +173,9 @@ public struct Renderer {
 
     // MARK: Faults
 
-    public static func faultLine(_ f: FaultRow, baseNs: UInt64, width: Int = 200) -> String {
+    /// One row of the fault list; `alias` is the VM's shared-alias mask: the gfn shown is the RAM page, an access
+    /// through the alias marked `a`.
+    public static func faultLine(_ f: FaultRow, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0) -> String {
         let vcpu = "v\(f.vcpu.map(String.init) ?? "-")"
         let wants = f.isPrivate ? "priv" : "shrd"
         if width < 70 {
@@ -182,7 +184,7 @@ public struct Renderer {
         let t = Double(f.timeNs &- baseNs) / 1e9
         let time = t >= 0 && t < 1e6 ? String(Int(t * 1000)) : "-"
         return "\(Fmt.padLeft(String(f.seq), 7)) \(Fmt.padLeft(time, 8))ms \(vcpu) "
-            + "\(Fmt.hex(f.gpa, width: 8)) gfn \(Fmt.pad(String(f.gfn), 7)) \(Fmt.pad(Fmt.size(f.size), 3)) "
+            + "\(Fmt.hex(f.gpa, width: 8)) gfn \(Fmt.pad(String((f.gpa & ~alias) / 4096) + (f.gpa & alias != 0 ? "a" : ""), 7)) \(Fmt.pad(Fmt.size(f.size), 3)) "
             + "\(Fmt.pad(f.access, 5)) \(wants) \(f.source)/\(f.exit) \(f.action) flags \(Fmt.hex(f.flags))"
     }
 
@@ -227,7 +229,7 @@ public struct Renderer {
         for (i, f) in window.reversed().enumerated() {
             let y = r.y + 1 + (listHeight - window.count) + i
             let selected = ui.focus == .faults && first + window.count - 1 - i == cursor
-            s.put(Self.faultLine(f, baseNs: baseNs, width: r.width), x: r.x, y: y, role: selected ? .cursor : (f.isPrivate ? .normal : .sharedPage), limit: r.width)
+            s.put(Self.faultLine(f, baseNs: baseNs, width: r.width, alias: m.aliasMask), x: r.x, y: y, role: selected ? .cursor : (f.isPrivate ? .normal : .sharedPage), limit: r.width)
         }
         if shown.isEmpty {
             s.put(m.faultsReceived == 0 ? "no faults yet" : "no faults match the filter", x: r.x, y: r.y + 1, role: .dim, limit: r.width)
@@ -238,9 +240,10 @@ public struct Renderer {
         guard cursor < shown.count else { return }
         let f = shown[cursor]
         var details = ["#\(f.seq) flags \(Fmt.hex(f.flags)) = \(Self.flagText(f.flags))"]
-        var place = "gpa \(Fmt.hex(f.gpa)) gfn \(f.gfn) \(Fmt.size(f.size)) was \(f.attribute)"
+        let alias = m.aliasMask
+        let viaAlias = f.gpa & alias != 0
+        var place = "gpa \(Fmt.hex(f.gpa)) gfn \(m.canonicalGFN(f))\(viaAlias ? " via alias" : "") \(Fmt.size(f.size)) was \(f.attribute)"
         if let slot = f.slot, let ms = m.memslots.first(where: { $0.slot == slot }) {
-            let alias: UInt64 = m.vm.sharedAliasBit.map { 1 << UInt64($0) } ?? 0
             let start = ms.view == "shared" ? ms.gpa & ~alias : ms.gpa
             place += " · slot \(slot) (\(ms.view), \(ms.backing)) +\(Fmt.hex(f.gpa &- start))"
         } else {
@@ -249,6 +252,9 @@ public struct Renderer {
         details.append(place)
         details.append("access \(f.access) · wants \(f.isPrivate ? "private" : "shared") · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
         if f.source == "vmm" { details.append("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT") }
+        else if f.source == "kernel" && (f.flags & 8 != 0) != f.isPrivate {
+            details.append("kernel flags give the attribute the access met; the guest used the \(viaAlias ? "shared alias" : "private view"), so it wants \(f.isPrivate ? "private" : "shared")")
+        }
         var y = dy + 1
         for line in details.flatMap({ wrap($0, r.width) }) where y < r.y + r.height {
             s.put(line, x: r.x, y: y, role: y == dy + 1 ? .highlight : (line.hasPrefix("detected") ? .dim : .normal), limit: r.width)

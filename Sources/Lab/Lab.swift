@@ -19,7 +19,10 @@ public enum Lab {
 
     /// The lab's inputs shipped with vmscope: `kvm-lab.config`, `init`, `build.sh`.
     public static var inputs: String {
-        Bundle.module.resourceURL!.appendingPathComponent("Resources").path
+        // The bundle holds the folder `Resources` (a .copy); Foundation's resourceURL may already name it.
+        let base = Bundle.module.bundleURL
+        let nested = base.appendingPathComponent("Resources")
+        return FileManager.default.fileExists(atPath: nested.appendingPathComponent("build.sh").path) ? nested.path : base.path
     }
 
     public static var qemu: String? { QEMUInstance.binary }
@@ -138,7 +141,8 @@ public final class LabMachine: @unchecked Sendable {
         let jobPath = directory + "/job.sh"
         try job.write(toFile: jobPath, atomically: true, encoding: .utf8)
         let argv = [
-            qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", String(options.cpus), "-m", "\(options.memoryMiB)M",
+            // One core per socket: SeaBIOS's MP table (the lab kernel has no ACPI) lists only the first core of a socket.
+            qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "\(options.cpus),sockets=\(options.cpus),cores=1", "-m", "\(options.memoryMiB)M",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", artifacts.kernel, "-initrd", artifacts.initrd,
             "-append", "console=ttyS0 quiet panic=-1 vmscope.job=\(jobPath)",

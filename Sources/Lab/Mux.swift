@@ -167,6 +167,8 @@ public final class MuxPump {
     public init(link: Int32) {
         self.link = link
         setNonBlocking(link)
+        // A stream whose reader went away must fail its write with EPIPE, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
     }
 
     public func send(_ type: MuxFrame, channel: UInt32, _ payload: [UInt8] = []) {

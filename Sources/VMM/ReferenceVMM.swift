@@ -137,7 +137,8 @@ public final class ReferenceVMM: @unchecked Sendable {
             let limit = min(capabilities.nrMemslots, config.memslotLimit ?? Int.max)
             memory = try GuestMemory(vm: vm, ramSize: config.ramSize, engine: engine, privateBacking: privateBacking,
                                      sharedBacking: sharedBacking, memslotLimit: limit,
-                                     pinnedBoundaries: config.runGuest ? [UInt64(GuestLayout.bounceBuffers) / 4096] : [],
+                                     pinnedBoundaries: config.runGuest ? [UInt64(GuestLayout.bounceBuffers) / 4096,
+                                                                          UInt64(GuestLayout.workingSets) / 4096] : [],
                                      memslotSpan: config.memslotSpan,
                                      initiallyShared: decision.engine == .kernel ? imagePages : nil)
         } catch let e as VMMError {
@@ -665,6 +666,15 @@ public final class ReferenceVMM: @unchecked Sendable {
             return
         }
         guard let c else { return }
+        memory.lock.lock()
+        let raced = memory.attributes.isPrivate(gfn: c.gfn) == wantsPrivate && !memory.revoked.isPrivate(gfn: c.gfn)
+        memory.lock.unlock()
+        if raced {
+            // The view the access wanted is mapped (again): the access met a memslot being re-laid by a conversion
+            // elsewhere, not a wrong view. KVM retries it on the next run; no record, as on the vmm engine.
+            runner.countRelayoutRetry()
+            return
+        }
         // The RAM pages the fault names, in the private view's GPAs: what an implicit conversion converts.
         let first = c.ramOffset & ~0xFFF
         let last = min(memory.ramSize, (c.ramOffset &+ max(f.size, 1) &+ 4095) & ~0xFFF)

@@ -67,15 +67,27 @@ func requireLab(_ command: String) throws -> Lab.Artifacts {
     return a
 }
 
-/// Blocks SIGINT and SIGTERM here and in every thread started later, and calls `handler` on a thread of its own
-/// when one arrives.
-func onTerminationSignal(_ handler: @escaping @Sendable (Int32) -> Void) {
+/// SIGINT and SIGTERM as a set.
+private func terminationSignals() -> sigset_t {
     var set = sigset_t()
     sigemptyset(&set)
     sigaddset(&set, SIGINT)
     sigaddset(&set, SIGTERM)
+    return set
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and so in every thread started after it. Call first thing: a thread
+/// started before (Foundation starts some) would take the signal's default action and kill the process before
+/// it could stop QEMU and remove its files.
+func blockTerminationSignals() {
+    var set = terminationSignals()
     pthread_sigmask(SIG_BLOCK, &set, nil)
-    let blocked = set
+}
+
+/// Calls `handler` on a thread of its own when SIGINT or SIGTERM arrives (after `blockTerminationSignals`).
+func onTerminationSignal(_ handler: @escaping @Sendable (Int32) -> Void) {
+    blockTerminationSignals()
+    let blocked = terminationSignals()
     let t = Thread {
         var s = blocked
         var received: Int32 = 0
@@ -115,6 +127,7 @@ struct LabRunCommand: ParsableCommand {
     }
 
     func run() throws {
+        blockTerminationSignals()
         var err = StandardError()
         let artifacts = try requireLab("lab run")
         // Refuse a path in use before booting anything (the relay creates the socket once the VMM answers).
@@ -203,6 +216,7 @@ struct LabExecCommand: ParsableCommand {
     }
 
     func run() throws {
+        blockTerminationSignals()
         var err = StandardError()
         let artifacts = try requireLab("lab exec")
         var cmd = command
@@ -229,8 +243,13 @@ struct LabExecCommand: ParsableCommand {
                 if inOutput { FileHandle.standardOutput.write(Data((line + "\n").utf8)) } else { last = Array((last + [line]).suffix(20)) }
             }
         }
+        var endedAt: Date?
         while m.process.poll() == nil {
             drain()
+            // The guest reboots (QEMU exits) right after the exit line; if it hangs instead, don't wait for it.
+            if exitStatus != nil {
+                if let e = endedAt { if Date().timeIntervalSince(e) > 10 { break } } else { endedAt = Date() }
+            }
             if Date().timeIntervalSince(started) > timeout {
                 print("vmscope lab exec: timed out after \(Int(timeout)) s", to: &err)
                 throw ExitCode(124)
