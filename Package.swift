@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),
-        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "ProcessSupport", "ControlProtocol", "Inspector"]),
+        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -181,11 +181,13 @@ public struct Renderer {
         if width < 70 {
             return "\(Fmt.padLeft(String(f.seq), 6)) \(vcpu) \(Fmt.hex(f.gpa, width: 8)) \(Fmt.pad(f.access, 5)) \(wants) \(f.action)"
         }
+        // A kernel record always comes from KVM_EXIT_MEMORY_FAULT: "kernel" says it in a row that must fit.
+        let origin = f.source == "kernel" && f.exit == "MEMORY_FAULT" ? "kernel" : "\(f.source)/\(f.exit)"
         let t = Double(f.timeNs &- baseNs) / 1e9
         let time = t >= 0 && t < 1e6 ? String(Int(t * 1000)) : "-"
         return "\(Fmt.padLeft(String(f.seq), 7)) \(Fmt.padLeft(time, 8))ms \(vcpu) "
             + "\(Fmt.hex(f.gpa, width: 8)) gfn \(Fmt.pad(String((f.gpa & ~alias) / 4096) + (f.gpa & alias != 0 ? "a" : ""), 7)) \(Fmt.pad(Fmt.size(f.size), 3)) "
-            + "\(Fmt.pad(f.access, 5)) \(wants) \(f.source)/\(f.exit) \(f.action) flags \(Fmt.hex(f.flags))"
+            + "\(Fmt.pad(f.access == "unknown" ? "-" : f.access, 5)) \(wants) \(origin) \(f.action) flags \(Fmt.hex(f.flags))"
     }
 
     /// The flags as the detail panel prints them: merged bits by name, proposals marked, others as `bit N`.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Lab
 import ControlProtocol
 import Foundation
 import Inspector
@@ -105,10 +106,16 @@ struct DemoCommand: ParsableCommand {
 
     @Option(help: "Number of vCPUs.") var vcpus = 2
     @Option(help: "Guest RAM, e.g. 256M.") var ram = "256M"
+    @Flag(help: "Run the VMM inside the nested KVM lab, on the kernel engine (real KVM_EXIT_MEMORY_FAULT); see vmscope lab.")
+    var lab = false
     @OptionGroup var options: InspectorOptions
 
     func run() throws {
         var err = StandardError()
+        if lab, let why = Lab.unavailable() {
+            print("vmscope demo --lab: \(why)", to: &err)
+            throw ExitCode(2)
+        }
         // A private directory for the socket and the VMM's log.
         var template = Array((NSTemporaryDirectory() + "vmscope-demo-XXXXXX").utf8CString)
         guard let dirPointer = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -123,8 +130,10 @@ struct DemoCommand: ParsableCommand {
         }
         let vmm = Process()
         vmm.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        vmm.arguments = ["vmm", "--socket", socket, "--vcpus", String(vcpus), "--ram", ram, "--name", "demo",
-                         "--allow-mutations", "--allow-fault-injection"]
+        // In the lab, `vmscope lab run` boots it and serves its socket here; stopping that stops the lab.
+        vmm.arguments = [lab ? "lab" : "vmm", lab ? "run" : "", "--socket", socket, "--vcpus", String(vcpus), "--ram", ram,
+                         "--name", "demo", "--allow-mutations", "--allow-fault-injection"].filter { !$0.isEmpty }
+        if lab { print("vmscope demo --lab: booting the lab (QEMU TCG, Linux 6.12 with KVM_X86_SW_PROTECTED_VM): a few seconds", to: &err) }
         vmm.standardOutput = FileHandle.nullDevice
         vmm.standardError = FileHandle(forWritingAtPath: logPath)
         vmm.standardInput = FileHandle.nullDevice
@@ -133,7 +142,7 @@ struct DemoCommand: ParsableCommand {
             if vmm.isRunning { vmm.terminate(); vmm.waitUntilExit() }
         }
         var up = false
-        for _ in 0..<3000 where !up && vmm.isRunning {
+        for _ in 0..<(lab ? 60_000 : 3000) where !up && vmm.isRunning {
             up = FileManager.default.fileExists(atPath: socket)
             if !up { usleep(10_000) }
         }
@@ -144,6 +153,7 @@ struct DemoCommand: ParsableCommand {
             throw ExitCode(2)
         }
         // Other tools (vmscope ctl, snapshot, record) can use the demo's VM while it runs: say where it is.
-        try options.inspect(socket: socket, note: "demo VM socket: \(socket) (for vmscope ctl, snapshot, record)")
+        try options.inspect(socket: socket, note: "demo VM socket: \(socket) (for vmscope ctl, snapshot, record)"
+                                + (lab ? "; lab console: vmscope lab's log in \(logPath)" : ""))
     }
 }

@@ -18,11 +18,14 @@ final class SelftestHost: Sendable {
 
     /// Every word of `[gpa, gpa+size)` in `backing`: `gpa ^ key` at the guest's stride, zero elsewhere.
     private func check(_ backing: RAMBacking, _ name: String, _ s: SelftestSync, key: UInt32?) {
+        // A guest_memfd the kernel does not let the VMM map cannot be checked from the host (nor can the
+        // upstream selftest check it): only the shared side is.
+        guard let mapping = backing.mapping else { return }
         var bad = 0
         var first = ""
         for p in stride(from: s.gpa, to: s.gpa + s.size, by: 4) {
             let expected: UInt32 = key.map { p % wordStride == 0 ? UInt32(p) ^ $0 : 0 } ?? 0
-            let actual = backing.mapping.load32(at: Int(p))
+            let actual = mapping.load32(at: Int(p))
             if actual != expected {
                 if bad == 0 { first = "\(hex(p)): \(hex(UInt64(actual))) instead of \(hex(UInt64(expected)))" }
                 bad += 1
@@ -42,7 +45,7 @@ final class SelftestHost: Sendable {
             check(s.memory.sharedBacking, "shared", s, key: SelftestPhase.sharedKey)
             check(s.memory.privateBacking, "private (discarded on conversion)", s, key: nil)
             for p in stride(from: s.gpa, to: s.gpa + s.size, by: Int(wordStride)) {
-                s.memory.sharedBacking.mapping.store32(UInt32(p) ^ SelftestPhase.hostKey, at: Int(p))
+                s.memory.sharedMapping.store32(UInt32(p) ^ SelftestPhase.hostKey, at: Int(p))
             }
         case .privateWritten:
             check(s.memory.privateBacking, "private", s, key: SelftestPhase.privateKey)

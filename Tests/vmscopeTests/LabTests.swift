@@ -1,0 +1,220 @@
+import ControlProtocol
+import Foundation
+import Lab
+import ProcessSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why the lab tests cannot run here (QEMU missing, lab not built), or nil. `.ci/run` builds the lab first.
+let labUnavailable: String? = Lab.unavailable()
+
+/// `vmscope lab run` started as a user would, in the background, on a fresh socket path.
+final class RunningLab {
+    let socket: String
+    let process: ChildProcess
+    let log: String
+
+    init(_ extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let base = NSTemporaryDirectory() + "vmscope-lab-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        socket = base + ".sock"
+        log = base + ".log"
+        process = try ChildProcess([Binary.url.path, "lab", "run", "--socket", socket] + extra,
+                                   redirects: .init(stderr: log))
+        let deadline = Date().addingTimeInterval(600)
+        var up = false
+        while !up && Date() < deadline && process.isRunning {
+            var st = stat()
+            up = lstat(socket, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
+            if !up { usleep(100_000) }
+        }
+        try #require(up, "vmscope lab run did not serve \(socket):\n\(logText)", sourceLocation: sourceLocation)
+    }
+
+    var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    /// The QEMU processes `lab run` started (its children).
+    var qemuPIDs: [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == process.pid && stat.contains("(qemu-system-x86")
+        }
+    }
+
+    /// SIGTERM, as Ctrl-C or a service manager would: the lab must stop, QEMU go and the socket be removed.
+    func stop(sourceLocation: SourceLocation = #_sourceLocation) {
+        let qemu = qemuPIDs
+        let status = process.terminate(grace: 30)
+        #expect(status == 0, "lab run exited \(status):\n\(logText)", sourceLocation: sourceLocation)
+        #expect(!FileManager.default.fileExists(atPath: socket), "the socket is left behind", sourceLocation: sourceLocation)
+        for pid in qemu {
+            #expect(kill(pid, 0) != 0, "QEMU \(pid) is still there", sourceLocation: sourceLocation)
+        }
+        unlink(log)
+    }
+}
+
+/// A client of the lab's socket, with the helpers the tests need.
+extension ControlClient {
+    func faults(limit: Int = 4096) throws -> [JSON] {
+        try execute("query-memory-faults", .object([("limit", .i(limit))]))["records"]?.arrayValue ?? []
+    }
+}
+
+/// One page a bool per RAM page from a `query-memory-attributes` reply.
+func attributePages(_ reply: JSON, pages: Int) -> [Bool] {
+    var out = [Bool](repeating: true, count: pages)
+    for run in reply["runs"]?.arrayValue ?? [] {
+        guard let gpa = run["gpa"]?.uint64Value, let size = run["size"]?.uint64Value, let p = run["private"]?.boolValue else { continue }
+        for g in Int(gpa / 4096)..<min(pages, Int((gpa + size) / 4096)) { out[g] = p }
+    }
+    return out
+}
+
+@Suite(.serialized, .enabled(if: labUnavailable == nil, Comment(rawValue: labUnavailable ?? "")))
+struct LabTests {
+    @Test func capsInsideTheLabOfferPrivateMemory() throws {
+        let r = try runProcess(Binary.url.path, ["lab", "exec", "--", Binary.url.path, "caps", "--json"])
+        #expect(r.status == 0, "lab exec: \(r.stderr)")
+        let caps = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        #expect(caps?["memory_attributes"] as? Bool == true, "\(r.stdout)")
+        #expect(caps?["attribute_engine"] as? String == "kernel")
+        let types = caps?["vm_types"] as? [[String: Any]] ?? []
+        let sw = types.first { $0["type"] as? Int == 1 }
+        #expect(sw?["name"] as? String == "KVM_X86_SW_PROTECTED_VM")
+        #expect(sw?["private_attribute"] as? Bool == true)
+        // And the command's exit status comes back.
+        let failing = try runProcess(Binary.url.path, ["lab", "exec", "--", "/bin/sh", "-c", "exit 7"])
+        #expect(failing.status == 7)
+    }
+
+    /// The acceptance run: a host conversion of part of the guest's working set makes the guest's next accesses
+    /// real KVM_EXIT_MEMORY_FAULTs, converted back under `convert`; the map replayed from the events equals the
+    /// VMM's map; the guest's integrity errors lie only where the conversion discarded its data.
+    @Test func hostConversionMakesKernelMemoryFaults() throws {
+        let lab = try RunningLab(["--allow-mutations", "--ram", "64M"])
+        defer { lab.stop() }
+        let c = try ControlClient(path: lab.socket, timeoutMs: 30_000)
+        defer { c.close() }
+        let vm = try c.execute("query-vm")
+        #expect(vm["attribute-engine"]?.stringValue == "kernel")
+        #expect(vm["vm-type"]?.intValue == 1)
+        let pages = Int((vm["ram-size"]?.uint64Value ?? 0) / 4096)
+        let initial = attributePages(try c.execute("query-memory-attributes"), pages: pages)
+        // The guest runs (its heartbeat moves) before anything is converted.
+        #expect(eventuallyTrue(120) { (try? c.execute("query-vcpus"))?.arrayValue?.first?["guest"]?["heartbeat"]?.uint64Value ?? 0 > 2 })
+        let before = try c.faults().last?["seq"]?.uint64Value ?? 0
+
+        // 64 pages of vCPU 0's working set (0x100000 on) to shared.
+        let range: Range<UInt64> = 0x100000..<0x140000
+        _ = try c.execute("set-memory-attributes", .object([("gpa", .u(range.lowerBound)),
+                                                           ("size", .u(UInt64(range.count))), ("private", .bool(false))]))
+        var inRange: [JSON] = []
+        let alias: UInt64 = 1 << UInt64(vm["shared-alias"]?.intValue ?? 31)
+        #expect(eventuallyTrue(120) {
+            let new = ((try? c.faults()) ?? []).filter { ($0["seq"]?.uint64Value ?? 0) > before }
+            inRange = new.filter { range.contains(($0["gpa"]?.uint64Value ?? 0) & ~alias) && $0["private"]?.boolValue == true }
+            return inRange.count >= 32
+        }, "kernel faults in the converted range: \(inRange.count)")
+        for r in inRange {
+            #expect(r["source"]?.stringValue == "kernel")
+            #expect(r["exit"]?.stringValue == "MEMORY_FAULT")
+            #expect(r["errno"]?.stringValue == "EFAULT")
+            #expect(r["flags"]?.uint64Value == 8)
+            #expect(r["action"]?.stringValue == "converted")
+            #expect(r["size"]?.uint64Value == 4096)
+        }
+        // Under `convert` the guest takes every page back as its next pass touches it.
+        let rangeArgs = JSON.object([("gpa", .u(range.lowerBound)), ("size", .u(UInt64(range.count)))])
+        #expect(eventuallyTrue(120) {
+            (try? c.execute("query-memory-attributes", rangeArgs))?["shared-bytes"]?.uint64Value == 0
+        }, "the converted range did not come back private")
+        // Stop the guest, then replay every MEMORY_ATTRIBUTES_CHANGED onto the map as it was.
+        _ = try c.execute("vcpu-control", .object([("action", .string("pause"))]))
+        Thread.sleep(forTimeInterval: 1)
+        let final = attributePages(try c.execute("query-memory-attributes"), pages: pages)
+        var replayed = initial
+        var integrity: [UInt64] = []
+        var bounceErrors = 0
+        for e in c.drainEvents() {
+            let data = e["data"]
+            switch e["event"]?.stringValue {
+            case "MEMORY_ATTRIBUTES_CHANGED":
+                guard let gpa = data?["gpa"]?.uint64Value, let size = data?["size"]?.uint64Value,
+                      let p = data?["private"]?.boolValue else { continue }
+                for g in Int(gpa / 4096)..<min(pages, Int((gpa + size) / 4096)) { replayed[g] = p }
+            case "GUEST_REPORT":
+                if data?["kind"]?.stringValue == "integrity-error", let v = data?["value"]?.uint64Value { integrity.append(v) }
+                if data?["kind"]?.stringValue == "bounce-error" { bounceErrors += 1 }
+            default: break
+            }
+        }
+        #expect(c.eventsDropped == 0)
+        #expect(replayed == final, "replayed map differs at \(zip(replayed, final).enumerated().filter { $0.element.0 != $0.element.1 }.prefix(5).map(\.offset))")
+        #expect(final[Int(range.lowerBound / 4096)..<Int(range.upperBound / 4096)].allSatisfy { $0 })
+        // What the conversion discarded is what the guest finds wrong, and nothing else.
+        let outside = integrity.filter { !range.contains($0 & ~0xFFF) }
+        #expect(outside.isEmpty, "integrity errors outside the converted range: \(outside.map { String($0, radix: 16) })")
+        #expect(bounceErrors == 0)
+    }
+
+    /// Python's qemu.qmp and four clients at once, through the lab's relay.
+    @Test func thirdPartyClientsAtOnce() throws {
+        let python = try ThirdPartyQMPClientTests.python()
+        let lab = try RunningLab()
+        defer { lab.stop() }
+        let script = """
+            import asyncio, json, sys
+            from qemu.qmp import QMPClient
+            async def one(i):
+                q = QMPClient('lab-%d' % i)
+                await q.connect(sys.argv[1])
+                vm = await q.execute('query-vm')
+                vcpus = await q.execute('query-vcpus')
+                slots = await q.execute('query-memslots')
+                await q.disconnect()
+                return [vm['attribute-engine'], vm['vm-type'], len(vcpus), len(slots)]
+            async def main():
+                print(json.dumps(await asyncio.gather(*[one(i) for i in range(5)])))
+            asyncio.run(asyncio.wait_for(main(), 120))
+            """
+        let r = try runProcess(python, ["-c", script, lab.socket])
+        #expect(r.status == 0, "\(r.stderr)")
+        let out = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[Any]] ?? []
+        #expect(out.count == 5)
+        for row in out {
+            #expect(row.first as? String == "kernel")
+            #expect(row.dropFirst().first as? Int == 1)
+        }
+        // vmscope's own tools unchanged: ctl and snapshot.
+        let snap = try runProcess(Binary.url.path, ["snapshot", lab.socket])
+        #expect(snap.status == 0, "\(snap.stderr)")
+        #expect(snap.stdout.contains("\"attribute-engine\":\"kernel\"") || snap.stdout.contains("\"attribute-engine\": \"kernel\""))
+    }
+
+    /// The lab's socket answers as the VMM's own: another uid is refused with one line.
+    @Test func otherUsersAreRefused() throws {
+        try #require(getuid() == 0, "needs root to act as another uid")
+        let lab = try RunningLab()
+        defer { lab.stop() }
+        let r = try runProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
+                                                    Binary.url.path, "ctl", lab.socket, "query-vm"])
+        #expect(r.status != 0)
+        #expect((r.stdout + r.stderr).contains("PermissionDenied") || (r.stdout + r.stderr).contains("Permission denied"),
+                "\(r.stdout)\(r.stderr)")
+    }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventuallyTrue(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(200_000)
+    }
+    return condition()
+}
