@@ -58,14 +58,16 @@ echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${ARCHIVE%/
 APT_OPTS=(-o APT::Sandbox::User=root -o Dir::Etc::SourceList="$APTD/sources.list" -o Dir::Etc::SourceParts=/dev/null
           -o Dir::State::Lists="$APTD/lists" -o Dir::Cache::Archives="$APTD/cache"
           -o Dir::Cache::pkgcache="$APTD/pkgcache.bin" -o Dir::Cache::srcpkgcache="$APTD/srcpkgcache.bin")
-if [ -n "${LAB_OFFLINE:-}" ] && [ -f "$APTD/version" ]; then
-    VERSION=$(cat "$APTD/version")
-else
-    step "asking Debian $KSUITE for $KPKG's version"
-    apt-get "${APT_OPTS[@]}" -qq update
-    VERSION=$(apt-cache "${APT_OPTS[@]}" show "$KPKG" | awk '/^Version:/ {print $2; exit}')
-    [ -n "$VERSION" ] || { echo "lab: $KPKG not found in Debian $KSUITE" >&2; exit 1; }
+step "asking Debian $KSUITE for $KPKG's version"
+if apt-get "${APT_OPTS[@]}" -qq update && VERSION=$(apt-cache "${APT_OPTS[@]}" show "$KPKG" | awk '/^Version:/ {print $2; exit}') \
+        && [ -n "$VERSION" ]; then
     echo "$VERSION" > "$APTD/version"
+elif [ -f "$APTD/version" ]; then
+    VERSION=$(cat "$APTD/version")
+    step "Debian did not answer: using the version seen last time, $VERSION"
+else
+    echo "lab: cannot learn $KPKG's version from Debian $KSUITE (no network?)" >&2
+    exit 1
 fi
 keys
 mkdir -p "$OUT" "$IOUT"
