@@ -124,6 +124,8 @@ public struct VCPURow: Sendable, Equatable {
     /// KVM's own count of all exits where the source has one (QEMU's `exits` statistic); else the sum of
     /// `exitCounts`.
     public var exitTotal: UInt64?
+    /// Why the vCPU is in state `error` (the exit and its data), where the peer says.
+    public var error: String?
 
     public var totalExits: UInt64 { exitTotal ?? exitCounts.reduce(0) { $0 + $1.1 } }
 
@@ -144,6 +146,7 @@ public struct VCPURow: Sendable, Equatable {
         controlRegisters = ["cr0", "cr2", "cr3", "cr4", "efer"].compactMap { name in sregs?[name]?.uint64Value.map { (name, $0) } }
         stats = Self.pairs(j["stats"])
         guest = Self.pairs(j["guest"])
+        error = j["error"]?.stringValue
     }
 
     public init(index: Int, threadID: Int = 0, state: String, lastExit: String, exitCounts: [(String, UInt64)] = [],
@@ -162,7 +165,7 @@ public struct VCPURow: Sendable, Equatable {
     }
 
     public static func == (a: VCPURow, b: VCPURow) -> Bool {
-        a.index == b.index && a.state == b.state && a.lastExit == b.lastExit
+        a.index == b.index && a.state == b.state && a.lastExit == b.lastExit && a.error == b.error
             && a.exitCounts.map(\.0) == b.exitCounts.map(\.0) && a.exitCounts.map(\.1) == b.exitCounts.map(\.1)
             && a.registers.map(\.1) == b.registers.map(\.1) && a.stats.map(\.1) == b.stats.map(\.1)
     }

@@ -247,7 +247,7 @@ public struct Renderer {
         var place = "gpa \(Fmt.hex(f.gpa)) gfn \(m.canonicalGFN(f))\(viaAlias ? " via alias" : "") \(Fmt.size(f.size)) was \(f.attribute)"
         if let slot = f.slot, let ms = m.memslots.first(where: { $0.slot == slot }) {
             let start = ms.view == "shared" ? ms.gpa & ~alias : ms.gpa
-            place += " · slot \(slot) (\(ms.view), \(ms.backing)) +\(Fmt.hex(f.gpa &- start))"
+            place += " · slot \(slot) (\(ms.view), \(ms.backing)) +\(Fmt.hex((f.gpa & ~alias) &- start))"
         } else {
             place += " · slot \(f.slot.map(String.init) ?? "none")"
         }
@@ -374,6 +374,13 @@ public struct Renderer {
         func oldValue(_ list: [(String, UInt64)]?, _ name: String) -> UInt64? { list?.first { $0.0 == name }?.1 }
         y += 1
         guard y < r.y + r.height else { return }
+        if let error = v.error {
+            for line in wrap("vCPU \(v.index) stopped: \(error)", r.width) where y < r.y + r.height {
+                s.put(line, x: r.x, y: y, role: .error, limit: r.width)
+                y += 1
+            }
+            guard y < r.y + r.height else { return }
+        }
         s.put("vCPU \(v.index) registers", x: r.x, y: y, role: .title, limit: r.width)
         y += 1
         let cellWidth = 24
