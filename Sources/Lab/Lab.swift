@@ -145,7 +145,8 @@ public final class LabMachine: @unchecked Sendable {
             qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "\(options.cpus),sockets=\(options.cpus),cores=1", "-m", "\(options.memoryMiB)M",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", artifacts.kernel, "-initrd", artifacts.initrd,
-            "-append", "console=ttyS0 quiet panic=-1 vmscope.job=\(jobPath)",
+            // loglevel=5: the kernel's warnings (a KVM WARN_ON) reach the console, its chatter does not.
+            "-append", "console=ttyS0 loglevel=5 panic=-1 vmscope.job=\(jobPath)" + (Self.hostTSCkHz.map { " tsc_early_khz=\($0)" } ?? ""),
             "-serial", "file:\(consoleLog)",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-serial-pci",
@@ -154,6 +155,20 @@ public final class LabMachine: @unchecked Sendable {
         ]
         process = try ChildProcess(argv, redirects: .init(stdout: directory + "/qemu.out", stderr: directory + "/qemu.err"))
     }
+
+    /// The host's TSC rate in kHz (from /proc/cpuinfo), which a TCG guest's TSC runs at. The lab kernel has no
+    /// ACPI or HPET to calibrate against but the PIT, and under a busy TCG that calibration sometimes fails
+    /// ("tsc: Unable to calibrate against PIT"); KVM's vCPUs then never enter the guest (seen: 1 boot in 8).
+    /// Given on the command line (`tsc_early_khz`), no calibration is needed.
+    static let hostTSCkHz: Int? = {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("cpu MHz") {
+            guard let value = line.split(separator: ":").last.flatMap({ Double($0.trimmingCharacters(in: .whitespaces)) }),
+                  value > 100, value < 100_000 else { return nil }
+            return Int(value * 1000)
+        }
+        return nil
+    }()
 
     /// Connects to the control port's host end once QEMU serves it.
     public func connectLink(timeout: Double = 30) throws -> Int32 {
@@ -174,7 +189,9 @@ public final class LabMachine: @unchecked Sendable {
     /// Stops QEMU and removes the job folder.
     public func shutdown() {
         process.terminate(grace: 3)
-        try? FileManager.default.removeItem(atPath: directory)
+        if ProcessInfo.processInfo.environment["VMSCOPE_LAB_KEEP"] == nil {
+            try? FileManager.default.removeItem(atPath: directory)
+        }
     }
 
     /// Follows the serial console: calls `line` for each new line, from the start; returns at end of what exists.

@@ -586,48 +586,79 @@ public final class ReferenceVMM: @unchecked Sendable {
         memory.lock.lock()
         let context = memory.faultContext(gfn: c.gfn)
         memory.lock.unlock()
-        var record = FaultRecord(
+        let page = c.gfn..<(c.gfn + 1)
+        if isResolved(pages: page, toPrivate: c.privateView) {
+            // Another vCPU converted the page between this exit and now: re-run, no record.
+            runner.countRelayoutRetry()
+            return true
+        }
+        let record = FaultRecord(
             timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: gpa & ~0xFFF, size: 4096,
             flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView, access: access, errno: nil,
             source: .vmm, exit: "INTERNAL_ERROR", attribute: context.attribute, slot: context.slot, action: .reported)
-        func resolve() -> Bool {
-            memory.lock.lock()
-            let attrMatches = memory.attributes.isPrivate(gfn: c.gfn) == c.privateView
-            memory.lock.unlock()
-            do {
-                if attrMatches {
-                    memory.lock.lock()
-                    defer { memory.lock.unlock() }
-                    try memory.remap(gfn: c.gfn)
-                    logEvents([.memslotsChanged(generation: memory.generation)])
-                    record.action = .remapped
-                } else {
-                    _ = try convert(gpa: c.gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true,
-                                    cause: .implicit, vcpu: runner.index)
-                    record.action = .converted
-                }
-                return true
-            } catch {
-                logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(gpa))", "error": "\(error)"])
-                return false
-            }
-        }
         let reason = "\(access == .exec ? "instruction fetch" : "implicit access") at \(hex(gpa)) (\(c.privateView ? "private" : "shared") view, page is \(context.attribute))"
+        // KVM re-runs the instruction: whatever the policy, nothing is completed here.
+        applyPolicy(record, pages: page, toPrivate: c.privateView, runner: runner, reason: reason)
+        return true
+    }
+
+    /// Whether `pages` already are what an access wanting `toPrivate` needs (attribute, and mapped).
+    private func isResolved(pages: Range<UInt64>, toPrivate: Bool) -> Bool {
+        memory.lock.lock(); defer { memory.lock.unlock() }
+        return memory.attributes.isUniform(pages: pages, private: toPrivate) && memory.revoked.isUniform(pages: pages, private: false)
+    }
+
+    private enum Resolution { case converted, remapped, alreadyDone, failed(String) }
+
+    /// Gives a faulting access what it wanted: converts `pages` implicitly, or maps revoked pages back.
+    private func resolveImplicitly(pages: Range<UInt64>, toPrivate: Bool, vcpu: Int) -> Resolution {
+        memory.lock.lock(); defer { memory.lock.unlock() }
+        do {
+            if memory.attributes.isUniform(pages: pages, private: toPrivate) {
+                guard !memory.revoked.isUniform(pages: pages, private: false) else { return .alreadyDone }
+                for g in pages { try memory.remap(gfn: g) }
+                logEvents([.memslotsChanged(generation: memory.generation)])
+                return .remapped
+            }
+            let gpa = pages.lowerBound * 4096, size = UInt64(pages.count) * 4096
+            let result = try memory.convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: true)
+            logEvents(conversionEvents(result, gpa: gpa, size: size, toPrivate: toPrivate, cause: .implicit, vcpu: vcpu))
+            return .converted
+        } catch {
+            logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(pages.lowerBound * 4096))", "error": "\(error)"])
+            return .failed(error.description)
+        }
+    }
+
+    /// The policy for a fault the vCPU retries by itself (a kernel exit, an instruction fetch): `convert`
+    /// resolves it now, `pause` stops the vCPU and resolves it on resume, `report` keeps the vCPU on the access.
+    private func applyPolicy(_ r: FaultRecord, pages: Range<UInt64>, toPrivate: Bool, runner: VCPURunner, reason: String) {
+        var record = r
         switch faultPolicy {
         case .convert:
-            let ok = resolve()
-            faults.append(record)
-            if !ok { runner.stopWithError("implicit conversion failed: " + reason) }
+            switch resolveImplicitly(pages: pages, toPrivate: toPrivate, vcpu: runner.index) {
+            case .alreadyDone:
+                runner.countRelayoutRetry()   // resolved by someone else since the check: no fault of its own
+            case .converted:
+                record.action = .converted
+                faults.append(record)
+            case .remapped:
+                record.action = .remapped
+                faults.append(record)
+            case .failed(let why):
+                faults.append(record)
+                runner.stopWithError("implicit conversion failed: \(why) (\(reason))")
+            }
         case .pause:
             record.action = .paused
             faults.append(record)
-            if runner.faultStop(reason: reason) { _ = resolve() }
+            if runner.faultStop(reason: reason) { _ = resolveImplicitly(pages: pages, toPrivate: toPrivate, vcpu: runner.index) }
         case .report:
-            // There is no "nothing" to execute: the vCPU stays on the fetch until the page is converted.
+            // Retried on the next KVM_RUN, the access can only fault again: the vCPU stays on it until someone
+            // converts the page (or changes the policy) and resumes it.
             faults.append(record)
-            _ = runner.faultStop(reason: reason + ", policy report: waiting on the fetch")
+            _ = runner.faultStop(reason: reason + ", policy report: waiting on the access")
         }
-        return true
     }
 
     /// Performs the access of an MMIO exit against the backing of the view it used. Caller holds the memory lock.
@@ -653,7 +684,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         let context = memory.faultContext(gfn: c?.gfn)
         memory.lock.unlock()
         let wantsPrivate = c?.privateView ?? f.isPrivate
-        var record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
+        let record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
                                  flags: f.flags, isPrivate: wantsPrivate, access: .unknown,
                                  errno: KVMError.name(of: f.errno), source: .kernel, exit: "MEMORY_FAULT",
                                  attribute: context.attribute, slot: context.slot, action: .reported)
@@ -666,64 +697,18 @@ public final class ReferenceVMM: @unchecked Sendable {
             return
         }
         guard let c else { return }
-        memory.lock.lock()
-        let raced = memory.attributes.isPrivate(gfn: c.gfn) == wantsPrivate && !memory.revoked.isPrivate(gfn: c.gfn)
-        memory.lock.unlock()
-        if raced {
+        // The RAM pages the fault names, in the private view's GPAs: what an implicit conversion converts.
+        let first = c.ramOffset / 4096
+        let last = min(memory.pageCount, (c.ramOffset &+ max(f.size, 1) &+ 4095) / 4096)
+        let pages = first..<max(last, first + 1)
+        if isResolved(pages: pages, toPrivate: wantsPrivate) {
             // The view the access wanted is mapped (again): the access met a memslot being re-laid by a conversion
             // elsewhere, not a wrong view. KVM retries it on the next run; no record, as on the vmm engine.
             runner.countRelayoutRetry()
             return
         }
-        // The RAM pages the fault names, in the private view's GPAs: what an implicit conversion converts.
-        let first = c.ramOffset & ~0xFFF
-        let last = min(memory.ramSize, (c.ramOffset &+ max(f.size, 1) &+ 4095) & ~0xFFF)
-        let faultGPA = first, faultSize = max(4096, last > first ? last - first : 4096)
-        /// Converts (or gives back a revoked mapping); false when the conversion failed.
-        func resolve() -> Bool {
-            memory.lock.lock()
-            let attrMatches = memory.attributes.isUniform(pages: (faultGPA / 4096)..<((faultGPA + faultSize) / 4096), private: wantsPrivate)
-            if attrMatches {
-                // The attribute already is what the access wanted: a revoked mapping, or a conversion that raced.
-                do {
-                    try memory.remap(gfn: faultGPA / 4096)
-                    logEvents([.memslotsChanged(generation: memory.generation)])
-                    record.action = .remapped
-                } catch {
-                    memory.lock.unlock()
-                    return false
-                }
-                memory.lock.unlock()
-                return true
-            }
-            memory.lock.unlock()
-            do {
-                _ = try convert(gpa: faultGPA, size: faultSize, toPrivate: wantsPrivate, discard: true, cause: .implicit,
-                                vcpu: runner.index)
-                record.action = .converted
-                return true
-            } catch {
-                logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(f.gpa))", "error": "\(error)"])
-                return false
-            }
-        }
         let reason = "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa)) (\(wantsPrivate ? "private" : "shared") access, page is \(context.attribute))"
-        switch faultPolicy {
-        case .convert:
-            if resolve() { faults.append(record) } else {
-                faults.append(record)
-                runner.stopWithError("implicit conversion failed at \(hex(f.gpa))")
-            }
-        case .pause:
-            record.action = .paused
-            faults.append(record)
-            if runner.faultStop(reason: reason) { _ = resolve() }
-        case .report:
-            // KVM retries the access on the next KVM_RUN: without a conversion it faults again, so the vCPU stays
-            // on the faulting access until someone converts the page (or changes the policy) and resumes it.
-            faults.append(record)
-            _ = runner.faultStop(reason: reason + ", policy report: waiting on the access")
-        }
+        applyPolicy(record, pages: pages, toPrivate: wantsPrivate, runner: runner, reason: reason)
     }
 
     /// The selftest stopped for the host: hand the range to the hook.

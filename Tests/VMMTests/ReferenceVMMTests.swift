@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import GuestCode
 @_exported import TestSupport
 @testable import VMM
 
@@ -94,6 +95,34 @@ struct ReferenceVMMTests {
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct ConversionTests {
     static let ws0: UInt64 = 0x10_0000   // vCPU 0's working set (256 pages)
+
+    /// Converting the guest's own code (and its tables and stacks, all in the first 2 MiB) to shared: every
+    /// instruction fetch from there is a wrong-view access KVM cannot emulate. Each becomes a fault record
+    /// (access exec, exit INTERNAL_ERROR) converted back under `convert`, and every vCPU keeps running.
+    @Test func convertingTheGuestsCodeSharedGivesExecFaultsAndTheGuestLivesOn() throws {
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
+        defer { vmm.stop() }
+        let before = vmm.faults.total
+        let beats = (0..<2).map { vmm.guestCounters($0).heartbeat }
+        // discard: false keeps the private copy of the code, which the implicit conversions back find again.
+        _ = try vmm.setMemoryAttributes(gpa: 0, size: 2 << 20, toPrivate: false, discard: false)
+        #expect(eventually(20) { (0..<2).allSatisfy { vmm.guestCounters($0).heartbeat > beats[$0] + 20 } },
+                "heartbeats \((0..<2).map { vmm.guestCounters($0).heartbeat }) from \(beats); states \((0..<2).map { vmm.vcpuState($0) })")
+        for i in 0..<2 {
+            #expect(vmm.vcpuState(i) == .running, "vcpu \(i): \(vmm.vcpus(withRegisters: false)[i].errorDetail ?? "")")
+            #expect(vmm.guestCounters(i).integrityErrors == 0)
+            #expect(vmm.guestCounters(i).exceptions == 0)
+        }
+        let records = vmm.faults.records(after: before).records
+        let exec = records.filter { $0.access == .exec }
+        #expect(!exec.isEmpty, "no exec records among \(records.count)")
+        let code = UInt64(GuestLayout.code)..<UInt64(GuestLayout.bounceBuffers)
+        for r in exec {
+            #expect(r.exit == "INTERNAL_ERROR" && r.source == .vmm)
+            #expect(r.isPrivate && r.attribute == "shared" && r.action == .converted, "\(r)")
+            #expect(code.contains(r.gpa), "an exec fault outside the code: \(hex(r.gpa))")
+        }
+    }
 
     @Test func convertingTheWorkingSetSharedGivesVMMFaultsAndImplicitConversions() throws {
         let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }

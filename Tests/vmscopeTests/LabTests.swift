@@ -106,7 +106,8 @@ struct LabTests {
         let pages = Int((vm["ram-size"]?.uint64Value ?? 0) / 4096)
         let initial = attributePages(try c.execute("query-memory-attributes"), pages: pages)
         // The guest runs (its heartbeat moves) before anything is converted.
-        #expect(eventuallyTrue(120) { (try? c.execute("query-vcpus"))?.arrayValue?.first?["guest"]?["heartbeat"]?.uint64Value ?? 0 > 2 })
+        let beating = eventuallyTrue(120) { (try? c.execute("query-vcpus"))?.arrayValue?.first?["guest"]?["heartbeat"]?.uint64Value ?? 0 > 2 }
+        try #require(beating, "the guest in the lab does not beat: \((try? c.execute("query-vcpus"))?.serialized.prefix(2000) ?? "")\n\(lab.logText.suffix(3000))")
         let before = try c.faults().last?["seq"]?.uint64Value ?? 0
 
         // 64 pages of vCPU 0's working set (0x100000 on) to shared.
