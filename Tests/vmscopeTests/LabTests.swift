@@ -92,6 +92,19 @@ struct LabTests {
         #expect(failing.status == 7)
     }
 
+    /// The kernel-level facts the kernel engine's layout rests on, checked where they hold: this package's
+    /// `SWProtectedVMTests` run inside the lab (they skip on this host, which has no KVM_X86_SW_PROTECTED_VM).
+    @Test func kernelFactsHoldInsideTheLab() throws {
+        let bundle = Binary.url.deletingLastPathComponent().appendingPathComponent("vmscopePackageTests.xctest").path
+        let r = try runProcess(Binary.url.path, ["lab", "exec", "--timeout", "600", "--", bundle,
+                                                 "--testing-library", "swift-testing", "--filter", "SWProtectedVMTests"])
+        let plain = (r.stdout + r.stderr).replacingOccurrences(of: "\u{1B}[", with: "[")
+        #expect(r.status == 0, "\(plain.suffix(4000))")
+        #expect(plain.contains("Suite SWProtectedVMTests passed"), "\(plain.suffix(4000))")
+        #expect(plain.contains("with 5 tests"), "\(plain.suffix(4000))")
+        #expect(plain.contains("shared access without shared backing: KVM_RUN"), "\(plain.suffix(4000))")
+    }
+
     /// The acceptance run: a host conversion of part of the guest's working set makes the guest's next accesses
     /// real KVM_EXIT_MEMORY_FAULTs, converted back under `convert`; the map replayed from the events equals the
     /// VMM's map; the guest's integrity errors lie only where the conversion discarded its data.
