@@ -150,7 +150,8 @@ struct LabRunCommand: ParsableCommand {
         var err = StandardError()
         let job = Lab.runJob(executable: Lab.currentExecutable, vmmArguments: vmmArguments)
         let box = RelayBox()
-        onTerminationSignal { _ in box.relay?.requestStop(); box.stopRequested = true }
+        // The flag first: the relay may stop, and the caller read it, as soon as it is asked to.
+        onTerminationSignal { _ in box.stopRequested = true; box.relay?.requestStop() }
         let m: LabMachine
         do { m = try LabMachine(artifacts: artifacts, job: job, options: options) } catch {
             print("vmscope lab: \(error)", to: &err)

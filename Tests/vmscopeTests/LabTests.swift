@@ -210,6 +210,50 @@ struct LabTests {
         #expect(snap.stdout.contains("\"attribute-engine\":\"kernel\"") || snap.stdout.contains("\"attribute-engine\": \"kernel\""))
     }
 
+    /// The demo on the kernel engine, driven as a person would in tmux: kernel rows after s/y on a selection of
+    /// the working set; q leaves no QEMU and no socket.
+    @Test func demoOnTheLabShowsKernelFaults() throws {
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo --lab; echo VMSCOPE-EXIT=$?; sleep 60")
+        var screen = t.waitFor(300) { $0.contains("engine kernel") && $0.contains("rip 0x") && $0.contains("heartbeat") }
+        #expect(screen.contains("engine kernel"), "\(screen)")
+        let socket = try #require(screen.range(of: "demo VM socket: ").map { r in
+            String(screen[r.upperBound...].prefix { $0 != " " && $0 != "\n" })
+        }, "no socket path in:\n\(screen)")
+        let pane = try #require(t.pid)
+        let qemu = descendants(of: pane).filter { $0.command.hasPrefix("qemu-system") }
+        #expect(qemu.count == 1, "QEMU processes under the demo: \(qemu)")
+
+        // Select the start of vCPU 0's working set, convert it to shared, confirm.
+        t.keys(":", "goto 0x100000", "Enter")
+        t.keys("v", "l", "l", "l", "v")
+        screen = t.waitFor(5) { $0.contains("selected") }
+        t.keys("s")
+        screen = t.waitFor(5) { $0.contains("to shared? y/N") }
+        #expect(screen.contains("at 0x100000 to shared? y/N"), "\(screen)")
+        t.keys("y")
+        // Rows of the faults pane: kernel records for pages of the converted range, converted back.
+        func kernelRows(_ s: String) -> [String] {
+            s.split(separator: "\n").map(String.init).filter { $0.contains(" kernel converted") }
+        }
+        screen = t.waitFor(120) { s in
+            s.contains("to shared: done") && kernelRows(s).contains { row in
+                guard let r = row.range(of: " gfn ") else { return false }
+                let gfn = Int(row[r.upperBound...].prefix { $0.isNumber }) ?? -1
+                return (256..<512).contains(gfn) && row.contains(" priv ")
+            }
+        }
+        #expect(screen.contains("to shared: done"), "\(screen)")
+        #expect(!kernelRows(screen).isEmpty, "no kernel rows:\n\(screen)")
+        #expect(!screen.contains("vmm/MMIO"), "a vmm-engine record in the kernel demo:\n\(screen)")
+
+        t.keys("q")
+        screen = t.waitFor(30) { $0.contains("VMSCOPE-EXIT=") }
+        #expect(screen.contains("VMSCOPE-EXIT=0"), "\(screen)")
+        #expect(!FileManager.default.fileExists(atPath: socket), "\(socket) is left behind")
+        for q in qemu { #expect(kill(q.pid, 0) != 0, "QEMU \(q.pid) is still running") }
+    }
+
     /// The lab's socket answers as the VMM's own: another uid is refused with one line.
     @Test func otherUsersAreRefused() throws {
         try #require(getuid() == 0, "needs root to act as another uid")
@@ -223,6 +267,24 @@ struct LabTests {
     }
 }
 
+/// Every process below `root` (children, their children, ...), from /proc.
+func descendants(of root: Int32) -> [(pid: Int32, command: String)] {
+    var parent: [Int32: Int32] = [:], command: [Int32: String] = [:]
+    for e in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+        guard let pid = Int32(e), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { continue }
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        guard fields.count > 1, let ppid = Int32(fields[1]) else { continue }
+        parent[pid] = ppid
+        command[pid] = String(stat[stat.index(after: open)..<close])
+    }
+    return parent.keys.filter { pid in
+        var p = parent[pid]
+        while let q = p, q > 1 { if q == root { return true }; p = parent[q] }
+        return false
+    }.map { ($0, command[$0] ?? "?") }
+}
+
 /// Polls `condition` until it holds or `seconds` pass.
 func eventuallyTrue(_ seconds: Double, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
@@ -231,4 +293,23 @@ func eventuallyTrue(_ seconds: Double, _ condition: () -> Bool) -> Bool {
         usleep(200_000)
     }
     return condition()
+}
+
+/// Where the lab cannot start, each lab command says why in one line with the fix, and exits 2.
+struct LabUnavailableTests {
+    @Test func anUnbuiltLabIsNamedWithItsFix() throws {
+        let empty = NSTemporaryDirectory() + "vmscope-nolab-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        let socket = empty + "/lab.sock"
+        for args in [["lab", "run", "--socket", socket], ["lab", "exec", "--", "/bin/true"], ["demo", "--lab"]] {
+            let r = try runProcess(Binary.url.path, args, environment: ["VMSCOPE_LAB_DIR": empty, "PATH": "/usr/bin:/bin"])
+            #expect(r.status == 2, "\(args): \(r.status) \(r.stderr)")
+            let lines = r.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "\(args): \(r.stderr)")
+            let expected = Lab.qemu == nil ? "apt-get install qemu-system-x86" : "run vmscope lab build"
+            #expect(r.stderr.contains(expected), "\(args): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: socket))
+        }
+    }
 }
