@@ -580,7 +580,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         memory.lock.unlock()
         guard let (gpa, c, access) = hit else { return false }
         if runner.noteRepeatedFault(gpa: gpa & ~0xFFF) {
-            runner.stopWithError("instruction fetch at \(hex(gpa)) keeps faulting after the page was converted")
+            runner.stopWithError("\(access == .exec ? "instruction fetch" : "implicit access") at \(hex(gpa)) keeps faulting after the page was converted")
             return true
         }
         memory.lock.lock()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ControlProtocol
 import Foundation
 import Lab
 import ProcessSupport
@@ -130,10 +131,10 @@ struct LabRunCommand: ParsableCommand {
         blockTerminationSignals()
         var err = StandardError()
         let artifacts = try requireLab("lab run")
-        // Refuse a path in use before booting anything (the relay creates the socket once the VMM answers).
-        var st = stat()
-        if lstat(socket, &st) == 0 && st.st_mode & S_IFMT != S_IFSOCK {
-            print("vmscope lab run: \(socket) already exists and is not a socket; choose another path", to: &err)
+        // Refuse a path in use (or a file that is not a socket) before booting anything, by the VMM's own rule;
+        // the relay creates the socket again once the VMM inside answers.
+        do { try UnixListener(path: socket).remove() } catch {
+            print("vmscope lab run: \(error)", to: &err)
             throw ExitCode(2)
         }
         let status = try Self.serve(socket: socket, artifacts: artifacts, vmmArguments: vmmArguments,

@@ -225,11 +225,7 @@ struct LabTests {
         #expect(qemu.count == 1, "QEMU processes under the demo: \(qemu)")
 
         // Select the start of vCPU 0's working set, convert it to shared, confirm.
-        t.keys(":", "goto 0x100000", "Enter")
-        t.keys("v", "l", "l", "l", "v")
-        screen = t.waitFor(5) { $0.contains("selected") }
-        t.keys("s")
-        screen = t.waitFor(5) { $0.contains("to shared? y/N") }
+        screen = t.askToConvertFourCellsAtTheWorkingSet(wait: 5)
         #expect(screen.contains("at 0x100000 to shared? y/N"), "\(screen)")
         t.keys("y")
         // Rows of the faults pane: kernel records for pages of the converted range, converted back.
@@ -311,5 +307,20 @@ struct LabUnavailableTests {
             #expect(r.stderr.contains(expected), "\(args): \(r.stderr)")
             #expect(!FileManager.default.fileExists(atPath: socket))
         }
+    }
+
+    /// A path another VMM serves, or a file that is not a socket, is refused before anything boots.
+    @Test(.enabled(if: kvmPresent && labUnavailable == nil, "needs /dev/kvm (a VMM to serve the path) and a built lab"))
+    func aPathInUseIsRefusedBeforeBooting() throws {
+        let vmm = try RunningVMM()
+        defer { vmm.stop() }
+        let r = try runProcess(Binary.url.path, ["lab", "run", "--socket", vmm.socket])
+        #expect(r.status == 2 && r.stderr.contains("is in use"), "\(r.status) \(r.stderr)")
+        let file = NSTemporaryDirectory() + "vmscope-notasocket-\(getpid())"
+        FileManager.default.createFile(atPath: file, contents: Data("keep".utf8))
+        defer { unlink(file) }
+        let f = try runProcess(Binary.url.path, ["lab", "run", "--socket", file])
+        #expect(f.status == 2 && f.stderr.contains("is not a socket"), "\(f.status) \(f.stderr)")
+        #expect((try? String(contentsOfFile: file, encoding: .utf8)) == "keep")
     }
 }

@@ -2,6 +2,18 @@ import Foundation
 import ProcessSupport
 import Testing
 
+extension TmuxPane {
+    /// On the map: goes to 0x100000 (vCPU 0's working set), selects four cells, presses s; the screen with the
+    /// question (answer it with y).
+    func askToConvertFourCellsAtTheWorkingSet(wait: Double) -> String {
+        keys(":", "goto 0x100000", "Enter")
+        keys("v", "l", "l", "l", "v")
+        _ = waitFor(wait) { $0.contains("selected") }
+        keys("s")
+        return waitFor(wait) { $0.contains("to shared? y/N") }
+    }
+}
+
 /// The number after `label ` in the status bar or a pane, e.g. "faults 123".
 func number(after label: String, in screen: String) -> Int? {
     guard let r = screen.range(of: label + " ") else { return nil }
@@ -24,11 +36,7 @@ struct TUITests {
 
         // Select 1 MiB of vCPU 0's working set, convert it to shared, confirm.
         let mapBefore = screen.split(separator: "\n").prefix(20).map { String($0.prefix(80)) }
-        t.keys(":", "goto 0x100000", "Enter")
-        t.keys("v", "l", "l", "l", "v")
-        screen = t.waitFor(3) { $0.contains("selected") }
-        t.keys("s")
-        screen = t.waitFor(3) { $0.contains("to shared? y/N") }
+        screen = t.askToConvertFourCellsAtTheWorkingSet(wait: 3)
         #expect(screen.contains("Convert 1M at 0x100000 to shared? y/N"), "\(screen)")
         let faultsBefore = number(after: "faults", in: screen) ?? 0
         t.keys("y")
