@@ -24,7 +24,7 @@ public protocol AttributeEngine: AnyObject, Sendable {
     /// the memslot for each.
     func staticSegments(pageCount: UInt64) -> [Segment]
     func staticRegion(for segment: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion
-    /// Why converting `pages` is refused on this engine, or nil.
+    /// Why converting (or revoking) `pages` is refused on this engine, or nil.
     func conversionRefusal(pages: Range<UInt64>) -> String?
 }
 
@@ -234,15 +234,18 @@ public final class KernelEngine: AttributeEngine {
 
     public func conversionRefusal(pages: Range<UInt64>) -> String? {
         guard let image = imagePages, pages.overlaps(image) else { return nil }
-        return "pages \(image.lowerBound)-\(image.upperBound - 1) hold the guest's image in shared memory: this kernel's"
-            + " guest_memfd cannot be mapped (no GUEST_MEMFD_FLAG_MMAP), so the VMM cannot give the guest a private copy;"
-            + " the kernel engine refuses to convert them"
+        return "pages \(image.lowerBound)-\(image.upperBound - 1) hold the guest's image (code, tables, stacks) in shared"
+            + " memory: this kernel's guest_memfd cannot be mapped (no GUEST_MEMFD_FLAG_MMAP), so the VMM cannot give the"
+            + " guest a private copy, and without a memslot there KVM faults the guest's own table reads into it"
+            + " (#GP, seen in the lab); the kernel engine neither converts nor revokes them"
     }
 
     public func classify(_ gpa: UInt64, ramSize: UInt64) -> GPAClassification? {
         let shared = gpa & alias != 0
         let offset = gpa & ~alias
         guard offset < ramSize else { return nil }
-        return GPAClassification(ramOffset: offset, privateView: !shared)
+        // The image's GPAs serve shared memory: an access there uses the shared view.
+        let inImage = imagePages?.contains(offset / AttributeMap.pageSize) ?? false
+        return GPAClassification(ramOffset: offset, privateView: !shared && !inImage)
     }
 }

@@ -267,7 +267,9 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Removes the mapping of `[gpa, gpa+size)` so the guest's next access faults (fault injection `revoke`).
     public func revoke(gpa: UInt64, size: UInt64) throws(VMMError) {
-        try setRevoked(pages: try pages(gpa: gpa, size: size), true)
+        let range = try pages(gpa: gpa, size: size)
+        if let refusal = engine.conversionRefusal(pages: range) { throw VMMError(.unsupported, refusal) }
+        try setRevoked(pages: range, true)
     }
 
     /// Gives revoked page `gfn` its mapping back (attribute unchanged).

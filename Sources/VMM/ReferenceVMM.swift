@@ -578,7 +578,13 @@ public final class ReferenceVMM: @unchecked Sendable {
             }
         }
         memory.lock.unlock()
-        guard let (gpa, c, access) = hit else { return false }
+        guard let (gpa, c, access) = hit else {
+            // No such page now; another vCPU may have converted or remapped it since this exit: re-run. An
+            // emulation failure with another cause repeats at the same place and is then reported as it is.
+            if runner.noteRepeatedFault(gpa: linear | 1) { return false }
+            runner.countRelayoutRetry()
+            return true
+        }
         if runner.noteRepeatedFault(gpa: gpa & ~0xFFF) {
             runner.stopWithError("\(access == .exec ? "instruction fetch" : "implicit access") at \(hex(gpa)) keeps faulting after the page was converted")
             return true
