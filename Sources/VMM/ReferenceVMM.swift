@@ -340,7 +340,10 @@ public final class ReferenceVMM: @unchecked Sendable {
             case .pause:
                 r.requestPause()
                 _ = r.wait(for: [.paused, .halted, .faultStopped, .shutdown, .error], timeout: 2)
-            case .resume: r.requestResume()
+            case .resume:
+                // The reply gives the states after the resume: wait until the vCPU has left `paused`.
+                r.requestResume()
+                _ = r.wait(for: [.running, .halted, .faultStopped, .shutdown, .error], timeout: 2)
             case .step:
                 r.requestStep()
                 _ = r.wait(for: [.paused, .halted, .faultStopped, .shutdown, .error], timeout: 2)

@@ -67,6 +67,9 @@ struct VMMCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A log reader that went away (`vmscope vmm ... 2>&1 | head`, a dead collector) must not kill the VMM and
+        // its guest: writes to it fail with EPIPE instead, and logging goes on where it can.
+        signal(SIGPIPE, SIG_IGN)
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         let logger = Logger(label: "vmscope.vmm")
         if access(device, R_OK | W_OK) != 0 {

@@ -87,6 +87,8 @@ struct ServerTests {
         #expect(paused == .object([("vcpus", .array([.object([("index", .int(1)), ("state", .string("paused"))])]))]))
         let resumed = try c.call(#"{"execute":"vcpu-control","arguments":{"action":"resume"}}"#)["return"]
         #expect(resumed?["vcpus"]?.arrayValue?.count == 2)
+        // The states after the resume, not before it.
+        #expect(resumed?["vcpus"]?.arrayValue?.allSatisfy { $0["state"]?.stringValue == "running" } == true, "\(resumed?.serialized ?? "")")
 
         let read = try #require(try c.call(#"{"execute":"read-memory","arguments":{"gpa":393216,"size":16,"view":"private"}}"#)["return"])
         let bytes = try #require(Data(base64Encoded: read["data"]?.stringValue ?? ""))

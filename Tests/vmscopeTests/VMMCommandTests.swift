@@ -17,6 +17,38 @@ import Testing
         #expect(log.contains("vCPU threads joined"))
     }
 
+    /// Its log reader gone (`vmscope vmm ... 2>&1 | head -c 1`), the VMM lives on: the next log lines (a refused,
+    /// audited command makes some) fail with EPIPE instead of killing it with SIGPIPE.
+    @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
+    func survivesItsLogReaderGoingAway() throws {
+        let socket = NSTemporaryDirectory() + "vmscope-pipe-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "'\(Binary.url.path)' vmm --socket '\(socket)' --ram 64M 2>&1 | head -c 1 >/dev/null"]
+        shell.standardOutput = FileHandle.nullDevice
+        shell.standardError = FileHandle.nullDevice
+        try shell.run()
+        var up = false
+        for _ in 0..<500 where !up { up = FileManager.default.fileExists(atPath: socket); if !up { usleep(10_000) } }
+        try #require(up, "the VMM did not serve \(socket)")
+        // head has read its byte and gone: every later write to the pipe is EPIPE.
+        usleep(300_000)
+        for _ in 0..<5 {
+            let refused = try Binary.run(["ctl", socket, "set-memory-attributes", #"{"gpa": 0, "size": 4096, "private": false}"#])
+            #expect(refused.stderr.contains("PermissionDenied"), "\(refused.stderr)")
+        }
+        let vm = try Binary.run(["ctl", socket, "query-vm"])
+        #expect(vm.status == 0, "the VMM died with its log reader: \(vm.stderr)")
+        // Stop it (it is the socket's peer) and let the shell end.
+        let c = try Binary.run(["ctl", socket, "query-vm"])
+        if let pidText = c.stdout.split(separator: ",").first(where: { $0.contains("\"pid\"") })?.split(separator: ":").last,
+           let pid = Int32(pidText.trimmingCharacters(in: .whitespaces)) {
+            kill(pid, SIGTERM)
+        }
+        shell.waitUntilExit()
+        #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+
     @Test func badArgumentsAreRefusedBeforeAnythingStarts() throws {
         let r = try Binary.run(["vmm", "--socket", "/tmp/never-created.sock", "--ram", "12Q"])
         #expect(r.status != 0)
