@@ -245,23 +245,6 @@ struct InjectionTests {
         #expect(vmm.guestCounters(1).integrityErrors == 0)
     }
 
-    /// Revoking the guest's own GDT and IDT: every vCPU's next implicit read of them is an emulation failure that
-    /// becomes a remap; the vCPU whose page another one remapped first re-runs instead of stopping.
-    @Test func revokingTheGuestsTablesIsRemappedForEveryVCPU() throws {
-        for _ in 0..<3 {
-            let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
-            defer { vmm.stop() }
-            _ = try vmm.injectFault(kind: .revoke, gpa: 0, size: 3 * 4096)
-            let beats = (0..<2).map { vmm.guestCounters($0).heartbeat }
-            #expect(eventually { (0..<2).allSatisfy { vmm.guestCounters($0).heartbeat > beats[$0] + 10 } })
-            for i in 0..<2 {
-                #expect(vmm.vcpuState(i) == .running, "vcpu \(i): \(vmm.vcpus(withRegisters: false)[i].errorDetail ?? "")")
-                #expect(vmm.guestCounters(i).exceptions == 0)
-            }
-            #expect(vmm.faults.recent(50).contains { $0.action == .remapped && $0.exit == "INTERNAL_ERROR" })
-        }
-    }
-
     @Test func mceReachesTheGuestHandler() throws {
         let vmm = try makeVMM { $0.guest.wrongViewEvery = 0 }
         vmm.start()
