@@ -40,6 +40,15 @@ func connectedSocket(_ addr: inout sockaddr_un) -> Result<Int32, ConnectFailure>
     return .success(fd)
 }
 
+/// A blocking stream socket connected to the Unix socket at `path`, as a bare descriptor the caller owns.
+public func connectUnixSocket(path: String) throws(SocketError) -> Int32 {
+    var addr = try makeAddress(path)
+    switch connectedSocket(&addr) {
+    case .success(let fd): return fd
+    case .failure(let e): throw .errno(e.call == "socket" ? "socket" : "connect \(path)", e.errno)
+    }
+}
+
 struct ConnectFailure: Error {
     var call: String
     var errno: Int32
@@ -136,11 +145,7 @@ public final class LineConnection: @unchecked Sendable {
     public let maxLine: Int
 
     public init(path: String, maxLine: Int = 64 << 20) throws(SocketError) {
-        var addr = try makeAddress(path)
-        switch connectedSocket(&addr) {
-        case .success(let s): fd = s
-        case .failure(let e): throw .errno(e.call == "socket" ? "socket" : "connect \(path)", e.errno)
-        }
+        fd = try connectUnixSocket(path: path)
         self.maxLine = maxLine
     }
 

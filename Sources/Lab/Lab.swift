@@ -178,7 +178,7 @@ public final class LabMachine: @unchecked Sendable {
     public func connectLink(timeout: Double = 30) throws -> Int32 {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
-            if let fd = try? LineConnectionFD.connect(path: linkSocket) { return fd }
+            if let fd = try? connectUnixSocket(path: linkSocket) { return fd }
             if let status = process.poll() { throw LabError("QEMU exited with status \(status): \(qemuError())") }
             if Date() > deadline { throw LabError("QEMU did not serve the lab's control port within \(Int(timeout)) s") }
             usleep(50_000)

@@ -38,7 +38,7 @@ public struct LabAgent {
     }
 
     private func connectVMM() -> Int32? {
-        try? LineConnectionFD.connect(path: vmmSocket)
+        try? connectUnixSocket(path: vmmSocket)
     }
 
     /// Runs the agent; returns the process exit status.
@@ -88,16 +88,5 @@ public struct LabAgent {
         pump.drainLink(ms: 2000)
         log("agent stopping: \(reason)")
         return reason == "the VMM exited" ? 0 : 1
-    }
-}
-
-/// A connected Unix stream socket as a bare descriptor (the pump owns it).
-enum LineConnectionFD {
-    static func connect(path: String) throws -> Int32 {
-        let c = try LineConnection(path: path)
-        // LineConnection closes its descriptor in deinit: hand over a duplicate.
-        let fd = dup(c.fd)
-        guard fd >= 0 else { throw SocketError("dup: \(String(cString: strerror(errno)))") }
-        return fd
     }
 }
