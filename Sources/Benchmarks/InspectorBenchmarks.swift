@@ -11,7 +11,7 @@ public func faultEventBytes(batches: Int, perBatch: Int) -> [UInt8] {
         for i in 0..<perBatch {
             let gpa = UInt64(0x100000 + ((b * perBatch + i) % 65536) * 4096)
             records.append(.object([
-                ("seq", .u(seq)), ("time-ns", .u(1_000_000_000 + seq * 1000)), ("vcpu", .i(i % 4)), ("gpa", .u(gpa)),
+                ("seq", .u(seq)), (Wire.timeNs.name, .u(1_000_000_000 + seq * 1000)), ("vcpu", .i(i % 4)), ("gpa", .u(gpa)),
                 ("size", .i(4096)), ("flags", .i(8)), ("private", .bool(true)), ("access", .string(i % 2 == 0 ? "write" : "read")),
                 ("errno", .null), ("source", .string("vmm")), ("exit", .string("MMIO")), ("attribute", .string("shared")),
                 ("slot", .i(3)), ("action", .string("converted")),

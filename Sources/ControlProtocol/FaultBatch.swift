@@ -32,7 +32,7 @@ public struct FaultRow: Sendable, Equatable {
         var key: StaticString {
             switch self {
             case .seq: "seq"
-            case .timeNs: "time-ns"
+            case .timeNs: Wire.timeNs
             case .vcpu: "vcpu"
             case .gpa: "gpa"
             case .size: "size"
@@ -99,7 +99,7 @@ public struct FaultRow: Sendable, Equatable {
 
     /// The record as the protocol writes it.
     public var json: JSON {
-        .object([("seq", .u(seq)), ("time-ns", .u(timeNs)), ("vcpu", vcpu.map { .i($0) } ?? .null), ("gpa", .u(gpa)),
+        .object([("seq", .u(seq)), (Wire.timeNs.name, .u(timeNs)), ("vcpu", vcpu.map { .i($0) } ?? .null), ("gpa", .u(gpa)),
                  ("size", .u(size)), ("flags", .u(flags)), ("private", .bool(isPrivate)), ("access", .string(access)),
                  ("errno", errno.map { .string($0) } ?? .null), ("source", .string(source)), ("exit", .string(exit)),
                  ("attribute", .string(attribute)), ("slot", slot.map { .i($0) } ?? .null), ("action", .string(action))])

@@ -48,11 +48,11 @@ struct CommandTable {
         return .object([
             ("name", .string(c.name)), ("pid", .i(Int(getpid()))), ("vm-type", .u(UInt64(vmm.decision.vmType.rawValue))),
             ("attribute-engine", .string(vmm.engineKind.rawValue)),
-            ("shared-alias", .opt(vmm.sharedAlias.map { .i($0.trailingZeroBitCount) })),
+            (Wire.sharedAlias.name, .opt(vmm.sharedAlias.map { .i($0.trailingZeroBitCount) })),
             ("ram-size", .u(c.ramSize)), ("vcpus", .i(vmm.vcpuCount)),
             ("mutations-allowed", .bool(c.allowMutations)), ("fault-injection-allowed", .bool(c.allowFaultInjection)),
             ("memory-reads-allowed", .bool(c.allowMemoryReads)),
-            ("fault-policy", .string(vmm.faultPolicy.rawValue)),
+            (Wire.faultPolicy.name, .string(vmm.faultPolicy.rawValue)),
             ("kvm-capabilities", Encode.capabilities(vmm.capabilities)),
         ])
     }
@@ -103,7 +103,7 @@ struct CommandTable {
             let r = try v { () throws(VMMError) in
                 try vmm.setMemoryAttributes(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard)
             }
-            return .object([("runs-changed", .i(r.runsChanged)), ("duration-ns", .u(r.durationNs))])
+            return .object([("runs-changed", .i(r.runsChanged)), (Wire.durationNs.name, .u(r.durationNs))])
         case "query-vcpus":
             try a.finish()
             return .array(vmm.vcpus().map(Encode.vcpu))

@@ -7,7 +7,7 @@ import VMM
 enum Encode {
     static func record(_ r: FaultRecord) -> JSON {
         .object([
-            ("seq", .u(r.seq)), ("time-ns", .u(r.timeNs)), ("vcpu", .opt(r.vcpu.map(JSON.i))),
+            ("seq", .u(r.seq)), (Wire.timeNs.name, .u(r.timeNs)), ("vcpu", .opt(r.vcpu.map(JSON.i))),
             ("gpa", .u(r.gpa)), ("size", .u(r.size)), ("flags", .u(r.flags)), ("private", .bool(r.isPrivate)),
             ("access", .string(r.access.rawValue)), ("errno", .opt(r.errno.map(JSON.string))),
             ("source", .string(r.source.rawValue)), ("exit", .string(r.exit)), ("attribute", .string(r.attribute)),
@@ -32,7 +32,7 @@ enum Encode {
     static func attributes(_ q: AttributeQuery) -> JSON {
         .object([
             ("runs", .array(q.runs.map { .object([("gpa", .u($0.gpa)), ("size", .u($0.size)), ("private", .bool($0.isPrivate))]) })),
-            ("private-bytes", .u(q.privateBytes)), ("shared-bytes", .u(q.sharedBytes)),
+            (Wire.privateBytes.name, .u(q.privateBytes)), ("shared-bytes", .u(q.sharedBytes)),
         ])
     }
 

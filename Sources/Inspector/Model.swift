@@ -32,12 +32,12 @@ public struct VMInfo: Sendable, Equatable {
         name = j["name"]?.stringValue ?? "?"
         pid = j["pid"]?.intValue
         engine = j["attribute-engine"]?.stringValue ?? "?"
-        sharedAliasBit = j["shared-alias"]?.intValue
+        sharedAliasBit = j[Wire.sharedAlias.name]?.intValue
         ramSize = j["ram-size"]?.uint64Value ?? 0
         vcpus = j["vcpus"]?.intValue ?? 0
         mutationsAllowed = j["mutations-allowed"]?.boolValue ?? false
         faultInjectionAllowed = j["fault-injection-allowed"]?.boolValue ?? false
-        policy = j["fault-policy"]?.stringValue ?? "?"
+        policy = j[Wire.faultPolicy.name]?.stringValue ?? "?"
     }
 }
 

@@ -30,9 +30,9 @@ public enum Snapshot {
         let v = m.vm
         let vm: JSON = .object([
             ("name", .string(v.name)), ("pid", .opt(v.pid.map { .i($0) })), ("attribute-engine", .string(v.engine)),
-            ("shared-alias", .opt(v.sharedAliasBit.map { .i($0) })), ("ram-size", .u(v.ramSize)), ("vcpus", .i(v.vcpus)),
+            (Wire.sharedAlias.name, .opt(v.sharedAliasBit.map { .i($0) })), ("ram-size", .u(v.ramSize)), ("vcpus", .i(v.vcpus)),
             ("mutations-allowed", .bool(v.mutationsAllowed)), ("fault-injection-allowed", .bool(v.faultInjectionAllowed)),
-            ("fault-policy", .string(v.policy)), ("qemu-version", .opt(v.qemuVersion.map { .string($0) })),
+            (Wire.faultPolicy.name, .string(v.policy)), ("qemu-version", .opt(v.qemuVersion.map { .string($0) })),
             ("run-state", .opt(v.runState.map { .string($0) })), ("accelerator", .opt(v.accelerator.map { .string($0) })),
             ("machine", .opt(v.machine.map { .string($0) })), ("arch", .opt(v.arch.map { .string($0) })),
         ])
@@ -52,7 +52,7 @@ public enum Snapshot {
             let sharedBytes = m.runs.filter { !$0.isPrivate }.reduce(0) { $0 + $1.size }
             attributes = .object([
                 ("runs", .array(m.runs.map { .object([("gpa", .u($0.gpa)), ("size", .u($0.size)), ("private", .bool($0.isPrivate))]) })),
-                ("private-bytes", .u(privateBytes)), ("shared-bytes", .u(sharedBytes)),
+                (Wire.privateBytes.name, .u(privateBytes)), ("shared-bytes", .u(sharedBytes)),
             ])
         }
         var faults: JSON = .null

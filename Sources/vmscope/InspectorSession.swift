@@ -206,7 +206,7 @@ final class InspectorSession {
                 let r = try client.execute(name, args, timeoutMs: 10_000)
                 var detail = ""
                 if let d = r["detail"]?.stringValue { detail = ": \(d)" }
-                if let ns = r["duration-ns"]?.uint64Value { detail = " in \(ns / 1000) µs" }
+                if let ns = r[Wire.durationNs.name]?.uint64Value { detail = " in \(ns / 1000) µs" }
                 ui.status = ("\(description): done\(detail)", false)
                 model.attributesStale = true
                 model.memslotsStale = true
