@@ -35,11 +35,16 @@ public enum Lab {
 
     /// Why the lab cannot start here, in one line with the command that fixes it; nil when it can.
     public static func unavailable() -> String? {
-        if qemu == nil {
-            return "the lab needs QEMU: apt-get install qemu-system-x86 (then vmscope lab build)"
-        }
-        if case .failure(let why) = locate() { return why.description }
+        if case .failure(let why) = ready() { return why.description }
         return nil
+    }
+
+    /// The built lab, or why it cannot start here (QEMU missing, or not built for these inputs).
+    public static func ready() -> Result<Artifacts, LabError> {
+        guard qemu != nil else {
+            return .failure(LabError("the lab needs QEMU: apt-get install qemu-system-x86 (then vmscope lab build)"))
+        }
+        return locate()
     }
 
     /// The built kernel and initramfs for the current inputs, without building or going online.

@@ -59,13 +59,13 @@ struct LabMachineOptions: ParsableArguments {
 
 /// Says why the lab cannot start, in one line with the fix, and exits 2.
 func requireLab(_ command: String) throws -> Lab.Artifacts {
-    var err = StandardError()
-    if let why = Lab.unavailable() {
+    switch Lab.ready() {
+    case .success(let a): return a
+    case .failure(let why):
+        var err = StandardError()
         print("vmscope \(command): \(why)", to: &err)
         throw ExitCode(2)
     }
-    guard case .success(let a) = Lab.locate() else { throw ExitCode(2) }
-    return a
 }
 
 /// SIGINT and SIGTERM as a set.
