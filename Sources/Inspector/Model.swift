@@ -106,7 +106,8 @@ public struct RunRow: Sendable, Equatable {
     public var gpa: UInt64
     public var size: UInt64
     public var isPrivate: Bool
-    public var end: UInt64 { gpa + size }
+    /// The run's end, saturated: a peer's run that wraps past 2^64 ends at the top instead of trapping.
+    public var end: UInt64 { gpa.saturatingAdd(size) }
     public init(gpa: UInt64, size: UInt64, isPrivate: Bool) { self.gpa = gpa; self.size = size; self.isPrivate = isPrivate }
 }
 
@@ -251,16 +252,18 @@ public struct InspectorModel: Sendable {
 
     /// Private/shared pages per memslot, from the runs (a slot in the shared alias counts its RAM pages).
     mutating func countPages() {
-        let alias: UInt64 = vm.sharedAliasBit.map { 1 << UInt64($0) } ?? 0
+        // Every number here comes from the peer (or a recording): sums saturate rather than trap.
+        let alias = aliasMask
         for i in memslots.indices {
             var start = memslots[i].gpa
             if alias != 0 && memslots[i].view == "shared" { start &= ~alias }
-            let end = start + memslots[i].size
+            let end = start.saturatingAdd(memslots[i].size)
             var p: UInt64 = 0, s: UInt64 = 0
             var k = firstRun(endingAfter: start)
             while k < runs.count && runs[k].gpa < end {
-                let overlap = min(end, runs[k].end) - max(start, runs[k].gpa)
-                if runs[k].isPrivate { p += overlap } else { s += overlap }
+                let lo = max(start, runs[k].gpa), hi = min(end, runs[k].end)
+                let overlap = hi > lo ? hi - lo : 0
+                if runs[k].isPrivate { p = p.saturatingAdd(overlap) } else { s = s.saturatingAdd(overlap) }
                 k += 1
             }
             memslots[i].privatePages = p / 4096
@@ -419,4 +422,12 @@ public struct RecentFaults: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     }
 
     public func makeIterator() -> some IteratorProtocol<(gfn: UInt64, ns: UInt64)> { marks.makeIterator() }
+}
+
+extension UInt64 {
+    /// `self + other`, or `UInt64.max` where that would wrap.
+    func saturatingAdd(_ other: UInt64) -> UInt64 {
+        let (v, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : v
+    }
 }
