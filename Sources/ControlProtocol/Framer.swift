@@ -119,6 +119,8 @@ public struct Framer: Sendable {
                 discarding = b != 0x0A
             }
         }
+        // What is being discarded is not kept: an endless line costs nothing beyond the current read.
+        if discarding { start = scan }
         // Keep the buffer small: drop what is consumed.
         if start > 0 && (start == buffer.count || start > 65536) {
             buffer.removeFirst(start)
@@ -237,6 +239,18 @@ public struct Framer: Sendable {
         reset(at: nl + 1)
         scan = nl + 1
         return frame
+    }
+
+    /// What came after the last whole message, handed out as it is when the peer ended its stream there (for
+    /// the caller to refuse or run); framing starts afresh.
+    public mutating func takeRest() -> [UInt8] {
+        let rest = Array(buffer[start...])
+        buffer.removeAll()
+        scan = 0
+        newlineSearched = 0
+        discarding = false
+        reset(at: 0)
+        return rest
     }
 
     private mutating func reset(at position: Int) {

@@ -64,3 +64,25 @@ extension FramerTests {
         #expect(texts(frames) == ["<too long>", "{\"a\":1}"])
     }
 }
+
+extension FramerTests {
+    /// An endless line from a peer: what is past the limit is dropped as it comes, not kept until a newline
+    /// that may never arrive (before, every byte up to the newline was held).
+    @Test func anEndlessLineIsNotKept() {
+        for start in ["{\"a\":\"", "nonsense ", "{\"event\":\"MEMORY_FAULT\",\"data\":\""] {
+            for decode in [false, true] {
+                var f = Framer(maxMessage: 1 << 20, decodeFaults: decode)
+                var frames: [Framer.Frame] = f.feed(Array(start.utf8))
+                let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 65536)
+                var peak = 0
+                for _ in 0..<(16 << 4) {  // 16 MiB
+                    frames += f.feed(chunk[...])
+                    peak = max(peak, f.pendingBytes)
+                }
+                #expect(peak <= (1 << 20) + 65536, "\(start) decode \(decode): \(peak) bytes held")
+                frames += f.feed(Array("\n{\"b\":1}".utf8))
+                #expect(texts(frames) == ["<too long>", "{\"b\":1}"], "\(start) decode \(decode)")
+            }
+        }
+    }
+}
