@@ -7,7 +7,9 @@ public enum JSON: Sendable, Equatable {
     case int(Int64)
     /// A non-negative integer above Int64.max.
     case uint(UInt64)
-    case double(Double)
+    /// A number that is not an exact 64-bit integer (`1.5`, `1e5`, `18446744073709551616`), kept as its text:
+    /// a peer's id is echoed exactly as it came, and nothing is lost by a conversion nobody asked for.
+    case number(String)
     case string(String)
     case array([JSON])
     case object([(String, JSON)])
@@ -18,7 +20,7 @@ public enum JSON: Sendable, Equatable {
         case (.bool(let x), .bool(let y)): x == y
         case (.int(let x), .int(let y)): x == y
         case (.uint(let x), .uint(let y)): x == y
-        case (.double(let x), .double(let y)): x == y
+        case (.number(let x), .number(let y)): x == y
         case (.string(let x), .string(let y)): x == y
         case (.array(let x), .array(let y)): x == y
         case (.object(let x), .object(let y)): x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
@@ -65,7 +67,7 @@ public enum JSON: Sendable, Equatable {
         switch self {
         case .int(let v): Double(v)
         case .uint(let v): Double(v)
-        case .double(let v): v
+        case .number(let t): Double(t)
         default: nil
         }
     }
@@ -75,7 +77,7 @@ public enum JSON: Sendable, Equatable {
         switch self {
         case .null: "null"
         case .bool: "boolean"
-        case .int, .uint, .double: "number"
+        case .int, .uint, .number: "number"
         case .string: "string"
         case .array: "array"
         case .object: "object"
@@ -133,8 +135,7 @@ extension JSON {
         case .bool(let b): out.append(contentsOf: b ? Array("true".utf8) : Array("false".utf8))
         case .int(let v): out.append(contentsOf: String(v).utf8)
         case .uint(let v): out.append(contentsOf: String(v).utf8)
-        case .double(let v):
-            if v.isFinite { out.append(contentsOf: "\(v)".utf8) } else { out.append(contentsOf: "null".utf8) }
+        case .number(let t): out.append(contentsOf: t.utf8)
         case .string(let s): JSON.writeString(s, to: &out)
         case .array(let a):
             out.append(UInt8(ascii: "["))
@@ -313,9 +314,7 @@ struct JSONParser {
             if magnitude <= UInt64(Int64.max) { return .int(-Int64(magnitude)) }
             if magnitude == UInt64(Int64.max) + 1 { return .int(Int64.min) }
         }
-        let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
-        guard let d = Double(text) else { throw JSONParseError(offset: start, reason: "bad number") }
-        return .double(d)
+        return .number(String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self))
     }
 
     mutating func hex4() throws(JSONParseError) -> UInt32 {

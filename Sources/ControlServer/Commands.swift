@@ -143,7 +143,18 @@ struct CommandTable {
             }
             let privateView: Bool? = switch view { case .private: true; case .shared: false; case .auto: nil }
             let r = try v { () throws(VMMError) in try vmm.readMemory(gpa: gpa, size: size, privateView: privateView) }
-            return .object([("data", .string(Data(r.bytes).base64EncodedString())), ("private", .bool(r.isPrivate))])
+            // `private` says the view when every byte came through one; a read across a boundary (`auto` only)
+            // has `private: null` and `views`, the runs read through each.
+            var reply: [(String, JSON)] = [("data", .string(Data(r.bytes).base64EncodedString()))]
+            if r.views.count == 1 {
+                reply.append(("private", .bool(r.views[0].isPrivate)))
+            } else {
+                reply.append(("private", .null))
+                reply.append(("views", .array(r.views.map {
+                    .object([("offset", .u($0.offset)), ("size", .u($0.size)), ("private", .bool($0.isPrivate))])
+                })))
+            }
+            return .object(reply)
         case "set-fault-policy":
             let policy = try args { a throws(CommandError) in
                 let p = try a.enumeration("policy", FaultPolicy.self)

@@ -288,8 +288,11 @@ public final class ReferenceVMM: @unchecked Sendable {
         return result
     }
 
-    /// `read-memory`: bytes of RAM through one view (`auto`: the page's current attribute).
-    public func readMemory(gpa: UInt64, size: UInt64, privateView: Bool?) throws(VMMError) -> (bytes: [UInt8], isPrivate: Bool) {
+    /// `read-memory`: bytes of RAM through one view, or (`privateView` nil, `auto`) each page through its own
+    /// current attribute, so a read across a private|shared boundary gives what reading each page alone gives.
+    /// `views` lists the runs read through each view, in order.
+    public func readMemory(gpa: UInt64, size: UInt64, privateView: Bool?) throws(VMMError)
+        -> (bytes: [UInt8], views: [(offset: UInt64, size: UInt64, isPrivate: Bool)]) {
         guard configuration.allowMemoryReads else {
             throw VMMError(.permissionDenied, "read-memory is refused: the VMM was started with --read-only (guest memory stays private)")
         }
@@ -299,11 +302,27 @@ public final class ReferenceVMM: @unchecked Sendable {
         guard !overflow && end <= memory.ramSize else {
             throw VMMError(.invalidRange, "[\(hex(gpa)), +\(size)) is outside RAM")
         }
-        let isPrivate = privateView ?? memory.attributes.isPrivate(gfn: gpa / 4096)
-        guard let p = memory.hostPointer(ramOffset: gpa, privateView: isPrivate) else {
-            throw VMMError(.unsupported, "read-memory \(hex(gpa)) through the private view: \(GuestMemory.privateUnmappable)")
+        var views: [(offset: UInt64, size: UInt64, isPrivate: Bool)] = []
+        var at = gpa
+        while at < end {
+            let pageEnd = min(end, (at / 4096 + 1) * 4096)
+            let isPrivate = privateView ?? memory.attributes.isPrivate(gfn: at / 4096)
+            if let last = views.last, last.isPrivate == isPrivate {
+                views[views.count - 1].size += pageEnd - at
+            } else {
+                views.append((at - gpa, pageEnd - at, isPrivate))
+            }
+            at = pageEnd
         }
-        return ([UInt8](UnsafeRawBufferPointer(start: p, count: Int(size))), isPrivate)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(size))
+        for v in views {
+            guard let p = memory.hostPointer(ramOffset: gpa + v.offset, privateView: v.isPrivate) else {
+                throw VMMError(.unsupported, "read-memory \(hex(gpa + v.offset)) through the private view: \(GuestMemory.privateUnmappable)")
+            }
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: Int(v.size)))
+        }
+        return (bytes, views)
     }
 
     // MARK: vCPUs

@@ -101,6 +101,54 @@ struct ServerTests {
         #expect(s.vmm.faultPolicy == .report)
     }
 
+    /// `id` is echoed verbatim (QMP's promise), numbers included: `1e5` and 2^64 used to come back as `100000.0`
+    /// and `1.8446744073709552e+19`.
+    @Test func idsAreEchoedVerbatim() throws {
+        let s = try Served()
+        defer { s.stop() }
+        let c = try LineClient(s.path)
+        try c.negotiate()
+        for id in ["1e5", "18446744073709551616", "-0.0", "1.50", "-9223372036854775809", "1E+2", "{\"a\":[1e1,\"\\u00e9\"]}"] {
+            try c.send(#"{"execute":"query-version","id":\#(id)}"#)
+            let line = try #require(try c.conn.readLine(timeoutMs: 10_000))
+            #expect(String(decoding: line, as: UTF8.self).hasSuffix(#","id":\#(id)}"#) || id.hasPrefix("{"), "\(id)")
+            var bytes = line
+            #expect(try JSON.parse(bytes: &bytes)["id"] == JSON.parse(id))
+        }
+    }
+
+    /// `auto` across a private|shared boundary: each page through its own view (it used to read every page
+    /// through the first page's). Each page's two views hold different bytes, so a read through the wrong one shows.
+    @Test func readMemoryAutoAcrossABoundaryReadsEachPageThroughItsView() throws {
+        let s = try Served { $0.allowMutations = true; $0.guest.convertEvery = 0; $0.guest.wrongViewEvery = 0 }
+        defer { s.stop() }
+        let c = try LineClient(s.path)
+        try c.negotiate()
+        let a: UInt64 = 0x2000000, b = a + 4096  // a stays private, b goes shared
+        #expect(try c.call(#"{"execute":"set-memory-attributes","arguments":{"gpa":\#(b),"size":4096,"private":false}}"#)["return"] != nil)
+        let privateView = try #require(s.vmm.memory.currentMapping(gfn: a / 4096))
+        let sharedView = try #require(s.vmm.memory.currentMapping(gfn: b / 4096))
+        #expect(privateView !== sharedView)
+        memset(privateView.base + Int(a), 0xAA, 4096)
+        memset(sharedView.base + Int(a), 0x11, 4096)
+        memset(sharedView.base + Int(b), 0x55, 4096)
+        memset(privateView.base + Int(b), 0x22, 4096)
+        func read(_ gpa: UInt64, _ size: Int) throws -> (bytes: [UInt8], reply: JSON) {
+            let r = try #require(try c.call(#"{"execute":"read-memory","arguments":{"gpa":\#(gpa),"size":\#(size)}}"#)["return"])
+            return (Array(try #require(Data(base64Encoded: r["data"]?.stringValue ?? ""))), r)
+        }
+        let alone = try read(a + 4000, 96).bytes + read(b, 100).bytes
+        let across = try read(a + 4000, 196)
+        #expect(across.bytes == alone)
+        #expect(across.bytes == [UInt8](repeating: 0xAA, count: 96) + [UInt8](repeating: 0x55, count: 100))
+        #expect(across.reply["private"] == .null)
+        #expect(across.reply["views"] == .array([
+            .object([("offset", .int(0)), ("size", .int(96)), ("private", .bool(true))]),
+            .object([("offset", .int(96)), ("size", .int(100)), ("private", .bool(false))]),
+        ]))
+        #expect(try read(b, 16).reply["private"] == .bool(false))
+    }
+
     @Test func badInputGetsAnErrorAndTheConnectionStillAnswers() throws {
         // The guest's own conversions off, so the layout can only change if bad input changed it.
         let s = try Served { $0.guest.convertEvery = 0; $0.guest.wrongViewEvery = 0 }
