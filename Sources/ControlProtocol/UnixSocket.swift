@@ -63,12 +63,17 @@ public final class UnixListener: @unchecked Sendable {
     /// Whether a stale socket (nobody listening) was at `path` and was replaced.
     public private(set) var staleReplaced = false
 
-    /// 0 when something accepts a connection on `addr`, else the connect errno.
+    /// 0 when something accepts a connection on `addr`, else the connect errno. Non-blocking: a live listener
+    /// whose backlog is full answers EAGAIN at once (a blocking connect would wait for it to accept, forever if
+    /// it is stuck).
     private static func probe(_ addr: inout sockaddr_un) -> Int32 {
-        switch connectedSocket(&addr) {
-        case .success(let fd): close(fd); return 0
-        case .failure(let e): return e.errno
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
+        return rc == 0 ? 0 : errno
     }
 
     public init(path: String) throws(SocketError) {
@@ -86,6 +91,8 @@ public final class UnixListener: @unchecked Sendable {
                 staleReplaced = true
             case 0:
                 throw SocketError("\(path) is in use: another VMM is serving it")
+            case EAGAIN:
+                throw SocketError("\(path) is in use: a process listens on it but is not accepting (its backlog is full)")
             case let e:
                 throw SocketError("\(path) already exists and cannot be probed (\(String(cString: strerror(e)))); remove it if no VMM uses it")
             }
