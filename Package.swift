@@ -46,6 +46,7 @@ let package = Package(
         .target(name: "ControlServer", dependencies: [
             "VMM", "KVM", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "DequeModule", package: "swift-collections"),
         ]),
         // The nested KVM lab (QEMU TCG + Linux 6.12 with KVM_SW_PROTECTED_VM): build recipe and inputs as
         // resources, the boot, and the control link between the host's socket and the VMM inside.

@@ -1,4 +1,5 @@
 import ControlProtocol
+import DequeModule
 import Foundation
 import Logging
 import Synchronization
@@ -17,8 +18,11 @@ public final class ControlServer: @unchecked Sendable {
         public var tickMs: Int32 = 2
         /// `MEMORY_FAULT` events go to a client at most this often (records are batched in between).
         public var faultBatchNs: UInt64 = 10_000_000
-        /// Output a client has not read beyond which no new events are queued for it (they become `dropped`).
+        /// Output a client has not read beyond which nothing new is queued for it: no events (they become
+        /// `dropped`) and no commands run (its input waits in the kernel's socket buffer) ...
         public var maxPendingOutput = 4 << 20
+        /// ... nor beyond its share of this, the unread output of all clients together (at least 256 KiB each).
+        public var maxTotalOutput = 32 << 20
         /// Records in one `MEMORY_FAULT` event at most.
         public var maxRecordsPerEvent = 1024
         /// A line that leaves a message unfinished is taken as the whole message (and refused) when nothing
@@ -26,6 +30,14 @@ public final class ControlServer: @unchecked Sendable {
         public var unfinishedLineNs: UInt64 = 500_000_000
         /// Uids allowed besides root.
         public var allowedUID: uid_t = geteuid()
+        /// Connections served at once; one more gets a one-line refusal. With the per-client bounds below this
+        /// bounds the server's memory whatever the clients do (docs/reliability.md, "Bounds").
+        public var maxClients = 64
+        /// Messages run in one client's turn (the client that used the least time lately goes next) ...
+        public var messagesPerTurn = 8
+        /// ... or this long, whichever comes first (at least one message runs): a client that sends hundreds of
+        /// slow commands at once cannot keep another's `query-vm` waiting.
+        public var turnNs: UInt64 = 5_000_000
         public init() {}
     }
 
@@ -35,7 +47,15 @@ public final class ControlServer: @unchecked Sendable {
         let pid: pid_t
         let uid: uid_t
         var framer = Framer()
+        /// Messages framed but not yet run (one read's worth at most: nothing more is read until they ran).
+        var inbox = Deque<[UInt8]>()
+        /// The peer shut down its sending side: what it sent is run, its replies are sent, then it is closed.
+        var inputEnded = false
         var lastInput: UInt64 = 0
+        /// Time spent running this client's commands lately (halved every 100 ms): who goes next.
+        var recentWorkNs: UInt64 = 0
+        /// Its inbox was filled by a short read after it had been idle: its first turn comes before the others'.
+        var interactive = false
         var output: [UInt8] = []
         var outputStart = 0
         var negotiated = false
@@ -63,6 +83,7 @@ public final class ControlServer: @unchecked Sendable {
     /// Wall-clock nanoseconds minus monotonic ones, for event timestamps.
     private let wallOffset: Int64
     private let clientCount = Atomic<Int>(0)
+    private var lastWorkDecay: UInt64 = 0
 
     public init(vmm: ReferenceVMM, listener: UnixListener, options: Options = Options(),
                 logger: Logger = Logger(label: "vmscope.control")) {
@@ -116,10 +137,16 @@ public final class ControlServer: @unchecked Sendable {
         while !stopFlag.load(ordering: .relaxed) {
             var fds = [pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0)]
+            let limit = outputLimit
             for c in clients {
-                fds.append(pollfd(fd: c.fd, events: Int16(POLLIN) | (c.pendingOutput > 0 ? Int16(POLLOUT) : 0), revents: 0))
+                // Read only what can be run now: while a client's messages wait, or its replies pile up unread,
+                // its bytes stay in the kernel's socket buffer (which holds the sender back).
+                let wantInput = !c.inputEnded && c.inbox.isEmpty && c.pendingOutput < limit
+                fds.append(pollfd(fd: c.fd, events: (wantInput ? Int16(POLLIN) : 0) | (c.pendingOutput > 0 ? Int16(POLLOUT) : 0),
+                                  revents: 0))
             }
-            let timeout: Int32 = clients.contains { $0.negotiated } ? options.tickMs : 100
+            let busy = clients.contains { !$0.inbox.isEmpty && $0.pendingOutput < limit }
+            let timeout: Int32 = busy ? 0 : clients.contains { $0.negotiated } ? options.tickMs : 100
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n < 0 && errno != EINTR {
                 logger.error("poll failed; control server stops", metadata: ["errno": "\(errno)"])
@@ -129,20 +156,53 @@ public final class ControlServer: @unchecked Sendable {
             if fds[1].revents & Int16(POLLIN) != 0 { acceptAll() }
             for (i, c) in clients.enumerated() where !c.closed {
                 let r = fds.count > i + 2 ? fds[i + 2].revents : 0
-                if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { readFrom(c) }
+                if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !c.inputEnded && c.inbox.isEmpty { readFrom(c) }
+                if r & Int16(POLLERR) != 0 { c.closed = true }
             }
-            let now = monotonic()
-            for c in clients where !c.closed && c.framer.hasUnfinishedLine && now - c.lastInput > options.unfinishedLineNs {
-                if case .message(let m)? = c.framer.flushUnfinishedLine() { handleMessage(c, m) }
-                processInput(c, [])
+            var now = monotonic()
+            for c in clients where !c.closed && c.inbox.isEmpty && c.framer.hasUnfinishedLine
+                && (c.inputEnded || now - c.lastInput > options.unfinishedLineNs) {
+                if case .message(let m)? = c.framer.flushUnfinishedLine() { c.inbox.append(m) }
+                frame(c, [])
+            }
+            // One turn a pass. A client whose messages came after it was idle (everything it sent fit one read)
+            // goes first; then the one that used the least time lately. So a client sending one command waits
+            // behind at most one turn of another's, however many others send bursts.
+            if let c = clients.filter({ !$0.closed && !$0.inbox.isEmpty && $0.pendingOutput < limit })
+                .min(by: { ($0.interactive ? 0 : 1, $0.recentWorkNs) < ($1.interactive ? 0 : 1, $1.recentWorkNs) }) {
+                c.interactive = false
+                let started = monotonic()
+                let turnEnd = started + options.turnNs
+                var ran = 0
+                while let m = c.inbox.popFirst() {
+                    handleMessage(c, m)
+                    ran += 1
+                    if ran >= options.messagesPerTurn || c.pendingOutput >= limit || monotonic() >= turnEnd { break }
+                }
+                if c.inbox.isEmpty { c.inbox = Deque() }  // a burst's storage is not kept
+                c.recentWorkNs += monotonic() - started
+            }
+            now = monotonic()
+            if now - lastWorkDecay > 100_000_000 {
+                for c in clients { c.recentWorkNs /= 2 }
+                lastWorkDecay = now
             }
             for c in clients where c.negotiated && !c.closed { pumpEvents(c, now: now) }
             for c in clients where !c.closed && c.pendingOutput > 0 { flush(c) }
+            // A client that is done sending is closed once it has everything it asked for.
+            for c in clients where c.inputEnded && !c.closed && c.inbox.isEmpty && c.pendingOutput == 0 && c.framer.pendingBytes == 0 {
+                c.closed = true
+            }
             reap()
         }
         for c in clients { close(c.fd) }
         clients.removeAll()
         clientCount.store(0, ordering: .relaxed)
+    }
+
+    /// How much unread output a client may have before nothing more is queued for it.
+    private var outputLimit: Int {
+        min(options.maxPendingOutput, max(256 << 10, options.maxTotalOutput / max(1, clients.count)))
     }
 
     private func drainWakePipe() {
@@ -169,6 +229,13 @@ public final class ControlServer: @unchecked Sendable {
                 logger.warning("refused a client", metadata: ["uid": "\(cred.uid)", "pid": "\(cred.pid)"])
                 continue
             }
+            if clients.count >= options.maxClients {
+                let line = QMP.error(.genericError, "this VMM serves \(options.maxClients) clients at once; try again when one has gone", id: nil).serialized + "\n"
+                _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                close(fd)
+                logger.warning("refused a client: too many", metadata: ["pid": "\(cred.pid)", "clients": "\(clients.count)"])
+                continue
+            }
             let c = Client(fd: fd, id: nextID, pid: cred.pid, uid: cred.uid)
             nextID += 1
             clients.append(c)
@@ -189,35 +256,59 @@ public final class ControlServer: @unchecked Sendable {
 
     // MARK: Input
 
+    /// One read (at most 64 KiB) a turn: its messages go to the inbox, to be run in turns.
     private func readFrom(_ c: Client) {
         var chunk = [UInt8](repeating: 0, count: 65536)
         while !c.closed {
             let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, 65536, 0) }
-            if n == 0 { c.closed = true; return }
+            if n == 0 {
+                // The peer shut down its sending side (`printf ... | socat`): run what it sent, answer, then close.
+                c.inputEnded = true
+                frame(c, [])
+                return
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 if errno != EAGAIN && errno != EWOULDBLOCK { c.closed = true }
                 return
             }
             c.lastInput = monotonic()
-            processInput(c, chunk[0..<n])
-            // Do not let one client monopolise the loop, nor read while its replies pile up unread.
-            if c.pendingOutput > options.maxPendingOutput { return }
+            c.interactive = n < chunk.count
+            frame(c, chunk[0..<n])
+            return
         }
     }
 
-    private func processInput(_ c: Client, _ bytes: ArraySlice<UInt8>) {
+    /// Frames `bytes` into the client's inbox; at the end of its input, what is left is one last message.
+    private func frame(_ c: Client, _ bytes: ArraySlice<UInt8>) {
         for frame in c.framer.feed(bytes) {
             switch frame {
-            case .message(let m): handleMessage(c, m)
+            case .message(let m): c.inbox.append(m)
             case .faults: break  // only a framer made with decodeFaults gives these
             case .tooLong:
-                queue(QMP.error(.genericError, "message longer than \(QMP.maxLine) bytes; discarded up to the next newline", id: nil), to: c)
+                c.inbox.append(Self.tooLongMarker)
             }
         }
+        if c.inputEnded && c.framer.pendingBytes > 0 {
+            if case .message(let m)? = c.framer.flushUnfinishedLine() { c.inbox.append(m) }
+            if c.framer.pendingBytes > 0 { c.inbox.append(c.framer.takeRest()) }
+        }
+    }
+
+    /// Stands in the inbox for a message that was too long (no message is empty: blank input frames nothing).
+    private static let tooLongMarker: [UInt8] = []
+
+    /// Frames and runs `bytes` at once (the fuzzer's path, with no socket and no turns).
+    private func processInput(_ c: Client, _ bytes: ArraySlice<UInt8>) {
+        frame(c, bytes)
+        while let m = c.inbox.popFirst() { handleMessage(c, m) }
     }
 
     private func handleMessage(_ c: Client, _ message: [UInt8]) {
+        if message.isEmpty {
+            queue(QMP.error(.genericError, "message longer than \(QMP.maxLine) bytes; discarded up to the next newline", id: nil), to: c)
+            return
+        }
         var bytes = message
         while let last = bytes.last, last == 0x0D || last == 0x20 || last == 0x09 { bytes.removeLast() }
         if bytes.isEmpty { return }
@@ -329,7 +420,7 @@ public final class ControlServer: @unchecked Sendable {
 
     private func pumpEvents(_ c: Client, now: UInt64) {
         // A client that does not read gets nothing new queued; the logs move on without it.
-        guard c.pendingOutput < options.maxPendingOutput else { return }
+        guard c.pendingOutput < outputLimit else { return }
         let (entries, missed) = vmm.events.lastSeq > c.eventCursor ? vmm.events.events(after: c.eventCursor) : ([], 0)
         c.eventsDropped += missed
         if c.eventsDropped > 0 {
