@@ -61,8 +61,14 @@ public enum ControlEvent: Sendable {
 /// delivered in order.
 ///
 /// A reader thread takes every message off the socket, so events never wait behind a command. Events are
-/// kept in a bounded queue (`eventCapacity`); when the reader has to drop the oldest, `eventsDropped` says
-/// how many.
+/// kept in a bounded queue (`eventCapacity` events and `maxEventBytes`); when the reader has to drop the
+/// oldest, `eventsDropped` says how many.
+///
+/// What a server can make it hold is bounded (docs/reliability.md): one message being framed (`maxMessage`),
+/// the event queue, and replies to commands still waiting (a reply nobody waits for — late after a timeout,
+/// or an id we never sent — is dropped and counted in `strayReplies`). A message that is not JSON, or longer
+/// than `maxMessage`, closes the connection with that reason. The reader thread holds the connection, not the
+/// client: a client dropped without `close()` is released, and its socket and thread with it.
 public final class ControlClient: @unchecked Sendable {
     // @unchecked: mutable state is guarded by `lock`.
     public let greeting: JSON
@@ -75,12 +81,24 @@ public final class ControlClient: @unchecked Sendable {
     /// them out re-encoded, `nextItem` as they are.
     public let decodeFaults: Bool
 
+    /// The longest message taken from the server.
+    public let maxMessage: Int
+    /// Bytes of queued events at most (as received; a decoded fault batch counts 160 bytes a record).
+    public let maxEventBytes: Int
+
     private let connection: LineConnection
     private var framer: Framer
     private let lock = NSCondition()
+    /// Ids of commands waiting for their reply; only their replies are kept.
+    private var waiting: Set<String> = []
     private var replies: [String: JSON] = [:]
+    /// An error without id (the server could not read a message of ours): every waiting command gets it.
+    private var idlessError: (errorClass: String, desc: String, serial: Int)?
+    private var idlessErrors = 0
+    private var stray: UInt64 = 0
     /// Events not yet taken; a taken one is released at once (a fault batch can hold thousands of records).
-    private var events = Deque<ControlEvent>()
+    private var events = Deque<(event: ControlEvent, bytes: Int)>()
+    private var eventBytes = 0
     private var dropped: UInt64 = 0
     private var closedReason: String?
     private var nextID = 1
@@ -92,11 +110,13 @@ public final class ControlClient: @unchecked Sendable {
 
     /// Connects, reads the greeting and negotiates capabilities.
     public init(path: String, timeoutMs: Int32 = 5000, eventCapacity: Int = 65536,
-                decodeFaults: Bool = false) throws(ControlClientError) {
+                decodeFaults: Bool = false, maxMessage: Int = 16 << 20, maxEventBytes: Int = 64 << 20) throws(ControlClientError) {
         self.path = path
         self.eventCapacity = eventCapacity
         self.decodeFaults = decodeFaults
-        framer = Framer(maxMessage: 64 << 20, decodeFaults: decodeFaults)
+        self.maxMessage = maxMessage
+        self.maxEventBytes = maxEventBytes
+        framer = Framer(maxMessage: maxMessage, decodeFaults: decodeFaults)
         do { connection = try LineConnection(path: path) } catch { throw .connection(error.description) }
         serverPID = peerCredentials(connection.fd).map { Int($0.pid) }
         // The greeting: the first message on the stream.
@@ -128,8 +148,9 @@ public final class ControlClient: @unchecked Sendable {
             throw .protocolError("\(path) did not greet with a QMP object: \(greeting.serialized.prefix(200))")
         }
         self.peer = peer
-        for f in pendingFrames { deliver(f) }
-        let t = Thread { [self] in readLoop() }
+        for f in pendingFrames { _ = deliver(f) }
+        // The thread holds the connection and only a weak reference to the client (see the type's comment).
+        let t = Thread { [weak self, connection] in Self.readLoop(connection, self) }
         t.name = "vmscope-qmp-reader"
         reader = t
         t.start()
@@ -146,21 +167,32 @@ public final class ControlClient: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Why the connection ended (the peer closed it, broke the protocol, or `close()` ran); nil while it is up.
+    public var closeReason: String? {
+        lock.lock(); defer { lock.unlock() }
+        return closedReason
+    }
+
     /// Whether the connection is still up (false once the peer went away or `close()` ran).
     public var isConnected: Bool {
         lock.lock(); defer { lock.unlock() }
         return closedReason == nil
     }
 
-    private func readLoop() {
+    private static func readLoop(_ connection: LineConnection, _ client: ControlClient?) {
+        weak var client = client
         while true {
             let chunk: [UInt8]?
             do { chunk = try connection.readChunk(timeoutMs: -1) } catch {
-                finish(error.description)
+                client?.finish(error.description)
                 return
             }
-            guard let chunk else { finish("\(path) closed the connection"); return }
-            for f in framer.feed(chunk) { deliver(f) }
+            guard let c = client else { return }  // dropped: nobody to deliver to
+            guard let chunk else { c.finish("\(c.path) closed the connection"); return }
+            for f in c.framer.feed(chunk) where !c.deliver(f) {
+                connection.shutdown()
+                return
+            }
         }
     }
 
@@ -171,40 +203,70 @@ public final class ControlClient: @unchecked Sendable {
         lock.unlock()
     }
 
-    private func deliver(_ frame: Framer.Frame) {
-        if case .faults(let batch) = frame {
+    /// Takes one message; false (with the reason recorded) when the server broke the protocol and the
+    /// connection is to be closed.
+    private func deliver(_ frame: Framer.Frame) -> Bool {
+        let bytes: [UInt8]
+        switch frame {
+        case .faults(let batch):
             lock.lock()
             defer { lock.broadcast(); lock.unlock() }
-            enqueue(.faults(batch))
-            return
+            enqueue(.faults(batch), bytes: 128 + 160 * batch.records.count)
+            return true
+        case .tooLong:
+            finish("\(path) sent a message longer than \(maxMessage) bytes; the connection is closed")
+            return false
+        case .message(let b):
+            bytes = b
         }
-        guard case .message(var bytes) = frame else { return }
         if decodeFaults, let batch = FaultBatch.decodeEvent(bytes) {
             lock.lock()
             defer { lock.broadcast(); lock.unlock() }
-            enqueue(.faults(batch))
-            return
+            enqueue(.faults(batch), bytes: bytes.count)
+            return true
         }
-        guard let message = try? JSON.parse(bytes: &bytes) else { return }
+        var text = bytes
+        let message: JSON
+        do { message = try JSON.parse(bytes: &text) } catch {
+            finish("\(path) sent a message that is not JSON (\(error)): \(String(decoding: bytes.prefix(80), as: UTF8.self))")
+            return false
+        }
+        guard message.objectMembers != nil else {
+            finish("\(path) sent a \(message.typeName) where QMP has an object: \(String(decoding: bytes.prefix(80), as: UTF8.self))")
+            return false
+        }
         lock.lock()
         defer { lock.broadcast(); lock.unlock() }
         if message["event"] != nil {
-            enqueue(.json(message))
-        } else if let id = message["id"]?.stringValue {
+            enqueue(.json(message), bytes: bytes.count)
+        } else if let id = message["id"]?.stringValue, waiting.contains(id) {
             replies[id] = message
-        } else if let e = message["error"] {
-            // An error without id: the server could not read a message of ours.
-            replies["<no id>"] = .object([("error", e)])
+        } else if message["id"] == nil, let e = message["error"], !waiting.isEmpty {
+            // An error without id: the server could not read a message of ours; whoever waits hears it.
+            idlessErrors += 1
+            idlessError = (e["class"]?.stringValue ?? "GenericError",
+                           (e["desc"]?.stringValue ?? "") + " (an error without id: the server could not read a command)", idlessErrors)
+        } else {
+            stray += 1  // late after a timeout, an id we never sent, or a greeting-like object: dropped
         }
+        return true
     }
 
     /// Caller holds `lock`.
-    private func enqueue(_ e: ControlEvent) {
-        if events.count >= eventCapacity {
+    private func enqueue(_ e: ControlEvent, bytes: Int) {
+        while let first = events.first, events.count >= eventCapacity || eventBytes + bytes > maxEventBytes {
             events.removeFirst()
+            eventBytes -= first.bytes
             dropped += 1
         }
-        events.append(e)
+        events.append((e, bytes))
+        eventBytes += bytes
+    }
+
+    /// Replies that matched no waiting command (late after a timeout, or ids this client never sent): dropped.
+    public var strayReplies: UInt64 {
+        lock.lock(); defer { lock.unlock() }
+        return stray
     }
 
     /// Sends a command and waits for its reply; a refusal throws `.command` with the class and text.
@@ -213,19 +275,30 @@ public final class ControlClient: @unchecked Sendable {
         lock.lock()
         let id = "vmscope-\(nextID)"
         nextID += 1
+        waiting.insert(id)
+        let idlessSeen = idlessErrors
         lock.unlock()
         var members: [(String, JSON)] = [("execute", .string(name))]
         if let arguments { members.append(("arguments", arguments)) }
         members.append(("id", .string(id)))
-        do { try connection.send(JSON.object(members).serialized) } catch { throw .connection(error.description) }
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        do { try connection.send(JSON.object(members).serialized) } catch {
+            lock.lock(); waiting.remove(id); lock.unlock()
+            throw .connection(error.description)
+        }
         lock.lock()
-        defer { lock.unlock() }
+        defer {
+            // Whatever happened, this id is no longer waited for: a reply that comes later is dropped.
+            waiting.remove(id)
+            replies.removeValue(forKey: id)
+            lock.unlock()
+        }
         while replies[id] == nil {
+            if let e = idlessError, e.serial > idlessSeen { throw .command(errorClass: e.errorClass, desc: e.desc) }
             if let closedReason { throw .connection(closedReason) }
             if !lock.wait(until: deadline) && replies[id] == nil { throw .timeout("no reply to \(name)") }
         }
-        let reply = replies.removeValue(forKey: id)!
+        let reply = replies[id]!
         if let e = reply["error"] {
             throw .command(errorClass: e["class"]?.stringValue ?? "GenericError", desc: e["desc"]?.stringValue ?? "")
         }
@@ -252,7 +325,9 @@ public final class ControlClient: @unchecked Sendable {
             if closedReason != nil { return nil }
             if !lock.wait(until: deadline) && events.isEmpty { return nil }
         }
-        return events.removeFirst()
+        let first = events.removeFirst()
+        eventBytes -= first.bytes
+        return first.event
     }
 
     /// Every event received so far, in order.
@@ -260,12 +335,13 @@ public final class ControlClient: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         let out = events.map { e -> JSON in
-            switch e {
+            switch e.event {
             case .json(let j): j
             case .faults(let b): b.eventJSON
             }
         }
         events.removeAll()
+        eventBytes = 0
         return out
     }
 

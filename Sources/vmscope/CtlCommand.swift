@@ -23,6 +23,7 @@ struct CtlCommand: ParsableCommand {
     @Option(help: "Seconds to wait for the reply, or with --events for the next event.") var timeout: Double = 30
 
     func validate() throws {
+        guard timeout.isFinite && timeout > 0 && timeout <= 600 else { throw ValidationError("--timeout must be more than 0 and at most 600 seconds") }
         if events {
             guard command == nil else { throw ValidationError("--events takes no command") }
             if let count, count < 1 { throw ValidationError("--count must be at least 1") }
@@ -47,7 +48,7 @@ struct CtlCommand: ParsableCommand {
     func run() throws {
         var err = StandardError()
         let client: ControlClient
-        do { client = try ControlClient(path: socket, timeoutMs: Int32(min(timeout, 600) * 1000)) } catch {
+        do { client = try ControlClient(path: socket, timeoutMs: Int32(timeout * 1000)) } catch {
             print("vmscope ctl: \(socket): \(error)", to: &err)
             throw ExitCode(2)
         }
@@ -55,9 +56,9 @@ struct CtlCommand: ParsableCommand {
         if events {
             var printed = 0
             while count.map({ printed < $0 }) ?? true {
-                guard let e = client.nextEvent(timeoutMs: Int32(min(timeout, 600) * 1000)) else {
+                guard let e = client.nextEvent(timeoutMs: Int32(timeout * 1000)) else {
                     if client.isConnected { print("vmscope ctl: no event within \(timeout) s", to: &err); throw ExitCode(1) }
-                    print("vmscope ctl: \(socket) closed the connection", to: &err)
+                    print("vmscope ctl: \(client.closeReason ?? "\(socket) closed the connection")", to: &err)
                     throw ExitCode(2)
                 }
                 print(e.serialized)
@@ -68,7 +69,7 @@ struct CtlCommand: ParsableCommand {
         }
         let args = try arguments.map(parsedArguments)
         do {
-            let result = try client.execute(command!, args, timeoutMs: Int32(min(timeout, 600) * 1000))
+            let result = try client.execute(command!, args, timeoutMs: Int32(timeout * 1000))
             print(result.serialized)
         } catch {
             switch error {
