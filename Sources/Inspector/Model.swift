@@ -128,7 +128,7 @@ public struct VCPURow: Sendable, Equatable {
     /// Why the vCPU is in state `error` (the exit and its data), where the peer says.
     public var error: String?
 
-    public var totalExits: UInt64 { exitTotal ?? exitCounts.reduce(0) { $0 + $1.1 } }
+    public var totalExits: UInt64 { exitTotal ?? exitCounts.reduce(0) { $0.saturatingAdd($1.1) } }
 
     static func pairs(_ j: JSON?) -> [(String, UInt64)] {
         (j?.objectMembers ?? []).compactMap { k, v in v.uint64Value.map { (k, $0) } }
@@ -284,10 +284,10 @@ public struct InspectorModel: Sendable {
 
     /// The memslot mapping RAM address `gpa` (either view).
     public func memslot(containing gpa: UInt64) -> MemslotRow? {
-        let alias: UInt64 = vm.sharedAliasBit.map { 1 << UInt64($0) } ?? 0
+        let alias = aliasMask
         return memslots.first { m in
             let start = alias != 0 && m.view == "shared" ? m.gpa & ~alias : m.gpa
-            return gpa >= start && gpa < start + m.size
+            return gpa >= start && gpa < start.saturatingAdd(m.size)
         }
     }
 
@@ -308,7 +308,7 @@ public struct InspectorModel: Sendable {
     /// filled in bulk (a batch holds up to a thousand records).
     public mutating func apply(faults batch: FaultBatch, nowNs: UInt64) {
         countEvent(nowNs: nowNs)
-        faultsDropped += batch.dropped
+        faultsDropped = faultsDropped.saturatingAdd(batch.dropped)
         guard !batch.records.isEmpty else { return }
         store(batch.records)
         for f in batch.records { recentFaults.append(gfn: canonicalGFN(f), at: nowNs) }
@@ -339,7 +339,7 @@ public struct InspectorModel: Sendable {
             memslotGeneration = data?["generation"]?.uint64Value ?? memslotGeneration
             memslotsStale = true
         case "EVENTS_DROPPED":
-            eventsDropped += data?["count"]?.uint64Value ?? 0
+            eventsDropped = eventsDropped.saturatingAdd(data?["count"]?.uint64Value ?? 0)
         case "GUEST_REPORT":
             if let kind = data?["kind"]?.stringValue {
                 let old = guestReports[kind] ?? (0, 0)

@@ -311,7 +311,7 @@ public struct Renderer {
         if narrow {
             return "\(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) \(Fmt.pad(ms.backing, 4)) \(region)"
         }
-        let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa + ms.size, width: 8))"
+        let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa.saturatingAdd(ms.size), width: 8))"
         return "\(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5))  \(Fmt.pad(ms.backing, 6)) \(region)"
     }
 
@@ -334,7 +334,7 @@ public struct Renderer {
                 line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
                     + "\(Fmt.pad(ms.flagNames.map(Self.shortFlag).joined(separator: ","), 5)) \(ms.privatePages)/\(ms.sharedPages)"
             } else {
-                let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa + ms.size, width: 8))"
+                let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa.saturatingAdd(ms.size), width: 8))"
                 line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
                     + "\(Fmt.pad(ms.flagNames.joined(separator: ","), 11)) \(Fmt.pad(ms.backing, 12)) \(ms.privatePages)/\(ms.sharedPages)"
             }
