@@ -83,7 +83,11 @@ public final class GzipWriter {
 /// Reading a gzip file as far as it goes: everything up to the end of the stream, or up to the point where the
 /// file ends early or its data is damaged (said in `damage`).
 public enum GzipReader {
-    public static func inflateAll(_ data: [UInt8]) -> (bytes: [UInt8], damage: String?) {
+    /// The most a recording inflates to by default (docs/reliability.md): a gzip bomb (1 MB → 1 GiB) is read
+    /// up to here and said to be cut, instead of taking all the memory there is.
+    public static let defaultLimit = 256 << 20
+
+    public static func inflateAll(_ data: [UInt8], limit: Int = defaultLimit) -> (bytes: [UInt8], damage: String?) {
         guard data.count >= 2, data[0] == 0x1F, data[1] == 0x8B else {
             return ([], data.isEmpty ? "the file is empty" : "not a gzip file (it does not start with 1f 8b)")
         }
@@ -106,8 +110,13 @@ public enum GzipReader {
                     rc = inflate(&stream, Z_NO_FLUSH)
                     return o.count - Int(stream.avail_out)
                 }
-                output.append(contentsOf: chunk[0..<produced])
                 let at = inp.count - Int(stream.avail_in)
+                guard output.count + produced <= limit else {
+                    output.append(contentsOf: chunk[0..<(limit - output.count)])
+                    damage = "it inflates past \(limit >> 20) MiB (after \(at) of \(inp.count) compressed bytes), the most read; the rest is left out"
+                    return
+                }
+                output.append(contentsOf: chunk[0..<produced])
                 switch rc {
                 case Z_STREAM_END:
                     if stream.avail_in > 0 { damage = "\(stream.avail_in) bytes after the end of the gzip stream were ignored" }

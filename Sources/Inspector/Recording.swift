@@ -103,16 +103,21 @@ public struct Recording: Sendable {
     /// Reads a recording as far as it is sound. A file that is not a recording, or one from a newer format
     /// version, throws; a truncated or damaged one gives the entries before the damage and says where in
     /// `damage`.
-    public static func read(path: String) throws(RecordingError) -> Recording {
+    /// At most `limit` bytes inflated are read (and no more of the file than could inflate to that).
+    public static func read(path: String, limit: Int = GzipReader.defaultLimit) throws(RecordingError) -> Recording {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw .io("cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { try? handle.close() }
         let data: [UInt8]
-        do { data = Array(try Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+        do { data = Array(try handle.read(upToCount: limit) ?? Data()) } catch {
             throw .io("cannot read \(path): \(error.localizedDescription)")
         }
-        return try parse(data)
+        return try parse(data, limit: limit)
     }
 
-    public static func parse(_ data: [UInt8]) throws(RecordingError) -> Recording {
-        let (bytes, gzipDamage) = GzipReader.inflateAll(data)
+    public static func parse(_ data: [UInt8], limit: Int = GzipReader.defaultLimit) throws(RecordingError) -> Recording {
+        let (bytes, gzipDamage) = GzipReader.inflateAll(data, limit: limit)
         return try parse(inflated: bytes, damage: gzipDamage)
     }
 
