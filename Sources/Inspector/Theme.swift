@@ -65,7 +65,10 @@ public struct Theme: Sendable, Equatable {
                     }
                     if k == "fg256" { st.fg256 = n } else { st.bg256 = n }
                 case "attrs":
-                    for a in v.arrayValue ?? [] {
+                    guard let list = v.arrayValue else {
+                        throw LoadError(file: file, line: line(of: key), reason: "\(key).attrs must be a list, e.g. [\"bold\"], not a \(v.typeName)")
+                    }
+                    for a in list {
                         switch a.stringValue {
                         case "bold": st.bold = true
                         case "reverse": st.reverse = true

@@ -23,37 +23,37 @@ struct InspectorOptions: ParsableArguments {
     }
 
     /// Every theme found, the chosen one first; problems (bad files, a missing choice) as messages.
-    func loadThemes() -> (themes: [String: Theme], order: [String], problems: [String]) {
-        var themes: [String: Theme] = ["mono": .mono]
+    /// The themes on offer, only the chosen one parsed now (the others when `t` cycles to them), and what was
+    /// wrong with the choice.
+    func loadThemes() -> (themes: ThemeCatalog, order: [String], problems: [String]) {
+        let catalog = ThemeCatalog()
         var problems: [String] = []
         var order: [String] = []
-        func load(_ path: String) -> Theme? {
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-            do { return try Theme.parse(text, file: path) } catch {
-                problems.append("theme \(error.description)")
-                return nil
-            }
-        }
         for dir in Self.themeDirectories() {
             for file in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where file.hasSuffix(".json") {
                 let name = String(file.dropLast(5))
-                if themes[name] != nil && name != "mono" { continue }
-                if let t = load(dir + "/" + file) { themes[name] = t; if !order.contains(name) { order.append(name) } }
+                if catalog.has(name) && name != "mono" { continue }
+                catalog.offer(name, path: dir + "/" + file)
+                if !order.contains(name) { order.append(name) }
             }
         }
         var chosen = theme
         if theme.contains("/") || theme.hasSuffix(".json") {
-            if let t = load(theme) { chosen = t.name; themes[chosen] = t }
-            else if FileManager.default.fileExists(atPath: theme) { chosen = "default" }
-            else { problems.append("theme file \(theme) does not exist"); chosen = "default" }
-        } else if themes[theme] == nil {
-            problems.append("no theme named \(theme) (have: \(themes.keys.sorted().joined(separator: ", ")))")
+            switch ThemeCatalog.load(theme) {
+            case .success(let t): chosen = t.name; catalog.add(t)
+            case .failure(let why): problems.append(why.description); chosen = "default"
+            }
+        } else if !catalog.has(theme) {
+            problems.append("no theme named \(theme) (have: \(catalog.names.joined(separator: ", ")))")
             chosen = "default"
         }
-        if themes[chosen] == nil { chosen = "mono" }
+        if catalog[chosen] == nil {
+            if let why = catalog.problem(chosen) { problems.append(why) }
+            chosen = "mono"
+        }
         if !order.contains("mono") { order.append("mono") }
         order.removeAll { $0 == chosen }
-        return (themes, [chosen] + order, problems)
+        return (catalog, [chosen] + order, problems)
     }
 
     var useASCII: Bool {

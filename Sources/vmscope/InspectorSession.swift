@@ -23,7 +23,7 @@ final class InspectorSession {
     private var recording: BackgroundRecording?
     private var lastPaint: UInt64 = 0
 
-    init(path: String, client: ControlClient, themes: [String: Theme], themeOrder: [String], ascii: Bool, readOnly: Bool) {
+    init(path: String, client: ControlClient, themes: ThemeCatalog, themeOrder: [String], ascii: Bool, readOnly: Bool) {
         self.path = path
         self.client = client
         self.themes = ThemeFollower(themes)

@@ -4,15 +4,17 @@ import Foundation
 import Inspector
 import Synchronization
 
-/// "30", "30s", "2m", "1h", "1.5s": seconds.
-func parseDuration(_ text: String) -> Double? {
+/// The longest duration the command line takes (a year): `1e11` or `1e300` seconds are refused by name instead of
+/// overflowing when turned into nanoseconds.
+let maxDurationSeconds: Double = 365 * 24 * 3600
+
+/// "30", "30s", "2m", "1h", "1.5s", "250ms" as nanoseconds; nil when it is not a duration from 0 to a year.
+func parseDuration(_ text: String) -> UInt64? {
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-    for (suffix, scale) in units where text.hasSuffix(suffix) {
-        guard let v = Double(text.dropLast(suffix.count)), v.isFinite, v >= 0 else { return nil }
-        return v * scale
-    }
-    guard let v = Double(text), v.isFinite, v >= 0 else { return nil }
-    return v
+    var number = Substring(text), scale = 1.0
+    if let (suffix, s) = units.first(where: { text.hasSuffix($0.0) }) { number = text.dropLast(suffix.count); scale = s }
+    guard let v = Double(number), v.isFinite, v >= 0, v * scale <= maxDurationSeconds else { return nil }
+    return UInt64((v * scale * 1e9).rounded())
 }
 
 private let recordStop = Atomic<Int32>(0)
@@ -35,7 +37,7 @@ struct RecordCommand: ParsableCommand {
 
     func validate() throws {
         if let duration, parseDuration(duration) == nil {
-            throw ValidationError("--duration '\(duration)' is not a duration (e.g. 30, 30s, 5m, 1h)")
+            throw ValidationError("--duration '\(duration)' is not a duration from 0 to a year (e.g. 30, 30s, 5m, 1h)")
         }
         guard (0...1_000_000).contains(faults) else { throw ValidationError("--faults must be 0 to 1000000") }
     }
@@ -48,7 +50,7 @@ struct RecordCommand: ParsableCommand {
             print("vmscope record: \(error)", to: &err)
             throw ExitCode(2)
         }
-        let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + UInt64($0 * 1e9) }
+        let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
         print("vmscope record: recording \(socket) to \(output)\(duration.map { " for \($0)" } ?? "; Ctrl-C finishes the file")",
               to: &err)
         do {
@@ -86,7 +88,7 @@ struct ReplayCommand: ParsableCommand {
     func validate() throws {
         guard speed >= 0.1 && speed <= 100 else { throw ValidationError("--speed must be between 0.1 and 100") }
         if let dumpAt, dumpAt != "end", parseDuration(dumpAt) == nil {
-            throw ValidationError("--dump-at '\(dumpAt)' is not a time into the recording (seconds, e.g. 12.5, or 'end')")
+            throw ValidationError("--dump-at '\(dumpAt)' is not a time into the recording (seconds up to a year, e.g. 12.5, or 'end')")
         }
         guard (0...1_000_000).contains(faults) else { throw ValidationError("--faults must be 0 to 1000000") }
     }
@@ -101,7 +103,7 @@ struct ReplayCommand: ParsableCommand {
         if let damage = recording.damage { print("vmscope replay: \(file): \(damage)", to: &err) }
         var replay = Replay(recording, file: file)
         if let dumpAt {
-            let wanted = dumpAt == "end" ? recording.durationNs : UInt64(parseDuration(dumpAt)! * 1e9)
+            let wanted = dumpAt == "end" ? recording.durationNs : parseDuration(dumpAt)!
             if wanted > recording.durationNs {
                 print("vmscope replay: \(file) holds \(Fmt.duration(recording.durationNs)); showing its end, not \(dumpAt) s", to: &err)
             }
@@ -140,7 +142,7 @@ final class ReplaySession {
     private var anchorNs: UInt64 = 0
     private var anchorAt: UInt64 = HostClock.monotonicNs()
 
-    init(replay: Replay, speed: Double, themes: [String: Theme], themeOrder: [String], ascii: Bool) {
+    init(replay: Replay, speed: Double, themes: ThemeCatalog, themeOrder: [String], ascii: Bool) {
         self.replay = replay
         self.speed = speed
         self.themes = ThemeFollower(themes)

@@ -145,17 +145,19 @@ final class Terminal {
 
 /// Keeps the terminal's colours on the theme the UI names (`t` cycles it), applying one only when it changes.
 struct ThemeFollower {
-    let themes: [String: Theme]
+    let themes: ThemeCatalog
     private var applied: Int?
 
-    init(_ themes: [String: Theme]) { self.themes = themes }
+    init(_ themes: ThemeCatalog) { self.themes = themes }
 
     mutating func follow(_ ui: inout InspectorUI, on terminal: Terminal) {
         guard applied != ui.themeIndex else { return }
         let changed = applied != nil
         applied = ui.themeIndex
         terminal.apply(themes[ui.themeName] ?? .mono)
-        if changed, let why = terminal.colourlessReason {
+        if let why = themes.problem(ui.themeName) {
+            ui.status = ("\(why); showing mono", true)
+        } else if changed, let why = terminal.colourlessReason {
             ui.status = ("theme \(ui.themeName): attributes only, no colours (\(why))", false)
         }
     }

@@ -53,7 +53,13 @@ struct VMMCommand: ParsableCommand {
     @Option(help: "KVM device.") var device = KVMSystem.defaultPath
 
     func validate() throws {
-        guard vcpus >= 1 else { throw ValidationError("--vcpus must be at least 1") }
+        guard (1...1024).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 1024") }
+        guard ram.bytes >= 2 << 20 && ram.bytes <= 1 << 46 && ram.bytes % 4096 == 0 else {
+            throw ValidationError("--ram must be a multiple of 4K from 2M to 64T")
+        }
+        if let bit = sharedAliasBit, !(12...51).contains(bit) || UInt64(1) << UInt64(bit) < ram.bytes {
+            throw ValidationError("--shared-alias-bit must be 12 to 51 and at or above the top of RAM (\(64 - (ram.bytes - 1).leadingZeroBitCount) or more for this --ram)")
+        }
         guard memslotSpan.bytes >= 4096 && memslotSpan.bytes % 4096 == 0 else {
             throw ValidationError("--memslot-span must be a non-zero multiple of 4K")
         }

@@ -4,6 +4,17 @@ import ProcessSupport
 import Synchronization
 import Testing
 
+/// Sends everything on a blocking socket; false when the peer closed.
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    var sent = 0
+    while sent < bytes.count {
+        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+        if n < 0 { if errno == EINTR { continue }; return false }
+        sent += n
+    }
+    return true
+}
+
 /// A connection that sends raw bytes and reads only when told: what a hostile or broken client does.
 final class RawClient: @unchecked Sendable {
     let fd: Int32
@@ -12,15 +23,7 @@ final class RawClient: @unchecked Sendable {
 
     /// Sends everything (blocking while the server does not read); false when the server closed.
     @discardableResult
-    func send(_ bytes: [UInt8]) -> Bool {
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n < 0 { if errno == EINTR { continue }; return false }
-            sent += n
-        }
-        return true
-    }
+    func send(_ bytes: [UInt8]) -> Bool { sendAll(fd, bytes) }
 
     /// Everything until end of stream, or until `seconds` passed.
     func readToEnd(seconds: Double) -> (bytes: [UInt8], ended: Bool) {
