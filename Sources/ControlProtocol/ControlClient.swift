@@ -150,7 +150,7 @@ public final class ControlClient: @unchecked Sendable {
         self.peer = peer
         for f in pendingFrames { _ = deliver(f) }
         // The thread holds the connection and only a weak reference to the client (see the type's comment).
-        let t = Thread { [weak self, connection] in Self.readLoop(connection, self) }
+        let t = Thread { [weak self, connection] in Self.readLoop(connection) { [weak self] in self } }
         t.name = "vmscope-qmp-reader"
         reader = t
         t.start()
@@ -179,15 +179,14 @@ public final class ControlClient: @unchecked Sendable {
         return closedReason == nil
     }
 
-    private static func readLoop(_ connection: LineConnection, _ client: ControlClient?) {
-        weak var client = client
+    private static func readLoop(_ connection: LineConnection, _ client: () -> ControlClient?) {
         while true {
             let chunk: [UInt8]?
             do { chunk = try connection.readChunk(timeoutMs: -1) } catch {
-                client?.finish(error.description)
+                client()?.finish(error.description)
                 return
             }
-            guard let c = client else { return }  // dropped: nobody to deliver to
+            guard let c = client() else { return }  // dropped: nobody to deliver to
             guard let chunk else { c.finish("\(c.path) closed the connection"); return }
             for f in c.framer.feed(chunk) where !c.deliver(f) {
                 connection.shutdown()

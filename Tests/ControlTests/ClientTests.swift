@@ -6,6 +6,46 @@ import VMM
 
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct ClientTests {
+    /// Open descriptors and threads of this process.
+    static func resources() -> (fds: Int, threads: Int) {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0,
+         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0)
+    }
+
+    /// A client dropped without `close()` releases its socket and reader thread (its thread used to keep it
+    /// alive, so every reconnect of the inspector leaked an fd and a thread).
+    @Test func droppedClientsReleaseTheirSocketAndThread() throws {
+        let s = try Served()
+        defer { s.stop() }
+        do { _ = try ControlClient(path: s.path) }  // warm up whatever the first client starts once
+        usleep(100_000)
+        let before = Self.resources()
+        for i in 0..<300 {
+            _ = try ControlClient(path: s.path)
+            // The VMM serves 64 at once and notices a closed one on its next pass.
+            if i % 32 == 31 { _ = eventually(5) { s.server.connectedClients < 8 } }
+        }
+        var after = Self.resources()
+        for _ in 0..<50 where after.fds > before.fds + 20 || after.threads > before.threads + 20 {
+            usleep(100_000)
+            after = Self.resources()
+        }
+        // Other suites run beside this one in the same process: a little slack, far below the 300 leaked before.
+        #expect(after.fds <= before.fds + 20 && after.threads <= before.threads + 20, "\(before) → \(after)")
+        #expect(eventually(5) { s.server.connectedClients == 0 }, "the VMM saw every client go")
+    }
+
+    /// Replies nobody waits for (late after a timeout, ids never sent) are dropped, not kept for ever.
+    @Test func strayRepliesAreDroppedAndCounted() throws {
+        let s = try Served()
+        defer { s.stop() }
+        let c = try ControlClient(path: s.path)
+        defer { c.close() }
+        #expect(throws: ControlClientError.self) { try c.execute("query-vcpus", timeoutMs: 0) }
+        #expect(try c.execute("query-vm")["vcpus"] == .int(2))
+        #expect(eventually(5) { c.strayReplies >= 1 }, "the late reply to query-vcpus is counted as stray")
+    }
+
     @Test func tellsVmscopeByItsGreetingAndDeliversFaultEventsInOrder() throws {
         let s = try Served { $0.guest.wrongViewEvery = 2 }
         defer { s.stop() }

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSupport
 import Testing
 
 /// Numbers from the command line at and past their edges (issue 19): each is refused with a message naming the
@@ -53,5 +54,28 @@ struct CommandLineNumbersTests {
         if args.count >= 2, args[args.count - 2].hasPrefix("--") {
             #expect(r.stderr.contains(args[args.count - 2]), "\(args): \(r.stderr)")
         }
+    }
+}
+
+/// Files that inflate or weigh far more than they look (issue 19: a 1 MB gzip bomb took 1 GiB to replay).
+struct HostileFileTests {
+    @Test func aGzipBombIsReadUpToTheLimitAndSaysSo() throws {
+        let bomb = NSTemporaryDirectory() + "vmscope-bomb-\(getpid()).jsonl.gz"
+        defer { unlink(bomb) }
+        // 1 GiB of zeros, about 1 MB compressed.
+        #expect(try runProcess("/bin/sh", ["-c", "head -c 1073741824 /dev/zero | gzip -1 > \(bomb)"]).status == 0)
+        let size = (try FileManager.default.attributesOfItem(atPath: bomb)[.size] as? Int) ?? 0
+        #expect(size < 8 << 20, "\(size) bytes")
+        let child = try ChildProcess([Binary.url.path, "replay", bomb, "--dump-at", "end"],
+                                     redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: bomb + ".err"))
+        defer { unlink(bomb + ".err") }
+        let rss = PeakRSS(pid: child.pid)
+        let status = child.wait(seconds: 120)
+        let peak = rss.stop()
+        let stderr = (try? String(contentsOfFile: bomb + ".err", encoding: .utf8)) ?? ""
+        print("replay of a 1 GiB gzip bomb: exit \(status ?? -1), peak RSS \(peak >> 20) MiB: \(stderr)")
+        #expect(status == 2 && stderr.contains("inflates past 256 MiB"), "\(stderr)")
+        // docs/reliability.md: 256 MiB inflated at most, plus the file read and the parse of what came.
+        #expect(peak < 400 << 20, "\(peak >> 20) MiB")
     }
 }
