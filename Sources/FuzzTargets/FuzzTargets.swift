@@ -12,9 +12,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// live reference VMM (mutations and injection allowed, so every command's path is reachable). Property:
     /// every line the server sends back is one JSON object that is a greeting, a reply, an error or an event.
     case server
-    /// The inspector's side: bytes from a server, through the framer (both with and without the fault fast
-    /// path) and the decoders into a model. Property: whatever the fast `MEMORY_FAULT` decoder accepts equals
-    /// the general JSON path's reading of the same message.
+    /// The inspector's side: bytes from a server as a whole session (greeting, replies, events), through the
+    /// framer (both with and without the fault fast path) and the decoders into a model, as `attach` and
+    /// `snapshot` take them: each reply applied as the command of its shape, then rendered and snapshotted.
+    /// Properties: whatever the fast `MEMORY_FAULT` decoder accepts equals the general JSON path's reading of
+    /// the same message; nothing traps on any number.
     case client
     /// Theme files. Property: a refusal names a line.
     case theme
@@ -90,7 +92,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 case .faults(let batch): model.apply(faults: batch, nowNs: 1)
                 case .message(var m):
                     if let batch = FaultBatch.decodeEvent(m) { model.apply(faults: batch, nowNs: 1) }
-                    else if let e = try? JSON.parse(bytes: &m) { model.apply(event: e, nowNs: 1) }
+                    else if let e = try? JSON.parse(bytes: &m) { applySession(e, to: &model) }
                 case .tooLong: break
                 }
             }
@@ -107,6 +109,28 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             i += chunk
         }
         _ = Renderer().render(model, InspectorUI(), width: 80, height: 24)
+        for focus in Pane.allCases {
+            var ui = InspectorUI()
+            ui.focus = focus
+            _ = Renderer().render(model, ui, width: 120, height: 40)
+        }
+        _ = Snapshot.json(model, takenAtWallNs: .max, origin: .live)
+        _ = Snapshot.text(model, ascii: false)
+    }
+
+    /// One message of a session as the inspector would take it: the greeting, an event, or a reply applied as
+    /// the query of its shape.
+    static func applySession(_ m: JSON, to model: inout InspectorModel) {
+        if m["QMP"] != nil { _ = ControlPeer(greeting: m); return }
+        if m["event"] != nil { model.apply(event: m, nowNs: 1); return }
+        guard let r = m["return"] else { return }
+        if r["vm"] != nil { model.apply(snapshot: r) }
+        else if r["ram-size"] != nil || r["vcpus"] != nil { model.apply(vm: r) }
+        else if r["runs"] != nil { model.apply(attributes: r) }
+        else if let first = r.arrayValue?.first {
+            if first["slot"] != nil { model.apply(memslots: r) }
+            else if first["exit-counts"] != nil || first["state"] != nil { model.apply(vcpus: r, intervalNs: 1) }
+        }
     }
 
     // MARK: Theme

@@ -57,7 +57,7 @@ public struct Replay: Sendable {
     }
 
     /// The monotonic time the recorder saw at `t` (fault marks fade against it).
-    public func monotonicNs(at t: UInt64) -> UInt64 { recording.header.startedAtMonotonicNs + t }
+    public func monotonicNs(at t: UInt64) -> UInt64 { recording.header.startedAtMonotonicNs.saturatingAdd(t) }
 
     private mutating func apply(_ item: (t: UInt64, entry: Recording.Entry)) {
         let now = monotonicNs(at: item.t)

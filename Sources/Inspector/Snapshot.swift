@@ -48,8 +48,8 @@ public enum Snapshot {
         })
         var attributes: JSON = .null
         if m.unavailable[.map] == nil {
-            let privateBytes = m.runs.filter(\.isPrivate).reduce(0) { $0 + $1.size }
-            let sharedBytes = m.runs.filter { !$0.isPrivate }.reduce(0) { $0 + $1.size }
+            let privateBytes = m.runs.filter(\.isPrivate).reduce(UInt64(0)) { $0.saturatingAdd($1.size) }
+            let sharedBytes = m.runs.filter { !$0.isPrivate }.reduce(UInt64(0)) { $0.saturatingAdd($1.size) }
             attributes = .object([
                 ("runs", .array(m.runs.map { .object([("gpa", .u($0.gpa)), ("size", .u($0.size)), ("private", .bool($0.isPrivate))]) })),
                 (Wire.privateBytes.name, .u(privateBytes)), ("shared-bytes", .u(sharedBytes)),
