@@ -36,6 +36,13 @@ public struct Framer: Sendable {
     private var discarding = false
     /// The newline that ended the last line of an unfinished message, if any.
     private var unfinishedNewline: Int?
+    /// How long the unfinished message was when it was last checked for validity at a newline: the next check
+    /// waits until it has doubled, so checking costs O(size) in all however many lines a message has (it
+    /// re-parsed the whole message at every newline). An error is still found, at the next check or when the
+    /// sender pauses (`flushUnfinishedLine`), and the message still ends at the newline before it.
+    private var checkedLength = 0
+    /// Validity checks run (for the test that holds the bound).
+    public private(set) var validityChecks = 0
 
     public init(maxMessage: Int = QMP.maxLine, decodeFaults: Bool = false) {
         self.maxMessage = maxMessage
@@ -210,7 +217,10 @@ public struct Framer: Sendable {
     /// At a newline inside an unfinished message: end it there if it can no longer be valid JSON. When the
     /// first error lies after an earlier newline of the message (`{"execute":"x"` then a new line starting a
     /// new object), the message ends at that earlier newline and framing starts again after it.
-    private mutating func checkNewline(at i: Int, into frames: inout [Frame]) {
+    private mutating func checkNewline(at i: Int, into frames: inout [Frame], force: Bool = false) {
+        guard force || i - start >= 2 * checkedLength else { unfinishedNewline = i; return }
+        checkedLength = i - start
+        validityChecks += 1
         let text = buffer[start..<i]
         let errorOffset: Int? = text.withContiguousStorageIfAvailable { p in
             do throws(JSONParseError) { _ = try JSON.parse(p); return nil } catch {
@@ -235,6 +245,13 @@ public struct Framer: Sendable {
     /// types lines has stopped); framing restarts after that newline.
     public mutating func flushUnfinishedLine() -> Frame? {
         guard let nl = unfinishedNewline, nl >= start else { return nil }
+        if nl - start > checkedLength {
+            // Not checked since it last grew: the message may end at an earlier newline (the rest is framed again
+            // at the next `feed`).
+            var frames: [Frame] = []
+            checkNewline(at: nl, into: &frames, force: true)
+            if let first = frames.first { return first }
+        }
         let frame = Frame.message(Array(buffer[start..<nl]))
         reset(at: nl + 1)
         scan = nl + 1
@@ -255,6 +272,7 @@ public struct Framer: Sendable {
 
     private mutating func reset(at position: Int) {
         unfinishedNewline = nil
+        checkedLength = 0
         start = position
         depth = 0
         inString = false

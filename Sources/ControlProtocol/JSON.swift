@@ -234,6 +234,9 @@ struct JSONParser {
         case UInt8(ascii: "{"):
             i += 1
             var members: [(String, JSON)] = []
+            /// The names so far, once there are more than a linear search is worth (linear in all: an object
+            /// with thousands of members used to cost a Set of all of them at each member).
+            var names: Set<String> = []
             skipWhitespace()
             if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
             while true {
@@ -249,7 +252,8 @@ struct JSONParser {
                 if members.count > 1 && members.count <= 32 {
                     for k in 0..<(members.count - 1) where members[k].0 == key { throw fail("duplicate member \"\(key)\"") }
                 } else if members.count > 32 {
-                    if Set(members.map(\.0)).count != members.count { throw fail("duplicate member \"\(key)\"") }
+                    if names.isEmpty { names = Set(members.dropLast().map(\.0)) }
+                    guard names.insert(key).inserted else { throw fail("duplicate member \"\(key)\"") }
                 }
                 skipWhitespace()
                 guard i < b.count else { throw fail("unexpected end") }

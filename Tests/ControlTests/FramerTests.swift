@@ -86,3 +86,33 @@ extension FramerTests {
         }
     }
 }
+
+extension FramerTests {
+    /// A 1 MiB message in 4 KiB lines (pretty-printed, or hostile): the validity check at newlines runs a
+    /// logarithmic number of times, so framing is O(size); it re-parsed the whole message at each of its 256
+    /// newlines before.
+    @Test func aMegabyteInFourKiBLinesIsCheckedLogarithmicallyOften() {
+        var f = Framer(maxMessage: 4 << 20)
+        let line = "\"" + String(repeating: "y", count: 4090) + "\",\n"
+        var frames = f.feed(Array("{\"id\":[\n".utf8))
+        for _ in 0..<260 { frames += f.feed(Array(line.utf8)) }
+        frames += f.feed(Array("1]}\n".utf8))
+        #expect(frames.count == 1 && texts(frames).first?.count ?? 0 > 1 << 20)
+        #expect(f.validityChecks <= 12, "\(f.validityChecks) checks for 261 lines")
+    }
+
+    /// An error in a line the doubling rule did not check is still found when the sender pauses, and the
+    /// message still ends at the newline before it.
+    @Test func anErrorBetweenChecksStillEndsTheMessageAtItsNewline() {
+        var f = Framer()
+        let first = "{\"execute\":" + String(repeating: " ", count: 100)  // checked at its newline
+        var frames = f.feed(Array((first + "\n\"query-vm\"\n{\"execute\":\"query-version\"\n").utf8))
+        #expect(frames.isEmpty, "the last two newlines come before the length doubled: not checked yet")
+        if let flushed = f.flushUnfinishedLine() { frames.append(flushed) }
+        frames += f.feed([])
+        #expect(texts(frames) == [first + "\n\"query-vm\""])
+        #expect(f.hasUnfinishedLine)
+        if let flushed = f.flushUnfinishedLine() { frames.append(flushed) }
+        #expect(texts(frames) == [first + "\n\"query-vm\"", "{\"execute\":\"query-version\""])
+    }
+}

@@ -29,3 +29,17 @@ struct JSONTests {
         #expect(JSON.string("a\u{1}b").serialized == #""a\u0001b""#)
     }
 }
+
+extension JSONTests {
+    /// An object with 20,000 members parses in linear time and still refuses a duplicate (the duplicate check
+    /// built a Set of every member at each member past 32: seconds for a few thousand). Counted, not timed:
+    /// the parse of twice the members must not take more than about twice as long is a benchmark's business;
+    /// here the duplicate is found at the end of a large object, and a large object with none is accepted.
+    @Test func aLargeObjectIsAcceptedAndItsLastDuplicateFound() throws {
+        let members = (0..<20_000).map { "\"m\($0)\":\($0)" }
+        let ok = "{" + members.joined(separator: ",") + "}"
+        #expect(try JSON.parse(ok).objectMembers?.count == 20_000)
+        let dup = "{" + members.joined(separator: ",") + ",\"m7\":1}"
+        #expect(throws: JSONParseError.self) { try JSON.parse(dup) }
+    }
+}
