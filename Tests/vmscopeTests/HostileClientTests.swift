@@ -204,4 +204,29 @@ struct HostileClientTests {
         #expect(ended && String(decoding: refusal, as: UTF8.self).contains("serves 64 clients at once"))
         held.forEach { shutdown($0.fd, Int32(SHUT_RDWR)) }
     }
+
+    /// After the messages that used to hold the server thread for seconds (an object of 20,000 members, 1 MiB in
+    /// 4 KiB lines), another client is answered within 500 ms and SIGTERM stops the VMM within 1 s.
+    @Test func hugeMessagesCostLinearTimeAndSIGTERMStillStopsTheVMMAtOnce() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/vm.sock"
+        let vmm = try startVMM(socket, log: dir + "/vmm.log")
+        defer { _ = vmm.terminate() }
+        let members = (0..<20_000).map { "\"m\($0)\":\($0)" }.joined(separator: ",")
+        let wide = Array(#"{"execute":"query-vm","arguments":{"#.utf8) + Array(members.utf8) + Array("}}\n".utf8)
+        let tall = Array(#"{"execute":"query-vm","id":["#.utf8)
+            + Array(String(repeating: "\"" + String(repeating: "y", count: 4090) + "\",\n", count: 256).utf8) + Array("1]}\n".utf8)
+        let c = try RawClient(socket)
+        _ = Self.sendInBackground(c, Self.negotiate + wide + tall + wide + tall)
+        usleep(100_000)
+        let latencies = try Self.victim(socket, count: 10)
+        #expect(latencies.max()! < 500, "\(latencies.map { Int($0) })")
+        let started = Date()
+        vmm.signal(SIGTERM)
+        let status = vmm.wait(seconds: 5)
+        let took = Date().timeIntervalSince(started)
+        print("SIGTERM after huge messages: exit \(status ?? -1) in \(Int(took * 1000)) ms")
+        #expect(status != nil && took < 1, "\(took) s")
+        #expect(!FileManager.default.fileExists(atPath: socket), "the socket is removed")
+    }
 }
