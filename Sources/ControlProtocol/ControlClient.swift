@@ -148,7 +148,7 @@ public final class ControlClient: @unchecked Sendable {
             throw .protocolError("\(path) did not greet with a QMP object: \(greeting.serialized.prefix(200))")
         }
         self.peer = peer
-        for f in pendingFrames { _ = deliver(f) }
+        for f in pendingFrames where !deliver(f) { connection.shutdown(); break }
         // The thread holds the connection and only a weak reference to the client (see the type's comment).
         let t = Thread { [weak self, connection] in Self.readLoop(connection) { [weak self] in self } }
         t.name = "vmscope-qmp-reader"
