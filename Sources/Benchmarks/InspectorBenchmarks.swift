@@ -107,6 +107,42 @@ public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
                                target: .atLeast(1_000_000), baseline: baseline,
                                note: "raw socket bytes → framer → JSON → FaultRow in the model (\(records) records)"))
 
+    // The general path the fast decoder must beat to stay (issue 16): framer without the fault fast path, the
+    // ordinary JSON parser, then the records from the JSON tree.
+    let generalNs = median(sample(reps) { _ in
+        var framer = Framer(maxMessage: 64 << 20, decodeFaults: false)
+        var n = 0
+        var i = 0
+        while i < bytes.count {
+            for case .message(var m) in framer.feed(bytes[i..<min(i + 65536, bytes.count)]) {
+                if let e = try? JSON.parse(bytes: &m) { n += FaultBatch(data: e["data"]).records.count }
+            }
+            i += 65536
+        }
+        sink &+= n
+    })
+    results.append(BenchResult(name: "fault-decode-general-records-per-s", value: Double(records) / (generalNs / 1e9), unit: "records/s",
+                               note: "the same bytes without the fast path: framer → JSON.parse → FaultBatch(data:) (\(records) records)"))
+
+    // A 1 MiB message arriving a 4 KiB line at a time (pretty-printed, or a hostile client's) against the same
+    // bytes on one line: framing is O(size) either way, so the ratio stays near 1 (it was ~128 before the
+    // framer stopped re-parsing the whole message at every newline).
+    func framerNs(_ lines: [[UInt8]]) -> Double {
+        median(sample(reps) { _ in
+            var f = Framer(maxMessage: 4 << 20)
+            for l in lines { sink &+= f.feed(l).count }
+        })
+    }
+    let body = (0..<256).map { _ in Array(("\"" + String(repeating: "y", count: 4090) + "\",\n").utf8) }
+    let multiLine = [Array(#"{"id":["#.utf8)] + body + [Array("1]}\n".utf8)]
+    let oneLine = [multiLine.joined().map { $0 == 0x0A ? 0x20 : $0 } + [0x0A]]
+    let oneLineNs = framerNs(oneLine), multiLineNs = framerNs(multiLine)
+    let framerBaseline = BenchResult(name: "framer-1mib-one-line-ms", value: oneLineNs / 1e6, unit: "ms",
+                                     note: "baseline: a 1 MiB message on one line, fed in one piece")
+    results.append(framerBaseline)
+    results.append(BenchResult(name: "framer-1mib-4k-lines-ms", value: multiLineNs / 1e6, unit: "ms", baseline: framerBaseline,
+                               note: "the same message in 257 lines of 4 KiB, fed a line at a time; ratio to one line: \(String(format: "%.2f", multiLineNs / oneLineNs))×"))
+
     // A 1 TiB VM with 16,000 runs, as the GFN map sees it, on a 200×60 terminal.
     let pages: UInt64 = sizes.mapBytes / 4096
     let runCount = min(16_000, sizes.mapRuns)
