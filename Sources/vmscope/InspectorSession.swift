@@ -248,10 +248,11 @@ final class InspectorSession {
                 if let r = recording { _ = r.stop(); recording = nil }
                 return
             }
-            guard let key = terminal.readKey() else { continue }
+            guard let first = terminal.readKey() else { continue }
             dirty = true
-            if key == .resize { continue }
-            for effect in ui.handle(key) where !perform(effect) { return }
+            for key in [first] + terminal.typedKeys() where key != .resize {
+                for effect in ui.handle(key) where !perform(effect) { return }
+            }
         }
     }
 }

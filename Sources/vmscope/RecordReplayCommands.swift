@@ -219,10 +219,11 @@ final class ReplaySession {
                 dirty = false
             }
             if Terminal.interrupted.load(ordering: .relaxed) != 0 { return }
-            guard let key = terminal.readKey() else { continue }
+            guard let first = terminal.readKey() else { continue }
             dirty = true
-            if key == .resize { continue }
-            for effect in ui.handle(key) where !perform(effect, now: HostClock.monotonicNs()) { return }
+            for key in [first] + terminal.typedKeys() where key != .resize {
+                for effect in ui.handle(key) where !perform(effect, now: HostClock.monotonicNs()) { return }
+            }
         }
     }
 }

@@ -109,6 +109,16 @@ final class Terminal {
         refresh()
     }
 
+    /// The keys typed already, without waiting (at most `limit`): a loop whose pass is slow (a VM in the lab
+    /// answers a query in a few hundred ms) takes what was typed meanwhile at once, not one key a pass.
+    func typedKeys(limit: Int = 256) -> [Key] {
+        timeout(0)
+        defer { timeout(50) }
+        var keys: [Key] = []
+        while keys.count < limit, let k = readKey() { keys.append(k) }
+        return keys
+    }
+
     /// The next key, or nil after the input timeout (50 ms).
     func readKey() -> Key? {
         var code: Int32 = 0
