@@ -272,6 +272,8 @@ public final class ControlClient: @unchecked Sendable {
     @discardableResult
     public func execute(_ name: String, _ arguments: JSON? = nil, timeoutMs: Int32 = 30_000) throws(ControlClientError) -> JSON {
         lock.lock()
+        // Closed already (the server broke the protocol, or went away): say why, not what sending finds.
+        if let closedReason { lock.unlock(); throw .connection(closedReason) }
         let id = "vmscope-\(nextID)"
         nextID += 1
         waiting.insert(id)
@@ -282,8 +284,8 @@ public final class ControlClient: @unchecked Sendable {
         members.append(("id", .string(id)))
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         do { try connection.send(JSON.object(members).serialized) } catch {
-            lock.lock(); waiting.remove(id); lock.unlock()
-            throw .connection(error.description)
+            lock.lock(); waiting.remove(id); let reason = closedReason; lock.unlock()
+            throw .connection(reason ?? error.description)
         }
         lock.lock()
         defer {
