@@ -109,13 +109,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             i += chunk
         }
         _ = Renderer().render(model, InspectorUI(), width: 80, height: 24)
-        for focus in Pane.allCases {
-            var ui = InspectorUI()
-            ui.focus = focus
-            _ = Renderer().render(model, ui, width: 120, height: 40)
-        }
+        // One more pane focused, chosen by the input (every pane each time cost the fuzzer most of its speed).
+        var ui = InspectorUI()
+        ui.focus = Pane(rawValue: Int(input.last ?? 0) % Pane.allCases.count) ?? .map
+        _ = Renderer().render(model, ui, width: 120, height: 40)
         _ = Snapshot.json(model, takenAtWallNs: .max, origin: .live)
-        _ = Snapshot.text(model, ascii: false)
+        if input.count % 8 == 0 { _ = Snapshot.text(model, ascii: false) }
     }
 
     /// One message of a session as the inspector would take it: the greeting, an event, or a reply applied as
