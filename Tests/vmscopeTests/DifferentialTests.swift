@@ -32,6 +32,18 @@ struct Scenario {
 
     var lastSeq: UInt64 { ((try? c.faults(limit: 1)) ?? []).last?["seq"]?.uint64Value ?? 0 }
 
+    /// Waits (at most `seconds`) until every page of `range` is private, and returns the state that ended the
+    /// wait: read again later, a page may have gone shared by the guest's own wrong-view read through the alias
+    /// (step 3's records), which is timing, not the engine.
+    func untilPrivate(_ range: Range<UInt64>, seconds: Double) -> [Bool] {
+        var final: [Bool] = []
+        _ = eventuallyTrue(seconds) {
+            final = (try? attributes(range)) ?? []
+            return !final.isEmpty && final.allSatisfy { $0 }
+        }
+        return final
+    }
+
     func records(after seq: UInt64, in range: Range<UInt64>) throws -> [JSON] {
         try c.faults().filter {
             ($0["seq"]?.uint64Value ?? 0) > seq && range.contains(($0["gpa"]?.uint64Value ?? 0) & ~alias)
@@ -66,13 +78,7 @@ struct Scenario {
         let mark = lastSeq
         let errors = guest(vcpu, "integrity-errors")
         _ = try convert(range, toPrivate: false, discard: discard)
-        // The state that ends the wait is the one compared: read again later, a page may have gone shared by the
-        // guest's own wrong-view read through the alias (step 3's records), which is timing, not the engine.
-        var final: [Bool] = []
-        _ = eventuallyTrue(120) {
-            final = (try? attributes(range)) ?? []
-            return !final.isEmpty && final.allSatisfy { $0 }
-        }
+        let final = untilPrivate(range, seconds: 120)
         var o = StepOutcome()
         let rs = try records(after: mark, in: range).filter { $0["private"]?.boolValue == true }
         o.records = Set(rs.map(key))
@@ -85,10 +91,17 @@ struct Scenario {
     }
 
     /// The guest's own wrong-view reads through the alias (every 64 passes) and its doorbell conversions.
-    func guestActivity(seconds: Double) throws -> StepOutcome {
+    /// Waits at least `seconds`, and on until a wrong-view read through the alias and a doorbell request have
+    /// come (at most `limit` s): the lab's guest runs at TCG speed, which the load of the other suites changes,
+    /// so a fixed window saw none there in one CI run.
+    func guestActivity(seconds: Double, limit: Double = 60) throws -> StepOutcome {
         let mark = lastSeq
         let doorbells = guest(0, "doorbell-requests")
         Thread.sleep(forTimeInterval: seconds)
+        _ = eventuallyTrue(limit - seconds) {
+            let seen = (try? records(after: mark, in: 0..<(64 << 20))) ?? []
+            return seen.contains { ($0["gpa"]?.uint64Value ?? 0) & self.alias != 0 } && guest(0, "doorbell-requests") > doorbells
+        }
         let rs = try records(after: mark, in: 0..<(64 << 20))
         let alias = rs.filter { ($0["gpa"]?.uint64Value ?? 0) & self.alias != 0 }
         var o = StepOutcome()
@@ -122,9 +135,8 @@ struct Scenario {
         o.facts.append("vCPU 0 fault-stopped on the page: \(stopped)")
         _ = try c.execute("set-fault-policy", .object([("policy", .string("convert"))]))
         _ = try c.execute("vcpu-control", .object([("action", .string("resume"))]))
-        _ = eventuallyTrue(60) { ((try? attributes(range)) ?? []).allSatisfy { $0 } }
+        o.finalPrivate = untilPrivate(range, seconds: 60)
         o.records = Set(pausedHere.map(key))
-        o.finalPrivate = try attributes(range)
         o.facts.append("vCPU 0 after resume: \((try? c.execute("query-vcpus"))?.arrayValue?[0]["state"]?.stringValue ?? "?")")
         return o
     }
