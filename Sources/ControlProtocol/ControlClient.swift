@@ -93,7 +93,8 @@ public final class ControlClient: @unchecked Sendable {
     private var waiting: Set<String> = []
     private var replies: [String: JSON] = [:]
     /// An error without id (the server could not read a message of ours): every waiting command gets it.
-    private var idlessError: (errorClass: String, desc: String, serial: Int)?
+    private var idlessError: (errorClass: String, desc: String)?
+    /// How many errors without id came (a command waits for one that comes after it was sent).
     private var idlessErrors = 0
     private var stray: UInt64 = 0
     /// Events not yet taken; a taken one is released at once (a fault batch can hold thousands of records).
@@ -244,7 +245,7 @@ public final class ControlClient: @unchecked Sendable {
             // An error without id: the server could not read a message of ours; whoever waits hears it.
             idlessErrors += 1
             idlessError = (e["class"]?.stringValue ?? "GenericError",
-                           (e["desc"]?.stringValue ?? "") + " (an error without id: the server could not read a command)", idlessErrors)
+                           (e["desc"]?.stringValue ?? "") + " (an error without id: the server could not read a command)")
         } else {
             stray += 1  // late after a timeout, an id we never sent, or a greeting-like object: dropped
         }
@@ -295,7 +296,7 @@ public final class ControlClient: @unchecked Sendable {
             lock.unlock()
         }
         while replies[id] == nil {
-            if let e = idlessError, e.serial > idlessSeen { throw .command(errorClass: e.errorClass, desc: e.desc) }
+            if idlessErrors > idlessSeen, let e = idlessError { throw .command(errorClass: e.errorClass, desc: e.desc) }
             if let closedReason { throw .connection(closedReason) }
             if !lock.wait(until: deadline) && replies[id] == nil { throw .timeout("no reply to \(name)") }
         }

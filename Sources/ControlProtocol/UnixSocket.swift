@@ -25,9 +25,10 @@ func makeAddress(_ path: String) throws(SocketError) -> sockaddr_un {
     return addr
 }
 
-/// A blocking stream socket connected to `addr`, or which call failed (`socket` or `connect`) and its errno.
-func connectedSocket(_ addr: inout sockaddr_un) -> Result<Int32, ConnectFailure> {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+/// A stream socket connected to `addr` (blocking unless `nonBlocking`), or which call failed (`socket` or
+/// `connect`) and its errno.
+func connectedSocket(_ addr: inout sockaddr_un, nonBlocking: Bool = false) -> Result<Int32, ConnectFailure> {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0), 0)
     guard fd >= 0 else { return .failure(ConnectFailure(call: "socket", errno: errno)) }
     let rc = withUnsafePointer(to: &addr) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
@@ -67,13 +68,10 @@ public final class UnixListener: @unchecked Sendable {
     /// whose backlog is full answers EAGAIN at once (a blocking connect would wait for it to accept, forever if
     /// it is stuck).
     private static func probe(_ addr: inout sockaddr_un) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return errno }
-        defer { close(fd) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        switch connectedSocket(&addr, nonBlocking: true) {
+        case .success(let fd): close(fd); return 0
+        case .failure(let e): return e.errno
         }
-        return rc == 0 ? 0 : errno
     }
 
     public init(path: String) throws(SocketError) {

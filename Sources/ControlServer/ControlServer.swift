@@ -222,18 +222,13 @@ public final class ControlServer: @unchecked Sendable {
         while let fd = listener.accept() {
             guard let cred = peerCredentials(fd) else { close(fd); continue }
             if cred.uid != 0 && cred.uid != options.allowedUID {
-                // Refused before anything else: one error line, then the connection closes.
-                let line = QMP.error(.permissionDenied, "uid \(cred.uid) may not use this VMM's control socket; only root and uid \(options.allowedUID) may", id: nil).serialized + "\n"
-                _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-                close(fd)
-                logger.warning("refused a client", metadata: ["uid": "\(cred.uid)", "pid": "\(cred.pid)"])
+                refuse(fd, .permissionDenied, "uid \(cred.uid) may not use this VMM's control socket; only root and uid \(options.allowedUID) may",
+                       log: "refused a client", ["uid": "\(cred.uid)", "pid": "\(cred.pid)"])
                 continue
             }
             if clients.count >= options.maxClients {
-                let line = QMP.error(.genericError, "this VMM serves \(options.maxClients) clients at once; try again when one has gone", id: nil).serialized + "\n"
-                _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-                close(fd)
-                logger.warning("refused a client: too many", metadata: ["pid": "\(cred.pid)", "clients": "\(clients.count)"])
+                refuse(fd, .genericError, "this VMM serves \(options.maxClients) clients at once; try again when one has gone",
+                       log: "refused a client: too many", ["pid": "\(cred.pid)", "clients": "\(clients.count)"])
                 continue
             }
             let c = Client(fd: fd, id: nextID, pid: cred.pid, uid: cred.uid)
@@ -243,6 +238,14 @@ public final class ControlServer: @unchecked Sendable {
             queue(QMP.greeting, to: c)
             logger.debug("client connected", metadata: ["client": "\(c.id)", "pid": "\(cred.pid)"])
         }
+    }
+
+    /// Refused before anything else: one error line, then the connection closes.
+    private func refuse(_ fd: Int32, _ errorClass: QMP.ErrorClass, _ desc: String, log: Logger.Message, _ metadata: Logger.Metadata) {
+        let line = QMP.error(errorClass, desc, id: nil).serialized + "\n"
+        _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        close(fd)
+        logger.warning(log, metadata: metadata)
     }
 
     private func reap() {
