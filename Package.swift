@@ -10,7 +10,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-algorithms", from: "1.2.1"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
@@ -21,20 +20,20 @@ let package = Package(
         // C shim, terminal half: ncursesw's macros and globals Swift cannot import.
         .target(name: "CNcurses", linkerSettings: [.linkedLibrary("ncursesw")]),
         // Typed handles over /dev/kvm, VM and vCPU file descriptors.
-        .target(name: "KVM", dependencies: [
-            "CKVM",
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(name: "KVM", dependencies: ["CKVM"]),
         // A minimal 32-bit x86 assembler and the built-in guest program written with it.
         .target(name: "GuestCode"),
+        // The control protocol's one schema: JSON, QMP framing, and every command, reply, event and enumeration as
+        // Swift types. The VMM and every client import it.
+        .target(name: "Schema"),
         // The reference VMM: memory model, attribute engines, built-in guest, vCPU threads.
         .target(name: "VMM", dependencies: [
-            "KVM", "GuestCode", "CKVM",
+            "KVM", "GuestCode", "CKVM", "Schema",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Algorithms", package: "swift-algorithms"),
         ]),
-        // The control protocol's wire format (QMP framing, JSON) and the client every front end uses.
-        .target(name: "ControlProtocol", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),
+        // The control protocol's transport (framing, Unix sockets) and the client every front end uses; re-exports Schema.
+        .target(name: "ControlProtocol", dependencies: ["Schema", .product(name: "DequeModule", package: "swift-collections")]),
         // zlib (Debian's zlib1g-dev), for recordings.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings.
@@ -75,10 +74,10 @@ let package = Package(
         // Helpers shared by the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "TestSupport"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "Schema", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
-        .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol"], exclude: ["Fixtures"]),
-        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "ControlServer", "VMM", "TestSupport"]),
+        .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
+        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab"]),
     ],

@@ -7,19 +7,15 @@ public func faultEventBytes(batches: Int, perBatch: Int) -> [UInt8] {
     var out: [UInt8] = []
     var seq: UInt64 = 1
     for b in 0..<batches {
-        var records: [JSON] = []
+        var records: [FaultRecord] = []
         for i in 0..<perBatch {
             let gpa = UInt64(0x100000 + ((b * perBatch + i) % 65536) * 4096)
-            records.append(.object([
-                ("seq", .u(seq)), (Wire.timeNs.name, .u(1_000_000_000 + seq * 1000)), ("vcpu", .i(i % 4)), ("gpa", .u(gpa)),
-                ("size", .i(4096)), ("flags", .i(8)), ("private", .bool(true)), ("access", .string(i % 2 == 0 ? "write" : "read")),
-                ("errno", .null), ("source", .string("vmm")), ("exit", .string("MMIO")), ("attribute", .string("shared")),
-                ("slot", .i(3)), ("action", .string("converted")),
-            ]))
+            records.append(FaultRecord(seq: seq, timeNs: 1_000_000_000 + seq * 1000, vcpu: i % 4, gpa: gpa, flags: 8,
+                                       access: i % 2 == 0 ? .write : .read, source: .vmm, exit: .mmio, attribute: .shared,
+                                       slot: 3, action: .converted))
             seq += 1
         }
-        QMP.event("MEMORY_FAULT", .object([("records", .array(records)), ("dropped", .i(0))]), wallNs: 1_700_000_000_000_000_000)
-            .write(to: &out)
+        Event.memoryFault(FaultBatch(records: records)).message(wallNs: 1_700_000_000_000_000_000).write(to: &out)
         out.append(0x0A)
     }
     return out

@@ -58,7 +58,7 @@ public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, deviceP
             for _ in 0..<1000 {
                 vm.vmm.faults.append(FaultRecord(timeNs: nowNs(), vcpu: Int(gfn % 2), gpa: 0x100000 + (gfn % 4096) * 4096,
                                                  size: 4096, flags: 8, isPrivate: true, access: .write, errno: nil,
-                                                 source: .vmm, exit: "MMIO", attribute: "shared", slot: 1, action: .reported))
+                                                 source: .vmm, exit: .mmio, attribute: .shared, slot: 1, action: .reported))
                 gfn &+= 1
             }
             next += 10_000_000

@@ -30,14 +30,12 @@ public enum ControlPeer: Sendable, Equatable {
 
     /// From a QMP greeting (vmscope's adds `vmscope.protocol`); nil when it is not one.
     public init?(greeting: JSON) {
-        guard let version = greeting["QMP"]?["version"] else { return nil }
-        let package = version["package"]?.stringValue ?? ""
-        if let v = greeting["vmscope"]?["protocol"]?.intValue {
-            self = .vmscope(protocolVersion: v, package: package)
+        guard let g = QMP.Greeting(greeting) else { return nil }
+        if let v = g.vmscopeProtocol {
+            self = .vmscope(protocolVersion: v, package: g.package)
         } else {
-            let q = version["qemu"]
-            let parts = ["major", "minor", "micro"].map { q?[$0]?.intValue.map(String.init) ?? "?" }
-            self = .qemu(version: parts.joined(separator: "."), package: package)
+            let parts = [g.major, g.minor, g.micro].map { $0.map(String.init) ?? "?" }
+            self = .qemu(version: parts.joined(separator: "."), package: g.package)
         }
     }
 
@@ -55,6 +53,23 @@ public enum ControlPeer: Sendable, Equatable {
 public enum ControlEvent: Sendable {
     case faults(FaultBatch)
     case json(JSON)
+
+    /// The event, typed.
+    public var event: Event {
+        switch self {
+        case .faults(let b): .memoryFault(b)
+        case .json(let j): Event(message: j) ?? .other(name: "", data: j)
+        }
+    }
+
+    /// The event as a message: as it came, or (a batch decoded on the fast path) as the server writes one, without
+    /// its timestamp.
+    public var message: JSON {
+        switch self {
+        case .faults(let b): Event.memoryFault(b).message()
+        case .json(let j): j
+        }
+    }
 }
 
 /// A negotiated QMP session: one command at a time or several in flight (replies matched by `id`), events
@@ -155,7 +170,7 @@ public final class ControlClient: @unchecked Sendable {
         t.name = "vmscope-qmp-reader"
         reader = t
         t.start()
-        _ = try execute("qmp_capabilities", timeoutMs: timeoutMs)
+        _ = try run(QMPCapabilities(), timeoutMs: timeoutMs)
     }
 
     deinit { connection.shutdown() }
@@ -237,16 +252,16 @@ public final class ControlClient: @unchecked Sendable {
         }
         lock.lock()
         defer { lock.broadcast(); lock.unlock() }
-        if message["event"] != nil {
+        switch QMP.Message(message) {
+        case .event:
             enqueue(.json(message), bytes: bytes.count)
-        } else if let id = message["id"]?.stringValue, waiting.contains(id) {
-            replies[id] = message
-        } else if message["id"] == nil, let e = message["error"], !waiting.isEmpty {
+        case .reply(_, let id?), .error(_, _, let id?):
+            if let id = id.stringValue, waiting.contains(id) { replies[id] = message } else { stray += 1 }
+        case .error(let c, let d, nil) where !waiting.isEmpty:
             // An error without id: the server could not read a message of ours; whoever waits hears it.
             idlessErrors += 1
-            idlessError = (e["class"]?.stringValue ?? "GenericError",
-                           (e["desc"]?.stringValue ?? "") + " (an error without id: the server could not read a command)")
-        } else {
+            idlessError = (c, d + " (an error without id: the server could not read a command)")
+        default:
             stray += 1  // late after a timeout, an id we never sent, or a greeting-like object: dropped
         }
         return true
@@ -280,11 +295,8 @@ public final class ControlClient: @unchecked Sendable {
         waiting.insert(id)
         let idlessSeen = idlessErrors
         lock.unlock()
-        var members: [(String, JSON)] = [("execute", .string(name))]
-        if let arguments { members.append(("arguments", arguments)) }
-        members.append(("id", .string(id)))
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
-        do { try connection.send(JSON.object(members).serialized) } catch {
+        do { try connection.send(QMP.command(name, arguments, id: .string(id)).serialized) } catch {
             lock.lock(); waiting.remove(id); let reason = closedReason; lock.unlock()
             throw .connection(reason ?? error.description)
         }
@@ -301,21 +313,23 @@ public final class ControlClient: @unchecked Sendable {
             if !lock.wait(until: deadline) && replies[id] == nil { throw .timeout("no reply to \(name)") }
         }
         let reply = replies[id]!
-        if let e = reply["error"] {
-            throw .command(errorClass: e["class"]?.stringValue ?? "GenericError", desc: e["desc"]?.stringValue ?? "")
+        switch QMP.Message(reply) {
+        case .error(let c, let d, _): throw .command(errorClass: c, desc: d)
+        case .reply(let r, _): return r
+        default: throw .protocolError("reply without return or error: \(reply.serialized.prefix(200))")
         }
-        guard let r = reply["return"] else { throw .protocolError("reply without return or error: \(reply.serialized.prefix(200))") }
-        return r
+    }
+
+    /// Runs a typed command and reads its reply.
+    @discardableResult
+    public func run<C: SchemaCommand>(_ command: C, timeoutMs: Int32 = 30_000) throws(ControlClientError) -> C.Reply {
+        C.reply(try execute(C.name.rawValue, command.arguments, timeoutMs: timeoutMs))
     }
 
     /// The next event in arrival order, waiting up to `timeoutMs`; nil on timeout or when the connection is gone
     /// and every event was taken.
     public func nextEvent(timeoutMs: Int32) -> JSON? {
-        switch nextItem(timeoutMs: timeoutMs) {
-        case .none: nil
-        case .json(let j)?: j
-        case .faults(let b)?: b.eventJSON
-        }
+        nextItem(timeoutMs: timeoutMs)?.message
     }
 
     /// The next event as queued (decoded fault batches stay decoded).
@@ -336,12 +350,7 @@ public final class ControlClient: @unchecked Sendable {
     public func drainEvents() -> [JSON] {
         lock.lock()
         defer { lock.unlock() }
-        let out = events.map { e -> JSON in
-            switch e.event {
-            case .json(let j): j
-            case .faults(let b): b.eventJSON
-            }
-        }
+        let out = events.map { $0.event.message }
         events.removeAll()
         eventBytes = 0
         return out

@@ -325,27 +325,26 @@ public final class ControlServer: @unchecked Sendable {
             return
         }
         let id = message["id"]
-        if let unknown = members.first(where: { !["execute", "arguments", "id"].contains($0.0) }) {
-            let desc = unknown.0 == "exec-oob" ? "out-of-band execution is not offered (capabilities are [])"
+        if let unknown = members.first(where: { !QMP.commandMembers.contains($0.0) }) {
+            let desc = unknown.0 == QMP.outOfBandMember ? "out-of-band execution is not offered (capabilities are [])"
                 : "QMP input member '\(unknown.0)' is unexpected"
             queue(QMP.error(.genericError, desc, id: id), to: c)
             return
         }
-        guard let name = message["execute"]?.stringValue else {
+        guard case .command(let name?, let arguments, _) = QMP.Message(message) else {
             queue(QMP.error(.genericError, "QMP input lacks member 'execute' (a string naming the command)", id: id), to: c)
             return
         }
         if !c.negotiated {
-            guard name == "qmp_capabilities" else {
+            guard name == CommandName.qmpCapabilities.rawValue else {
                 queue(QMP.error(.commandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'", id: id), to: c)
                 return
             }
             do throws(CommandError) {
-                var args = try Arguments(message["arguments"])
-                if let enable = try args.optionalStringList("enable"), let first = enable.first {
+                var args = try Arguments(arguments)
+                if let first = try QMPCapabilities(&args).enable?.first {
                     throw CommandError(.genericError, "Capability '\(first)' is not available")
                 }
-                try args.finish()
             } catch {
                 queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
                 return
@@ -357,18 +356,14 @@ public final class ControlServer: @unchecked Sendable {
             queue(QMP.reply(.object([]), id: id), to: c)
             return
         }
-        if name == "qmp_capabilities" {
-            queue(QMP.error(.commandNotFound, "Capabilities negotiation is already complete, command ignored", id: id), to: c)
-            return
-        }
-        let audited = CommandTable.audited.contains(name)
+        let audited = CommandName(rawValue: name)?.isAudited ?? false
         do throws(CommandError) {
-            let result = try commands.run(name, message["arguments"])
+            let result = try commands.run(name, arguments)
             queue(QMP.reply(result, id: id), to: c)
-            if audited { audit(c, name, message["arguments"], outcome: "done") }
+            if audited { audit(c, name, arguments, outcome: "done") }
         } catch {
             queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
-            if audited { audit(c, name, message["arguments"], outcome: "refused: \(error.errorClass.rawValue): \(error.desc)") }
+            if audited { audit(c, name, arguments, outcome: "refused: \(error.errorClass.rawValue): \(error.desc)") }
         }
     }
 
@@ -427,12 +422,11 @@ public final class ControlServer: @unchecked Sendable {
         let (entries, missed) = vmm.events.lastSeq > c.eventCursor ? vmm.events.events(after: c.eventCursor) : ([], 0)
         c.eventsDropped += missed
         if c.eventsDropped > 0 {
-            queue(QMP.event("EVENTS_DROPPED", .object([("count", .u(c.eventsDropped))]), wallNs: wall(now)), to: c)
+            queue(Event.eventsDropped(count: c.eventsDropped, where: nil).message(wallNs: wall(now)), to: c)
             c.eventsDropped = 0
         }
         for e in entries {
-            let (name, data) = Encode.event(e.event)
-            queue(QMP.event(name, data, wallNs: wall(e.timeNs)), to: c)
+            queue(Encode.event(e.event).message(wallNs: wall(e.timeNs)), to: c)
         }
         c.eventCursor = entries.last?.seq ?? (c.eventCursor + missed)
 
@@ -441,7 +435,6 @@ public final class ControlServer: @unchecked Sendable {
         guard !records.isEmpty || dropped > 0 else { return }
         c.faultCursor = records.last?.seq ?? (c.faultCursor + dropped)
         c.lastFaultEvent = now
-        let data = JSON.object([("records", .array(records.map(Encode.record))), ("dropped", .u(dropped))])
-        queue(QMP.event("MEMORY_FAULT", data, wallNs: wall(now)), to: c)
+        queue(Event.memoryFault(FaultBatch(records: records, dropped: dropped)).message(wallNs: wall(now)), to: c)
     }
 }

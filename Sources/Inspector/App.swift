@@ -19,10 +19,34 @@ public enum Key: Sendable, Equatable, Hashable {
     case up, down, left, right, pageUp, pageDown, home, end, tab, backTab, enter, escape, backspace, resize
 }
 
-/// What the controller does for the UI: talk to the VMM, write files, move a replay, or quit.
+/// Something the user asked the VM's source to do: typed, whatever the source (vmscope's VMM, QEMU, a recording)
+/// makes of it. The source says whether it can (`VMSource.refusal`).
+public enum InspectorAction: Sendable, Equatable {
+    case convert(gpa: UInt64, size: UInt64, to: PageAttribute)
+    case inject(InjectionKind, vcpu: Int, gpa: UInt64, size: UInt64)
+    case vcpu(index: Int, VCPUAction)
+    case setPolicy(FaultPolicy)
+    case readMemory(gpa: UInt64, size: UInt64)
+
+    /// What the status line calls it.
+    public var description: String {
+        switch self {
+        case .convert(let gpa, let size, let to): "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(to.rawValue)"
+        case .inject(let kind, let vcpu, let gpa, let size):
+            "inject \(kind.rawValue) into \(kind == .nmi ? "vCPU \(vcpu)" : "\(Fmt.size(size)) at \(Fmt.hex(gpa))")"
+        case .vcpu(let index, let action): "\(action.rawValue) vCPU \(index)"
+        case .setPolicy(let p): "fault policy \(p.rawValue)"
+        case .readMemory(let gpa, _): "read \(Fmt.hex(gpa))"
+        }
+    }
+
+    /// Whether it changes the VM (refused in read-only sessions).
+    public var mutates: Bool { if case .readMemory = self { false } else { true } }
+}
+
+/// What the controller does for the UI: act on the source, write files, move a replay, or quit.
 public enum Effect: Sendable, Equatable {
-    case execute(name: String, arguments: JSON, description: String)
-    case readMemory(gpa: UInt64)
+    case act(InspectorAction)
     /// Read memory where row `row` of the memslot view (in its current order) starts: the session looks the row
     /// up in its model (`Renderer.memslot(atRow:)`), so no frame has to keep the rows' order for a key.
     case readMemslot(row: Int)
@@ -115,7 +139,7 @@ public struct InspectorUI: Sendable {
     public var vcpuCount = 0
     public var memslotCount = 0
     /// Run state of each vCPU, as last reported (`P` pauses a running one and resumes a stopped one).
-    public var vcpuStates: [String] = []
+    public var vcpuStates: [Open<VCPURunState>] = []
     /// Set while the views show a recording (`vmscope replay`): its timeline keys work, mutations do not.
     public var replay: ReplayStatus?
     /// Set while `R` records the session.
@@ -188,9 +212,8 @@ public struct InspectorUI: Sendable {
         KeyBinding(keys: [.char("i")], label: "i", help: "fault injection: mce, nmi, discard, revoke, flip", mutates: true) { ui in
             ui.overlay = .injectMenu(selected: 0); return [] },
         KeyBinding(keys: [.char("P")], label: "P", help: "pause / resume the selected vCPU", mutates: true) { ui in ui.pauseResume() },
-        KeyBinding(keys: [.char(".")], label: ".", help: "single-step the selected vCPU", mutates: true) { ui in
-            [.execute(name: "vcpu-control", arguments: .object([("index", .i(ui.vcpuCursor)), ("action", .string("step"))]),
-                      description: "step vCPU \(ui.vcpuCursor)")] },
+        KeyBinding(keys: [.char(".")], label: ".", help: "run the selected vCPU to its next exit", mutates: true) { ui in
+            [.act(.vcpu(index: ui.vcpuCursor, .step))] },
         KeyBinding(keys: [.char("f")], label: "f", help: "freeze / unfreeze the fault stream", mutates: false) { ui in
             ui.frozen.toggle(); ui.frozenAtSeq = nil; return [] },
         KeyBinding(keys: [.char("/")], label: "/", help: "filter faults: vcpu=N access=read|write source=vmm|kernel gpa=A-B", mutates: false) { ui in
@@ -204,7 +227,7 @@ public struct InspectorUI: Sendable {
             if ui.focus == .memslots && ui.memslotCount > 0 { return [.readMemslot(row: min(ui.memslotCursor, ui.memslotCount - 1))] }
             let gpa = ui.cursorGFN * 4096
             ui.overlay = .hexDump(gpa: gpa, bytes: nil)
-            return [.readMemory(gpa: gpa)] },
+            return [.act(.readMemory(gpa: gpa, size: 4096))] },
         KeyBinding(keys: [.char("S")], label: "S", help: "write a snapshot of every view to a file (.json and .txt)", mutates: false) { _ in
             [.snapshot] },
         KeyBinding(keys: [.char("R")], label: "R", help: "start / stop recording the session to a file", mutates: false) { ui in
@@ -227,7 +250,7 @@ public struct InspectorUI: Sendable {
         KeyBinding(keys: [.char("q")], label: "q", help: "quit", mutates: false) { _ in [.quit] },
     ]
 
-    public static let injectionKinds = ["mce", "nmi", "discard", "revoke", "flip"]
+    public static let injectionKinds = InjectionKind.allCases
 
     // MARK: Input
 
@@ -268,13 +291,14 @@ public struct InspectorUI: Sendable {
             if key == .char("y") || key == .char("Y") { return [effect] }
             status = ("cancelled", false)
         case .injectMenu(let sel):
+            let n = Self.injectionKinds.count
             switch key {
-            case .up, .char("k"): overlay = .injectMenu(selected: (sel + 4) % 5)
-            case .down, .char("j"): overlay = .injectMenu(selected: (sel + 1) % 5)
-            case .enter: overlay = nil; return inject(Self.injectionKinds[sel])
+            case .up, .char("k"): overlay = .injectMenu(selected: (sel + n - 1) % n)
+            case .down, .char("j"): overlay = .injectMenu(selected: (sel + 1) % n)
+            case .enter: overlay = nil; return inject(Self.injectionKinds[sel % n])
             case .char(let c):
                 overlay = nil
-                if let kind = Self.injectionKinds.first(where: { $0.first == c }) { return inject(kind) }
+                if let kind = Self.injectionKinds.first(where: { $0.rawValue.first == c }) { return inject(kind) }
             default: overlay = nil
             }
         }
@@ -353,23 +377,15 @@ public struct InspectorUI: Sendable {
 
     mutating func askConvert(toPrivate: Bool) {
         let (gpa, size) = targetRange
-        let word = toPrivate ? "private" : "shared"
-        let effect = Effect.execute(name: "set-memory-attributes",
-                                    arguments: .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(toPrivate))]),
-                                    description: "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(word)")
-        overlay = .confirm(prompt: "Convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(word)? y/N", effect: effect)
+        let to: PageAttribute = toPrivate ? .private : .shared
+        overlay = .confirm(prompt: "Convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(to.rawValue)? y/N",
+                           effect: .act(.convert(gpa: gpa, size: size, to: to)))
     }
 
-    mutating func inject(_ kind: String) -> [Effect] {
+    /// The selected vCPU and the selection (or the cell under the cursor); each source takes what its kind needs.
+    mutating func inject(_ kind: InjectionKind) -> [Effect] {
         let (gpa, size) = targetRange
-        var args: [(String, JSON)] = [("kind", .string(kind))]
-        switch kind {
-        case "nmi": args.append(("vcpu", .i(vcpuCursor)))
-        case "mce": args += [("vcpu", .i(vcpuCursor)), ("gpa", .u(gpa))]
-        default: args += [("gpa", .u(gpa)), ("size", .u(size))]
-        }
-        let target = kind == "nmi" ? "vCPU \(vcpuCursor)" : "\(Fmt.size(size)) at \(Fmt.hex(gpa))"
-        return [.execute(name: "inject-fault", arguments: .object(args), description: "inject \(kind) into \(target)")]
+        return [.act(.inject(kind, vcpu: vcpuCursor, gpa: gpa, size: size))]
     }
 
     mutating func replayOnly(_ c: ReplayControl) -> [Effect] {
@@ -378,10 +394,9 @@ public struct InspectorUI: Sendable {
     }
 
     mutating func pauseResume() -> [Effect] {
-        let state = vcpuCursor < vcpuStates.count ? vcpuStates[vcpuCursor] : "running"
-        let action = ["paused", "fault-stopped"].contains(state) ? "resume" : "pause"
-        return [.execute(name: "vcpu-control", arguments: .object([("index", .i(vcpuCursor)), ("action", .string(action))]),
-                         description: "\(action) vCPU \(vcpuCursor)")]
+        let state = vcpuCursor < vcpuStates.count ? vcpuStates[vcpuCursor] : .known(.running)
+        let stopped = state == .paused || state == .faultStopped
+        return [.act(.vcpu(index: vcpuCursor, stopped ? .resume : .pause))]
     }
 
     mutating func applyFilter(_ text: String) -> [Effect] {
@@ -407,21 +422,17 @@ public struct InspectorUI: Sendable {
             return []
         case "convert":
             guard words.count == 4, let gpa = Fmt.parseSize(words[1]), let size = Fmt.parseSize(words[2]),
-                  ["private", "shared"].contains(words[3]) else {
+                  let to = PageAttribute(rawValue: words[3]), to != .none else {
                 status = ("usage: convert GPA SIZE private|shared (e.g. convert 0x100000 2M shared)", true); return []
             }
             guard !readOnly else { status = ("read-only: conversions are disabled", true); return [] }
-            let p = words[3] == "private"
-            return [.execute(name: "set-memory-attributes",
-                             arguments: .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(p))]),
-                             description: "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(words[3])")]
+            return [.act(.convert(gpa: gpa, size: size, to: to))]
         case "policy":
-            guard words.count == 2, ["convert", "pause", "report"].contains(words[1]) else {
-                status = ("usage: policy convert|pause|report", true); return []
+            guard words.count == 2, let policy = FaultPolicy(rawValue: words[1]) else {
+                status = ("usage: policy \(FaultPolicy.allCases.map(\.rawValue).joined(separator: "|"))", true); return []
             }
             guard !readOnly else { status = ("read-only: policy changes are disabled", true); return [] }
-            return [.execute(name: "set-fault-policy", arguments: .object([("policy", .string(words[1]))]),
-                             description: "fault policy \(words[1])")]
+            return [.act(.setPolicy(policy))]
         default:
             status = ("unknown command '\(verb)': convert, goto, policy, quit", true)
             return []
@@ -437,8 +448,8 @@ public enum MemslotSort: String, Sendable {
 /// The fault stream's filter: `vcpu=N access=read|write|exec|unknown source=vmm|kernel gpa=A-B`.
 public struct FaultFilter: Sendable, Equatable {
     public var vcpu: Int?
-    public var access: String?
-    public var source: String?
+    public var access: FaultAccess?
+    public var source: FaultSource?
     public var gpaRange: ClosedRange<UInt64>?
     public var text = ""
 
@@ -457,11 +468,11 @@ public struct FaultFilter: Sendable, Equatable {
                 guard let n = Int(kv[1]), n >= 0 else { return .failure(ParseError(message: "filter: vcpu wants a number")) }
                 f.vcpu = n
             case "access":
-                guard ["read", "write", "exec", "unknown"].contains(kv[1]) else { return .failure(ParseError(message: "filter: access is read, write, exec or unknown")) }
-                f.access = kv[1]
+                guard let a = FaultAccess(rawValue: kv[1]) else { return .failure(ParseError(message: "filter: access is \(FaultAccess.choices)")) }
+                f.access = a
             case "source":
-                guard ["vmm", "kernel"].contains(kv[1]) else { return .failure(ParseError(message: "filter: source is vmm or kernel")) }
-                f.source = kv[1]
+                guard let s = FaultSource(rawValue: kv[1]) else { return .failure(ParseError(message: "filter: source is \(FaultSource.choices)")) }
+                f.source = s
             case "gpa":
                 let ends = kv[1].split(separator: "-").map { Fmt.parseSize(String($0)) }
                 guard ends.count == 2, let a = ends[0], let b = ends[1], a <= b else {
@@ -475,7 +486,7 @@ public struct FaultFilter: Sendable, Equatable {
         return .success(f)
     }
 
-    public func matches(_ r: FaultRow) -> Bool {
+    public func matches(_ r: FaultRecord) -> Bool {
         if let vcpu, r.vcpu != vcpu { return false }
         if let access, r.access != access { return false }
         if let source, r.source != source { return false }

@@ -11,7 +11,7 @@ public enum Capture {
         model.connection = .connected(client.peer.name)
         switch client.peer {
         case .vmscope:
-            model.apply(snapshot: try snapshotReply(client, faultLimit: faultLimit, timeoutMs: timeoutMs))
+            model.apply(snapshot: StateSnapshot(json: try snapshotReply(client, faultLimit: faultLimit, timeoutMs: timeoutMs)))
         case .qemu:
             var source = QEMUSource(greeting: client.greeting)
             try source.start({ name, args in try client.execute(name, args, timeoutMs: timeoutMs) }, model: &model, nowNs: nowNs,
@@ -23,6 +23,7 @@ public enum Capture {
     /// A vmscope VMM's `query-snapshot` reply with the newest `faultLimit` fault records (what a recording
     /// starts from).
     public static func snapshotReply(_ client: ControlClient, faultLimit: Int, timeoutMs: Int32 = 10_000) throws -> JSON {
-        try client.execute("query-snapshot", .object([("faults", .i(faultLimit))]), timeoutMs: timeoutMs)
+        let q = QuerySnapshot(faults: faultLimit)
+        return try client.execute(QuerySnapshot.name.rawValue, q.arguments, timeoutMs: timeoutMs)
     }
 }

@@ -28,30 +28,25 @@ public struct VMInfo: Sendable, Equatable {
 
     public init() {}
 
-    public init(_ j: JSON) {
-        name = j["name"]?.stringValue ?? "?"
-        pid = j["pid"]?.intValue
-        engine = j["attribute-engine"]?.stringValue ?? "?"
-        sharedAliasBit = j[Wire.sharedAlias.name]?.intValue
-        ramSize = j["ram-size"]?.uint64Value ?? 0
-        vcpus = j["vcpus"]?.intValue ?? 0
-        mutationsAllowed = j["mutations-allowed"]?.boolValue ?? false
-        faultInjectionAllowed = j["fault-injection-allowed"]?.boolValue ?? false
-        policy = j[Wire.faultPolicy.name]?.stringValue ?? "?"
+    /// A vmscope VMM's `query-vm` (engine and policy as it names them; `?` where it said nothing).
+    public init(_ d: VMDescription) {
+        name = d.name ?? "?"
+        pid = d.pid
+        engine = d.attributeEngine?.rawValue ?? "?"
+        sharedAliasBit = d.sharedAlias
+        ramSize = d.ramSize
+        vcpus = d.vcpus
+        mutationsAllowed = d.mutationsAllowed
+        faultInjectionAllowed = d.faultInjectionAllowed
+        policy = d.faultPolicy?.rawValue ?? "?"
     }
 }
 
+/// A memslot as the views show it: the protocol's `Memslot`, with what the inspector adds (page counts, and a
+/// stock QEMU's region, offset and device).
+@dynamicMemberLookup
 public struct MemslotRow: Sendable, Equatable {
-    public var slot: Int
-    public var asID: Int
-    public var gpa: UInt64
-    public var size: UInt64
-    public var flags: UInt64
-    public var flagNames: [String]
-    public var view: String
-    public var backing: String
-    public var guestMemfdOffset: UInt64?
-    public var userspaceAddress: UInt64
+    public var memslot: Memslot
     /// Private and shared 4 KiB pages of the RAM this slot maps (from the attribute runs).
     public var privatePages: UInt64 = 0
     public var sharedPages: UInt64 = 0
@@ -65,56 +60,44 @@ public struct MemslotRow: Sendable, Equatable {
     /// with `hotplugged` when it was plugged after start.
     public var device: String?
 
-    public init?(_ j: JSON) {
-        guard let slot = j["slot"]?.intValue, let gpa = j["gpa"]?.uint64Value, let size = j["size"]?.uint64Value else { return nil }
-        self.slot = slot
-        self.asID = j["as-id"]?.intValue ?? 0
-        self.gpa = gpa
-        self.size = size
-        self.flags = j["flags"]?.uint64Value ?? 0
-        self.flagNames = j["flag-names"]?.arrayValue?.compactMap(\.stringValue) ?? []
-        self.view = j["view"]?.stringValue ?? "?"
-        self.backing = j["backing"]?.stringValue ?? "?"
-        self.guestMemfdOffset = j["guest-memfd-offset"]?.uint64Value
-        self.userspaceAddress = j["userspace-addr"]?.uint64Value ?? 0
+    public subscript<T>(dynamicMember path: WritableKeyPath<Memslot, T>) -> T {
+        get { memslot[keyPath: path] }
+        set { memslot[keyPath: path] = newValue }
     }
 
-    /// A KVM-mapped range QEMU printed in `info mtree -f`: slot number unknown, type as backing.
+    public init(_ memslot: Memslot) { self.memslot = memslot }
+
+    public init?(_ j: JSON) {
+        guard let m = Memslot(json: j) else { return nil }
+        self.init(m)
+    }
+
+    /// A KVM-mapped range QEMU printed in `info mtree -f`: slot number unknown, QEMU's region type as backing.
     public init(qemu r: QEMUText.FlatRange, ordinal: Int, guestMemfd: Bool) {
-        self.init(slot: ordinal, gpa: r.start, size: r.size, view: "plain",
-                  backing: guestMemfd && r.type == "ram" ? "ram+guest_memfd" : r.type)
+        self.init(slot: ordinal, gpa: r.start, size: r.size, view: .known(.plain),
+                  backing: .unknown(guestMemfd && r.type == "ram" ? "ram+guest_memfd" : r.type))
         slotKnown = false
         regionName = r.name
         regionOffset = r.offset
     }
 
-    public init(slot: Int, gpa: UInt64, size: UInt64, view: String, backing: String, flagNames: [String] = []) {
-        self.slot = slot
-        self.asID = 0
-        self.gpa = gpa
-        self.size = size
-        self.flags = 0
-        self.flagNames = flagNames
-        self.view = view
-        self.backing = backing
-        self.userspaceAddress = 0
+    public init(slot: Int, gpa: UInt64, size: UInt64, view: Open<MemslotView>, backing: Open<MemslotBacking>, flagNames: [String] = []) {
+        self.init(Memslot(slot: slot, gpa: gpa, size: size, flagNames: flagNames, view: view, backing: backing))
+    }
+
+    /// Where the RAM this slot maps starts: its GPA, without the alias bit for a slot of the shared alias.
+    func ramStart(aliasMask: UInt64) -> UInt64 {
+        aliasMask != 0 && memslot.view == .shared ? memslot.gpa & ~aliasMask : memslot.gpa
     }
 }
 
 /// A run of RAM pages with one attribute, in bytes.
-public struct RunRow: Sendable, Equatable {
-    public var gpa: UInt64
-    public var size: UInt64
-    public var isPrivate: Bool
-    /// The run's end, saturated: a peer's run that wraps past 2^64 ends at the top instead of trapping.
-    public var end: UInt64 { gpa.saturatingAdd(size) }
-    public init(gpa: UInt64, size: UInt64, isPrivate: Bool) { self.gpa = gpa; self.size = size; self.isPrivate = isPrivate }
-}
+public typealias RunRow = AttributeRun
 
 public struct VCPURow: Sendable, Equatable {
     public var index: Int
     public var threadID: Int
-    public var state: String
+    public var state: Open<VCPURunState>
     public var lastExit: String
     public var exitCounts: [(String, UInt64)]
     public var registers: [(String, UInt64)]
@@ -130,27 +113,35 @@ public struct VCPURow: Sendable, Equatable {
 
     public var totalExits: UInt64 { exitTotal ?? exitCounts.reduce(0) { $0.saturatingAdd($1.1) } }
 
-    static func pairs(_ j: JSON?) -> [(String, UInt64)] {
-        (j?.objectMembers ?? []).compactMap { k, v in v.uint64Value.map { (k, $0) } }
+    /// A vmscope VMM's vCPU.
+    public init(_ v: VCPUStatus) {
+        index = v.index
+        threadID = v.threadID
+        state = v.state
+        lastExit = v.lastExit
+        exitCounts = v.exitCounts
+        registers = v.registers ?? []
+        segments = v.specialRegisters?.segments.map { ($0.0.rawValue, $0.1.selector) } ?? []
+        controlRegisters = v.specialRegisters?.control.map { ($0.0.rawValue, $0.1) } ?? []
+        stats = v.stats
+        guest = v.guest
+        error = v.error
     }
 
     public init?(_ j: JSON) {
-        guard let index = j["index"]?.intValue else { return nil }
-        self.index = index
-        threadID = j["thread-id"]?.intValue ?? 0
-        state = j["state"]?.stringValue ?? "?"
-        lastExit = j["last-exit"]?.stringValue ?? "-"
-        exitCounts = Self.pairs(j["exit-counts"])
-        registers = Self.pairs(j["regs"])
-        let sregs = j["sregs"]
-        segments = ["cs", "ds", "es", "fs", "gs", "ss"].compactMap { name in sregs?[name]?["selector"]?.uint64Value.map { (name, $0) } }
-        controlRegisters = ["cr0", "cr2", "cr3", "cr4", "efer"].compactMap { name in sregs?[name]?.uint64Value.map { (name, $0) } }
-        stats = Self.pairs(j["stats"])
-        guest = Self.pairs(j["guest"])
-        error = j["error"]?.stringValue
+        guard let v = VCPUStatus(json: j) else { return nil }
+        self.init(v)
     }
 
-    public init(index: Int, threadID: Int = 0, state: String, lastExit: String, exitCounts: [(String, UInt64)] = [],
+    /// Whether the state is one the views warn about.
+    public var isInTrouble: Bool {
+        switch state {
+        case .error, .shutdown, .faultStopped: true
+        default: false
+        }
+    }
+
+    public init(index: Int, threadID: Int = 0, state: Open<VCPURunState>, lastExit: String, exitCounts: [(String, UInt64)] = [],
                 registers: [(String, UInt64)] = [], segments: [(String, UInt64)] = [], controlRegisters: [(String, UInt64)] = [],
                 stats: [(String, UInt64)] = [], guest: [(String, UInt64)] = []) {
         self.index = index
@@ -188,7 +179,7 @@ public struct InspectorModel: Sendable {
     public var previousVCPUs: [VCPURow] = []
     public var vcpuRefreshIntervalNs: UInt64 = 0
     /// The newest fault records, oldest first, at most `faultCapacity`.
-    public private(set) var faults = Deque<FaultRow>()
+    public private(set) var faults = Deque<FaultRecord>()
     public let faultCapacity: Int
     /// Records the server said it dropped for us, and events it dropped.
     public var faultsDropped: UInt64 = 0
@@ -222,26 +213,27 @@ public struct InspectorModel: Sendable {
 
     // MARK: Query replies
 
-    public mutating func apply(vm j: JSON) { vm = VMInfo(j) }
+    public mutating func apply(vm d: VMDescription) { vm = VMInfo(d) }
+    public mutating func apply(vm j: JSON) { apply(vm: VMDescription(json: j)) }
 
-    public mutating func apply(memslots j: JSON) {
-        memslots = (j.arrayValue ?? []).compactMap(MemslotRow.init)
+    public mutating func apply(memslots list: MemslotList) {
+        memslots = list.memslots.map(MemslotRow.init)
         countPages()
         memslotsStale = false
     }
+    public mutating func apply(memslots j: JSON) { apply(memslots: MemslotList(json: j)) }
 
-    public mutating func apply(attributes j: JSON) {
-        runs = (j["runs"]?.arrayValue ?? []).compactMap { r in
-            guard let gpa = r["gpa"]?.uint64Value, let size = r["size"]?.uint64Value, let p = r["private"]?.boolValue else { return nil }
-            return RunRow(gpa: gpa, size: size, isPrivate: p)
-        }
+    public mutating func apply(attributes a: AttributeRuns) {
+        runs = a.runs
         countPages()
         attributesStale = false
     }
+    public mutating func apply(attributes j: JSON) { apply(attributes: AttributeRuns(json: j)) }
 
-    public mutating func apply(vcpus j: JSON, intervalNs: UInt64) {
-        apply(vcpus: (j.arrayValue ?? []).compactMap(VCPURow.init), intervalNs: intervalNs)
+    public mutating func apply(vcpus list: VCPUList, intervalNs: UInt64) {
+        apply(vcpus: list.vcpus.map(VCPURow.init), intervalNs: intervalNs)
     }
+    public mutating func apply(vcpus j: JSON, intervalNs: UInt64) { apply(vcpus: VCPUList(json: j), intervalNs: intervalNs) }
 
     /// New vCPU rows; the old ones become `previousVCPUs` (changes highlighted, rates computed over `intervalNs`).
     public mutating func apply(vcpus rows: [VCPURow], intervalNs: UInt64) {
@@ -255,8 +247,7 @@ public struct InspectorModel: Sendable {
         // Every number here comes from the peer (or a recording): sums saturate rather than trap.
         let alias = aliasMask
         for i in memslots.indices {
-            var start = memslots[i].gpa
-            if alias != 0 && memslots[i].view == "shared" { start &= ~alias }
+            let start = memslots[i].ramStart(aliasMask: alias)
             let end = start.saturatingAdd(memslots[i].size)
             var p: UInt64 = 0, s: UInt64 = 0
             var k = firstRun(endingAfter: start)
@@ -286,7 +277,7 @@ public struct InspectorModel: Sendable {
     public func memslot(containing gpa: UInt64) -> MemslotRow? {
         let alias = aliasMask
         return memslots.first { m in
-            let start = alias != 0 && m.view == "shared" ? m.gpa & ~alias : m.gpa
+            let start = m.ramStart(aliasMask: alias)
             return gpa >= start && gpa < start.saturatingAdd(m.size)
         }
     }
@@ -316,7 +307,7 @@ public struct InspectorModel: Sendable {
     }
 
     /// Keeps the newest `faultCapacity` of the buffer and `records`, trimmed and filled in bulk.
-    private mutating func store(_ records: [FaultRow]) {
+    private mutating func store(_ records: [FaultRecord]) {
         let keep = min(records.count, faultCapacity)
         let overflow = faults.count + keep - faultCapacity
         if overflow > 0 { faults.removeFirst(overflow) }
@@ -325,31 +316,28 @@ public struct InspectorModel: Sendable {
     }
 
     public mutating func apply(event e: JSON, nowNs: UInt64) {
-        let data = e["data"]
-        if e["event"]?.stringValue == "MEMORY_FAULT" {
-            apply(faults: FaultBatch(data: data), nowNs: nowNs)
+        if let event = Event(message: e) { apply(event: event, nowNs: nowNs) }
+    }
+
+    public mutating func apply(event e: Event, nowNs: UInt64) {
+        if case .memoryFault(let batch) = e {
+            apply(faults: batch, nowNs: nowNs)
             return
         }
         countEvent(nowNs: nowNs)
-        switch e["event"]?.stringValue {
-        case "MEMORY_ATTRIBUTES_CHANGED":
-            attributesStale = true
-            memslotsStale = true
-        case "MEMSLOTS_CHANGED":
-            memslotGeneration = data?["generation"]?.uint64Value ?? memslotGeneration
-            memslotsStale = true
-        case "EVENTS_DROPPED":
-            eventsDropped = eventsDropped.saturatingAdd(data?["count"]?.uint64Value ?? 0)
-        case "GUEST_REPORT":
-            if let kind = data?["kind"]?.stringValue {
-                let old = guestReports[kind] ?? (0, 0)
-                guestReports[kind] = (old.count + 1, data?["value"]?.uint64Value ?? 0)
-            }
-        case "VCPU_STATE_CHANGED":
-            if let i = data?["index"]?.intValue, let s = data?["state"]?.stringValue,
-               let k = vcpus.firstIndex(where: { $0.index == i }) {
-                vcpus[k].state = s
-            }
+        let layout = e.changesLayout
+        if layout.memslots { memslotsStale = true }
+        if layout.attributes { attributesStale = true }
+        switch e {
+        case .memslotsChanged(let generation):
+            memslotGeneration = generation ?? memslotGeneration
+        case .eventsDropped(let count, _):
+            eventsDropped = eventsDropped.saturatingAdd(count)
+        case .guestReport(_, let kind?, let value):
+            let old = guestReports[kind] ?? (0, 0)
+            guestReports[kind] = (old.count + 1, value)
+        case .vcpuStateChanged(let i?, let s?, _):
+            if let k = vcpus.firstIndex(where: { $0.index == i }) { vcpus[k].state = s }
         default:
             break
         }
@@ -359,9 +347,9 @@ public struct InspectorModel: Sendable {
     public var aliasMask: UInt64 { vm.sharedAliasBit.flatMap { (0..<64).contains($0) ? UInt64(1) << UInt64($0) : nil } ?? 0 }
 
     /// The RAM page a fault names: an access through the shared alias names the page without the alias bit.
-    public func canonicalGFN(_ f: FaultRow) -> UInt64 { (f.gpa & ~aliasMask) / 4096 }
+    public func canonicalGFN(_ f: FaultRecord) -> UInt64 { (f.gpa & ~aliasMask) / 4096 }
 
-    public mutating func append(fault f: FaultRow, nowNs: UInt64) {
+    public mutating func append(fault f: FaultRecord, nowNs: UInt64) {
         if faults.count >= faultCapacity { faults.removeFirst() }
         faults.append(f)
         faultsReceived += 1
@@ -370,7 +358,7 @@ public struct InspectorModel: Sendable {
     }
 
     /// Records from before the session (a snapshot's): kept and marked at their own time, not counted as arrivals.
-    mutating func appendHistory(_ records: [FaultRow]) {
+    mutating func appendHistory(_ records: [FaultRecord]) {
         store(records)
         for f in records { recentFaults.append(gfn: canonicalGFN(f), at: f.timeNs) }
     }
@@ -387,7 +375,7 @@ public struct InspectorModel: Sendable {
     }
 
     /// The faults as the view keeps them (at most `faultCapacity`, newest last).
-    public var visibleFaults: Deque<FaultRow> { faults }
+    public var visibleFaults: Deque<FaultRecord> { faults }
 }
 
 /// The newest `capacity` fault marks (GFN, monotonic ns), oldest overwritten first: O(1) per fault, so a burst

@@ -183,8 +183,9 @@ public struct QEMUSource: Sendable {
     }
 
     /// A QEMU event: run-state changes make the next poll come at once; device changes re-read memory.
-    public mutating func apply(event e: JSON, model: inout InspectorModel) {
-        switch e["event"]?.stringValue {
+    public mutating func apply(event e: Event, model: inout InspectorModel) {
+        guard case .other(let name, _) = e else { return }
+        switch name {
         case "STOP", "RESUME", "SHUTDOWN", "RESET", "POWERDOWN", "GUEST_PANICKED", "SUSPEND", "WAKEUP":
             lastFastPoll = 0
         case "DEVICE_DELETED", "ACPI_DEVICE_OST", "MEMORY_DEVICE_SIZE_CHANGE":
@@ -233,13 +234,14 @@ public struct QEMUSource: Sendable {
             let path = c["qom-path"]?.stringValue ?? ""
             let r = regs[index] ?? QEMUText.CPURegisters()
             let st = stats[path] ?? []
-            let state: String = switch runState {
-            case "running": r.halted ? "halted" : "running"
-            case "shutdown": "shutdown"
-            case "internal-error", "io-error", "guest-panicked": "error"
-            default: running ? "running" : "paused"
+            // QEMU's run states (query-status) as vCPU states.
+            let state: VCPURunState = switch runState {
+            case "running": r.halted ? .halted : .running
+            case "shutdown": .shutdown
+            case "internal-error", "io-error", "guest-panicked": .error
+            default: running ? .running : .paused
             }
-            var row = VCPURow(index: index, threadID: c["thread-id"]?.intValue ?? 0, state: state, lastExit: "-",
+            var row = VCPURow(index: index, threadID: c["thread-id"]?.intValue ?? 0, state: .known(state), lastExit: "-",
                               exitCounts: st.filter { $0.0.hasSuffix("_exits") },
                               registers: r.orderedGeneral, segments: r.orderedSelectors, controlRegisters: r.orderedControl,
                               stats: st)
@@ -250,31 +252,32 @@ public struct QEMUSource: Sendable {
         model.vm.vcpus = rows.count
     }
 
-    /// What an inspector action becomes on QEMU: one of QEMU's own commands, or a refusal with the reason.
+    /// What an inspector action becomes on QEMU: one of QEMU's own commands, a memory read through HMP `xp`, or a
+    /// refusal with the reason.
     public enum Translation: Sendable, Equatable {
         case run(name: String, arguments: JSON?, description: String)
+        case readMemory(gpa: UInt64)
         case refuse(String)
     }
 
-    public func translate(_ name: String, _ arguments: JSON) -> Translation {
-        switch name {
-        case "vcpu-control":
-            switch arguments["action"]?.stringValue {
-            case "pause": return .run(name: "stop", arguments: nil, description: "stop the VM (QEMU's stop pauses every vCPU)")
-            case "resume": return .run(name: "cont", arguments: nil, description: "continue the VM (QEMU's cont)")
-            default: return .refuse("\(versionText) has no QMP command to single-step a vCPU (its gdbstub can)")
-            }
-        case "inject-fault":
-            if arguments["kind"]?.stringValue == "nmi" {
-                return .run(name: "inject-nmi", arguments: nil, description: "inject an NMI (QEMU's inject-nmi: every vCPU)")
-            }
-            return .refuse("\(versionText) offers inject-nmi only; \(arguments["kind"]?.stringValue ?? "this") injection needs vmscope's VMM")
-        case "set-memory-attributes":
-            return .refuse("\(versionText) has no QMP command for private/shared conversion")
-        case "set-fault-policy":
-            return .refuse("\(versionText) has no memory-fault policy to set")
-        default:
-            return .refuse("\(versionText) has no equivalent of \(name)")
+    public func translate(_ action: InspectorAction) -> Translation {
+        switch action {
+        case .vcpu(_, .pause): .run(name: "stop", arguments: nil, description: "stop the VM (QEMU's stop pauses every vCPU)")
+        case .vcpu(_, .resume): .run(name: "cont", arguments: nil, description: "continue the VM (QEMU's cont)")
+        case .vcpu(_, .step): .refuse("\(versionText) has no QMP command to run a vCPU to its next exit (its gdbstub can single-step)")
+        case .inject(.nmi, _, _, _):
+            .run(name: "inject-nmi", arguments: nil, description: "inject an NMI (QEMU's inject-nmi: every vCPU)")
+        case .inject(let kind, _, _, _): .refuse("\(versionText) offers inject-nmi only; \(kind.rawValue) injection needs vmscope's VMM")
+        case .convert: .refuse("\(versionText) has no QMP command for private/shared conversion")
+        case .setPolicy: .refuse("\(versionText) has no memory-fault policy to set")
+        case .readMemory(let gpa, _): .readMemory(gpa: gpa)
         }
+    }
+}
+
+extension QEMUSource {
+    /// A QEMU event as parsed JSON.
+    public mutating func apply(event e: JSON, model: inout InspectorModel) {
+        if let event = Event(message: e) { apply(event: event, model: &model) }
     }
 }

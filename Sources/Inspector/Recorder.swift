@@ -27,7 +27,8 @@ public final class Recorder: @unchecked Sendable {
     /// Connects, writes the header and the opening snapshot. A stock QEMU is refused: it has no
     /// `query-snapshot` and serves one client per monitor, which the inspector already holds.
     public init(socket: String, path: String, faultLimit: Int = 256, recorder: String = "vmscope") throws {
-        let client = try ControlClient(path: socket, timeoutMs: 5000, decodeFaults: true)
+        // Events as they came (the fast fault decoder would drop each event's timestamp on the way to the file).
+        let client = try ControlClient(path: socket, timeoutMs: 5000, decodeFaults: false)
         guard case .vmscope = client.peer else {
             client.close()
             throw RecordingError.format("\(socket) is a stock QEMU: recording needs vmscope's VMM (QEMU has no query-snapshot, and serves one client per QMP monitor)")
@@ -53,9 +54,9 @@ public final class Recorder: @unchecked Sendable {
     /// Records until `shouldStop` says so, the deadline passes or the VMM goes away; finishes the file either
     /// way and returns why it stopped. A write error (disk full) finishes what it can and throws.
     public func run(until deadlineNs: UInt64? = nil, shouldStop: () -> Bool) throws -> String {
-        var reason = "stopped"
+        var reason = "stopped", peerGone = false
         do {
-            reason = try loop(until: deadlineNs, shouldStop: shouldStop)
+            (reason, peerGone) = try loop(until: deadlineNs, shouldStop: shouldStop)
         } catch {
             client.close()
             // The file is good up to the last flush; try to end it properly too (the disk may let the trailer in).
@@ -63,58 +64,52 @@ public final class Recorder: @unchecked Sendable {
             throw error
         }
         client.close()
-        try writer.finish(reason: reason, monotonicNs: HostClock.monotonicNs())
+        try writer.finish(reason: reason, peerGone: peerGone, monotonicNs: HostClock.monotonicNs())
         return reason
     }
 
-    private func loop(until deadlineNs: UInt64?, shouldStop: () -> Bool) throws -> String {
+    private func loop(until deadlineNs: UInt64?, shouldStop: () -> Bool) throws -> (String, peerGone: Bool) {
         while true {
-            if shouldStop() { return "stopped" }
+            if shouldStop() { return ("stopped", false) }
             let now = HostClock.monotonicNs()
-            if let deadlineNs, now >= deadlineNs { return "duration reached" }
+            if let deadlineNs, now >= deadlineNs { return ("duration reached", false) }
             var memslotsChanged = false, attributesChanged = false
             var n = 0
             while n < 4096, let item = client.nextItem(timeoutMs: n == 0 ? 50 : 0) {
-                let event: JSON
-                switch item {
-                case .faults(let batch): event = batch.eventJSON
-                case .json(let j): event = j
-                }
-                switch event["event"]?.stringValue {
-                case "MEMSLOTS_CHANGED": memslotsChanged = true
-                case "MEMORY_ATTRIBUTES_CHANGED": attributesChanged = true
-                default: break
-                }
-                try writer.append(.event(event), monotonicNs: HostClock.monotonicNs())
+                let layout = item.event.changesLayout
+                memslotsChanged = memslotsChanged || layout.memslots
+                attributesChanged = attributesChanged || layout.attributes
+                try writer.append(.event(item.message), monotonicNs: HostClock.monotonicNs())
                 n += 1
             }
             // Events this client's own queue had to drop: in the file as the server's EVENTS_DROPPED would be.
             let drops = client.eventsDropped
             if drops > lastClientDrops {
-                let e: JSON = .object([("event", .string("EVENTS_DROPPED")),
-                                       ("data", .object([("count", .u(drops - lastClientDrops)), ("where", .string("recorder"))]))])
-                try writer.append(.event(e), monotonicNs: HostClock.monotonicNs())
+                let e = Event.eventsDropped(count: drops - lastClientDrops, where: "recorder")
+                try writer.append(.event(e.message()), monotonicNs: HostClock.monotonicNs())
                 lastClientDrops = drops
             }
-            guard client.isConnected else { return "the VMM went away" }
+            guard client.isConnected else { return (Recording.peerGoneReason, true) }
             do {
-                if memslotsChanged { try query("query-memslots") }
-                if attributesChanged { try query("query-memory-attributes") }
+                // What an inspector would ask after such events: its layout queries, the vCPUs once a second.
+                if memslotsChanged { try query(QueryMemslots()) }
+                if attributesChanged { try query(QueryMemoryAttributes()) }
                 let t = HostClock.monotonicNs()
                 if t - lastVCPUs >= vcpuIntervalNs {
-                    try query("query-vcpus")
+                    try query(QueryVCPUs())
                     lastVCPUs = t
                 }
             } catch let e as ControlClientError {
                 if case .command = e { continue }
-                return "the VMM went away (\(e))"
+                return ("\(Recording.peerGoneReason) (\(e))", true)
             }
             try writer.flush()
         }
     }
 
-    private func query(_ name: String) throws {
-        let value = try client.execute(name, nil, timeoutMs: 10_000)
-        try writer.append(.reply(command: name, value: value), monotonicNs: HostClock.monotonicNs())
+    /// The reply as it came (the file keeps what the VMM said, not what this version reads of it).
+    private func query<C: SchemaCommand>(_ c: C) throws {
+        let value = try client.execute(C.name.rawValue, c.arguments, timeoutMs: 10_000)
+        try writer.append(.reply(command: C.name.rawValue, value: value), monotonicNs: HostClock.monotonicNs())
     }
 }

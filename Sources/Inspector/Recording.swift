@@ -70,14 +70,15 @@ public struct Recording: Sendable {
         case snapshot(JSON)
         case event(JSON)
         case reply(command: String, value: JSON)
-        case end(reason: String)
+        /// Why recording stopped; `peerGone` when the connection ended it (the views end disconnected).
+        case end(reason: String, peerGone: Bool)
 
         var json: JSON {
             switch self {
             case .snapshot(let j): .object([("snapshot", j)])
             case .event(let j): .object([("event", j)])
             case .reply(let c, let v): .object([("reply", .string(c)), ("return", v)])
-            case .end(let r): .object([("end", .string(r))])
+            case .end(let r, let gone): .object([("end", .string(r))] + (gone ? [("peer-gone", .bool(true))] : []))
             }
         }
 
@@ -85,7 +86,10 @@ public struct Recording: Sendable {
             if let s = j["snapshot"], case .object = s { self = .snapshot(s) }
             else if let e = j["event"], e["event"]?.stringValue != nil { self = .event(e) }
             else if let c = j["reply"]?.stringValue, let v = j["return"] { self = .reply(command: c, value: v) }
-            else if let r = j["end"]?.stringValue { self = .end(reason: r) }
+            else if let r = j["end"]?.stringValue {
+                // Recordings made before `peer-gone` existed say it only in the reason's words.
+                self = .end(reason: r, peerGone: j["peer-gone"]?.boolValue ?? r.hasPrefix(Recording.peerGoneReason))
+            }
             else { return nil }
         }
     }
@@ -96,8 +100,12 @@ public struct Recording: Sendable {
     public var damage: String?
     /// How recording ended (`end` entry), when it did.
     public var endReason: String? {
-        if case .end(let r)? = entries.last?.entry { r } else { nil }
+        if case .end(let r, _)? = entries.last?.entry { r } else { nil }
     }
+
+    /// The `end` reason the recorder writes when its peer went away (also how recordings from before `peer-gone`
+    /// say it).
+    public static let peerGoneReason = "the VMM went away"
     public var durationNs: UInt64 { entries.last?.t ?? 0 }
 
     /// Reads a recording as far as it is sound. A file that is not a recording, or one from a newer format
@@ -212,8 +220,8 @@ public final class RecordingWriter {
     }
 
     /// The `end` entry and the gzip trailer.
-    public func finish(reason: String, monotonicNs: UInt64) throws(RecordingError) {
-        try append(.end(reason: reason), monotonicNs: monotonicNs, flushEveryNs: .max)
+    public func finish(reason: String, peerGone: Bool = false, monotonicNs: UInt64) throws(RecordingError) {
+        try append(.end(reason: reason, peerGone: peerGone), monotonicNs: monotonicNs, flushEveryNs: .max)
         try gzip.finish()
     }
 }

@@ -175,19 +175,19 @@ public struct Renderer {
 
     /// One row of the fault list; `alias` is the VM's shared-alias mask: the gfn shown is the RAM page, an access
     /// through the alias marked `a`.
-    public static func faultLine(_ f: FaultRow, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0) -> String {
+    public static func faultLine(_ f: FaultRecord, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0) -> String {
         let vcpu = "v\(f.vcpu.map(String.init) ?? "-")"
         let wants = f.isPrivate ? "priv" : "shrd"
         if width < 70 {
-            return "\(Fmt.padLeft(String(f.seq), 6)) \(vcpu) \(Fmt.hex(f.gpa, width: 8)) \(Fmt.pad(f.access, 5)) \(wants) \(f.action)"
+            return "\(Fmt.padLeft(String(f.seq), 6)) \(vcpu) \(Fmt.hex(f.gpa, width: 8)) \(Fmt.pad(f.access.rawValue, 5)) \(wants) \(f.action)"
         }
         // A kernel record always comes from KVM_EXIT_MEMORY_FAULT: "kernel" says it in a row that must fit.
-        let origin = f.source == "kernel" && f.exit == "MEMORY_FAULT" ? "kernel" : "\(f.source)/\(f.exit)"
+        let origin = f.source == .kernel && f.exit == .memoryFault ? f.source.rawValue : "\(f.source)/\(f.exit)"
         let t = Double(f.timeNs &- baseNs) / 1e9
         let time = t >= 0 && t < 1e6 ? String(Int(t * 1000)) : "-"
         return "\(Fmt.padLeft(String(f.seq), 7)) \(Fmt.padLeft(time, 8))ms \(vcpu) "
             + "\(Fmt.hex(f.gpa, width: 8)) gfn \(Fmt.pad(String((f.gpa & ~alias) / 4096) + (f.gpa & alias != 0 ? "a" : ""), 7)) \(Fmt.pad(Fmt.size(f.size), 3)) "
-            + "\(Fmt.pad(f.access == "unknown" ? "-" : f.access, 5)) \(wants) \(origin) \(f.action) flags \(Fmt.hex(f.flags))"
+            + "\(Fmt.pad(f.access == .unknown ? "-" : f.access.rawValue, 5)) \(wants) \(origin) \(f.action) flags \(Fmt.hex(f.flags))"
     }
 
     /// The flags as the detail panel prints them: merged bits by name, proposals marked, others as `bit N`.
@@ -215,7 +215,7 @@ public struct Renderer {
         let detailHeight = r.height >= 12 ? 5 : 0
         let listHeight = r.height - 1 - detailHeight
         let all = m.visibleFaults
-        var shown: [FaultRow] = []
+        var shown: [FaultRecord] = []
         shown.reserveCapacity(listHeight * 2)
         let limitSeq = ui.frozen ? (ui.frozenAtSeq ?? all.last?.seq ?? 0) : UInt64.max
         // Newest first until the list and the cursor's offset are covered.
@@ -246,15 +246,15 @@ public struct Renderer {
         let viaAlias = f.gpa & alias != 0
         var place = "gpa \(Fmt.hex(f.gpa)) gfn \(m.canonicalGFN(f))\(viaAlias ? " via alias" : "") \(Fmt.size(f.size)) was \(f.attribute)"
         if let slot = f.slot, let ms = m.memslots.first(where: { $0.slot == slot }) {
-            let start = ms.view == "shared" ? ms.gpa & ~alias : ms.gpa
+            let start = ms.ramStart(aliasMask: alias)
             place += " · slot \(slot) (\(ms.view), \(ms.backing)) +\(Fmt.hex((f.gpa & ~alias) &- start))"
         } else {
             place += " · slot \(f.slot.map(String.init) ?? "none")"
         }
         details.append(place)
         details.append("access \(f.access) · wants \(f.isPrivate ? "private" : "shared") · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
-        if f.source == "vmm" { details.append("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT") }
-        else if f.source == "kernel" && (f.flags & 8 != 0) != f.isPrivate {
+        if f.source == .vmm { details.append("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT") }
+        else if f.source == .kernel && (f.flags & FaultRecord.flagPrivate != 0) != f.isPrivate {
             details.append("kernel flags give the attribute the access met; the guest used the \(viaAlias ? "shared alias" : "private view"), so it wants \(f.isPrivate ? "private" : "shared")")
         }
         var y = dy + 1
@@ -309,10 +309,10 @@ public struct Renderer {
     static func qemuMemslotLine(_ ms: MemslotRow, narrow: Bool) -> String {
         let region = (ms.regionName ?? "?") + (ms.regionOffset.map { " @\(Fmt.hex($0))" } ?? "") + (ms.device.map { " · \($0)" } ?? "")
         if narrow {
-            return "\(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) \(Fmt.pad(ms.backing, 4)) \(region)"
+            return "\(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) \(Fmt.pad(ms.backing.rawValue, 4)) \(region)"
         }
         let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa.saturatingAdd(ms.size), width: 8))"
-        return "\(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5))  \(Fmt.pad(ms.backing, 6)) \(region)"
+        return "\(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5))  \(Fmt.pad(ms.backing.rawValue, 6)) \(region)"
     }
 
     func memslotsPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
@@ -331,15 +331,15 @@ public struct Renderer {
             if !ms.slotKnown {
                 line = Self.qemuMemslotLine(ms, narrow: narrow)
             } else if narrow {
-                line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
+                line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view.rawValue, 7)) \(Fmt.hex(ms.gpa, width: 8)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
                     + "\(Fmt.pad(ms.flagNames.map(Self.shortFlag).joined(separator: ","), 5)) \(ms.privatePages)/\(ms.sharedPages)"
             } else {
                 let range = "\(Fmt.hex(ms.gpa, width: 8))-\(Fmt.hex(ms.gpa.saturatingAdd(ms.size), width: 8))"
-                line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view, 7)) \(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
-                    + "\(Fmt.pad(ms.flagNames.joined(separator: ","), 11)) \(Fmt.pad(ms.backing, 12)) \(ms.privatePages)/\(ms.sharedPages)"
+                line = "\(Fmt.padLeft(String(ms.slot), 4)) \(Fmt.pad(ms.view.rawValue, 7)) \(Fmt.pad(range, 23)) \(Fmt.padLeft(Fmt.size(ms.size), 5)) "
+                    + "\(Fmt.pad(ms.flagNames.joined(separator: ","), 11)) \(Fmt.pad(ms.backing.rawValue, 12)) \(ms.privatePages)/\(ms.sharedPages)"
             }
             let selected = ui.focus == .memslots && first + i == cursor
-            s.put(line, x: r.x, y: r.y + 1 + i, role: selected ? .cursor : (ms.view == "shared" ? .sharedPage : .normal), limit: r.width)
+            s.put(line, x: r.x, y: r.y + 1 + i, role: selected ? .cursor : (ms.view == .shared ? .sharedPage : .normal), limit: r.width)
         }
         if rows.isEmpty { s.put(m.peerIsQEMU ? "no KVM-mapped ranges in info mtree -f (yet)" : "no memslots", x: r.x, y: r.y + 1, role: .dim, limit: r.width) }
     }
@@ -358,11 +358,11 @@ public struct Renderer {
             let rate = prev.map { v.totalExits >= $0.totalExits ? Double(v.totalExits - $0.totalExits) / seconds : 0 } ?? 0
             // A QEMU without KVM has no exit counters: none shown rather than zeros.
             let counted = !(m.peerIsQEMU && v.stats.isEmpty)
-            let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state, 14)) \(Fmt.pad(v.lastExit, 16)) "
+            let line = "\(Fmt.padLeft(String(v.index), 4)) \(Fmt.pad(v.state.rawValue, 14)) \(Fmt.pad(v.lastExit, 16)) "
                 + "\(Fmt.padLeft(counted ? String(v.totalExits) : "-", 10)) \(Fmt.padLeft(counted ? String(Int(rate)) : "-", 10))"
                 + (v.threadID > 0 && threadFits ? "  \(v.threadID)" : "")
             let role: Role = ui.focus == .vcpus && v.index == ui.vcpuCursor ? .cursor
-                : (["error", "shutdown", "fault-stopped"].contains(v.state) ? .warning : .normal)
+                : (v.isInTrouble ? .warning : .normal)
             s.put(line, x: r.x, y: y, role: role, limit: r.width)
             y += 1
         }
@@ -440,7 +440,7 @@ public struct Renderer {
         case .injectMenu(let sel):
             let (gpa, size) = ui.targetRange
             let lines = InspectorUI.injectionKinds.enumerated().map { i, k in
-                (i == sel ? "> " : "  ") + k + ": " + [
+                (i == sel ? "> " : "  ") + k.rawValue + ": " + [
                     "machine check into vCPU \(ui.vcpuCursor) for \(Fmt.hex(gpa))", "NMI into vCPU \(ui.vcpuCursor)",
                     "punch the backing of \(Fmt.size(size)) at \(Fmt.hex(gpa))", "unmap \(Fmt.size(size)) at \(Fmt.hex(gpa))",
                     "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) behind the guest's back",

@@ -24,8 +24,7 @@ public struct Replay: Sendable {
         var bursts: [UInt64] = []
         var lastFault: UInt64?
         for (t, e) in recording.entries {
-            guard case .event(let j) = e, j["event"]?.stringValue == "MEMORY_FAULT",
-                  !(j["data"]?["records"]?.arrayValue ?? []).isEmpty else { continue }
+            guard case .event(let j) = e, case .memoryFault(let batch)? = Event(message: j), !batch.records.isEmpty else { continue }
             if lastFault.map({ t - $0 > Self.burstGapNs }) ?? true { bursts.append(t) }
             lastFault = t
         }
@@ -63,30 +62,30 @@ public struct Replay: Sendable {
         let now = monotonicNs(at: item.t)
         switch item.entry {
         case .snapshot(let j):
-            model.apply(snapshot: j)
+            model.apply(snapshot: StateSnapshot(json: j))
             lastSeq = max(lastSeq, model.visibleFaults.last?.seq ?? 0)
-        case .event(let e) where e["event"]?.stringValue == "MEMORY_FAULT":
-            var batch = FaultBatch(data: e["data"])
-            batch.records.removeAll { $0.seq <= lastSeq }
-            lastSeq = max(lastSeq, batch.records.last?.seq ?? 0)
-            model.apply(faults: batch, nowNs: now)
         case .event(let e):
-            model.apply(event: e, nowNs: now)
+            guard let event = Event(message: e) else { return }
+            if case .memoryFault(var batch) = event {
+                batch.records.removeAll { $0.seq <= lastSeq }
+                lastSeq = max(lastSeq, batch.records.last?.seq ?? 0)
+                model.apply(faults: batch, nowNs: now)
+            } else {
+                model.apply(event: event, nowNs: now)
+            }
         case .reply(let command, let value):
-            switch command {
-            case "query-vm": model.apply(vm: value)
-            case "query-memslots": model.apply(memslots: value)
-            case "query-memory-attributes": model.apply(attributes: value)
-            case "query-vcpus":
-                model.apply(vcpus: value, intervalNs: lastVCPUReplyNs == 0 ? 1 : item.t - lastVCPUReplyNs)
+            switch CommandName(rawValue: command) {
+            case .queryVM?: model.apply(vm: QueryVM.reply(value))
+            case .queryMemslots?: model.apply(memslots: QueryMemslots.reply(value))
+            case .queryMemoryAttributes?: model.apply(attributes: QueryMemoryAttributes.reply(value))
+            case .queryVCPUs?:
+                model.apply(vcpus: QueryVCPUs.reply(value), intervalNs: lastVCPUReplyNs == 0 ? 1 : item.t - lastVCPUReplyNs)
                 lastVCPUReplyNs = item.t
             default: break
             }
-        case .end(let reason) where reason.hasPrefix("the VMM went away"):
+        case .end(let reason, let peerGone):
             // The recording ends where the live connection did.
-            model.connection = .disconnected(reason)
-        case .end:
-            break
+            if peerGone { model.connection = .disconnected(reason) }
         }
     }
 

@@ -7,8 +7,8 @@ import ControlProtocol
 /// `query-snapshot`, a stock QEMU's queries, or a recording replayed to a point in time. So a live snapshot and a
 /// replayed one at the same instant compare member by member.
 public enum Snapshot {
-    public static let format = "vmscope-snapshot"
-    public static let version = 1
+    public static let format = SnapshotFormat.format
+    public static let version = SnapshotFormat.version
 
     /// Where the snapshot's content came from.
     public enum Origin: Sendable, Equatable {
@@ -18,66 +18,45 @@ public enum Snapshot {
     }
 
     public static func json(_ m: InspectorModel, faultLimit: Int = 256, takenAtWallNs: UInt64, origin: Origin) -> JSON {
-        let peer: JSON = switch m.connection {
-        case .connected(let p): .string(p)
-        case .disconnected: .null
+        let peer: String? = switch m.connection {
+        case .connected(let p): p
+        case .disconnected: nil
         }
         let originJSON: JSON = switch origin {
-        case .live: .object([("kind", .string("live"))])
-        case .recording(let file, let offset):
-            .object([("kind", .string("recording")), ("file", .string(file)), ("offset-ns", .u(offset))])
+        case .live: SnapshotFormat.origin(recordingFile: nil, offsetNs: 0)
+        case .recording(let file, let offset): SnapshotFormat.origin(recordingFile: file, offsetNs: offset)
         }
         let v = m.vm
-        let vm: JSON = .object([
-            ("name", .string(v.name)), ("pid", .opt(v.pid.map { .i($0) })), ("attribute-engine", .string(v.engine)),
-            (Wire.sharedAlias.name, .opt(v.sharedAliasBit.map { .i($0) })), ("ram-size", .u(v.ramSize)), ("vcpus", .i(v.vcpus)),
-            ("mutations-allowed", .bool(v.mutationsAllowed)), ("fault-injection-allowed", .bool(v.faultInjectionAllowed)),
-            (Wire.faultPolicy.name, .string(v.policy)), ("qemu-version", .opt(v.qemuVersion.map { .string($0) })),
-            ("run-state", .opt(v.runState.map { .string($0) })), ("accelerator", .opt(v.accelerator.map { .string($0) })),
-            ("machine", .opt(v.machine.map { .string($0) })), ("arch", .opt(v.arch.map { .string($0) })),
-        ])
-        let memslots: JSON = .array(m.memslots.map { s in
-            .object([
-                ("slot", s.slotKnown ? .i(s.slot) : .null), ("as-id", .i(s.asID)), ("gpa", .u(s.gpa)), ("size", .u(s.size)),
-                ("flags", .u(s.flags)), ("flag-names", .array(s.flagNames.map { .string($0) })), ("view", .string(s.view)),
-                ("backing", .string(s.backing)), ("guest-memfd-offset", .opt(s.guestMemfdOffset.map { .u($0) })),
-                ("userspace-addr", .u(s.userspaceAddress)), ("private-pages", .u(s.privatePages)),
-                ("shared-pages", .u(s.sharedPages)), ("region", .opt(s.regionName.map { .string($0) })),
-                ("region-offset", .opt(s.regionOffset.map { .u($0) })), ("device", .opt(s.device.map { .string($0) })),
-            ])
-        })
+        let description = VMDescription(json: .null).with {
+            $0.name = v.name; $0.pid = v.pid; $0.attributeEngine = Open(v.engine); $0.sharedAlias = v.sharedAliasBit
+            $0.ramSize = v.ramSize; $0.vcpus = v.vcpus; $0.mutationsAllowed = v.mutationsAllowed
+            $0.faultInjectionAllowed = v.faultInjectionAllowed; $0.faultPolicy = Open(v.policy)
+        }
+        let vm = SnapshotFormat.vm(description, qemu: .init(version: v.qemuVersion, runState: v.runState, accelerator: v.accelerator,
+                                                           machine: v.machine, arch: v.arch))
+        let memslots = m.memslots.map { s in
+            SnapshotFormat.memslot(s.memslot, slotKnown: s.slotKnown, privatePages: s.privatePages, sharedPages: s.sharedPages,
+                                   region: s.regionName, regionOffset: s.regionOffset, device: s.device)
+        }
         var attributes: JSON = .null
         if m.unavailable[.map] == nil {
             let privateBytes = m.runs.filter(\.isPrivate).reduce(UInt64(0)) { $0.saturatingAdd($1.size) }
             let sharedBytes = m.runs.filter { !$0.isPrivate }.reduce(UInt64(0)) { $0.saturatingAdd($1.size) }
-            attributes = .object([
-                ("runs", .array(m.runs.map { .object([("gpa", .u($0.gpa)), ("size", .u($0.size)), ("private", .bool($0.isPrivate))]) })),
-                (Wire.privateBytes.name, .u(privateBytes)), ("shared-bytes", .u(sharedBytes)),
-            ])
+            attributes = AttributeRuns(runs: m.runs, privateBytes: privateBytes, sharedBytes: sharedBytes).json
         }
         var faults: JSON = .null
         if m.unavailable[.faults] == nil {
-            faults = .object([
-                ("records", .array(m.visibleFaults.suffix(max(0, faultLimit)).map(\.json))),
-                ("limit", .i(faultLimit)), ("received", .u(m.faultsReceived)), ("dropped", .u(m.faultsDropped)),
-                ("events-dropped", .u(m.eventsDropped)),
-            ])
+            faults = SnapshotFormat.faults(Array(m.visibleFaults.suffix(max(0, faultLimit))), limit: faultLimit,
+                                           received: m.faultsReceived, dropped: m.faultsDropped, eventsDropped: m.eventsDropped)
         }
-        func pairs(_ p: [(String, UInt64)]) -> JSON { .object(p.map { ($0.0, .u($0.1)) }) }
-        let vcpus: JSON = .array(m.vcpus.map { c in
-            .object([
-                ("index", .i(c.index)), ("thread-id", .i(c.threadID)), ("state", .string(c.state)),
-                ("last-exit", .string(c.lastExit)), ("exits", .u(c.totalExits)), ("exit-counts", pairs(c.exitCounts)),
-                ("regs", pairs(c.registers)), ("segments", pairs(c.segments)),
-                ("control-registers", pairs(c.controlRegisters)), ("stats", pairs(c.stats)), ("guest", pairs(c.guest)),
-            ])
-        })
-        return .object([
-            ("format", .string(format)), ("version", .i(version)), ("taken-at-ns", .u(takenAtWallNs)),
-            ("origin", originJSON), ("peer", peer), ("vm", vm), ("memslots", memslots), ("attributes", attributes),
-            ("faults", faults), ("vcpus", vcpus), ("vm-stats", pairs(m.vmStats)),
-            ("unavailable", .object(Pane.allCases.compactMap { p in m.unavailable[p].map { (p.name, .string($0)) } })),
-        ])
+        let vcpus = m.vcpus.map { c in
+            SnapshotFormat.vcpu(index: c.index, threadID: c.threadID, state: c.state, lastExit: c.lastExit, exits: c.totalExits,
+                                exitCounts: c.exitCounts, registers: c.registers, segments: c.segments,
+                                controlRegisters: c.controlRegisters, stats: c.stats, guest: c.guest)
+        }
+        return SnapshotFormat.document(takenAtWallNs: takenAtWallNs, origin: originJSON, peer: peer, vm: vm, memslots: memslots,
+                                       attributes: attributes, faults: faults, vcpus: vcpus, vmStats: m.vmStats,
+                                       unavailable: Pane.allCases.compactMap { p in m.unavailable[p].map { (p.name, $0) } })
     }
 
     /// The four views as the TUI draws them, each maximised at `width` columns, under the status bar: plain
@@ -122,11 +101,12 @@ extension InspectorModel {
     /// A vmscope VMM's `query-snapshot` reply: the whole model at once. Its fault records are history: they are
     /// appended as the newest, marked on the map at their own time (the VMM's CLOCK_MONOTONIC, this host's) and
     /// not counted in the per-second rate, which only faults seen arriving make.
-    public mutating func apply(snapshot j: JSON) {
-        apply(vm: j["vm"] ?? .null)
-        apply(memslots: j["memslots"] ?? .null)
-        apply(attributes: j["attributes"] ?? .null)
-        appendHistory((j["faults"]?["records"]?.arrayValue ?? []).compactMap(FaultRow.init))
-        apply(vcpus: j["vcpus"] ?? .null, intervalNs: 1)
+    public mutating func apply(snapshot s: StateSnapshot) {
+        apply(vm: s.vm)
+        apply(memslots: s.memslots)
+        apply(attributes: s.attributes)
+        appendHistory(s.faults.records)
+        apply(vcpus: s.vcpus, intervalNs: 1)
     }
+    public mutating func apply(snapshot j: JSON) { apply(snapshot: StateSnapshot(json: j)) }
 }

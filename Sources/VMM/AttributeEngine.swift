@@ -1,3 +1,4 @@
+import Schema
 import KVM
 
 /// How private/shared attributes become KVM state: the one interface both engines implement.

@@ -1,12 +1,5 @@
 import KVM
-
-/// The two implementations of private/shared attributes (see docs/attribute-engines.md).
-public enum AttributeEngineKind: String, Sendable, CaseIterable, Codable {
-    /// `KVM_SET_MEMORY_ATTRIBUTES` and real `KVM_EXIT_MEMORY_FAULT`, on a VM type with private memory.
-    case kernel
-    /// Memslot layout with a shared alias, enforced by the VMM on any VM type.
-    case vmm
-}
+import Schema
 
 /// What the user asked for with `--attribute-engine`.
 public enum AttributeEngineRequest: String, Sendable, CaseIterable, Codable {

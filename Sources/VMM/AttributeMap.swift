@@ -1,22 +1,5 @@
+import Schema
 import Algorithms
-/// A maximal run of guest pages with one attribute, in bytes.
-public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
-    public var gpa: UInt64
-    public var size: UInt64
-    public var isPrivate: Bool
-
-    @inlinable public init(gpa: UInt64, size: UInt64, isPrivate: Bool) {
-        self.gpa = gpa
-        self.size = size
-        self.isPrivate = isPrivate
-    }
-
-    @inlinable public var end: UInt64 { gpa + size }
-    public var description: String {
-        "[0x\(String(gpa, radix: 16)), 0x\(String(end, radix: 16))) \(isPrivate ? "private" : "shared")"
-    }
-}
-
 /// The private/shared attribute of every guest page, kept as the GFNs where the attribute flips.
 ///
 /// Adjacent runs with the same attribute are always merged, so the attribute alternates from run to run and
@@ -67,11 +50,11 @@ public struct AttributeMap: Sendable, Equatable {
 
     /// The runs overlapping `pages`, clipped to it, in order, as a collection over the map's own storage:
     /// nothing is copied or allocated, so walking a million runs costs about as much as reading their boundaries.
-    public func runView(pages: Range<UInt64>) -> AttributeRuns {
+    public func runView(pages: Range<UInt64>) -> AttributeRunView {
         precondition(pages.upperBound <= pageCount)
         let first = upperIndex(pages.lowerBound)
         let last = pages.isEmpty ? first : lowerIndex(pages.upperBound)
-        return AttributeRuns(flips: flips, pageCount: pageCount, firstIsPrivate: firstIsPrivate, pages: pages,
+        return AttributeRunView(flips: flips, pageCount: pageCount, firstIsPrivate: firstIsPrivate, pages: pages,
                              indices: first..<(pages.isEmpty ? first : last + 1))
     }
 
@@ -154,7 +137,7 @@ public struct AttributeMap: Sendable, Equatable {
 
 /// Runs of an `AttributeMap` clipped to a page range (`AttributeMap.runView(pages:)`). Index `i` is the run
 /// that starts at the map's `i`-th flip (0: the run starting at page 0).
-public struct AttributeRuns: RandomAccessCollection, Sendable {
+public struct AttributeRunView: RandomAccessCollection, Sendable {
     @usableFromInline let flips: [UInt64]
     @usableFromInline let pageCount: UInt64
     @usableFromInline let firstIsPrivate: Bool

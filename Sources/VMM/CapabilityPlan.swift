@@ -1,3 +1,4 @@
+import Schema
 import KVM
 
 /// One line of `vmscope caps`: a capability, what the kernel answered, and what vmscope does with it.

@@ -1,12 +1,4 @@
-/// What the VMM does when the guest touches a page through the wrong view.
-public enum FaultPolicy: String, Sendable, CaseIterable {
-    /// Convert the page implicitly, then complete the access against the new backing.
-    case convert
-    /// Stop the vCPU (`fault-stopped`) until resumed; resuming completes the access as `convert` would.
-    case pause
-    /// Record the fault; the access completes as MMIO to nothing (reads all-ones, writes dropped).
-    case report
-}
+import Schema
 
 /// Knobs of the built-in guest.
 public struct GuestOptions: Sendable, Equatable {

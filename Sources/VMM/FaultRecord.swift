@@ -1,60 +1,7 @@
 import Foundation
 import KVM
+import Schema
 import Synchronization
-
-/// One memory fault, as `docs/control-protocol.md` ("Fault record") defines it.
-public struct FaultRecord: Sendable, Equatable {
-    public enum Source: String, Sendable { case kernel, vmm }
-    public enum Access: String, Sendable { case read, write, exec, unknown }
-    public enum Action: String, Sendable {
-        case converted, paused, reported, injected
-        /// A revoked page given its mapping back (attribute unchanged); see docs/control-protocol.md.
-        case remapped
-    }
-
-    /// Per VM, from 1, no gaps.
-    public var seq: UInt64 = 0
-    /// CLOCK_MONOTONIC, nanoseconds.
-    public var timeNs: UInt64
-    public var vcpu: Int?
-    public var gpa: UInt64
-    public var size: UInt64
-    /// Raw `memory_fault.flags` (kernel), or the same bit positions the kernel would set (vmm).
-    public var flags: UInt64
-    /// The access wanted private memory (flags bit 3).
-    public var isPrivate: Bool
-    public var access: Access
-    /// errno name for kernel exits (`EFAULT`, `EHWPOISON`), else nil.
-    public var errno: String?
-    public var source: Source
-    /// The KVM exit the record came from (`MEMORY_FAULT`, `MMIO`), or `none` for an injection record.
-    public var exit: String
-    /// The GFN's attribute when it faulted: `private` or `shared`.
-    public var attribute: String
-    /// The memslot involved, if any.
-    public var slot: Int?
-    public var action: Action
-
-    public init(timeNs: UInt64, vcpu: Int?, gpa: UInt64, size: UInt64, flags: UInt64, isPrivate: Bool, access: Access,
-                errno: String?, source: Source, exit: String, attribute: String, slot: Int?, action: Action) {
-        self.timeNs = timeNs
-        self.vcpu = vcpu
-        self.gpa = gpa
-        self.size = size
-        self.flags = flags
-        self.isPrivate = isPrivate
-        self.access = access
-        self.errno = errno
-        self.source = source
-        self.exit = exit
-        self.attribute = attribute
-        self.slot = slot
-        self.action = action
-    }
-
-    /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`, the bit vmm-source records set the way the kernel would.
-    public static let flagPrivate = MemoryFaultExit.flagPrivate
-}
 
 /// CLOCK_MONOTONIC in nanoseconds.
 func monotonicNanoseconds() -> UInt64 {

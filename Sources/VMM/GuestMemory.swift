@@ -1,11 +1,12 @@
+import Schema
 import Algorithms
 import Foundation
 import KVM
 
 /// One memslot as the VMM installed it (`query-memslots`).
 public struct MemslotInfo: Sendable, Equatable {
-    public enum View: String, Sendable { case `private`, shared, plain }
-    public enum Backing: String, Sendable { case guestMemfd = "guest_memfd", memfd, anonymous }
+    public typealias View = MemslotView
+    public typealias Backing = MemslotBacking
 
     public var slot: Int
     public var addressSpace: Int
@@ -194,9 +195,9 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     /// What a fault record says about RAM page `gfn`: its attribute (`none` outside RAM) and its memslot.
-    func faultContext(gfn: UInt64?) -> (attribute: String, slot: Int?) {
-        guard let gfn, gfn < pageCount else { return ("none", nil) }
-        return (attributes.isPrivate(gfn: gfn) ? "private" : "shared", slot(containing: gfn).map { Int($0.slot) })
+    func faultContext(gfn: UInt64?) -> (attribute: PageAttribute, slot: Int?) {
+        guard let gfn, gfn < pageCount else { return (.none, nil) }
+        return (attributes.isPrivate(gfn: gfn) ? .private : .shared, slot(containing: gfn).map { Int($0.slot) })
     }
 
     /// Which RAM page and view a guest-physical address names, or nil when it is not RAM.

@@ -3,40 +3,17 @@ import Foundation
 import GuestCode
 import KVM
 import Logging
+import Schema
 import Synchronization
-
-/// Fault injection kinds (`inject-fault`), each a real host or KVM operation.
-public enum InjectionKind: String, Sendable, CaseIterable {
-    case mce, nmi, discard, revoke, flip
-}
-
-/// What an injection did (`FAULT_INJECTED` data and `inject-fault`'s return).
-public struct InjectionReport: Sendable, Equatable {
-    public var kind: InjectionKind
-    public var vcpu: Int?
-    public var gpa: UInt64?
-    public var size: UInt64?
-    public var detail: String
-}
-
-/// `query-memory-attributes`.
-public struct AttributeQuery: Sendable, Equatable {
-    public var runs: [AttributeRun]
-    public var privateBytes: UInt64
-    public var sharedBytes: UInt64
-}
 
 /// What `captureState` returns: one consistent cut of the memory layout and the fault ring.
 public struct StateCapture: Sendable {
     public var memslots: [MemslotInfo]
-    public var attributes: AttributeQuery
+    public var attributes: AttributeRuns
     public var faults: [FaultRecord]
     public var faultsTotal: UInt64
     public var faultsDropped: UInt64
 }
-
-/// `vcpu-control` actions.
-public enum VCPUAction: String, Sendable, CaseIterable { case pause, resume, step }
 
 /// The reference VMM: one VM on real KVM running the built-in guest, with the API the control server calls.
 public final class ReferenceVMM: @unchecked Sendable {
@@ -240,15 +217,15 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     // MARK: Memory API
 
-    public func queryMemoryAttributes(gpa: UInt64? = nil, size: UInt64? = nil) throws(VMMError) -> AttributeQuery {
+    public func queryMemoryAttributes(gpa: UInt64? = nil, size: UInt64? = nil) throws(VMMError) -> AttributeRuns {
         memory.lock.lock(); defer { memory.lock.unlock() }
         return attributes(pages: try memory.pages(gpa: gpa ?? 0, size: size ?? memory.ramSize - (gpa ?? 0)))
     }
 
     /// Runs and byte counts of `pages`; the caller holds `memory.lock`.
-    private func attributes(pages: Range<UInt64>) -> AttributeQuery {
+    private func attributes(pages: Range<UInt64>) -> AttributeRuns {
         let counts = memory.attributes.pageCounts(pages: pages)
-        return AttributeQuery(runs: memory.attributes.runs(pages: pages), privateBytes: counts.private * 4096,
+        return AttributeRuns(runs: memory.attributes.runs(pages: pages), privateBytes: counts.private * 4096,
                               sharedBytes: counts.shared * 4096)
     }
 
@@ -470,7 +447,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         let context = memory.faultContext(gfn: report.gpa.map { $0 / 4096 })
         faults.append(FaultRecord(timeNs: monotonicNanoseconds(), vcpu: report.vcpu, gpa: report.gpa ?? 0,
                                   size: report.size ?? 0, flags: 0, isPrivate: false, access: .unknown, errno: nil,
-                                  source: .vmm, exit: "none", attribute: context.attribute, slot: context.slot,
+                                  source: .vmm, exit: .none, attribute: context.attribute, slot: context.slot,
                                   action: .injected))
     }
 
@@ -520,7 +497,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             var record = FaultRecord(
                 timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: address & ~0xFFF, size: 4096,
                 flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView,
-                access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: "MMIO",
+                access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: .mmio,
                 attribute: context.attribute, slot: context.slot, action: .reported)
             let policy = resumed ? .convert : faultPolicy
             switch policy {
@@ -530,16 +507,16 @@ public final class ReferenceVMM: @unchecked Sendable {
                 do {
                     if attrPrivate == c.privateView {
                         try memory.remap(gfn: gfn)
-                        record.action = .remapped
+                        record.action = .known(.remapped)
                         followUp = [.memslotsChanged(generation: memory.generation)]
                     } else {
                         let result = try memory.convert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true)
-                        record.action = .converted
+                        record.action = .known(.converted)
                         followUp = conversionEvents(result, gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
                                                     cause: .implicit, vcpu: runner.index)
                     }
                 } catch {
-                    record.action = .reported
+                    record.action = .known(.reported)
                     logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
                 }
                 conversionNs = monotonicNanoseconds() &- converting
@@ -560,7 +537,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                 read?.fillAllOnes()
                 return
             case .pause:
-                record.action = .paused
+                record.action = .known(.paused)
                 faults.append(record)
                 memory.lock.unlock()
                 guard runner.faultStop(reason: "memory fault at \(hex(address)) (\(c.privateView ? "private" : "shared") access, page is \(record.attribute))") else {
@@ -586,12 +563,12 @@ public final class ReferenceVMM: @unchecked Sendable {
         // stack (delivering an exception or loading a segment). Those are not the instruction's own access, so
         // their records say `unknown`.
         let stack = (sregs.ss.base &+ regs.rsp &- 4) & mask
-        let candidates: [(UInt64, FaultRecord.Access)] = [
+        let candidates: [(UInt64, FaultAccess)] = [
             (linear, .exec), ((linear &+ 14) & mask, .exec),
             (sregs.gdt.base & mask, .unknown), (sregs.idt.base & mask, .unknown), (stack, .unknown),
         ]
         memory.lock.lock()
-        var hit: (gpa: UInt64, c: GPAClassification, access: FaultRecord.Access)?
+        var hit: (gpa: UInt64, c: GPAClassification, access: FaultAccess)?
         for (gpa, access) in candidates {
             guard let c = memory.classify(gpa) else { continue }
             if memory.attributes.isPrivate(gfn: c.gfn) != c.privateView || memory.revoked.isPrivate(gfn: c.gfn) {
@@ -623,7 +600,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         let record = FaultRecord(
             timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: gpa & ~0xFFF, size: 4096,
             flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView, access: access, errno: nil,
-            source: .vmm, exit: "INTERNAL_ERROR", attribute: context.attribute, slot: context.slot, action: .reported)
+            source: .vmm, exit: .internalError, attribute: context.attribute, slot: context.slot, action: .reported)
         let reason = "\(access == .exec ? "instruction fetch" : "implicit access") at \(hex(gpa)) (\(c.privateView ? "private" : "shared") view, page is \(context.attribute))"
         // KVM re-runs the instruction: whatever the policy, nothing is completed here.
         applyPolicy(record, pages: page, toPrivate: c.privateView, runner: runner, reason: reason)
@@ -668,17 +645,17 @@ public final class ReferenceVMM: @unchecked Sendable {
             case .alreadyDone:
                 runner.countRelayoutRetry()   // resolved by someone else since the check: no fault of its own
             case .converted:
-                record.action = .converted
+                record.action = .known(.converted)
                 faults.append(record)
             case .remapped:
-                record.action = .remapped
+                record.action = .known(.remapped)
                 faults.append(record)
             case .failed(let why):
                 faults.append(record)
                 runner.stopWithError("implicit conversion failed: \(why) (\(reason))")
             }
         case .pause:
-            record.action = .paused
+            record.action = .known(.paused)
             faults.append(record)
             if runner.faultStop(reason: reason) { _ = resolveImplicitly(pages: pages, toPrivate: toPrivate, vcpu: runner.index) }
         case .report:
@@ -714,7 +691,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         let wantsPrivate = c?.privateView ?? f.isPrivate
         let record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
                                  flags: f.flags, isPrivate: wantsPrivate, access: .unknown,
-                                 errno: KVMError.name(of: f.errno), source: .kernel, exit: "MEMORY_FAULT",
+                                 errno: KVMError.name(of: f.errno), source: .kernel, exit: .memoryFault,
                                  attribute: context.attribute, slot: context.slot, action: .reported)
         let unknownFlags = f.flags & ~MemoryFaultExit.flagPrivate
         if unknownFlags != 0 || c == nil || runner.noteRepeatedFault(gpa: f.gpa) {

@@ -1,3 +1,4 @@
+import Schema
 import CKVM
 import Foundation
 import GuestCode

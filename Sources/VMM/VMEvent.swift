@@ -1,12 +1,4 @@
-/// Why an attribute changed (`MEMORY_ATTRIBUTES_CHANGED.cause`).
-public enum ConversionCause: String, Sendable {
-    case command, guestRequest = "guest-request", implicit, injection
-}
-
-/// Run state of a vCPU thread.
-public enum VCPURunState: String, Sendable {
-    case running, halted, paused, faultStopped = "fault-stopped", shutdown, error
-}
+import Schema
 
 /// The VMM's events, as the control protocol's events carry them (fault records travel in `FaultRing`).
 public enum VMEvent: Sendable, Equatable {

@@ -1,3 +1,4 @@
+import Schema
 import KVM
 
 /// A refused or failed VMM operation, classed as the control protocol's error classes.

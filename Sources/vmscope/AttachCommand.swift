@@ -74,7 +74,7 @@ struct InspectorOptions: ParsableArguments {
         }
         let (themes, order, problems) = loadThemes()
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
-        let session = InspectorSession(path: socket, client: client, themes: themes, themeOrder: order,
+        let session = InspectorSession(source: SocketSource(path: socket, client: client), themes: themes, themeOrder: order,
                                        ascii: useASCII, readOnly: readOnly)
         if let note { session.ui.status = (note, false) }
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }

@@ -120,110 +120,13 @@ struct ReplayCommand: ParsableCommand {
         }
         let (themes, order, problems) = options.loadThemes()
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
-        let session = ReplaySession(replay: replay, speed: speed, themes: themes, themeOrder: order, ascii: options.useASCII)
+        let source = RecordingSource(replay: replay, speed: speed, nowNs: HostClock.monotonicNs())
+        let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: options.useASCII, readOnly: true)
         if let damage = recording.damage { session.ui.status = (damage, true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
         session.run(terminal: terminal)
         terminal.close()
         let signal = Terminal.interrupted.load(ordering: .relaxed)
         if signal != 0 { throw ExitCode(128 + signal) }
-    }
-}
-
-/// `vmscope replay`'s loop: the recording's clock instead of a socket.
-final class ReplaySession {
-    var replay: Replay
-    var ui: InspectorUI
-    var themes: ThemeFollower
-    var renderer: Renderer
-    var speed: Double
-    /// Playback: position `anchorNs` at monotonic time `anchorAt`; paused keeps the position.
-    private var paused = false
-    private var anchorNs: UInt64 = 0
-    private var anchorAt: UInt64 = HostClock.monotonicNs()
-
-    init(replay: Replay, speed: Double, themes: ThemeCatalog, themeOrder: [String], ascii: Bool) {
-        self.replay = replay
-        self.speed = speed
-        self.themes = ThemeFollower(themes)
-        renderer = Renderer(ascii: ascii)
-        ui = InspectorUI(themeNames: themeOrder, ascii: ascii, readOnly: true)
-    }
-
-    private func position(now: UInt64) -> UInt64 {
-        paused ? anchorNs : anchorNs + UInt64(Double(now - anchorAt) * speed)
-    }
-
-    private func jump(to t: UInt64, now: UInt64) {
-        anchorNs = min(t, replay.durationNs)
-        anchorAt = now
-        replay.seek(to: anchorNs)
-    }
-
-    private func perform(_ effect: Effect, now: UInt64) -> Bool {
-        switch effect {
-        case .quit: return false
-        case .snapshot:
-            ui.status = writeSnapshotFiles(replay.model, origin: .recording(file: replay.file, offsetNs: replay.positionNs),
-                                           ascii: ui.ascii)
-        case .toggleRecording:
-            ui.status = ("R: this is a replay; it is a recording already", true)
-        case .readMemory, .readMemslot:
-            ui.overlay = nil
-            ui.status = ("a recording holds no guest memory", true)
-        case .execute(_, _, let description):
-            ui.status = ("\(description): refused: this is a replay", true)
-        case .replay(let c):
-            let at = position(now: now)
-            switch c {
-            case .togglePause:
-                anchorNs = min(at, replay.durationNs)
-                anchorAt = now
-                paused.toggle()
-            case .skip(let s):
-                jump(to: s < 0 ? at - min(at, UInt64(-s) * 1_000_000_000) : at + UInt64(s) * 1_000_000_000, now: now)
-            case .previousBurst:
-                // Within a second of a burst's start, `{` goes to the one before it.
-                if let b = replay.burst(before: at > 1_000_000_000 ? at - 1_000_000_000 : 0) ?? replay.burst(before: at) {
-                    jump(to: b, now: now)
-                } else { ui.status = ("no fault burst before \(Fmt.duration(at))", true) }
-            case .nextBurst:
-                if let b = replay.burst(after: at) { jump(to: b, now: now) } else {
-                    ui.status = ("no fault burst after \(Fmt.duration(at))", true)
-                }
-            }
-        }
-        return true
-    }
-
-    func run(terminal: Terminal) {
-        var dirty = true
-        while true {
-            themes.follow(&ui, on: terminal)
-            let now = HostClock.monotonicNs()
-            var at = position(now: now)
-            if at >= replay.durationNs && !paused {
-                at = replay.durationNs
-                anchorNs = at
-                paused = true
-                dirty = true
-            }
-            replay.seek(to: at)
-            let (w, h) = terminal.size
-            ui.fit(replay.model, width: w, height: h)
-            ui.replay = ReplayStatus(positionNs: replay.positionNs, durationNs: replay.durationNs, speed: speed, paused: paused)
-            // Paused, the views only change on a key: no repaint in between.
-            if !paused || dirty {
-                renderer.nowNs = replay.monotonicNs(at: replay.positionNs)
-                terminal.paint(renderer.render(replay.model, ui, width: w, height: h))
-                dirty = false
-            }
-            if Terminal.interrupted.load(ordering: .relaxed) != 0 { return }
-            guard let first = terminal.readKey() else { continue }
-            dirty = true
-            for key in [first] + terminal.typedKeys() where key != .resize {
-                for effect in ui.handle(key) where !perform(effect, now: HostClock.monotonicNs()) { return }
-            }
-        }
     }
 }

@@ -243,18 +243,19 @@ struct QEMUSourceTests {
 
     @Test func actionsBecomeQEMUCommandsOrAreRefusedWithTheReason() throws {
         let source = QEMUSource(greeting: try CannedQEMU.greeting(7, 2))
-        func t(_ name: String, _ args: String) throws -> QEMUSource.Translation { source.translate(name, try JSON.parse(args)) }
-        guard case .run("stop", _, _) = try t("vcpu-control", #"{"index":0,"action":"pause"}"#),
-              case .run("cont", _, _) = try t("vcpu-control", #"{"index":0,"action":"resume"}"#),
-              case .run("inject-nmi", _, _) = try t("inject-fault", #"{"kind":"nmi","vcpu":1}"#) else {
-            Issue.record("pause, resume and nmi map onto stop, cont, inject-nmi")
+        let t = source.translate
+        guard case .run("stop", _, _) = t(.vcpu(index: 0, .pause)),
+              case .run("cont", _, _) = t(.vcpu(index: 0, .resume)),
+              case .run("inject-nmi", _, _) = t(.inject(.nmi, vcpu: 1, gpa: 0, size: 4096)),
+              case .readMemory(0x2000) = t(.readMemory(gpa: 0x2000, size: 4096)) else {
+            Issue.record("pause, resume, nmi and reads map onto stop, cont, inject-nmi, xp")
             return
         }
-        for (name, args, reason) in [("vcpu-control", #"{"index":0,"action":"step"}"#, "single-step"),
-                                     ("inject-fault", #"{"kind":"mce","vcpu":0,"gpa":0}"#, "inject-nmi only"),
-                                     ("set-memory-attributes", #"{"gpa":0,"size":4096,"private":true}"#, "private/shared conversion"),
-                                     ("set-fault-policy", #"{"policy":"pause"}"#, "fault policy")] {
-            guard case .refuse(let why) = try t(name, args) else { Issue.record("\(name) \(args) is not refused"); continue }
+        for (action, reason) in [(InspectorAction.vcpu(index: 0, .step), "single-step"),
+                                 (.inject(.mce, vcpu: 0, gpa: 0, size: 4096), "inject-nmi only"),
+                                 (.convert(gpa: 0, size: 4096, to: .private), "private/shared conversion"),
+                                 (.setPolicy(.pause), "fault policy")] {
+            guard case .refuse(let why) = t(action) else { Issue.record("\(action) is not refused"); continue }
             #expect(why.contains("QEMU 7.2.0") && why.contains(reason), "\(why)")
         }
     }

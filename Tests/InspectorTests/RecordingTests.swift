@@ -24,12 +24,12 @@ struct RecordingTests {
         ])
     }
 
-    static func fault(_ seq: UInt64) -> FaultRow {
-        FaultRow(seq: seq, timeNs: seq * 1000, vcpu: 0, gpa: (seq % 256) * 4096, flags: 8, access: "write")
+    static func fault(_ seq: UInt64) -> FaultRecord {
+        FaultRecord(seq: seq, timeNs: seq * 1000, vcpu: 0, gpa: (seq % 256) * 4096, flags: 8, access: "write")
     }
 
     static func faultEvent(_ seqs: ClosedRange<UInt64>) -> JSON {
-        FaultBatch(records: seqs.map(fault), dropped: 0).eventJSON
+        Event.memoryFault(FaultBatch(records: seqs.map(fault), dropped: 0)).message()
     }
 
     /// A finished recording: a snapshot with faults 1-10, an event with 6-15 (6-10 repeat the snapshot's: what a

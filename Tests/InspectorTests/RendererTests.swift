@@ -220,7 +220,7 @@ struct GFNMapTests {
     /// record whose PRIVATE bit disagrees with the view the guest used says which is which.
     @Test func aliasFaultsNameTheRAMPageAndKernelFlagsAreExplained() throws {
         var m = try fixtureModel()
-        var f = FaultRow(seq: 9, timeNs: 1_600_000_000, vcpu: 1, gpa: 0x8012_0000, flags: 8, access: "unknown",
+        var f = FaultRecord(seq: 9, timeNs: 1_600_000_000, vcpu: 1, gpa: 0x8012_0000, flags: 8, access: "unknown",
                          source: "kernel", exit: "MEMORY_FAULT", attribute: "private", slot: 7)
         f.isPrivate = false   // through the alias: the guest wanted the shared view
         f.errno = "EFAULT"

@@ -22,9 +22,8 @@ struct UITests {
         guard case .confirm(let prompt, _)? = u.overlay else { Issue.record("no confirmation"); return }
         #expect(prompt == "Convert 192K at 0x100000 to shared? y/N")
         let effects = u.handle(.char("y"))
-        #expect(effects == [.execute(name: "set-memory-attributes",
-                                     arguments: .object([("gpa", .int(0x100000)), ("size", .int(192 << 10)), ("private", .bool(false))]),
-                                     description: "convert 192K at 0x100000 to shared")])
+        #expect(effects == [.act(.convert(gpa: 0x100000, size: 192 << 10, to: .shared))])
+        #expect(InspectorAction.convert(gpa: 0x100000, size: 192 << 10, to: .shared).description == "convert 192K at 0x100000 to shared")
         // Anything but y cancels.
         _ = u.handle(.char("p"))
         #expect(u.handle(.char("n")).isEmpty && u.overlay == nil)
@@ -39,7 +38,7 @@ struct UITests {
         var u = ui()
         u.fit(m, width: 200, height: 60)
         u.cursorGFN = 0x123
-        #expect(u.handle(.char("x")) == [.readMemory(gpa: 0x123000)], "the map: the page under the cursor")
+        #expect(u.handle(.char("x")) == [.act(.readMemory(gpa: 0x123000, size: 4096))], "the map: the page under the cursor")
         u.overlay = nil
         _ = u.handle(.char("3"))
         _ = u.handle(.char("j"))
@@ -60,7 +59,7 @@ struct UITests {
 
     @Test func theFaultCursorStaysOnTheFaultsShown() {
         var m = InspectorModel()
-        m.apply(faults: FaultBatch(records: (1...10).map { FaultRow(seq: $0, vcpu: Int($0 % 2), gpa: $0 * 4096, flags: 8, access: "write") },
+        m.apply(faults: FaultBatch(records: (1...10).map { FaultRecord(seq: $0, vcpu: Int($0 % 2), gpa: $0 * 4096, flags: 8, access: "write") },
                                    dropped: 0), nowNs: 1)
         var u = ui(focus: .faults)
         _ = u.handle(.char("g"))
@@ -99,13 +98,15 @@ struct UITests {
         u.vcpuCursor = 1
         _ = u.handle(.char("i"))
         #expect(u.overlay == .injectMenu(selected: 0))
-        #expect(u.handle(.char("n")) == [.execute(name: "inject-fault", arguments: .object([("kind", .string("nmi")), ("vcpu", .int(1))]),
-                                                  description: "inject nmi into vCPU 1")])
+        guard case .act(let nmi)? = u.handle(.char("n")).first, case .inject(.nmi, 1, _, _) = nmi else {
+            Issue.record("n: no nmi into vCPU 1"); return
+        }
+        #expect(nmi.description == "inject nmi into vCPU 1")
         _ = u.handle(.char("i"))
         _ = u.handle(.down)
         _ = u.handle(.down)
-        guard case .execute(let name, let args, _)? = u.handle(.enter).first else { Issue.record("no effect"); return }
-        #expect(name == "inject-fault" && args["kind"] == .string("discard") && args["size"] != nil)
+        guard case .act(.inject(let kind, _, _, let size))? = u.handle(.enter).first else { Issue.record("no effect"); return }
+        #expect(kind == .discard && size > 0)
     }
 
     @Test func filtersParseOrSayWhy() {
@@ -119,7 +120,7 @@ struct UITests {
         for c in "vcpu=9" { _ = u.handle(.char(c)) }
         _ = u.handle(.enter)
         #expect(u.faultFilter.vcpu == 9)
-        let f = FaultRow(seq: 1, vcpu: 1, gpa: 0, flags: 8, access: "read")
+        let f = FaultRecord(seq: 1, vcpu: 1, gpa: 0, flags: 8, access: "read")
         #expect(!u.faultFilter.matches(f))
     }
 
@@ -191,7 +192,7 @@ struct ModelTests {
     @Test func fadingMarksStayBoundedUnderABurst() {
         var m = InspectorModel(faultCapacity: 1000)
         for i in 0..<50_000 as Range<UInt64> {
-            m.append(fault: FaultRow(seq: i + 1, vcpu: 0, gpa: i * 4096, flags: 8, access: "read"), nowNs: 1_000 + i)
+            m.append(fault: FaultRecord(seq: i + 1, vcpu: 0, gpa: i * 4096, flags: 8, access: "read"), nowNs: 1_000 + i)
         }
         #expect(m.recentFaults.count == m.recentFaults.capacity)
         #expect(m.recentFaults[49_999] == 1_000 + 49_999, "the newest mark is kept")
@@ -205,9 +206,9 @@ struct ModelTests {
         var seq: UInt64 = 0
         for (n, ns) in [(300, 1_000), (0, 1_200), (500, 1_000_000_500), (1_500, 1_000_000_900), (7, 4_000_000_000)]
             as [(Int, UInt64)] {
-            let records = (0..<n).map { _ -> FaultRow in
+            let records = (0..<n).map { _ -> FaultRecord in
                 seq += 1
-                return FaultRow(seq: seq, vcpu: Int(seq % 3), gpa: seq * 4096, flags: 8, access: "write")
+                return FaultRecord(seq: seq, vcpu: Int(seq % 3), gpa: seq * 4096, flags: 8, access: "write")
             }
             batched.apply(faults: FaultBatch(records: records, dropped: 2), nowNs: ns)
             single.faultsDropped += 2

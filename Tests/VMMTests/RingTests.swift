@@ -4,7 +4,7 @@ import Testing
 @Suite struct RingTests {
     static func record(_ gpa: UInt64) -> FaultRecord {
         FaultRecord(timeNs: 0, vcpu: 0, gpa: gpa, size: 4096, flags: 0, isPrivate: false, access: .read, errno: nil,
-                    source: .vmm, exit: "MMIO", attribute: "shared", slot: nil, action: .reported)
+                    source: .vmm, exit: .mmio, attribute: .shared, slot: nil, action: .reported)
     }
 
     @Test func faultRingNumbersWithoutGapsAndCountsOverflow() {

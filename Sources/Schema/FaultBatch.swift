@@ -1,28 +1,70 @@
 import Foundation
 
-/// One fault record as the protocol carries it (docs/control-protocol.md, "Fault record").
-public struct FaultRow: Sendable, Equatable {
+/// One memory fault (docs/control-protocol.md, "Fault record"): what the VMM appends to its ring, the server
+/// encodes, and the client, the recorder, replay and the inspector decode. One type on both sides.
+public struct FaultRecord: Sendable, Equatable {
+    /// Per VM, from 1, no gaps.
     public var seq: UInt64
+    /// CLOCK_MONOTONIC of the fault, ns.
     public var timeNs: UInt64
     public var vcpu: Int?
     public var gpa: UInt64
     public var size: UInt64
+    /// Raw `memory_fault.flags` (kernel), or the same bit positions the kernel would set (vmm).
     public var flags: UInt64
+    /// The access wanted private memory.
     public var isPrivate: Bool
-    public var access: String
+    public var access: Open<FaultAccess>
+    /// errno name for kernel exits (`EFAULT`, `EHWPOISON`), else nil.
     public var errno: String?
-    public var source: String
-    public var exit: String
-    public var attribute: String
+    public var source: Open<FaultSource>
+    /// The KVM exit the record came from.
+    public var exit: Open<FaultExit>
+    /// The GFN's attribute when it faulted.
+    public var attribute: Open<PageAttribute>
+    /// The memslot involved, if any.
     public var slot: Int?
-    public var action: String
+    public var action: Open<FaultAction>
 
     public var gfn: UInt64 { gpa / 4096 }
 
-    /// A record with nothing set yet (the decoders fill it member by member).
+    /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`.
+    public static let flagPrivate: UInt64 = 1 << 3
+
+    /// A record with nothing set yet (the decoders fill it member by member; a member a peer left out reads as
+    /// `?`, shown as such).
     init(empty: ()) {
-        seq = 0; gpa = 0; timeNs = 0; vcpu = nil; size = 0; flags = 0; isPrivate = false; access = "unknown"
-        errno = nil; source = "?"; exit = "?"; attribute = "?"; slot = nil; action = "?"
+        seq = 0; gpa = 0; timeNs = 0; vcpu = nil; size = 0; flags = 0; isPrivate = false; access = .known(.unknown)
+        errno = nil; source = .unknown("?"); exit = .unknown("?"); attribute = .unknown("?"); slot = nil; action = .unknown("?")
+    }
+
+    public init(seq: UInt64 = 0, timeNs: UInt64, vcpu: Int?, gpa: UInt64, size: UInt64 = 4096, flags: UInt64,
+                isPrivate: Bool? = nil, access: FaultAccess, errno: String? = nil, source: FaultSource, exit: FaultExit,
+                attribute: PageAttribute, slot: Int?, action: FaultAction) {
+        self.seq = seq
+        self.timeNs = timeNs
+        self.vcpu = vcpu
+        self.gpa = gpa
+        self.size = size
+        self.flags = flags
+        self.isPrivate = isPrivate ?? (flags & Self.flagPrivate != 0)
+        self.access = .known(access)
+        self.errno = errno
+        self.source = .known(source)
+        self.exit = .known(exit)
+        self.attribute = .known(attribute)
+        self.slot = slot
+        self.action = .known(action)
+    }
+
+    /// A record from values as a peer might send them (tests and fixtures: any text for the enumerations).
+    public init(seq: UInt64, timeNs: UInt64 = 0, vcpu: Int?, gpa: UInt64, flags: UInt64, access: Open<FaultAccess>,
+                source: Open<FaultSource> = .known(.vmm), exit: Open<FaultExit> = .known(.mmio),
+                attribute: Open<PageAttribute> = .known(.shared), slot: Int? = nil, action: Open<FaultAction> = .known(.converted)) {
+        self.init(empty: ())
+        self.seq = seq; self.timeNs = timeNs; self.vcpu = vcpu; self.gpa = gpa; self.size = 4096; self.flags = flags
+        self.isPrivate = flags & Self.flagPrivate != 0
+        self.access = access; self.source = source; self.exit = exit; self.attribute = attribute; self.slot = slot; self.action = action
     }
 
     /// The members a record has, in the order the spec lists them; `seq` and `gpa` are required.
@@ -32,7 +74,7 @@ public struct FaultRow: Sendable, Equatable {
         var key: StaticString {
             switch self {
             case .seq: "seq"
-            case .timeNs: Wire.timeNs
+            case .timeNs: "time-ns"
             case .vcpu: "vcpu"
             case .gpa: "gpa"
             case .size: "size"
@@ -47,6 +89,8 @@ public struct FaultRow: Sendable, Equatable {
             case .action: "action"
             }
         }
+
+        var name: String { key.description }
 
         static func named(_ bytes: UnsafeBufferPointer<UInt8>) -> Member? {
             guard let first = bytes.first, let last = bytes.last else { return nil }
@@ -75,8 +119,7 @@ public struct FaultRow: Sendable, Equatable {
 
     static let required: UInt32 = 1 << Member.seq.rawValue | 1 << Member.gpa.rawValue
 
-    /// Sets one member from its JSON value, reading it the way `init?(_ j: JSON)` always has (a value of the
-    /// wrong type reads as absent).
+    /// Sets one member from its JSON value (a value of the wrong type reads as absent).
     mutating func set(_ m: Member, _ v: JSON) -> Bool {
         switch m {
         case .seq: if let x = v.uint64Value { seq = x } else { return false }
@@ -86,25 +129,41 @@ public struct FaultRow: Sendable, Equatable {
         case .size: size = v.uint64Value ?? 0
         case .flags: flags = v.uint64Value ?? 0
         case .isPrivate: isPrivate = v.boolValue ?? false
-        case .access: access = v.stringValue ?? "unknown"
+        case .access: access = v.open() ?? .known(.unknown)
         case .errno: errno = v.stringValue
-        case .source: source = v.stringValue ?? "?"
-        case .exit: exit = v.stringValue ?? "?"
-        case .attribute: attribute = v.stringValue ?? "?"
+        case .source: source = v.open() ?? .unknown("?")
+        case .exit: exit = v.open() ?? .unknown("?")
+        case .attribute: attribute = v.open() ?? .unknown("?")
         case .slot: slot = v.intValue
-        case .action: action = v.stringValue ?? "?"
+        case .action: action = v.open() ?? .unknown("?")
         }
         return true
     }
 
-    /// The record as the protocol writes it.
+    /// The record as the protocol writes it (every member, in the spec's order).
     public var json: JSON {
-        .object([("seq", .u(seq)), (Wire.timeNs.name, .u(timeNs)), ("vcpu", vcpu.map { .i($0) } ?? .null), ("gpa", .u(gpa)),
-                 ("size", .u(size)), ("flags", .u(flags)), ("private", .bool(isPrivate)), ("access", .string(access)),
-                 ("errno", errno.map { .string($0) } ?? .null), ("source", .string(source)), ("exit", .string(exit)),
-                 ("attribute", .string(attribute)), ("slot", slot.map { .i($0) } ?? .null), ("action", .string(action))])
+        .object(Member.allCases.map { m in
+            let v: JSON = switch m {
+            case .seq: .u(seq)
+            case .timeNs: .u(timeNs)
+            case .vcpu: .opt(vcpu.map(JSON.i))
+            case .gpa: .u(gpa)
+            case .size: .u(size)
+            case .flags: .u(flags)
+            case .isPrivate: .bool(isPrivate)
+            case .access: .e(access)
+            case .errno: .opt(errno.map(JSON.string))
+            case .source: .e(source)
+            case .exit: .e(exit)
+            case .attribute: .e(attribute)
+            case .slot: .opt(slot.map(JSON.i))
+            case .action: .e(action)
+            }
+            return (m.name, v)
+        })
     }
 
+    /// A record from its JSON; nil without `seq` and `gpa`. Members it does not know are ignored.
     public init?(_ j: JSON) {
         guard case .object(let members) = j else { return nil }
         self.init(empty: ())
@@ -115,48 +174,27 @@ public struct FaultRow: Sendable, Equatable {
         }
         guard have & Self.required == Self.required else { return nil }
     }
-
-    public init(seq: UInt64, timeNs: UInt64 = 0, vcpu: Int?, gpa: UInt64, flags: UInt64, access: String,
-                source: String = "vmm", exit: String = "MMIO", attribute: String = "shared", slot: Int? = nil,
-                action: String = "converted") {
-        self.seq = seq
-        self.timeNs = timeNs
-        self.vcpu = vcpu
-        self.gpa = gpa
-        self.size = 4096
-        self.flags = flags
-        self.isPrivate = flags & 8 != 0  // KVM_MEMORY_EXIT_FLAG_PRIVATE
-        self.access = access
-        self.source = source
-        self.exit = exit
-        self.attribute = attribute
-        self.slot = slot
-        self.action = action
-    }
 }
 
 /// The payload of one `MEMORY_FAULT` event: its records (those with a `seq` and a `gpa`) and the count the
 /// server says it dropped for this client.
 public struct FaultBatch: Sendable, Equatable {
-    public var records: [FaultRow]
+    public var records: [FaultRecord]
     public var dropped: UInt64
 
-    public init(records: [FaultRow] = [], dropped: UInt64 = 0) {
+    public init(records: [FaultRecord] = [], dropped: UInt64 = 0) {
         self.records = records
         self.dropped = dropped
     }
 
     /// From a parsed event's `data` (the general path).
     public init(data: JSON?) {
-        records = (data?["records"]?.arrayValue ?? []).compactMap(FaultRow.init)
+        records = (data?["records"]?.arrayValue ?? []).compactMap(FaultRecord.init)
         dropped = data?["dropped"]?.uint64Value ?? 0
     }
 
-    /// The event as JSON again (`event` and `data` only; the members the decoder does not read are gone).
-    public var eventJSON: JSON {
-        .object([("event", .string("MEMORY_FAULT")),
-                 ("data", .object([("records", .array(records.map(\.json))), ("dropped", .u(dropped))]))])
-    }
+    /// The event's `data`, as the server writes it.
+    public var data: JSON { .object([("records", .array(records.map(\.json))), ("dropped", .u(dropped))]) }
 
     /// Decodes one whole message straight from its bytes when it is a `MEMORY_FAULT` event, without building a
     /// JSON tree (the inspector's hot path: up to a thousand records a line, a line every 10 ms).
@@ -179,7 +217,7 @@ public struct FaultBatch: Sendable, Equatable {
 /// Fast where the VMM's own output goes (members in the spec's order, plain numbers, the strings it writes):
 /// each member name is first compared with the one expected next, values of the expected type are read in
 /// place, and the known strings are shared, not built. Anything else goes through `JSONParser` and
-/// `FaultRow.set`, the same reading as the general path.
+/// `FaultRecord.set`, the same reading as the general path.
 struct FaultDecoder {
     var p: JSONParser
     private let b: UnsafeBufferPointer<UInt8>
@@ -324,7 +362,7 @@ struct FaultDecoder {
         }
     }
 
-    private mutating func records(into out: inout [FaultRow]) -> Bool {
+    private mutating func records(into out: inout [FaultRecord]) -> Bool {
         p.i += 1
         // The VMM's records are ~200 bytes each; reserving for what the rest of the line can hold saves the
         // array's regrowth (bounded, so a long line of something else reserves little).
@@ -387,6 +425,7 @@ struct FaultDecoder {
             else if matches("\"MEMORY_FAULT\"", at: k) { s = "MEMORY_FAULT"; n = 14 }
             else { return nil }
         case UInt8(ascii: "n"): guard matches("\"none\"", at: k) else { return nil }; s = "none"; n = 6
+        case UInt8(ascii: "I"): guard matches("\"INTERNAL_ERROR\"", at: k) else { return nil }; s = "INTERNAL_ERROR"; n = 16
         case UInt8(ascii: "p"):
             if matches("\"private\"", at: k) { s = "private"; n = 9 }
             else if matches("\"paused\"", at: k) { s = "paused"; n = 8 }
@@ -405,7 +444,7 @@ struct FaultDecoder {
     }
 
     /// The member at `p.i` if it is `m` (its name, quotes and colon, no whitespace), consumed.
-    @inline(__always) private mutating func expect(_ m: FaultRow.Member) -> Bool {
+    @inline(__always) private mutating func expect(_ m: FaultRecord.Member) -> Bool {
         let pattern: StaticString
         switch m {
         case .seq: pattern = "\"seq\":"
@@ -430,7 +469,7 @@ struct FaultDecoder {
 
     /// Reads the value of member `m` straight into `r` when it has the type the VMM writes; false when it has
     /// another (nothing read then).
-    @inline(__always) private mutating func fastValue(_ m: FaultRow.Member, into r: inout FaultRow) -> Bool {
+    @inline(__always) private mutating func fastValue(_ m: FaultRecord.Member, into r: inout FaultRecord) -> Bool {
         switch m {
         case .seq, .timeNs, .gpa, .size, .flags:
             guard let v = plainUnsigned() else { return false }
@@ -456,11 +495,11 @@ struct FaultDecoder {
         case .access, .source, .exit, .attribute, .action:
             guard let s = knownString() else { return false }
             switch m {
-            case .access: r.access = s
-            case .source: r.source = s
-            case .exit: r.exit = s
-            case .attribute: r.attribute = s
-            default: r.action = s
+            case .access: r.access = Open(s)
+            case .source: r.source = Open(s)
+            case .exit: r.exit = Open(s)
+            case .attribute: r.attribute = Open(s)
+            default: r.action = Open(s)
             }
         }
         return true
@@ -468,22 +507,22 @@ struct FaultDecoder {
 
     /// Appends the record at `p.i` to `out` (a record without `seq` or `gpa` is skipped, as the general path
     /// does); false gives up on the message.
-    private mutating func record(into out: inout [FaultRow]) -> Bool {
+    private mutating func record(into out: inout [FaultRecord]) -> Bool {
         p.i += 1
-        var r = FaultRow(empty: ())
+        var r = FaultRecord(empty: ())
         var seen: UInt32 = 0, have: UInt32 = 0
         var others: [String] = []
         var predicted = 0
         if byte(UInt8(ascii: "}")) { return true }
         while true {
             skipWhitespace()
-            let m: FaultRow.Member
-            if let guess = FaultRow.Member(rawValue: predicted), expect(guess) {
+            let m: FaultRecord.Member
+            if let guess = FaultRecord.Member(rawValue: predicted), expect(guess) {
                 m = guess
                 skipWhitespace()
             } else {
                 guard let key = name() else { return false }
-                guard let named = FaultRow.Member.named(key) else {
+                guard let named = FaultRecord.Member.named(key) else {
                     guard let k = String(validating: key, as: UTF8.self), !others.contains(k), anyValue(depth: 4) != nil else {
                         return false
                     }
@@ -507,7 +546,7 @@ struct FaultDecoder {
             guard let end = endOfObject() else { return false }
             if end { break }
         }
-        if have & FaultRow.required == FaultRow.required { out.append(consume r) }
+        if have & FaultRecord.required == FaultRecord.required { out.append(consume r) }
         return true
     }
 }
