@@ -111,7 +111,7 @@ public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
         var i = 0
         while i < bytes.count {
             for case .message(var m) in framer.feed(bytes[i..<min(i + 65536, bytes.count)]) {
-                if let e = try? JSON.parse(bytes: &m) { n += FaultBatch(data: e["data"]).records.count }
+                if let e = try? JSON.parse(bytes: &m), case .memoryFault(let b)? = Event(message: e) { n += b.records.count }
             }
             i += 65536
         }

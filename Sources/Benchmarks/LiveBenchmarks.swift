@@ -88,9 +88,7 @@ public func liveBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm")
     for i in 0..<sizes.repetitions * 2 {
         let t = nowNs()
         // A refused conversion would time as a fast one: any error ends the benchmark instead.
-        try client.execute("set-memory-attributes", .object([
-            ("gpa", .u(32 << 20)), ("size", .u(2 << 20)), ("private", .bool(i % 2 == 1)),
-        ]))
+        try client.run(SetMemoryAttributes(gpa: 32 << 20, size: 2 << 20, toPrivate: i % 2 == 1))
         rtt.append(Double(nowNs() - t) / 1e6)
     }
     results.append(BenchResult(name: "convert-rtt-ms", value: median(rtt), unit: "ms", target: .atMost(5), baseline: baseline,
@@ -98,7 +96,7 @@ public func liveBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm")
     var status: [Double] = []
     for _ in 0..<sizes.repetitions {
         let t = nowNs()
-        try client.execute("query-vm")
+        try client.run(QueryVM())
         status.append(Double(nowNs() - t) / 1e6)
     }
     results.append(BenchResult(name: "vmscope-query-vm-rtt-ms", value: median(status), unit: "ms", baseline: baseline,

@@ -138,7 +138,7 @@ public struct Framer: Sendable {
         return frames
     }
 
-    private static let faultPrefix = Array(#"{"event":"MEMORY_FAULT""#.utf8)
+    private static let faultPrefix = FaultBatch.compactEventPrefix
 
     private enum FaultLine {
         case decoded(FaultBatch, next: Int)

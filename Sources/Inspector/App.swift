@@ -40,6 +40,9 @@ public enum InspectorAction: Sendable, Equatable {
         }
     }
 
+    /// The `:` command line's verbs for actions.
+    enum Verb: String { case convert, policy }
+
     /// Whether it changes the VM (refused in read-only sessions).
     public var mutates: Bool { if case .readMemory = self { false } else { true } }
 }
@@ -420,14 +423,14 @@ public struct InspectorUI: Sendable {
             cursorGFN = gpa / 4096 / effectivePagesPerCell * effectivePagesPerCell
             scrollToCursor()
             return []
-        case "convert":
+        case InspectorAction.Verb.convert.rawValue:
             guard words.count == 4, let gpa = Fmt.parseSize(words[1]), let size = Fmt.parseSize(words[2]),
                   let to = PageAttribute(rawValue: words[3]), to != .none else {
                 status = ("usage: convert GPA SIZE private|shared (e.g. convert 0x100000 2M shared)", true); return []
             }
             guard !readOnly else { status = ("read-only: conversions are disabled", true); return [] }
             return [.act(.convert(gpa: gpa, size: size, to: to))]
-        case "policy":
+        case InspectorAction.Verb.policy.rawValue:
             guard words.count == 2, let policy = FaultPolicy(rawValue: words[1]) else {
                 status = ("usage: policy \(FaultPolicy.allCases.map(\.rawValue).joined(separator: "|"))", true); return []
             }
@@ -457,23 +460,42 @@ public struct FaultFilter: Sendable, Equatable {
 
     public struct ParseError: Error, Equatable { public var message: String }
 
+    /// The keys: the fault record members they test, by the record's own names.
+    enum Key: RawRepresentable, CaseIterable {
+        case vcpu, access, source, gpa
+        var member: FaultRecord.Member {
+            switch self {
+            case .vcpu: .vcpu
+            case .access: .access
+            case .source: .source
+            case .gpa: .gpa
+            }
+        }
+        var rawValue: String { member.name }
+        init?(rawValue: String) {
+            guard let k = Self.allCases.first(where: { $0.rawValue == rawValue }) else { return nil }
+            self = k
+        }
+    }
+
     public static func parse(_ text: String) -> Result<FaultFilter, ParseError> {
         var f = FaultFilter()
         f.text = text.trimmingCharacters(in: " ")
         for word in text.split(separator: " ") {
             let kv = word.split(separator: "=", maxSplits: 1).map(String.init)
             guard kv.count == 2 else { return .failure(ParseError(message: "filter: '\(word)' is not key=value")) }
-            switch kv[0] {
-            case "vcpu":
+            // The filter's keys are the record members they test.
+            switch FaultFilter.Key(rawValue: kv[0]) {
+            case .vcpu?:
                 guard let n = Int(kv[1]), n >= 0 else { return .failure(ParseError(message: "filter: vcpu wants a number")) }
                 f.vcpu = n
-            case "access":
+            case .access?:
                 guard let a = FaultAccess(rawValue: kv[1]) else { return .failure(ParseError(message: "filter: access is \(FaultAccess.choices)")) }
                 f.access = a
-            case "source":
+            case .source?:
                 guard let s = FaultSource(rawValue: kv[1]) else { return .failure(ParseError(message: "filter: source is \(FaultSource.choices)")) }
                 f.source = s
-            case "gpa":
+            case .gpa?:
                 let ends = kv[1].split(separator: "-").map { Fmt.parseSize(String($0)) }
                 guard ends.count == 2, let a = ends[0], let b = ends[1], a <= b else {
                     return .failure(ParseError(message: "filter: gpa wants START-END, e.g. gpa=0x100000-0x200000"))

@@ -63,13 +63,13 @@ public final class InspectorDriver {
         let reading: UInt64? = if case .readMemory(let gpa, _) = action { gpa } else { nil }
         if let why = source.refusal(action) {
             if reading != nil { ui.overlay = nil }
-            ui.status = ("\(action.description): \(why)", true)
+            ui.status = reading != nil ? (why, true) : ("\(action.description): refused: \(why)", true)
             return
         }
         do {
             switch try source.perform(action, model: &model) {
             case .bytes(let b): ui.overlay = .hexDump(gpa: reading ?? 0, bytes: b)
-            case .done(let detail): ui.status = ("\(action.description): done\(detail)", false)
+            case .done(let detail, let description): ui.status = ("\(description ?? action.description): done\(detail)", false)
             }
         } catch {
             if reading != nil { ui.overlay = nil }

@@ -158,7 +158,7 @@ public struct Renderer {
         }
         // Cursor line and legend.
         let gpa = ui.cursorGFN * 4096
-        let attr = m.attribute(at: gpa).map { $0 ? "private" : "shared" } ?? "outside RAM"
+        let attr = m.attribute(at: gpa).map { Self.attributeName($0) } ?? "outside RAM"
         let slot = m.memslot(containing: gpa).map { "slot \($0.slot)" } ?? "no slot"
         s.put("\(Fmt.hex(gpa)) gfn \(ui.cursorGFN) \(attr) \(slot) · \(Fmt.size(span * 4096))/cell", x: r.x, y: r.y + rows, role: .highlight, limit: r.width)
         let legend: [(String, Role)] = ascii
@@ -175,6 +175,12 @@ public struct Renderer {
 
     /// One row of the fault list; `alias` is the VM's shared-alias mask: the gfn shown is the RAM page, an access
     /// through the alias marked `a`.
+    /// The guest's counters the vCPU view shows.
+    static let guestShown: Set<String> = Set([GuestCounter.heartbeat, .integrityErrors, .mceSeen, .nmiSeen].map(\.rawValue))
+
+    /// "private" or "shared".
+    static func attributeName(_ isPrivate: Bool) -> String { (isPrivate ? PageAttribute.private : .shared).rawValue }
+
     public static func faultLine(_ f: FaultRecord, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0) -> String {
         let vcpu = "v\(f.vcpu.map(String.init) ?? "-")"
         let wants = f.isPrivate ? "priv" : "shrd"
@@ -252,10 +258,10 @@ public struct Renderer {
             place += " · slot \(f.slot.map(String.init) ?? "none")"
         }
         details.append(place)
-        details.append("access \(f.access) · wants \(f.isPrivate ? "private" : "shared") · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
+        details.append("access \(f.access) · wants \(Self.attributeName(f.isPrivate)) · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
         if f.source == .vmm { details.append("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT") }
         else if f.source == .kernel && (f.flags & FaultRecord.flagPrivate != 0) != f.isPrivate {
-            details.append("kernel flags give the attribute the access met; the guest used the \(viaAlias ? "shared alias" : "private view"), so it wants \(f.isPrivate ? "private" : "shared")")
+            details.append("kernel flags give the attribute the access met; the guest used the \(viaAlias ? "shared alias" : "private view"), so it wants \(Self.attributeName(f.isPrivate))")
         }
         var y = dy + 1
         for line in details.flatMap({ wrap($0, r.width) }) where y < r.y + r.height {
@@ -409,12 +415,12 @@ public struct Renderer {
             y += 1
         }
         let wanted = ["exits", "io_exits", "mmio_exits", "halt_exits", "insn_emulation", "signal_exits", "irq_exits", "nmi_injections"]
-        let stats = wanted.compactMap { name in v.stats.first { $0.0 == name } } + v.guest.filter { ["heartbeat", "integrity-errors", "mce-seen", "nmi-seen"].contains($0.0) }
+        let stats = wanted.compactMap { name in v.stats.first { $0.0 == name } } + v.guest.filter { Self.guestShown.contains($0.0) }
         for (i, st) in stats.enumerated() {
             let row = y + i / perRow
             guard row < r.y + r.height else { break }
             let changed = (oldValue(prev?.stats, st.0) ?? oldValue(prev?.guest, st.0)).map { $0 != st.1 } ?? false
-            let role: Role = st.0 == "integrity-errors" && st.1 > 0 ? .error : (changed ? .changed : .normal)
+            let role: Role = st.0 == GuestCounter.integrityErrors.rawValue && st.1 > 0 ? .error : (changed ? .changed : .normal)
             s.put(Fmt.pad("\(st.0) \(st.1)", cellWidth), x: r.x + (i % perRow) * cellWidth, y: row, role: role, limit: r.width - (i % perRow) * cellWidth)
         }
         y += (stats.count + perRow - 1) / perRow

@@ -3,8 +3,9 @@ import ControlProtocol
 
 /// What an action came to.
 public enum ActionOutcome: Sendable, Equatable {
-    /// Done; `detail` is what the status line adds ("in 312 µs", the injection's detail).
-    case done(detail: String)
+    /// Done; `detail` is what the status line adds ("in 312 µs", the injection's detail); `description` names what
+    /// was done instead of the action when the source did something of its own for it (QEMU's `stop` for a pause).
+    case done(detail: String, description: String? = nil)
     /// Memory read (`readMemory`).
     case bytes([UInt8])
 }
@@ -188,7 +189,7 @@ public final class QEMUMonitorSource: VMSource {
         case .run(let name, let arguments, let description):
             try client.execute(name, arguments, timeoutMs: 10_000)
             qemu.refreshSoon()
-            return .done(detail: " (\(description))")
+            return .done(detail: "", description: description)
         }
     }
 
@@ -392,7 +393,7 @@ public final class RecordingSource: VMSource {
 
     public func refusal(_ action: InspectorAction) -> String? {
         if case .readMemory = action { return "a recording holds no guest memory" }
-        return "refused: this is a replay"
+        return "this is a replay"
     }
 
     public func perform(_ action: InspectorAction, model: inout InspectorModel) throws -> ActionOutcome {

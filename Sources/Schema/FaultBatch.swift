@@ -68,7 +68,7 @@ public struct FaultRecord: Sendable, Equatable {
     }
 
     /// The members a record has, in the order the spec lists them; `seq` and `gpa` are required.
-    enum Member: Int, CaseIterable {
+    public enum Member: Int, CaseIterable, Sendable {
         case seq, timeNs, vcpu, gpa, size, flags, isPrivate, access, errno, source, exit, attribute, slot, action
 
         var key: StaticString {
@@ -90,7 +90,7 @@ public struct FaultRecord: Sendable, Equatable {
             }
         }
 
-        var name: String { key.description }
+        public var name: String { key.description }
 
         static func named(_ bytes: UnsafeBufferPointer<UInt8>) -> Member? {
             guard let first = bytes.first, let last = bytes.last else { return nil }
@@ -192,6 +192,9 @@ public struct FaultBatch: Sendable, Equatable {
         records = (data?["records"]?.arrayValue ?? []).compactMap(FaultRecord.init)
         dropped = data?["dropped"]?.uint64Value ?? 0
     }
+
+    /// How a `MEMORY_FAULT` event written compactly starts (the framer's cue to try the fast decoder).
+    public static let compactEventPrefix = Array(#"{"event":"MEMORY_FAULT""#.utf8)
 
     /// The event's `data`, as the server writes it.
     public var data: JSON { .object([("records", .array(records.map(\.json))), ("dropped", .u(dropped))]) }

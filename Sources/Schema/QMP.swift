@@ -62,6 +62,7 @@ public enum QMP {
     /// The members a command message may have (`exec-oob` is named so its refusal can say why).
     public static let commandMembers: Set<String> = ["execute", "arguments", "id"]
     public static let outOfBandMember = "exec-oob"
+    public static let idMember = "id"
 
     /// A message as the client and server tell them apart.
     public enum Message: Sendable, Equatable {
