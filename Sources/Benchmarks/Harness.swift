@@ -1,4 +1,5 @@
 import Foundation
+import Schema
 
 /// One figure of a benchmark run (`vmscope-bench --json`).
 public struct BenchResult: Codable, Sendable, Equatable {
@@ -53,11 +54,7 @@ func format(_ v: Double) -> String {
 }
 
 /// Nanoseconds on the monotonic clock.
-@inline(__always) public func nowNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+@inline(__always) public func nowNs() -> UInt64 { HostClock.monotonicNs() }
 
 /// Runs `body` `repetitions` times and returns each run's duration in nanoseconds.
 public func sample(_ repetitions: Int, _ body: (Int) throws -> Void) rethrows -> [Double] {

@@ -96,10 +96,8 @@ public final class ControlServer: @unchecked Sendable {
         pipe(&fds)
         for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         wakePipe = (fds[0], fds[1])
-        var mono = timespec(), wall = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &mono)
-        clock_gettime(CLOCK_REALTIME, &wall)
-        wallOffset = (Int64(wall.tv_sec) - Int64(mono.tv_sec)) * 1_000_000_000 + Int64(wall.tv_nsec) - Int64(mono.tv_nsec)
+        let mono = HostClock.monotonicNs(), wall = HostClock.wallNs()
+        wallOffset = Int64(bitPattern: wall &- mono)
     }
 
     deinit {
@@ -210,11 +208,7 @@ public final class ControlServer: @unchecked Sendable {
         while read(wakePipe.read, &buf, 64) > 0 {}
     }
 
-    private func monotonic() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    private func monotonic() -> UInt64 { HostClock.monotonicNs() }
 
     private func wall(_ monotonicNs: UInt64) -> UInt64 { UInt64(Int64(monotonicNs) + wallOffset) }
 

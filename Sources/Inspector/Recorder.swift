@@ -1,17 +1,6 @@
 import ControlProtocol
 import Foundation
 
-/// The two clocks recordings and snapshots use, in ns.
-public enum HostClock {
-    public static func monotonicNs() -> UInt64 { read(CLOCK_MONOTONIC) }
-    public static func wallNs() -> UInt64 { read(CLOCK_REALTIME) }
-    private static func read(_ id: clockid_t) -> UInt64 {
-        var ts = timespec()
-        clock_gettime(id, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-}
-
 /// Records a vmscope VMM's session to a file: the opening `query-snapshot`, then every event, the queries an
 /// inspector would make after a change event (memslots, attributes), and the vCPUs every `vcpuIntervalNs`.
 /// It is a client of its own, so it runs beside an attached inspector.

@@ -64,14 +64,6 @@ public final class HostMapping: @unchecked Sendable {
         precondition(offset >= 0 && offset + 4 <= size)
         base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt32.self)
     }
-
-    /// Gives the pages of `[offset, offset+length)` back (`MADV_DONTNEED`): a private anonymous range reads
-    /// as zeros afterwards; a shared file mapping is only unmapped from this process.
-    public func discard(offset: Int, length: Int) throws(KVMError) {
-        if madvise(base.advanced(by: offset), length, MADV_DONTNEED) != 0 {
-            throw KVMError.last("madvise(MADV_DONTNEED)", "offset \(offset) length \(length)")
-        }
-    }
 }
 
 /// A memfd: anonymous shared memory with a file descriptor, for the shared half of guest RAM.

@@ -75,13 +75,6 @@ public final class VirtualMachine: Sendable {
         try fd.ioctl(KVMIoctl.enableCap, &uapi, context: capability.name)
     }
 
-    /// Sets the three-page TSS area VMX needs for real mode (harmless elsewhere).
-    ///
-    /// The corresponding ioctl is `KVM_SET_TSS_ADDR`.
-    public func setTSSAddress(_ address: UInt64) throws(KVMError) {
-        try fd.ioctl(KVMIoctl.setTSSAddr, value: UInt(address))
-    }
-
     /// Creates vCPU `id` and maps its `kvm_run` area.
     ///
     /// The corresponding ioctl is `KVM_CREATE_VCPU`.

@@ -3,12 +3,6 @@ import KVM
 import Schema
 import Synchronization
 
-/// CLOCK_MONOTONIC in nanoseconds.
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
 
 /// A bounded log whose entries are numbered from 1 without gaps; when full, the oldest entry goes.
 ///

@@ -227,12 +227,12 @@ public final class GuestMemory: @unchecked Sendable {
     /// mapping back. Refused (nothing changed) when the range is invalid or the layout would need more
     /// memslots than `memslotLimit`.
     public func convert(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool) throws(VMMError) -> ConversionResult {
-        let started = monotonicNanoseconds()
+        let started = HostClock.monotonicNs()
         let range = try pages(gpa: gpa, size: size)
         if let refusal = engine.conversionRefusal(pages: range) { throw VMMError(.unsupported, refusal) }
         let anyRevoked = !revoked.isUniform(pages: range, private: false)
         if attributes.isUniform(pages: range, private: toPrivate) && !anyRevoked {
-            return ConversionResult(runsChanged: 0, durationNs: monotonicNanoseconds() - started, memslotsChanged: false)
+            return ConversionResult(runsChanged: 0, durationNs: HostClock.monotonicNs() - started, memslotsChanged: false)
         }
         var newAttributes = attributes
         newAttributes.set(pages: range, private: toPrivate)
@@ -254,7 +254,7 @@ public final class GuestMemory: @unchecked Sendable {
             }
             let runsAfter = attributes.runs(pages: window)
             let runsChanged = runsAfter.filter { !runsBefore.contains($0) }.count
-            return ConversionResult(runsChanged: max(runsChanged, 1), durationNs: monotonicNanoseconds() - started,
+            return ConversionResult(runsChanged: max(runsChanged, 1), durationNs: HostClock.monotonicNs() - started,
                                     memslotsChanged: changed)
         } catch {
             // Put the map back as it was; relayout brings the memslots back with it.

@@ -445,7 +445,7 @@ public final class ReferenceVMM: @unchecked Sendable {
     /// The fault record an injection leaves. Caller holds the memory lock.
     private func appendInjectionRecord(_ report: InjectionReport) {
         let context = memory.faultContext(gfn: report.gpa.map { $0 / 4096 })
-        faults.append(FaultRecord(timeNs: monotonicNanoseconds(), vcpu: report.vcpu, gpa: report.gpa ?? 0,
+        faults.append(FaultRecord(timeNs: HostClock.monotonicNs(), vcpu: report.vcpu, gpa: report.gpa ?? 0,
                                   size: report.size ?? 0, flags: 0, isPrivate: false, access: .unknown, errno: nil,
                                   source: .vmm, exit: .none, attribute: context.attribute, slot: context.slot,
                                   action: .injected))
@@ -473,13 +473,13 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     /// An MMIO exit: a vmm-engine memory fault when the GPA is RAM, an ordinary MMIO access otherwise.
     func handleMMIO(runner: VCPURunner, address: UInt64, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) {
-        let entered = monotonicNanoseconds()
+        let entered = HostClock.monotonicNs()
         guard let c = memory.classify(address) else {
             read?.fillAllOnes()
             return
         }
         var conversionNs: UInt64 = 0
-        func emitted() { faultEmitCost.append { _ in monotonicNanoseconds() &- entered &- conversionNs } }
+        func emitted() { faultEmitCost.append { _ in HostClock.monotonicNs() &- entered &- conversionNs } }
         var resumed = false
         while true {
             memory.lock.lock()
@@ -495,7 +495,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             }
             let context = memory.faultContext(gfn: gfn)
             var record = FaultRecord(
-                timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: address & ~0xFFF, size: 4096,
+                timeNs: HostClock.monotonicNs(), vcpu: runner.index, gpa: address & ~0xFFF, size: 4096,
                 flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView,
                 access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: .mmio,
                 attribute: context.attribute, slot: context.slot, action: .reported)
@@ -503,7 +503,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             switch policy {
             case .convert:
                 var followUp: [VMEvent] = []
-                let converting = monotonicNanoseconds()
+                let converting = HostClock.monotonicNs()
                 do {
                     if attrPrivate == c.privateView {
                         try memory.remap(gfn: gfn)
@@ -519,7 +519,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                     record.action = .known(.reported)
                     logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
                 }
-                conversionNs = monotonicNanoseconds() &- converting
+                conversionNs = HostClock.monotonicNs() &- converting
                 faults.append(record)
                 if !resumed { emitted() }  // after a pause the wait would count
                 if record.action == .reported {
@@ -598,7 +598,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             return true
         }
         let record = FaultRecord(
-            timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: gpa & ~0xFFF, size: 4096,
+            timeNs: HostClock.monotonicNs(), vcpu: runner.index, gpa: gpa & ~0xFFF, size: 4096,
             flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView, access: access, errno: nil,
             source: .vmm, exit: .internalError, attribute: context.attribute, slot: context.slot, action: .reported)
         let reason = "\(access == .exec ? "instruction fetch" : "implicit access") at \(hex(gpa)) (\(c.privateView ? "private" : "shared") view, page is \(context.attribute))"
@@ -689,7 +689,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         let context = memory.faultContext(gfn: c?.gfn)
         memory.lock.unlock()
         let wantsPrivate = c?.privateView ?? f.isPrivate
-        let record = FaultRecord(timeNs: monotonicNanoseconds(), vcpu: runner.index, gpa: f.gpa, size: f.size,
+        let record = FaultRecord(timeNs: HostClock.monotonicNs(), vcpu: runner.index, gpa: f.gpa, size: f.size,
                                  flags: f.flags, isPrivate: wantsPrivate, access: .unknown,
                                  errno: KVMError.name(of: f.errno), source: .kernel, exit: .memoryFault,
                                  attribute: context.attribute, slot: context.slot, action: .reported)

@@ -352,7 +352,7 @@ final class VCPURunner: @unchecked Sendable {
     private func guestPort(_ port: UInt16, value: UInt64) {
         switch port {
         case GuestPort.heartbeat:
-            let now = monotonicNanoseconds()
+            let now = HostClock.monotonicNs()
             cond.lock()
             counters.heartbeat = value
             counters.heartbeats += 1

@@ -26,7 +26,7 @@ public final class EventLog: Sendable {
     public var capacity: Int { ring.capacity }
 
     public func append(_ event: VMEvent) {
-        let now = monotonicNanoseconds()
+        let now = HostClock.monotonicNs()
         ring.append { Entry(seq: $0, timeNs: now, event: event) }
     }
 
