@@ -116,7 +116,21 @@ public final class ControlClient: @unchecked Sendable {
     private var events = Deque<(event: ControlEvent, bytes: Int)>()
     private var eventBytes = 0
     private var dropped: UInt64 = 0
-    private var closedReason: String?
+    /// Where the session is, as QEMU's python/qmp `Runstate` has it: negotiating until `qmp_capabilities` is
+    /// answered, running, then closed with the reason (the peer closed, broke the protocol, or `close()` ran).
+    /// Nothing leaves `closed`.
+    public enum State: Sendable, Equatable {
+        case negotiating
+        case running
+        case closed(reason: String)
+    }
+    private var stateValue = State.negotiating
+    /// The reason once closed; caller holds `lock`.
+    private var closedReason: String? { if case .closed(let r) = stateValue { r } else { nil } }
+    /// Closes with `reason` unless closed already; caller holds `lock`.
+    private func close(because reason: String) {
+        if closedReason == nil { stateValue = .closed(reason: reason) }
+    }
     private var nextID = 1
     private var reader: Thread?
 
@@ -171,6 +185,15 @@ public final class ControlClient: @unchecked Sendable {
         reader = t
         t.start()
         _ = try run(QMPCapabilities(), timeoutMs: timeoutMs)
+        lock.lock()
+        if stateValue == .negotiating { stateValue = .running }
+        lock.unlock()
+    }
+
+    /// The session's state now.
+    public var state: State {
+        lock.lock(); defer { lock.unlock() }
+        return stateValue
     }
 
     deinit { connection.shutdown() }
@@ -178,7 +201,7 @@ public final class ControlClient: @unchecked Sendable {
     public func close() {
         connection.shutdown()
         lock.lock()
-        if closedReason == nil { closedReason = "closed by this client" }
+        close(because: "closed by this client")
         lock.broadcast()
         lock.unlock()
     }
@@ -213,7 +236,7 @@ public final class ControlClient: @unchecked Sendable {
 
     private func finish(_ reason: String) {
         lock.lock()
-        if closedReason == nil { closedReason = reason }
+        close(because: reason)
         lock.broadcast()
         lock.unlock()
     }
