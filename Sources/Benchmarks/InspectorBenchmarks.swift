@@ -117,8 +117,18 @@ public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
         }
         sink &+= n
     })
-    results.append(BenchResult(name: "fault-decode-general-records-per-s", value: Double(records) / (generalNs / 1e9), unit: "records/s",
-                               note: "the same bytes without the fast path: framer → JSON.parse → FaultBatch(data:) (\(records) records)"))
+    let general = BenchResult(name: "fault-decode-general-records-per-s", value: Double(records) / (generalNs / 1e9), unit: "records/s",
+                              note: "the same bytes without the fast path: framer → JSON.parse → Event → FaultBatch (\(records) records); the fast path is \(String(format: "%.1f", generalNs / decodeNs))× it, so it stays")
+    results.append(general)
+    // Instructions per record, which repeat exactly where times do not (this machine's times move 2× in an hour).
+    if let exe = CommandLine.arguments.first, let fast = callgrindInstructionsPerRecord(exe, path: "fast"),
+       let slow = callgrindInstructionsPerRecord(exe, path: "general") {
+        let g = BenchResult(name: "fault-decode-general-instr-per-record", value: slow, unit: "instr",
+                            note: "valgrind --tool=callgrind, decode only (--toggle-collect), \(callgrindRecords) records")
+        results.append(g)
+        results.append(BenchResult(name: "fault-decode-instr-per-record", value: fast, unit: "instr", baseline: g,
+                                   note: "the fast path, counted the same way"))
+    }
 
     // A 1 MiB message arriving a 4 KiB line at a time (pretty-printed, or a hostile client's) against the same
     // bytes on one line: framing is O(size) either way, so the ratio stays near 1 (it was ~128 before the
@@ -172,4 +182,41 @@ public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
                                note: "headless renderer, 200×60, all views, \(model.visibleFaults.count) faults buffered"))
     if sink == 42 { print("") }
     return results
+}
+
+/// Records in the callgrind workload.
+let callgrindRecords = 8192
+
+/// Decodes `callgrindRecords` records once by `path` ("fast": the framer's fault decoder into the model; "general":
+/// `JSON.parse` and the schema's reading); `vmscope-bench --callgrind-decode` runs it under valgrind.
+@inline(never) public func callgrindDecodeWorkload(_ bytes: [UInt8], path: String) -> Int {
+    if path == "fast" { return Int(decodeIntoModel(bytes).faultsReceived) }
+    var framer = Framer(maxMessage: 64 << 20, decodeFaults: false)
+    var n = 0
+    for case .message(var m) in framer.feed(bytes[...]) {
+        if let e = try? JSON.parse(bytes: &m), case .memoryFault(let b)? = Event(message: e) { n += b.records.count }
+    }
+    return n
+}
+
+/// The bytes the callgrind workload decodes.
+public func callgrindDecodeBytes() -> [UInt8] { faultEventBytes(batches: callgrindRecords / 1024, perBatch: 1024) }
+
+/// Instructions per record of `callgrindDecodeWorkload(path:)`, counted by callgrind in a child `exe
+/// --callgrind-decode PATH`; nil without valgrind.
+func callgrindInstructionsPerRecord(_ exe: String, path: String) -> Double? {
+    let out = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(path).out"
+    defer { unlink(out) }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["valgrind", "--tool=callgrind", "--callgrind-out-file=\(out)", "--toggle-collect=*callgrindDecodeWorkload*",
+                   exe, "--callgrind-decode", path]
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    do { try p.run() } catch { return nil }
+    p.waitUntilExit()
+    guard p.terminationStatus == 0, let text = try? String(contentsOfFile: out, encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") || $0.hasPrefix("totals:") }),
+          let total = Double(line.split(separator: " ").last ?? "") else { return nil }
+    return total / Double(callgrindRecords)
 }

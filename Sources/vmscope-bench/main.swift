@@ -14,8 +14,15 @@ struct VMScopeBench: ParsableCommand {
     @Option(help: "Only the groups named (attr, inspector, convert, live, cpu); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
+    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general) and exit.", visibility: .hidden))
+    var callgrindDecode: String?
 
     func run() throws {
+        if let path = callgrindDecode {
+            let bytes = callgrindDecodeBytes()
+            print(callgrindDecodeWorkload(bytes, path: path))
+            return
+        }
         let sizes = smoke ? BenchSizes.smoke : .full
         var results: [BenchResult] = []
         func wanted(_ group: String) -> Bool { only.isEmpty || only.contains(group) }
