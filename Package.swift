@@ -36,6 +36,11 @@ let package = Package(
         .target(name: "ControlProtocol", dependencies: ["Schema", .product(name: "DequeModule", package: "swift-collections")]),
         // zlib (Debian's zlib1g-dev), for recordings.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // libtracefs and libtraceevent (Debian's libtracefs-dev, libtraceevent-dev), for the kernel-tracepoint source.
+        .systemLibrary(name: "CTraceFS", pkgConfig: "libtracefs", providers: [.apt(["libtracefs-dev", "libtraceevent-dev"])]),
+        // Any KVM VM on the host without its VMM's help: KVM tracepoints in a private tracefs instance, decoded;
+        // the trace source (a fourth VMSource); every VM from KVM's debugfs (`vmscope top`).
+        .target(name: "Tracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector"]),
         // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings.
         .target(name: "Inspector", dependencies: [
             "ControlProtocol", "CZlib", .product(name: "Algorithms", package: "swift-algorithms"),
@@ -51,7 +56,7 @@ let package = Package(
         // resources, the boot, and the control link between the host's socket and the VMM inside.
         .target(name: "Lab", dependencies: ["ControlProtocol", "ProcessSupport"], resources: [.copy("Resources")]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport",
+            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "Tracing",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -60,7 +65,8 @@ let package = Package(
         .target(name: "ProcessSupport"),
         // Benchmarks (`swift run -c release vmscope-bench`); a library so `swift test` can smoke-run them.
         .target(name: "Benchmarks", dependencies: [
-            "VMM", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", .product(name: "Logging", package: "swift-log"),
+            "VMM", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", "Tracing",
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope-bench", dependencies: [
             "Benchmarks", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -76,6 +82,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "Schema", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
+        .testTarget(name: "TracingTests", dependencies: ["Tracing", "KVM", "Schema"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),

@@ -206,11 +206,20 @@ public func callgrindDecodeBytes() -> [UInt8] { faultEventBytes(batches: callgri
 /// --callgrind-decode PATH`; nil without valgrind.
 func callgrindInstructionsPerRecord(_ exe: String, path: String) -> Double? {
     let out = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(path).out"
-    defer { unlink(out) }
+    // Valgrind cannot read the Swift toolchain's DWARF: a copy without debug info (symbols kept, for the toggle).
+    let copy = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-bench"
+    defer { unlink(out); unlink(copy) }
+    guard (try? FileManager.default.copyItem(atPath: exe, toPath: copy)) != nil else { return nil }
+    let strip = Process()
+    strip.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    strip.arguments = ["strip", "--strip-debug", copy]
+    do { try strip.run() } catch { return nil }
+    strip.waitUntilExit()
+    guard strip.terminationStatus == 0 else { return nil }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = ["valgrind", "--tool=callgrind", "--callgrind-out-file=\(out)", "--toggle-collect=*callgrindDecodeWorkload*",
-                   exe, "--callgrind-decode", path]
+                   copy, "--callgrind-decode", path]
     p.standardOutput = FileHandle.nullDevice
     p.standardError = FileHandle.nullDevice
     do { try p.run() } catch { return nil }

@@ -1,8 +1,11 @@
 // Functions glibc declares only under _GNU_SOURCE, which Swift's Glibc import does not define.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "CKVM.h"
 
@@ -20,3 +23,15 @@ int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t len) {
 }
 
 int ckvm_gettid(void) { return (int)gettid(); }
+
+int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
+int ckvm_dup_from_process(int pid, int fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) return -1;
+    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    int saved = errno;
+    close(pidfd);
+    errno = saved;
+    return dup;
+}

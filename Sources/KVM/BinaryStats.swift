@@ -1,3 +1,4 @@
+import CKVM
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -95,5 +96,17 @@ public final class BinaryStats: Sendable {
     /// Reads the current values of the non-histogram statistics only.
     public func readScalars() throws(KVMError) -> [String: UInt64] {
         try read().compactMapValues { $0.count == 1 ? $0[0] : nil }
+    }
+}
+
+extension BinaryStats {
+    /// A binary statistics file another process holds open (its `fd`, an `anon_inode:kvm-vcpu-stats:N` or
+    /// `kvm-vm-stats`), duplicated with pidfd_getfd: how `vmscope top` reads any VMM's counters without its help.
+    /// (KVM refuses ioctls on a VM or vCPU fd from another process, EIO, so a VMM that holds no stats file gives
+    /// none this way; KVM's debugfs files may be closed by kernel lockdown.)
+    public static func ofProcess(_ pid: Int32, fd: Int32) throws(KVMError) -> BinaryStats {
+        let dup = ckvm_dup_from_process(pid, fd)
+        guard dup >= 0 else { throw KVMError.last("pidfd_getfd", "pid \(pid) fd \(fd)") }
+        return try BinaryStats(fd: OwnedFileDescriptor(adopting: dup))
     }
 }

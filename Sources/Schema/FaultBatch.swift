@@ -406,44 +406,31 @@ struct FaultDecoder {
         return v
     }
 
-    /// One of the strings the VMM writes (quoted, no escapes), shared; else nil with nothing read.
-    @inline(__always) private mutating func knownString() -> String? {
+    /// The values of one enumeration as they appear quoted in the VMM's output, from the enumeration itself.
+    struct Values<E: SchemaEnum> {
+        let entries: [(bytes: [UInt8], value: Open<E>)]
+        init() { entries = E.allCases.map { (Array("\"\($0.rawValue)\"".utf8), .known($0)) } }
+    }
+    static let access = Values<FaultAccess>(), source = Values<FaultSource>(), exit = Values<FaultExit>()
+    static let attribute = Values<PageAttribute>(), action = Values<FaultAction>()
+    /// The errno names the kernel's memory-fault exits carry (shared strings, not built per record).
+    static let errnoNames: [(bytes: [UInt8], value: String)] = ["EFAULT", "EHWPOISON"].map { (Array("\"\($0)\"".utf8), $0) }
+
+    /// A quoted value of `table` at `p.i`, consumed; nil with nothing read (another value goes the general way).
+    @inline(__always) private mutating func known<E>(_ table: Values<E>) -> Open<E>? { match(table.entries) }
+
+    @inline(__always) private mutating func knownErrno() -> String? { match(Self.errnoNames) }
+
+    /// The value of the first entry whose bytes are at `p.i`, consumed; nil with nothing read.
+    @inline(__always) private mutating func match<T>(_ entries: [(bytes: [UInt8], value: T)]) -> T? {
         guard at(p.i) == UInt8(ascii: "\"") else { return nil }
-        let k = p.i
-        let s: String
-        let n: Int
-        switch at(k + 1) {
-        case UInt8(ascii: "r"):
-            if matches("\"read\"", at: k) { s = "read"; n = 6 }
-            else if matches("\"reported\"", at: k) { s = "reported"; n = 10 }
-            else if matches("\"remapped\"", at: k) { s = "remapped"; n = 10 }
-            else { return nil }
-        case UInt8(ascii: "w"): guard matches("\"write\"", at: k) else { return nil }; s = "write"; n = 7
-        case UInt8(ascii: "e"): guard matches("\"exec\"", at: k) else { return nil }; s = "exec"; n = 6
-        case UInt8(ascii: "u"): guard matches("\"unknown\"", at: k) else { return nil }; s = "unknown"; n = 9
-        case UInt8(ascii: "v"): guard matches("\"vmm\"", at: k) else { return nil }; s = "vmm"; n = 5
-        case UInt8(ascii: "k"): guard matches("\"kernel\"", at: k) else { return nil }; s = "kernel"; n = 8
-        case UInt8(ascii: "M"):
-            if matches("\"MMIO\"", at: k) { s = "MMIO"; n = 6 }
-            else if matches("\"MEMORY_FAULT\"", at: k) { s = "MEMORY_FAULT"; n = 14 }
-            else { return nil }
-        case UInt8(ascii: "n"): guard matches("\"none\"", at: k) else { return nil }; s = "none"; n = 6
-        case UInt8(ascii: "I"): guard matches("\"INTERNAL_ERROR\"", at: k) else { return nil }; s = "INTERNAL_ERROR"; n = 16
-        case UInt8(ascii: "p"):
-            if matches("\"private\"", at: k) { s = "private"; n = 9 }
-            else if matches("\"paused\"", at: k) { s = "paused"; n = 8 }
-            else { return nil }
-        case UInt8(ascii: "s"): guard matches("\"shared\"", at: k) else { return nil }; s = "shared"; n = 8
-        case UInt8(ascii: "c"): guard matches("\"converted\"", at: k) else { return nil }; s = "converted"; n = 11
-        case UInt8(ascii: "i"): guard matches("\"injected\"", at: k) else { return nil }; s = "injected"; n = 10
-        case UInt8(ascii: "E"):
-            if matches("\"EFAULT\"", at: k) { s = "EFAULT"; n = 8 }
-            else if matches("\"EHWPOISON\"", at: k) { s = "EHWPOISON"; n = 11 }
-            else { return nil }
-        default: return nil
+        for e in entries {
+            let n = e.bytes.count
+            guard p.i + n <= b.count, e.bytes.withUnsafeBufferPointer({ memcmp($0.baseAddress!, b.baseAddress! + p.i, n) }) == 0 else { continue }
+            p.i += n
+            return e.value
         }
-        p.i = k + n
-        return s
+        return nil
     }
 
     /// The member at `p.i` if it is `m` (its name, quotes and colon, no whitespace), consumed.
@@ -493,17 +480,13 @@ struct FaultDecoder {
             else { return false }
         case .errno:
             if matches("null", at: p.i) { p.i += 4; r.errno = nil }
-            else if let s = knownString() { r.errno = s }
+            else if let s = knownErrno() { r.errno = s }
             else { return false }
-        case .access, .source, .exit, .attribute, .action:
-            guard let s = knownString() else { return false }
-            switch m {
-            case .access: r.access = Open(s)
-            case .source: r.source = Open(s)
-            case .exit: r.exit = Open(s)
-            case .attribute: r.attribute = Open(s)
-            default: r.action = Open(s)
-            }
+        case .access: guard let v = known(Self.access) else { return false }; r.access = v
+        case .source: guard let v = known(Self.source) else { return false }; r.source = v
+        case .exit: guard let v = known(Self.exit) else { return false }; r.exit = v
+        case .attribute: guard let v = known(Self.attribute) else { return false }; r.attribute = v
+        case .action: guard let v = known(Self.action) else { return false }; r.action = v
         }
         return true
     }

@@ -50,11 +50,17 @@ extension JSON {
 public enum FaultAccess: String, SchemaEnum { case read, write, exec, unknown }
 
 /// Who detected a fault: a real `KVM_EXIT_MEMORY_FAULT` (`kernel`) or the VMM's own enforcement (`vmm`).
-public enum FaultSource: String, SchemaEnum { case kernel, vmm }
+public enum FaultSource: String, SchemaEnum {
+    case kernel, vmm
+    /// Seen by vmscope in KVM's tracepoints (a trace-only view), not reported by a VMM.
+    case trace
+}
 
 /// The KVM exit a fault record came from; `none` for an injection's record.
 public enum FaultExit: String, SchemaEnum {
     case memoryFault = "MEMORY_FAULT", mmio = "MMIO", internalError = "INTERNAL_ERROR", none
+    /// A guest page fault KVM handled in the kernel (`kvm_page_fault`; trace records only).
+    case pageFault = "PAGE_FAULT"
 }
 
 /// A page's attribute when it faulted; `none` outside RAM.

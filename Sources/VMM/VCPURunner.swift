@@ -89,6 +89,9 @@ final class VCPURunner: @unchecked Sendable {
 
     // MARK: Thread
 
+    /// vCPU threads are named this and their index (`/proc/PID/task/TID/comm`).
+    public static let threadNamePrefix = "vmscope/vcpu "
+
     func start() {
         _ = installKickHandler
         cond.lock()
@@ -98,6 +101,8 @@ final class VCPURunner: @unchecked Sendable {
         var tid = pthread_t()
         let rc = pthread_create(&tid, nil, { arg in
             let runner = Unmanaged<VCPURunner>.fromOpaque(arg!).takeRetainedValue()
+            // Named as `top` and the trace source find vCPU threads (QEMU names its own "CPU N/KVM").
+            _ = ckvm_set_thread_name(String((VCPURunner.threadNamePrefix + String(runner.index)).prefix(15)))
             runner.loop()
             return nil
         }, box.toOpaque())

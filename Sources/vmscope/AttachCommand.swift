@@ -3,6 +3,7 @@ import Lab
 import ControlProtocol
 import Foundation
 import Inspector
+import Tracing
 
 /// Options shared by `attach` and `demo`.
 struct InspectorOptions: ParsableArguments {
@@ -64,6 +65,33 @@ struct InspectorOptions: ParsableArguments {
         return !(l.contains("utf-8") || l.contains("utf8"))
     }
 
+    /// A trace-only inspector on `pid` (the tracefs instance is set up before the terminal is touched).
+    func inspect(tracing pid: Int32) throws {
+        var err = StandardError()
+        let session: TraceSession
+        do { session = try TraceSession(pid: pid) } catch {
+            print("vmscope: cannot trace \(pid): \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        defer { session.close() }
+        try run(TraceSource(session: session), readOnly: true)
+    }
+
+    /// The terminal around a source until quit.
+    private func run(_ source: any VMSource, readOnly: Bool, note: String? = nil) throws {
+        var err = StandardError()
+        let (themes, order, problems) = loadThemes()
+        for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
+        let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: useASCII, readOnly: readOnly)
+        if let note { session.ui.status = (note, false) }
+        if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
+        let terminal = Terminal(theme: themes[order[0]] ?? .mono)
+        session.run(terminal: terminal)
+        terminal.close()
+        let signal = Terminal.interrupted.load(ordering: .relaxed)
+        if signal != 0 { throw ExitCode(128 + signal) }
+    }
+
     /// Connects (before the terminal is touched), then runs the UI until quit.
     func inspect(socket: String, note: String? = nil) throws {
         var err = StandardError()
@@ -72,17 +100,7 @@ struct InspectorOptions: ParsableArguments {
             print("vmscope: cannot attach to \(socket): \(error)", to: &err)
             throw ExitCode(2)
         }
-        let (themes, order, problems) = loadThemes()
-        for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
-        let session = InspectorSession(source: SocketSource(path: socket, client: client), themes: themes, themeOrder: order,
-                                       ascii: useASCII, readOnly: readOnly)
-        if let note { session.ui.status = (note, false) }
-        if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
-        let terminal = Terminal(theme: themes[order[0]] ?? .mono)
-        session.run(terminal: terminal)
-        terminal.close()
-        let signal = Terminal.interrupted.load(ordering: .relaxed)
-        if signal != 0 { throw ExitCode(128 + signal) }
+        try run(SocketSource(path: socket, client: client), readOnly: readOnly, note: note)
     }
 }
 
@@ -92,10 +110,18 @@ struct AttachCommand: ParsableCommand {
         commandName: "attach",
         abstract: "Open the inspector on a VMM's control socket (vmscope vmm, or a QEMU QMP socket).")
 
-    @Argument(help: "The control socket.") var socket: String
+    @Argument(help: "The control socket.") var socket: String?
+    @Option(name: .customLong("trace"), help: "Instead of a socket: watch this VMM process through KVM's tracepoints (any VMM; needs root).")
+    var tracePid: Int32?
     @OptionGroup var options: InspectorOptions
 
-    func run() throws { try options.inspect(socket: socket) }
+    func validate() throws {
+        guard (socket == nil) != (tracePid == nil) else { throw ValidationError("give a control socket or --trace PID (one of them)") }
+    }
+
+    func run() throws {
+        if let socket { try options.inspect(socket: socket) } else if let tracePid { try options.inspect(tracing: tracePid) }
+    }
 }
 
 /// `vmscope demo`: the reference VMM (mutations and injection allowed) and the inspector on it, in one command.

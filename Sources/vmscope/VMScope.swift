@@ -7,5 +7,6 @@ struct VMScope: ParsableCommand {
         commandName: "vmscope",
         abstract: "Inspect live KVM virtual machines: memslots, private/shared attributes, memory faults, vCPUs.",
         subcommands: [AttachCommand.self, DemoCommand.self, VMMCommand.self, CtlCommand.self, CapsCommand.self,
-                      SnapshotCommand.self, RecordCommand.self, ReplayCommand.self, LabCommand.self])
+                      SnapshotCommand.self, RecordCommand.self, ReplayCommand.self, LabCommand.self,
+                      TraceCommand.self, TopCommand.self])
 }

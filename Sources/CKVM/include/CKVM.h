@@ -29,6 +29,11 @@ const char *ckvm_errno_name(int err);
 /// memfd_create(2) and fallocate(2) are behind _GNU_SOURCE too.
 int ckvm_memfd_create(const char *name, unsigned int flags);
 int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
+/// pthread_setname_np(3) on the calling thread (15 bytes at most), also _GNU_SOURCE.
+int ckvm_set_thread_name(const char *name);
+/// Another process's file descriptor `fd`, duplicated into this one (pidfd_open + pidfd_getfd; needs ptrace
+/// rights over it, e.g. root); -1 with errno on failure. syscall(2) is variadic, so it lives here.
+int ckvm_dup_from_process(int pid, int fd);
 #define CKVM_FALLOC_FL_KEEP_SIZE 0x01
 #define CKVM_FALLOC_FL_PUNCH_HOLE 0x02
 #define CKVM_MFD_CLOEXEC 0x0001U

@@ -1,0 +1,127 @@
+import KVM
+import Schema
+
+/// Where each field of the decoded events lies in a raw record, as the kernel's event formats say (read through
+/// libtraceevent by `TraceSession`, or written out in tests). Decoding a record is then a few loads at known offsets:
+/// no text, no allocation.
+public struct EventLayouts: Sendable, Equatable {
+    public struct Field: Sendable, Equatable {
+        public var offset: Int
+        public var size: Int
+        public init(offset: Int, size: Int) { self.offset = offset; self.size = size }
+    }
+
+    /// One event's id and its fields by name.
+    public struct Event: Sendable, Equatable {
+        public var id: Int
+        public var fields: [String: Field]
+        public init(id: Int, fields: [String: Field]) { self.id = id; self.fields = fields }
+        subscript(_ name: String) -> Field? { fields[name] }
+    }
+
+    /// The common header every record starts with.
+    public var type = Field(offset: 0, size: 2)
+    public var pid = Field(offset: 4, size: 4)
+    /// By event name (`kvm_userspace_exit`, ...).
+    public var events: [String: Event] = [:]
+    private var byID: [Int: (name: String, event: Event)] = [:]
+
+    public init(events: [String: Event], type: Field = Field(offset: 0, size: 2), pid: Field = Field(offset: 4, size: 4)) {
+        self.type = type
+        self.pid = pid
+        self.events = events
+        for (name, e) in events { byID[e.id] = (name, e) }
+    }
+
+    public static func == (a: EventLayouts, b: EventLayouts) -> Bool { a.events == b.events && a.type == b.type && a.pid == b.pid }
+
+    /// The events vmscope decodes, by group.
+    public static let decoded: [(group: String, name: String)] = [
+        ("kvm", "kvm_userspace_exit"), ("kvm", "kvm_mmio"), ("kvm", "kvm_hypercall"), ("kvm", "kvm_page_fault"), ("kvm", "kvm_exit"),
+    ]
+
+    /// An unsigned field read little-endian from `data` (0 when the record is too short for it).
+    @inline(__always) static func read(_ f: Field?, _ data: UnsafeRawBufferPointer) -> UInt64 {
+        guard let f, f.offset >= 0, f.offset + f.size <= data.count else { return 0 }
+        switch f.size {
+        case 1: return UInt64(data.load(fromByteOffset: f.offset, as: UInt8.self))
+        case 2: return UInt64(UInt16(littleEndian: data.loadUnaligned(fromByteOffset: f.offset, as: UInt16.self)))
+        case 4: return UInt64(UInt32(littleEndian: data.loadUnaligned(fromByteOffset: f.offset, as: UInt32.self)))
+        case 8: return UInt64(littleEndian: data.loadUnaligned(fromByteOffset: f.offset, as: UInt64.self))
+        default: return 0
+        }
+    }
+
+    /// The record's thread, and its event decoded; nil for a record too short for its header.
+    public func decode(_ data: UnsafeRawBufferPointer, cpu: Int32, timeNs: UInt64) -> TraceEvent? {
+        guard data.count >= max(type.offset + type.size, pid.offset + pid.size) else { return nil }
+        let id = Int(Self.read(type, data))
+        let tid = Int32(truncatingIfNeeded: Self.read(pid, data))
+        guard let (name, e) = byID[id] else { return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(name: "event \(id)")) }
+        func u(_ field: String) -> UInt64 { Self.read(e[field], data) }
+        let kind: TraceEvent.Kind
+        switch name {
+        case "kvm_userspace_exit":
+            kind = .userspaceExit(reason: ExitReason(rawValue: UInt32(truncatingIfNeeded: u("reason"))),
+                                  errno: Int32(truncatingIfNeeded: u("errno")))
+        case "kvm_mmio":
+            kind = .mmio(TraceEvent.MMIOType(UInt32(truncatingIfNeeded: u("type"))), length: UInt32(truncatingIfNeeded: u("len")),
+                         gpa: u("gpa"), value: u("val"))
+        case "kvm_hypercall":
+            kind = .hypercall(Hypercall(nr: u("nr"), a0: u("a0"), a1: u("a1"), a2: u("a2"), a3: u("a3")))
+        case "kvm_page_fault":
+            kind = .pageFault(vcpu: UInt32(truncatingIfNeeded: u("vcpu_id")), rip: u("guest_rip"), address: u("fault_address"),
+                              errorCode: PageFaultErrorCode(rawValue: u("error_code")))
+        case "kvm_exit":
+            kind = .exit(vcpu: UInt32(truncatingIfNeeded: u("vcpu_id")), isa: UInt32(truncatingIfNeeded: u("isa")),
+                         reason: UInt32(truncatingIfNeeded: u("exit_reason")), rip: u("guest_rip"))
+        default:
+            kind = .other(name: name)
+        }
+        return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: kind)
+    }
+}
+
+extension TraceEvent {
+    /// The event as one JSON-ready list of members (`vmscope trace --json`): name, thread, time, and every field
+    /// decoded beside its raw value.
+    public var json: JSON { .object(members) }
+
+    /// The members that hold addresses (shown in hex in text).
+    public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa"]
+
+    public var members: [(String, JSON)] {
+        var m: [(String, JSON)] = [("tid", .int(Int64(tid))), ("cpu", .int(Int64(cpu))), ("time-ns", .u(timeNs))]
+        switch kind {
+        case .userspaceExit(let reason, let errno):
+            m = [("event", .string("kvm_userspace_exit"))] + m
+            if errno < 0 {
+                m += [("errno", .int(Int64(errno))), ("error", .string(errno == -4 ? "EINTR (restart)" : "KVM_RUN failed"))]
+            } else {
+                m += [("reason", .u(UInt64(reason.rawValue))), ("reason-name", .string(reason.name))]
+            }
+        case .mmio(let type, let len, let gpa, let value):
+            m = [("event", .string("kvm_mmio"))] + m
+            m += [("type", .string(type.description)), ("len", .u(UInt64(len))), ("gpa", .u(gpa)), ("val", .u(value))]
+        case .hypercall(let h):
+            m = [("event", .string("kvm_hypercall"))] + m
+            m += [("nr", .u(h.nr)), ("name", .string(h.name)), ("a0", .u(h.a0)), ("a1", .u(h.a1)), ("a2", .u(h.a2)),
+                  ("a3", .u(h.a3))]
+            if let g = h.mapGPARange {
+                m += [("map-gpa", .u(g.gpa)), ("map-pages", .u(g.pages)), ("map-page-size", g.pageSize.map { .u($0) } ?? .null),
+                      ("map-to", g.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null), ("map-unknown-bits", .u(g.unknownBits))]
+            }
+        case .pageFault(let vcpu, let rip, let address, let ec):
+            m = [("event", .string("kvm_page_fault"))] + m
+            m += [("vcpu", .u(UInt64(vcpu))), ("rip", .u(rip)), ("address", .u(address)), ("error-code", .u(ec.rawValue)),
+                  ("error-bits", .array(ec.names.map(JSON.string))), ("access", .string(ec.access))]
+        case .exit(let vcpu, let isa, let reason, let rip):
+            m = [("event", .string("kvm_exit"))] + m
+            m += [("vcpu", .u(UInt64(vcpu))), ("isa", .string(isa == 1 ? "vmx" : isa == 2 ? "svm" : "isa-\(isa)")),
+                  ("reason", .u(UInt64(reason))), ("rip", .u(rip))]
+        case .other(let name):
+            m = [("event", .string(name))] + m
+        }
+        return m
+    }
+}

@@ -1,0 +1,148 @@
+import Foundation
+import KVM
+import Schema
+
+/// Every KVM VM on the host, as KVM's debugfs lists them (`/sys/kernel/debug/kvm/PID-FD/`, one directory a VM with
+/// its statistics summed over its vCPUs and a `vcpuN` directory each) and /proc describes their processes.
+public enum HostVMs {
+    public static let debugfsKVM = "/sys/kernel/debug/kvm"
+
+    /// debugfs's KVM directory, mounting debugfs read-only if it is not; a one-line error naming the fix otherwise.
+    public static func kvmDirectory() throws(TraceError) -> String {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: debugfsKVM, isDirectory: &isDir), isDir.boolValue { return debugfsKVM }
+        if !FileManager.default.fileExists(atPath: "/sys/kernel/debug/kvm") {
+            let rc = mount("none", "/sys/kernel/debug", "debugfs", UInt(MS_RDONLY), nil)
+            if rc != 0 {
+                throw TraceError("KVM's debugfs (\(debugfsKVM)) is not there and debugfs could not be mounted (\(String(cString: strerror(errno)))): run as root, or mount -t debugfs -o ro none /sys/kernel/debug")
+            }
+        }
+        guard FileManager.default.fileExists(atPath: debugfsKVM) else {
+            throw TraceError("\(debugfsKVM) does not exist: is the kvm module loaded?")
+        }
+        return debugfsKVM
+    }
+
+    /// One VM now: its counters (cumulative), from debugfs and /proc.
+    public struct Sample: Sendable, Equatable {
+        public var pid: Int32
+        /// The VM's debugfs directory (`PID-FD`): a process may hold several VMs.
+        public var directory: String
+        public var name: String
+        public var vcpus: Int
+        public var stats: [String: UInt64]
+        public var rssBytes: UInt64?
+    }
+
+    /// KVM's names of the statistics `top` has columns for.
+    public enum Stat {
+        public static let exits = "exits", mmio = "mmio_exits", hypercalls = "hypercalls"
+    }
+
+    /// The statistics `top` shows, among those KVM keeps per VM.
+    public static let shownStats = ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "hypercalls", "insn_emulation",
+                                   "signal_exits", "irq_window_exits", "nmi_window_exits", "request_irq_exits", "l1d_flush"]
+
+    public static func sample() throws(TraceError) -> [Sample] {
+        let dir = try kvmDirectory()
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        var out: [Sample] = []
+        for e in entries.sorted() {
+            let parts = e.split(separator: "-")
+            guard parts.count == 2, let pid = Int32(parts[0]), Int(parts[1]) != nil else { continue }
+            let path = dir + "/" + e
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            // The vCPUs' binary statistics, summed (what debugfs's VM directory shows, and readable under lockdown);
+            // debugfs's own files where those cannot be had.
+            var stats = vcpuStatistics(pid: pid)
+            if stats.isEmpty {
+                for s in shownStats where files.contains(s) {
+                    if let t = readPseudoFile(path + "/" + s), let v = UInt64(t.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                        stats[s] = v
+                    }
+                }
+            }
+            let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
+            out.append(Sample(pid: pid, directory: e, name: TraceSource.processName(pid: pid), vcpus: vcpus, stats: stats,
+                              rssBytes: residentBytes(pid)))
+        }
+        return out
+    }
+
+    /// The shown statistics summed over the vCPU statistics files `pid` holds (`anon_inode:kvm-vcpu-stats:N` in
+    /// /proc/PID/fd: vmscope's VMM and QEMU open one per vCPU).
+    static func vcpuStatistics(pid: Int32) -> [String: UInt64] {
+        let dir = "/proc/\(pid)/fd"
+        var sums: [String: UInt64] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            guard let fd = Int32(entry), let target = try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + entry),
+                  target.hasPrefix("anon_inode:kvm-vcpu-stats:"), let stats = try? BinaryStats.ofProcess(pid, fd: fd),
+                  let values = try? stats.readScalars() else { continue }
+            for s in shownStats { if let v = values[s] { sums[s, default: 0] &+= v } }
+        }
+        return sums
+    }
+
+    static func residentBytes(_ pid: Int32) -> UInt64? {
+        guard let status = readPseudoFile("/proc/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kib * 1024
+    }
+
+    /// One row of `top`: a VM's counters and their rates over the interval between two samples.
+    public struct Row: Sendable, Equatable {
+        public var sample: Sample
+        public var intervalNs: UInt64
+        public var perSecond: [String: Double]
+        /// The exit reasons with the highest rates (the `*_exits` counters), highest first.
+        public var topExits: [(String, Double)] {
+            perSecond.filter { $0.key.hasSuffix("_exits") && $0.value > 0 }.sorted { $0.value > $1.value }.prefix(3).map { ($0.key, $0.value) }
+        }
+        public var exitsPerSecond: Double? { perSecond[Stat.exits] }
+
+        public static func == (a: Row, b: Row) -> Bool { a.sample == b.sample && a.perSecond == b.perSecond }
+
+        public var json: JSON {
+            let s = sample
+            return .object([
+                ("pid", .i(Int(s.pid))), ("vm", .string(s.directory)), ("name", .string(s.name)), ("vcpus", .i(s.vcpus)),
+                ("rss-bytes", .opt(s.rssBytes.map(JSON.u))),
+                ("counters", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, .u($0.value)) })),
+                ("per-second", .object(perSecond.sorted { $0.key < $1.key }.map { ($0.key, .number(String(format: "%.1f", $0.value))) })),
+                ("top-exits", .array(topExits.map { .string($0.0) })),
+            ])
+        }
+    }
+
+    /// Rows from two samples `intervalNs` apart (a VM in only the second has no rates yet).
+    public static func rows(before: [Sample], after: [Sample], intervalNs: UInt64) -> [Row] {
+        after.map { s in
+            let old = before.first { $0.directory == s.directory }
+            var rates: [String: Double] = [:]
+            if let old, intervalNs > 0 {
+                for (k, v) in s.stats {
+                    let o = old.stats[k] ?? 0
+                    rates[k] = v >= o ? Double(v - o) / (Double(intervalNs) / 1e9) : 0
+                }
+            }
+            return Row(sample: s, intervalNs: intervalNs, perSecond: rates)
+        }
+    }
+}
+
+/// A debugfs or procfs file's text: they report size 0, so it is read until EOF (at most 64 KiB), not by its size.
+func readPseudoFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while out.count < 65536 {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { break }
+        out += buf[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}

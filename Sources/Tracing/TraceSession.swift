@@ -1,0 +1,165 @@
+import CTraceFS
+import Foundation
+import KVM
+
+/// Why tracing cannot start, in words naming the fix.
+public struct TraceError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A private tracefs instance (`instances/vmscope-PID`) with KVM's events enabled for one process's threads, read
+/// from its per-CPU raw buffers through libtracefs. Global tracing state is never touched: everything is in the
+/// instance, which `close()` (and `deinit`) removes; the next session removes instances whose owner is dead.
+public final class TraceSession: @unchecked Sendable {
+    // @unchecked: one thread uses a session at a time (the inspector's loop, or `vmscope trace`).
+    public let pid: Int32
+    public let name: String
+    public private(set) var layouts: EventLayouts
+    private var instance: OpaquePointer?
+    private let tep: OpaquePointer
+    /// Threads of `pid` as last listed, which the kernel filter admits.
+    public private(set) var threads: Set<Int32> = []
+    private var lastThreadScan: UInt64 = 0
+    /// Events the kernel dropped before we read them (`missed_events`), and events from other threads discarded.
+    public private(set) var missed: UInt64 = 0
+    public private(set) var foreign: UInt64 = 0
+    public private(set) var decoded: UInt64 = 0
+
+    /// The tracefs mount point: `/sys/kernel/tracing`, mounted if it is not (one line naming the fix otherwise).
+    public static func tracingDirectory() throws(TraceError) -> String {
+        var path: UnsafePointer<CChar>?
+        guard tracefs_tracing_dir_is_mounted(true, &path) >= 0, let path else {
+            throw TraceError("tracefs is not mounted and could not be (\(String(cString: strerror(errno)))): run as root, or mount -t tracefs nodev /sys/kernel/tracing")
+        }
+        let dir = String(cString: path)
+        guard access(dir + "/instances", W_OK) == 0 else {
+            throw TraceError("\(dir)/instances is not writable (\(String(cString: strerror(errno)))): tracing needs root (or write access to tracefs)")
+        }
+        return dir
+    }
+
+    /// Removes `vmscope-N` instances whose process N is gone (a session killed before it could clean up).
+    @discardableResult
+    public static func removeStaleInstances() -> [String] {
+        guard let list = tracefs_instances("^vmscope-") else { return [] }
+        defer { tracefs_list_free(list) }
+        var removed: [String] = []
+        var i = 0
+        while let p = list[i] {
+            let name = String(cString: p)
+            i += 1
+            guard let owner = Int32(name.dropFirst("vmscope-".count)), kill(owner, 0) != 0, errno == ESRCH else { continue }
+            if let inst = tracefs_instance_alloc(nil, name) {
+                if tracefs_instance_destroy(inst) == 0 { removed.append(name) }
+                tracefs_instance_free(inst)
+            }
+        }
+        return removed
+    }
+
+    /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default).
+    public init(pid: Int32, events: [String]? = nil, bufferKiB: Int = 4096) throws(TraceError) {
+        guard kill(pid, 0) == 0 || errno == EPERM else { throw TraceError("no process \(pid)") }
+        self.pid = pid
+        let dir = try Self.tracingDirectory()
+        Self.removeStaleInstances()
+        name = "vmscope-\(getpid())"
+        guard let tep = tracefs_local_events(dir) else {
+            throw TraceError("cannot read the event formats under \(dir)/events (\(String(cString: strerror(errno))))")
+        }
+        self.tep = tep
+        var found: [String: EventLayouts.Event] = [:]
+        for (group, event) in EventLayouts.decoded where events?.contains(event) ?? true {
+            guard let e = tep_find_event_by_name(tep, group, event) else { continue }
+            var fields: [String: EventLayouts.Field] = [:]
+            var f = e.pointee.format.fields
+            while let field = f {
+                fields[String(cString: field.pointee.name)] = .init(offset: Int(field.pointee.offset), size: Int(field.pointee.size))
+                f = field.pointee.next
+            }
+            found[event] = .init(id: Int(e.pointee.id), fields: fields)
+        }
+        guard !found.isEmpty else {
+            tep_free(tep)
+            throw TraceError("this kernel has none of the KVM events asked for (\(dir)/events/kvm): is the kvm module loaded?")
+        }
+        layouts = EventLayouts(events: found)
+        guard let inst = tracefs_instance_create(name) else {
+            tep_free(tep)
+            throw TraceError("cannot create the tracefs instance \(name) (\(String(cString: strerror(errno))))")
+        }
+        instance = inst
+        _ = tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
+        // Timestamps on CLOCK_MONOTONIC, the clock of fault records and of the views (this instance only).
+        _ = tracefs_instance_file_write(inst, "trace_clock", "mono")
+        refreshThreads(force: true)
+        for (group, event) in EventLayouts.decoded where found[event] != nil {
+            if tracefs_event_enable(inst, group, event) != 0 {
+                close()
+                throw TraceError("cannot enable \(group)/\(event) in \(name) (\(String(cString: strerror(errno))))")
+            }
+        }
+        _ = tracefs_trace_on(inst)
+    }
+
+    deinit { close() }
+
+    /// Removes the instance (its buffers and enabled events go with it).
+    public func close() {
+        if let inst = instance {
+            _ = tracefs_instance_destroy(inst)
+            tracefs_instance_free(inst)
+            instance = nil
+        }
+    }
+
+    public var isOpen: Bool { instance != nil }
+
+    /// The threads of `pid` now (a VMM starts vCPU threads after the VM): the kernel filter follows them.
+    public func refreshThreads(force: Bool = false) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        guard force || now &- lastThreadScan > 1_000_000_000, let inst = instance else { return }
+        lastThreadScan = now
+        let tids = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
+        guard tids != threads, !tids.isEmpty else { return }
+        threads = tids
+        let filter = tids.sorted().map { "common_pid == \($0)" }.joined(separator: " || ")
+        for (group, event) in EventLayouts.decoded where layouts.events[event] != nil {
+            _ = tracefs_event_file_write(inst, group, event, "filter", filter)
+        }
+    }
+
+    /// Whatever the buffers hold now, decoded, oldest first per CPU. Events of other threads (a filter not yet
+    /// updated) are dropped and counted in `foreign`.
+    public func read(limit: Int = 1 << 20) -> [TraceEvent] {
+        guard let inst = instance else { return [] }
+        refreshThreads()
+        final class Box {
+            var out: [TraceEvent] = []
+            var missed: UInt64 = 0
+            var foreign: UInt64 = 0
+            let layouts: EventLayouts
+            let threads: Set<Int32>
+            let limit: Int
+            init(_ l: EventLayouts, _ t: Set<Int32>, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
+        }
+        let box = Box(layouts, threads, limit)
+        let ctx = Unmanaged.passUnretained(box).toOpaque()
+        _ = tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
+            guard let record, let ctx else { return 0 }
+            let box = Unmanaged<Box>.fromOpaque(ctx).takeUnretainedValue()
+            let r = record.pointee
+            if r.missed_events > 0 { box.missed &+= UInt64(r.missed_events) }
+            guard let data = r.data else { return 0 }
+            let bytes = UnsafeRawBufferPointer(start: data, count: Int(r.size))
+            guard let e = box.layouts.decode(bytes, cpu: Int32(cpu), timeNs: r.ts) else { return 0 }
+            if box.threads.contains(e.tid) { box.out.append(e) } else { box.foreign &+= 1 }
+            return box.out.count >= box.limit ? 1 : 0
+        }, ctx)
+        missed &+= box.missed
+        foreign &+= box.foreign
+        decoded &+= UInt64(box.out.count)
+        return box.out
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import Inspector
+import KVM
+import Schema
+
+/// What the kernel's KVM tracepoints show of any VM, with no help from its VMM: a fourth `VMSource`. Its fault rows
+/// are MMIO accesses and page faults as KVM traced them (`source: trace`); its vCPUs are the process's vCPU threads
+/// with their exits to userspace counted by reason. It cannot act on the VM, and says so.
+public final class TraceSource: VMSource {
+    public let session: TraceSession
+    private var seq: UInt64 = 0
+    private var vcpuOfThread: [Int32: Int] = [:]
+    private var exitCounts: [Int32: [String: UInt64]] = [:]
+    private var lastExit: [Int32: String] = [:]
+    private var lastVCPURefresh: UInt64 = 0
+    private var started = false
+
+    public init(session: TraceSession) { self.session = session }
+
+    /// The vCPU index a thread's name gives: QEMU's "CPU N/KVM", vmscope's "vmscope/vcpu N".
+    public static func vcpuIndex(threadName: String) -> Int? {
+        let name = threadName.trimmingCharacters(in: .whitespacesAndNewlines)
+        if name.hasPrefix("CPU "), name.hasSuffix("/KVM") { return Int(name.dropFirst(4).dropLast(4)) }
+        if name.hasPrefix(VCPUThreadName.vmscope) { return Int(name.dropFirst(VCPUThreadName.vmscope.count)) }
+        return nil
+    }
+
+    /// A process's name as people know it: QEMU's `-name` (guest=NAME or NAME), else its command.
+    public static func processName(pid: Int32) -> String {
+        let raw = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        if let i = args.firstIndex(of: "-name"), i + 1 < args.count {
+            let v = args[i + 1]
+            let guest = v.split(separator: ",").first { $0.hasPrefix("guest=") }.map { String($0.dropFirst(6)) }
+            return guest ?? String(v.split(separator: ",").first ?? "")
+        }
+        let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return comm ?? (args.first ?? "pid \(pid)")
+    }
+
+    private func threadName(_ tid: Int32) -> String {
+        readPseudoFile("/proc/\(session.pid)/task/\(tid)/comm") ?? ""
+    }
+
+    private func vcpu(_ tid: Int32) -> Int? {
+        if let v = vcpuOfThread[tid] { return v }
+        let v = Self.vcpuIndex(threadName: threadName(tid))
+        if let v { vcpuOfThread[tid] = v }
+        return v
+    }
+
+    public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
+        var changed = false
+        if !started {
+            started = true
+            var vm = VMInfo()
+            vm.name = Self.processName(pid: session.pid)
+            vm.pid = Int(session.pid)
+            vm.engine = "-"
+            vm.policy = "-"
+            model.vm = vm
+            model.connection = .connected("kernel tracepoints (\(session.name))")
+            model.unavailable = [
+                .map: "trace only: no tracepoint reports private/shared attributes, and this VMM has no control socket vmscope can read; fault rows carry the GPAs",
+                .memslots: "trace only: memslots live in the VMM (KVM_SET_USER_MEMORY_REGION2 has no tracepoint); attach to its control socket to see them",
+            ]
+            changed = true
+        }
+        let events = session.read()
+        var records: [FaultRecord] = []
+        for e in events {
+            let v = vcpu(e.tid)
+            switch e.kind {
+            case .userspaceExit(let reason, let errno):
+                let name = errno < 0 ? "error" : reason.name
+                exitCounts[e.tid, default: [:]][name, default: 0] += 1
+                lastExit[e.tid] = name
+            case .mmio(let type, let len, let gpa, _):
+                seq += 1
+                let access: FaultAccess = switch type { case .write: .write; case .read, .unsatisfiedRead: .read; case .unknown: .unknown }
+                var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: gpa, size: UInt64(len), flags: 0, isPrivate: false,
+                                    access: access, source: .trace, exit: .mmio, attribute: .none, slot: nil, action: .reported)
+                r.attribute = .unknown("?")
+                records.append(r)
+            case .pageFault(_, _, let address, let ec):
+                seq += 1
+                let access: FaultAccess = ec.has("fetch") ? .exec : ec.has("write") ? .write : .read
+                var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: address, size: 4096, flags: ec.rawValue,
+                                    isPrivate: ec.has("private_access"), access: access, source: .trace, exit: .pageFault,
+                                    attribute: .none, slot: nil, action: .reported)
+                r.attribute = .unknown("?")
+                records.append(r)
+            case .hypercall, .exit, .other:
+                break
+            }
+        }
+        if !records.isEmpty {
+            model.apply(faults: FaultBatch(records: records, dropped: 0), nowNs: nowNs)
+            changed = true
+        }
+        if session.missed > model.eventsDropped { model.eventsDropped = session.missed; changed = true }
+        if nowNs &- lastVCPURefresh >= 1_000_000_000 || lastVCPURefresh == 0 {
+            let interval = lastVCPURefresh == 0 ? 1 : nowNs &- lastVCPURefresh
+            lastVCPURefresh = nowNs
+            var rows: [VCPURow] = []
+            for tid in session.threads.sorted() {
+                guard let index = vcpu(tid) else { continue }
+                let counts = (exitCounts[tid] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+                var row = VCPURow(index: index, threadID: Int(tid), state: .unknown("traced"), lastExit: lastExit[tid] ?? "-",
+                                  exitCounts: counts)
+                row.exitTotal = counts.reduce(0) { $0 &+ $1.1 }
+                rows.append(row)
+            }
+            rows.sort { $0.index < $1.index }
+            model.apply(vcpus: rows, intervalNs: interval)
+            model.vm.vcpus = rows.count
+            changed = true
+        }
+        if kill(session.pid, 0) != 0 && errno == ESRCH {
+            model.connection = .disconnected("process \(session.pid) exited")
+        }
+        return changed
+    }
+
+    public func refusal(_ action: InspectorAction) -> String? {
+        "a trace-only view cannot act on the VM: tracepoints only watch (attach to the VMM's control socket to act)"
+    }
+
+    public func perform(_ action: InspectorAction, model: inout InspectorModel) throws -> ActionOutcome {
+        throw SourceRefusal(refusal(action) ?? "")
+    }
+
+    public var recordingSocket: Result<String, SourceRefusal> {
+        .failure(SourceRefusal("a trace-only view has no control socket to record; vmscope trace PID --json writes the events"))
+    }
+}
+
+/// How vCPU threads are named.
+public enum VCPUThreadName {
+    /// vmscope's VMM (`VCPURunner.threadNamePrefix`).
+    public static let vmscope = "vmscope/vcpu "
+}

@@ -1,0 +1,96 @@
+import Foundation
+import KVM
+import Schema
+import Testing
+@testable import Tracing
+
+/// Decoding on synthetic records laid out as this kernel's formats say (events/kvm/*/format on 6.18), for every
+/// reason and bit the issue names, unknown ones included.
+@Suite struct DecodeTests {
+    /// The layouts of kernel 6.18 (events/kvm/<event>/format), ids as there.
+    static let layouts = EventLayouts(events: [
+        "kvm_userspace_exit": .init(id: 42, fields: ["reason": .init(offset: 8, size: 4), "errno": .init(offset: 12, size: 4)]),
+        "kvm_mmio": .init(id: 38, fields: ["type": .init(offset: 8, size: 4), "len": .init(offset: 12, size: 4),
+                                           "gpa": .init(offset: 16, size: 8), "val": .init(offset: 24, size: 8)]),
+        "kvm_hypercall": .init(id: 30, fields: ["nr": .init(offset: 8, size: 8), "a0": .init(offset: 16, size: 8),
+                                                "a1": .init(offset: 24, size: 8), "a2": .init(offset: 32, size: 8), "a3": .init(offset: 40, size: 8)]),
+        "kvm_page_fault": .init(id: 50, fields: ["vcpu_id": .init(offset: 8, size: 4), "guest_rip": .init(offset: 16, size: 8),
+                                                 "fault_address": .init(offset: 24, size: 8), "error_code": .init(offset: 32, size: 8)]),
+    ])
+
+    /// A record: common header (type, flags, preempt count, pid) then fields at their offsets.
+    static func record(id: UInt16, pid: Int32, _ fields: [(Int, Int, UInt64)], size: Int = 48) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: size)
+        func put(_ off: Int, _ n: Int, _ v: UInt64) { for i in 0..<n { b[off + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) } }
+        put(0, 2, UInt64(id))
+        put(4, 4, UInt64(UInt32(bitPattern: pid)))
+        for (o, n, v) in fields { put(o, n, v) }
+        return b
+    }
+
+    static func decode(_ b: [UInt8]) -> TraceEvent? { b.withUnsafeBytes { layouts.decode($0, cpu: 1, timeNs: 7) } }
+
+    @Test(arguments: [(UInt32(2), "IO"), (6, "MMIO"), (17, "INTERNAL_ERROR"), (39, "MEMORY_FAULT"), (40, "TDX"), (41, "ARM_SEA"), (77, "EXIT_77")])
+    func userspaceExitReasonsAreNamedUpToTheNewestAndUnknownOnesByNumber(reason: UInt32, name: String) throws {
+        let e = try #require(Self.decode(Self.record(id: 42, pid: 1234, [(8, 4, UInt64(reason)), (12, 4, 0)])))
+        #expect(e.tid == 1234 && e.cpu == 1 && e.timeNs == 7)
+        guard case .userspaceExit(let r, let errno) = e.kind else { Issue.record("\(e)"); return }
+        #expect(r.name == name && errno == 0)
+        #expect(e.json["reason-name"] == .string(name))
+    }
+
+    @Test func aFailedRunSaysItsErrnoNotAReason() throws {
+        let e = try #require(Self.decode(Self.record(id: 42, pid: 1, [(8, 4, 39), (12, 4, UInt64(UInt32(bitPattern: -14)))])))
+        #expect(e.json["errno"] == .int(-14) && e.json["reason-name"] == nil)
+        let intr = try #require(Self.decode(Self.record(id: 42, pid: 1, [(8, 4, 0), (12, 4, UInt64(UInt32(bitPattern: -4)))])))
+        #expect(intr.json["error"]?.stringValue?.contains("EINTR") == true)
+    }
+
+    @Test func mmioTypesAndFields() throws {
+        for (type, word) in [(UInt64(0), "unsatisfied-read"), (1, "read"), (2, "write"), (9, "type-9")] {
+            let e = try #require(Self.decode(Self.record(id: 38, pid: 5, [(8, 4, type), (12, 4, 4), (16, 8, 0x8010_0000), (24, 8, 0xFFFF_FFFF)])))
+            #expect(e.kind == .mmio(TraceEvent.MMIOType(UInt32(type)), length: 4, gpa: 0x8010_0000, value: 0xFFFF_FFFF))
+            #expect(e.json["type"] == .string(word))
+        }
+    }
+
+    @Test func everyPageFaultErrorCodeBitIsNamedAndUnknownOnesShownByNumber() throws {
+        for (bit, name) in PageFaultErrorCode.bits {
+            let ec = PageFaultErrorCode(rawValue: 1 << UInt64(bit))
+            #expect(ec.names == [name], "bit \(bit)")
+        }
+        let mixed = PageFaultErrorCode(rawValue: 1 << 1 | 1 << 4 | 1 << 49 | 1 << 20 | 1 << 63)
+        #expect(mixed.names == ["write", "fetch", "private_access", "bit20", "bit63"])
+        #expect(mixed.access == "exec", "fetch wins: an instruction fetch")
+        #expect(PageFaultErrorCode(rawValue: 0b10).access == "write" && PageFaultErrorCode(rawValue: 0b1).access == "read")
+        let e = try #require(Self.decode(Self.record(id: 50, pid: 9, [(8, 4, 2), (16, 8, 0x1000), (24, 8, 0x2000_0000), (32, 8, 0x2_0000_0006)])))
+        guard case .pageFault(2, 0x1000, 0x2000_0000, let code) = e.kind else { Issue.record("\(e)"); return }
+        #expect(code.names == ["write", "user", "guest_page"])
+        #expect(e.json["access"] == .string("write"))
+    }
+
+    @Test func mapGPARangeIsAConversionRequest() throws {
+        let toShared = Hypercall(nr: 12, a0: 0x10_0000, a1: 16, a2: 0x20, a3: 0).mapGPARange
+        #expect(toShared == .init(gpa: 0x10_0000, pages: 16, pageSize: 4096, toPrivate: false, unknownBits: 0))
+        let toPrivate2M = Hypercall(nr: 12, a0: 0x20_0000, a1: 1, a2: 0x11, a3: 0).mapGPARange
+        #expect(toPrivate2M?.toPrivate == true && toPrivate2M?.pageSize == 2 << 20)
+        let odd = Hypercall(nr: 12, a0: 0, a1: 1, a2: 0x130 | 0x7, a3: 0).mapGPARange
+        #expect(odd?.toPrivate == nil && odd?.pageSize == nil && odd?.unknownBits == 0x107, "both directions and a reserved size: nothing guessed")
+        #expect(Hypercall(nr: 5, a0: 0, a1: 0, a2: 0, a3: 0).mapGPARange == nil)
+        let e = try #require(Self.decode(Self.record(id: 30, pid: 3, [(8, 8, 12), (16, 8, 0x10_0000), (24, 8, 16), (32, 8, 0x20)])))
+        #expect(e.json["map-to"] == .string("shared") && e.json["name"] == .string("KVM_HC_MAP_GPA_RANGE"))
+    }
+
+    @Test func shortOrForeignRecordsDoNotTrap() {
+        #expect(Self.decode([1, 0]) == nil)
+        let short = Self.decode(Self.record(id: 38, pid: 1, [], size: 10))
+        #expect(short?.kind == .mmio(.unsatisfiedRead, length: 0, gpa: 0, value: 0), "fields past the end read as 0")
+        #expect(Self.decode(Self.record(id: 999, pid: 1, []))?.kind == .other(name: "event 999"))
+    }
+
+    @Test func threadNamesGiveVCPUIndices() {
+        #expect(TraceSource.vcpuIndex(threadName: "CPU 3/KVM\n") == 3)
+        #expect(TraceSource.vcpuIndex(threadName: "vmscope/vcpu 12") == 12)
+        #expect(TraceSource.vcpuIndex(threadName: "qemu-system-x86") == nil)
+    }
+}
