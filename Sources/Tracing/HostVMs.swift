@@ -37,13 +37,49 @@ public enum HostVMs {
     /// KVM's names of the statistics `top` has columns for.
     public enum Stat {
         public static let exits = "exits", mmio = "mmio_exits", hypercalls = "hypercalls"
+        /// Counted by `top` from tracepoints: exits to userspace (`kvm_userspace_exit`) and `kvm_mmio` events.
+        public static let tracedUserspaceExits = "traced_userspace_exits", tracedMMIO = "traced_mmio"
     }
 
     /// The statistics `top` shows, among those KVM keeps per VM.
     public static let shownStats = ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "hypercalls", "insn_emulation",
                                    "signal_exits", "irq_window_exits", "nmi_window_exits", "request_irq_exits", "l1d_flush"]
 
-    public static func sample() throws(TraceError) -> [Sample] {
+    /// Exits to userspace and MMIO exits counted from KVM's tracepoints, per process: what `top` shows where KVM's
+    /// own counters cannot be read (a VMM holding no statistics file, debugfs closed by lockdown).
+    public final class TracedCounts: @unchecked Sendable {
+        // @unchecked: `top`'s one thread uses it.
+        public let session: TraceSession
+        public private(set) var userspaceExits: [Int32: UInt64] = [:]
+        public private(set) var mmio: [Int32: UInt64] = [:]
+        private var tgidOfThread: [Int32: Int32] = [:]
+
+        public init() throws(TraceError) {
+            session = try TraceSession(pid: nil, events: ["kvm_userspace_exit", "kvm_mmio"])
+        }
+
+        func tgid(_ tid: Int32) -> Int32 {
+            if let p = tgidOfThread[tid] { return p }
+            let status = readPseudoFile("/proc/\(tid)/status") ?? ""
+            let p = status.split(separator: "\n").first { $0.hasPrefix("Tgid:") }.flatMap { Int32($0.dropFirst(5).trimmingCharacters(in: .whitespaces)) } ?? tid
+            tgidOfThread[tid] = p
+            return p
+        }
+
+        /// Takes what the buffers hold.
+        public func update() {
+            for e in session.read() {
+                switch e.kind {
+                case .userspaceExit: userspaceExits[tgid(e.tid), default: 0] &+= 1
+                case .mmio: mmio[tgid(e.tid), default: 0] &+= 1
+                default: break
+                }
+            }
+        }
+    }
+
+    public static func sample(traced: TracedCounts? = nil) throws(TraceError) -> [Sample] {
+        traced?.update()
         let dir = try kvmDirectory()
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
         var out: [Sample] = []
@@ -61,6 +97,10 @@ public enum HostVMs {
                         stats[s] = v
                     }
                 }
+            }
+            if let traced {
+                stats[Stat.tracedUserspaceExits] = traced.userspaceExits[pid] ?? 0
+                stats[Stat.tracedMMIO] = traced.mmio[pid] ?? 0
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
             out.append(Sample(pid: pid, directory: e, name: TraceSource.processName(pid: pid), vcpus: vcpus, stats: stats,
@@ -97,7 +137,7 @@ public enum HostVMs {
         public var perSecond: [String: Double]
         /// The exit reasons with the highest rates (the `*_exits` counters), highest first.
         public var topExits: [(String, Double)] {
-            perSecond.filter { $0.key.hasSuffix("_exits") && $0.value > 0 }.sorted { $0.value > $1.value }.prefix(3).map { ($0.key, $0.value) }
+            perSecond.filter { $0.key.hasSuffix("_exits") && !$0.key.hasPrefix("traced_") && $0.value > 0 }.sorted { $0.value > $1.value }.prefix(3).map { ($0.key, $0.value) }
         }
         public var exitsPerSecond: Double? { perSecond[Stat.exits] }
 

@@ -1,5 +1,6 @@
 import CTraceFS
 import Foundation
+import Synchronization
 import KVM
 
 /// Why tracing cannot start, in words naming the fix.
@@ -12,8 +13,11 @@ public struct TraceError: Error, Sendable, CustomStringConvertible {
 /// from its per-CPU raw buffers through libtracefs. Global tracing state is never touched: everything is in the
 /// instance, which `close()` (and `deinit`) removes; the next session removes instances whose owner is dead.
 public final class TraceSession: @unchecked Sendable {
+    private static let sessionsStarted = Atomic<Int>(0)
     // @unchecked: one thread uses a session at a time (the inspector's loop, or `vmscope trace`).
-    public let pid: Int32
+    /// The process traced; nil: every process (`vmscope top`'s counters), no thread filter.
+    public let target: Int32?
+    public var pid: Int32 { target ?? 0 }
     public let name: String
     public private(set) var layouts: EventLayouts
     private var instance: OpaquePointer?
@@ -49,7 +53,7 @@ public final class TraceSession: @unchecked Sendable {
         while let p = list[i] {
             let name = String(cString: p)
             i += 1
-            guard let owner = Int32(name.dropFirst("vmscope-".count)), kill(owner, 0) != 0, errno == ESRCH else { continue }
+            guard let owner = Int32(name.dropFirst("vmscope-".count).prefix { $0 != "-" }), kill(owner, 0) != 0, errno == ESRCH else { continue }
             if let inst = tracefs_instance_alloc(nil, name) {
                 if tracefs_instance_destroy(inst) == 0 { removed.append(name) }
                 tracefs_instance_free(inst)
@@ -59,12 +63,14 @@ public final class TraceSession: @unchecked Sendable {
     }
 
     /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default).
-    public init(pid: Int32, events: [String]? = nil, bufferKiB: Int = 4096) throws(TraceError) {
-        guard kill(pid, 0) == 0 || errno == EPERM else { throw TraceError("no process \(pid)") }
-        self.pid = pid
+    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = 4096) throws(TraceError) {
+        if let pid { guard kill(pid, 0) == 0 || errno == EPERM else { throw TraceError("no process \(pid)") } }
+        self.target = pid
         let dir = try Self.tracingDirectory()
         Self.removeStaleInstances()
-        name = "vmscope-\(getpid())"
+        // The process's first session is vmscope-PID, a second at the same time vmscope-PID-2, ...
+        let n = Self.sessionsStarted.add(1, ordering: .relaxed).newValue
+        name = n == 1 ? "vmscope-\(getpid())" : "vmscope-\(getpid())-\(n)"
         guard let tep = tracefs_local_events(dir) else {
             throw TraceError("cannot read the event formats under \(dir)/events (\(String(cString: strerror(errno))))")
         }
@@ -119,7 +125,7 @@ public final class TraceSession: @unchecked Sendable {
     /// The threads of `pid` now (a VMM starts vCPU threads after the VM): the kernel filter follows them.
     public func refreshThreads(force: Bool = false) {
         let now = DispatchTime.now().uptimeNanoseconds
-        guard force || now &- lastThreadScan > 1_000_000_000, let inst = instance else { return }
+        guard target != nil, force || now &- lastThreadScan > 1_000_000_000, let inst = instance else { return }
         lastThreadScan = now
         let tids = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
         guard tids != threads, !tids.isEmpty else { return }
@@ -140,11 +146,11 @@ public final class TraceSession: @unchecked Sendable {
             var missed: UInt64 = 0
             var foreign: UInt64 = 0
             let layouts: EventLayouts
-            let threads: Set<Int32>
+            let threads: Set<Int32>?
             let limit: Int
-            init(_ l: EventLayouts, _ t: Set<Int32>, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
+            init(_ l: EventLayouts, _ t: Set<Int32>?, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
         }
-        let box = Box(layouts, threads, limit)
+        let box = Box(layouts, target == nil ? nil : threads, limit)
         let ctx = Unmanaged.passUnretained(box).toOpaque()
         _ = tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
             guard let record, let ctx else { return 0 }
@@ -154,7 +160,7 @@ public final class TraceSession: @unchecked Sendable {
             guard let data = r.data else { return 0 }
             let bytes = UnsafeRawBufferPointer(start: data, count: Int(r.size))
             guard let e = box.layouts.decode(bytes, cpu: Int32(cpu), timeNs: r.ts) else { return 0 }
-            if box.threads.contains(e.tid) { box.out.append(e) } else { box.foreign &+= 1 }
+            if box.threads?.contains(e.tid) ?? true { box.out.append(e) } else { box.foreign &+= 1 }
             return box.out.count >= box.limit ? 1 : 0
         }, ctx)
         missed &+= box.missed

@@ -103,8 +103,15 @@ public final class TraceSource: VMSource {
             let interval = lastVCPURefresh == 0 ? 1 : nowNs &- lastVCPURefresh
             lastVCPURefresh = nowNs
             var rows: [VCPURow] = []
+            // Threads that exit to userspace from KVM_RUN are vCPU threads; one whose name does not say its index (QEMU
+            // without -name debug-threads=on) is numbered after the named ones, in thread-id order.
+            var next = (vcpuOfThread.values.max() ?? -1) + 1
+            for tid in exitCounts.keys.sorted() where vcpu(tid) == nil {
+                vcpuOfThread[tid] = next
+                next += 1
+            }
             for tid in session.threads.sorted() {
-                guard let index = vcpu(tid) else { continue }
+                guard let index = vcpu(tid), exitCounts[tid] != nil || Self.vcpuIndex(threadName: threadName(tid)) != nil else { continue }
                 let counts = (exitCounts[tid] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
                 var row = VCPURow(index: index, threadID: Int(tid), state: .unknown("traced"), lastExit: lastExit[tid] ?? "-",
                                   exitCounts: counts)

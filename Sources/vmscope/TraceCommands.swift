@@ -88,9 +88,14 @@ struct TopCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "top",
         abstract: "List every KVM VM on the host (KVM's debugfs and /proc): pid, name, vCPUs, exits/s by reason, MMIO/s, hypercalls/s, RSS.",
-        discussion: "Needs root (debugfs is mounted read-only if it is not). --once prints one table (or --json) from two samples --interval apart.")
+        discussion: """
+            Needs root (debugfs is mounted read-only if it is not). Without --once: a table refreshed every --interval; \
+            s sorts, / filters, Enter attaches (to the VMM's control socket when its command line names one and it \
+            answers, else a trace-only view), q quits. --once prints one table (or --json) from two samples \
+            --interval apart.
+            """)
 
-    @Flag(help: "Print once and exit.") var once = false
+    @Flag(help: "Print once and exit (no terminal UI).") var once = false
     @Flag(help: "With --once: JSON instead of a table.") var json = false
     @Option(help: "Seconds between the two samples rates are computed from.") var interval: Double = 1
 
@@ -98,9 +103,11 @@ struct TopCommand: ParsableCommand {
         guard interval >= 0.1 && interval <= 60 else { throw ValidationError("--interval must be between 0.1 and 60 seconds") }
     }
 
+    @OptionGroup var options: InspectorOptions
+
     func run() throws {
         do throws(TraceError) {
-            repeat { try printOnce() } while !once
+            if once { try printOnce() } else { try interactive() }
         } catch {
             var err = StandardError()
             print("vmscope top: \(error)", to: &err)
@@ -108,28 +115,86 @@ struct TopCommand: ParsableCommand {
         }
     }
 
+    /// The table, sampled every `interval`; Enter opens the inspector on the selected VM (its control socket when
+    /// one is found and answers, else a trace-only view), q there comes back here.
+    private func interactive() throws(TraceError) {
+        let traced: HostVMs.TracedCounts?
+        var tracedWhy: String?
+        do { traced = try HostVMs.TracedCounts() } catch { traced = nil; tracedWhy = error.description }
+        var previous = try HostVMs.sample(traced: traced)
+        var sampledAt = HostClock.monotonicNs()
+        var view = TopView()
+        if let tracedWhy { view.status = ("USEREXIT/s unavailable: \(tracedWhy)", true) }
+        let (themes, order, _) = options.loadThemes()
+        view.themeNames = order
+        let terminal = Terminal(theme: themes[order[0]] ?? .mono)
+        defer { terminal.close() }
+        var applied = 0
+        var dirty = true
+        while Terminal.interrupted.load(ordering: .relaxed) == 0 {
+            let now = HostClock.monotonicNs()
+            if now - sampledAt >= UInt64(interval * 1e9) {
+                let current = (try? HostVMs.sample(traced: traced)) ?? previous
+                view.rows = HostVMs.rows(before: previous, after: current, intervalNs: now - sampledAt)
+                previous = current
+                sampledAt = now
+                dirty = true
+            }
+            if view.themeIndex != applied { applied = view.themeIndex; terminal.apply(themes[view.themeNames[applied]] ?? .mono) }
+            if dirty {
+                let (w, h) = terminal.size
+                terminal.paint(view.render(width: w, height: h))
+                dirty = false
+            }
+            guard let key = terminal.readKey() else { continue }
+            dirty = true
+            switch view.handle(key) {
+            case .quit?: return
+            case .attach(let pid)?: view.status = attach(pid, terminal: terminal, themes: themes, order: order)
+            case nil: break
+            }
+        }
+    }
+
+    /// The inspector on `pid` in this terminal until q; returns what the status line says back in `top`.
+    private func attach(_ pid: Int32, terminal: Terminal, themes: ThemeCatalog, order: [String]) -> (text: String, isError: Bool) {
+        let source: any VMSource
+        var session: TraceSession?
+        var what: String
+        if let socket = HostVMs.controlSocket(pid: pid), let client = try? ControlClient(path: socket, timeoutMs: 1000, decodeFaults: true) {
+            source = SocketSource(path: socket, client: client)
+            what = socket
+        } else {
+            do { session = try TraceSession(pid: pid) } catch { return ("cannot trace \(pid): \(error)", true) }
+            source = TraceSource(session: session!)
+            what = "trace of pid \(pid)"
+        }
+        defer { session?.close() }
+        let inspector = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: options.useASCII,
+                                         readOnly: options.readOnly)
+        inspector.ui.status = ("attached to \(what); q comes back to top", false)
+        inspector.run(terminal: terminal)
+        if let c = (source as? SocketSource)?.inner as? VMMSource { c.client.close() }
+        if let c = (source as? SocketSource)?.inner as? QEMUMonitorSource { c.client.close() }
+        return ("back from \(what)", false)
+    }
+
     private func printOnce() throws(TraceError) {
+        // Exits to userspace and MMIO counted from tracepoints too, where tracing can start (else those columns are -).
+        let traced = try? HostVMs.TracedCounts()
         let t0 = HostClock.monotonicNs()
-        let before = try HostVMs.sample()
+        let before = try HostVMs.sample(traced: traced)
         usleep(useconds_t(interval * 1e6))
-        let after = try HostVMs.sample()
+        let after = try HostVMs.sample(traced: traced)
         let rows = HostVMs.rows(before: before, after: after, intervalNs: HostClock.monotonicNs() - t0)
         print(json ? JSON.object([("vms", .array(rows.map(\.json)))]).serialized : Self.table(rows))
     }
 
     static func table(_ rows: [HostVMs.Row]) -> String {
-        var lines = ["    PID NAME                 VCPUS    EXITS/s     MMIO/s    HCALL/s      RSS  TOP EXITS"]
-        for r in rows.sorted(by: { ($0.exitsPerSecond ?? 0) > ($1.exitsPerSecond ?? 0) }) {
-            let s = r.sample
-            func rate(_ k: String?) -> String { k.flatMap { r.perSecond[$0] }.map { String(format: "%.0f", $0) } ?? "-" }
-            let name = s.name.count > 20 ? String(s.name.prefix(19)) + "…" : s.name
-            lines.append(String(format: "%7d ", s.pid) + name.padding(toLength: 20, withPad: " ", startingAt: 0)
-                + String(format: " %5d ", s.vcpus) + rate(HostVMs.Stat.exits).leftPad(10) + " " + rate(HostVMs.Stat.mmio).leftPad(10) + " "
-                + rate(HostVMs.Stat.hypercalls).leftPad(10) + " " + (s.rssBytes.map { Fmt.size($0) } ?? "-").leftPad(8) + "  "
-                + r.topExits.map { "\($0.0) \(Int($0.1))" }.joined(separator: ", "))
-        }
-        if rows.isEmpty { lines.append("(no KVM VMs)") }
-        return lines.joined(separator: "\n")
+        var view = TopView()
+        view.rows = rows
+        let lines = view.shown.map(TopView.line)
+        return ([TopView.columns] + (lines.isEmpty ? ["(no KVM VMs)"] : lines)).joined(separator: "\n")
     }
 }
 

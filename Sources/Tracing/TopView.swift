@@ -1,0 +1,121 @@
+import Foundation
+import Inspector
+
+/// `vmscope top` without a terminal: the VM table, its sort, filter and cursor, and what a key does. The terminal
+/// loop (in `vmscope`) samples, paints and acts on the effects.
+public struct TopView: Sendable {
+    public enum Sort: String, Sendable, CaseIterable {
+        case exits, mmio, hypercalls, rss, pid, name
+        var next: Sort { Sort.allCases[(Sort.allCases.firstIndex(of: self)! + 1) % Sort.allCases.count] }
+    }
+    public enum Effect: Sendable, Equatable {
+        case quit
+        /// Open the inspector on this VM's process.
+        case attach(pid: Int32)
+    }
+
+    public var rows: [HostVMs.Row] = []
+    public var sort = Sort.exits
+    public var filter = ""
+    /// The filter being typed after `/`.
+    public var prompt: String?
+    public var cursor = 0
+    public var status: (text: String, isError: Bool)?
+    public var themeNames: [String] = ["default"]
+    public var themeIndex = 0
+
+    public init() {}
+
+    public var shown: [HostVMs.Row] {
+        let f = filter.lowercased()
+        let kept = f.isEmpty ? rows : rows.filter { $0.sample.name.lowercased().contains(f) || String($0.sample.pid).contains(f) }
+        func rate(_ r: HostVMs.Row, _ k: String) -> Double { r.perSecond[k] ?? 0 }
+        return kept.sorted { a, b in
+            switch sort {
+            case .exits: rate(a, HostVMs.Stat.exits) > rate(b, HostVMs.Stat.exits)
+            case .mmio: rate(a, HostVMs.Stat.mmio) > rate(b, HostVMs.Stat.mmio)
+            case .hypercalls: rate(a, HostVMs.Stat.hypercalls) > rate(b, HostVMs.Stat.hypercalls)
+            case .rss: (a.sample.rssBytes ?? 0) > (b.sample.rssBytes ?? 0)
+            case .pid: a.sample.pid < b.sample.pid
+            case .name: a.sample.name < b.sample.name
+            }
+        }
+    }
+
+    public mutating func handle(_ key: Key) -> Effect? {
+        if let p = prompt {
+            switch key {
+            case .escape: prompt = nil
+            case .enter: filter = p; prompt = nil; cursor = 0; status = (p.isEmpty ? "filter cleared" : "filter: \(p)", false)
+            case .backspace: prompt = String(p.dropLast())
+            case .char(let c): prompt = p + String(c)
+            default: break
+            }
+            return nil
+        }
+        let count = shown.count
+        switch key {
+        case .char("q"): return .quit
+        case .up, .char("k"): cursor = max(0, cursor - 1)
+        case .down, .char("j"): cursor = min(max(0, count - 1), cursor + 1)
+        case .char("s"): sort = sort.next; status = ("sorted by \(sort.rawValue)", false)
+        case .char("/"): prompt = filter
+        case .char("t"): themeIndex = (themeIndex + 1) % max(1, themeNames.count); status = ("theme \(themeNames[themeIndex])", false)
+        case .enter:
+            guard cursor < count else { status = ("no VM to attach to", true); return nil }
+            return .attach(pid: shown[cursor].sample.pid)
+        default: break
+        }
+        return nil
+    }
+
+    public static let columns = "    PID NAME                 VCPUS    EXITS/s  USEREXIT/s     MMIO/s    HCALL/s      RSS  TOP EXITS"
+
+    public func render(width: Int, height: Int) -> Screen {
+        var s = Screen(width: width, height: height)
+        let title = " vmscope top │ \(rows.count) KVM VM\(rows.count == 1 ? "" : "s") │ sort \(sort.rawValue)"
+            + (filter.isEmpty ? "" : " │ filter \(filter)")
+        s.put(title.padding(toLength: width, withPad: " ", startingAt: 0), x: 0, y: 0, role: .statusBar, limit: width)
+        s.put(Self.columns, x: 0, y: 1, role: .header, limit: width)
+        let list = shown
+        for (i, r) in list.enumerated() where i + 2 < height - 1 {
+            s.put(Self.line(r), x: 0, y: i + 2, role: i == cursor ? .cursor : .normal, limit: width)
+        }
+        if list.isEmpty { s.put(rows.isEmpty ? "(no KVM VMs on this host)" : "(no VM matches the filter)", x: 0, y: 2, role: .dim, limit: width) }
+        let bottom: (String, Role) = if let p = prompt { ("/" + p, .statusBar) }
+            else if let st = status { (st.text, st.isError ? .statusError : .statusOK) }
+            else { ("↑↓ select · Enter attach · s sort · / filter · t theme · q quit", .dim) }
+        s.put(bottom.0, x: 0, y: height - 1, role: bottom.1, limit: width)
+        return s
+    }
+
+    /// One row of the table (also `vmscope top --once`).
+    public static func line(_ r: HostVMs.Row) -> String {
+        let s = r.sample
+        func rate(_ k: String) -> String { r.perSecond[k].map { String(format: "%.0f", $0) } ?? "-" }
+        func pad(_ t: String, _ n: Int) -> String { t.count >= n ? t : String(repeating: " ", count: n - t.count) + t }
+        let name = s.name.count > 20 ? String(s.name.prefix(19)) + "…" : s.name
+        return String(format: "%7d ", s.pid) + name.padding(toLength: 20, withPad: " ", startingAt: 0)
+            + String(format: " %5d ", s.vcpus) + pad(rate(HostVMs.Stat.exits), 10) + " " + pad(rate(HostVMs.Stat.tracedUserspaceExits), 11) + " "
+            + pad(r.perSecond[HostVMs.Stat.mmio] != nil ? rate(HostVMs.Stat.mmio) : rate(HostVMs.Stat.tracedMMIO), 10) + " "
+            + pad(rate(HostVMs.Stat.hypercalls), 10) + " " + pad(s.rssBytes.map { Fmt.size($0) } ?? "-", 8) + "  "
+            + r.topExits.map { "\($0.0) \(Int($0.1))" }.joined(separator: ", ")
+    }
+}
+
+extension HostVMs {
+    /// The control socket a VMM process was started with, from its command line: vmscope's `--socket PATH`, QEMU's
+    /// `-qmp unix:PATH[,...]`; nil when there is none to find.
+    public static func controlSocket(pid: Int32) -> String? {
+        guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
+        let args = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+        for (i, a) in args.enumerated() where i + 1 < args.count {
+            if a == "--socket" { return args[i + 1] }
+            if a == "-qmp", args[i + 1].hasPrefix("unix:") {
+                return String(args[i + 1].dropFirst(5).split(separator: ",").first ?? "")
+            }
+        }
+        if let s = args.first(where: { $0.hasPrefix("--socket=") }) { return String(s.dropFirst(9)) }
+        return nil
+    }
+}
