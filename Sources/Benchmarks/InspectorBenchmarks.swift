@@ -79,7 +79,9 @@ func pythonJSONRecordsPerSecond(_ bytes: [UInt8], records: Int, repetitions: Int
 }
 
 /// The inspector's side: decoding fault batches, computing a map frame, rendering a full screen.
-public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
+/// `callgrindExecutable`: the `vmscope-bench` binary, which runs the callgrind workload in a child (nil: no
+/// instruction counts, as in the smoke test, whose runner is not that binary).
+public func inspectorBenchmarks(_ sizes: BenchSizes, callgrindExecutable: String? = nil) -> [BenchResult] {
     let batches = sizes.repetitions > 10 ? 200 : 4, perBatch = 1024
     let records = batches * perBatch
     let bytes = faultEventBytes(batches: batches, perBatch: perBatch)
@@ -121,7 +123,7 @@ public func inspectorBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
                               note: "the same bytes without the fast path: framer → JSON.parse → Event → FaultBatch (\(records) records); the fast path is \(String(format: "%.1f", generalNs / decodeNs))× it, so it stays")
     results.append(general)
     // Instructions per record, which repeat exactly where times do not (this machine's times move 2× in an hour).
-    if let exe = CommandLine.arguments.first, let fast = callgrindInstructionsPerRecord(exe, path: "fast"),
+    if let exe = callgrindExecutable, let fast = callgrindInstructionsPerRecord(exe, path: "fast"),
        let slow = callgrindInstructionsPerRecord(exe, path: "general") {
         let g = BenchResult(name: "fault-decode-general-instr-per-record", value: slow, unit: "instr",
                             note: "valgrind --tool=callgrind, decode only (--toggle-collect), \(callgrindRecords) records")
@@ -226,6 +228,6 @@ func callgrindInstructionsPerRecord(_ exe: String, path: String) -> Double? {
     p.waitUntilExit()
     guard p.terminationStatus == 0, let text = try? String(contentsOfFile: out, encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") || $0.hasPrefix("totals:") }),
-          let total = Double(line.split(separator: " ").last ?? "") else { return nil }
+          let total = Double(line.split(separator: " ").last ?? ""), total > 0 else { return nil }
     return total / Double(callgrindRecords)
 }

@@ -15,7 +15,13 @@ public final class TraceSource: VMSource {
     private var lastVCPURefresh: UInt64 = 0
     private var started = false
 
-    public init(session: TraceSession) { self.session = session }
+    /// Feeds only the fault stream (beside another source that has the VM, its memslots and vCPUs).
+    public let faultsOnly: Bool
+
+    public init(session: TraceSession, faultsOnly: Bool = false) {
+        self.session = session
+        self.faultsOnly = faultsOnly
+    }
 
     /// The vCPU index a thread's name gives: QEMU's "CPU N/KVM", vmscope's "vmscope/vcpu N".
     public static func vcpuIndex(threadName: String) -> Int? {
@@ -51,7 +57,7 @@ public final class TraceSource: VMSource {
 
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var changed = false
-        if !started {
+        if !started && !faultsOnly {
             started = true
             var vm = VMInfo()
             vm.name = Self.processName(pid: session.pid)
@@ -99,6 +105,7 @@ public final class TraceSource: VMSource {
             changed = true
         }
         if session.missed > model.eventsDropped { model.eventsDropped = session.missed; changed = true }
+        if faultsOnly { return changed }
         if nowNs &- lastVCPURefresh >= 1_000_000_000 || lastVCPURefresh == 0 {
             let interval = lastVCPURefresh == 0 ? 1 : nowNs &- lastVCPURefresh
             lastVCPURefresh = nowNs
@@ -146,4 +153,45 @@ public final class TraceSource: VMSource {
 public enum VCPUThreadName {
     /// vmscope's VMM (`VCPURunner.threadNamePrefix`).
     public static let vmscope = "vmscope/vcpu "
+}
+
+/// A control socket with KVM's tracepoints beside it: the socket's source for everything it offers, and, when the
+/// peer is a stock QEMU (which has no fault stream over QMP), the trace source for the faults pane, on QEMU's pid
+/// from the socket's peer credentials. Where tracing cannot start, the pane keeps its reason and says why not.
+public final class TracedSocketSource: VMSource {
+    public let socket: SocketSource
+    public private(set) var trace: TraceSource?
+    private var tracedPid: Int?
+    private var notice: (text: String, isError: Bool)?
+
+    public init(socket: SocketSource) { self.socket = socket }
+
+    public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
+        var changed = socket.poll(&model, nowNs: nowNs)
+        guard socket.inner is QEMUMonitorSource, let pid = model.vm.pid else { return changed }
+        if tracedPid != pid {
+            // A first attach, or QEMU restarted: trace the process now at the other end.
+            trace?.session.close()
+            trace = nil
+            tracedPid = pid
+            do {
+                trace = TraceSource(session: try TraceSession(pid: Int32(pid)), faultsOnly: true)
+                model.unavailable[.faults] = nil
+            } catch {
+                model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
+            }
+            changed = true
+        }
+        if let trace, trace.poll(&model, nowNs: nowNs) { changed = true }
+        return changed
+    }
+
+    public func refusal(_ action: InspectorAction) -> String? { socket.refusal(action) }
+    public func perform(_ action: InspectorAction, model: inout InspectorModel) throws -> ActionOutcome {
+        try socket.perform(action, model: &model)
+    }
+    public func takeNotice() -> (text: String, isError: Bool)? { socket.takeNotice() }
+    public var recordingSocket: Result<String, SourceRefusal> { socket.recordingSocket }
+
+    public func close() { trace?.session.close() }
 }

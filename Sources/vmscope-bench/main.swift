@@ -27,7 +27,7 @@ struct VMScopeBench: ParsableCommand {
         var results: [BenchResult] = []
         func wanted(_ group: String) -> Bool { only.isEmpty || only.contains(group) }
         if wanted("attr") { results += attributeMapBenchmarks(sizes) }
-        if wanted("inspector") { results += inspectorBenchmarks(sizes) }
+        if wanted("inspector") { results += inspectorBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("convert") { results += try conversionBenchmarks(sizes) }
         if wanted("live") { results += try liveBenchmarks(sizes) }
         if wanted("trace") { results += try traceBenchmarks(sizes) }

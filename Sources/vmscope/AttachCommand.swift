@@ -100,7 +100,10 @@ struct InspectorOptions: ParsableArguments {
             print("vmscope: cannot attach to \(socket): \(error)", to: &err)
             throw ExitCode(2)
         }
-        try run(SocketSource(path: socket, client: client), readOnly: readOnly, note: note)
+        // On a stock QEMU the faults pane comes from KVM's tracepoints (root only; otherwise the pane says why not).
+        let source = TracedSocketSource(socket: SocketSource(path: socket, client: client))
+        defer { source.close() }
+        try run(source, readOnly: readOnly, note: note)
     }
 }
 

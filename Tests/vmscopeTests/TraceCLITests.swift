@@ -160,6 +160,29 @@ struct TraceCLITests {
         #expect(screen.contains("TOP-EXIT=0"), "\(screen)")
         #expect(!Self.instances().contains { $0.hasPrefix("vmscope-\(topPid())") }, "top's instances are gone: \(Self.instances())")
     }
+
+    /// Attached to a stock QEMU's socket, the faults pane is fed by the trace source on QEMU's pid (the socket's peer
+    /// credentials) instead of saying QEMU has no fault stream; its instance lives as long as the inspector.
+    @Test func attachingToQEMUTracesItsFaultsBesideQMP() throws {
+        guard qemuAvailable, TmuxPane.tmux != nil else { print("attachingToQEMUTracesItsFaultsBesideQMP: needs QEMU and tmux"); return }
+        let qemu = try startQEMU(qemuConfigurations[0].arguments, monitors: 1)
+        defer { qemu.stop() }
+        guard qemu.accelerator == "kvm" else { print("attachingToQEMUTracesItsFaultsBesideQMP: QEMU runs TCG here"); return }
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo ATTACH-EXIT=$?; sleep 60", width: 200, height: 50)
+        defer { t.kill() }
+        var screen = t.waitFor(15) { $0.contains("status running") && $0.contains("2 Faults") }
+        let ours = { Self.instances().filter { name in
+            (try? runProcess("/usr/bin/pgrep", ["-f", "^\(Binary.url.path) attach"]))?.stdout.split(separator: "\n")
+                .contains { name == "vmscope-\($0)" } ?? false } }
+        #expect(!ours().isEmpty, "a tracefs instance of the inspector's while attached: \(Self.instances())")
+        #expect(!screen.contains("fault stream unavailable"), "the faults pane is fed by the trace source:\n\(screen)")
+        #expect(screen.contains("no faults yet") || screen.contains("trace/"), "\(screen)")
+        t.keys("q")
+        screen = t.waitFor(10) { $0.contains("ATTACH-EXIT=") }
+        #expect(screen.contains("ATTACH-EXIT=0"), "\(screen)")
+        #expect(!Self.instances().contains { $0.hasPrefix("vmscope-") && !FileManager.default.fileExists(atPath: "/proc/" + $0.dropFirst(8).prefix { $0 != "-" }) },
+                "no instance outlives its process: \(Self.instances())")
+    }
 }
 
 /// A child whose output is collected while it runs.
