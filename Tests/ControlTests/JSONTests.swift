@@ -2,6 +2,20 @@ import Testing
 @testable import ControlProtocol
 
 struct JSONTests {
+    /// Strings are scanned eight bytes at a time: every byte that needs an escape, at every offset in and across
+    /// those words, is escaped on the way out and read back on the way in.
+    @Test func escapesAtEveryOffsetRoundTrip() throws {
+        for special in ["\"", "\\", "\n", "\u{01}", "\u{1F}", "é", "\t"] {
+            for at in 0..<20 {
+                let text = String(repeating: "a", count: at) + special + String(repeating: "b", count: 19 - at)
+                let json = JSON.string(text).serialized
+                #expect(try JSON.parse(json) == .string(text), "\(json)")
+                #expect(!json.dropFirst().dropLast().contains("\n") || special != "\n", "a newline goes out escaped: \(json)")
+            }
+        }
+        #expect(throws: JSONParseError.self) { try JSON.parse("\"" + String(repeating: "a", count: 13) + "\u{01}\"") }
+    }
+
     @Test func roundTripsExactIntegersAndOrder() throws {
         let text = #"{"b":18446744073709551615,"a":-9223372036854775808,"c":[1.5,true,null,"x\"\n\u00e9"],"d":{}}"#
         let v = try JSON.parse(text)
