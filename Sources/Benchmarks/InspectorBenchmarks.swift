@@ -103,7 +103,7 @@ public func inspectorBenchmarks(_ sizes: BenchSizes, callgrindExecutable: String
     if let baseline { results.append(baseline) }
     results.append(BenchResult(name: "fault-decode-records-per-s", value: Double(records) / (decodeNs / 1e9), unit: "records/s",
                                target: .atLeast(1_000_000), baseline: baseline,
-                               note: "raw socket bytes → framer → JSON → FaultRow in the model (\(records) records)"))
+                               note: "raw socket bytes → framer → fast decoder → FaultRecord in the model (\(records) records)"))
 
     // The general path the fast decoder must beat to stay (issue 16): framer without the fault fast path, the
     // ordinary JSON parser, then the records from the JSON tree.
