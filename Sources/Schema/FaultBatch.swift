@@ -176,6 +176,11 @@ public struct FaultRecord: Sendable, Equatable {
     }
 }
 
+/// Member names of a list of fault records, wherever one is written; the fast decoder below matches the same words (`MEMORY_FAULT`, `query-memory-faults`, snapshots).
+enum FaultsKey {
+    static let records = "records", dropped = "dropped"
+}
+
 /// The payload of one `MEMORY_FAULT` event: its records (those with a `seq` and a `gpa`) and the count the
 /// server says it dropped for this client.
 public struct FaultBatch: Sendable, Equatable {
@@ -189,15 +194,15 @@ public struct FaultBatch: Sendable, Equatable {
 
     /// From a parsed event's `data` (the general path).
     public init(data: JSON?) {
-        records = (data?["records"]?.arrayValue ?? []).compactMap(FaultRecord.init)
-        dropped = data?["dropped"]?.uint64Value ?? 0
+        records = (data?[FaultsKey.records]?.arrayValue ?? []).compactMap(FaultRecord.init)
+        dropped = data?[FaultsKey.dropped]?.uint64Value ?? 0
     }
 
     /// How a `MEMORY_FAULT` event written compactly starts (the framer's cue to try the fast decoder).
     public static let compactEventPrefix = Array(#"{"event":"MEMORY_FAULT""#.utf8)
 
     /// The event's `data`, as the server writes it.
-    public var data: JSON { .object([("records", .array(records.map(\.json))), ("dropped", .u(dropped))]) }
+    public var data: JSON { .object([(FaultsKey.records, .array(records.map(\.json))), (FaultsKey.dropped, .u(dropped))]) }
 
     /// Decodes one whole message straight from its bytes when it is a `MEMORY_FAULT` event, without building a
     /// JSON tree (the inspector's hot path: up to a thousand records a line, a line every 10 ms).

@@ -341,14 +341,20 @@ public struct VMDescription: SchemaValue, Equatable {
         kvmCapabilities = j["kvm-capabilities"]?.objectMembers ?? []
     }
 
-    public var json: JSON {
-        .object([
-            ("name", .opt(name.map(JSON.string))), ("pid", .opt(pid.map(JSON.i))), ("vm-type", .opt(vmType.map(JSON.u))),
-            ("attribute-engine", .opt(attributeEngine.map(JSON.e))), ("shared-alias", .opt(sharedAlias.map(JSON.i))),
-            ("ram-size", .u(ramSize)), ("vcpus", .i(vcpus)), ("mutations-allowed", .bool(mutationsAllowed)),
-            ("fault-injection-allowed", .bool(faultInjectionAllowed)), ("memory-reads-allowed", .bool(memoryReadsAllowed)),
-            ("fault-policy", .opt(faultPolicy.map(JSON.e))), ("kvm-capabilities", .object(kvmCapabilities)),
-        ])
+    public var json: JSON { .object(members(inSnapshot: false)) }
+
+    /// The members in the spec's order; `inSnapshot` leaves out those a snapshot's `vm` does not carry (`vm-type`,
+    /// `memory-reads-allowed`, `kvm-capabilities`).
+    public func members(inSnapshot: Bool) -> [(String, JSON)] {
+        let all: [(String, JSON, snapshot: Bool)] = [
+            ("name", .opt(name.map(JSON.string)), true), ("pid", .opt(pid.map(JSON.i)), true),
+            ("vm-type", .opt(vmType.map(JSON.u)), false), ("attribute-engine", .opt(attributeEngine.map(JSON.e)), true),
+            ("shared-alias", .opt(sharedAlias.map(JSON.i)), true), ("ram-size", .u(ramSize), true), ("vcpus", .i(vcpus), true),
+            ("mutations-allowed", .bool(mutationsAllowed), true), ("fault-injection-allowed", .bool(faultInjectionAllowed), true),
+            ("memory-reads-allowed", .bool(memoryReadsAllowed), false), ("fault-policy", .opt(faultPolicy.map(JSON.e)), true),
+            ("kvm-capabilities", .object(kvmCapabilities), false),
+        ]
+        return all.filter { !inSnapshot || $0.snapshot }.map { ($0.0, $0.1) }
     }
 
     public static func == (a: VMDescription, b: VMDescription) -> Bool { a.json == b.json }
@@ -446,11 +452,13 @@ public struct FaultList: SchemaValue, Equatable {
     public var dropped: UInt64
     public init(records: [FaultRecord], total: UInt64, dropped: UInt64) { self.records = records; self.total = total; self.dropped = dropped }
     public init(json j: JSON) {
-        records = (j["records"]?.arrayValue ?? []).compactMap(FaultRecord.init)
+        records = (j[FaultsKey.records]?.arrayValue ?? []).compactMap(FaultRecord.init)
         total = j["total"]?.uint64Value ?? 0
-        dropped = j["dropped"]?.uint64Value ?? 0
+        dropped = j[FaultsKey.dropped]?.uint64Value ?? 0
     }
-    public var json: JSON { .object([("records", .array(records.map(\.json))), ("total", .u(total)), ("dropped", .u(dropped))]) }
+    public var json: JSON {
+        .object([(FaultsKey.records, .array(records.map(\.json))), ("total", .u(total)), (FaultsKey.dropped, .u(dropped))])
+    }
 }
 
 /// A segment register (`sregs`' `cs` ... `ss`).
@@ -494,6 +502,12 @@ public enum GuestCounter: String, SchemaEnum {
     case nmiSeen = "nmi-seen", exceptions, doorbellRequests = "doorbell-requests", doorbellFailures = "doorbell-failures"
 }
 
+/// Member names a vCPU has in `query-vcpus` and in snapshots alike.
+enum VCPUKey {
+    static let index = "index", threadID = "thread-id", state = "state", lastExit = "last-exit", exitCounts = "exit-counts"
+    static let regs = "regs", stats = "stats", guest = "guest"
+}
+
 /// One vCPU (`query-vcpus`' elements). Exit counts and statistics are named by KVM (exit reasons, binary stats),
 /// registers by x86: kept as ordered pairs.
 public struct VCPUStatus: Sendable, Equatable {
@@ -524,25 +538,25 @@ public struct VCPUStatus: Sendable, Equatable {
 
     /// nil without `index`.
     public init?(json j: JSON) {
-        guard let index = j["index"]?.intValue else { return nil }
+        guard let index = j[VCPUKey.index]?.intValue else { return nil }
         self.index = index
-        threadID = j["thread-id"]?.intValue ?? 0
-        state = j["state"]?.open() ?? .unknown("?")
-        lastExit = j["last-exit"]?.stringValue ?? "-"
-        exitCounts = Self.pairs(j["exit-counts"])
-        registers = j["regs"]?.objectMembers != nil ? Self.pairs(j["regs"]) : nil
+        threadID = j[VCPUKey.threadID]?.intValue ?? 0
+        state = j[VCPUKey.state]?.open() ?? .unknown("?")
+        lastExit = j[VCPUKey.lastExit]?.stringValue ?? "-"
+        exitCounts = Self.pairs(j[VCPUKey.exitCounts])
+        registers = j[VCPUKey.regs]?.objectMembers != nil ? Self.pairs(j[VCPUKey.regs]) : nil
         specialRegisters = j["sregs"]?.objectMembers != nil ? SpecialRegisters(json: j["sregs"]!) : nil
-        stats = Self.pairs(j["stats"])
+        stats = Self.pairs(j[VCPUKey.stats])
         error = j["error"]?.stringValue
-        guest = Self.pairs(j["guest"])
+        guest = Self.pairs(j[VCPUKey.guest])
     }
 
     public var json: JSON {
         .object([
-            ("index", .i(index)), ("thread-id", .i(threadID)), ("state", .e(state)), ("last-exit", .string(lastExit)),
-            ("exit-counts", Self.object(exitCounts)), ("regs", .opt(registers.map(Self.object))),
-            ("sregs", .opt(specialRegisters?.json)), ("stats", Self.object(stats)), ("error", .opt(error.map(JSON.string))),
-            ("guest", Self.object(guest)),
+            (VCPUKey.index, .i(index)), (VCPUKey.threadID, .i(threadID)), (VCPUKey.state, .e(state)),
+            (VCPUKey.lastExit, .string(lastExit)), (VCPUKey.exitCounts, Self.object(exitCounts)),
+            (VCPUKey.regs, .opt(registers.map(Self.object))), ("sregs", .opt(specialRegisters?.json)),
+            (VCPUKey.stats, Self.object(stats)), ("error", .opt(error.map(JSON.string))), (VCPUKey.guest, Self.object(guest)),
         ])
     }
 

@@ -21,12 +21,9 @@ public enum SnapshotFormat {
 
     public static func vm(_ d: VMDescription, qemu q: QEMUFacts) -> JSON {
         func s(_ v: String?) -> JSON { .opt(v.map(JSON.string)) }
-        return .object([
-            ("name", s(d.name)), ("pid", .opt(d.pid.map(JSON.i))), ("attribute-engine", .opt(d.attributeEngine.map(JSON.e))),
-            ("shared-alias", .opt(d.sharedAlias.map(JSON.i))), ("ram-size", .u(d.ramSize)), ("vcpus", .i(d.vcpus)),
-            ("mutations-allowed", .bool(d.mutationsAllowed)), ("fault-injection-allowed", .bool(d.faultInjectionAllowed)),
-            ("fault-policy", .opt(d.faultPolicy.map(JSON.e))), ("qemu-version", s(q.version)), ("run-state", s(q.runState)),
-            ("accelerator", s(q.accelerator)), ("machine", s(q.machine)), ("arch", s(q.arch)),
+        return .object(d.members(inSnapshot: true) + [
+            ("qemu-version", s(q.version)), ("run-state", s(q.runState)), ("accelerator", s(q.accelerator)),
+            ("machine", s(q.machine)), ("arch", s(q.arch)),
         ])
     }
 
@@ -39,8 +36,8 @@ public enum SnapshotFormat {
     }
 
     public static func faults(_ records: [FaultRecord], limit: Int, received: UInt64, dropped: UInt64, eventsDropped: UInt64) -> JSON {
-        .object([("records", .array(records.map(\.json))), ("limit", .i(limit)), ("received", .u(received)),
-                 ("dropped", .u(dropped)), ("events-dropped", .u(eventsDropped))])
+        .object([(FaultsKey.records, .array(records.map(\.json))), ("limit", .i(limit)), ("received", .u(received)),
+                 (FaultsKey.dropped, .u(dropped)), ("events-dropped", .u(eventsDropped))])
     }
 
     static func pairs(_ p: [(String, UInt64)]) -> JSON { .object(p.map { ($0.0, .u($0.1)) }) }
@@ -49,9 +46,10 @@ public enum SnapshotFormat {
                             exitCounts: [(String, UInt64)], registers: [(String, UInt64)], segments: [(String, UInt64)],
                             controlRegisters: [(String, UInt64)], stats: [(String, UInt64)], guest: [(String, UInt64)]) -> JSON {
         .object([
-            ("index", .i(index)), ("thread-id", .i(threadID)), ("state", .e(state)), ("last-exit", .string(lastExit)),
-            ("exits", .u(exits)), ("exit-counts", pairs(exitCounts)), ("regs", pairs(registers)), ("segments", pairs(segments)),
-            ("control-registers", pairs(controlRegisters)), ("stats", pairs(stats)), ("guest", pairs(guest)),
+            (VCPUKey.index, .i(index)), (VCPUKey.threadID, .i(threadID)), (VCPUKey.state, .e(state)),
+            (VCPUKey.lastExit, .string(lastExit)), ("exits", .u(exits)), (VCPUKey.exitCounts, pairs(exitCounts)),
+            (VCPUKey.regs, pairs(registers)), ("segments", pairs(segments)), ("control-registers", pairs(controlRegisters)),
+            (VCPUKey.stats, pairs(stats)), (VCPUKey.guest, pairs(guest)),
         ])
     }
 

@@ -91,7 +91,7 @@ extension TraceEvent {
     public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa"]
 
     public var members: [(String, JSON)] {
-        var m: [(String, JSON)] = [("tid", .int(Int64(tid))), ("cpu", .int(Int64(cpu))), ("time-ns", .u(timeNs))]
+        var m: [(String, JSON)] = [("tid", .int(Int64(tid))), ("cpu", .int(Int64(cpu))), (FaultRecord.Member.timeNs.name, .u(timeNs))]
         switch kind {
         case .userspaceExit(let reason, let errno):
             m = [("event", .string("kvm_userspace_exit"))] + m

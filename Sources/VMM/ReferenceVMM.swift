@@ -209,9 +209,9 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     // MARK: Permission
 
-    private func requireMutations(_ what: String) throws(VMMError) {
+    private func requireMutations(_ command: CommandName) throws(VMMError) {
         guard configuration.allowMutations else {
-            throw VMMError(.permissionDenied, "\(what) needs the VMM started with --allow-mutations")
+            throw VMMError(.permissionDenied, "\(command.rawValue) needs the VMM started with --allow-mutations")
         }
     }
 
@@ -247,7 +247,7 @@ public final class ReferenceVMM: @unchecked Sendable {
     public func setMemoryAttributes(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool = true)
         throws(VMMError) -> ConversionResult
     {
-        try requireMutations("set-memory-attributes")
+        try requireMutations(.setMemoryAttributes)
         return try convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard, cause: .command, vcpu: nil)
     }
 
@@ -323,7 +323,7 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     /// `vcpu-control`.
     public func vcpuControl(index: Int?, action: VCPUAction) throws(VMMError) -> [VCPURunState] {
-        try requireMutations("vcpu-control")
+        try requireMutations(.vcpuControl)
         let targets: [VCPURunner]
         if let index {
             guard runners.indices.contains(index) else {
@@ -349,7 +349,7 @@ public final class ReferenceVMM: @unchecked Sendable {
     }
 
     public func setFaultPolicy(_ policy: FaultPolicy) throws(VMMError) {
-        try requireMutations("set-fault-policy")
+        try requireMutations(.setFaultPolicy)
         policyState.withLock { $0 = policy }
     }
 
@@ -358,7 +358,7 @@ public final class ReferenceVMM: @unchecked Sendable {
     public func injectFault(kind: InjectionKind, vcpu: Int? = nil, gpa: UInt64? = nil, size: UInt64? = nil)
         throws(VMMError) -> InjectionReport
     {
-        try requireMutations("inject-fault")
+        try requireMutations(.injectFault)
         guard configuration.allowFaultInjection else {
             throw VMMError(.permissionDenied, "inject-fault needs the VMM started with --allow-fault-injection")
         }

@@ -371,9 +371,9 @@ final class VCPURunner: @unchecked Sendable {
         case GuestPort.bounceError:
             report("bounce-error", value) { $0.bounceErrors += 1 }
         case GuestPort.mceSeen:
-            report("mce-seen", value) { $0.mceSeen += 1 }
+            report(GuestCounter.mceSeen.rawValue, value) { $0.mceSeen += 1 }
         case GuestPort.nmiSeen:
-            report("nmi-seen", value) { $0.nmiSeen += 1 }
+            report(GuestCounter.nmiSeen.rawValue, value) { $0.nmiSeen += 1 }
         case GuestPort.exception:
             report("exception", value) { $0.exceptions += 1; $0.lastException = value }
         case GuestPort.doorbellFailed:
