@@ -1,6 +1,7 @@
 import ControlProtocol
 import ProcessSupport
 import Foundation
+import Synchronization
 import Testing
 
 let traceAvailable: Bool = {
@@ -82,10 +83,20 @@ struct TraceCLITests {
             return try JSON.parse(r.stdout)["vms"]?.arrayValue ?? []
         }
         let first = try vms()
-        // QEMU's guest (SeaBIOS without a boot device) goes quiet after a second: a reset makes it run again while
-        // the second sample is taken.
-        if let qemu { let c = try ControlClient(path: qemu.qmpSockets[0]); try c.execute("system_reset"); c.close() }
+        // QEMU's guest (SeaBIOS without a boot device) goes quiet after a second: resets every 100 ms keep it running
+        // while the second sample is taken (one reset before top started could finish before its window opened).
+        let resetting = try qemu.map { try ControlClient(path: $0.qmpSockets[0]) }
+        let stop = Atomic<Bool>(false)
+        let resetter = resetting.map { c in
+            Thread {
+                while !stop.load(ordering: .relaxed) { _ = try? c.execute("system_reset"); usleep(100_000) }
+            }
+        }
+        resetter?.start()
         let second = try vms()
+        stop.store(true, ordering: .relaxed)
+        usleep(200_000)
+        resetting?.close()
         for (vmm, vcpus) in [(a, 2), (b, 3)] {
             let pid = Int(vmm.process.processIdentifier)
             let row1 = first.first { $0["pid"]?.intValue == pid }, row2 = second.first { $0["pid"]?.intValue == pid }
