@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -13,6 +13,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-algorithms", from: "1.2.1"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        // The Prometheus exposition (`--metrics`): swift-prometheus's registry, served by Hummingbird (HTTP/1 on
+        // SwiftNIO: header limits, idle timeouts). Hummingbird's default traits pull swift-configuration in: off.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
     targets: [
         // C shim, KVM half: the variadic ioctl and the UAPI structs newer than the 6.1 system headers.
@@ -40,7 +44,16 @@ let package = Package(
         .systemLibrary(name: "CTraceFS", pkgConfig: "libtracefs", providers: [.apt(["libtracefs-dev", "libtraceevent-dev"])]),
         // Any KVM VM on the host without its VMM's help: KVM tracepoints in a private tracefs instance, decoded;
         // the trace source (a fourth VMSource); every VM from KVM's debugfs (`vmscope top`).
-        .target(name: "Tracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector"]),
+        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector"]),
+        // Prometheus metrics for every KVM VM on the host (`top --metrics`) or one VMM (`vmm --metrics`): the
+        // collector (what `top` samples, and `query-metrics` of vmscope VMMs) and the HTTP endpoint.
+        .target(name: "Exporter", dependencies: [
+            "HostTracing", "ControlProtocol", "Schema",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings.
         .target(name: "Inspector", dependencies: [
             "ControlProtocol", "CZlib", .product(name: "Algorithms", package: "swift-algorithms"),
@@ -56,7 +69,7 @@ let package = Package(
         // resources, the boot, and the control link between the host's socket and the VMM inside.
         .target(name: "Lab", dependencies: ["ControlProtocol", "ProcessSupport"], resources: [.copy("Resources")]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "Tracing",
+            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "HostTracing", "Exporter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -65,7 +78,7 @@ let package = Package(
         .target(name: "ProcessSupport"),
         // Benchmarks (`swift run -c release vmscope-bench`); a library so `swift test` can smoke-run them.
         .target(name: "Benchmarks", dependencies: [
-            "VMM", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", "Tracing",
+            "VMM", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", "HostTracing",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope-bench", dependencies: [
@@ -82,7 +95,8 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "Schema", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
-        .testTarget(name: "TracingTests", dependencies: ["Tracing", "KVM", "Schema"]),
+        .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "KVM", "Schema"]),
+        .testTarget(name: "ExporterTests", dependencies: ["Exporter", "Schema"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),

@@ -1,5 +1,5 @@
 import Foundation
-import Tracing
+import HostTracing
 import VMM
 
 /// The trace source: decoding speed from a buffer of raw records laid out as the kernel writes them, and what

@@ -66,6 +66,9 @@ struct CommandTable {
         case .queryVCPUs:
             _ = try QueryVCPUs(&a)
             return VCPUList(vmm.vcpus().map(Encode.vcpu)).json
+        case .queryMetrics:
+            let q = try QueryMetrics(&a)
+            return vmm.metrics(conversionTimesAfter: q.conversionTimesAfter).json
         case .queryMemoryFaults:
             let q = try QueryMemoryFaults(&a, capacity: vmm.faults.capacity)
             return FaultList(records: vmm.faults.recent(q.limit ?? 256), total: vmm.faults.total, dropped: vmm.faults.dropped).json

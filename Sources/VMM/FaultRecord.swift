@@ -71,15 +71,18 @@ final class SequencedRing<Element: Sendable>: Sendable {
 /// The per-VM fault ring: bounded, numbered without gaps (`seq`), overflow counted.
 public final class FaultRing: Sendable {
     private let ring: SequencedRing<FaultRecord>
+    /// Counts each appended record's exit, for exporters (the ring forgets; the counts do not).
+    let counters: VMMCounters?
 
-    public init(capacity: Int) { ring = SequencedRing(capacity: capacity) }
+    public init(capacity: Int, counters: VMMCounters? = nil) { ring = SequencedRing(capacity: capacity); self.counters = counters }
 
     public var capacity: Int { ring.capacity }
 
     /// Numbers `record` and appends it, evicting the oldest when full. Returns the record as stored.
     @discardableResult
     public func append(_ record: FaultRecord) -> FaultRecord {
-        ring.append { seq in
+        counters?.recordFault(record)
+        return ring.append { seq in
             var r = record
             r.seq = seq
             return r

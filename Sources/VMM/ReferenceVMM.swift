@@ -25,6 +25,8 @@ public final class ReferenceVMM: @unchecked Sendable {
     public let vm: VirtualMachine
     public let memory: GuestMemory
     public let faults: FaultRing
+    /// Memory-fault exits, conversions and injections counted for exporters (`query-metrics`).
+    public let counters = VMMCounters()
     /// What recording each recent vmm-engine fault cost its vCPU thread, in ns, conversion excluded: from the
     /// exit handler's start to the record in the ring (lock wait, classification, record, ring append).
     private let faultEmitCost = SequencedRing<UInt64>(capacity: 4096)
@@ -125,7 +127,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         } catch {
             throw VMMError(.genericError, "\(error)")
         }
-        faults = FaultRing(capacity: config.faultRingCapacity)
+        faults = FaultRing(capacity: config.faultRingCapacity, counters: counters)
         events = EventLog(capacity: config.eventLogCapacity)
         policyState = Mutex(config.faultPolicy)
         do { guest = try BuiltInGuest() } catch { throw VMMError(.genericError, "built-in guest: \(error)") }
@@ -229,6 +231,23 @@ public final class ReferenceVMM: @unchecked Sendable {
                               sharedBytes: counts.shared * 4096)
     }
 
+    /// `query-metrics`: counters since start, gauges now, conversion times numbered after `conversionTimesAfter`.
+    public func metrics(conversionTimesAfter: UInt64?) -> VMMetrics {
+        let (bytes, runs, slots): ((private: UInt64, shared: UInt64), Int, Int) = {
+            memory.lock.lock(); defer { memory.lock.unlock() }
+            return (memory.attributes.pageCounts(pages: 0..<(memory.ramSize / 4096)), memory.attributes.runCount, memory.memslots.count)
+        }()
+        let c = counters.snapshot()
+        let vcpus = vcpus(withRegisters: false).map { v in
+            VMMetrics.VCPU(index: v.index, state: .known(v.state), exits: v.exitCounts.sorted { $0.key < $1.key },
+                           stats: v.statistics.sorted { $0.key < $1.key })
+        }
+        return VMMetrics(vcpus: vcpus, memoryFaultExits: c.faultExits, conversions: c.conversions, injections: c.injections,
+                         faultsDropped: faults.dropped, privateBytes: bytes.private * 4096, sharedBytes: bytes.shared * 4096,
+                         attributeRuns: UInt64(runs), memslots: UInt64(slots),
+                         conversionTimes: counters.conversionTimes(after: conversionTimesAfter))
+    }
+
     public var memslots: [MemslotInfo] {
         memory.lock.lock(); defer { memory.lock.unlock() }
         return memory.memslots
@@ -256,7 +275,7 @@ public final class ReferenceVMM: @unchecked Sendable {
     {
         memory.lock.lock()
         let result: ConversionResult
-        do { result = try memory.convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard) } catch {
+        do { result = try countedConvert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard, cause: cause) } catch {
             memory.lock.unlock()
             throw error
         }
@@ -416,7 +435,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                     detail = "mapping removed: the next access to each page faults"
                 default:
                     let currentlyPrivate = g < memory.ramSize ? memory.attributes.isPrivate(gfn: g / 4096) : true
-                    let result = try memory.convert(gpa: g, size: s, toPrivate: !currentlyPrivate, discard: false)
+                    let result = try countedConvert(gpa: g, size: s, toPrivate: !currentlyPrivate, discard: false, cause: .injection)
                     followUp = conversionEvents(result, gpa: g, size: s, toPrivate: !currentlyPrivate,
                                                 cause: .injection, vcpu: nil)
                     detail = "converted to \(currentlyPrivate ? "shared" : "private") behind the guest's back (\(result.runsChanged) runs changed)"
@@ -437,6 +456,7 @@ public final class ReferenceVMM: @unchecked Sendable {
             appendInjectionRecord(report)
             memory.lock.unlock()
         }
+        counters.injected(kind)
         events.append(.faultInjected(report))
         logger.notice("fault injected", metadata: ["kind": "\(kind.rawValue)", "detail": "\(report.detail)"])
         return report
@@ -449,6 +469,16 @@ public final class ReferenceVMM: @unchecked Sendable {
                                   size: report.size ?? 0, flags: 0, isPrivate: false, access: .unknown, errno: nil,
                                   source: .vmm, exit: .none, attribute: context.attribute, slot: context.slot,
                                   action: .injected))
+    }
+
+    /// A conversion, counted (asked for; done, with its time) for `query-metrics`. Caller holds the memory lock.
+    private func countedConvert(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool, cause: ConversionCause)
+        throws(VMMError) -> ConversionResult
+    {
+        counters.conversionRequested(cause, toPrivate: toPrivate)
+        let result = try memory.convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: discard)
+        counters.conversionDone(cause, toPrivate: toPrivate, durationNs: result.durationNs)
+        return result
     }
 
     /// Logs the events of a memory change. Called with the memory lock held, so anyone who sees the new state
@@ -510,7 +540,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                         record.action = .known(.remapped)
                         followUp = [.memslotsChanged(generation: memory.generation)]
                     } else {
-                        let result = try memory.convert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true)
+                        let result = try countedConvert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView, discard: true, cause: .implicit)
                         record.action = .known(.converted)
                         followUp = conversionEvents(result, gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
                                                     cause: .implicit, vcpu: runner.index)
@@ -626,7 +656,7 @@ public final class ReferenceVMM: @unchecked Sendable {
                 return .remapped
             }
             let gpa = pages.lowerBound * 4096, size = UInt64(pages.count) * 4096
-            let result = try memory.convert(gpa: gpa, size: size, toPrivate: toPrivate, discard: true)
+            let result = try countedConvert(gpa: gpa, size: size, toPrivate: toPrivate, discard: true, cause: .implicit)
             logEvents(conversionEvents(result, gpa: gpa, size: size, toPrivate: toPrivate, cause: .implicit, vcpu: vcpu))
             return .converted
         } catch {

@@ -11,7 +11,7 @@ struct VMScopeBench: ParsableCommand {
 
     @Flag(help: "Print {\"machine\", \"results\"} as JSON.") var json = false
     @Flag(help: "Tiny sizes, to check that every benchmark still runs.") var smoke = false
-    @Option(help: "Only the groups named (attr, inspector, convert, live, trace, cpu); repeatable.") var only: [String] = []
+    @Option(help: "Only the groups named (attr, inspector, convert, live, trace, cpu, exporter); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
     @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general) and exit.", visibility: .hidden))
@@ -36,6 +36,10 @@ struct VMScopeBench: ParsableCommand {
             let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
             results += try inspectorCPUBenchmarks(sizes, vmscope: dir + "/vmscope")
         }
+        if wanted("exporter") {
+            let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+            results += try exporterBenchmarks(sizes, vmscope: dir + "/vmscope")
+        }
         let report = BenchReport(machine: .current(), results: results)
         if json {
             print(report.json())
@@ -49,6 +53,7 @@ struct VMScopeBench: ParsableCommand {
         }
         if let markdown {
             let command = "swift run -c release vmscope-bench --markdown \(markdown)" + (smoke ? " --smoke" : "")
+                + only.map { " --only \($0)" }.joined()
             try report.markdown(command: command).write(toFile: markdown, atomically: true, encoding: .utf8)
         }
     }

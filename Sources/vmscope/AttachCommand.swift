@@ -3,7 +3,7 @@ import Lab
 import ControlProtocol
 import Foundation
 import Inspector
-import Tracing
+import HostTracing
 
 /// Options shared by `attach` and `demo`.
 struct InspectorOptions: ParsableArguments {

@@ -1,9 +1,11 @@
 import ArgumentParser
 import ControlProtocol
+import Exporter
 import Foundation
+import Logging
 import Inspector
 import Synchronization
-import Tracing
+import HostTracing
 
 private let traceStop = Atomic<Int32>(0)
 
@@ -84,6 +86,9 @@ extension TraceEvent {
 }
 
 /// `vmscope top`: every KVM VM on the host.
+/// Set by SIGINT/SIGTERM/SIGHUP while `top --metrics` serves.
+private let metricsStop = Atomic<Int32>(0)
+
 struct TopCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "top",
@@ -97,15 +102,24 @@ struct TopCommand: ParsableCommand {
 
     @Flag(help: "Print once and exit (no terminal UI).") var once = false
     @Flag(help: "With --once: JSON instead of a table.") var json = false
-    @Option(help: "Seconds between the two samples rates are computed from.") var interval: Double = 1
+    @Option(help: "Seconds between the two samples rates are computed from (with --metrics: between collections).")
+    var interval: Double = 1
+    @Option(help: ArgumentHelp("Serve Prometheus metrics of every VM at http://ADDR:PORT/metrics instead of showing the table (:PORT is loopback; another address only when given).",
+                               valueName: "ADDR:PORT"))
+    var metrics: String?
 
     func validate() throws {
         guard interval >= 0.1 && interval <= 60 else { throw ValidationError("--interval must be between 0.1 and 60 seconds") }
+        if let metrics {
+            do { _ = try parseListenAddress(metrics) } catch { throw ValidationError("--metrics \(error)") }
+            if once || json { throw ValidationError("--metrics serves until stopped: it does not go with --once or --json") }
+        }
     }
 
     @OptionGroup var options: InspectorOptions
 
     func run() throws {
+        if let metrics { return try serveMetrics(metrics) }
         do throws(TraceError) {
             if once { try printOnce() } else { try interactive() }
         } catch {
@@ -177,6 +191,39 @@ struct TopCommand: ParsableCommand {
         if let c = (source as? SocketSource)?.inner as? VMMSource { c.client.close() }
         if let c = (source as? SocketSource)?.inner as? QEMUMonitorSource { c.client.close() }
         return ("back from \(what)", false)
+    }
+
+    /// `--metrics`: every VM's series, collected every `interval`, served until SIGINT or SIGTERM.
+    private func serveMetrics(_ address: String) throws {
+        var err = StandardError()
+        for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig) { s in metricsStop.store(s, ordering: .relaxed) } }
+        signal(SIGPIPE, SIG_IGN)
+        let logger = Logger(label: "vmscope.metrics")
+        let store = MetricsStore()
+        let collector = HostCollector(logger: logger)
+        defer { collector.close() }
+        // One pass before serving: a host whose VMs cannot be listed at all is one line and exit 2, not an empty page.
+        do { store.apply(try collector.collect(store: store), collectionSeconds: 0) } catch {
+            print("vmscope top: \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        let server: MetricsServer
+        do {
+            let (host, port) = try parseListenAddress(address)
+            server = try MetricsServer(host: host, port: port, store: store, logger: logger)
+        } catch {
+            print("vmscope top: \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        defer { server.stop() }
+        if let why = collector.tracedUnavailable {
+            print("vmscope top: exits to userspace are not traced (\(why)); KVM's statistics are still exported", to: &err)
+        }
+        print("vmscope top: serving Prometheus metrics at http://\(server.host.contains(":") ? "[\(server.host)]" : server.host):\(server.port)/metrics; SIGINT or SIGTERM stops",
+              to: &err)
+        let loop = CollectionLoop(interval: interval, store: store) { try? collector.collect(store: store) }
+        while metricsStop.load(ordering: .relaxed) == 0 { usleep(50_000) }
+        loop.stop()
     }
 
     private func printOnce() throws(TraceError) {

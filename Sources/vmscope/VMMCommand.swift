@@ -1,6 +1,7 @@
 import ArgumentParser
 import ControlProtocol
 import ControlServer
+import Exporter
 import Foundation
 import KVM
 import Logging
@@ -51,6 +52,9 @@ struct VMMCommand: ParsableCommand {
     @Option(help: "No memslot crosses a multiple of this size (4K-aligned), e.g. 1G.")
     var memslotSpan = ByteSize(argument: "1G")!
     @Option(help: "KVM device.") var device = KVMSystem.defaultPath
+    @Option(help: ArgumentHelp("Serve this VMM's Prometheus metrics at http://ADDR:PORT/metrics (:PORT is loopback).",
+                               valueName: "ADDR:PORT"))
+    var metrics: String?
 
     func validate() throws {
         guard (1...1024).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 1024") }
@@ -69,6 +73,9 @@ struct VMMCommand: ParsableCommand {
         }
         if allowFaultInjection && !allowMutations {
             throw ValidationError("--allow-fault-injection needs --allow-mutations")
+        }
+        if let metrics {
+            do { _ = try parseListenAddress(metrics) } catch { throw ValidationError("--metrics \(error)") }
         }
     }
 
@@ -121,11 +128,31 @@ struct VMMCommand: ParsableCommand {
         let server = ControlServer(vmm: vmm, listener: listener, logger: Logger(label: "vmscope.control"))
         server.start()
         vmm.start()
+        var exporter: (MetricsServer, CollectionLoop)?
+        if let metrics {
+            do {
+                let (host, port) = try parseListenAddress(metrics)
+                let store = MetricsStore(), pid = getpid(), name = name
+                let http = try MetricsServer(host: host, port: port, store: store, logger: Logger(label: "vmscope.metrics"))
+                let loop = CollectionLoop(interval: 1, store: store) {
+                    [.vmm(pid: pid, name: name, metrics: vmm.metrics(conversionTimesAfter: store.conversionTimesSeen(pid: pid)))]
+                }
+                exporter = (http, loop)
+                logger.info("serving Prometheus metrics", metadata: ["url": "http://\(host):\(http.port)/metrics"])
+            } catch {
+                server.stop(); vmm.stop(); listener.remove()
+                var err = StandardError()
+                print("vmscope vmm: \(error)", to: &err)
+                throw ExitCode(2)
+            }
+        }
         logger.info("running; SIGINT or SIGTERM stops", metadata: ["socket": "\(socket)"])
 
         var received: Int32 = 0
         sigwait(&set, &received)
         logger.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        exporter?.1.stop()
+        exporter?.0.stop()
         server.stop()
         vmm.stop()
         listener.remove()

@@ -89,6 +89,20 @@ struct SmokeTests {
         #expect(byName["stream-cpu-pct"]?.note?.contains("under 0 fault") == false)
     }
 
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
+    func exporterBenchmarkScrapesTheRealBinary() throws {
+        let vmscope = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("vmscope").path
+        let results = try exporterBenchmarks(.smoke, vmscope: vmscope)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in ["exporter-cpu-percent", "exporter-scrape-median-ms", "exporter-scrape-max-ms", "exporter-watched-vmm-cpu-percent"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value.isFinite && r.value > 0, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        #expect(byName["exporter-cpu-percent"]?.baseline == "exporter-watched-vmm-cpu-percent")
+        #expect(byName["exporter-scrape-median-ms"]?.note?.contains(" 0 bytes") == false)
+    }
+
     @Test func reportEncodesTheIssueShape() throws {
         let report = BenchReport(machine: .current(), results: [
             BenchResult(name: "b", value: 2, unit: "ms"),

@@ -18,8 +18,8 @@ import Testing
         "Sources/Inspector/Recording.swift": "the recording file's own members (docs/recording.md)",
         "Sources/Inspector/Theme.swift": "theme files (themes/*.theme)",
         "Sources/FuzzTargets/FuzzTargets.swift": "the fuzz properties read replies generically, on purpose apart from the schema they check",
-        "Sources/Tracing/EventLayout.swift": "the kernel's trace event fields and `vmscope trace --json`'s output",
-        "Sources/Tracing/HostVMs.swift": "`vmscope top --json`'s output and KVM's debugfs statistics",
+        "Sources/HostTracing/EventLayout.swift": "the kernel's trace event fields and `vmscope trace --json`'s output",
+        "Sources/HostTracing/HostVMs.swift": "`vmscope top --json`'s output and KVM's debugfs statistics",
     ]
 
     static func schemaNames() throws -> Set<String> {

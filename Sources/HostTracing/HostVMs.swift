@@ -37,6 +37,10 @@ public enum HostVMs {
     /// KVM's names of the statistics `top` has columns for.
     public enum Stat {
         public static let exits = "exits", mmio = "mmio_exits", hypercalls = "hypercalls"
+        /// The per-reason exit statistics end in this (`io_exits`, `halt_exits`, ...).
+        public static let exitsSuffix = "_exits"
+        /// `kvm_userspace_exit`'s reason for a memory-fault exit, as `userspaceExitsByReason` names it.
+        public static let memoryFaultReason = ExitReason.memoryFault.name
         /// Counted by `top` from tracepoints: exits to userspace (`kvm_userspace_exit`) and `kvm_mmio` events.
         public static let tracedUserspaceExits = "traced_userspace_exits", tracedMMIO = "traced_mmio"
     }
@@ -51,6 +55,8 @@ public enum HostVMs {
         // @unchecked: `top`'s one thread uses it.
         public let session: TraceSession
         public private(set) var userspaceExits: [Int32: UInt64] = [:]
+        /// Exits to userspace by KVM_EXIT reason name (`MMIO`, `IO`, `MEMORY_FAULT`, ...), per process.
+        public private(set) var userspaceExitsByReason: [Int32: [String: UInt64]] = [:]
         public private(set) var mmio: [Int32: UInt64] = [:]
         private var tgidOfThread: [Int32: Int32] = [:]
 
@@ -70,7 +76,10 @@ public enum HostVMs {
         public func update() {
             for e in session.read() {
                 switch e.kind {
-                case .userspaceExit: userspaceExits[tgid(e.tid), default: 0] &+= 1
+                case .userspaceExit(let reason, _):
+                    let p = tgid(e.tid)
+                    userspaceExits[p, default: 0] &+= 1
+                    userspaceExitsByReason[p, default: [:]][reason.name, default: 0] &+= 1
                 case .mmio: mmio[tgid(e.tid), default: 0] &+= 1
                 default: break
                 }

@@ -2,7 +2,7 @@ import Foundation
 import KVM
 import Schema
 import Testing
-@testable import Tracing
+@testable import HostTracing
 
 /// Decoding on synthetic records laid out as this kernel's formats say (events/kvm/*/format on 6.18), for every
 /// reason and bit the issue names, unknown ones included.

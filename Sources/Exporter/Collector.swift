@@ -1,0 +1,95 @@
+import ControlProtocol
+import Foundation
+import HostTracing
+import Logging
+import Schema
+
+/// One collection pass over every KVM VM on the host, as `vmscope top` sees them (KVM's debugfs, the vCPU statistics
+/// files each VMM holds, exits to userspace from tracepoints), with each vmscope VMM's own `query-metrics` over its
+/// control socket.
+public final class HostCollector: @unchecked Sendable {
+    // @unchecked: one collector thread uses it.
+    private let traced: HostVMs.TracedCounts?
+    /// Why exits to userspace are not traced (nil when they are).
+    public let tracedUnavailable: String?
+    private var clients: [Int32: ControlClient] = [:]
+    private let logger: Logger
+
+    public init(logger: Logger) {
+        self.logger = logger
+        do { traced = try HostVMs.TracedCounts(); tracedUnavailable = nil } catch {
+            traced = nil; tracedUnavailable = error.description
+        }
+    }
+
+    public func close() {
+        for c in clients.values { c.close() }
+        clients = [:]
+        traced?.session.close()
+    }
+
+    /// The VMM behind `pid`, from its command line.
+    static func kind(pid: Int32) -> VMMKind {
+        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        if comm.hasPrefix("qemu") { return .qemu }
+        if comm.hasPrefix("vmscope") { return .vmscope }
+        return .other
+    }
+
+    /// Reads every VM once. Throws only when KVM's debugfs cannot be read at all.
+    public func collect(store: MetricsStore) throws(TraceError) -> [VMReading] {
+        let samples = try HostVMs.sample(traced: traced)
+        var byPid: [Int32: VMReading] = [:]
+        for s in samples {
+            var stats = s.stats
+            stats[HostVMs.Stat.tracedUserspaceExits] = nil
+            stats[HostVMs.Stat.tracedMMIO] = nil
+            if var r = byPid[s.pid] {
+                // Two VMs in one process: one set of series, summed.
+                r.vcpus += s.vcpus
+                for (k, v) in stats { r.kvmStats[k, default: 0] &+= v }
+                byPid[s.pid] = r
+                continue
+            }
+            var r = VMReading(pid: s.pid, name: s.name, vmm: Self.kind(pid: s.pid), vcpus: s.vcpus, residentBytes: s.rssBytes,
+                              kvmStats: stats)
+            if let traced {
+                r.userspaceExits = traced.userspaceExitsByReason[s.pid] ?? [:]
+                r.tracedMemoryFaults = traced.userspaceExitsByReason[s.pid]?[HostVMs.Stat.memoryFaultReason] ?? 0
+            }
+            if r.vmm == .vmscope, let m = vmmMetrics(pid: s.pid, store: store) {
+                r.vmmMetrics = m
+                // The VMM's own counts of its exits: the same events as the tracepoints', per reason as it handled them.
+                var exits: [String: UInt64] = [:]
+                for cpu in m.vcpus { for (k, v) in cpu.exits { exits[k, default: 0] &+= v } }
+                r.userspaceExits = exits
+                r.tracedMemoryFaults = nil
+            }
+            byPid[s.pid] = r
+        }
+        for pid in clients.keys where byPid[pid] == nil { clients.removeValue(forKey: pid)?.close() }
+        return byPid.values.sorted { $0.pid < $1.pid }
+    }
+
+    /// `query-metrics` from the vmscope VMM `pid` over its control socket (kept open between passes); nil when it
+    /// names no socket or does not answer.
+    private func vmmMetrics(pid: Int32, store: MetricsStore) -> VMMetrics? {
+        if clients[pid].map({ !$0.isConnected }) ?? false { clients.removeValue(forKey: pid)?.close() }
+        if clients[pid] == nil {
+            guard let socket = HostVMs.controlSocket(pid: pid) else { return nil }
+            do { clients[pid] = try ControlClient(path: socket, timeoutMs: 1000, eventCapacity: 16) } catch {
+                logger.debug("no query-metrics from \(pid): \(error)")
+                return nil
+            }
+        }
+        guard let c = clients[pid] else { return nil }
+        _ = c.drainEvents()  // events are not what the exporter reads; they would only fill the client's queue
+        do {
+            return try c.run(QueryMetrics(conversionTimesAfter: store.conversionTimesSeen(pid: pid)), timeoutMs: 1000)
+        } catch {
+            logger.debug("query-metrics of \(pid) failed: \(error)")
+            clients.removeValue(forKey: pid)?.close()
+            return nil
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+
+/// `/metrics` over HTTP/1.1 (Hummingbird on SwiftNIO): the registry's text exposition on GET or HEAD; 404 for any
+/// other path, 405 for another method on `/metrics`; requests whose headers pass 16 KiB are refused by the HTTP
+/// decoder (431/400) and idle connections are closed after 10 s. Serving runs on NIO's event loop, apart from the
+/// collector thread, so no client (slow, huge, or many at once; at most 64 connections) can stall a collection or
+/// another scrape.
+public final class MetricsServer: Sendable {
+    public let host: String
+    /// The port bound (the one asked for, or the kernel's choice for 0).
+    public let port: Int
+    private let task: Task<Void, any Error>
+
+    /// The Prometheus exposition format's content type (text format 0.0.4).
+    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+    public static let maxHeaderBytes = 16 * 1024
+    public static let idleTimeout = TimeAmount.seconds(10)
+    public static let maxConnections = 64
+
+    /// Binds `host:port` and serves until `stop()`; throws when the address cannot be bound.
+    public init(host: String, port: Int, store: MetricsStore, logger: Logger) throws {
+        let router = Router()
+        router.get("/metrics") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: Self.contentType], body: .init(byteBuffer: ByteBuffer(bytes: store.exposition())))
+        }
+        router.head("/metrics") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: Self.contentType])
+        }
+        for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
+            router.on("/metrics", method: method) { _, _ -> Response in
+                Response(status: .methodNotAllowed, headers: [.allow: "GET, HEAD"])
+            }
+        }
+        router.get("/") { _, _ -> String in
+            "vmscope exporter: the metrics are at /metrics\n"
+        }
+        let decoder = HTTP1Channel.Configuration.DecoderConfiguration(maxHeaderFieldSize: Self.maxHeaderBytes,
+                                                                      maxHeaderListSize: Self.maxHeaderBytes, maxHeaderFieldCount: 100)
+        let bound = Promise()
+        var quiet = logger
+        quiet.logLevel = max(logger.logLevel, .warning)
+        let app = Application(
+            router: router,
+            server: .http1(configuration: .init(idleTimeout: Self.idleTimeout, httpDecoderConfiguration: decoder)),
+            configuration: .init(address: .hostname(host, port: port), serverName: "vmscope",
+                                 availableConnectionsDelegate: MaximumAvailableConnections(Self.maxConnections)),
+            onServerRunning: { channel in bound.fulfil(.success(channel.localAddress?.port ?? port)) },
+            logger: quiet)
+        task = Task {
+            do { try await app.run() } catch { bound.fulfil(.failure(error)); throw error }
+        }
+        self.host = host
+        switch bound.wait(seconds: 10) {
+        case .success(let p)?: self.port = p
+        case .failure(let e)?: throw MetricsError("cannot serve metrics on \(host):\(port): \(e)")
+        case nil:
+            task.cancel()
+            throw MetricsError("cannot serve metrics on \(host):\(port): the server did not start within 10 s")
+        }
+    }
+
+    public func stop() { task.cancel() }
+
+    /// A one-shot result handed from NIO's task to the thread that waits for it.
+    private final class Promise: @unchecked Sendable {
+        // @unchecked: guarded by `cond`.
+        private let cond = NSCondition()
+        private var result: Result<Int, any Error>?
+        func fulfil(_ r: Result<Int, any Error>) {
+            cond.lock(); defer { cond.unlock() }
+            if result == nil { result = r; cond.broadcast() }
+        }
+        func wait(seconds: Double) -> Result<Int, any Error>? {
+            let deadline = Date().addingTimeInterval(seconds)
+            cond.lock(); defer { cond.unlock() }
+            while result == nil { if !cond.wait(until: deadline) { break } }
+            return result
+        }
+    }
+}
+
+/// A metrics endpoint that could not be set up, or an address that does not parse.
+public struct MetricsError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// `ADDR:PORT` (`127.0.0.1:9100`, `[::1]:9100`, `:9100` = loopback): host and port, or a message naming the mistake.
+public func parseListenAddress(_ text: String) throws(MetricsError) -> (host: String, port: Int) {
+    let host: String, portText: Substring
+    if text.hasPrefix("[") {
+        guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+            throw MetricsError("\(text): expected [IPv6]:PORT")
+        }
+        host = String(text[text.index(after: text.startIndex)..<close])
+        portText = text[text.index(close, offsetBy: 2)...]
+    } else {
+        guard let colon = text.lastIndex(of: ":") else { throw MetricsError("\(text): expected ADDR:PORT, e.g. 127.0.0.1:9100") }
+        host = text[..<colon].isEmpty ? "127.0.0.1" : String(text[..<colon])
+        portText = text[text.index(after: colon)...]
+    }
+    guard let port = Int(portText), (0...65535).contains(port) else { throw MetricsError("\(text): the port must be 0 to 65535") }
+    guard !host.isEmpty, !host.contains(where: { $0.isWhitespace || $0 == "/" }) else { throw MetricsError("\(text): no address before the port") }
+    return (host, port)
+}

@@ -1,0 +1,137 @@
+import Foundation
+import HostTracing
+import Prometheus
+import Schema
+import Synchronization
+
+/// The Prometheus registry and every VM's series in it, set from cumulative readings: a counter moves by what its
+/// source's count grew since the last pass (it starts at the count first seen), a gauge takes the value read.
+/// A VM that goes away has its series unregistered.
+///
+/// One collector thread writes; scrapes only emit the registry (swift-prometheus's registry is thread-safe).
+public final class MetricsStore: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    /// Histogram buckets of conversion times: 1 µs to 1 s.
+    public static let conversionBuckets: [Duration] = [
+        .microseconds(1), .microseconds(5), .microseconds(10), .microseconds(50), .microseconds(100), .microseconds(500),
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(500),
+        .seconds(1),
+    ]
+
+    private struct SeriesKey: Hashable { var metric: Metric; var labels: [String] }
+    private struct VMSeries {
+        var counters: [SeriesKey: (counter: Counter, last: UInt64)] = [:]
+        var gauges: [SeriesKey: Gauge] = [:]
+        var histogram: DurationHistogram?
+        /// The newest conversion-time number taken from the VMM.
+        var conversionTimesSeen: UInt64?
+    }
+    private struct State {
+        var vms: [Int32: VMSeries] = [:]
+        var exporter: [SeriesKey: Gauge] = [:]
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// The Prometheus text exposition of everything now.
+    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+
+    /// The conversion-time number a VM's next `query-metrics` asks after (nil: none taken yet).
+    public func conversionTimesSeen(pid: Int32) -> UInt64? { state.withLock { $0.vms[pid]?.conversionTimesSeen } }
+
+    /// Sets every series of the VMs read in one pass, and removes the series of VMs no longer there.
+    public func apply(_ readings: [VMReading], collectionSeconds: Double) {
+        state.withLock { s in
+            for r in readings { apply(r, into: &s.vms[r.pid, default: VMSeries()]) }
+            let present = Set(readings.map(\.pid))
+            for (pid, series) in s.vms where !present.contains(pid) {
+                remove(series)
+                s.vms[pid] = nil
+            }
+            exporterGauge(.exporterVMs, &s).set(Double(readings.count))
+            exporterGauge(.exporterCollectionSeconds, &s).set(collectionSeconds)
+        }
+    }
+
+    private func exporterGauge(_ m: Metric, _ s: inout State) -> Gauge {
+        let key = SeriesKey(metric: m, labels: [])
+        if let g = s.exporter[key] { return g }
+        let g = registry.makeGauge(descriptor: m.descriptor, labels: [])
+        s.exporter[key] = g
+        return g
+    }
+
+    private func remove(_ series: VMSeries) {
+        for (_, c) in series.counters { registry.unregisterCounter(c.counter) }
+        for (_, g) in series.gauges { registry.unregisterGauge(g) }
+        if let h = series.histogram { registry.unregisterDurationHistogram(h) }
+    }
+
+    private func apply(_ r: VMReading, into v: inout VMSeries) {
+        let vm = [("pid", String(r.pid)), ("name", r.name), ("vmm", r.vmm.rawValue)]
+        func counter(_ m: Metric, _ value: UInt64, _ extra: [(String, String)] = []) {
+            let labels = vm + extra
+            let key = SeriesKey(metric: m, labels: labels.flatMap { [$0.0, $0.1] })
+            if let (c, last) = v.counters[key] {
+                // A count that went back (its source restarted) starts over from there.
+                if value > last { c.increment(by: Int64(clamping: value - last)) }
+                v.counters[key] = (c, value)
+            } else {
+                let c = registry.makeCounter(descriptor: m.descriptor, labels: labels)
+                c.increment(by: Int64(clamping: value))
+                v.counters[key] = (c, value)
+            }
+        }
+        func gauge(_ m: Metric, _ value: Double, _ extra: [(String, String)] = []) {
+            let labels = vm + extra
+            let key = SeriesKey(metric: m, labels: labels.flatMap { [$0.0, $0.1] })
+            let g = v.gauges[key] ?? registry.makeGauge(descriptor: m.descriptor, labels: labels)
+            v.gauges[key] = g
+            g.set(value)
+        }
+
+        gauge(.vcpus, Double(r.vcpus))
+        if let rss = r.residentBytes { gauge(.residentBytes, Double(rss)) }
+        if let exits = r.kvmStats[HostVMs.Stat.exits] { counter(.kvmExits, exits) }
+        if let h = r.kvmStats[HostVMs.Stat.hypercalls] { counter(.kvmHypercalls, h) }
+        for (stat, value) in r.kvmStats where stat.hasSuffix(HostVMs.Stat.exitsSuffix) {
+            counter(.kvmExitsByReason, value, [("reason", String(stat.dropLast(HostVMs.Stat.exitsSuffix.count)))])
+        }
+        for (reason, value) in r.userspaceExits ?? [:] { counter(.userspaceExits, value, [("reason", reason)]) }
+        if let traced = r.tracedMemoryFaults {
+            counter(.memoryFaultExits, traced, [("source", FaultSource.trace.rawValue), ("private", "unknown")])
+        }
+        if let m = r.vmmMetrics {
+            for f in m.memoryFaultExits {
+                counter(.memoryFaultExits, f.count, [("source", f.source.rawValue), ("private", String(f.isPrivate))])
+            }
+            for c in m.conversions {
+                let labels = [("direction", c.toPrivate ? "to-private" : "to-shared"), ("cause", c.cause.rawValue)]
+                counter(.conversionsRequested, c.requested, labels)
+                counter(.conversionsDone, c.done, labels)
+            }
+            for (kind, n) in m.injections { counter(.faultInjections, n, [("kind", kind.rawValue)]) }
+            counter(.eventsDropped, m.faultsDropped, [("buffer", "fault-ring")])
+            gauge(.privateBytes, Double(m.privateBytes))
+            gauge(.sharedBytes, Double(m.sharedBytes))
+            gauge(.attributeRuns, Double(m.attributeRuns))
+            gauge(.memslots, Double(m.memslots))
+            for cpu in m.vcpus {
+                for state in VCPURunState.allCases {
+                    gauge(.vcpuState, cpu.state == state ? 1 : 0, [("vcpu", String(cpu.index)), ("state", state.rawValue)])
+                }
+            }
+            let h = v.histogram ?? registry.makeDurationHistogram(
+                descriptor: Metric.conversionDuration.descriptor, labels: vm, buckets: Self.conversionBuckets)
+            v.histogram = h
+            // The first pass only learns where the VMM's numbering is: durations before the exporter started are
+            // not replayed into it.
+            if v.conversionTimesSeen != nil { for ns in m.conversionTimes.ns { h.recordNanoseconds(Int64(clamping: ns)) } }
+            let missed = (v.counters[SeriesKey(metric: .eventsDropped, labels: (vm + [("buffer", "conversion-times")]).flatMap { [$0.0, $0.1] })]?.last ?? 0)
+                &+ (v.conversionTimesSeen != nil ? m.conversionTimes.dropped : 0)
+            counter(.eventsDropped, missed, [("buffer", "conversion-times")])
+            v.conversionTimesSeen = m.conversionTimes.last
+        }
+    }
+}
