@@ -12,7 +12,6 @@ public final class HostCollector: @unchecked Sendable {
     private let traced: HostVMs.TracedCounts?
     /// Why exits to userspace are not traced (nil when they are).
     public let tracedUnavailable: String?
-    private var clients: [Int32: ControlClient] = [:]
     private let logger: Logger
 
     public init(logger: Logger) {
@@ -23,8 +22,6 @@ public final class HostCollector: @unchecked Sendable {
     }
 
     public func close() {
-        for c in clients.values { c.close() }
-        clients = [:]
         traced?.session.close()
     }
 
@@ -67,28 +64,20 @@ public final class HostCollector: @unchecked Sendable {
             }
             byPid[s.pid] = r
         }
-        for pid in clients.keys where byPid[pid] == nil { clients.removeValue(forKey: pid)?.close() }
         return byPid.values.sorted { $0.pid < $1.pid }
     }
 
-    /// `query-metrics` from the vmscope VMM `pid` over its control socket (kept open between passes); nil when it
-    /// names no socket or does not answer.
+    /// `query-metrics` from the vmscope VMM `pid` over its control socket; nil when it names no socket or does not
+    /// answer. A connection per pass, not one kept open: a connected client is sent every event (fault batches by
+    /// the thousand), which the exporter would only parse to throw away, and the VMM encode for nobody.
     private func vmmMetrics(pid: Int32, store: MetricsStore) -> VMMetrics? {
-        if clients[pid].map({ !$0.isConnected }) ?? false { clients.removeValue(forKey: pid)?.close() }
-        if clients[pid] == nil {
-            guard let socket = HostVMs.controlSocket(pid: pid) else { return nil }
-            do { clients[pid] = try ControlClient(path: socket, timeoutMs: 1000, eventCapacity: 16) } catch {
-                logger.debug("no query-metrics from \(pid): \(error)")
-                return nil
-            }
-        }
-        guard let c = clients[pid] else { return nil }
-        _ = c.drainEvents()  // events are not what the exporter reads; they would only fill the client's queue
+        guard let socket = HostVMs.controlSocket(pid: pid) else { return nil }
         do {
+            let c = try ControlClient(path: socket, timeoutMs: 1000, eventCapacity: 16)
+            defer { c.close() }
             return try c.run(QueryMetrics(conversionTimesAfter: store.conversionTimesSeen(pid: pid)), timeoutMs: 1000)
         } catch {
             logger.debug("query-metrics of \(pid) failed: \(error)")
-            clients.removeValue(forKey: pid)?.close()
             return nil
         }
     }

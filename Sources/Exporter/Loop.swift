@@ -8,6 +8,8 @@ import Synchronization
 public final class CollectionLoop: Sendable {
     private let stopped = Atomic<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
+    /// Signalled by `stop()`: the thread sleeps on it between passes (no polling).
+    private let wake = DispatchSemaphore(value: 0)
 
     /// Starts collecting now and every `interval` seconds; `collect` returns nil for a pass that read nothing (the
     /// series keep their values).
@@ -19,7 +21,8 @@ public final class CollectionLoop: Sendable {
                     store.apply(readings, collectionSeconds: Double(HostClock.monotonicNs() - start) / 1e9)
                 }
                 let next = start + UInt64(interval * 1e9)
-                while !stopped.load(ordering: .relaxed), HostClock.monotonicNs() < next { usleep(20_000) }
+                let now = HostClock.monotonicNs()
+                if !stopped.load(ordering: .relaxed), now < next { _ = wake.wait(timeout: .now() + .nanoseconds(Int(next - now))) }
             }
             done.signal()
         }
@@ -30,6 +33,7 @@ public final class CollectionLoop: Sendable {
     /// Stops after the pass in progress, and waits for it.
     public func stop() {
         guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        wake.signal()
         done.wait()
     }
 }

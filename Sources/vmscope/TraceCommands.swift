@@ -188,8 +188,7 @@ struct TopCommand: ParsableCommand {
                                          readOnly: options.readOnly)
         inspector.ui.status = ("attached to \(what); q comes back to top", false)
         inspector.run(terminal: terminal)
-        if let c = (source as? SocketSource)?.inner as? VMMSource { c.client.close() }
-        if let c = (source as? SocketSource)?.inner as? QEMUMonitorSource { c.client.close() }
+        (source as? SocketSource)?.close()
         return ("back from \(what)", false)
     }
 
@@ -222,7 +221,7 @@ struct TopCommand: ParsableCommand {
         print("vmscope top: serving Prometheus metrics at http://\(server.host.contains(":") ? "[\(server.host)]" : server.host):\(server.port)/metrics; SIGINT or SIGTERM stops",
               to: &err)
         let loop = CollectionLoop(interval: interval, store: store) { try? collector.collect(store: store) }
-        while metricsStop.load(ordering: .relaxed) == 0 { usleep(50_000) }
+        while metricsStop.load(ordering: .relaxed) == 0 { usleep(200_000) }
         loop.stop()
     }
 
