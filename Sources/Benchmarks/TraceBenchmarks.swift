@@ -8,11 +8,7 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
     var results: [BenchResult] = []
     // 1,000,000 records alternating kvm_mmio and kvm_userspace_exit (the two PVM fires), 32 bytes each, decoded
     // with the layouts of events/kvm/*/format on kernel 6.18.
-    let layouts = EventLayouts(events: [
-        "kvm_userspace_exit": .init(id: 42, fields: ["reason": .init(offset: 8, size: 4), "errno": .init(offset: 12, size: 4)]),
-        "kvm_mmio": .init(id: 38, fields: ["type": .init(offset: 8, size: 4), "len": .init(offset: 12, size: 4),
-                                           "gpa": .init(offset: 16, size: 8), "val": .init(offset: 24, size: 8)]),
-    ])
+    let layouts = EventLayouts.kernel618
     let count = sizes.repetitions > 10 ? 1_000_000 : 10_000
     var buffer = [UInt8](repeating: 0, count: count * 32)
     for i in 0..<count {

@@ -11,6 +11,18 @@ public struct EventLayouts: Sendable, Equatable {
         public init(offset: Int, size: Int) { self.offset = offset; self.size = size }
     }
 
+    /// The layouts of kernel 6.18 as this project's machines have them (events/kvm/<event>/format, ids as there):
+    /// what tests and benchmarks decode synthetic records with.
+    public static let kernel618 = EventLayouts(events: [
+        "kvm_userspace_exit": .init(id: 42, fields: ["reason": .init(offset: 8, size: 4), "errno": .init(offset: 12, size: 4)]),
+        "kvm_mmio": .init(id: 38, fields: ["type": .init(offset: 8, size: 4), "len": .init(offset: 12, size: 4),
+                                           "gpa": .init(offset: 16, size: 8), "val": .init(offset: 24, size: 8)]),
+        "kvm_hypercall": .init(id: 30, fields: ["nr": .init(offset: 8, size: 8), "a0": .init(offset: 16, size: 8),
+                                                "a1": .init(offset: 24, size: 8), "a2": .init(offset: 32, size: 8), "a3": .init(offset: 40, size: 8)]),
+        "kvm_page_fault": .init(id: 50, fields: ["vcpu_id": .init(offset: 8, size: 4), "guest_rip": .init(offset: 16, size: 8),
+                                                 "fault_address": .init(offset: 24, size: 8), "error_code": .init(offset: 32, size: 8)]),
+    ])
+
     /// One event's id and its fields by name.
     public struct Event: Sendable, Equatable {
         public var id: Int

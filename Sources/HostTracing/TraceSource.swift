@@ -168,7 +168,7 @@ public final class TracedSocketSource: VMSource {
 
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var changed = socket.poll(&model, nowNs: nowNs)
-        guard socket.inner is QEMUMonitorSource, let pid = model.vm.pid else { return changed }
+        guard socket.isQEMU, let pid = model.vm.pid else { return changed }
         if tracedPid != pid {
             // A first attach, or QEMU restarted: trace the process now at the other end.
             trace?.session.close()

@@ -34,6 +34,14 @@ public protocol VMSource: AnyObject {
     func viewTimeNs(nowNs: UInt64) -> UInt64
 }
 
+/// A source that talks to its peer through one control connection (vmscope's VMM, QEMU's monitor): what the
+/// reconnecting `SocketSource` needs of whichever it holds.
+protocol ClientBackedSource: VMSource {
+    var client: ControlClient { get }
+    /// `poll`, with a broken connection thrown (the reconnecting source above it handles it).
+    func pollThrowing(_ model: inout InspectorModel, nowNs: UInt64) throws -> Bool
+}
+
 /// A reason a source cannot do something.
 public struct SourceRefusal: Error, Sendable, Equatable, CustomStringConvertible {
     public var reason: String
@@ -55,7 +63,7 @@ extension VMSource {
 /// A vmscope VMM over its control socket: events as they come, memslots and attributes re-read when an event says
 /// they changed, the vCPUs every `vcpuIntervalNs`. Every action is one typed command; the VMM itself refuses what
 /// it was not started to allow, with its reason.
-public final class VMMSource: VMSource {
+public final class VMMSource: ClientBackedSource {
     public let client: ControlClient
     public var vcpuIntervalNs: UInt64 = 100_000_000
     public var timeoutMs: Int32 = 5000
@@ -142,7 +150,7 @@ public final class VMMSource: VMSource {
 // MARK: A stock QEMU
 
 /// A stock QEMU's QMP monitor: `QEMUSource` polls it; actions map onto QEMU's own commands where it has one.
-public final class QEMUMonitorSource: VMSource {
+public final class QEMUMonitorSource: ClientBackedSource {
     public let client: ControlClient
     public var qemu: QEMUSource
     public var timeoutMs: Int32 = 5000
@@ -204,8 +212,10 @@ public final class QEMUMonitorSource: VMSource {
 /// the greeting calls for (vmscope's VMM or a stock QEMU), and reconnects with backoff, saying what the gap cost.
 public final class SocketSource: VMSource {
     public let path: String
-    public private(set) var inner: (any VMSource)?
+    private var inner: (any ClientBackedSource)?
     private var vmm: VMMSource? { inner as? VMMSource }
+    /// The peer is a stock QEMU's monitor (not vmscope's VMM).
+    public var isQEMU: Bool { inner is QEMUMonitorSource }
     private var lastReconnect: UInt64 = 0
     private var reconnectDelayMs: UInt64 = 100
     private var disconnectedAt: UInt64?
@@ -271,12 +281,15 @@ public final class SocketSource: VMSource {
         return ("reconnected after \(seconds) s; no fault records missed", false)
     }
 
+    /// Closes the connection (the source stays usable: its next poll reconnects).
+    public func close() {
+        inner?.client.close()
+        pendingClient?.close()
+        pendingClient = nil
+    }
+
     private func lost(_ why: String, _ model: inout InspectorModel, nowNs: UInt64) {
-        switch inner {
-        case let s as VMMSource: s.client.close()
-        case let s as QEMUMonitorSource: s.client.close()
-        default: break
-        }
+        inner?.client.close()
         inner = nil
         if disconnectedAt == nil { disconnectedAt = nowNs }
         model.connection = .disconnected(why)
@@ -298,11 +311,7 @@ public final class SocketSource: VMSource {
             return true
         }
         do {
-            switch inner {
-            case let s as VMMSource: return try s.pollThrowing(&model, nowNs: nowNs)
-            case let s as QEMUMonitorSource: return try s.pollThrowing(&model, nowNs: nowNs)
-            default: return inner.poll(&model, nowNs: nowNs)
-            }
+            return try inner.pollThrowing(&model, nowNs: nowNs)
         } catch {
             if let e = error as? ControlClientError, case .command(let c, let d) = e {
                 notice = ("\(c): \(d)", true)

@@ -8,15 +8,7 @@ import Testing
 /// reason and bit the issue names, unknown ones included.
 @Suite struct DecodeTests {
     /// The layouts of kernel 6.18 (events/kvm/<event>/format), ids as there.
-    static let layouts = EventLayouts(events: [
-        "kvm_userspace_exit": .init(id: 42, fields: ["reason": .init(offset: 8, size: 4), "errno": .init(offset: 12, size: 4)]),
-        "kvm_mmio": .init(id: 38, fields: ["type": .init(offset: 8, size: 4), "len": .init(offset: 12, size: 4),
-                                           "gpa": .init(offset: 16, size: 8), "val": .init(offset: 24, size: 8)]),
-        "kvm_hypercall": .init(id: 30, fields: ["nr": .init(offset: 8, size: 8), "a0": .init(offset: 16, size: 8),
-                                                "a1": .init(offset: 24, size: 8), "a2": .init(offset: 32, size: 8), "a3": .init(offset: 40, size: 8)]),
-        "kvm_page_fault": .init(id: 50, fields: ["vcpu_id": .init(offset: 8, size: 4), "guest_rip": .init(offset: 16, size: 8),
-                                                 "fault_address": .init(offset: 24, size: 8), "error_code": .init(offset: 32, size: 8)]),
-    ])
+    static let layouts = EventLayouts.kernel618
 
     /// A record: common header (type, flags, preempt count, pid) then fields at their offsets.
     static func record(id: UInt16, pid: Int32, _ fields: [(Int, Int, UInt64)], size: Int = 48) -> [UInt8] {
