@@ -17,10 +17,19 @@ public final class TraceSource: VMSource {
 
     /// Feeds only the fault stream (beside another source that has the VM, its memslots and vCPUs).
     public let faultsOnly: Bool
+    /// Beside a VMM that reports its own faults: no rows of its own; each `kvm_mmio` (and memory-fault
+    /// `kvm_userspace_exit`) marks the VMM's record of the same exit instead, so one row shows both sources.
+    public let corroborating: Bool
+    /// Events waiting for the VMM's record of the same exit (it comes over the socket, a few ms later).
+    private var pending: [TracedExit] = []
+    /// Events no VMM record matched within `pendingNs` (MMIO to devices, not faults); counted, not shown.
+    public private(set) var unmatched: UInt64 = 0
+    static let pendingNs: UInt64 = 500_000_000
 
-    public init(session: TraceSession, faultsOnly: Bool = false) {
+    public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false) {
         self.session = session
-        self.faultsOnly = faultsOnly
+        self.faultsOnly = faultsOnly || corroborating
+        self.corroborating = corroborating
     }
 
     /// The vCPU index a thread's name gives: QEMU's "CPU N/KVM", vmscope's "vmscope/vcpu N".
@@ -73,6 +82,7 @@ public final class TraceSource: VMSource {
             changed = true
         }
         let events = session.read()
+        if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []
         for e in events {
             let v = vcpu(e.tid)
@@ -136,6 +146,26 @@ public final class TraceSource: VMSource {
         return changed
     }
 
+    /// The events as marks on the VMM's own records (see `corroborating`).
+    private func corroborate(_ events: [TraceEvent], _ model: inout InspectorModel, nowNs: UInt64) -> Bool {
+        for e in events {
+            switch e.kind {
+            case .mmio(_, _, let gpa, _):
+                pending.append(TracedExit(timeNs: e.timeNs, vcpu: vcpu(e.tid), gpa: gpa, exit: .mmio))
+            case .userspaceExit(let reason, _) where reason == .memoryFault:
+                pending.append(TracedExit(timeNs: e.timeNs, vcpu: vcpu(e.tid), gpa: nil, exit: .memoryFault))
+            default:
+                break
+            }
+        }
+        guard !pending.isEmpty else { return false }
+        let before = model.faultsTraced
+        let left = model.corroborate(pending)
+        pending = left.filter { $0.timeNs &+ Self.pendingNs >= nowNs }
+        unmatched &+= UInt64(left.count - pending.count)
+        return model.faultsTraced != before
+    }
+
     public func refusal(_ action: InspectorAction) -> String? {
         "a trace-only view cannot act on the VM: tracepoints only watch (attach to the VMM's control socket to act)"
     }
@@ -168,17 +198,22 @@ public final class TracedSocketSource: VMSource {
 
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var changed = socket.poll(&model, nowNs: nowNs)
-        guard socket.isQEMU, let pid = model.vm.pid else { return changed }
+        guard socket.isConnected, let pid = model.vm.pid else { return changed }
         if tracedPid != pid {
-            // A first attach, or QEMU restarted: trace the process now at the other end.
+            // A first attach, or the VMM restarted: trace the process now at the other end. QEMU's faults pane is the
+            // trace's rows; vmscope's VMM has its own fault stream, which the trace corroborates row by row.
             trace?.session.close()
             trace = nil
             tracedPid = pid
             do {
-                trace = TraceSource(session: try TraceSession(pid: Int32(pid)), faultsOnly: true)
-                model.unavailable[.faults] = nil
+                let session = try TraceSession(pid: Int32(pid))
+                trace = socket.isQEMU ? TraceSource(session: session, faultsOnly: true) : TraceSource(session: session, corroborating: true)
+                if socket.isQEMU { model.unavailable[.faults] = nil }
             } catch {
-                model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
+                if socket.isQEMU {
+                    model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
+                }
+                // vmscope's VMM: its own records stand alone (rows show one source).
             }
             changed = true
         }

@@ -180,6 +180,8 @@ public struct InspectorModel: Sendable {
     public var vcpuRefreshIntervalNs: UInt64 = 0
     /// The newest fault records, oldest first, at most `faultCapacity`.
     public private(set) var faults = Deque<FaultRecord>()
+    /// Records a kernel tracepoint event saw too (`corroborate`).
+    public private(set) var faultsTraced: UInt64 = 0
     public let faultCapacity: Int
     /// Records the server said it dropped for us, and events it dropped.
     public var faultsDropped: UInt64 = 0
@@ -306,6 +308,33 @@ public struct InspectorModel: Sendable {
         countFaults(batch.records.count, nowNs: nowNs)
     }
 
+    /// Marks the VMM's own records that kernel tracepoint events saw too (one row, both sources): each event goes
+    /// to the newest record not yet matched with the same exit, the same vCPU, the same page (where the event
+    /// names one) and a time within `windowNs`. Looks at the newest 4096 records. Returns the events no record
+    /// matched (the VMM's record may still be on its way: the caller retries them for a while).
+    public mutating func corroborate(_ events: [TracedExit], windowNs: UInt64 = 20_000_000) -> [TracedExit] {
+        var unmatched: [TracedExit] = []
+        let lowest = max(0, faults.count - 4096)
+        for e in events {
+            var found = false
+            var i = faults.count - 1
+            while i >= lowest {
+                let f = faults[i]
+                let dt = f.timeNs > e.timeNs ? f.timeNs - e.timeNs : e.timeNs - f.timeNs
+                if f.timeNs + windowNs < e.timeNs { break }   // older records are further away still
+                if f.tracedNs == nil, f.source != .trace, f.exit == e.exit, f.vcpu == e.vcpu, dt <= windowNs,
+                   e.gpa.map({ $0 & ~0xFFF == f.gpa & ~0xFFF }) ?? true {
+                    faults[i].tracedNs = e.timeNs
+                    found = true
+                    break
+                }
+                i -= 1
+            }
+            if found { faultsTraced += 1 } else { unmatched.append(e) }
+        }
+        return unmatched
+    }
+
     /// Keeps the newest `faultCapacity` of the buffer and `records`, trimmed and filled in bulk.
     private mutating func store(_ records: [FaultRecord]) {
         let keep = min(records.count, faultCapacity)
@@ -417,5 +446,17 @@ extension UInt64 {
     func saturatingAdd(_ other: UInt64) -> UInt64 {
         let (v, overflow) = addingReportingOverflow(other)
         return overflow ? .max : v
+    }
+}
+
+/// An exit a kernel tracepoint reported, to match against the VMM's own fault records.
+public struct TracedExit: Sendable, Equatable {
+    public var timeNs: UInt64
+    public var vcpu: Int?
+    /// The GPA, where the event has one (`kvm_mmio`; `kvm_userspace_exit` has none).
+    public var gpa: UInt64?
+    public var exit: FaultExit
+    public init(timeNs: UInt64, vcpu: Int?, gpa: UInt64?, exit: FaultExit) {
+        self.timeNs = timeNs; self.vcpu = vcpu; self.gpa = gpa; self.exit = exit
     }
 }

@@ -188,7 +188,8 @@ public struct Renderer {
             return "\(Fmt.padLeft(String(f.seq), 6)) \(vcpu) \(Fmt.hex(f.gpa, width: 8)) \(Fmt.pad(f.access.rawValue, 5)) \(wants) \(f.action)"
         }
         // A kernel record always comes from KVM_EXIT_MEMORY_FAULT: "kernel" says it in a row that must fit.
-        let origin = f.source == .kernel && f.exit == .memoryFault ? f.source.rawValue : "\(f.source)/\(f.exit)"
+        let origin = (f.source == .kernel && f.exit == .memoryFault ? f.source.rawValue : "\(f.source)/\(f.exit)")
+            + (f.tracedNs != nil ? "+trace" : "")
         let t = Double(f.timeNs &- baseNs) / 1e9
         let time = t >= 0 && t < 1e6 ? String(Int(t * 1000)) : "-"
         return "\(Fmt.padLeft(String(f.seq), 7)) \(Fmt.padLeft(time, 8))ms \(vcpu) "
@@ -259,6 +260,10 @@ public struct Renderer {
         }
         details.append(place)
         details.append("access \(f.access) · wants \(Self.attributeName(f.isPrivate)) · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
+        if let t = f.tracedNs {
+            let dt = Int64(bitPattern: f.timeNs &- t)
+            details.append("also seen by KVM's \(f.exit == .memoryFault ? "kvm_userspace_exit" : "kvm_mmio") tracepoint, \(dt / 1000) µs before the VMM's record")
+        }
         if f.source == .vmm { details.append("detected by the VMM (vmm engine), not a KVM_EXIT_MEMORY_FAULT") }
         else if f.source == .kernel && (f.flags & FaultRecord.flagPrivate != 0) != f.isPrivate {
             details.append("kernel flags give the attribute the access met; the guest used the \(viaAlias ? "shared alias" : "private view"), so it wants \(Self.attributeName(f.isPrivate))")

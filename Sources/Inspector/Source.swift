@@ -216,6 +216,8 @@ public final class SocketSource: VMSource {
     private var vmm: VMMSource? { inner as? VMMSource }
     /// The peer is a stock QEMU's monitor (not vmscope's VMM).
     public var isQEMU: Bool { inner is QEMUMonitorSource }
+    /// A peer is connected now.
+    public var isConnected: Bool { inner != nil }
     private var lastReconnect: UInt64 = 0
     private var reconnectDelayMs: UInt64 = 100
     private var disconnectedAt: UInt64?

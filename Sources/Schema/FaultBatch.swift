@@ -25,6 +25,10 @@ public struct FaultRecord: Sendable, Equatable {
     /// The memslot involved, if any.
     public var slot: Int?
     public var action: Open<FaultAction>
+    /// When a trace source runs beside the VMM: the time (CLOCK_MONOTONIC, ns) of the kernel tracepoint event that
+    /// saw this same exit (`kvm_mmio` for an MMIO exit, `kvm_userspace_exit` for a memory-fault exit), so one row shows
+    /// both sources. The inspector's own: never on the wire, never in a recording.
+    public var tracedNs: UInt64?
 
     public var gfn: UInt64 { gpa / 4096 }
 

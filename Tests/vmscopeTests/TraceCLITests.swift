@@ -68,6 +68,26 @@ struct TraceCLITests {
         #expect(!Self.instances().contains("vmscope-\(first.pid)"), "the next start removed the stale instance")
     }
 
+    /// The same for `top`: killed outright in the middle of its window, it leaves its instance, and the next `top`
+    /// removes it.
+    @Test func topKilledLeavesAnInstanceTheNextTopRemoves() throws {
+        let vmm = try RunningVMM()
+        defer { vmm.stop() }
+        let first = try ChildOutput([Binary.url.path, "top", "--once", "--json", "--interval", "30"])
+        var mine: [String] = []
+        for _ in 0..<200 where mine.isEmpty {
+            mine = Self.instances().filter { $0 == "vmscope-\(first.pid)" || $0.hasPrefix("vmscope-\(first.pid)-") }
+            if mine.isEmpty { usleep(50_000) }
+        }
+        #expect(!mine.isEmpty, "top's own instance while it samples: \(Self.instances())")
+        first.kill()
+        _ = first.wait(seconds: 5)
+        #expect(Self.instances().contains { mine.contains($0) }, "SIGKILL leaves it: \(Self.instances())")
+        let second = try Binary.run(["top", "--once", "--json", "--interval", "0.2"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(!Self.instances().contains { mine.contains($0) }, "the next top removed the stale instance: \(Self.instances())")
+    }
+
     /// `top --once --json` lists vmscope's VMMs and a stock QEMU side by side, with their pids and vCPU counts, and
     /// their exit counters grow between two calls.
     @Test func topListsEveryVMWithItsPidAndVCPUs() throws {
@@ -145,7 +165,7 @@ struct TraceCLITests {
         t.keys("/", vmmPid, "Enter")
         screen = t.waitFor(5) { $0.contains("filter: \(vmmPid)") }
         t.keys("Enter")
-        screen = t.waitFor(15) { $0.contains("attached to \(vmm.socket)") || $0.contains("engine vmm") }
+        screen = t.waitFor(15) { $0.contains("engine vmm") && $0.contains("1 GFN map") }
         #expect(screen.contains("engine vmm") && screen.contains("1 GFN map"), "the inspector on the VMM's socket:\n\(screen)")
         t.keys("q")
         screen = t.waitFor(10) { $0.contains("back from \(vmm.socket)") }
@@ -193,6 +213,27 @@ struct TraceCLITests {
         #expect(screen.contains("ATTACH-EXIT=0"), "\(screen)")
         #expect(!Self.instances().contains { $0.hasPrefix("vmscope-") && !FileManager.default.fileExists(atPath: "/proc/" + $0.dropFirst(8).prefix { $0 != "-" }) },
                 "no instance outlives its process: \(Self.instances())")
+    }
+
+    /// Attached to vmscope's VMM, the trace source runs beside the VMM's own fault stream: a record the kernel's
+    /// kvm_mmio saw too is one row with both sources (`vmm/MMIO+trace`), and the instance goes with the inspector.
+    @Test func attachedToTheVMMEachFaultRowSaysTheKernelSawItToo() throws {
+        guard TmuxPane.tmux != nil else { print("attachedToTheVMMEachFaultRowSaysTheKernelSawItToo: needs tmux"); return }
+        let vmm = try RunningVMM(["--vcpus", "2"])
+        defer { vmm.stop() }
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(vmm.socket); echo ATTACH-EXIT=$?; sleep 60", width: 200, height: 50)
+        defer { t.kill() }
+        // The built-in guest's own conversions fault a few times a second (vmm/MMIO records).
+        var screen = t.waitFor(30) { $0.contains("vmm/MMIO+trace") }
+        #expect(screen.contains("vmm/MMIO+trace"), "a VMM record the kernel traced too, as one row:\n\(screen)")
+        let rows = screen.split(separator: "\n").filter { $0.contains("vmm/MMIO") }
+        #expect(!rows.isEmpty)
+        let inspector = (try? runProcess("/usr/bin/pgrep", ["-f", "^\(Binary.url.path) attach"]))?.stdout.split(separator: "\n").first.map(String.init) ?? "?"
+        #expect(Self.instances().contains("vmscope-\(inspector)"), "the inspector's instance while attached: \(Self.instances())")
+        t.keys("q")
+        screen = t.waitFor(10) { $0.contains("ATTACH-EXIT=") }
+        #expect(screen.contains("ATTACH-EXIT=0"), "\(screen)")
+        #expect(!Self.instances().contains("vmscope-\(inspector)"), "its instance is gone: \(Self.instances())")
     }
 }
 
