@@ -198,7 +198,8 @@ public final class TracedSocketSource: VMSource {
 
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var changed = socket.poll(&model, nowNs: nowNs)
-        guard socket.isConnected, let pid = model.vm.pid else { return changed }
+        // The kernel's word for who is at the other end (a peer could name any process, or a number no pid is).
+        guard socket.isConnected, let pid = socket.peerPID, pid > 0, pid <= Int(Int32.max) else { return changed }
         if tracedPid != pid {
             // A first attach, or the VMM restarted: trace the process now at the other end. QEMU's faults pane is the
             // trace's rows; vmscope's VMM has its own fault stream, which the trace corroborates row by row.

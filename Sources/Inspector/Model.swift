@@ -321,7 +321,8 @@ public struct InspectorModel: Sendable {
             while i >= lowest {
                 let f = faults[i]
                 let dt = f.timeNs > e.timeNs ? f.timeNs - e.timeNs : e.timeNs - f.timeNs
-                if f.timeNs + windowNs < e.timeNs { break }   // older records are further away still
+                // Older records are further away still (a peer's timestamps can be anything: no overflow here).
+                if f.timeNs < e.timeNs && e.timeNs - f.timeNs > windowNs { break }
                 if f.tracedNs == nil, f.source != .trace, f.exit == e.exit, f.vcpu == e.vcpu, dt <= windowNs,
                    e.gpa.map({ $0 & ~0xFFF == f.gpa & ~0xFFF }) ?? true {
                     faults[i].tracedNs = e.timeNs

@@ -218,6 +218,8 @@ public final class SocketSource: VMSource {
     public var isQEMU: Bool { inner is QEMUMonitorSource }
     /// A peer is connected now.
     public var isConnected: Bool { inner != nil }
+    /// The process at the other end, from the socket's peer credentials (`SO_PEERCRED`): never what the peer says.
+    public var peerPID: Int? { inner?.client.serverPID }
     private var lastReconnect: UInt64 = 0
     private var reconnectDelayMs: UInt64 = 100
     private var disconnectedAt: UInt64?

@@ -49,3 +49,15 @@ struct CorroborationTests {
         #expect(!r.json.serialized.contains("trace"))
     }
 }
+
+extension CorroborationTests {
+    /// A hostile peer's timestamps near the top of UInt64 neither trap nor match.
+    @Test func timestampsNearMaxNeitherTrapNorMatch() {
+        var m = model([record(1, vcpu: 0, gpa: 0x1000, t: .max - 5), record(2, vcpu: 0, gpa: 0x1000, t: .max)])
+        let left = m.corroborate([TracedExit(timeNs: 1_000, vcpu: 0, gpa: 0x1000, exit: .mmio),
+                                  TracedExit(timeNs: .max, vcpu: 0, gpa: 0x1000, exit: .mmio)], windowNs: .max)
+        #expect(left.isEmpty, "both match (the window admits anything), no trap: \(left)")
+        let left2 = m.corroborate([TracedExit(timeNs: .max - 1, vcpu: 0, gpa: 0x1000, exit: .mmio)])
+        #expect(left2.count == 1, "every record is taken: \(left2)")
+    }
+}
