@@ -54,13 +54,18 @@ public final class HostCollector: @unchecked Sendable {
                 r.userspaceExits = traced.userspaceExitsByReason[s.pid] ?? [:]
                 r.tracedMemoryFaults = traced.userspaceExitsByReason[s.pid]?[HostVMs.Stat.memoryFaultReason] ?? 0
             }
-            if r.vmm == .vmscope, let m = vmmMetrics(pid: s.pid, store: store) {
-                r.vmmMetrics = m
-                // The VMM's own counts of its exits: the same events as the tracepoints', per reason as it handled them.
-                var exits: [String: UInt64] = [:]
-                for cpu in m.vcpus { for (k, v) in cpu.exits { exits[k, default: 0] &+= v } }
-                r.userspaceExits = exits
+            if r.vmm == .vmscope {
+                // A vmscope VMM's exits and faults are its own counts, since it started. A pass where it does not
+                // answer leaves those series as they were: the tracepoints' counts (since the exporter started)
+                // would make them jump back and forth.
+                r.userspaceExits = nil
                 r.tracedMemoryFaults = nil
+                if let m = vmmMetrics(pid: s.pid, store: store) {
+                    r.vmmMetrics = m
+                    var exits: [String: UInt64] = [:]
+                    for cpu in m.vcpus { for (k, v) in cpu.exits { exits[k, default: 0] &+= v } }
+                    r.userspaceExits = exits
+                }
             }
             byPid[s.pid] = r
         }
