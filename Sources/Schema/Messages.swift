@@ -424,6 +424,11 @@ public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
     public var json: JSON { .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(isPrivate))]) }
 }
 
+/// Member names of `query-memory-attributes`' reply, wherever its figures are written (also `query-metrics`).
+enum AttributesKey {
+    static let runs = "runs", privateBytes = "private-bytes", sharedBytes = "shared-bytes"
+}
+
 /// `query-memory-attributes`: the runs, and the private and shared bytes they add up to.
 public struct AttributeRuns: SchemaValue, Equatable {
     public var runs: [AttributeRun]
@@ -433,15 +438,16 @@ public struct AttributeRuns: SchemaValue, Equatable {
         self.runs = runs; self.privateBytes = privateBytes; self.sharedBytes = sharedBytes
     }
     public init(json j: JSON) {
-        runs = (j["runs"]?.arrayValue ?? []).compactMap { r in
+        runs = (j[AttributesKey.runs]?.arrayValue ?? []).compactMap { r in
             guard let gpa = r["gpa"]?.uint64Value, let size = r["size"]?.uint64Value, let p = r["private"]?.boolValue else { return nil }
             return AttributeRun(gpa: gpa, size: size, isPrivate: p)
         }
-        privateBytes = j["private-bytes"]?.uint64Value ?? 0
-        sharedBytes = j["shared-bytes"]?.uint64Value ?? 0
+        privateBytes = j[AttributesKey.privateBytes]?.uint64Value ?? 0
+        sharedBytes = j[AttributesKey.sharedBytes]?.uint64Value ?? 0
     }
     public var json: JSON {
-        .object([("runs", .array(runs.map(\.json))), ("private-bytes", .u(privateBytes)), ("shared-bytes", .u(sharedBytes))])
+        .object([(AttributesKey.runs, .array(runs.map(\.json))), (AttributesKey.privateBytes, .u(privateBytes)),
+                 (AttributesKey.sharedBytes, .u(sharedBytes))])
     }
 }
 
@@ -571,6 +577,11 @@ public struct VCPUList: SchemaValue, Equatable {
     public var json: JSON { .array(vcpus.map(\.json)) }
 }
 
+/// Member names of a snapshot, each the reply of one query (also `query-metrics`' `memslots` and `vcpus`).
+enum SnapshotKey {
+    static let vm = "vm", memslots = "memslots", attributes = "attributes", faults = "faults", vcpus = "vcpus"
+}
+
 /// `query-snapshot`: everything at one instant (memslots, attributes and faults are one consistent cut).
 public struct StateSnapshot: SchemaValue, Equatable {
     public var vm: VMDescription
@@ -582,15 +593,15 @@ public struct StateSnapshot: SchemaValue, Equatable {
         self.vm = vm; self.memslots = memslots; self.attributes = attributes; self.faults = faults; self.vcpus = vcpus
     }
     public init(json j: JSON) {
-        vm = VMDescription(json: j["vm"] ?? .null)
-        memslots = MemslotList(json: j["memslots"] ?? .null)
-        attributes = AttributeRuns(json: j["attributes"] ?? .null)
-        faults = FaultList(json: j["faults"] ?? .null)
-        vcpus = VCPUList(json: j["vcpus"] ?? .null)
+        vm = VMDescription(json: j[SnapshotKey.vm] ?? .null)
+        memslots = MemslotList(json: j[SnapshotKey.memslots] ?? .null)
+        attributes = AttributeRuns(json: j[SnapshotKey.attributes] ?? .null)
+        faults = FaultList(json: j[SnapshotKey.faults] ?? .null)
+        vcpus = VCPUList(json: j[SnapshotKey.vcpus] ?? .null)
     }
     public var json: JSON {
-        .object([("vm", vm.json), ("memslots", memslots.json), ("attributes", attributes.json), ("faults", faults.json),
-                 ("vcpus", vcpus.json)])
+        .object([(SnapshotKey.vm, vm.json), (SnapshotKey.memslots, memslots.json), (SnapshotKey.attributes, attributes.json),
+                 (SnapshotKey.faults, faults.json), (SnapshotKey.vcpus, vcpus.json)])
     }
 }
 

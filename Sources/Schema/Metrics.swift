@@ -86,14 +86,16 @@ public struct VMMetrics: SchemaValue, Equatable {
             && a.memslots == b.memslots && a.conversionTimes == b.conversionTimes
     }
 
+    /// The reply's own member names; those other replies have too come from where those replies spell them.
     private enum Key {
-        static let vcpus = "vcpus", index = "index", state = "state", exits = "exits", stats = "stats"
-        static let faultExits = "memory-fault-exits", source = "source", isPrivate = "private", count = "count"
+        static let vcpus = SnapshotKey.vcpus, index = VCPUKey.index, state = VCPUKey.state, exits = "exits", stats = VCPUKey.stats
+        static let faultExits = "memory-fault-exits", source = FaultRecord.Member.source.name
+        static let isPrivate = FaultRecord.Member.isPrivate.name, count = "count"
         static let conversions = "conversions", cause = "cause", requested = "requested", done = "done"
         static let injections = "injections", kind = "kind"
-        static let faultsDropped = "faults-dropped", privateBytes = "private-bytes", sharedBytes = "shared-bytes"
-        static let attributeRuns = "attribute-runs", memslots = "memslots"
-        static let times = "conversion-times", last = "last", ns = "ns", dropped = "dropped"
+        static let faultsDropped = "faults-dropped", privateBytes = AttributesKey.privateBytes, sharedBytes = AttributesKey.sharedBytes
+        static let attributeRuns = "attribute-runs", memslots = SnapshotKey.memslots
+        static let times = "conversion-times", last = "last", ns = "ns", dropped = FaultsKey.dropped
     }
 
     private static func counts(_ j: JSON?) -> [(String, UInt64)] {
