@@ -44,11 +44,11 @@ let package = Package(
         .systemLibrary(name: "CTraceFS", pkgConfig: "libtracefs", providers: [.apt(["libtracefs-dev", "libtraceevent-dev"])]),
         // Any KVM VM on the host without its VMM's help: KVM tracepoints in a private tracefs instance, decoded;
         // the trace source (a fourth VMSource); every VM from KVM's debugfs (`vmscope top`).
-        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector"]),
+        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector", "ProcessSupport"]),
         // Prometheus metrics for every KVM VM on the host (`top --metrics`) or one VMM (`vmm --metrics`): the
         // collector (what `top` samples, and `query-metrics` of vmscope VMMs) and the HTTP endpoint.
         .target(name: "Exporter", dependencies: [
-            "HostTracing", "ControlProtocol", "Schema",
+            "HostTracing", "ControlProtocol", "Schema", "ProcessSupport",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),

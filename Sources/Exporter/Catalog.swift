@@ -83,8 +83,6 @@ public struct VMReading: Sendable {
     public var tracedMemoryFaults: UInt64?
     /// What a vmscope VMM's `query-metrics` said.
     public var vmmMetrics: VMMetrics?
-    /// Conversion times the exporter could not get (the VMM's ring let them go first).
-    public var conversionTimesMissed: UInt64 = 0
 
     public init(pid: Int32, name: String, vmm: VMMKind, vcpus: Int, residentBytes: UInt64?, kvmStats: [String: UInt64],
                 userspaceExits: [String: UInt64]? = nil, tracedMemoryFaults: UInt64? = nil, vmmMetrics: VMMetrics? = nil) {

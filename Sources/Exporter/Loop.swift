@@ -1,5 +1,7 @@
 import Foundation
 import HostTracing
+import Logging
+import ProcessSupport
 import Schema
 import Synchronization
 
@@ -11,18 +13,25 @@ public final class CollectionLoop: Sendable {
     /// Signalled by `stop()`: the thread sleeps on it between passes (no polling).
     private let wake = DispatchSemaphore(value: 0)
 
-    /// Starts collecting now and every `interval` seconds; `collect` returns nil for a pass that read nothing (the
-    /// series keep their values).
+    /// Collects once now (so the first scrape finds every VM), then every `interval` seconds on its own thread;
+    /// `collect` returns nil for a pass that read nothing (the series keep their values).
     public init(interval: Double, store: MetricsStore, collect: @escaping @Sendable () -> [VMReading]?) {
+        @Sendable func pass() -> UInt64 {
+            let start = HostClock.monotonicNs()
+            if let readings = collect() {
+                store.apply(readings, collectionSeconds: Double(HostClock.monotonicNs() - start) / 1e9)
+            }
+            return start
+        }
+        let first = pass()
         let thread = Thread { [self] in
+            var start = first
             while !stopped.load(ordering: .relaxed) {
-                let start = HostClock.monotonicNs()
-                if let readings = collect() {
-                    store.apply(readings, collectionSeconds: Double(HostClock.monotonicNs() - start) / 1e9)
-                }
                 let next = start + UInt64(interval * 1e9)
                 let now = HostClock.monotonicNs()
-                if !stopped.load(ordering: .relaxed), now < next { _ = wake.wait(timeout: .now() + .nanoseconds(Int(next - now))) }
+                if now < next { _ = wake.wait(timeout: .now() + .nanoseconds(Int(next - now))) }
+                if stopped.load(ordering: .relaxed) { break }
+                start = pass()
             }
             done.signal()
         }
@@ -38,6 +47,35 @@ public final class CollectionLoop: Sendable {
     }
 }
 
+/// What `top --metrics` and `vmm --metrics` run: a store, its collection loop, and the HTTP endpoint serving it.
+public final class MetricsEndpoint: Sendable {
+    public let store = MetricsStore()
+    public let server: MetricsServer
+    private let loop: CollectionLoop
+
+    /// `address` as `parseListenAddress` reads it; the first pass is made before the endpoint serves.
+    public init(address: String, interval: Double, logger: Logger,
+                collect: @escaping @Sendable (MetricsStore) -> [VMReading]?) throws {
+        let (host, port) = try parseListenAddress(address)
+        let store = store
+        loop = CollectionLoop(interval: interval, store: store) { collect(store) }
+        do { server = try MetricsServer(host: host, port: port, store: store, logger: logger) } catch {
+            loop.stop()
+            throw error
+        }
+    }
+
+    /// `http://HOST:PORT/metrics` as bound.
+    public var url: String {
+        "http://\(server.host.contains(":") ? "[\(server.host)]" : server.host):\(server.port)/metrics"
+    }
+
+    public func stop() {
+        loop.stop()
+        server.stop()
+    }
+}
+
 extension VMReading {
     /// A vmscope VMM read in its own process (`vmscope vmm --metrics`): everything from `query-metrics`.
     public static func vmm(pid: Int32, name: String, metrics m: VMMetrics) -> VMReading {
@@ -48,15 +86,7 @@ extension VMReading {
             }
             for (k, v) in cpu.exits { exits[k, default: 0] &+= v }
         }
-        return VMReading(pid: pid, name: name, vmm: .vmscope, vcpus: m.vcpus.count, residentBytes: residentBytes(pid: pid),
+        return VMReading(pid: pid, name: name, vmm: .vmscope, vcpus: m.vcpus.count, residentBytes: ProcessSupport.residentBytes(pid: pid),
                          kvmStats: stats, userspaceExits: exits, vmmMetrics: m)
-    }
-
-    /// VmRSS of `pid`, from /proc.
-    static func residentBytes(pid: Int32) -> UInt64? {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
-        return kib * 1024
     }
 }

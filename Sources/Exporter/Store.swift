@@ -25,6 +25,8 @@ public final class MetricsStore: Sendable {
         var histogram: DurationHistogram?
         /// The newest conversion-time number taken from the VMM.
         var conversionTimesSeen: UInt64?
+        /// Conversion times the VMM's ring let go before the exporter took them, since it first saw the VM.
+        var conversionTimesMissed: UInt64 = 0
     }
     private struct State {
         var vms: [Int32: VMSeries] = [:]
@@ -128,9 +130,8 @@ public final class MetricsStore: Sendable {
             // The first pass only learns where the VMM's numbering is: durations before the exporter started are
             // not replayed into it.
             if v.conversionTimesSeen != nil { for ns in m.conversionTimes.ns { h.recordNanoseconds(Int64(clamping: ns)) } }
-            let missed = (v.counters[SeriesKey(metric: .eventsDropped, labels: (vm + [("buffer", "conversion-times")]).flatMap { [$0.0, $0.1] })]?.last ?? 0)
-                &+ (v.conversionTimesSeen != nil ? m.conversionTimes.dropped : 0)
-            counter(.eventsDropped, missed, [("buffer", "conversion-times")])
+            if v.conversionTimesSeen != nil { v.conversionTimesMissed &+= m.conversionTimes.dropped }
+            counter(.eventsDropped, v.conversionTimesMissed, [("buffer", "conversion-times")])
             v.conversionTimesSeen = m.conversionTimes.last
         }
     }

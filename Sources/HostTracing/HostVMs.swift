@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import ProcessSupport
 import Schema
 
 /// Every KVM VM on the host, as KVM's debugfs lists them (`/sys/kernel/debug/kvm/PID-FD/`, one directory a VM with
@@ -54,9 +55,12 @@ public enum HostVMs {
     public final class TracedCounts: @unchecked Sendable {
         // @unchecked: `top`'s one thread uses it.
         public let session: TraceSession
-        public private(set) var userspaceExits: [Int32: UInt64] = [:]
         /// Exits to userspace by KVM_EXIT reason name (`MMIO`, `IO`, `MEMORY_FAULT`, ...), per process.
         public private(set) var userspaceExitsByReason: [Int32: [String: UInt64]] = [:]
+        /// Exits to userspace of every reason, per process.
+        public func userspaceExits(_ pid: Int32) -> UInt64 {
+            userspaceExitsByReason[pid]?.values.reduce(0, &+) ?? 0
+        }
         public private(set) var mmio: [Int32: UInt64] = [:]
         private var tgidOfThread: [Int32: Int32] = [:]
 
@@ -77,9 +81,7 @@ public enum HostVMs {
             for e in session.read() {
                 switch e.kind {
                 case .userspaceExit(let reason, _):
-                    let p = tgid(e.tid)
-                    userspaceExits[p, default: 0] &+= 1
-                    userspaceExitsByReason[p, default: [:]][reason.name, default: 0] &+= 1
+                    userspaceExitsByReason[tgid(e.tid), default: [:]][reason.name, default: 0] &+= 1
                 case .mmio: mmio[tgid(e.tid), default: 0] &+= 1
                 default: break
                 }
@@ -108,12 +110,12 @@ public enum HostVMs {
                 }
             }
             if let traced {
-                stats[Stat.tracedUserspaceExits] = traced.userspaceExits[pid] ?? 0
+                stats[Stat.tracedUserspaceExits] = traced.userspaceExits(pid)
                 stats[Stat.tracedMMIO] = traced.mmio[pid] ?? 0
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
             out.append(Sample(pid: pid, directory: e, name: TraceSource.processName(pid: pid), vcpus: vcpus, stats: stats,
-                              rssBytes: residentBytes(pid)))
+                              rssBytes: residentBytes(pid: pid)))
         }
         return out
     }
@@ -130,13 +132,6 @@ public enum HostVMs {
             for s in shownStats { if let v = values[s] { sums[s, default: 0] &+= v } }
         }
         return sums
-    }
-
-    static func residentBytes(_ pid: Int32) -> UInt64? {
-        guard let status = readPseudoFile("/proc/\(pid)/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kib = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
-        return kib * 1024
     }
 
     /// One row of `top`: a VM's counters and their rates over the interval between two samples.

@@ -198,31 +198,26 @@ struct TopCommand: ParsableCommand {
         for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig) { s in metricsStop.store(s, ordering: .relaxed) } }
         signal(SIGPIPE, SIG_IGN)
         let logger = Logger(label: "vmscope.metrics")
-        let store = MetricsStore()
-        let collector = HostCollector(logger: logger)
-        defer { collector.close() }
-        // One pass before serving: a host whose VMs cannot be listed at all is one line and exit 2, not an empty page.
-        do { store.apply(try collector.collect(store: store), collectionSeconds: 0) } catch {
+        // A host whose VMs cannot be listed at all is one line and exit 2, not an empty page.
+        do { _ = try HostVMs.kvmDirectory() } catch {
             print("vmscope top: \(error)", to: &err)
             throw ExitCode(2)
         }
-        let server: MetricsServer
+        let collector = HostCollector(logger: logger)
+        defer { collector.close() }
+        let endpoint: MetricsEndpoint
         do {
-            let (host, port) = try parseListenAddress(address)
-            server = try MetricsServer(host: host, port: port, store: store, logger: logger)
+            endpoint = try MetricsEndpoint(address: address, interval: interval, logger: logger) { try? collector.collect(store: $0) }
         } catch {
             print("vmscope top: \(error)", to: &err)
             throw ExitCode(2)
         }
-        defer { server.stop() }
+        defer { endpoint.stop() }
         if let why = collector.tracedUnavailable {
             print("vmscope top: exits to userspace are not traced (\(why)); KVM's statistics are still exported", to: &err)
         }
-        print("vmscope top: serving Prometheus metrics at http://\(server.host.contains(":") ? "[\(server.host)]" : server.host):\(server.port)/metrics; SIGINT or SIGTERM stops",
-              to: &err)
-        let loop = CollectionLoop(interval: interval, store: store) { try? collector.collect(store: store) }
+        print("vmscope top: serving Prometheus metrics at \(endpoint.url); SIGINT or SIGTERM stops", to: &err)
         while metricsStop.load(ordering: .relaxed) == 0 { usleep(200_000) }
-        loop.stop()
     }
 
     private func printOnce() throws(TraceError) {

@@ -128,17 +128,14 @@ struct VMMCommand: ParsableCommand {
         let server = ControlServer(vmm: vmm, listener: listener, logger: Logger(label: "vmscope.control"))
         server.start()
         vmm.start()
-        var exporter: (MetricsServer, CollectionLoop)?
+        var exporter: MetricsEndpoint?
         if let metrics {
+            let pid = getpid(), name = name
             do {
-                let (host, port) = try parseListenAddress(metrics)
-                let store = MetricsStore(), pid = getpid(), name = name
-                let http = try MetricsServer(host: host, port: port, store: store, logger: Logger(label: "vmscope.metrics"))
-                let loop = CollectionLoop(interval: 1, store: store) {
+                exporter = try MetricsEndpoint(address: metrics, interval: 1, logger: Logger(label: "vmscope.metrics")) { store in
                     [.vmm(pid: pid, name: name, metrics: vmm.metrics(conversionTimesAfter: store.conversionTimesSeen(pid: pid)))]
                 }
-                exporter = (http, loop)
-                logger.info("serving Prometheus metrics", metadata: ["url": "http://\(host):\(http.port)/metrics"])
+                logger.info("serving Prometheus metrics", metadata: ["url": "\(exporter!.url)"])
             } catch {
                 server.stop(); vmm.stop(); listener.remove()
                 var err = StandardError()
@@ -151,8 +148,7 @@ struct VMMCommand: ParsableCommand {
         var received: Int32 = 0
         sigwait(&set, &received)
         logger.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
-        exporter?.1.stop()
-        exporter?.0.stop()
+        exporter?.stop()
         server.stop()
         vmm.stop()
         listener.remove()
