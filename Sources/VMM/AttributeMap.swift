@@ -154,4 +154,41 @@ public struct AttributeRunView: RandomAccessCollection, Sendable {
         return AttributeRun(gpa: start &* AttributeMap.pageSize, size: (end &- start) &* AttributeMap.pageSize,
                             isPrivate: firstIsPrivate != (i & 1 == 1))
     }
+
+    /// Walks the runs reading each boundary once (the subscript reads two and clips both ends): this is the
+    /// loop a full-range query over a million runs spends its time in.
+    @inlinable public func makeIterator() -> Iterator {
+        let start = indices.isEmpty ? pages.upperBound : pages.lowerBound
+        return Iterator(flips: flips, pageCount: pageCount, upper: pages.upperBound, index: indices.lowerBound,
+                        end: indices.upperBound, start: start,
+                        isPrivate: firstIsPrivate != (indices.lowerBound & 1 == 1))
+    }
+
+    public struct Iterator: IteratorProtocol {
+        @usableFromInline let flips: [UInt64]
+        @usableFromInline let pageCount: UInt64
+        @usableFromInline let upper: UInt64
+        @usableFromInline var index: Int
+        @usableFromInline let end: Int
+        @usableFromInline var start: UInt64
+        @usableFromInline var isPrivate: Bool
+
+        @inlinable init(flips: [UInt64], pageCount: UInt64, upper: UInt64, index: Int, end: Int, start: UInt64,
+                        isPrivate: Bool) {
+            (self.flips, self.pageCount, self.upper, self.index, self.end, self.start, self.isPrivate) =
+                (flips, pageCount, upper, index, end, start, isPrivate)
+        }
+
+        @inlinable public mutating func next() -> AttributeRun? {
+            guard index < end else { return nil }
+            let boundary = index < flips.count ? flips[index] : pageCount
+            let stop = Swift.min(boundary, upper)
+            let run = AttributeRun(gpa: start &* AttributeMap.pageSize, size: (stop &- start) &* AttributeMap.pageSize,
+                                   isPrivate: isPrivate)
+            start = boundary
+            isPrivate.toggle()
+            index &+= 1
+            return run
+        }
+    }
 }

@@ -98,6 +98,24 @@ struct SplitMix64: RandomNumberGenerator {
         }
     }
 
+    /// The view's iterator (one boundary read a run) yields what its subscript does, on every window of a map
+    /// with runs of 1 to 10 pages, empty windows and the map's ends included.
+    @Test func runViewIteratorEqualsItsSubscript() {
+        let n: UInt64 = 48
+        var map = AttributeMap(pageCount: n, initiallyPrivate: false)
+        for range: Range<UInt64> in [3..<7, 10..<11, 20..<30, 40..<47] { map.set(pages: range, private: true) }
+        #expect(map.runCount == 9)
+        for a in 0...n {
+            for b in a...n {
+                let view = map.runView(pages: a..<b)
+                let iterated = Array(view.makeIterator().sequence)
+                let indexed = view.indices.map { view[$0] }
+                #expect(iterated == indexed, "window \(a)..<\(b)")
+                #expect(iterated.reduce(0) { $0 + $1.size } == (b - a) * AttributeMap.pageSize, "window \(a)..<\(b)")
+            }
+        }
+    }
+
     @Test func clipsQueriedRuns() {
         var map = AttributeMap(pageCount: 10, initiallyPrivate: false)
         map.set(pages: 2..<5, private: true)
@@ -123,4 +141,9 @@ struct SplitMix64: RandomNumberGenerator {
         let r = map.runs(pages: (pages / 2)..<(pages / 2 + 10 * stride))
         #expect(r.count >= 10)
     }
+}
+
+private extension IteratorProtocol {
+    /// The rest of this iterator as a sequence (so a test can collect exactly what `next()` yields).
+    var sequence: AnySequence<Element> { var it = self; return AnySequence { AnyIterator { it.next() } } }
 }
