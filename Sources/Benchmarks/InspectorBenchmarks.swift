@@ -190,8 +190,10 @@ public func inspectorBenchmarks(_ sizes: BenchSizes, callgrindExecutable: String
 let callgrindRecords = 8192
 
 /// Decodes `callgrindRecords` records once by `path` ("fast": the framer's fault decoder into the model; "general":
-/// `JSON.parse` and the schema's reading); `vmscope-bench --callgrind-decode` runs it under valgrind.
-@inline(never) public func callgrindDecodeWorkload(_ bytes: [UInt8], path: String) -> Int {
+/// `JSON.parse` and the schema's reading; "tracepoints": `callgrindTraceRecords` raw tracepoint records of the recording);
+/// `vmscope-bench --callgrind-decode` runs it under valgrind.
+@inline(never) public func callgrindDecodeWorkload(_ bytes: [UInt8], trace: RecordedTraceBuffer?, path: String) -> Int {
+    if let trace { return decodeRecordedBuffer(trace) }
     if path == "fast" { return Int(decodeIntoModel(bytes).faultsReceived) }
     var framer = Framer(maxMessage: 64 << 20, decodeFaults: false)
     var n = 0
@@ -206,7 +208,7 @@ public func callgrindDecodeBytes() -> [UInt8] { faultEventBytes(batches: callgri
 
 /// Instructions per record of `callgrindDecodeWorkload(path:)`, counted by callgrind in a child `exe
 /// --callgrind-decode PATH`; nil without valgrind.
-func callgrindInstructionsPerRecord(_ exe: String, path: String) -> Double? {
+func callgrindInstructionsPerRecord(_ exe: String, path: String, records: Int = callgrindRecords) -> Double? {
     let out = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(path).out"
     // Valgrind cannot read the Swift toolchain's DWARF: a copy without debug info (symbols kept, for the toggle).
     let copy = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-bench"
@@ -229,5 +231,5 @@ func callgrindInstructionsPerRecord(_ exe: String, path: String) -> Double? {
     guard p.terminationStatus == 0, let text = try? String(contentsOfFile: out, encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") || $0.hasPrefix("totals:") }),
           let total = Double(line.split(separator: " ").last ?? ""), total > 0 else { return nil }
-    return total / Double(callgrindRecords)
+    return total / Double(records)
 }

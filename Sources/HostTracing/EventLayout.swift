@@ -12,15 +12,21 @@ public struct EventLayouts: Sendable, Equatable {
     }
 
     /// The layouts of kernel 6.18 as this project's machines have them (events/kvm/<event>/format, ids as there):
-    /// what tests and benchmarks decode synthetic records with.
+    /// what tests and benchmarks decode synthetic records with. A test holds it equal to the layouts a real recording
+    /// on this machine carries (Tests/HostTracingTests/Fixtures).
     public static let kernel618 = EventLayouts(events: [
         "kvm_userspace_exit": .init(id: 42, fields: ["reason": .init(offset: 8, size: 4), "errno": .init(offset: 12, size: 4)]),
         "kvm_mmio": .init(id: 38, fields: ["type": .init(offset: 8, size: 4), "len": .init(offset: 12, size: 4),
                                            "gpa": .init(offset: 16, size: 8), "val": .init(offset: 24, size: 8)]),
-        "kvm_hypercall": .init(id: 30, fields: ["nr": .init(offset: 8, size: 8), "a0": .init(offset: 16, size: 8),
-                                                "a1": .init(offset: 24, size: 8), "a2": .init(offset: 32, size: 8), "a3": .init(offset: 40, size: 8)]),
-        "kvm_page_fault": .init(id: 50, fields: ["vcpu_id": .init(offset: 8, size: 4), "guest_rip": .init(offset: 16, size: 8),
-                                                 "fault_address": .init(offset: 24, size: 8), "error_code": .init(offset: 32, size: 8)]),
+        "kvm_hypercall": .init(id: 114, fields: ["nr": .init(offset: 8, size: 8), "a0": .init(offset: 16, size: 8),
+                                                 "a1": .init(offset: 24, size: 8), "a2": .init(offset: 32, size: 8), "a3": .init(offset: 40, size: 8)]),
+        "kvm_page_fault": .init(id: 100, fields: ["vcpu_id": .init(offset: 8, size: 4), "guest_rip": .init(offset: 16, size: 8),
+                                                  "fault_address": .init(offset: 24, size: 8), "error_code": .init(offset: 32, size: 8)]),
+        "kvm_exit": .init(id: 103, fields: ["exit_reason": .init(offset: 8, size: 4), "guest_rip": .init(offset: 16, size: 8),
+                                            "isa": .init(offset: 24, size: 4), "info1": .init(offset: 32, size: 8),
+                                            "info2": .init(offset: 40, size: 8), "intr_info": .init(offset: 48, size: 4),
+                                            "error_code": .init(offset: 52, size: 4), "vcpu_id": .init(offset: 56, size: 4),
+                                            "requests": .init(offset: 64, size: 8)]),
     ])
 
     /// One event's id and its fields by name.
@@ -86,7 +92,7 @@ public struct EventLayouts: Sendable, Equatable {
                               errorCode: PageFaultErrorCode(rawValue: u("error_code")))
         case "kvm_exit":
             kind = .exit(vcpu: UInt32(truncatingIfNeeded: u("vcpu_id")), isa: UInt32(truncatingIfNeeded: u("isa")),
-                         reason: UInt32(truncatingIfNeeded: u("exit_reason")), rip: u("guest_rip"))
+                         reason: UInt32(truncatingIfNeeded: u("exit_reason")), rip: u("guest_rip"), info1: u("info1"), info2: u("info2"))
         default:
             kind = .other(name: name)
         }
@@ -99,24 +105,33 @@ extension TraceEvent {
     /// decoded beside its raw value.
     public var json: JSON { .object(members) }
 
+    /// The tracepoint's name (`kvm_mmio`, ...).
+    public var name: String {
+        switch kind {
+        case .userspaceExit: "kvm_userspace_exit"
+        case .mmio: "kvm_mmio"
+        case .hypercall: "kvm_hypercall"
+        case .pageFault: "kvm_page_fault"
+        case .exit: "kvm_exit"
+        case .other(let name): name
+        }
+    }
+
     /// The members that hold addresses (shown in hex in text).
-    public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa"]
+    public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa", "info1", "info2"]
 
     public var members: [(String, JSON)] {
-        var m: [(String, JSON)] = [("tid", .int(Int64(tid))), ("cpu", .int(Int64(cpu))), (FaultRecord.Member.timeNs.name, .u(timeNs))]
+        var m: [(String, JSON)] = [("event", .string(name)), ("tid", .int(Int64(tid))), ("cpu", .int(Int64(cpu))), (FaultRecord.Member.timeNs.name, .u(timeNs))]
         switch kind {
         case .userspaceExit(let reason, let errno):
-            m = [("event", .string("kvm_userspace_exit"))] + m
             if errno < 0 {
                 m += [("errno", .int(Int64(errno))), ("error", .string(errno == -4 ? "EINTR (restart)" : "KVM_RUN failed"))]
             } else {
                 m += [("reason", .u(UInt64(reason.rawValue))), ("reason-name", .string(reason.name))]
             }
         case .mmio(let type, let len, let gpa, let value):
-            m = [("event", .string("kvm_mmio"))] + m
             m += [("type", .string(type.description)), ("len", .u(UInt64(len))), ("gpa", .u(gpa)), ("val", .u(value))]
         case .hypercall(let h):
-            m = [("event", .string("kvm_hypercall"))] + m
             m += [("nr", .u(h.nr)), ("name", .string(h.name)), ("a0", .u(h.a0)), ("a1", .u(h.a1)), ("a2", .u(h.a2)),
                   ("a3", .u(h.a3))]
             if let g = h.mapGPARange {
@@ -124,15 +139,14 @@ extension TraceEvent {
                       ("map-to", g.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null), ("map-unknown-bits", .u(g.unknownBits))]
             }
         case .pageFault(let vcpu, let rip, let address, let ec):
-            m = [("event", .string("kvm_page_fault"))] + m
             m += [("vcpu", .u(UInt64(vcpu))), ("rip", .u(rip)), ("address", .u(address)), ("error-code", .u(ec.rawValue)),
                   ("error-bits", .array(ec.names.map(JSON.string))), ("access", .string(ec.access))]
-        case .exit(let vcpu, let isa, let reason, let rip):
-            m = [("event", .string("kvm_exit"))] + m
+        case .exit(let vcpu, let isa, let reason, let rip, let info1, let info2):
             m += [("vcpu", .u(UInt64(vcpu))), ("isa", .string(isa == 1 ? "vmx" : isa == 2 ? "svm" : "isa-\(isa)")),
-                  ("reason", .u(UInt64(reason))), ("rip", .u(rip))]
-        case .other(let name):
-            m = [("event", .string(name))] + m
+                  ("reason", .u(UInt64(reason))), ("reason-name", HardwareExitNames.name(isa: isa, reason: reason).map(JSON.string) ?? .null),
+                  ("rip", .u(rip)), ("info1", .u(info1)), ("info2", .u(info2))]
+        case .other:
+            break
         }
         return m
     }

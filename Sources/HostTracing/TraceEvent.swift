@@ -23,8 +23,10 @@ public struct TraceEvent: Sendable, Equatable {
         case hypercall(Hypercall)
         /// `kvm_page_fault`: a guest page fault KVM handled (GPA with TDP; a guest-virtual address with shadow paging).
         case pageFault(vcpu: UInt32, rip: UInt64, address: UInt64, errorCode: PageFaultErrorCode)
-        /// `kvm_exit`: a hardware exit (VMX or SVM reason, by number).
-        case exit(vcpu: UInt32, isa: UInt32, reason: UInt32, rip: UInt64)
+        /// `kvm_exit`: a hardware exit (VMX or SVM reason, by number; `HardwareExitNames` names it) with the exit's
+        /// two information words (SVM: EXITINFO1/2, e.g. a nested page fault's error code and GPA; VMX: the exit
+        /// qualification and, for EPT violations, the GPA).
+        case exit(vcpu: UInt32, isa: UInt32, reason: UInt32, rip: UInt64, info1: UInt64, info2: UInt64)
         /// Any other event, by name.
         case other(name: String)
     }

@@ -29,6 +29,12 @@ public final class TraceSession: @unchecked Sendable {
     public private(set) var missed: UInt64 = 0
     public private(set) var foreign: UInt64 = 0
     public private(set) var decoded: UInt64 = 0
+    /// When set, `read` also keeps each admitted record's bytes (`takeRaw()`), for `--save-raw`.
+    public var keepRaw = false
+    private var raw: [RawTraceRecord] = []
+
+    /// The raw records kept since the last call (with `keepRaw`), and the layouts to decode them with.
+    public func takeRaw() -> [RawTraceRecord] { defer { raw = [] }; return raw }
 
     /// The tracefs mount point: `/sys/kernel/tracing`, mounted if it is not (one line naming the fix otherwise).
     public static func tracingDirectory() throws(TraceError) -> String {
@@ -145,12 +151,14 @@ public final class TraceSession: @unchecked Sendable {
             var out: [TraceEvent] = []
             var missed: UInt64 = 0
             var foreign: UInt64 = 0
+            var raw: [RawTraceRecord]?
             let layouts: EventLayouts
             let threads: Set<Int32>?
             let limit: Int
             init(_ l: EventLayouts, _ t: Set<Int32>?, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
         }
         let box = Box(layouts, target == nil ? nil : threads, limit)
+        if keepRaw { box.raw = [] }
         let ctx = Unmanaged.passUnretained(box).toOpaque()
         _ = tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
             guard let record, let ctx else { return 0 }
@@ -160,12 +168,18 @@ public final class TraceSession: @unchecked Sendable {
             guard let data = r.data else { return 0 }
             let bytes = UnsafeRawBufferPointer(start: data, count: Int(r.size))
             guard let e = box.layouts.decode(bytes, cpu: Int32(cpu), timeNs: r.ts) else { return 0 }
-            if box.threads?.contains(e.tid) ?? true { box.out.append(e) } else { box.foreign &+= 1 }
+            if box.threads?.contains(e.tid) ?? true {
+                box.out.append(e)
+                box.raw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
+            } else {
+                box.foreign &+= 1
+            }
             return box.out.count >= box.limit ? 1 : 0
         }, ctx)
         missed &+= box.missed
         foreign &+= box.foreign
         decoded &+= UInt64(box.out.count)
+        if let kept = box.raw { raw += kept }
         return box.out
     }
 }

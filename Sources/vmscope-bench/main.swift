@@ -14,13 +14,14 @@ struct VMScopeBench: ParsableCommand {
     @Option(help: "Only the groups named (attr, inspector, convert, live, trace, cpu, exporter); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
-    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general) and exit.", visibility: .hidden))
+    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general, tracepoints) and exit.", visibility: .hidden))
     var callgrindDecode: String?
 
     func run() throws {
         if let path = callgrindDecode {
-            let bytes = callgrindDecodeBytes()
-            print(callgrindDecodeWorkload(bytes, path: path))
+            let trace = path == "tracepoints" ? try RecordedTraceBuffer(records: callgrindTraceRecords) : nil
+            let bytes = trace == nil ? callgrindDecodeBytes() : []
+            print(callgrindDecodeWorkload(bytes, trace: trace, path: path))
             return
         }
         let sizes = smoke ? BenchSizes.smoke : .full
@@ -30,7 +31,7 @@ struct VMScopeBench: ParsableCommand {
         if wanted("inspector") { results += inspectorBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("convert") { results += try conversionBenchmarks(sizes) }
         if wanted("live") { results += try liveBenchmarks(sizes) }
-        if wanted("trace") { results += try traceBenchmarks(sizes) }
+        if wanted("trace") { results += try traceBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("cpu") {
             // The inspector measured is the `vmscope` built next to this benchmark.
             let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path

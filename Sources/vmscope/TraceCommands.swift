@@ -22,13 +22,26 @@ struct TraceCommand: ParsableCommand {
             (the reason and the fix on stderr).
             """)
 
-    @Argument(help: "The VMM's process id.") var pid: Int32
+    @Argument(help: "The VMM's process id (not with --load-raw).") var pid: Int32?
     @Flag(help: "One JSON object a line.") var json = false
     @Option(help: "Stop after this long, e.g. 10s (default: until Ctrl-C or the process exits).") var duration: String?
     @Option(help: "Comma-separated events (default: all of kvm_userspace_exit, kvm_mmio, kvm_hypercall, kvm_page_fault, kvm_exit).")
     var events: String?
+    @Option(help: ArgumentHelp("Also save the raw records, with the layouts they were written in, to FILE (for a ticket; --load-raw decodes it anywhere).",
+                               valueName: "FILE"))
+    var saveRaw: String?
+    @Option(help: ArgumentHelp("Decode records saved by --save-raw instead of tracing a process.", valueName: "FILE"))
+    var loadRaw: String?
 
     func validate() throws {
+        switch (pid, loadRaw) {
+        case (nil, nil): throw ValidationError("name the VMM's process id, or --load-raw FILE")
+        case (.some, .some): throw ValidationError("--load-raw decodes a file: it takes no process id")
+        default: break
+        }
+        if loadRaw != nil && (duration != nil || saveRaw != nil) {
+            throw ValidationError("--load-raw decodes a file: --duration and --save-raw do not go with it")
+        }
         if let duration, parseDuration(duration) == nil {
             throw ValidationError("--duration '\(duration)' is not a duration from 0 to a year (e.g. 10, 10s, 5m)")
         }
@@ -43,20 +56,53 @@ struct TraceCommand: ParsableCommand {
     func run() throws {
         var err = StandardError()
         for sig in [SIGINT, SIGTERM, SIGHUP, SIGPIPE] { signal(sig) { s in traceStop.store(s, ordering: .relaxed) } }
+        let wanted = events.map { Set($0.split(separator: ",").map(String.init)) }
+        let out = FileHandle.standardOutput
+        func emit(_ batch: [TraceEvent]) {
+            guard !batch.isEmpty else { return }
+            var text = ""
+            for e in batch where wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
+            out.write(Data(text.utf8))
+        }
+        if let loadRaw {
+            do {
+                let recording = try RawTraceRecording(contentsOf: loadRaw)
+                emit(recording.decoded())
+                print("vmscope trace: \(recording.records.count) records of kernel \(recording.kernel) decoded from \(loadRaw)", to: &err)
+            } catch {
+                print("vmscope trace: \(error)", to: &err)
+                throw ExitCode(2)
+            }
+            return
+        }
+        guard let pid else { return }
         let session: TraceSession
-        do { session = try TraceSession(pid: pid, events: events.map { $0.split(separator: ",").map(String.init) }) } catch {
+        do { session = try TraceSession(pid: pid, events: wanted.map(Array.init)) } catch {
             print("vmscope trace: \(error)", to: &err)
             throw ExitCode(2)
         }
         defer { session.close() }
+        var rawFile: FileHandle?
+        if let saveRaw {
+            guard FileManager.default.createFile(atPath: saveRaw, contents: Data(RawTraceRecording.headerLine(
+                kernel: RawTraceRecording.runningKernel, layouts: session.layouts).utf8)),
+                  let handle = FileHandle(forWritingAtPath: saveRaw) else {
+                print("vmscope trace: --save-raw \(saveRaw): cannot create (\(String(cString: strerror(errno))))", to: &err)
+                throw ExitCode(2)
+            }
+            handle.seekToEndOfFile()
+            rawFile = handle
+            session.keepRaw = true
+        }
+        defer { try? rawFile?.close() }
+        print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)", to: &err)
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
-        let out = FileHandle.standardOutput
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
-            if !batch.isEmpty {
-                var text = ""
-                for e in batch { text += (json ? e.json.serialized : e.line) + "\n" }
-                out.write(Data(text.utf8))
+            emit(batch)
+            if let rawFile {
+                let kept = session.takeRaw()
+                if !kept.isEmpty { rawFile.write(Data(kept.map(RawTraceRecording.line).joined().utf8)) }
             }
             if let deadline, HostClock.monotonicNs() >= deadline { break }
             if kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }

@@ -26,7 +26,10 @@ struct TraceCLITests {
         let vmm = try RunningVMM(["--vcpus", "2"]), other = try RunningVMM(["--vcpus", "2"])
         defer { vmm.stop(); other.stop() }
         let pid = vmm.process.processIdentifier, otherPid = other.process.processIdentifier
-        let trace = try ChildOutput([Binary.url.path, "trace", String(pid), "--json", "--duration", "6s", "--events", "kvm_mmio,kvm_userspace_exit"])
+        let raw = NSTemporaryDirectory() + "vmscope-raw-\(getpid()).jsonl"
+        defer { unlink(raw) }
+        let trace = try ChildOutput([Binary.url.path, "trace", String(pid), "--json", "--duration", "6s", "--events", "kvm_mmio,kvm_userspace_exit",
+                                     "--save-raw", raw])
         usleep(1_500_000)
         // A conversion burst: the guest's wrong-view touches become vmm/MMIO records while tracing runs.
         let client = try ControlClient(path: vmm.socket)
@@ -49,6 +52,17 @@ struct TraceCLITests {
         let window = records.filter { r in mmio.contains(r.gpa) }
         #expect(window.count * 2 >= records.count, "\(window.count) of \(records.count) records have a kvm_mmio at their page")
         #expect(!Self.instances().contains("vmscope-\(trace.pid)"), "the tracefs instance is removed: \(Self.instances())")
+        // The raw records saved beside decode, later and without tracing, to exactly what was printed live.
+        let loaded = try Binary.run(["trace", "--load-raw", raw, "--json"])
+        #expect(loaded.status == 0, "\(loaded.stderr)")
+        #expect(loaded.stdout == result.stdout, "--load-raw of the --save-raw file prints what the live trace printed")
+        let damaged = raw + ".bad"
+        defer { unlink(damaged) }
+        try Data("{\"format\":\"vmscope-raw-trace\",\"version\":9}\n".utf8).write(to: URL(fileURLWithPath: damaged))
+        let refused = try Binary.run(["trace", "--load-raw", damaged])
+        #expect(refused.status == 2 && refused.stderr.contains("format version 9") && refused.stdout.isEmpty, "\(refused.stderr)")
+        let both = try Binary.run(["trace", String(pid), "--load-raw", raw])
+        #expect(both.status != 0 && both.stderr.contains("takes no process id"), "\(both.stderr)")
     }
 
     /// A trace killed outright leaves its instance; the next start removes it.

@@ -1,0 +1,109 @@
+import Foundation
+import KVM
+import Schema
+import Testing
+@testable import HostTracing
+
+/// Decoding on real raw records: `Fixtures/kernel-6.18-pvm-vmm-burst.jsonl` was saved on this project's machine by
+/// `vmscope trace PID --save-raw` (vmscope's VMM, 2 vCPUs, three 1 MiB conversions to shared during 4 s; kernel 6.18
+/// under PVM, where kvm_userspace_exit and kvm_mmio fire). What the kernel's own event sequence implies must hold of
+/// the decoded fields, which it cannot if an offset or a size were wrong.
+@Suite struct RecordedTests {
+    static let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/kernel-6.18-pvm-vmm-burst.jsonl").path
+    static let recording = try! RawTraceRecording(contentsOf: path)
+
+    @Test func theRecordingCarriesTheLayoutsTheSyntheticTestsUse() {
+        #expect(Self.recording.kernel.hasPrefix("6.18"))
+        #expect(Self.recording.layouts == EventLayouts.kernel618,
+                "EventLayouts.kernel618 must be what the kernel's formats said: \(Self.recording.layouts.events)")
+    }
+
+    @Test func everyRecordDecodesFromTheVCPUThreads() throws {
+        let events = Self.recording.decoded()
+        #expect(events.count == Self.recording.records.count && events.count > 1000)
+        #expect(!events.contains { if case .other = $0.kind { true } else { false } }, "every record is a known event")
+        // Two vCPU threads, nothing else (the trace was filtered to the VMM's threads; only vCPUs run KVM_RUN).
+        #expect(Set(events.map(\.tid)).count == 2)
+        // Per CPU, times never go back.
+        for cpu in Set(events.map(\.cpu)) {
+            let times = events.filter { $0.cpu == cpu }.map(\.timeNs)
+            #expect(times == times.sorted(), "cpu \(cpu)")
+        }
+        // The guest's port I/O heartbeat and its wrong-view touches: IO and MMIO exits, no others, no errors.
+        var reasons: [String: Int] = [:]
+        for case .userspaceExit(let r, let errno) in events.map(\.kind) {
+            #expect(errno == 0)
+            reasons[r.name, default: 0] += 1
+        }
+        #expect(Set(reasons.keys) == ["IO", "MMIO"], "\(reasons)")
+    }
+
+    /// KVM's MMIO sequence, per thread: a write is traced, then the exit to the VMM; a read is traced unsatisfied,
+    /// then the exit, then traced again with the value the VMM gave, at the same GPA and length.
+    @Test func mmioEventsFollowKVMsSequenceAtTheSameAddress() throws {
+        let events = Self.recording.decoded()
+        var writes = 0, reads = 0
+        for tid in Set(events.map(\.tid)) {
+            let mine = events.filter { $0.tid == tid }.sorted { $0.timeNs < $1.timeNs }
+            var i = 0
+            while i < mine.count {
+                guard case .mmio(let type, let len, let gpa, _) = mine[i].kind else { i += 1; continue }
+                switch type {
+                case .write:
+                    #expect(i + 1 < mine.count && mine[i + 1].kind == .userspaceExit(reason: .mmio, errno: 0), "tid \(tid) #\(i)")
+                    writes += 1
+                    i += 2
+                case .unsatisfiedRead:
+                    guard i + 2 < mine.count else { i = mine.count; continue }  // the recording ended mid-sequence
+                    #expect(mine[i + 1].kind == .userspaceExit(reason: .mmio, errno: 0), "tid \(tid) #\(i)")
+                    guard case .mmio(.read, len, gpa, _) = mine[i + 2].kind else {
+                        Issue.record("tid \(tid) #\(i): \(mine[i + 2].kind) after an unsatisfied read of \(len) at \(gpa)")
+                        i += 1
+                        continue
+                    }
+                    #expect([1, 2, 4, 8].contains(len))
+                    reads += 1
+                    i += 3
+                default:
+                    Issue.record("tid \(tid) #\(i): a \(type) with no unsatisfied read before it")
+                    i += 1
+                }
+            }
+        }
+        #expect(writes > 50 && reads > 300, "writes \(writes), reads \(reads)")
+    }
+
+    @Test func savedTextReadsBackTheSame() throws {
+        let again = try RawTraceRecording(text: Self.recording.text)
+        #expect(again == Self.recording)
+    }
+
+    @Test(arguments: [
+        ("", "empty"),
+        ("{\"format\":\"other\"}", "not a vmscope-raw-trace file"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":2}", "format version 2; this vmscope reads version 1"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,3],\"pid\":[4,4]},\"events\":{}}", "header.type"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{\"e\":{\"id\":-1,\"fields\":{}}}}", "event e"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[99999999999,4]},\"events\":{}}", "header.pid"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{}}\n{\"cpu\":-1,\"time-ns\":1,\"data\":\"AA==\"}", "line 2"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{}}\n{\"cpu\":0,\"time-ns\":1,\"data\":\"!!\"}", "line 2"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{}}\nnope", "line 2: not JSON"),
+    ])
+    func damagedFilesAreRefusedByLineAndReason(text: String, says: String) {
+        #expect { try RawTraceRecording(text: text) } throws: { "\($0)".contains(says) }
+    }
+
+    /// A hostile layout (offsets past the record, odd sizes) decodes without trapping: fields past the end read 0.
+    @Test func hostileLayoutsDoNotTrap() throws {
+        let text = """
+            {"format":"vmscope-raw-trace","version":1,"header":{"type":[65535,2],"pid":[0,8]},"events":{"kvm_mmio":{"id":0,"fields":{"gpa":[65535,8]}}}}
+            {"cpu":0,"time-ns":18446744073709551615,"data":"AAAAAAAAAAA="}
+            """
+        let r = try RawTraceRecording(text: text)
+        #expect(r.decoded().isEmpty, "a record shorter than its header is skipped")
+        let text2 = text.replacingOccurrences(of: "[65535,2]", with: "[0,2]")
+        let e = try RawTraceRecording(text: text2).decoded()
+        #expect(e.first?.kind == .mmio(.unsatisfiedRead, length: 0, gpa: 0, value: 0))
+    }
+}
