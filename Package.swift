@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "Schema", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
-        .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "KVM", "Schema"], exclude: ["Fixtures"]),
+        .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "KVM", "Schema", "ControlProtocol", "ProcessSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ExporterTests", dependencies: ["Exporter", "Schema"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),

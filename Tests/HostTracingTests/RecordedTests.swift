@@ -106,4 +106,62 @@ import Testing
         let e = try RawTraceRecording(text: text2).decoded()
         #expect(e.first?.kind == .mmio(.unsatisfiedRead, length: 0, gpa: 0, value: 0))
     }
+
+    // MARK: kernel 6.12 in the lab (kvm_amd with nested paging): hardware exits and nested page faults
+
+    /// Saved inside the lab by `vmscope trace QEMU-PID --save-raw` while a stock QEMU (`-accel kvm`, 32 MiB, no
+    /// devices) ran SeaBIOS for 0.15 s; the first 2000 records kept.
+    static let lab = try! RawTraceRecording(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/kernel-6.12-lab-svm-qemu-boot.jsonl").path)
+
+    @Test func theLabsKernelHasLayoutsOfItsOwnWhichTheFileCarries() {
+        #expect(Self.lab.kernel.hasPrefix("6.12"))
+        #expect(Self.lab.layouts != EventLayouts.kernel618, "6.12's kvm_exit has another id and no requests field")
+        #expect(Self.lab.layouts.events["kvm_exit"]?.fields["requests"] == nil)
+    }
+
+    /// KVM's nested-page-fault path (svm.c npf_interception): a kvm_exit with SVM's NPF code, whose EXITINFO1 is the
+    /// error code and EXITINFO2 the GPA, then kvm_page_fault with that GPA and error code, on the same thread.
+    @Test func everyNestedPageFaultFollowsItsExitWithTheSameAddressAndErrorCode() throws {
+        let events = Self.lab.decoded()
+        #expect(!events.contains { if case .other = $0.kind { true } else { false } })
+        var faults = 0
+        for tid in Set(events.map(\.tid)) {
+            let mine = events.filter { $0.tid == tid }
+            for (i, e) in mine.enumerated() {
+                guard case .pageFault(_, _, let address, let code) = e.kind else { continue }
+                faults += 1
+                guard i > 0, case .exit(_, 2, 0x400, _, let info1, let info2) = mine[i - 1].kind else {
+                    Issue.record("tid \(tid) #\(i): a page fault not after an NPF exit: \(i > 0 ? "\(mine[i - 1].kind)" : "first")")
+                    continue
+                }
+                #expect(info2 == address && info1 == code.rawValue, "tid \(tid) #\(i)")
+                #expect(code.names.contains("guest_final") || code.names.contains("guest_page"), "nested paging: \(code.names)")
+                #expect(!code.names.contains { $0.hasPrefix("bit") }, "no bit this vmscope cannot name: \(code.names)")
+            }
+        }
+        #expect(faults > 100, "\(faults) page faults")
+    }
+
+    /// Every exit to the VMM for port I/O follows a hardware IOIO exit of the same thread, and every exit's reason
+    /// has a name.
+    @Test func ioExitsToTheVMMFollowHardwareIOExits() throws {
+        let events = Self.lab.decoded()
+        var io = 0
+        for tid in Set(events.map(\.tid)) {
+            let mine = events.filter { $0.tid == tid }
+            for (i, e) in mine.enumerated() {
+                if case .exit(_, let isa, let reason, _, _, _) = e.kind {
+                    #expect(HardwareExitNames.name(isa: isa, reason: reason) != nil, "SVM exit 0x\(String(reason, radix: 16))")
+                }
+                guard e.kind == .userspaceExit(reason: .io, errno: 0) else { continue }
+                io += 1
+                guard i > 0, case .exit(_, 2, 0x7B, _, _, _) = mine[i - 1].kind else {
+                    Issue.record("tid \(tid) #\(i): an IO exit to the VMM not after an IOIO exit")
+                    continue
+                }
+            }
+        }
+        #expect(io > 500, "\(io) IO exits")
+    }
 }

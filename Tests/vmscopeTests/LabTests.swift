@@ -92,17 +92,33 @@ struct LabTests {
         #expect(failing.status == 7)
     }
 
+    /// Runs this package's test suite `suite` inside the lab (the same bundle, through 9p); expects it to pass with
+    /// `tests` tests and returns its output, escape sequences opened.
+    func runSuiteInsideTheLab(_ suite: String, tests: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+        let bundle = Binary.url.deletingLastPathComponent().appendingPathComponent("vmscopePackageTests.xctest").path
+        let r = try runProcess(Binary.url.path, ["lab", "exec", "--timeout", "600", "--", bundle,
+                                                 "--testing-library", "swift-testing", "--filter", suite])
+        let plain = (r.stdout + r.stderr).replacingOccurrences(of: "\u{1B}[", with: "[")
+        #expect(r.status == 0, "\(plain.suffix(4000))", sourceLocation: sourceLocation)
+        #expect(plain.contains("Suite \(suite) passed"), "\(plain.suffix(4000))", sourceLocation: sourceLocation)
+        #expect(plain.contains("with \(tests)"), "\(plain.suffix(4000))", sourceLocation: sourceLocation)
+        return plain
+    }
+
     /// The kernel-level facts the kernel engine's layout rests on, checked where they hold: this package's
     /// `SWProtectedVMTests` run inside the lab (they skip on this host, which has no KVM_X86_SW_PROTECTED_VM).
     @Test func kernelFactsHoldInsideTheLab() throws {
-        let bundle = Binary.url.deletingLastPathComponent().appendingPathComponent("vmscopePackageTests.xctest").path
-        let r = try runProcess(Binary.url.path, ["lab", "exec", "--timeout", "600", "--", bundle,
-                                                 "--testing-library", "swift-testing", "--filter", "SWProtectedVMTests"])
-        let plain = (r.stdout + r.stderr).replacingOccurrences(of: "\u{1B}[", with: "[")
-        #expect(r.status == 0, "\(plain.suffix(4000))")
-        #expect(plain.contains("Suite SWProtectedVMTests passed"), "\(plain.suffix(4000))")
-        #expect(plain.contains("with 5 tests"), "\(plain.suffix(4000))")
+        let plain = try runSuiteInsideTheLab("SWProtectedVMTests", tests: "5 tests")
         #expect(plain.contains("shared access without shared backing: KVM_RUN"), "\(plain.suffix(4000))")
+    }
+
+    /// Host tracing where KVM is kvm_amd with nested paging (issue 17): `InLabTests` run inside the lab, where a
+    /// stock QEMU's exits traced through kvm_exit must equal the change in QEMU's own query-stats `exits`.
+    @Test func hostTracingInsideTheLab() throws {
+        let plain = try runSuiteInsideTheLab("InLabTests", tests: "1 test")
+        let line = plain.split(separator: "\n").first { $0.contains("InLabTests: QEMU's exits statistic rose by") }
+        #expect(line != nil, "\(plain.suffix(4000))")
+        if let line { print(line) }
     }
 
     /// The acceptance run: a host conversion of part of the guest's working set makes the guest's next accesses
