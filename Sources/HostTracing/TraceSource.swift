@@ -76,9 +76,9 @@ public final class TraceSource: VMSource {
             model.vm = vm
             model.connection = .connected("kernel tracepoints (\(session.name))")
             model.unavailable = [
-                .map: "trace only: no tracepoint reports private/shared attributes, and this VMM has no control socket vmscope can read; fault rows carry the GPAs",
                 .memslots: "trace only: memslots live in the VMM (KVM_SET_USER_MEMORY_REGION2 has no tracepoint); attach to its control socket to see them",
             ]
+            model.heatMapNote = "trace only: no tracepoint reports private/shared attributes, nor where RAM is; cells show KVM's traced MMIO and page faults"
             changed = true
         }
         let events = session.read()
@@ -209,7 +209,12 @@ public final class TracedSocketSource: VMSource {
             do {
                 let session = try TraceSession(pid: Int32(pid))
                 trace = socket.isQEMU ? TraceSource(session: session, faultsOnly: true) : TraceSource(session: session, corroborating: true)
-                if socket.isQEMU { model.unavailable[.faults] = nil }
+                if socket.isQEMU {
+                    // The faults pane is the trace's rows, and the map, which QEMU gives no attributes for, the heat
+                    // of those rows over QEMU's KVM-mapped ranges, with QEMU's reason beside it.
+                    model.unavailable[.faults] = nil
+                    if let why = model.unavailable.removeValue(forKey: .map) { model.heatMapNote = why }
+                }
             } catch {
                 if socket.isQEMU {
                     model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"

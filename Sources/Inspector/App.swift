@@ -163,11 +163,11 @@ public struct InspectorUI: Sendable {
     /// zoom use what is on screen), RAM, the vCPUs; and pins a frozen fault stream to its newest record.
     public mutating func fit(_ model: InspectorModel, width: Int, height: Int) {
         if let r = Renderer.layout(width: width, height: height, ui: self)[.map] {
-            let g = Renderer.mapGrid(r)
+            let g = Renderer.mapGrid(r, noteLines: Renderer.heatNote(model, width: r.inner.width).count)
             mapColumns = g.columns
             mapRows = g.rows
         }
-        totalPages = max(1, model.vm.ramSize / 4096)
+        totalPages = model.mapPages
         vcpuCount = model.vcpus.count
         vcpuStates = model.vcpus.map(\.state)
         memslotCount = model.memslots.count

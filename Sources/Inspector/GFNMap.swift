@@ -7,8 +7,10 @@ public struct MapCell: Sendable, Equatable {
     public var sharedPages: UInt64
     /// 0 (no recent fault) to 1 (faulted just now).
     public var heat: Double
-    /// Past the end of RAM.
-    public var outside: Bool { privatePages + sharedPages == 0 }
+    /// Pages a memslot maps whose attribute no source reports (a heat map's RAM).
+    public var unknownPages: UInt64 = 0
+    /// Past the end of RAM (and, in a heat map, outside every memslot).
+    public var outside: Bool { privatePages + sharedPages + unknownPages == 0 }
 }
 
 /// How the map is cut into cells: `pagesPerCell` (a power of two), the first cell shown, and the grid.
@@ -36,14 +38,17 @@ public struct MapGeometry: Sendable, Equatable {
 
 public enum GFNMap {
     /// Cells for the grid, row by row. O(cells + runs in view): the runs are walked once, in step with the cells.
+    /// `backed`: page ranges mapped without a known attribute (a heat map's memslots), sorted, not overlapping.
     public static func cells(runs: [RunRow], totalPages: UInt64, geometry g: MapGeometry,
-                             recentFaults: RecentFaults, nowNs: UInt64, fadeNs: UInt64 = 3_000_000_000) -> [MapCell] {
+                             recentFaults: RecentFaults, nowNs: UInt64, fadeNs: UInt64 = 3_000_000_000,
+                             backed: [Range<UInt64>] = []) -> [MapCell] {
         let count = g.columns * g.rows
         var out: [MapCell] = []
         out.reserveCapacity(count)
         // The first run that ends after the first cell's start.
         let startPage = g.firstCell * g.pagesPerCell
         var k = runs.partitioningIndex { $0.end / 4096 > startPage }
+        var kb = backed.partitioningIndex { $0.upperBound > startPage }
         // Faults bucketed by cell (only those in view).
         var heatByCell: [UInt64: Double] = [:]
         for (gfn, t) in recentFaults {
@@ -67,15 +72,28 @@ public enum GFNMap {
                     j += 1
                 }
             }
-            out.append(MapCell(firstGFN: a, pages: g.pagesPerCell, privatePages: p, sharedPages: s, heat: heatByCell[cell] ?? 0))
+            var u: UInt64 = 0
+            if !backed.isEmpty {
+                let hi = a.saturatingAdd(g.pagesPerCell)
+                while kb < backed.count && backed[kb].upperBound <= a { kb += 1 }
+                var j = kb
+                while j < backed.count && backed[j].lowerBound < hi {
+                    u += min(hi, backed[j].upperBound) - max(a, backed[j].lowerBound)
+                    j += 1
+                }
+            }
+            out.append(MapCell(firstGFN: a, pages: g.pagesPerCell, privatePages: p, sharedPages: s, heat: heatByCell[cell] ?? 0,
+                               unknownPages: u))
         }
         return out
     }
 
     /// The glyph and role of a cell.
+    /// A recent access shows wherever it lies: in a heat map, device pages outside RAM light up too.
     public static func glyph(_ c: MapCell, ascii: Bool) -> (Character, Role) {
-        if c.outside { return (" ", .outside) }
         if c.heat > 0.05 { return (ascii ? "!" : (c.heat > 0.5 ? "█" : "▓"), .faulted) }
+        if c.outside { return (" ", .outside) }
+        if c.privatePages + c.sharedPages == 0 { return (ascii ? ":" : "·", .dim) }
         if c.sharedPages == 0 { return (ascii ? "#" : "█", .privatePage) }
         if c.privatePages == 0 { return (ascii ? "." : "░", .sharedPage) }
         let share = Double(c.sharedPages) / Double(c.privatePages + c.sharedPages)

@@ -208,6 +208,21 @@ public struct InspectorModel: Sendable {
     public var peerIsQEMU: Bool { vm.qemuVersion != nil }
     /// Views the peer has no source for, with the reason the pane shows instead of an empty one.
     public var unavailable: [Pane: String] = [:]
+    /// Set when no source gives private/shared attributes but traced accesses carry GPAs (a stock QEMU or a
+    /// trace-only view with KVM's tracepoints on): the map is a heat map of those accesses over the KVM-mapped
+    /// ranges, and this says why it has no attributes.
+    public var heatMapNote: String?
+
+    /// The pages the map spans: RAM; in a heat map also every memslot and every traced access (MMIO to a device
+    /// page lies above RAM).
+    public var mapPages: UInt64 {
+        var pages = vm.ramSize / 4096
+        if heatMapNote != nil {
+            for m in memslots { pages = max(pages, m.memslot.gpa.saturatingAdd(m.memslot.size) / 4096) }
+            if let g = recentFaults.highestGFN { pages = max(pages, g.saturatingAdd(1)) }
+        }
+        return max(1, pages)
+    }
     /// VM-wide KVM statistics where the peer reports them (QEMU's `query-stats` target `vm`).
     public var vmStats: [(String, UInt64)] = []
 
@@ -429,7 +444,16 @@ public struct RecentFaults: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     public mutating func append(gfn: UInt64, at ns: UInt64) {
         if marks.count < capacity { marks.append((gfn, ns)) } else { marks[next] = (gfn, ns) }
         next = (next + 1) % capacity
+        highestGFN = Swift.max(highestGFN ?? 0, gfn)
     }
+
+    /// The newest mark in cell `cell` of `pagesPerCell` pages.
+    public func lastMark(inCell cell: UInt64, pagesPerCell: UInt64) -> UInt64? {
+        marks.lazy.filter { $0.gfn / pagesPerCell == cell }.map(\.ns).max()
+    }
+
+    /// The highest page ever marked (the heat map's extent only grows, so the view does not jump as marks fade).
+    public private(set) var highestGFN: UInt64?
 
     public var count: Int { marks.count }
     public var isEmpty: Bool { marks.isEmpty }

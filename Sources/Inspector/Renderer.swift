@@ -25,9 +25,16 @@ public struct Renderer {
         ]
     }
 
-    /// The map's grid (columns, rows) in a pane: its inner area less the legend and cursor lines.
-    public static func mapGrid(_ r: Rect) -> (columns: Int, rows: Int) {
-        (max(1, r.inner.width), max(1, r.inner.height - 2))
+    /// The map's grid (columns, rows) in a pane: its inner area less the legend and cursor lines, and the heat
+    /// map's note above the grid.
+    public static func mapGrid(_ r: Rect, noteLines: Int = 0) -> (columns: Int, rows: Int) {
+        (max(1, r.inner.width), max(1, r.inner.height - 2 - noteLines))
+    }
+
+    /// A heat map's note, wrapped to the pane's inner `width` (at most 2 lines; none when the map has attributes).
+    public static func heatNote(_ m: InspectorModel, width: Int) -> [String] {
+        guard let note = m.heatMapNote else { return [] }
+        return Array(wrapped("heat map of KVM's traced accesses · " + note, width).prefix(2))
     }
 
     public func render(_ m: InspectorModel, _ ui: InspectorUI, width: Int, height: Int) -> Screen {
@@ -137,11 +144,16 @@ public struct Renderer {
     // MARK: GFN map
 
     func mapPane(_ s: inout Screen, _ r: Rect, _ m: InspectorModel, _ ui: InspectorUI) {
-        let (cols, rows) = Self.mapGrid(Rect(x: r.x - 1, y: r.y - 1, width: r.width + 2, height: r.height + 2))
-        let total = max(1, m.vm.ramSize / 4096)
+        let note = Self.heatNote(m, width: r.width)
+        for (i, line) in note.enumerated() { s.put(line, x: r.x, y: r.y + i, role: .dim, limit: r.width) }
+        let (cols, rows) = Self.mapGrid(Rect(x: r.x - 1, y: r.y - 1, width: r.width + 2, height: r.height + 2), noteLines: note.count)
+        let r = Rect(x: r.x, y: r.y + note.count, width: r.width, height: r.height - note.count)
+        let total = m.mapPages
         let span = ui.pagesPerCell ?? MapGeometry.fitting(totalPages: total, columns: cols, rows: rows)
         let g = MapGeometry(pagesPerCell: span, firstCell: ui.pagesPerCell == nil ? 0 : ui.firstCell, columns: cols, rows: rows)
-        let cells = GFNMap.cells(runs: m.runs, totalPages: total, geometry: g, recentFaults: m.recentFaults, nowNs: nowNs)
+        let heatOnly = m.heatMapNote != nil
+        let backed = heatOnly ? Self.mappedPages(m.memslots) : []
+        let cells = GFNMap.cells(runs: m.runs, totalPages: total, geometry: g, recentFaults: m.recentFaults, nowNs: nowNs, backed: backed)
         let cursorCell = ui.cursorGFN / span
         let anchor = ui.selectionAnchor
         for (i, c) in cells.enumerated() {
@@ -158,10 +170,23 @@ public struct Renderer {
         }
         // Cursor line and legend.
         let gpa = ui.cursorGFN * 4096
-        let attr = m.attribute(at: gpa).map { Self.attributeName($0) } ?? "outside RAM"
-        let slot = m.memslot(containing: gpa).map { "slot \($0.slot)" } ?? "no slot"
-        s.put("\(Fmt.hex(gpa)) gfn \(ui.cursorGFN) \(attr) \(slot) · \(Fmt.size(span * 4096))/cell", x: r.x, y: r.y + rows, role: .highlight, limit: r.width)
-        let legend: [(String, Role)] = ascii
+        let cursorLine: String
+        if heatOnly {
+            let gfn = ui.cursorGFN
+            let mapped = backed.contains { $0.contains(gfn) } ? "KVM-mapped RAM, attribute not reported" : "not KVM-mapped (device or hole)"
+            let last = m.recentFaults.lastMark(inCell: gfn / span, pagesPerCell: span)
+                .map { "traced \((nowNs >= $0 ? nowNs - $0 : 0) / 1_000_000) ms ago" } ?? "no traced access"
+            cursorLine = "\(Fmt.hex(gpa)) gfn \(gfn) \(mapped) · cell \(last) · \(Fmt.size(span * 4096))/cell"
+        } else {
+            let attr = m.attribute(at: gpa).map { Self.attributeName($0) } ?? "outside RAM"
+            let slot = m.memslot(containing: gpa).map { "slot \($0.slot)" } ?? "no slot"
+            cursorLine = "\(Fmt.hex(gpa)) gfn \(ui.cursorGFN) \(attr) \(slot) · \(Fmt.size(span * 4096))/cell"
+        }
+        s.put(cursorLine, x: r.x, y: r.y + rows, role: .highlight, limit: r.width)
+        let legend: [(String, Role)] = heatOnly
+            ? (ascii ? [(": KVM-mapped RAM ", .dim), ("! traced in the last 3 s ", .faulted), ("sel ", .selection)]
+                     : [("· KVM-mapped RAM ", .dim), ("█▓ traced in the last 3 s ", .faulted), ("▒ selected", .selection)])
+            : ascii
             ? [("# private ", .privatePage), (". shared ", .sharedPage), ("+- mixed ", .mixed), ("! faulted ", .faulted), ("sel ", .selection)]
             : [("█ private ", .privatePage), ("░ shared ", .sharedPage), ("▓▒ mixed ", .mixed), ("█ faulted ", .faulted), ("▒ selected", .selection)]
         var x = r.x
@@ -169,6 +194,20 @@ public struct Renderer {
             s.put(text, x: x, y: r.y + rows + 1, role: role, limit: r.x + r.width - x)
             x += text.count
         }
+    }
+
+    /// The page ranges memslots map, sorted and merged (a heat map's RAM).
+    static func mappedPages(_ slots: [MemslotRow]) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        for r in slots.map({ ($0.memslot.gpa / 4096)..<($0.memslot.gpa.saturatingAdd($0.memslot.size) / 4096) }).sorted(by: { $0.lowerBound < $1.lowerBound })
+        where !r.isEmpty {
+            if let last = out.last, r.lowerBound <= last.upperBound {
+                out[out.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
+            } else {
+                out.append(r)
+            }
+        }
+        return out
     }
 
     // MARK: Faults
@@ -181,9 +220,13 @@ public struct Renderer {
     /// "private" or "shared".
     static func attributeName(_ isPrivate: Bool) -> String { (isPrivate ? PageAttribute.private : .shared).rawValue }
 
+    /// Whether the record says which attribute the access wanted: kvm_mmio (a traced MMIO row) does not, so
+    /// nothing is shown there rather than a guess.
+    static func statesWanted(_ f: FaultRecord) -> Bool { !(f.source == .trace && f.exit == .mmio) }
+
     public static func faultLine(_ f: FaultRecord, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0) -> String {
         let vcpu = "v\(f.vcpu.map(String.init) ?? "-")"
-        let wants = f.isPrivate ? "priv" : "shrd"
+        let wants = !statesWanted(f) ? "-   " : f.isPrivate ? "priv" : "shrd"
         if width < 70 {
             return "\(Fmt.padLeft(String(f.seq), 6)) \(vcpu) \(Fmt.hex(f.gpa, width: 8)) \(Fmt.pad(f.access.rawValue, 5)) \(wants) \(f.action)"
         }
@@ -259,7 +302,8 @@ public struct Renderer {
             place += " · slot \(f.slot.map(String.init) ?? "none")"
         }
         details.append(place)
-        details.append("access \(f.access) · wants \(Self.attributeName(f.isPrivate)) · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
+        let wanted = Self.statesWanted(f) ? "wants \(Self.attributeName(f.isPrivate))" : "attribute wanted not reported (kvm_mmio has none)"
+        details.append("access \(f.access) · \(wanted) · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
         if let t = f.tracedNs {
             let dt = Int64(bitPattern: f.timeNs &- t)
             details.append("also seen by KVM's \(f.exit == .memoryFault ? "kvm_userspace_exit" : "kvm_mmio") tracepoint, \(dt / 1000) µs before the VMM's record")
@@ -275,8 +319,10 @@ public struct Renderer {
         }
     }
 
+    func wrap(_ text: String, _ width: Int) -> [String] { Self.wrapped(text, width) }
+
     /// `text` cut into lines of at most `width`, at spaces where possible.
-    func wrap(_ text: String, _ width: Int) -> [String] {
+    static func wrapped(_ text: String, _ width: Int) -> [String] {
         guard width > 0, text.count > width else { return [text] }
         var lines: [String] = []
         var current = ""

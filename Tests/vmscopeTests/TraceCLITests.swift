@@ -210,7 +210,7 @@ struct TraceCLITests {
     /// credentials) instead of saying QEMU has no fault stream; its instance lives as long as the inspector.
     @Test func attachingToQEMUTracesItsFaultsBesideQMP() throws {
         guard qemuAvailable, TmuxPane.tmux != nil else { print("attachingToQEMUTracesItsFaultsBesideQMP: needs QEMU and tmux"); return }
-        let qemu = try startQEMU(qemuConfigurations[0].arguments, monitors: 1)
+        let qemu = try startQEMU(qemuConfigurations[0].arguments, monitors: 2)
         defer { qemu.stop() }
         guard qemu.accelerator == "kvm" else { print("attachingToQEMUTracesItsFaultsBesideQMP: QEMU runs TCG here"); return }
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo ATTACH-EXIT=$?; sleep 60", width: 200, height: 50)
@@ -221,7 +221,20 @@ struct TraceCLITests {
                 .contains { name == "vmscope-\($0)" } ?? false } }
         #expect(!ours().isEmpty, "a tracefs instance of the inspector's while attached: \(Self.instances())")
         #expect(!screen.contains("fault stream unavailable"), "the faults pane is fed by the trace source:\n\(screen)")
-        #expect(screen.contains("no faults yet") || screen.contains("trace/"), "\(screen)")
+        #expect(screen.contains("heat map of KVM's traced accesses"), "the map is the trace's heat map:\n\(screen)")
+        // Resets keep SeaBIOS running, whose local-APIC accesses KVM traces as kvm_mmio at 0xfee00000: rows in the
+        // faults pane, and that page lit in the map, which the cursor line reports once the cursor is on it.
+        let resetter = try ControlClient(path: qemu.qmpSockets[1])
+        defer { resetter.close() }
+        t.keys("1", ":", "goto 0xfee00000", "Enter")
+        for _ in 0..<20 {
+            _ = try? resetter.execute("system_reset")
+            screen = t.waitFor(0.5) { $0.contains("not KVM-mapped (device or hole) · cell traced") && $0.contains("trace/MMIO") }
+            if screen.contains("not KVM-mapped (device or hole) · cell traced") && screen.contains("trace/MMIO") { break }
+        }
+        #expect(screen.contains("not KVM-mapped (device or hole) · cell traced"), "the cursor's cell (holding 0xfee00000) lit:\n\(screen)")
+        #expect(screen.contains("trace/MMIO") && screen.contains("attribute wanted not reported"),
+                "the faults pane's rows from kvm_mmio, claiming no attribute:\n\(screen)")
         t.keys("q")
         screen = t.waitFor(10) { $0.contains("ATTACH-EXIT=") }
         #expect(screen.contains("ATTACH-EXIT=0"), "\(screen)")
