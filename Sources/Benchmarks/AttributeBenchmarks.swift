@@ -98,7 +98,10 @@ public func alternatingMap(bytes: UInt64, runs: Int) -> AttributeMap {
 }
 
 /// The attribute map on its own (no KVM): full-range and window queries, lookups, memory per run.
-public func attributeMapBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
+/// Runs in the callgrind walk.
+let callgrindMapRuns = 65_536
+
+public func attributeMapBenchmarks(_ sizes: BenchSizes, callgrindExecutable: String? = nil) -> [BenchResult] {
     let map = alternatingMap(bytes: sizes.mapBytes, runs: sizes.mapRuns)
     precondition(map.runCount == sizes.mapRuns, "built \(map.runCount) runs, wanted \(sizes.mapRuns)")
     let reps = max(sizes.repetitions / 4, 3)
@@ -135,8 +138,13 @@ public func attributeMapBenchmarks(_ sizes: BenchSizes) -> [BenchResult] {
     let bitmapBytes = BenchResult(name: "bitmap-bytes-per-run", value: bitmapBytesPerRun, unit: "B",
                                   note: "baseline: a bit per page")
     if sink == 42 { print("") }  // keeps the optimiser from dropping the queries
+    // Instructions per run of the same walk, which repeat exactly where its time does not.
+    let instr = callgrindExecutable.flatMap { callgrindInstructionsPerRecord($0, path: "runs", records: callgrindMapRuns) }.map {
+        BenchResult(name: "attr-query-instr-per-run", value: $0, unit: "instr",
+                    note: "valgrind --tool=callgrind, the walk only (--toggle-collect), \(callgrindMapRuns) runs over 1024 GiB")
+    }
     return [
-        baseline, fullResult, arrayResult,
+        baseline, fullResult] + (instr.map { [$0] } ?? []) + [arrayResult,
         BenchResult(name: "attr-query-1gib-window-us", value: window, unit: "us",
                     note: "runs in a random 1 GiB window (about \(Int(windowPages) * sizes.mapRuns / Int(map.pageCount)) runs)"),
         BenchResult(name: "attr-lookup-ns", value: lookup, unit: "ns", note: "attribute of one random GFN"),

@@ -1,5 +1,6 @@
 import ControlProtocol
 import Foundation
+import VMM
 import Inspector
 
 /// `MEMORY_FAULT` events as the VMM sends them: `batches` lines of `perBatch` records each.
@@ -189,24 +190,46 @@ public func inspectorBenchmarks(_ sizes: BenchSizes, callgrindExecutable: String
 /// Records in the callgrind workload.
 let callgrindRecords = 8192
 
-/// Decodes `callgrindRecords` records once by `path` ("fast": the framer's fault decoder into the model; "general":
-/// `JSON.parse` and the schema's reading; "tracepoints": `callgrindTraceRecords` raw tracepoint records of the recording);
-/// `vmscope-bench --callgrind-decode` runs it under valgrind.
-@inline(never) public func callgrindDecodeWorkload(_ bytes: [UInt8], trace: RecordedTraceBuffer?, path: String) -> Int {
-    if let trace { return decodeRecordedBuffer(trace) }
-    if path == "fast" { return Int(decodeIntoModel(bytes).faultsReceived) }
-    var framer = Framer(maxMessage: 64 << 20, decodeFaults: false)
-    var n = 0
-    for case .message(var m) in framer.feed(bytes[...]) {
-        if let e = try? JSON.parse(bytes: &m), case .memoryFault(let b)? = Event(message: e) { n += b.records.count }
+/// What `vmscope-bench --callgrind-decode PATH` runs once under valgrind, its input made before the counted call.
+public enum CallgrindWorkload {
+    /// "fast": `callgrindRecords` fault records through the framer's fault decoder into the model; "general": the
+    /// same through `JSON.parse` and the schema's reading.
+    case faults([UInt8], fast: Bool)
+    /// "tracepoints": `callgrindTraceRecords` raw tracepoint records of the recording.
+    case tracepoints(RecordedTraceBuffer)
+    /// "runs": a full-range walk of a map of `callgrindMapRuns` runs.
+    case runs(AttributeMap)
+
+    public init?(path: String) throws {
+        switch path {
+        case "fast", "general": self = .faults(callgrindDecodeBytes(), fast: path == "fast")
+        case "tracepoints": self = .tracepoints(try RecordedTraceBuffer(records: callgrindTraceRecords))
+        case "runs": self = .runs(alternatingMap(bytes: 1 << 40, runs: callgrindMapRuns))
+        default: return nil
+        }
     }
-    return n
+}
+
+/// The counted call: only instructions under it are collected (`--toggle-collect`).
+@inline(never) public func callgrindDecodeWorkload(_ w: CallgrindWorkload) -> Int {
+    switch w {
+    case .tracepoints(let trace): return decodeRecordedBuffer(trace)
+    case .runs(let map): return summary(map).runs
+    case .faults(let bytes, fast: true): return Int(decodeIntoModel(bytes).faultsReceived)
+    case .faults(let bytes, fast: false):
+        var framer = Framer(maxMessage: 64 << 20, decodeFaults: false)
+        var n = 0
+        for case .message(var m) in framer.feed(bytes[...]) {
+            if let e = try? JSON.parse(bytes: &m), case .memoryFault(let b)? = Event(message: e) { n += b.records.count }
+        }
+        return n
+    }
 }
 
 /// The bytes the callgrind workload decodes.
 public func callgrindDecodeBytes() -> [UInt8] { faultEventBytes(batches: callgrindRecords / 1024, perBatch: 1024) }
 
-/// Instructions per record of `callgrindDecodeWorkload(path:)`, counted by callgrind in a child `exe
+/// Instructions per item of `callgrindDecodeWorkload` for `path`, counted by callgrind in a child `exe
 /// --callgrind-decode PATH`; nil without valgrind.
 func callgrindInstructionsPerRecord(_ exe: String, path: String, records: Int = callgrindRecords) -> Double? {
     let out = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(path).out"

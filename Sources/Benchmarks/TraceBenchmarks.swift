@@ -14,7 +14,7 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
         let ns = median(sample(reps) { _ in sink &+= decodeRecordedBuffer(buffer) })
         results.append(BenchResult(name: "trace-decode-events-per-s", value: Double(count) / (ns / 1e9), unit: "events/s",
                                    target: .atLeast(1_000_000),
-                                   note: "a recorded buffer: the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel)), back to back \(count / buffer.distinct)× → TraceEvent, \(count) events, each with the layouts the file carries; \(sink % 2)"))
+                                   note: "a recorded buffer: the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel)), back to back \(count / buffer.distinct)× → TraceEvent, \(count) events, each with the layouts the file carries"))
         if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "tracepoints", records: callgrindTraceRecords) {
             results.append(BenchResult(name: "trace-decode-instr-per-event", value: instr, unit: "instr",
                                        note: "valgrind --tool=callgrind, decode only (--toggle-collect), \(callgrindTraceRecords) events of the same recording"))
@@ -23,6 +23,7 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
         results.append(BenchResult(name: "trace-decode-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
     }
 
+    if sink == 42 { print("") }  // keeps the optimiser from dropping the decode
     // Overhead: the built-in guest's heartbeats per second, untraced and then traced by a TraceSession reading its
     // buffers the way `vmscope trace` does, same VM, same run.
     guard FileManager.default.fileExists(atPath: devicePath), getuid() == 0 else {

@@ -14,20 +14,19 @@ struct VMScopeBench: ParsableCommand {
     @Option(help: "Only the groups named (attr, inspector, convert, live, trace, cpu, exporter); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
-    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general, tracepoints) and exit.", visibility: .hidden))
+    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general, tracepoints, runs) and exit.", visibility: .hidden))
     var callgrindDecode: String?
 
     func run() throws {
         if let path = callgrindDecode {
-            let trace = path == "tracepoints" ? try RecordedTraceBuffer(records: callgrindTraceRecords) : nil
-            let bytes = trace == nil ? callgrindDecodeBytes() : []
-            print(callgrindDecodeWorkload(bytes, trace: trace, path: path))
+            guard let workload = try CallgrindWorkload(path: path) else { throw ValidationError("no callgrind workload \(path)") }
+            print(callgrindDecodeWorkload(workload))
             return
         }
         let sizes = smoke ? BenchSizes.smoke : .full
         var results: [BenchResult] = []
         func wanted(_ group: String) -> Bool { only.isEmpty || only.contains(group) }
-        if wanted("attr") { results += attributeMapBenchmarks(sizes) }
+        if wanted("attr") { results += attributeMapBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("inspector") { results += inspectorBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("convert") { results += try conversionBenchmarks(sizes) }
         if wanted("live") { results += try liveBenchmarks(sizes) }

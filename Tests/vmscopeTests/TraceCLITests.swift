@@ -155,8 +155,8 @@ struct TraceCLITests {
     }
 
     /// `vmscope top` in tmux: both VMs listed, Enter attaches (the VMM through its socket; a QEMU whose monitor another
-    /// client holds through the trace source, its vCPU threads' exits counted from kvm_userspace_exit), q comes back and
-    /// q quits with the tracefs instance gone.
+    /// client holds through the trace source: its faults pane fills with kvm_mmio rows, its vCPU threads' exits are
+    /// counted from kvm_userspace_exit), q comes back and q quits with the tracefs instance gone.
     @Test func topListsAttachesAndCleansUp() throws {
         let vmm = try RunningVMM(["--vcpus", "2"])
         defer { vmm.stop() }
@@ -190,6 +190,15 @@ struct TraceCLITests {
             t.keys("/", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace", qpid, "Enter")
             _ = t.waitFor(5) { $0.contains("filter: \(qpid)") }
             t.keys("Enter")
+            screen = t.waitFor(20) { $0.contains("kernel tracepoints") }
+            // The faults pane fills from the trace source: resets (through the monitor the holder has) keep SeaBIOS
+            // running, whose local-APIC accesses are kvm_mmio rows; the map is their heat.
+            for _ in 0..<20 where !screen.contains("trace/MMIO") {
+                _ = try? holder?.execute("system_reset")
+                screen = t.waitFor(0.5) { $0.contains("trace/MMIO") }
+            }
+            #expect(screen.contains("trace/MMIO") && screen.contains("heat map of KVM's traced accesses · trace only"),
+                    "QEMU's faults and map through the trace source:\n\(screen)")
             t.keys("4")
             screen = t.waitFor(20) { $0.contains("kernel tracepoints") && $0.contains("traced") }
             #expect(screen.contains("kernel tracepoints") && screen.contains("traced"), "QEMU's vCPUs through the trace source:\n\(screen)")
