@@ -139,7 +139,7 @@ public func attributeMapBenchmarks(_ sizes: BenchSizes, callgrindExecutable: Str
                                   note: "baseline: a bit per page")
     if sink == 42 { print("") }  // keeps the optimiser from dropping the queries
     // Instructions per run of the same walk, which repeat exactly where its time does not.
-    let instr = callgrindExecutable.flatMap { callgrindInstructionsPerRecord($0, path: "runs", records: callgrindMapRuns) }.map {
+    let instr = callgrindExecutable.flatMap { callgrindInstructionsPerRecord($0, path: "attr-walk", records: callgrindMapRuns) }.map {
         BenchResult(name: "attr-query-instr-per-run", value: $0, unit: "instr",
                     note: "valgrind --tool=callgrind, the walk only (--toggle-collect), \(callgrindMapRuns) runs over 1024 GiB")
     }

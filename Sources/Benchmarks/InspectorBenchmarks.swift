@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import VMM
 import Inspector
+import Synchronization
 
 /// `MEMORY_FAULT` events as the VMM sends them: `batches` lines of `perBatch` records each.
 public func faultEventBytes(batches: Int, perBatch: Int) -> [UInt8] {
@@ -197,14 +198,14 @@ public enum CallgrindWorkload {
     case faults([UInt8], fast: Bool)
     /// "tracepoints": `callgrindTraceRecords` raw tracepoint records of the recording.
     case tracepoints(RecordedTraceBuffer)
-    /// "runs": a full-range walk of a map of `callgrindMapRuns` runs.
+    /// "attr-walk": a full-range walk of a map of `callgrindMapRuns` runs.
     case runs(AttributeMap)
 
     public init?(path: String) throws {
         switch path {
         case "fast", "general": self = .faults(callgrindDecodeBytes(), fast: path == "fast")
         case "tracepoints": self = .tracepoints(try RecordedTraceBuffer(records: callgrindTraceRecords))
-        case "runs": self = .runs(alternatingMap(bytes: 1 << 40, runs: callgrindMapRuns))
+        case "attr-walk": self = .runs(alternatingMap(bytes: 1 << 40, runs: callgrindMapRuns))
         default: return nil
         }
     }
@@ -229,20 +230,33 @@ public enum CallgrindWorkload {
 /// The bytes the callgrind workload decodes.
 public func callgrindDecodeBytes() -> [UInt8] { faultEventBytes(batches: callgrindRecords / 1024, perBatch: 1024) }
 
+/// Copies of executables without debug info, by original path: made once a process, removed at its exit.
+private let strippedCopies = Mutex<[String: String]>([:])
+
+/// `exe` without debug info (valgrind cannot read the Swift toolchain's DWARF; symbols are kept, for the toggle).
+func strippedCopy(of exe: String) -> String? {
+    strippedCopies.withLock { copies in
+        if let copy = copies[exe] { return copy }
+        let copy = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(copies.count)"
+        guard (try? FileManager.default.copyItem(atPath: exe, toPath: copy)) != nil else { return nil }
+        let strip = Process()
+        strip.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        strip.arguments = ["strip", "--strip-debug", copy]
+        guard (try? strip.run()) != nil else { unlink(copy); return nil }
+        strip.waitUntilExit()
+        guard strip.terminationStatus == 0 else { unlink(copy); return nil }
+        if copies.isEmpty { atexit { strippedCopies.withLock { for c in $0.values { unlink(c) } } } }
+        copies[exe] = copy
+        return copy
+    }
+}
+
 /// Instructions per item of `callgrindDecodeWorkload` for `path`, counted by callgrind in a child `exe
 /// --callgrind-decode PATH`; nil without valgrind.
 func callgrindInstructionsPerRecord(_ exe: String, path: String, records: Int = callgrindRecords) -> Double? {
     let out = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(path).out"
-    // Valgrind cannot read the Swift toolchain's DWARF: a copy without debug info (symbols kept, for the toggle).
-    let copy = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-bench"
-    defer { unlink(out); unlink(copy) }
-    guard (try? FileManager.default.copyItem(atPath: exe, toPath: copy)) != nil else { return nil }
-    let strip = Process()
-    strip.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    strip.arguments = ["strip", "--strip-debug", copy]
-    do { try strip.run() } catch { return nil }
-    strip.waitUntilExit()
-    guard strip.terminationStatus == 0 else { return nil }
+    defer { unlink(out) }
+    guard let copy = strippedCopy(of: exe) else { return nil }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = ["valgrind", "--tool=callgrind", "--callgrind-out-file=\(out)", "--toggle-collect=*callgrindDecodeWorkload*",

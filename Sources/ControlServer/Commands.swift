@@ -7,15 +7,7 @@ import VMM
 struct CommandTable {
     let vmm: ReferenceVMM
 
-    static func vmmError(_ e: VMMError) -> CommandError {
-        let c: QMP.ErrorClass = switch e.errorClass {
-        case .genericError: .genericError
-        case .permissionDenied: .permissionDenied
-        case .invalidRange: .invalidRange
-        case .unsupported: .unsupported
-        }
-        return CommandError(c, e.description)
-    }
+    static func vmmError(_ e: VMMError) -> CommandError { CommandError(e.errorClass, e.description) }
 
     /// Runs `name`; the caller has handled negotiation.
     func run(_ name: String, _ arguments: JSON?) throws(CommandError) -> JSON {

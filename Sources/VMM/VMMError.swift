@@ -3,12 +3,8 @@ import KVM
 
 /// A refused or failed VMM operation, classed as the control protocol's error classes.
 public struct VMMError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Class: String, Sendable {
-        case genericError = "GenericError"
-        case permissionDenied = "PermissionDenied"
-        case invalidRange = "InvalidRange"
-        case unsupported = "Unsupported"
-    }
+    /// The protocol's error classes (the VMM's own refusals use all but CommandNotFound).
+    public typealias Class = QMP.ErrorClass
 
     public var errorClass: Class
     public var description: String

@@ -48,11 +48,6 @@ func hmp(_ c: ControlClient, _ command: String) throws -> String {
     try c.execute("human-monitor-command", .object([("command-line", .string(command))])).stringValue ?? ""
 }
 
-func monotonicNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
 
 let qemuAvailable = QEMUInstance.binary != nil
 
@@ -79,7 +74,7 @@ struct QEMUModelTests {
         // Let the firmware get going, then pause: memory map and registers hold still while both sides read.
         Thread.sleep(forTimeInterval: 0.5)
         try checker.execute("stop")
-        var now = monotonicNs()
+        var now = HostClock.monotonicNs()
         try source.start(execute, model: &model, nowNs: now, pid: inspector.serverPID)
         #expect(model.vm.pid == Int(qemu.process.pid), "QEMU's pid, from the socket's peer credentials")
 
@@ -119,14 +114,14 @@ struct QEMUModelTests {
         // Running, KVM's exit counters move between polls.
         try checker.execute("cont")
         source.apply(event: .object([("event", .string("RESUME"))]), model: &model)
-        now = monotonicNs()
+        now = HostClock.monotonicNs()
         try source.poll(execute, model: &model, nowNs: now)
         let before = model.vcpus.reduce(0) { $0 + $1.totalExits }
         #expect(model.vcpus.contains { $0.state == "running" || $0.state == "halted" })
         Thread.sleep(forTimeInterval: 2)
         // Due at once (the poll's spacing stretches when QEMU is slow to answer, as under parallel tests).
         source.refreshSoon()
-        #expect(try source.poll(execute, model: &model, nowNs: monotonicNs()))
+        #expect(try source.poll(execute, model: &model, nowNs: HostClock.monotonicNs()))
         let after = model.vcpus.reduce(0) { $0 + $1.totalExits }
         #expect(after > before, "\(config.name): KVM exits \(before) → \(after) while running")
         #expect(!model.vmStats.isEmpty, "query-stats target vm")
@@ -135,7 +130,7 @@ struct QEMUModelTests {
             // Hot-plug a second DIMM: the next memory poll shows its range, still equal to info mtree -f.
             try checker.execute("object-add", .object([("qom-type", .string("memory-backend-ram")), ("id", .string("m2")), ("size", .u(64 << 20))]))
             try checker.execute("device_add", .object([("driver", .string("pc-dimm")), ("id", .string("dimm2")), ("memdev", .string("m2"))]))
-            try source.poll(execute, model: &model, nowNs: monotonicNs() + 10_000_000_000)
+            try source.poll(execute, model: &model, nowNs: HostClock.monotonicNs() + 10_000_000_000)
             #expect(model.memslots.contains { $0.regionName == "m2" && $0.size == 64 << 20 && $0.device == "dimm dimm2, hotplugged" },
                     "\(model.memslots.map { [$0.regionName, $0.device] })")
             #expect(model.memslots.contains { $0.regionName == "m1" && $0.device == "dimm dimm1" }, "dimm1 was there from the start")
@@ -300,15 +295,15 @@ struct QEMUTUITests {
         let qemu = try startQEMU(qemuConfigurations[1].arguments + (running ? [] : ["-S"]), monitors: 1)
         defer { qemu.stop() }
         func cpu(over seconds: Double) -> Double {
-            let c0 = cpuSeconds(pid: qemu.process.pid) ?? 0, t0 = monotonicNs()
+            let c0 = cpuSeconds(pid: qemu.process.pid) ?? 0, t0 = HostClock.monotonicNs()
             Thread.sleep(forTimeInterval: seconds)
             let c1 = cpuSeconds(pid: qemu.process.pid) ?? 0
-            return (c1 - c0) / (Double(monotonicNs() - t0) / 1e9) * 100
+            return (c1 - c0) / (Double(HostClock.monotonicNs() - t0) / 1e9) * 100
         }
         // Past QEMU's start-up and, running, the firmware's boot attempt (seconds at a full core under PVM),
         // until a second costs QEMU little.
-        let settleBy = monotonicNs() + 40_000_000_000
-        while cpu(over: 1) > 10, monotonicNs() < settleBy {}
+        let settleBy = HostClock.monotonicNs() + 40_000_000_000
+        while cpu(over: 1) > 10, HostClock.monotonicNs() < settleBy {}
         let before = cpu(over: 6)
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo VMSCOPE-EXIT=$?; sleep 60", width: 200, height: 50)
         let screen = t.waitFor(15) { $0.contains(running ? "status running" : "status prelaunch") && $0.contains("rip 0x") }
