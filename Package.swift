@@ -87,7 +87,7 @@ let package = Package(
         // Fuzz targets (server, client, theme, recording) and their driver: libFuzzer entry points when built with
         // -sanitize=fuzzer,address -DFUZZING, else a corpus runner.
         .target(name: "FuzzTargets", dependencies: [
-            "ControlProtocol", "ControlServer", "VMM", "Inspector", .product(name: "Logging", package: "swift-log"),
+            "ControlProtocol", "ControlServer", "VMM", "Inspector", "HostTracing", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope-fuzz", dependencies: ["FuzzTargets"]),
         // Helpers shared by the test targets.

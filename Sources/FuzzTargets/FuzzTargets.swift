@@ -1,5 +1,6 @@
 import ControlProtocol
 import ControlServer
+import HostTracing
 import Foundation
 import Inspector
 import Logging
@@ -23,6 +24,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// Recordings, as files (gzip) and as their inflated lines, replayed to the middle and the end, and
     /// snapshotted as JSON (the renderer is the client target's).
     case recording
+    /// Raw tracepoint recordings (`vmscope trace --load-raw`, a file from a ticket): layouts and records from the
+    /// file, decoded with each other. Properties: a refusal names the file; what is accepted writes back to text
+    /// that reads as the same recording, and every decoded event serialises.
+    case rawTrace = "raw-trace"
 
     public func run(_ bytes: UnsafeBufferPointer<UInt8>) {
         switch self {
@@ -30,6 +35,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .client: Self.client(Array(bytes))
         case .theme: Self.theme(Array(bytes))
         case .recording: Self.recording(Array(bytes))
+        case .rawTrace: Self.rawTrace(Array(bytes))
         }
     }
 
@@ -150,5 +156,19 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             replay.seek(to: .max)
             _ = Snapshot.json(replay.model, takenAtWallNs: 0, origin: .recording(file: "fuzz", offsetNs: replay.positionNs))
         }
+    }
+
+    // MARK: Raw trace recordings
+
+    static func rawTrace(_ input: [UInt8]) {
+        let recording: RawTraceRecording
+        do { recording = try RawTraceRecording(text: String(decoding: input, as: UTF8.self), name: "fuzz.raw") } catch {
+            guard error.description.hasPrefix("fuzz.raw") else { fatalError("a raw-trace refusal without the file: \(error)") }
+            return
+        }
+        guard let again = try? RawTraceRecording(text: recording.text, name: "again"), again == recording else {
+            fatalError("an accepted raw recording does not read back from its own text")
+        }
+        for e in recording.decoded() { _ = e.json.serialized }
     }
 }

@@ -1,6 +1,11 @@
 import Foundation
 import Schema
 
+extension EventLayouts {
+    /// A saved record, decoded as it was live.
+    public func decode(_ r: RawTraceRecord) -> TraceEvent? { r.data.withUnsafeBytes { decode($0, cpu: r.cpu, timeNs: r.timeNs) } }
+}
+
 /// One record as the kernel wrote it into a per-CPU buffer: its bytes (common header, then the event's fields),
 /// the CPU and the trace-clock time.
 public struct RawTraceRecord: Sendable, Equatable {
@@ -19,7 +24,7 @@ public struct RawTraceRecord: Sendable, Equatable {
 public struct RawTraceRecording: Sendable, Equatable {
     public static let format = "vmscope-raw-trace"
     public static let version = 1
-    /// The largest file read (a recording of a million records is about 100 MiB).
+    /// The most record bytes `init(contentsOf:)` keeps in memory (a million records are about 80 MiB).
     public static let maxBytes = 256 << 20
 
     public var kernel: String
@@ -37,9 +42,9 @@ public struct RawTraceRecording: Sendable, Equatable {
         return withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
-    private enum Key: String { case format, version, kernel, header, events, id, fields, type, pid, cpu, data }
+    enum Key: String { case format, version, kernel, header, events, id, fields, type, pid, cpu, data }
     /// A record's time has the member name fault records give theirs.
-    private static let timeKey = FaultRecord.Member.timeNs.name
+    static let timeKey = FaultRecord.Member.timeNs.name
 
     private static func field(_ f: EventLayouts.Field) -> JSON { .array([.int(Int64(f.offset)), .int(Int64(f.size))]) }
 
@@ -70,45 +75,133 @@ public struct RawTraceRecording: Sendable, Equatable {
         try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
     }
 
-    /// Reads a file written by `write(to:)`; anything else is refused with the line and the reason.
+    /// Reads a whole file written by `write(to:)` or `--save-raw` into memory (at most `maxBytes`; `stream`
+    /// reads any size); anything else is refused with the line and the reason.
     public init(contentsOf path: String) throws(TraceError) {
+        var records: [RawTraceRecord] = []
+        var size = 0
+        let reader = try Self.stream(path: path) { batch, _ throws(TraceError) in
+            size += batch.reduce(0) { $0 + $1.data.count + 48 }
+            guard size <= Self.maxBytes else { throw TraceError("\(path): more than \(Self.maxBytes >> 20) MiB of records (vmscope trace --load-raw streams it)") }
+            records += batch
+        }
+        self.init(kernel: reader.kernel, layouts: reader.layouts ?? EventLayouts(events: [:]), records: records)
+    }
+
+    public init(text: String, name: String = "recording") throws(TraceError) {
+        var reader = RawTraceReader(name: name)
+        var records: [RawTraceRecord] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if let r = try reader.take(line) { records.append(r) }
+        }
+        try reader.finish()
+        self.init(kernel: reader.kernel, layouts: reader.layouts ?? EventLayouts(events: [:]), records: records)
+    }
+
+    /// Reads `path` a chunk at a time, handing each chunk's records to `each` with the reader (its layouts and
+    /// kernel): memory stays within a chunk (1 MiB) and a line (at most `RawTraceReader.maxLine`), whatever the
+    /// file's size.
+    @discardableResult
+    public static func stream(path: String, _ each: ([RawTraceRecord], RawTraceReader) throws(TraceError) -> Void) throws(TraceError) -> RawTraceReader {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw TraceError("\(path): cannot open (\(String(cString: strerror(errno))))")
         }
         defer { try? handle.close() }
-        let data: Data
-        do { data = try handle.read(upToCount: Self.maxBytes + 1) ?? Data() } catch {
-            throw TraceError("\(path): \(error.localizedDescription)")
+        var reader = RawTraceReader(name: path)
+        var pending: [UInt8] = []
+        while true {
+            let chunk: Data
+            do { chunk = try handle.read(upToCount: 1 << 20) ?? Data() } catch { throw TraceError("\(path): \(error.localizedDescription)") }
+            var batch: [RawTraceRecord] = []
+            var start = pending.count
+            pending += chunk
+            var lineStart = 0
+            while let nl = pending[start...].firstIndex(of: 10) {
+                if let r = try reader.take(Substring(decoding: pending[lineStart..<nl], as: UTF8.self)) { batch.append(r) }
+                lineStart = nl + 1
+                start = lineStart
+            }
+            pending.removeFirst(lineStart)
+            if chunk.isEmpty, !pending.isEmpty {
+                if let r = try reader.take(Substring(decoding: pending, as: UTF8.self)) { batch.append(r) }
+                pending = []
+            }
+            guard pending.count <= RawTraceReader.maxLine else {
+                throw TraceError("\(path): line \(reader.line + 1): longer than \(RawTraceReader.maxLine >> 10) KiB")
+            }
+            if !batch.isEmpty { try each(batch, reader) }
+            if chunk.isEmpty { break }
         }
-        guard data.count <= Self.maxBytes else { throw TraceError("\(path): larger than \(Self.maxBytes >> 20) MiB") }
-        try self.init(text: String(decoding: data, as: UTF8.self), name: path)
+        try reader.finish()
+        return reader
+    }
+    /// Every record decoded with the layouts it was written in (records too short for their header skipped).
+    public func decoded() -> [TraceEvent] { records.compactMap(layouts.decode) }
+}
+
+/// Reads a raw recording a line at a time: the header's layouts first, then one record a line. Each refusal names
+/// the file, the line and the reason.
+public struct RawTraceReader: Sendable {
+    /// The longest line taken (a record line is about 100 bytes; a header with every KVM event, a few KiB).
+    public static let maxLine = 1 << 20
+
+    public let name: String
+    public private(set) var kernel = "unknown"
+    /// Known once the header line is read.
+    public private(set) var layouts: EventLayouts?
+    /// Lines taken so far.
+    public private(set) var line = 0
+
+    public init(name: String) { self.name = name }
+
+    private typealias Key = RawTraceRecording.Key
+
+    /// The record `text` holds; nil for the header and blank lines.
+    public mutating func take(_ text: Substring) throws(TraceError) -> RawTraceRecord? {
+        line += 1
+        guard text.utf8.count <= Self.maxLine else { throw TraceError("\(name): line \(line): longer than \(Self.maxLine >> 10) KiB") }
+        if text.allSatisfy(\.isWhitespace) { return nil }
+        let j: JSON
+        do { j = try JSON.parse(String(text)) } catch { throw TraceError("\(name): line \(line): not JSON (\(error))") }
+        guard layouts != nil else {
+            try header(j)
+            return nil
+        }
+        guard let cpu = j[Key.cpu.rawValue]?.intValue, let c = Int32(exactly: cpu), c >= 0,
+              let t = j[RawTraceRecording.timeKey]?.uint64Value,
+              let b64 = j[Key.data.rawValue]?.stringValue, let bytes = Data(base64Encoded: b64), bytes.count <= 65_536 else {
+            throw TraceError("\(name): line \(line): a record needs cpu (0...), time-ns and data (base64, at most 64 KiB)")
+        }
+        return RawTraceRecord(cpu: c, timeNs: t, data: Array(bytes))
     }
 
-    public init(text: String, name: String = "recording") throws(TraceError) {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: true).makeIterator()
-        guard let first = lines.next() else { throw TraceError("\(name): empty") }
-        let header: JSON
-        do { header = try JSON.parse(String(first)) } catch { throw TraceError("\(name): line 1: not JSON (\(error))") }
-        guard header[Key.format.rawValue]?.stringValue == Self.format else {
-            throw TraceError("\(name): line 1: not a \(Self.format) file")
+    /// After the last line: a file with no header is refused.
+    public func finish() throws(TraceError) {
+        guard layouts != nil else { throw TraceError("\(name): empty") }
+    }
+
+    private mutating func header(_ header: JSON) throws(TraceError) {
+        guard header[Key.format.rawValue]?.stringValue == RawTraceRecording.format else {
+            throw TraceError("\(name): line \(line): not a \(RawTraceRecording.format) file")
         }
-        guard let v = header[Key.version.rawValue]?.intValue, v == Self.version else {
-            throw TraceError("\(name): format version \(header[Key.version.rawValue]?.serialized ?? "missing"); this vmscope reads version \(Self.version)")
+        guard let v = header[Key.version.rawValue]?.intValue, v == RawTraceRecording.version else {
+            throw TraceError("\(name): format version \(header[Key.version.rawValue]?.serialized ?? "missing"); this vmscope reads version \(RawTraceRecording.version)")
         }
+        let n = line
         func field(_ j: JSON?, _ what: String) throws(TraceError) -> EventLayouts.Field {
             guard let a = j?.arrayValue, a.count == 2, let o = a[0].intValue, let s = a[1].intValue,
                   (0...65_535).contains(o), [1, 2, 4, 8].contains(s) else {
-                throw TraceError("\(name): line 1: \(what) is not [offset 0...65535, size 1, 2, 4 or 8]")
+                throw TraceError("\(name): line \(n): \(what) is not [offset 0...65535, size 1, 2, 4 or 8]")
             }
             return .init(offset: Int(o), size: Int(s))
         }
         let type = try field(header[Key.header.rawValue]?[Key.type.rawValue], "header.type")
         let pid = try field(header[Key.header.rawValue]?[Key.pid.rawValue], "header.pid")
-        guard case .object(let eventMembers)? = header[Key.events.rawValue] else { throw TraceError("\(name): line 1: no events") }
+        guard case .object(let eventMembers)? = header[Key.events.rawValue] else { throw TraceError("\(name): line \(n): no events") }
         var events: [String: EventLayouts.Event] = [:]
         for (eventName, e) in eventMembers {
             guard let id = e[Key.id.rawValue]?.intValue, (0...65_535).contains(id), case .object(let fs)? = e[Key.fields.rawValue] else {
-                throw TraceError("\(name): line 1: event \(eventName) needs an id (0...65535) and fields")
+                throw TraceError("\(name): line \(n): event \(eventName) needs an id (0...65535) and fields")
             }
             var fields: [String: EventLayouts.Field] = [:]
             for (f, j) in fs { fields[f] = try field(j, "\(eventName).\(f)") }
@@ -116,23 +209,5 @@ public struct RawTraceRecording: Sendable, Equatable {
         }
         kernel = header[Key.kernel.rawValue]?.stringValue ?? "unknown"
         layouts = EventLayouts(events: events, type: type, pid: pid)
-        records = []
-        var n = 1
-        while let line = lines.next() {
-            n += 1
-            let j: JSON
-            do { j = try JSON.parse(String(line)) } catch { throw TraceError("\(name): line \(n): not JSON (\(error))") }
-            guard let cpu = j[Key.cpu.rawValue]?.intValue, let c = Int32(exactly: cpu), c >= 0,
-                  let t = j[Self.timeKey]?.uint64Value,
-                  let b64 = j[Key.data.rawValue]?.stringValue, let bytes = Data(base64Encoded: b64), bytes.count <= 65_536 else {
-                throw TraceError("\(name): line \(n): a record needs cpu (0...), time-ns and data (base64, at most 64 KiB)")
-            }
-            records.append(RawTraceRecord(cpu: c, timeNs: t, data: Array(bytes)))
-        }
-    }
-
-    /// Every record decoded with the layouts it was written in (records too short for their header skipped).
-    public func decoded() -> [TraceEvent] {
-        records.compactMap { r in r.data.withUnsafeBytes { layouts.decode($0, cpu: r.cpu, timeNs: r.timeNs) } }
     }
 }

@@ -3,7 +3,7 @@ import FuzzTargets
 
 // Built two ways (see docs/reliability.md):
 // - with `-Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING`: libFuzzer's entry points; the target is named by
-//   VMSCOPE_FUZZ_TARGET (server, client, theme, recording) and libFuzzer's own options follow as usual;
+//   VMSCOPE_FUZZ_TARGET (server, client, theme, recording, raw-trace) and libFuzzer's own options follow as usual;
 // - plainly: `vmscope-fuzz TARGET FILE|DIR...` runs each file through the target once (a corpus or a crash).
 
 #if FUZZING

@@ -30,7 +30,7 @@ struct TraceCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Also save the raw records, with the layouts they were written in, to FILE (for a ticket; --load-raw decodes it anywhere).",
                                valueName: "FILE"))
     var saveRaw: String?
-    @Option(help: ArgumentHelp("Decode records saved by --save-raw instead of tracing a process.", valueName: "FILE"))
+    @Option(help: ArgumentHelp("Decode records saved by --save-raw instead of tracing a process (streamed: any size; a damaged line stops it there, named, exit 2).", valueName: "FILE"))
     var loadRaw: String?
 
     func validate() throws {
@@ -66,9 +66,14 @@ struct TraceCommand: ParsableCommand {
         }
         if let loadRaw {
             do {
-                let recording = try RawTraceRecording(contentsOf: loadRaw)
-                emit(recording.decoded())
-                print("vmscope trace: \(recording.records.count) records of kernel \(recording.kernel) decoded from \(loadRaw)", to: &err)
+                // Streamed: a recording of any length decodes in the memory of one chunk.
+                var count = 0
+                let reader = try RawTraceRecording.stream(path: loadRaw) { batch, reader in
+                    guard let layouts = reader.layouts else { return }
+                    emit(batch.compactMap(layouts.decode))
+                    count += batch.count
+                }
+                print("vmscope trace: \(count) records of kernel \(reader.kernel) decoded from \(loadRaw)", to: &err)
             } catch {
                 print("vmscope trace: \(error)", to: &err)
                 throw ExitCode(2)

@@ -13,7 +13,7 @@ struct CorpusTests {
         return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted().map { dir + "/" + $0 }
     }
 
-    @Test(arguments: [FuzzTarget.client, .theme, .recording])
+    @Test(arguments: [FuzzTarget.client, .theme, .recording, .rawTrace])
     func corpusRunsClean(target: FuzzTarget) throws {
         let files = Self.files(target)
         #expect(files.count >= 2, "the \(target) corpus is in Tests/FuzzTargetsTests/Corpus/\(target.rawValue)")

@@ -74,6 +74,43 @@ import Testing
         #expect(writes > 50 && reads > 300, "writes \(writes), reads \(reads)")
     }
 
+    /// A file many chunks long streams in the memory of one chunk and reads as the whole does; a line longer than
+    /// the reader takes and a damaged record are refused by line, after the records before them.
+    @Test func longFilesStreamAndDamageIsNamedByLine() throws {
+        let path = NSTemporaryDirectory() + "vmscope-raw-stream-\(getpid()).jsonl"
+        defer { unlink(path) }
+        let r = Self.recording
+        let copies = 12  // about 3.6 MB: four chunks
+        try (RawTraceRecording.headerLine(kernel: r.kernel, layouts: r.layouts)
+             + String(repeating: r.records.map(RawTraceRecording.line).joined(), count: copies)).write(toFile: path, atomically: true, encoding: .utf8)
+        var batches = 0
+        var all: [RawTraceRecord] = []
+        let reader = try RawTraceRecording.stream(path: path) { batch, reader in
+            #expect(reader.layouts == r.layouts)
+            batches += 1
+            all += batch
+        }
+        #expect(all == Array(repeating: r.records, count: copies).flatMap { $0 }, "every record, in order, across chunk boundaries")
+        #expect(batches >= 3, "\(batches) batches")
+        #expect(reader.line == 1 + r.records.count * copies)
+        #expect(try RawTraceRecording(contentsOf: path).records == all)
+
+        // Damage on a late line: the records before it were handed out, then the line is named.
+        let damagedLine = 1 + r.records.count * 5 + 7
+        var lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+        lines[damagedLine - 1] = "{\"cpu\":0,\"time-ns\":1,\"data\":\"not base64!\"}"
+        try lines.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        var before = 0
+        #expect { try RawTraceRecording.stream(path: path) { batch, _ in before += batch.count } } throws: {
+            "\($0)".contains("line \(damagedLine): a record needs")
+        }
+        #expect(before > 0 && before < damagedLine - 1, "whole chunks before the damage were handed out: \(before)")
+
+        // A line with no end in sight is refused once it passes the limit, not read whole.
+        try Data(repeating: UInt8(ascii: "x"), count: RawTraceReader.maxLine + (1 << 20) + 5).write(to: URL(fileURLWithPath: path))
+        #expect { try RawTraceRecording.stream(path: path) { _, _ in } } throws: { "\($0)".contains("line 1: longer than 1024 KiB") }
+    }
+
     @Test func savedTextReadsBackTheSame() throws {
         let again = try RawTraceRecording(text: Self.recording.text)
         #expect(again == Self.recording)
