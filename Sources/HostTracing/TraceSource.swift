@@ -209,18 +209,20 @@ public final class TracedSocketSource: VMSource {
             do {
                 let session = try TraceSession(pid: Int32(pid))
                 trace = socket.isQEMU ? TraceSource(session: session, faultsOnly: true) : TraceSource(session: session, corroborating: true)
-                if socket.isQEMU {
-                    // The faults pane is the trace's rows, and the map, which QEMU gives no attributes for, the heat
-                    // of those rows over QEMU's KVM-mapped ranges, with QEMU's reason beside it.
-                    model.unavailable[.faults] = nil
-                    if let why = model.unavailable.removeValue(forKey: .map) { model.heatMapNote = why }
-                }
             } catch {
                 if socket.isQEMU {
                     model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
                 }
                 // vmscope's VMM: its own records stand alone (rows show one source).
             }
+            changed = true
+        }
+        if trace != nil, socket.isQEMU, model.unavailable[.faults] != nil || model.unavailable[.map] != nil {
+            // Traced (after a first attach, or a reconnection, which brings QEMU's reasons back): the faults pane is
+            // the trace's rows, and the map, which QEMU gives no attributes for, the heat of those rows over QEMU's
+            // KVM-mapped ranges, with QEMU's reason above it.
+            model.unavailable[.faults] = nil
+            if let why = model.unavailable.removeValue(forKey: .map) { model.heatMapNote = why }
             changed = true
         }
         if let trace, trace.poll(&model, nowNs: nowNs) { changed = true }

@@ -242,6 +242,7 @@ public final class SocketSource: VMSource {
         model.vcpus = []
         model.previousVCPUs = []
         model.connection = .connected(c.peer.name)
+        model.heatMapNote = nil
         model.memslotsStale = true
         model.attributesStale = true
         do {

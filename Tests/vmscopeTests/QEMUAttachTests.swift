@@ -232,6 +232,10 @@ struct QEMUTUITests {
         let restarted = "QEMU restarted (pid \(qemu.process.pid) → \(again.process.pid))"
         screen = t.waitFor(3) { $0.contains(restarted) }
         #expect(screen.contains(restarted) && screen.contains("pid \(again.process.pid)"), "\(screen)")
+        // The new QEMU is traced in turn: its faults pane and heat map again, not QEMU's reasons for their absence.
+        t.keys("1")
+        screen = t.waitFor(10) { $0.contains("heat map of KVM's traced accesses") && !$0.contains("fault stream unavailable") }
+        #expect(screen.contains("heat map of KVM's traced accesses") && !screen.contains("fault stream unavailable"), "\(screen)")
 
         t.keys("q")
         #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))

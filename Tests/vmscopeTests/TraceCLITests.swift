@@ -16,6 +16,19 @@ let traceAvailable: Bool = {
 /// where either is missing).
 @Suite(.serialized, .enabled(if: traceAvailable, "tracing needs root and /dev/kvm"))
 struct TraceCLITests {
+    /// Resets QEMU through `monitor` and waits for `condition` on the pane, again and again for up to `seconds`.
+    /// Each reset gets a few seconds: SeaBIOS touches the local APIC only some way into its run, which under load
+    /// (every instruction it runs under PVM is emulated) takes seconds; resetting sooner would start it over first.
+    static func resetting(_ monitor: ControlClient?, until condition: (String) -> Bool, in t: TmuxPane, seconds: Double = 60) -> String {
+        let deadline = Date().addingTimeInterval(seconds)
+        var screen = t.capture()
+        while !condition(screen) && Date() < deadline {
+            _ = try? monitor?.execute("system_reset")
+            screen = t.waitFor(6, condition)
+        }
+        return screen
+    }
+
     static func instances() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/kernel/tracing/instances")) ?? []).filter { $0.hasPrefix("vmscope-") }
     }
@@ -193,11 +206,7 @@ struct TraceCLITests {
             screen = t.waitFor(20) { $0.contains("kernel tracepoints") }
             // The faults pane fills from the trace source: resets (through the monitor the holder has) keep SeaBIOS
             // running, whose local-APIC accesses are kvm_mmio rows; the map is their heat.
-            let deadline = Date().addingTimeInterval(40)
-            while !screen.contains("trace/MMIO") && Date() < deadline {
-                _ = try? holder?.execute("system_reset")
-                screen = t.waitFor(1) { $0.contains("trace/MMIO") }
-            }
+            screen = Self.resetting(holder, until: { $0.contains("trace/MMIO") }, in: t)
             #expect(screen.contains("trace/MMIO"),
                     "QEMU's faults through the trace source (instances \(Self.instances()), QEMU \(qemu.accelerator)):\n\(screen)")
             #expect(screen.contains("heat map of KVM's traced accesses"), "QEMU's map, the trace's heat:\n\(screen)")
@@ -238,11 +247,7 @@ struct TraceCLITests {
         let resetter = try ControlClient(path: qemu.qmpSockets[1])
         defer { resetter.close() }
         t.keys("1", ":", "goto 0xfee00000", "Enter")
-        for _ in 0..<20 {
-            _ = try? resetter.execute("system_reset")
-            screen = t.waitFor(0.5) { $0.contains("not KVM-mapped (device or hole) · cell traced") && $0.contains("trace/MMIO") }
-            if screen.contains("not KVM-mapped (device or hole) · cell traced") && screen.contains("trace/MMIO") { break }
-        }
+        screen = Self.resetting(resetter, until: { $0.contains("not KVM-mapped (device or hole) · cell traced") && $0.contains("trace/MMIO") }, in: t)
         #expect(screen.contains("not KVM-mapped (device or hole) · cell traced"), "the cursor's cell (holding 0xfee00000) lit:\n\(screen)")
         #expect(screen.contains("trace/MMIO") && screen.contains("attribute wanted not reported"),
                 "the faults pane's rows from kvm_mmio, claiming no attribute:\n\(screen)")
