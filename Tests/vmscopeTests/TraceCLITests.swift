@@ -29,6 +29,13 @@ struct TraceCLITests {
         return screen
     }
 
+    /// The vmscope process a pane's shell runs, found from the pane's own pid (not by name: another test run's
+    /// vmscope, on this machine at the same time, is never taken for it).
+    static func vmscopePid(in t: TmuxPane) -> String {
+        guard let shell = t.pid else { return "?" }
+        return descendants(of: shell).first { $0.command == "vmscope" }.map { String($0.pid) } ?? "?"
+    }
+
     static func instances() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/kernel/tracing/instances")) ?? []).filter { $0.hasPrefix("vmscope-") }
     }
@@ -182,9 +189,7 @@ struct TraceCLITests {
         defer { t.kill() }
         let vmmPid = String(vmm.process.processIdentifier)
         /// top's pid (the pane runs a shell around it).
-        func topPid() -> String {
-            (try? runProcess("/usr/bin/pgrep", ["-f", "^\(Binary.url.path) top --interval"]))?.stdout.split(separator: "\n").first.map(String.init) ?? "?"
-        }
+        func topPid() -> String { Self.vmscopePid(in: t) }
         var screen = t.waitFor(15) { $0.contains(vmmPid) && (qemu == nil || $0.contains(String(qemu!.process.pid))) }
         #expect(screen.contains("vmscope top") && screen.contains(vmmPid), "\(screen)")
 
@@ -236,9 +241,8 @@ struct TraceCLITests {
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo ATTACH-EXIT=$?; sleep 60", width: 200, height: 50)
         defer { t.kill() }
         var screen = t.waitFor(15) { $0.contains("status running") && $0.contains("2 Faults") }
-        let ours = { Self.instances().filter { name in
-            (try? runProcess("/usr/bin/pgrep", ["-f", "^\(Binary.url.path) attach"]))?.stdout.split(separator: "\n")
-                .contains { name == "vmscope-\($0)" } ?? false } }
+        let inspector = Self.vmscopePid(in: t)
+        let ours = { Self.instances().filter { $0 == "vmscope-\(inspector)" } }
         #expect(!ours().isEmpty, "a tracefs instance of the inspector's while attached: \(Self.instances())")
         #expect(!screen.contains("fault stream unavailable"), "the faults pane is fed by the trace source:\n\(screen)")
         #expect(screen.contains("heat map of KVM's traced accesses"), "the map is the trace's heat map:\n\(screen)")
@@ -271,7 +275,7 @@ struct TraceCLITests {
         #expect(screen.contains("vmm/MMIO+trace"), "a VMM record the kernel traced too, as one row:\n\(screen)")
         let rows = screen.split(separator: "\n").filter { $0.contains("vmm/MMIO") }
         #expect(!rows.isEmpty)
-        let inspector = (try? runProcess("/usr/bin/pgrep", ["-f", "^\(Binary.url.path) attach"]))?.stdout.split(separator: "\n").first.map(String.init) ?? "?"
+        let inspector = Self.vmscopePid(in: t)
         #expect(Self.instances().contains("vmscope-\(inspector)"), "the inspector's instance while attached: \(Self.instances())")
         t.keys("q")
         screen = t.waitFor(10) { $0.contains("ATTACH-EXIT=") }
