@@ -123,7 +123,13 @@ public struct RawTraceRecording: Sendable, Equatable {
             }
             pending.removeFirst(lineStart)
             if chunk.isEmpty, !pending.isEmpty {
-                if let r = try reader.take(Substring(decoding: pending, as: UTF8.self)) { batch.append(r) }
+                // A last line with no newline: a record the writer was cut short in (a full disk, a kill) is
+                // reported as such, not as damage; anything else is judged as any line is.
+                do {
+                    if let r = try reader.take(Substring(decoding: pending, as: UTF8.self)) { batch.append(r) }
+                } catch where reader.layouts != nil {
+                    reader.cutShort = true
+                }
                 pending = []
             }
             guard pending.count <= RawTraceReader.maxLine else {
@@ -151,6 +157,8 @@ public struct RawTraceReader: Sendable {
     public private(set) var layouts: EventLayouts?
     /// Lines taken so far.
     public private(set) var line = 0
+    /// Whether the file ended inside a record line (its writer was stopped mid-write); that line is not decoded.
+    public internal(set) var cutShort = false
 
     public init(name: String) { self.name = name }
 

@@ -73,7 +73,9 @@ struct TraceCommand: ParsableCommand {
                     emit(batch.compactMap(layouts.decode))
                     count += batch.count
                 }
-                print("vmscope trace: \(count) records of kernel \(reader.kernel) decoded from \(loadRaw)", to: &err)
+                print("vmscope trace: \(count) records of kernel \(reader.kernel) decoded from \(loadRaw)"
+                      + (reader.cutShort ? "; it ends inside line \(reader.line) (its writer was cut short: a full disk, a kill), which is left out" : ""),
+                      to: &err)
             } catch {
                 print("vmscope trace: \(error)", to: &err)
                 throw ExitCode(2)
@@ -87,27 +89,40 @@ struct TraceCommand: ParsableCommand {
             throw ExitCode(2)
         }
         defer { session.close() }
-        var rawFile: FileHandle?
-        if let saveRaw {
-            guard FileManager.default.createFile(atPath: saveRaw, contents: Data(RawTraceRecording.headerLine(
-                kernel: RawTraceRecording.runningKernel, layouts: session.layouts).utf8)),
-                  let handle = FileHandle(forWritingAtPath: saveRaw) else {
-                print("vmscope trace: --save-raw \(saveRaw): cannot create (\(String(cString: strerror(errno))))", to: &err)
+        // --save-raw: the header now, then each batch's records as they come, with POSIX writes (a full disk is
+        // reported by its errno, and what was written before it decodes).
+        var rawFD: Int32 = -1
+        func saveRaw(_ text: String) throws {
+            let bytes = Array(text.utf8)
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { Glibc.write(rawFD, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    print("vmscope trace: --save-raw \(self.saveRaw ?? ""): \(String(cString: strerror(errno))); stopped", to: &err)
+                    throw ExitCode(2)
+                }
+                off += n
+            }
+        }
+        if let path = self.saveRaw {
+            rawFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard rawFD >= 0 else {
+                print("vmscope trace: --save-raw \(path): cannot create (\(String(cString: strerror(errno))))", to: &err)
                 throw ExitCode(2)
             }
-            handle.seekToEndOfFile()
-            rawFile = handle
+            try saveRaw(RawTraceRecording.headerLine(kernel: RawTraceRecording.runningKernel, layouts: session.layouts))
             session.keepRaw = true
         }
-        defer { try? rawFile?.close() }
+        defer { if rawFD >= 0 { close(rawFD) } }
         print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)", to: &err)
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
             emit(batch)
-            if let rawFile {
+            if rawFD >= 0 {
                 let kept = session.takeRaw()
-                if !kept.isEmpty { rawFile.write(Data(kept.map(RawTraceRecording.line).joined().utf8)) }
+                if !kept.isEmpty { try saveRaw(kept.map(RawTraceRecording.line).joined()) }
             }
             if let deadline, HostClock.monotonicNs() >= deadline { break }
             if kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }

@@ -106,6 +106,18 @@ import Testing
         }
         #expect(before > 0 && before < damagedLine - 1, "whole chunks before the damage were handed out: \(before)")
 
+        // A file whose writer was cut short mid-record (no newline after it): the records before it, and the cut
+        // said, not damage.
+        var text = RawTraceRecording.headerLine(kernel: r.kernel, layouts: r.layouts) + r.records.prefix(10).map(RawTraceRecording.line).joined()
+        text += String(RawTraceRecording.line(r.records[10]).prefix(30))
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        var kept: [RawTraceRecord] = []
+        let cut = try RawTraceRecording.stream(path: path) { batch, _ in kept += batch }
+        #expect(kept == Array(r.records.prefix(10)) && cut.cutShort && cut.line == 12)
+        // Damage on the last line with its newline is damage.
+        try (text + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        #expect { try RawTraceRecording.stream(path: path) { _, _ in } } throws: { "\($0)".contains("line 12: not JSON") }
+
         // A line with no end in sight is refused once it passes the limit, not read whole.
         try Data(repeating: UInt8(ascii: "x"), count: RawTraceReader.maxLine + (1 << 20) + 5).write(to: URL(fileURLWithPath: path))
         #expect { try RawTraceRecording.stream(path: path) { _, _ in } } throws: { "\($0)".contains("line 1: longer than 1024 KiB") }

@@ -85,6 +85,31 @@ struct TraceCLITests {
         #expect(both.status != 0 && both.stderr.contains("takes no process id"), "\(both.stderr)")
     }
 
+    /// A full disk under --save-raw: the trace stops with the reason (exit 2), and the file decodes up to the record
+    /// the disk cut short, which --load-raw names instead of calling the file damaged.
+    @Test func aFullDiskStopsSaveRawClearlyAndWhatWasWrittenDecodes() throws {
+        let dir = NSTemporaryDirectory() + "vmscope-rawfull-\(getpid())"
+        let mnt = dir + "/small"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let mounted = try runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=16k", "tmpfs", mnt])
+        try #require(mounted.status == 0, "cannot mount a small tmpfs to fill: \(mounted.stderr)")
+        defer { _ = try? runProcess("/bin/umount", [mnt]) }
+        let vmm = try RunningVMM(["--vcpus", "2"])
+        defer { vmm.stop() }
+        let file = mnt + "/raw.jsonl"
+        let r = try Binary.run(["trace", String(vmm.process.processIdentifier), "--save-raw", file, "--json", "--duration", "60s"])
+        #expect(r.status == 2 && r.stderr.contains("No space left on device") && r.stderr.contains("stopped"), "\(r.stderr)")
+        let loaded = try Binary.run(["trace", "--load-raw", file, "--json"])
+        #expect(loaded.status == 0, "\(loaded.stderr)")
+        let decoded = loaded.stdout.split(separator: "\n").count
+        #expect(decoded > 50, "the records before the disk filled: \(decoded)")
+        #expect(r.stdout.hasPrefix(loaded.stdout), "what decodes is what was printed live, up to the cut")
+        if loaded.stderr.contains("ends inside line") {
+            #expect(loaded.stderr.contains("cut short"), "\(loaded.stderr)")
+        }
+    }
+
     /// A trace killed outright leaves its instance; the next start removes it.
     @Test func aStaleInstanceIsRemovedByTheNextStart() throws {
         let vmm = try RunningVMM()
