@@ -40,13 +40,17 @@ struct DeviceUnavailable: Error, CustomStringConvertible {
 }
 
 struct StandardError: TextOutputStream {
-    mutating func write(_ string: String) {
-        let bytes = Array(string.utf8)
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress! + done, $0.count - done) }
-            if n <= 0 { if n < 0 && Glibc.errno == EINTR { continue }; return }
-            done += n
-        }
+    mutating func write(_ string: String) { _ = writeAll(2, Array(string.utf8)) }
+}
+
+/// Writes all of `bytes` to `fd` (again after EINTR and short writes); the errno that stopped it, or nil.
+func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Int32? {
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+        if n < 0 && Glibc.errno == EINTR { continue }
+        guard n > 0 else { return n < 0 ? Glibc.errno : EIO }
+        done += n
     }
+    return nil
 }

@@ -93,16 +93,9 @@ struct TraceCommand: ParsableCommand {
         // reported by its errno, and what was written before it decodes).
         var rawFD: Int32 = -1
         func saveRaw(_ text: String) throws {
-            let bytes = Array(text.utf8)
-            var off = 0
-            while off < bytes.count {
-                let n = bytes[off...].withUnsafeBytes { Glibc.write(rawFD, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else {
-                    print("vmscope trace: --save-raw \(self.saveRaw ?? ""): \(String(cString: strerror(errno))); stopped", to: &err)
-                    throw ExitCode(2)
-                }
-                off += n
+            if let failed = writeAll(rawFD, Array(text.utf8)) {
+                print("vmscope trace: --save-raw \(self.saveRaw ?? ""): \(String(cString: strerror(failed))); stopped", to: &err)
+                throw ExitCode(2)
             }
         }
         if let path = self.saveRaw {
