@@ -71,11 +71,7 @@ public struct RawTraceRecording: Sendable, Equatable {
     /// The whole file's text.
     public var text: String { Self.headerLine(kernel: kernel, layouts: layouts) + records.map(Self.line).joined() }
 
-    public func write(to path: String) throws {
-        try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
-    }
-
-    /// Reads a whole file written by `write(to:)` or `--save-raw` into memory (at most `maxBytes`; `stream`
+    /// Reads a whole file written by `--save-raw` (or `text`) into memory (at most `maxBytes`; `stream`
     /// reads any size); anything else is refused with the line and the reason.
     public init(contentsOf path: String) throws(TraceError) {
         var records: [RawTraceRecord] = []
