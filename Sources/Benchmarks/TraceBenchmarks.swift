@@ -75,7 +75,6 @@ public struct RecordedTraceBuffer: Sendable {
     public let source: String
     public let distinct: Int
     public let bytes: [UInt8]
-    public let count: Int
 
     public init(records: Int, path: String = traceRecordingPath) throws {
         let recording = try RawTraceRecording(contentsOf: path)
@@ -84,7 +83,6 @@ public struct RecordedTraceBuffer: Sendable {
         kernel = recording.kernel
         source = URL(fileURLWithPath: path).lastPathComponent
         distinct = recording.records.count
-        count = records
         var b: [UInt8] = []
         for i in 0..<records {
             let data = recording.records[i % distinct].data
