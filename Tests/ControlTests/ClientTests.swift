@@ -12,29 +12,9 @@ struct ClientTests {
          (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0)
     }
 
-    /// Set in the process `droppedClientsReleaseTheirSocketAndThread` starts to measure in.
-    static let measuringChild = ProcessInfo.processInfo.environment["VMSCOPE_CLIENT_LEAK_CHILD"] != nil
-
     /// A client dropped without `close()` releases its socket and reader thread (its thread used to keep it
-    /// alive, so every reconnect of the inspector leaked an fd and a thread). The count is of a whole process's
-    /// descriptors and threads, so it is taken in a process of its own: this test bundle again, running this
-    /// test alone (in the shared one, other suites opened 45 descriptors in the window under CI's load).
+    /// alive, so every reconnect of the inspector leaked an fd and a thread).
     @Test func droppedClientsReleaseTheirSocketAndThread() throws {
-        guard Self.measuringChild else {
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            child.arguments = ["--testing-library", "swift-testing", "--filter", "ClientTests/droppedClientsReleaseTheirSocketAndThread"]
-            child.environment = ProcessInfo.processInfo.environment.merging(["VMSCOPE_CLIENT_LEAK_CHILD": "1"]) { $1 }
-            let out = Pipe()
-            child.standardOutput = out
-            child.standardError = out
-            try child.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            child.waitUntilExit()
-            let plain = text.replacingOccurrences(of: "\u{1B}[", with: "[")
-            #expect(child.terminationStatus == 0 && plain.contains("Test run with 1 test"), "the measuring run:\n\(plain.suffix(3000))")
-            return
-        }
         let s = try Served()
         defer { s.stop() }
         do { _ = try ControlClient(path: s.path) }  // warm up whatever the first client starts once
@@ -50,7 +30,7 @@ struct ClientTests {
             usleep(100_000)
             after = Self.resources()
         }
-        // A little slack (the server's and the runtime's own), far below the 1,000 leaked before.
+        // Other suites run beside this one in the same process: a little slack, far below the 1,000 leaked before.
         #expect(after.fds <= before.fds + 20 && after.threads <= before.threads + 20, "\(before) → \(after)")
         #expect(eventually(5) { s.server.connectedClients == 0 }, "the VMM saw every client go")
         // A client kept and closed ends in `closed`, with the reason, and stays there.
