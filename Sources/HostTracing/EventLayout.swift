@@ -73,7 +73,7 @@ public struct EventLayouts: Sendable, Equatable {
     /// The record's thread, and its event decoded; nil for a record too short for its header.
     public func decode(_ data: UnsafeRawBufferPointer, cpu: Int32, timeNs: UInt64) -> TraceEvent? {
         guard data.count >= max(type.offset + type.size, pid.offset + pid.size) else { return nil }
-        let id = Int(Self.read(type, data))
+        let id = Int(truncatingIfNeeded: Self.read(type, data))  // a hostile layout may give an 8-byte type
         let tid = Int32(truncatingIfNeeded: Self.read(pid, data))
         guard let (name, e) = byID[id] else { return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(name: "event \(id)")) }
         func u(_ field: String) -> UInt64 { Self.read(e[field], data) }
