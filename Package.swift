@@ -40,8 +40,9 @@ let package = Package(
         .target(name: "ControlProtocol", dependencies: ["Schema", .product(name: "DequeModule", package: "swift-collections")]),
         // zlib (Debian's zlib1g-dev), for recordings.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        // libtracefs and libtraceevent (Debian's libtracefs-dev, libtraceevent-dev), for the kernel-tracepoint source.
-        .systemLibrary(name: "CTraceFS", pkgConfig: "libtracefs", providers: [.apt(["libtracefs-dev", "libtraceevent-dev"])]),
+        // libtracefs and libtraceevent for the kernel-tracepoint source, loaded at run time (Debian's libtracefs1,
+        // libtraceevent1): the build needs neither -dev package, and without them only tracing is unavailable.
+        .target(name: "CTraceFS"),
         // Any KVM VM on the host without its VMM's help: KVM tracepoints in a private tracefs instance, decoded;
         // the trace source (a fourth VMSource); every VM from KVM's debugfs (`vmscope top`).
         .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector", "ProcessSupport"]),
@@ -91,16 +92,16 @@ let package = Package(
         ]),
         .executableTarget(name: "vmscope-fuzz", dependencies: ["FuzzTargets"]),
         // Helpers shared by the test targets.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode"]),
+        .target(name: "TestSupport", dependencies: ["KVM"], path: "Tests/TestSupport"),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode", "TestSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "Schema", "TestSupport"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
-        .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "KVM", "Schema", "ControlProtocol", "ProcessSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "CTraceFS", "KVM", "Schema", "ControlProtocol", "ProcessSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ExporterTests", dependencies: ["Exporter", "Schema"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),
-        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab"]),
+        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "VMM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -9,6 +9,25 @@ public struct TraceError: Error, Sendable, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
+/// libtracefs and libtraceevent, loaded when tracing first starts (the build needs neither -dev package).
+public enum TraceLibraries {
+    /// The Debian packages that hold them.
+    public static let packages = "libtracefs1 libtraceevent1"
+
+    /// The loaded functions, or one line saying what to install.
+    public static func api() throws(TraceError) -> ctracefs_api {
+        var error = [CChar](repeating: 0, count: 512)
+        guard let api = ctracefs_load(&error, error.count) else {
+            let why = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw TraceError("tracing needs libtracefs and libtraceevent, which are not installed (\(why)): apt-get install \(packages)")
+        }
+        return api.pointee
+    }
+
+    /// Whether they load here.
+    public static var available: Bool { (try? api()) != nil }
+}
+
 /// A private tracefs instance (`instances/vmscope-PID`) with KVM's events enabled for one process's threads, read
 /// from its per-CPU raw buffers through libtracefs. Global tracing state is never touched: everything is in the
 /// instance, which `close()` (and `deinit`) removes; the next session removes instances whose owner is dead.
@@ -22,6 +41,7 @@ public final class TraceSession: @unchecked Sendable {
     public private(set) var layouts: EventLayouts
     private var instance: OpaquePointer?
     private let tep: OpaquePointer
+    private let fs: ctracefs_api
     /// Threads of `pid` as last listed, which the kernel filter admits.
     public private(set) var threads: Set<Int32> = []
     private var lastThreadScan: UInt64 = 0
@@ -38,8 +58,9 @@ public final class TraceSession: @unchecked Sendable {
 
     /// The tracefs mount point: `/sys/kernel/tracing`, mounted if it is not (one line naming the fix otherwise).
     public static func tracingDirectory() throws(TraceError) -> String {
+        let fs = try TraceLibraries.api()
         var path: UnsafePointer<CChar>?
-        guard tracefs_tracing_dir_is_mounted(true, &path) >= 0, let path else {
+        guard fs.tracefs_tracing_dir_is_mounted(true, &path) >= 0, let path else {
             throw TraceError("tracefs is not mounted and could not be (\(String(cString: strerror(errno)))): run as root, or mount -t tracefs nodev /sys/kernel/tracing")
         }
         let dir = String(cString: path)
@@ -52,17 +73,17 @@ public final class TraceSession: @unchecked Sendable {
     /// Removes `vmscope-N` instances whose process N is gone (a session killed before it could clean up).
     @discardableResult
     public static func removeStaleInstances() -> [String] {
-        guard let list = tracefs_instances("^vmscope-") else { return [] }
-        defer { tracefs_list_free(list) }
+        guard let fs = try? TraceLibraries.api(), let list = fs.tracefs_instances("^vmscope-") else { return [] }
+        defer { fs.tracefs_list_free(list) }
         var removed: [String] = []
         var i = 0
         while let p = list[i] {
             let name = String(cString: p)
             i += 1
             guard let owner = Int32(name.dropFirst("vmscope-".count).prefix { $0 != "-" }), kill(owner, 0) != 0, errno == ESRCH else { continue }
-            if let inst = tracefs_instance_alloc(nil, name) {
-                if tracefs_instance_destroy(inst) == 0 { removed.append(name) }
-                tracefs_instance_free(inst)
+            if let inst = fs.tracefs_instance_alloc(nil, name) {
+                if fs.tracefs_instance_destroy(inst) == 0 { removed.append(name) }
+                fs.tracefs_instance_free(inst)
             }
         }
         return removed
@@ -70,6 +91,8 @@ public final class TraceSession: @unchecked Sendable {
 
     /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default).
     public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = 4096) throws(TraceError) {
+        // The libraries first: where they are missing, that is the one thing to say.
+        fs = try TraceLibraries.api()
         if let pid { guard kill(pid, 0) == 0 || errno == EPERM else { throw TraceError("no process \(pid)") } }
         self.target = pid
         let dir = try Self.tracingDirectory()
@@ -77,15 +100,15 @@ public final class TraceSession: @unchecked Sendable {
         // The process's first session is vmscope-PID, a second at the same time vmscope-PID-2, ...
         let n = Self.sessionsStarted.add(1, ordering: .relaxed).newValue
         name = n == 1 ? "vmscope-\(getpid())" : "vmscope-\(getpid())-\(n)"
-        guard let tep = tracefs_local_events(dir) else {
+        guard let tep = fs.tracefs_local_events(dir) else {
             throw TraceError("cannot read the event formats under \(dir)/events (\(String(cString: strerror(errno))))")
         }
         self.tep = tep
         var found: [String: EventLayouts.Event] = [:]
         for (group, event) in EventLayouts.decoded where events?.contains(event) ?? true {
-            guard let e = tep_find_event_by_name(tep, group, event) else { continue }
+            guard let e = fs.tep_find_event_by_name(tep, group, event) else { continue }
             var fields: [String: EventLayouts.Field] = [:]
-            var f = e.pointee.format.fields
+            var f = e.pointee.fields
             while let field = f {
                 fields[String(cString: field.pointee.name)] = .init(offset: Int(field.pointee.offset), size: Int(field.pointee.size))
                 f = field.pointee.next
@@ -93,26 +116,26 @@ public final class TraceSession: @unchecked Sendable {
             found[event] = .init(id: Int(e.pointee.id), fields: fields)
         }
         guard !found.isEmpty else {
-            tep_free(tep)
+            fs.tep_free(tep)
             throw TraceError("this kernel has none of the KVM events asked for (\(dir)/events/kvm): is the kvm module loaded?")
         }
         layouts = EventLayouts(events: found)
-        guard let inst = tracefs_instance_create(name) else {
-            tep_free(tep)
+        guard let inst = fs.tracefs_instance_create(name) else {
+            fs.tep_free(tep)
             throw TraceError("cannot create the tracefs instance \(name) (\(String(cString: strerror(errno))))")
         }
         instance = inst
-        _ = tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
+        _ = fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
         // Timestamps on CLOCK_MONOTONIC, the clock of fault records and of the views (this instance only).
-        _ = tracefs_instance_file_write(inst, "trace_clock", "mono")
+        _ = fs.tracefs_instance_file_write(inst, "trace_clock", "mono")
         refreshThreads(force: true)
         for (group, event) in EventLayouts.decoded where found[event] != nil {
-            if tracefs_event_enable(inst, group, event) != 0 {
+            if fs.tracefs_event_enable(inst, group, event) != 0 {
                 close()
                 throw TraceError("cannot enable \(group)/\(event) in \(name) (\(String(cString: strerror(errno))))")
             }
         }
-        _ = tracefs_trace_on(inst)
+        _ = fs.tracefs_trace_on(inst)
     }
 
     deinit { close() }
@@ -120,8 +143,8 @@ public final class TraceSession: @unchecked Sendable {
     /// Removes the instance (its buffers and enabled events go with it).
     public func close() {
         if let inst = instance {
-            _ = tracefs_instance_destroy(inst)
-            tracefs_instance_free(inst)
+            _ = fs.tracefs_instance_destroy(inst)
+            fs.tracefs_instance_free(inst)
             instance = nil
         }
     }
@@ -138,7 +161,7 @@ public final class TraceSession: @unchecked Sendable {
         threads = tids
         let filter = tids.sorted().map { "common_pid == \($0)" }.joined(separator: " || ")
         for (group, event) in EventLayouts.decoded where layouts.events[event] != nil {
-            _ = tracefs_event_file_write(inst, group, event, "filter", filter)
+            _ = fs.tracefs_event_file_write(inst, group, event, "filter", filter)
         }
     }
 
@@ -160,7 +183,7 @@ public final class TraceSession: @unchecked Sendable {
         let box = Box(layouts, target == nil ? nil : threads, limit)
         if keepRaw { box.raw = [] }
         let ctx = Unmanaged.passUnretained(box).toOpaque()
-        _ = tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
+        _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
             guard let record, let ctx else { return 0 }
             let box = Unmanaged<Box>.fromOpaque(ctx).takeUnretainedValue()
             let r = record.pointee

@@ -57,26 +57,34 @@ struct TraceCommand: ParsableCommand {
         var err = StandardError()
         for sig in [SIGINT, SIGTERM, SIGHUP, SIGPIPE] { signal(sig) { s in traceStop.store(s, ordering: .relaxed) } }
         let wanted = events.map { Set($0.split(separator: ",").map(String.init)) }
-        let out = FileHandle.standardOutput
+        // Standard output through POSIX writes: a reader that went away (`| head`) ends the trace quietly (SIGPIPE is
+        // caught above), and the session's instance is removed on the way out, instead of a trap in FileHandle.
+        var outputClosed = false
         func emit(_ batch: [TraceEvent]) {
-            guard !batch.isEmpty else { return }
+            guard !batch.isEmpty, !outputClosed else { return }
             var text = ""
             for e in batch where wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
-            out.write(Data(text.utf8))
+            if let failed = writeAll(STDOUT_FILENO, Array(text.utf8)) {
+                outputClosed = true
+                traceStop.store(SIGPIPE, ordering: .relaxed)
+                if failed != EPIPE { print("vmscope trace: standard output: \(String(cString: strerror(failed))); stopped", to: &err) }
+            }
         }
         if let loadRaw {
             do {
                 // Streamed: a recording of any length decodes in the memory of one chunk.
                 var count = 0
-                let reader = try RawTraceRecording.stream(path: loadRaw) { batch, reader in
+                let reader = try RawTraceRecording.stream(path: loadRaw) { (batch, reader) throws(TraceError) in
                     guard let layouts = reader.layouts else { return }
                     emit(batch.compactMap(layouts.decode))
                     count += batch.count
+                    if outputClosed { throw TraceError("standard output closed") }
                 }
                 print("vmscope trace: \(count) records of kernel \(reader.kernel) decoded from \(loadRaw)"
                       + (reader.cutShort ? "; it ends inside line \(reader.line) (its writer was cut short: a full disk, a kill), which is left out" : ""),
                       to: &err)
             } catch {
+                if outputClosed { return }
                 print("vmscope trace: \(error)", to: &err)
                 throw ExitCode(2)
             }

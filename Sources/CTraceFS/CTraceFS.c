@@ -1,0 +1,41 @@
+#include "CTraceFS.h"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+static struct ctracefs_api api;
+static const struct ctracefs_api *loaded;
+static char load_error[512];
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static int resolve(void *lib, const char *name, void **slot) {
+    *slot = dlsym(lib, name);
+    if (*slot) return 0;
+    snprintf(load_error, sizeof load_error, "%s", dlerror());
+    return -1;
+}
+
+static void load(void) {
+    // libtracefs needs libtraceevent; load it first, global, as the dynamic linker would.
+    void *tep = dlopen("libtraceevent.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!tep) { snprintf(load_error, sizeof load_error, "%s", dlerror()); return; }
+    void *fs = dlopen("libtracefs.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!fs) { snprintf(load_error, sizeof load_error, "%s", dlerror()); return; }
+#define FS(name) if (resolve(fs, #name, (void **)&api.name)) return
+#define TEP(name) if (resolve(tep, #name, (void **)&api.name)) return
+    FS(tracefs_tracing_dir_is_mounted); FS(tracefs_instances); FS(tracefs_list_free); FS(tracefs_instance_alloc);
+    FS(tracefs_instance_create); FS(tracefs_instance_destroy); FS(tracefs_instance_free);
+    FS(tracefs_instance_set_buffer_size); FS(tracefs_instance_file_write); FS(tracefs_event_enable);
+    FS(tracefs_event_file_write); FS(tracefs_trace_on); FS(tracefs_local_events); FS(tracefs_iterate_raw_events);
+    TEP(tep_find_event_by_name); TEP(tep_free);
+#undef FS
+#undef TEP
+    loaded = &api;
+}
+
+const struct ctracefs_api *ctracefs_load(char *error, size_t error_size) {
+    pthread_once(&once, load);
+    if (!loaded && error && error_size) snprintf(error, error_size, "%s", load_error);
+    return loaded;
+}
