@@ -11,6 +11,9 @@ public struct KVMCapabilities: Sendable, Equatable {
         public var guestMemfdFlags: GuestMemfdFlags
         /// errno of the failed `KVM_CREATE_VM`, if any.
         public var createErrno: Int32?
+        /// `KVM_CAP_GUEST_MEMFD` on that VM (Linux 6.12 answers 1 on the system fd and 0 on a type-0 VM); nil where
+        /// not asked, then the system fd's answer stands.
+        public var guestMemfd: Bool? = nil
 
         public var supportsPrivateAttribute: Bool { memoryAttributes & MemoryAttributes.private.rawValue != 0 }
     }
@@ -49,6 +52,17 @@ public struct KVMCapabilities: Sendable, Equatable {
     /// `KVM_HC_MAP_GPA_RANGE` can exit to userspace.
     public var mapGPARangeHypercall: Bool { exitHypercallMask & (1 << Hypercall.mapGPARange) != 0 }
 
+    /// Whether a VM of `type` can create a guest_memfd: that VM's own `KVM_CAP_GUEST_MEMFD` where it was asked.
+    public func guestMemfd(on type: VMType) -> Bool {
+        guestMemfd && (perVMType.first { $0.type == type }?.guestMemfd ?? true)
+    }
+
+    /// `KVM_CAP_GUEST_MEMFD_FLAGS` for a VM of `type` (the system fd's answer where that VM was not asked).
+    public func guestMemfdFlags(on type: VMType) -> GuestMemfdFlags {
+        guard guestMemfd(on: type) else { return [] }
+        return perVMType.first { $0.type == type && $0.created }?.guestMemfdFlags ?? guestMemfdFlags
+    }
+
     /// The first offered VM type whose VM reports the PRIVATE memory attribute, if any.
     public var privateMemoryVMType: VMType? {
         perVMType.first { $0.created && $0.supportsPrivateAttribute }?.type
@@ -67,7 +81,7 @@ public struct KVMCapabilities: Sendable, Equatable {
                     type: type, created: true,
                     memoryAttributes: UInt64(truncatingIfNeeded: try vm.check(.memoryAttributes)),
                     guestMemfdFlags: GuestMemfdFlags(rawValue: UInt64(truncatingIfNeeded: try vm.check(.guestMemfdFlags))),
-                    createErrno: nil))
+                    createErrno: nil, guestMemfd: try vm.check(.guestMemfd) != 0))
             } catch {
                 perType.append(PerVMType(type: type, created: false, memoryAttributes: 0, guestMemfdFlags: [],
                                          createErrno: error.errno))

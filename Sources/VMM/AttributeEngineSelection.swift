@@ -26,7 +26,7 @@ extension AttributeEngineDecision {
     public static func decide(_ request: AttributeEngineRequest, capabilities caps: KVMCapabilities)
         throws(EngineUnsupported) -> AttributeEngineDecision
     {
-        let kernelType = caps.guestMemfd && caps.userMemory2 ? caps.privateMemoryVMType : nil
+        let kernelType = caps.userMemory2 ? caps.privateMemoryVMType.flatMap { caps.guestMemfd(on: $0) ? $0 : nil } : nil
         switch (request, kernelType) {
         case (.kernel, let type?), (.auto, let type?):
             return AttributeEngineDecision(
@@ -42,10 +42,14 @@ extension AttributeEngineDecision {
         }
     }
 
-    /// The first thing the kernel engine needs that this kernel lacks.
-    static func kernelMissing(_ caps: KVMCapabilities) -> String {
+    /// The first thing the kernel engine needs that this kernel lacks, naming the capability (the words of the
+    /// refusal; tests ask it for the capability their machine lacks).
+    public static func kernelMissing(_ caps: KVMCapabilities) -> String {
         if !caps.userMemory2 { return "kernel lacks KVM_CAP_USER_MEMORY2" }
         if !caps.guestMemfd { return "kernel lacks KVM_CAP_GUEST_MEMFD" }
+        if let type = caps.privateMemoryVMType, !caps.guestMemfd(on: type) {
+            return "kernel lacks KVM_CAP_GUEST_MEMFD on \(type.name)"
+        }
         let offered = caps.vmTypes.map(\.name).joined(separator: ", ")
         return "kernel lacks KVM_CAP_MEMORY_ATTRIBUTES (PRIVATE) on every offered VM type (\(offered));"
             + " KVM_X86_SW_PROTECTED_VM needs CONFIG_KVM_SW_PROTECTED_VM, SNP/TDX need the hardware"

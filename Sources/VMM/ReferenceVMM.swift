@@ -102,10 +102,11 @@ public final class ReferenceVMM: @unchecked Sendable {
             vm = try system.createVM(type: decision.vmType)
             let privateBacking: RAMBacking
             let caps = capabilities, chosen = decision
-            if caps.guestMemfd {
+            // The VM's own answer: Linux 6.12 offers guest_memfd on the system fd but not on a type-0 VM.
+            if caps.guestMemfd(on: chosen.vmType) {
                 // The vmm engine maps guest_memfd to read private memory (INIT_SHARED where offered so it can);
                 // the kernel engine does not.
-                let flags = chosen.engine == .kernel ? [] : caps.guestMemfdFlags.intersection([.mmap, .initShared])
+                let flags = chosen.engine == .kernel ? [] : caps.guestMemfdFlags(on: chosen.vmType).intersection([.mmap, .initShared])
                 privateBacking = try RAMBacking(guestMemfd: try vm.createGuestMemfd(size: config.ramSize, flags: flags))
             } else if decision.engine == .vmm {
                 privateBacking = try RAMBacking(memoryFile: MemoryFile(name: "\(config.name)-private", size: config.ramSize))

@@ -2,6 +2,7 @@ import ControlProtocol
 import ControlServer
 import Foundation
 import Testing
+import TestSupport
 import VMM
 
 /// A client that negotiates and then reads (and discards) everything, on its own thread.
@@ -52,14 +53,17 @@ struct ServerTests {
         #expect(vm["vcpus"] == .int(2))
         #expect(vm["pid"] == .int(Int64(getpid())))
         #expect(vm["mutations-allowed"] == .bool(true))
-        #expect(vm["kvm-capabilities"]?["KVM_CAP_GUEST_MEMFD"] == .bool(true))
+        // The host's own answer (HostKVM asks KVM_CHECK_EXTENSION), never a remembered one.
+        #expect(vm["kvm-capabilities"]?["KVM_CAP_GUEST_MEMFD"] == .bool(try #require(HostKVM.capabilities).guestMemfd))
 
         let slots = try #require(try c.call(#"{"execute":"query-memslots"}"#)["return"]?.arrayValue)
         #expect(slots.count == s.vmm.memslots.count)
         for key in ["slot", "as-id", "gpa", "size", "flags", "flag-names", "view", "backing", "guest-memfd-offset", "userspace-addr"] {
             #expect(slots[0][key] != nil, "memslot lacks \(key)")
         }
-        #expect(slots[0]["flag-names"] == .array([.string("GUEST_MEMFD")]))
+        // Private RAM in a guest_memfd where a default VM offers one, else in a memfd that says so.
+        #expect(slots[0]["flag-names"] == .array(HostKVM.guestMemfd ? [.string("GUEST_MEMFD")] : []))
+        #expect(slots[0]["backing"] == .string(HostKVM.vmmPrivateBacking))
 
         let converted = try c.call(#"{"execute":"set-memory-attributes","arguments":{"gpa":33554432,"size":8192,"private":false},"id":"c"}"#)
         #expect(converted["return"]?["runs-changed"]?.intValue ?? 0 >= 1)

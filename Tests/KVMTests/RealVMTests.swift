@@ -1,9 +1,15 @@
 import CKVM
 import GuestCode
 import Testing
+import TestSupport
 @testable import KVM
 
-/// A two-memslot VM (ordinary + guest_memfd) with one vCPU in 32-bit flat protected mode.
+/// A two-memslot VM (ordinary + a second slot) with one vCPU in 32-bit flat protected mode. The second slot is what
+/// the host's KVM offers, asked with `KVM_CHECK_EXTENSION` (`HostKVM`), never assumed:
+/// - a guest_memfd with MMAP|INIT_SHARED on a default VM (Linux 6.18 and later): the guest's stores land in it;
+/// - else a guest_memfd on the first VM type that offers one (the lab's 6.12: `KVM_X86_SW_PROTECTED_VM`, no MMAP):
+///   its pages start shared, so the guest's stores land in the slot's userspace memory and the file stays unread;
+/// - else (no guest_memfd at all) a plain memslot over anonymous memory, as the VMM falls back to a memfd.
 final class TwoSlotVM {
     static let lowSize: UInt64 = 0x10000
     static let gmemBase: UInt64 = 0x10_0000
@@ -11,24 +17,54 @@ final class TwoSlotVM {
     static let gdt: UInt64 = 0x1000
     static let code: UInt32 = 0x2000
 
+    enum SecondSlot: String {
+        case guestMemfdMapped = "guest_memfd (MMAP|INIT_SHARED)"
+        case guestMemfdUnmapped = "guest_memfd (not mappable; shared pages in userspace memory)"
+        case plain = "plain memslot (no guest_memfd)"
+    }
+
+    /// The VM type and second slot this host gives, and why.
+    static var plan: (type: VMType, slot: SecondSlot) {
+        guard let caps = HostKVM.capabilities else { return (.default, .plain) }
+        if HostKVM.mappableGuestMemfd { return (.default, .guestMemfdMapped) }
+        if let t = caps.perVMType.first(where: { $0.created && caps.guestMemfd(on: $0.type) }) {
+            return (t.type, caps.guestMemfdFlags(on: t.type).isSuperset(of: [.mmap, .initShared]) ? .guestMemfdMapped : .guestMemfdUnmapped)
+        }
+        return (.default, .plain)
+    }
+
     let system: KVMSystem
     let vm: VirtualMachine
     let low: HostMapping
-    let gmem: GuestMemfd
-    let gmemMap: HostMapping
+    let slot: SecondSlot
+    let gmem: GuestMemfd?
+    /// Where the guest's stores to the second slot land, as the host sees them.
+    let secondMap: HostMapping
     let vcpu: VCPU
 
     init(program: (inout X86Assembler) -> Void) throws {
+        let plan = Self.plan
+        slot = plan.slot
         system = try KVMSystem()
-        vm = try system.createVM()
+        vm = try system.createVM(type: plan.type)
         low = try HostMapping.anonymous(size: Int(Self.lowSize))
         try vm.setUserMemoryRegion(MemoryRegion(slot: 0, guestPhysicalAddress: 0, size: Self.lowSize,
                                                 userspaceAddress: low.address))
-        gmem = try vm.createGuestMemfd(size: Self.gmemSize, flags: [.mmap, .initShared])
-        gmemMap = try gmem.map()
-        try vm.setUserMemoryRegion(MemoryRegion(slot: 1, flags: .guestMemfd, guestPhysicalAddress: Self.gmemBase,
-                                                size: Self.gmemSize, userspaceAddress: gmemMap.address,
-                                                guestMemfd: gmem.fd.rawValue, guestMemfdOffset: 0))
+        switch plan.slot {
+        case .guestMemfdMapped:
+            let g = try vm.createGuestMemfd(size: Self.gmemSize, flags: [.mmap, .initShared])
+            gmem = g
+            secondMap = try g.map()
+        case .guestMemfdUnmapped:
+            gmem = try vm.createGuestMemfd(size: Self.gmemSize, flags: [])
+            secondMap = try HostMapping.anonymous(size: Int(Self.gmemSize))
+        case .plain:
+            gmem = nil
+            secondMap = try HostMapping.anonymous(size: Int(Self.gmemSize))
+        }
+        try vm.setUserMemoryRegion(MemoryRegion(slot: 1, flags: gmem == nil ? [] : .guestMemfd, guestPhysicalAddress: Self.gmemBase,
+                                                size: Self.gmemSize, userspaceAddress: secondMap.address,
+                                                guestMemfd: gmem?.fd.rawValue, guestMemfdOffset: 0))
         low.write(FlatProtectedMode.gdtBytes, at: Int(Self.gdt))
         var asm = X86Assembler(origin: Self.code)
         program(&asm)
@@ -69,6 +105,7 @@ struct RealVMTests {
 
     @Test func guestWritesBothMemslotsThenExitsIOAndHLT() throws {
         let m = try TwoSlotVM(program: Self.writeBoth)
+        print("RealVMTests: second memslot: \(m.slot.rawValue) on VM type \(TwoSlotVM.plan.type.rawValue)")
         let first = try m.nextExit()
         guard case .ioOut(let port, let size, let count, let data) = first else {
             Issue.record("expected an IO exit, got \(first.reason.name)")
@@ -79,9 +116,9 @@ struct RealVMTests {
         let second = try m.nextExit()
         #expect(second.reason == .hlt, "expected HLT, got \(second.reason.name)")
         #expect(m.low.load32(at: 0x3000) == 0xCAFE_F00D)
-        #expect(m.gmemMap.load32(at: 0x10) == 0x5EC2_E700)
-        // Nothing else was written into the guest_memfd.
-        #expect(m.gmemMap.load32(at: 0x14) == 0)
+        #expect(m.secondMap.load32(at: 0x10) == 0x5EC2_E700, "the store to the \(m.slot.rawValue)")
+        // Nothing else was written into the second slot.
+        #expect(m.secondMap.load32(at: 0x14) == 0)
         let regs = try m.vcpu.registers()
         #expect(regs.rax == 0x42)
     }
@@ -161,11 +198,23 @@ struct BadInputTests {
         #expect(error?.description.contains("Bad file descriptor") == true)
     }
 
-    @Test func closedGuestMemfdIsRefused() throws {
+    /// A VM type whose VM offers guest_memfd (the first such), and the flags it offers; nil where none does.
+    static var guestMemfdVM: (type: VMType, flags: GuestMemfdFlags)? {
+        guard let caps = HostKVM.capabilities,
+              let t = caps.perVMType.first(where: { $0.created && caps.guestMemfd(on: $0.type) }) else { return nil }
+        return (t.type, caps.guestMemfdFlags(on: t.type).intersection([.mmap, .initShared]))
+    }
+    static var noGuestMemfdVM: Comment {
+        Comment(rawValue: "no VM type of this kernel (\(HostKVM.kernel)) answers KVM_CAP_GUEST_MEMFD (the same test runs in the lab)")
+    }
+
+    @Test(.enabled(if: guestMemfdVM != nil, noGuestMemfdVM))
+    func closedGuestMemfdIsRefused() throws {
+        let (type, flags) = try #require(Self.guestMemfdVM)
         let system = try KVMSystem()
-        let vm = try system.createVM()
-        let gmem = try vm.createGuestMemfd(size: 0x1000, flags: [.mmap, .initShared])
-        let mapping = try gmem.map()
+        let vm = try system.createVM(type: type)
+        let gmem = try vm.createGuestMemfd(size: 0x1000, flags: flags)
+        let mapping = flags.contains(.mmap) ? try gmem.map() : try HostMapping.anonymous(size: 0x1000)
         let stale = gmem.fd.rawValue
         gmem.fd.close()
         let error = #expect(throws: KVMError.self) {
@@ -176,14 +225,32 @@ struct BadInputTests {
         #expect(error?.errnoName == "EBADF")
     }
 
-    @Test func guestMemfdWithUnknownFlagIsRefused() throws {
+    @Test(.enabled(if: guestMemfdVM != nil, noGuestMemfdVM))
+    func guestMemfdWithUnknownFlagIsRefused() throws {
+        let (type, _) = try #require(Self.guestMemfdVM)
         let system = try KVMSystem()
-        let vm = try system.createVM()
+        let vm = try system.createVM(type: type)
         let error = #expect(throws: KVMError.self) {
             _ = try vm.createGuestMemfd(size: 0x1000, flags: GuestMemfdFlags(rawValue: 1 << 40))
         }
         #expect(error?.operation == "KVM_CREATE_GUEST_MEMFD")
         #expect(error?.errnoName == "EINVAL")
+    }
+
+    /// Where the kernel has no guest_memfd at all (`KVM_CAP_GUEST_MEMFD` 0 on the system fd), the ioctl does not
+    /// exist: it is refused with ENOTTY, named, and the VM is unchanged (the VMM then falls back to a memfd).
+    @Test(.enabled(if: HostKVM.capabilities.map { !$0.guestMemfd } ?? false,
+                   "this kernel answers KVM_CAP_GUEST_MEMFD: the guest_memfd tests above run instead"))
+    func guestMemfdIsRefusedWhereTheKernelHasNone() throws {
+        let m = try TwoSlotVM(program: RealVMTests.writeBoth)
+        #expect(m.slot == .plain)
+        let error = #expect(throws: KVMError.self) {
+            _ = try m.vm.createGuestMemfd(size: 0x1000, flags: [])
+        }
+        #expect(error?.operation == "KVM_CREATE_GUEST_MEMFD")
+        #expect(error?.errnoName == "ENOTTY")
+        #expect(try m.nextExit().reason == .io)
+        #expect(m.secondMap.load32(at: 0x10) == 0x5EC2_E700)
     }
 
     @Test func memoryAttributesAreRefusedWhereTheKernelLacksThem() throws {

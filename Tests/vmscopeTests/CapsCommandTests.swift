@@ -1,8 +1,13 @@
 import Foundation
 import KVM
 import Testing
+import TestSupport
 
 let kvmPresent = FileManager.default.fileExists(atPath: KVMSystem.defaultPath)
+
+/// What the memslot pane shows of the vmm engine's private view on this host, from the host's own answer
+/// (`HostKVM`): the GUEST_MEMFD flag where a default VM has guest_memfd, else the memfd fallback's backing name.
+let privateBackingMarker = HostKVM.guestMemfd ? "GUEST_MEMFD" : "memfd"
 
 @Suite struct CapsCommandTests {
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))

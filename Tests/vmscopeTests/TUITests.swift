@@ -27,7 +27,7 @@ struct TUITests {
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60")
         // All four views with live data.
         var screen = t.waitFor(20) { s in
-            s.contains("GUEST_MEMFD") && s.contains("running") && s.contains("vmm/MMIO") && s.contains("rip 0x")
+            s.contains(privateBackingMarker) && s.contains("running") && s.contains("vmm/MMIO") && s.contains("rip 0x")
         }
         for title in ["1 GFN map", "2 Faults", "3 Memslots", "4 vCPUs", "engine vmm", "policy convert"] {
             #expect(screen.contains(title), "no \(title) in:\n\(screen)")
