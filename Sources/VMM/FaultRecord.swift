@@ -47,7 +47,8 @@ final class SequencedRing<Element: Sendable>: Sendable {
         state.withLock { s in
             let retained = UInt64(s.buffer.count)
             let oldest = s.total - retained + 1
-            let missed = oldest > after + 1 ? oldest - after - 1 : 0
+            // `after` is a peer's number: up to UInt64.max (oldest >= 1, so oldest - 1 cannot wrap).
+            let missed = after < oldest - 1 ? oldest - 1 - after : 0
             let skip = after >= oldest ? Int(min(after - oldest + 1, retained)) : 0
             // Only the entries asked for are copied, straight out of the ring (readers poll this often).
             let count = min(limit, s.buffer.count - skip)

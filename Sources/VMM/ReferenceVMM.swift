@@ -222,7 +222,12 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     public func queryMemoryAttributes(gpa: UInt64? = nil, size: UInt64? = nil) throws(VMMError) -> AttributeRuns {
         memory.lock.lock(); defer { memory.lock.unlock() }
-        return attributes(pages: try memory.pages(gpa: gpa ?? 0, size: size ?? memory.ramSize - (gpa ?? 0)))
+        let start = gpa ?? 0
+        // Without a size: up to the end of RAM; a start past RAM is refused by name, not subtracted from it.
+        guard size != nil || start < memory.ramSize else {
+            throw VMMError(.invalidRange, "gpa \(hex(start)) is outside RAM [0, \(hex(memory.ramSize)))")
+        }
+        return attributes(pages: try memory.pages(gpa: start, size: size ?? memory.ramSize - start))
     }
 
     /// Runs and byte counts of `pages`; the caller holds `memory.lock`.
