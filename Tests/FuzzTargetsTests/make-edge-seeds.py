@@ -106,6 +106,19 @@ with open(f"{CORPUS}/server/edge-ids-and-half-lines.txt", "w") as fh:
     fh.write('{"execute":"read-memory","arguments":{"gpa":4095,"size":8194,"view":"auto"}}\n')
     fh.write('{"execute":"query-vm"')  # the stream ends inside a message
 
+# Every numeric argument of every command at the edges (issue 28: a read-only client's one number must not trap).
+NUMERIC_ARGUMENTS = {"query-memory-attributes": ["gpa", "size"], "query-memory-faults": ["limit"],
+                     "query-snapshot": ["faults"], "query-metrics": ["conversion-times-after"],
+                     "read-memory": ["gpa", "size"], "set-memory-attributes": ["gpa", "size"],
+                     "vcpu-control": ["index"], "inject-fault": ["vcpu", "gpa", "size"]}
+FIXED = {"set-memory-attributes": ',"private":false', "vcpu-control": ',"action":"step"', "inject-fault": ',"kind":"flip"'}
+with open(f"{CORPUS}/server/edge-every-numeric-argument.txt", "w") as fh:
+    fh.write('{"execute":"qmp_capabilities"}\n')
+    for command, members in NUMERIC_ARGUMENTS.items():
+        for m in members:
+            for v in ["18446744073709551615", "18446744073709551614", "-1", "1.5", "18446744073709551616"]:
+                fh.write('{"execute":"%s","arguments":{"%s":%s%s}}\n' % (command, m, v, FIXED.get(command, "")))
+
 ck, rk, sk = set(), set(), set()
 for o in client: keys(o, ck)
 for o in recording: keys(o, rk)
@@ -113,6 +126,7 @@ for o in server: keys(o, sk)
 sk |= {"execute", "arguments", "id", "qmp_capabilities", "enable", "oob", "exec-oob", "view", "auto", "private",
        "shared", "action", "pause", "resume", "step", "kind", "nmi", "mce", "discard", "revoke", "flip", "policy",
        "convert", "report", "limit", "faults", "index", "vcpu", "gpa", "size"}
+sk |= set(NUMERIC_ARGUMENTS) | {m for ms in NUMERIC_ARGUMENTS.values() for m in ms}
 write_dict("client", ck)
 write_dict("recording", rk | ck)
 write_dict("server", sk)
