@@ -25,6 +25,12 @@ public final class TraceSource: VMSource {
     /// Events no VMM record matched within `pendingNs` (MMIO to devices, not faults); counted, not shown.
     public private(set) var unmatched: UInt64 = 0
     static let pendingNs: UInt64 = 500_000_000
+    static let pendingLimit = 65_536
+    static let retryLimit = 8192
+    static let readLimit = 16_384
+    /// `model.faultsReceived` when the pending events were last tried, and how many of them were.
+    private var receivedAtLastTry: UInt64 = .max
+    private var triedCount = 0
 
     public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false) {
         self.session = session
@@ -81,7 +87,9 @@ public final class TraceSource: VMSource {
             model.heatMapNote = "trace only: no tracepoint reports private/shared attributes, nor where RAM is; cells show KVM's traced MMIO and page faults"
             changed = true
         }
-        let events = session.read()
+        // Bounded a poll (the rest waits in the kernel's buffer, whose overflow is counted as missed): a poll never
+        // takes the worker away for long, however fast the VM exits.
+        let events = session.read(limit: Self.readLimit)
         if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []
         for e in events {
@@ -160,8 +168,16 @@ public final class TraceSource: VMSource {
         }
         guard !pending.isEmpty else { return false }
         let before = model.faultsTraced
-        let left = model.corroborate(pending)
-        pending = left.filter { $0.timeNs &+ Self.pendingNs >= nowNs }
+        // Events already tried can only match records that arrived since: without new records only the new events
+        // are tried. The events waiting are bounded (the oldest beyond `pendingLimit` are counted as unmatched).
+        let retry = model.faultsReceived != receivedAtLastTry
+        receivedAtLastTry = model.faultsReceived
+        // At most `retryLimit` of the older ones again a pass, the newest (older ones have had their chances).
+        let tried = retry ? pending[max(0, triedCount - Self.retryLimit)...] : pending[triedCount...]
+        let left = Array(pending[..<tried.startIndex]) + model.corroborate(Array(tried))
+        let fresh = left.filter { $0.timeNs &+ Self.pendingNs >= nowNs }
+        pending = Array(fresh.suffix(Self.pendingLimit))
+        triedCount = pending.count
         unmatched &+= UInt64(left.count - pending.count)
         return model.faultsTraced != before
     }

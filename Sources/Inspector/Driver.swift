@@ -7,17 +7,38 @@ public final class InspectorDriver {
     public let source: any VMSource
     private var dirty = true
     private var lastPaint: UInt64 = 0
+    /// With `background`, the thread the source is polled and acted on (`SourceWorker`); nil: this thread.
+    private let worker: SourceWorker?
+    private var workerGeneration: UInt64 = 0
 
-    public init(source: any VMSource, ui: InspectorUI, model: InspectorModel = InspectorModel()) {
+    /// `background`: poll and act on the source on a thread of its own, so that `tick` and `handle` never wait on
+    /// it (a live VM's source: socket round trips, tracepoint reads). Without it (replay, tests) they happen in
+    /// `tick` and `handle`, in order.
+    public init(source: any VMSource, ui: InspectorUI, model: InspectorModel = InspectorModel(), background: Bool = false) {
         self.source = source
         self.ui = ui
         self.model = model
+        worker = background ? SourceWorker(source: source, model: model) : nil
     }
 
-    /// One pass: the source polled, the UI fitted to a `width`×`height` frame. Returns whether a frame is due.
+    /// Stops the background worker (at most `timeoutNs`); the source is this thread's again after it.
+    public func stop(timeoutNs: UInt64 = 500_000_000) {
+        worker?.stop(timeoutNs: timeoutNs)
+    }
+
+    /// One pass: the source polled (or, in the background, its newest state taken), the UI fitted to a
+    /// `width`×`height` frame. Returns whether a frame is due.
     public func tick(nowNs: UInt64, width: Int, height: Int) -> Bool {
-        if source.poll(&model, nowNs: nowNs) { dirty = true }
-        if let n = source.takeNotice() { ui.status = n; dirty = true }
+        if let worker {
+            let taken = worker.take(after: workerGeneration)
+            workerGeneration = taken.generation
+            if let m = taken.model { model = m; dirty = true }
+            for n in taken.notices { ui.status = n; dirty = true }
+            for r in taken.results { apply(r); dirty = true }
+        } else {
+            if source.poll(&model, nowNs: nowNs) { dirty = true }
+            if let n = source.takeNotice() { ui.status = n; dirty = true }
+        }
         ui.replay = source.timeline
         ui.fit(model, width: width, height: height)
         // Fading fault marks need repaints while they fade; the REC clock once a second.
@@ -58,22 +79,25 @@ public final class InspectorDriver {
         return rest
     }
 
-    /// Does `action` through the source, or says why not; the status line tells how it went.
+    /// Does `action` through the source, or says why not; the status line tells how it went. In the background the
+    /// action is queued, the status line says so, and its result arrives with a later `tick`.
     public func act(_ action: InspectorAction) {
-        let reading: UInt64? = if case .readMemory(let gpa, _) = action { gpa } else { nil }
-        if let why = source.refusal(action) {
-            if reading != nil { ui.overlay = nil }
-            ui.status = reading != nil ? (why, true) : ("\(action.description): refused: \(why)", true)
+        if let worker {
+            worker.submit(action)
+            ui.status = ("\(action.description): …", false)
             return
         }
-        do {
-            switch try source.perform(action, model: &model) {
-            case .bytes(let b): ui.overlay = .hexDump(gpa: reading ?? 0, bytes: b)
-            case .done(let detail, let description): ui.status = ("\(description ?? action.description): done\(detail)", false)
-            }
-        } catch {
-            if reading != nil { ui.overlay = nil }
-            ui.status = ("\(action.description): \(error)", true)
+        apply(ActionResult.perform(action, on: source, model: &model))
+    }
+
+    private func apply(_ r: ActionResult) {
+        if let (gpa, bytes) = r.bytes {
+            // In the background only while the dump that asked is still open (a key may have closed it meanwhile).
+            if case .hexDump(let g, nil)? = ui.overlay, g == gpa { ui.overlay = .hexDump(gpa: gpa, bytes: bytes) }
+            else if worker == nil { ui.overlay = .hexDump(gpa: gpa, bytes: bytes) }
+            return
         }
+        if r.closeOverlay, case .hexDump? = ui.overlay { ui.overlay = nil }
+        ui.status = r.status
     }
 }

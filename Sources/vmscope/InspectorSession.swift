@@ -12,10 +12,12 @@ final class InspectorSession {
     /// `R`'s recording, while it runs.
     private var recording: BackgroundRecording?
 
-    init(source: any VMSource, themes: ThemeCatalog, themeOrder: [String], ascii: Bool, readOnly: Bool) {
+    /// `background`: the source is polled and acted on off the UI thread (every live source; replay's is a file).
+    init(source: any VMSource, themes: ThemeCatalog, themeOrder: [String], ascii: Bool, readOnly: Bool, background: Bool = true) {
         self.themes = ThemeFollower(themes)
         renderer = Renderer(ascii: ascii)
-        driver = InspectorDriver(source: source, ui: InspectorUI(themeNames: themeOrder, ascii: ascii, readOnly: readOnly))
+        driver = InspectorDriver(source: source, ui: InspectorUI(themeNames: themeOrder, ascii: ascii, readOnly: readOnly),
+                                 background: background && source.timeline == nil)
     }
 
     var ui: InspectorUI {
@@ -63,6 +65,9 @@ final class InspectorSession {
 
     /// Runs until `q` (or `:quit`, or a signal).
     func run(terminal: Terminal) {
+        // However the loop ends, the source's worker stops first (within 0.5 s; a round trip in flight is left to
+        // the process's exit), so that whoever closes the source has it to themselves.
+        defer { driver.stop() }
         while true {
             var ui = driver.ui
             themes.follow(&ui, on: terminal)

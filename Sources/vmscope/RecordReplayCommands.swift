@@ -121,7 +121,7 @@ struct ReplayCommand: ParsableCommand {
         let (themes, order, problems) = options.loadThemes()
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
         let source = RecordingSource(replay: replay, speed: speed, nowNs: HostClock.monotonicNs())
-        let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: options.useASCII, readOnly: true)
+        let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: options.useASCII, readOnly: true, background: false)
         if let damage = recording.damage { session.ui.status = (damage, true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
         session.run(terminal: terminal)
