@@ -199,11 +199,13 @@ public final class ControlClient: @unchecked Sendable {
     deinit { connection.shutdown() }
 
     public func close() {
-        connection.shutdown()
+        // The reason first, then the shutdown: the reader thread wakes on the shutdown's end of stream and would
+        // otherwise record "closed the connection" before this (the first reason stays).
         lock.lock()
         close(because: "closed by this client")
         lock.broadcast()
         lock.unlock()
+        connection.shutdown()
     }
 
     /// Why the connection ended (the peer closed it, broke the protocol, or `close()` ran); nil while it is up.

@@ -134,6 +134,8 @@ public final class VMMSource: ClientBackedSource {
             outcome = .done(detail: "")
         case .setPolicy(let p):
             try client.run(SetFaultPolicy(policy: p), timeoutMs: 10_000)
+            // The status bar says the policy in force from now on (query-vm is read once, at attach).
+            model.vm.policy = p.rawValue
             outcome = .done(detail: "")
         case .readMemory(let gpa, let size):
             return .bytes(try client.run(ReadMemory(gpa: gpa, size: size, view: .auto), timeoutMs: 10_000).bytes)
