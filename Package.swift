@@ -43,9 +43,10 @@ let package = Package(
         // libtracefs and libtraceevent for the kernel-tracepoint source, loaded at run time (Debian's libtracefs1,
         // libtraceevent1): the build needs neither -dev package, and without them only tracing is unavailable.
         .target(name: "CTraceFS"),
-        // Any KVM VM on the host without its VMM's help: KVM tracepoints in a private tracefs instance, decoded;
-        // the trace source (a fourth VMSource); every VM from KVM's debugfs (`vmscope top`).
-        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "Inspector", "ProcessSupport"]),
+        // Any KVM VM on the host without its VMM's help, as a library over tracefs: KVM tracepoints in a private
+        // tracefs instance, decoded; every VM from KVM's debugfs and its vCPU stats (`vmscope top`, the exporter).
+        // It knows nothing of the inspector: the trace source and top's view live there.
+        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "ProcessSupport"]),
         // Prometheus metrics for every KVM VM on the host (`top --metrics`) or one VMM (`vmm --metrics`): the
         // collector (what `top` samples, and `query-metrics` of vmscope VMMs) and the HTTP endpoint.
         .target(name: "Exporter", dependencies: [
@@ -55,9 +56,10 @@ let package = Package(
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings.
+        // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings;
+        // its sources (vmscope's VMM, QEMU, a recording, KVM's tracepoints through HostTracing) and top's view.
         .target(name: "Inspector", dependencies: [
-            "ControlProtocol", "CZlib", .product(name: "Algorithms", package: "swift-algorithms"),
+            "ControlProtocol", "CZlib", "HostTracing", .product(name: "Algorithms", package: "swift-algorithms"),
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         // The control server inside the VMM process.
@@ -70,7 +72,7 @@ let package = Package(
         // resources, the boot, and the control link between the host's socket and the VMM inside.
         .target(name: "Lab", dependencies: ["ControlProtocol", "ProcessSupport"], resources: [.copy("Resources")]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "HostTracing", "Exporter",
+            "KVM", "CKVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "HostTracing", "Exporter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -114,7 +114,7 @@ public enum HostVMs {
                 stats[Stat.tracedMMIO] = traced.mmio[pid] ?? 0
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
-            out.append(Sample(pid: pid, directory: e, name: TraceSource.processName(pid: pid), vcpus: vcpus, stats: stats,
+            out.append(Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,
                               rssBytes: residentBytes(pid: pid)))
         }
         return out
@@ -176,7 +176,7 @@ public enum HostVMs {
 }
 
 /// A debugfs or procfs file's text: they report size 0, so it is read until EOF (at most 64 KiB), not by its size.
-func readPseudoFile(_ path: String) -> String? {
+public func readPseudoFile(_ path: String) -> String? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }

@@ -203,10 +203,16 @@ public struct RawTraceReader: Sendable {
         let pid = try field(header[Key.header.rawValue]?[Key.pid.rawValue], "header.pid")
         guard case .object(let eventMembers)? = header[Key.events.rawValue] else { throw TraceError("\(name): line \(n): no events") }
         var events: [String: EventLayouts.Event] = [:]
+        var named: [Int: String] = [:]
         for (eventName, e) in eventMembers {
             guard let id = e[Key.id.rawValue]?.intValue, (0...65_535).contains(id), case .object(let fs)? = e[Key.fields.rawValue] else {
                 throw TraceError("\(name): line \(n): event \(eventName) needs an id (0...65535) and fields")
             }
+            // One id, one event: with two, a record's event would depend on which the decoder met last.
+            if let other = named[Int(id)] {
+                throw TraceError("\(name): line \(n): events \(other) and \(eventName) both have id \(id)")
+            }
+            named[Int(id)] = eventName
             var fields: [String: EventLayouts.Field] = [:]
             for (f, j) in fs { fields[f] = try field(j, "\(eventName).\(f)") }
             events[eventName] = .init(id: Int(id), fields: fields)

@@ -99,8 +99,8 @@ import Testing
     }
 
     @Test func threadNamesGiveVCPUIndices() {
-        #expect(TraceSource.vcpuIndex(threadName: "CPU 3/KVM\n") == 3)
-        #expect(TraceSource.vcpuIndex(threadName: "vmscope/vcpu 12") == 12)
-        #expect(TraceSource.vcpuIndex(threadName: "qemu-system-x86") == nil)
+        #expect(HostProcess.vcpuIndex(threadName: "CPU 3/KVM\n") == 3)
+        #expect(HostProcess.vcpuIndex(threadName: "vmscope/vcpu 12") == 12)
+        #expect(HostProcess.vcpuIndex(threadName: "qemu-system-x86") == nil)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
-import Inspector
+import HostTracing
+import Schema
 
 /// `vmscope top` without a terminal: the VM table, its sort, filter and cursor, and what a key does. The terminal
 /// loop (in `vmscope`) samples, paints and acts on the effects.
@@ -94,28 +95,13 @@ public struct TopView: Sendable {
         let s = r.sample
         func rate(_ k: String) -> String { r.perSecond[k].map { String(format: "%.0f", $0) } ?? "-" }
         func pad(_ t: String, _ n: Int) -> String { t.count >= n ? t : String(repeating: " ", count: n - t.count) + t }
-        let name = s.name.count > 20 ? String(s.name.prefix(19)) + "…" : s.name
+        // A process names itself (QEMU's -name, comm): shown, never sent to the terminal as it is.
+        let safe = terminalSafe(s.name)
+        let name = safe.count > 20 ? String(safe.prefix(19)) + "…" : safe
         return String(format: "%7d ", s.pid) + name.padding(toLength: 20, withPad: " ", startingAt: 0)
             + String(format: " %5d ", s.vcpus) + pad(rate(HostVMs.Stat.exits), 10) + " " + pad(rate(HostVMs.Stat.tracedUserspaceExits), 11) + " "
             + pad(r.perSecond[HostVMs.Stat.mmio] != nil ? rate(HostVMs.Stat.mmio) : rate(HostVMs.Stat.tracedMMIO), 10) + " "
             + pad(rate(HostVMs.Stat.hypercalls), 10) + " " + pad(s.rssBytes.map { Fmt.size($0) } ?? "-", 8) + "  "
             + r.topExits.map { "\($0.0) \(Int($0.1))" }.joined(separator: ", ")
-    }
-}
-
-extension HostVMs {
-    /// The control socket a VMM process was started with, from its command line: vmscope's `--socket PATH`, QEMU's
-    /// `-qmp unix:PATH[,...]`; nil when there is none to find.
-    public static func controlSocket(pid: Int32) -> String? {
-        guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
-        let args = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
-        for (i, a) in args.enumerated() where i + 1 < args.count {
-            if a == "--socket" { return args[i + 1] }
-            if a == "-qmp", args[i + 1].hasPrefix("unix:") {
-                return String(args[i + 1].dropFirst(5).split(separator: ",").first ?? "")
-            }
-        }
-        if let s = args.first(where: { $0.hasPrefix("--socket=") }) { return String(s.dropFirst(9)) }
-        return nil
     }
 }

@@ -1,9 +1,9 @@
 import Foundation
-import Inspector
+import HostTracing
 import KVM
 import Schema
 
-/// What the kernel's KVM tracepoints show of any VM, with no help from its VMM: a fourth `VMSource`. Its fault rows
+/// What the kernel's KVM tracepoints show of any VM, with no help from its VMM: a `VMSource` over HostTracing's session. Its fault rows
 /// are MMIO accesses and page faults as KVM traced them (`source: trace`); its vCPUs are the process's vCPU threads
 /// with their exits to userspace counted by reason. It cannot act on the VM, and says so.
 public final class TraceSource: VMSource {
@@ -38,34 +38,13 @@ public final class TraceSource: VMSource {
         self.corroborating = corroborating
     }
 
-    /// The vCPU index a thread's name gives: QEMU's "CPU N/KVM", vmscope's "vmscope/vcpu N".
-    public static func vcpuIndex(threadName: String) -> Int? {
-        let name = threadName.trimmingCharacters(in: .whitespacesAndNewlines)
-        if name.hasPrefix("CPU "), name.hasSuffix("/KVM") { return Int(name.dropFirst(4).dropLast(4)) }
-        if name.hasPrefix(VCPUThreadName.vmscope) { return Int(name.dropFirst(VCPUThreadName.vmscope.count)) }
-        return nil
-    }
-
-    /// A process's name as people know it: QEMU's `-name` (guest=NAME or NAME), else its command.
-    public static func processName(pid: Int32) -> String {
-        let raw = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
-        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        if let i = args.firstIndex(of: "-name"), i + 1 < args.count {
-            let v = args[i + 1]
-            let guest = v.split(separator: ",").first { $0.hasPrefix("guest=") }.map { String($0.dropFirst(6)) }
-            return guest ?? String(v.split(separator: ",").first ?? "")
-        }
-        let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
-        return comm ?? (args.first ?? "pid \(pid)")
-    }
-
     private func threadName(_ tid: Int32) -> String {
         readPseudoFile("/proc/\(session.pid)/task/\(tid)/comm") ?? ""
     }
 
     private func vcpu(_ tid: Int32) -> Int? {
         if let v = vcpuOfThread[tid] { return v }
-        let v = Self.vcpuIndex(threadName: threadName(tid))
+        let v = HostProcess.vcpuIndex(threadName: threadName(tid))
         if let v { vcpuOfThread[tid] = v }
         return v
     }
@@ -75,7 +54,7 @@ public final class TraceSource: VMSource {
         if !started && !faultsOnly {
             started = true
             var vm = VMInfo()
-            vm.name = Self.processName(pid: session.pid)
+            vm.name = HostProcess.name(pid: session.pid)
             vm.pid = Int(session.pid)
             vm.engine = "-"
             vm.policy = "-"
@@ -136,7 +115,7 @@ public final class TraceSource: VMSource {
                 next += 1
             }
             for tid in session.threads.sorted() {
-                guard let index = vcpu(tid), exitCounts[tid] != nil || Self.vcpuIndex(threadName: threadName(tid)) != nil else { continue }
+                guard let index = vcpu(tid), exitCounts[tid] != nil || HostProcess.vcpuIndex(threadName: threadName(tid)) != nil else { continue }
                 let counts = (exitCounts[tid] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
                 var row = VCPURow(index: index, threadID: Int(tid), state: .unknown("traced"), lastExit: lastExit[tid] ?? "-",
                                   exitCounts: counts)
@@ -193,12 +172,6 @@ public final class TraceSource: VMSource {
     public var recordingSocket: Result<String, SourceRefusal> {
         .failure(SourceRefusal("a trace-only view has no control socket to record; vmscope trace PID --json writes the events"))
     }
-}
-
-/// How vCPU threads are named.
-public enum VCPUThreadName {
-    /// vmscope's VMM (`VCPURunner.threadNamePrefix`).
-    public static let vmscope = "vmscope/vcpu "
 }
 
 /// A control socket with KVM's tracepoints beside it: the socket's source for everything it offers, and, when the

@@ -1,0 +1,48 @@
+import Foundation
+
+/// What /proc says of a process and its threads, as people name them.
+public enum HostProcess {
+    /// The vCPU index a thread's name gives: QEMU's "CPU N/KVM", vmscope's "vmscope/vcpu N".
+    public static func vcpuIndex(threadName: String) -> Int? {
+        let name = threadName.trimmingCharacters(in: .whitespacesAndNewlines)
+        if name.hasPrefix("CPU "), name.hasSuffix("/KVM") { return Int(name.dropFirst(4).dropLast(4)) }
+        if name.hasPrefix(VCPUThreadName.vmscope) { return Int(name.dropFirst(VCPUThreadName.vmscope.count)) }
+        return nil
+    }
+
+    /// A process's name as people know it: QEMU's `-name` (guest=NAME or NAME), else its command.
+    public static func name(pid: Int32) -> String {
+        let raw = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        if let i = args.firstIndex(of: "-name"), i + 1 < args.count {
+            let v = args[i + 1]
+            let guest = v.split(separator: ",").first { $0.hasPrefix("guest=") }.map { String($0.dropFirst(6)) }
+            return guest ?? String(v.split(separator: ",").first ?? "")
+        }
+        let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return comm ?? (args.first ?? "pid \(pid)")
+    }
+}
+
+/// How vCPU threads are named.
+public enum VCPUThreadName {
+    /// vmscope's VMM (`VCPURunner.threadNamePrefix`).
+    public static let vmscope = "vmscope/vcpu "
+}
+
+extension HostVMs {
+    /// The control socket a VMM process was started with, from its command line: vmscope's `--socket PATH`, QEMU's
+    /// `-qmp unix:PATH[,...]`; nil when there is none to find.
+    public static func controlSocket(pid: Int32) -> String? {
+        guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
+        let args = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+        for (i, a) in args.enumerated() where i + 1 < args.count {
+            if a == "--socket" { return args[i + 1] }
+            if a == "-qmp", args[i + 1].hasPrefix("unix:") {
+                return String(args[i + 1].dropFirst(5).split(separator: ",").first ?? "")
+            }
+        }
+        if let s = args.first(where: { $0.hasPrefix("--socket=") }) { return String(s.dropFirst(9)) }
+        return nil
+    }
+}
