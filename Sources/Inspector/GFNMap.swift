@@ -67,8 +67,10 @@ public enum GFNMap {
                 while k < runs.count && runs[k].end / 4096 <= a { k += 1 }
                 var j = k
                 while j < runs.count && runs[j].gpa / 4096 < b {
-                    let overlap = min(b, runs[j].end / 4096) - max(a, runs[j].gpa / 4096)
-                    if runs[j].isPrivate { p += overlap } else { s += overlap }
+                    // Runs are normalised by the model (sorted, not overlapping); a caller's that are not cannot trap.
+                    let hi = min(b, runs[j].end / 4096), lo = max(a, runs[j].gpa / 4096)
+                    let overlap = hi > lo ? hi - lo : 0
+                    if runs[j].isPrivate { p = p.saturatingAdd(overlap) } else { s = s.saturatingAdd(overlap) }
                     j += 1
                 }
             }
@@ -78,7 +80,8 @@ public enum GFNMap {
                 while kb < backed.count && backed[kb].upperBound <= a { kb += 1 }
                 var j = kb
                 while j < backed.count && backed[j].lowerBound < hi {
-                    u += min(hi, backed[j].upperBound) - max(a, backed[j].lowerBound)
+                    let top = min(hi, backed[j].upperBound), bottom = max(a, backed[j].lowerBound)
+                    u = u.saturatingAdd(top > bottom ? top - bottom : 0)
                     j += 1
                 }
             }

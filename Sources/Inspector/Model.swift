@@ -174,6 +174,8 @@ public struct InspectorModel: Sendable {
     public var vm = VMInfo()
     public var memslots: [MemslotRow] = []
     public var runs: [RunRow] = []
+    /// Why the runs shown differ from the peer's (they came unsorted or overlapping), or nil.
+    public var runsRepaired: String?
     public var vcpus: [VCPURow] = []
     /// The vCPUs as of the previous refresh (changed values are highlighted, exit rates computed).
     public var previousVCPUs: [VCPURow] = []
@@ -246,9 +248,38 @@ public struct InspectorModel: Sendable {
     public mutating func apply(memslots j: JSON) { apply(memslots: MemslotList(json: j)) }
 
     public mutating func apply(attributes a: AttributeRuns) {
-        runs = a.runs
+        (runs, runsRepaired) = Self.normalised(a.runs)
         countPages()
         attributesStale = false
+    }
+
+    /// A peer's (or a file's) runs as every view needs them: sorted by address, none empty, none overlapping (a
+    /// later run is clipped to where the one before it ends, or dropped), with what was done in words; nil when
+    /// they were already so. O(n log n) only when they were not sorted.
+    public static func normalised(_ input: [AttributeRun]) -> ([AttributeRun], String?) {
+        var sorted = true, prevEnd: UInt64 = 0
+        for (i, r) in input.enumerated() {
+            if r.size == 0 || (i > 0 && r.gpa < prevEnd) { sorted = false; break }
+            prevEnd = r.end
+        }
+        if sorted { return (input, nil) }
+        var unsorted = 0, empty = 0, clipped = 0
+        for i in input.indices.dropFirst() where input[i].gpa < input[i - 1].gpa { unsorted += 1 }
+        var out: [AttributeRun] = []
+        out.reserveCapacity(input.count)
+        for r in input.sorted(by: { $0.gpa < $1.gpa }) {
+            guard r.size > 0 else { empty += 1; continue }
+            var r = r
+            if let last = out.last, r.gpa < last.end {
+                clipped += 1
+                guard r.end > last.end else { continue }
+                r = AttributeRun(gpa: last.end, size: r.end - last.end, isPrivate: r.isPrivate)
+            }
+            out.append(r)
+        }
+        let what = [unsorted > 0 ? "\(unsorted) out of order" : nil, clipped > 0 ? "\(clipped) overlapping" : nil,
+                    empty > 0 ? "\(empty) empty" : nil].compactMap { $0 }.joined(separator: ", ")
+        return (out, "attribute runs from the peer repaired (\(what)): sorted, overlaps clipped")
     }
     public mutating func apply(attributes j: JSON) { apply(attributes: AttributeRuns(json: j)) }
 

@@ -32,8 +32,11 @@ public struct Renderer {
     }
 
     /// A heat map's note, wrapped to the pane's inner `width` (at most 2 lines; none when the map has attributes).
+    /// A map whose runs the model had to repair says so there instead.
     public static func heatNote(_ m: InspectorModel, width: Int) -> [String] {
-        guard let note = m.heatMapNote else { return [] }
+        guard let note = m.heatMapNote else {
+            return m.runsRepaired.map { Array(wrapped($0, width).prefix(2)) } ?? []
+        }
         return Array(wrapped("heat map of KVM's traced accesses · " + note, width).prefix(2))
     }
 

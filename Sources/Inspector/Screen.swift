@@ -1,3 +1,4 @@
+import Schema
 /// What a cell means; themes turn roles into colours and attributes.
 public enum Role: String, Sendable, CaseIterable, Codable {
     case normal, title, focusedTitle = "focused-title", border, header, dim, highlight, changed
@@ -40,7 +41,8 @@ public struct Screen: Sendable, Equatable {
     public mutating func put(_ text: String, x: Int, y: Int, role: Role = .normal, limit: Int = .max) {
         guard y >= 0 && y < height else { return }
         var cx = x
-        for ch in text {
+        // A peer's text never acts on the terminal, nor cuts a line or a box edge: control characters are shown.
+        for ch in terminalSafe(text) {
             if cx - x >= limit || cx >= width { break }
             if cx >= 0 { cells[y * width + cx] = Cell(ch, role) }
             cx += 1

@@ -80,7 +80,7 @@ struct TraceCommand: ParsableCommand {
                     count += batch.count
                     if outputClosed { throw TraceError("standard output closed") }
                 }
-                print("vmscope trace: \(count) records of kernel \(reader.kernel) decoded from \(loadRaw)"
+                print("vmscope trace: \(count) records of kernel \(terminalSafe(reader.kernel)) decoded from \(loadRaw)"
                       + (reader.cutShort ? "; it ends inside line \(reader.line) (its writer was cut short: a full disk, a kill), which is left out" : ""),
                       to: &err)
             } catch {
@@ -148,7 +148,8 @@ extension TraceEvent {
             return "\(k)=\(text)"
         }
         let name = members.first?.1.stringValue ?? "?"
-        return String(format: "%.6f", Double(timeNs) / 1e9) + " tid \(tid) cpu \(cpu) \(name) " + fields.joined(separator: " ")
+        // Names and strings come from the kernel's formats or a raw file's header: shown, never acted on.
+        return terminalSafe(String(format: "%.6f", Double(timeNs) / 1e9) + " tid \(tid) cpu \(cpu) \(name) " + fields.joined(separator: " "))
     }
 }
 

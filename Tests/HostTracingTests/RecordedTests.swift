@@ -138,6 +138,11 @@ import Testing
         ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{}}\n{\"cpu\":-1,\"time-ns\":1,\"data\":\"AA==\"}", "line 2"),
         ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{}}\n{\"cpu\":0,\"time-ns\":1,\"data\":\"!!\"}", "line 2"),
         ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{}}\nnope", "line 2: not JSON"),
+        // Two events with one id (issue 28, class 8): refused by name, never decoded one way or the other.
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{\"kvm_mmio\":{\"id\":7,\"fields\":{}},\"kvm_exit\":{\"id\":7,\"fields\":{}}}}",
+         "events kvm_mmio and kvm_exit both have id 7"),
+        ("{\"format\":\"vmscope-raw-trace\",\"version\":1,\"header\":{\"type\":[0,2],\"pid\":[4,4]},\"events\":{\"kvm_mmio\":{\"id\":7,\"fields\":{}},\"kvm_mmio\":{\"id\":8,\"fields\":{}}}}",
+         "duplicate member \"kvm_mmio\""),
     ])
     func damagedFilesAreRefusedByLineAndReason(text: String, says: String) {
         #expect { try RawTraceRecording(text: text) } throws: { "\($0)".contains(says) }
