@@ -74,6 +74,13 @@ public final class UnixListener: @unchecked Sendable {
         }
     }
 
+    /// Whether `path` is a socket nobody listens on (true), one somebody serves (false), or no socket (nil).
+    public static func isStale(path: String) -> Bool? {
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, var addr = try? makeAddress(path) else { return nil }
+        return probe(&addr) == ECONNREFUSED
+    }
+
     public init(path: String) throws(SocketError) {
         self.path = path
         var addr = try makeAddress(path)

@@ -145,6 +145,8 @@ struct DemoCommand: ParsableCommand {
             print("vmscope demo --lab: \(why)", to: &err)
             throw ExitCode(2)
         }
+        // Demos killed outright (SIGKILL) leave their directory; the next demo removes them.
+        removeAbandonedDemoDirectories()
         // A private directory for the socket and the VMM's log.
         var template = Array((NSTemporaryDirectory() + "vmscope-demo-XXXXXX").utf8CString)
         guard let dirPointer = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -162,6 +164,7 @@ struct DemoCommand: ParsableCommand {
         // In the lab, `vmscope lab run` boots it and serves its socket here; stopping that stops the lab.
         vmm.arguments = [lab ? "lab" : "vmm", lab ? "run" : "", "--socket", socket, "--vcpus", String(vcpus), "--ram", ram,
                          "--name", "demo", "--allow-mutations", "--allow-fault-injection"].filter { !$0.isEmpty }
+            + (lab ? [] : ["--exit-with-parent", String(getpid())])
         if lab { print("vmscope demo --lab: booting the lab (QEMU TCG, Linux 6.12 with KVM_X86_SW_PROTECTED_VM): a few seconds", to: &err) }
         vmm.standardOutput = FileHandle.nullDevice
         vmm.standardError = FileHandle(forWritingAtPath: logPath)
@@ -184,5 +187,18 @@ struct DemoCommand: ParsableCommand {
         // Other tools (vmscope ctl, snapshot, record) can use the demo's VM while it runs: say where it is.
         try options.inspect(socket: socket, note: "demo VM socket: \(socket) (for vmscope ctl, snapshot, record)"
                                 + (lab ? "; lab console: vmscope lab's log in \(logPath)" : ""))
+    }
+}
+
+/// `vmscope-demo-*` directories of this user that no demo uses any more: their VMM's socket is stale (nobody
+/// listens) or gone, and the directory is over a minute old (a demo starting now has not made its socket yet).
+func removeAbandonedDemoDirectories() {
+    let tmp = NSTemporaryDirectory()
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? [] where name.hasPrefix("vmscope-demo-") {
+        let dir = tmp + (tmp.hasSuffix("/") ? "" : "/") + name
+        var st = stat()
+        guard lstat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == getuid(),
+              time(nil) - st.st_mtim.tv_sec > 60 else { continue }
+        if UnixListener.isStale(path: dir + "/vm.sock") ?? true { try? FileManager.default.removeItem(atPath: dir) }
     }
 }

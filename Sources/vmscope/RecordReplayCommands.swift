@@ -34,8 +34,12 @@ struct RecordCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "The file to write (conventionally .jsonl.gz).") var output: String
     @Option(help: "Stop after this long, e.g. 30s, 5m (default: until Ctrl-C).") var duration: String?
     @Option(help: "How many of the newest fault records the opening snapshot holds.") var faults = 256
+    @Flag(help: "Replace --output if it exists (without it an existing file is refused, never overwritten).") var force = false
 
     func validate() throws {
+        if !force, FileManager.default.fileExists(atPath: output) {
+            throw ValidationError("--output \(output) exists: give another file, or --force to replace it")
+        }
         if let duration, parseDuration(duration) == nil {
             throw ValidationError("--duration '\(duration)' is not a duration from 0 to a year (e.g. 30, 30s, 5m, 1h)")
         }

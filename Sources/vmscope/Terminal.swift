@@ -24,6 +24,8 @@ final class Terminal {
         noecho()
         nonl()
         keypad(cnc_stdscr(), true)
+        // Esc acts in 25 ms, not ncurses' default second (a user's ESCDELAY stands).
+        if ProcessInfo.processInfo.environment["ESCDELAY"] == nil { set_escdelay(25) }
         timeout(50)
         curs_set(0)
         // NO_COLOR (no-color.org): present and not empty.

@@ -1,3 +1,4 @@
+import CKVM
 import ArgumentParser
 import ControlProtocol
 import ControlServer
@@ -27,6 +28,17 @@ struct ByteSize: ExpressibleByArgument {
         guard !overflow, v > 0 else { return nil }
         bytes = v
     }
+
+    /// As a user types it: the largest unit that divides it (`256M`, `1T`, `4097`).
+    var text: String {
+        for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] where bytes % (UInt64(1) << UInt64(shift)) == 0 {
+            return "\(bytes >> UInt64(shift))\(unit)"
+        }
+        return "\(bytes)"
+    }
+
+    /// `--help`'s default, as typed (it printed `ByteSize(bytes: 268435456)`).
+    var defaultValueDescription: String { text }
 }
 
 /// `vmscope vmm`: the reference VMM on real KVM.
@@ -79,7 +91,15 @@ struct VMMCommand: ParsableCommand {
         }
     }
 
+    @Option(help: .hidden) var exitWithParent: Int32?
+
     func run() throws {
+        // Started by `vmscope demo`: SIGTERM (a clean stop, socket removed) when the demo's process goes, however
+        // it went; a parent already gone by now is the same.
+        if let parent = exitWithParent {
+            _ = ckvm_parent_death_signal(SIGTERM)
+            if getppid() != parent { kill(getpid(), SIGTERM) }
+        }
         // A log reader that went away (`vmscope vmm ... 2>&1 | head`, a dead collector) must not kill the VMM and
         // its guest: writes to it fail with EPIPE instead, and logging goes on where it can.
         signal(SIGPIPE, SIG_IGN)

@@ -15,9 +15,16 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 
 static inline int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg) {
     return ioctl(fd, request, arg);
+}
+
+/// prctl(PR_SET_PDEATHSIG, sig), variadic like ioctl: the signal this process gets when its parent dies (a demo's
+/// VMM ends with the demo, even a SIGKILLed one).
+static inline int ckvm_parent_death_signal(int sig) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);
 }
 
 static inline int ckvm_ioctl_val(int fd, unsigned long request, unsigned long arg) {
