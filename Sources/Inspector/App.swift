@@ -128,6 +128,8 @@ public struct InspectorUI: Sendable {
     public var memslotSort = MemslotSort.slot
     public var vcpuCursor = 0
     public var overlay: Overlay?
+    /// The help's first line shown (it scrolls: a small terminal holds only part of it).
+    public var helpScroll = 0
     /// A line being typed after `:` or `/`.
     public var prompt: (kind: Character, text: String)?
     public var status: (text: String, isError: Bool)?
@@ -249,7 +251,11 @@ public struct InspectorUI: Sendable {
         KeyBinding(keys: [.char("t")], label: "t", help: "next colour theme", mutates: false) { ui in
             ui.themeIndex = (ui.themeIndex + 1) % max(1, ui.themeNames.count)
             ui.status = ("theme \(ui.themeName)", false); return [] },
-        KeyBinding(keys: [.char("?")], label: "?", help: "this help", mutates: false) { ui in ui.overlay = .help; return [] },
+        KeyBinding(keys: [.char("?")], label: "?", help: "this help (j/k, PgUp/PgDn scroll; q or Esc closes)", mutates: false) { ui in
+            ui.overlay = .help
+            ui.helpScroll = 0
+            return []
+        },
         KeyBinding(keys: [.char("q")], label: "q", help: "quit", mutates: false) { _ in [.quit] },
     ]
 
@@ -287,7 +293,20 @@ public struct InspectorUI: Sendable {
 
     private mutating func handleOverlay(_ key: Key, _ o: Overlay) -> [Effect] {
         switch o {
-        case .help, .hexDump:
+        case .help:
+            // It scrolls, and closes only with q, Esc, Enter or ? (a key looked up must not close it).
+            let last = max(0, Self.bindings.count - 1)
+            switch key {
+            case .down, .char("j"): helpScroll = min(last, helpScroll + 1)
+            case .up, .char("k"): helpScroll = max(0, helpScroll - 1)
+            case .pageDown, .char(" "): helpScroll = min(last, helpScroll + 10)
+            case .pageUp: helpScroll = max(0, helpScroll - 10)
+            case .home, .char("g"): helpScroll = 0
+            case .end, .char("G"): helpScroll = last
+            case .char("q"), .escape, .enter, .char("?"): overlay = nil
+            default: break
+            }
+        case .hexDump:
             overlay = nil
         case .confirm(_, let effect):
             overlay = nil

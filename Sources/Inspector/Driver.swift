@@ -33,11 +33,11 @@ public final class InspectorDriver {
             let taken = worker.take(after: workerGeneration)
             workerGeneration = taken.generation
             if let m = taken.model { model = m; dirty = true }
-            for n in taken.notices { ui.status = n; dirty = true }
+            for n in taken.notices { notify(n) }
             for r in taken.results { apply(r); dirty = true }
         } else {
             if source.poll(&model, nowNs: nowNs) { dirty = true }
-            if let n = source.takeNotice() { ui.status = n; dirty = true }
+            if let n = source.takeNotice() { notify(n) }
         }
         ui.replay = source.timeline
         ui.fit(model, width: width, height: height)
@@ -53,6 +53,13 @@ public final class InspectorDriver {
         dirty = false
         lastPaint = nowNs
         return renderer.render(model, ui, width: width, height: height)
+    }
+
+    /// A source's own message on the status line; a note does not cover an error already there (a bad theme).
+    private func notify(_ n: (text: String, isError: Bool)) {
+        guard n.isError || ui.status?.isError != true else { return }
+        ui.status = n
+        dirty = true
     }
 
     /// Marks the next frame due (after the caller changed the UI state).

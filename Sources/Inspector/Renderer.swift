@@ -104,12 +104,24 @@ public struct Renderer {
             let secs = (nowNs &- rec.startedNs) / 1_000_000_000
             parts.insert("● REC \(secs / 60):\(secs % 60 < 10 ? "0" : "")\(secs % 60) \(rec.file.split(separator: "/").last.map(String.init) ?? rec.file)", at: 0)
         }
+        // A rate from before the connection broke is not the VM's: it goes while disconnected.
+        if case .disconnected = m.connection { parts.removeAll { $0.hasSuffix(" ev/s") } }
+        // Connection state, policy and mode are never left off: one that does not fit whole is cut to the width.
+        let essential: Set<String> = [conn, "policy \(m.vm.policy)", "READ-ONLY", "no mutations"]
         var line = " vmscope"
-        for p in parts where line.count + 3 + p.count <= s.width { line += " │ " + p }
+        for p in parts {
+            if line.count + 3 + p.count <= s.width {
+                line += " │ " + p
+            } else if essential.contains(p) {
+                let room = s.width - line.count - 3
+                if room >= 6 { line += " │ " + p.prefix(room - 1) + "…" }
+                break
+            }
+        }
         s.put(line, x: 0, y: 0, role: .statusBar)
-        if case .disconnected = m.connection, let r = line.range(of: conn) {
+        if case .disconnected = m.connection, let r = line.range(of: "disconnected") {
             let start = line.distance(from: line.startIndex, to: r.lowerBound)
-            s.put(conn, x: start, y: 0, role: .statusError)
+            s.put(String(line[r.lowerBound...].prefix { $0 != "│" }), x: start, y: 0, role: .statusError)
         }
         if dropped > 0, let r = line.range(of: "dropped \(dropped)") {
             s.put("dropped \(dropped)", x: line.distance(from: line.startIndex, to: r.lowerBound), y: 0, role: .warning)
@@ -494,7 +506,14 @@ public struct Renderer {
             let lines = InspectorUI.bindings.map { b in
                 "\(Fmt.pad(b.label, 7)) \(b.help)" + (b.mutates && ui.readOnly ? " (disabled: read-only)" : "")
             }
-            dialog(&s, title: "Keys (any key closes)", lines: lines)
+            // As many lines as fit, from the scroll position (clamped so the last page stays full).
+            let visible = max(1, min(s.height - 2, lines.count + 2) - 2)
+            let first = max(0, min(ui.helpScroll, lines.count - visible))
+            let shown = Array(lines[first..<min(lines.count, first + visible)])
+            let title = lines.count > visible
+                ? "Keys \(first + 1)-\(first + shown.count) of \(lines.count) (j/k PgUp/PgDn scroll, q closes)"
+                : "Keys (q or Esc closes)"
+            dialog(&s, title: title, lines: shown)
         case .confirm(let prompt, _):
             dialog(&s, title: "Confirm", lines: [prompt])
         case .injectMenu(let sel):

@@ -201,8 +201,11 @@ public final class TracedSocketSource: VMSource {
             } catch {
                 if socket.isQEMU {
                     model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
+                } else {
+                    // vmscope's VMM: its own records stand alone (rows show one source); the status line says why
+                    // they are not corroborated (libtracefs missing, not root), once.
+                    notice = ("no tracepoint corroboration: \(error)", false)
                 }
-                // vmscope's VMM: its own records stand alone (rows show one source).
             }
             changed = true
         }
@@ -222,7 +225,11 @@ public final class TracedSocketSource: VMSource {
     public func perform(_ action: InspectorAction, model: inout InspectorModel) throws -> ActionOutcome {
         try socket.perform(action, model: &model)
     }
-    public func takeNotice() -> (text: String, isError: Bool)? { socket.takeNotice() }
+    public func takeNotice() -> (text: String, isError: Bool)? {
+        if let n = socket.takeNotice() { return n }
+        defer { notice = nil }
+        return notice
+    }
     public var recordingSocket: Result<String, SourceRefusal> { socket.recordingSocket }
 
     public func close() { trace?.session.close() }

@@ -12,3 +12,15 @@ public func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// Why kernel tracing cannot run in these tests, or nil: vmscope loads libtracefs and libtraceevent at run time
+/// (Debian's libtracefs1, libtraceevent1; `.ci/run` installs them), and a machine without them skips the tests that
+/// trace, printing this.
+public let tracingLibrariesMissing: String? = {
+    for lib in ["libtraceevent.so.1", "libtracefs.so.1"] where dlopen(lib, RTLD_NOW | RTLD_GLOBAL) == nil {
+        let why = "\(lib) is not installed (apt-get install libtracefs1 libtraceevent1): tracing tests are skipped"
+        print(why)
+        return why
+    }
+    return nil
+}()

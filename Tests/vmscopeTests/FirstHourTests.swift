@@ -39,3 +39,32 @@ import Testing
         #expect(eventuallyTrue(5) { kill(vmm, 0) != 0 }, "the VMM \(vmm) outlived its SIGKILLed demo")
     }
 }
+
+extension FirstHourTests {
+    /// Help at 80×24 (issue 27, item 3): it used to end at `/` and close on any key, so `:`, `x`, `S`, `R` and `q`
+    /// could not be found. It scrolls to its end, and only q/Esc/Enter/? close it.
+    @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
+    func helpAt80x24ScrollsToItsEndAndClosesOnlyWhenAsked() throws {
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 80, height: 24)
+        defer { t.kill() }
+        _ = t.waitFor(20) { (number(after: "faults", in: $0) ?? 0) > 0 }
+        t.keys("?")
+        var screen = t.waitFor(3) { $0.contains("Keys 1-") }
+        #expect(screen.contains("Keys 1-") && screen.contains("q closes"), "the help says it scrolls:\n\(screen)")
+        t.keys("x")   // a key the help does not use: it stays open
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(t.capture().contains("Keys 1-"), "x closed the help")
+        t.keys("G")
+        screen = t.waitFor(3) { $0.contains("quit") }
+        #expect(screen.contains("quit"), "the last lines (q quits) are reachable:\n\(screen)")
+        t.keys("k", "k", "PageUp")
+        t.keys("q")
+        screen = t.waitFor(3) { !$0.contains("Keys ") }
+        #expect(!screen.contains("Keys "), "q closes the help:\n\(screen)")
+        #expect(!screen.contains("VMSCOPE-EXIT"), "q closed the help, not the inspector")
+        t.keys("q")
+        screen = t.waitFor(5) { $0.contains("VMSCOPE-EXIT=") }
+        #expect(screen.contains("VMSCOPE-EXIT=0"))
+    }
+}

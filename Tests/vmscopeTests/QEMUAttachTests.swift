@@ -3,6 +3,7 @@ import Foundation
 import Inspector
 import ProcessSupport
 import Testing
+import TestSupport
 
 /// Two QEMU machines unlike each other in type, vCPUs, memory and devices (the second has RAM above 4 GiB
 /// and a pc-dimm on a hot-pluggable memory slot).
@@ -157,7 +158,13 @@ struct QEMUTUITests {
         #expect(screen.contains("QEMU 7.") || screen.contains("QEMU "), "\(screen)")
         // No attributes from QEMU: the map is the heat of KVM's traced accesses, QEMU's reason above it.
         #expect(screen.contains("no guest_memfd") && screen.contains("private/shared map unavailable"), "\(screen)")
-        #expect(screen.contains("heat map of KVM's traced accesses") && screen.contains("KVM-mapped RAM"), "\(screen)")
+        if let why = tracingLibrariesMissing {
+            // Without libtracefs the pane says why there are no traced rows (issue 27: one line naming the package).
+            print("QEMUAttachTests: the traced heat map is not checked: \(why)")
+            #expect(screen.contains("tracing needs libtracefs"), "\(screen)")
+        } else {
+            #expect(screen.contains("heat map of KVM's traced accesses") && screen.contains("KVM-mapped RAM"), "\(screen)")
+        }
         // The machine and target in the status bar; each vCPU's host thread, as query-cpus-fast names it.
         #expect(screen.contains("pc-i440fx-") && screen.contains("(pc) x86_64 pid \(qemu.process.pid)"), "\(screen)")
         for c in try #require(try checker.execute("query-cpus-fast").arrayValue) {
@@ -237,8 +244,10 @@ struct QEMUTUITests {
         #expect(screen.contains(restarted) && screen.contains("pid \(again.process.pid)"), "\(screen)")
         // The new QEMU is traced in turn: its faults pane and heat map again, not QEMU's reasons for their absence.
         t.keys("1")
-        screen = t.waitFor(10) { $0.contains("heat map of KVM's traced accesses") && !$0.contains("fault stream unavailable") }
-        #expect(screen.contains("heat map of KVM's traced accesses") && !screen.contains("fault stream unavailable"), "\(screen)")
+        if tracingLibrariesMissing == nil {
+            screen = t.waitFor(10) { $0.contains("heat map of KVM's traced accesses") && !$0.contains("fault stream unavailable") }
+            #expect(screen.contains("heat map of KVM's traced accesses") && !screen.contains("fault stream unavailable"), "\(screen)")
+        }
 
         t.keys("q")
         #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))

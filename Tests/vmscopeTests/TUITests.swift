@@ -74,7 +74,7 @@ struct TUITests {
 
         // Help, then quit with status 0 and the shell back.
         t.keys("?")
-        screen = t.waitFor(3) { $0.contains("Keys (any key closes)") }
+        screen = t.waitFor(3) { $0.contains("Keys (") }
         #expect(screen.contains("convert the selection to shared"))
         t.keys("Escape")
         t.keys("q")
@@ -91,14 +91,18 @@ struct TUITests {
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo --theme \(theme); echo VMSCOPE-EXIT=$?; ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l | sed 's/^/DEMO-DIRS=/'; sleep 60")
         let screen = t.waitFor(15) { $0.contains("2 Faults") && $0.contains("using theme default") }
         #expect(screen.contains("\(theme):4:") && screen.contains("using theme default"), "\(screen)")
-        let dirsBefore = try runProcess("/bin/sh", ["-c", "ls -d /tmp/vmscope-demo-* 2>/dev/null | wc -l"]).stdout
+        // This demo's own directory, from its process's command line (other demos, running beside this test or
+        // cleaning up abandoned directories, change a count of them).
+        let demo = try #require(t.pid.flatMap { childPid(of: $0) })
+        let vmmArgs = (childPid(of: demo).flatMap { readCmdline($0) }) ?? []
+        let dir = try #require(vmmArgs.firstIndex(of: "--socket").map { URL(fileURLWithPath: vmmArgs[$0 + 1]).deletingLastPathComponent().path },
+                               "the demo's socket: \(vmmArgs)")
+        #expect(FileManager.default.fileExists(atPath: dir))
         t.keys("C-c")
         let after = t.waitFor(10) { $0.contains("DEMO-DIRS=") }
         #expect(after.contains("VMSCOPE-EXIT=130"), "\(after)")
         #expect(!after.contains("1 GFN map"), "the terminal was restored")
-        let dirsAfter = Int(after.components(separatedBy: "DEMO-DIRS=").last?.prefix { $0.isNumber } ?? "") ?? -1
-        #expect(dirsAfter == (Int(dirsBefore.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) - 1,
-                "the demo's private directory is removed")
+        #expect(!FileManager.default.fileExists(atPath: dir), "the demo's private directory \(dir) is removed")
     }
 
     @Test func resizingRedrawsAndTooSmallSaysSo() throws {
@@ -146,4 +150,10 @@ struct AttachErrorTests {
         #expect(r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
         #expect(r.stderr.contains("cannot attach"), "\(r.stderr)")
     }
+}
+
+/// A process's arguments (/proc/PID/cmdline).
+func readCmdline(_ pid: Int32) -> [String]? {
+    guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+    return d.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
 }

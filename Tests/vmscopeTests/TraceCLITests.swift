@@ -3,10 +3,15 @@ import ProcessSupport
 import Foundation
 import Synchronization
 import Testing
+import TestSupport
 
 let traceAvailable: Bool = {
     guard getuid() == 0, FileManager.default.fileExists(atPath: "/dev/kvm") else {
         print("TraceCLITests: skipped: needs root and /dev/kvm")
+        return false
+    }
+    if let why = tracingLibrariesMissing {
+        print("TraceCLITests: skipped: \(why)")
         return false
     }
     return true
@@ -14,7 +19,7 @@ let traceAvailable: Bool = {
 
 /// `vmscope trace` and `vmscope top` against real VMs on this machine (root and tracefs; skipped with the reason
 /// where either is missing).
-@Suite(.serialized, .enabled(if: traceAvailable, "tracing needs root and /dev/kvm"))
+@Suite(.serialized, .enabled(if: traceAvailable, "tracing needs root, /dev/kvm, and libtracefs1 and libtraceevent1"))
 struct TraceCLITests {
     /// Resets QEMU through `monitor` and waits for `condition` on the pane, again and again for up to `seconds`.
     /// Each reset gets a few seconds: SeaBIOS touches the local APIC only some way into its run, which under load
