@@ -50,7 +50,7 @@ let package = Package(
         // Prometheus metrics for every KVM VM on the host (`top --metrics`) or one VMM (`vmm --metrics`): the
         // collector (what `top` samples, and `query-metrics` of vmscope VMMs) and the HTTP endpoint.
         .target(name: "Exporter", dependencies: [
-            "HostTracing", "ControlProtocol", "Schema", "ProcessSupport",
+            "HostTracing", "KVM", "ControlProtocol", "Schema", "ProcessSupport",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),

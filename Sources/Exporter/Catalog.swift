@@ -24,6 +24,7 @@ public enum Metric: String, CaseIterable, Sendable {
     case conversionDuration = "vmscope_conversion_duration_seconds"
     case exporterVMs = "vmscope_exporter_vms"
     case exporterCollectionSeconds = "vmscope_exporter_collection_seconds"
+    case seriesRefused = "vmscope_exporter_series_refused_total"
 
     public enum Kind: String, Sendable { case counter, gauge, histogram }
 
@@ -32,7 +33,7 @@ public enum Metric: String, CaseIterable, Sendable {
     public var kind: Kind {
         switch self {
         case .kvmExits, .kvmExitsByReason, .kvmHypercalls, .userspaceExits, .memoryFaultExits, .conversionsRequested,
-             .conversionsDone, .faultInjections, .eventsDropped: .counter
+             .conversionsDone, .faultInjections, .eventsDropped, .seriesRefused: .counter
         case .conversionDuration: .histogram
         default: .gauge
         }
@@ -59,6 +60,7 @@ public enum Metric: String, CaseIterable, Sendable {
         case .conversionDuration: "Time one conversion took in the VMM (attribute change, memslot relayout, discard)."
         case .exporterVMs: "KVM VMs the exporter sees."
         case .exporterCollectionSeconds: "Time the exporter's last collection pass took."
+        case .seriesRefused: "Series a VM's readings would have made that the exporter refused: a name neither KVM nor the protocol defines (a peer inventing exit names, causes, kinds), or one past the per-VM cap."
         }
     }
 }

@@ -28,9 +28,10 @@ public final class MetricsServer: Sendable {
             Response(status: .ok, headers: [.contentType: Self.contentType], body: .init(byteBuffer: ByteBuffer(bytes: store.exposition())))
         }
         router.head("/metrics") { _, _ -> Response in
-            Response(status: .ok, headers: [.contentType: Self.contentType])
+            // HEAD says the length GET's body would have (it said 0).
+            Response(status: .ok, headers: [.contentType: Self.contentType, .contentLength: String(store.exposition().count)])
         }
-        for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
+        for method in [HTTPRequest.Method.post, .put, .delete, .patch, .options, .trace] {
             router.on("/metrics", method: method) { _, _ -> Response in
                 Response(status: .methodNotAllowed, headers: [.allow: "GET, HEAD"])
             }

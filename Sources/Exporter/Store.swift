@@ -1,5 +1,6 @@
 import Foundation
 import HostTracing
+import KVM
 import Prometheus
 import Schema
 import Synchronization
@@ -27,6 +28,22 @@ public final class MetricsStore: Sendable {
         var conversionTimesSeen: UInt64?
         /// Conversion times the VMM's ring let go before the exporter took them, since it first saw the VM.
         var conversionTimesMissed: UInt64 = 0
+        /// Series refused (unknown names, past the cap), and their counter.
+        var refused: UInt64 = 0
+        var refusedCounter: (counter: Counter, last: UInt64)?
+    }
+    /// The most series one VM may have: its readings are a peer's (a vmscope VMM's `query-metrics`), which could
+    /// name a new exit, a thousand vCPUs, every pass. 64 vCPUs of every state and every KVM statistic fit well inside.
+    public static let seriesPerVM = 2048
+
+    /// An exit count's name as KVM or vmscope's VMM give it: a KVM_EXIT name (`IO`, `EXIT_41`), `error`, or a KVM
+    /// name with a short lower-case detail (`IO unassigned port`).
+    public static func isExitName(_ name: String) -> Bool {
+        if name == HostVMs.Stat.errorReason { return true }
+        let head = name.prefix { $0 != " " }
+        guard ExitReason.isKVMName(String(head)) else { return false }
+        let detail = name.dropFirst(head.count)
+        return detail.count <= 32 && detail.allSatisfy { $0 == " " || ("a"..."z").contains($0) }
     }
     private struct State {
         var vms: [Int32: VMSeries] = [:]
@@ -65,6 +82,7 @@ public final class MetricsStore: Sendable {
     }
 
     private func remove(_ series: VMSeries) {
+        if let c = series.refusedCounter { registry.unregisterCounter(c.counter) }
         for (_, c) in series.counters { registry.unregisterCounter(c.counter) }
         for (_, g) in series.gauges { registry.unregisterGauge(g) }
         if let h = series.histogram { registry.unregisterDurationHistogram(h) }
@@ -72,9 +90,11 @@ public final class MetricsStore: Sendable {
 
     private func apply(_ r: VMReading, into v: inout VMSeries) {
         let vm = [("pid", String(r.pid)), ("name", r.name), ("vmm", r.vmm.rawValue)]
+        func full() -> Bool { v.counters.count + v.gauges.count >= Self.seriesPerVM }
         func counter(_ m: Metric, _ value: UInt64, _ extra: [(String, String)] = []) {
             let labels = vm + extra
             let key = SeriesKey(metric: m, labels: labels.flatMap { [$0.0, $0.1] })
+            if v.counters[key] == nil && full() { v.refused &+= 1; return }
             if let (c, last) = v.counters[key] {
                 // A count that went back (its source restarted) starts over from there.
                 if value > last { c.increment(by: Int64(clamping: value - last)) }
@@ -88,6 +108,7 @@ public final class MetricsStore: Sendable {
         func gauge(_ m: Metric, _ value: Double, _ extra: [(String, String)] = []) {
             let labels = vm + extra
             let key = SeriesKey(metric: m, labels: labels.flatMap { [$0.0, $0.1] })
+            if v.gauges[key] == nil && full() { v.refused &+= 1; return }
             let g = v.gauges[key] ?? registry.makeGauge(descriptor: m.descriptor, labels: labels)
             v.gauges[key] = g
             g.set(value)
@@ -100,20 +121,30 @@ public final class MetricsStore: Sendable {
         for (stat, value) in r.kvmStats where stat.hasSuffix(HostVMs.Stat.exitsSuffix) {
             counter(.kvmExitsByReason, value, [("reason", String(stat.dropLast(HostVMs.Stat.exitsSuffix.count)))])
         }
-        for (reason, value) in r.userspaceExits ?? [:] { counter(.userspaceExits, value, [("reason", reason)]) }
+        // Names a peer gives are taken only where KVM or the protocol defines them (a VMM that invents one each pass
+        // would grow the registry without bound); the others are counted as refused.
+        for (reason, value) in r.userspaceExits ?? [:] {
+            guard Self.isExitName(reason) else { v.refused &+= 1; continue }
+            counter(.userspaceExits, value, [("reason", reason)])
+        }
         if let traced = r.tracedMemoryFaults {
             counter(.memoryFaultExits, traced, [("source", FaultSource.trace.rawValue), ("private", "unknown")])
         }
         if let m = r.vmmMetrics {
             for f in m.memoryFaultExits {
+                guard f.source.known != nil else { v.refused &+= 1; continue }
                 counter(.memoryFaultExits, f.count, [("source", f.source.rawValue), ("private", String(f.isPrivate))])
             }
             for c in m.conversions {
+                guard c.cause.known != nil else { v.refused &+= 1; continue }
                 let labels = [("direction", c.toPrivate ? "to-private" : "to-shared"), ("cause", c.cause.rawValue)]
                 counter(.conversionsRequested, c.requested, labels)
                 counter(.conversionsDone, c.done, labels)
             }
-            for (kind, n) in m.injections { counter(.faultInjections, n, [("kind", kind.rawValue)]) }
+            for (kind, n) in m.injections {
+                guard kind.known != nil else { v.refused &+= 1; continue }
+                counter(.faultInjections, n, [("kind", kind.rawValue)])
+            }
             counter(.eventsDropped, m.faultsDropped, [("buffer", "fault-ring")])
             gauge(.privateBytes, Double(m.privateBytes))
             gauge(.sharedBytes, Double(m.sharedBytes))
@@ -133,6 +164,12 @@ public final class MetricsStore: Sendable {
             if v.conversionTimesSeen != nil { v.conversionTimesMissed &+= m.conversionTimes.dropped }
             counter(.eventsDropped, v.conversionTimesMissed, [("buffer", "conversion-times")])
             v.conversionTimesSeen = m.conversionTimes.last
+        }
+        // The refusals' own series, outside the cap, once there is one.
+        if v.refused > 0 {
+            let c = v.refusedCounter?.counter ?? registry.makeCounter(descriptor: Metric.seriesRefused.descriptor, labels: vm)
+            c.increment(by: Int64(clamping: v.refused - (v.refusedCounter?.last ?? 0)))
+            v.refusedCounter = (c, v.refused)
         }
     }
 }

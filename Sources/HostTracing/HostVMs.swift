@@ -44,6 +44,8 @@ public enum HostVMs {
         public static let memoryFaultReason = ExitReason.memoryFault.name
         /// Counted by `top` from tracepoints: exits to userspace (`kvm_userspace_exit`) and `kvm_mmio` events.
         public static let tracedUserspaceExits = "traced_userspace_exits", tracedMMIO = "traced_mmio"
+        /// What a `KVM_RUN` that failed is counted as, beside the exit reasons.
+        public static let errorReason = "error"
     }
 
     /// The statistics `top` shows, among those KVM keeps per VM.

@@ -31,9 +31,9 @@ public enum InspectorAction: Sendable, Equatable {
     /// What the status line calls it.
     public var description: String {
         switch self {
-        case .convert(let gpa, let size, let to): "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(to.rawValue)"
+        case .convert(let gpa, let size, let to): "convert \(Fmt.exactSize(size)) at \(Fmt.hex(gpa)) to \(to.rawValue)"
         case .inject(let kind, let vcpu, let gpa, let size):
-            "inject \(kind.rawValue) into \(kind == .nmi ? "vCPU \(vcpu)" : "\(Fmt.size(size)) at \(Fmt.hex(gpa))")"
+            "inject \(kind.rawValue) into \(kind == .nmi ? "vCPU \(vcpu)" : "\(Fmt.exactSize(size)) at \(Fmt.hex(gpa))")"
         case .vcpu(let index, let action): "\(action.rawValue) vCPU \(index)"
         case .setPolicy(let p): "fault policy \(p.rawValue)"
         case .readMemory(let gpa, _): "read \(Fmt.hex(gpa))"
@@ -382,7 +382,7 @@ public struct InspectorUI: Sendable {
             let lo = min(anchor, cursorGFN), hi = max(anchor, cursorGFN) + span - 1
             selection = lo...min(hi, totalPages - 1)
             selectionAnchor = nil
-            status = ("selected \(Fmt.size((selection!.upperBound - lo + 1) * 4096)) at \(Fmt.hex(lo * 4096))", false)
+            status = ("selected \(Fmt.exactSize((selection!.upperBound - lo + 1) * 4096)) at \(Fmt.hex(lo * 4096))", false)
         } else {
             selectionAnchor = cursorGFN
             selection = nil
@@ -400,7 +400,7 @@ public struct InspectorUI: Sendable {
     mutating func askConvert(toPrivate: Bool) {
         let (gpa, size) = targetRange
         let to: PageAttribute = toPrivate ? .private : .shared
-        overlay = .confirm(prompt: "Convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) to \(to.rawValue)? y/N",
+        overlay = .confirm(prompt: "Convert \(Fmt.exactSize(size)) at \(Fmt.hex(gpa)) to \(to.rawValue)? y/N",
                            effect: .act(.convert(gpa: gpa, size: size, to: to)))
     }
 

@@ -106,6 +106,15 @@ public enum Fmt {
         return "\(bytes)B"
     }
 
+    /// A size never rounded, for what an action will do: the largest unit that divides it (`4352K` for 0x440000,
+    /// which `size` shows as `4.3M`), else bytes.
+    public static func exactSize(_ bytes: UInt64) -> String {
+        for (u, name) in [(UInt64(1) << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] where bytes >= u && bytes % u == 0 {
+            return "\(bytes / u)\(name)"
+        }
+        return "\(bytes)B"
+    }
+
     static func format1(_ v: Double) -> String {
         let tenths = Int((v * 10).rounded())
         return "\(tenths / 10).\(tenths % 10)"

@@ -75,7 +75,7 @@ public final class TraceSource: VMSource {
             let v = vcpu(e.tid)
             switch e.kind {
             case .userspaceExit(let reason, let errno):
-                let name = errno < 0 ? "error" : reason.name
+                let name = errno < 0 ? HostVMs.Stat.errorReason : reason.name
                 exitCounts[e.tid, default: [:]][name, default: 0] += 1
                 lastExit[e.tid] = name
             case .mmio(let type, let len, let gpa, _):

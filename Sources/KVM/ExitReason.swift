@@ -30,4 +30,12 @@ public struct ExitReason: RawRepresentable, Hashable, Sendable, CustomStringConv
     }
 
     public var description: String { name }
+
+    /// Whether `name` is one KVM defines (`IO`, `MEMORY_FAULT`, ...), or a reason by number below 256 (`EXIT_41`):
+    /// what a peer's exit counts may be labelled with (a peer that invents names gets no series for them).
+    public static func isKVMName(_ name: String) -> Bool {
+        if names.contains(name) { return true }
+        guard name.hasPrefix("EXIT_"), let n = UInt32(name.dropFirst(5)) else { return false }
+        return n < 256
+    }
 }

@@ -179,6 +179,14 @@ struct MetricsCLITests {
         #expect(httpGet(port: port, "/").status == 200)
         let post = httpExchange(port: port, Array("POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n".utf8)).response
         #expect(post.hasPrefix("HTTP/1.1 405") || post.hasPrefix("HTTP/1.0 405"), "\(post.prefix(200))")
+        // OPTIONS and TRACE too, as the README promises (they got 404), and HEAD gives GET's length (it gave 0).
+        for method in ["OPTIONS", "TRACE"] {
+            let r = httpExchange(port: port, Array("\(method) /metrics HTTP/1.0\r\n\r\n".utf8)).response
+            #expect(r.hasPrefix("HTTP/1.1 405") || r.hasPrefix("HTTP/1.0 405"), "\(method): \(r.prefix(200))")
+        }
+        let head = httpExchange(port: port, Array("HEAD /metrics HTTP/1.0\r\n\r\n".utf8)).response.lowercased()
+        let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }.flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) }
+        #expect((length ?? 0) > 100, "HEAD's Content-Length: \(head.prefix(300))")
         let huge = httpExchange(port: port, Array("GET /metrics HTTP/1.0\r\nX-Big: \(String(repeating: "a", count: 1 << 20))\r\n\r\n".utf8))
         #expect(huge.response.isEmpty || huge.response.hasPrefix("HTTP/1.1 4") || huge.response.hasPrefix("HTTP/1.0 4"),
                 "a 1 MiB header is refused: \(huge.response.prefix(200))")
