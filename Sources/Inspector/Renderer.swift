@@ -487,7 +487,14 @@ public struct Renderer {
             guard row < r.y + r.height else { break }
             let changed = (oldValue(prev?.stats, st.0) ?? oldValue(prev?.guest, st.0)).map { $0 != st.1 } ?? false
             let role: Role = st.0 == GuestCounter.integrityErrors.rawValue && st.1 > 0 ? .error : (changed ? .changed : .normal)
-            s.put(Fmt.pad("\(st.0) \(st.1)", cellWidth), x: r.x + (i % perRow) * cellWidth, y: row, role: role, limit: r.width - (i % perRow) * cellWidth)
+            // At least one space before the next cell: a long count (insn_emulation 271137871) ran into its
+            // neighbour; one that does not fit is shown in millions or billions instead of cut.
+            var text = "\(st.0) \(st.1)"
+            if text.count > cellWidth - 1 {
+                text = "\(st.0) " + (st.1 >= 1_000_000_000 ? Fmt.format1(Double(st.1) / 1e9) + "G" : Fmt.format1(Double(st.1) / 1e6) + "M")
+            }
+            s.put(Fmt.pad(text, cellWidth), x: r.x + (i % perRow) * cellWidth, y: row, role: role,
+                  limit: min(cellWidth - 1, r.width - (i % perRow) * cellWidth))
         }
         y += (stats.count + perRow - 1) / perRow
         // VM-wide KVM statistics, where the peer reports them (QEMU's query-stats target vm).

@@ -11,6 +11,8 @@ final class InspectorSession {
     var renderer: Renderer
     /// `R`'s recording, while it runs.
     private var recording: BackgroundRecording?
+    /// What to print once the terminal is back (a recording stopped by q or a signal: where its file is).
+    private(set) var exitMessages: [String] = []
 
     /// `background`: the source is polled and acted on off the UI thread (every live source; replay's is a file).
     init(source: any VMSource, themes: ThemeCatalog, themeOrder: [String], ascii: Bool, readOnly: Bool, background: Bool = true) {
@@ -26,7 +28,7 @@ final class InspectorSession {
     }
 
     private func stopRecording() {
-        if let r = recording { _ = r.stop(); recording = nil }
+        if let r = recording { exitMessages.append(r.stop()); recording = nil }
     }
 
     /// The effects the driver leaves to the host; false to quit.

@@ -243,8 +243,12 @@ struct TopCommand: ParsableCommand {
         let source: any VMSource
         var session: TraceSession?
         var what: String
+        var traced: TracedSocketSource?
         if let socket = HostVMs.controlSocket(pid: pid), let client = try? ControlClient(path: socket, timeoutMs: 1000, decodeFaults: true) {
-            source = SocketSource(path: socket, client: client)
+            // The same view as `attach SOCKET`: a QEMU's faults pane and heat map from its tracepoints, a vmscope
+            // VMM's rows corroborated by them (it showed "fault stream unavailable" for a QEMU).
+            traced = TracedSocketSource(socket: SocketSource(path: socket, client: client))
+            source = traced!
             what = socket
         } else {
             do { session = try TraceSession(pid: pid) } catch { return ("cannot trace \(pid): \(error)", true) }
@@ -256,8 +260,9 @@ struct TopCommand: ParsableCommand {
                                          readOnly: options.readOnly)
         inspector.ui.status = ("attached to \(what); q comes back to top", false)
         inspector.run(terminal: terminal)
-        (source as? SocketSource)?.close()
-        return ("back from \(what)", false)
+        traced?.socket.close()
+        traced?.close()
+        return ((["back from \(what)"] + inspector.exitMessages).joined(separator: "; "), false)
     }
 
     /// `--metrics`: every VM's series, collected every `interval`, served until SIGINT or SIGTERM.
