@@ -176,6 +176,9 @@ public struct InspectorModel: Sendable {
     public var runs: [RunRow] = []
     /// Why the runs shown differ from the peer's (they came unsorted or overlapping), or nil.
     public var runsRepaired: String?
+    /// vCPUs the peer listed past `maxVCPUs` (x86 KVM's KVM_MAX_VCPUS), left out of the views.
+    public var vcpusLeftOut = 0
+    public static let maxVCPUs = 4096
     public var vcpus: [VCPURow] = []
     /// The vCPUs as of the previous refresh (changed values are highlighted, exit rates computed).
     public var previousVCPUs: [VCPURow] = []
@@ -291,7 +294,10 @@ public struct InspectorModel: Sendable {
     /// New vCPU rows; the old ones become `previousVCPUs` (changes highlighted, rates computed over `intervalNs`).
     public mutating func apply(vcpus rows: [VCPURow], intervalNs: UInt64) {
         previousVCPUs = vcpus
-        vcpus = rows
+        // A peer or a file may claim any number of vCPUs (40,000 took replay --dump-at --text to 1.7 GB): the
+        // views take KVM's own limit and say how many were left out.
+        vcpus = rows.count > Self.maxVCPUs ? Array(rows.prefix(Self.maxVCPUs)) : rows
+        vcpusLeftOut = rows.count - vcpus.count
         vcpuRefreshIntervalNs = intervalNs
     }
 

@@ -143,11 +143,20 @@ public struct Recording: Sendable {
         do { headerJSON = try JSON.parse(bytes: &firstLine) } catch { throw .format("the header line is not JSON: \(error)") }
         var recording = Recording(header: try Header(headerJSON), entries: [], damage: nil)
         var lastT: UInt64 = 0
+        // What the replay holds is bounded by the values it parses, not only by the bytes it inflates.
+        var valuesLeft = Self.maxValues
         for (n, line) in lines.dropFirst().enumerated() {
             let lineNumber = n + 2
             var bytes = Array(line)
-            guard let j = try? JSON.parse(bytes: &bytes) else {
-                damage = "line \(lineNumber) is not JSON; replay stops after line \(lineNumber - 1)"
+            let j: JSON
+            do {
+                let parsed = try JSON.parse(bytes: &bytes, maxValues: valuesLeft)
+                j = parsed.value
+                valuesLeft -= parsed.values
+            } catch {
+                damage = valuesLeft == 0 || error.reason.hasPrefix("more values")
+                    ? "line \(lineNumber) takes the recording past \(Self.maxValues) JSON values (what replay holds at most); replay stops after line \(lineNumber - 1)"
+                    : "line \(lineNumber) is not JSON; replay stops after line \(lineNumber - 1)"
                 break
             }
             guard let t = j["t"]?.uint64Value, let entry = Entry(j) else {
@@ -170,6 +179,10 @@ public struct Recording: Sendable {
         recording.damage = damage.map { "\($0) (\(recording.entries.count) entries read, up to \(Fmt.duration(recording.durationNs)))" }
         return recording
     }
+
+    /// The most JSON values a recording's entries may hold (about 50 bytes each as a tree: with the 256 MiB the
+    /// text inflates to at most, a replay holds about 1 GiB whatever the file).
+    public static let maxValues = 16_000_000
 
     static func line(t: UInt64, _ e: Entry) -> JSON {
         guard case .object(let m) = e.json else { return .null }

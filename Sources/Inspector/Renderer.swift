@@ -422,6 +422,10 @@ public struct Renderer {
         // The host thread last: what perf, top and gdb need, and what a narrow pane leaves out (whole, never cut).
         let threadFits = r.width >= 67
         s.put("vcpu state          last exit        exits      rate/s" + (threadFits ? "  thread" : ""), x: r.x, y: r.y, role: .header, limit: r.width)
+        if m.vcpusLeftOut > 0 {
+            let note = "(+\(m.vcpusLeftOut) vCPUs past KVM's \(InspectorModel.maxVCPUs) not shown)"
+            s.put(note, x: max(r.x, r.x + r.width - note.count), y: r.y, role: .warning, limit: r.width)
+        }
         var y = r.y + 1
         let seconds = Double(max(m.vcpuRefreshIntervalNs, 1)) / 1e9
         for v in m.vcpus where y < r.y + r.height {

@@ -221,18 +221,34 @@ extension JSON {
     }
 
     public static func parse(_ buffer: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> JSON {
+        try parse(buffer, maxValues: .max).value
+    }
+
+    /// Parses one value of at most `maxValues` values (each number, string, literal, array and object counts one):
+    /// what a reader holds of its input is bounded by the values it takes, not only by its bytes (a line of
+    /// 128 million zeros is 256 MiB of text and gigabytes as a tree). Returns the value and how many it used.
+    public static func parse(bytes: inout [UInt8], maxValues: Int) throws(JSONParseError) -> (value: JSON, values: Int) {
+        try bytes.withUnsafeBufferPointer { (buffer) throws(JSONParseError) -> (value: JSON, values: Int) in
+            try parse(buffer, maxValues: maxValues)
+        }
+    }
+
+    public static func parse(_ buffer: UnsafeBufferPointer<UInt8>, maxValues: Int) throws(JSONParseError) -> (value: JSON, values: Int) {
         var p = JSONParser(buffer)
+        p.budget = maxValues
         p.skipWhitespace()
         let v = try p.value(depth: 0)
         p.skipWhitespace()
         guard p.i == buffer.count else { throw p.fail("unexpected text after the value") }
-        return v
+        return (v, maxValues == .max ? 0 : maxValues - p.budget)
     }
 }
 
 struct JSONParser {
     let b: UnsafeBufferPointer<UInt8>
     var i = 0
+    /// Values this parse may still make.
+    var budget = Int.max
 
     init(_ b: UnsafeBufferPointer<UInt8>) { self.b = b }
 
@@ -252,6 +268,8 @@ struct JSONParser {
 
     mutating func value(depth: Int) throws(JSONParseError) -> JSON {
         guard depth < 128 else { throw fail("nested deeper than 128 levels") }
+        guard budget > 0 else { throw fail("more values than this reader takes") }
+        if budget != .max { budget -= 1 }
         guard i < b.count else { throw fail("unexpected end") }
         switch b[i] {
         case UInt8(ascii: "{"):
