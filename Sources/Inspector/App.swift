@@ -132,6 +132,9 @@ public struct InspectorUI: Sendable {
     public var helpScroll = 0
     /// A line being typed after `:` or `/`.
     public var prompt: (kind: Character, text: String)?
+    /// What was entered at each prompt (`:` and `/`), oldest first, and where Up/Down stand in it.
+    public var promptHistory: [Character: [String]] = [:]
+    var historyIndex: Int?
     public var status: (text: String, isError: Bool)?
     public var readOnly = false
     public var ascii = false
@@ -222,7 +225,11 @@ public struct InspectorUI: Sendable {
         KeyBinding(keys: [.char("f")], label: "f", help: "freeze / unfreeze the fault stream", mutates: false) { ui in
             ui.frozen.toggle(); ui.frozenAtSeq = nil; return [] },
         KeyBinding(keys: [.char("/")], label: "/", help: "filter faults: vcpu=N access=read|write source=vmm|kernel gpa=A-B", mutates: false) { ui in
-            ui.prompt = ("/", ui.faultFilter.text); return [] },
+            // An empty prompt (Up brings the filter in force back to edit).
+            if !ui.faultFilter.text.isEmpty && ui.promptHistory["/", default: []].last != ui.faultFilter.text {
+                ui.promptHistory["/", default: []].append(ui.faultFilter.text)
+            }
+            ui.prompt = ("/", ""); return [] },
         KeyBinding(keys: [.char(":")], label: ":", help: "command: convert GPA SIZE private|shared, goto GPA, policy P, quit", mutates: false) { ui in
             ui.prompt = (":", ""); return [] },
         KeyBinding(keys: [.char("o")], label: "o", help: "sort memslots by slot, GPA, size", mutates: false) { ui in
@@ -278,13 +285,32 @@ public struct InspectorUI: Sendable {
         return b.action(&self)
     }
 
+    /// The prompt edits as readline does: Ctrl-U clears it, Ctrl-W deletes the word before the cursor, Up and Down
+    /// walk what was entered before at this prompt (the filter in force first); control characters are not text.
     private mutating func handlePrompt(_ key: Key, _ p: (kind: Character, text: String)) -> [Effect] {
+        let history = promptHistory[p.kind, default: []]
         switch key {
-        case .escape: prompt = nil
+        case .escape: prompt = nil; historyIndex = nil
         case .backspace: prompt = (p.kind, String(p.text.dropLast()))
-        case .char(let c): prompt = (p.kind, p.text + String(c))
+        case .char("\u{15}"): prompt = (p.kind, "")
+        case .char("\u{17}"):
+            let trimmed = p.text.reversed().drop { $0 == " " }.drop { $0 != " " }
+            prompt = (p.kind, String(trimmed.reversed()))
+        case .char(let c) where c.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }):
+            prompt = (p.kind, p.text + String(c))
+        case .up where !history.isEmpty:
+            let i = max(0, (historyIndex ?? history.count) - 1)
+            historyIndex = i
+            prompt = (p.kind, history[i])
+        case .down where historyIndex != nil:
+            let i = historyIndex! + 1
+            historyIndex = i < history.count ? i : nil
+            prompt = (p.kind, i < history.count ? history[i] : "")
         case .enter:
             prompt = nil
+            historyIndex = nil
+            if !p.text.isEmpty && history.last != p.text { promptHistory[p.kind, default: []].append(p.text) }
+            if promptHistory[p.kind, default: []].count > 100 { promptHistory[p.kind]?.removeFirst() }
             return p.kind == "/" ? applyFilter(p.text) : runCommand(p.text)
         default: break
         }

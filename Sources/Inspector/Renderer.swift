@@ -68,6 +68,9 @@ public struct Renderer {
         }
         bottomLine(&s, m, ui)
         if let o = ui.overlay { overlay(&s, o, m, ui) }
+        // --ascii means ASCII in every cell: separators, dots, arrows and glyphs a pane wrote too (it still drew
+        // │ and · in the status bar and the fault details).
+        if ascii { s.toASCII() }
         return s
     }
 

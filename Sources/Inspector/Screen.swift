@@ -37,6 +37,20 @@ public struct Screen: Sendable, Equatable {
         set { if x >= 0 && y >= 0 && x < width && y < height { cells[y * width + x] = newValue } }
     }
 
+    /// Every cell's character as ASCII: line drawing and dots as their ASCII look-alikes, any other non-ASCII
+    /// character as `?` (for terminals and logs that take nothing else).
+    public mutating func toASCII() {
+        for i in cells.indices where !(cells[i].char.isASCII) {
+            cells[i].char = Self.asciiLookAlike[cells[i].char] ?? "?"
+        }
+    }
+
+    static let asciiLookAlike: [Character: Character] = [
+        "│": "|", "║": "|", "‖": "|", "─": "-", "═": "-", "┌": "+", "┐": "+", "└": "+", "┘": "+", "├": "+", "┤": "+",
+        "·": ".", "…": ".", "—": "-", "–": "-", "×": "x", "▶": ">", "→": ">", "←": "<", "●": "*", "█": "#", "▓": "#",
+        "▒": "+", "░": ".", "▀": "^", "▄": "_", "▁": "_", "▂": "_", "▃": "_", "▅": "=", "▆": "=", "▇": "#", "µ": "u",
+    ]
+
     /// Writes `text` from (x, y), clipped to `limit` columns (and the screen).
     public mutating func put(_ text: String, x: Int, y: Int, role: Role = .normal, limit: Int = .max) {
         guard y >= 0 && y < height else { return }

@@ -1,0 +1,58 @@
+import Testing
+@testable import Inspector
+
+/// Prompts edit as readline does (issue 27, item 11): Ctrl-U inserted `^U`, `/` came prefilled with the old filter.
+struct PromptTests {
+    func typed(_ u: inout InspectorUI, _ text: String) { for c in text { _ = u.handle(.char(c)) } }
+
+    @Test func ctrlUCtrlWAndHistory() {
+        var u = ui()
+        _ = u.handle(.char(":"))
+        typed(&u, "goto 0x100000")
+        _ = u.handle(.char("\u{17}"))                 // Ctrl-W: the word before the cursor
+        #expect(u.prompt?.text == "goto ")
+        _ = u.handle(.char("\u{15}"))                 // Ctrl-U: all of it, nothing inserted
+        #expect(u.prompt?.text == "")
+        _ = u.handle(.char("\u{01}"))                 // another control character is not text
+        #expect(u.prompt?.text == "")
+        typed(&u, "goto 0x200000")
+        _ = u.handle(.enter)
+        #expect(u.cursorGFN == 0x200)
+        // Up brings the last command back; Down past the newest clears the line.
+        _ = u.handle(.char(":"))
+        _ = u.handle(.up)
+        #expect(u.prompt?.text == "goto 0x200000")
+        _ = u.handle(.down)
+        #expect(u.prompt?.text == "")
+        _ = u.handle(.escape)
+        #expect(u.prompt == nil)
+    }
+
+    @Test func theFilterPromptStartsEmptyWithTheFilterInItsHistory() {
+        var u = ui()
+        _ = u.handle(.char("/"))
+        typed(&u, "vcpu=0")
+        _ = u.handle(.enter)
+        #expect(u.faultFilter.text == "vcpu=0")
+        _ = u.handle(.char("/"))
+        #expect(u.prompt?.text == "", "not prefilled")
+        _ = u.handle(.up)
+        #expect(u.prompt?.text == "vcpu=0")
+    }
+}
+
+/// `--ascii` means ASCII in every cell (issue 27, item 13: it still drew │ and ·).
+struct ASCIIScreenTests {
+    @Test func everyCellIsASCII() throws {
+        var m = try fixtureModel()
+        m.heatMapNote = "a note · with a dot"
+        for focus in [Pane.map, .faults, .memslots, .vcpus] {
+            for (w, h) in [(80, 24), (160, 48)] {
+                var u = ui(focus: focus)
+                u.ascii = true
+                let text = Renderer(ascii: true, nowNs: 2_000_000_000).render(m, u, width: w, height: h).text
+                #expect(text.unicodeScalars.allSatisfy { $0.isASCII }, "\(focus) \(w)x\(h):\n\(text)")
+            }
+        }
+    }
+}
