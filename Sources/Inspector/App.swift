@@ -119,6 +119,11 @@ public struct InspectorUI: Sendable {
     public var selectionAnchor: UInt64?
     public var selection: ClosedRange<UInt64>?
     public var faultCursor = 0          // 0 = newest
+    /// The record the cursor is on, once it left the newest: new faults arriving keep it selected (as htop follows
+    /// a process), instead of the cursor's offset landing on another record (#99 → #127 → #158).
+    public var pinnedFaultSeq: UInt64?
+    /// The cursor when the pin was last set: a cursor moved since (a key, a caller) takes a new pin.
+    private var pinnedAtCursor: Int?
     public var frozen = false
     public var frozenAtSeq: UInt64?
     public var faultFilter = FaultFilter() { didSet { faultCursorChecked = nil } }
@@ -180,6 +185,19 @@ public struct InspectorUI: Sendable {
         // Keep the fault cursor on a fault the list shows (g puts it past the oldest, from where j and k would
         // not move it). It counts back from the newest, so only that many are looked at, and only when it moved:
         // arriving faults never make a checked cursor point past the list.
+        // A pinned record: the cursor goes where it now is (the records newer than it), or, once it has left the
+        // buffer, stays where it was and is pinned to what is there now.
+        if pinnedAtCursor != faultCursor { pinnedFaultSeq = nil }
+        if faultCursor > 0, let pinned = pinnedFaultSeq {
+            let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
+            var newer = 0, found = false
+            for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
+                if f.seq == pinned { found = true; break }
+                if f.seq < pinned { break }
+                newer += 1
+            }
+            if found { faultCursor = newer; faultCursorChecked = newer; pinnedAtCursor = newer; return } else { pinnedFaultSeq = nil }
+        }
         if faultCursor > 0 && faultCursor != faultCursorChecked {
             let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
             var shown = 0
@@ -190,6 +208,15 @@ public struct InspectorUI: Sendable {
             faultCursor = min(faultCursor, max(0, shown - 1))
             faultCursorChecked = faultCursor
         }
+        if faultCursor > 0 && pinnedFaultSeq == nil {
+            let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
+            var k = 0
+            for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
+                if k == faultCursor { pinnedFaultSeq = f.seq; break }
+                k += 1
+            }
+        }
+        pinnedAtCursor = faultCursor
     }
 
     public var effectivePagesPerCell: UInt64 {
@@ -364,7 +391,7 @@ public struct InspectorUI: Sendable {
             let maxCell = Int64((totalPages - 1) / span)
             cursorGFN = UInt64(min(max(cell, 0), maxCell)) * span
             scrollToCursor()
-        case .faults: faultCursor = max(0, faultCursor - dy)
+        case .faults: faultCursor = max(0, faultCursor - dy); pinnedFaultSeq = nil
         case .memslots: memslotCursor = min(max(0, memslotCursor + dy), max(0, memslotCount - 1))
         case .vcpus: vcpuCursor = min(max(0, vcpuCursor + dy + dx), max(0, vcpuCount - 1))
         }
@@ -373,7 +400,7 @@ public struct InspectorUI: Sendable {
     mutating func jump(toEnd: Bool) {
         switch focus {
         case .map: cursorGFN = toEnd ? (totalPages - 1) / effectivePagesPerCell * effectivePagesPerCell : 0; scrollToCursor()
-        case .faults: faultCursor = toEnd ? 0 : Int.max / 2
+        case .faults: faultCursor = toEnd ? 0 : Int.max / 2; pinnedFaultSeq = nil
         case .memslots: memslotCursor = toEnd ? max(0, memslotCount - 1) : 0
         case .vcpus: vcpuCursor = toEnd ? max(0, vcpuCount - 1) : 0
         }

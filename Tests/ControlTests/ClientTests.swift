@@ -20,18 +20,24 @@ struct ClientTests {
         do { _ = try ControlClient(path: s.path) }  // warm up whatever the first client starts once
         usleep(100_000)
         let before = Self.resources()
+        final class Weak { weak var client: ControlClient?; init(_ c: ControlClient) { client = c } }
+        var dropped: [Weak] = []
         for i in 0..<1000 {
-            _ = try ControlClient(path: s.path)
+            dropped.append(Weak(try ControlClient(path: s.path)))
             // The VMM serves 64 at once and notices a closed one on its next pass.
             if i % 32 == 31 { _ = eventually(5) { s.server.connectedClients < 8 } }
         }
+        // Each dropped client is gone, its reader thread included (which used to keep it, its socket and itself
+        // alive): exact, whatever the suites running beside this one in the same process open meanwhile.
+        #expect(eventually(5) { dropped.allSatisfy { $0.client == nil } }, "\(dropped.filter { $0.client != nil }.count) clients still alive")
         var after = Self.resources()
-        for _ in 0..<50 where after.fds > before.fds + 20 || after.threads > before.threads + 20 {
+        for _ in 0..<50 where after.fds > before.fds + 100 || after.threads > before.threads + 100 {
             usleep(100_000)
             after = Self.resources()
         }
-        // Other suites run beside this one in the same process: a little slack, far below the 1,000 leaked before.
-        #expect(after.fds <= before.fds + 20 && after.threads <= before.threads + 20, "\(before) → \(after)")
+        // The process as a whole: other suites' descriptors come and go beside this one (+37 seen under CI's load),
+        // far below the 1,000 leaked before.
+        #expect(after.fds <= before.fds + 100 && after.threads <= before.threads + 100, "\(before) → \(after)")
         #expect(eventually(5) { s.server.connectedClients == 0 }, "the VMM saw every client go")
         // A client kept and closed ends in `closed`, with the reason, and stays there.
         let kept = try ControlClient(path: s.path)
