@@ -258,6 +258,13 @@ public struct Renderer {
             + "\(Fmt.pad(f.access == .unknown ? "-" : f.access.rawValue, 5)) \(wants) \(origin) \(f.action) flags \(Fmt.hex(f.flags))"
     }
 
+    /// The faults list's column headings, over `faultLine`'s columns (t ms: milliseconds after the oldest record
+    /// kept; want: the view the access wanted).
+    public static func faultColumns(width: Int) -> String {
+        if width < 70 { return "\(Fmt.padLeft("seq", 6)) vc \(Fmt.pad("gpa", 10)) acc   want action" }
+        return "\(Fmt.padLeft("seq", 7)) \(Fmt.padLeft("t ms", 10)) vc \(Fmt.pad("gpa", 10)) \(Fmt.pad("gfn", 11)) size acc   want source/exit action"
+    }
+
     /// The flags as the detail panel prints them: merged bits by name, proposals marked, others as `bit N`.
     public static func flagText(_ flags: UInt64) -> String {
         let bits = FaultFlags.decode(flags)
@@ -281,7 +288,10 @@ public struct Renderer {
         if header.count + 2 + spark.count <= r.width { s.put(spark, x: r.x + r.width - spark.count, y: r.y, role: .highlight) }
 
         let detailHeight = r.height >= 12 ? 5 : 0
-        let listHeight = r.height - 1 - detailHeight
+        // Column headings where the pane has room for them (the faults pane had none: what is 8759ms from?).
+        let headings = r.height >= 8 ? 1 : 0
+        if headings > 0 { s.put(Self.faultColumns(width: r.width), x: r.x, y: r.y + 1, role: .header, limit: r.width) }
+        let listHeight = r.height - 1 - headings - detailHeight
         let all = m.visibleFaults
         var shown: [FaultRecord] = []
         shown.reserveCapacity(listHeight * 2)
@@ -297,12 +307,12 @@ public struct Renderer {
         let window = Array(shown.dropFirst(first).prefix(listHeight))
         let baseNs = all.first?.timeNs ?? 0
         for (i, f) in window.reversed().enumerated() {
-            let y = r.y + 1 + (listHeight - window.count) + i
+            let y = r.y + 1 + headings + (listHeight - window.count) + i
             let selected = ui.focus == .faults && first + window.count - 1 - i == cursor
             s.put(Self.faultLine(f, baseNs: baseNs, width: r.width, alias: m.aliasMask), x: r.x, y: y, role: selected ? .cursor : (f.isPrivate ? .normal : .sharedPage), limit: r.width)
         }
         if shown.isEmpty {
-            s.put(m.faultsReceived == 0 ? "no faults yet" : "no faults match the filter", x: r.x, y: r.y + 1, role: .dim, limit: r.width)
+            s.put(m.faultsReceived == 0 ? "no faults yet" : "no faults match the filter", x: r.x, y: r.y + 1 + headings, role: .dim, limit: r.width)
         }
         guard detailHeight > 0 else { return }
         let dy = r.y + r.height - detailHeight
