@@ -23,9 +23,6 @@ public enum TraceLibraries {
         }
         return api.pointee
     }
-
-    /// Whether they load here.
-    public static var available: Bool { (try? api()) != nil }
 }
 
 /// A private tracefs instance (`instances/vmscope-PID`) with KVM's events enabled for one process's threads, read
