@@ -182,41 +182,42 @@ public struct InspectorUI: Sendable {
         vcpuStates = model.vcpus.map(\.state)
         memslotCount = model.memslots.count
         if frozen && frozenAtSeq == nil { frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
-        // Keep the fault cursor on a fault the list shows (g puts it past the oldest, from where j and k would
-        // not move it). It counts back from the newest, so only that many are looked at, and only when it moved:
-        // arriving faults never make a checked cursor point past the list.
         // A pinned record: the cursor goes where it now is (the records newer than it), or, once it has left the
-        // buffer, stays where it was and is pinned to what is there now.
+        // buffer, stays where it was and is pinned to what is there now. A cursor moved since (a key, a caller)
+        // takes a new pin.
         if pinnedAtCursor != faultCursor { pinnedFaultSeq = nil }
         if faultCursor > 0, let pinned = pinnedFaultSeq {
-            let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
             var newer = 0, found = false
-            for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
+            for f in shownFaults(model) {
                 if f.seq == pinned { found = true; break }
                 if f.seq < pinned { break }
                 newer += 1
             }
             if found { faultCursor = newer; faultCursorChecked = newer; pinnedAtCursor = newer; return } else { pinnedFaultSeq = nil }
         }
-        if faultCursor > 0 && faultCursor != faultCursorChecked {
-            let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
+        // Keep the fault cursor on a fault the list shows (g puts it past the oldest, from where j and k would
+        // not move it), and pin the record it is on. It counts back from the newest, so only that many are looked
+        // at, and only when it moved or lost its pin: arriving faults never make a checked cursor point past the list.
+        if faultCursor > 0 && (faultCursor != faultCursorChecked || pinnedFaultSeq == nil) {
             var shown = 0
-            for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
+            var at: UInt64?
+            for f in shownFaults(model) {
+                at = f.seq
                 shown += 1
                 if shown > faultCursor { break }
             }
             faultCursor = min(faultCursor, max(0, shown - 1))
             faultCursorChecked = faultCursor
-        }
-        if faultCursor > 0 && pinnedFaultSeq == nil {
-            let limitSeq = frozen ? (frozenAtSeq ?? .max) : .max
-            var k = 0
-            for f in model.visibleFaults.reversed() where f.seq <= limitSeq && faultFilter.matches(f) {
-                if k == faultCursor { pinnedFaultSeq = f.seq; break }
-                k += 1
-            }
+            pinnedFaultSeq = faultCursor > 0 ? at : nil
         }
         pinnedAtCursor = faultCursor
+    }
+
+    /// The faults the list shows, newest first: up to the freeze, through the filter.
+    func shownFaults(_ model: InspectorModel) -> some Sequence<FaultRecord> {
+        let limitSeq = frozen ? (frozenAtSeq ?? model.visibleFaults.last?.seq ?? 0) : .max
+        let filter = faultFilter
+        return model.visibleFaults.reversed().lazy.filter { $0.seq <= limitSeq && filter.matches($0) }
     }
 
     public var effectivePagesPerCell: UInt64 {
@@ -391,7 +392,7 @@ public struct InspectorUI: Sendable {
             let maxCell = Int64((totalPages - 1) / span)
             cursorGFN = UInt64(min(max(cell, 0), maxCell)) * span
             scrollToCursor()
-        case .faults: faultCursor = max(0, faultCursor - dy); pinnedFaultSeq = nil
+        case .faults: faultCursor = max(0, faultCursor - dy)
         case .memslots: memslotCursor = min(max(0, memslotCursor + dy), max(0, memslotCount - 1))
         case .vcpus: vcpuCursor = min(max(0, vcpuCursor + dy + dx), max(0, vcpuCount - 1))
         }
@@ -400,7 +401,7 @@ public struct InspectorUI: Sendable {
     mutating func jump(toEnd: Bool) {
         switch focus {
         case .map: cursorGFN = toEnd ? (totalPages - 1) / effectivePagesPerCell * effectivePagesPerCell : 0; scrollToCursor()
-        case .faults: faultCursor = toEnd ? 0 : Int.max / 2; pinnedFaultSeq = nil
+        case .faults: faultCursor = toEnd ? 0 : Int.max / 2
         case .memslots: memslotCursor = toEnd ? max(0, memslotCount - 1) : 0
         case .vcpus: vcpuCursor = toEnd ? max(0, vcpuCount - 1) : 0
         }

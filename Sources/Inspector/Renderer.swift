@@ -295,10 +295,9 @@ public struct Renderer {
         let all = m.visibleFaults
         var shown: [FaultRecord] = []
         shown.reserveCapacity(listHeight * 2)
-        let limitSeq = ui.frozen ? (ui.frozenAtSeq ?? all.last?.seq ?? 0) : UInt64.max
         // Newest first until the list and the cursor's offset are covered.
         let needed = listHeight + ui.faultCursor
-        for f in all.reversed() where f.seq <= limitSeq && ui.faultFilter.matches(f) {
+        for f in ui.shownFaults(m) {
             shown.append(f)
             if shown.count >= needed { break }
         }
