@@ -87,9 +87,7 @@ struct InspectorOptions: ParsableArguments {
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
         session.run(terminal: terminal)
-        terminal.close()
-        // A recording q or a signal stopped: where it is, now that the terminal is back.
-        for line in session.exitMessages { print("vmscope: \(line)") }
+        session.close(terminal)
         let signal = Terminal.interrupted.load(ordering: .relaxed)
         if signal != 0 { throw ExitCode(128 + signal) }
     }

@@ -65,6 +65,13 @@ final class InspectorSession {
         return true
     }
 
+    /// Gives the terminal back, then says what the user must still know (a recording q or a signal stopped:
+    /// where its file is).
+    func close(_ terminal: Terminal) {
+        terminal.close()
+        for line in exitMessages { print("vmscope: \(line)") }
+    }
+
     /// Runs until `q` (or `:quit`, or a signal).
     func run(terminal: Terminal) {
         // However the loop ends, the source's worker stops first (within 0.5 s; a round trip in flight is left to

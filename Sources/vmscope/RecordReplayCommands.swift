@@ -129,9 +129,7 @@ struct ReplayCommand: ParsableCommand {
         if let damage = recording.damage { session.ui.status = (damage, true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
         session.run(terminal: terminal)
-        terminal.close()
-        // A recording q or a signal stopped: where it is, now that the terminal is back.
-        for line in session.exitMessages { print("vmscope: \(line)") }
+        session.close(terminal)
         let signal = Terminal.interrupted.load(ordering: .relaxed)
         if signal != 0 { throw ExitCode(128 + signal) }
     }

@@ -1,5 +1,6 @@
 import CKVM
 import ArgumentParser
+import Inspector
 import ControlProtocol
 import ControlServer
 import Exporter
@@ -29,16 +30,8 @@ struct ByteSize: ExpressibleByArgument {
         bytes = v
     }
 
-    /// As a user types it: the largest unit that divides it (`256M`, `1T`, `4097`).
-    var text: String {
-        for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] where bytes % (UInt64(1) << UInt64(shift)) == 0 {
-            return "\(bytes >> UInt64(shift))\(unit)"
-        }
-        return "\(bytes)"
-    }
-
-    /// `--help`'s default, as typed (it printed `ByteSize(bytes: 268435456)`).
-    var defaultValueDescription: String { text }
+    /// `--help`'s default as users type it (it printed `ByteSize(bytes: 268435456)`): `256M`, `1T`, `4097B`.
+    var defaultValueDescription: String { Fmt.exactSize(bytes) }
 }
 
 /// `vmscope vmm`: the reference VMM on real KVM.
