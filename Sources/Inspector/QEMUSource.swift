@@ -12,7 +12,7 @@ import ControlProtocol
 /// Each of the two polls is spaced further apart when it takes longer than `budget` of the time between them
 /// (a VM with many vCPUs): the time a poll waits for its replies bounds what QEMU spent on it (its main loop
 /// answers one command at a time). An event that says something changed makes the next poll come at once.
-/// `QEMUTUITests` measures QEMU's CPU with and without the inspector, paused and running.
+/// `vmscope-bench --only qemu-poll` measures QEMU's CPU with and without the inspector, paused and running.
 public struct QEMUSource: Sendable {
     /// Sends one command and returns its `return` value; a refusal or a broken connection throws.
     public typealias Execute = (String, JSON?) throws -> JSON

@@ -89,6 +89,21 @@ struct SmokeTests {
         #expect(byName["stream-cpu-pct"]?.note?.contains("under 0 fault") == false)
     }
 
+    @Test(.enabled(if: QEMUInstance.binary != nil, "qemu-system-x86_64 is not installed (.ci/run installs qemu-system-x86)"))
+    func qemuPollingBenchmarkAttachesTheRealBinary() throws {
+        let vmscope = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("vmscope").path
+        try #require(FileManager.default.isExecutableFile(atPath: vmscope), "\(vmscope) was not built")
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let results = try qemuPollingBenchmarks(.smoke, vmscope: vmscope)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in ["qemu-alone-cpu-pct-paused", "qemu-attached-cpu-pct-paused", "qemu-poll-added-cpu-pct-paused"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value.isFinite, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        #expect(byName["qemu-attached-cpu-pct-paused"]?.baseline == "qemu-alone-cpu-pct-paused")
+    }
+
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
     func exporterBenchmarkScrapesTheRealBinary() throws {
         let vmscope = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()

@@ -137,7 +137,14 @@ struct Scenario {
         _ = try c.execute("vcpu-control", .object([("action", .string("resume"))]))
         o.finalPrivate = untilPrivate(range, seconds: 60)
         o.records = Set(pausedHere.map(key))
-        o.facts.append("vCPU 0 after resume: \((try? c.execute("query-vcpus"))?.arrayValue?[0]["state"]?.stringValue ?? "?")")
+        // The resume's reply waits up to 2 s for each vCPU to leave `paused`; in the lab (a TCG guest, slowed by
+        // the other suites' load) a vCPU thread can take longer to be scheduled, so wait for what it settles to.
+        var after = "?"
+        _ = eventuallyTrue(30) {
+            after = (try? c.execute("query-vcpus"))?.arrayValue?[0]["state"]?.stringValue ?? "?"
+            return after != "paused" && after != "?"
+        }
+        o.facts.append("vCPU 0 after resume: \(after)")
         return o
     }
 

@@ -300,41 +300,6 @@ struct QEMUTUITests {
         #expect(before != after && !after.contains { $0.contains("38;5;60") }, "colours \(before.sorted()) → \(after.sorted())")
         t.keys("q")
     }
-
-    /// Paused (-S), a QEMU costs next to nothing by itself, so what it spends is what the inspector asks of it
-    /// (the run state every second, the rest every five). Running, the inspector also reads the registers and
-    /// KVM statistics every second; the guest (SeaBIOS with no boot device, idling) costs QEMU a steady
-    /// little of its own, measured before attaching.
-    @Test(arguments: [false, true])
-    func pollingCostsQEMULessThanOnePercentOfACore(running: Bool) throws {
-        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let qemu = try startQEMU(qemuConfigurations[1].arguments + (running ? [] : ["-S"]), monitors: 1)
-        defer { qemu.stop() }
-        func cpu(over seconds: Double) -> Double {
-            let c0 = cpuSeconds(pid: qemu.process.pid) ?? 0, t0 = HostClock.monotonicNs()
-            Thread.sleep(forTimeInterval: seconds)
-            let c1 = cpuSeconds(pid: qemu.process.pid) ?? 0
-            return (c1 - c0) / (Double(HostClock.monotonicNs() - t0) / 1e9) * 100
-        }
-        // Past QEMU's start-up and, running, the firmware's boot attempt (seconds at a full core under PVM),
-        // until a second costs QEMU little.
-        let settleBy = HostClock.monotonicNs() + 40_000_000_000
-        while cpu(over: 1) > 10, HostClock.monotonicNs() < settleBy {}
-        let before = cpu(over: 6)
-        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo VMSCOPE-EXIT=$?; sleep 60", width: 200, height: 50)
-        let screen = t.waitFor(15) { $0.contains(running ? "status running" : "status prelaunch") && $0.contains("rip 0x") }
-        #expect(screen.contains("rip 0x"), "attached:\n\(screen)")
-        let attached = cpu(over: 6)
-        t.keys("q")
-        #expect(t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }.contains("VMSCOPE-EXIT=0"))
-        // The windows alone on either side of the attached one, so a drift in the guest's own cost cancels.
-        let after = cpu(over: 6)
-        let alone = (before + after) / 2
-        #expect(max(before, after) < 10, "QEMU settled: \(before)% and \(after)% of a core alone")
-        print("QEMU CPU, \(running ? "running" : "paused"): \(String(format: "%.2f", before))% and \(String(format: "%.2f", after))% alone, "
-              + "\(String(format: "%.2f", attached))% with vmscope attached (3 vCPUs)")
-        #expect(attached - alone < 1.0, "QEMU spent \(attached)% of a core with the inspector attached, \(alone)% without")
-    }
 }
 
 @Suite(.enabled(if: qemuAvailable, "qemu-system-x86_64 is not installed (.ci/run installs qemu-system-x86)"))

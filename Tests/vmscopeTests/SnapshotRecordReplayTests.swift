@@ -210,7 +210,11 @@ struct RecordReplayTests {
         screen = tui.waitFor(10) { $0.contains("REPLAY ▶") && $0.contains(privateBackingMarker) }
         #expect(screen.contains("REPLAY ▶") && screen.contains("/ 0:3") && screen.contains("×2"), "\(screen)")
         tui.keys("Space")
-        screen = tui.waitFor(3) { $0.contains("REPLAY ‖") }
+        _ = tui.waitFor(3) { $0.contains("REPLAY ‖") }
+        // The paused frame read once tmux has all of it: curses sends only what changed, and a capture taken
+        // between the new "‖" and the digits after it (one run saw 0.228 there, then 0.237) reads a stale position.
+        Thread.sleep(forTimeInterval: 0.3)
+        screen = tui.capture()
         let pausedAt = try #require(timelinePosition(screen), "\(screen)")
         // The seeks below need 10 s of recording after the pause: a first frame waited for in vain (this test once
         // waited for a GUEST_MEMFD flag a host without guest_memfd never shows) lets ×2 play 20 s of it, and `]`

@@ -74,8 +74,8 @@ struct TUITests {
 
         // Help, then quit with status 0 and the shell back.
         t.keys("?")
-        screen = t.waitFor(3) { $0.contains("Keys (") }
-        #expect(screen.contains("convert the selection to shared"))
+        screen = t.waitFor(10) { $0.contains("Keys (") }
+        #expect(screen.contains("convert the selection to shared"), "\(screen)")
         t.keys("Escape")
         t.keys("q")
         screen = t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }
