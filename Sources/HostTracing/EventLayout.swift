@@ -53,10 +53,15 @@ public struct EventLayouts: Sendable, Equatable {
 
     public static func == (a: EventLayouts, b: EventLayouts) -> Bool { a.events == b.events && a.type == b.type && a.pid == b.pid }
 
-    /// The events vmscope decodes, by group.
+    /// The events vmscope decodes, by group. The two system-call events are enabled only beside
+    /// `kvm_vm_set_mem_attributes` (they pair each traced conversion with its ioctl's result; without it they
+    /// would only add volume), `sys_enter_ioctl` filtered to `KVM_SET_MEMORY_ATTRIBUTES`.
     public static let decoded: [(group: String, name: String)] = [
         ("kvm", "kvm_userspace_exit"), ("kvm", "kvm_mmio"), ("kvm", "kvm_hypercall"), ("kvm", "kvm_page_fault"), ("kvm", "kvm_exit"),
+        ("kvm", "kvm_vm_set_mem_attributes"), ("syscalls", "sys_enter_ioctl"), ("syscalls", "sys_exit_ioctl"),
     ]
+    /// The events that only make sense beside `kvm_vm_set_mem_attributes`.
+    public static let conversionPairing: Set<String> = ["sys_enter_ioctl", "sys_exit_ioctl"]
 
     /// An unsigned field read little-endian from `data` (0 when the record is too short for it).
     @inline(__always) static func read(_ f: Field?, _ data: UnsafeRawBufferPointer) -> UInt64 {
@@ -93,6 +98,14 @@ public struct EventLayouts: Sendable, Equatable {
         case "kvm_exit":
             kind = .exit(vcpu: UInt32(truncatingIfNeeded: u("vcpu_id")), isa: UInt32(truncatingIfNeeded: u("isa")),
                          reason: UInt32(truncatingIfNeeded: u("exit_reason")), rip: u("guest_rip"), info1: u("info1"), info2: u("info2"))
+        case "kvm_vm_set_mem_attributes":
+            kind = .setMemoryAttributes(startGFN: u("start"), endGFN: u("end"), attributes: u("attr"))
+        case "sys_enter_ioctl":
+            kind = .ioctlEnter(fd: u("fd"), cmd: u("cmd"))
+        case "sys_exit_ioctl":
+            // `long ret`: the field's size says how wide the sign is.
+            let raw = u("ret"), bits = (e["ret"]?.size ?? 8) * 8
+            kind = .ioctlExit(ret: bits >= 64 ? Int64(bitPattern: raw) : Int64(bitPattern: raw << UInt64(64 - bits)) >> Int64(64 - bits))
         default:
             kind = .other(name: name)
         }
@@ -113,18 +126,24 @@ extension TraceEvent {
         case .hypercall: "kvm_hypercall"
         case .pageFault: "kvm_page_fault"
         case .exit: "kvm_exit"
+        case .setMemoryAttributes: "kvm_vm_set_mem_attributes"
+        case .ioctlEnter: "sys_enter_ioctl"
+        case .ioctlExit: "sys_exit_ioctl"
         case .other(let name): name
         }
     }
 
     /// The members that hold addresses (shown in hex in text).
-    public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa", "info1", "info2"]
+    public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa", "info1", "info2", "cmd", "start-gpa", "end-gpa"]
 
     public var members: [(String, JSON)] {
         var m: [(String, JSON)] = [("event", .string(name)), ("tid", .int(Int64(tid))), ("cpu", .int(Int64(cpu))), (FaultRecord.Member.timeNs.name, .u(timeNs))]
         switch kind {
         case .userspaceExit(let reason, let errno):
-            if errno < 0 {
+            if reason == .memoryFault {
+                // A MEMORY_FAULT exit is KVM_RUN returning -EFAULT by design: the reason, and the errno it came with.
+                m += [("reason", .u(UInt64(reason.rawValue))), ("reason-name", .string(reason.name)), ("errno", .int(Int64(errno)))]
+            } else if errno < 0 {
                 m += [("errno", .int(Int64(errno))), ("error", .string(errno == -4 ? "EINTR (restart)" : "KVM_RUN failed"))]
             } else {
                 m += [("reason", .u(UInt64(reason.rawValue))), ("reason-name", .string(reason.name))]
@@ -145,6 +164,15 @@ extension TraceEvent {
             m += [("vcpu", .u(UInt64(vcpu))), ("isa", .string(isa == 1 ? "vmx" : isa == 2 ? "svm" : "isa-\(isa)")),
                   ("reason", .u(UInt64(reason))), ("reason-name", HardwareExitNames.name(isa: isa, reason: reason).map(JSON.string) ?? .null),
                   ("rip", .u(rip)), ("info1", .u(info1)), ("info2", .u(info2))]
+        case .setMemoryAttributes(let start, let end, let attributes):
+            m += [("start-gfn", .u(start)), ("end-gfn", .u(end)), ("start-gpa", .u(start.multipliedReportingOverflow(by: 4096).overflow ? .max : start &* 4096)),
+                  ("end-gpa", .u(end.multipliedReportingOverflow(by: 4096).overflow ? .max : end * 4096)), ("attributes", .u(attributes)),
+                  ("to", .string(attributes & MemoryAttributes.private.rawValue != 0 ? "private" : "shared"))]
+        case .ioctlEnter(let fd, let cmd):
+            m += [("fd", .u(fd)), ("cmd", .u(cmd)), ("cmd-name", .string(cmd == UInt64(KVMIoctl.setMemoryAttributes.value) ? KVMIoctl.setMemoryAttributes.name : "ioctl"))]
+        case .ioctlExit(let ret):
+            m += [("ret", .int(ret))]
+            if ret < 0, ret >= -4095 { m.append(("errno", .string(KVMError.name(of: Int32(-ret))))) }
         case .other:
             break
         }

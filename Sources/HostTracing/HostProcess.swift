@@ -22,6 +22,18 @@ public enum HostProcess {
         let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
         return comm ?? (args.first ?? "pid \(pid)")
     }
+
+    /// Whether the process holds a KVM VM now (a file descriptor on `anon_inode:kvm-vm`). Asked after tracing is
+    /// on, a no says that every VM it will have is created under the trace. Where its descriptors cannot be read,
+    /// yes: nothing is known of what came before.
+    public static func hasVM(pid: Int32) -> Bool {
+        let dir = "/proc/\(pid)/fd"
+        guard let fds = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return true }
+        for fd in fds {
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + fd), target == "anon_inode:kvm-vm" { return true }
+        }
+        return false
+    }
 }
 
 /// How vCPU threads are named.

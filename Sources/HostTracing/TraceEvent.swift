@@ -27,6 +27,16 @@ public struct TraceEvent: Sendable, Equatable {
         /// two information words (SVM: EXITINFO1/2, e.g. a nested page fault's error code and GPA; VMX: the exit
         /// qualification and, for EPT violations, the GPA).
         case exit(vcpu: UInt32, isa: UInt32, reason: UInt32, rip: UInt64, info1: UInt64, info2: UInt64)
+        /// `kvm_vm_set_mem_attributes` (Linux 6.17 and later, where KVM has generic memory attributes; checked on
+        /// 7.3): a `KVM_SET_MEMORY_ATTRIBUTES` for the GFNs [start, end) that passed the ioctl's argument checks
+        /// (flags, attribute bits, size, alignment: requests refused there are not traced), before KVM takes the
+        /// VM's slots lock. It may still be a no-op or fail (ENOMEM): the same thread's ioctl return says.
+        case setMemoryAttributes(startGFN: UInt64, endGFN: UInt64, attributes: UInt64)
+        /// `syscalls:sys_enter_ioctl`, kept by the kernel's filter only for `KVM_SET_MEMORY_ATTRIBUTES`: the thread
+        /// asked for a conversion (its contents are in user memory; a tracepoint cannot read them).
+        case ioctlEnter(fd: UInt64, cmd: UInt64)
+        /// `syscalls:sys_exit_ioctl`: the thread's ioctl returned `ret` (negative: -errno).
+        case ioctlExit(ret: Int64)
         /// Any other event, by name.
         case other(name: String)
     }

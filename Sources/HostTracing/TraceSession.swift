@@ -39,8 +39,12 @@ public final class TraceSession: @unchecked Sendable {
     private var instance: OpaquePointer?
     private let tep: OpaquePointer
     private let fs: ctracefs_api
-    /// Threads of `pid` as last listed, which the kernel filter admits.
+    /// Threads of `pid` as last listed.
     public private(set) var threads: Set<Int32> = []
+    /// Whether the kernel follows the process's threads itself (`set_event_pid` with `options/event-fork`): a thread
+    /// the VMM starts (a vCPU) is traced from its first event, not from the next rescan of /proc. Where the instance
+    /// lacks those files, each event's filter lists the threads, rewritten every second.
+    public private(set) var followsForks = false
     private var lastThreadScan: UInt64 = 0
     /// Events the kernel dropped before we read them (`missed_events`), and events from other threads discarded.
     public private(set) var missed: UInt64 = 0
@@ -112,6 +116,11 @@ public final class TraceSession: @unchecked Sendable {
             }
             found[event] = .init(id: Int(e.pointee.id), fields: fields)
         }
+        // The ioctl events pair traced conversions with their results: without the conversion event they are
+        // only volume (every KVM_RUN returns through sys_exit_ioctl), and unfiltered (every process: `top`) far more.
+        if found["kvm_vm_set_mem_attributes"] == nil || pid == nil {
+            for name in EventLayouts.conversionPairing { found[name] = nil }
+        }
         guard !found.isEmpty else {
             fs.tep_free(tep)
             throw TraceError("this kernel has none of the KVM events asked for (\(dir)/events/kvm): is the kvm module loaded?")
@@ -125,6 +134,11 @@ public final class TraceSession: @unchecked Sendable {
         _ = fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
         // Timestamps on CLOCK_MONOTONIC, the clock of fault records and of the views (this instance only).
         _ = fs.tracefs_instance_file_write(inst, "trace_clock", "mono")
+        if let pid {
+            let tids = Self.tasks(of: pid)
+            followsForks = !tids.isEmpty && fs.tracefs_instance_file_write(inst, "options/event-fork", "1") > 0
+                && fs.tracefs_instance_file_write(inst, "set_event_pid", tids.sorted().map(String.init).joined(separator: " ")) > 0
+        }
         refreshThreads(force: true)
         for (group, event) in EventLayouts.decoded where found[event] != nil {
             if fs.tracefs_event_enable(inst, group, event) != 0 {
@@ -153,13 +167,31 @@ public final class TraceSession: @unchecked Sendable {
         let now = DispatchTime.now().uptimeNanoseconds
         guard target != nil, force || now &- lastThreadScan > 1_000_000_000, let inst = instance else { return }
         lastThreadScan = now
-        let tids = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
+        let tids = Self.tasks(of: pid)
+        let first = threads.isEmpty
         guard tids != threads, !tids.isEmpty else { return }
         threads = tids
+        // Of the process's ioctls only KVM_SET_MEMORY_ATTRIBUTES is asked for on the way in.
+        let ioctl = "cmd == \(KVMIoctl.setMemoryAttributes.value)"
+        if followsForks {
+            if first, layouts.events["sys_enter_ioctl"] != nil { _ = fs.tracefs_event_file_write(inst, "syscalls", "sys_enter_ioctl", "filter", ioctl) }
+            return
+        }
         let filter = tids.sorted().map { "common_pid == \($0)" }.joined(separator: " || ")
         for (group, event) in EventLayouts.decoded where layouts.events[event] != nil {
-            _ = fs.tracefs_event_file_write(inst, group, event, "filter", filter)
+            _ = fs.tracefs_event_file_write(inst, group, event, "filter", event == "sys_enter_ioctl" ? "(\(filter)) && \(ioctl)" : filter)
         }
+    }
+
+    static func tasks(of pid: Int32) -> Set<Int32> {
+        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
+    }
+
+    /// A thread the kernel traced that the last scan did not list: the process's (started since), or not.
+    private func admit(_ tid: Int32) -> Bool {
+        guard let pid = target, access("/proc/\(pid)/task/\(tid)", F_OK) == 0 else { return false }
+        threads.insert(tid)
+        return true
     }
 
     /// Whatever the buffers hold now, decoded, oldest first per CPU. Events of other threads (a filter not yet
@@ -172,13 +204,17 @@ public final class TraceSession: @unchecked Sendable {
             var missed: UInt64 = 0
             var foreign: UInt64 = 0
             var raw: [RawTraceRecord]?
+            var strangers: [TraceEvent] = []
+            var strangerRaw: [RawTraceRecord]?
+            var followsForks = false
             let layouts: EventLayouts
             let threads: Set<Int32>?
             let limit: Int
             init(_ l: EventLayouts, _ t: Set<Int32>?, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
         }
         let box = Box(layouts, target == nil ? nil : threads, limit)
-        if keepRaw { box.raw = [] }
+        if keepRaw { box.raw = []; box.strangerRaw = [] }
+        box.followsForks = followsForks
         let ctx = Unmanaged.passUnretained(box).toOpaque()
         _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
             guard let record, let ctx else { return 0 }
@@ -193,10 +229,26 @@ public final class TraceSession: @unchecked Sendable {
                 box.raw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
             } else {
                 box.foreign &+= 1
+                // Kept aside (bounded) in case the thread is the process's, started since the last scan.
+                if box.followsForks && box.strangers.count < box.limit {
+                    box.strangers.append(e)
+                    box.strangerRaw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
+                }
             }
             return box.out.count >= box.limit ? 1 : 0
         }, ctx)
         missed &+= box.missed
+        // Threads started since the last scan (the kernel follows them) are the process's; others are foreign.
+        if box.foreign > 0, Set(box.strangers.map(\.tid)).map({ admit($0) }).contains(true) {
+            let admitted = box.strangers.filter { threads.contains($0.tid) }
+            box.out.append(contentsOf: admitted)
+            if let r = box.strangerRaw {
+                box.raw?.append(contentsOf: zip(box.strangers, r).filter { threads.contains($0.0.tid) }.map(\.1))
+                box.raw?.sort { $0.timeNs < $1.timeNs }
+            }
+            box.out.sort { $0.timeNs < $1.timeNs }
+            box.foreign -= UInt64(admitted.count)
+        }
         foreign &+= box.foreign
         decoded &+= UInt64(box.out.count)
         if let kept = box.raw { raw += kept }

@@ -222,11 +222,33 @@ public struct InspectorModel: Sendable {
     /// trace-only view with KVM's tracepoints on): the map is a heat map of those accesses over the KVM-mapped
     /// ranges, and this says why it has no attributes.
     public var heatMapNote: String?
+    /// Set when the map's attributes come from KVM's tracepoints (`kvm_vm_set_mem_attributes`, paired with each
+    /// ioctl's result) rather than from the VMM: `runs` hold the pages the trace knows, and this the rest.
+    public var tracedMap: TracedMapState?
+
+    /// What a traced map knows of itself.
+    public struct TracedMapState: Sendable, Equatable {
+        /// Page ranges (GFNs) no traced conversion covered since before the VM existed: drawn as unknown.
+        public var unknown: [Range<UInt64>]
+        /// The highest GFN (exclusive) the map spans: conversions and faults seen.
+        public var pages: UInt64
+        public var applied: UInt64
+        public var refused: UInt64
+        /// The newest refusal, in words.
+        public var lastRefusal: String?
+        /// Whether the trace began before the VM (so no page is unknown).
+        public var complete: Bool
+        public init(unknown: [Range<UInt64>], pages: UInt64, applied: UInt64, refused: UInt64, lastRefusal: String?, complete: Bool) {
+            self.unknown = unknown; self.pages = pages; self.applied = applied; self.refused = refused
+            self.lastRefusal = lastRefusal; self.complete = complete
+        }
+    }
 
     /// The pages the map spans: RAM; in a heat map also every memslot and every traced access (MMIO to a device
     /// page lies above RAM).
     public var mapPages: UInt64 {
         var pages = vm.ramSize / 4096
+        if let t = tracedMap { pages = max(pages, t.pages) }
         if heatMapNote != nil {
             for m in memslots { pages = max(pages, m.memslot.gpa.saturatingAdd(m.memslot.size) / 4096) }
             if let g = recentFaults.highestGFN { pages = max(pages, g.saturatingAdd(1)) }

@@ -34,6 +34,11 @@ public struct Renderer {
     /// A heat map's note, wrapped to the pane's inner `width` (at most 2 lines; none when the map has attributes).
     /// A map whose runs the model had to repair says so there instead.
     public static func heatNote(_ m: InspectorModel, width: Int) -> [String] {
+        if let t = m.tracedMap {
+            let known = t.complete ? "traced from before the VM: every page known" : "· unknown: no conversion traced since the trace began"
+            let refused = t.refused == 0 ? "" : " · \(t.refused) refused" + (t.lastRefusal.map { " (last: \($0))" } ?? "")
+            return Array(wrapped("private/shared from KVM's tracepoints (kvm_vm_set_mem_attributes, applied once its ioctl returned 0): \(t.applied) conversions\(refused) · \(known)", width).prefix(2))
+        }
         guard let note = m.heatMapNote else {
             return m.runsRepaired.map { Array(wrapped($0, width).prefix(2)) } ?? []
         }
@@ -170,7 +175,7 @@ public struct Renderer {
         let span = ui.pagesPerCell ?? MapGeometry.fitting(totalPages: total, columns: cols, rows: rows)
         let g = MapGeometry(pagesPerCell: span, firstCell: ui.pagesPerCell == nil ? 0 : ui.firstCell, columns: cols, rows: rows)
         let heatOnly = m.heatMapNote != nil
-        let backed = heatOnly ? Self.mappedPages(m.memslots) : []
+        let backed = heatOnly ? Self.mappedPages(m.memslots) : m.tracedMap?.unknown ?? []
         let cells = GFNMap.cells(runs: m.runs, totalPages: total, geometry: g, recentFaults: m.recentFaults, nowNs: nowNs, backed: backed)
         let cursorCell = ui.cursorGFN / span
         let anchor = ui.selectionAnchor
@@ -196,7 +201,8 @@ public struct Renderer {
                 .map { "traced \((nowNs >= $0 ? nowNs - $0 : 0) / 1_000_000) ms ago" } ?? "no traced access"
             cursorLine = "\(Fmt.hex(gpa)) gfn \(gfn) \(mapped) · cell \(last) · \(Fmt.size(span * 4096))/cell"
         } else {
-            let attr = m.attribute(at: gpa).map { Self.attributeName($0) } ?? "outside RAM"
+            let attr = m.attribute(at: gpa).map { Self.attributeName($0) }
+                ?? (m.tracedMap != nil ? "unknown (no conversion traced)" : "outside RAM")
             let slot = m.memslot(containing: gpa).map { "slot \($0.slot)" } ?? "no slot"
             cursorLine = "\(Fmt.hex(gpa)) gfn \(ui.cursorGFN) \(attr) \(slot) · \(Fmt.size(span * 4096))/cell"
         }
@@ -205,8 +211,10 @@ public struct Renderer {
             ? (ascii ? [(": KVM-mapped RAM ", .dim), ("! traced in the last 3 s ", .faulted), ("sel ", .selection)]
                      : [("· KVM-mapped RAM ", .dim), ("█▓ traced in the last 3 s ", .faulted), ("▒ selected", .selection)])
             : ascii
-            ? [("# private ", .privatePage), (". shared ", .sharedPage), ("+- mixed ", .mixed), ("! faulted ", .faulted), ("sel ", .selection)]
-            : [("█ private ", .privatePage), ("░ shared ", .sharedPage), ("▓▒ mixed ", .mixed), ("█ faulted ", .faulted), ("▒ selected", .selection)]
+            ? [("# private ", .privatePage), (". shared ", .sharedPage), ("+- mixed ", .mixed)] + (m.tracedMap != nil ? [(": unknown ", .dim)] : [])
+                + [("! faulted ", .faulted), ("sel ", .selection)]
+            : [("█ private ", .privatePage), ("░ shared ", .sharedPage), ("▓▒ mixed ", .mixed)] + (m.tracedMap != nil ? [("· unknown ", .dim)] : [])
+                + [("█ faulted ", .faulted), ("▒ selected", .selection)]
         var x = r.x
         for (text, role) in legend {
             s.put(text, x: x, y: r.y + rows + 1, role: role, limit: r.x + r.width - x)

@@ -31,11 +31,32 @@ public final class TraceSource: VMSource {
     /// `model.faultsReceived` when the pending events were last tried, and how many of them were.
     private var receivedAtLastTry: UInt64 = .max
     private var triedCount = 0
+    /// The VM's private/shared map from `kvm_vm_set_mem_attributes` and the ioctls' results, where the kernel has
+    /// that tracepoint (Linux 6.17 and later with memory attributes); nil elsewhere (`attributesUnavailable` says why).
+    public private(set) var attributes: TracedAttributes?
+    public let attributesUnavailable: String?
+    private var lastRefusal: String?
+    /// Each vCPU thread's newest `kvm_page_fault`: a `kvm_userspace_exit` with MEMORY_FAULT after it on the same
+    /// thread is that access's memory-fault exit. Exits with no page fault before them (the trace began between the
+    /// two, or the kernel does not fire kvm_page_fault, as under PVM) are counted, not given a GPA.
+    private var lastPageFault: [Int32: (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)] = [:]
+    public private(set) var memoryFaultsWithoutGPA: UInt64 = 0
 
     public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false) {
         self.session = session
         self.faultsOnly = faultsOnly || corroborating
         self.corroborating = corroborating
+        if session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil {
+            // Complete when the process had no VM once tracing was on: every VM it makes is traced from birth.
+            attributes = TracedAttributes(complete: !HostProcess.hasVM(pid: session.pid))
+            attributesUnavailable = nil
+        } else if session.layouts.events["kvm_vm_set_mem_attributes"] != nil {
+            attributes = nil
+            attributesUnavailable = "this kernel traces KVM_SET_MEMORY_ATTRIBUTES but not system calls (CONFIG_FTRACE_SYSCALLS), so no conversion's result is known: private/shared map unavailable"
+        } else {
+            attributes = nil
+            attributesUnavailable = "this kernel has no kvm_vm_set_mem_attributes tracepoint (Linux 6.17 and later with memory attributes have it): private/shared map unavailable"
+        }
     }
 
     private func threadName(_ tid: Int32) -> String {
@@ -63,7 +84,12 @@ public final class TraceSource: VMSource {
             model.unavailable = [
                 .memslots: "trace only: memslots live in the VMM (KVM_SET_USER_MEMORY_REGION2 has no tracepoint); attach to its control socket to see them",
             ]
-            model.heatMapNote = "trace only: no tracepoint reports private/shared attributes, nor where RAM is; cells show KVM's traced MMIO and page faults"
+            if let a = attributes {
+                model.heatMapNote = nil
+                model.tracedMap = .init(unknown: a.complete ? [] : [0..<1], pages: 1, applied: 0, refused: 0, lastRefusal: nil, complete: a.complete)
+            } else {
+                model.heatMapNote = "trace only: \(attributesUnavailable ?? ""); nor does any tracepoint say where RAM is; cells show KVM's traced MMIO and page faults"
+            }
             changed = true
         }
         // Bounded a poll (the rest waits in the kernel's buffer, whose overflow is counted as missed): a poll never
@@ -71,13 +97,41 @@ public final class TraceSource: VMSource {
         let events = session.read(limit: Self.readLimit)
         if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []
+        var mapChanged = false
         for e in events {
             let v = vcpu(e.tid)
+            if attributes != nil, let c = attributes?.apply(e) {
+                mapChanged = true
+                if let errno = c.errno {
+                    let range = c.startGFN.map { "gfn 0x\(String($0, radix: 16))-0x\(String(c.endGFN ?? $0, radix: 16))" } ?? "range not traced (refused by an argument check)"
+                    lastRefusal = "\(range) to \(c.toPrivate.map { $0 ? "private" : "shared" } ?? "?"): \(errno == 0 ? "nonzero return" : KVMError.name(of: errno))"
+                }
+            }
             switch e.kind {
             case .userspaceExit(let reason, let errno):
-                let name = errno < 0 ? HostVMs.Stat.errorReason : reason.name
+                // KVM_RUN returns -EFAULT with a MEMORY_FAULT exit by design: that is the exit, not a failed run.
+                let name = errno < 0 && reason != .memoryFault ? HostVMs.Stat.errorReason : reason.name
                 exitCounts[e.tid, default: [:]][name, default: 0] += 1
                 lastExit[e.tid] = name
+                if reason == .memoryFault {
+                    if let pf = lastPageFault.removeValue(forKey: e.tid) {
+                        seq += 1
+                        let access: FaultAccess = pf.code.has("fetch") ? .exec : pf.code.has("write") ? .write : .read
+                        // The direction wanted: the error code's private_access bit where the hardware says it
+                        // (SEV-SNP's C-bit); for a software-protected VM KVM adds that bit after the tracepoint, from
+                        // the page's attribute, which the traced map knows where it saw the page converted.
+                        let page = attributes?.isPrivate(gfn: pf.gpa >> 12)
+                        let toPrivate: Bool? = pf.code.has("private_access") ? true : page
+                        var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: pf.gpa & ~0xFFF, size: 4096,
+                                            flags: toPrivate == true ? MemoryAttributes.private.rawValue : 0, isPrivate: toPrivate == true,
+                                            access: access, source: .trace, exit: .memoryFault, attribute: .none, slot: nil, action: .reported)
+                        r.attribute = page.map { Open<PageAttribute>($0 ? .private : .shared) }
+                            ?? .unknown(toPrivate == nil ? "not traced: direction unknown" : "not traced")
+                        records.append(r)
+                    } else {
+                        memoryFaultsWithoutGPA &+= 1
+                    }
+                }
             case .mmio(let type, let len, let gpa, _):
                 seq += 1
                 let access: FaultAccess = switch type { case .write: .write; case .read, .unsatisfiedRead: .read; case .unknown: .unknown }
@@ -86,6 +140,7 @@ public final class TraceSource: VMSource {
                 r.attribute = .unknown("?")
                 records.append(r)
             case .pageFault(_, _, let address, let ec):
+                lastPageFault[e.tid] = (address, ec, e.timeNs)
                 seq += 1
                 let access: FaultAccess = ec.has("fetch") ? .exec : ec.has("write") ? .write : .read
                 var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: address, size: 4096, flags: ec.rawValue,
@@ -93,12 +148,16 @@ public final class TraceSource: VMSource {
                                     attribute: .none, slot: nil, action: .reported)
                 r.attribute = .unknown("?")
                 records.append(r)
-            case .hypercall, .exit, .other:
+            case .hypercall, .exit, .other, .setMemoryAttributes, .ioctlEnter, .ioctlExit:
                 break
             }
         }
         if !records.isEmpty {
             model.apply(faults: FaultBatch(records: records, dropped: 0), nowNs: nowNs)
+            changed = true
+        }
+        if let a = attributes, !faultsOnly, mapChanged || model.tracedMap == nil {
+            publish(a, &model)
             changed = true
         }
         if session.missed > model.eventsDropped { model.eventsDropped = session.missed; changed = true }
@@ -131,6 +190,20 @@ public final class TraceSource: VMSource {
             model.connection = .disconnected("process \(session.pid) exited")
         }
         return changed
+    }
+
+    /// The traced map as the model's runs (known pages) and its unknown ranges, over the pages conversions and faults
+    /// reached (a trace does not know where RAM ends).
+    private func publish(_ a: TracedAttributes, _ model: inout InspectorModel) {
+        var top: UInt64 = 1
+        for r in a.runs where r.end < TracedAttributes.gfnLimit { top = max(top, r.end) }
+        if let last = a.runs.last, last.end == TracedAttributes.gfnLimit, last.start > 0 { top = max(top, last.start) }
+        if let g = model.recentFaults.highestGFN { top = max(top, g.saturatingAdd(1)) }
+        let v = a.view(start: 0, end: top)
+        model.apply(attributes: AttributeRuns(runs: v.known.map { AttributeRun(gpa: $0.start << 12, size: ($0.end - $0.start) << 12, isPrivate: $0.isPrivate) },
+                                              privateBytes: v.known.filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) << 12 },
+                                              sharedBytes: v.known.filter { !$0.isPrivate }.reduce(0) { $0 &+ ($1.end - $1.start) << 12 }))
+        model.tracedMap = .init(unknown: v.unknown, pages: top, applied: a.applied, refused: a.refused, lastRefusal: lastRefusal, complete: a.complete)
     }
 
     /// The events as marks on the VMM's own records (see `corroborating`).

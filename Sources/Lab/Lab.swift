@@ -5,11 +5,29 @@ import ProcessSupport
 import Glibc
 #endif
 
-/// The nested KVM lab: QEMU TCG (`-cpu max`: AMD SVM with nested paging) booting a small Linux 6.12 with
+/// The nested KVM lab: QEMU TCG (`-cpu max`: AMD SVM with nested paging) booting a small Linux (7.3 or 6.12) with
 /// `CONFIG_KVM_SW_PROTECTED_VM=y`, in which `/dev/kvm` offers `KVM_X86_SW_PROTECTED_VM` with memory attributes,
 /// so the kernel engine and real `KVM_EXIT_MEMORY_FAULT`s run. The host's files are shared read-only over 9p
 /// and the lab runs the same vmscope binary at the same path; see README "The kernel-engine lab".
 public enum Lab {
+    /// The lab's kernels: Debian's `linux-source-VERSION`, each built from tinyconfig, `kvm-lab.config` and its own
+    /// `kvm-lab-VERSION.config` when it has one, and cached apart.
+    public enum Kernel: String, CaseIterable, Sendable, CustomStringConvertible {
+        /// trixie-backports: `kvm:kvm_vm_set_mem_attributes` (traced conversions) and today's KVM.
+        case v7_3 = "7.3"
+        /// trixie (Debian stable): no memory-attributes tracepoint.
+        case v6_12 = "6.12"
+
+        public static let newest = Kernel.v7_3
+        /// `$VMSCOPE_LAB_KERNEL` when it names one, else the newest.
+        public static var preferred: Kernel {
+            ProcessInfo.processInfo.environment["VMSCOPE_LAB_KERNEL"].flatMap(Kernel.init(rawValue:)) ?? newest
+        }
+        public var description: String { "Linux \(rawValue)" }
+        /// The Debian suite its source package comes from.
+        public var suite: String { self == .v7_3 ? "trixie-backports" : "trixie" }
+    }
+
     /// The cache of built kernels and initramfs images: `$VMSCOPE_LAB_DIR`, else `~/.cache/vmscope/lab`.
     public static var cacheRoot: String {
         if let d = ProcessInfo.processInfo.environment["VMSCOPE_LAB_DIR"], !d.isEmpty { return d }
@@ -31,50 +49,54 @@ public enum Lab {
     public struct Artifacts: Sendable {
         public var kernel: String
         public var initrd: String
+        /// Which of the lab's kernels.
+        public var version: Kernel
     }
 
     /// Why the lab cannot start here, in one line with the command that fixes it; nil when it can.
-    public static func unavailable() -> String? {
-        if case .failure(let why) = ready() { return why.description }
+    public static func unavailable(_ kernel: Kernel = .preferred) -> String? {
+        if case .failure(let why) = ready(kernel) { return why.description }
         return nil
     }
 
     /// The built lab, or why it cannot start here (QEMU missing, or not built for these inputs).
-    public static func ready() -> Result<Artifacts, LabError> {
+    public static func ready(_ kernel: Kernel = .preferred) -> Result<Artifacts, LabError> {
         guard qemu != nil else {
-            return .failure(LabError("the lab needs QEMU: apt-get install qemu-system-x86 (then vmscope lab build)"))
+            return .failure(LabError("the lab needs QEMU: apt-get install qemu-system-x86 (then vmscope lab build --kernel \(kernel.rawValue))"))
         }
-        return locate()
+        return locate(kernel)
     }
 
     /// The built kernel and initramfs for the current inputs, without building or going online.
-    public static func locate() -> Result<Artifacts, LabError> {
+    public static func locate(_ kernel: Kernel = .preferred) -> Result<Artifacts, LabError> {
         var env = ProcessInfo.processInfo.environment
         env["LAB_ROOT"] = cacheRoot
         env["LAB_INPUTS"] = inputs
+        env["LAB_KERNEL"] = kernel.rawValue
         env["LAB_CHECK_ONLY"] = "1"
         let out = runScript(env: env, echo: false)
         guard out.status == 0 else {
-            return .failure(LabError("the lab is not built for these inputs (\(cacheRoot)): run vmscope lab build (about 10 minutes the first time)"))
+            return .failure(LabError("the lab's \(kernel) is not built for these inputs (\(cacheRoot)): run vmscope lab build --kernel \(kernel.rawValue) (about 10 minutes the first time)"))
         }
-        var kernel: String?, initrd: String?
+        var image: String?, initrd: String?
         for line in out.lines {
-            if line.hasPrefix("kernel ") { kernel = String(line.dropFirst(7)) }
+            if line.hasPrefix("kernel ") { image = String(line.dropFirst(7)) }
             if line.hasPrefix("initrd ") { initrd = String(line.dropFirst(7)) }
         }
-        guard let kernel, let initrd else { return .failure(LabError("the lab build script gave no kernel/initrd paths")) }
-        return .success(Artifacts(kernel: kernel, initrd: initrd))
+        guard let image, let initrd else { return .failure(LabError("the lab build script gave no kernel/initrd paths")) }
+        return .success(Artifacts(kernel: image, initrd: initrd, version: kernel))
     }
 
     /// Builds or reuses the kernel and initramfs; progress goes to standard error. Returns the exit status.
-    public static func build(jobs: Int?) -> (status: Int32, artifacts: Artifacts?) {
+    public static func build(_ kernel: Kernel = .preferred, jobs: Int?) -> (status: Int32, artifacts: Artifacts?) {
         var env = ProcessInfo.processInfo.environment
         env["LAB_ROOT"] = cacheRoot
         env["LAB_INPUTS"] = inputs
+        env["LAB_KERNEL"] = kernel.rawValue
         if let jobs { env["JOBS"] = String(jobs) }
         let out = runScript(env: env, echo: true)
         guard out.status == 0 else { return (out.status, nil) }
-        if case .success(let a) = locate() { return (0, a) }
+        if case .success(let a) = locate(kernel) { return (0, a) }
         return (1, nil)
     }
 

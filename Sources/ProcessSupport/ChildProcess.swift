@@ -18,11 +18,14 @@ public final class ChildProcess: @unchecked Sendable {
         public var stdin: String?
         public var stdout: String?
         public var stderr: String?
+        /// Keep this process's own streams instead (a command started under `vmscope trace --exec`).
+        public var inherit = false
         public init(stdin: String? = nil, stdout: String? = nil, stderr: String? = nil) {
             self.stdin = stdin
             self.stdout = stdout
             self.stderr = stderr
         }
+        public static var inherited: Redirects { var r = Redirects(); r.inherit = true; return r }
     }
 
     /// Starts `argv[0]` (an absolute path) with `argv`; throws with the errno text when it cannot start.
@@ -43,9 +46,11 @@ public final class ChildProcess: @unchecked Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, redirects.stdin ?? "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, redirects.stdout ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, redirects.stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        if !redirects.inherit {
+            posix_spawn_file_actions_addopen(&actions, 0, redirects.stdin ?? "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, redirects.stdout ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            posix_spawn_file_actions_addopen(&actions, 2, redirects.stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        }
         let cargs = argv.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) } }
         var child: pid_t = 0

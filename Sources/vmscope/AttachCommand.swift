@@ -165,7 +165,7 @@ struct DemoCommand: ParsableCommand {
         vmm.arguments = [lab ? "lab" : "vmm", lab ? "run" : "", "--socket", socket, "--vcpus", String(vcpus), "--ram", ram,
                          "--name", "demo", "--allow-mutations", "--allow-fault-injection"].filter { !$0.isEmpty }
             + (lab ? [] : ["--exit-with-parent", String(getpid())])
-        if lab { print("vmscope demo --lab: booting the lab (QEMU TCG, Linux 6.12 with KVM_X86_SW_PROTECTED_VM): a few seconds", to: &err) }
+        if lab { print("vmscope demo --lab: booting the lab (QEMU TCG, \(Lab.Kernel.preferred) with KVM_X86_SW_PROTECTED_VM): a few seconds", to: &err) }
         vmm.standardOutput = FileHandle.nullDevice
         vmm.standardError = FileHandle(forWritingAtPath: logPath)
         vmm.standardInput = FileHandle.nullDevice

@@ -12,7 +12,7 @@ import Glibc
 struct LabCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab",
-        abstract: "The nested KVM lab: Linux 6.12 with KVM_X86_SW_PROTECTED_VM under QEMU TCG, for the kernel engine.",
+        abstract: "The nested KVM lab: Linux 7.3 or 6.12 with KVM_X86_SW_PROTECTED_VM under QEMU TCG, for the kernel engine.",
         subcommands: [LabBuildCommand.self, LabRunCommand.self, LabExecCommand.self, LabAgentCommand.self])
 }
 
@@ -22,11 +22,13 @@ struct LabBuildCommand: ParsableCommand {
         abstract: "Build (or reuse) the lab's kernel and initramfs, cached by their inputs in $VMSCOPE_LAB_DIR or ~/.cache/vmscope/lab.")
 
     @Option(help: "Parallel make jobs (default: the number of CPUs).") var jobs: Int?
+    @Option(help: "The lab kernel: 7.3 (Debian trixie-backports, the default) or 6.12 (trixie); each is cached apart.")
+    var kernel = Lab.Kernel.preferred
 
     func run() throws {
         var err = StandardError()
         let started = Date()
-        let (status, artifacts) = Lab.build(jobs: jobs)
+        let (status, artifacts) = Lab.build(kernel, jobs: jobs)
         guard status == 0, let artifacts else {
             print("vmscope lab build: failed (status \(status)); the output above says where", to: &err)
             throw ExitCode(status == 0 ? 1 : status)
@@ -41,6 +43,7 @@ struct LabBuildCommand: ParsableCommand {
 struct LabMachineOptions: ParsableArguments {
     @Option(name: .customLong("lab-cpus"), help: "CPUs of the lab guest (QEMU TCG threads).") var labCPUs = 2
     @Option(name: .customLong("lab-memory"), help: "Memory of the lab guest, e.g. 2G.") var labMemory = ByteSize(argument: "2G")!
+    @Option(help: "The lab kernel: 7.3 (the default; $VMSCOPE_LAB_KERNEL overrides) or 6.12.") var kernel = Lab.Kernel.preferred
 
     func validate() throws {
         guard (1...8).contains(labCPUs) else { throw ValidationError("--lab-cpus must be 1 to 8") }
@@ -58,8 +61,8 @@ struct LabMachineOptions: ParsableArguments {
 }
 
 /// Says why the lab cannot start, in one line with the fix, and exits 2.
-func requireLab(_ command: String) throws -> Lab.Artifacts {
-    switch Lab.ready() {
+func requireLab(_ command: String, kernel: Lab.Kernel) throws -> Lab.Artifacts {
+    switch Lab.ready(kernel) {
     case .success(let a): return a
     case .failure(let why):
         var err = StandardError()
@@ -130,7 +133,7 @@ struct LabRunCommand: ParsableCommand {
     func run() throws {
         blockTerminationSignals()
         var err = StandardError()
-        let artifacts = try requireLab("lab run")
+        let artifacts = try requireLab("lab run", kernel: machine.kernel)
         // Refuse a path in use (or a file that is not a socket) before booting anything, by the VMM's own rule;
         // the relay creates the socket again once the VMM inside answers.
         do { try UnixListener(path: socket).remove() } catch {
@@ -220,7 +223,7 @@ struct LabExecCommand: ParsableCommand {
     func run() throws {
         blockTerminationSignals()
         var err = StandardError()
-        let artifacts = try requireLab("lab exec")
+        let artifacts = try requireLab("lab exec", kernel: machine.kernel)
         var cmd = command
         if cmd.first == "--" { cmd.removeFirst() }
         var env: [String: String] = [:]
@@ -286,3 +289,5 @@ struct LabAgentCommand: ParsableCommand {
         throw ExitCode(status)
     }
 }
+
+extension Lab.Kernel: ExpressibleByArgument {}

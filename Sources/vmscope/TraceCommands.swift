@@ -4,10 +4,14 @@ import Exporter
 import Foundation
 import Logging
 import Inspector
+import ProcessSupport
 import Synchronization
 import HostTracing
+import KVM
 
 private let traceStop = Atomic<Int32>(0)
+/// Set by SIGUSR1: print the traced private/shared map now.
+private let traceMapWanted = Atomic<Int32>(0)
 
 /// `vmscope trace PID`: the decoded KVM tracepoint stream of one process's threads, on stdout.
 struct TraceCommand: ParsableCommand {
@@ -20,9 +24,22 @@ struct TraceCommand: ParsableCommand {
             software KVM of some hosts only kvm_userspace_exit and kvm_mmio fire; on hardware KVM kvm_page_fault and \
             kvm_exit do too. With --json each event is one JSON object a line. Exit status 2 when tracing cannot start \
             (the reason and the fix on stderr).
+
+            Where the kernel traces KVM_SET_MEMORY_ATTRIBUTES (kvm_vm_set_mem_attributes, Linux 6.17 and later with \
+            memory attributes, and the system-call tracepoints), each request is paired with the same thread's ioctl \
+            result and printed as a "conversion" (applied only when the ioctl returned 0), and the VM's private/shared \
+            map so traced is printed as an "attribute-map" on SIGUSR1 and at the end. Pages no traced conversion \
+            covered are unknown unless the trace began before the process had a VM: --exec starts the command under \
+            the trace (same pid, traced from its first instruction), so its map is complete.
             """)
 
-    @Argument(help: "The VMM's process id (not with --load-raw).") var pid: Int32?
+    @Argument(help: "The VMM's process id (not with --load-raw or --exec).") var pid: Int32?
+    @Flag(help: "Print only what vmscope pairs from the events: conversions (with their ioctl's result), memory faults (a kvm_page_fault, then a MEMORY_FAULT exit on the same thread) and the attribute map.")
+    var pairedOnly = false
+    @Flag(help: "Start the command after -- under the trace (traced from its first instruction: a complete private/shared map); exit with its status.")
+    var exec = false
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("With --exec: the command and its arguments.", valueName: "command"))
+    var command: [String] = []
     @Flag(help: "One JSON object a line.") var json = false
     @Option(help: "Stop after this long, e.g. 10s (default: until Ctrl-C or the process exits).") var duration: String?
     @Option(help: "Comma-separated events (default: all of kvm_userspace_exit, kvm_mmio, kvm_hypercall, kvm_page_fault, kvm_exit).")
@@ -34,10 +51,16 @@ struct TraceCommand: ParsableCommand {
     var loadRaw: String?
 
     func validate() throws {
-        switch (pid, loadRaw) {
-        case (nil, nil): throw ValidationError("name the VMM's process id, or --load-raw FILE")
-        case (.some, .some): throw ValidationError("--load-raw decodes a file: it takes no process id")
-        default: break
+        if exec {
+            guard !command.isEmpty else { throw ValidationError("--exec needs a command after --, e.g. vmscope trace --exec -- vmscope vmm --socket vm.sock") }
+            guard pid == nil, loadRaw == nil else { throw ValidationError("--exec starts its own process: it takes no process id and no --load-raw") }
+        } else {
+            guard command.isEmpty else { throw ValidationError("a command after -- needs --exec") }
+            switch (pid, loadRaw) {
+            case (nil, nil): throw ValidationError("name the VMM's process id, --exec -- COMMAND, or --load-raw FILE")
+            case (.some, .some): throw ValidationError("--load-raw decodes a file: it takes no process id")
+            default: break
+            }
         }
         if loadRaw != nil && (duration != nil || saveRaw != nil) {
             throw ValidationError("--load-raw decodes a file: --duration and --save-raw do not go with it")
@@ -63,7 +86,7 @@ struct TraceCommand: ParsableCommand {
         func emit(_ batch: [TraceEvent]) {
             guard !batch.isEmpty, !outputClosed else { return }
             var text = ""
-            for e in batch where wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
+            for e in batch where !pairedOnly && wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
             if let failed = writeAll(STDOUT_FILENO, Array(text.utf8)) {
                 outputClosed = true
                 traceStop.store(SIGPIPE, ordering: .relaxed)
@@ -90,13 +113,125 @@ struct TraceCommand: ParsableCommand {
             }
             return
         }
-        guard let pid else { return }
+        // --exec: the command waits at a gate (a shell blocked on a FIFO) until its pid is traced, then execs in place.
+        var child: ChildProcess?
+        var gate: String?
+        if exec {
+            let dir = NSTemporaryDirectory() + "vmscope-trace-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            guard mkdir(dir, 0o700) == 0, mkfifo(dir + "/gate", 0o600) == 0 else {
+                print("vmscope trace --exec: cannot make a gate in \(dir): \(String(cString: strerror(errno)))", to: &err)
+                throw ExitCode(2)
+            }
+            gate = dir + "/gate"
+            // posix_spawn and waitpid (not Foundation's Process, whose exit monitor missed the child's end in the lab).
+            do { child = try ChildProcess(["/bin/sh", "-c", "read _ < \"$0\" && exec \"$@\"", dir + "/gate"] + command, redirects: .inherited) } catch {
+                print("vmscope trace --exec: \(error)", to: &err)
+                throw ExitCode(2)
+            }
+        }
+        defer {
+            if let gate {
+                unlink(gate)
+                rmdir((gate as NSString).deletingLastPathComponent)
+            }
+        }
+        guard let pid = pid ?? child.map({ $0.pid }) else { return }
         let session: TraceSession
-        do { session = try TraceSession(pid: pid, events: wanted.map(Array.init)) } catch {
+        // Asked for kvm_vm_set_mem_attributes, the session also takes the ioctl events that pair it with results.
+        let sessionEvents = wanted.map { $0.contains("kvm_vm_set_mem_attributes") ? $0.union(EventLayouts.conversionPairing) : $0 }
+        do { session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init)) } catch {
             print("vmscope trace: \(error)", to: &err)
+            child?.terminate()
             throw ExitCode(2)
         }
         defer { session.close() }
+        signal(SIGUSR1) { _ in traceMapWanted.store(1, ordering: .relaxed) }
+        // The traced private/shared map, where this kernel can give one (asked after tracing is on: a process with no
+        // VM then has every VM traced from its creation).
+        var attributes: TracedAttributes? = session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil
+            ? TracedAttributes(complete: child != nil || !HostProcess.hasVM(pid: pid)) : nil
+        if let gate {
+            // Open the gate: the shell reads its line and execs the command, under the trace.
+            let fd = open(gate, O_WRONLY | O_CLOEXEC)
+            if fd >= 0 { _ = writeAll(fd, [0x0A]); close(fd) }
+        }
+        func emitMap() {
+            guard let a = attributes, !outputClosed else { return }
+            var top: UInt64 = 0
+            for r in a.runs where r.end < TracedAttributes.gfnLimit { top = max(top, r.end) }
+            if let last = a.runs.last, last.end == TracedAttributes.gfnLimit { top = max(top, last.start) }
+            let v = a.view(start: 0, end: max(top, 1))
+            let line: String
+            if json {
+                line = JSON.object([
+                    ("event", .string("attribute-map")), ("complete", .bool(a.complete)), ("applied", .u(a.applied)), ("refused", .u(a.refused)),
+                    ("overflowed", .bool(a.overflowed)), ("pages", .u(top)),
+                    ("runs", .array(v.known.map { .object([("start-gfn", .u($0.start)), ("end-gfn", .u($0.end)), ("private", .bool($0.isPrivate))]) })),
+                    ("unknown", .array(v.unknown.map { .object([("start-gfn", .u($0.lowerBound)), ("end-gfn", .u($0.upperBound))]) })),
+                ]).serialized
+            } else {
+                line = "attribute map (\(a.complete ? "complete: traced from before the VM" : "pages not converted since the trace began are unknown")): "
+                    + "\(a.applied) conversions applied, \(a.refused) refused; "
+                    + v.known.filter(\.isPrivate).map { "private gfn 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
+            }
+            if writeAll(STDOUT_FILENO, Array((line + "\n").utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
+        }
+        // Each thread's newest kvm_page_fault, for the MEMORY_FAULT exit that may follow it.
+        var lastPageFault: [Int32: (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)] = [:]
+        func pair(_ batch: [TraceEvent]) {
+            var text = ""
+            for e in batch {
+                if let c = attributes?.apply(e) { emitConversion(c) }
+                switch e.kind {
+                case .pageFault(_, _, let address, let code):
+                    lastPageFault[e.tid] = (address, code, e.timeNs)
+                case .userspaceExit(let reason, let errno) where reason == .memoryFault:
+                    let pf = lastPageFault.removeValue(forKey: e.tid)
+                    // The direction wanted: the error code's private_access bit where hardware sets it; for a
+                    // software-protected VM KVM adds it after the tracepoint from the page's attribute, which the
+                    // traced map knows where it saw the page converted.
+                    let page = pf.flatMap { attributes?.isPrivate(gfn: $0.gpa >> 12) }
+                    let wanted: Bool? = pf.map { $0.code.has("private_access") } == true ? true : page
+                    if json {
+                        text += JSON.object([
+                            ("event", .string("memory-fault")), ("tid", .int(Int64(e.tid))), ("time-ns", .u(e.timeNs)),
+                            ("paired-from", .array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))),
+                            ("gpa", pf.map { .u($0.gpa) } ?? .null), ("gfn", pf.map { .u($0.gpa >> 12) } ?? .null),
+                            ("access", pf.map { .string($0.code.access) } ?? .null), ("error-code", pf.map { .u($0.code.rawValue) } ?? .null),
+                            ("wanted", wanted.map { .string($0 ? "private" : "shared") } ?? .null), ("errno", .int(Int64(errno))),
+                            ("page-fault-ns", pf.map { .u($0.timeNs) } ?? .null),
+                            ("missing", pf == nil ? .string("no kvm_page_fault before it on this thread: GPA unknown") : .null),
+                        ]).serialized + "\n"
+                    } else {
+                        text += String(format: "%.6f", Double(e.timeNs) / 1e9) + " tid \(e.tid) memory-fault "
+                            + (pf.map { "gpa=0x\(String($0.gpa, radix: 16)) access=\($0.code.access) wanted=\(wanted.map { $0 ? "private" : "shared" } ?? "?")" }
+                                ?? "gpa unknown (no kvm_page_fault before it)") + "\n"
+                    }
+                default:
+                    break
+                }
+            }
+            if !text.isEmpty, !outputClosed, writeAll(STDOUT_FILENO, Array(text.utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
+        }
+        func emitConversion(_ c: TracedAttributes.Conversion) {
+            guard !outputClosed else { return }
+            let line: String
+            if json {
+                var m: [(String, JSON)] = [("event", .string("conversion")), ("tid", .int(Int64(c.tid))), ("time-ns", .u(c.returnedNs)),
+                                           ("paired-from", .array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string)))]
+                m += [("entered-ns", c.enteredNs.map { .u($0) } ?? .null), ("traced-ns", c.tracedNs.map { .u($0) } ?? .null),
+                      ("start-gfn", c.startGFN.map { .u($0) } ?? .null), ("end-gfn", c.endGFN.map { .u($0) } ?? .null),
+                      ("to", c.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null),
+                      ("result", .string(c.accepted ? "applied" : "refused")), ("errno", c.errno.map { .string(KVMError.name(of: $0)) } ?? .null),
+                      ("changed-pages", c.changedPages.map { .u($0) } ?? .null)]
+                line = JSON.object(m).serialized
+            } else {
+                let range = c.startGFN.map { "gfn 0x\(String($0, radix: 16))-0x\(String(c.endGFN ?? $0, radix: 16))" } ?? "range not traced"
+                line = String(format: "%.6f", Double(c.returnedNs) / 1e9) + " tid \(c.tid) conversion \(range) to \(c.toPrivate.map { $0 ? "private" : "shared" } ?? "?"): "
+                    + (c.accepted ? "applied" + (c.changedPages.map { " (\($0) pages changed)" } ?? "") : "refused (\(c.errno.map { KVMError.name(of: $0) } ?? "?"))")
+            }
+            if writeAll(STDOUT_FILENO, Array((line + "\n").utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
+        }
         // --save-raw: the header now, then each batch's records as they come, with POSIX writes (a full disk is
         // reported by its errno, and what was written before it decodes).
         var rawFD: Int32 = -1
@@ -116,21 +251,40 @@ struct TraceCommand: ParsableCommand {
             session.keepRaw = true
         }
         defer { if rawFD >= 0 { close(rawFD) } }
-        print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)", to: &err)
+        print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)"
+              + (attributes == nil ? "; no private/shared map: this kernel does not trace KVM_SET_MEMORY_ATTRIBUTES with its result (kvm_vm_set_mem_attributes and sys_exit_ioctl)" : ""),
+              to: &err)
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
+        var exitStatus: Int32?
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
             emit(batch)
+            pair(batch)
+            if traceMapWanted.exchange(0, ordering: .relaxed) != 0 { emitMap() }
             if rawFD >= 0 {
                 let kept = session.takeRaw()
                 if !kept.isEmpty { try saveRaw(kept.map(RawTraceRecording.line).joined()) }
             }
             if let deadline, HostClock.monotonicNs() >= deadline { break }
-            if kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }
+            if let child, let status = child.poll() {
+                // What it did before exiting is in the buffers still.
+                let rest = session.read()
+                emit(rest)
+                pair(rest)
+                exitStatus = status
+                print("vmscope trace: process \(pid) exited (status \(status))", to: &err)
+                break
+            }
+            if child == nil, kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }
             if batch.isEmpty { usleep(20_000) }
         }
+        emitMap()
         print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded",
               to: &err)
+        if let child {
+            if child.poll() == nil { child.terminate(grace: 10) }
+            if let exitStatus, exitStatus != 0 { throw ExitCode(exitStatus) }
+        }
     }
 }
 

@@ -1,21 +1,31 @@
 #!/bin/bash
-# vmscope lab build: the lab guest's kernel (Linux 6.12 from Debian's linux-source-6.12, tinyconfig plus
-# kvm-lab.config) and its initramfs (busybox and init), made once and cached by their inputs.
+# vmscope lab build: the lab guest's kernel (Linux 7.3 from Debian trixie-backports' linux-source-7.3, or 6.12
+# from trixie's linux-source-6.12; tinyconfig plus kvm-lab.config plus kvm-lab-VERSION.config when there is one)
+# and its initramfs (busybox and init), made once and cached by their inputs.
 #
 # Run by `vmscope lab build`, which sets:
 #   LAB_ROOT   the cache root (~/.cache/vmscope/lab or $VMSCOPE_LAB_DIR): the kernel lives in
-#              LAB_ROOT/kernel-KEY, KEY = sha256 of the source package's version and the config fragment, the
+#              LAB_ROOT/kernel-KEY, KEY = sha256 of the source package's version and the config fragments, the
 #              initramfs in LAB_ROOT/initrd-KEY, KEY = sha256 of init and busybox (keyed by inputs, not outputs:
 #              a bzImage is not bit-reproducible)
 #   LAB_INPUTS the folder holding kvm-lab.config and init
+#   LAB_KERNEL 7.3 (the default) or 6.12
 #   JOBS       parallel make jobs
 # The system's apt configuration is left alone: the source package comes through a private apt config in
 # LAB_ROOT/apt (same Debian archive as the system's, another suite). Prints "lab-dir DIR" last.
 set -euo pipefail
 : "${LAB_ROOT:?}" "${LAB_INPUTS:?}"
 JOBS=${JOBS:-$(nproc)}
-KSUITE=${KSUITE:-trixie}
-KPKG=linux-source-6.12
+LAB_KERNEL=${LAB_KERNEL:-7.3}
+case "$LAB_KERNEL" in
+    7.3) KSUITE=trixie-backports ;;
+    6.12) KSUITE=trixie ;;
+    *) echo "lab: no lab kernel $LAB_KERNEL (7.3 or 6.12)" >&2; exit 2 ;;
+esac
+KPKG=linux-source-$LAB_KERNEL
+# The kernel's own fragment (what only that version needs), merged after the common one.
+EXTRA=$LAB_INPUTS/kvm-lab-$LAB_KERNEL.config
+[ -f "$EXTRA" ] || EXTRA=
 mkdir -p "$LAB_ROOT"
 step() { echo "lab: $*"; }
 
@@ -23,7 +33,7 @@ APTD=$LAB_ROOT/apt-$KSUITE
 # The cache keys of $VERSION's kernel and of the initramfs: sets OUT and IOUT.
 keys() {
     local k ik
-    k=$( { echo "$KPKG $VERSION"; cat "$LAB_INPUTS/kvm-lab.config"; } | sha256sum | cut -c1-16)
+    k=$( { echo "$KPKG $VERSION"; cat "$LAB_INPUTS/kvm-lab.config" ${EXTRA:+"$EXTRA"}; } | sha256sum | cut -c1-16)
     ik=$(cat "$LAB_INPUTS/init" /bin/busybox 2>/dev/null | sha256sum | cut -c1-16)
     OUT=$LAB_ROOT/kernel-$k
     IOUT=$LAB_ROOT/initrd-$ik
@@ -71,36 +81,39 @@ else
 fi
 keys
 mkdir -p "$OUT" "$IOUT"
-step "inputs: $KPKG $VERSION and kvm-lab.config → $OUT; init and busybox → $IOUT"
+step "inputs: $KPKG $VERSION and kvm-lab.config${EXTRA:+ and ${EXTRA##*/}} → $OUT; init and busybox → $IOUT"
 
 # ---- kernel
 if [ -f "$OUT/bzImage" ]; then
     step "kernel: cached ($OUT/bzImage)"
 else
     SRC=$LAB_ROOT/src-$VERSION
-    if [ ! -f "$SRC/linux-source-6.12/Makefile" ]; then
+    if [ ! -f "$SRC/$KPKG/Makefile" ]; then
         step "downloading $KPKG $VERSION"
         rm -f "$APTD/cache/${KPKG}_"*.deb
         (cd "$APTD/cache" && apt-get "${APT_OPTS[@]}" -qq download "$KPKG=$VERSION")
         rm -rf "$SRC.tmp" && mkdir -p "$SRC.tmp"
         step "unpacking the source (about a minute)"
         dpkg-deb --fsys-tarfile "$APTD/cache/${KPKG}_"*.deb | tar -x -C "$SRC.tmp" --wildcards '*.tar.xz'
-        tar -xJf "$SRC.tmp"/usr/src/linux-source-6.12.tar.xz -C "$SRC.tmp"
+        tar -xJf "$SRC.tmp/usr/src/$KPKG.tar.xz" -C "$SRC.tmp"
         rm -rf "$SRC.tmp/usr" "$APTD/cache/${KPKG}_"*.deb
         rm -rf "$SRC" && mv "$SRC.tmp" "$SRC"
     fi
     KB=$OUT/kbuild
     mkdir -p "$KB"
-    step "configuring (tinyconfig + kvm-lab.config)"
-    make -C "$SRC/linux-source-6.12" O="$KB" -s tinyconfig >/dev/null
-    "$SRC/linux-source-6.12/scripts/kconfig/merge_config.sh" -m -O "$KB" "$KB/.config" "$LAB_INPUTS/kvm-lab.config" >/dev/null
-    make -C "$SRC/linux-source-6.12" O="$KB" -s olddefconfig >/dev/null
-    for opt in KVM_SW_PROTECTED_VM KVM_AMD VIRTIO_CONSOLE 9P_FS UNIX; do
+    step "configuring (tinyconfig + kvm-lab.config${EXTRA:+ + ${EXTRA##*/}})"
+    make -C "$SRC/$KPKG" O="$KB" -s tinyconfig >/dev/null
+    "$SRC/$KPKG/scripts/kconfig/merge_config.sh" -m -O "$KB" "$KB/.config" "$LAB_INPUTS/kvm-lab.config" ${EXTRA:+"$EXTRA"} >/dev/null
+    make -C "$SRC/$KPKG" O="$KB" -s olddefconfig >/dev/null
+    # What the fragments ask for and the kernel must keep (olddefconfig drops what a dependency lacks, silently).
+    must=(KVM_SW_PROTECTED_VM KVM_AMD VIRTIO_CONSOLE 9P_FS UNIX)
+    [ -n "$EXTRA" ] && must+=($(sed -n 's/^CONFIG_\([A-Z0-9_]*\)=y.*/\1/p' "$EXTRA"))
+    for opt in "${must[@]}"; do
         grep -q "^CONFIG_$opt=y" "$KB/.config" || { echo "lab: CONFIG_$opt did not stick in the kernel config" >&2; exit 1; }
     done
     step "building the kernel with $JOBS jobs (5-12 min on 2 cores)"
     S=$(date +%s)
-    make -C "$SRC/linux-source-6.12" O="$KB" -s -j"$JOBS" bzImage 2>&1 | grep -v -E '^(  [A-Z]|make\[)' || true
+    make -C "$SRC/$KPKG" O="$KB" -s -j"$JOBS" bzImage 2>&1 | grep -v -E '^(  [A-Z]|make\[)' || true
     [ -f "$KB/arch/x86/boot/bzImage" ] || { echo "lab: the kernel build failed (see above)" >&2; exit 1; }
     step "kernel built in $(( $(date +%s) - S )) s"
     cp "$KB/.config" "$OUT/kernel.config"
