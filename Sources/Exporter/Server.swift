@@ -7,8 +7,9 @@ import NIOCore
 /// `/metrics` over HTTP/1.1 (Hummingbird on SwiftNIO): the registry's text exposition on GET or HEAD; 404 for any
 /// other path, 405 for another method on `/metrics`; requests whose headers pass 16 KiB are refused by the HTTP
 /// decoder (431/400) and idle connections are closed after 10 s. Serving runs on NIO's event loop, apart from the
-/// collector thread, so no client (slow, huge, or many at once; at most 64 connections) can stall a collection or
-/// another scrape.
+/// collector thread, so no client (slow, huge, or many at once; at most 64 connections, of which one other user
+/// or one remote address holds at most 8) can stall a collection or another scrape; a client that pipelines
+/// requests without reading the answers is not read further until it does.
 public final class MetricsServer: Sendable {
     public let host: String
     /// The port bound (the one asked for, or the kernel's choice for 0).
@@ -20,6 +21,12 @@ public final class MetricsServer: Sendable {
     public static let maxHeaderBytes = 16 * 1024
     public static let idleTimeout = TimeAmount.seconds(10)
     public static let maxConnections = 64
+    /// Connections one other user (on loopback, by the socket's owner) or one remote address may hold at once;
+    /// root and the exporter's own user are not limited. Beyond it a connection is closed at once.
+    public static let connectionsPerPeer = 8
+    private let quota: ConnectionQuota
+    /// Connections closed for being beyond their peer's share.
+    public var connectionsRefused: UInt64 { quota.refusedTotal }
 
     /// Binds `host:port` and serves until `stop()`; throws when the address cannot be bound.
     public init(host: String, port: Int, store: MetricsStore, logger: Logger) throws {
@@ -41,12 +48,15 @@ public final class MetricsServer: Sendable {
         }
         let decoder = HTTP1Channel.Configuration.DecoderConfiguration(maxHeaderFieldSize: Self.maxHeaderBytes,
                                                                       maxHeaderListSize: Self.maxHeaderBytes, maxHeaderFieldCount: 100)
+        let quota = ConnectionQuota(perPeer: Self.connectionsPerPeer, logger: logger)
+        self.quota = quota
         let bound = Promise()
         var quiet = logger
         quiet.logLevel = max(logger.logLevel, .warning)
         let app = Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: Self.idleTimeout, httpDecoderConfiguration: decoder)),
+            server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard(quota: quota)], idleTimeout: Self.idleTimeout,
+                                                httpDecoderConfiguration: decoder)),
             configuration: .init(address: .hostname(host, port: port), serverName: "vmscope",
                                  availableConnectionsDelegate: MaximumAvailableConnections(Self.maxConnections)),
             onServerRunning: { channel in bound.fulfil(.success(channel.localAddress?.port ?? port)) },

@@ -36,11 +36,10 @@ public final class TraceSource: VMSource {
     public private(set) var attributes: TracedAttributes?
     public let attributesUnavailable: String?
     private var lastRefusal: String?
-    /// Each vCPU thread's newest `kvm_page_fault`: a `kvm_userspace_exit` with MEMORY_FAULT after it on the same
-    /// thread is that access's memory-fault exit. Exits with no page fault before them (the trace began between the
-    /// two, or the kernel does not fire kvm_page_fault, as under PVM) are counted, not given a GPA.
-    private var lastPageFault: [Int32: (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)] = [:]
-    public private(set) var memoryFaultsWithoutGPA: UInt64 = 0
+    /// A `kvm_page_fault` then a MEMORY_FAULT exit on the same thread: a traced memory fault. Exits with no page fault
+    /// before them (the trace began between the two, or the kernel does not fire kvm_page_fault, as under PVM) are
+    /// counted (`faults.withoutGPA`), not given a GPA.
+    private var faults = MemoryFaultPairing()
 
     public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false) {
         self.session = session
@@ -102,9 +101,19 @@ public final class TraceSource: VMSource {
             let v = vcpu(e.tid)
             if attributes != nil, let c = attributes?.apply(e) {
                 mapChanged = true
-                if let errno = c.errno {
-                    let range = c.startGFN.map { "gfn 0x\(String($0, radix: 16))-0x\(String(c.endGFN ?? $0, radix: 16))" } ?? "range not traced (refused by an argument check)"
-                    lastRefusal = "\(range) to \(c.toPrivate.map { $0 ? "private" : "shared" } ?? "?"): \(errno == 0 ? "nonzero return" : KVMError.name(of: errno))"
+                if let why = c.refusalText { lastRefusal = why }
+            }
+            if let f = faults.apply(e, attributes: attributes) {
+                if let gpa = f.gpa {
+                    seq += 1
+                    let code = f.errorCode ?? PageFaultErrorCode(rawValue: 0)
+                    let access: FaultAccess = code.has("fetch") ? .exec : code.has("write") ? .write : .read
+                    var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: gpa & ~0xFFF, size: 4096,
+                                        flags: f.wantsPrivate == true ? MemoryAttributes.private.rawValue : 0, isPrivate: f.wantsPrivate == true,
+                                        access: access, source: .trace, exit: .memoryFault, attribute: .none, slot: nil, action: .reported)
+                    r.attribute = f.pageIsPrivate.map { Open<PageAttribute>($0 ? .private : .shared) }
+                        ?? .unknown(f.wantsPrivate == nil ? "not traced: direction unknown" : "not traced")
+                    records.append(r)
                 }
             }
             switch e.kind {
@@ -113,25 +122,6 @@ public final class TraceSource: VMSource {
                 let name = errno < 0 && reason != .memoryFault ? HostVMs.Stat.errorReason : reason.name
                 exitCounts[e.tid, default: [:]][name, default: 0] += 1
                 lastExit[e.tid] = name
-                if reason == .memoryFault {
-                    if let pf = lastPageFault.removeValue(forKey: e.tid) {
-                        seq += 1
-                        let access: FaultAccess = pf.code.has("fetch") ? .exec : pf.code.has("write") ? .write : .read
-                        // The direction wanted: the error code's private_access bit where the hardware says it
-                        // (SEV-SNP's C-bit); for a software-protected VM KVM adds that bit after the tracepoint, from
-                        // the page's attribute, which the traced map knows where it saw the page converted.
-                        let page = attributes?.isPrivate(gfn: pf.gpa >> 12)
-                        let toPrivate: Bool? = pf.code.has("private_access") ? true : page
-                        var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: pf.gpa & ~0xFFF, size: 4096,
-                                            flags: toPrivate == true ? MemoryAttributes.private.rawValue : 0, isPrivate: toPrivate == true,
-                                            access: access, source: .trace, exit: .memoryFault, attribute: .none, slot: nil, action: .reported)
-                        r.attribute = page.map { Open<PageAttribute>($0 ? .private : .shared) }
-                            ?? .unknown(toPrivate == nil ? "not traced: direction unknown" : "not traced")
-                        records.append(r)
-                    } else {
-                        memoryFaultsWithoutGPA &+= 1
-                    }
-                }
             case .mmio(let type, let len, let gpa, _):
                 seq += 1
                 let access: FaultAccess = switch type { case .write: .write; case .read, .unsatisfiedRead: .read; case .unknown: .unknown }
@@ -140,7 +130,6 @@ public final class TraceSource: VMSource {
                 r.attribute = .unknown("?")
                 records.append(r)
             case .pageFault(_, _, let address, let ec):
-                lastPageFault[e.tid] = (address, ec, e.timeNs)
                 seq += 1
                 let access: FaultAccess = ec.has("fetch") ? .exec : ec.has("write") ? .write : .read
                 var r = FaultRecord(seq: seq, timeNs: e.timeNs, vcpu: v, gpa: address, size: 4096, flags: ec.rawValue,

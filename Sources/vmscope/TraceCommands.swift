@@ -157,80 +157,24 @@ struct TraceCommand: ParsableCommand {
         }
         func emitMap() {
             guard let a = attributes, !outputClosed else { return }
-            var top: UInt64 = 0
-            for r in a.runs where r.end < TracedAttributes.gfnLimit { top = max(top, r.end) }
-            if let last = a.runs.last, last.end == TracedAttributes.gfnLimit { top = max(top, last.start) }
-            let v = a.view(start: 0, end: max(top, 1))
-            let line: String
-            if json {
-                line = JSON.object([
-                    ("event", .string("attribute-map")), ("complete", .bool(a.complete)), ("applied", .u(a.applied)), ("refused", .u(a.refused)),
-                    ("overflowed", .bool(a.overflowed)), ("pages", .u(top)),
-                    ("runs", .array(v.known.map { .object([("start-gfn", .u($0.start)), ("end-gfn", .u($0.end)), ("private", .bool($0.isPrivate))]) })),
-                    ("unknown", .array(v.unknown.map { .object([("start-gfn", .u($0.lowerBound)), ("end-gfn", .u($0.upperBound))]) })),
-                ]).serialized
-            } else {
-                line = "attribute map (\(a.complete ? "complete: traced from before the VM" : "pages not converted since the trace began are unknown")): "
-                    + "\(a.applied) conversions applied, \(a.refused) refused; "
-                    + v.known.filter(\.isPrivate).map { "private gfn 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
-            }
+            let line = json ? a.mapJSON.serialized : terminalSafe(a.mapLine)
             if writeAll(STDOUT_FILENO, Array((line + "\n").utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
         }
-        // Each thread's newest kvm_page_fault, for the MEMORY_FAULT exit that may follow it.
-        var lastPageFault: [Int32: (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)] = [:]
+        var faults = MemoryFaultPairing()
         func pair(_ batch: [TraceEvent]) {
             var text = ""
             for e in batch {
                 if let c = attributes?.apply(e) { emitConversion(c) }
-                switch e.kind {
-                case .pageFault(_, _, let address, let code):
-                    lastPageFault[e.tid] = (address, code, e.timeNs)
-                case .userspaceExit(let reason, let errno) where reason == .memoryFault:
-                    let pf = lastPageFault.removeValue(forKey: e.tid)
-                    // The direction wanted: the error code's private_access bit where hardware sets it; for a
-                    // software-protected VM KVM adds it after the tracepoint from the page's attribute, which the
-                    // traced map knows where it saw the page converted.
-                    let page = pf.flatMap { attributes?.isPrivate(gfn: $0.gpa >> 12) }
-                    let wanted: Bool? = pf.map { $0.code.has("private_access") } == true ? true : page
-                    if json {
-                        text += JSON.object([
-                            ("event", .string("memory-fault")), ("tid", .int(Int64(e.tid))), ("time-ns", .u(e.timeNs)),
-                            ("paired-from", .array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))),
-                            ("gpa", pf.map { .u($0.gpa) } ?? .null), ("gfn", pf.map { .u($0.gpa >> 12) } ?? .null),
-                            ("access", pf.map { .string($0.code.access) } ?? .null), ("error-code", pf.map { .u($0.code.rawValue) } ?? .null),
-                            ("wanted", wanted.map { .string($0 ? "private" : "shared") } ?? .null), ("errno", .int(Int64(errno))),
-                            ("page-fault-ns", pf.map { .u($0.timeNs) } ?? .null),
-                            ("missing", pf == nil ? .string("no kvm_page_fault before it on this thread: GPA unknown") : .null),
-                        ]).serialized + "\n"
-                    } else {
-                        text += String(format: "%.6f", Double(e.timeNs) / 1e9) + " tid \(e.tid) memory-fault "
-                            + (pf.map { "gpa=0x\(String($0.gpa, radix: 16)) access=\($0.code.access) wanted=\(wanted.map { $0 ? "private" : "shared" } ?? "?")" }
-                                ?? "gpa unknown (no kvm_page_fault before it)") + "\n"
-                    }
-                default:
-                    break
-                }
+                if let f = faults.apply(e, attributes: attributes) { text += (json ? f.json.serialized : f.line) + "\n" }
             }
             if !text.isEmpty, !outputClosed, writeAll(STDOUT_FILENO, Array(text.utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
         }
         func emitConversion(_ c: TracedAttributes.Conversion) {
             guard !outputClosed else { return }
-            let line: String
-            if json {
-                var m: [(String, JSON)] = [("event", .string("conversion")), ("tid", .int(Int64(c.tid))), ("time-ns", .u(c.returnedNs)),
-                                           ("paired-from", .array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string)))]
-                m += [("entered-ns", c.enteredNs.map { .u($0) } ?? .null), ("traced-ns", c.tracedNs.map { .u($0) } ?? .null),
-                      ("start-gfn", c.startGFN.map { .u($0) } ?? .null), ("end-gfn", c.endGFN.map { .u($0) } ?? .null),
-                      ("to", c.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null),
-                      ("result", .string(c.accepted ? "applied" : "refused")), ("errno", c.errno.map { .string(KVMError.name(of: $0)) } ?? .null),
-                      ("changed-pages", c.changedPages.map { .u($0) } ?? .null)]
-                line = JSON.object(m).serialized
-            } else {
-                let range = c.startGFN.map { "gfn 0x\(String($0, radix: 16))-0x\(String(c.endGFN ?? $0, radix: 16))" } ?? "range not traced"
-                line = String(format: "%.6f", Double(c.returnedNs) / 1e9) + " tid \(c.tid) conversion \(range) to \(c.toPrivate.map { $0 ? "private" : "shared" } ?? "?"): "
-                    + (c.accepted ? "applied" + (c.changedPages.map { " (\($0) pages changed)" } ?? "") : "refused (\(c.errno.map { KVMError.name(of: $0) } ?? "?"))")
+            if writeAll(STDOUT_FILENO, Array(((json ? c.json.serialized : c.line) + "\n").utf8)) != nil {
+                outputClosed = true
+                traceStop.store(SIGPIPE, ordering: .relaxed)
             }
-            if writeAll(STDOUT_FILENO, Array((line + "\n").utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
         }
         // --save-raw: the header now, then each batch's records as they come, with POSIX writes (a full disk is
         // reported by its errno, and what was written before it decodes).

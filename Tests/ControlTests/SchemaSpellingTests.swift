@@ -19,6 +19,7 @@ import Testing
         "Sources/Inspector/Theme.swift": "theme files (themes/*.theme)",
         "Sources/FuzzTargets/FuzzTargets.swift": "the fuzz properties read replies generically, on purpose apart from the schema they check",
         "Sources/HostTracing/EventLayout.swift": "the kernel's trace event fields and `vmscope trace --json`'s output",
+        "Sources/HostTracing/TracedRecords.swift": "`vmscope trace --json`'s paired records (conversion, memory-fault, attribute-map)",
         "Sources/HostTracing/HostVMs.swift": "`vmscope top --json`'s output and KVM's debugfs statistics",
     ]
 

@@ -159,14 +159,21 @@ struct Scenario {
             _ = eventuallyTrue(60) { ((try? attributes(code)) ?? []).allSatisfy { $0 } }
             // The step's records from the MEMORY_FAULT events as well as the ring: the guests' other working sets
             // keep faulting meanwhile, and a busy step can push the one exec record out of the 4096-record ring.
-            var rs = try records(after: mark, in: code)
-            let seen = Set(rs.compactMap { $0["seq"]?.uint64Value })
-            for event in c.drainEvents() where event["event"]?.stringValue == "MEMORY_FAULT" {
-                for r in event["data"]?["records"]?.arrayValue ?? []
-                where !seen.contains(r["seq"]?.uint64Value ?? 0) && (r["seq"]?.uint64Value ?? 0) > mark
-                    && code.contains((r["gpa"]?.uint64Value ?? 0) & ~alias) {
-                    rs.append(r)
+            // The page reads private again as soon as the VMM has converted it back; its record follows (under load,
+            // a moment later): gather until one is there, or 10 s.
+            var rs: [JSON] = []
+            var fromEvents: [JSON] = []
+            _ = eventuallyTrue(10) {
+                for event in c.drainEvents() where event["event"]?.stringValue == "MEMORY_FAULT" {
+                    for r in event["data"]?["records"]?.arrayValue ?? []
+                    where (r["seq"]?.uint64Value ?? 0) > mark && code.contains((r["gpa"]?.uint64Value ?? 0) & ~alias) {
+                        fromEvents.append(r)
+                    }
                 }
+                rs = (try? records(after: mark, in: code)) ?? []
+                let seen = Set(rs.compactMap { $0["seq"]?.uint64Value })
+                rs += fromEvents.filter { !seen.contains($0["seq"]?.uint64Value ?? 0) }
+                return !rs.isEmpty
             }
             o.records = Set(rs.map(key))
             o.accesses = Set(rs.compactMap { $0["access"]?.stringValue })

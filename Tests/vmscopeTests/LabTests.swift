@@ -146,15 +146,15 @@ struct LabTests {
         try #require(Lab.unavailable(other) == nil, "\(Lab.unavailable(other) ?? "")")
         _ = try runSuiteInsideTheLab("RealVMTests", tests: "13 tests in 3 suites", kernel: other)
         _ = try runSuiteInsideTheLab("SWProtectedVMTests", tests: "5 tests", kernel: other)
-        let traced = try runSuiteInsideTheLab("TracedMapInLabTests", tests: "1 test", kernel: other)
-        for line in traced.split(separator: "\n") where line.contains("TracedMapInLabTests: ") { print("\(other): \(line)") }
+        let traced = try runSuiteInsideTheLab("TracedMapChecks", tests: "1 test", kernel: other)
+        for line in traced.split(separator: "\n") where line.contains("TracedMapChecks: ") { print("\(other): \(line)") }
     }
 
     /// Issue 29: the traced private/shared map against the VMM's, and the traced memory faults against its kernel
-    /// records (`TracedMapInLabTests`, run inside the lab on its default kernel).
+    /// records (`TracedMapChecks`, run inside the lab on its default kernel).
     @Test func tracedMapInsideTheLab() throws {
-        let plain = try runSuiteInsideTheLab("TracedMapInLabTests", tests: "1 test")
-        for line in plain.split(separator: "\n") where line.contains("TracedMapInLabTests: ") { print(line) }
+        let plain = try runSuiteInsideTheLab("TracedMapChecks", tests: "1 test")
+        for line in plain.split(separator: "\n") where line.contains("TracedMapChecks: ") { print(line) }
     }
 
     /// The acceptance run: a host conversion of part of the guest's working set makes the guest's next accesses

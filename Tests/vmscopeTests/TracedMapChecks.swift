@@ -16,7 +16,7 @@ let insideTheLab: Bool = (try? String(contentsOfFile: "/proc/cmdline", encoding:
 /// the same vCPU thread. Where the kernel has no `kvm_vm_set_mem_attributes` (6.12), the trace must say the map
 /// is unavailable and why, and the faults must still be traced.
 @Suite(.serialized, .enabled(if: insideTheLab, "runs inside the nested lab only (LabTests.tracedMapInsideTheLab)"))
-struct TracedMapInLabTests {
+struct TracedMapChecks {
     @Test func theTracedMapEqualsTheVMMsAtEachCheckpoint() throws {
         let hasTracepoint = FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events/kvm/kvm_vm_set_mem_attributes")
         let dir = NSTemporaryDirectory() + "vmscope-tm-\(getpid())"
@@ -60,7 +60,7 @@ struct TracedMapInLabTests {
         }
         let reader = Lines(out)
         func lines() -> [JSON] { reader.read() }
-        print("TracedMapInLabTests: the guest beats; tracepoint kvm_vm_set_mem_attributes \(hasTracepoint ? "present" : "absent")")
+        print("TracedMapChecks: the guest beats; tracepoint kvm_vm_set_mem_attributes \(hasTracepoint ? "present" : "absent")")
         if !hasTracepoint {
             #expect(errText().contains("no private/shared map: this kernel does not trace KVM_SET_MEMORY_ATTRIBUTES"), "\(errText().suffix(2000))")
         }
@@ -78,7 +78,7 @@ struct TracedMapInLabTests {
                 let t0 = Date()
                 _ = try c.execute("set-memory-attributes", .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(next(2) == 0)),
                                                                     ("discard", .bool(next(2) == 0))]))
-                print("TracedMapInLabTests: checkpoint \(checkpoint): converted \(size / 4096) pages at gfn \(String(start, radix: 16)) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+                print("TracedMapChecks: checkpoint \(checkpoint): converted \(size / 4096) pages at gfn \(String(start, radix: 16)) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
             }
             // Refused by the VMM before any ioctl (unaligned; past RAM): neither changes anything.
             for bad in [(UInt64(0x1001), UInt64(0x1000)), (UInt64(64 << 20), UInt64(0x1000))] {
@@ -95,8 +95,14 @@ struct TracedMapInLabTests {
             // The guest's own accesses meanwhile convert pages back under convert.
             Thread.sleep(forTimeInterval: 1)
             _ = try c.execute("vcpu-control", .object([("action", .string("pause"))]))
+            // The reply waits 2 s for each vCPU to stop; under load the lab's may take longer, and a vCPU still
+            // running can convert between the two reads below.
+            let stopped = eventuallyTrue(60) {
+                ((try? c.execute("query-vcpus"))?.arrayValue ?? []).allSatisfy { ["paused", "fault-stopped", "halted"].contains($0["state"]?.stringValue ?? "") }
+            }
+            #expect(stopped, "the vCPUs did not stop")
             Thread.sleep(forTimeInterval: 0.5)
-            print("TracedMapInLabTests: checkpoint \(checkpoint): paused")
+            print("TracedMapChecks: checkpoint \(checkpoint): paused")
             let vmm = attributePages(try c.execute("query-memory-attributes"), pages: pages)
             guard hasTracepoint else {
                 _ = try c.execute("vcpu-control", .object([("action", .string("resume"))]))
@@ -117,8 +123,19 @@ struct TracedMapInLabTests {
                 if lo < hi { for g in lo..<hi { traced[Int(g - aliasGFN)] = true } }
             }
             let differing = (0..<pages).filter { traced[$0] != vmm[$0] }
+            if let g = differing.first {
+                // What each side saw of the first page that differs: the conversions the trace paired over it, the
+                // VMM's map now (did it move while paused?), and its fault records there.
+                let gfn = UInt64(g) + aliasGFN
+                let over = lines().filter { $0["event"]?.stringValue == "conversion" && ($0["start-gfn"]?.uint64Value ?? .max) <= gfn && gfn < ($0["end-gfn"]?.uint64Value ?? 0) }
+                let again = attributePages(try c.execute("query-memory-attributes"), pages: pages)[g]
+                let records = (try c.execute("query-memory-faults", .object([("limit", .i(4096))]))["records"]?.arrayValue ?? [])
+                    .filter { (($0["gpa"]?.uint64Value ?? 0) >> 12) & ~aliasGFN == UInt64(g) }
+                print("TracedMapChecks: gfn \(String(g, radix: 16)): VMM \(vmm[g] ? "private" : "shared") (again: \(again ? "private" : "shared")), traced \(traced[g] ? "private" : "shared"); "
+                      + "conversions over it: \(over.suffix(6).map(\.serialized)); VMM records there: \(records.suffix(6).map(\.serialized))")
+            }
             #expect(differing.isEmpty, "checkpoint \(checkpoint): \(differing.count) pages differ, first gfns \(differing.prefix(8).map { String($0, radix: 16) })")
-            print("TracedMapInLabTests: checkpoint \(checkpoint): \(differing.count) pages differ")
+            print("TracedMapChecks: checkpoint \(checkpoint): \(differing.count) pages differ")
             checkpoints.append("checkpoint \(checkpoint): \(vmm.filter { $0 }.count) private pages, traced map equal: \(differing.isEmpty) "
                                + "(\(map["applied"]?.uint64Value ?? 0) conversions applied, \(map["refused"]?.uint64Value ?? 0) refused)")
             _ = try c.execute("vcpu-control", .object([("action", .string("resume"))]))
@@ -160,13 +177,13 @@ struct TracedMapInLabTests {
                 + (hasTracepoint ? ((r["flags"]?.uint64Value ?? 0) & 8 != 0 ? " private" : " shared") : "")
         }
         let total = reply["total"]?.uint64Value ?? 0
-        print("TracedMapInLabTests: " + checkpoints.joined(separator: "; "))
-        print("TracedMapInLabTests: \(recorded.count) kernel MEMORY_FAULT records kept by the VMM (of \(total) records), \(tracedFaults.count) traced")
+        print("TracedMapChecks: " + checkpoints.joined(separator: "; "))
+        print("TracedMapChecks: \(recorded.count) kernel MEMORY_FAULT records kept by the VMM (of \(total) records), \(tracedFaults.count) traced")
         #expect(!recorded.isEmpty, "the scenario makes kernel memory faults")
         // The trace has no exit the VMM did not count, vCPU by vCPU.
         var tracedPerVCPU: [Int: UInt64] = [:]
         for f in tracedFaults { if let v = Int(f.dropFirst().prefix { $0.isNumber }) { tracedPerVCPU[v, default: 0] += 1 } }
-        print("TracedMapInLabTests: MEMORY_FAULT exits counted by the VMM \(exits.sorted { $0.key < $1.key }), traced \(tracedPerVCPU.sorted { $0.key < $1.key })")
+        print("TracedMapChecks: MEMORY_FAULT exits counted by the VMM \(exits.sorted { $0.key < $1.key }), traced \(tracedPerVCPU.sorted { $0.key < $1.key })")
         #expect(tracedPerVCPU == exits.filter { $0.value > 0 }, "traced \(tracedPerVCPU) against the VMM's exit counts \(exits)")
         if total <= 4096 {
             // Every record kept has its traced exit (same vCPU, page and, on 7.3, direction).

@@ -1,0 +1,162 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// Who is at the other end of a metrics connection, as far as fairness goes: on loopback the local user owning the
+/// client's socket (from /proc/net/tcp or tcp6: the kernel's word, not the client's), elsewhere the address. Root
+/// and the exporter's own user are not limited (they can stop the exporter anyway).
+enum MetricsPeer {
+    /// The key a connection counts against, or nil when it is not limited.
+    static func key(remote: SocketAddress?, local: SocketAddress?) -> String? {
+        guard let remote, let rip = remote.ipAddress, let rport = remote.port else { return nil }
+        let loopback = rip == "127.0.0.1" || rip == "::1" || rip.hasPrefix("127.") || rip == "::ffff:127.0.0.1"
+        guard loopback, let local, let lport = local.port else { return "address \(rip)" }
+        guard let uid = owner(clientPort: rport, serverPort: lport) else { return "address \(rip)" }
+        if uid == 0 || uid == geteuid() { return nil }
+        return "uid \(uid)"
+    }
+
+    /// The uid owning the loopback socket whose local port is `clientPort` and remote port `serverPort`: the line of
+    /// /proc/net/tcp (or tcp6) for the client's end. A busy host lists thousands of sockets, so the file is read in
+    /// pieces (procfs reports size 0; at most 64 MiB) and searched (strstr) for the client's port, and only
+    /// those lines are parsed.
+    static func owner(clientPort: Int, serverPort: Int) -> uid_t? {
+        let needle = Array(String(format: ":%04X ", clientPort).utf8), server = String(format: ":%04X", serverPort)
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let fd = open(table, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var data: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            while data.count < 64 << 20 {
+                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { break }
+                data += chunk[0..<n]
+            }
+            data.append(0)   // strstr's end
+            let cNeedle = needle.map { CChar(bitPattern: $0) } + [0]
+            var from = 0
+            while from < data.count - 1 {
+                let hit: Int? = data.withUnsafeBufferPointer { d in
+                    d.baseAddress!.withMemoryRebound(to: CChar.self, capacity: d.count) { base in
+                        strstr(base + from, cNeedle).map { UnsafePointer($0) - base }
+                    }
+                }
+                guard let at = hit else { break }
+                let start = (data[..<at].lastIndex(of: 0x0A) ?? -1) + 1
+                let end = data[at...].firstIndex(of: 0x0A) ?? data.count
+                from = end
+                let f = String(decoding: data[start..<end], as: UTF8.self).split(separator: " ", omittingEmptySubsequences: true)
+                if f.count > 7, f[1].hasSuffix(String(decoding: needle.dropLast(), as: UTF8.self)), f[2].hasSuffix(server), let uid = uid_t(f[7]) { return uid }
+            }
+        }
+        return nil
+    }
+}
+
+/// Connections each peer (`MetricsPeer`) holds at once, against `perPeer`: one user holding many idle or slow
+/// connections (another uid on the host, say) is refused beyond its share instead of filling the server's
+/// `maxConnections` and leaving every other scraper waiting in the accept queue.
+final class ConnectionQuota: Sendable {
+    let perPeer: Int
+    /// Connections open now; while there are at most `freeBelow`, nobody's share is looked up or counted (a quiet
+    /// server spends nothing on this, and a busy one can still hold at most `freeBelow` + `perPeer` of one user's).
+    let open = Atomic<Int>(0)
+    static let freeBelow = 16
+    private let held = Mutex<[String: Int]>([:])
+    private let refusals = Mutex<[String: UInt64]>([:])
+    let logger: Logger
+
+    init(perPeer: Int, logger: Logger) {
+        self.perPeer = perPeer
+        self.logger = logger
+    }
+
+    /// Takes a slot for `key`; false when it holds its share already.
+    func admit(_ key: String) -> Bool {
+        let ok = held.withLock { h -> Bool in
+            guard h[key, default: 0] < perPeer else { return false }
+            h[key, default: 0] += 1
+            return true
+        }
+        if !ok {
+            let n = refusals.withLock { r -> UInt64 in r[key, default: 0] += 1; return r[key]! }
+            // Said once, then at every power of two: a flood does not flood the log.
+            if n & (n - 1) == 0 {
+                logger.warning("metrics: refused a connection from \(key): it holds \(perPeer) already (\(n) refused so far)")
+            }
+        }
+        return ok
+    }
+
+    func release(_ key: String) {
+        held.withLock { h in
+            h[key, default: 1] -= 1
+            if h[key] == 0 { h[key] = nil }
+        }
+    }
+
+    var refusedTotal: UInt64 { refusals.withLock { $0.values.reduce(0, &+) } }
+}
+
+/// In each connection's pipeline: counts it against its peer's share (closing it at once beyond that), and reads
+/// no further request while the connection cannot take more output (a client that pipelines requests and never
+/// reads the answers holds one answer and the socket's buffers, not an ever-growing queue of them).
+final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    // What passes through is not looked at (HTTP parts, forwarded as they are).
+    typealias InboundIn = Any
+    typealias InboundOut = Any
+    typealias OutboundIn = Any
+    typealias OutboundOut = Any
+
+    private let quota: ConnectionQuota
+    private var key: String?
+    private var decided = false
+    private var opened = false
+    private var readPending = false
+
+    init(quota: ConnectionQuota) { self.quota = quota }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { take(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        take(context)
+        context.fireChannelActive()
+    }
+
+    /// The kernel's send buffer for a metrics connection: a few answers' worth, fixed (not grown by autotuning), so a
+    /// client that pipelines requests without reading holds that much before the connection stops being read.
+    static let sendBufferBytes = 128 * 1024
+
+    private func take(_ context: ChannelHandlerContext) {
+        guard !decided else { return }
+        decided = true
+        _ = context.channel.setOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.sendBufferBytes)
+        opened = true
+        guard quota.open.add(1, ordering: .relaxed).newValue > ConnectionQuota.freeBelow else { return }
+        guard let k = MetricsPeer.key(remote: context.channel.remoteAddress, local: context.channel.localAddress) else { return }
+        if quota.admit(k) { key = k } else { context.close(promise: nil) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let k = key { quota.release(k); key = nil }
+        if opened { quota.open.subtract(1, ordering: .relaxed); opened = false }
+        context.fireChannelInactive()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable { context.read() } else { readPending = true }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && readPending {
+            readPending = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+}

@@ -1,0 +1,132 @@
+import KVM
+import Schema
+
+/// A memory-fault exit as the trace sees it: a `kvm_page_fault` followed on the same thread by a
+/// `kvm_userspace_exit` with reason `MEMORY_FAULT` (KVM_RUN returns -EFAULT with it, by design).
+public struct TracedMemoryFault: Sendable, Equatable {
+    public var tid: Int32
+    /// The exit's time (trace clock).
+    public var timeNs: UInt64
+    public var errno: Int32
+    /// The page fault before it on the thread: nil where none fired (PVM), or the trace began between the two.
+    public var gpa: UInt64?
+    public var errorCode: PageFaultErrorCode?
+    public var pageFaultNs: UInt64?
+    /// The direction wanted: the error code's `private_access` bit where hardware sets it (SEV-SNP's C-bit, added
+    /// before the tracepoint); for a software-protected VM KVM adds that bit after the tracepoint from the page's
+    /// attribute, which the traced map knows where it saw the page converted. nil: not known.
+    public var wantsPrivate: Bool?
+    /// What the traced map says of the page (nil: unknown).
+    public var pageIsPrivate: Bool?
+}
+
+/// Pairs each thread's newest `kvm_page_fault` with a `MEMORY_FAULT` exit after it. Bounded: at most `threadLimit`
+/// threads are remembered (a hostile raw file may name any number).
+public struct MemoryFaultPairing: Sendable {
+    private var lastPageFault: [Int32: (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)] = [:]
+    static let threadLimit = 4096
+    /// MEMORY_FAULT exits with no page fault before them on their thread.
+    public private(set) var withoutGPA: UInt64 = 0
+
+    public init() {}
+
+    public mutating func apply(_ e: TraceEvent, attributes: TracedAttributes?) -> TracedMemoryFault? {
+        switch e.kind {
+        case .pageFault(_, _, let address, let code):
+            if lastPageFault[e.tid] == nil && lastPageFault.count >= Self.threadLimit { lastPageFault.removeAll() }
+            lastPageFault[e.tid] = (address, code, e.timeNs)
+            return nil
+        case .userspaceExit(let reason, let errno) where reason == .memoryFault:
+            let pf = lastPageFault.removeValue(forKey: e.tid)
+            if pf == nil { withoutGPA &+= 1 }
+            let page = pf.flatMap { attributes?.isPrivate(gfn: $0.gpa >> 12) }
+            return TracedMemoryFault(tid: e.tid, timeNs: e.timeNs, errno: errno, gpa: pf?.gpa, errorCode: pf?.code, pageFaultNs: pf?.timeNs,
+                                     wantsPrivate: pf?.code.has("private_access") == true ? true : page, pageIsPrivate: page)
+        default:
+            return nil
+        }
+    }
+}
+
+// MARK: `vmscope trace`'s paired records (its own output format, beside the events' in EventLayout.swift)
+
+extension TracedMemoryFault {
+    public var json: JSON {
+        .object([
+            ("event", .string("memory-fault")), ("tid", .int(Int64(tid))), ("time-ns", .u(timeNs)),
+            ("paired-from", .array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))),
+            ("gpa", gpa.map { .u($0) } ?? .null), ("gfn", gpa.map { .u($0 >> 12) } ?? .null),
+            ("access", errorCode.map { .string($0.access) } ?? .null), ("error-code", errorCode.map { .u($0.rawValue) } ?? .null),
+            ("wanted", wantsPrivate.map { .string($0 ? "private" : "shared") } ?? .null), ("errno", .int(Int64(errno))),
+            ("page-fault-ns", pageFaultNs.map { .u($0) } ?? .null),
+            ("missing", gpa == nil ? .string("no kvm_page_fault before it on this thread: GPA unknown") : .null),
+        ])
+    }
+
+    public var line: String {
+        Self.seconds(timeNs) + " tid \(tid) memory-fault "
+            + (gpa.map { "gpa=0x\(String($0, radix: 16)) access=\(errorCode?.access ?? "?") wanted=\(wantsPrivate.map { $0 ? "private" : "shared" } ?? "?")" }
+                ?? "gpa unknown (no kvm_page_fault before it)")
+    }
+
+    static func seconds(_ ns: UInt64) -> String {
+        let s = ns / 1_000_000_000, us = (ns % 1_000_000_000) / 1000
+        let frac = String(us)
+        return "\(s)." + String(repeating: "0", count: 6 - frac.count) + frac
+    }
+}
+
+extension TracedAttributes.Conversion {
+    var rangeText: String {
+        startGFN.map { "gfn 0x\(String($0, radix: 16))-0x\(String(endGFN ?? $0, radix: 16))" } ?? "range not traced (refused by an argument check)"
+    }
+    var directionText: String { toPrivate.map { $0 ? "private" : "shared" } ?? "?" }
+    var errnoText: String? { errno.map { $0 == 0 ? "nonzero return" : KVMError.name(of: $0) } }
+
+    /// The refusal in words (for a status line).
+    public var refusalText: String? { errnoText.map { "\(rangeText) to \(directionText): \($0)" } }
+
+    public var json: JSON {
+        .object([
+            ("event", .string("conversion")), ("tid", .int(Int64(tid))), ("time-ns", .u(returnedNs)),
+            ("paired-from", .array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string))),
+            ("entered-ns", enteredNs.map { .u($0) } ?? .null), ("traced-ns", tracedNs.map { .u($0) } ?? .null),
+            ("start-gfn", startGFN.map { .u($0) } ?? .null), ("end-gfn", endGFN.map { .u($0) } ?? .null),
+            ("to", toPrivate.map { .string($0 ? "private" : "shared") } ?? .null),
+            ("result", .string(accepted ? "applied" : "refused")), ("errno", errnoText.map(JSON.string) ?? .null),
+            ("changed-pages", changedPages.map { .u($0) } ?? .null),
+        ])
+    }
+
+    public var line: String {
+        TracedMemoryFault.seconds(returnedNs) + " tid \(tid) conversion \(rangeText) to \(directionText): "
+            + (accepted ? "applied" + (changedPages.map { " (\($0) pages changed)" } ?? "") : "refused (\(errnoText ?? "?"))")
+    }
+}
+
+extension TracedAttributes {
+    /// The highest GFN (exclusive) any traced conversion reached (the initial shared run of a complete map aside).
+    public var extent: UInt64 {
+        var top: UInt64 = 0
+        for r in runs where r.end < Self.gfnLimit { top = max(top, r.end) }
+        if let last = runs.last, last.end == Self.gfnLimit, last.start > 0 { top = max(top, last.start) }
+        return top
+    }
+
+    public var mapJSON: JSON {
+        let v = view(start: 0, end: max(extent, 1))
+        return .object([
+            ("event", .string("attribute-map")), ("complete", .bool(complete)), ("applied", .u(applied)), ("refused", .u(refused)),
+            ("overflowed", .bool(overflowed)), ("pages", .u(extent)),
+            ("runs", .array(v.known.map { .object([("start-gfn", .u($0.start)), ("end-gfn", .u($0.end)), ("private", .bool($0.isPrivate))]) })),
+            ("unknown", .array(v.unknown.map { .object([("start-gfn", .u($0.lowerBound)), ("end-gfn", .u($0.upperBound))]) })),
+        ])
+    }
+
+    public var mapLine: String {
+        let v = view(start: 0, end: max(extent, 1))
+        return "attribute map (\(complete ? "complete: traced from before the VM" : "pages not converted since the trace began are unknown")): "
+            + "\(applied) conversions applied, \(refused) refused; private: "
+            + v.known.filter(\.isPrivate).map { "gfn 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
+    }
+}
