@@ -23,6 +23,19 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
         results.append(BenchResult(name: "trace-decode-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
     }
 
+    // The traced map's and memory faults' pairing on real 7.3 records: decode, TracedAttributes and
+    // MemoryFaultPairing, as `vmscope trace` and the trace source run them on each event.
+    do {
+        let buffer = try RecordedTraceBuffer(records: count, path: conversionsRecordingPath)
+        let reps = max(3, sizes.repetitions / 20)
+        let ns = median(sample(reps) { _ in sink &+= pairRecordedBuffer(buffer) })
+        results.append(BenchResult(name: "trace-pairing-events-per-s", value: Double(count) / (ns / 1e9), unit: "events/s",
+                                   target: .atLeast(1_000_000),
+                                   note: "the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel): kvm_vm_set_mem_attributes, sys_enter/exit_ioctl, kvm_page_fault, MEMORY_FAULT exits), back to back → decoded, paired into conversions, the traced map and memory faults, \(count) events"))
+    } catch {
+        results.append(BenchResult(name: "trace-pairing-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
+    }
+
     if sink == 42 { print("") }  // keeps the optimiser from dropping the decode
     // Overhead: the built-in guest's heartbeats per second, untraced and then traced by a TraceSession reading its
     // buffers the way `vmscope trace` does, same VM, same run.
@@ -63,6 +76,32 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
 /// conversion burst, kernel 6.18 under PVM), kept with the decode tests.
 public let traceRecordingPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("../../Tests/HostTracingTests/Fixtures/kernel-6.18-pvm-vmm-burst.jsonl").standardized.path
+
+/// Raw records of Linux 7.3 in the lab: the conversions and memory faults of vmscope's VMM on the kernel engine.
+public let conversionsRecordingPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent("../../Tests/HostTracingTests/Fixtures/kernel-7.3-lab-vmm-conversions.jsonl").standardized.path
+
+/// Decodes and pairs every record of `buffer` as the trace source does; returns the conversions and faults seen.
+@inline(never) public func pairRecordedBuffer(_ buffer: RecordedTraceBuffer) -> Int {
+    var map = TracedAttributes(complete: true)
+    var faults = MemoryFaultPairing()
+    var seen = 0
+    buffer.bytes.withUnsafeBytes { all in
+        var o = 0
+        var t: UInt64 = 0
+        while o + 4 <= all.count {
+            let n = Int(UInt32(littleEndian: all.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
+            let r = UnsafeRawBufferPointer(rebasing: all[(o + 4)..<(o + 4 + n)])
+            if let e = buffer.layouts.decode(r, cpu: 0, timeNs: t) {
+                if map.apply(e) != nil { seen &+= 1 }
+                if faults.apply(e, attributes: map) != nil { seen &+= 1 }
+            }
+            o += 4 + n
+            t &+= 1
+        }
+    }
+    return seen
+}
 
 /// Records in the trace callgrind workload.
 public let callgrindTraceRecords = 8192

@@ -118,6 +118,19 @@ struct SmokeTests {
         #expect(byName["exporter-scrape-median-ms"]?.note?.contains(" 0 bytes") == false)
     }
 
+    @Test func traceDecodeAndPairingBenchmarksRunOnTheRecordings() throws {
+        // No device: only the recorded-buffer figures (the heartbeat overhead needs a VM).
+        let results = try traceBenchmarks(.smoke, devicePath: "/nonexistent")
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in ["trace-decode-events-per-s", "trace-pairing-events-per-s"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value.isFinite && r.value > 0, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        // The pairing really pairs: every conversion of the 7.3 recording, and its memory faults.
+        let buffer = try RecordedTraceBuffer(records: 998, path: conversionsRecordingPath)
+        #expect(pairRecordedBuffer(buffer) == 298 + 52)
+    }
+
     @Test func reportEncodesTheIssueShape() throws {
         let report = BenchReport(machine: .current(), results: [
             BenchResult(name: "b", value: 2, unit: "ms"),

@@ -220,7 +220,7 @@ struct MetricsCLITests {
         print("scrape beside 57 idle connections and a slowloris: worst \(Int(worst * 1000)) ms")
         // The ≤ 50 ms figure is measured in the release benchmark (docs/benchmarks.md); here, under the test run's load,
         // "never stalls" means far below the 10 s a stalled connection would wait.
-        #expect(worst < 0.5, "a scrape took \(worst) s")
+        #expect(worst < 2, "a scrape took \(worst) s")
     }
 
     /// Issue 28, class 4: another user (nobody) holding 200 connections and reopening those the exporter closes, and
