@@ -86,19 +86,9 @@ public let conversionsRecordingPath = URL(fileURLWithPath: #filePath).deletingLa
     var map = TracedAttributes(complete: true)
     var faults = MemoryFaultPairing()
     var seen = 0
-    buffer.bytes.withUnsafeBytes { all in
-        var o = 0
-        var t: UInt64 = 0
-        while o + 4 <= all.count {
-            let n = Int(UInt32(littleEndian: all.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
-            let r = UnsafeRawBufferPointer(rebasing: all[(o + 4)..<(o + 4 + n)])
-            if let e = buffer.layouts.decode(r, cpu: 0, timeNs: t) {
-                if map.apply(e) != nil { seen &+= 1 }
-                if faults.apply(e, attributes: map) != nil { seen &+= 1 }
-            }
-            o += 4 + n
-            t &+= 1
-        }
+    buffer.forEachEvent { e in
+        if map.apply(e) != nil { seen &+= 1 }
+        if faults.apply(e, attributes: map) != nil { seen &+= 1 }
     }
     return seen
 }
@@ -132,19 +122,25 @@ public struct RecordedTraceBuffer: Sendable {
     }
 }
 
+extension RecordedTraceBuffer {
+    /// Each record decoded, in order (its time: its index).
+    @inline(__always) func forEachEvent(_ body: (TraceEvent) -> Void) {
+        bytes.withUnsafeBytes { all in
+            var o = 0
+            var t: UInt64 = 0
+            while o + 4 <= all.count {
+                let n = Int(UInt32(littleEndian: all.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
+                if let e = layouts.decode(UnsafeRawBufferPointer(rebasing: all[(o + 4)..<(o + 4 + n)]), cpu: 0, timeNs: t) { body(e) }
+                o += 4 + n
+                t &+= 1
+            }
+        }
+    }
+}
+
 /// Decodes every record of `buffer` (the work `TraceSession.read` does a record); returns the MMIO events seen.
 @inline(never) public func decodeRecordedBuffer(_ buffer: RecordedTraceBuffer) -> Int {
     var mmio = 0
-    buffer.bytes.withUnsafeBytes { all in
-        var o = 0
-        var t: UInt64 = 0
-        while o + 4 <= all.count {
-            let n = Int(UInt32(littleEndian: all.loadUnaligned(fromByteOffset: o, as: UInt32.self)))
-            let r = UnsafeRawBufferPointer(rebasing: all[(o + 4)..<(o + 4 + n)])
-            if let e = buffer.layouts.decode(r, cpu: 0, timeNs: t), case .mmio = e.kind { mmio &+= 1 }
-            o += 4 + n
-            t &+= 1
-        }
-    }
+    buffer.forEachEvent { e in if case .mmio = e.kind { mmio &+= 1 } }
     return mmio
 }
