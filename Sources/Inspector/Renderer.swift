@@ -35,9 +35,9 @@ public struct Renderer {
     /// A map whose runs the model had to repair says so there instead.
     public static func heatNote(_ m: InspectorModel, width: Int) -> [String] {
         if let t = m.tracedMap {
-            let known = t.complete ? "traced from before the VM: every page known" : "· unknown: no conversion traced since the trace began"
-            let refused = t.refused == 0 ? "" : " · \(t.refused) refused" + (t.lastRefusal.map { " (last: \($0))" } ?? "")
-            return Array(wrapped("private/shared from KVM's tracepoints (kvm_vm_set_mem_attributes, applied once its ioctl returned 0): \(t.applied) conversions\(refused) · \(known)", width).prefix(2))
+            let known = t.complete ? "traced from before the VM: every page known" : "unknown pages: not converted since the trace began"
+            let refused = t.refused == 0 ? "" : ", \(t.refused) refused" + (t.lastRefusal.map { " (last: \($0))" } ?? "")
+            return Array(wrapped("private/shared from KVM's tracepoints (kvm_vm_set_mem_attributes, applied once its ioctl returned 0) · \(known) · \(t.applied) conversions\(refused)", width).prefix(2))
         }
         guard let note = m.heatMapNote else {
             return m.runsRepaired.map { Array(wrapped($0, width).prefix(2)) } ?? []

@@ -36,6 +36,7 @@ public final class TraceSource: VMSource {
     public private(set) var attributes: TracedAttributes?
     public let attributesUnavailable: String?
     private var lastRefusal: String?
+    private var notice: (text: String, isError: Bool)?
     /// A `kvm_page_fault` then a MEMORY_FAULT exit on the same thread: a traced memory fault. Exits with no page fault
     /// before them (the trace began between the two, or the kernel does not fire kvm_page_fault, as under PVM) are
     /// counted (`faults.withoutGPA`), not given a GPA.
@@ -101,7 +102,11 @@ public final class TraceSource: VMSource {
             let v = vcpu(e.tid)
             if attributes != nil, let c = attributes?.apply(e) {
                 mapChanged = true
-                if let why = c.refusalText { lastRefusal = why }
+                if let why = c.refusalText {
+                    lastRefusal = why
+                    // The status line says each as it comes (the map's note has room for the count).
+                    notice = ("KVM refused a traced conversion: \(why)", false)
+                }
             }
             if let f = faults.apply(e, attributes: attributes) {
                 if let gpa = f.gpa {
@@ -221,6 +226,11 @@ public final class TraceSource: VMSource {
         triedCount = pending.count
         unmatched &+= UInt64(left.count - pending.count)
         return model.faultsTraced != before
+    }
+
+    public func takeNotice() -> (text: String, isError: Bool)? {
+        defer { notice = nil }
+        return notice
     }
 
     public func refusal(_ action: InspectorAction) -> String? {
