@@ -138,7 +138,8 @@ public final class VMMEnforcedEngine: AttributeEngine {
 ///   the VM's attribute map (each conversion is `KVM_SET_MEMORY_ATTRIBUTES` there), so a guest access through
 ///   the alias to a private page is a private access to a memslot without guest_memfd: `KVM_EXIT_MEMORY_FAULT`,
 ///   flags PRIVATE (the attribute it met; the guest wanted the shared view, and the VMM converts that way).
-/// Where the guest_memfd cannot be mapped (Linux 6.12), the VMM cannot write a private image: the guest's image
+/// The kernel engine does not map the guest_memfd (Linux 6.12 could not; 7.3 could, but private memory stays out of
+/// the VMM's reach, as on a confidential VM), so the VMM cannot write a private image: the guest's image
 /// pages (`imagePages`) are a plain shared memslot in the private view, as the upstream selftests keep their code,
 /// and conversions there are refused.
 public final class KernelEngine: AttributeEngine {
@@ -236,9 +237,10 @@ public final class KernelEngine: AttributeEngine {
     public func conversionRefusal(pages: Range<UInt64>) -> String? {
         guard let image = imagePages, pages.overlaps(image) else { return nil }
         return "pages \(image.lowerBound)-\(image.upperBound - 1) hold the guest's image (code, tables, stacks) in shared"
-            + " memory: this kernel's guest_memfd cannot be mapped (no GUEST_MEMFD_FLAG_MMAP), so the VMM cannot give the"
-            + " guest a private copy, and without a memslot there KVM faults the guest's own table reads into it"
-            + " (#GP, seen in the lab); the kernel engine neither converts nor revokes them"
+            + " memory: the kernel engine does not map guest_memfd (private memory stays out of the VMM's reach, as on a"
+            + " confidential VM; Linux 6.12 could not map it at all), so it cannot give the guest a private copy, and"
+            + " without a memslot there KVM faults the guest's own table reads into it (#GP, seen in the lab); the kernel"
+            + " engine neither converts nor revokes them"
     }
 
     public func classify(_ gpa: UInt64, ramSize: UInt64) -> GPAClassification? {

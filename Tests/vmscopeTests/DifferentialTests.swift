@@ -245,7 +245,7 @@ struct DifferentialTests {
             return nil
         }
         // 5. The guest's code page to shared: exec faults on the vmm engine; refused on the kernel engine, whose
-        //    guest image lives in shared memory (Linux 6.12's guest_memfd cannot be mapped to load it).
+        //    guest image lives in shared memory (the engine does not map guest_memfd to load it; 6.12 could not).
         try step("code page to shared", { try $0.codeConversion() }) { v, k in
             #expect(v.facts == ["refused: no"] && v.accesses.contains("exec"), "\(v)")
             #expect(k.facts == ["refused: Unsupported"], "\(k)")

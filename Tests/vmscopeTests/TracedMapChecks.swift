@@ -71,8 +71,8 @@ struct TracedMapChecks {
         var checkpoints: [String] = []
         for checkpoint in 1...5 {
             for _ in 0..<3 {
-                // Past the guest's image (pages 0-127, which the kernel engine refuses to convert on a kernel whose
-                // guest_memfd cannot be mapped).
+                // Past the guest's image (pages 0-127, shared memory the kernel engine refuses to convert: it does
+                // not map guest_memfd to give the guest a private copy).
                 let start = 128 + next(UInt64(pages - 128)), count = 1 + next(256)
                 let gpa = start * 4096, size = min(count, UInt64(pages) - start) * 4096
                 let t0 = Date()
