@@ -79,6 +79,8 @@ struct TraceCommand: ParsableCommand {
     func run() throws {
         var err = StandardError()
         for sig in [SIGINT, SIGTERM, SIGHUP, SIGPIPE] { signal(sig) { s in traceStop.store(s, ordering: .relaxed) } }
+        // First thing, as the others: a SIGUSR1 that came while tracing was being set up would otherwise end the process.
+        signal(SIGUSR1) { _ in traceMapWanted.store(1, ordering: .relaxed) }
         let wanted = events.map { Set($0.split(separator: ",").map(String.init)) }
         // Standard output through POSIX writes: a reader that went away (`| head`) ends the trace quietly (SIGPIPE is
         // caught above), and the session's instance is removed on the way out, instead of a trap in FileHandle.
@@ -145,7 +147,6 @@ struct TraceCommand: ParsableCommand {
             throw ExitCode(2)
         }
         defer { session.close() }
-        signal(SIGUSR1) { _ in traceMapWanted.store(1, ordering: .relaxed) }
         // The traced private/shared map, where this kernel can give one (asked after tracing is on: a process with no
         // VM then has every VM traced from its creation).
         var attributes: TracedAttributes? = session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil

@@ -69,7 +69,20 @@ struct TracedMapChecks {
         var seed: UInt64 = 0x5eed_2912
         func next(_ n: UInt64) -> UInt64 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return (seed >> 33) % n }
         var checkpoints: [String] = []
+        // A second trace, started on the running VMM after checkpoint 2 (as on-call would: `vmscope trace PID`): its map
+        // must say it is not complete, know no page wrongly, and know more pages as conversions go by.
+        let lateOut = dir + "/late.jsonl", lateErr = dir + "/late.err"
+        var late: ChildProcess?
+        defer { late?.terminate(grace: 10) }
+        let lateReader = Lines(lateOut)
+        var lateKnown: [Int] = []
         for checkpoint in 1...5 {
+            if checkpoint == 3, hasTracepoint, let r = errText().range(of: "tracing process "),
+               let vmmPid = Int32(errText()[r.upperBound...].prefix { $0.isNumber }) {
+                late = try ChildProcess([Binary.url.path, "trace", String(vmmPid), "--json", "--paired-only"], redirects: .init(stdout: lateOut, stderr: lateErr))
+                #expect(eventuallyTrue(60) { ((try? String(contentsOfFile: lateErr, encoding: .utf8)) ?? "").contains("tracing process") },
+                        "the late trace started: \((try? String(contentsOfFile: lateErr, encoding: .utf8)) ?? "")")
+            }
             for _ in 0..<3 {
                 // Past the guest's image (pages 0-127, shared memory the kernel engine refuses to convert: it does
                 // not map guest_memfd to give the guest a private copy).
@@ -138,7 +151,31 @@ struct TracedMapChecks {
             print("TracedMapChecks: checkpoint \(checkpoint): \(differing.count) pages differ")
             checkpoints.append("checkpoint \(checkpoint): \(vmm.filter { $0 }.count) private pages, traced map equal: \(differing.isEmpty) "
                                + "(\(map["applied"]?.uint64Value ?? 0) conversions applied, \(map["refused"]?.uint64Value ?? 0) refused)")
+            if let late {
+                let before = lateReader.read().filter { $0["event"]?.stringValue == "attribute-map" }.count
+                late.signal(SIGUSR1)
+                let answered = eventuallyTrue(20) { lateReader.read().filter { $0["event"]?.stringValue == "attribute-map" }.count > before }
+                if answered, let lm = lateReader.read().last(where: { $0["event"]?.stringValue == "attribute-map" }) {
+                    #expect(lm["complete"]?.boolValue == false, "a trace begun after the VM is not complete: \(lm.serialized.prefix(200))")
+                    var known = 0, wrong: [Int] = []
+                    for run in lm["runs"]?.arrayValue ?? [] {
+                        let a = (run["start-gfn"]?.uint64Value ?? 0), b = (run["end-gfn"]?.uint64Value ?? 0), p = run["private"]?.boolValue == true
+                        let lo = max(a, aliasGFN), hi = min(b, aliasGFN + UInt64(pages))
+                        guard lo < hi else { continue }
+                        for g in lo..<hi { known += 1; if vmm[Int(g - aliasGFN)] != p { wrong.append(Int(g - aliasGFN)) } }
+                    }
+                    #expect(wrong.isEmpty, "checkpoint \(checkpoint): the late trace knows \(wrong.count) pages wrongly, first \(wrong.prefix(8).map { String($0, radix: 16) })")
+                    lateKnown.append(known)
+                } else {
+                    Issue.record("the late trace gave no map: \((try? String(contentsOfFile: lateErr, encoding: .utf8)) ?? "")")
+                }
+            }
             _ = try c.execute("vcpu-control", .object([("action", .string("resume"))]))
+        }
+        if hasTracepoint {
+            // Begun after the VM, it knows some pages, never all of RAM, and more as conversions go by.
+            print("TracedMapChecks: the trace begun after the VM knew \(lateKnown) of \(pages) pages at checkpoints 3-5")
+            #expect(lateKnown.count == 3 && lateKnown.allSatisfy { $0 > 0 && $0 < pages } && lateKnown == lateKnown.sorted(), "\(lateKnown)")
         }
         // The VMM's kernel fault records against the traced exits.
         _ = try c.execute("vcpu-control", .object([("action", .string("pause"))]))
