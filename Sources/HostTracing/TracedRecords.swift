@@ -53,7 +53,7 @@ public struct MemoryFaultPairing: Sendable {
 extension TracedMemoryFault {
     public var json: JSON {
         .object([
-            ("event", .string("memory-fault")), ("tid", .int(Int64(tid))), ("time-ns", .u(timeNs)),
+            ("event", .string("memory-fault")), ("tid", .int(Int64(tid))), (FaultRecord.Member.timeNs.name, .u(timeNs)),
             ("paired-from", .array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))),
             ("gpa", gpa.map { .u($0) } ?? .null), ("gfn", gpa.map { .u($0 >> 12) } ?? .null),
             ("access", errorCode.map { .string($0.access) } ?? .null), ("error-code", errorCode.map { .u($0.rawValue) } ?? .null),
@@ -88,7 +88,7 @@ extension TracedAttributes.Conversion {
 
     public var json: JSON {
         .object([
-            ("event", .string("conversion")), ("tid", .int(Int64(tid))), ("time-ns", .u(returnedNs)),
+            ("event", .string("conversion")), ("tid", .int(Int64(tid))), (FaultRecord.Member.timeNs.name, .u(returnedNs)),
             ("paired-from", .array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string))),
             ("entered-ns", enteredNs.map { .u($0) } ?? .null), ("traced-ns", tracedNs.map { .u($0) } ?? .null),
             ("start-gfn", startGFN.map { .u($0) } ?? .null), ("end-gfn", endGFN.map { .u($0) } ?? .null),

@@ -224,8 +224,8 @@ struct MetricsCLITests {
     }
 
     /// Issue 28, class 4: another user (nobody) holding 200 connections and reopening those the exporter closes, and
-    /// eight clients pipelining requests they never read: scrapes beside them are answered within 2 s (under the test
-    /// run's load; they took 9 s and more, or none was answered), the
+    /// eight clients pipelining requests they never read: scrapes beside them are answered within 2 s under the test
+    /// run's load (a few ms alone; they took 9 s and more, or none was answered), the
     /// other user holds at most its share (8), and the exporter's memory does not grow with the unread answers.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"),
                    "needs setpriv and python3 to act as another user"))
@@ -275,7 +275,7 @@ struct MetricsCLITests {
         let rss3 = residentBytes(pid: top.pid) ?? 0
         var worst = 0.0
         for _ in 0..<10 {
-            let r = httpGet(port: port, "/metrics", timeout: 5)
+            let r = httpGet(port: port, "/metrics", timeout: 8)
             #expect(r.status == 200, "a scrape beside another user's 200 connections: \(r.status)")
             worst = max(worst, r.seconds)
             usleep(300_000)
@@ -287,6 +287,8 @@ struct MetricsCLITests {
         let growth = (Double(rssEnd) - Double(rss0)) / Double(1 << 20), later = (Double(rssEnd) - Double(rss3)) / Double(1 << 20)
         print("scrapes beside another user's 200 connections and 8 unread pipelines: worst \(Int(worst * 1000)) ms; nobody holds \(held); "
               + "exporter RSS +\(String(format: "%.1f", growth)) MiB, +\(String(format: "%.1f", later)) MiB after the first 3 s")
+        // A few ms alone (each of the other user's reconnections costs one sock_diag request; it was about 1 s, 2.6 s
+        // under the full suite's load, while each read all of /proc/net/tcp).
         #expect(worst < 2, "a scrape took \(worst) s (it was 9 s and more before, and none answered after 20 s)")
         // Each unread connection holds its socket's fixed send buffer and the answers in flight, then is not read
         // further (it was about 4.7 MiB a connection, and every scrape waited behind the burst).
