@@ -204,8 +204,9 @@ public final class TraceSession: @unchecked Sendable {
             var missed: UInt64 = 0
             var foreign: UInt64 = 0
             var raw: [RawTraceRecord]?
-            var strangers: [TraceEvent] = []
-            var strangerRaw: [RawTraceRecord]?
+            /// Where in `out` the events of threads the last scan did not list stand (kept in order, in case the
+            /// thread is the process's, started since).
+            var strangers: [Int] = []
             var followsForks = false
             let layouts: EventLayouts
             let threads: Set<Int32>?
@@ -213,7 +214,7 @@ public final class TraceSession: @unchecked Sendable {
             init(_ l: EventLayouts, _ t: Set<Int32>?, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
         }
         let box = Box(layouts, target == nil ? nil : threads, limit)
-        if keepRaw { box.raw = []; box.strangerRaw = [] }
+        if keepRaw { box.raw = [] }
         box.followsForks = followsForks
         let ctx = Unmanaged.passUnretained(box).toOpaque()
         _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
@@ -227,27 +228,27 @@ public final class TraceSession: @unchecked Sendable {
             if box.threads?.contains(e.tid) ?? true {
                 box.out.append(e)
                 box.raw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
+            } else if box.followsForks {
+                // In its place, until the thread is known to be the process's (started since the last scan) or not.
+                box.strangers.append(box.out.count)
+                box.out.append(e)
+                box.raw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
             } else {
                 box.foreign &+= 1
-                // Kept aside (bounded) in case the thread is the process's, started since the last scan.
-                if box.followsForks && box.strangers.count < box.limit {
-                    box.strangers.append(e)
-                    box.strangerRaw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
-                }
             }
             return box.out.count >= box.limit ? 1 : 0
         }, ctx)
         missed &+= box.missed
-        // Threads started since the last scan (the kernel follows them) are the process's; others are foreign.
-        if box.foreign > 0, Set(box.strangers.map(\.tid)).map({ admit($0) }).contains(true) {
-            let admitted = box.strangers.filter { threads.contains($0.tid) }
-            box.out.append(contentsOf: admitted)
-            if let r = box.strangerRaw {
-                box.raw?.append(contentsOf: zip(box.strangers, r).filter { threads.contains($0.0.tid) }.map(\.1))
-                box.raw?.sort { $0.timeNs < $1.timeNs }
+        // Threads started since the last scan (the kernel follows them) are the process's; the others' events leave,
+        // counted as foreign. The rest keep the order the kernel gave them in.
+        if !box.strangers.isEmpty {
+            for tid in Set(box.strangers.map { box.out[$0].tid }) { _ = admit(tid) }
+            let dropped = Set(box.strangers.filter { !threads.contains(box.out[$0].tid) })
+            if !dropped.isEmpty {
+                box.foreign &+= UInt64(dropped.count)
+                box.out = box.out.indices.filter { !dropped.contains($0) }.map { box.out[$0] }
+                if let raw = box.raw { box.raw = raw.indices.filter { !dropped.contains($0) }.map { raw[$0] } }
             }
-            box.out.sort { $0.timeNs < $1.timeNs }
-            box.foreign -= UInt64(admitted.count)
         }
         foreign &+= box.foreign
         decoded &+= UInt64(box.out.count)
