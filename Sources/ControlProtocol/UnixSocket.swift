@@ -104,22 +104,37 @@ public final class UnixListener: @unchecked Sendable {
         }
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .errno("socket") }
+        // Bound and listening under a private name first, then linked to `path` (link fails if the path was taken
+        // meanwhile): a client never finds the path before it accepts (a connect between bind and listen is refused,
+        // which a demo on a loaded machine once met). Where the private name would not fit sun_path, `path` itself.
+        let temp = path + ".\(getpid()).new"
+        var bindAddr = (try? makeAddress(temp)) ?? addr
+        let bound = (try? makeAddress(temp)) != nil ? temp : path
+        unlink(temp)
         let old = umask(0o177)
-        let rc = withUnsafePointer(to: &addr) {
+        let rc = withUnsafePointer(to: &bindAddr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         let e = errno
         umask(old)
         guard rc == 0 else {
             close(fd)
-            throw .errno("bind \(path)", e)
+            throw .errno("bind \(bound)", e)
         }
-        chmod(path, 0o600)
+        chmod(bound, 0o600)
         guard listen(fd, 64) == 0 else {
             let e = errno
             close(fd)
-            unlink(path)
-            throw .errno("listen \(path)", e)
+            unlink(bound)
+            throw .errno("listen \(bound)", e)
+        }
+        if bound != path {
+            let linked = link(bound, path), e = errno
+            unlink(bound)
+            guard linked == 0 else {
+                close(fd)
+                throw e == EEXIST ? SocketError("\(path) is in use: another VMM created it while this one started") : .errno("link \(path)", e)
+            }
         }
     }
 
@@ -132,9 +147,10 @@ public final class UnixListener: @unchecked Sendable {
         return c
     }
 
+    /// The path first, then the socket: a client never finds the path without a listener behind it.
     public func remove() {
-        close(fd)
         unlink(path)
+        close(fd)
     }
 }
 

@@ -189,9 +189,7 @@ public final class TraceSource: VMSource {
     /// The traced map as the model's runs (known pages) and its unknown ranges, over the pages conversions and faults
     /// reached (a trace does not know where RAM ends).
     private func publish(_ a: TracedAttributes, _ model: inout InspectorModel) {
-        var top: UInt64 = 1
-        for r in a.runs where r.end < TracedAttributes.gfnLimit { top = max(top, r.end) }
-        if let last = a.runs.last, last.end == TracedAttributes.gfnLimit, last.start > 0 { top = max(top, last.start) }
+        var top = max(1, a.extent)
         if let g = model.recentFaults.highestGFN { top = max(top, g.saturatingAdd(1)) }
         let v = a.view(start: 0, end: top)
         model.apply(attributes: AttributeRuns(runs: v.known.map { AttributeRun(gpa: $0.start << 12, size: ($0.end - $0.start) << 12, isPrivate: $0.isPrivate) },
