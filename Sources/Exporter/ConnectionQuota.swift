@@ -1,17 +1,18 @@
 import Foundation
+import HostTracing
 import Logging
 import NIOCore
 import Synchronization
 
 /// Who is at the other end of a metrics connection, as far as fairness goes: on loopback the local user owning the
 /// client's socket (the kernel's word, not the client's: one sock_diag request, or /proc/net/tcp where that gets no
-/// answer), elsewhere the address. Root
-/// and the exporter's own user are not limited (they can stop the exporter anyway).
+/// answer), elsewhere the address. Root and the exporter's own user are not limited (they can stop the exporter
+/// anyway).
 enum MetricsPeer {
     /// The key a connection counts against, or nil when it is not limited.
     static func key(remote: SocketAddress?, local: SocketAddress?) -> String? {
         guard let remote, let rip = remote.ipAddress, let rport = remote.port else { return nil }
-        let loopback = rip == "127.0.0.1" || rip == "::1" || rip.hasPrefix("127.") || rip == "::ffff:127.0.0.1"
+        let loopback = rip.hasPrefix("127.") || rip == "::1" || rip == "::ffff:127.0.0.1"
         guard loopback, let local, let lport = local.port, let lip = local.ipAddress else { return "address \(rip)" }
         guard let uid = SocketOwner.uid(client: (rip, rport), server: (lip, lport)) ?? owner(clientPort: rport, serverPort: lport) else {
             return "address \(rip)"
@@ -21,23 +22,12 @@ enum MetricsPeer {
     }
 
     /// The uid owning the loopback socket whose local port is `clientPort` and remote port `serverPort`: the line of
-    /// /proc/net/tcp (or tcp6) for the client's end. A busy host lists thousands of sockets, so the file is read in
-    /// pieces (procfs reports size 0; at most 64 MiB) and searched (strstr) for the client's port, and only
-    /// those lines are parsed.
+    /// /proc/net/tcp (or tcp6) for the client's end. A busy host lists thousands of sockets, so the file (at most
+    /// 64 MiB) is searched (strstr) for the client's port, and only those lines are parsed.
     static func owner(clientPort: Int, serverPort: Int) -> uid_t? {
         let needle = Array(String(format: ":%04X ", clientPort).utf8), server = String(format: ":%04X", serverPort)
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let fd = open(table, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { continue }
-            defer { close(fd) }
-            var data: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            while data.count < 64 << 20 {
-                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { break }
-                data += chunk[0..<n]
-            }
+            guard var data = readPseudoFileBytes(table, maxBytes: 64 << 20) else { continue }
             data.append(0)   // strstr's end
             let cNeedle = needle.map { CChar(bitPattern: $0) } + [0]
             var from = 0

@@ -177,18 +177,24 @@ public enum HostVMs {
     }
 }
 
-/// A debugfs or procfs file's text: they report size 0, so it is read until EOF (at most 64 KiB), not by its size.
-public func readPseudoFile(_ path: String) -> String? {
+/// A debugfs or procfs file's text: they report size 0, so it is read until EOF (at most `maxBytes`, 64 KiB unless
+/// asked), not by its size.
+public func readPseudoFile(_ path: String, maxBytes: Int = 65536) -> String? {
+    readPseudoFileBytes(path, maxBytes: maxBytes).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// The same, as bytes.
+public func readPseudoFileBytes(_ path: String, maxBytes: Int = 65536) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while out.count < 65536 {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while out.count < maxBytes {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, maxBytes - out.count)) }
         if n < 0 && errno == EINTR { continue }
         guard n > 0 else { break }
         out += buf[0..<n]
     }
-    return String(decoding: out, as: UTF8.self)
+    return out
 }

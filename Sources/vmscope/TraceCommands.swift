@@ -85,15 +85,20 @@ struct TraceCommand: ParsableCommand {
         // Standard output through POSIX writes: a reader that went away (`| head`) ends the trace quietly (SIGPIPE is
         // caught above), and the session's instance is removed on the way out, instead of a trap in FileHandle.
         var outputClosed = false
-        func emit(_ batch: [TraceEvent]) {
-            guard !batch.isEmpty, !outputClosed else { return }
-            var text = ""
-            for e in batch where !pairedOnly && wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
+        /// Every line this command prints goes through here.
+        func output(_ text: String) {
+            guard !text.isEmpty, !outputClosed else { return }
             if let failed = writeAll(STDOUT_FILENO, Array(text.utf8)) {
                 outputClosed = true
                 traceStop.store(SIGPIPE, ordering: .relaxed)
                 if failed != EPIPE { print("vmscope trace: standard output: \(String(cString: strerror(failed))); stopped", to: &err) }
             }
+        }
+        func emit(_ batch: [TraceEvent]) {
+            guard !pairedOnly else { return }
+            var text = ""
+            for e in batch where wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
+            output(text)
         }
         if let loadRaw {
             do {
@@ -157,25 +162,18 @@ struct TraceCommand: ParsableCommand {
             if fd >= 0 { _ = writeAll(fd, [0x0A]); close(fd) }
         }
         func emitMap() {
-            guard let a = attributes, !outputClosed else { return }
-            let line = json ? a.mapJSON.serialized : terminalSafe(a.mapLine)
-            if writeAll(STDOUT_FILENO, Array((line + "\n").utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
+            guard let a = attributes else { return }
+            output((json ? a.mapJSON.serialized : terminalSafe(a.mapLine)) + "\n")
         }
         var faults = MemoryFaultPairing()
+        /// The batch's conversions and memory faults, in the order the kernel gave their events.
         func pair(_ batch: [TraceEvent]) {
             var text = ""
             for e in batch {
-                if let c = attributes?.apply(e) { emitConversion(c) }
+                if let c = attributes?.apply(e) { text += (json ? c.json.serialized : c.line) + "\n" }
                 if let f = faults.apply(e, attributes: attributes) { text += (json ? f.json.serialized : f.line) + "\n" }
             }
-            if !text.isEmpty, !outputClosed, writeAll(STDOUT_FILENO, Array(text.utf8)) != nil { outputClosed = true; traceStop.store(SIGPIPE, ordering: .relaxed) }
-        }
-        func emitConversion(_ c: TracedAttributes.Conversion) {
-            guard !outputClosed else { return }
-            if writeAll(STDOUT_FILENO, Array(((json ? c.json.serialized : c.line) + "\n").utf8)) != nil {
-                outputClosed = true
-                traceStop.store(SIGPIPE, ordering: .relaxed)
-            }
+            output(text)
         }
         // --save-raw: the header now, then each batch's records as they come, with POSIX writes (a full disk is
         // reported by its errno, and what was written before it decodes).
