@@ -17,6 +17,8 @@ let package = Package(
         // SwiftNIO: header limits, idle timeouts). Hummingbird's default traits pull swift-configuration in: off.
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        // Hummingbird's own transport, named for the handlers the metrics endpoint adds to its pipeline.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
     ],
     targets: [
         // C shim, KVM half: the variadic ioctl and the UAPI structs newer than the 6.1 system headers.
@@ -54,6 +56,8 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings;

@@ -113,6 +113,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     init(quota: ConnectionQuota) { self.quota = quota }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        _ = HTTPVersionKeepAlive.install(in: context.pipeline.syncOperations)
         if context.channel.isActive { take(context) }
     }
 

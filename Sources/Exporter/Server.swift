@@ -6,7 +6,8 @@ import NIOCore
 
 /// `/metrics` over HTTP/1.1 (Hummingbird on SwiftNIO): the registry's text exposition on GET or HEAD; 404 for any
 /// other path, 405 for another method on `/metrics`; requests whose headers pass 16 KiB are refused by the HTTP
-/// decoder (431/400) and idle connections are closed after 10 s. Serving runs on NIO's event loop, apart from the
+/// decoder (431/400), idle connections are closed after 10 s, and an HTTP/1.0 request without keep-alive has its
+/// connection closed once answered (`HTTPVersionKeepAlive`). Serving runs on NIO's event loop, apart from the
 /// collector thread, so no client (slow, huge, or many at once; at most 64 connections, of which one other user
 /// or one remote address holds at most 8) can stall a collection or another scrape; a client that pipelines
 /// requests without reading the answers is not read further until it does.

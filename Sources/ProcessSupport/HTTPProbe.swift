@@ -2,9 +2,9 @@ import Foundation
 
 /// A raw HTTP exchange with 127.0.0.1:`port`, as a scraper or a misbehaving client would have it: sends `request`
 /// (in `pieces` parts `pause` seconds apart, for slow clients), then reads one response (its headers and
-/// Content-Length bytes of body) or until the server closes or `timeout` passes. Returns what came back and the
-/// seconds the whole exchange took.
-public func httpExchange(port: Int, _ request: [UInt8], pieces: Int = 1, pause: Double = 0, timeout: Double = 15)
+/// Content-Length bytes of body) or until the server closes or `timeout` passes; with `untilClosed`, reads on until
+/// the server closes (or `timeout`). Returns what came back and the seconds the whole exchange took.
+public func httpExchange(port: Int, _ request: [UInt8], pieces: Int = 1, pause: Double = 0, timeout: Double = 15, untilClosed: Bool = false)
     -> (response: String, seconds: Double)
 {
     let start = Date()
@@ -35,7 +35,7 @@ public func httpExchange(port: Int, _ request: [UInt8], pieces: Int = 1, pause: 
         out += buf[0..<n]
         // One response: done once its headers and Content-Length bytes of body are in (a server may keep the
         // connection open after it).
-        if let end = out.firstRange(of: Array("\r\n\r\n".utf8)) {
+        if !untilClosed, let end = out.firstRange(of: Array("\r\n\r\n".utf8)) {
             let head = String(decoding: out[..<end.lowerBound], as: UTF8.self).lowercased()
             let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
                 .flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) }
