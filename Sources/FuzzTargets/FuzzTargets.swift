@@ -154,7 +154,19 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             var replay = Replay(r, file: "fuzz")
             replay.seek(to: r.durationNs / 2)
             replay.seek(to: .max)
-            _ = Snapshot.json(replay.model, takenAtWallNs: 0, origin: .recording(file: "fuzz", offsetNs: replay.positionNs))
+            _ = Snapshot.json(replay.model, takenAtWallNs: replay.wallNs(at: replay.positionNs), origin: .recording(file: "fuzz", offsetNs: replay.positionNs))
+            // The TUI's playback and its keys, with the clock anywhere (its arithmetic met times near 2^64).
+            var model = InspectorModel()
+            for now: UInt64 in [0, 1 << 62, .max - 1] {
+                let source = RecordingSource(replay: Replay(r, file: "fuzz"), speed: 100, nowNs: now)
+                for c: ReplayControl in [.skip(seconds: 10), .nextBurst, .togglePause, .skip(seconds: -10), .previousBurst, .togglePause] {
+                    _ = source.poll(&model, nowNs: now.saturatingAdd(1_000_000_000))
+                    _ = source.control(c, nowNs: .max)
+                }
+                _ = source.poll(&model, nowNs: .max)
+                _ = source.timeline
+                _ = source.viewTimeNs(nowNs: .max)
+            }
         }
     }
 

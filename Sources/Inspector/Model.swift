@@ -584,9 +584,18 @@ public struct RecentFaults: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
 extension UInt64 {
     /// `self + other`, or `UInt64.max` where that would wrap.
-    func saturatingAdd(_ other: UInt64) -> UInt64 {
+    public func saturatingAdd(_ other: UInt64) -> UInt64 {
         let (v, overflow) = addingReportingOverflow(other)
         return overflow ? .max : v
+    }
+
+    /// `self - other`, or 0 where that would go below it.
+    public func saturatingSubtract(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
+
+    /// `value` rounded toward zero, 0 for a negative or NaN one, `UInt64.max` for one past it (the conversion
+    /// `UInt64(_:)` traps on).
+    public init(saturating value: Double) {
+        if !(value > 0) { self = 0 } else if value >= 18_446_744_073_709_551_616.0 { self = .max } else { self = UInt64(value) }
     }
 }
 

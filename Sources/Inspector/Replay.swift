@@ -57,6 +57,8 @@ public struct Replay: Sendable {
 
     /// The monotonic time the recorder saw at `t` (fault marks fade against it).
     public func monotonicNs(at t: UInt64) -> UInt64 { recording.header.startedAtMonotonicNs.saturatingAdd(t) }
+    /// The wall-clock time `t` into the recording (saturating: a file's header may say anything).
+    public func wallNs(at t: UInt64) -> UInt64 { recording.header.startedAtWallNs.saturatingAdd(t) }
 
     private mutating func apply(_ item: (t: UInt64, entry: Recording.Entry)) {
         let now = monotonicNs(at: item.t)

@@ -378,7 +378,9 @@ public final class RecordingSource: VMSource {
     }
 
     private func position(nowNs: UInt64) -> UInt64 {
-        paused ? anchorNs : anchorNs &+ UInt64(Double(nowNs &- anchorAt) * speed)
+        // Saturating: a recording may hold times near 2^64 (a hostile or damaged file), and a wrapped position
+        // would replay from its start.
+        paused ? anchorNs : anchorNs.saturatingAdd(UInt64(saturating: Double(nowNs.saturatingSubtract(anchorAt)) * speed))
     }
 
     private func jump(to t: UInt64, nowNs: UInt64) {
@@ -424,7 +426,9 @@ public final class RecordingSource: VMSource {
             anchorAt = nowNs
             paused.toggle()
         case .skip(let s):
-            jump(to: s < 0 ? at - min(at, UInt64(-s) * 1_000_000_000) : at + UInt64(s) * 1_000_000_000, nowNs: nowNs)
+            let step = UInt64(s.magnitude).multipliedReportingOverflow(by: 1_000_000_000)
+            let ns = step.overflow ? UInt64.max : step.partialValue
+            jump(to: s < 0 ? at.saturatingSubtract(ns) : at.saturatingAdd(ns), nowNs: nowNs)
         case .previousBurst:
             // Within a second of a burst's start, `{` goes to the one before it.
             guard let b = replay.burst(before: at > 1_000_000_000 ? at - 1_000_000_000 : 0) ?? replay.burst(before: at) else {

@@ -109,13 +109,13 @@ struct ReplayCommand: ParsableCommand {
         if let dumpAt {
             let wanted = dumpAt == "end" ? recording.durationNs : parseDuration(dumpAt)!
             if wanted > recording.durationNs {
-                print("vmscope replay: \(file) holds \(Fmt.duration(recording.durationNs)); showing its end, not \(dumpAt) s", to: &err)
+                print("vmscope replay: \(file) holds \(Fmt.duration(recording.durationNs)); showing its end, not \(Fmt.duration(wanted))", to: &err)
             }
             replay.seek(to: wanted)
             let text = switch format {
             case .json:
                 Snapshot.json(replay.model, faultLimit: faults,
-                              takenAtWallNs: recording.header.startedAtWallNs + replay.positionNs,
+                              takenAtWallNs: replay.wallNs(at: replay.positionNs),
                               origin: .recording(file: file, offsetNs: replay.positionNs)).pretty() + "\n"
             case .text: Snapshot.text(replay.model, ascii: options.ascii, nowNs: replay.monotonicNs(at: replay.positionNs))
             }

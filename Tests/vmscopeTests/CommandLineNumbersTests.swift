@@ -78,4 +78,38 @@ struct HostileFileTests {
         // docs/reliability.md: 256 MiB inflated at most, plus the file read and the parse of what came.
         #expect(peak < 400 << 20, "\(peak >> 20) MiB")
     }
+
+    /// Issue 28, class 2: a recording whose times sit near the top of their range (each entry's `t` within 10 s of
+    /// 2^64, the header's start times at 2^64 − 1, the records' `time-ns` too). `replay --dump-at` (JSON: the
+    /// snapshot's wall time is the start plus the position) and the replay TUI's `]` and `}` trapped (exit 132); now
+    /// every form shows it, the positions stopping at the recording's end.
+    @Test func aRecordingWithTimesNearTheTopOfTheirRangeReplays() throws {
+        let seed = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../FuzzTargetsTests/Corpus/recording/regression-times-near-2-64.jsonl").standardized.path
+        let dir = NSTemporaryDirectory() + "vmscope-near-2-64-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/near-2-64.jsonl.gz"
+        #expect(try runProcess("/bin/sh", ["-c", "gzip -c < \(seed) > \(file)"]).status == 0)
+        for at in ["0", "1s", "end", "1e6"] {
+            for format in ["--json", "--text"] {
+                let r = try runProcess(Binary.url.path, ["replay", file, "--dump-at", at, format])
+                #expect(r.status == 0 && !r.stdout.isEmpty, "--dump-at \(at) \(format): exit \(r.status): \(r.stderr.suffix(300))")
+            }
+        }
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        let tui = try TmuxPane("cd \(dir) && LANG=C.UTF-8 VMSCOPE_DIR=\(dir) \(Binary.url.path) replay \(file); echo REPLAY-EXIT=$?; sleep 60")
+        defer { tui.kill() }
+        var screen = tui.waitFor(10) { $0.contains("REPLAY ▶") }
+        #expect(screen.contains("REPLAY ▶"), "\(screen)")
+        for key in ["]", "]", "[", "}", "{", "Space", "]", "Space", "S", "]", "}", "[", "["] {
+            tui.keys(key)
+            usleep(200_000)
+        }
+        screen = tui.waitFor(3) { $0.contains("REPLAY ‖") && (timelinePosition($0) ?? 0) > 1e10 }
+        #expect((timelinePosition(screen) ?? 0) > 1e10, "`}` went to the burst near 2^64 ns: \(screen)")
+        tui.keys("q")
+        screen = tui.waitFor(10) { $0.contains("REPLAY-EXIT=") }
+        #expect(screen.contains("REPLAY-EXIT=0"), "\(screen)")
+    }
 }
