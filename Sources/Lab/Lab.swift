@@ -327,6 +327,9 @@ public final class LabRelay {
                     continue
                 }
                 guard pump.streams.count < pump.maxChannels else {
+                    // As the VMM's own socket says it: one line, then the connection is closed.
+                    let line = QMP.error(.genericError, "this lab relays \(pump.maxChannels) clients at once; try again when one has gone", id: nil).serialized + "\n"
+                    _ = line.withCString { send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
                     close(c)
                     log("refused a client: \(pump.maxChannels) connections already")
                     continue

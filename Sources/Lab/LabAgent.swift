@@ -7,7 +7,7 @@ import Glibc
 /// The guest half of the lab's control link (`vmscope lab agent`, started by the lab's job script inside the lab
 /// guest): opens the virtio-serial port, waits for the VMM's socket, then connects one VMM client per channel the
 /// host opens. It ends, saying why, when the VMM process ends or the link breaks.
-public struct LabAgent {
+public struct LabAgent: Sendable {
     public var portName: String
     public var vmmSocket: String
     public var vmmPID: pid_t?
@@ -18,6 +18,37 @@ public struct LabAgent {
         self.portName = portName
         self.vmmSocket = vmmSocket
         self.vmmPID = vmmPID
+    }
+
+    /// Carries the host's channels over `link` to the VMM's socket until the VMM exits or the link fails; returns
+    /// why it stopped (after saying so to the host).
+    public func serve(link: Int32) -> String {
+        let pump = MuxPump(link: link)
+        pump.onFrame = { m in
+            switch m.type {
+            case .open:
+                if pump.streams.count >= pump.maxChannels {
+                    pump.send(.close, channel: m.channel)
+                } else if let fd = connectVMM() {
+                    pump.add(channel: m.channel, fd: fd, label: "channel \(m.channel)")
+                } else {
+                    pump.send(.close, channel: m.channel)
+                }
+            default:
+                break
+            }
+        }
+        // The VMM closed a client's connection: the host closes that client.
+        pump.onStreamEnded = { ch in pump.drop(channel: ch, tellPeer: true) }
+        pump.onTick = {
+            if !vmmAlive() { pump.stop("the VMM exited") }
+        }
+        pump.send(.hello, channel: 0, Array("vmscope lab agent: VMM serving \(vmmSocket)".utf8))
+        pump.run()
+        let reason = pump.stopReason ?? "stopped"
+        pump.send(.bye, channel: 0, Array(reason.utf8))
+        pump.drainLink(ms: 2000)
+        return reason
     }
 
     /// The `/dev` node of the virtio-serial port named `name` (no udev in the lab: read sysfs).
@@ -60,32 +91,8 @@ public struct LabAgent {
             if Date() > deadline { log("the VMM did not serve \(vmmSocket) within \(Int(startTimeout)) s"); return 3 }
             usleep(100_000)
         }
-        let pump = MuxPump(link: link)
-        pump.onFrame = { m in
-            switch m.type {
-            case .open:
-                if pump.streams.count >= pump.maxChannels {
-                    pump.send(.close, channel: m.channel)
-                } else if let fd = connectVMM() {
-                    pump.add(channel: m.channel, fd: fd, label: "channel \(m.channel)")
-                } else {
-                    pump.send(.close, channel: m.channel)
-                }
-            default:
-                break
-            }
-        }
-        // The VMM closed a client's connection: the host closes that client.
-        pump.onStreamEnded = { ch in pump.drop(channel: ch, tellPeer: true) }
-        pump.onTick = {
-            if !vmmAlive() { pump.stop("the VMM exited") }
-        }
-        pump.send(.hello, channel: 0, Array("vmscope lab agent: VMM serving \(vmmSocket)".utf8))
         log("link up on \(device); VMM serving \(vmmSocket)")
-        pump.run()
-        let reason = pump.stopReason ?? "stopped"
-        pump.send(.bye, channel: 0, Array(reason.utf8))
-        pump.drainLink(ms: 2000)
+        let reason = serve(link: link)
         log("agent stopping: \(reason)")
         return reason == "the VMM exited" ? 0 : 1
     }

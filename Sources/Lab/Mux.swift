@@ -7,9 +7,14 @@ import Glibc
 ///
 /// The host side (`LabRelay`) accepts clients on the control socket and opens a channel for each; the guest side
 /// (`LabAgent`) connects each channel to the VMM's own socket. Both ends are one `MuxPump`: a single poll loop
-/// over non-blocking descriptors with bounded buffers, reading at most `readBudget` bytes from each stream per
-/// round, so one busy client cannot starve another and a client that stops reading is dropped rather than
-/// growing memory without bound.
+/// over non-blocking descriptors.
+///
+/// Fairness is by flow control, as the VMM's own socket has it from the kernel: each stream may have at most
+/// `window` bytes on the link that the other end has not yet written to its descriptor (the receiver returns
+/// `credit` as it writes), and the link itself holds at most `linkWindow` bytes the other end has not read
+/// (`received`), filled from the streams in turn, `readBudget` bytes each, streams with nothing in flight first. A client that stops reading holds one window; its backlog stays in the kernel's
+/// buffers and the VMM's (which stops running that client's commands), never in front of another client's reply
+/// on the link. A half-close is passed on after every byte queued before it.
 public enum MuxFrame: UInt8, Sendable {
     /// host → guest: connect channel N to the VMM.
     case open = 1
@@ -23,6 +28,12 @@ public enum MuxFrame: UInt8, Sendable {
     case hello = 5
     /// guest → host: the agent is stopping; payload says why.
     case bye = 6
+    /// both ways: the sender wrote this many more bytes of channel N's data to its descriptor (u32 LE payload); the
+    /// receiver may send that many more.
+    case credit = 7
+    /// both ways, channel 0: the sender read this many more bytes of stream data off the link (u32 LE payload).
+    /// It keeps the link's own queue short: data goes on the link only while less than `linkWindow` is unread.
+    case received = 8
 
     public static let headerSize = 9
     public static let maxPayload = 64 << 10
@@ -129,9 +140,9 @@ func setNonBlocking(_ fd: Int32) {
 
 /// One end of the link: the link descriptor, the streams multiplexed over it, and the loop that moves bytes.
 ///
-/// Bounds: at most `maxChannels` streams; each stream's unsent bytes at most `streamBound` (a stream past it is
-/// closed: its reader has stopped reading); the link's unsent bytes at most `linkBound` (past it, streams are not
-/// read until it drains).
+/// Bounds: at most `maxChannels` streams; each stream's unsent bytes at most `window` (a peer that sends past its
+/// credit has its stream closed); stream data on the link, queued here or in the link's buffers, at most
+/// `linkWindow`, plus the control frames.
 public final class MuxPump {
     public struct Stream {
         public var fd: Int32
@@ -140,6 +151,12 @@ public final class MuxPump {
         var closing = false
         /// Our reading side reached end of stream (a half-close was passed on).
         var readDone = false
+        /// The other side's reader reached end of stream: shut our write side once `out` is written.
+        var shutPending = false
+        /// Bytes of this stream sent on the link that the peer has not yet credited.
+        var unacked = 0
+        /// Bytes written to `fd` not yet credited to the peer.
+        var delivered = 0
         public var label: String
     }
 
@@ -148,10 +165,22 @@ public final class MuxPump {
     private var decoder = MuxDecoder()
     public private(set) var streams: [UInt32: Stream] = [:]
     public var maxChannels = 64
-    public var streamBound = 16 << 20
-    public var linkBound = 8 << 20
-    /// Bytes read from one stream per round.
-    public var readBudget = 64 << 10
+    /// Bytes of one stream in flight (sent, not yet written out by the other end); both ends must agree.
+    public static let window = 64 << 10
+    /// Stream data sent on the link and not yet read by the other end, at most (the queue in front of any
+    /// stream's next bytes: at the lab's few MB/s, tens of milliseconds).
+    public static let linkWindow = 64 << 10
+    private var linkInFlight = 0
+    /// Stream data read off the link, not yet reported to the other end.
+    private var receivedUnreported = 0
+    /// Streams read in the last round: the others (a reply after a pause, a new client's greeting) go first.
+    private var readLastRound: Set<UInt32> = []
+    /// Bytes read from one stream per turn.
+    public var readBudget = 16 << 10
+    /// Where the next round's turns start: the stream after the last one read.
+    private var turn = 0
+    /// Streams closed because their peer sent past its credit (a broken peer: ours never does).
+    public private(set) var overruns = 0
     /// Extra descriptors the owner polls (a listener, a signal pipe); `onReady` is called for each that is readable.
     public var extraFDs: [Int32] = []
     /// Called for each frame the peer sends that is not stream data (open, hello, bye), and for every close.
@@ -195,15 +224,24 @@ public final class MuxPump {
     private func handle(_ m: MuxMessage) {
         switch m.type {
         case .data:
+            receivedUnreported += m.payload.count
             guard var s = streams[m.channel] else { return }   // closed here already: the peer learns from our close
             s.out.append(m.payload)
-            if s.out.count > streamBound {
+            if s.out.count > Self.window {
+                overruns += 1
                 streams[m.channel] = s
                 drop(channel: m.channel, tellPeer: true)
-                onFrame(MuxMessage(type: .close, channel: m.channel, payload: Array("reader stopped reading: over \(streamBound) bytes waiting".utf8)))
+                onFrame(MuxMessage(type: .close, channel: m.channel, payload: Array("the peer sent past its credit: over \(Self.window) bytes waiting".utf8)))
                 return
             }
             streams[m.channel] = s
+        case .credit:
+            guard let n = Self.u32(m.payload), var s = streams[m.channel] else { return }
+            s.unacked -= min(s.unacked, n)
+            streams[m.channel] = s
+        case .received:
+            guard let n = Self.u32(m.payload) else { return }
+            linkInFlight -= min(linkInFlight, n)
         case .close:
             if var s = streams[m.channel] {
                 s.closing = true
@@ -211,10 +249,48 @@ public final class MuxPump {
             }
             onFrame(m)
         case .shutWrite:
-            if let s = streams[m.channel] { _ = shutdown(s.fd, Int32(SHUT_WR)) }
+            // After what came before it: the bytes still queued for this stream go first.
+            guard var s = streams[m.channel] else { return }
+            s.shutPending = true
+            streams[m.channel] = s
+            shutIfDrained(m.channel)
         default:
             onFrame(m)
         }
+    }
+
+    private static func u32(_ p: [UInt8]) -> Int? {
+        guard p.count == 4 else { return nil }
+        return Int(UInt32(p[0]) | UInt32(p[1]) << 8 | UInt32(p[2]) << 16 | UInt32(p[3]) << 24)
+    }
+
+    private static func u32Bytes(_ v: Int) -> [UInt8] {
+        let n = UInt32(truncatingIfNeeded: v)
+        return [UInt8(n & 0xFF), UInt8((n >> 8) & 0xFF), UInt8((n >> 16) & 0xFF), UInt8(n >> 24)]
+    }
+
+    private func shutIfDrained(_ ch: UInt32) {
+        guard var s = streams[ch], s.shutPending, s.out.count == 0 else { return }
+        s.shutPending = false
+        streams[ch] = s
+        _ = shutdown(s.fd, Int32(SHUT_WR))
+    }
+
+    /// Writes what stream `ch`'s descriptor takes now and credits the peer for it; false on a write error.
+    private func flushStream(_ ch: UInt32) -> Bool {
+        guard var s = streams[ch], s.out.count > 0 else { return true }
+        let before = s.out.count
+        let ok = s.out.flush(to: s.fd)
+        s.delivered += before - s.out.count
+        // Credit in quarters of the window: few frames (each one a buffer, an interrupt, a round for the lab's
+        // guest), and no stall: a sender waits only with a whole window out, of which a quarter is credited.
+        if s.delivered >= Self.window / 4 {
+            send(.credit, channel: ch, Self.u32Bytes(s.delivered))
+            s.delivered = 0
+        }
+        streams[ch] = s
+        if ok { shutIfDrained(ch) }
+        return ok
     }
 
     /// Runs until `stop` is called or the link fails.
@@ -231,12 +307,22 @@ public final class MuxPump {
             var fds: [pollfd] = [pollfd(fd: link, events: Int16(POLLIN) | (linkOut.count > 0 ? Int16(POLLOUT) : 0), revents: 0)]
             let extras = extraFDs   // the callbacks may change extraFDs: this round polls these
             for fd in extras { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-            let order = Array(streams.keys)
-            let readStreams = linkOut.count < linkBound
+            // The streams in turn order, starting after the last one read; those not read last round (a reply after
+            // a pause, a new client's greeting) before those streaming.
+            var order = streams.keys.sorted()
+            if !order.isEmpty {
+                let k = turn % order.count
+                order = Array(order[k...] + order[..<k])
+            }
+            let rotated = order
+            order = order.filter { !readLastRound.contains($0) } + order.filter { readLastRound.contains($0) }
+            var readThisRound: Set<UInt32> = []
+            defer { readLastRound = readThisRound }
+            let readStreams = linkInFlight < Self.linkWindow
             for ch in order {
                 let s = streams[ch]!
                 var ev: Int16 = 0
-                if readStreams && !s.readDone && !s.closing { ev |= Int16(POLLIN) }
+                if readStreams && !s.readDone && !s.closing && s.unacked < Self.window { ev |= Int16(POLLIN) }
                 if s.out.count > 0 { ev |= Int16(POLLOUT) }
                 fds.append(pollfd(fd: s.fd, events: ev, revents: 0))
             }
@@ -249,54 +335,70 @@ public final class MuxPump {
             // The link.
             let lr = fds[0].revents
             if lr & Int16(POLLIN) != 0 || lr & Int16(POLLHUP | POLLERR) != 0 {
-                let n = scratch.withUnsafeMutableBytes { Glibc.read(link, $0.baseAddress, $0.count) }
-                if n > 0 {
-                    do {
-                        for m in try decoder.feed(scratch[0..<n]) { handle(m) }
-                    } catch {
-                        stop("link: \(error)")
-                        break
+                // Until it has no more (at most 16 reads): a virtio-serial port gives one of the host's buffers a
+                // read, and a round per buffer let the guest fall ever further behind the host's small frames.
+                var linkEnded = false
+                for _ in 0..<16 {
+                    let n = scratch.withUnsafeMutableBytes { Glibc.read(link, $0.baseAddress, $0.count) }
+                    if n > 0 {
+                        do {
+                            for m in try decoder.feed(scratch[0..<n]) { handle(m) }
+                        } catch {
+                            stop("link: \(error)")
+                            linkEnded = true
+                        }
+                        if linkEnded { break }
+                        continue
                     }
-                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
-                    // virtio-serial reads 0 while the host end is not connected; a socket, at end of stream.
-                    if lr & Int16(POLLHUP) != 0 || n == 0 { stop("link closed") ; break }
+                    if n < 0 && errno == EINTR { continue }
+                    // End of stream (a socket), or the host end gone (virtio-serial reads 0 then).
+                    if n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && lr & Int16(POLLHUP) != 0) {
+                        stop("link closed")
+                        linkEnded = true
+                    }
+                    break
                 }
+                if linkEnded { break }
             }
             if linkOut.count > 0 && !linkOut.flush(to: link) {
                 stop("link write: \(String(cString: strerror(errno)))")
                 break
             }
             for (i, fd) in extras.enumerated() where fds[1 + i].revents != 0 { onExtraReadable(fd) }
-            // The streams: a bounded read from each, then whatever each takes of its output.
+            // The streams: each takes what it can of its output; then, while the link's queue is short, one
+            // bounded read from each in turn, within its credit.
             for (i, ch) in order.enumerated() {
                 let rev = fds[1 + extras.count + i].revents
-                guard rev != 0, var s = streams[ch] else { continue }
-                if rev & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !s.readDone && !s.closing {
-                    let n = scratch.withUnsafeMutableBytes { Glibc.read(s.fd, $0.baseAddress, min(readBudget, $0.count)) }
-                    if n > 0 {
-                        var at = 0
-                        while at < n {
-                            let end = min(n, at + MuxFrame.maxPayload)
-                            linkOut.append(MuxFrame.encode(.data, channel: ch, scratch[at..<end]))
-                            at = end
-                        }
-                    } else if n == 0 {
-                        s.readDone = true
-                        streams[ch] = s
-                        onStreamEnded(ch)
-                        guard streams[ch] != nil else { continue }
-                    } else if errno != EAGAIN && errno != EINTR {
-                        drop(channel: ch, tellPeer: true)
-                        continue
+                guard rev != 0, streams[ch] != nil else { continue }
+                if !flushStream(ch) { drop(channel: ch, tellPeer: true); continue }
+                guard var s = streams[ch], rev & Int16(POLLIN | POLLHUP | POLLERR) != 0, !s.readDone, !s.closing else { continue }
+                let allowed = min(readBudget, Self.window - s.unacked, Self.linkWindow - linkInFlight, scratch.count)
+                guard allowed > 0 else { continue }
+                let n = scratch.withUnsafeMutableBytes { Glibc.read(s.fd, $0.baseAddress, allowed) }
+                if n > 0 {
+                    var at = 0
+                    while at < n {
+                        let end = min(n, at + MuxFrame.maxPayload)
+                        linkOut.append(MuxFrame.encode(.data, channel: ch, scratch[at..<end]))
+                        at = end
                     }
+                    s.unacked += n
+                    linkInFlight += n
+                    readThisRound.insert(ch)
+                    streams[ch] = s
+                    turn = (rotated.firstIndex(of: ch).map { (turn % max(1, rotated.count)) + $0 + 1 }) ?? turn
+                } else if n == 0 {
+                    s.readDone = true
+                    streams[ch] = s
+                    onStreamEnded(ch)
+                } else if errno != EAGAIN && errno != EINTR {
+                    drop(channel: ch, tellPeer: true)
                 }
-                if s.out.count > 0 {
-                    if !s.out.flush(to: s.fd) {
-                        drop(channel: ch, tellPeer: true)
-                        continue
-                    }
-                    streams[ch]?.out = s.out
-                }
+            }
+            // In quarters of the window, as credits are.
+            if receivedUnreported >= Self.linkWindow / 4 {
+                send(.received, channel: 0, Self.u32Bytes(receivedUnreported))
+                receivedUnreported = 0
             }
             if linkOut.count > 0 && !linkOut.flush(to: link) {
                 stop("link write: \(String(cString: strerror(errno)))")

@@ -16,17 +16,19 @@ final class RunningLab {
     let process: ChildProcess
     let log: String
 
-    init(_ extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    init(_ extra: [String] = [], socket path: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let base = NSTemporaryDirectory() + "vmscope-lab-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        socket = base + ".sock"
+        socket = path ?? base + ".sock"
         log = base + ".log"
         process = try ChildProcess([Binary.url.path, "lab", "run", "--socket", socket] + extra,
                                    redirects: .init(stderr: log))
         let deadline = Date().addingTimeInterval(600)
         var up = false
         while !up && Date() < deadline && process.isRunning {
+            // Serving, not merely there: a dead lab's socket file stays until the next one takes it over.
             var st = stat()
             up = lstat(socket, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
+                && (try? connectUnixSocket(path: socket)).map { close($0); return true } == true
             if !up { usleep(100_000) }
         }
         try #require(up, "vmscope lab run did not serve \(socket):\n\(logText)", sourceLocation: sourceLocation)
@@ -312,6 +314,47 @@ struct LabTests {
         #expect(screen.contains("VMSCOPE-EXIT=0"), "\(screen)")
         #expect(!FileManager.default.fileExists(atPath: socket), "\(socket) is left behind")
         for q in qemu { #expect(kill(q.pid, 0) != 0, "QEMU \(q.pid) is still running") }
+    }
+
+    /// Issue 28, class 6, through a real lab (virtio-serial under TCG, a few hundred KB/s): a half-closing client
+    /// gets every reply (it got none); 64 clients at once are all answered within 10 s; beside 16 never-reading and
+    /// 16 always-reading clients, another client's `query-version` has a median under 5 s (13 s before: their
+    /// backlog stood in front of it on the link; now 0.1–2.4 s). Not 500 ms here: the VMM and the agent inside the
+    /// lab (debug builds, in TCG, on this machine's two CPUs beside the crowd's clients) are the bottleneck: the
+    /// VMM alone, its clients inside the lab and no relay, answers this crowd in 1–3 s. The relay's own share, on
+    /// a link of the lab's pace, is bounded at 500 ms in `LabRelayTests`. The numbers are printed.
+    @Test func theRelayIsFairToEveryClient() throws {
+        let lab = try RunningLab()
+        defer { lab.stop() }
+        let (ids, ended) = try RelayPatterns.halfClose(lab.socket)
+        #expect(ids == Array(0..<200), "\(ids.count) replies")
+        #expect(ended)
+        let many = RelayPatterns.manyAtOnce(lab.socket, 64)
+        let answered = many.compactMap { try? $0.get() }
+        print("lab relay, 64 clients at once: \(answered.count) answered, the last after \(String(format: "%.2f", answered.max() ?? -1)) s")
+        #expect(answered.count == 64 && answered.max()! < 10, "\(many)")
+        let l = try RelayPatterns.crowdLatencies(lab.socket).sorted()
+        print("lab relay, query-version beside 16 never-reading and 16 reading clients: median \(Int(l[l.count / 2])) ms, max \(Int(l.last!)) ms")
+        #expect(l[l.count / 2] < 5000, "\(l.map { Int($0) })")
+    }
+
+    /// A SIGKILLed `lab run` cannot remove its socket; its QEMU goes with it, and the next `lab run` on the same
+    /// path takes the dead socket over (as the VMM does) instead of refusing it as in use.
+    @Test func aSIGKILLedLabsSocketIsTakenOverByTheNext() throws {
+        let path = NSTemporaryDirectory() + "vmscope-lab-kill-\(getpid()).sock"
+        let first = try RunningLab(socket: path)
+        let qemu = first.qemuPIDs
+        kill(first.process.pid, SIGKILL)
+        _ = first.process.wait(seconds: 10)
+        #expect(eventuallyTrue(10) { qemu.allSatisfy { kill($0, 0) != 0 } }, "QEMU outlived a SIGKILLed lab run")
+        var st = stat()
+        #expect(lstat(path, &st) == 0, "the dead lab's socket is there, as SIGKILL leaves it")
+        let second = try RunningLab(socket: path)
+        defer { second.stop() }
+        let c = try ControlClient(path: path, timeoutMs: 30_000)
+        defer { c.close() }
+        #expect(try c.execute("query-vm")["attribute-engine"]?.stringValue == "kernel")
+        unlink(first.log)
     }
 
     /// The lab's socket answers as the VMM's own: another uid is refused with one line.
