@@ -142,6 +142,11 @@ public struct InspectorUI: Sendable {
     var historyIndex: Int?
     public var status: (text: String, isError: Bool)?
     public var readOnly = false
+    /// `--allow-control`: stop, resume and inject into a VM vmscope did not start without asking each time.
+    public var allowControl = false
+    /// The VM in view when vmscope did not start it (a stock QEMU): its name and pid, for the question its
+    /// controls ask first. nil for vmscope's own VMM (its `--allow-mutations` is the consent).
+    public var foreignVM: String?
     public var ascii = false
     public var themeNames: [String] = ["default"]
     public var themeIndex = 0
@@ -180,6 +185,9 @@ public struct InspectorUI: Sendable {
         totalPages = model.mapPages
         vcpuCount = model.vcpus.count
         vcpuStates = model.vcpus.map(\.state)
+        foreignVM = model.vm.qemuVersion.map { v in
+            "\(terminalSafe(model.vm.name))\(model.vm.pid.map { " (pid \($0))" } ?? ""), a \(v) vmscope did not start"
+        }
         memslotCount = model.memslots.count
         if frozen && frozenAtSeq == nil { frozenAtSeq = model.visibleFaults.last?.seq ?? 0 }
         // A pinned record: the cursor goes where it now is (the records newer than it), or, once it has left the
@@ -461,7 +469,15 @@ public struct InspectorUI: Sendable {
     /// The selected vCPU and the selection (or the cell under the cursor); each source takes what its kind needs.
     mutating func inject(_ kind: InjectionKind) -> [Effect] {
         let (gpa, size) = targetRange
-        return [.act(.inject(kind, vcpu: vcpuCursor, gpa: gpa, size: size))]
+        return askingFirst("Inject \(kind.rawValue) into vCPU \(vcpuCursor)", .act(.inject(kind, vcpu: vcpuCursor, gpa: gpa, size: size)))
+    }
+
+    /// `effect` at once on vmscope's own VMM or with `--allow-control`; on a VM vmscope did not start, after a y
+    /// to "`what` of …?" (P on someone's QEMU stopped it at once, one Shift from p).
+    mutating func askingFirst(_ what: String, _ effect: Effect) -> [Effect] {
+        guard let foreign = foreignVM, !allowControl else { return [effect] }
+        overlay = .confirm(prompt: "\(what) of \(foreign)? y/N (attach --allow-control does not ask)", effect: effect)
+        return []
     }
 
     mutating func replayOnly(_ c: ReplayControl) -> [Effect] {
@@ -472,7 +488,7 @@ public struct InspectorUI: Sendable {
     mutating func pauseResume() -> [Effect] {
         let state = vcpuCursor < vcpuStates.count ? vcpuStates[vcpuCursor] : .known(.running)
         let stopped = state == .paused || state == .faultStopped
-        return [.act(.vcpu(index: vcpuCursor, stopped ? .resume : .pause))]
+        return askingFirst("\(stopped ? "Resume" : "Pause") vCPU \(vcpuCursor)", .act(.vcpu(index: vcpuCursor, stopped ? .resume : .pause)))
     }
 
     mutating func applyFilter(_ text: String) -> [Effect] {

@@ -75,8 +75,10 @@ public struct QEMUSource: Sendable {
         vm.machine = Self.machineType(execute)
         vm.engine = "none"
         vm.policy = "-"
-        // QEMU's own commands are all it takes: stop/cont and inject-nmi need no opt-in.
-        vm.mutationsAllowed = true
+        // What this QEMU allows: no conversions (no KVM_SET_MEMORY_ATTRIBUTES over QMP), so no mutations;
+        // stop/cont and inject-nmi are QMP's to anyone with the socket, which the inspector asks about first
+        // (a VM vmscope did not start) unless `attach --allow-control`.
+        vm.mutationsAllowed = false
         vm.faultInjectionAllowed = true
         model.vm = vm
         if canUseGuestMemfd, let cgs = try? execute("qom-get", .object([("path", .string("/machine")), ("property", .string("confidential-guest-support"))])).stringValue,

@@ -11,6 +11,8 @@ struct InspectorOptions: ParsableArguments {
     var theme = "default"
     @Flag(help: "ASCII glyphs instead of Unicode blocks (automatic when the locale is not UTF-8).") var ascii = false
     @Flag(help: "Hide and refuse conversions, injections and vCPU control.") var readOnly = false
+    @Flag(help: "On a VM vmscope did not start (a stock QEMU): pause, resume and inject without asking each time.")
+    var allowControl = false
 
     /// Where theme files are looked for by name.
     static func themeDirectories() -> [String] {
@@ -83,6 +85,7 @@ struct InspectorOptions: ParsableArguments {
         let (themes, order, problems) = loadThemes()
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
         let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: useASCII, readOnly: readOnly)
+        session.ui.allowControl = allowControl
         if let note { session.ui.status = (note, false) }
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)

@@ -355,6 +355,7 @@ struct TopCommand: ParsableCommand {
         defer { session?.close() }
         let inspector = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: options.useASCII,
                                          readOnly: options.readOnly)
+        inspector.ui.allowControl = options.allowControl
         inspector.ui.status = ("attached to \(what); q comes back to top", false)
         inspector.run(terminal: terminal)
         traced?.socket.close()

@@ -177,8 +177,13 @@ struct QEMUTUITests {
         screen = t.waitFor(3) { $0.contains("attributes only") }
         #expect(screen.contains("theme high-contrast: attributes only, no colours (NO_COLOR is set)"), "\(screen)")
 
-        // P on the vCPU view stops the VM; QEMU's own query-status agrees.
+        // P on the vCPU view asks first (vmscope did not start this QEMU) and, on y, stops the VM; QEMU's own
+        // query-status agrees.
         t.keys("4", "P")
+        screen = t.waitFor(5) { $0.contains("did not start? y/N") }
+        #expect(screen.contains("Pause vCPU 0 of") && screen.contains("did not start? y/N"), "\(screen)")
+        #expect(try checker.execute("query-status")["status"]?.stringValue == "running", "nothing before the answer")
+        t.keys("y")
         screen = t.waitFor(5) { $0.contains("status paused") }
         #expect(screen.contains("stop the VM") && screen.contains("done"), "\(screen)")
         #expect(try checker.execute("query-status")["status"]?.stringValue == "paused")
@@ -214,11 +219,15 @@ struct QEMUTUITests {
         #expect(screen.contains(String(format: "read-memory 0x%08llx", last.start)) && screen.contains(dumpLine), "\(dumpLine) in:\n\(screen)")
         t.keys("Escape", "4")
         t.keys("P")
+        _ = t.waitFor(5) { $0.contains("did not start? y/N") }
+        t.keys("y")
         screen = t.waitFor(5) { $0.contains("status running") }
         #expect(try checker.execute("query-status")["status"]?.stringValue == "running")
 
         // NMI through QEMU's inject-nmi; a conversion is refused with QEMU's reason and changes nothing.
         t.keys("i", "n")
+        _ = t.waitFor(5) { $0.contains("did not start? y/N") }
+        t.keys("y")
         screen = t.waitFor(3) { $0.contains("inject an NMI") }
         #expect(screen.contains("inject an NMI (QEMU's inject-nmi: every vCPU): done"), "\(screen)")
         t.keys("1", "s", "y")

@@ -332,6 +332,8 @@ struct QEMUSnapshotTests {
         // What QEMU has no source for is null, with the reason.
         #expect(s["attributes"] == .null && s["faults"] == .null)
         #expect(s["unavailable"]?["map"]?.stringValue?.contains("private/shared map unavailable") == true)
+        // What QEMU allows: no conversions over QMP (it said mutations-allowed: true).
+        #expect(s["vm"]?["mutations-allowed"]?.boolValue == false, "\(s["vm"] ?? .null)")
 
         let out = NSTemporaryDirectory() + "vmscope-qemu-rec-\(getpid()).jsonl.gz"
         defer { unlink(out) }
