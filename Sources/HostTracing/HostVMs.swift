@@ -33,6 +33,15 @@ public enum HostVMs {
         public var vcpus: Int
         public var stats: [String: UInt64]
         public var rssBytes: UInt64?
+        /// Why KVM's own counters (exits, MMIO, hypercalls) are missing for this VM, when they are: `top` shows
+        /// `-` for them and says this.
+        public var countersMissing: String? = nil
+
+        public init(pid: Int32, directory: String, name: String, vcpus: Int, stats: [String: UInt64], rssBytes: UInt64? = nil,
+                    countersMissing: String? = nil) {
+            self.pid = pid; self.directory = directory; self.name = name; self.vcpus = vcpus; self.stats = stats
+            self.rssBytes = rssBytes; self.countersMissing = countersMissing
+        }
     }
 
     /// KVM's names of the statistics `top` has columns for.
@@ -104,12 +113,14 @@ public enum HostVMs {
             // The vCPUs' binary statistics, summed (what debugfs's VM directory shows, and readable under lockdown);
             // debugfs's own files where those cannot be had.
             var stats = vcpuStatistics(pid: pid)
+            var missing: String?
             if stats.isEmpty {
                 for s in shownStats where files.contains(s) {
                     if let t = readPseudoFile(path + "/" + s), let v = UInt64(t.trimmingCharacters(in: .whitespacesAndNewlines)) {
                         stats[s] = v
                     }
                 }
+                if stats.isEmpty { missing = Self.whyNoCounters(path + "/" + Stat.exits) }
             }
             if let traced {
                 stats[Stat.tracedUserspaceExits] = traced.userspaceExits(pid)
@@ -117,9 +128,22 @@ public enum HostVMs {
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
             out.append(Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,
-                              rssBytes: residentBytes(pid: pid)))
+                              rssBytes: residentBytes(pid: pid), countersMissing: missing))
         }
         return out
+    }
+
+    /// Why a VM has no counters: the process holds no vCPU statistics descriptor (QEMU opens them only for
+    /// `query-stats`), and debugfs's file for it (`exits`) cannot be read, with the kernel's reason (under
+    /// lockdown or this host's PVM, reading it gives EPERM though it is listed).
+    static func whyNoCounters(_ debugfsFile: String) -> String {
+        let lead = "KVM's counters unreadable: no vCPU statistics descriptor in the process (QEMU opens them for query-stats), and debugfs"
+        let fd = open(debugfsFile, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "\(lead) refuses it: \(String(cString: strerror(errno))) (\(debugfsFile))" }
+        defer { close(fd) }
+        var b = [UInt8](repeating: 0, count: 64)
+        let n = b.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        return n < 0 ? "\(lead) refuses reads: \(String(cString: strerror(errno)))" : "\(lead) has no number in \(debugfsFile)"
     }
 
     /// The shown statistics summed over the vCPU statistics files `pid` holds (`anon_inode:kvm-vcpu-stats:N` in

@@ -24,6 +24,8 @@ public struct TopView: Sendable {
     public var status: (text: String, isError: Bool)?
     public var themeNames: [String] = ["default"]
     public var themeIndex = 0
+    /// ASCII glyphs (the sort mark).
+    public var ascii = false
 
     public init() {}
 
@@ -72,14 +74,38 @@ public struct TopView: Sendable {
 
     public static let columns = "    PID NAME                 VCPUS    EXITS/s  USEREXIT/s     MMIO/s    HCALL/s      RSS  TOP EXITS"
 
+    /// The header with the sort column marked (`▼`, or `v` in ASCII) in the space before its name.
+    public static func header(sortedBy sort: Sort, ascii: Bool = false) -> String {
+        let label = switch sort {
+        case .exits: "EXITS/s"; case .mmio: "MMIO/s"; case .hypercalls: "HCALL/s"; case .rss: "RSS"; case .pid: "PID"; case .name: "NAME"
+        }
+        guard let r = columns.range(of: " " + label) else { return columns }
+        return columns.replacingCharacters(in: r, with: (ascii ? "v" : "▼") + label)
+    }
+
+    /// What `-` means, for the first shown row that has it: KVM's counters could not be read (with why), or the
+    /// traced columns have no tracing. nil when no row shows `-`.
+    public static func dashLegend(_ rows: [HostVMs.Row]) -> String? {
+        if let r = rows.first(where: { $0.perSecond[HostVMs.Stat.exits] == nil }) {
+            return "- : pid \(r.sample.pid): " + (r.sample.countersMissing.map(terminalSafe) ?? "no sample of KVM's counters yet")
+        }
+        if rows.contains(where: { $0.perSecond[HostVMs.Stat.tracedUserspaceExits] == nil }) {
+            return "- in USEREXIT/s: not traced (tracing needs root and libtracefs)"
+        }
+        return nil
+    }
+
     public func render(width: Int, height: Int) -> Screen {
         var s = Screen(width: width, height: height)
         let title = " vmscope top │ \(rows.count) KVM VM\(rows.count == 1 ? "" : "s") │ sort \(sort.rawValue)"
             + (filter.isEmpty ? "" : " │ filter \(filter)")
         s.put(title.padding(toLength: width, withPad: " ", startingAt: 0), x: 0, y: 0, role: .statusBar, limit: width)
-        s.put(Self.columns, x: 0, y: 1, role: .header, limit: width)
+        s.put(Self.header(sortedBy: sort, ascii: ascii), x: 0, y: 1, role: .header, limit: width)
         let list = shown
-        for (i, r) in list.enumerated() where i + 2 < height - 1 {
+        let legend = Self.dashLegend(list)
+        let bottomRows = legend == nil ? 1 : 2
+        if let legend, height > 3 { s.put(legend, x: 0, y: height - 2, role: .dim, limit: width) }
+        for (i, r) in list.enumerated() where i + 2 < height - bottomRows {
             s.put(Self.line(r), x: 0, y: i + 2, role: i == cursor ? .cursor : .normal, limit: width)
         }
         if list.isEmpty { s.put(rows.isEmpty ? "(no KVM VMs on this host)" : "(no VM matches the filter)", x: 0, y: 2, role: .dim, limit: width) }

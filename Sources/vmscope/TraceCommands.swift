@@ -303,6 +303,7 @@ struct TopCommand: ParsableCommand {
         var previous = try HostVMs.sample(traced: traced)
         var sampledAt = HostClock.monotonicNs()
         var view = TopView()
+        view.ascii = options.useASCII
         if let tracedWhy { view.status = ("USEREXIT/s unavailable: \(tracedWhy)", true) }
         let (themes, order, _) = options.loadThemes()
         view.themeNames = order
@@ -406,7 +407,8 @@ struct TopCommand: ParsableCommand {
         var view = TopView()
         view.rows = rows
         let lines = view.shown.map(TopView.line)
-        return ([TopView.columns] + (lines.isEmpty ? ["(no KVM VMs)"] : lines)).joined(separator: "\n")
+        let legend = TopView.dashLegend(view.shown).map { [$0] } ?? []
+        return ([TopView.header(sortedBy: view.sort)] + (lines.isEmpty ? ["(no KVM VMs)"] : lines) + legend).joined(separator: "\n")
     }
 }
 

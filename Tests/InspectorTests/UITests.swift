@@ -1,5 +1,6 @@
 import ControlProtocol
 import Foundation
+import HostTracing
 import Testing
 @testable import Inspector
 
@@ -313,5 +314,33 @@ struct ControlConsentTests {
         guard case .confirm(let prompt, let effect)? = u.overlay else { Issue.record("no question: \(String(describing: u.overlay))"); return }
         #expect(prompt.hasPrefix("Inject nmi into vCPU 0 of guest-a"), "\(prompt)")
         #expect(effect == .act(.inject(.nmi, vcpu: 0, gpa: 0, size: 4096)) || { if case .act(.inject(.nmi, _, _, _)) = effect { true } else { false } }())
+    }
+}
+
+/// Issue 27, item 13: `top` showed `-` for a QEMU's exits without saying why, and did not mark its sort column.
+struct TopLegendTests {
+    static func rows() -> [HostVMs.Row] {
+        let vmm = HostVMs.Sample(pid: 100, directory: "100-11", name: "vmscope", vcpus: 2, stats: ["exits": 1000, "mmio_exits": 10, "traced_userspace_exits": 5])
+        let vmmLater = HostVMs.Sample(pid: 100, directory: "100-11", name: "vmscope", vcpus: 2, stats: ["exits": 3000, "mmio_exits": 30, "traced_userspace_exits": 9])
+        let qemu = HostVMs.Sample(pid: 200, directory: "200-12", name: "guest", vcpus: 1, stats: [:],
+                                  countersMissing: "KVM's counters unreadable: debugfs refuses it: Operation not permitted")
+        return HostVMs.rows(before: [vmm, qemu], after: [vmmLater, qemu], intervalNs: 1_000_000_000)
+    }
+
+    @Test func aDashIsExplainedAndTheSortColumnMarked() {
+        var view = TopView()
+        view.rows = Self.rows()
+        let screen = view.render(width: 200, height: 10).text
+        let lines = screen.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines[1].contains("▼EXITS/s") && !lines[1].contains("▼MMIO/s"), "\(lines[1])")
+        #expect(lines.contains { $0.hasPrefix("- : pid 200: KVM's counters unreadable: debugfs refuses it") }, "\(screen)")
+        _ = view.handle(.char("s"))
+        let sorted = view.render(width: 200, height: 10).text.split(separator: "\n").map(String.init)
+        #expect(sorted[1].contains("▼MMIO/s") && !sorted[1].contains("▼EXITS/s"), "\(sorted[1])")
+        view.ascii = true
+        #expect(view.render(width: 200, height: 10).text.contains("vMMIO/s"))
+        // No row with a dash: no legend.
+        view.rows = Array(Self.rows().prefix(1))
+        #expect(TopView.dashLegend(view.shown) == nil)
     }
 }

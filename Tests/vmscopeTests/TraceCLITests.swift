@@ -1,4 +1,5 @@
 import ControlProtocol
+import Inspector
 import ProcessSupport
 import Foundation
 import Synchronization
@@ -166,6 +167,15 @@ struct TraceCLITests {
             #expect(r.status == 0, "\(r.stderr)")
             return try JSON.parse(r.stdout)["vms"]?.arrayValue ?? []
         }
+        // The table marks its sort column, and a row without KVM's counters (a QEMU that opened no statistics,
+        // debugfs unreadable) has its `-` explained below it.
+        let table = try Binary.run(["top", "--once", "--interval", "0.2"])
+        #expect(table.stdout.hasPrefix(TopView.header(sortedBy: .exits)), "\(table.stdout)")
+        // The EXITS/s column ends where its header does.
+        let end = TopView.columns.distance(from: TopView.columns.startIndex, to: TopView.columns.range(of: "EXITS/s")!.upperBound)
+        let dashed = table.stdout.split(separator: "\n").dropFirst().filter { !$0.hasPrefix("- ") && $0.count >= end && Array($0)[end - 1] == "-" }
+        if qemu != nil { print("top --once beside a QEMU:\n\(table.stdout)") }
+        #expect(dashed.isEmpty || table.stdout.contains("\n- : pid "), "a dash without its reason:\n\(table.stdout)")
         let first = try vms()
         // QEMU's guest (SeaBIOS without a boot device) goes quiet after a second: resets every 100 ms keep it running
         // while the second sample is taken (one reset before top started could finish before its window opened).
