@@ -185,6 +185,7 @@ public struct InspectorUI: Sendable {
         totalPages = model.mapPages
         vcpuCount = model.vcpus.count
         vcpuStates = model.vcpus.map(\.state)
+        injectionKinds = model.offeredInjections
         foreignVM = model.vm.qemuVersion.map { v in
             "\(terminalSafe(model.vm.name))\(model.vm.pid.map { " (pid \($0))" } ?? ""), a \(v) vmscope did not start"
         }
@@ -253,7 +254,8 @@ public struct InspectorUI: Sendable {
         KeyBinding(keys: [.char("v")], label: "v", help: "start / end a range selection on the map", mutates: false) { ui in ui.toggleSelection(); return [] },
         KeyBinding(keys: [.char("p")], label: "p", help: "convert the selection to private (asks first)", mutates: true) { ui in ui.askConvert(toPrivate: true); return [] },
         KeyBinding(keys: [.char("s")], label: "s", help: "convert the selection to shared (asks first)", mutates: true) { ui in ui.askConvert(toPrivate: false); return [] },
-        KeyBinding(keys: [.char("i")], label: "i", help: "fault injection: mce, nmi, discard, revoke, flip", mutates: true) { ui in
+        KeyBinding(keys: [.char("i")], label: "i", help: "fault injection: mce, nmi, discard, revoke, flip (what the VM offers)", mutates: true) { ui in
+            guard !ui.injectionKinds.isEmpty else { ui.status = ("i: this source offers no fault injection", true); return [] }
             ui.overlay = .injectMenu(selected: 0); return [] },
         KeyBinding(keys: [.char("P")], label: "P", help: "pause / resume the selected vCPU", mutates: true) { ui in ui.pauseResume() },
         KeyBinding(keys: [.char(".")], label: ".", help: "run the selected vCPU to its next exit", mutates: true) { ui in
@@ -302,7 +304,8 @@ public struct InspectorUI: Sendable {
         KeyBinding(keys: [.char("q")], label: "q", help: "quit", mutates: false) { _ in [.quit] },
     ]
 
-    public static let injectionKinds = InjectionKind.allCases
+    /// What the injection menu offers: the source's kinds (`InspectorModel.offeredInjections`, taken by `fit`).
+    public var injectionKinds: [InjectionKind] = InjectionKind.allCases
 
     // MARK: Input
 
@@ -375,14 +378,14 @@ public struct InspectorUI: Sendable {
             if key == .char("y") || key == .char("Y") { return [effect] }
             status = ("cancelled", false)
         case .injectMenu(let sel):
-            let n = Self.injectionKinds.count
+            let n = injectionKinds.count
             switch key {
             case .up, .char("k"): overlay = .injectMenu(selected: (sel + n - 1) % n)
             case .down, .char("j"): overlay = .injectMenu(selected: (sel + 1) % n)
-            case .enter: overlay = nil; return inject(Self.injectionKinds[sel % n])
+            case .enter: overlay = nil; return inject(injectionKinds[sel % n])
             case .char(let c):
                 overlay = nil
-                if let kind = Self.injectionKinds.first(where: { $0.rawValue.first == c }) { return inject(kind) }
+                if let kind = injectionKinds.first(where: { $0.rawValue.first == c }) { return inject(kind) }
             default: overlay = nil
             }
         }

@@ -172,6 +172,8 @@ public enum ConnectionState: Sendable, Equatable {
 /// Everything the views show.
 public struct InspectorModel: Sendable {
     public var vm = VMInfo()
+    /// The fault injections the source can make (a stock QEMU: NMI only); the menu offers these and no others.
+    public var offeredInjections: [InjectionKind] = InjectionKind.allCases
     public var memslots: [MemslotRow] = []
     public var runs: [RunRow] = []
     /// Why the runs shown differ from the peer's (they came unsorted or overlapping), or nil.

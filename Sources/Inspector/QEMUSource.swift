@@ -80,6 +80,7 @@ public struct QEMUSource: Sendable {
         // (a VM vmscope did not start) unless `attach --allow-control`.
         vm.mutationsAllowed = false
         vm.faultInjectionAllowed = true
+        model.offeredInjections = [.nmi]
         model.vm = vm
         if canUseGuestMemfd, let cgs = try? execute("qom-get", .object([("path", .string("/machine")), ("property", .string("confidential-guest-support"))])).stringValue,
            !cgs.isEmpty, let type = try? execute("qom-get", .object([("path", .string(cgs)), ("property", .string("type"))])).stringValue,

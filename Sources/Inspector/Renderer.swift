@@ -549,12 +549,16 @@ public struct Renderer {
             dialog(&s, title: "Confirm", lines: [prompt])
         case .injectMenu(let sel):
             let (gpa, size) = ui.targetRange
-            let lines = InspectorUI.injectionKinds.enumerated().map { i, k in
-                (i == sel ? "> " : "  ") + k.rawValue + ": " + [
-                    "machine check into vCPU \(ui.vcpuCursor) for \(Fmt.hex(gpa))", "NMI into vCPU \(ui.vcpuCursor)",
-                    "punch the backing of \(Fmt.size(size)) at \(Fmt.hex(gpa))", "unmap \(Fmt.size(size)) at \(Fmt.hex(gpa))",
-                    "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) behind the guest's back",
-                ][i]
+            let lines = ui.injectionKinds.enumerated().map { i, k in
+                (i == sel ? "> " : "  ") + k.rawValue + ": " + {
+                    switch k {
+                    case .mce: "machine check into vCPU \(ui.vcpuCursor) for \(Fmt.hex(gpa))"
+                    case .nmi: "NMI into vCPU \(ui.vcpuCursor)"
+                    case .discard: "punch the backing of \(Fmt.size(size)) at \(Fmt.hex(gpa))"
+                    case .revoke: "unmap \(Fmt.size(size)) at \(Fmt.hex(gpa))"
+                    case .flip: "convert \(Fmt.size(size)) at \(Fmt.hex(gpa)) behind the guest's back"
+                    }
+                }()
             }
             dialog(&s, title: "Inject a fault (j/k, Enter, or the first letter; Esc cancels)", lines: lines)
         case .hexDump(let gpa, let bytes):
