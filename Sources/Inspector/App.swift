@@ -135,6 +135,8 @@ public struct InspectorUI: Sendable {
     public var overlay: Overlay?
     /// The help's first line shown (it scrolls: a small terminal holds only part of it).
     public var helpScroll = 0
+    /// The hex dump's first row shown (16 bytes a row; the page's 256 rows scroll).
+    public var hexScroll = 0
     /// A line being typed after `:` or `/`.
     public var prompt: (kind: Character, text: String)?
     /// What was entered at each prompt (`:` and `/`), oldest first, and where Up/Down stand in it.
@@ -277,6 +279,7 @@ public struct InspectorUI: Sendable {
             if ui.focus == .memslots && ui.memslotCount > 0 { return [.readMemslot(row: min(ui.memslotCursor, ui.memslotCount - 1))] }
             let gpa = ui.cursorGFN * 4096
             ui.overlay = .hexDump(gpa: gpa, bytes: nil)
+            ui.hexScroll = 0
             return [.act(.readMemory(gpa: gpa, size: 4096))] },
         KeyBinding(keys: [.char("S")], label: "S", help: "write a snapshot of every view to a file (.json and .txt)", mutates: false) { _ in
             [.snapshot] },
@@ -371,8 +374,19 @@ public struct InspectorUI: Sendable {
             case .char("q"), .escape, .enter, .char("?"): overlay = nil
             default: break
             }
-        case .hexDump:
-            overlay = nil
+        case .hexDump(_, let bytes):
+            // It scrolls over the whole page read, and closes only with q, Esc or Enter (any key closed it).
+            let last = max(0, ((bytes?.count ?? 0) + 15) / 16 - 1)
+            switch key {
+            case .down, .char("j"): hexScroll = min(last, hexScroll + 1)
+            case .up, .char("k"): hexScroll = max(0, hexScroll - 1)
+            case .pageDown, .char(" "): hexScroll = min(last, hexScroll + 16)
+            case .pageUp: hexScroll = max(0, hexScroll - 16)
+            case .home, .char("g"): hexScroll = 0
+            case .end, .char("G"): hexScroll = last
+            case .char("q"), .escape, .enter, .char("x"): overlay = nil
+            default: break
+            }
         case .confirm(_, let effect):
             overlay = nil
             if key == .char("y") || key == .char("Y") { return [effect] }

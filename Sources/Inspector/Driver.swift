@@ -76,6 +76,7 @@ public final class InspectorDriver {
             case .readMemslot(let row):
                 guard let slot = Renderer.memslot(atRow: row, model, ui.memslotSort) else { continue }
                 ui.overlay = .hexDump(gpa: slot.gpa, bytes: nil)
+                ui.hexScroll = 0
                 act(.readMemory(gpa: slot.gpa, size: 4096))
             case .replay(let c):
                 if let why = source.control(c, nowNs: nowNs) { ui.status = (why, true) }

@@ -259,7 +259,7 @@ public struct QEMUSource: Sendable {
     /// refusal with the reason.
     public enum Translation: Sendable, Equatable {
         case run(name: String, arguments: JSON?, description: String)
-        case readMemory(gpa: UInt64)
+        case readMemory(gpa: UInt64, size: Int)
         case refuse(String)
     }
 
@@ -273,7 +273,8 @@ public struct QEMUSource: Sendable {
         case .inject(let kind, _, _, _): .refuse("\(versionText) offers inject-nmi only; \(kind.rawValue) injection needs vmscope's VMM")
         case .convert: .refuse("\(versionText) has no QMP command for private/shared conversion")
         case .setPolicy: .refuse("\(versionText) has no memory-fault policy to set")
-        case .readMemory(let gpa, _): .readMemory(gpa: gpa)
+        // The page's worth the inspector asks for (at most 4096 bytes: one HMP xp, about 20 KB of text).
+        case .readMemory(let gpa, let size): .readMemory(gpa: gpa, size: Int(min(max(size, 1), 4096)))
         }
     }
 }

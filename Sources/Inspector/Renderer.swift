@@ -563,14 +563,19 @@ public struct Renderer {
             dialog(&s, title: "Inject a fault (j/k, Enter, or the first letter; Esc cancels)", lines: lines)
         case .hexDump(let gpa, let bytes):
             guard let bytes else { dialog(&s, title: "read-memory \(Fmt.hex(gpa))", lines: ["reading…"]); return }
+            // As many rows as fit, from the scroll position (clamped so the last screen stays full).
+            let rows = (bytes.count + 15) / 16
+            let visible = max(1, min(s.height - 2, rows + 2) - 2)
+            let first = max(0, min(ui.hexScroll, rows - visible))
             var lines: [String] = []
-            for row in stride(from: 0, to: min(bytes.count, 16 * 16), by: 16) {
+            for row in stride(from: first * 16, to: min(bytes.count, (first + visible) * 16), by: 16) {
                 let chunk = bytes[row..<min(row + 16, bytes.count)]
                 let hexPart = chunk.map { Fmt.padLeft(String($0, radix: 16), 2).replacingSpaces() }.joined(separator: " ")
                 let text = String(chunk.map { $0 >= 32 && $0 < 127 ? Character(UnicodeScalar($0)) : "." })
-                lines.append("\(Fmt.hex(gpa + UInt64(row), width: 8))  \(Fmt.pad(hexPart, 47))  \(text)")
+                lines.append("\(Fmt.hex(gpa &+ UInt64(row), width: 8))  \(Fmt.pad(hexPart, 47))  \(text)")
             }
-            dialog(&s, title: "read-memory \(Fmt.hex(gpa)) (first 256 bytes; any key closes)", lines: lines)
+            let span = "bytes \(first * 16)-\(min(bytes.count, (first + visible) * 16) - 1) of \(bytes.count)"
+            dialog(&s, title: "read-memory \(Fmt.hex(gpa)) (\(span); j/k PgUp/PgDn scroll, q closes)", lines: lines)
         }
     }
 

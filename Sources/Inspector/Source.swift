@@ -195,7 +195,7 @@ public final class QEMUMonitorSource: ClientBackedSource {
     public func perform(_ action: InspectorAction, model: inout InspectorModel) throws -> ActionOutcome {
         switch qemu.translate(action) {
         case .refuse(let why): throw SourceRefusal(why)
-        case .readMemory(let gpa): return .bytes(try qemu.readMemory(execute, gpa: gpa))
+        case .readMemory(let gpa, let size): return .bytes(try qemu.readMemory(execute, gpa: gpa, size: size))
         case .run(let name, let arguments, let description):
             try client.execute(name, arguments, timeoutMs: 10_000)
             qemu.refreshSoon()

@@ -247,7 +247,7 @@ struct QEMUSourceTests {
         guard case .run("stop", _, _) = t(.vcpu(index: 0, .pause)),
               case .run("cont", _, _) = t(.vcpu(index: 0, .resume)),
               case .run("inject-nmi", _, _) = t(.inject(.nmi, vcpu: 1, gpa: 0, size: 4096)),
-              case .readMemory(0x2000) = t(.readMemory(gpa: 0x2000, size: 4096)) else {
+              case .readMemory(0x2000, 4096) = t(.readMemory(gpa: 0x2000, size: 4096)) else {
             Issue.record("pause, resume, nmi and reads map onto stop, cont, inject-nmi, xp")
             return
         }

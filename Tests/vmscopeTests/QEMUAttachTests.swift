@@ -217,6 +217,11 @@ struct QEMUTUITests {
         let dumpLine = String(format: "0x%08llx  ", last.start) + bytes.joined(separator: " ")
         screen = t.waitFor(5) { $0.contains(dumpLine) }
         #expect(screen.contains(String(format: "read-memory 0x%08llx", last.start)) && screen.contains(dumpLine), "\(dumpLine) in:\n\(screen)")
+        // The dump scrolls over the whole page read (it showed 256 bytes, and any key closed it).
+        t.keys("G")
+        let lastRow = String(format: "0x%08llx  ", last.start + 0xff0)
+        screen = t.waitFor(5) { $0.contains(lastRow) }
+        #expect(screen.contains(lastRow) && screen.contains("of 4096"), "\(lastRow) in:\n\(screen)")
         t.keys("Escape", "4")
         t.keys("P")
         _ = t.waitFor(5) { $0.contains("did not start? y/N") }
