@@ -359,34 +359,30 @@ public struct InspectorUI: Sendable {
         return []
     }
 
+    /// Where a scrolling dialog's first line goes on `key` (j/k, arrows, PgUp/PgDn or Space, g/G, Home/End), or nil
+    /// when `key` does not scroll.
+    static func scrolled(_ key: Key, _ at: Int, last: Int, page: Int) -> Int? {
+        switch key {
+        case .down, .char("j"): min(last, at + 1)
+        case .up, .char("k"): max(0, at - 1)
+        case .pageDown, .char(" "): min(last, at + page)
+        case .pageUp: max(0, at - page)
+        case .home, .char("g"): 0
+        case .end, .char("G"): last
+        default: nil
+        }
+    }
+
     private mutating func handleOverlay(_ key: Key, _ o: Overlay) -> [Effect] {
         switch o {
         case .help:
             // It scrolls, and closes only with q, Esc, Enter or ? (a key looked up must not close it).
-            let last = max(0, Self.bindings.count - 1)
-            switch key {
-            case .down, .char("j"): helpScroll = min(last, helpScroll + 1)
-            case .up, .char("k"): helpScroll = max(0, helpScroll - 1)
-            case .pageDown, .char(" "): helpScroll = min(last, helpScroll + 10)
-            case .pageUp: helpScroll = max(0, helpScroll - 10)
-            case .home, .char("g"): helpScroll = 0
-            case .end, .char("G"): helpScroll = last
-            case .char("q"), .escape, .enter, .char("?"): overlay = nil
-            default: break
-            }
+            if let to = Self.scrolled(key, helpScroll, last: max(0, Self.bindings.count - 1), page: 10) { helpScroll = to }
+            else if [.char("q"), .escape, .enter, .char("?")].contains(key) { overlay = nil }
         case .hexDump(_, let bytes):
-            // It scrolls over the whole page read, and closes only with q, Esc or Enter (any key closed it).
-            let last = max(0, ((bytes?.count ?? 0) + 15) / 16 - 1)
-            switch key {
-            case .down, .char("j"): hexScroll = min(last, hexScroll + 1)
-            case .up, .char("k"): hexScroll = max(0, hexScroll - 1)
-            case .pageDown, .char(" "): hexScroll = min(last, hexScroll + 16)
-            case .pageUp: hexScroll = max(0, hexScroll - 16)
-            case .home, .char("g"): hexScroll = 0
-            case .end, .char("G"): hexScroll = last
-            case .char("q"), .escape, .enter, .char("x"): overlay = nil
-            default: break
-            }
+            // It scrolls over the whole page read, and closes only with q, Esc, Enter or x (any key closed it).
+            if let to = Self.scrolled(key, hexScroll, last: max(0, ((bytes?.count ?? 0) + 15) / 16 - 1), page: 16) { hexScroll = to }
+            else if [.char("q"), .escape, .enter, .char("x")].contains(key) { overlay = nil }
         case .confirm(_, let effect):
             overlay = nil
             if key == .char("y") || key == .char("Y") { return [effect] }
