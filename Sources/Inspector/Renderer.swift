@@ -13,8 +13,18 @@ public struct Renderer {
     }
 
     /// Where each pane goes for a screen of this size.
+    /// Below this many columns the views are tabs, one at a time (four 38-column panes cut words, the legend and
+    /// the exit counts at 80).
+    public static let tabsBelow = 100
+
+    public static func tabbed(width: Int) -> Bool { width < tabsBelow }
+
     public static func layout(width: Int, height: Int, ui: InspectorUI) -> [Pane: Rect] {
         let body = Rect(x: 0, y: 1, width: width, height: height - 2)
+        if tabbed(width: width) && !ui.maximized {
+            // The tab strip on the first body line, the focused view below it.
+            return [ui.focus: Rect(x: 0, y: body.y + 1, width: width, height: body.height - 1)]
+        }
         if ui.maximized { return [ui.focus: body] }
         let leftW = body.width / 2, topH = body.height / 2
         return [
@@ -55,6 +65,7 @@ public struct Renderer {
             return s
         }
         statusBar(&s, m, ui)
+        if Self.tabbed(width: width) && !ui.maximized { tabStrip(&s, ui) }
         for (pane, rect) in Self.layout(width: width, height: height, ui: ui) {
             s.box(rect, title: pane.title, focused: pane == ui.focus, ascii: ascii)
             if let why = m.unavailable[pane] {
@@ -527,6 +538,17 @@ public struct Renderer {
         if !vmStats.isEmpty && y < r.y + r.height {
             s.put("VM: " + vmStats.map { "\($0.0) \($0.1)" }.joined(separator: "  "), x: r.x, y: y, role: .dim, limit: r.width)
         }
+    }
+
+    /// The views as tabs (below `tabsBelow` columns): each by its number, the focused one marked; Tab and 1-4 move.
+    func tabStrip(_ s: inout Screen, _ ui: InspectorUI) {
+        var x = 0
+        for p in Pane.allCases {
+            let label = p == ui.focus ? "[\(p.title)]" : " \(p.title) "
+            s.put(label, x: x, y: 1, role: p == ui.focus ? .focusedTitle : .title, limit: s.width - x)
+            x += label.count + 1
+        }
+        s.put("Tab/1-4", x: x + 1, y: 1, role: .dim, limit: max(0, s.width - x - 1))
     }
 
     // MARK: Overlays

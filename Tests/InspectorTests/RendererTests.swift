@@ -51,7 +51,10 @@ struct RendererTests {
     func everyViewAtBothSizes(width: Int, height: Int) throws {
         let m = try fixtureModel()
         let s = Renderer(nowNs: 2_000_000_000).render(m, ui(), width: width, height: height)
-        let text = s.text
+        // Below 100 columns the views are tabs: each is looked at in turn.
+        let text = Renderer.tabbed(width: width)
+            ? Pane.allCases.map { Renderer(nowNs: 2_000_000_000).render(m, ui(focus: $0), width: width, height: height).text }.joined(separator: "\n")
+            : s.text
         #expect(s.lines.count == height)
         #expect(s.lines.allSatisfy { $0.count <= width })
         #expect(s.lines[0].contains("fixture") && s.lines[0].contains("engine vmm") && s.lines[0].contains("policy convert"))
@@ -62,9 +65,12 @@ struct RendererTests {
         #expect(text.contains("█ private") && text.contains("░ shared"))
         // Faults: the newest record's line (its text is cut to the pane), the counters.
         #expect(text.contains("total 2"))
-        #expect(text.contains(width >= 160 ? "      6 " : "     6 v1 0x00300000 read  priv paused"))
+        // A tab has the whole width: the line as wide panes show it (at 80 columns in four panes it was cut to
+        // "     6 v1 0x00300000 read  priv paused").
+        let full = width >= 160 || Renderer.tabbed(width: width)
+        #expect(text.contains(full ? "      6 " : "     6 v1 0x00300000 read  priv paused"))
         // Memslots: rows, shared slot counted against RAM pages.
-        #expect(text.contains(width >= 160 ? "GUEST_MEMFD" : "gmem"))
+        #expect(text.contains(full ? "GUEST_MEMFD" : "gmem"))
         #expect(text.contains("shared"))
         // vCPUs: both rows with their states.
         #expect(text.contains("running") && text.contains("fault-stopped"))
@@ -343,5 +349,26 @@ struct TracedMapViewTests {
         u.cursorGFN = 0x10
         let cursor = Renderer(nowNs: 1).render(m, u, width: 200, height: 60).text
         #expect(cursor.contains("gfn 16 unknown (no conversion traced)"), "\(cursor)")
+    }
+}
+
+/// Issue 27, item 9: at 80×24 four 38-column panes cut words, the legend and the exit counts. Below 100 columns the
+/// views are tabs, one at a time at full width; Tab and 1-4 move between them; from 100 columns, all four.
+struct TabsTests {
+    @Test func below100ColumnsOneViewAtATimeWithTabs() throws {
+        let m = try fixtureModel()
+        var u = ui()
+        let narrow = Renderer().render(m, u, width: 80, height: 24)
+        #expect(narrow.lines[1].hasPrefix("[1 GFN map]  2 Faults "), "\(narrow.lines[1])")
+        #expect(narrow.text.contains("┌─ 1 GFN map") && !narrow.text.contains("┌─ 2 Faults") && !narrow.text.contains("┌─ 4 vCPUs"), "\(narrow.text)")
+        // The map's legend fits whole at full width.
+        #expect(narrow.text.contains("█ private ░ shared"), "\(narrow.text)")
+        _ = u.handle(.tab)
+        let faults = Renderer().render(m, u, width: 80, height: 24)
+        #expect(faults.lines[1].contains("[2 Faults]") && faults.text.contains("┌─ 2 Faults") && !faults.text.contains("┌─ 1 GFN map"))
+        _ = u.handle(.char("4"))
+        #expect(Renderer().render(m, u, width: 99, height: 24).text.contains("┌─ 4 vCPUs"))
+        let wide = Renderer().render(m, u, width: 100, height: 30).text
+        #expect(["┌─ 1 GFN map", "┌─ 2 Faults", "┌─ 3 Memslots", "┌─ 4 vCPUs"].allSatisfy { wide.contains($0) } && !wide.contains("Tab/1-4"), "\(wide)")
     }
 }

@@ -48,9 +48,15 @@ extension FirstHourTests {
         try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 80, height: 24)
         defer { t.kill() }
-        _ = t.waitFor(20) { (number(after: "faults", in: $0) ?? 0) > 0 }
+        // At 80 columns the views are tabs (four 38-column panes cut words): the map at full width, then 2 for
+        // the faults with their column headers.
+        var screen = t.waitFor(20) { $0.contains("[1 GFN map]") && $0.contains("█ private ░ shared") }
+        #expect(screen.contains("[1 GFN map]") && !screen.contains("┌─ 2 Faults"), "\(screen)")
+        t.keys("2")
+        screen = t.waitFor(5) { $0.contains("[2 Faults]") && $0.contains("seq") }
+        #expect(screen.contains("┌─ 2 Faults") && !screen.contains("┌─ 1 GFN map"), "\(screen)")
         t.keys("?")
-        var screen = t.waitFor(3) { $0.contains("Keys 1-") }
+        screen = t.waitFor(3) { $0.contains("Keys 1-") }
         #expect(screen.contains("Keys 1-") && screen.contains("q closes"), "the help says it scrolls:\n\(screen)")
         t.keys("x")   // a key the help does not use: it stays open
         Thread.sleep(forTimeInterval: 0.5)
