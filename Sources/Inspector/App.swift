@@ -137,6 +137,8 @@ public struct InspectorUI: Sendable {
     public var helpScroll = 0
     /// The hex dump's first row shown (16 bytes a row; the page's 256 rows scroll).
     public var hexScroll = 0
+    /// The status line holds a note until the first key, then the key hints again.
+    public var noteUntilKey = false
     /// A line being typed after `:` or `/`.
     public var prompt: (kind: Character, text: String)?
     /// What was entered at each prompt (`:` and `/`), oldest first, and where Up/Down stand in it.
@@ -313,6 +315,8 @@ public struct InspectorUI: Sendable {
     // MARK: Input
 
     public mutating func handle(_ key: Key) -> [Effect] {
+        // A note shown at the start (the demo's socket path) gives the line back to the key hints at the first key.
+        if noteUntilKey { noteUntilKey = false; status = nil }
         if let p = prompt { return handlePrompt(key, p) }
         if let o = overlay { return handleOverlay(key, o) }
         if case .char(let c) = key, let n = c.wholeNumberValue, (1...4).contains(n) {

@@ -86,7 +86,7 @@ struct InspectorOptions: ParsableArguments {
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
         let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: useASCII, readOnly: readOnly)
         session.ui.allowControl = allowControl
-        if let note { session.ui.status = (note, false) }
+        if let note { session.ui.status = (note, false); session.ui.noteUntilKey = true }
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
         session.run(terminal: terminal)
