@@ -102,7 +102,7 @@ enum RelayPatterns {
 
     /// 16 clients that send a burst and never read, 16 that send one and read everything: another client's
     /// `query-version` latencies (ms), 20 of them 100 ms apart.
-    static func crowdLatencies(_ socket: String) throws -> [Double] {
+    static func crowdLatencies(_ socket: String, samples: Int = 20, timeoutMs: Int32 = 60_000) throws -> [Double] {
         var clients: [RawClient] = []
         let stop = Atomic<Bool>(false)
         defer { stop.store(true, ordering: .relaxed); usleep(200_000); for c in clients { shutdown(c.fd, Int32(SHUT_RDWR)) } }
@@ -122,10 +122,10 @@ enum RelayPatterns {
             }
         }
         usleep(1_000_000)
-        let victim = try ControlClient(path: socket, timeoutMs: 60_000)
+        let victim = try ControlClient(path: socket, timeoutMs: timeoutMs)
         defer { victim.close() }
         var out: [Double] = []
-        for _ in 0..<20 {
+        for _ in 0..<samples {
             let t = Date()
             _ = try victim.execute("query-version")
             out.append(Date().timeIntervalSince(t) * 1000)
