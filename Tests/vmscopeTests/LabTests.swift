@@ -317,13 +317,11 @@ struct LabTests {
     }
 
     /// Issue 28, class 6, through a real lab (virtio-serial under TCG, 250–600 KB/s measured): a half-closing client
-    /// gets every reply (it got none); 64 clients at once are all answered; beside 16 never-reading and 16
-    /// always-reading clients another client is answered, its latencies printed. Their bounds are not kept here:
-    /// the lab's VMM and agent (debug builds in TCG on this machine's two CPUs) are the bottleneck, and under the
-    /// full test run's load 64 at once took 16 s (alone 1–6 s) and the crowd's latencies ran to a minute (alone,
-    /// median 0.1–2.4 s; 13 s before the relay's flow control). Each negotiated client is sent the VMM's fault
-    /// events, so a client's reply waits behind its own events at its share of the link. The relay's own fairness
-    /// is bounded in `LabRelayTests` (a paced link before a native VMM, where the old relay fails).
+    /// gets every reply (it got none), and 64 clients at once are all answered (alone in 1–6 s, 16 s under the full
+    /// test run's load, so no time is bounded here). The crowd's neighbour is not measured here: under the full
+    /// run's load it waited past a minute for its reply, behind its own fault events at its share of the link
+    /// (alone, median 0.1–2.4 s; 13 s before the relay's flow control); see docs/reliability.md. The relay's own
+    /// fairness is bounded in `LabRelayTests`, on a paced link before a native VMM, where the old relay fails.
     @Test func theRelayIsFairToEveryClient() throws {
         let lab = try RunningLab()
         defer { lab.stop() }
@@ -334,8 +332,6 @@ struct LabTests {
         let answered = many.compactMap { try? $0.get() }
         print("lab relay, 64 clients at once: \(answered.count) answered, the last after \(String(format: "%.2f", answered.max() ?? -1)) s")
         #expect(answered.count == 64, "\(many.filter { (try? $0.get()) == nil })")
-        let l = try RelayPatterns.crowdLatencies(lab.socket, samples: 10, timeoutMs: 180_000).sorted()
-        print("lab relay, query-version beside 16 never-reading and 16 reading clients: median \(Int(l[l.count / 2])) ms, max \(Int(l.last!)) ms")
     }
 
     /// A SIGKILLed `lab run` cannot remove its socket; its QEMU goes with it, and the next `lab run` on the same
