@@ -77,16 +77,17 @@ struct HostileClientTests {
         Array(String(repeating: text + "\n", count: n).utf8)
     }
 
-    /// `count` `query-vm`s from a well-behaved client, 50 ms apart: each one's latency in ms.
-    static func victim(_ socket: String, count: Int) throws -> [Double] {
-        let c = try ControlClient(path: socket)
+    /// `count` `command`s from a well-behaved client, `pauseMs` apart: each one's latency in ms.
+    static func victim(_ socket: String, count: Int, command: String = "query-vm", pauseMs: UInt32 = 50,
+                       timeoutMs: Int32 = 5000) throws -> [Double] {
+        let c = try ControlClient(path: socket, timeoutMs: timeoutMs)
         defer { c.close() }
         var out: [Double] = []
         for _ in 0..<count {
             let t = Date()
-            _ = try c.execute("query-vm")
+            _ = try c.execute(command)
             out.append(Date().timeIntervalSince(t) * 1000)
-            usleep(50_000)
+            usleep(pauseMs * 1000)
         }
         return out
     }

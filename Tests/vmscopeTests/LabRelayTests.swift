@@ -122,33 +122,24 @@ enum RelayPatterns {
             }
         }
         usleep(1_000_000)
-        let victim = try ControlClient(path: socket, timeoutMs: timeoutMs)
-        defer { victim.close() }
-        var out: [Double] = []
-        for _ in 0..<samples {
-            let t = Date()
-            _ = try victim.execute("query-version")
-            out.append(Date().timeIntervalSince(t) * 1000)
-            usleep(100_000)
-        }
-        return out
+        return try HostileClientTests.victim(socket, count: samples, command: "query-version", pauseMs: 100, timeoutMs: timeoutMs)
     }
 
     /// `n` clients at once, each negotiating and asking `query-version`: for each, the seconds until its answer,
     /// or its refusal's text, or what went wrong.
-    static func manyAtOnce(_ socket: String, _ n: Int) -> [Result<Double, SourceRefusalText>] {
-        let results = Mutex<[Result<Double, SourceRefusalText>]>([])
+    static func manyAtOnce(_ socket: String, _ n: Int) -> [Result<Double, Failure>] {
+        let results = Mutex<[Result<Double, Failure>]>([])
         let start = Date()
         let threads = (0..<n).map { _ in
             Thread {
-                let r: Result<Double, SourceRefusalText>
+                let r: Result<Double, Failure>
                 do {
                     let c = try ControlClient(path: socket, timeoutMs: 30_000)
                     _ = try c.execute("query-version")
                     c.close()
                     r = .success(Date().timeIntervalSince(start))
                 } catch {
-                    r = .failure(SourceRefusalText(text: "\(error)"))
+                    r = .failure(Failure(text: "\(error)"))
                 }
                 results.withLock { $0.append(r) }
             }
@@ -158,7 +149,7 @@ enum RelayPatterns {
         return results.withLock { $0 }
     }
 
-    struct SourceRefusalText: Error { var text: String }
+    struct Failure: Error { var text: String }
 }
 
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
