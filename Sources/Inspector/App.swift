@@ -393,6 +393,8 @@ public struct InspectorUI: Sendable {
             status = ("cancelled", false)
         case .injectMenu(let sel):
             let n = injectionKinds.count
+            // The source may have changed under the open menu (a reconnection) to one that offers none.
+            guard n > 0 else { overlay = nil; status = ("i: this source offers no fault injection", true); return [] }
             switch key {
             case .up, .char("k"): overlay = .injectMenu(selected: (sel + n - 1) % n)
             case .down, .char("j"): overlay = .injectMenu(selected: (sel + 1) % n)

@@ -358,6 +358,12 @@ struct InjectionMenuTests {
         #expect(screen.contains("> nmi: NMI into vCPU 0") && !screen.contains("mce:") && !screen.contains("flip:"), "\(screen)")
         // The first letter of a kind not offered does nothing; Enter takes the one shown.
         #expect(u.handle(.enter) == [.act(.inject(.nmi, vcpu: 0, gpa: u.targetRange.gpa, size: u.targetRange.size))])
+        // A menu left open while the source changes to one offering none closes at the next key (n was 0 in a %).
+        _ = u.handle(.char("i"))
+        var none = m
+        none.offeredInjections = []
+        u.fit(none, width: 160, height: 48)
+        #expect(u.handle(.char("j")).isEmpty && u.overlay == nil)
         // vmscope's VMM offers all five.
         var own = ui()
         own.fit(ControlConsentTests.model(qemu: false), width: 160, height: 48)
