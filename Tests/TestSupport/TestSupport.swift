@@ -24,3 +24,10 @@ public let tracingLibrariesMissing: String? = {
     }
     return nil
 }()
+
+/// A fresh directory under the temporary directory, named `vmscope-PREFIX-PID-RANDOM`, for one test's files.
+public func makeTestDirectory(_ prefix: String) -> String {
+    let d = NSTemporaryDirectory() + "vmscope-\(prefix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+}

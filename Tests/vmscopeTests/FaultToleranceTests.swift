@@ -3,6 +3,7 @@ import Foundation
 import Inspector
 import ProcessSupport
 import Testing
+import TestSupport
 
 /// `vmscope vmm` as a child process on a fresh socket path.
 func startVMM(_ socket: String, _ extra: [String] = [], log: String) throws -> ChildProcess {
@@ -27,11 +28,7 @@ func childPid(of pid: Int32) -> Int32? {
 
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct FaultToleranceTests {
-    let dir: String = {
-        let d = NSTemporaryDirectory() + "vmscope-ft-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }()
+    let dir = makeTestDirectory("ft")
 
     @Test func aKilledInspectorCostsTheVMMNothing() throws {
         try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")

@@ -3,6 +3,7 @@ import Foundation
 import ProcessSupport
 import Synchronization
 import Testing
+import TestSupport
 
 /// Sends everything on a blocking socket; false when the peer closed.
 func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
@@ -65,11 +66,7 @@ final class PeakRSS: @unchecked Sendable {
 /// bound docs/reliability.md states.
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct HostileClientTests {
-    let dir: String = {
-        let d = NSTemporaryDirectory() + "vmscope-hc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }()
+    let dir = makeTestDirectory("hc")
 
     static let negotiate = Array(#"{"execute":"qmp_capabilities"}"#.utf8) + [0x0A]
 

@@ -4,6 +4,7 @@ import Lab
 import ProcessSupport
 import Synchronization
 import Testing
+import TestSupport
 
 /// The lab's relay and agent in this process, joined by a socketpair where the lab has virtio-serial, in front of a
 /// real `vmscope vmm`: the relay's own behaviour (flow control, turns, half-close, refusals) without a lab's boot.
@@ -154,11 +155,7 @@ enum RelayPatterns {
 
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct LabRelayTests {
-    let dir: String = {
-        let d = NSTemporaryDirectory() + "vmscope-relay-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }()
+    let dir = makeTestDirectory("relay")
 
     func withRelay(_ body: (String) throws -> Void) throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
