@@ -24,16 +24,25 @@ struct InLabTests {
         return sum
     }
 
+    /// A stock QEMU on KVM, 2 vCPUs, started paused (-S), and a QMP client of it.
+    static func pausedQEMU() throws -> (QEMUInstance, ControlClient) {
+        let qemu = try QEMUInstance(arguments: ["-S", "-m", "32", "-nodefaults", "-no-user-config", "-smp", "2"])
+        do {
+            try #require(qemu.accelerator == "kvm", "QEMU ran \(qemu.accelerator): \(qemu.fallbackReason ?? "")")
+            return (qemu, try ControlClient(path: qemu.qmpSockets[0], timeoutMs: 30_000))
+        } catch {
+            qemu.stop()
+            throw error
+        }
+    }
+
     /// The acceptance check: over a window, the trace source's kvm_exit count equals the change in QEMU's own
     /// `exits` statistic, within the events the kernel's buffer dropped (counted). The window is exact: QEMU starts
     /// paused (-S), the statistic is read, tracing starts, `cont`, 2 s, `stop` (whose kick is one more exit, in
     /// both), the statistic is read again, and the buffers are drained.
     @Test func traceCountsTheExitsQEMUsStatisticsCount() throws {
-        let qemu = try QEMUInstance(arguments: ["-S", "-m", "32", "-nodefaults", "-no-user-config", "-smp", "2"])
-        defer { qemu.stop() }
-        try #require(qemu.accelerator == "kvm", "QEMU ran \(qemu.accelerator): \(qemu.fallbackReason ?? "")")
-        let client = try ControlClient(path: qemu.qmpSockets[0], timeoutMs: 30_000)
-        defer { client.close() }
+        let (qemu, client) = try Self.pausedQEMU()
+        defer { client.close(); qemu.stop() }
         let before = try Self.exits(client)
         let session = try TraceSession(pid: qemu.process.pid, events: ["kvm_exit", "kvm_page_fault", "kvm_userspace_exit"])
         defer { session.close() }
@@ -65,11 +74,8 @@ struct InLabTests {
     /// memory fault: its firmware's thousands of nested page faults pair with no MEMORY_FAULT exit, and where the
     /// kernel traces conversions (7.3) none is made, so the complete map is all shared.
     @Test func aStockQEMUShowsNoPrivatePageAndNoMemoryFault() throws {
-        let qemu = try QEMUInstance(arguments: ["-S", "-m", "32", "-nodefaults", "-no-user-config", "-smp", "2"])
-        defer { qemu.stop() }
-        try #require(qemu.accelerator == "kvm", "QEMU ran \(qemu.accelerator): \(qemu.fallbackReason ?? "")")
-        let client = try ControlClient(path: qemu.qmpSockets[0], timeoutMs: 30_000)
-        defer { client.close() }
+        let (qemu, client) = try Self.pausedQEMU()
+        defer { client.close(); qemu.stop() }
         let session = try TraceSession(pid: qemu.process.pid)
         defer { session.close() }
         let tracesConversions = session.layouts.events["kvm_vm_set_mem_attributes"] != nil

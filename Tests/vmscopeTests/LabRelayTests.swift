@@ -103,7 +103,7 @@ enum RelayPatterns {
 
     /// 16 clients that send a burst and never read, 16 that send one and read everything: another client's
     /// `query-version` latencies (ms), 20 of them 100 ms apart.
-    static func crowdLatencies(_ socket: String, samples: Int = 20, timeoutMs: Int32 = 60_000) throws -> [Double] {
+    static func crowdLatencies(_ socket: String) throws -> [Double] {
         var clients: [RawClient] = []
         let stop = Atomic<Bool>(false)
         defer { stop.store(true, ordering: .relaxed); usleep(200_000); for c in clients { shutdown(c.fd, Int32(SHUT_RDWR)) } }
@@ -123,7 +123,7 @@ enum RelayPatterns {
             }
         }
         usleep(1_000_000)
-        return try HostileClientTests.victim(socket, count: samples, command: "query-version", pauseMs: 100, timeoutMs: timeoutMs)
+        return try HostileClientTests.victim(socket, count: 20, command: "query-version", pauseMs: 100, timeoutMs: 60_000)
     }
 
     /// `n` clients at once, each negotiating and asking `query-version`: for each, the seconds until its answer,
