@@ -23,8 +23,11 @@ public final class ControlServer: @unchecked Sendable {
         public var maxPendingOutput = 4 << 20
         /// ... nor beyond its share of this, the unread output of all clients together (at least 256 KiB each).
         public var maxTotalOutput = 32 << 20
-        /// Records in one `MEMORY_FAULT` event at most.
-        public var maxRecordsPerEvent = 1024
+        /// Records in one `MEMORY_FAULT` event at most (about 14 KB of JSON: a reply queued behind an event waits
+        /// for at most that much, on the lab's slow link too) ...
+        public var maxRecordsPerEvent = 64
+        /// ... and in the events one client gets at once (every `faultBatchNs`).
+        public var maxRecordsPerBatch = 1024
         /// A line that leaves a message unfinished is taken as the whole message (and refused) when nothing
         /// more arrives for this long: `socat` users get their error, multi-line senders are not cut.
         public var unfinishedLineNs: UInt64 = 500_000_000
@@ -84,6 +87,12 @@ public final class ControlServer: @unchecked Sendable {
     private let wallOffset: Int64
     private let clientCount = Atomic<Int>(0)
     private var lastWorkDecay: UInt64 = 0
+    /// Events encoded this pass, by sequence number, and fault batches by where they start and how many records
+    /// they may hold: clients at the same place in the logs (most of them) share one encoding. Encoding a copy for
+    /// each cost the lab's slow guest most of the server's time with a few dozen clients, and their commands waited.
+    private var encodedEvents: [UInt64: [UInt8]] = [:]
+    private var encodedFaults: [FaultBatchKey: (bytes: [UInt8], cursor: UInt64)] = [:]
+    private struct FaultBatchKey: Hashable { var after: UInt64; var limit: Int }
 
     public init(vmm: ReferenceVMM, listener: UnixListener, options: Options = Options(),
                 logger: Logger = Logger(label: "vmscope.control")) {
@@ -186,6 +195,8 @@ public final class ControlServer: @unchecked Sendable {
                 lastWorkDecay = now
             }
             for c in clients where c.negotiated && !c.closed { pumpEvents(c, now: now) }
+            encodedEvents.removeAll(keepingCapacity: true)
+            encodedFaults.removeAll(keepingCapacity: true)
             for c in clients where !c.closed && c.pendingOutput > 0 { flush(c) }
             // A client that is done sending is closed once it has everything it asked for.
             for c in clients where c.inputEnded && !c.closed && c.inbox.isEmpty && c.pendingOutput == 0 && c.framer.pendingBytes == 0 {
@@ -420,15 +431,33 @@ public final class ControlServer: @unchecked Sendable {
             c.eventsDropped = 0
         }
         for e in entries {
-            queue(Encode.event(e.event).message(wallNs: wall(e.timeNs)), to: c)
+            if encodedEvents[e.seq] == nil {
+                var bytes: [UInt8] = []
+                Encode.event(e.event).message(wallNs: wall(e.timeNs)).write(to: &bytes)
+                bytes.append(0x0A)
+                encodedEvents[e.seq] = bytes
+            }
+            c.output.append(contentsOf: encodedEvents[e.seq]!)
         }
         c.eventCursor = entries.last?.seq ?? (c.eventCursor + missed)
 
         guard now &- c.lastFaultEvent >= options.faultBatchNs, vmm.faults.total > c.faultCursor else { return }
-        let (records, dropped) = vmm.faults.records(after: c.faultCursor, limit: options.maxRecordsPerEvent)
-        guard !records.isEmpty || dropped > 0 else { return }
-        c.faultCursor = records.last?.seq ?? (c.faultCursor + dropped)
         c.lastFaultEvent = now
-        queue(Event.memoryFault(FaultBatch(records: records, dropped: dropped)).message(wallNs: wall(now)), to: c)
+        var left = options.maxRecordsPerBatch
+        while left > 0 && c.pendingOutput < outputLimit {
+            let key = FaultBatchKey(after: c.faultCursor, limit: min(left, options.maxRecordsPerEvent))
+            if encodedFaults[key] == nil {
+                let (records, dropped) = vmm.faults.records(after: key.after, limit: key.limit)
+                guard !records.isEmpty || dropped > 0 else { return }
+                var bytes: [UInt8] = []
+                Event.memoryFault(FaultBatch(records: records, dropped: dropped)).message(wallNs: wall(now)).write(to: &bytes)
+                bytes.append(0x0A)
+                encodedFaults[key] = (bytes, records.last?.seq ?? (key.after + dropped))
+            }
+            let batch = encodedFaults[key]!
+            c.faultCursor = batch.cursor
+            left -= max(1, Int(min(UInt64(key.limit), batch.cursor - key.after)))
+            c.output.append(contentsOf: batch.bytes)
+        }
     }
 }

@@ -14,7 +14,9 @@ import Glibc
 /// `credit` as it writes), and the link itself holds at most `linkWindow` bytes the other end has not read
 /// (`received`), filled from the streams in turn, `readBudget` bytes each, streams with nothing in flight first. A client that stops reading holds one window; its backlog stays in the kernel's
 /// buffers and the VMM's (which stops running that client's commands), never in front of another client's reply
-/// on the link. A half-close is passed on after every byte queued before it.
+/// on the link. A half-close is passed on after every byte queued before it. The agent's end reads the VMM's side as
+/// whole QMP messages (`messageAware`, `QMPOutbox`): a reply overtakes the client's queued events, streams with a
+/// reply waiting go first, and events beyond a small bound are dropped and counted rather than queued.
 public enum MuxFrame: UInt8, Sendable {
     /// host → guest: connect channel N to the VMM.
     case open = 1
@@ -157,6 +159,10 @@ public final class MuxPump {
         var unacked = 0
         /// Bytes written to `fd` not yet credited to the peer.
         var delivered = 0
+        /// With `messageAware`: what was read from `fd` and waits for the link, as whole messages.
+        var outbox: QMPOutbox?
+        /// `onStreamEnded` was called (with an outbox: once everything read before the end was sent).
+        var endReported = false
         public var label: String
     }
 
@@ -165,6 +171,9 @@ public final class MuxPump {
     private var decoder = MuxDecoder()
     public private(set) var streams: [UInt32: Stream] = [:]
     public var maxChannels = 64
+    /// Streams added from now on carry QMP messages from the VMM (the agent's side): read into a `QMPOutbox`, so a
+    /// reply overtakes queued events and a client's events queue no further than its bound.
+    public var messageAware = false
     /// Bytes of one stream in flight (sent, not yet written out by the other end); both ends must agree.
     public static let window = 64 << 10
     /// Stream data sent on the link and not yet read by the other end, at most (the queue in front of any
@@ -207,7 +216,9 @@ public final class MuxPump {
     /// Adds a stream under `channel` (a descriptor this pump now owns).
     public func add(channel: UInt32, fd: Int32, label: String) {
         setNonBlocking(fd)
-        streams[channel] = Stream(fd: fd, label: label)
+        var s = Stream(fd: fd, label: label)
+        if messageAware { s.outbox = QMPOutbox() }
+        streams[channel] = s
     }
 
     /// Closes stream `channel` here; tells the peer unless it told us.
@@ -319,14 +330,24 @@ public final class MuxPump {
             var readThisRound: Set<UInt32> = []
             defer { readLastRound = readThisRound }
             let readStreams = linkInFlight < Self.linkWindow
+            var sendable = false
             for ch in order {
                 let s = streams[ch]!
                 var ev: Int16 = 0
-                if readStreams && !s.readDone && !s.closing && s.unacked < Self.window { ev |= Int16(POLLIN) }
+                if let box = s.outbox {
+                    // Read while the client takes what it is sent (a client that does not read holds one window, and
+                    // its backlog stays in the VMM, which stops running its commands and queuing its events), and
+                    // while whole replies wait for less than a window; events beyond their bound are dropped.
+                    if !s.readDone && !s.closing && s.unacked < Self.window && box.replyBytes < Self.window {
+                        ev |= Int16(POLLIN)
+                    }
+                    if readStreams && !box.isEmpty && s.unacked < Self.window { sendable = true }
+                    if s.readDone && box.isEmpty && !s.endReported { sendable = true }
+                } else if readStreams && !s.readDone && !s.closing && s.unacked < Self.window { ev |= Int16(POLLIN) }
                 if s.out.count > 0 { ev |= Int16(POLLOUT) }
                 fds.append(pollfd(fd: s.fd, events: ev, revents: 0))
             }
-            let r = Glibc.poll(&fds, nfds_t(fds.count), 1000)
+            let r = Glibc.poll(&fds, nfds_t(fds.count), sendable ? 0 : 1000)
             if r < 0 {
                 if errno == EINTR { continue }
                 stop("poll: \(String(cString: strerror(errno)))")
@@ -372,21 +393,26 @@ public final class MuxPump {
                 guard rev != 0, streams[ch] != nil else { continue }
                 if !flushStream(ch) { drop(channel: ch, tellPeer: true); continue }
                 guard var s = streams[ch], rev & Int16(POLLIN | POLLHUP | POLLERR) != 0, !s.readDone, !s.closing else { continue }
+                if s.outbox != nil {
+                    let n = scratch.withUnsafeMutableBytes { Glibc.read(s.fd, $0.baseAddress, $0.count) }
+                    if n > 0 {
+                        s.outbox!.feed(scratch[0..<n])
+                    } else if n == 0 {
+                        s.outbox!.finish()
+                        s.readDone = true
+                    } else if errno != EAGAIN && errno != EINTR {
+                        drop(channel: ch, tellPeer: true)
+                        continue
+                    }
+                    streams[ch] = s
+                    continue
+                }
                 let allowed = min(readBudget, Self.window - s.unacked, Self.linkWindow - linkInFlight, scratch.count)
                 guard allowed > 0 else { continue }
                 let n = scratch.withUnsafeMutableBytes { Glibc.read(s.fd, $0.baseAddress, allowed) }
                 if n > 0 {
-                    var at = 0
-                    while at < n {
-                        let end = min(n, at + MuxFrame.maxPayload)
-                        linkOut.append(MuxFrame.encode(.data, channel: ch, scratch[at..<end]))
-                        at = end
-                    }
-                    s.unacked += n
-                    linkInFlight += n
-                    readThisRound.insert(ch)
                     streams[ch] = s
-                    turn = (rotated.firstIndex(of: ch).map { (turn % max(1, rotated.count)) + $0 + 1 }) ?? turn
+                    sendData(ch, scratch[0..<n], rotated: rotated, sentThisRound: &readThisRound)
                 } else if n == 0 {
                     s.readDone = true
                     streams[ch] = s
@@ -395,6 +421,7 @@ public final class MuxPump {
                     drop(channel: ch, tellPeer: true)
                 }
             }
+            sendMessages(order: order, rotated: rotated, sentThisRound: &readThisRound)
             // In quarters of the window, as credits are.
             if receivedUnreported >= Self.linkWindow / 4 {
                 send(.received, channel: 0, Self.u32Bytes(receivedUnreported))
@@ -404,6 +431,51 @@ public final class MuxPump {
                 stop("link write: \(String(cString: strerror(errno)))")
             }
         }
+    }
+
+    /// The message-aware streams' turns on the link: those with a reply waiting first, then the others, each in
+    /// the round's order, `readBudget` bytes each within its credit and the link's window. A stream whose VMM end
+    /// closed is reported ended once all it read is sent.
+    private func sendMessages(order: [UInt32], rotated: [UInt32], sentThisRound: inout Set<UInt32>) {
+        let withOutbox = order.filter { streams[$0]?.outbox != nil }
+        guard !withOutbox.isEmpty else { return }
+        let byPriority = withOutbox.filter { streams[$0]!.outbox!.hasReply } + withOutbox.filter { !streams[$0]!.outbox!.hasReply }
+        for ch in byPriority {
+            guard var s = streams[ch], var box = s.outbox, !box.isEmpty else { continue }
+            let allowed = min(readBudget, Self.window - s.unacked, Self.linkWindow - linkInFlight)
+            guard allowed > 0 else { continue }
+            let bytes = box.take(max: allowed, wallNs: Self.wallNs())
+            s.outbox = box
+            streams[ch] = s
+            if !bytes.isEmpty { sendData(ch, bytes[...], rotated: rotated, sentThisRound: &sentThisRound) }
+        }
+        for ch in withOutbox {
+            guard var s = streams[ch], s.readDone, !s.endReported, s.outbox!.isEmpty else { continue }
+            s.endReported = true
+            streams[ch] = s
+            onStreamEnded(ch)
+        }
+    }
+
+    /// Puts `bytes` of stream `ch` on the link (in frames of at most `maxPayload`), counts them in flight, and
+    /// moves the next round's first turn past `ch`.
+    private func sendData(_ ch: UInt32, _ bytes: ArraySlice<UInt8>, rotated: [UInt32], sentThisRound: inout Set<UInt32>) {
+        var at = bytes.startIndex
+        while at < bytes.endIndex {
+            let end = min(bytes.endIndex, at + MuxFrame.maxPayload)
+            linkOut.append(MuxFrame.encode(.data, channel: ch, bytes[at..<end]))
+            at = end
+        }
+        streams[ch]?.unacked += bytes.count
+        linkInFlight += bytes.count
+        sentThisRound.insert(ch)
+        turn = (rotated.firstIndex(of: ch).map { (turn % max(1, rotated.count)) + $0 + 1 }) ?? turn
+    }
+
+    private static func wallNs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     /// Writes what is left for the link (a goodbye), waiting at most `ms`.

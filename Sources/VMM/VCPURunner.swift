@@ -75,6 +75,13 @@ final class VCPURunner: @unchecked Sendable {
     private var threadID: Int32 = 0
     private var thread: pthread_t?
     private var threadRunning = false
+    /// The registers `query-vcpus` last read from the running vCPU, and when (monotonic ns).
+    private var lastRegisters: (pair: RegisterPair, atNs: UInt64)?
+    /// A running vCPU's registers read within this long are given again instead of interrupting it once more: many
+    /// clients asking at once (or one sending a burst) cost the guest one interruption per 10 ms, not one each. In
+    /// the lab's slow guest each interruption took 20–100 ms of the control server, and every other client's
+    /// command waited behind it. A vCPU in any other state (paused, stepped, halted) is read afresh.
+    static let registerReuseNs: UInt64 = 10_000_000
     private var lastHeartbeatEvent: UInt64 = 0
     // vCPU thread only:
     private var lastFaultGPA: UInt64?
@@ -274,12 +281,21 @@ final class VCPURunner: @unchecked Sendable {
     func snapshot(withRegisters: Bool) -> VCPUSnapshot {
         var regs: kvm_regs?
         var sregs: kvm_sregs?
-        if withRegisters, let both = try? perform({ v throws(KVMError) in
+        let now = HostClock.monotonicNs()
+        cond.lock()
+        let reused = state == .running ? lastRegisters.flatMap { now &- $0.atNs < Self.registerReuseNs ? $0.pair : nil } : nil
+        cond.unlock()
+        if withRegisters, let both = reused ?? (try? perform({ v throws(KVMError) in
             RegisterPair(regs: try v.registers(), sregs: try v.specialRegisters())
-        }) {
+        })) {
             // One request: the vCPU thread is interrupted once for both register sets.
             regs = both.regs
             sregs = both.sregs
+            if reused == nil {
+                cond.lock()
+                lastRegisters = state == .running ? (both, now) : nil
+                cond.unlock()
+            }
         }
         let stats = (try? statistics?.readScalars()) ?? [:]
         cond.lock(); defer { cond.unlock() }

@@ -316,15 +316,20 @@ struct LabTests {
         for q in qemu { #expect(kill(q.pid, 0) != 0, "QEMU \(q.pid) is still running") }
     }
 
-    /// Issue 28, class 6, through a real lab (virtio-serial under TCG, 250–600 KB/s measured): a half-closing client
-    /// gets every reply (it got none), and 64 clients at once are all answered (alone in 1–6 s, 16 s under the full
-    /// test run's load, so no time is bounded here). The crowd's neighbour is not measured here: under the full
-    /// run's load it waited past a minute for its reply, behind its own fault events at its share of the link
-    /// (alone, median 0.1–2.4 s; 13 s before the relay's flow control); see docs/reliability.md. The relay's own
-    /// fairness is bounded in `LabRelayTests`, on a paced link before a native VMM, where the old relay fails.
+    /// Issue 28, class 6, through a real lab (virtio-serial under TCG, 250–600 KB/s measured): a client's
+    /// `query-version` beside 16 clients that never read and 16 that read everything is answered within 500 ms
+    /// (median 0.1 s, max 0.4 s here; it took 2–66 s while the VMM encoded each event once per client, which cost
+    /// the lab's slow guest most of the server's time, and while a reply queued behind its own events on the link);
+    /// a half-closing client gets every reply (it got none), and 64 clients at once are all answered (alone in
+    /// 1–6 s, 16 s under the full test run's load, so that time is not bounded here). The relay's own fairness is
+    /// also bounded in `LabRelayTests`, on a paced link before a native VMM.
     @Test func theRelayIsFairToEveryClient() throws {
         let lab = try RunningLab()
         defer { lab.stop() }
+        let l = try RelayPatterns.crowdLatencies(lab.socket)
+        let median = l.sorted()[l.count / 2]
+        print("lab relay, query-version beside 16 never-reading and 16 reading clients: max \(Int(l.max()!)) ms, median \(Int(median)) ms")
+        #expect(median < 500, "\(l.map { Int($0) })")
         let (ids, ended) = try RelayPatterns.halfClose(lab.socket)
         #expect(ids == Array(0..<200), "\(ids.count) replies")
         #expect(ended)
