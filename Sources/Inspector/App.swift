@@ -139,6 +139,10 @@ public struct InspectorUI: Sendable {
     public var hexScroll = 0
     /// The status line holds a note until the first key, then the key hints again.
     public var noteUntilKey = false
+    /// A guided tour's words for the step it is at (`demo --story`), above the story line.
+    public var narration: String?
+    /// The frame's width as `fit` last saw it (the help's terms wrap to it).
+    var screenWidth = 80
     /// A line being typed after `:` or `/`.
     public var prompt: (kind: Character, text: String)?
     /// What was entered at each prompt (`:` and `/`), oldest first, and where Up/Down stand in it.
@@ -181,7 +185,8 @@ public struct InspectorUI: Sendable {
     /// Tells the UI state what a `width`×`height` frame over `model` shows: the map's grid (so cursor moves and
     /// zoom use what is on screen), RAM, the vCPUs; and pins a frozen fault stream to its newest record.
     public mutating func fit(_ model: InspectorModel, width: Int, height: Int) {
-        if let r = Renderer.layout(width: width, height: height, ui: self)[.map] {
+        screenWidth = width
+        if let r = Renderer.layout(width: width, height: height, ui: self, storyRows: Renderer.footerLines(model, self, width: width).count)[.map] {
             let g = Renderer.mapGrid(r, noteLines: Renderer.heatNote(model, width: r.inner.width).count)
             mapColumns = g.columns
             mapRows = g.rows
@@ -238,6 +243,37 @@ public struct InspectorUI: Sendable {
     }
 
     // MARK: The key table
+
+    /// Every term the views use, for the help's second part: what a newcomer meets on screen and cannot look up.
+    public static let terms: [(term: String, meaning: String)] = [
+        ("private", "a page only the guest may use (KVM_MEMORY_ATTRIBUTE_PRIVATE); on confidential hardware the host cannot read it. Its memory is guest_memfd (kernel engine) or a memfd the VMM maps only into the private view (vmm engine)"),
+        ("shared", "a page host and guest both use (I/O buffers, the VMM's own reads); what KVM maps by default"),
+        ("view", "the guest reaches every page two ways: its private view (the address as it is) and the shared alias; an access through the view that does not match the page's attribute is a memory fault"),
+        ("alias, a", "the shared alias: the same pages at the address with the alias bit set (query-vm's shared-alias); `gfn 257a` is page 257 reached through it"),
+        ("gfn", "guest frame number: guest physical address / 4096"),
+        ("slot", "a KVM memslot: guest physical addresses backed by host memory; `slot 1 (private, memfd)` is the slot behind the private view"),
+        ("memfd", "the anonymous file that backs guest RAM; guest_memfd is KVM's own, which the host cannot map while pages are private"),
+        ("flags", "KVM_EXIT_MEMORY_FAULT's flags, every bit shown: bit 3 PRIVATE, the access wanted private memory"),
+        ("priv, shrd", "in the faults view: what the access wanted (the view it came through)"),
+        ("engine", "kernel: KVM_SET_MEMORY_ATTRIBUTES and real KVM_EXIT_MEMORY_FAULT exits; vmm: the VMM enforces the attributes with its memslots, on VM types without private memory (each record says which)"),
+        ("policy", "what the VMM does on a memory fault: convert (the page to what the access wanted), pause (stop the vCPU until resumed), report (record it; the guest retries)"),
+        ("map glyphs", "█ private, ░ shared, ▓▒ a cell holding both, a coloured cell faulted in the last 3 s, · not known (traced map), ▒ selected"),
+        ("trace", "a row or map from KVM's tracepoints rather than the VMM's own records; +trace on a row: both saw it"),
+    ]
+
+    /// The help: every key, then every term, wrapped to `width`.
+    public static func helpLines(readOnly: Bool, width: Int) -> [String] {
+        let keys = bindings.map { b in
+            "\(Fmt.pad(b.label, 7)) \(b.help)" + (b.mutates && readOnly ? " (disabled: read-only)" : "")
+        }
+        var out = keys + ["", "Terms"]
+        for t in terms {
+            let lines = Renderer.wrapped(t.meaning, max(20, width - 12))
+            out.append("\(Fmt.pad(t.term, 11)) \(lines.first ?? "")")
+            out += lines.dropFirst().map { "            " + $0 }
+        }
+        return out
+    }
 
     public static let bindings: [KeyBinding] = [
         KeyBinding(keys: [.tab], label: "Tab", help: "next view", mutates: false) { ui in
@@ -381,7 +417,8 @@ public struct InspectorUI: Sendable {
         switch o {
         case .help:
             // It scrolls, and closes only with q, Esc, Enter or ? (a key looked up must not close it).
-            if let to = Self.scrolled(key, helpScroll, last: max(0, Self.bindings.count - 1), page: 10) { helpScroll = to }
+            let count = Self.helpLines(readOnly: readOnly, width: screenWidth - 8).count
+            if let to = Self.scrolled(key, helpScroll, last: max(0, count - 1), page: 10) { helpScroll = to }
             else if [.char("q"), .escape, .enter, .char("?")].contains(key) { overlay = nil }
         case .hexDump(_, let bytes):
             // It scrolls over the whole page read, and closes only with q, Esc, Enter or x (any key closed it).

@@ -198,6 +198,8 @@ public struct InspectorModel: Sendable {
     /// Records the server said it dropped for us, and events it dropped.
     public var faultsDropped: UInt64 = 0
     public var eventsDropped: UInt64 = 0
+    /// What the last conversion done from this inspector did and what followed (the status area's story line).
+    public var story: Story?
     /// Records received in all.
     public var faultsReceived: UInt64 = 0
     /// Faults per second over the last 60 seconds (last element = the current second).
@@ -474,6 +476,10 @@ public struct InspectorModel: Sendable {
         let first = faultBase + UInt64(faults.count)
         faults.append(contentsOf: records[(records.count - keep)...])
         faultsReceived += UInt64(records.count)
+        if var told = story {
+            for f in records { told.note(f, gfn: canonicalGFN(f)) }
+            story = told
+        }
         indexUntraced(from: first)
     }
 
@@ -495,6 +501,9 @@ public struct InspectorModel: Sendable {
             memslotGeneration = generation ?? memslotGeneration
         case .eventsDropped(let count, _):
             eventsDropped = eventsDropped.saturatingAdd(count)
+        case .memoryAttributesChanged(let gpa, let size, let isPrivate, let cause, _):
+            let mask = aliasMask
+            story?.note(attributesChanged: gpa, size: size, isPrivate: isPrivate, cause: cause, aliasMask: mask)
         case .guestReport(_, let kind?, let value):
             let old = guestReports[kind] ?? (0, 0)
             guestReports[kind] = (old.count + 1, value)
@@ -515,6 +524,7 @@ public struct InspectorModel: Sendable {
         if faults.count >= faultCapacity { faults.removeFirst(); faultBase += 1 }
         faults.append(f)
         faultsReceived += 1
+        if story != nil { let gfn = canonicalGFN(f); story?.note(f, gfn: gfn) }
         indexUntraced(from: faultBase + UInt64(faults.count - 1))
         recentFaults.append(gfn: canonicalGFN(f), at: nowNs)
         countFaults(1, nowNs: nowNs)

@@ -19,8 +19,8 @@ public struct Renderer {
 
     public static func tabbed(width: Int) -> Bool { width < tabsBelow }
 
-    public static func layout(width: Int, height: Int, ui: InspectorUI) -> [Pane: Rect] {
-        let body = Rect(x: 0, y: 1, width: width, height: height - 2)
+    public static func layout(width: Int, height: Int, ui: InspectorUI, storyRows: Int = 0) -> [Pane: Rect] {
+        let body = Rect(x: 0, y: 1, width: width, height: height - 2 - storyRows)
         if tabbed(width: width) && !ui.maximized {
             // The tab strip on the first body line, the focused view below it.
             return [ui.focus: Rect(x: 0, y: body.y + 1, width: width, height: body.height - 1)]
@@ -33,6 +33,24 @@ public struct Renderer {
             .memslots: Rect(x: 0, y: body.y + topH, width: leftW, height: body.height - topH),
             .vcpus: Rect(x: leftW, y: body.y + topH, width: body.width - leftW, height: body.height - topH),
         ]
+    }
+
+    /// Above the bottom line: a tour's words (`demo --story`, up to four rows), then the story of the last
+    /// conversion (`Story`, up to two).
+    public static func footerLines(_ m: InspectorModel, _ ui: InspectorUI, width: Int) -> [(text: String, role: Role)] {
+        var out: [(text: String, role: Role)] = []
+        if let n = ui.narration { out += wrapped(n, width).prefix(4).map { ($0, Role.warning) } }
+        if let story = m.story {
+            let stoppedStates: Set<Open<VCPURunState>> = [.known(.paused), .known(.faultStopped)]
+            let stopped = Set(m.vcpus.filter { stoppedStates.contains($0.state) }.map(\.index))
+            var text = story.text(stopped: stopped)
+            // Nothing touched the range because nothing runs: say so, or "no access yet" looks like a hang.
+            if story.faults == 0, !m.vcpus.isEmpty, stopped.count == m.vcpus.count {
+                text += " (every vCPU is stopped: P on one resumes it)"
+            }
+            out += wrapped(text, width).prefix(3).map { ($0, Role.highlight) }
+        }
+        return out
     }
 
     /// The map's grid (columns, rows) in a pane: its inner area less the legend and cursor lines, and the heat
@@ -66,7 +84,9 @@ public struct Renderer {
         }
         statusBar(&s, m, ui)
         if Self.tabbed(width: width) && !ui.maximized { tabStrip(&s, ui) }
-        for (pane, rect) in Self.layout(width: width, height: height, ui: ui) {
+        let footer = Self.footerLines(m, ui, width: width)
+        for (i, line) in footer.enumerated() { s.put(line.text, x: 0, y: height - 1 - footer.count + i, role: line.role, limit: width) }
+        for (pane, rect) in Self.layout(width: width, height: height, ui: ui, storyRows: footer.count) {
             s.box(rect, title: pane.title, focused: pane == ui.focus, ascii: ascii)
             if let why = m.unavailable[pane] {
                 // Say what the peer does not offer, instead of an empty pane.
@@ -556,16 +576,14 @@ public struct Renderer {
     func overlay(_ s: inout Screen, _ o: Overlay, _ m: InspectorModel, _ ui: InspectorUI) {
         switch o {
         case .help:
-            let lines = InspectorUI.bindings.map { b in
-                "\(Fmt.pad(b.label, 7)) \(b.help)" + (b.mutates && ui.readOnly ? " (disabled: read-only)" : "")
-            }
+            let lines = InspectorUI.helpLines(readOnly: ui.readOnly, width: s.width - 8)
             // As many lines as fit, from the scroll position (clamped so the last page stays full).
             let visible = max(1, min(s.height - 2, lines.count + 2) - 2)
             let first = max(0, min(ui.helpScroll, lines.count - visible))
             let shown = Array(lines[first..<min(lines.count, first + visible)])
             let title = lines.count > visible
-                ? "Keys \(first + 1)-\(first + shown.count) of \(lines.count) (j/k PgUp/PgDn scroll, q closes)"
-                : "Keys (q or Esc closes)"
+                ? "Keys and terms \(first + 1)-\(first + shown.count) of \(lines.count) (j/k PgUp/PgDn scroll, q closes)"
+                : "Keys and terms (q or Esc closes)"
             dialog(&s, title: title, lines: shown)
         case .confirm(let prompt, _):
             dialog(&s, title: "Confirm", lines: [prompt])

@@ -21,6 +21,8 @@ struct ActionResult: Sendable {
             case .bytes(let b):
                 return ActionResult(status: ("read \(b.count) bytes at \(Fmt.hex(reading ?? 0))", false), bytes: (reading ?? 0, b))
             case .done(let detail, let description):
+                // A conversion's story line starts: what followed, as the records come.
+                if case .convert(let gpa, let size, let to) = action { model.story = Story(gpa: gpa, size: size, to: to) }
                 return ActionResult(status: ("\(description ?? action.description): done\(detail)", false))
             }
         } catch {

@@ -79,13 +79,14 @@ struct InspectorOptions: ParsableArguments {
         try run(TraceSource(session: session), readOnly: true)
     }
 
-    /// The terminal around a source until quit.
-    private func run(_ source: any VMSource, readOnly: Bool, note: String? = nil) throws {
+    /// The terminal around a source until quit (with `tour`, guided by it).
+    private func run(_ source: any VMSource, readOnly: Bool, note: String? = nil, tour: Tour? = nil) throws {
         var err = StandardError()
         let (themes, order, problems) = loadThemes()
         for p in problems { print("vmscope: \(p); using \(order[0])", to: &err) }
         let session = InspectorSession(source: source, themes: themes, themeOrder: order, ascii: useASCII, readOnly: readOnly)
         session.ui.allowControl = allowControl
+        session.tour = tour
         if let note { session.ui.status = (note, false); session.ui.noteUntilKey = true }
         if let p = problems.first { session.ui.status = ("\(p); using theme \(order[0])", true) }
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
@@ -96,7 +97,7 @@ struct InspectorOptions: ParsableArguments {
     }
 
     /// Connects (before the terminal is touched), then runs the UI until quit.
-    func inspect(socket: String, note: String? = nil) throws {
+    func inspect(socket: String, note: String? = nil, tour: Tour? = nil) throws {
         var err = StandardError()
         let client: ControlClient
         do { client = try ControlClient(path: socket, timeoutMs: 3000, decodeFaults: true) } catch {
@@ -106,7 +107,7 @@ struct InspectorOptions: ParsableArguments {
         // On a stock QEMU the faults pane comes from KVM's tracepoints (root only; otherwise the pane says why not).
         let source = TracedSocketSource(socket: SocketSource(path: socket, client: client))
         defer { source.close() }
-        try run(source, readOnly: readOnly, note: note)
+        try run(source, readOnly: readOnly, note: tour == nil ? note : nil, tour: tour)
     }
 }
 
@@ -140,6 +141,9 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Guest RAM, e.g. 256M.") var ram = "256M"
     @Flag(help: "Run the VMM inside the nested KVM lab, on the kernel engine (real KVM_EXIT_MEMORY_FAULT); see vmscope lab.")
     var lab = false
+    @Flag(help: "A guided tour for a newcomer (about a minute): convert, fault, policy pause, resume, each step said on screen.")
+    var story = false
+    @Option(help: .hidden) var storySpeed = 1.0
     @OptionGroup var options: InspectorOptions
 
     func run() throws {
@@ -189,7 +193,8 @@ struct DemoCommand: ParsableCommand {
         }
         // Other tools (vmscope ctl, snapshot, record) can use the demo's VM while it runs: say where it is.
         try options.inspect(socket: socket, note: "demo VM socket: \(socket) (for vmscope ctl, snapshot, record)"
-                                + (lab ? "; lab console: vmscope lab's log in \(logPath)" : ""))
+                                + (lab ? "; lab console: vmscope lab's log in \(logPath)" : ""),
+                            tour: story ? Tour(speed: storySpeed) : nil)
     }
 }
 

@@ -13,6 +13,8 @@ final class InspectorSession {
     private var recording: BackgroundRecording?
     /// What to print once the terminal is back (a recording stopped by q or a signal: where its file is).
     private(set) var exitMessages: [String] = []
+    /// `demo --story`'s guided tour, while it runs.
+    var tour: Tour?
 
     /// `background`: the source is polled and acted on off the UI thread (every live source; replay's is a file).
     init(source: any VMSource, themes: ThemeCatalog, themeOrder: [String], ascii: Bool, readOnly: Bool, background: Bool = true) {
@@ -88,6 +90,13 @@ final class InspectorSession {
                 recording = nil
                 self.ui.recording = nil
                 self.ui.status = (outcome, !outcome.hasPrefix("recording finished"))
+                driver.invalidate()
+            }
+            if var t = tour, let (say, actions) = t.advance(nowNs: now, vcpuCount: driver.model.vcpus.count) {
+                // The tour acts as the keys would, through the source's typed actions.
+                self.ui.narration = say
+                for a in actions { driver.act(a) }
+                tour = t.finished ? nil : t
                 driver.invalidate()
             }
             if driver.tick(nowNs: now, width: w, height: h) {

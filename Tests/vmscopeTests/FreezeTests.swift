@@ -29,7 +29,7 @@ struct FreezeTests {
         for _ in 0..<3 {
             let opened = Date()
             t.keys("?")
-            screen = t.waitFor(1) { $0.contains("Keys (") }
+            screen = t.waitFor(1) { $0.contains("Keys and terms") }
             #expect(Date().timeIntervalSince(opened) < 1, "help took \(Date().timeIntervalSince(opened)) s:\n\(screen)")
             t.keys("Escape")
             Thread.sleep(forTimeInterval: 0.5)

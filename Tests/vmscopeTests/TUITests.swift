@@ -74,7 +74,7 @@ struct TUITests {
 
         // Help, then quit with status 0 and the shell back.
         t.keys("?")
-        screen = t.waitFor(10) { $0.contains("Keys (") }
+        screen = t.waitFor(10) { $0.contains("Keys and terms") }
         #expect(screen.contains("convert the selection to shared"), "\(screen)")
         t.keys("Escape")
         t.keys("q")
