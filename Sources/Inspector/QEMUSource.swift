@@ -14,6 +14,15 @@ import ControlProtocol
 /// answers one command at a time). An event that says something changed makes the next poll come at once.
 /// `vmscope-bench --only qemu-poll` measures QEMU's CPU with and without the inspector, paused and running.
 public struct QEMUSource: Sendable {
+    /// Why a stock QEMU is not recorded, and what records it instead (the inspector's `R`, `vmscope record`):
+    /// `socket` when the user named one (the command line), else the inspector's own keys.
+    public static func recordingRefusal(pid: Int?, socket: String?) -> String {
+        let p = pid.map(String.init) ?? "QEMU-PID"
+        let snapshot = socket.map { "vmscope snapshot \($0)" } ?? "S"
+        return "a stock QEMU cannot be recorded (no query-snapshot; one client per monitor); instead \(snapshot) "
+            + "saves its state now, and vmscope trace \(p) --save-raw FILE records its KVM exits (trace --load-raw FILE reads them back)"
+    }
+
     /// Sends one command and returns its `return` value; a refusal or a broken connection throws.
     public typealias Execute = (String, JSON?) throws -> JSON
 

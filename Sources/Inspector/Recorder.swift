@@ -19,8 +19,8 @@ public final class Recorder: @unchecked Sendable {
         // Events as they came (the fast fault decoder would drop each event's timestamp on the way to the file).
         let client = try ControlClient(path: socket, timeoutMs: 5000, decodeFaults: false)
         guard case .vmscope = client.peer else {
-            client.close()
-            throw RecordingError.format("\(socket) is a stock QEMU: recording needs vmscope's VMM (QEMU has no query-snapshot, and serves one client per QMP monitor)")
+            defer { client.close() }
+            throw RecordingError.format("\(socket) is \(QEMUSource.recordingRefusal(pid: client.serverPID, socket: socket))")
         }
         self.client = client
         let mono = HostClock.monotonicNs()

@@ -204,7 +204,7 @@ public final class QEMUMonitorSource: ClientBackedSource {
     }
 
     public var recordingSocket: Result<String, SourceRefusal> {
-        .failure(SourceRefusal("recording needs vmscope's VMM (QEMU has no query-snapshot, and this inspector holds its monitor)"))
+        .failure(SourceRefusal(QEMUSource.recordingRefusal(pid: client.serverPID, socket: nil)))
     }
 }
 

@@ -241,7 +241,7 @@ struct QEMUTUITests {
         // R: refused at once with the reason (no second connection to a monitor QEMU serves to one client).
         t.keys("R")
         screen = t.waitFor(3) { $0.contains("cannot record") }
-        #expect(screen.contains("cannot record: recording needs vmscope's VMM"), "\(screen)")
+        #expect(screen.contains("cannot record: a stock QEMU cannot be recorded") && screen.contains("instead S saves its state now"), "\(screen)")
 
         // QEMU dies: the inspector says so and keeps running; a new QEMU on the same path is picked up.
         checker.close()
