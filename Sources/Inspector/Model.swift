@@ -200,6 +200,8 @@ public struct InspectorModel: Sendable {
     public var eventsDropped: UInt64 = 0
     /// What the last conversion done from this inspector did and what followed (the status area's story line).
     public var story: Story?
+    /// The VMM's private/shared map and KVM's traced one disagree (`MapAgreement`): the status line's alarm.
+    public var mapAlarm: String?
     /// Records received in all.
     public var faultsReceived: UInt64 = 0
     /// Faults per second over the last 60 seconds (last element = the current second).

@@ -135,6 +135,7 @@ public struct Renderer {
         if ui.replay == nil && (ui.readOnly || !m.vm.mutationsAllowed) {
             parts.insert(ui.readOnly ? "READ-ONLY" : "no mutations", at: 3)
         }
+        if let alarm = m.mapAlarm { parts.insert(alarm, at: min(parts.count, 4)) }
         if let r = ui.replay {
             // The timeline first: where in the recording these views are.
             parts.insert(Self.timeline(r), at: 0)
@@ -146,7 +147,7 @@ public struct Renderer {
         // A rate from before the connection broke is not the VM's: it goes while disconnected.
         if case .disconnected = m.connection { parts.removeAll { $0.hasSuffix(" ev/s") } }
         // Connection state, policy and mode are never left off: one that does not fit whole is cut to the width.
-        let essential: Set<String> = [conn, "policy \(m.vm.policy)", "READ-ONLY", "no mutations"]
+        let essential: Set<String> = [conn, "policy \(m.vm.policy)", "READ-ONLY", "no mutations", m.mapAlarm ?? conn]
         var line = " vmscope"
         for p in parts {
             if line.count + 3 + p.count <= s.width {
@@ -159,6 +160,10 @@ public struct Renderer {
         }
         s.put(line, x: 0, y: 0, role: .statusBar)
         if case .disconnected = m.connection, let r = line.range(of: "disconnected") {
+            let start = line.distance(from: line.startIndex, to: r.lowerBound)
+            s.put(String(line[r.lowerBound...].prefix { $0 != "│" }), x: start, y: 0, role: .statusError)
+        }
+        if let alarm = m.mapAlarm, let r = line.range(of: String(alarm.prefix(13))) {
             let start = line.distance(from: line.startIndex, to: r.lowerBound)
             s.put(String(line[r.lowerBound...].prefix { $0 != "│" }), x: start, y: 0, role: .statusError)
         }

@@ -41,6 +41,9 @@ public final class TraceSource: VMSource {
     /// before them (the trace began between the two, or the kernel does not fire kvm_page_fault, as under PVM) are
     /// counted (`faults.withoutGPA`), not given a GPA.
     private var faults = MemoryFaultPairing()
+    /// Beside vmscope's own VMM on the kernel engine: its map against the traced one (`MapAgreement`).
+    public private(set) var agreement = MapAgreement()
+    private var lastAgreementCheck: UInt64 = 0
 
     public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false) {
         self.session = session
@@ -200,6 +203,11 @@ public final class TraceSource: VMSource {
 
     /// The events as marks on the VMM's own records (see `corroborating`).
     private func corroborate(_ events: [TraceEvent], _ model: inout InspectorModel, nowNs: UInt64) -> Bool {
+        var alarmChanged = false
+        if attributes != nil {
+            for e in events { _ = attributes?.apply(e) }
+            alarmChanged = checkAgreement(&model, nowNs: nowNs)
+        }
         for e in events {
             switch e.kind {
             case .mmio(_, _, let gpa, _):
@@ -210,7 +218,7 @@ public final class TraceSource: VMSource {
                 break
             }
         }
-        guard !pending.isEmpty else { return false }
+        guard !pending.isEmpty else { return alarmChanged }
         let before = model.faultsTraced
         // Events already tried can only match records that arrived since: without new records only the new events
         // are tried. The events waiting are bounded (the oldest beyond `pendingLimit` are counted as unmatched).
@@ -223,7 +231,23 @@ public final class TraceSource: VMSource {
         pending = Array(fresh.suffix(Self.pendingLimit))
         triedCount = pending.count
         unmatched &+= UInt64(left.count - pending.count)
-        return model.faultsTraced != before
+        return model.faultsTraced != before || alarmChanged
+    }
+
+    /// Four times a second, where the VMM runs the kernel engine and its map is current: the pages where it and
+    /// the traced map disagree; the alarm once one has for `MapAgreement.graceNs`.
+    private func checkAgreement(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
+        guard let a = attributes, nowNs &- lastAgreementCheck >= 250_000_000 else { return false }
+        lastAgreementCheck = nowNs
+        guard model.vm.engine == AttributeEngineKind.kernel.rawValue, !model.attributesStale, let bit = model.vm.sharedAliasBit,
+              (12..<64).contains(bit), model.vm.ramSize > 0 else { return false }
+        let aliasGFN = (UInt64(1) << UInt64(bit)) >> 12, pages = model.vm.ramSize / 4096
+        let known = a.view(start: aliasGFN, end: aliasGFN.saturatingAdd(pages)).known
+        let (differ, compared) = MapAgreement.disagreements(traced: known, vmm: model.runs, aliasGFN: aliasGFN, pages: pages)
+        let alarm = agreement.check(differ, compared: compared, nowNs: nowNs)
+        guard alarm != model.mapAlarm else { return false }
+        model.mapAlarm = alarm
+        return true
     }
 
     public func takeNotice() -> (text: String, isError: Bool)? {

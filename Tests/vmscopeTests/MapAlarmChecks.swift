@@ -1,0 +1,57 @@
+import ControlProtocol
+import Foundation
+import Inspector
+import ProcessSupport
+import Testing
+import TestSupport
+
+/// Issue 29, run inside the lab (`LabTests.tracedMapInsideTheLab`): the inspector attached to vmscope's own VMM on the
+/// kernel engine traces it as well, and checks the VMM's private/shared map against KVM's traced one page by page
+/// (`MapAgreement`). Through host conversions of random ranges and the guest's own, both run side by side and the
+/// alarm stays off; where the kernel has the tracepoint, pages were compared.
+@Suite(.serialized, .enabled(if: insideTheLab, "runs inside the nested lab only (LabTests.tracedMapInsideTheLab)"))
+struct MapAlarmChecks {
+    @Test func theVMMsMapAndTheTracedOneAgreeAndRaiseNoAlarm() throws {
+        let hasTracepoint = FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events/kvm/kvm_vm_set_mem_attributes")
+        let dir = NSTemporaryDirectory() + "vmscope-ma-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/vm.sock", errPath = dir + "/vmm.err"
+        let vmm = try ChildProcess([Binary.url.path, "vmm", "--socket", socket, "--attribute-engine", "kernel", "--allow-mutations",
+                                    "--ram", "64M", "--vcpus", "2"], redirects: .init(stdout: "/dev/null", stderr: errPath))
+        defer { vmm.terminate(grace: 10) }
+        func errText() -> String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
+        try #require(eventuallyTrue(120) { FileManager.default.fileExists(atPath: socket) }, "no socket: \(errText().suffix(3000))")
+        let control = try ControlClient(path: socket, timeoutMs: 60_000)
+        defer { control.close() }
+        // The inspector's source, driven here as the TUI drives it (its worker's work, on this thread).
+        let client = try ControlClient(path: socket, timeoutMs: 60_000, decodeFaults: true)
+        let source = TracedSocketSource(socket: SocketSource(path: socket, client: client))
+        defer { source.close() }
+        let driver = InspectorDriver(source: source, ui: InspectorUI(themeNames: ["default"], ascii: false, readOnly: false))
+        var rng = SystemRandomNumberGenerator()
+        var conversions = 0
+        let until = Date().addingTimeInterval(30)
+        var lastConversion = Date.distantPast
+        while Date() < until {
+            _ = driver.tick(nowNs: HostClock.monotonicNs(), width: 160, height: 48)
+            if Date().timeIntervalSince(lastConversion) > 0.5 {
+                lastConversion = Date()
+                let gfn = UInt64.random(in: 256..<(64 << 8) - 64, using: &rng), pages = UInt64.random(in: 1...32, using: &rng)
+                _ = try control.execute("set-memory-attributes", .object([("gpa", .u(gfn << 12)), ("size", .u(pages << 12)),
+                                                                          ("private", .bool(Bool.random(using: &rng)))]))
+                conversions += 1
+            }
+            #expect(driver.model.mapAlarm == nil, "\(driver.model.mapAlarm ?? "")")
+            if driver.model.mapAlarm != nil { break }
+            usleep(20_000)
+        }
+        let trace = try #require(source.trace, "not traced: \(driver.model.unavailable)")
+        print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off")")
+        if hasTracepoint {
+            #expect(trace.agreement.comparedPages > 0, "the traced map and the VMM's had no page in common")
+        } else {
+            #expect(trace.agreement.comparedPages == 0)
+        }
+    }
+}
