@@ -45,10 +45,14 @@ public final class TraceSource: VMSource {
     public private(set) var agreement = MapAgreement()
     private var lastAgreementCheck: UInt64 = 0
 
-    public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false) {
+    /// With `faultsOnly`: the traced private/shared map too (a stock QEMU, which has none of its own to show).
+    public let mapsBeside: Bool
+
+    public init(session: TraceSession, faultsOnly: Bool = false, corroborating: Bool = false, mapsBeside: Bool = false) {
         self.session = session
         self.faultsOnly = faultsOnly || corroborating
         self.corroborating = corroborating
+        self.mapsBeside = mapsBeside && !corroborating
         if session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil {
             // Complete when the process had no VM once tracing was on: every VM it makes is traced from birth.
             attributes = TracedAttributes(complete: !HostProcess.hasVM(pid: session.pid))
@@ -153,7 +157,7 @@ public final class TraceSource: VMSource {
             model.apply(faults: FaultBatch(records: records, dropped: 0), nowNs: nowNs)
             changed = true
         }
-        if let a = attributes, !faultsOnly, mapChanged || model.tracedMap == nil {
+        if let a = attributes, !faultsOnly || mapsBeside, mapChanged || model.tracedMap == nil {
             publish(a, &model)
             changed = true
         }
@@ -291,7 +295,8 @@ public final class TracedSocketSource: VMSource {
             tracedPid = pid
             do {
                 let session = try TraceSession(pid: Int32(pid))
-                trace = socket.isQEMU ? TraceSource(session: session, faultsOnly: true) : TraceSource(session: session, corroborating: true)
+                trace = socket.isQEMU ? TraceSource(session: session, faultsOnly: true, mapsBeside: true)
+                    : TraceSource(session: session, corroborating: true)
             } catch {
                 if socket.isQEMU {
                     model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
@@ -303,12 +308,14 @@ public final class TracedSocketSource: VMSource {
             }
             changed = true
         }
-        if trace != nil, socket.isQEMU, model.unavailable[.faults] != nil || model.unavailable[.map] != nil {
+        if let trace, socket.isQEMU, model.unavailable[.faults] != nil || model.unavailable[.map] != nil || (trace.attributes != nil && model.heatMapNote != nil) {
             // Traced (after a first attach, or a reconnection, which brings QEMU's reasons back): the faults pane is
-            // the trace's rows, and the map, which QEMU gives no attributes for, the heat of those rows over QEMU's
-            // KVM-mapped ranges, with QEMU's reason above it.
+            // the trace's rows. The map, which QEMU gives no attributes for, is the private/shared map KVM's
+            // tracepoints keep where the kernel has them (7.3), else the heat of those rows over QEMU's KVM-mapped
+            // ranges, with QEMU's reason above it.
             model.unavailable[.faults] = nil
-            if let why = model.unavailable.removeValue(forKey: .map) { model.heatMapNote = why }
+            let why = model.unavailable.removeValue(forKey: .map)
+            if trace.attributes != nil { model.heatMapNote = nil } else if let why { model.heatMapNote = why }
             changed = true
         }
         if let trace, trace.poll(&model, nowNs: nowNs) { changed = true }

@@ -54,4 +54,34 @@ struct MapAlarmChecks {
             #expect(trace.agreement.comparedPages == 0)
         }
     }
+
+    /// `attach` to a stock QEMU's socket (no private memory): where the kernel traces conversions (7.3) the map is
+    /// the traced one, with no private page, in place of the heat map; elsewhere the heat map with QEMU's reason.
+    @Test func aStockQEMUsMapIsTheTracedOneWithNoPrivatePage() throws {
+        let hasTracepoint = FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events/kvm/kvm_vm_set_mem_attributes")
+        let qemu = try QEMUInstance(arguments: ["-m", "32", "-nodefaults", "-no-user-config", "-smp", "2"])
+        defer { qemu.stop() }
+        try #require(qemu.accelerator == "kvm", "QEMU ran \(qemu.accelerator): \(qemu.fallbackReason ?? "")")
+        let client = try ControlClient(path: qemu.qmpSockets[0], timeoutMs: 30_000, decodeFaults: true)
+        let source = TracedSocketSource(socket: SocketSource(path: qemu.qmpSockets[0], client: client))
+        defer { source.close() }
+        let driver = InspectorDriver(source: source, ui: InspectorUI(themeNames: ["default"], ascii: false, readOnly: true))
+        let until = Date().addingTimeInterval(8)
+        while Date() < until {
+            _ = driver.tick(nowNs: HostClock.monotonicNs(), width: 160, height: 48)
+            usleep(50_000)
+        }
+        let m = driver.model
+        var renderer = Renderer()
+        let screen = driver.frame(&renderer, width: 160, height: 48, nowNs: HostClock.monotonicNs()).text
+        print("MapAlarmChecks: stock QEMU: traced map \(m.tracedMap.map { "\($0.applied) conversions, \($0.unknown.count) unknown ranges" } ?? "none"); heat note \(m.heatMapNote ?? "none")")
+        #expect(!m.runs.contains { $0.isPrivate }, "a private page on a VM without private memory: \(m.runs.prefix(4))")
+        #expect(!m.visibleFaults.contains { $0.exit == .known(.memoryFault) }, "a memory fault on a VM without private memory")
+        if hasTracepoint {
+            #expect(m.tracedMap != nil && m.heatMapNote == nil, "\(m.heatMapNote ?? "")")
+            #expect(screen.contains("private/shared from KVM's tracepoints"), "\(screen)")
+        } else {
+            #expect(m.tracedMap == nil && m.heatMapNote != nil)
+        }
+    }
 }
