@@ -11,7 +11,7 @@ struct VMScopeBench: ParsableCommand {
 
     @Flag(help: "Print {\"machine\", \"results\"} as JSON.") var json = false
     @Flag(help: "Tiny sizes, to check that every benchmark still runs.") var smoke = false
-    @Option(help: "Only the groups named (attr, inspector, convert, live, trace, cpu, qemu-poll, exporter); repeatable.") var only: [String] = []
+    @Option(help: "Only the groups named (attr, inspector, convert, live, keys, trace, cpu, qemu-poll, exporter); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
     @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general, tracepoints, attr-walk) and exit.", visibility: .hidden))
@@ -30,6 +30,7 @@ struct VMScopeBench: ParsableCommand {
         if wanted("inspector") { results += inspectorBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("convert") { results += try conversionBenchmarks(sizes) }
         if wanted("live") { results += try liveBenchmarks(sizes) }
+        if wanted("keys") { results += try keyLatencyBenchmarks(sizes) }
         if wanted("trace") { results += try traceBenchmarks(sizes, callgrindExecutable: CommandLine.arguments[0]) }
         if wanted("cpu") {
             // The inspector measured is the `vmscope` built next to this benchmark.
