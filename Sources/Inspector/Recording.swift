@@ -19,7 +19,8 @@ public enum RecordingError: Error, Sendable, Equatable, CustomStringConvertible 
 /// made and its answer), and `end` (why recording stopped) as the last line of a finished file.
 public struct Recording: Sendable {
     public static let format = "vmscope-recording"
-    public static let version = 1
+    /// Version 2 adds `view` entries (a stock QEMU's recording); a VMM's recordings are still written as version 1.
+    public static let version = 2
 
     public struct Header: Sendable {
         public var version: Int
@@ -31,7 +32,7 @@ public struct Recording: Sendable {
         public var recorder: String
 
         public init(startedAtWallNs: UInt64, startedAtMonotonicNs: UInt64, socket: String, greeting: JSON, recorder: String) {
-            version = Recording.version
+            version = 1
             self.startedAtWallNs = startedAtWallNs
             self.startedAtMonotonicNs = startedAtMonotonicNs
             self.socket = socket
@@ -70,6 +71,9 @@ public struct Recording: Sendable {
         case snapshot(JSON)
         case event(JSON)
         case reply(command: String, value: JSON)
+        /// The views as a snapshot document (docs/snapshot.schema.json), without fault records: how a stock QEMU's
+        /// recording carries its state (version 2).
+        case view(JSON)
         /// Why recording stopped; `peerGone` when the connection ended it (the views end disconnected).
         case end(reason: String, peerGone: Bool)
 
@@ -78,6 +82,7 @@ public struct Recording: Sendable {
             case .snapshot(let j): .object([("snapshot", j)])
             case .event(let j): .object([("event", j)])
             case .reply(let c, let v): .object([("reply", .string(c)), ("return", v)])
+            case .view(let j): .object([("view", j)])
             case .end(let r, let gone): .object([("end", .string(r))] + (gone ? [("peer-gone", .bool(true))] : []))
             }
         }
@@ -86,6 +91,7 @@ public struct Recording: Sendable {
             if let s = j["snapshot"], case .object = s { self = .snapshot(s) }
             else if let e = j["event"], e["event"]?.stringValue != nil { self = .event(e) }
             else if let c = j["reply"]?.stringValue, let v = j["return"] { self = .reply(command: c, value: v) }
+            else if let v = j["view"], case .object = v { self = .view(v) }
             else if let r = j["end"]?.stringValue {
                 // Recordings made before `peer-gone` existed say it only in the reason's words.
                 self = .end(reason: r, peerGone: j["peer-gone"]?.boolValue ?? r.hasPrefix(Recording.peerGoneReason))

@@ -85,6 +85,9 @@ public struct Replay: Sendable {
                 lastVCPUReplyNs = item.t
             default: break
             }
+        case .view(let j):
+            model.apply(view: j, intervalNs: lastVCPUReplyNs == 0 ? 1 : item.t - lastVCPUReplyNs)
+            lastVCPUReplyNs = item.t
         case .end(let reason, let peerGone):
             // The recording ends where the live connection did.
             if peerGone { model.connection = .disconnected(reason) }

@@ -30,6 +30,9 @@ public protocol VMSource: AnyObject {
     var origin: Snapshot.Origin { get }
     /// The control socket a `vmscope record` of this source would connect to, or why there is none.
     var recordingSocket: Result<String, SourceRefusal> { get }
+    /// A peer recorded from the inspector's own model instead (`ModelRecorder`: a stock QEMU): its socket and
+    /// greeting; nil for the others.
+    var recordedFromModel: (socket: String, greeting: JSON)? { get }
     /// The monotonic time the views are drawn at (fading fault marks): now, or a recording's clock.
     func viewTimeNs(nowNs: UInt64) -> UInt64
 }
@@ -55,6 +58,7 @@ extension VMSource {
     public var timeline: ReplayStatus? { nil }
     public var origin: Snapshot.Origin { .live }
     public var recordingSocket: Result<String, SourceRefusal> { .failure(SourceRefusal("this source has no control socket to record")) }
+    public var recordedFromModel: (socket: String, greeting: JSON)? { nil }
     public func viewTimeNs(nowNs: UInt64) -> UInt64 { nowNs }
 }
 
@@ -355,6 +359,10 @@ public final class SocketSource: VMSource {
 
     public var recordingSocket: Result<String, SourceRefusal> {
         inner?.recordingSocket ?? .failure(SourceRefusal("not connected"))
+    }
+
+    public var recordedFromModel: (socket: String, greeting: JSON)? {
+        (inner as? QEMUMonitorSource).map { (path, $0.client.greeting) }
     }
 }
 

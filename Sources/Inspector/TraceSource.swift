@@ -332,6 +332,7 @@ public final class TracedSocketSource: VMSource {
         return notice
     }
     public var recordingSocket: Result<String, SourceRefusal> { socket.recordingSocket }
+    public var recordedFromModel: (socket: String, greeting: JSON)? { socket.recordedFromModel }
 
     public func close() { trace?.session.close() }
 }

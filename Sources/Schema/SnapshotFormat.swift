@@ -63,3 +63,63 @@ public enum SnapshotFormat {
         ])
     }
 }
+
+extension SnapshotFormat {
+    /// A snapshot document read back: a stock QEMU's recording holds its views as these (docs/recording.md), and the
+    /// replay turns them into the model again. Fault records are not read here (the recording carries them as events).
+    public struct Document: Sendable {
+        public struct Slot: Sendable {
+            public var memslot: Memslot
+            public var slotKnown: Bool
+            public var privatePages: UInt64, sharedPages: UInt64
+            public var region: String?, regionOffset: UInt64?, device: String?
+        }
+        public struct VCPU: Sendable {
+            public var index: Int, threadID: Int
+            public var state: Open<VCPURunState>
+            public var lastExit: String
+            public var exits: UInt64
+            public var exitCounts: [(String, UInt64)], registers: [(String, UInt64)], segments: [(String, UInt64)]
+            public var controlRegisters: [(String, UInt64)], stats: [(String, UInt64)], guest: [(String, UInt64)]
+        }
+        public var vm: VMDescription
+        public var qemu: QEMUFacts
+        public var memslots: [Slot]
+        /// nil where the document's `attributes` is null (the peer has no map).
+        public var attributes: AttributeRuns?
+        public var vcpus: [VCPU]
+        public var vmStats: [(String, UInt64)]
+        /// Pane name → why the peer does not offer it.
+        public var unavailable: [(String, String)]
+
+        static func pairs(_ j: JSON?) -> [(String, UInt64)] { (j?.objectMembers ?? []).compactMap { k, v in v.uint64Value.map { (k, $0) } } }
+
+        public init(json j: JSON) {
+            let v = j["vm"] ?? .null
+            vm = VMDescription(json: v)
+            func s(_ key: String) -> String? { v[key]?.stringValue }
+            qemu = QEMUFacts(version: s("qemu-version"), runState: s("run-state"), accelerator: s("accelerator"),
+                             machine: s("machine"), arch: s("arch"))
+            memslots = (j["memslots"]?.arrayValue ?? []).compactMap { m in
+                // QEMU's ranges have no KVM slot number (null): read as slot 0, not known.
+                let known = m["slot"]?.intValue != nil
+                let members = (m.objectMembers ?? []).map { $0.0 == "slot" && !known ? ($0.0, JSON.i(0)) : $0 }
+                guard let slot = Memslot(json: .object(members)) else { return nil }
+                return Slot(memslot: slot, slotKnown: known, privatePages: m["private-pages"]?.uint64Value ?? 0,
+                            sharedPages: m["shared-pages"]?.uint64Value ?? 0, region: m["region"]?.stringValue,
+                            regionOffset: m["region-offset"]?.uint64Value, device: m["device"]?.stringValue)
+            }
+            if let a = j["attributes"], case .object = a { attributes = AttributeRuns(json: a) } else { attributes = nil }
+            vcpus = (j["vcpus"]?.arrayValue ?? []).compactMap { c in
+                guard let index = c[VCPUKey.index]?.intValue else { return nil }
+                return VCPU(index: index, threadID: c[VCPUKey.threadID]?.intValue ?? 0, state: c[VCPUKey.state]?.open() ?? .unknown("?"),
+                            lastExit: c[VCPUKey.lastExit]?.stringValue ?? "-", exits: c["exits"]?.uint64Value ?? 0,
+                            exitCounts: Self.pairs(c[VCPUKey.exitCounts]), registers: Self.pairs(c[VCPUKey.regs]),
+                            segments: Self.pairs(c["segments"]), controlRegisters: Self.pairs(c["control-registers"]),
+                            stats: Self.pairs(c[VCPUKey.stats]), guest: Self.pairs(c[VCPUKey.guest]))
+            }
+            vmStats = Self.pairs(j["vm-stats"])
+            unavailable = (j["unavailable"]?.objectMembers ?? []).compactMap { k, v in v.stringValue.map { (k, $0) } }
+        }
+    }
+}

@@ -10,7 +10,7 @@ final class InspectorSession {
     var themes: ThemeFollower
     var renderer: Renderer
     /// `R`'s recording, while it runs.
-    private var recording: BackgroundRecording?
+    private var recording: (any SessionRecording)?
     /// What to print once the terminal is back (a recording stopped by q or a signal: where its file is).
     private(set) var exitMessages: [String] = []
     /// `demo --story`'s guided tour, while it runs.
@@ -46,6 +46,18 @@ final class InspectorSession {
                 recording = nil
                 ui.recording = nil
                 ui.status = (r.stop(), false)
+            } else if let peer = driver.source.recordedFromModel {
+                // A stock QEMU: what the inspector sees of it, recorded from its model.
+                let path = sessionFilePath("recording", "jsonl.gz")
+                do {
+                    let r = try BackgroundModelRecording(path: path, socket: peer.socket, greeting: peer.greeting, model: driver.model,
+                                                         recorder: "vmscope attach (R)")
+                    recording = r
+                    ui.recording = RecordingStatus(file: path, startedNs: r.startedNs)
+                    ui.status = ("recording to \(path) (QEMU: the views and the traced faults); R stops", false)
+                } catch {
+                    ui.status = ("cannot record: \(error)", true)
+                }
             } else {
                 switch driver.source.recordingSocket {
                 case .failure(let why): ui.status = ("cannot record: \(why)", true)
@@ -99,7 +111,9 @@ final class InspectorSession {
                 tour = t.finished ? nil : t
                 driver.invalidate()
             }
-            if driver.tick(nowNs: now, width: w, height: h) {
+            let changed = driver.tick(nowNs: now, width: w, height: h)
+            (recording as? BackgroundModelRecording)?.offer(driver.model)
+            if changed {
                 terminal.paint(driver.frame(&renderer, width: w, height: h, nowNs: now))
             }
             if Terminal.interrupted.load(ordering: .relaxed) != 0 {

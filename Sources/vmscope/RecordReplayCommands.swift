@@ -26,11 +26,13 @@ struct RecordCommand: ParsableCommand {
         abstract: "Record a VMM's session (snapshot, every event, state polls) to a gzip JSON-lines file.",
         discussion: """
             Ctrl-C (or SIGTERM) finishes the file cleanly. A recorder killed outright leaves a file that replays \
-            up to its last flush (at most 100 ms before). The format is in docs/recording.md. Exit status 0 \
+            up to its last flush (at most 100 ms before). A stock QEMU is recorded from what the inspector sees \
+            of it: its views once a second and, as root, KVM's traced rows (format version 2). The format is in \
+            docs/recording.md. Exit status 0 \
             when the file was finished, 2 when it could not be started or written.
             """)
 
-    @Argument(help: "The control socket (vmscope's VMM).") var socket: String
+    @Argument(help: "The control socket: vmscope's VMM, or a stock QEMU's QMP socket (recorded from what the inspector sees of it).") var socket: String
     @Option(name: .shortAndLong, help: "The file to write (conventionally .jsonl.gz).") var output: String
     @Option(help: "Stop after this long, e.g. 30s, 5m (default: until Ctrl-C).") var duration: String?
     @Option(help: "How many of the newest fault records the opening snapshot holds.") var faults = 256
@@ -49,6 +51,11 @@ struct RecordCommand: ParsableCommand {
     func run() throws {
         var err = StandardError()
         for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig) { s in recordStop.store(s, ordering: .relaxed) } }
+        // A stock QEMU has no query-snapshot: record what the inspector would see of it.
+        if let probe = try? ControlClient(path: socket, timeoutMs: 5000, decodeFaults: true) {
+            if case .qemu = probe.peer { return try recordQEMU(probe) }
+            probe.close()
+        }
         let recorder: Recorder
         do { recorder = try Recorder(socket: socket, path: output, faultLimit: faults, recorder: "vmscope record") } catch {
             print("vmscope record: \(error)", to: &err)
@@ -59,6 +66,48 @@ struct RecordCommand: ParsableCommand {
               to: &err)
         do {
             let reason = try recorder.run(until: deadline) { recordStop.load(ordering: .relaxed) != 0 }
+            print("vmscope record: finished (\(reason)): \(recorder.writer.entries) entries, \(recorder.writer.bytesWritten) bytes in \(output)",
+                  to: &err)
+        } catch {
+            print("vmscope record: \(error); \(output) replays up to the last flush", to: &err)
+            throw ExitCode(2)
+        }
+    }
+}
+
+extension RecordCommand {
+    /// A stock QEMU: its monitor polled and its process traced as `attach` does (tracing needs root; without it the
+    /// views alone), the model recorded (`ModelRecorder`, format version 2).
+    func recordQEMU(_ client: ControlClient) throws {
+        var err = StandardError()
+        let source = TracedSocketSource(socket: SocketSource(path: socket, client: client))
+        defer { source.close() }
+        let driver = InspectorDriver(source: source, ui: InspectorUI(themeNames: ["default"], ascii: true, readOnly: true))
+        // The first poll connects and reads QEMU's state; the recording starts from it.
+        _ = driver.tick(nowNs: HostClock.monotonicNs(), width: 160, height: 48)
+        let recorder: ModelRecorder
+        do {
+            recorder = try ModelRecorder(path: output, socket: socket, greeting: client.greeting, recorder: "vmscope record",
+                                         model: driver.model)
+        } catch {
+            print("vmscope record: \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
+        let traced = source.trace != nil ? "its KVM exits traced" : "not traced (\(driver.model.unavailable[.faults] ?? "tracing needs root"))"
+        print("vmscope record: recording stock QEMU \(socket) to \(output) (its views, \(traced))"
+              + (duration.map { " for \($0)" } ?? "; Ctrl-C finishes the file"), to: &err)
+        var reason = "stopped", peerGone = false
+        do {
+            while recordStop.load(ordering: .relaxed) == 0 {
+                let now = HostClock.monotonicNs()
+                if let deadline, now >= deadline { reason = "duration reached"; break }
+                _ = driver.tick(nowNs: now, width: 160, height: 48)
+                try recorder.observe(driver.model, nowNs: now)
+                if case .disconnected(let why) = driver.model.connection { reason = "QEMU went away: \(why)"; peerGone = true; break }
+                usleep(100_000)
+            }
+            try recorder.finish(reason: reason, peerGone: peerGone)
             print("vmscope record: finished (\(reason)): \(recorder.writer.entries) entries, \(recorder.writer.bytesWritten) bytes in \(output)",
                   to: &err)
         } catch {

@@ -74,3 +74,64 @@ final class BackgroundRecording: Sendable {
         return finished ?? "recording finished: \(path)"
     }
 }
+
+/// What the session's `R` runs: vmscope's recorder on its own connection, or a recording of the inspector's own
+/// model (a stock QEMU).
+protocol SessionRecording: AnyObject, Sendable {
+    var path: String { get }
+    var startedNs: UInt64 { get }
+    var finished: String? { get }
+    func stop() -> String
+}
+
+extension BackgroundRecording: SessionRecording {}
+
+/// `R` on a stock QEMU: `ModelRecorder` on a thread of its own, given the newest model by the UI loop (`offer`, a
+/// copy that costs nothing until the model changes), ten times a second at most.
+final class BackgroundModelRecording: SessionRecording, @unchecked Sendable {
+    // @unchecked: `recorder` is used by the recording thread only once `init` returns.
+    let path: String
+    let startedNs: UInt64
+    private let recorder: ModelRecorder
+    private let latest = Mutex<InspectorModel?>(nil)
+    private let stopFlag = Atomic<Bool>(false)
+    private let outcome = Mutex<String?>(nil)
+    private let done = DispatchSemaphore(value: 0)
+
+    init(path: String, socket: String, greeting: JSON, model: InspectorModel, recorder name: String) throws {
+        self.path = path
+        startedNs = HostClock.monotonicNs()
+        recorder = try ModelRecorder(path: path, socket: socket, greeting: greeting, recorder: name, model: model)
+        let thread = Thread { [self] in
+            var reason = "stopped", peerGone = false
+            var result: String
+            do {
+                while !stopFlag.load(ordering: .relaxed) {
+                    usleep(100_000)
+                    guard let m = latest.withLock({ m -> InspectorModel? in defer { m = nil }; return m }) else { continue }
+                    try recorder.observe(m, nowNs: HostClock.monotonicNs())
+                    if case .disconnected(let why) = m.connection { reason = "QEMU went away: \(why)"; peerGone = true; break }
+                }
+                try recorder.finish(reason: reason, peerGone: peerGone)
+                result = "recording finished (\(reason)): \(path), \(recorder.writer.entries) entries, \(recorder.writer.bytesWritten >> 10) KiB"
+            } catch {
+                result = "recording failed: \(error); \(path) replays up to its last flush"
+            }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        thread.name = "vmscope-model-recorder"
+        thread.start()
+    }
+
+    func offer(_ m: InspectorModel) { latest.withLock { $0 = m } }
+
+    var finished: String? { outcome.withLock { $0 } }
+
+    func stop() -> String {
+        stopFlag.store(true, ordering: .relaxed)
+        done.wait()
+        done.signal()
+        return finished ?? "recording finished: \(path)"
+    }
+}

@@ -137,21 +137,21 @@ struct RecordingTests {
         #expect(refusal([])?.contains("empty") == true)
         #expect(refusal(Array("{\"t\":0}\n".utf8))?.contains("not a gzip file") == true)
 
-        // Version 2, written with this code's own writer so only the version differs.
+        // Version 3 (the newest this code reads is 2), written with this code's own writer so only the version differs.
         let path = Self.temporaryPath("v2.jsonl.gz")
         defer { unlink(path) }
         let w = try RecordingWriter(path: path, header: Recording.Header(startedAtWallNs: 1, startedAtMonotonicNs: 1,
                                                                          socket: "/x", greeting: Self.greeting, recorder: "t"))
         try w.finish(reason: "stopped", monotonicNs: 2)
         let (plain, _) = GzipReader.inflateAll(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
-        let text = String(decoding: plain, as: UTF8.self).replacingOccurrences(of: "\"version\":1", with: "\"version\":2")
+        let text = String(decoding: plain, as: UTF8.self).replacingOccurrences(of: "\"version\":1", with: "\"version\":3")
         let v2 = Self.temporaryPath("v2b.jsonl.gz")
         defer { unlink(v2) }
         let g = try GzipWriter(path: v2)
         try g.write(Array(text.utf8))
         try g.finish()
         let why = try #require(refusal(Array(try Data(contentsOf: URL(fileURLWithPath: v2)))))
-        #expect(why.contains("format version 2") && why.contains("reads version 1"), "\(why)")
+        #expect(why.contains("format version 3") && why.contains("reads version 2"), "\(why)")
 
         // A gzip file of something else.
         let other = Self.temporaryPath("other.gz")

@@ -42,6 +42,8 @@ import Testing
                 }
                 #expect(event.message(wallNs: wall) == e, "\(e.serialized.prefix(300))")
                 counts[event.name, default: 0] += 1
+            case .view:
+                Issue.record("a view entry in a VMM's recording (only a stock QEMU's have them)")
             case .end(let reason, let peerGone):
                 #expect(peerGone, "the old recorder's '\(reason)' says the VMM went away")
             }

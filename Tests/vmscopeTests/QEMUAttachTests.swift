@@ -238,10 +238,19 @@ struct QEMUTUITests {
         t.keys("1", "s", "y")
         screen = t.waitFor(3) { $0.contains("refused") }
         #expect(screen.contains("refused: QEMU") && screen.contains("no QMP command for private/shared conversion"), "\(screen)")
-        // R: refused at once with the reason (no second connection to a monitor QEMU serves to one client).
+        // R records it (issue 27, item 14: it was refused): from the inspector's own model, as the monitor is held
+        // here; R again finishes the file, which replays to QEMU's views.
         t.keys("R")
-        screen = t.waitFor(3) { $0.contains("cannot record") }
-        #expect(screen.contains("cannot record: a stock QEMU cannot be recorded") && screen.contains("instead S saves its state now"), "\(screen)")
+        screen = t.waitFor(5) { $0.contains("recording to ") }
+        let file = try #require(screen.firstMatch(of: /recording to (\S+\.jsonl\.gz)/).map { String($0.1) }, "\(screen)")
+        defer { unlink(file) }
+        Thread.sleep(forTimeInterval: 2.5)
+        t.keys("R")
+        screen = t.waitFor(5) { $0.contains("recording finished") }
+        #expect(screen.contains("recording finished (stopped)"), "\(screen)")
+        let replayed = try Binary.run(["replay", file, "--dump-at", "end", "--json"])
+        #expect(replayed.status == 0, "\(replayed.stderr)")
+        #expect(try parseJSON(replayed.stdout)["vm"]?["qemu-version"]?.stringValue?.hasPrefix("QEMU") == true, "\(replayed.stdout.prefix(500))")
 
         // QEMU dies: the inspector says so and keeps running; a new QEMU on the same path is picked up.
         checker.close()
