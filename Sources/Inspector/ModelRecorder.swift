@@ -49,7 +49,8 @@ extension InspectorModel {
 /// events, which `vmscope replay` plays as it plays a VMM's.
 ///
 /// It only reads the models it is given; whoever drives the source gives it one now and then (`observe`).
-public final class ModelRecorder {
+public final class ModelRecorder: @unchecked Sendable {
+    // @unchecked: used by one thread at a time (the session hands it to its recording thread).
     public let writer: RecordingWriter
     private var lastSeq: UInt64
     private var lastView: JSON?

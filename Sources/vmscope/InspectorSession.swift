@@ -10,7 +10,7 @@ final class InspectorSession {
     var themes: ThemeFollower
     var renderer: Renderer
     /// `R`'s recording, while it runs.
-    private var recording: (any SessionRecording)?
+    private var recording: SessionRecording?
     /// What to print once the terminal is back (a recording stopped by q or a signal: where its file is).
     private(set) var exitMessages: [String] = []
     /// `demo --story`'s guided tour, while it runs.

@@ -36,34 +36,36 @@ func writeSnapshotFiles(_ model: InspectorModel, origin: Snapshot.Origin, ascii:
     return ("snapshot written: \(json) (and .txt)", false)
 }
 
-/// `R` in the inspector: a Recorder on a thread of its own, with its own connection to the socket.
-final class BackgroundRecording: Sendable {
+/// `R`'s recording, on a thread of its own: whichever recorder it runs, its outcome once it ended, and `stop`,
+/// which waits for the file to be finished.
+class SessionRecording: @unchecked Sendable {
+    // @unchecked: the flags are atomic or locked; subclasses hand their recorder to the thread and no longer use it.
     let path: String
-    let startedNs: UInt64
+    let startedNs = HostClock.monotonicNs()
     private let stopFlag = Atomic<Bool>(false)
     private let outcome = Mutex<String?>(nil)
     private let done = DispatchSemaphore(value: 0)
 
-    init(socket: String, path: String) throws {
-        self.path = path
-        startedNs = HostClock.monotonicNs()
-        let recorder = try Recorder(socket: socket, path: path, recorder: "vmscope attach (R)")
+    init(path: String) { self.path = path }
+
+    /// Runs `body` on the thread; it records until `stopped()` says so, and returns what the status line says.
+    func start(_ name: String, _ body: @escaping @Sendable (_ stopped: @Sendable () -> Bool) -> String) {
         let thread = Thread { [self] in
-            let result: String
-            do {
-                let reason = try recorder.run { self.stopFlag.load(ordering: .relaxed) }
-                result = "recording finished (\(reason)): \(path), \(recorder.writer.entries) entries, \(recorder.writer.bytesWritten >> 10) KiB"
-            } catch {
-                result = "recording failed: \(error); \(path) replays up to its last flush"
-            }
+            let result = body { self.stopFlag.load(ordering: .relaxed) }
             outcome.withLock { $0 = result }
             done.signal()
         }
-        thread.name = "vmscope-recorder"
+        thread.name = name
         thread.start()
     }
 
-    /// Set when the recording has ended (stopped, or on its own: the VMM went away, the disk filled).
+    static func finished(_ reason: String, _ writer: RecordingWriter) -> String {
+        "recording finished (\(reason)): \(writer.path), \(writer.entries) entries, \(writer.bytesWritten >> 10) KiB"
+    }
+
+    static func failed(_ error: Error, _ path: String) -> String { "recording failed: \(error); \(path) replays up to its last flush" }
+
+    /// Set when the recording has ended (stopped, or on its own: the VM went away, the disk filled).
     var finished: String? { outcome.withLock { $0 } }
 
     /// Stops it and waits for the file to be finished.
@@ -75,63 +77,41 @@ final class BackgroundRecording: Sendable {
     }
 }
 
-/// What the session's `R` runs: vmscope's recorder on its own connection, or a recording of the inspector's own
-/// model (a stock QEMU).
-protocol SessionRecording: AnyObject, Sendable {
-    var path: String { get }
-    var startedNs: UInt64 { get }
-    var finished: String? { get }
-    func stop() -> String
+/// `R` on vmscope's VMM: a Recorder with its own connection to the socket.
+final class BackgroundRecording: SessionRecording, @unchecked Sendable {
+    init(socket: String, path: String) throws {
+        let recorder = try Recorder(socket: socket, path: path, recorder: "vmscope attach (R)")
+        super.init(path: path)
+        start("vmscope-recorder") { stopped in
+            do { return Self.finished(try recorder.run { stopped() }, recorder.writer) } catch { return Self.failed(error, path) }
+        }
+    }
 }
 
-extension BackgroundRecording: SessionRecording {}
-
-/// `R` on a stock QEMU: `ModelRecorder` on a thread of its own, given the newest model by the UI loop (`offer`, a
-/// copy that costs nothing until the model changes), ten times a second at most.
+/// `R` on a stock QEMU: `ModelRecorder`, given the newest model by the UI loop (`offer`, a copy that costs nothing
+/// until the model changes), ten times a second at most.
 final class BackgroundModelRecording: SessionRecording, @unchecked Sendable {
-    // @unchecked: `recorder` is used by the recording thread only once `init` returns.
-    let path: String
-    let startedNs: UInt64
-    private let recorder: ModelRecorder
     private let latest = Mutex<InspectorModel?>(nil)
-    private let stopFlag = Atomic<Bool>(false)
-    private let outcome = Mutex<String?>(nil)
-    private let done = DispatchSemaphore(value: 0)
 
     init(path: String, socket: String, greeting: JSON, model: InspectorModel, recorder name: String) throws {
-        self.path = path
-        startedNs = HostClock.monotonicNs()
-        recorder = try ModelRecorder(path: path, socket: socket, greeting: greeting, recorder: name, model: model)
-        let thread = Thread { [self] in
+        let recorder = try ModelRecorder(path: path, socket: socket, greeting: greeting, recorder: name, model: model)
+        super.init(path: path)
+        start("vmscope-model-recorder") { [self] stopped in
             var reason = "stopped", peerGone = false
-            var result: String
             do {
-                while !stopFlag.load(ordering: .relaxed) {
+                while !stopped() {
                     usleep(100_000)
-                    guard let m = latest.withLock({ m -> InspectorModel? in defer { m = nil }; return m }) else { continue }
+                    guard let m = self.latest.withLock({ m -> InspectorModel? in defer { m = nil }; return m }) else { continue }
                     try recorder.observe(m, nowNs: HostClock.monotonicNs())
                     if case .disconnected(let why) = m.connection { reason = "QEMU went away: \(why)"; peerGone = true; break }
                 }
                 try recorder.finish(reason: reason, peerGone: peerGone)
-                result = "recording finished (\(reason)): \(path), \(recorder.writer.entries) entries, \(recorder.writer.bytesWritten >> 10) KiB"
+                return Self.finished(reason, recorder.writer)
             } catch {
-                result = "recording failed: \(error); \(path) replays up to its last flush"
+                return Self.failed(error, path)
             }
-            outcome.withLock { $0 = result }
-            done.signal()
         }
-        thread.name = "vmscope-model-recorder"
-        thread.start()
     }
 
     func offer(_ m: InspectorModel) { latest.withLock { $0 = m } }
-
-    var finished: String? { outcome.withLock { $0 } }
-
-    func stop() -> String {
-        stopFlag.store(true, ordering: .relaxed)
-        done.wait()
-        done.signal()
-        return finished ?? "recording finished: \(path)"
-    }
 }
