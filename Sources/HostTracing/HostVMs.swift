@@ -53,6 +53,9 @@ public enum HostVMs {
         public static let memoryFaultReason = ExitReason.memoryFault.name
         /// Counted by `top` from tracepoints: exits to userspace (`kvm_userspace_exit`) and `kvm_mmio` events.
         public static let tracedUserspaceExits = "traced_userspace_exits", tracedMMIO = "traced_mmio"
+        /// Of those exits to userspace, the memory-fault exits (`KVM_EXIT_MEMORY_FAULT`: a guest's access met the
+        /// other attribute than it wanted, on a VM with private memory).
+        public static let tracedMemoryFaults = "traced_memory_faults"
         /// What a `KVM_RUN` that failed is counted as, beside the exit reasons.
         public static let errorReason = "error"
     }
@@ -125,6 +128,7 @@ public enum HostVMs {
             if let traced {
                 stats[Stat.tracedUserspaceExits] = traced.userspaceExits(pid)
                 stats[Stat.tracedMMIO] = traced.mmio[pid] ?? 0
+                stats[Stat.tracedMemoryFaults] = traced.userspaceExitsByReason[pid]?[Stat.memoryFaultReason] ?? 0
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
             out.append(Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,

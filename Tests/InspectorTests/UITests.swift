@@ -320,8 +320,10 @@ struct ControlConsentTests {
 /// Issue 27, item 13: `top` showed `-` for a QEMU's exits without saying why, and did not mark its sort column.
 struct TopLegendTests {
     static func rows() -> [HostVMs.Row] {
-        let vmm = HostVMs.Sample(pid: 100, directory: "100-11", name: "vmscope", vcpus: 2, stats: ["exits": 1000, "mmio_exits": 10, "traced_userspace_exits": 5])
-        let vmmLater = HostVMs.Sample(pid: 100, directory: "100-11", name: "vmscope", vcpus: 2, stats: ["exits": 3000, "mmio_exits": 30, "traced_userspace_exits": 9])
+        let vmm = HostVMs.Sample(pid: 100, directory: "100-11", name: "vmscope", vcpus: 2,
+                                 stats: ["exits": 1000, "mmio_exits": 10, "traced_userspace_exits": 5, HostVMs.Stat.tracedMemoryFaults: 2])
+        let vmmLater = HostVMs.Sample(pid: 100, directory: "100-11", name: "vmscope", vcpus: 2,
+                                      stats: ["exits": 3000, "mmio_exits": 30, "traced_userspace_exits": 9, HostVMs.Stat.tracedMemoryFaults: 8])
         let qemu = HostVMs.Sample(pid: 200, directory: "200-12", name: "guest", vcpus: 1, stats: [:],
                                   countersMissing: "KVM's counters unreadable: debugfs refuses it: Operation not permitted")
         return HostVMs.rows(before: [vmm, qemu], after: [vmmLater, qemu], intervalNs: 1_000_000_000)
@@ -342,6 +344,17 @@ struct TopLegendTests {
         // No row with a dash: no legend.
         view.rows = Array(Self.rows().prefix(1))
         #expect(TopView.dashLegend(view.shown) == nil)
+    }
+
+    /// Issue 29: memory-fault exits a second per VM, from the traced exits to userspace (KVM_EXIT_MEMORY_FAULT).
+    @Test func memoryFaultExitsHaveAColumn() throws {
+        let rows = Self.rows()
+        let header = TopView.columns
+        let end = try #require(header.range(of: "MEMFLT/s")).upperBound
+        let column = header.distance(from: header.startIndex, to: end)
+        let vmm = TopView.line(rows[0]), qemu = TopView.line(rows[1])
+        #expect(String(vmm.prefix(column)).hasSuffix(" 6"), "\(header)\n\(vmm)")
+        #expect(String(qemu.prefix(column)).hasSuffix(" -"), "\(header)\n\(qemu)")
     }
 }
 

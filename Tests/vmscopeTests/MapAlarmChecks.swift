@@ -46,6 +46,21 @@ struct MapAlarmChecks {
             if driver.model.mapAlarm != nil { break }
             usleep(20_000)
         }
+        // `top` counts the VMM's memory-fault exits from its tracepoints (issue 29): the guest's working set made
+        // shared again and again, each touch of it through the private view is a KVM_EXIT_MEMORY_FAULT.
+        let converting = Thread {
+            for _ in 0..<12 {
+                _ = try? control.execute("set-memory-attributes", .object([("gpa", .u(0x10_0000)), ("size", .u(0x10_0000)), ("private", .bool(false))]))
+                usleep(250_000)
+            }
+        }
+        converting.start()
+        let top = try Binary.run(["top", "--once", "--json", "--interval", "2"])
+        let rows = try JSON.parse(top.stdout)["vms"]?.arrayValue ?? []
+        let row = rows.first { $0["pid"]?.intValue == Int(vmm.pid) }
+        let memoryFaults = row?["per-second"]?["traced_memory_faults"]?.doubleValue
+        print("MapAlarmChecks: top: \(memoryFaults.map { String(format: "%.1f", $0) } ?? "none") memory-fault exits/s for the VMM")
+        #expect((memoryFaults ?? 0) > 0, "\(top.stdout.prefix(2000))\n\(top.stderr)")
         let trace = try #require(source.trace, "not traced: \(driver.model.unavailable)")
         print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off")")
         if hasTracepoint {
