@@ -223,8 +223,20 @@ struct HostileClientTests {
         vmm.signal(SIGTERM)
         let status = vmm.wait(seconds: 5)
         let took = Date().timeIntervalSince(started)
-        print("SIGTERM after huge messages: exit \(status ?? -1) in \(Int(took * 1000)) ms")
-        #expect(status != nil && took < 1, "\(took) s")
         #expect(!FileManager.default.fileExists(atPath: socket), "the socket is removed")
+        // Within 1 s; on a machine so loaded that an idle VMM takes long to exit too (a lab booting beside it, CI
+        // once measured 1.09 s), within 3 times what that takes, measured now. Held by the messages it took seconds.
+        var baseline = 0.0
+        if took >= 1 {
+            let idleSocket = dir + "/idle.sock"
+            let idle = try startVMM(idleSocket, log: dir + "/idle.log")
+            usleep(300_000)
+            let t = Date()
+            idle.signal(SIGTERM)
+            _ = idle.wait(seconds: 5)
+            baseline = Date().timeIntervalSince(t)
+        }
+        print("SIGTERM after huge messages: exit \(status ?? -1) in \(Int(took * 1000)) ms" + (took >= 1 ? "; an idle VMM's: \(Int(baseline * 1000)) ms" : ""))
+        #expect(status != nil && (took < 1 || took < 3 * baseline), "\(took) s (an idle VMM: \(baseline) s)")
     }
 }
