@@ -61,3 +61,41 @@ public struct MapAgreement: Sendable {
         return "MAP DISAGREES: \(count) page\(old.count == 1 ? "" : "s") where the VMM's map and KVM's traced one differ for over \(graceNs / 1_000_000_000) s (first gfn 0x\(String(first, radix: 16)))"
     }
 }
+
+/// Conversions KVM accepted lately (KVM's GFNs, at the trace's times): a page one of them covered within the grace
+/// period may still be on its way to the other source (the VMM's map reaches the inspector after an event and a
+/// query), so a disagreement there is not yet one. A guest that flips a bounce buffer every few milliseconds keeps
+/// its pages out of the comparison; a page that stays wrong with nothing converting it raises the alarm.
+public struct RecentConversions: Sendable {
+    private var entries: [(range: Range<UInt64>, atNs: UInt64)] = []
+    public static let bound = 65_536
+
+    public init() {}
+
+    public mutating func add(_ range: Range<UInt64>, atNs: UInt64) {
+        guard !range.isEmpty else { return }
+        entries.append((range, atNs))
+        if entries.count > Self.bound { entries.removeFirst(entries.count - Self.bound) }
+    }
+
+    /// Forgets what is older than `ns`.
+    public mutating func forget(before ns: UInt64) {
+        if let keep = entries.firstIndex(where: { $0.atNs >= ns }) { entries.removeFirst(keep) } else { entries.removeAll() }
+    }
+
+    /// `pages` (the VMM's numbering) less those a remembered conversion covered (at `aliasGFN` + page in KVM's).
+    public func excluding(_ pages: [UInt64], aliasGFN: UInt64) -> [UInt64] {
+        guard !entries.isEmpty, !pages.isEmpty else { return pages }
+        var merged: [Range<UInt64>] = []
+        for r in entries.map(\.range).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = merged.last, r.lowerBound <= last.upperBound { merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound) }
+            else { merged.append(r) }
+        }
+        return pages.filter { g in
+            let gfn = aliasGFN.saturatingAdd(g)
+            var lo = 0, hi = merged.count
+            while lo < hi { let mid = (lo + hi) / 2; if merged[mid].upperBound <= gfn { lo = mid + 1 } else { hi = mid } }
+            return !(lo < merged.count && merged[lo].contains(gfn))
+        }
+    }
+}

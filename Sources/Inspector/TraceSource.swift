@@ -44,6 +44,7 @@ public final class TraceSource: VMSource {
     /// Beside vmscope's own VMM on the kernel engine: its map against the traced one (`MapAgreement`).
     public private(set) var agreement = MapAgreement()
     private var lastAgreementCheck: UInt64 = 0
+    private var recentConversions = RecentConversions()
 
     /// With `faultsOnly`: the traced private/shared map too (a stock QEMU, which has none of its own to show).
     public let mapsBeside: Bool
@@ -209,7 +210,11 @@ public final class TraceSource: VMSource {
     private func corroborate(_ events: [TraceEvent], _ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var alarmChanged = false
         if attributes != nil {
-            for e in events { _ = attributes?.apply(e) }
+            for e in events {
+                if let c = attributes?.apply(e), c.accepted, let start = c.startGFN, let end = c.endGFN, start < end {
+                    recentConversions.add(start..<end, atNs: e.timeNs)
+                }
+            }
             alarmChanged = checkAgreement(&model, nowNs: nowNs)
         }
         for e in events {
@@ -248,7 +253,8 @@ public final class TraceSource: VMSource {
         let aliasGFN = (UInt64(1) << UInt64(bit)) >> 12, pages = model.vm.ramSize / 4096
         let known = a.view(start: aliasGFN, end: aliasGFN.saturatingAdd(pages)).known
         let (differ, compared) = MapAgreement.disagreements(traced: known, vmm: model.runs, aliasGFN: aliasGFN, pages: pages)
-        let alarm = agreement.check(differ, compared: compared, nowNs: nowNs)
+        recentConversions.forget(before: nowNs &- min(nowNs, agreement.graceNs))
+        let alarm = agreement.check(recentConversions.excluding(differ, aliasGFN: aliasGFN), compared: compared, nowNs: nowNs)
         guard alarm != model.mapAlarm else { return false }
         model.mapAlarm = alarm
         return true

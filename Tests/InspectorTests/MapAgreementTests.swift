@@ -51,6 +51,20 @@ struct MapAgreementTests {
         #expect(a.check([], compared: 10, nowNs: 15 * s) == nil)
     }
 
+    /// A page a conversion covered lately is not compared (the VMM's map may not have caught up); once the
+    /// conversion is older than the grace period, it is.
+    @Test func pagesConvertedLatelyAreLeftOut() {
+        var recent = RecentConversions()
+        recent.add((Self.alias + 10)..<(Self.alias + 12), atNs: 100)
+        recent.add((Self.alias + 11)..<(Self.alias + 20), atNs: 200)
+        recent.add((Self.alias + 40)..<(Self.alias + 41), atNs: 300)
+        #expect(recent.excluding([5, 10, 19, 20, 40, 41], aliasGFN: Self.alias) == [5, 20, 41])
+        recent.forget(before: 250)
+        #expect(recent.excluding([5, 10, 19, 20, 40, 41], aliasGFN: Self.alias) == [5, 10, 19, 20, 41])
+        recent.forget(before: 1000)
+        #expect(recent.excluding([5, 40], aliasGFN: Self.alias) == [5, 40])
+    }
+
     @Test func theAlarmIsOnTheStatusLineInEveryWidth() {
         var m = InspectorModel()
         m.vm.name = "lab"
