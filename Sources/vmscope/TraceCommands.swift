@@ -145,7 +145,11 @@ struct TraceCommand: ParsableCommand {
         guard let pid = pid ?? child.map({ $0.pid }) else { return }
         let session: TraceSession
         // Asked for kvm_vm_set_mem_attributes, the session also takes the ioctl events that pair it with results.
-        let sessionEvents = wanted.map { $0.contains("kvm_vm_set_mem_attributes") ? $0.union(EventLayouts.conversionPairing) : $0 }
+        // --paired-only (without --events) needs only what it pairs: not kvm_exit and kvm_mmio, which fire on most
+        // exits (each one an event the kernel writes and this process reads: in the lab they took a third of the
+        // guest's progress).
+        let needed = wanted ?? (pairedOnly ? Set(EventLayouts.pairedEvents) : nil)
+        let sessionEvents = needed.map { $0.contains("kvm_vm_set_mem_attributes") ? $0.union(EventLayouts.conversionPairing) : $0 }
         do { session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init)) } catch {
             print("vmscope trace: \(error)", to: &err)
             child?.terminate()

@@ -161,7 +161,7 @@ struct LabTests {
         let plain = try runSuiteInsideTheLab("TracedMapChecks", tests: "1 test")
         for line in plain.split(separator: "\n") where line.contains("TracedMapChecks: ") { print(line) }
         // The inspector beside vmscope's VMM: its map and the traced one agree, no alarm (`MapAlarmChecks`).
-        let alarm = try runSuiteInsideTheLab("MapAlarmChecks", tests: "2 tests")
+        let alarm = try runSuiteInsideTheLab("MapAlarmChecks", tests: "3 tests")
         for line in alarm.split(separator: "\n") where line.contains("MapAlarmChecks: ") { print(line) }
     }
 
