@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import KVM
 import Schema
 
@@ -146,7 +149,7 @@ extension TraceEvent {
                 // A MEMORY_FAULT exit is KVM_RUN returning -EFAULT by design: the reason, and the errno it came with.
                 m += [("reason", .u(UInt64(reason.rawValue))), ("reason-name", .string(reason.name)), ("errno", .int(Int64(errno)))]
             } else if errno < 0 {
-                m += [("errno", .int(Int64(errno))), ("error", .string(errno == -4 ? "EINTR (restart)" : "KVM_RUN failed"))]
+                m += [("errno", .int(Int64(errno))), ("error", .string(errno == -EINTR ? "EINTR (restart)" : "KVM_RUN failed"))]
             } else {
                 m += [("reason", .u(UInt64(reason.rawValue))), ("reason-name", .string(reason.name))]
             }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Schema
 import KVM
 
@@ -176,7 +179,7 @@ public final class KernelEngine: AttributeEngine {
             try memory.vm.setMemoryAttributes(address: address, size: pages * AttributeMap.pageSize,
                                               attributes: toPrivate ? .private : [])
         } catch {
-            throw VMMError(error.errno == 22 || error.errno == 25 ? .unsupported : .genericError, error.description)
+            throw VMMError(error.errno == EINVAL || error.errno == ENOTTY ? .unsupported : .genericError, error.description)
         }
     }
 

@@ -797,19 +797,19 @@ public final class ReferenceVMM: @unchecked Sendable {
 
     /// `KVM_HC_MAP_GPA_RANGE`: rbx-style args (gpa, pages, attributes). Returns the value for the guest's RAX.
     func handleHypercall(runner: VCPURunner, _ call: Hypercall) -> UInt64 {
-        guard call.number == Hypercall.mapGPARange, call.args.count >= 3 else { return UInt64(bitPattern: -38) } // -ENOSYS
+        guard call.number == Hypercall.mapGPARange, call.args.count >= 3 else { return UInt64(bitPattern: Int64(-ENOSYS)) }
         let attrs = call.args[2]
         let pageSizes: [UInt64] = [4096, 2 << 20, 1 << 30]
         let sizeCode = Int(attrs & 0xF)
-        guard attrs & ~0x1F == 0, sizeCode < pageSizes.count else { return UInt64(bitPattern: -22) }  // -EINVAL
+        guard attrs & ~0x1F == 0, sizeCode < pageSizes.count else { return UInt64(bitPattern: Int64(-EINVAL)) }
         let (size, overflow) = call.args[1].multipliedReportingOverflow(by: pageSizes[sizeCode])
-        guard !overflow else { return UInt64(bitPattern: -22) }
+        guard !overflow else { return UInt64(bitPattern: Int64(-EINVAL)) }
         do {
             _ = try convert(gpa: call.args[0], size: size, toPrivate: attrs & 0x10 != 0, discard: true,
                             cause: .guestRequest, vcpu: runner.index)
             return 0
         } catch {
-            return UInt64(bitPattern: -22)
+            return UInt64(bitPattern: Int64(-EINVAL))
         }
     }
 }
