@@ -5,6 +5,12 @@ import Testing
 /// A new user's first hour (issue 27): what the command line says of itself, refusing to overwrite a file, and a
 /// demo killed outright leaving no VMM behind.
 @Suite struct FirstHourTests {
+    /// `vmscope demo` (with `options`) in a tmux pane of that size; the shell prints its exit status after it.
+    static func demoPane(_ options: String = "", width: Int = 80, height: Int = 24) throws -> TmuxPane {
+        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
+        return try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo \(options); echo VMSCOPE-EXIT=$?; sleep 60", width: width, height: height)
+    }
+
     @Test func versionAndHelpSayWhatAUserTypes() throws {
         let v = try Binary.run(["--version"])
         #expect(v.status == 0 && v.stdout.hasPrefix("vmscope 0."), "\(v.stdout)\(v.stderr)")
@@ -28,8 +34,7 @@ import Testing
 
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
     func aSIGKILLedDemoTakesItsVMMWithIt() throws {
-        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 120, height: 40)
+        let t = try Self.demoPane(width: 120, height: 40)
         defer { t.kill() }
         let screen = t.waitFor(20) { (number(after: "faults", in: $0) ?? 0) > 0 }
         try #require((number(after: "faults", in: screen) ?? 0) > 0, "\(screen)")
@@ -45,8 +50,7 @@ extension FirstHourTests {
     /// could not be found. It scrolls to its end, and only q/Esc/Enter/? close it.
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
     func helpAt80x24ScrollsToItsEndAndClosesOnlyWhenAsked() throws {
-        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 80, height: 24)
+        let t = try Self.demoPane()
         defer { t.kill() }
         // At 80 columns the views are tabs (four 38-column panes cut words): the map at full width, then 2 for
         // the faults with their column headers.
@@ -83,8 +87,7 @@ extension FirstHourTests {
     /// as the guest touches it, and one line on screen now says so (nothing did).
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
     func theDemoSaysWhatFollowedAConversion() throws {
-        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo; echo VMSCOPE-EXIT=$?; sleep 60", width: 80, height: 24)
+        let t = try Self.demoPane()
         defer { t.kill() }
         _ = t.waitFor(20) { (number(after: "faults", in: $0) ?? 0) > 0 || $0.contains("█ private") }
         t.keys(":convert 0x100000 1M shared", "Enter")
@@ -106,9 +109,7 @@ extension FirstHourTests {
     /// a vCPU under policy pause and resuming it, each step said on screen.
     @Test(.enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
     func theGuidedTourRunsToItsEnd() throws {
-        try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
-        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) demo --story --story-speed 4; echo VMSCOPE-EXIT=$?; sleep 60",
-                             width: 80, height: 24)
+        let t = try Self.demoPane("--story --story-speed 4")
         defer { t.kill() }
         var seen: Set<String> = []
         var stopped = false
