@@ -400,6 +400,14 @@ public final class ControlServer: @unchecked Sendable {
         c.output.append(0x0A)
     }
 
+    /// `message` as the line a client reads (for the encodings clients share).
+    private static func line(_ message: JSON) -> [UInt8] {
+        var bytes: [UInt8] = []
+        message.write(to: &bytes)
+        bytes.append(0x0A)
+        return bytes
+    }
+
     private func flush(_ c: Client) {
         while c.pendingOutput > 0 {
             let n = c.output.withUnsafeBytes {
@@ -431,12 +439,7 @@ public final class ControlServer: @unchecked Sendable {
             c.eventsDropped = 0
         }
         for e in entries {
-            if encodedEvents[e.seq] == nil {
-                var bytes: [UInt8] = []
-                Encode.event(e.event).message(wallNs: wall(e.timeNs)).write(to: &bytes)
-                bytes.append(0x0A)
-                encodedEvents[e.seq] = bytes
-            }
+            if encodedEvents[e.seq] == nil { encodedEvents[e.seq] = Self.line(Encode.event(e.event).message(wallNs: wall(e.timeNs))) }
             c.output.append(contentsOf: encodedEvents[e.seq]!)
         }
         c.eventCursor = entries.last?.seq ?? (c.eventCursor + missed)
@@ -449,10 +452,8 @@ public final class ControlServer: @unchecked Sendable {
             if encodedFaults[key] == nil {
                 let (records, dropped) = vmm.faults.records(after: key.after, limit: key.limit)
                 guard !records.isEmpty || dropped > 0 else { return }
-                var bytes: [UInt8] = []
-                Event.memoryFault(FaultBatch(records: records, dropped: dropped)).message(wallNs: wall(now)).write(to: &bytes)
-                bytes.append(0x0A)
-                encodedFaults[key] = (bytes, records.last?.seq ?? (key.after + dropped))
+                encodedFaults[key] = (Self.line(Event.memoryFault(FaultBatch(records: records, dropped: dropped)).message(wallNs: wall(now))),
+                                      records.last?.seq ?? (key.after + dropped))
             }
             let batch = encodedFaults[key]!
             c.faultCursor = batch.cursor

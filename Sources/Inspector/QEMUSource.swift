@@ -14,14 +14,10 @@ import ControlProtocol
 /// answers one command at a time). An event that says something changed makes the next poll come at once.
 /// `vmscope-bench --only qemu-poll` measures QEMU's CPU with and without the inspector, paused and running.
 public struct QEMUSource: Sendable {
-    /// Why a stock QEMU is not recorded, and what records it instead (the inspector's `R`, `vmscope record`):
-    /// `socket` when the user named one (the command line), else the inspector's own keys.
-    public static func recordingRefusal(pid: Int?, socket: String?) -> String {
-        let p = pid.map(String.init) ?? "QEMU-PID"
-        let snapshot = socket.map { "vmscope snapshot \($0)" } ?? "S"
-        return "a stock QEMU cannot be recorded (no query-snapshot; one client per monitor); instead \(snapshot) "
-            + "saves its state now, and vmscope trace \(p) --save-raw FILE records its KVM exits (trace --load-raw FILE reads them back)"
-    }
+    /// Why vmscope's own recorder (`Recorder`, a client of its own asking `query-snapshot`) does not take a stock
+    /// QEMU, and what records it instead (`ModelRecorder`).
+    public static let recorderRefusal = "a stock QEMU, which has no query-snapshot and serves one client per monitor: "
+        + "it is recorded from what the inspector sees of it (R while attached, or vmscope record SOCKET)"
 
     /// Sends one command and returns its `return` value; a refusal or a broken connection throws.
     public typealias Execute = (String, JSON?) throws -> JSON

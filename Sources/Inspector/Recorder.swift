@@ -13,14 +13,14 @@ public final class Recorder: @unchecked Sendable {
     private var lastClientDrops: UInt64 = 0
 
 
-    /// Connects, writes the header and the opening snapshot. A stock QEMU is refused: it has no
-    /// `query-snapshot` and serves one client per monitor, which the inspector already holds.
+    /// Connects, writes the header and the opening snapshot. A stock QEMU is refused (it has no `query-snapshot`
+    /// and serves one client per monitor); `ModelRecorder` records it.
     public init(socket: String, path: String, faultLimit: Int = 256, recorder: String = "vmscope") throws {
         // Events as they came (the fast fault decoder would drop each event's timestamp on the way to the file).
         let client = try ControlClient(path: socket, timeoutMs: 5000, decodeFaults: false)
         guard case .vmscope = client.peer else {
             defer { client.close() }
-            throw RecordingError.format("\(socket) is \(QEMUSource.recordingRefusal(pid: client.serverPID, socket: socket))")
+            throw RecordingError.format("\(socket) is \(QEMUSource.recorderRefusal)")
         }
         self.client = client
         let mono = HostClock.monotonicNs()
