@@ -28,8 +28,9 @@ public protocol AttributeEngine: AnyObject, Sendable {
     /// the memslot for each.
     func staticSegments(pageCount: UInt64) -> [Segment]
     func staticRegion(for segment: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion
-    /// Why converting (or revoking) `pages` is refused on this engine, or nil.
-    func conversionRefusal(pages: Range<UInt64>) -> String?
+    /// Why converting `pages` (to private or not, discarding the side given up or not) is refused on this engine,
+    /// or nil. Revoking asks as a conversion to shared without discard.
+    func conversionRefusal(pages: Range<UInt64>, toPrivate: Bool, discard: Bool) -> VMMError?
 }
 
 extension AttributeEngine {
@@ -37,7 +38,7 @@ extension AttributeEngine {
     public func staticRegion(for segment: Segment, slot: UInt16, memory: GuestMemory) -> MemoryRegion {
         region(for: segment, slot: slot, memory: memory)
     }
-    public func conversionRefusal(pages: Range<UInt64>) -> String? { nil }
+    public func conversionRefusal(pages: Range<UInt64>, toPrivate: Bool, discard: Bool) -> VMMError? { nil }
 }
 
 /// `window` cut into pieces of at most 2^18 pages (1 GiB), well inside KVM_MEM_MAX_NR_PAGES.
@@ -81,9 +82,23 @@ public final class VMMEnforcedEngine: AttributeEngine {
     public let kind = AttributeEngineKind.vmm
     public let alias: UInt64
     public var sharedAlias: UInt64? { alias }
+    /// RAM pages holding the built-in guest's image (code, tables, parameter blocks, stacks), or nil.
+    public let imagePages: Range<UInt64>?
 
-    public init(sharedAliasBit: Int) {
+    public init(sharedAliasBit: Int, imagePages: Range<UInt64>? = nil) {
         alias = 1 << UInt64(sharedAliasBit)
+        self.imagePages = imagePages
+    }
+
+    /// A conversion to shared with discard punches the private backing: over the guest's image that erases the code
+    /// the vCPUs are running, and they run through zeros into an emulation error. Refused by name, with the way that
+    /// keeps the bytes (discard false: each fetch then faults and is converted back, the code found again). The
+    /// implicit conversions back to private, and any conversion without discard, go ahead.
+    public func conversionRefusal(pages: Range<UInt64>, toPrivate: Bool, discard: Bool) -> VMMError? {
+        guard discard, !toPrivate, let image = imagePages, pages.overlaps(image) else { return nil }
+        return VMMError(.invalidRange, "pages \(image.lowerBound)-\(image.upperBound - 1) hold the built-in guest's code,"
+            + " tables and stacks: converting them to shared with discard would erase the code the vCPUs are running"
+            + " (they would run through zeros into an emulation error); convert them with discard false to keep their bytes")
     }
 
     public func installInitialAttributes(_ memory: GuestMemory) throws(VMMError) {}
@@ -237,13 +252,13 @@ public final class KernelEngine: AttributeEngine {
                             userspaceAddress: memory.sharedMapping.address + offset)
     }
 
-    public func conversionRefusal(pages: Range<UInt64>) -> String? {
+    public func conversionRefusal(pages: Range<UInt64>, toPrivate: Bool, discard: Bool) -> VMMError? {
         guard let image = imagePages, pages.overlaps(image) else { return nil }
-        return "pages \(image.lowerBound)-\(image.upperBound - 1) hold the guest's image (code, tables, stacks) in shared"
+        return VMMError(.unsupported, "pages \(image.lowerBound)-\(image.upperBound - 1) hold the guest's image (code, tables, stacks) in shared"
             + " memory: the kernel engine does not map guest_memfd (private memory stays out of the VMM's reach, as on a"
             + " confidential VM; Linux 6.12 could not map it at all), so it cannot give the guest a private copy, and"
             + " without a memslot there KVM faults the guest's own table reads into it (#GP, seen in the lab); the kernel"
-            + " engine neither converts nor revokes them"
+            + " engine neither converts nor revokes them")
     }
 
     public func classify(_ gpa: UInt64, ramSize: UInt64) -> GPAClassification? {

@@ -229,7 +229,7 @@ public final class GuestMemory: @unchecked Sendable {
     public func convert(gpa: UInt64, size: UInt64, toPrivate: Bool, discard: Bool) throws(VMMError) -> ConversionResult {
         let started = HostClock.monotonicNs()
         let range = try pages(gpa: gpa, size: size)
-        if let refusal = engine.conversionRefusal(pages: range) { throw VMMError(.unsupported, refusal) }
+        if let refusal = engine.conversionRefusal(pages: range, toPrivate: toPrivate, discard: discard) { throw refusal }
         let anyRevoked = !revoked.isUniform(pages: range, private: false)
         if attributes.isUniform(pages: range, private: toPrivate) && !anyRevoked {
             return ConversionResult(runsChanged: 0, durationNs: HostClock.monotonicNs() - started, memslotsChanged: false)
@@ -269,7 +269,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// Removes the mapping of `[gpa, gpa+size)` so the guest's next access faults (fault injection `revoke`).
     public func revoke(gpa: UInt64, size: UInt64) throws(VMMError) {
         let range = try pages(gpa: gpa, size: size)
-        if let refusal = engine.conversionRefusal(pages: range) { throw VMMError(.unsupported, refusal) }
+        if let refusal = engine.conversionRefusal(pages: range, toPrivate: false, discard: false) { throw refusal }
         try setRevoked(pages: range, true)
     }
 

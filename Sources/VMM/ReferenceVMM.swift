@@ -95,7 +95,7 @@ public final class ReferenceVMM: @unchecked Sendable {
         case .kernel:
             engine = KernelEngine(sharedAliasBit: bit, imagePages: imagePages)
         case .vmm:
-            engine = VMMEnforcedEngine(sharedAliasBit: bit)
+            engine = VMMEnforcedEngine(sharedAliasBit: bit, imagePages: imagePages)
         }
 
         do {
