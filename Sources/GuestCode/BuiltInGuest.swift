@@ -120,7 +120,7 @@ public enum ParameterBlock {
 /// 4. reports its pass counter on `GuestPort.heartbeat`.
 /// The #MC and NMI handlers report on their ports and return (without `iret`, see `returnFromInterrupt`); any other exception reports its vector and
 /// halts. Memory operands are register-indirect only (see `kvm-facts.md`).
-public struct BuiltInGuest {
+public struct BuiltInGuest: Sendable {
     /// Bytes copied through the bounce buffer each time.
     public static let bounceBytes: UInt32 = 256
     public let code: [UInt8]

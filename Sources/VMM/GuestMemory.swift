@@ -123,6 +123,19 @@ public final class GuestMemory: @unchecked Sendable {
 
     public var pageCount: UInt64 { attributes.pageCount }
 
+    /// Runs `body` holding `lock`: the one way the VMM takes it.
+    public func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    /// Whether `revoke` removed page `gfn`'s mapping (in `revoked`, "private" means revoked).
+    public func isRevoked(gfn: UInt64) -> Bool { revoked.isPrivate(gfn: gfn) }
+
+    /// Whether any of `pages` is revoked.
+    public func anyRevoked(pages: Range<UInt64>) -> Bool { !revoked.isUniform(pages: pages, private: false) }
+
     init(vm: VirtualMachine, ramSize: UInt64, engine: any AttributeEngine, privateBacking: RAMBacking,
          sharedBacking: RAMBacking, memslotLimit: Int, pinnedBoundaries: [UInt64] = [],
          memslotSpan: UInt64 = GuestMemory.defaultMemslotSpan, initiallyShared: Range<UInt64>? = nil) throws(VMMError) {
@@ -230,8 +243,8 @@ public final class GuestMemory: @unchecked Sendable {
         let started = HostClock.monotonicNs()
         let range = try pages(gpa: gpa, size: size)
         if let refusal = engine.conversionRefusal(pages: range, toPrivate: toPrivate, discard: discard) { throw refusal }
-        let anyRevoked = !revoked.isUniform(pages: range, private: false)
-        if attributes.isUniform(pages: range, private: toPrivate) && !anyRevoked {
+        let someRevoked = anyRevoked(pages: range)
+        if attributes.isUniform(pages: range, private: toPrivate) && !someRevoked {
             return ConversionResult(runsChanged: 0, durationNs: HostClock.monotonicNs() - started, memslotsChanged: false)
         }
         var newAttributes = attributes
@@ -275,7 +288,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Gives revoked page `gfn` its mapping back (attribute unchanged).
     func remap(gfn: UInt64) throws(VMMError) {
-        guard revoked.isPrivate(gfn: gfn) else { return }
+        guard isRevoked(gfn: gfn) else { return }
         try setRevoked(pages: gfn..<(gfn + 1), false)
     }
 
@@ -413,4 +426,35 @@ public final class GuestMemory: @unchecked Sendable {
     /// Why the host cannot read private pages, for messages.
     public static let privateUnmappable = "private pages live in a guest_memfd this kernel does not let the VMM map"
         + " (no GUEST_MEMFD_FLAG_MMAP: Linux before 6.18, or a private-memory VM type)"
+
+    /// `read-memory`'s bytes: RAM through one view, or (`privateView` nil) each page through its own current attribute.
+    /// Caller holds `lock`.
+    func read(gpa: UInt64, size: UInt64, privateView: Bool?) throws(VMMError)
+        -> (bytes: [UInt8], views: [(offset: UInt64, size: UInt64, isPrivate: Bool)]) {
+        let (end, overflow) = gpa.addingReportingOverflow(size)
+        guard !overflow && end <= ramSize else {
+            throw VMMError(.invalidRange, "[\(hex(gpa)), +\(size)) is outside RAM")
+        }
+        var views: [(offset: UInt64, size: UInt64, isPrivate: Bool)] = []
+        var at = gpa
+        while at < end {
+            let pageEnd = min(end, (at / 4096 + 1) * 4096)
+            let isPrivate = privateView ?? attributes.isPrivate(gfn: at / 4096)
+            if let last = views.last, last.isPrivate == isPrivate {
+                views[views.count - 1].size += pageEnd - at
+            } else {
+                views.append((at - gpa, pageEnd - at, isPrivate))
+            }
+            at = pageEnd
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(size))
+        for v in views {
+            guard let p = hostPointer(ramOffset: gpa + v.offset, privateView: v.isPrivate) else {
+                throw VMMError(.unsupported, "read-memory \(hex(gpa + v.offset)) through the private view: \(GuestMemory.privateUnmappable)")
+            }
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: Int(v.size)))
+        }
+        return (bytes, views)
+    }
 }

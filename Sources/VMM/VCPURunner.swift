@@ -49,17 +49,20 @@ private let installKickHandler: Void = {
     sigaction(kickSignal, &action, nil)
 }()
 
-/// One vCPU thread: runs `KVM_RUN`, dispatches exits, and obeys pause/resume/step.
+/// One vCPU thread: runs `KVM_RUN` and hands each exit to the exit handlers (`ExitHandler`), in order; what no
+/// handler takes is what KVM's exit means for the vCPU's state (halt, shutdown, error). Obeys pause, resume and step.
 ///
-/// The thread never waits on a reader: fault records and events go to bounded rings. Other threads talk to
-/// it through `cond`-guarded flags and a queue of requests it runs between two `KVM_RUN`s (KVM serialises
-/// vCPU ioctls against `KVM_RUN`, so a register read from another thread would wait for the next exit).
-final class VCPURunner: @unchecked Sendable {
+/// The thread never waits on a reader: fault records and events go to bounded rings. Other threads talk to it
+/// through `cond`-guarded flags and a queue of requests it runs between two `KVM_RUN`s (KVM serialises vCPU ioctls
+/// against `KVM_RUN`, so a register read from another thread would wait for the next exit). It holds no VMM: only
+/// its vCPU, the event log its state changes go to, and the handlers.
+final class VCPURunner: VCPUContext, @unchecked Sendable {
     // @unchecked: mutable state is guarded by `cond`, except what only the vCPU thread touches.
     let index: Int
     let vcpu: VCPU
-    unowned let vmm: ReferenceVMM
     let statistics: BinaryStats?
+    private let events: EventLog
+    private let exitHandlers: ExitHandlers
 
     private let cond = NSCondition()
     private var state = VCPURunState.paused
@@ -82,15 +85,16 @@ final class VCPURunner: @unchecked Sendable {
     /// the lab's slow guest each interruption took 20–100 ms of the control server, and every other client's
     /// command waited behind it. A vCPU in any other state (paused, stepped, halted) is read afresh.
     static let registerReuseNs: UInt64 = 10_000_000
-    private var lastHeartbeatEvent: UInt64 = 0
     // vCPU thread only:
+    private var handlers: [any ExitHandler] = []
     private var lastFaultGPA: UInt64?
     private var repeatedFaults = 0
 
-    init(index: Int, vcpu: VCPU, vmm: ReferenceVMM) {
+    init(index: Int, vcpu: VCPU, events: EventLog, handlers: ExitHandlers) {
         self.index = index
         self.vcpu = vcpu
-        self.vmm = vmm
+        self.events = events
+        self.exitHandlers = handlers
         self.statistics = try? vcpu.statistics()
     }
 
@@ -101,9 +105,7 @@ final class VCPURunner: @unchecked Sendable {
 
     func start() {
         _ = installKickHandler
-        cond.lock()
-        threadRunning = true
-        cond.unlock()
+        cond.withLock { threadRunning = true }
         let box = Unmanaged.passRetained(self)
         var tid = pthread_t()
         let rc = pthread_create(&tid, nil, { arg in
@@ -114,32 +116,25 @@ final class VCPURunner: @unchecked Sendable {
             return nil
         }, box.toOpaque())
         precondition(rc == 0, "pthread_create failed: \(rc)")
-        cond.lock()
-        thread = tid
-        cond.unlock()
+        cond.withLock { thread = tid }
     }
 
     /// Stops the thread and waits for it.
     func stopAndJoin() {
-        cond.lock()
-        stopRequested = true
-        let t = thread
-        cond.broadcast()
-        cond.unlock()
+        let t = cond.withLock {
+            stopRequested = true
+            cond.broadcast()
+            return thread
+        }
         kick()
         if let t { pthread_join(t, nil) }
-        cond.lock()
-        thread = nil
-        cond.unlock()
+        cond.withLock { thread = nil }
     }
 
     /// Makes a `KVM_RUN` in progress return (`immediate_exit` plus a signal to the thread).
     private func kick() {
         vcpu.requestImmediateExit(true)
-        cond.lock()
-        let t = thread
-        cond.unlock()
-        if let t { pthread_kill(t, kickSignal) }
+        if let t = cond.withLock({ thread }) { pthread_kill(t, kickSignal) }
     }
 
     private func setState(_ new: VCPURunState, _ reason: String) {
@@ -148,52 +143,60 @@ final class VCPURunner: @unchecked Sendable {
         state = new
         errorDetail = new == .error ? reason : nil
         cond.broadcast()
-        vmm.events.append(.vcpuStateChanged(index: index, state: new, reason: reason))
+        events.append(.vcpuStateChanged(index: index, state: new, reason: reason))
     }
 
+    /// Runs the queued requests, without `cond` held (they may take other locks), until none is left.
     private func runRequests() {
-        // Caller holds cond; requests run without it so they may take other locks.
-        while !requests.isEmpty {
-            let batch = requests
-            requests.removeAll()
-            cond.unlock()
+        while true {
+            let batch: [() -> Void] = cond.withLock {
+                defer { requests.removeAll() }
+                return requests
+            }
+            if batch.isEmpty { return }
             for r in batch { r() }
-            cond.lock()
         }
     }
 
-    private func loop() {
-        cond.lock()
-        threadID = ckvm_gettid()
-        cond.unlock()
-        while true {
-            cond.lock()
-            runRequests()
-            while !stopRequested && ((pauseRequested && steps == 0) || state == .halted || state == .shutdown
-                                     || state == .error || state == .faultStopped) {
-                if state == .running { setState(.paused, "pause requested") }
-                cond.wait()
-                runRequests()
-            }
-            if stopRequested {
-                threadRunning = false
-                cond.broadcast()
-                cond.unlock()
-                return
-            }
-            if steps > 0 { steps -= 1 }
-            setState(.running, pauseRequested ? "step" : "resumed")
-            vcpu.requestImmediateExit(false)
-            cond.unlock()
+    private enum Next { case run, stop, again }
 
+    /// Whether the vCPU runs now, stops, or (after a wait) looks again. Caller holds `cond`.
+    private func nextStep() -> Next {
+        if !requests.isEmpty { return .again }
+        if stopRequested {
+            threadRunning = false
+            cond.broadcast()
+            return .stop
+        }
+        if (pauseRequested && steps == 0) || state == .halted || state == .shutdown || state == .error || state == .faultStopped {
+            if state == .running { setState(.paused, "pause requested") }
+            cond.wait()
+            return .again
+        }
+        if steps > 0 { steps -= 1 }
+        setState(.running, pauseRequested ? "step" : "resumed")
+        vcpu.requestImmediateExit(false)
+        return .run
+    }
+
+    private func loop() {
+        handlers = exitHandlers.freeze()
+        cond.withLock { threadID = ckvm_gettid() }
+        while true {
+            runRequests()
+            switch cond.withLock({ nextStep() }) {
+            case .again: continue
+            case .stop: return
+            case .run: break
+            }
             do {
                 let exit = try vcpu.run()
                 dispatch(exit)
             } catch {
-                cond.lock()
-                lastExit = "error"
-                setState(.error, error.description)
-                cond.unlock()
+                cond.withLock {
+                    lastExit = "error"
+                    setState(.error, error.description)
+                }
             }
         }
     }
@@ -201,53 +204,46 @@ final class VCPURunner: @unchecked Sendable {
     // MARK: Control from other threads
 
     func requestPause() {
-        cond.lock()
-        pauseRequested = true
-        steps = 0
-        cond.unlock()
+        cond.withLock {
+            pauseRequested = true
+            steps = 0
+        }
         kick()
     }
 
-    func requestResume() {
-        cond.lock()
-        pauseRequested = false
-        steps = 0
-        if state == .faultStopped { resumeFault = true }
-        if state == .halted { state = .paused }
-        cond.broadcast()
-        cond.unlock()
-    }
+    func requestResume() { release(pausing: false, steps: 0) }
 
-    func requestStep() {
-        cond.lock()
-        pauseRequested = true
-        steps = 1
-        if state == .faultStopped { resumeFault = true }
-        if state == .halted { state = .paused }
-        cond.broadcast()
-        cond.unlock()
+    func requestStep() { release(pausing: true, steps: 1) }
+
+    /// Lets the vCPU go on (out of a fault stop or a halt too): running, or for `steps` steps and then paused.
+    private func release(pausing: Bool, steps: Int) {
+        cond.withLock {
+            pauseRequested = pausing
+            self.steps = steps
+            if state == .faultStopped { resumeFault = true }
+            if state == .halted { state = .paused }
+            cond.broadcast()
+        }
     }
 
     /// Wakes a halted vCPU (an NMI or #MC is pending for it).
     func wakeIfHalted() {
-        cond.lock()
-        if state == .halted { state = .paused; cond.broadcast() }
-        cond.unlock()
+        cond.withLock {
+            if state == .halted { state = .paused; cond.broadcast() }
+        }
     }
 
-    var currentState: VCPURunState {
-        cond.lock(); defer { cond.unlock() }
-        return state
-    }
+    var currentState: VCPURunState { cond.withLock { state } }
 
     /// Waits until the state is one of `states`, at most `timeout` seconds.
     func wait(for states: Set<VCPURunState>, timeout: TimeInterval) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
-        cond.lock(); defer { cond.unlock() }
-        while !states.contains(state) {
-            if !cond.wait(until: deadline) { return states.contains(state) }
+        return cond.withLock {
+            while !states.contains(state) {
+                if !cond.wait(until: deadline) { return states.contains(state) }
+            }
+            return true
         }
-        return true
     }
 
     /// Runs `body` on the vCPU thread between two runs (or here, when the thread is not running).
@@ -256,18 +252,19 @@ final class VCPURunner: @unchecked Sendable {
     {
         let slot = ResultBox<T>()
         let done = DispatchSemaphore(value: 0)
-        cond.lock()
-        if !threadRunning || thread == nil {
-            cond.unlock()
+        let vcpu = self.vcpu
+        let queued = cond.withLock {
+            guard threadRunning && thread != nil else { return false }
+            requests.append {
+                do throws(KVMError) { slot.result = .success(try body(vcpu)) } catch { slot.result = .failure(error) }
+                done.signal()
+            }
+            cond.broadcast()
+            return true
+        }
+        if !queued {
             do { return try body(vcpu) } catch { throw VMMError.kvm(error) }
         }
-        let vcpu = self.vcpu
-        requests.append {
-            do throws(KVMError) { slot.result = .success(try body(vcpu)) } catch { slot.result = .failure(error) }
-            done.signal()
-        }
-        cond.broadcast()
-        cond.unlock()
         kick()
         guard done.wait(timeout: .now() + timeout) == .success, let result = slot.result else {
             throw VMMError(.genericError, "vcpu \(index) did not answer within \(timeout) s")
@@ -282,9 +279,9 @@ final class VCPURunner: @unchecked Sendable {
         var regs: kvm_regs?
         var sregs: kvm_sregs?
         let now = HostClock.monotonicNs()
-        cond.lock()
-        let reused = state == .running ? lastRegisters.flatMap { now &- $0.atNs < Self.registerReuseNs ? $0.pair : nil } : nil
-        cond.unlock()
+        let reused = cond.withLock {
+            state == .running ? lastRegisters.flatMap { now &- $0.atNs < Self.registerReuseNs ? $0.pair : nil } : nil
+        }
         if withRegisters, let both = reused ?? (try? perform({ v throws(KVMError) in
             RegisterPair(regs: try v.registers(), sregs: try v.specialRegisters())
         })) {
@@ -292,138 +289,99 @@ final class VCPURunner: @unchecked Sendable {
             regs = both.regs
             sregs = both.sregs
             if reused == nil {
-                cond.lock()
-                lastRegisters = state == .running ? (both, now) : nil
-                cond.unlock()
+                cond.withLock { lastRegisters = state == .running ? (both, now) : nil }
             }
         }
         let stats = (try? statistics?.readScalars()) ?? [:]
-        cond.lock(); defer { cond.unlock() }
-        return VCPUSnapshot(index: index, threadID: threadID, state: state, lastExit: lastExit,
-                            exitCounts: exitCounts, guest: counters, registers: regs, specialRegisters: sregs,
-                            statistics: stats, errorDetail: errorDetail)
+        return cond.withLock {
+            VCPUSnapshot(index: index, threadID: threadID, state: state, lastExit: lastExit,
+                         exitCounts: exitCounts, guest: counters, registers: regs, specialRegisters: sregs,
+                         statistics: stats, errorDetail: errorDetail)
+        }
     }
 
-    var guestCounters: GuestCounters {
-        cond.lock(); defer { cond.unlock() }
-        return counters
-    }
+    var guestCounters: GuestCounters { cond.withLock { counters } }
 
     // MARK: Exits
 
-    private func count(_ exit: VCPUExit) {
-        let name = exit.reason.name
-        cond.lock()
-        exitCounts[name, default: 0] += 1
-        lastExit = name
-        cond.unlock()
-    }
-
     private func dispatch(_ exit: VCPUExit) {
         if case .interrupted = exit {
-            cond.lock(); exitCounts["INTR", default: 0] += 1; cond.unlock()
+            cond.withLock { exitCounts["INTR", default: 0] += 1 }
             return
         }
-        count(exit)
-        switch exit {
-        case .ioOut(let port, let size, _, let data):
-            var value: UInt64 = 0
-            for (i, b) in data.prefix(min(size, 8)).enumerated() { value |= UInt64(b) << (8 * UInt64(i)) }
-            guestPort(port, value: value)
-        case .ioIn(_, _, _, let buffer):
-            buffer.fillAllOnes()
-        case .mmioRead(let address, let buffer):
-            vmm.handleMMIO(runner: self, address: address, read: buffer, write: nil)
-        case .mmioWrite(let address, let data):
-            vmm.handleMMIO(runner: self, address: address, read: nil, write: data)
-        case .hlt:
-            cond.lock(); setState(.halted, "HLT"); cond.unlock()
-        case .shutdown:
-            cond.lock(); setState(.shutdown, "KVM_EXIT_SHUTDOWN (triple fault)"); cond.unlock()
-        case .systemEvent(let type, _):
-            cond.lock(); setState(.shutdown, "KVM_EXIT_SYSTEM_EVENT type \(type)"); cond.unlock()
-        case .internalError(let suberror, let data):
-            // An instruction fetch from a page whose view has no memslot (vmm engine) is an emulation failure:
-            // a memory fault with access exec, handled by the policy like a data access.
-            if suberror == VCPUExit.emulationFailure && vmm.handleFetchFault(runner: self) { return }
-            cond.lock()
-            setState(.error, "KVM_EXIT_INTERNAL_ERROR suberror \(suberror) (\(VCPUExit.internalErrorName(suberror)))"
-                     + " data [\(data.map { hex($0) }.joined(separator: ", "))]")
-            cond.unlock()
-        case .failEntry(let reason, _):
-            cond.lock(); setState(.error, "KVM_EXIT_FAIL_ENTRY reason \(hex(reason))"); cond.unlock()
-        case .memoryFault(let fault):
-            vmm.handleKernelFault(runner: self, fault)
-        case .hypercall(let call):
-            vcpu.setHypercallResult(vmm.handleHypercall(runner: self, call))
-        case .debug, .interrupted:
-            break
-        case .other(let reason):
-            cond.lock(); setState(.error, "unhandled exit \(reason.name)"); cond.unlock()
+        let name = exit.reason.name
+        cond.withLock {
+            exitCounts[name, default: 0] += 1
+            lastExit = name
+        }
+        for h in handlers where h.handle(exit, on: self) { return }
+        unhandled(exit)
+    }
+
+    /// What an exit no handler took means for the vCPU.
+    private func unhandled(_ exit: VCPUExit) {
+        cond.withLock {
+            switch exit {
+            case .ioOut:
+                exitCounts["IO unassigned port", default: 0] += 1
+            case .ioIn(_, _, _, let buffer):
+                buffer.fillAllOnes()
+            case .mmioRead(_, let buffer):
+                buffer.fillAllOnes()
+            case .hlt:
+                setState(.halted, "HLT")
+            case .shutdown:
+                setState(.shutdown, "KVM_EXIT_SHUTDOWN (triple fault)")
+            case .systemEvent(let type, _):
+                setState(.shutdown, "KVM_EXIT_SYSTEM_EVENT type \(type)")
+            case .internalError(let suberror, let data):
+                setState(.error, "KVM_EXIT_INTERNAL_ERROR suberror \(suberror) (\(VCPUExit.internalErrorName(suberror)))"
+                         + " data [\(data.map { hex($0) }.joined(separator: ", "))]")
+            case .failEntry(let reason, _):
+                setState(.error, "KVM_EXIT_FAIL_ENTRY reason \(hex(reason))")
+            case .memoryFault(let f):
+                setState(.error, "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa)) with no handler")
+            case .hypercall(let call):
+                setState(.error, "KVM_EXIT_HYPERCALL \(call.number) with no handler")
+            case .mmioWrite, .debug, .interrupted:
+                break
+            case .other(let reason):
+                setState(.error, "unhandled exit \(reason.name)")
+            }
         }
     }
 
-    private func report(_ kind: String, _ value: UInt64, _ update: (inout GuestCounters) -> Void) {
-        cond.lock()
-        update(&counters)
-        cond.unlock()
-        vmm.events.append(.guestReport(vcpu: index, kind: kind, value: value))
-    }
+    // MARK: VCPUContext (the vCPU thread's handlers)
 
-    private func guestPort(_ port: UInt16, value: UInt64) {
-        switch port {
-        case GuestPort.heartbeat:
-            let now = HostClock.monotonicNs()
-            cond.lock()
-            counters.heartbeat = value
-            counters.heartbeats += 1
-            let emit = now - lastHeartbeatEvent > 100_000_000
-            if emit { lastHeartbeatEvent = now }
-            cond.unlock()
-            // Heartbeats come thousands of times a second: at most ten events a second per vCPU.
-            if emit { vmm.events.append(.guestReport(vcpu: index, kind: "heartbeat", value: value)) }
-        case GuestPort.integrityError:
-            report("integrity-error", value) { $0.integrityErrors += 1 }
-        case GuestPort.bounceError:
-            report("bounce-error", value) { $0.bounceErrors += 1 }
-        case GuestPort.mceSeen:
-            report(GuestCounter.mceSeen.rawValue, value) { $0.mceSeen += 1 }
-        case GuestPort.nmiSeen:
-            report(GuestCounter.nmiSeen.rawValue, value) { $0.nmiSeen += 1 }
-        case GuestPort.exception:
-            report("exception", value) { $0.exceptions += 1; $0.lastException = value }
-        case GuestPort.doorbellFailed:
-            report("doorbell-failed", value) { $0.doorbellFailures += 1 }
-        case GuestPort.selftestSync:
-            cond.lock(); counters.selftestSyncs += 1; cond.unlock()
-            vmm.handleSelftestSync(runner: self, phase: value)
-        case GuestPort.doorbell:
-            cond.lock(); counters.doorbellRequests += 1; cond.unlock()
-            vmm.handleDoorbell(runner: self, descriptor: value)
-        default:
-            cond.lock(); exitCounts["IO unassigned port", default: 0] += 1; cond.unlock()
-        }
+    func updateGuestCounters(_ body: (inout GuestCounters) -> Void) {
+        cond.withLock { body(&counters) }
     }
 
     func countRelayoutRetry() {
-        cond.lock(); counters.relayoutRetries += 1; cond.unlock()
+        cond.withLock { counters.relayoutRetries += 1 }
     }
 
     /// Called on the vCPU thread by the pause policy: stops until resumed (or stopped). True when resumed.
     func faultStop(reason: String) -> Bool {
-        cond.lock()
-        resumeFault = false
-        pauseRequested = true
-        setState(.faultStopped, reason)
-        while !resumeFault && !stopRequested {
-            cond.wait()
-            runRequests()
+        cond.withLock {
+            resumeFault = false
+            pauseRequested = true
+            setState(.faultStopped, reason)
         }
-        let resumed = resumeFault
-        resumeFault = false
-        if resumed { setState(.paused, "resumed from fault") }
-        cond.unlock()
-        return resumed
+        while true {
+            runRequests()
+            let resumed: Bool? = cond.withLock {
+                guard resumeFault || stopRequested else {
+                    if requests.isEmpty { cond.wait() }
+                    return nil
+                }
+                let resumed = resumeFault
+                resumeFault = false
+                if resumed { setState(.paused, "resumed from fault") }
+                return resumed
+            }
+            if let resumed { return resumed }
+        }
     }
 
     /// Guards against a fault repeating forever at one GPA (kernel exits, instruction fetches). True when it has
@@ -434,7 +392,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     func stopWithError(_ reason: String) {
-        cond.lock(); setState(.error, reason); cond.unlock()
+        cond.withLock { setState(.error, reason) }
     }
 }
 
