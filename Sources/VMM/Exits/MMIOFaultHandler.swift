@@ -28,74 +28,93 @@ final class MMIOFaultHandler: ExitHandler {
             read?.fillAllOnes()
             return
         }
-        var conversionNs: UInt64 = 0
-        func emitted() { core.faultEmitCost.append { _ in HostClock.monotonicNs() &- entered &- conversionNs } }
         var resumed = false
         while true {
-            enum Next { case done, retried, paused(String) }
-            let next: Next = memory.withLock {
-                let gfn = c.gfn
-                let attrPrivate = memory.attributes.isPrivate(gfn: gfn)
-                if attrPrivate == c.privateView && !memory.isRevoked(gfn: gfn) {
-                    // The view is mapped again (a relayout raced with this access): complete it, no fault.
-                    complete(c, read: read, write: write)
-                    return .retried
-                }
-                let context = memory.faultContext(gfn: gfn)
-                var record = FaultRecord(
-                    timeNs: HostClock.monotonicNs(), vcpu: vcpu.index, gpa: address & ~0xFFF, size: 4096,
-                    flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView,
-                    access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: .mmio,
-                    attribute: context.attribute, slot: context.slot, action: .reported)
-                switch resumed ? .convert : core.faultPolicy {
-                case .convert:
-                    var followUp: [VMEvent] = []
-                    let converting = HostClock.monotonicNs()
-                    do throws(VMMError) {
-                        if attrPrivate == c.privateView {
-                            try memory.remap(gfn: gfn)
-                            record.action = .known(.remapped)
-                            followUp = [.memslotsChanged(generation: memory.generation)]
-                        } else {
-                            let result = try core.countedConvert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
-                                                                 discard: true, cause: .implicit)
-                            record.action = .known(.converted)
-                            followUp = core.conversionEvents(result, gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
-                                                             cause: .implicit, vcpu: vcpu.index)
-                        }
-                    } catch {
-                        record.action = .known(.reported)
-                        core.logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
-                    }
-                    conversionNs = HostClock.monotonicNs() &- converting
-                    core.faults.append(record)
-                    if !resumed { emitted() }  // after a pause the wait would count
-                    if record.action == .reported {
-                        read?.fillAllOnes()
-                    } else {
-                        complete(c, read: read, write: write)
-                    }
-                    core.logEvents(followUp)
-                    return .done
-                case .report:
-                    core.faults.append(record)
-                    emitted()
-                    read?.fillAllOnes()
-                    return .done
-                case .pause:
-                    record.action = .known(.paused)
-                    core.faults.append(record)
-                    return .paused("memory fault at \(hex(address)) (\(c.privateView ? "private" : "shared") access, page is \(record.attribute))")
-                }
+            let policy = resumed ? .convert : core.faultPolicy
+            let outcome = memory.withLock {
+                fault(vcpu, c, address: address, read: read, write: write, policy: policy, enteredNs: resumed ? nil : entered)
             }
-            if case .retried = next { vcpu.countRelayoutRetry() }
-            guard case .paused(let reason) = next else { return }
-            // Stopped outside the lock; on resume the access is converted and completed.
-            guard vcpu.faultStop(reason: reason) else {
-                read?.fillAllOnes()
+            switch outcome {
+            case .done:
                 return
+            case .retried:
+                vcpu.countRelayoutRetry()
+                return
+            case .paused(let reason):
+                // Stopped outside the lock; on resume the access is converted and completed.
+                guard vcpu.faultStop(reason: reason) else {
+                    read?.fillAllOnes()
+                    return
+                }
+                resumed = true
             }
-            resumed = true
+        }
+    }
+
+    private enum Outcome { case done, retried, paused(String) }
+
+    /// One look at the faulting access under the memory lock (the caller holds it): completed when its view is mapped
+    /// again; else a record, and what `policy` does. `enteredNs`: when the exit handler began, to record what the
+    /// fault cost the vCPU thread (nil after a pause, whose wait would count).
+    private func fault(_ vcpu: any VCPUContext, _ c: GPAClassification, address: UInt64, read: UnsafeMutableRawBufferPointer?,
+                       write: UnsafeRawBufferPointer?, policy: FaultPolicy, enteredNs: UInt64?) -> Outcome {
+        let memory = core.memory
+        let gfn = c.gfn
+        let attrPrivate = memory.attributes.isPrivate(gfn: gfn)
+        if attrPrivate == c.privateView && !memory.isRevoked(gfn: gfn) {
+            // The view is mapped again (a relayout raced with this access): complete it, no fault.
+            complete(c, read: read, write: write)
+            return .retried
+        }
+        let context = memory.faultContext(gfn: gfn)
+        var record = FaultRecord(
+            timeNs: HostClock.monotonicNs(), vcpu: vcpu.index, gpa: address & ~0xFFF, size: 4096,
+            flags: c.privateView ? FaultRecord.flagPrivate : 0, isPrivate: c.privateView,
+            access: write != nil ? .write : .read, errno: nil, source: .vmm, exit: .mmio,
+            attribute: context.attribute, slot: context.slot, action: .reported)
+        func emitted(conversionNs: UInt64) {
+            guard let enteredNs else { return }
+            core.faultEmitCost.append { _ in HostClock.monotonicNs() &- enteredNs &- conversionNs }
+        }
+        switch policy {
+        case .convert:
+            var followUp: [VMEvent] = []
+            let converting = HostClock.monotonicNs()
+            do {
+                if attrPrivate == c.privateView {
+                    try memory.remap(gfn: gfn)
+                    record.action = .known(.remapped)
+                    followUp = [.memslotsChanged(generation: memory.generation)]
+                } else {
+                    let result = try core.countedConvert(gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
+                                                         discard: true, cause: .implicit)
+                    record.action = .known(.converted)
+                    followUp = core.conversionEvents(result, gpa: gfn * 4096, size: 4096, toPrivate: c.privateView,
+                                                     cause: .implicit, vcpu: vcpu.index)
+                }
+            } catch {
+                record.action = .known(.reported)
+                core.logger.warning("implicit conversion failed", metadata: ["gpa": "\(hex(address))", "error": "\(error)"])
+            }
+            let conversionNs = HostClock.monotonicNs() &- converting
+            core.faults.append(record)
+            emitted(conversionNs: conversionNs)
+            if record.action == .reported {
+                read?.fillAllOnes()
+            } else {
+                complete(c, read: read, write: write)
+            }
+            core.logEvents(followUp)
+            return .done
+        case .report:
+            core.faults.append(record)
+            emitted(conversionNs: 0)
+            read?.fillAllOnes()
+            return .done
+        case .pause:
+            record.action = .known(.paused)
+            core.faults.append(record)
+            return .paused("memory fault at \(hex(address)) (\(c.privateView ? "private" : "shared") access, page is \(record.attribute))")
         }
     }
 
