@@ -58,7 +58,7 @@ public struct EventLayouts: Sendable, Equatable {
 
     /// The events vmscope decodes, by group. The two system-call events are enabled only beside
     /// `kvm_vm_set_mem_attributes` (they pair each traced conversion with its ioctl's result; without it they
-    /// would only add volume), `sys_enter_ioctl` filtered to `KVM_SET_MEMORY_ATTRIBUTES`.
+    /// would only add volume), `sys_enter_ioctl` filtered to `KVM_SET_MEMORY_ATTRIBUTES` and `KVM_RUN` (the re-entry that ends a conversion's steps).
     public static let decoded: [(group: String, name: String)] = [
         ("kvm", "kvm_userspace_exit"), ("kvm", "kvm_mmio"), ("kvm", "kvm_hypercall"), ("kvm", "kvm_page_fault"), ("kvm", "kvm_exit"),
         ("kvm", "kvm_vm_set_mem_attributes"), ("syscalls", "sys_enter_ioctl"), ("syscalls", "sys_exit_ioctl"),
@@ -174,7 +174,7 @@ extension TraceEvent {
                   ("end-gpa", .u(end.multipliedReportingOverflow(by: 4096).overflow ? .max : end * 4096)), ("attributes", .u(attributes)),
                   ("to", .string(attributes & MemoryAttributes.private.rawValue != 0 ? "private" : "shared"))]
         case .ioctlEnter(let fd, let cmd):
-            m += [("fd", .u(fd)), ("cmd", .u(cmd)), ("cmd-name", .string(cmd == UInt64(KVMIoctl.setMemoryAttributes.value) ? KVMIoctl.setMemoryAttributes.name : "ioctl"))]
+            m += [("fd", .u(fd)), ("cmd", .u(cmd)), ("cmd-name", .string([KVMIoctl.setMemoryAttributes, KVMIoctl.run].first { UInt64($0.value) == cmd }?.name ?? "ioctl"))]
         case .ioctlExit(let ret):
             m += [("ret", .int(ret))]
             if ret < 0, ret >= -4095 { m.append(("errno", .string(KVMError.name(of: Int32(-ret))))) }

@@ -32,8 +32,9 @@ public struct TraceEvent: Sendable, Equatable {
         /// (flags, attribute bits, size, alignment: requests refused there are not traced), before KVM takes the
         /// VM's slots lock. It may still be a no-op or fail (ENOMEM): the same thread's ioctl return says.
         case setMemoryAttributes(startGFN: UInt64, endGFN: UInt64, attributes: UInt64)
-        /// `syscalls:sys_enter_ioctl`, kept by the kernel's filter only for `KVM_SET_MEMORY_ATTRIBUTES`: the thread
-        /// asked for a conversion (its contents are in user memory; a tracepoint cannot read them).
+        /// `syscalls:sys_enter_ioctl`, kept by the kernel's filter only for `KVM_SET_MEMORY_ATTRIBUTES` (the thread
+        /// asked for a conversion; its contents are in user memory, which a tracepoint cannot read) and `KVM_RUN` (a
+        /// vCPU thread going back into the guest).
         case ioctlEnter(fd: UInt64, cmd: UInt64)
         /// `syscalls:sys_exit_ioctl`: the thread's ioctl returned `ret` (negative: -errno).
         case ioctlExit(ret: Int64)

@@ -171,8 +171,9 @@ public final class TraceSession: @unchecked Sendable {
         let first = threads.isEmpty
         guard tids != threads, !tids.isEmpty else { return }
         threads = tids
-        // Of the process's ioctls only KVM_SET_MEMORY_ATTRIBUTES is asked for on the way in.
-        let ioctl = "cmd == \(KVMIoctl.setMemoryAttributes.value)"
+        // Of the process's ioctls only KVM_SET_MEMORY_ATTRIBUTES (the conversion) and KVM_RUN (a vCPU going back into
+        // the guest: the end of a conversion's last step) are asked for on the way in.
+        let ioctl = "(cmd == \(KVMIoctl.setMemoryAttributes.value) || cmd == \(KVMIoctl.run.value))"
         if followsForks {
             if first, layouts.events["sys_enter_ioctl"] != nil { _ = fs.tracefs_event_file_write(inst, "syscalls", "sys_enter_ioctl", "filter", ioctl) }
             return

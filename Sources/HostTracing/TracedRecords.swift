@@ -130,3 +130,39 @@ extension TracedAttributes {
             + v.known.filter(\.isPrivate).map { "gfn 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
     }
 }
+
+extension ConversionTiming {
+    /// What the trace could not time, in words; nil when every step was.
+    var missing: String? {
+        if exitNs == nil { return "made by a thread with no exit to userspace before it (not a vCPU handling its own exit): only convert is timed" }
+        if reenteredNs == nil { return "the thread's next KVM_RUN was not traced: re-entry not timed" }
+        return nil
+    }
+
+    public var json: JSON {
+        let c = conversion
+        return .object([
+            ("event", .string("conversion-steps")), ("tid", .int(Int64(c.tid))), (FaultRecord.Member.timeNs.name, .u(reenteredNs ?? c.returnedNs)),
+            ("paired-from", .array(["kvm_userspace_exit", "sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))),
+            ("start-gfn", c.startGFN.map { .u($0) } ?? .null), ("end-gfn", c.endGFN.map { .u($0) } ?? .null),
+            ("to", c.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null), ("result", .string(c.accepted ? "applied" : "refused")),
+            ("exit", exitReason.map { .string($0.name) } ?? .null), ("exit-ns", exitNs.map { .u($0) } ?? .null),
+            ("entered-ns", c.enteredNs.map { .u($0) } ?? .null), ("returned-ns", .u(c.returnedNs)),
+            ("re-entered-ns", reenteredNs.map { .u($0) } ?? .null),
+            ("steps-ns", .object(ConversionStep.allCases.map { s in (s.rawValue, duration(s).map { .u($0) } ?? .null) })),
+            ("missing", missing.map(JSON.string) ?? .null),
+        ])
+    }
+
+    public var line: String {
+        let c = conversion
+        let steps = ConversionStep.allCases.map { s in "\(s.rawValue) " + (duration(s).map(Self.micros) ?? "-") }.joined(separator: ", ")
+        return TracedMemoryFault.seconds(reenteredNs ?? c.returnedNs) + " tid \(c.tid) conversion-steps \(c.rangeText) to \(c.directionText)"
+            + (exitReason.map { " after a \($0.name) exit" } ?? "") + ": \(steps)" + (totalNs.map { " (total \(Self.micros($0)))" } ?? "")
+    }
+
+    /// `ns` in microseconds, for lines and the inspector ("12.3 µs").
+    public static func micros(_ ns: UInt64) -> String {
+        ns < 10_000 ? "\(ns / 1000).\((ns % 1000) / 100) µs" : ns < 10_000_000 ? "\(ns / 1000) µs" : "\(ns / 1_000_000) ms"
+    }
+}

@@ -126,6 +126,8 @@ public struct InspectorUI: Sendable {
     private var pinnedAtCursor: Int?
     public var frozen = false
     public var frozenAtSeq: UInt64?
+    /// The faults pane's lower panel shows the traced conversion-latency histogram instead of the selected fault.
+    public var showLatency = false
     public var faultFilter = FaultFilter() { didSet { faultCursorChecked = nil } }
     /// The fault cursor as `fit` last found it within the list.
     private var faultCursorChecked: Int?
@@ -259,6 +261,7 @@ public struct InspectorUI: Sendable {
         ("policy", "what the VMM does on a memory fault: convert (the page to what the access wanted), pause (stop the vCPU until resumed), report (record it; the guest retries)"),
         ("map glyphs", "█ private, ░ shared, ▓▒ a cell holding both, a coloured cell faulted in the last 3 s, · not known (traced map), ▒ selected"),
         ("trace", "a row or map from KVM's tracepoints rather than the VMM's own records; +trace on a row: both saw it"),
+        ("conv", "on a memory-fault row: how long the conversion that resolved it took, exit to the vCPU's next KVM_RUN, as KVM's tracepoints timed it; its steps: request (the VMM deciding), convert (KVM_SET_MEMORY_ATTRIBUTES), re-entry (memslots, then KVM_RUN)"),
     ]
 
     /// The help: every key, then every term, wrapped to `width`.
@@ -302,6 +305,8 @@ public struct InspectorUI: Sendable {
             [.act(.vcpu(index: ui.vcpuCursor, .step))] },
         KeyBinding(keys: [.char("f")], label: "f", help: "freeze / unfreeze the fault stream", mutates: false) { ui in
             ui.frozen.toggle(); ui.frozenAtSeq = nil; return [] },
+        KeyBinding(keys: [.char("L")], label: "L", help: "faults: conversion latency histogram (steps a trace timed) / the selected fault", mutates: false) { ui in
+            ui.showLatency.toggle(); return [] },
         KeyBinding(keys: [.char("/")], label: "/", help: "filter faults: vcpu=N access=read|write source=vmm|kernel gpa=A-B", mutates: false) { ui in
             // An empty prompt (Up brings the filter in force back to edit).
             if !ui.faultFilter.text.isEmpty && ui.promptHistory["/", default: []].last != ui.faultFilter.text {

@@ -202,6 +202,10 @@ public struct InspectorModel: Sendable {
     public var story: Story?
     /// The VMM's private/shared map and KVM's traced one disagree (`MapAgreement`): the status line's alarm.
     public var mapAlarm: String?
+    /// Conversions a trace timed, step by step (`ConversionStep`): the faults pane's histogram.
+    public var conversionLatency = LatencyHistogram()
+    /// The steps of the conversion that resolved a memory fault, by the fault row's `seq`, for rows still kept.
+    public private(set) var conversionSteps: [UInt64: [ConversionStep: UInt64]] = [:]
     /// Records received in all.
     public var faultsReceived: UInt64 = 0
     /// Faults per second over the last 60 seconds (last element = the current second).
@@ -436,6 +440,26 @@ public struct InspectorModel: Sendable {
             }
         }
         return unmatched
+    }
+
+    /// Puts a conversion the trace timed onto the memory-fault row of the exit that asked for it (the trace's own row,
+    /// or the VMM's row the trace corroborated): the row of `vcpu` whose exit was traced at `exitNs`, among the newest
+    /// 4096. False while there is none (the VMM's record comes over its socket after the trace saw the exit).
+    public mutating func attach(conversionSteps steps: [ConversionStep: UInt64], memoryFaultExitNs exitNs: UInt64, vcpu: Int?) -> Bool {
+        var i = faults.count - 1
+        while i >= max(0, faults.count - 4096) {
+            let f = faults[i]
+            if f.exit == .memoryFault && f.vcpu == vcpu && (f.source == .trace ? f.timeNs : f.tracedNs) == exitNs {
+                if conversionSteps.count >= 4096, let oldest = faults.first?.seq {
+                    conversionSteps = conversionSteps.filter { $0.key >= oldest }
+                    if conversionSteps.count >= 4096 { conversionSteps.removeAll() }
+                }
+                conversionSteps[f.seq] = steps
+                return true
+            }
+            i -= 1
+        }
+        return false
     }
 
     /// Whether the record at absolute position `p` (`faultBase` + its index) is gone or already corroborated.

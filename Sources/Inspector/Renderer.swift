@@ -1,4 +1,5 @@
 import ControlProtocol
+import HostTracing
 /// Turns the model and UI state into a screen. Pure: the same inputs give the same cells.
 public struct Renderer {
     public static let minWidth = 60
@@ -286,7 +287,8 @@ public struct Renderer {
     /// nothing is shown there rather than a guess.
     static func statesWanted(_ f: FaultRecord) -> Bool { !(f.source == .trace && f.exit == .mmio) }
 
-    public static func faultLine(_ f: FaultRecord, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0) -> String {
+    public static func faultLine(_ f: FaultRecord, baseNs: UInt64, width: Int = 200, alias: UInt64 = 0,
+                                 conversion: [ConversionStep: UInt64]? = nil) -> String {
         let vcpu = "v\(f.vcpu.map(String.init) ?? "-")"
         let wants = !statesWanted(f) ? "-   " : f.isPrivate ? "priv" : "shrd"
         if width < 70 {
@@ -299,7 +301,8 @@ public struct Renderer {
         let time = t >= 0 && t < 1e6 ? String(Int(t * 1000)) : "-"
         return "\(Fmt.padLeft(String(f.seq), 7)) \(Fmt.padLeft(time, 8))ms \(vcpu) "
             + "\(Fmt.hex(f.gpa, width: 8)) gfn \(Fmt.pad(String((f.gpa & ~alias) / 4096) + (f.gpa & alias != 0 ? "a" : ""), 7)) \(Fmt.pad(Fmt.size(f.size), 3)) "
-            + "\(Fmt.pad(f.access == .unknown ? "-" : f.access.rawValue, 5)) \(wants) \(origin) \(f.action) flags \(Fmt.hex(f.flags))"
+            + "\(Fmt.pad(f.access == .unknown ? "-" : f.access.rawValue, 5)) \(wants) \(origin) \(f.action)"
+            + (conversion.map { " conv \(Self.micros($0.values.reduce(0, &+)))" } ?? "") + " flags \(Fmt.hex(f.flags))"
     }
 
     /// The faults list's column headings, over `faultLine`'s columns (t ms: milliseconds after the oldest record
@@ -352,7 +355,7 @@ public struct Renderer {
         for (i, f) in window.reversed().enumerated() {
             let y = r.y + 1 + headings + (listHeight - window.count) + i
             let selected = ui.focus == .faults && first + window.count - 1 - i == cursor
-            s.put(Self.faultLine(f, baseNs: baseNs, width: r.width, alias: m.aliasMask), x: r.x, y: y, role: selected ? .cursor : (f.isPrivate ? .normal : .sharedPage), limit: r.width)
+            s.put(Self.faultLine(f, baseNs: baseNs, width: r.width, alias: m.aliasMask, conversion: m.conversionSteps[f.seq]), x: r.x, y: y, role: selected ? .cursor : (f.isPrivate ? .normal : .sharedPage), limit: r.width)
         }
         if shown.isEmpty {
             s.put(m.faultsReceived == 0 ? "no faults yet" : "no faults match the filter", x: r.x, y: r.y + 1 + headings, role: .dim, limit: r.width)
@@ -360,6 +363,10 @@ public struct Renderer {
         guard detailHeight > 0 else { return }
         let dy = r.y + r.height - detailHeight
         s.put(String(repeating: ascii ? "-" : "─", count: r.width), x: r.x, y: dy, role: .border)
+        if ui.showLatency {
+            latencyPanel(&s, Rect(x: r.x, y: dy + 1, width: r.width, height: detailHeight - 1), m.conversionLatency)
+            return
+        }
         guard cursor < shown.count else { return }
         let f = shown[cursor]
         var details = ["#\(f.seq) flags \(Fmt.hex(f.flags)) = \(Self.flagText(f.flags))"]
@@ -375,6 +382,9 @@ public struct Renderer {
         details.append(place)
         let wanted = Self.statesWanted(f) ? "wants \(Self.attributeName(f.isPrivate))" : "attribute wanted not reported (kvm_mmio has none)"
         details.append("access \(f.access) · \(wanted) · \(f.source) via \(f.exit) · errno \(f.errno ?? "none") · \(f.action)")
+        if let steps = m.conversionSteps[f.seq] {
+            details.append("conversion traced: " + ConversionStep.allCases.map { "\($0.rawValue) \(steps[$0].map(Self.micros) ?? "-")" }.joined(separator: " · "))
+        }
         if let t = f.tracedNs {
             let dt = Int64(bitPattern: f.timeNs &- t)
             details.append("also seen by KVM's \(f.exit == .memoryFault ? "kvm_userspace_exit" : "kvm_mmio") tracepoint, \(dt / 1000) µs before the VMM's record")
@@ -387,6 +397,32 @@ public struct Renderer {
         for line in details.flatMap({ wrap($0, r.width) }) where y < r.y + r.height {
             s.put(line, x: r.x, y: y, role: y == dy + 1 ? .highlight : (line.hasPrefix("detected") ? .dim : .normal), limit: r.width)
             y += 1
+        }
+    }
+
+    /// `ns` as the fault rows and the histogram give it, as `trace` prints it: "12.3 µs", "420 µs", "15 ms".
+    static func micros(_ ns: UInt64) -> String { ConversionTiming.micros(ns) }
+
+    /// The conversion-latency histogram (`L`): one line a step, its count, a bar a log2 bucket from 1 µs to 1 s, and the
+    /// bucket edges its median and 99th percentile lie under.
+    func latencyPanel(_ s: inout Screen, _ r: Rect, _ h: LatencyHistogram) {
+        let first = 10, last = 30   // 2^10 ns ≈ 1 µs … 2^30 ns ≈ 1 s
+        s.put("conversion latency, traced (exit → KVM_SET_MEMORY_ATTRIBUTES → KVM_RUN), 1 µs … 1 s", x: r.x, y: r.y, role: .highlight, limit: r.width)
+        guard ConversionStep.allCases.contains(where: { h.total($0) > 0 }) else {
+            s.put("no conversion timed yet: needs kvm_vm_set_mem_attributes and the ioctl tracepoints (Linux 6.17+), and a trace (--trace)",
+                  x: r.x, y: r.y + 1, role: .dim, limit: r.width)
+            return
+        }
+        for (i, step) in ConversionStep.allCases.enumerated() where i + 1 < r.height {
+            let counts = h.counts[step] ?? []
+            var bars = counts.isEmpty ? [] : Array(counts[first...last])
+            if !counts.isEmpty {
+                bars[0] += counts[..<first].reduce(0, &+)
+                bars[bars.count - 1] += counts[(last + 1)...].reduce(0, &+)
+            }
+            let q = [0.5, 0.99].map { h.quantile(step, $0).map { "<\(Self.micros($0))" } ?? "-" }
+            let line = "\(Fmt.pad(step.rawValue, 8)) n \(Fmt.padLeft(String(h.total(step)), 6)) \(sparkline(bars.map { Int(min($0, 1 << 40)) })) p50 \(q[0]) p99 \(q[1])"
+            s.put(line, x: r.x, y: r.y + 1 + i, role: .normal, limit: r.width)
         }
     }
 

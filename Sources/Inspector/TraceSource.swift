@@ -45,6 +45,14 @@ public final class TraceSource: VMSource {
     public private(set) var agreement = MapAgreement()
     private var lastAgreementCheck: UInt64 = 0
     private var recentConversions = RecentConversions()
+    /// Each traced conversion's steps (`ConversionLatencyPairing`), and those that wait for their memory-fault row
+    /// (beside a VMM, its record comes over the socket after the trace saw the exit): tried each poll for 2 s, at most
+    /// `timingLimit` of them.
+    private var latency = ConversionLatencyPairing()
+    private var unattached: [(steps: [ConversionStep: UInt64], exitNs: UInt64, vcpu: Int?)] = []
+    private var rowsAtLastAttach: (UInt64, UInt64) = (0, 0)
+    static let timingLimit = 1024
+    static let timingWaitNs: UInt64 = 2_000_000_000
 
     /// With `faultsOnly`: the traced private/shared map too (a stock QEMU, which has none of its own to show).
     public let mapsBeside: Bool
@@ -106,9 +114,12 @@ public final class TraceSource: VMSource {
         if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []
         var mapChanged = false
+        var timings: [ConversionTiming] = []
         for e in events {
             let v = vcpu(e.tid)
-            if attributes != nil, let c = attributes?.apply(e) {
+            let completed = attributes?.apply(e)
+            if attributes != nil { timings += latency.apply(e, completed: completed) }
+            if let c = completed {
                 mapChanged = true
                 if let why = c.refusalText {
                     lastRefusal = why
@@ -158,6 +169,7 @@ public final class TraceSource: VMSource {
             model.apply(faults: FaultBatch(records: records, dropped: 0), nowNs: nowNs)
             changed = true
         }
+        if timeConversions(timings, &model, nowNs: nowNs) { changed = true }
         if let a = attributes, !faultsOnly || mapsBeside, mapChanged || model.tracedMap == nil {
             publish(a, &model)
             changed = true
@@ -210,12 +222,16 @@ public final class TraceSource: VMSource {
     private func corroborate(_ events: [TraceEvent], _ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var alarmChanged = false
         if attributes != nil {
+            var timings: [ConversionTiming] = []
             for e in events {
-                if let c = attributes?.apply(e), c.accepted, let start = c.startGFN, let end = c.endGFN, start < end {
+                let completed = attributes?.apply(e)
+                timings += latency.apply(e, completed: completed)
+                if let c = completed, c.accepted, let start = c.startGFN, let end = c.endGFN, start < end {
                     recentConversions.add(start..<end, atNs: e.timeNs)
                 }
             }
             alarmChanged = checkAgreement(&model, nowNs: nowNs)
+            if timeConversions(timings, &model, nowNs: nowNs) { alarmChanged = true }
         }
         for e in events {
             switch e.kind {
@@ -241,6 +257,26 @@ public final class TraceSource: VMSource {
         triedCount = pending.count
         unmatched &+= UInt64(left.count - pending.count)
         return model.faultsTraced != before || alarmChanged
+    }
+
+    /// The timed conversions into the histogram, and onto the rows of the memory faults that asked for them (now, or
+    /// in a later poll once the VMM's record is there).
+    private func timeConversions(_ timings: [ConversionTiming], _ model: inout InspectorModel, nowNs: UInt64) -> Bool {
+        for t in timings {
+            let steps = t.steps
+            guard !steps.isEmpty else { continue }
+            model.conversionLatency.add(steps)
+            if t.exitReason == .memoryFault, let exitNs = t.exitNs { unattached.append((steps, exitNs, vcpu(t.conversion.tid))) }
+        }
+        // Rows come with new records or new corroborations only: without either, nothing waiting can attach now.
+        let rows = (model.faultsReceived, model.faultsTraced)
+        guard !unattached.isEmpty, timings.contains(where: { $0.exitReason == .memoryFault }) || rows != rowsAtLastAttach
+        else { return !timings.isEmpty }
+        rowsAtLastAttach = rows
+        unattached = unattached.filter { u in
+            !model.attach(conversionSteps: u.steps, memoryFaultExitNs: u.exitNs, vcpu: u.vcpu) && u.exitNs &+ Self.timingWaitNs >= nowNs
+        }.suffix(Self.timingLimit)
+        return true
     }
 
     /// Four times a second, where the VMM runs the kernel engine and its map is current: the pages where it and

@@ -177,7 +177,10 @@ public final class LabMachine: @unchecked Sendable {
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", artifacts.kernel, "-initrd", artifacts.initrd,
             // loglevel=5: the kernel's warnings (a KVM WARN_ON) reach the console, its chatter does not.
-            "-append", "console=ttyS0 loglevel=5 panic=-1 vmscope.job=\(jobPath)" + (Self.hostTSCkHz.map { " tsc_early_khz=\($0)" } ?? ""),
+            // tsc=reliable: TCG's TSC runs off QEMU's one clock for every vCPU, but the kernel, finding no invariant-TSC
+            // flag, fell back to refined-jiffies: CLOCK_MONOTONIC (the VMM's duration-ns, the trace's clock) then moved in
+            // 4 ms steps, too coarse to time a conversion's steps.
+            "-append", "console=ttyS0 loglevel=5 panic=-1 vmscope.job=\(jobPath)" + (Self.hostTSCkHz.map { " tsc_early_khz=\($0) tsc=reliable" } ?? ""),
             "-serial", "file:\(consoleLog)",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-serial-pci",

@@ -170,11 +170,17 @@ struct TraceCommand: ParsableCommand {
             output((json ? a.mapJSON.serialized : terminalSafe(a.mapLine)) + "\n")
         }
         var faults = MemoryFaultPairing()
-        /// The batch's conversions and memory faults, in the order the kernel gave their events.
+        var latency = ConversionLatencyPairing()
+        /// The batch's conversions (then their steps, once the thread re-entered) and memory faults, in the order the
+        /// kernel gave their events.
         func pair(_ batch: [TraceEvent]) {
             var text = ""
             for e in batch {
-                if let c = attributes?.apply(e) { text += (json ? c.json.serialized : c.line) + "\n" }
+                let c = attributes?.apply(e)
+                if let c { text += (json ? c.json.serialized : c.line) + "\n" }
+                if attributes != nil {
+                    for t in latency.apply(e, completed: c) { text += (json ? t.json.serialized : t.line) + "\n" }
+                }
                 if let f = faults.apply(e, attributes: attributes) { text += (json ? f.json.serialized : f.line) + "\n" }
             }
             output(text)

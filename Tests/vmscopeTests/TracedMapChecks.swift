@@ -69,6 +69,9 @@ struct TracedMapChecks {
         var seed: UInt64 = 0x5eed_2912
         func next(_ n: UInt64) -> UInt64 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return (seed >> 33) % n }
         var checkpoints: [String] = []
+        /// The host's conversions that changed something (each made one KVM_SET_MEMORY_ATTRIBUTES): pages and the
+        /// VMM's own duration-ns.
+        var hostConversions: [(start: UInt64, end: UInt64, durationNs: UInt64)] = []
         // A second trace, started on the running VMM after checkpoint 2 (as on-call would: `vmscope trace PID`): its map
         // must say it is not complete, know no page wrongly, and know more pages as conversions go by.
         let lateOut = dir + "/late.jsonl", lateErr = dir + "/late.err"
@@ -89,8 +92,11 @@ struct TracedMapChecks {
                 let start = 128 + next(UInt64(pages - 128)), count = 1 + next(256)
                 let gpa = start * 4096, size = min(count, UInt64(pages) - start) * 4096
                 let t0 = Date()
-                _ = try c.execute("set-memory-attributes", .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(next(2) == 0)),
-                                                                    ("discard", .bool(next(2) == 0))]))
+                let done = try c.execute("set-memory-attributes", .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(next(2) == 0)),
+                                                                           ("discard", .bool(next(2) == 0))]))
+                if (done["runs-changed"]?.uint64Value ?? 0) > 0, let ns = done["duration-ns"]?.uint64Value {
+                    hostConversions.append((start, start + size / 4096, ns))
+                }
                 print("TracedMapChecks: checkpoint \(checkpoint): converted \(size / 4096) pages at gfn \(String(start, radix: 16)) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
             }
             // Refused by the VMM before any ioctl (unaligned; past RAM): neither changes anything.
@@ -222,6 +228,7 @@ struct TracedMapChecks {
         for f in tracedFaults { if let v = Int(f.dropFirst().prefix { $0.isNumber }) { tracedPerVCPU[v, default: 0] += 1 } }
         print("TracedMapChecks: MEMORY_FAULT exits counted by the VMM \(exits.sorted { $0.key < $1.key }), traced \(tracedPerVCPU.sorted { $0.key < $1.key })")
         #expect(tracedPerVCPU == exits.filter { $0.value > 0 }, "traced \(tracedPerVCPU) against the VMM's exit counts \(exits)")
+        if hasTracepoint { checkConversionSteps(lines(), hostConversions: hostConversions, aliasGFN: aliasGFN) }
         if total <= 4096 {
             // Every record kept has its traced exit (same vCPU, page and, on 7.3, direction).
             var left = tracedFaults
@@ -232,4 +239,44 @@ struct TracedMapChecks {
             #expect(missing.isEmpty, "records with no traced exit: \(missing.prefix(8)); traced exits left: \(left.prefix(8))")
         }
     }
+
+    /// The conversion-latency steps the trace paired (issue 29): each conversion a vCPU thread made on its way back
+    /// into the guest (after a MEMORY_FAULT exit under `convert`, or the guest's doorbell) has all three steps, in
+    /// order; each host conversion (the control thread: no exit) has its `convert` step, the ioctl alone, within the
+    /// VMM's own duration-ns for it (both clocks are CLOCK_MONOTONIC; the VMM's time also re-lays memslots and
+    /// discards, so the trace's is the lower bound it gives).
+    func checkConversionSteps(_ lines: [JSON], hostConversions: [(start: UInt64, end: UInt64, durationNs: UInt64)], aliasGFN: UInt64) {
+        let steps = lines.filter { $0["event"]?.stringValue == "conversion-steps" }
+        let byVCPU = steps.filter { $0["exit"]?.stringValue != nil }
+        let memoryFault = byVCPU.filter { $0["exit"]?.stringValue == "MEMORY_FAULT" }
+        #expect(!memoryFault.isEmpty, "no conversion after a MEMORY_FAULT exit was timed (of \(steps.count) conversion-steps)")
+        var unordered: [String] = []
+        for l in byVCPU {
+            let times = ["exit-ns", "entered-ns", "returned-ns", "re-entered-ns"].map { l[$0]?.uint64Value }
+            let known = times.compactMap { $0 }
+            if known.count < 4 && l["missing"] == JSON.null || known != known.sorted() { unordered.append(l.serialized) }
+        }
+        #expect(unordered.isEmpty, "\(unordered.count) vCPU conversions with a step missing or out of order, first \(unordered.prefix(3))")
+        let complete = byVCPU.filter { l in ConversionStep.allCases.map(\.rawValue).allSatisfy { l["steps-ns"]?[$0]?.uint64Value != nil } }
+        #expect(complete.count * 10 >= byVCPU.count * 9, "only \(complete.count) of \(byVCPU.count) vCPU conversions have all three steps")
+        // Host conversions: matched by range (the kernel engine converts at the shared alias's GFNs).
+        var compared = 0, over: [String] = []
+        let byHost = steps.filter { $0["exit"] == JSON.null && $0["result"]?.stringValue == "applied" }
+        for h in hostConversions {
+            guard let t = byHost.first(where: { $0["start-gfn"]?.uint64Value == aliasGFN + h.start && $0["end-gfn"]?.uint64Value == aliasGFN + h.end }),
+                  let convert = t["steps-ns"]?[ConversionStep.convert.rawValue]?.uint64Value else { continue }
+            compared += 1
+            if convert > h.durationNs + 50_000 { over.append("gfn \(String(h.start, radix: 16)): traced \(convert) ns, VMM \(h.durationNs) ns") }
+        }
+        #expect(compared * 2 >= hostConversions.count, "only \(compared) of \(hostConversions.count) host conversions were found in the trace")
+        #expect(over.isEmpty, "the traced ioctl took longer than the VMM's whole conversion: \(over.prefix(4))")
+        func median(_ step: String, _ ls: [JSON]) -> String {
+            let v = ls.compactMap { $0["steps-ns"]?[step]?.uint64Value }.sorted()
+            return v.isEmpty ? "-" : "\(v[v.count / 2] / 1000) µs"
+        }
+        print("TracedMapChecks: conversion steps: \(memoryFault.count) after MEMORY_FAULT exits (median request \(median(ConversionStep.request.rawValue, memoryFault)), "
+              + "convert \(median(ConversionStep.convert.rawValue, memoryFault)), re-entry \(median(ConversionStep.reentry.rawValue, memoryFault))), \(byVCPU.count - memoryFault.count) after other exits, "
+              + "\(compared) host conversions within the VMM's duration-ns (median traced convert \(median(ConversionStep.convert.rawValue, byHost)))")
+    }
 }
+
