@@ -22,6 +22,8 @@ public enum Metric: String, CaseIterable, Sendable {
     case memslots = "vmscope_memslots"
     case vcpuState = "vmscope_vcpu_state"
     case conversionDuration = "vmscope_conversion_duration_seconds"
+    case conversionLatency = "vmscope_conversion_latency_seconds"
+    case tracedPrivateBytes = "vmscope_traced_private_bytes"
     case exporterVMs = "vmscope_exporter_vms"
     case exporterCollectionSeconds = "vmscope_exporter_collection_seconds"
     case seriesRefused = "vmscope_exporter_series_refused_total"
@@ -34,7 +36,7 @@ public enum Metric: String, CaseIterable, Sendable {
         switch self {
         case .kvmExits, .kvmExitsByReason, .kvmHypercalls, .userspaceExits, .memoryFaultExits, .conversionsRequested,
              .conversionsDone, .faultInjections, .eventsDropped, .seriesRefused: .counter
-        case .conversionDuration: .histogram
+        case .conversionDuration, .conversionLatency: .histogram
         default: .gauge
         }
     }
@@ -58,6 +60,8 @@ public enum Metric: String, CaseIterable, Sendable {
         case .memslots: "KVM memslots of the VM."
         case .vcpuState: "1 for the vCPU's current run state, 0 for the others."
         case .conversionDuration: "Time one conversion took in the VMM (attribute change, memslot relayout, discard)."
+        case .conversionLatency: "Time each step of a conversion took on the thread that made it, as KVM's tracepoints timed it (source trace; step request = the exit before it to KVM_SET_MEMORY_ATTRIBUTES, convert = that ioctl, re-entry = its return to the next KVM_RUN), for any VMM, where the kernel traces conversions (Linux 6.17 and later)."
+        case .tracedPrivateBytes: "Guest memory the traced map knows private: pages traced converting to private since the exporter started, not those converted before it (a lower bound), where the kernel traces conversions."
         case .exporterVMs: "KVM VMs the exporter sees."
         case .exporterCollectionSeconds: "Time the exporter's last collection pass took."
         case .seriesRefused: "Series a VM's readings would have made that the exporter refused: a name neither KVM nor the protocol defines (a peer inventing exit names, causes, kinds), or one past the per-VM cap."
@@ -85,6 +89,10 @@ public struct VMReading: Sendable {
     public var tracedMemoryFaults: UInt64?
     /// What a vmscope VMM's `query-metrics` said.
     public var vmmMetrics: VMMetrics?
+    /// Conversions the trace timed since the last pass, each its steps; nil where conversions are not traced.
+    public var tracedConversionSteps: [[ConversionStep: UInt64]]?
+    /// Bytes the traced map knows private; nil where conversions are not traced.
+    public var tracedPrivateBytes: UInt64?
 
     public init(pid: Int32, name: String, vmm: VMMKind, vcpus: Int, residentBytes: UInt64?, kvmStats: [String: UInt64],
                 userspaceExits: [String: UInt64]? = nil, tracedMemoryFaults: UInt64? = nil, vmmMetrics: VMMetrics? = nil) {

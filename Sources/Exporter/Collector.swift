@@ -41,6 +41,7 @@ public final class HostCollector: @unchecked Sendable {
             var stats = s.stats
             stats[HostVMs.Stat.tracedUserspaceExits] = nil
             stats[HostVMs.Stat.tracedMMIO] = nil
+            stats[HostVMs.Stat.tracedPrivateBytes] = nil
             if var r = byPid[s.pid] {
                 // Two VMs in one process: one set of series, summed.
                 r.vcpus += s.vcpus
@@ -53,6 +54,10 @@ public final class HostCollector: @unchecked Sendable {
             if let traced {
                 r.userspaceExits = traced.userspaceExitsByReason[s.pid] ?? [:]
                 r.tracedMemoryFaults = traced.userspaceExitsByReason[s.pid]?[HostVMs.Stat.memoryFaultReason] ?? 0
+                if traced.tracesConversions {
+                    r.tracedConversionSteps = traced.takeConversionSteps(s.pid)
+                    r.tracedPrivateBytes = traced.privateBytes(s.pid)
+                }
             }
             if r.vmm == .vmscope {
                 // A vmscope VMM's exits and faults are its own counts, since it started. A pass where it does not

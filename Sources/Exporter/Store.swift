@@ -24,6 +24,8 @@ public final class MetricsStore: Sendable {
         var counters: [SeriesKey: (counter: Counter, last: UInt64)] = [:]
         var gauges: [SeriesKey: Gauge] = [:]
         var histogram: DurationHistogram?
+        /// The traced conversion steps, by step.
+        var latency: [ConversionStep: DurationHistogram] = [:]
         /// The newest conversion-time number taken from the VMM.
         var conversionTimesSeen: UInt64?
         /// Conversion times the VMM's ring let go before the exporter took them, since it first saw the VM.
@@ -86,6 +88,7 @@ public final class MetricsStore: Sendable {
         for (_, c) in series.counters { registry.unregisterCounter(c.counter) }
         for (_, g) in series.gauges { registry.unregisterGauge(g) }
         if let h = series.histogram { registry.unregisterDurationHistogram(h) }
+        for (_, h) in series.latency { registry.unregisterDurationHistogram(h) }
     }
 
     private func apply(_ r: VMReading, into v: inout VMSeries) {
@@ -130,6 +133,18 @@ public final class MetricsStore: Sendable {
         if let traced = r.tracedMemoryFaults {
             counter(.memoryFaultExits, traced, [("source", FaultSource.trace.rawValue), ("private", "unknown")])
         }
+        if let steps = r.tracedConversionSteps {
+            for conversion in steps {
+                for (step, ns) in conversion {
+                    let h = v.latency[step] ?? registry.makeDurationHistogram(
+                        descriptor: Metric.conversionLatency.descriptor,
+                        labels: vm + [("source", FaultSource.trace.rawValue), ("step", step.rawValue)], buckets: Self.conversionBuckets)
+                    v.latency[step] = h
+                    h.recordNanoseconds(Int64(clamping: ns))
+                }
+            }
+        }
+        if let bytes = r.tracedPrivateBytes { gauge(.tracedPrivateBytes, Double(bytes)) }
         if let m = r.vmmMetrics {
             for f in m.memoryFaultExits {
                 guard f.source.known != nil else { v.refused &+= 1; continue }

@@ -56,6 +56,9 @@ public enum HostVMs {
         /// Of those exits to userspace, the memory-fault exits (`KVM_EXIT_MEMORY_FAULT`: a guest's access met the
         /// other attribute than it wanted, on a VM with private memory).
         public static let tracedMemoryFaults = "traced_memory_faults"
+        /// Bytes the traced map knows private (`TracedAttributes`, since the trace began: a lower bound where pages were
+        /// converted before it), where the kernel traces conversions (Linux 6.17 and later).
+        public static let tracedPrivateBytes = "traced_private_bytes"
         /// What a `KVM_RUN` that failed is counted as, beside the exit reasons.
         public static let errorReason = "error"
     }
@@ -77,9 +80,36 @@ public enum HostVMs {
         }
         public private(set) var mmio: [Int32: UInt64] = [:]
         private var tgidOfThread: [Int32: Int32] = [:]
+        /// Each process's traced private/shared map and conversion timing, where the kernel traces conversions.
+        public private(set) var attributes: [Int32: TracedAttributes] = [:]
+        private var latency: [Int32: ConversionLatencyPairing] = [:]
+        /// Conversion steps timed since `takeConversionSteps` last took them, per process (at most `stepsLimit` each;
+        /// more are counted in `stepsDropped`).
+        private var steps: [Int32: [[ConversionStep: UInt64]]] = [:]
+        public private(set) var stepsDropped: UInt64 = 0
+        static let stepsLimit = 65_536
+        /// Whether conversions are traced (the kernel has `kvm_vm_set_mem_attributes` and the system-call events).
+        public var tracesConversions: Bool { session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil }
 
         public init() throws(TraceError) {
-            session = try TraceSession(pid: nil, events: ["kvm_userspace_exit", "kvm_mmio"])
+            session = try TraceSession(pid: nil, events: ["kvm_userspace_exit", "kvm_mmio", "kvm_vm_set_mem_attributes"]
+                                       + EventLayouts.conversionPairing)
+        }
+
+        /// The VMMs whose conversions to pair (their threads' ioctls are traced; every process's would be far more).
+        public func follow(_ pids: Set<Int32>) {
+            if tracesConversions { session.pairConversions(ofThreadsOf: pids) }
+            for pid in Set(attributes.keys).subtracting(pids) { attributes[pid] = nil; latency[pid] = nil; steps[pid] = nil }
+        }
+
+        /// The conversion steps timed for `pid` since the last call.
+        public func takeConversionSteps(_ pid: Int32) -> [[ConversionStep: UInt64]] { steps.removeValue(forKey: pid) ?? [] }
+
+        /// Bytes the traced map of `pid` knows private.
+        public func privateBytes(_ pid: Int32) -> UInt64? {
+            guard tracesConversions else { return nil }
+            let a = attributes[pid] ?? TracedAttributes(complete: false)
+            return a.view(start: 0, end: TracedAttributes.gfnLimit).known.filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) } &* 4096
         }
 
         func tgid(_ tid: Int32) -> Int32 {
@@ -92,6 +122,7 @@ public enum HostVMs {
 
         /// Takes what the buffers hold.
         public func update() {
+            let pairs = tracesConversions
             for e in session.read() {
                 switch e.kind {
                 case .userspaceExit(let reason, _):
@@ -99,14 +130,28 @@ public enum HostVMs {
                 case .mmio: mmio[tgid(e.tid), default: 0] &+= 1
                 default: break
                 }
+                guard pairs else { continue }
+                switch e.kind {
+                case .userspaceExit, .setMemoryAttributes, .ioctlEnter, .ioctlExit:
+                    let pid = tgid(e.tid)
+                    let completed = attributes[pid, default: TracedAttributes(complete: false)].apply(e)
+                    for t in latency[pid, default: ConversionLatencyPairing()].apply(e, completed: completed) {
+                        if steps[pid, default: []].count < Self.stepsLimit { steps[pid, default: []].append(t.steps) } else { stepsDropped &+= 1 }
+                    }
+                default:
+                    break
+                }
             }
         }
     }
 
     public static func sample(traced: TracedCounts? = nil) throws(TraceError) -> [Sample] {
-        traced?.update()
         let dir = try kvmDirectory()
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        // The VMMs' threads are followed for conversions from this sample on (a VM new since the last one is traced
+        // from now: its map knows the pages it converts from here).
+        traced?.follow(Set(entries.compactMap { Int32($0.split(separator: "-").first ?? "") }))
+        traced?.update()
         var out: [Sample] = []
         for e in entries.sorted() {
             let parts = e.split(separator: "-")
@@ -129,6 +174,7 @@ public enum HostVMs {
                 stats[Stat.tracedUserspaceExits] = traced.userspaceExits(pid)
                 stats[Stat.tracedMMIO] = traced.mmio[pid] ?? 0
                 stats[Stat.tracedMemoryFaults] = traced.userspaceExitsByReason[pid]?[Stat.memoryFaultReason] ?? 0
+                if let bytes = traced.privateBytes(pid) { stats[Stat.tracedPrivateBytes] = bytes }
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
             out.append(Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,

@@ -117,8 +117,9 @@ public final class TraceSession: @unchecked Sendable {
             found[event] = .init(id: Int(e.pointee.id), fields: fields)
         }
         // The ioctl events pair traced conversions with their results: without the conversion event they are
-        // only volume (every KVM_RUN returns through sys_exit_ioctl), and unfiltered (every process: `top`) far more.
-        if found["kvm_vm_set_mem_attributes"] == nil || pid == nil {
+        // only volume (every KVM_RUN returns through sys_exit_ioctl). Every process's (`top`) would be far more: there
+        // they start filtered to no thread, and `pairConversions(ofThreadsOf:)` names the VMMs' threads.
+        if found["kvm_vm_set_mem_attributes"] == nil {
             for name in EventLayouts.conversionPairing { found[name] = nil }
         }
         guard !found.isEmpty else {
@@ -140,6 +141,7 @@ public final class TraceSession: @unchecked Sendable {
                 && fs.tracefs_instance_file_write(inst, "set_event_pid", tids.sorted().map(String.init).joined(separator: " ")) > 0
         }
         refreshThreads(force: true)
+        if pid == nil { writePairingFilter(threads: []) }
         for (group, event) in EventLayouts.decoded where found[event] != nil {
             if fs.tracefs_event_enable(inst, group, event) != 0 {
                 close()
@@ -171,9 +173,7 @@ public final class TraceSession: @unchecked Sendable {
         let first = threads.isEmpty
         guard tids != threads, !tids.isEmpty else { return }
         threads = tids
-        // Of the process's ioctls only KVM_SET_MEMORY_ATTRIBUTES (the conversion) and KVM_RUN (a vCPU going back into
-        // the guest: the end of a conversion's last step) are asked for on the way in.
-        let ioctl = "(cmd == \(KVMIoctl.setMemoryAttributes.value) || cmd == \(KVMIoctl.run.value))"
+        let ioctl = Self.pairedIoctls
         if followsForks {
             if first, layouts.events["sys_enter_ioctl"] != nil { _ = fs.tracefs_event_file_write(inst, "syscalls", "sys_enter_ioctl", "filter", ioctl) }
             return
@@ -181,6 +181,35 @@ public final class TraceSession: @unchecked Sendable {
         let filter = tids.sorted().map { "common_pid == \($0)" }.joined(separator: " || ")
         for (group, event) in EventLayouts.decoded where layouts.events[event] != nil {
             _ = fs.tracefs_event_file_write(inst, group, event, "filter", event == "sys_enter_ioctl" ? "(\(filter)) && \(ioctl)" : filter)
+        }
+    }
+
+    /// The ioctls asked for on the way in: the conversion, and a vCPU going back into the guest (a conversion's last
+    /// step ends there).
+    static let pairedIoctls = "(cmd == \(KVMIoctl.setMemoryAttributes.value) || cmd == \(KVMIoctl.run.value))"
+    /// At most this many threads in a system-wide session's pairing filter (a filter is one line the kernel parses).
+    public static let pairingThreadLimit = 256
+    private var pairingThreads: Set<Int32> = []
+
+    /// A system-wide session (`top`, the exporter): the ioctl events, which would otherwise fire for every ioctl of
+    /// every process, are kept for the threads of `pids` only (the VMMs), at most `pairingThreadLimit` of them
+    /// (lowest first); returns how many threads were left out. Rewritten only when the threads changed.
+    @discardableResult
+    public func pairConversions(ofThreadsOf pids: Set<Int32>) -> Int {
+        guard target == nil, layouts.events["sys_exit_ioctl"] != nil else { return 0 }
+        let all = pids.reduce(into: Set<Int32>()) { $0.formUnion(Self.tasks(of: $1)) }
+        let kept = Set(all.sorted().prefix(Self.pairingThreadLimit))
+        if kept != pairingThreads { writePairingFilter(threads: kept) }
+        return all.count - kept.count
+    }
+
+    private func writePairingFilter(threads: Set<Int32>) {
+        guard let inst = instance else { return }
+        pairingThreads = threads
+        // No thread yet: a pid no task has (0 is the idle task, which makes no system call).
+        let who = threads.isEmpty ? "common_pid == 0" : threads.sorted().map { "common_pid == \($0)" }.joined(separator: " || ")
+        for name in EventLayouts.conversionPairing where layouts.events[name] != nil {
+            _ = fs.tracefs_event_file_write(inst, "syscalls", name, "filter", name == "sys_enter_ioctl" ? "(\(who)) && \(Self.pairedIoctls)" : who)
         }
     }
 

@@ -72,7 +72,7 @@ public struct TopView: Sendable {
         return nil
     }
 
-    public static let columns = "    PID NAME                 VCPUS    EXITS/s  USEREXIT/s  MEMFLT/s     MMIO/s    HCALL/s      RSS  TOP EXITS"
+    public static let columns = "    PID NAME                 VCPUS    EXITS/s  USEREXIT/s  MEMFLT/s     PRIV     MMIO/s    HCALL/s      RSS  TOP EXITS"
 
     /// The header with the sort column marked (`▼`, or `v` in ASCII) in the space before its name.
     public static func header(sortedBy sort: Sort, ascii: Bool = false) -> String {
@@ -91,6 +91,9 @@ public struct TopView: Sendable {
         }
         if rows.contains(where: { $0.perSecond[HostVMs.Stat.tracedUserspaceExits] == nil }) {
             return "- in USEREXIT/s and MEMFLT/s: not traced (tracing needs root and libtracefs)"
+        }
+        if rows.contains(where: { $0.sample.stats[HostVMs.Stat.tracedPrivateBytes] == nil }) {
+            return "- in PRIV: this kernel does not trace conversions (kvm_vm_set_mem_attributes and the system-call events: Linux 6.17 and later)"
         }
         return nil
     }
@@ -127,6 +130,7 @@ public struct TopView: Sendable {
         return String(format: "%7d ", s.pid) + name.padding(toLength: 20, withPad: " ", startingAt: 0)
             + String(format: " %5d ", s.vcpus) + pad(rate(HostVMs.Stat.exits), 10) + " " + pad(rate(HostVMs.Stat.tracedUserspaceExits), 11) + " "
             + pad(rate(HostVMs.Stat.tracedMemoryFaults), 9) + " "
+            + pad(s.stats[HostVMs.Stat.tracedPrivateBytes].map { "≥" + Fmt.size($0) } ?? "-", 8) + " "
             + pad(r.perSecond[HostVMs.Stat.mmio] != nil ? rate(HostVMs.Stat.mmio) : rate(HostVMs.Stat.tracedMMIO), 10) + " "
             + pad(rate(HostVMs.Stat.hypercalls), 10) + " " + pad(s.rssBytes.map { Fmt.size($0) } ?? "-", 8) + "  "
             + r.topExits.map { "\($0.0) \(Int($0.1))" }.joined(separator: ", ")

@@ -41,6 +41,28 @@ struct StoreTests {
         #expect(value(text, "vmscope_exporter_vms") == 1)
     }
 
+    /// Issue 29: any VMM's conversions, timed by the trace, step by step, and the private bytes its traced map knows.
+    @Test func tracedConversionStepsAreObservedPerStepAndTracedPrivateBytesAreAGauge() {
+        let store = MetricsStore()
+        var r = VMReading(pid: 8, name: "qemu-vm", vmm: .qemu, vcpus: 2, residentBytes: nil, kvmStats: [:])
+        r.tracedConversionSteps = [[.request: 20_000, .convert: 3_000, .reentry: 700_000], [.convert: 40_000]]
+        r.tracedPrivateBytes = 1 << 20
+        store.apply([r], collectionSeconds: 0)
+        r.tracedConversionSteps = [[.convert: 2_000]]   // each pass brings only the new ones
+        store.apply([r], collectionSeconds: 0)
+        let text = String(decoding: store.exposition(), as: UTF8.self)
+        let l = #"pid="8",name="qemu-vm",vmm="qemu",source="trace""#
+        #expect(value(text, "vmscope_conversion_latency_seconds_count{\(l),step=\"convert\"}") == 3, "\(text)")
+        #expect(value(text, "vmscope_conversion_latency_seconds_bucket{\(l),step=\"convert\",le=\"0.000005\"}") == 2)
+        #expect(value(text, "vmscope_conversion_latency_seconds_count{\(l),step=\"request\"}") == 1)
+        #expect(value(text, "vmscope_conversion_latency_seconds_bucket{\(l),step=\"re-entry\",le=\"0.0005\"}") == 0)
+        #expect(value(text, "vmscope_conversion_latency_seconds_bucket{\(l),step=\"re-entry\",le=\"0.001\"}") == 1)
+        #expect(value(text, #"vmscope_traced_private_bytes{pid="8",name="qemu-vm",vmm="qemu"}"#) == 1_048_576)
+        // Gone, its series go too.
+        store.apply([], collectionSeconds: 0)
+        #expect(!String(decoding: store.exposition(), as: UTF8.self).contains("vmscope_conversion_latency_seconds_count{"))
+    }
+
     @Test func conversionTimesAreObservedOnceAndMissedOnesCounted() {
         let store = MetricsStore()
         // The first pass only learns the numbering: 5 conversions before the exporter started are not replayed.

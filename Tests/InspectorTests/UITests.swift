@@ -341,8 +341,11 @@ struct TopLegendTests {
         #expect(sorted[1].contains("▼MMIO/s") && !sorted[1].contains("▼EXITS/s"), "\(sorted[1])")
         view.ascii = true
         #expect(view.render(width: 200, height: 10).text.contains("vMMIO/s"))
-        // No row with a dash: no legend.
+        // A kernel that does not trace conversions: PRIV's dash says why.
         view.rows = Array(Self.rows().prefix(1))
+        #expect(TopView.dashLegend(view.shown)?.hasPrefix("- in PRIV: this kernel does not trace conversions") == true)
+        // No row with a dash: no legend.
+        view.rows[0].sample.stats[HostVMs.Stat.tracedPrivateBytes] = 1 << 20
         #expect(TopView.dashLegend(view.shown) == nil)
     }
 
@@ -355,6 +358,16 @@ struct TopLegendTests {
         let vmm = TopView.line(rows[0]), qemu = TopView.line(rows[1])
         #expect(String(vmm.prefix(column)).hasSuffix(" 6"), "\(header)\n\(vmm)")
         #expect(String(qemu.prefix(column)).hasSuffix(" -"), "\(header)\n\(qemu)")
+    }
+
+    /// Issue 29: the private memory the trace saw converted, per VM (a lower bound, marked ≥), or `-`.
+    @Test func tracedPrivateBytesHaveAColumn() throws {
+        var rows = Self.rows()
+        rows[0].sample.stats[HostVMs.Stat.tracedPrivateBytes] = 360_448
+        let header = TopView.columns
+        let column = header.distance(from: header.startIndex, to: try #require(header.range(of: "PRIV")).upperBound)
+        #expect(String(TopView.line(rows[0]).prefix(column)).hasSuffix("≥352K"), "\(header)\n\(TopView.line(rows[0]))")
+        #expect(String(TopView.line(rows[1]).prefix(column)).hasSuffix(" -"))
     }
 }
 

@@ -73,6 +73,14 @@ struct MapAlarmChecks {
                 usleep(250_000)
             }
         }
+        // The exporter beside it (`top --metrics`), where the kernel traces conversions: the VMM's conversions, timed
+        // step by step from the trace, as `vmscope_conversion_latency_seconds{source="trace",step}`.
+        let port = freeTCPPort()
+        let exporterLog = NSTemporaryDirectory() + "vmscope-ma-top-\(getpid()).log"
+        let exporter = try ChildProcess([Binary.url.path, "top", "--metrics", "127.0.0.1:\(port)", "--interval", "1"],
+                                        redirects: .init(stdin: "/dev/null", stdout: exporterLog, stderr: exporterLog))
+        defer { exporter.terminate(grace: 10) }
+        _ = eventuallyTrue(60) { httpGet(port: port, "/metrics").status == 200 }
         converting.start()
         let top = try Binary.run(["top", "--once", "--json", "--interval", "2"])
         let rows = try JSON.parse(top.stdout)["vms"]?.arrayValue ?? []
@@ -80,6 +88,22 @@ struct MapAlarmChecks {
         let memoryFaults = row?["per-second"]?["traced_memory_faults"]?.doubleValue
         print("MapAlarmChecks: top: \(memoryFaults.map { String(format: "%.1f", $0) } ?? "none") memory-fault exits/s for the VMM")
         #expect((memoryFaults ?? 0) > 0, "\(top.stdout.prefix(2000))\n\(top.stderr)")
+        if hasTracepoint {
+            // Pages `top` saw converted to private in its 2 s (the guest's implicit conversions back): its traced map.
+            let privateBytes = row?["counters"]?["traced_private_bytes"]?.uint64Value
+            print("MapAlarmChecks: top: traced private bytes \(privateBytes.map(String.init) ?? "none")")
+            #expect((privateBytes ?? 0) > 0, "\(top.stdout.prefix(2000))")
+            let pid = "pid=\"\(vmm.pid)\""
+            var body = ""
+            let timed = eventuallyTrue(60) {
+                body = httpGet(port: port, "/metrics").body
+                return body.split(separator: "\n").contains { $0.hasPrefix("vmscope_conversion_latency_seconds_count{") && $0.contains(pid)
+                    && $0.contains("step=\"re-entry\"") && !$0.hasSuffix(" 0") }
+            }
+            let counts = body.split(separator: "\n").filter { $0.hasPrefix("vmscope_conversion_latency_seconds_count{") && $0.contains(pid) }
+            print("MapAlarmChecks: exporter: \(counts.joined(separator: "; "))")
+            #expect(timed, "no traced conversion latency for the VMM: \(counts) \((try? String(contentsOfFile: exporterLog, encoding: .utf8))?.suffix(1000) ?? "")")
+        }
         let trace = try #require(source.trace, "not traced: \(driver.model.unavailable)")
         print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off")")
         if hasTracepoint {
