@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         // Hummingbird's own transport, named for the handlers the metrics endpoint adds to its pipeline.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        // `Errno`, the one errno type from KVM's ioctls up to a client's error reply (already in the graph: NIO uses it).
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // C shim, KVM half: the variadic ioctl and the UAPI structs newer than the 6.1 system headers.
@@ -26,7 +28,7 @@ let package = Package(
         // C shim, terminal half: ncursesw's macros and globals Swift cannot import.
         .target(name: "CNcurses", linkerSettings: [.linkedLibrary("ncursesw")]),
         // Typed handles over /dev/kvm, VM and vCPU file descriptors.
-        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "KVM", dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")]),
         // A minimal 32-bit x86 assembler and the built-in guest program written with it.
         .target(name: "GuestCode"),
         // The control protocol's one schema: JSON, QMP framing, and every command, reply, event and enumeration as
@@ -39,7 +41,8 @@ let package = Package(
             .product(name: "Algorithms", package: "swift-algorithms"),
         ]),
         // The control protocol's transport (framing, Unix sockets) and the client every front end uses; re-exports Schema.
-        .target(name: "ControlProtocol", dependencies: ["Schema", .product(name: "DequeModule", package: "swift-collections")]),
+        .target(name: "ControlProtocol", dependencies: ["Schema", .product(name: "DequeModule", package: "swift-collections"),
+                                                        .product(name: "SystemPackage", package: "swift-system")]),
         // zlib (Debian's zlib1g-dev), for recordings.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // libtracefs and libtraceevent for the kernel-tracepoint source, loaded at run time (Debian's libtracefs1,

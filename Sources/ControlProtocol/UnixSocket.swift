@@ -1,13 +1,16 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import struct SystemPackage.Errno
 
 /// A failed socket operation, with the call and errno named.
 public struct SocketError: Error, Sendable, CustomStringConvertible {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// The errno of the call that failed; nil for a refusal of vmscope's own (a path too long, a peer's uid).
+    public var errno: Errno?
+    public init(_ description: String, errno: Errno? = nil) { self.description = description; self.errno = errno }
     static func errno(_ call: String, _ e: Int32 = Glibc.errno) -> SocketError {
-        SocketError("\(call): \(String(cString: strerror(e)))")
+        SocketError("\(call): \(String(cString: strerror(e)))", errno: Errno(rawValue: e))
     }
 }
 

@@ -7,7 +7,7 @@ import VMM
 struct CommandTable {
     let vmm: ReferenceVMM
 
-    static func vmmError(_ e: VMMError) -> CommandError { CommandError(e.errorClass, e.description) }
+    static func vmmError(_ e: VMMError) -> CommandError { CommandError(e.errorClass, e.description, errno: e.errno?.name) }
 
     /// Runs `name`; the caller has handled negotiation.
     func run(_ name: String, _ arguments: JSON?) throws(CommandError) -> JSON {

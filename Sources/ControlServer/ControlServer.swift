@@ -351,7 +351,7 @@ public final class ControlServer: @unchecked Sendable {
                     throw CommandError(.genericError, "Capability '\(first)' is not available")
                 }
             } catch {
-                queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
+                queue(QMP.error(error.errorClass, error.desc, errno: error.errno, id: id), to: c)
                 return
             }
             c.negotiated = true
@@ -367,7 +367,7 @@ public final class ControlServer: @unchecked Sendable {
             queue(QMP.reply(result, id: id), to: c)
             if audited { audit(c, name, arguments, outcome: "done") }
         } catch {
-            queue(QMP.error(error.errorClass, error.desc, id: id), to: c)
+            queue(QMP.error(error.errorClass, error.desc, errno: error.errno, id: id), to: c)
             if audited { audit(c, name, arguments, outcome: "refused: \(error.errorClass.rawValue): \(error.desc)") }
         }
     }

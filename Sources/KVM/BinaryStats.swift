@@ -77,7 +77,7 @@ public final class BinaryStats: Sendable {
         let want = count * MemoryLayout<T>.stride
         let got = out.withUnsafeMutableBytes { Glibc.pread(fd.rawValue, $0.baseAddress, want, off_t(offset)) }
         if got < 0 { throw KVMError.last("pread stats fd", "\(want) bytes at \(offset)") }
-        if got != want { throw KVMError(operation: "pread stats fd", errno: EIO, context: "short read: \(got) of \(want) bytes") }
+        if got != want { throw KVMError(operation: "pread stats fd", errno: .ioError, context: "short read: \(got) of \(want) bytes") }
         return out
     }
 

@@ -30,7 +30,7 @@ public final class HostMapping: @unchecked Sendable {
     }
 
     private static func map(size: Int, flags: Int32, fd: Int32, offset: UInt64, what: String) throws(KVMError) -> HostMapping {
-        guard size > 0 else { throw KVMError(operation: "mmap", errno: EINVAL, context: "size 0") }
+        guard size > 0 else { throw KVMError(operation: "mmap", errno: .invalidArgument, context: "size 0") }
         let pointer = mmap(nil, size, PROT_READ | PROT_WRITE, flags, fd, off_t(Int64(bitPattern: offset)))
         guard let pointer, pointer != MAP_FAILED else {
             throw KVMError.last("mmap", "\(what), \(size) bytes at offset \(offset)")

@@ -10,7 +10,7 @@ public struct KVMCapabilities: Sendable, Equatable {
         /// `KVM_CAP_GUEST_MEMFD_FLAGS` on that VM.
         public var guestMemfdFlags: GuestMemfdFlags
         /// errno of the failed `KVM_CREATE_VM`, if any.
-        public var createErrno: Int32?
+        public var createErrno: Errno?
         /// `KVM_CAP_GUEST_MEMFD` on that VM (Linux 6.12 answers 1 on the system fd and 0 on a type-0 VM); nil where
         /// not asked, then the system fd's answer stands.
         public var guestMemfd: Bool? = nil

@@ -10,22 +10,22 @@ import Glibc
 public struct KVMError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The ioctl or system call, e.g. `KVM_SET_USER_MEMORY_REGION2`.
     public let operation: String
-    /// The raw `errno` value.
-    public let errno: Int32
+    /// The `errno` the call left.
+    public let errno: Errno
     /// What was being asked, e.g. `slot 1 gpa 0x100000 size 0x1000`, or empty.
     public let context: String
 
-    public init(operation: String, errno: Int32, context: String = "") {
+    public init(operation: String, errno: Errno, context: String = "") {
         self.operation = operation
         self.errno = errno
         self.context = context
     }
 
     /// The symbolic name of `errno`, e.g. `EEXIST`.
-    public var errnoName: String { Self.name(of: errno) }
+    public var errnoName: String { errno.name }
 
     /// The C library's text for `errno`, e.g. `File exists`.
-    public var errnoText: String { String(cString: strerror(errno)) }
+    public var errnoText: String { String(cString: strerror(errno.rawValue)) }
 
     public var description: String {
         let what = context.isEmpty ? operation : "\(operation) (\(context))"
@@ -39,6 +39,6 @@ public struct KVMError: Error, Equatable, Sendable, CustomStringConvertible {
 
     /// Captures the current thread's `errno` for `operation`.
     static func last(_ operation: String, _ context: @autoclosure () -> String = "") -> KVMError {
-        KVMError(operation: operation, errno: Glibc.errno, context: context())
+        KVMError(operation: operation, errno: Errno(rawValue: Glibc.errno), context: context())
     }
 }

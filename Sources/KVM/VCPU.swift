@@ -44,10 +44,10 @@ public final class VCPU: @unchecked Sendable {
             let err = Glibc.errno
             if reason == .memoryFault && (err == EFAULT || err == EHWPOISON) {
                 let f = exitUnion.load(as: ckvm_run_memory_fault.self)
-                return .memoryFault(MemoryFaultExit(flags: f.flags, gpa: f.gpa, size: f.size, errno: err))
+                return .memoryFault(MemoryFaultExit(flags: f.flags, gpa: f.gpa, size: f.size, errno: Errno(rawValue: err)))
             }
             if err == EINTR || err == EAGAIN { return .interrupted }
-            throw KVMError(operation: KVMIoctl.run.name, errno: err, context: "vcpu \(id), exit reason \(reason.name)")
+            throw KVMError(operation: KVMIoctl.run.name, errno: Errno(rawValue: err), context: "vcpu \(id), exit reason \(reason.name)")
         }
         switch reason {
         case .io:

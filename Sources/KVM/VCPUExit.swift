@@ -82,7 +82,7 @@ public struct MemoryFaultExit: Sendable, Equatable {
     public var gpa: UInt64
     public var size: UInt64
     /// `EFAULT` or `EHWPOISON`.
-    public var errno: Int32
+    public var errno: Errno
 
     public static let flagPrivate: UInt64 = 1 << 3
     public var isPrivate: Bool { flags & Self.flagPrivate != 0 }

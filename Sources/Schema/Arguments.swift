@@ -2,7 +2,9 @@
 public struct CommandError: Error, Sendable {
     public var errorClass: QMP.ErrorClass
     public var desc: String
-    public init(_ c: QMP.ErrorClass, _ desc: String) { errorClass = c; self.desc = desc }
+    /// The symbolic errno (`EINVAL`) of the system call whose failure refused the command, where one did.
+    public var errno: String?
+    public init(_ c: QMP.ErrorClass, _ desc: String, errno: String? = nil) { errorClass = c; self.desc = desc; self.errno = errno }
 }
 
 /// A command's `arguments`, read member by member; `finish()` refuses members nobody asked for.

@@ -35,8 +35,11 @@ public enum QMP {
         return .object(m)
     }
 
-    public static func error(_ c: ErrorClass, _ desc: String, id: JSON?) -> JSON {
-        var m: [(String, JSON)] = [("error", .object([("class", .string(c.rawValue)), ("desc", .string(desc))]))]
+    /// An error reply; `errno` (vmscope's extension, named as in fault records) where a failed system call is the cause.
+    public static func error(_ c: ErrorClass, _ desc: String, errno: String? = nil, id: JSON?) -> JSON {
+        var e: [(String, JSON)] = [("class", .string(c.rawValue)), ("desc", .string(desc))]
+        if let errno { e.append((FaultRecord.Member.errno.name, .string(errno))) }
+        var m: [(String, JSON)] = [("error", .object(e))]
         if let id { m.append(("id", id)) }
         return .object(m)
     }

@@ -194,7 +194,8 @@ public final class KernelEngine: AttributeEngine {
             try memory.vm.setMemoryAttributes(address: address, size: pages * AttributeMap.pageSize,
                                               attributes: toPrivate ? .private : [])
         } catch {
-            throw VMMError(error.errno == EINVAL || error.errno == ENOTTY ? .unsupported : .genericError, error.description)
+            throw VMMError(error.errno == .invalidArgument || error.errno == .inappropriateIOCTLForDevice ? .unsupported : .genericError,
+                           error.description, errno: error.errno)
         }
     }
 

@@ -14,7 +14,7 @@ public enum CapabilityPlan {
         let decision = try? AttributeEngineDecision.decide(.auto, capabilities: c)
         let engine = decision.map { "attribute engine: \($0.engine.rawValue) (\($0.reason))" } ?? "attribute engine: none"
         let perType = c.perVMType.map { t in
-            t.created ? "\(t.type.rawValue): \(hex(t.memoryAttributes))" : "\(t.type.rawValue): not created (\(KVMError.name(of: t.createErrno ?? 0)))"
+            t.created ? "\(t.type.rawValue): \(hex(t.memoryAttributes))" : "\(t.type.rawValue): not created (\(t.createErrno?.name ?? "?"))"
         }.joined(separator: ", ")
         let types = c.vmTypes.map(\.name).joined(separator: ", ")
         var items: [CapabilityPlanItem] = [

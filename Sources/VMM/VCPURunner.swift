@@ -88,6 +88,7 @@ final class VCPURunner: VCPUContext, @unchecked Sendable {
     // vCPU thread only:
     private var handlers: [any ExitHandler] = []
     private var lastFaultGPA: UInt64?
+    private var lastFaultGeneration: UInt64?
     private var repeatedFaults = 0
 
     init(index: Int, vcpu: VCPU, events: EventLog, handlers: ExitHandlers) {
@@ -385,11 +386,16 @@ final class VCPURunner: VCPUContext, @unchecked Sendable {
     }
 
     /// Guards against a fault repeating forever at one GPA (kernel exits, instruction fetches). True when it has
-    /// repeated too often.
-    func noteRepeatedFault(gpa: UInt64) -> Bool {
-        if lastFaultGPA == gpa { repeatedFaults += 1 } else { lastFaultGPA = gpa; repeatedFaults = 1 }
+    /// repeated too often with nothing but this vCPU changing the memory layout in between: an operator converting
+    /// the guest's code back and forth (a legitimate storm of exec faults) restarts the count, a conversion that does
+    /// not help does not.
+    func noteRepeatedFault(gpa: UInt64, generation: UInt64) -> Bool {
+        if lastFaultGPA == gpa && lastFaultGeneration == generation { repeatedFaults += 1 } else { lastFaultGPA = gpa; repeatedFaults = 1 }
+        lastFaultGeneration = generation
         return repeatedFaults > 16
     }
+
+    func noteResolved(generation: UInt64) { lastFaultGeneration = generation }
 
     func stopWithError(_ reason: String) {
         cond.withLock { setState(.error, reason) }

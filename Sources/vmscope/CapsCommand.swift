@@ -76,7 +76,7 @@ struct CapsReport: Encodable {
         apiVersion = c.apiVersion
         vmTypes = c.perVMType.map {
             VMTypeEntry(type: $0.type.rawValue, name: $0.type.name, created: $0.created,
-                        createErrno: $0.createErrno.map { KVMError.name(of: $0) },
+                        createErrno: $0.createErrno.map(\.name),
                         memoryAttributes: $0.memoryAttributes, privateAttribute: $0.supportsPrivateAttribute,
                         guestMemfdFlags: $0.guestMemfdFlags.names)
         }

@@ -7,7 +7,7 @@ import Glibc
 /// The one-line answer when `/dev/kvm` cannot be opened: which device, what went wrong, and how to fix it.
 struct DeviceUnavailable: Error, CustomStringConvertible {
     let path: String
-    let errno: Int32
+    let errno: Errno
 
     init(_ error: KVMError, path: String) {
         self.path = path
@@ -15,11 +15,11 @@ struct DeviceUnavailable: Error, CustomStringConvertible {
     }
 
     var description: String {
-        let why = "\(KVMError.name(of: errno)) (\(String(cString: strerror(errno))))"
+        let why = "\(errno.name) (\(String(cString: strerror(errno.rawValue))))"
         switch errno {
-        case ENOENT, ENXIO, ENODEV:
+        case .noSuchFileOrDirectory, .noSuchAddressOrDevice, .operationNotSupportedByDevice:   // ENOENT, ENXIO, ENODEV
             return "vmscope: cannot open \(path): \(why); load KVM (modprobe kvm_intel or kvm_amd) or run on a host with KVM"
-        case EACCES, EPERM:
+        case .permissionDenied, .notPermitted:
             return "vmscope: cannot open \(path): \(why); run as root or add yourself to the group that owns it (usually kvm)"
         default:
             return "vmscope: cannot open \(path): \(why)"

@@ -99,7 +99,7 @@ struct VMMCommand: ParsableCommand {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         let logger = Logger(label: "vmscope.vmm")
         if access(device, R_OK | W_OK) != 0 {
-            DeviceUnavailable(KVMError(operation: "open", errno: errno), path: device).exit()
+            DeviceUnavailable(KVMError(operation: "open", errno: Errno(rawValue: errno)), path: device).exit()
         }
         var c = VMMConfiguration()
         c.name = name

@@ -84,7 +84,7 @@ final class TwoSlotVM {
             if case .interrupted = exit { continue }
             return exit
         }
-        throw KVMError(operation: "KVM_RUN", errno: 4, context: "interrupted \(limit) times")
+        throw KVMError(operation: "KVM_RUN", errno: .interrupted, context: "interrupted \(limit) times")
     }
 }
 

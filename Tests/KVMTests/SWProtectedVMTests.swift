@@ -61,7 +61,7 @@ final class SWProtectedVM {
             if case .interrupted = e { continue }
             return e
         }
-        throw KVMError(operation: "KVM_RUN", errno: EINTR, context: "interrupted 100 times")
+        throw KVMError(operation: "KVM_RUN", errno: .interrupted, context: "interrupted 100 times")
     }
 }
 
@@ -75,7 +75,7 @@ struct SWProtectedVMTests {
         try m.setPrivate(true)
         let e = try m.run()
         guard case .memoryFault(let f) = e else { Issue.record("expected KVM_EXIT_MEMORY_FAULT, got \(e.reason.name)"); return }
-        #expect(f.flags == MemoryFaultExit.flagPrivate && f.gpa == SWProtectedVM.testGPA && f.size == 4096 && f.errno == EFAULT)
+        #expect(f.flags == MemoryFaultExit.flagPrivate && f.gpa == SWProtectedVM.testGPA && f.size == 4096 && f.errno == .badAddress)
     }
 
     @Test func privateAttributeWithoutAMemslotExitsWithPrivate() throws {
@@ -83,7 +83,7 @@ struct SWProtectedVMTests {
         try m.setPrivate(true)
         let e = try m.run()
         guard case .memoryFault(let f) = e else { Issue.record("expected KVM_EXIT_MEMORY_FAULT, got \(e.reason.name)"); return }
-        #expect(f.flags == MemoryFaultExit.flagPrivate && f.gpa == SWProtectedVM.testGPA && f.errno == EFAULT)
+        #expect(f.flags == MemoryFaultExit.flagPrivate && f.gpa == SWProtectedVM.testGPA && f.errno == .badAddress)
     }
 
     @Test func sharedAttributeWithoutAMemslotIsMMIO() throws {
@@ -109,7 +109,7 @@ struct SWProtectedVMTests {
             let e = try m.run()
             Issue.record("expected KVM_RUN to fail, got exit \(e.reason.name)")
         } catch {
-            #expect(error.errno == EFAULT, "\(error)")
+            #expect(error.errno == .badAddress, "\(error)")
             #expect(!error.description.contains("MEMORY_FAULT"), "\(error)")
             print("shared access without shared backing: \(error)")
         }

@@ -72,7 +72,7 @@ import Testing
     }
 
     @Test func errorsNameTheOperationAndErrno() {
-        let e = KVMError(operation: "KVM_SET_USER_MEMORY_REGION2", errno: 17, context: "slot 2")
+        let e = KVMError(operation: "KVM_SET_USER_MEMORY_REGION2", errno: .fileExists, context: "slot 2")
         #expect(e.errnoName == "EEXIST")
         #expect(e.description == "KVM_SET_USER_MEMORY_REGION2 (slot 2) failed: EEXIST (File exists)")
     }

@@ -11,8 +11,11 @@ public protocol VCPUContext: AnyObject {
     /// Stops the vCPU until an operator resumes it (or the VMM stops); true when resumed. Called by the pause policy.
     func faultStop(reason: String) -> Bool
     /// Guards against a fault repeating forever at one GPA (kernel exits, instruction fetches): true when it has
-    /// repeated too often.
-    func noteRepeatedFault(gpa: UInt64) -> Bool
+    /// repeated too often with the memory layout as this vCPU left it (`generation`, the memslot generation now). A
+    /// layout someone else changed since (an operator converting the page back) starts the count again.
+    func noteRepeatedFault(gpa: UInt64, generation: UInt64) -> Bool
+    /// The memslot generation after this vCPU resolved its fault: the layout its next fault is compared with.
+    func noteResolved(generation: UInt64)
     /// Puts the vCPU in state `error` with `reason`.
     func stopWithError(_ reason: String)
     /// Updates what the built-in guest reported (`query-vcpus`' `guest`).

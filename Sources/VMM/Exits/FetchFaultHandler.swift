@@ -31,6 +31,7 @@ final class FetchFaultHandler: ExitHandler {
             (linear, .exec), ((linear &+ 14) & mask, .exec),
             (sregs.gdt.base & mask, .unknown), (sregs.idt.base & mask, .unknown), (stack, .unknown),
         ]
+        let generation = memory.withLock { memory.generation }
         let hit: (gpa: UInt64, c: GPAClassification, access: FaultAccess)? = memory.withLock {
             for (gpa, access) in candidates {
                 guard let c = memory.classify(gpa) else { continue }
@@ -43,12 +44,12 @@ final class FetchFaultHandler: ExitHandler {
         guard let (gpa, c, access) = hit else {
             // No such page now; another vCPU may have converted or remapped it since this exit: re-run. An
             // emulation failure with another cause repeats at the same place and is then reported as it is.
-            if vcpu.noteRepeatedFault(gpa: linear | 1) { return false }
+            if vcpu.noteRepeatedFault(gpa: linear | 1, generation: generation) { return false }
             vcpu.countRelayoutRetry()
             return true
         }
         let what = access == .exec ? "instruction fetch" : "implicit access"
-        if vcpu.noteRepeatedFault(gpa: gpa & ~0xFFF) {
+        if vcpu.noteRepeatedFault(gpa: gpa & ~0xFFF, generation: generation) {
             vcpu.stopWithError("\(what) at \(hex(gpa)) keeps faulting after the page was converted")
             return true
         }
@@ -66,6 +67,7 @@ final class FetchFaultHandler: ExitHandler {
         let reason = "\(what) at \(hex(gpa)) (\(c.privateView ? "private" : "shared") view, page is \(context.attribute))"
         // KVM re-runs the instruction: whatever the policy, nothing is completed here.
         core.applyPolicy(record, pages: page, toPrivate: c.privateView, vcpu: vcpu, reason: reason)
+        vcpu.noteResolved(generation: memory.withLock { memory.generation })
         return true
     }
 }

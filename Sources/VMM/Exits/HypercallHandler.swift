@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import KVM
 import Schema
 
@@ -18,22 +15,22 @@ final class HypercallHandler: ExitHandler {
     }
 
     /// What the guest's RAX gets: a negative errno is returned as its two's complement, as KVM returns them.
-    private static func failure(_ errno: Int32) -> UInt64 { UInt64(bitPattern: Int64(-errno)) }
+    private static func failure(_ errno: Errno) -> UInt64 { UInt64(bitPattern: Int64(-errno.rawValue)) }
 
     private func result(of call: Hypercall, vcpu: Int) -> UInt64 {
-        guard call.number == Hypercall.mapGPARange, call.args.count >= 3 else { return Self.failure(ENOSYS) }
+        guard call.number == Hypercall.mapGPARange, call.args.count >= 3 else { return Self.failure(.noFunction) }
         let attrs = call.args[2]
         let pageSizes: [UInt64] = [4096, 2 << 20, 1 << 30]
         let sizeCode = Int(attrs & 0xF)
-        guard attrs & ~0x1F == 0, sizeCode < pageSizes.count else { return Self.failure(EINVAL) }
+        guard attrs & ~0x1F == 0, sizeCode < pageSizes.count else { return Self.failure(.invalidArgument) }
         let (size, overflow) = call.args[1].multipliedReportingOverflow(by: pageSizes[sizeCode])
-        guard !overflow else { return Self.failure(EINVAL) }
+        guard !overflow else { return Self.failure(.invalidArgument) }
         do {
             _ = try core.convert(gpa: call.args[0], size: size, toPrivate: attrs & 0x10 != 0, discard: true,
                                  cause: .guestRequest, vcpu: vcpu)
             return 0
         } catch {
-            return Self.failure(EINVAL)
+            return Self.failure(.invalidArgument)
         }
     }
 }

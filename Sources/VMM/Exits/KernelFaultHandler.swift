@@ -15,17 +15,17 @@ final class KernelFaultHandler: ExitHandler {
     func handle(_ exit: VCPUExit, on vcpu: any VCPUContext) -> Bool {
         guard case .memoryFault(let f) = exit else { return false }
         let memory = core.memory
-        let (c, context) = memory.withLock {
+        let (c, context, generation) = memory.withLock {
             let c = memory.classify(f.gpa)
-            return (c, memory.faultContext(gfn: c?.gfn))
+            return (c, memory.faultContext(gfn: c?.gfn), memory.generation)
         }
         let wantsPrivate = c?.privateView ?? f.isPrivate
         let record = FaultRecord(timeNs: HostClock.monotonicNs(), vcpu: vcpu.index, gpa: f.gpa, size: f.size,
                                  flags: f.flags, isPrivate: wantsPrivate, access: .unknown,
-                                 errno: KVMError.name(of: f.errno), source: .kernel, exit: .memoryFault,
+                                 errno: f.errno.name, source: .kernel, exit: .memoryFault,
                                  attribute: context.attribute, slot: context.slot, action: .reported)
         let unknownFlags = f.flags & ~MemoryFaultExit.flagPrivate
-        guard unknownFlags == 0, let c, !vcpu.noteRepeatedFault(gpa: f.gpa) else {
+        guard unknownFlags == 0, let c, !vcpu.noteRepeatedFault(gpa: f.gpa, generation: generation) else {
             core.faults.append(record)
             vcpu.stopWithError(unknownFlags != 0 ? "KVM_EXIT_MEMORY_FAULT with unknown flags \(hex(unknownFlags))"
                                : c == nil ? "KVM_EXIT_MEMORY_FAULT outside RAM at \(hex(f.gpa))"
@@ -44,6 +44,7 @@ final class KernelFaultHandler: ExitHandler {
         }
         let reason = "KVM_EXIT_MEMORY_FAULT at \(hex(f.gpa)) (\(wantsPrivate ? "private" : "shared") access, page is \(context.attribute))"
         core.applyPolicy(record, pages: pages, toPrivate: wantsPrivate, vcpu: vcpu, reason: reason)
+        vcpu.noteResolved(generation: memory.withLock { memory.generation })
         return true
     }
 }
