@@ -65,6 +65,16 @@ struct MapAlarmChecks {
             if driver.model.mapAlarm != nil { break }
             usleep(20_000)
         }
+        if hasTracepoint {
+            // The inspector's own account of the conversions it traced (issue 29): each step in its histogram, and the
+            // memory-fault rows that asked for them carrying their steps (`conv` on the row, `L` for the histogram).
+            let h = driver.model.conversionLatency
+            let rowsWithSteps = driver.model.conversionSteps.count
+            print("MapAlarmChecks: inspector: conversions timed \(ConversionStep.allCases.map { "\($0.rawValue) \(h.total($0))" }.joined(separator: ", ")); "
+                  + "\(rowsWithSteps) memory-fault rows carry their steps; convert p50 under \(h.quantile(.convert, 0.5).map { "\($0 / 1000) µs" } ?? "-")")
+            #expect(h.total(.convert) > 0 && h.total(.reentry) > 0, "no conversion timed by the inspector")
+            #expect(rowsWithSteps > 0, "no memory-fault row carries its conversion's steps")
+        }
         // `top` counts the VMM's memory-fault exits from its tracepoints (issue 29): the guest's working set made
         // shared again and again, each touch of it through the private view is a KVM_EXIT_MEMORY_FAULT.
         let converting = Thread {
