@@ -123,6 +123,7 @@ public enum HostVMs {
         /// Takes what the buffers hold.
         public func update() {
             let pairs = tracesConversions
+            let missed = session.missed
             for e in session.read() {
                 switch e.kind {
                 case .userspaceExit(let reason, _):
@@ -142,7 +143,13 @@ public enum HostVMs {
                     break
                 }
             }
+            // Events the kernel dropped may have been conversions: no traced map is exact any more.
+            if session.missed > missed || session.missed > missedSeen {
+                missedSeen = session.missed
+                for pid in attributes.keys { attributes[pid]?.forget() }
+            }
         }
+        private var missedSeen: UInt64 = 0
     }
 
     public static func sample(traced: TracedCounts? = nil) throws(TraceError) -> [Sample] {

@@ -41,8 +41,10 @@ public struct TracedAttributes: Sendable, Equatable {
 
     /// Known runs, sorted and not overlapping; pages outside all of them are unknown.
     public private(set) var runs: [Run]
-    /// Whether the trace saw the VM from its creation: then no page is unknown.
-    public let complete: Bool
+    /// Whether the trace saw the VM from its creation: then no page is unknown (until events are lost: `forget`).
+    public private(set) var complete: Bool
+    /// Times the map forgot everything because the kernel dropped events (`forget`).
+    public private(set) var forgotten: UInt64 = 0
     /// Conversions applied, and refused.
     public private(set) var applied: UInt64 = 0
     public private(set) var refused: UInt64 = 0
@@ -105,6 +107,15 @@ public struct TracedAttributes: Sendable, Equatable {
         }
         if at < end { unknown.append(at..<end) }
         return (known, unknown)
+    }
+
+    /// The kernel dropped events (its buffer was full): any of them may have been a conversion, so no page is known
+    /// any more, and requests in flight are let go. Pages become known again as conversions are seen.
+    public mutating func forget() {
+        runs = []
+        complete = false
+        pending.removeAll()
+        forgotten &+= 1
     }
 
     /// Takes one event; returns the conversion it completed (accepted or refused), if any.

@@ -117,6 +117,7 @@ extension TracedAttributes {
         let v = view(start: 0, end: max(extent, 1))
         return .object([
             ("event", .string("attribute-map")), ("complete", .bool(complete)), ("applied", .u(applied)), ("refused", .u(refused)),
+            ("forgotten", .u(forgotten)),
             ("overflowed", .bool(overflowed)), ("pages", .u(extent)),
             ("runs", .array(v.known.map { .object([("start-gfn", .u($0.start)), ("end-gfn", .u($0.end)), ("private", .bool($0.isPrivate))]) })),
             ("unknown", .array(v.unknown.map { .object([("start-gfn", .u($0.lowerBound)), ("end-gfn", .u($0.upperBound))]) })),

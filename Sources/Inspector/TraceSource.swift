@@ -45,6 +45,8 @@ public final class TraceSource: VMSource {
     public private(set) var agreement = MapAgreement()
     private var lastAgreementCheck: UInt64 = 0
     private var recentConversions = RecentConversions()
+    /// `session.missed` when the traced map last took it into account.
+    private var missedSeen: UInt64 = 0
     /// Each traced conversion's steps (`ConversionLatencyPairing`), and those that wait for their memory-fault row
     /// (beside a VMM, its record comes over the socket after the trace saw the exit): tried each poll for 2 s, at most
     /// `timingLimit` of them.
@@ -111,6 +113,7 @@ public final class TraceSource: VMSource {
         // Bounded a poll (the rest waits in the kernel's buffer, whose overflow is counted as missed): a poll never
         // takes the worker away for long, however fast the VM exits.
         let events = session.read(limit: Self.readLimit)
+        forgetIfEventsWereLost(&model)
         if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []
         var mapChanged = false
@@ -257,6 +260,21 @@ public final class TraceSource: VMSource {
         triedCount = pending.count
         unmatched &+= UInt64(left.count - pending.count)
         return model.faultsTraced != before || alarmChanged
+    }
+
+    /// Where the kernel dropped events since the last poll, the traced map cannot be exact any more: it forgets what it
+    /// knew (pages become unknown until converted again), the comparison with the VMM's map starts over, and the
+    /// status line says so, rather than a dropped conversion showing as a page that disagrees.
+    private func forgetIfEventsWereLost(_ model: inout InspectorModel) {
+        guard session.missed > missedSeen else { return }
+        let lost = session.missed - missedSeen
+        missedSeen = session.missed
+        guard attributes != nil else { return }
+        attributes?.forget()
+        if let a = attributes, !faultsOnly || mapsBeside { publish(a, &model) }
+        agreement = MapAgreement()
+        if model.mapAlarm != nil { model.mapAlarm = nil }
+        notice = ("the kernel dropped \(lost) trace events: the traced map forgets what it knew (pages are unknown until converted again)", false)
     }
 
     /// The timed conversions into the histogram, and onto the rows of the memory faults that asked for them (now, or

@@ -173,8 +173,15 @@ struct TraceCommand: ParsableCommand {
         var latency = ConversionLatencyPairing()
         /// The batch's conversions (then their steps, once the thread re-entered) and memory faults, in the order the
         /// kernel gave their events.
+        var missedSeen: UInt64 = 0
         func pair(_ batch: [TraceEvent]) {
             var text = ""
+            if session.missed > missedSeen, attributes != nil {
+                // Lost events may have been conversions: the map forgets what it knew (its next attribute-map says
+                // complete false, and how many times it forgot).
+                missedSeen = session.missed
+                attributes?.forget()
+            }
             for e in batch {
                 let c = attributes?.apply(e)
                 if let c { text += (json ? c.json.serialized : c.line) + "\n" }

@@ -23,6 +23,20 @@ import Testing
         return map.apply(event(tid, .ioctlExit(ret: ret)))
     }
 
+    /// Events the kernel dropped may have been conversions: the map knows nothing after them (not the stale state a
+    /// comparison with the VMM's map would then call a disagreement), and learns again from the next conversions.
+    @Test mutating func lostEventsMakeEveryPageUnknownUntilConvertedAgain() throws {
+        var map = TracedAttributes(complete: true)
+        _ = convert(&map, 0x100..<0x200, toPrivate: true)
+        _ = map.apply(event(10, .ioctlEnter(fd: 5, cmd: Self.setAttributes)))   // in flight when the events were lost
+        map.forget()
+        #expect(!map.complete && map.forgotten == 1)
+        #expect(map.isPrivate(gfn: 0x150) == nil && map.isPrivate(gfn: 0x50) == nil)
+        #expect(map.apply(event(10, .ioctlExit(ret: 0))) == nil, "the request in flight was let go")
+        _ = convert(&map, 0x140..<0x160, toPrivate: false)
+        #expect(map.isPrivate(gfn: 0x150) == false && map.isPrivate(gfn: 0x100) == nil)
+    }
+
     @Test mutating func anAcceptedConversionChangesTheMapAndARefusedOneDoesNot() throws {
         var map = TracedAttributes(complete: true)
         #expect(map.isPrivate(gfn: 0x150) == false, "traced from the VM's start: every page begins shared")

@@ -115,7 +115,8 @@ struct MapAlarmChecks {
             #expect(timed, "no traced conversion latency for the VMM: \(counts) \((try? String(contentsOfFile: exporterLog, encoding: .utf8))?.suffix(1000) ?? "")")
         }
         let trace = try #require(source.trace, "not traced: \(driver.model.unavailable)")
-        print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off")")
+        print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off"); "
+              + "trace events the kernel dropped \(trace.session.missed) (the traced map forgot \(trace.attributes?.forgotten ?? 0) times)")
         if hasTracepoint {
             #expect(trace.agreement.comparedPages > 0, "the traced map and the VMM's had no page in common")
         } else {
