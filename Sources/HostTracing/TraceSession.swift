@@ -213,6 +213,13 @@ public final class TraceSession: @unchecked Sendable {
         }
     }
 
+    /// `events` (and their raw records, kept beside them) sorted by timestamp, stably.
+    static func inTimeOrder(_ events: [TraceEvent], raw: [RawTraceRecord]?) -> ([TraceEvent], [RawTraceRecord]?) {
+        guard zip(events, events.dropFirst()).contains(where: { $0.timeNs > $1.timeNs }) else { return (events, raw) }
+        let order = events.indices.sorted { (events[$0].timeNs, $0) < (events[$1].timeNs, $1) }
+        return (order.map { events[$0] }, raw.map { r in order.map { r[$0] } })
+    }
+
     static func tasks(of pid: Int32) -> Set<Int32> {
         Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
     }
@@ -224,8 +231,8 @@ public final class TraceSession: @unchecked Sendable {
         return true
     }
 
-    /// Whatever the buffers hold now, decoded, oldest first per CPU. Events of other threads (a filter not yet
-    /// updated) are dropped and counted in `foreign`.
+    /// Whatever the buffers hold now, decoded, oldest first (merged across CPUs by timestamp). Events of other threads
+    /// (a filter not yet updated) are dropped and counted in `foreign`.
     public func read(limit: Int = 1 << 20) -> [TraceEvent] {
         guard let inst = instance else { return [] }
         refreshThreads()
@@ -280,6 +287,10 @@ public final class TraceSession: @unchecked Sendable {
                 if let raw = box.raw { box.raw = raw.indices.filter { !dropped.contains($0) }.map { raw[$0] } }
             }
         }
+        // In time order: the per-CPU buffers come one after another, and a thread that moved between CPUs had its events
+        // out of order (in the lab, a vCPU's KVM_RUN entry after the exit it preceded: a conversion paired with an old
+        // re-entry). Stable: events of one timestamp keep the kernel's order.
+        (box.out, box.raw) = Self.inTimeOrder(box.out, raw: box.raw)
         foreign &+= box.foreign
         decoded &+= UInt64(box.out.count)
         if let kept = box.raw { raw += kept }

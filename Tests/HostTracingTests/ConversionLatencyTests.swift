@@ -87,3 +87,18 @@ import Testing
         #expect(h.quantile(.convert, 1) == 1 << 40, "the last bucket holds everything longer")
     }
 }
+
+/// The per-CPU buffers are read one after another: a thread that moved between CPUs had its events out of order, and
+/// the lab paired a conversion with a KVM_RUN entry from before its exit. A read is merged by timestamp, stably.
+struct TimeOrderTests {
+    @Test func eventsOfTwoCPUsComeOutInTimeOrderWithTheirRawRecords() {
+        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: 7, cpu: cpu, timeNs: t, kind: .other(name: "e\(t)")) }
+        let events = [e(0, 10), e(0, 30), e(0, 30), e(1, 20), e(1, 40)]
+        let raw = events.map { RawTraceRecord(cpu: $0.cpu, timeNs: $0.timeNs, data: [UInt8(truncatingIfNeeded: $0.timeNs)]) }
+        let (sorted, sortedRaw) = TraceSession.inTimeOrder(events, raw: raw)
+        #expect(sorted.map(\.timeNs) == [10, 20, 30, 30, 40])
+        #expect(sorted.map(\.cpu) == [0, 1, 0, 0, 1])
+        #expect(sortedRaw?.map(\.timeNs) == [10, 20, 30, 30, 40])
+        #expect(TraceSession.inTimeOrder([e(0, 1), e(1, 2)], raw: nil).0.map(\.timeNs) == [1, 2])
+    }
+}

@@ -134,6 +134,8 @@ struct QEMUModelTests {
             defer { _ = try? checker.execute("cont") }
             try checker.execute("object-add", .object([("qom-type", .string("memory-backend-ram")), ("id", .string("m2")), ("size", .u(64 << 20))]))
             try checker.execute("device_add", .object([("driver", .string("pc-dimm")), ("id", .string("dimm2")), ("memdev", .string("m2"))]))
+            // Due at once, as above: 10 s on was not always past the poll's stretched spacing in a full run.
+            source.refreshSoon()
             try source.poll(execute, model: &model, nowNs: HostClock.monotonicNs() + 10_000_000_000)
             #expect(model.memslots.contains { $0.regionName == "m2" && $0.size == 64 << 20 && $0.device == "dimm dimm2, hotplugged" },
                     "\(model.memslots.map { [$0.regionName, $0.device] })")
