@@ -50,26 +50,38 @@ public struct ConversionLatencyPairing: Sendable {
 
     public init() {}
 
+    /// Events of one thread can arrive out of order across reads (a thread that moved between CPUs: one CPU's buffer is
+    /// read a page later than another's), so nothing is paired against time: an exit is a conversion's only if it came
+    /// before the conversion began, a `KVM_RUN` entry ends a conversion's steps only if it came after its return, and an
+    /// older exit never replaces a newer one.
     public mutating func apply(_ e: TraceEvent, completed: TracedAttributes.Conversion?) -> [ConversionTiming] {
         var out: [ConversionTiming] = []
         switch e.kind {
         case .userspaceExit(let reason, _):
-            // An exit with conversions still waiting: the thread re-entered without its entry being traced.
-            if let w = waiting.removeValue(forKey: e.tid) { out += w }
+            if let last = lastExit[e.tid], last.timeNs > e.timeNs { break }
+            // An exit with conversions still waiting (made before it): the thread re-entered without its entry traced.
+            if let w = waiting[e.tid] {
+                let done = w.filter { $0.conversion.returnedNs <= e.timeNs }
+                out += done
+                waiting[e.tid] = done.count == w.count ? nil : w.filter { $0.conversion.returnedNs > e.timeNs }
+            }
             if lastExit[e.tid] == nil && lastExit.count >= Self.threadLimit { lastExit.removeAll() }
             lastExit[e.tid] = (reason, e.timeNs)
         case .ioctlEnter(_, let cmd) where cmd == UInt64(KVMIoctl.run.value):
-            lastExit[e.tid] = nil
-            if var w = waiting.removeValue(forKey: e.tid) {
-                for i in w.indices { w[i].reenteredNs = e.timeNs }
-                out += w
+            if let last = lastExit[e.tid], last.timeNs <= e.timeNs { lastExit[e.tid] = nil }
+            if let w = waiting[e.tid] {
+                var later: [ConversionTiming] = []
+                for var t in w {
+                    if t.conversion.returnedNs <= e.timeNs { t.reenteredNs = e.timeNs; out.append(t) } else { later.append(t) }
+                }
+                waiting[e.tid] = later.isEmpty ? nil : later
             }
         default:
             break
         }
         if let c = completed {
             var t = ConversionTiming(conversion: c)
-            if let exit = lastExit[c.tid] {
+            if let exit = lastExit[c.tid], exit.timeNs <= (t.startNs ?? c.returnedNs) {
                 t.exitReason = exit.reason
                 t.exitNs = exit.timeNs
                 if waiting[c.tid] == nil && waiting.count >= Self.threadLimit { out += waiting.values.joined(); waiting.removeAll() }

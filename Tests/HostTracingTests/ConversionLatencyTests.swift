@@ -102,3 +102,22 @@ struct TimeOrderTests {
         #expect(TraceSession.inTimeOrder([e(0, 1), e(1, 2)], raw: nil).0.map(\.timeNs) == [1, 2])
     }
 }
+
+extension ConversionLatencyTests {
+    /// Seen in the lab: a thread's events from another CPU's buffer arrive a read later. An exit newer than the
+    /// conversion is not its exit, and a KVM_RUN entry older than its return is not its re-entry.
+    @Test mutating func eventsArrivingOutOfOrderAreNotPairedAgainstTime() throws {
+        feed(7, 1_000, .userspaceExit(reason: .memoryFault, errno: -14))
+        feed(7, 90_000, .userspaceExit(reason: .io, errno: 0))            // from a later read of another CPU... first
+        convert(7, at: 5_000, convertNs: 10_000, 0x40..<0x41)               // the conversion after the first exit
+        #expect(out.count == 1 && out[0].exitNs == nil, "the exit at 90 µs came after the conversion began: \(out)")
+        out = []
+        feed(8, 1_000, .userspaceExit(reason: .memoryFault, errno: -14))
+        convert(8, at: 5_000, convertNs: 10_000, 0x50..<0x51)
+        feed(8, 3_000, .ioctlEnter(fd: 9, cmd: Self.run))                   // an entry before the return: not its re-entry
+        #expect(out.isEmpty)
+        feed(8, 20_000, .ioctlEnter(fd: 9, cmd: Self.run))
+        let t = try #require(out.first)
+        #expect(t.exitNs == 1_000 && t.reenteredNs == 20_000 && t.duration(.request) == 4_000 && t.duration(.reentry) == 5_000)
+    }
+}
