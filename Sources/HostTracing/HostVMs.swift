@@ -123,7 +123,6 @@ public enum HostVMs {
         /// Takes what the buffers hold.
         public func update() {
             let pairs = tracesConversions
-            let missed = session.missed
             for e in session.read() {
                 switch e.kind {
                 case .userspaceExit(let reason, _):
@@ -144,7 +143,7 @@ public enum HostVMs {
                 }
             }
             // Events the kernel dropped may have been conversions: no traced map is exact any more.
-            if session.missed > missed || session.missed > missedSeen {
+            if session.missed > missedSeen {
                 missedSeen = session.missed
                 for pid in attributes.keys { attributes[pid]?.forget() }
             }
