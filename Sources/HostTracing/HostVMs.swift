@@ -108,8 +108,8 @@ public enum HostVMs {
         /// Bytes the traced map of `pid` knows private.
         public func privateBytes(_ pid: Int32) -> UInt64? {
             guard tracesConversions else { return nil }
-            let a = attributes[pid] ?? TracedAttributes(complete: false)
-            return a.view(start: 0, end: TracedAttributes.gfnLimit).known.filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) } &* 4096
+            // The known runs themselves (a view would also list the unknown ranges between them, unused here).
+            return (attributes[pid]?.runs ?? []).filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) } &* 4096
         }
 
         func tgid(_ tid: Int32) -> Int32 {
