@@ -2,6 +2,7 @@ import CTraceFS
 import Foundation
 import Synchronization
 import KVM
+import Schema
 
 /// Why tracing cannot start, in words naming the fix.
 public struct TraceError: Error, Sendable, CustomStringConvertible {
@@ -53,6 +54,10 @@ public final class TraceSession: @unchecked Sendable {
     /// When set, `read` also keeps each admitted record's bytes (`takeRaw()`), for `--save-raw`.
     public var keepRaw = false
     private var raw: [RawTraceRecord] = []
+    /// Whether the instance's timestamps are CLOCK_MONOTONIC's (`trace_clock` took "mono"): then `read` can tell
+    /// which events no other CPU can still precede (`TimeOrderedRelease`).
+    private var onMonotonicClock = false
+    private var release = TimeOrderedRelease()
 
     /// The raw records kept since the last call (with `keepRaw`), and the layouts to decode them with.
     public func takeRaw() -> [RawTraceRecord] { defer { raw = [] }; return raw }
@@ -134,7 +139,7 @@ public final class TraceSession: @unchecked Sendable {
         instance = inst
         _ = fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
         // Timestamps on CLOCK_MONOTONIC, the clock of fault records and of the views (this instance only).
-        _ = fs.tracefs_instance_file_write(inst, "trace_clock", "mono")
+        onMonotonicClock = fs.tracefs_instance_file_write(inst, "trace_clock", "mono") > 0
         if let pid {
             let tids = Self.tasks(of: pid)
             followsForks = !tids.isEmpty && fs.tracefs_instance_file_write(inst, "options/event-fork", "1") > 0
@@ -231,11 +236,14 @@ public final class TraceSession: @unchecked Sendable {
         return true
     }
 
-    /// Whatever the buffers hold now, decoded, oldest first (merged across CPUs by timestamp). Events of other threads
-    /// (a filter not yet updated) are dropped and counted in `foreign`.
-    public func read(limit: Int = 1 << 20) -> [TraceEvent] {
+    /// Whatever the buffers hold now, decoded, oldest first (merged across CPUs by timestamp), up to `holdBackNs`
+    /// before the read began (the rest is given out by a later read, in order, or by a `final` one: the traced
+    /// process has gone and nothing newer can come). Events of other threads (a filter not yet updated) are dropped
+    /// and counted in `foreign`.
+    public func read(limit: Int = 1 << 20, final: Bool = false) -> [TraceEvent] {
         guard let inst = instance else { return [] }
         refreshThreads()
+        let startedNs = HostClock.monotonicNs()
         final class Box {
             var out: [TraceEvent] = []
             var missed: UInt64 = 0
@@ -290,10 +298,48 @@ public final class TraceSession: @unchecked Sendable {
         // In time order: the per-CPU buffers come one after another, and a thread that moved between CPUs had its events
         // out of order (in the lab, a vCPU's KVM_RUN entry after the exit it preceded: a conversion paired with an old
         // re-entry). Stable: events of one timestamp keep the kernel's order.
-        (box.out, box.raw) = Self.inTimeOrder(box.out, raw: box.raw)
         foreign &+= box.foreign
         decoded &+= UInt64(box.out.count)
-        if let kept = box.raw { raw += kept }
-        return box.out
+        let (out, outRaw) = release.take(box.out, raw: box.raw, readStartedNs: onMonotonicClock ? startedNs : nil, final: final)
+        if let kept = outRaw { raw += kept }
+        return out
+    }
+
+    /// Events read but held back (`read`), for the counts of a view.
+    public var heldBack: Int { release.held.count }
+}
+
+/// Gives out a session's events in time order across reads. One CPU's buffer is read after another's, and an event
+/// written on a CPU already read comes in the next read, older than events given out from the CPUs read after it: a
+/// thread that moved between CPUs had its events out of order that way, and two threads' conversions of one page
+/// were applied in the wrong order (the traced map kept the older). So a read gives out only what is older than its
+/// own start, less `holdBackNs` (the time an event takes to be written): all of that was in the buffers when the read
+/// began. The rest waits for a later read, or a `final` one (the process has gone: nothing older can come).
+struct TimeOrderedRelease {
+    /// Longer than any event's write (in atomic context, a few µs) and than the gap between the trace clock's fast
+    /// monotonic read and CLOCK_MONOTONIC's.
+    static let holdBackNs: UInt64 = 2_000_000
+    private(set) var held: [TraceEvent] = []
+    private var heldRaw: [RawTraceRecord] = []
+
+    /// `events` read by a read that began at `readStartedNs` (on the trace's clock; nil: the clock is another, and
+    /// nothing is held), with what earlier reads held, in time order up to where a later read could still add.
+    mutating func take(_ events: [TraceEvent], raw: [RawTraceRecord]?, readStartedNs: UInt64?, final: Bool) -> ([TraceEvent], [RawTraceRecord]?) {
+        var (out, outRaw) = TraceSession.inTimeOrder(held + events, raw: raw.map { heldRaw + $0 })
+        var cut = out.count
+        if !final, let start = readStartedNs {
+            let limit = start &- min(start, Self.holdBackNs)
+            var lo = 0, hi = out.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if out[mid].timeNs < limit { lo = mid + 1 } else { hi = mid }
+            }
+            cut = lo
+        }
+        held = Array(out[cut...])
+        heldRaw = outRaw.map { Array($0[cut...]) } ?? []
+        out.removeSubrange(cut...)
+        outRaw?.removeSubrange(cut...)
+        return (out, outRaw)
     }
 }

@@ -214,6 +214,11 @@ struct TraceCommand: ParsableCommand {
         print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)"
               + (attributes == nil ? "; no private/shared map: this kernel does not trace KVM_SET_MEMORY_ATTRIBUTES with its result (kvm_vm_set_mem_attributes and sys_exit_ioctl)" : ""),
               to: &err)
+        func saveKept() throws {
+            guard rawFD >= 0 else { return }
+            let kept = session.takeRaw()
+            if !kept.isEmpty { try saveRaw(kept.map(RawTraceRecording.line).joined()) }
+        }
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
         var exitStatus: Int32?
         while traceStop.load(ordering: .relaxed) == 0 {
@@ -221,16 +226,9 @@ struct TraceCommand: ParsableCommand {
             emit(batch)
             pair(batch)
             if traceMapWanted.exchange(0, ordering: .relaxed) != 0 { emitMap() }
-            if rawFD >= 0 {
-                let kept = session.takeRaw()
-                if !kept.isEmpty { try saveRaw(kept.map(RawTraceRecording.line).joined()) }
-            }
+            try saveKept()
             if let deadline, HostClock.monotonicNs() >= deadline { break }
             if let child, let status = child.poll() {
-                // What it did before exiting is in the buffers still.
-                let rest = session.read()
-                emit(rest)
-                pair(rest)
                 exitStatus = status
                 print("vmscope trace: process \(pid) exited (status \(status))", to: &err)
                 break
@@ -238,6 +236,11 @@ struct TraceCommand: ParsableCommand {
             if child == nil, kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }
             if batch.isEmpty { usleep(20_000) }
         }
+        // What it did last is in the buffers still (or held back by the last read, for order): all of it, in order.
+        let rest = session.read(final: true)
+        emit(rest)
+        pair(rest)
+        try saveKept()
         emitMap()
         print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded",
               to: &err)
