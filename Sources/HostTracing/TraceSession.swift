@@ -51,6 +51,8 @@ public final class TraceSession: @unchecked Sendable {
     public private(set) var missed: UInt64 = 0
     public private(set) var foreign: UInt64 = 0
     public private(set) var decoded: UInt64 = 0
+    /// Reads made (each a pass over every CPU's buffer): what a tracer's pacing is judged by.
+    public private(set) var reads: UInt64 = 0
     /// When set, `read` also keeps each admitted record's bytes (`takeRaw()`), for `--save-raw`.
     public var keepRaw = false
     private var raw: [RawTraceRecord] = []
@@ -96,7 +98,9 @@ public final class TraceSession: @unchecked Sendable {
     }
 
     /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default).
-    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = 4096) throws(TraceError) {
+    public static let defaultBufferKiB = 4096
+
+    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB) throws(TraceError) {
         // The libraries first: where they are missing, that is the one thing to say.
         fs = try TraceLibraries.api()
         if let pid { guard kill(pid, 0) == 0 || errno == EPERM else { throw TraceError("no process \(pid)") } }
@@ -244,6 +248,7 @@ public final class TraceSession: @unchecked Sendable {
         guard let inst = instance else { return [] }
         refreshThreads()
         let startedNs = HostClock.monotonicNs()
+        reads &+= 1
         final class Box {
             var out: [TraceEvent] = []
             var missed: UInt64 = 0

@@ -28,6 +28,8 @@ public final class TraceSource: VMSource {
     static let pendingLimit = 65_536
     static let retryLimit = 8192
     static let readLimit = 16_384
+    private var pacer = TracePacer()
+    private var nextReadNs: UInt64 = 0
     /// `model.faultsReceived` when the pending events were last tried, and how many of them were.
     private var receivedAtLastTry: UInt64 = .max
     private var triedCount = 0
@@ -111,8 +113,13 @@ public final class TraceSource: VMSource {
             changed = true
         }
         // Bounded a poll (the rest waits in the kernel's buffer, whose overflow is counted as missed): a poll never
-        // takes the worker away for long, however fast the VM exits.
-        let events = session.read(limit: Self.readLimit)
+        // takes the worker away for long, however fast the VM exits. Paced (`TracePacer`): the worker polls every
+        // 20 ms, and a read that often is CPU taken from the VM where CPUs are few.
+        var events: [TraceEvent] = []
+        if nowNs >= nextReadNs {
+            events = session.read(limit: Self.readLimit)
+            nextReadNs = nowNs + pacer.next(afterReading: events.count)
+        }
         forgetIfEventsWereLost(&model)
         if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []

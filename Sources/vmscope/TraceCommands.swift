@@ -221,6 +221,7 @@ struct TraceCommand: ParsableCommand {
         }
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
         var exitStatus: Int32?
+        var pacer = TracePacer()
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
             emit(batch)
@@ -234,7 +235,7 @@ struct TraceCommand: ParsableCommand {
                 break
             }
             if child == nil, kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }
-            if batch.isEmpty { usleep(20_000) }
+            usleep(UInt32(pacer.next(afterReading: batch.count) / 1000))
         }
         // What it did last is in the buffers still (or held back by the last read, for order): all of it, in order.
         let rest = session.read(final: true)
@@ -242,7 +243,7 @@ struct TraceCommand: ParsableCommand {
         pair(rest)
         try saveKept()
         emitMap()
-        print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded",
+        print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded; \(session.reads) reads",
               to: &err)
         if let child {
             if child.poll() == nil { child.terminate(grace: 10) }

@@ -160,7 +160,7 @@ struct MapAlarmChecks {
     /// the map: what the any-VM views need), twice, then `vmscope trace PID --json` (every event decoded and
     /// printed) once. The lab has two emulated CPUs, both the guest's vCPU threads' when untraced: what a tracer
     /// costs is mostly its own CPU there, a debug build's here. Both figures are printed (docs/attribute-engines.md:
-    /// 0.57-0.63 of the untraced progress with the paired tracer, 0.47-0.59 with every event; not the 5 % asked
+    /// 0.49-0.65 of the untraced progress with the paired tracer, 0.43-0.95 with every event; not the 5 % asked
     /// for). The bound only separates a tracer that costs its CPU share from one that holds the guest up.
     @Test func tracingCostsTheGuestLittleOfItsProgress() throws {
         let vmm = try KernelVMM("tc")

@@ -68,6 +68,10 @@ struct TraceCLITests {
         #expect(!records.isEmpty, "the guest made wrong-view touches while tracing ran")
         let events = result.stdout.split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
         #expect(!events.isEmpty, "\(result.stderr)")
+        // Paced: a light stream is read at most every 100 ms (TracePacer), not again at once whenever a read found
+        // something (which, in the lab, took half the guest's progress). 6 s: about 60 reads, and a final one.
+        let reads = result.stderr.split(separator: "\n").last { $0.contains(" reads") }.flatMap { $0.split(separator: " ").dropLast().last }.flatMap { Int($0) }
+        #expect(reads != nil && reads! <= 90, "\(result.stderr)")
         let vmmThreads = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int($0) })
         let otherThreads = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(otherPid)/task")) ?? []).compactMap { Int($0) })
         let tids = Set(events.compactMap { $0["tid"]?.intValue })
