@@ -63,10 +63,13 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // libvirt and libvirt-qemu, loaded at run time (dlopen: the build needs no libvirt package): a domain's
+        // facts, its QEMU monitor through libvirt's passthrough, and the state changes libvirt has an API for.
+        .target(name: "Libvirt"),
         // The inspector without a terminal: model, UI state, key table, headless renderer, snapshots, recordings;
         // its sources (vmscope's VMM, QEMU, a recording, KVM's tracepoints through HostTracing) and top's view.
         .target(name: "Inspector", dependencies: [
-            "ControlProtocol", "CZlib", "HostTracing", .product(name: "Algorithms", package: "swift-algorithms"),
+            "ControlProtocol", "CZlib", "HostTracing", "Libvirt", .product(name: "Algorithms", package: "swift-algorithms"),
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         // The control server inside the VMM process.
@@ -79,7 +82,7 @@ let package = Package(
         // resources, the boot, and the control link between the host's socket and the VMM inside.
         .target(name: "Lab", dependencies: ["ControlProtocol", "ProcessSupport"], resources: [.copy("Resources")]),
         .executableTarget(name: "vmscope", dependencies: [
-            "KVM", "CKVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "HostTracing", "Exporter",
+            "KVM", "CKVM", "VMM", "ControlProtocol", "ControlServer", "Inspector", "CNcurses", "Lab", "ProcessSupport", "HostTracing", "Exporter", "Libvirt",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -107,10 +110,11 @@ let package = Package(
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
         .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "CTraceFS", "KVM", "Schema", "ControlProtocol", "ProcessSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ExporterTests", dependencies: ["Exporter", "Schema"]),
+        .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),
-        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "VMM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab", "TestSupport"]),
+        .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "VMM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab", "Libvirt", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

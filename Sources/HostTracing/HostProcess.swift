@@ -23,6 +23,21 @@ public enum HostProcess {
         return comm ?? (args.first ?? "pid \(pid)")
     }
 
+    /// The libvirt domain a QEMU process runs (name and UUID from its `-name guest=NAME` and `-uuid`), when libvirt's
+    /// QEMU driver started it: its pid file for that name (`/run/libvirt/qemu/NAME.pid`) holds this pid. nil for any
+    /// other process, whatever it calls itself.
+    public static func libvirtDomain(pid: Int32, runDirectory: String = "/run/libvirt/qemu") -> (name: String, uuid: String)? {
+        guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
+        let args = raw.split(separator: "\0").map(String.init)
+        guard let n = args.firstIndex(of: "-name"), n + 1 < args.count,
+              let name = args[n + 1].split(separator: ",").first(where: { $0.hasPrefix("guest=") }).map({ String($0.dropFirst(6)) }),
+              !name.isEmpty, !name.contains("/"),
+              let u = args.firstIndex(of: "-uuid"), u + 1 < args.count,
+              let recorded = readPseudoFile("\(runDirectory)/\(name).pid").flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }),
+              recorded == pid else { return nil }
+        return (name, args[u + 1])
+    }
+
     /// Whether the process holds a KVM VM now (a file descriptor on `anon_inode:kvm-vm`). Asked after tracing is
     /// on, a no says that every VM it will have is created under the trace. Where its descriptors cannot be read,
     /// yes: nothing is known of what came before.

@@ -36,12 +36,21 @@ public enum HostVMs {
         /// Why KVM's own counters (exits, MMIO, hypercalls) are missing for this VM, when they are: `top` shows
         /// `-` for them and says this.
         public var countersMissing: String? = nil
+        /// The libvirt domain this QEMU runs (`HostProcess.libvirtDomain`), nil for any other process.
+        public var libvirt: LibvirtIdentity?
 
         public init(pid: Int32, directory: String, name: String, vcpus: Int, stats: [String: UInt64], rssBytes: UInt64? = nil,
                     countersMissing: String? = nil) {
             self.pid = pid; self.directory = directory; self.name = name; self.vcpus = vcpus; self.stats = stats
             self.rssBytes = rssBytes; self.countersMissing = countersMissing
         }
+    }
+
+    /// A libvirt domain's name and UUID.
+    public struct LibvirtIdentity: Sendable, Equatable {
+        public var name: String
+        public var uuid: String
+        public init(name: String, uuid: String) { self.name = name; self.uuid = uuid }
     }
 
     /// KVM's names of the statistics `top` has columns for.
@@ -183,8 +192,10 @@ public enum HostVMs {
                 if let bytes = traced.privateBytes(pid) { stats[Stat.tracedPrivateBytes] = bytes }
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
-            out.append(Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,
-                              rssBytes: residentBytes(pid: pid), countersMissing: missing))
+            var sample = Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,
+                                rssBytes: residentBytes(pid: pid), countersMissing: missing)
+            sample.libvirt = HostProcess.libvirtDomain(pid: pid).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
+            out.append(sample)
         }
         return out
     }
@@ -232,7 +243,8 @@ public enum HostVMs {
         public var json: JSON {
             let s = sample
             return .object([
-                ("pid", .i(Int(s.pid))), ("vm", .string(s.directory)), ("name", .string(s.name)), ("vcpus", .i(s.vcpus)),
+                ("pid", .i(Int(s.pid))), ("vm", .string(s.directory)), ("name", .string(s.name)),
+                ("libvirt", .opt(s.libvirt.map { .object([("name", .string($0.name)), ("uuid", .string($0.uuid))]) })), ("vcpus", .i(s.vcpus)),
                 ("rss-bytes", .opt(s.rssBytes.map(JSON.u))),
                 ("counters", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, .u($0.value)) })),
                 ("per-second", .object(perSecond.sorted { $0.key < $1.key }.map { ($0.key, .number(String(format: "%.1f", $0.value))) })),

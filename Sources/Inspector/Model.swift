@@ -25,6 +25,10 @@ public struct VMInfo: Sendable, Equatable {
     /// How often a stock QEMU's registers and counters are read (QEMUSource's spacing: one second, or longer
     /// where that would cost QEMU more than its budget).
     public var pollIntervalNs: UInt64?
+    /// A libvirt domain's state and reason as libvirt keeps them ("paused, user"), and its XML's facts (vCPU
+    /// pinning, memory backing, launch security, devices).
+    public var libvirtState: String?
+    public var libvirtFacts: String?
 
     public init() {}
 

@@ -182,6 +182,9 @@ public struct QEMUSource: Sendable {
         lastSlowPoll = 0
     }
 
+    /// Whether a refresh was asked for and the next poll has not yet made it.
+    public var wantsRefresh: Bool { lastFastPoll == 0 }
+
     /// The first `size` bytes at `gpa`, read with HMP `xp` (QEMU's own physical-memory dump; reads only).
     public func readMemory(_ execute: Execute, gpa: UInt64, size: Int = 256) throws -> [UInt8] {
         let text = try Self.hmp(execute, "xp /\(size)xb 0x\(String(gpa, radix: 16))")

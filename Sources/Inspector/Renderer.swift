@@ -129,6 +129,8 @@ public struct Renderer {
             let poll = m.vm.pollIntervalNs.map { "polled every \(String(format: "%.1f", Double($0) / 1e9)) s" } ?? ""
             parts = [m.vm.name, "\(qemu) \(m.vm.accelerator ?? "?")", "status \(m.vm.runState ?? "?")", conn, machine, poll, "\(m.eventRate) ev/s"]
                 .filter { !$0.isEmpty }
+            // A libvirt domain: libvirt's own state and reason beside QEMU's.
+            if let state = m.vm.libvirtState { parts.insert("libvirt \(state)", at: 3) }
         } else {
             parts = [m.vm.name, "engine \(m.vm.engine)", "policy \(m.vm.policy)", conn, "dropped \(dropped)",
                      "faults \(m.faultsReceived)", "\(m.eventRate) ev/s"]

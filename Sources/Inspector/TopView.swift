@@ -125,7 +125,7 @@ public struct TopView: Sendable {
         func rate(_ k: String) -> String { r.perSecond[k].map { String(format: "%.0f", $0) } ?? "-" }
         func pad(_ t: String, _ n: Int) -> String { t.count >= n ? t : String(repeating: " ", count: n - t.count) + t }
         // A process names itself (QEMU's -name, comm): shown, never sent to the terminal as it is.
-        let safe = terminalSafe(s.name)
+        let safe = terminalSafe(s.libvirt.map { "\($0.name) (libvirt)" } ?? s.name)
         let name = safe.count > 20 ? String(safe.prefix(19)) + "…" : safe
         return String(format: "%7d ", s.pid) + name.padding(toLength: 20, withPad: " ", startingAt: 0)
             + String(format: " %5d ", s.vcpus) + pad(rate(HostVMs.Stat.exits), 10) + " " + pad(rate(HostVMs.Stat.tracedUserspaceExits), 11) + " "

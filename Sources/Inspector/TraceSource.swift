@@ -339,16 +339,28 @@ public final class TraceSource: VMSource {
     }
 }
 
+/// A source whose peer is a process on this host (a control socket's, by its peer credentials; a libvirt domain's
+/// QEMU, by libvirt's pid file), which KVM's tracepoints can watch beside it.
+public protocol TracedPeer: VMSource {
+    var isConnected: Bool { get }
+    var peerPID: Int? { get }
+    /// A stock QEMU, which has no fault stream of its own (the trace's rows are the faults pane).
+    var isQEMU: Bool { get }
+    func close()
+}
+
+extension SocketSource: TracedPeer {}
+
 /// A control socket with KVM's tracepoints beside it: the socket's source for everything it offers, and, when the
 /// peer is a stock QEMU (which has no fault stream over QMP), the trace source for the faults pane, on QEMU's pid
 /// from the socket's peer credentials. Where tracing cannot start, the pane keeps its reason and says why not.
 public final class TracedSocketSource: VMSource {
-    public let socket: SocketSource
+    public let socket: any TracedPeer
     public private(set) var trace: TraceSource?
     private var tracedPid: Int?
     private var notice: (text: String, isError: Bool)?
 
-    public init(socket: SocketSource) { self.socket = socket }
+    public init(socket: any TracedPeer) { self.socket = socket }
 
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var changed = socket.poll(&model, nowNs: nowNs)

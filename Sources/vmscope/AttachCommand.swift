@@ -4,6 +4,7 @@ import ControlProtocol
 import Foundation
 import Inspector
 import HostTracing
+import Libvirt
 
 /// Options shared by `attach` and `demo`.
 struct InspectorOptions: ParsableArguments {
@@ -96,6 +97,24 @@ struct InspectorOptions: ParsableArguments {
         if signal != 0 { throw ExitCode(128 + signal) }
     }
 
+    /// A libvirt domain (`libvirt:NAME`): connects to libvirt and checks the domain before the terminal is touched,
+    /// each failure one line naming it (exit 2).
+    func inspect(libvirt domainName: String, uri: String) throws {
+        var err = StandardError()
+        let source: LibvirtSource
+        do {
+            let connection = try LibvirtConnection(uri: uri)
+            source = try LibvirtSource(domain: try connection.domain(domainName))
+        } catch {
+            print("vmscope: cannot attach to libvirt:\(domainName): \(error)", to: &err)
+            throw ExitCode(2)
+        }
+        // QEMU's faults from KVM's tracepoints, on QEMU's pid (libvirt's pid file), as a direct attach does.
+        let traced = TracedSocketSource(socket: source)
+        defer { traced.close() }
+        try run(traced, readOnly: readOnly, note: "libvirt domain \(source.domain.name): \(source.libvirtLine)")
+    }
+
     /// Connects (before the terminal is touched), then runs the UI until quit.
     func inspect(socket: String, note: String? = nil, tour: Tour? = nil) throws {
         var err = StandardError()
@@ -117,17 +136,26 @@ struct AttachCommand: ParsableCommand {
         commandName: "attach",
         abstract: "Open the inspector on a VMM's control socket (vmscope vmm, or a QEMU QMP socket).")
 
-    @Argument(help: "The control socket.") var socket: String?
+    @Argument(help: "The control socket, or libvirt:DOMAIN (a libvirt-managed QEMU, by name or UUID).") var socket: String?
     @Option(name: .customLong("trace"), help: "Instead of a socket: watch this VMM process through KVM's tracepoints (any VMM; needs root).")
     var tracePid: Int32?
+    @Option(name: .customLong("connect"), help: "The libvirt URI for libvirt:DOMAIN.")
+    var libvirtURI = LibvirtConnection.defaultURI
     @OptionGroup var options: InspectorOptions
 
     func validate() throws {
-        guard (socket == nil) != (tracePid == nil) else { throw ValidationError("give a control socket or --trace PID (one of them)") }
+        guard (socket == nil) != (tracePid == nil) else { throw ValidationError("give a control socket, libvirt:DOMAIN or --trace PID (one of them)") }
+        if let socket, socket.hasPrefix("libvirt:"), socket.count == "libvirt:".count { throw ValidationError("libvirt: needs a domain name or UUID (libvirt:NAME)") }
     }
 
     func run() throws {
-        if let socket { try options.inspect(socket: socket) } else if let tracePid { try options.inspect(tracing: tracePid) }
+        if let socket, socket.hasPrefix("libvirt:") {
+            try options.inspect(libvirt: String(socket.dropFirst("libvirt:".count)), uri: libvirtURI)
+        } else if let socket {
+            try options.inspect(socket: socket)
+        } else if let tracePid {
+            try options.inspect(tracing: tracePid)
+        }
     }
 }
 

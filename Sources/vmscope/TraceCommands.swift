@@ -7,6 +7,7 @@ import Inspector
 import ProcessSupport
 import Synchronization
 import HostTracing
+import Libvirt
 import KVM
 
 private let traceStop = Atomic<Int32>(0)
@@ -363,7 +364,17 @@ struct TopCommand: ParsableCommand {
         var session: TraceSession?
         var what: String
         var traced: TracedSocketSource?
-        if let socket = HostVMs.controlSocket(pid: pid), let client = try? ControlClient(path: socket, timeoutMs: 1000, decodeFaults: true) {
+        if let domain = HostProcess.libvirtDomain(pid: pid) {
+            // libvirt holds this QEMU's monitor: through libvirt, as `attach libvirt:UUID` does.
+            do {
+                let libvirt = try LibvirtSource(domain: try LibvirtConnection().domain(domain.uuid))
+                traced = TracedSocketSource(socket: libvirt)
+                source = traced!
+                what = "libvirt domain \(domain.name)"
+            } catch {
+                return ("cannot attach to libvirt domain \(domain.name): \(error)", true)
+            }
+        } else if let socket = HostVMs.controlSocket(pid: pid), let client = try? ControlClient(path: socket, timeoutMs: 1000, decodeFaults: true) {
             // The same view as `attach SOCKET`: a QEMU's faults pane and heat map from its tracepoints, a vmscope
             // VMM's rows corroborated by them (it showed "fault stream unavailable" for a QEMU).
             traced = TracedSocketSource(socket: SocketSource(path: socket, client: client))
