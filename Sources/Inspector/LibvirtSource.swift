@@ -27,7 +27,7 @@ public final class LibvirtSource: VMSource {
     public init(domain: LibvirtDomain) throws(LibvirtError) {
         self.domain = domain
         let version = try Self.command(domain, "query-version", nil)
-        qemu = QEMUSource(greeting: .object([("QMP", .object([("version", version)]))]))
+        qemu = QEMUSource(greeting: QMP.greeting(version: version))
         facts = (try? domain.xml()).map(DomainFacts.init(xml:)) ?? DomainFacts()
         qemuPid = domain.connection.isLocal ? domain.qemuPid.map(Int.init) : nil
         try domain.receiveEvents()
@@ -35,14 +35,13 @@ public final class LibvirtSource: VMSource {
 
     /// One QMP command through libvirt: its `return`, or QEMU's refusal, or libvirt's error, thrown.
     static func command(_ domain: LibvirtDomain, _ name: String, _ arguments: JSON?) throws(LibvirtError) -> JSON {
-        var message: [(String, JSON)] = [("execute", .string(name))]
-        if let arguments { message.append(("arguments", arguments)) }
-        let text = try domain.monitorCommand(JSON.object(message).serialized)
+        let text = try domain.monitorCommand(QMP.command(name, arguments, id: nil).serialized)
         guard let reply = try? JSON.parse(text) else { throw LibvirtError(.other, "QEMU's reply to \(name) through libvirt is not JSON") }
-        if let error = reply["error"] {
-            throw LibvirtError(.other, "QEMU refused \(name): \(error["desc"]?.stringValue ?? "no reason") (\(error["class"]?.stringValue ?? "?"))")
+        switch QMP.Message(reply) {
+        case .reply(let value, _): return value
+        case .error(let errorClass, let desc, _): throw LibvirtError(.other, "QEMU refused \(name): \(desc) (\(errorClass))")
+        default: throw LibvirtError(.other, "QEMU's reply to \(name) through libvirt is not a QMP reply")
         }
-        return reply["return"] ?? .object([])
     }
 
     var execute: QEMUSource.Execute {
@@ -56,8 +55,9 @@ public final class LibvirtSource: VMSource {
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var changed = false
         let (events, dropped) = domain.takeEvents()
-        for text in events {
-            guard let e = try? JSON.parse(text) else { continue }
+        for event in events {
+            // As QEMU sent it: libvirt passes the name, time and data apart.
+            let e = QMP.event(event.name, event.data.flatMap { try? JSON.parse($0) }, wallNs: event.wallNs)
             model.apply(event: e, nowNs: nowNs)
             qemu.apply(event: e, model: &model)
             changed = true
@@ -83,7 +83,7 @@ public final class LibvirtSource: VMSource {
                 lastStateRead = nowNs
                 let state = domain.state.description
                 if model.vm.libvirtState != state { model.vm.libvirtState = state; changed = true }
-                if model.vm.libvirtFacts == nil { model.vm.libvirtFacts = facts.summary; changed = true }
+                if model.vm.libvirtFacts == nil { model.vm.libvirtFacts = "UUID \(domain.uuid); " + facts.summary; changed = true }
             }
             if let why = broken {
                 notice = ("libvirt domain \(domain.name) answers again (was: \(why))", false)
@@ -101,6 +101,17 @@ public final class LibvirtSource: VMSource {
             }
         }
         return changed
+    }
+
+    /// A model filled now, without a terminal (`vmscope snapshot libvirt:DOMAIN`).
+    public func capture(nowNs: UInt64) throws -> InspectorModel {
+        var model = InspectorModel()
+        try qemu.start(execute, model: &model, nowNs: nowNs, pid: qemuPid)
+        model.vm.name = domain.name
+        model.vm.libvirtState = domain.state.description
+        model.vm.libvirtFacts = "UUID \(domain.uuid); " + facts.summary
+        model.connection = .connected("libvirt \(domain.connection.uri)")
+        return model
     }
 
     public func refusal(_ action: InspectorAction) -> String? {

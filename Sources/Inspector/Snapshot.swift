@@ -33,7 +33,8 @@ public enum Snapshot {
             $0.faultInjectionAllowed = v.faultInjectionAllowed; $0.faultPolicy = Open(v.policy)
         }
         let vm = SnapshotFormat.vm(description, qemu: .init(version: v.qemuVersion, runState: v.runState, accelerator: v.accelerator,
-                                                           machine: v.machine, arch: v.arch))
+                                                           machine: v.machine, arch: v.arch, libvirtState: v.libvirtState,
+                                                           libvirtFacts: v.libvirtFacts))
         let memslots = m.memslots.map { s in
             SnapshotFormat.memslot(s.memslot, slotKnown: s.slotKnown, privatePages: s.privatePages, sharedPages: s.sharedPages,
                                    region: s.regionName, regionOffset: s.regionOffset, device: s.device)

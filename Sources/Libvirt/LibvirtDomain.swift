@@ -145,10 +145,17 @@ public final class LibvirtDomain: @unchecked Sendable {
 
     // MARK: QMP events, as libvirt passes them on
 
-    /// QEMU's events for this domain (`virConnectDomainQemuMonitorEventRegister`), as QMP messages
-    /// (`{"event":…,"data":…,"timestamp":…}`), oldest first, at most `eventLimit` waiting (the rest counted).
+    /// One QEMU event as libvirt passes it on: its name, its data as QEMU's JSON text (nil: none), its time.
+    public struct MonitorEvent: Sendable {
+        public var name: String
+        public var data: String?
+        public var wallNs: UInt64
+    }
+
+    /// QEMU's events for this domain (`virConnectDomainQemuMonitorEventRegister`), oldest first, at most
+    /// `eventLimit` waiting (the rest counted).
     private final class Events: Sendable {
-        let queue = Mutex<(items: [String], dropped: UInt64)>(([], 0))
+        let queue = Mutex<(items: [MonitorEvent], dropped: UInt64)>(([], 0))
     }
     private let events = Events()
     private var eventCallback: Int32?
@@ -161,11 +168,8 @@ public final class LibvirtDomain: @unchecked Sendable {
         let id = api.monitorEventRegister(connection.pointer, pointer, nil, { _, _, event, seconds, micros, details, opaque in
             guard let opaque, let event else { return }
             let box = Unmanaged<Events>.fromOpaque(opaque).takeUnretainedValue()
-            let name = String(cString: event)
-            // libvirt passes the event's name and data apart; they are put back together as QEMU sent them.
-            let data = details.map { String(cString: $0) } ?? "{}"
-            let escaped = name.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0 != "\"" && $0 != "\\" } ? name : "invalid"
-            let message = "{\"event\":\"\(escaped)\",\"data\":\(data.isEmpty ? "{}" : data),\"timestamp\":{\"seconds\":\(seconds),\"microseconds\":\(micros)}}"
+            let wallNs = UInt64(max(0, seconds)).multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ UInt64(micros % 1_000_000) * 1000
+            let message = MonitorEvent(name: String(cString: event), data: details.map { String(cString: $0) }, wallNs: wallNs)
             box.queue.withLock { q in
                 if q.items.count < LibvirtDomain.eventLimit { q.items.append(message) } else { q.dropped &+= 1 }
             }
@@ -180,7 +184,7 @@ public final class LibvirtDomain: @unchecked Sendable {
     }
 
     /// The events received since the last call, and how many were dropped for want of room.
-    public func takeEvents() -> (events: [String], dropped: UInt64) {
+    public func takeEvents() -> (events: [MonitorEvent], dropped: UInt64) {
         events.queue.withLock { q in
             defer { q = ([], 0) }
             return (q.items, q.dropped)

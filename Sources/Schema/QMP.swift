@@ -54,6 +54,10 @@ public enum QMP {
         return .object(m)
     }
 
+    /// A greeting as QEMU sends it, from a `query-version` reply: for a QEMU reached without its greeting (through
+    /// libvirt's monitor passthrough).
+    public static func greeting(version: JSON) -> JSON { .object([("QMP", .object([("version", version)]))]) }
+
     /// A command message.
     public static func command(_ name: String, _ arguments: JSON?, id: JSON?) -> JSON {
         var m: [(String, JSON)] = [("execute", .string(name))]

@@ -14,17 +14,24 @@ public enum SnapshotFormat {
     /// A stock QEMU's own facts, beside what `query-vm` says.
     public struct QEMUFacts: Sendable {
         public var version: String?, runState: String?, accelerator: String?, machine: String?, arch: String?
-        public init(version: String?, runState: String?, accelerator: String?, machine: String?, arch: String?) {
+        /// A libvirt domain's state and reason ("running, booted") and its XML's facts (`attach libvirt:`).
+        public var libvirtState: String?, libvirtFacts: String?
+        public init(version: String?, runState: String?, accelerator: String?, machine: String?, arch: String?,
+                    libvirtState: String? = nil, libvirtFacts: String? = nil) {
             self.version = version; self.runState = runState; self.accelerator = accelerator; self.machine = machine; self.arch = arch
+            self.libvirtState = libvirtState; self.libvirtFacts = libvirtFacts
         }
     }
 
     public static func vm(_ d: VMDescription, qemu q: QEMUFacts) -> JSON {
         func s(_ v: String?) -> JSON { .opt(v.map(JSON.string)) }
+        // libvirt's members only for a libvirt domain (snapshots of other peers are as before).
+        let libvirt: [(String, JSON)] = q.libvirtState == nil && q.libvirtFacts == nil ? []
+            : [("libvirt-state", s(q.libvirtState)), ("libvirt-facts", s(q.libvirtFacts))]
         return .object(d.members(inSnapshot: true) + [
             ("qemu-version", s(q.version)), ("run-state", s(q.runState)), ("accelerator", s(q.accelerator)),
             ("machine", s(q.machine)), ("arch", s(q.arch)),
-        ])
+        ] + libvirt)
     }
 
     public static func memslot(_ m: Memslot, slotKnown: Bool, privatePages: UInt64, sharedPages: UInt64, region: String?,

@@ -2,6 +2,7 @@ import ArgumentParser
 import ControlProtocol
 import Foundation
 import Inspector
+import Libvirt
 
 /// How a snapshot is written.
 enum SnapshotFormat: String, EnumerableFlag {
@@ -25,7 +26,9 @@ struct SnapshotCommand: ParsableCommand {
             Exit status 0, or 2 when the socket cannot be used or the capture fails.
             """)
 
-    @Argument(help: "The control socket.") var socket: String
+    @Argument(help: "The control socket, or libvirt:DOMAIN (a libvirt-managed QEMU, by name or UUID).") var socket: String
+    @Option(name: .customLong("connect"), help: "The libvirt URI for libvirt:DOMAIN.")
+    var libvirtURI = LibvirtConnection.defaultURI
     @Flag var format: SnapshotFormat = .json
     @Option(help: "How many of the newest fault records to include.") var faults = 256
     @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
@@ -39,10 +42,16 @@ struct SnapshotCommand: ParsableCommand {
         var err = StandardError()
         let text: String
         do {
-            let client = try ControlClient(path: socket, timeoutMs: 5000)
-            defer { client.close() }
             let taken = HostClock.wallNs()
-            let model = try Capture.model(client, faultLimit: faults, nowNs: HostClock.monotonicNs())
+            let model: InspectorModel
+            if socket.hasPrefix("libvirt:") {
+                let connection = try LibvirtConnection(uri: libvirtURI)
+                model = try LibvirtSource(domain: try connection.domain(String(socket.dropFirst("libvirt:".count)))).capture(nowNs: HostClock.monotonicNs())
+            } else {
+                let client = try ControlClient(path: socket, timeoutMs: 5000)
+                defer { client.close() }
+                model = try Capture.model(client, faultLimit: faults, nowNs: HostClock.monotonicNs())
+            }
             text = switch format {
             case .json: Snapshot.json(model, faultLimit: faults, takenAtWallNs: taken, origin: .live).pretty() + "\n"
             case .text: Snapshot.text(model, ascii: ascii)

@@ -21,6 +21,7 @@ import Testing
         "Sources/HostTracing/EventLayout.swift": "the kernel's trace event fields and `vmscope trace --json`'s output",
         "Sources/HostTracing/TracedRecords.swift": "`vmscope trace --json`'s paired records (conversion, memory-fault, attribute-map)",
         "Sources/HostTracing/HostVMs.swift": "`vmscope top --json`'s output and KVM's debugfs statistics",
+        "Sources/Libvirt/DomainXML.swift": "libvirt's domain XML (elements and attributes: vcpu, type, ...)",
     ]
 
     static func schemaNames() throws -> Set<String> {

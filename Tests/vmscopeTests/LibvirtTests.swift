@@ -1,3 +1,4 @@
+import ControlProtocol
 import Foundation
 import ProcessSupport
 import Testing
@@ -203,6 +204,26 @@ struct LibvirtTests {
         let plain = try Binary.run(["top", "--once"])
         // The table's name column (20 wide) shows the domain's name, marked as libvirt's where it fits.
         #expect(plain.stdout.contains(String(name.prefix(19))), "\(plain.stdout)")
+    }
+
+    /// `snapshot libvirt:NAME` validates against docs/snapshot.schema.json and carries libvirt's state and facts.
+    @Test func aSnapshotThroughLibvirtValidates() throws {
+        let name = try LibvirtFixture.start("snap")
+        defer { _ = LibvirtFixture.virsh(["destroy", name]) }
+        let r = try Binary.run(["snapshot", "libvirt:\(name)"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let doc = try parseJSON(r.stdout)
+        #expect(doc["vm"]?["name"]?.stringValue == name && doc["vm"]?["libvirt-state"]?.stringValue == "running, booted", "\(r.stdout.prefix(800))")
+        #expect(doc["vm"]?["libvirt-facts"]?.stringValue?.contains("2 vCPUs (unpinned), 256 MiB") == true)
+        #expect(doc["peer"]?.stringValue == "libvirt qemu:///system")
+        #expect((doc["memslots"]?.arrayValue?.count ?? 0) >= 2 && doc["vcpus"]?.arrayValue?.count == 2, "\(r.stdout.prefix(800))")
+        if pythonJSONSchema {
+            #expect(try schemaComplaint(r.stdout) == nil)
+        } else {
+            print("LibvirtTests: the snapshot is not validated: python3-jsonschema is not installed (.ci/run installs it)")
+        }
+        let missing = try Binary.run(["snapshot", "libvirt:vmscope-no-such-\(getpid())"])
+        #expect(missing.status == 2 && missing.stderr.contains("Domain not found"), "\(missing.stderr)")
     }
 
     /// Each error by name: one line, exit 2.
