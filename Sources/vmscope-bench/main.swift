@@ -11,7 +11,7 @@ struct VMScopeBench: ParsableCommand {
 
     @Flag(help: "Print {\"machine\", \"results\"} as JSON.") var json = false
     @Flag(help: "Tiny sizes, to check that every benchmark still runs.") var smoke = false
-    @Option(help: "Only the groups named (attr, inspector, convert, live, keys, trace, cpu, qemu-poll, exporter); repeatable.") var only: [String] = []
+    @Option(help: "Only the groups named (attr, inspector, convert, live, keys, trace, cpu, qemu-poll, libvirt-poll, exporter); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
     @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (fast, general, tracepoints, attr-walk) and exit.", visibility: .hidden))
@@ -40,6 +40,10 @@ struct VMScopeBench: ParsableCommand {
         if wanted("qemu-poll") {
             let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
             results += try qemuPollingBenchmarks(sizes, vmscope: dir + "/vmscope")
+        }
+        if wanted("libvirt-poll") {
+            let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+            results += try libvirtPollingBenchmarks(sizes, vmscope: dir + "/vmscope")
         }
         if wanted("exporter") {
             let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path

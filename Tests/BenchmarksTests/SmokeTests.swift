@@ -117,6 +117,26 @@ struct SmokeTests {
         #expect(byName["qemu-attached-cpu-pct-paused"]?.baseline == "qemu-alone-cpu-pct-paused")
     }
 
+    /// With a libvirtd answering (the libvirt tests start one; `.ci/run` installs it), the libvirt polling benchmark
+    /// attaches the real binary through libvirt; without one it says why it skipped.
+    @Test func libvirtPollingBenchmarkAttachesThroughLibvirtOrSaysWhyNot() throws {
+        let vmscope = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("vmscope").path
+        let results = try libvirtPollingBenchmarks(.smoke, vmscope: vmscope)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        if let only = results.first, results.count == 1 {
+            #expect(only.name == "libvirt-poll-added-cpu-pct-qemu" && only.value.isNaN && only.note?.hasPrefix("skipped: ") == true, "\(only)")
+            print("SmokeTests: libvirt polling not measured: \(only.note ?? "")")
+            return
+        }
+        for name in ["libvirt-qemu-alone-cpu-pct", "libvirt-qemu-attached-cpu-pct", "libvirt-poll-added-cpu-pct-qemu",
+                     "libvirt-libvirtd-alone-cpu-pct", "libvirt-libvirtd-attached-cpu-pct", "libvirt-poll-added-cpu-pct-libvirtd"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value.isFinite, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        #expect(byName["libvirt-libvirtd-attached-cpu-pct"]?.note?.contains("polled every") == true)
+    }
+
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
     func exporterBenchmarkScrapesTheRealBinary() throws {
         let vmscope = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
