@@ -53,7 +53,7 @@ public enum Metric: String, CaseIterable, Sendable {
         case .conversionsRequested: "Private/shared conversions asked for, by direction (to-private, to-shared) and cause (command = the host, guest-request, implicit, injection)."
         case .conversionsDone: "Private/shared conversions done, by direction and cause."
         case .faultInjections: "Faults injected, by kind."
-        case .eventsDropped: "Events lost before vmscope could count them, by buffer (fault-ring: the VMM's fault records; conversion-times: durations the exporter missed; trace: kernel trace buffers)."
+        case .eventsDropped: "Events lost before vmscope could count them, by buffer (fault-ring: the VMM's fault records; conversion-times: durations the exporter missed; conversion-steps: traced conversions' steps let go between passes; trace: kernel trace buffers)."
         case .privateBytes: "Guest RAM whose attribute is private."
         case .sharedBytes: "Guest RAM whose attribute is shared."
         case .attributeRuns: "Runs of equal attribute in the VM's private/shared map."
@@ -93,6 +93,9 @@ public struct VMReading: Sendable {
     public var tracedConversionSteps: [[ConversionStep: UInt64]]?
     /// Bytes the traced map knows private; nil where conversions are not traced.
     public var tracedPrivateBytes: UInt64?
+    /// Traced conversions whose steps were let go since the exporter started (more than a pass's bound waited);
+    /// nil where conversions are not traced.
+    public var tracedStepsDropped: UInt64?
 
     public init(pid: Int32, name: String, vmm: VMMKind, vcpus: Int, residentBytes: UInt64?, kvmStats: [String: UInt64],
                 userspaceExits: [String: UInt64]? = nil, tracedMemoryFaults: UInt64? = nil, vmmMetrics: VMMetrics? = nil) {

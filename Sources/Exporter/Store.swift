@@ -145,6 +145,7 @@ public final class MetricsStore: Sendable {
             }
         }
         if let bytes = r.tracedPrivateBytes { gauge(.tracedPrivateBytes, Double(bytes)) }
+        if let dropped = r.tracedStepsDropped { counter(.eventsDropped, dropped, [("buffer", "conversion-steps")]) }
         if let m = r.vmmMetrics {
             for f in m.memoryFaultExits {
                 guard f.source.known != nil else { v.refused &+= 1; continue }

@@ -93,9 +93,9 @@ public enum HostVMs {
         public private(set) var attributes: [Int32: TracedAttributes] = [:]
         private var latency: [Int32: ConversionLatencyPairing] = [:]
         /// Conversion steps timed since `takeConversionSteps` last took them, per process (at most `stepsLimit` each;
-        /// more are counted in `stepsDropped`).
+        /// more are counted in `stepsDropped`, per process).
         private var steps: [Int32: [[ConversionStep: UInt64]]] = [:]
-        public private(set) var stepsDropped: UInt64 = 0
+        public private(set) var stepsDropped: [Int32: UInt64] = [:]
         static let stepsLimit = 65_536
         /// Whether conversions are traced (the kernel has `kvm_vm_set_mem_attributes` and the system-call events).
         public var tracesConversions: Bool { session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil }
@@ -145,7 +145,7 @@ public enum HostVMs {
                     let pid = tgid(e.tid)
                     let completed = attributes[pid, default: TracedAttributes(complete: false)].apply(e)
                     for t in latency[pid, default: ConversionLatencyPairing()].apply(e, completed: completed) {
-                        if steps[pid, default: []].count < Self.stepsLimit { steps[pid, default: []].append(t.steps) } else { stepsDropped &+= 1 }
+                        if steps[pid, default: []].count < Self.stepsLimit { steps[pid, default: []].append(t.steps) } else { stepsDropped[pid, default: 0] &+= 1 }
                     }
                 default:
                     break

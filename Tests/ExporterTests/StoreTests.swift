@@ -47,7 +47,9 @@ struct StoreTests {
         var r = VMReading(pid: 8, name: "qemu-vm", vmm: .qemu, vcpus: 2, residentBytes: nil, kvmStats: [:])
         r.tracedConversionSteps = [[.request: 20_000, .convert: 3_000, .reentry: 700_000], [.convert: 40_000]]
         r.tracedPrivateBytes = 1 << 20
+        r.tracedStepsDropped = 1
         store.apply([r], collectionSeconds: 0)
+        r.tracedStepsDropped = 3
         r.tracedConversionSteps = [[.convert: 2_000]]   // each pass brings only the new ones
         store.apply([r], collectionSeconds: 0)
         let text = String(decoding: store.exposition(), as: UTF8.self)
@@ -58,6 +60,8 @@ struct StoreTests {
         #expect(value(text, "vmscope_conversion_latency_seconds_bucket{\(l),step=\"re-entry\",le=\"0.0005\"}") == 0)
         #expect(value(text, "vmscope_conversion_latency_seconds_bucket{\(l),step=\"re-entry\",le=\"0.001\"}") == 1)
         #expect(value(text, #"vmscope_traced_private_bytes{pid="8",name="qemu-vm",vmm="qemu"}"#) == 1_048_576)
+        // Steps let go between passes are counted, not silent.
+        #expect(value(text, #"vmscope_events_dropped_total{pid="8",name="qemu-vm",vmm="qemu",buffer="conversion-steps"}"#) == 3, "\(text)")
         // Gone, its series go too.
         store.apply([], collectionSeconds: 0)
         #expect(!String(decoding: store.exposition(), as: UTF8.self).contains("vmscope_conversion_latency_seconds_count{"))
