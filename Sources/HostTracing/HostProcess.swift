@@ -14,13 +14,17 @@ public enum HostProcess {
     public static func name(pid: Int32) -> String {
         let raw = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
         let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        if let i = args.firstIndex(of: "-name"), i + 1 < args.count {
-            let v = args[i + 1]
-            let guest = v.split(separator: ",").first { $0.hasPrefix("guest=") }.map { String($0.dropFirst(6)) }
-            return guest ?? String(v.split(separator: ",").first ?? "")
-        }
+        if let name = qemuName(args) { return name }
         let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
         return comm ?? (args.first ?? "pid \(pid)")
+    }
+
+    /// QEMU's `-name guest=NAME,...` (or `-name NAME,...`): NAME.
+    static func qemuName(_ args: [String]) -> String? {
+        guard let i = args.firstIndex(of: "-name"), i + 1 < args.count else { return nil }
+        let v = args[i + 1]
+        let guest = v.split(separator: ",").first { $0.hasPrefix("guest=") }.map { String($0.dropFirst(6)) }
+        return guest ?? String(v.split(separator: ",").first ?? "")
     }
 
     /// The libvirt domain a QEMU process runs (name and UUID from its `-name guest=NAME` and `-uuid`), when libvirt's
@@ -29,9 +33,7 @@ public enum HostProcess {
     public static func libvirtDomain(pid: Int32, runDirectory: String = "/run/libvirt/qemu") -> (name: String, uuid: String)? {
         guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
         let args = raw.split(separator: "\0").map(String.init)
-        guard let n = args.firstIndex(of: "-name"), n + 1 < args.count,
-              let name = args[n + 1].split(separator: ",").first(where: { $0.hasPrefix("guest=") }).map({ String($0.dropFirst(6)) }),
-              !name.isEmpty, !name.contains("/"),
+        guard let name = qemuName(args), !name.isEmpty, !name.contains("/"),
               let u = args.firstIndex(of: "-uuid"), u + 1 < args.count,
               let recorded = readPseudoFile("\(runDirectory)/\(name).pid").flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }),
               recorded == pid else { return nil }

@@ -310,8 +310,6 @@ public final class TraceSession: @unchecked Sendable {
         return out
     }
 
-    /// Events read but held back (`read`), for the counts of a view.
-    public var heldBack: Int { release.held.count }
 }
 
 /// Gives out a session's events in time order across reads. One CPU's buffer is read after another's, and an event

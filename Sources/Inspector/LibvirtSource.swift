@@ -49,7 +49,9 @@ public final class LibvirtSource: VMSource {
         return { name, arguments in try Self.command(d, name, arguments) }
     }
 
-    /// What libvirt says of the domain: state and reason, then its XML's facts.
+    /// What the views say of the domain beside its state: its UUID and its XML's facts.
+    var factsLine: String { "UUID \(domain.uuid); \(facts.summary)" }
+    /// What libvirt says of the domain: UUID, state and reason, then its XML's facts (the note on attach).
     public var libvirtLine: String { "UUID \(domain.uuid), \(domain.state.description); \(facts.summary)" }
 
     public func poll(_ model: inout InspectorModel, nowNs: UInt64) -> Bool {
@@ -83,7 +85,7 @@ public final class LibvirtSource: VMSource {
                 lastStateRead = nowNs
                 let state = domain.state.description
                 if model.vm.libvirtState != state { model.vm.libvirtState = state; changed = true }
-                if model.vm.libvirtFacts == nil { model.vm.libvirtFacts = "UUID \(domain.uuid); " + facts.summary; changed = true }
+                if model.vm.libvirtFacts == nil { model.vm.libvirtFacts = factsLine; changed = true }
             }
             if let why = broken {
                 notice = ("libvirt domain \(domain.name) answers again (was: \(why))", false)
@@ -109,7 +111,7 @@ public final class LibvirtSource: VMSource {
         try qemu.start(execute, model: &model, nowNs: nowNs, pid: qemuPid)
         model.vm.name = domain.name
         model.vm.libvirtState = domain.state.description
-        model.vm.libvirtFacts = "UUID \(domain.uuid); " + facts.summary
+        model.vm.libvirtFacts = factsLine
         model.connection = .connected("libvirt \(domain.connection.uri)")
         return model
     }

@@ -4,7 +4,7 @@ import Foundation
 /// TDX) and devices. Read with a small tag scanner, not a full XML parser (FoundationXML would make libxml2 a
 /// dependency of every build): libvirt writes this XML itself, and anything the scanner does not understand is
 /// left out, never guessed.
-public struct DomainFacts: Sendable, Equatable {
+public struct DomainFacts: Sendable {
     public var vcpus: Int?
     public var memoryKiB: UInt64?
     /// `<vcpupin vcpu='0' cpuset='1'/>`: vCPU → host CPUs.
@@ -15,12 +15,6 @@ public struct DomainFacts: Sendable, Equatable {
     public var launchSecurity: String?
     /// The devices, by kind, with how many of each (`disk 2`, `interface 1`).
     public var devices: [(kind: String, count: Int)] = []
-
-    public static func == (a: DomainFacts, b: DomainFacts) -> Bool {
-        a.vcpus == b.vcpus && a.memoryKiB == b.memoryKiB && a.pinning.map(\.vcpu) == b.pinning.map(\.vcpu)
-            && a.pinning.map(\.cpuset) == b.pinning.map(\.cpuset) && a.memoryBacking == b.memoryBacking
-            && a.launchSecurity == b.launchSecurity && a.devices.map(\.kind) == b.devices.map(\.kind) && a.devices.map(\.count) == b.devices.map(\.count)
-    }
 
     /// One tag: its name, attributes, whether it closes, its depth, and the text after it (up to the next tag).
     struct Tag {
