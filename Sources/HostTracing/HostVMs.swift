@@ -152,8 +152,7 @@ public enum HostVMs {
                 }
             }
             // Events the kernel dropped may have been conversions: no traced map is exact any more.
-            if session.missed > missedSeen {
-                missedSeen = session.missed
+            if session.missedSince(&missedSeen) > 0 {
                 for pid in attributes.keys { attributes[pid]?.forget() }
             }
         }

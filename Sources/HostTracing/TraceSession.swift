@@ -51,6 +51,13 @@ public final class TraceSession: @unchecked Sendable {
     public private(set) var missed: UInt64 = 0
     public private(set) var foreign: UInt64 = 0
     public private(set) var decoded: UInt64 = 0
+    /// Events the kernel dropped since `seen` (a reader's own mark, moved up to `missed`): each reader of a session
+    /// (the traced map of `trace`, the inspector's, `top`'s) forgets what it knew when this is not 0.
+    public func missedSince(_ seen: inout UInt64) -> UInt64 {
+        defer { seen = missed }
+        return missed > seen ? missed - seen : 0
+    }
+
     /// Reads made (each a pass over every CPU's buffer): what a tracer's pacing is judged by.
     public private(set) var reads: UInt64 = 0
     /// When set, `read` also keeps each admitted record's bytes (`takeRaw()`), for `--save-raw`.

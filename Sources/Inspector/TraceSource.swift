@@ -273,10 +273,8 @@ public final class TraceSource: VMSource {
     /// knew (pages become unknown until converted again), the comparison with the VMM's map starts over, and the
     /// status line says so, rather than a dropped conversion showing as a page that disagrees.
     private func forgetIfEventsWereLost(_ model: inout InspectorModel) {
-        guard session.missed > missedSeen else { return }
-        let lost = session.missed - missedSeen
-        missedSeen = session.missed
-        guard attributes != nil else { return }
+        let lost = session.missedSince(&missedSeen)
+        guard lost > 0, attributes != nil else { return }
         attributes?.forget()
         if let a = attributes, !faultsOnly || mapsBeside { publish(a, &model) }
         agreement = MapAgreement()

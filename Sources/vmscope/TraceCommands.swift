@@ -177,10 +177,9 @@ struct TraceCommand: ParsableCommand {
         var missedSeen: UInt64 = 0
         func pair(_ batch: [TraceEvent]) {
             var text = ""
-            if session.missed > missedSeen, attributes != nil {
+            if session.missedSince(&missedSeen) > 0 {
                 // Lost events may have been conversions: the map forgets what it knew (its next attribute-map says
                 // complete false, and how many times it forgot).
-                missedSeen = session.missed
                 attributes?.forget()
             }
             for e in batch {
