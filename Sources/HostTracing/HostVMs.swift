@@ -15,7 +15,7 @@ public enum HostVMs {
         if !FileManager.default.fileExists(atPath: "/sys/kernel/debug/kvm") {
             let rc = mount("none", "/sys/kernel/debug", "debugfs", UInt(MS_RDONLY), nil)
             if rc != 0 {
-                throw TraceError("KVM's debugfs (\(debugfsKVM)) is not there and debugfs could not be mounted (\(String(cString: strerror(errno)))): run as root, or mount -t debugfs -o ro none /sys/kernel/debug")
+                throw TraceError("KVM's debugfs (\(debugfsKVM)) is not there and debugfs could not be mounted", errno: errno, ": run as root, or mount -t debugfs -o ro none /sys/kernel/debug")
             }
         }
         guard FileManager.default.fileExists(atPath: debugfsKVM) else {

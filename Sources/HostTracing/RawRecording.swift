@@ -100,7 +100,7 @@ public struct RawTraceRecording: Sendable, Equatable {
     @discardableResult
     public static func stream(path: String, _ each: ([RawTraceRecord], RawTraceReader) throws(TraceError) -> Void) throws(TraceError) -> RawTraceReader {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw TraceError("\(path): cannot open (\(String(cString: strerror(errno))))")
+            throw TraceError("\(path): cannot open", errno: errno)
         }
         defer { try? handle.close() }
         var reader = RawTraceReader(name: path)

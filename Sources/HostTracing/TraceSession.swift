@@ -7,7 +7,15 @@ import Schema
 /// Why tracing cannot start, in words naming the fix.
 public struct TraceError: Error, Sendable, CustomStringConvertible {
     public var description: String
+    /// The errno of the call that failed (opening tracefs, writing a control file, reading a file); nil for a refusal
+    /// of vmscope's own (a malformed raw file, an event the kernel lacks).
+    public var errno: Errno?
     public init(_ d: String) { description = d }
+    /// `before` (the C library's text for `errno`) `after`: the errno kept beside the words.
+    public init(_ before: String, errno e: Int32, _ after: String = "") {
+        description = before + " (" + String(cString: strerror(e)) + ")" + after
+        errno = Errno(rawValue: e)
+    }
 }
 
 /// libtracefs and libtraceevent, loaded when tracing first starts (the build needs neither -dev package).
@@ -76,11 +84,11 @@ public final class TraceSession: @unchecked Sendable {
         let fs = try TraceLibraries.api()
         var path: UnsafePointer<CChar>?
         guard fs.tracefs_tracing_dir_is_mounted(true, &path) >= 0, let path else {
-            throw TraceError("tracefs is not mounted and could not be (\(String(cString: strerror(errno)))): run as root, or mount -t tracefs nodev /sys/kernel/tracing")
+            throw TraceError("tracefs is not mounted and could not be", errno: errno, ": run as root, or mount -t tracefs nodev /sys/kernel/tracing")
         }
         let dir = String(cString: path)
         guard access(dir + "/instances", W_OK) == 0 else {
-            throw TraceError("\(dir)/instances is not writable (\(String(cString: strerror(errno)))): tracing needs root (or write access to tracefs)")
+            throw TraceError("\(dir)/instances is not writable", errno: errno, ": tracing needs root (or write access to tracefs)")
         }
         return dir
     }
@@ -118,7 +126,7 @@ public final class TraceSession: @unchecked Sendable {
         let n = Self.sessionsStarted.add(1, ordering: .relaxed).newValue
         name = n == 1 ? "vmscope-\(getpid())" : "vmscope-\(getpid())-\(n)"
         guard let tep = fs.tracefs_local_events(dir) else {
-            throw TraceError("cannot read the event formats under \(dir)/events (\(String(cString: strerror(errno))))")
+            throw TraceError("cannot read the event formats under \(dir)/events", errno: errno)
         }
         self.tep = tep
         var found: [String: EventLayouts.Event] = [:]
@@ -144,8 +152,9 @@ public final class TraceSession: @unchecked Sendable {
         }
         layouts = EventLayouts(events: found)
         guard let inst = fs.tracefs_instance_create(name) else {
+            let e = errno
             fs.tep_free(tep)
-            throw TraceError("cannot create the tracefs instance \(name) (\(String(cString: strerror(errno))))")
+            throw TraceError("cannot create the tracefs instance \(name)", errno: e)
         }
         instance = inst
         _ = fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
@@ -160,8 +169,9 @@ public final class TraceSession: @unchecked Sendable {
         if pid == nil { writePairingFilter(threads: []) }
         for (group, event) in EventLayouts.decoded where found[event] != nil {
             if fs.tracefs_event_enable(inst, group, event) != 0 {
+                let e = errno
                 close()
-                throw TraceError("cannot enable \(group)/\(event) in \(name) (\(String(cString: strerror(errno))))")
+                throw TraceError("cannot enable \(group)/\(event) in \(name)", errno: e)
             }
         }
         _ = fs.tracefs_trace_on(inst)

@@ -123,6 +123,17 @@ import Testing
         #expect { try RawTraceRecording.stream(path: path) { _, _ in } } throws: { "\($0)".contains("line 1: longer than 1024 KiB") }
     }
 
+    /// A failed system call keeps its errno beside the words (issue 30: no errno only as a string).
+    @Test func aFileThatCannotBeOpenedKeepsItsErrno() {
+        do {
+            _ = try RawTraceRecording.stream(path: "/nonexistent/vmscope.jsonl") { _, _ in }
+            Issue.record("opened a file that is not there")
+        } catch {
+            #expect(error.errno == .noSuchFileOrDirectory, "\(error)")
+            #expect(error.description.contains("cannot open") && error.description.contains("No such file"), "\(error)")
+        }
+    }
+
     @Test func savedTextReadsBackTheSame() throws {
         let again = try RawTraceRecording(text: Self.recording.text)
         #expect(again == Self.recording)
