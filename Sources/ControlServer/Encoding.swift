@@ -56,6 +56,7 @@ enum Encode {
             case .exceptions: g.exceptions
             case .doorbellRequests: g.doorbellRequests
             case .doorbellFailures: g.doorbellFailures
+            case .hypercallRequests: g.hypercallRequests
             }
             return (c.rawValue, v)
         }
@@ -97,7 +98,7 @@ enum Encode {
         case .memslotsChanged(let generation): .memslotsChanged(generation: generation)
         case .vcpuStateChanged(let index, let state, let reason): .vcpuStateChanged(index: index, state: .known(state), reason: reason)
         case .faultInjected(let report): .faultInjected(report)
-        case .guestReport(let vcpu, let kind, let value): .guestReport(vcpu: vcpu, kind: kind, value: value)
+        case .guestReport(let vcpu, let kind, let value): .guestReport(vcpu: vcpu, kind: .known(kind), value: value)
         }
     }
 }

@@ -104,6 +104,20 @@ public enum ParameterBlock {
     /// The working-set page (GPA) the last wrong-view touch converted away: the next pass does not expect its
     /// old contents (0xFFFFFFFF: none).
     public static let skipPage: Int32 = 84
+    /// How conversion requests go out (`GuestRequestInstruction`): 0 the doorbell port, else the
+    /// `KVM_HC_MAP_GPA_RANGE` hypercall by this instruction.
+    public static let hypercall: Int32 = 88
+}
+
+/// How the built-in guest asks for conversions: the doorbell port (an I/O exit, which any KVM forwards), or
+/// `KVM_HC_MAP_GPA_RANGE` (Documentation/virt/kvm/x86/hypercalls.rst: RBX gpa, RCX pages, RDX attributes), which
+/// KVM forwards as `KVM_EXIT_HYPERCALL` once the VMM enabled `KVM_CAP_EXIT_HYPERCALL`, by the vendor's instruction.
+public enum GuestRequestInstruction: UInt32, Sendable {
+    case doorbell = 0
+    /// Intel's `vmcall`.
+    case vmcall = 1
+    /// AMD's `vmmcall`.
+    case vmmcall = 2
 }
 
 /// The built-in guest: 32-bit flat protected mode, no paging, one loop per vCPU over its own working set.
@@ -123,6 +137,8 @@ public enum ParameterBlock {
 public struct BuiltInGuest: Sendable {
     /// Bytes copied through the bounce buffer each time.
     public static let bounceBytes: UInt32 = 256
+    /// `KVM_HC_MAP_GPA_RANGE`'s number.
+    public static let mapGPARange: UInt32 = 12
     public let code: [UInt8]
     public let origin: UInt32
     public let entry: UInt32
@@ -290,10 +306,35 @@ public struct BuiltInGuest: Sendable {
         // doorbell.send: the descriptor (GPA, pages, to-private) is already filled in; ZF set on success.
         a.label("doorbell.send")
         a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.doorbellStatus)
+        a.load(.eax, from: .esi, disp: P.hypercall)
+        a.cmp(.eax, GuestRequestInstruction.doorbell.rawValue)
+        a.j(.equal, "doorbell.port")
+        // KVM_HC_MAP_GPA_RANGE: EBX gpa, ECX pages, EDX attributes (bit 4 encrypted, i.e. private; 4 KiB pages);
+        // EAX comes back 0 or a negative errno, kept as the status.
+        a.push(.ebx)
+        a.push(.ecx)
+        a.load(.ebx, from: .esi, disp: P.doorbellGPA)
+        a.load(.ecx, from: .esi, disp: P.doorbellPages)
+        a.load(.edx, from: .esi, disp: P.doorbellToPrivate)
+        a.shl(.edx, 4)
+        a.cmp(.eax, GuestRequestInstruction.vmmcall.rawValue)
+        a.mov(.eax, UInt32(BuiltInGuest.mapGPARange))  // mov leaves the flags
+        a.j(.equal, "doorbell.vmmcall")
+        a.vmcall()
+        a.jmp("doorbell.answered")
+        a.label("doorbell.vmmcall")
+        a.vmmcall()
+        a.label("doorbell.answered")
+        a.pop(.ecx)
+        a.pop(.ebx)
+        a.store(.eax, to: .esi, disp: P.doorbellStatus)
+        a.jmp("doorbell.status")
+        a.label("doorbell.port")
         a.mov(.eax, .esi)
         a.add(.eax, UInt32(P.doorbellGPA))
         a.mov(.edx, UInt32(GuestPort.doorbell))
         a.outDXEAX()
+        a.label("doorbell.status")
         a.load(.eax, from: .esi, disp: P.doorbellStatus)
         a.cmp(.eax, 0)
         a.j(.equal, "doorbell.done")

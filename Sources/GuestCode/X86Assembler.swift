@@ -149,6 +149,8 @@ public struct X86Assembler {
     public mutating func wrmsr() { emit(0x0F, 0x30) }
     /// `vmcall` (Intel) — hangs under the software KVM here; only for hosts where hypercalls work.
     public mutating func vmcall() { emit(0x0F, 0x01, 0xC1) }
+    /// AMD's hypercall instruction.
+    public mutating func vmmcall() { emit(0x0F, 0x01, 0xD9) }
 
     // MARK: Port I/O
 

@@ -64,7 +64,7 @@ public struct EventLayouts: Sendable, Equatable {
         ("kvm", "kvm_vm_set_mem_attributes"), ("syscalls", "sys_enter_ioctl"), ("syscalls", "sys_exit_ioctl"),
     ]
     /// What `trace --paired-only` pairs: conversions (with the ioctl events below) and memory faults.
-    public static let pairedEvents = ["kvm_vm_set_mem_attributes", "kvm_page_fault", "kvm_userspace_exit"]
+    public static let pairedEvents = ["kvm_vm_set_mem_attributes", "kvm_page_fault", "kvm_userspace_exit", "kvm_hypercall"]
     /// The events that only make sense beside `kvm_vm_set_mem_attributes`.
     public static let conversionPairing: Set<String> = ["sys_enter_ioctl", "sys_exit_ioctl"]
 

@@ -104,6 +104,48 @@ extension TracedAttributes.Conversion {
     }
 }
 
+extension GuestRequestTracker.Request.Outcome {
+    /// In words, for lines and the inspector.
+    public var words: String {
+        switch self {
+        case .pending: "pending"
+        case .converted: "converted by the VMM"
+        case .refused: "the VMM's conversion was refused"
+        case .notConverted: "answered by the VMM without a conversion"
+        case .answeredByKVM: "answered by KVM (not forwarded to the VMM)"
+        case .unanswered: "no answer traced (events lost)"
+        case .forwarded: "forwarded to the VMM (its conversions are not traced on this kernel)"
+        }
+    }
+}
+
+extension GuestRequestTracker.Request {
+    var rangeText: String {
+        gfns.map { "gfn 0x\(String($0.lowerBound, radix: 16))-0x\(String($0.upperBound, radix: 16))" }
+            ?? "gpa 0x\(String(range.gpa, radix: 16)) × \(range.pages) pages of unknown size"
+    }
+    var directionText: String { range.toPrivate.map { $0 ? "private" : "shared" } ?? "?" }
+    /// "gfn 0x100-0x101 to private", for a status line.
+    public var rangeWords: String { "\(rangeText) to \(directionText)" }
+
+    public var json: JSON {
+        .object([
+            ("event", .string("guest-request")), ("tid", .int(Int64(tid))), (FaultRecord.Member.timeNs.name, .u(answeredNs ?? requestedNs)),
+            ("paired-from", .array(["kvm_hypercall", "kvm_userspace_exit", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))),
+            ("hypercall", .string("KVM_HC_MAP_GPA_RANGE")), ("gpa", .u(range.gpa)), ("pages", .u(range.pages)),
+            ("page-size", range.pageSize.map { .u($0) } ?? .null), ("to", range.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null),
+            ("requested-ns", .u(requestedNs)), ("answered-ns", answeredNs.map { .u($0) } ?? .null),
+            ("forwarded", .bool(forwarded)), ("conversions", .int(Int64(conversions))), ("refusals", .int(Int64(refusals))),
+            ("outcome", .string(outcome.rawValue)),
+        ])
+    }
+
+    public var line: String {
+        TracedMemoryFault.seconds(answeredNs ?? requestedNs) + " tid \(tid) guest-request KVM_HC_MAP_GPA_RANGE \(rangeText) to \(directionText): "
+            + outcome.words + (answeredNs.map { " after \(ConversionTiming.micros($0 >= requestedNs ? $0 - requestedNs : 0))" } ?? "")
+    }
+}
+
 extension TracedAttributes {
     /// The highest GFN (exclusive) any traced conversion reached (the initial shared run of a complete map aside).
     public var extent: UInt64 {
@@ -113,7 +155,8 @@ extension TracedAttributes {
         return top
     }
 
-    public var mapJSON: JSON {
+    /// The map, with the guest's requests pending at the time (`GuestRequestTracker`).
+    public func mapJSON(pending: [GuestRequestTracker.Request] = []) -> JSON {
         let v = view(start: 0, end: max(extent, 1))
         return .object([
             ("event", .string("attribute-map")), ("complete", .bool(complete)), ("applied", .u(applied)), ("refused", .u(refused)),
@@ -121,14 +164,16 @@ extension TracedAttributes {
             ("overflowed", .bool(overflowed)), ("pages", .u(extent)),
             ("runs", .array(v.known.map { .object([("start-gfn", .u($0.start)), ("end-gfn", .u($0.end)), ("private", .bool($0.isPrivate))]) })),
             ("unknown", .array(v.unknown.map { .object([("start-gfn", .u($0.lowerBound)), ("end-gfn", .u($0.upperBound))]) })),
+            ("pending-requests", .array(pending.map(\.json))),
         ])
     }
 
-    public var mapLine: String {
+    public func mapLine(pending: [GuestRequestTracker.Request] = []) -> String {
         let v = view(start: 0, end: max(extent, 1))
         return "attribute map (\(complete ? "complete: traced from before the VM" : "pages not converted since the trace began are unknown")): "
             + "\(applied) conversions applied, \(refused) refused; private: "
             + v.known.filter(\.isPrivate).map { "gfn 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
+            + (pending.isEmpty ? "" : "; guest requests pending: " + pending.map { "\($0.rangeText) to \($0.directionText)" }.joined(separator: ", "))
     }
 }
 

@@ -53,6 +53,8 @@ public final class TraceSource: VMSource {
     /// (beside a VMM, its record comes over the socket after the trace saw the exit): tried each poll for 2 s, at most
     /// `timingLimit` of them.
     private var latency = ConversionLatencyPairing()
+    /// The guest's `KVM_HC_MAP_GPA_RANGE` requests, pending until its vCPU thread goes back in.
+    private var requests: GuestRequestTracker
     private var unattached: [(steps: [ConversionStep: UInt64], exitNs: UInt64, vcpu: Int?)] = []
     private var rowsAtLastAttach: (UInt64, UInt64) = (0, 0)
     static let timingLimit = 1024
@@ -66,6 +68,8 @@ public final class TraceSource: VMSource {
         self.faultsOnly = faultsOnly || corroborating
         self.corroborating = corroborating
         self.mapsBeside = mapsBeside && !corroborating
+        requests = GuestRequestTracker(conversionsTraced: session.layouts.events["kvm_vm_set_mem_attributes"] != nil
+                                       && session.layouts.events["sys_exit_ioctl"] != nil)
         if session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil {
             // Complete when the process had no VM once tracing was on: every VM it makes is traced from birth.
             attributes = TracedAttributes(complete: !HostProcess.hasVM(pid: session.pid))
@@ -124,11 +128,20 @@ public final class TraceSource: VMSource {
         if corroborating { return corroborate(events, &model, nowNs: nowNs) }
         var records: [FaultRecord] = []
         var mapChanged = false
+        var requestsChanged = false
         var timings: [ConversionTiming] = []
         for e in events {
             let v = vcpu(e.tid)
             let completed = attributes?.apply(e)
             if attributes != nil { timings += latency.apply(e, completed: completed) }
+            let pendingBefore = requests.pending.count
+            for r in requests.apply(e, completed: completed) {
+                requestsChanged = true
+                if r.outcome != .converted && r.outcome != .forwarded {
+                    notice = ("the guest's KVM_HC_MAP_GPA_RANGE \(r.rangeWords): \(r.outcome.words)", false)
+                }
+            }
+            if requests.pending.count != pendingBefore { requestsChanged = true }
             if let c = completed {
                 mapChanged = true
                 if let why = c.refusalText {
@@ -180,7 +193,7 @@ public final class TraceSource: VMSource {
             changed = true
         }
         if timeConversions(timings, &model, nowNs: nowNs) { changed = true }
-        if let a = attributes, !faultsOnly || mapsBeside, mapChanged || model.tracedMap == nil {
+        if let a = attributes, !faultsOnly || mapsBeside, mapChanged || requestsChanged || model.tracedMap == nil {
             publish(a, &model)
             changed = true
         }
@@ -225,7 +238,10 @@ public final class TraceSource: VMSource {
         model.apply(attributes: AttributeRuns(runs: v.known.map { AttributeRun(gpa: $0.start << 12, size: ($0.end - $0.start) << 12, isPrivate: $0.isPrivate) },
                                               privateBytes: v.known.filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) << 12 },
                                               sharedBytes: v.known.filter { !$0.isPrivate }.reduce(0) { $0 &+ ($1.end - $1.start) << 12 }))
-        model.tracedMap = .init(unknown: v.unknown, pages: top, applied: a.applied, refused: a.refused, lastRefusal: lastRefusal, complete: a.complete)
+        var t = InspectorModel.TracedMapState(unknown: v.unknown, pages: top, applied: a.applied, refused: a.refused, lastRefusal: lastRefusal, complete: a.complete)
+        t.pendingRequests = requests.pendingRequests.map { .init(gfns: $0.gfns, toPrivate: $0.range.toPrivate, requestedNs: $0.requestedNs) }
+        t.answeredRequests = GuestRequestTracker.Request.Outcome.allCases.compactMap { o in requests.ended[o].map { (o.words, $0) } }
+        model.tracedMap = t
     }
 
     /// The events as marks on the VMM's own records (see `corroborating`).

@@ -39,7 +39,9 @@ public enum CapabilityPlan {
                       : "decoded if KVM_EXIT_MEMORY_FAULT occurs; faults come from the vmm engine (source vmm, exit MMIO)"),
             .init(capability: "KVM_CAP_EXIT_HYPERCALL", value: hex(c.exitHypercallMask),
                   consequence: c.mapGPARangeHypercall
-                      ? "KVM_HC_MAP_GPA_RANGE exits enabled; the built-in guest also uses the doorbell port"
+                      ? (HostCPU.virtualization() != nil
+                          ? "KVM_HC_MAP_GPA_RANGE exits enabled; the built-in guest asks by hypercall (--guest-requests)"
+                          : "KVM_HC_MAP_GPA_RANGE exits enabled; the built-in guest asks by the doorbell port (no hardware KVM to run hypercalls)")
                       : "guest conversion requests through the doorbell port only"),
             .init(capability: "KVM_CAP_BINARY_STATS_FD", value: c.binaryStatsFD ? "1" : "0",
                   consequence: c.binaryStatsFD ? "VM and vCPU stats shown in the vCPU view" : "no KVM stats shown"),

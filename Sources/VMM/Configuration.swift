@@ -1,5 +1,16 @@
 import Schema
 
+/// How the built-in guest asks for its conversions (`vmscope vmm --guest-requests`).
+public enum GuestRequestChannel: String, Sendable, CaseIterable, Codable {
+    /// `hypercall` where KVM forwards `KVM_HC_MAP_GPA_RANGE` and the CPU runs hypercalls (hardware KVM: `vmx` or
+    /// `svm` in /proc/cpuinfo), else `doorbell`.
+    case auto
+    /// The doorbell port: an I/O exit, which every KVM forwards.
+    case doorbell
+    /// `KVM_HC_MAP_GPA_RANGE` (`KVM_EXIT_HYPERCALL`); refused where it cannot work.
+    case hypercall
+}
+
 /// Knobs of the built-in guest.
 public struct GuestOptions: Sendable, Equatable {
     /// Pages in each vCPU's working set.
@@ -15,6 +26,8 @@ public struct GuestOptions: Sendable, Equatable {
     /// Run the conversion selftest (`SelftestPhase`) instead of the demo loop; needs working sets of at least
     /// `SelftestPhase.regionPages` pages.
     public var selftest = false
+    /// How the guest asks for conversions.
+    public var requests = GuestRequestChannel.auto
 
     public init(workingSetPages: Int = 256, stride: Int = 4096, convertEvery: Int = 8, wrongViewEvery: Int = 64,
                 selftest: Bool = false) {

@@ -33,7 +33,10 @@ public struct GuestCounters: Sendable, Equatable {
     public var exceptions: UInt64 = 0
     public var lastException: UInt64?
     public var doorbellRequests: UInt64 = 0
+    /// Failed conversion requests the guest reported (`GuestPort.doorbellFailed`), by either channel.
     public var doorbellFailures: UInt64 = 0
+    /// `KVM_HC_MAP_GPA_RANGE` exits the VMM answered.
+    public var hypercallRequests: UInt64 = 0
     /// MMIO exits at RAM GPAs whose view was mapped again by the time they were handled (a relayout race).
     public var relayoutRetries: UInt64 = 0
     /// Conversion-selftest stops (`GuestPort.selftestSync`).

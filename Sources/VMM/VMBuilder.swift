@@ -16,6 +16,8 @@ struct VMBuilder {
     var vcpus: [VCPU] = []
     /// Whether `KVM_X86_SETUP_MCE` worked on every vCPU, or the errno it failed with; nil without MCE banks.
     var mceSetup: Result<UInt64, KVMError>?
+    /// How the built-in guest asks for conversions (`GuestRequestChannel`, resolved).
+    var requestInstruction = GuestRequestInstruction.doorbell
 
     init(_ config: VMMConfiguration) throws(VMMError) {
         configuration = config
@@ -45,14 +47,39 @@ struct VMBuilder {
         }
         do { guest = try BuiltInGuest() } catch { throw VMMError(.genericError, "built-in guest: \(error)") }
 
-        if decision.engine == .vmm && capabilities.mapGPARangeHypercall {
-            // Hosts where vmcall works can use KVM_HC_MAP_GPA_RANGE too; the built-in guest uses the doorbell.
-            try? vm.enable(.exitHypercall, args: [1 << Hypercall.mapGPARange])
+        requestInstruction = try Self.requestInstruction(config.guest.requests, capabilities: capabilities,
+                                                         cpu: HostCPU.virtualization())
+        if capabilities.mapGPARangeHypercall {
+            // Any guest may ask by KVM_HC_MAP_GPA_RANGE once KVM forwards it (HypercallHandler answers); the built-in
+            // guest does where `requestInstruction` says.
+            do { try vm.enable(.exitHypercall, args: [1 << Hypercall.mapGPARange]) } catch {
+                guard requestInstruction == .doorbell else { throw VMMError.kvm(error) }
+            }
         }
         for i in 0..<config.vcpus {
             do { vcpus.append(try vm.createVCPU(id: i)) } catch { throw VMMError.kvm(error) }
         }
         if config.runGuest { try loadGuest() }
+    }
+
+    /// The guest's request channel: the hypercall needs KVM to forward `KVM_HC_MAP_GPA_RANGE` and a CPU whose
+    /// hypercall instruction KVM intercepts (hardware KVM; the software KVM of PVM hangs on it).
+    static func requestInstruction(_ asked: GuestRequestChannel, capabilities: KVMCapabilities, cpu: HostCPU.Virtualization?)
+        throws(VMMError) -> GuestRequestInstruction
+    {
+        let instruction: GuestRequestInstruction? = capabilities.mapGPARangeHypercall ? cpu.map { $0 == .svm ? .vmmcall : .vmcall } : nil
+        switch asked {
+        case .doorbell: return .doorbell
+        case .auto: return instruction ?? .doorbell
+        case .hypercall:
+            guard capabilities.mapGPARangeHypercall else {
+                throw VMMError(.unsupported, "guest requests by hypercall need KVM to forward KVM_HC_MAP_GPA_RANGE (KVM_CAP_EXIT_HYPERCALL is \(capabilities.exitHypercallMask)); use the doorbell")
+            }
+            guard let instruction else {
+                throw VMMError(.unsupported, "guest requests by hypercall need a hardware KVM (no vmx or svm in /proc/cpuinfo: a software KVM does not run vmcall); use the doorbell")
+            }
+            return instruction
+        }
     }
 
     /// The configuration's own consistency, before KVM is touched. Messages name the configuration's fields as
@@ -142,6 +169,7 @@ struct VMBuilder {
             put(ParameterBlock.wrongViewEvery, UInt32(g.wrongViewEvery))
             put(ParameterBlock.stride, UInt32(g.stride))
             put(ParameterBlock.mode, g.selftest ? 1 : 0)
+            put(ParameterBlock.hypercall, requestInstruction.rawValue)
             do {
                 var sregs = try vcpu.specialRegisters()
                 FlatProtectedMode.configure(&sregs, gdtBase: UInt64(GuestLayout.gdt), idtBase: UInt64(GuestLayout.idt),

@@ -6,7 +6,7 @@ public enum VMEvent: Sendable, Equatable {
     case memslotsChanged(generation: UInt64)
     case vcpuStateChanged(index: Int, state: VCPURunState, reason: String)
     case faultInjected(InjectionReport)
-    case guestReport(vcpu: Int, kind: String, value: UInt64)
+    case guestReport(vcpu: Int, kind: GuestReportKind, value: UInt64)
 }
 
 /// A bounded log of events with sequence numbers; each reader keeps its own position.

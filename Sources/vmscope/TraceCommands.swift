@@ -35,7 +35,7 @@ struct TraceCommand: ParsableCommand {
             """)
 
     @Argument(help: "The VMM's process id (not with --load-raw or --exec).") var pid: Int32?
-    @Flag(help: "Print only what vmscope pairs from the events: conversions (with their ioctl's result), memory faults (a kvm_page_fault, then a MEMORY_FAULT exit on the same thread) and the attribute map.")
+    @Flag(help: "Print only what vmscope pairs from the events: conversions (with their ioctl's result), memory faults (a kvm_page_fault, then a MEMORY_FAULT exit on the same thread), the guest's KVM_HC_MAP_GPA_RANGE requests (pending until its vCPU goes back in) and the attribute map.")
     var pairedOnly = false
     @Flag(help: "Start the command after -- under the trace (traced from its first instruction: a complete private/shared map); exit with its status.")
     var exec = false
@@ -166,9 +166,13 @@ struct TraceCommand: ParsableCommand {
             let fd = open(gate, O_WRONLY | O_CLOEXEC)
             if fd >= 0 { _ = writeAll(fd, [0x0A]); close(fd) }
         }
+        // The guest's KVM_HC_MAP_GPA_RANGE requests, pending until its vCPU goes back in; what the VMM did between is
+        // known where conversions are traced.
+        var requests = GuestRequestTracker(conversionsTraced: attributes != nil)
         func emitMap() {
             guard let a = attributes else { return }
-            output((json ? a.mapJSON.serialized : terminalSafe(a.mapLine)) + "\n")
+            let p = requests.pendingRequests
+            output((json ? a.mapJSON(pending: p).serialized : terminalSafe(a.mapLine(pending: p))) + "\n")
         }
         var faults = MemoryFaultPairing()
         var latency = ConversionLatencyPairing()
@@ -181,6 +185,7 @@ struct TraceCommand: ParsableCommand {
                 // Lost events may have been conversions: the map forgets what it knew (its next attribute-map says
                 // complete false, and how many times it forgot).
                 attributes?.forget()
+                for r in requests.forget() { text += (json ? r.json.serialized : r.line) + "\n" }
             }
             for e in batch {
                 let c = attributes?.apply(e)
@@ -188,6 +193,7 @@ struct TraceCommand: ParsableCommand {
                 if attributes != nil {
                     for t in latency.apply(e, completed: c) { text += (json ? t.json.serialized : t.line) + "\n" }
                 }
+                for r in requests.apply(e, completed: c) { text += (json ? r.json.serialized : r.line) + "\n" }
                 if let f = faults.apply(e, attributes: attributes) { text += (json ? f.json.serialized : f.line) + "\n" }
             }
             output(text)
@@ -242,6 +248,8 @@ struct TraceCommand: ParsableCommand {
         emit(rest)
         pair(rest)
         try saveKept()
+        // Requests still pending when tracing stopped are said as such (with or without a map to list them in).
+        output(requests.pendingRequests.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
         emitMap()
         print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded; \(session.reads) reads",
               to: &err)

@@ -14,6 +14,7 @@ import Glibc
 
 extension AttributeEngineRequest: ExpressibleByArgument {}
 extension FaultPolicy: ExpressibleByArgument {}
+extension GuestRequestChannel: ExpressibleByArgument {}
 
 /// A byte size with an optional K/M/G/T suffix (binary units).
 struct ByteSize: ExpressibleByArgument {
@@ -49,6 +50,8 @@ struct VMMCommand: ParsableCommand {
     @Option(name: .customLong("attribute-engine"), help: "auto, kernel or vmm.") var engine = AttributeEngineRequest.auto
     @Option(help: "GPA bit of the shared alias (vmm engine).") var sharedAliasBit: Int?
     @Option(help: "convert, pause or report.") var faultPolicy = FaultPolicy.convert
+    @Option(help: "How the built-in guest asks for conversions: auto, doorbell (an I/O port) or hypercall (KVM_HC_MAP_GPA_RANGE; auto picks it where KVM forwards it on a hardware KVM).")
+    var guestRequests = GuestRequestChannel.auto
     @Flag(help: "Allow conversions, vcpu-control and set-fault-policy.") var allowMutations = false
     @Flag(help: "Allow inject-fault (needs --allow-mutations too).") var allowFaultInjection = false
     @Flag(help: "Answer queries only: refuse read-memory (guest memory contents) as well as every mutation.")
@@ -108,6 +111,7 @@ struct VMMCommand: ParsableCommand {
         c.engine = engine
         c.sharedAliasBit = sharedAliasBit
         c.faultPolicy = faultPolicy
+        c.guest.requests = guestRequests
         c.allowMutations = allowMutations
         c.allowFaultInjection = allowFaultInjection
         c.allowMemoryReads = !readOnly

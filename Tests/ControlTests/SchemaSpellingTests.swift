@@ -35,7 +35,7 @@ import Testing
         add(FaultAccess.self); add(FaultSource.self); add(FaultExit.self); add(PageAttribute.self); add(FaultAction.self)
         add(InjectionKind.self); add(FaultPolicy.self); add(VCPURunState.self); add(VCPUAction.self); add(MemslotView.self)
         add(MemslotBacking.self); add(ReadView.self); add(AttributeEngineKind.self); add(ConversionCause.self)
-        add(CommandName.self); add(EventName.self); add(GuestCounter.self)
+        add(CommandName.self); add(EventName.self); add(GuestCounter.self); add(GuestReportKind.self)
         return names
     }
 

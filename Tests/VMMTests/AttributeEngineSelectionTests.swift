@@ -59,4 +59,32 @@ import Testing
         #expect(attr?.consequence.hasPrefix("attribute engine: vmm") == true)
         #expect(items.first { $0.capability == "KVM_CAP_NR_MEMSLOTS" }?.consequence.contains("32764") == true)
     }
+
+    /// The guest's request channel (`--guest-requests`): the hypercall only where KVM forwards KVM_HC_MAP_GPA_RANGE
+    /// and the CPU has VT-x or AMD-V (a software KVM, as on PVM, hangs on vmcall), with the vendor's instruction.
+    @Test func theGuestAsksByHypercallOnlyWhereItCanWork() throws {
+        let forwards = Self.caps()
+        var keeps = Self.caps()
+        keeps.exitHypercallMask = 0
+        #expect(try VMBuilder.requestInstruction(.auto, capabilities: forwards, cpu: .svm) == .vmmcall)
+        #expect(try VMBuilder.requestInstruction(.auto, capabilities: forwards, cpu: .vmx) == .vmcall)
+        #expect(try VMBuilder.requestInstruction(.auto, capabilities: forwards, cpu: nil) == .doorbell)
+        #expect(try VMBuilder.requestInstruction(.auto, capabilities: keeps, cpu: .svm) == .doorbell)
+        #expect(try VMBuilder.requestInstruction(.doorbell, capabilities: forwards, cpu: .svm) == .doorbell)
+        #expect(try VMBuilder.requestInstruction(.hypercall, capabilities: forwards, cpu: .vmx) == .vmcall)
+        for (caps, cpu, why) in [(forwards, HostCPU.Virtualization?.none, "no vmx or svm"), (keeps, .svm, "KVM_CAP_EXIT_HYPERCALL is 0")] {
+            do {
+                _ = try VMBuilder.requestInstruction(.hypercall, capabilities: caps, cpu: cpu)
+                Issue.record("refused: \(why)")
+            } catch {
+                #expect(error.description.contains(why) && error.description.contains("doorbell"), "\(error.description)")
+            }
+        }
+    }
+
+    @Test func theCPUsExtensionIsReadFromCpuinfosFlags() {
+        #expect(HostCPU.virtualization(cpuinfo: "processor\t: 0\nflags\t\t: fpu vme svm lm\n") == .svm)
+        #expect(HostCPU.virtualization(cpuinfo: "flags\t\t: fpu vmx\n") == .vmx)
+        #expect(HostCPU.virtualization(cpuinfo: "flags\t\t: fpu hypervisor lm\nbugs\t: svm\n") == nil)
+    }
 }

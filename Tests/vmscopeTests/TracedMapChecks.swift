@@ -190,7 +190,8 @@ struct TracedMapChecks {
         // KVM's MEMORY_FAULT exits each vCPU counted, recorded or not (an exit whose view was mapped again by the time
         // the VMM looked is a relayout retry, counted and not recorded: docs/attribute-engines.md).
         var exits: [Int: UInt64] = [:]
-        for v in try c.execute("query-vcpus").arrayValue ?? [] {
+        let vcpusAtEnd = try c.execute("query-vcpus").arrayValue ?? []
+        for v in vcpusAtEnd {
             exits[v["index"]?.intValue ?? -1] = v["exit-counts"]?["MEMORY_FAULT"]?.uint64Value ?? 0
         }
         let kernel = (reply["records"]?.arrayValue ?? []).filter { $0["source"]?.stringValue == "kernel" && $0["exit"]?.stringValue == "MEMORY_FAULT" }
@@ -229,6 +230,7 @@ struct TracedMapChecks {
         print("TracedMapChecks: MEMORY_FAULT exits counted by the VMM \(exits.sorted { $0.key < $1.key }), traced \(tracedPerVCPU.sorted { $0.key < $1.key })")
         #expect(tracedPerVCPU == exits.filter { $0.value > 0 }, "traced \(tracedPerVCPU) against the VMM's exit counts \(exits)")
         if hasTracepoint { checkConversionSteps(lines(), hostConversions: hostConversions, aliasGFN: aliasGFN) }
+        checkGuestRequests(lines(), vcpus: vcpusAtEnd, converted: hasTracepoint)
         if total <= 4096 {
             // Every record kept has its traced exit (same vCPU, page and, on 7.3, direction).
             var left = tracedFaults
@@ -278,5 +280,28 @@ struct TracedMapChecks {
               + "convert \(median(ConversionStep.convert.rawValue, memoryFault)), re-entry \(median(ConversionStep.reentry.rawValue, memoryFault))), \(byVCPU.count - memoryFault.count) after other exits, "
               + "\(compared) host conversions within the VMM's duration-ns (median traced convert \(median(ConversionStep.convert.rawValue, byHost)))")
     }
-}
 
+    /// The guest's own requests by KVM_HC_MAP_GPA_RANGE (the built-in guest asks by hypercall on a hardware KVM, as in
+    /// the lab): each one the VMM answered (its `hypercall-requests` counts) is a traced guest-request, converted by the
+    /// VMM on 7.3 (on 6.12 only forwarded: the conversion is not traced there), or still pending in the last map (a vCPU
+    /// stopped between its conversion and its next KVM_RUN); each conversion after a HYPERCALL exit has its steps.
+    func checkGuestRequests(_ lines: [JSON], vcpus: [JSON], converted: Bool) {
+        let answeredByVMM = vcpus.reduce(UInt64(0)) { $0 + ($1["guest"]?["hypercall-requests"]?.uint64Value ?? 0) }
+        let requests = lines.filter { $0["event"]?.stringValue == "guest-request" }
+        let mapPending = lines.last { $0["event"]?.stringValue == "attribute-map" }?["pending-requests"]?.arrayValue?.count
+        var outcomes: [String: Int] = [:]
+        for r in requests { outcomes[r["outcome"]?.stringValue ?? "?", default: 0] += 1 }
+        let pending = outcomes["pending"] ?? 0
+        print("TracedMapChecks: guest requests by hypercall: \(answeredByVMM) answered by the VMM; traced \(outcomes.sorted { $0.key < $1.key })")
+        #expect(answeredByVMM > 0, "the guest in the lab asks by KVM_HC_MAP_GPA_RANGE (svm: vmmcall)")
+        #expect(UInt64(requests.count) == answeredByVMM, "every request the VMM answered was traced, once (those pending when the trace stopped as pending)")
+        #expect(mapPending == nil || mapPending == pending, "the last map lists the requests pending then: \(mapPending ?? 0), records say \(pending)")
+        #expect(outcomes[converted ? "converted" : "forwarded"] == requests.count - pending,
+                "\(requests.filter { !["pending", converted ? "converted" : "forwarded"].contains($0["outcome"]?.stringValue ?? "") }.prefix(3).map(\.serialized))")
+        if converted {
+            let steps = lines.filter { $0["event"]?.stringValue == "conversion-steps" && $0["exit"]?.stringValue == "HYPERCALL" }
+            let done = outcomes["converted"] ?? 0
+            #expect(steps.count >= done, "each converted request's conversion has its steps after a HYPERCALL exit: \(steps.count) of \(done)")
+        }
+    }
+}

@@ -28,7 +28,7 @@ final class GuestPortDevice: ExitHandler {
         return write(port, value: value, vcpu)
     }
 
-    private func report(_ vcpu: any VCPUContext, _ kind: String, _ value: UInt64, _ update: (inout GuestCounters) -> Void) {
+    private func report(_ vcpu: any VCPUContext, _ kind: GuestReportKind, _ value: UInt64, _ update: (inout GuestCounters) -> Void) {
         vcpu.updateGuestCounters(update)
         core.events.append(.guestReport(vcpu: vcpu.index, kind: kind, value: value))
     }
@@ -44,19 +44,19 @@ final class GuestPortDevice: ExitHandler {
                 last[vcpu.index] = now
                 return true
             }
-            if emit { core.events.append(.guestReport(vcpu: vcpu.index, kind: "heartbeat", value: value)) }
+            if emit { core.events.append(.guestReport(vcpu: vcpu.index, kind: .heartbeat, value: value)) }
         case GuestPort.integrityError:
-            report(vcpu, "integrity-error", value) { $0.integrityErrors += 1 }
+            report(vcpu, .integrityError, value) { $0.integrityErrors += 1 }
         case GuestPort.bounceError:
-            report(vcpu, "bounce-error", value) { $0.bounceErrors += 1 }
+            report(vcpu, .bounceError, value) { $0.bounceErrors += 1 }
         case GuestPort.mceSeen:
-            report(vcpu, GuestCounter.mceSeen.rawValue, value) { $0.mceSeen += 1 }
+            report(vcpu, .mceSeen, value) { $0.mceSeen += 1 }
         case GuestPort.nmiSeen:
-            report(vcpu, GuestCounter.nmiSeen.rawValue, value) { $0.nmiSeen += 1 }
+            report(vcpu, .nmiSeen, value) { $0.nmiSeen += 1 }
         case GuestPort.exception:
-            report(vcpu, "exception", value) { $0.exceptions += 1; $0.lastException = value }
+            report(vcpu, .exception, value) { $0.exceptions += 1; $0.lastException = value }
         case GuestPort.doorbellFailed:
-            report(vcpu, "doorbell-failed", value) { $0.doorbellFailures += 1 }
+            report(vcpu, .doorbellFailed, value) { $0.doorbellFailures += 1 }
         case GuestPort.selftestSync:
             vcpu.updateGuestCounters { $0.selftestSyncs += 1 }
             selftestSync(vcpu, phase: value)

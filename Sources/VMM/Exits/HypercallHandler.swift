@@ -10,6 +10,7 @@ final class HypercallHandler: ExitHandler {
 
     func handle(_ exit: VCPUExit, on vcpu: any VCPUContext) -> Bool {
         guard case .hypercall(let call) = exit else { return false }
+        vcpu.updateGuestCounters { $0.hypercallRequests += 1 }
         vcpu.vcpu.setHypercallResult(result(of: call, vcpu: vcpu.index))
         return true
     }
