@@ -1,0 +1,140 @@
+import Foundation
+import HostTracing
+import ProcessSupport
+
+/// Issue 32's first peer: `vmscope top` against `kvm_stat` (the Python script in the Linux source's
+/// tools/kvm/kvm_stat/, from the linux-source package the lab unpacks) on the same VM and interval.
+///
+/// - One table: `vmscope top --once --json --interval 1` against `kvm_stat -1` (batch mode: one second), each run
+///   whole (start-up, one-second window, output): its CPU (the child's user + system time) and its wall time.
+/// - Every second: `vmscope top --metrics 127.0.0.1:0 --interval 1` (its collector samples every VM each second,
+///   what the refreshing table does, without a terminal) against `kvm_stat -l -s 1` (logging mode): CPU per second
+///   of each over the same window.
+///
+/// Under PVM kvm_stat does not start (no `vmx` or `svm` in /proc/cpuinfo: it finds no architecture), which the
+/// result says; where `vmscope lab` is usable the group then runs again inside the lab (kvm_amd, where both tools
+/// work) and its results are the lab's, named so. Inside, the VM is vmscope's VMM on the kernel engine, 2 vCPUs.
+public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String) throws -> [BenchResult] {
+    let headline = "peers-top-once-cpu-ms"
+    func skipped(_ why: String) -> [BenchResult] { [BenchResult(name: headline, value: .nan, unit: "ms", note: "skipped: \(why)")] }
+    guard let kvmStat = kvmStatScript() else {
+        return skipped("no kvm_stat: set VMSCOPE_KVM_STAT to the script, or build the lab (vmscope lab build) whose linux-source has it")
+    }
+    let dir = NSTemporaryDirectory() + "vmscope-bench-peers-\(getpid())"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let python = "/usr/bin/python3"
+    // Does kvm_stat start here at all?
+    let probe = try timedRun([python, kvmStat, "-1"], dir: dir, name: "probe")
+    if probe.status != 0 {
+        let why = probe.stderr.split(separator: "\n").last.map(String.init) ?? "exit \(probe.status)"
+        var out = [BenchResult(name: "peers-kvm-stat-starts-here", value: 0, unit: "bool",
+                               note: "kvm_stat does not start on this host (kernel \(RawTraceRecording.runningKernel)): \(why)")]
+        if insideTheLab { return out + skipped("kvm_stat does not start inside the lab either: \(why)") }
+        // Again inside the lab, where KVM is kvm_amd.
+        let bench = CommandLine.arguments[0]
+        let lab = try timedRun([vmscope, "lab", "exec", "--timeout", "900", "--", bench, "--json", "--only", "peers"] + (sizes.repetitions > 10 ? [] : ["--smoke"]),
+                               dir: dir, name: "lab")
+        struct Report: Decodable { var results: [BenchResult] }
+        guard lab.status == 0, let start = lab.stdout.firstIndex(of: "{"),
+              let report = try? JSONDecoder().decode(Report.self, from: Data(lab.stdout[start...].utf8)) else {
+            return out + skipped("the lab run failed (exit \(lab.status)): \(lab.stderr.suffix(400))")
+        }
+        out += report.results.map { var r = $0; r.note = "in the lab (kvm_amd on QEMU TCG): " + (r.note ?? ""); return r }
+        return out
+    }
+    // A VM to look at: vmscope's VMM (inside the lab: the kernel engine).
+    let socket = dir + "/vm.sock"
+    let vmm = try ChildProcess([vmscope, "vmm", "--socket", socket, "--vcpus", "2", "--ram", "64M"],
+                               redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: dir + "/vmm.err"))
+    defer { _ = vmm.terminate(grace: 5) }
+    let ready = nowNs() + 120_000_000_000
+    while !FileManager.default.fileExists(atPath: socket), nowNs() < ready, vmm.isRunning { usleep(100_000) }
+    guard FileManager.default.fileExists(atPath: socket) else {
+        throw BenchError("the VMM did not start: \((try? String(contentsOfFile: dir + "/vmm.err", encoding: .utf8)) ?? "")")
+    }
+    usleep(2_000_000)
+    let runs = sizes.repetitions > 10 ? 7 : 1
+    var topCPU: [Double] = [], topWall: [Double] = [], statCPU: [Double] = [], statWall: [Double] = []
+    for i in 0..<runs {
+        let t = try timedRun([vmscope, "top", "--once", "--json", "--interval", "1"], dir: dir, name: "top\(i)")
+        guard t.status == 0, t.stdout.contains(String(vmm.pid)) else { throw BenchError("vmscope top --once: exit \(t.status), \(t.stderr.suffix(400))") }
+        topCPU.append(t.cpuMs); topWall.append(t.wallMs)
+        let k = try timedRun([python, kvmStat, "-1"], dir: dir, name: "stat\(i)")
+        guard k.status == 0 else { throw BenchError("kvm_stat -1: exit \(k.status), \(k.stderr.suffix(400))") }
+        statCPU.append(k.cpuMs); statWall.append(k.wallMs)
+    }
+    func spread(_ v: [Double]) -> String { String(format: "%.1f–%.1f", v.min()!, v.max()!) }
+    let version = "kvm_stat from \(kvmStat) (\(python) \(pythonVersion(python)))"
+    let statOnce = BenchResult(name: "peers-kvm-stat-once-cpu-ms", value: median(statCPU), unit: "ms",
+                               note: "baseline: `python3 kvm_stat -1` (one second, batch), user+system CPU of the whole run; median of \(runs), \(spread(statCPU)); \(version)")
+    var results = [statOnce,
+                   BenchResult(name: headline, value: median(topCPU), unit: "ms", target: .atMost(0.5 * statOnce.value), baseline: statOnce,
+                               note: "`vmscope top --once --json --interval 1` on the same VMs, user+system CPU of the whole run (target: half of kvm_stat's); median of \(runs), \(spread(topCPU))")]
+    let statWallR = BenchResult(name: "peers-kvm-stat-once-wall-ms", value: median(statWall), unit: "ms",
+                                note: "baseline: kvm_stat -1 from start to its table; median of \(runs), \(spread(statWall))")
+    results += [statWallR,
+                BenchResult(name: "peers-top-once-wall-ms", value: median(topWall), unit: "ms", baseline: statWallR,
+                            note: "vmscope top --once from start to its table (both sample over one second); median of \(runs), \(spread(topWall))")]
+    // Every second, for a while: CPU per second of each, one after the other.
+    let seconds: UInt32 = sizes.repetitions > 10 ? 20 : 3
+    func perSecond(_ argv: [String], _ name: String) throws -> Double {
+        let p = try ChildProcess(argv, redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: dir + "/\(name).err"))
+        defer { _ = p.terminate(grace: 2) }
+        usleep(2_000_000)   // past start-up: the steady cost
+        let c0 = cpuSeconds(pid: p.pid) ?? 0, t0 = nowNs()
+        sleep(seconds)
+        guard p.isRunning, let c1 = cpuSeconds(pid: p.pid) else {
+            throw BenchError("\(argv.joined(separator: " ")) stopped: \((try? String(contentsOfFile: dir + "/\(name).err", encoding: .utf8)) ?? "")")
+        }
+        return (c1 - c0) / (Double(nowNs() - t0) / 1e9) * 1000
+    }
+    let statLog = BenchResult(name: "peers-kvm-stat-log-cpu-ms-per-s", value: try perSecond([python, kvmStat, "-l", "-s", "1"], "statlog"), unit: "ms/s",
+                              note: "baseline: `kvm_stat -l -s 1` (a line a second), CPU per second over \(seconds) s after start-up")
+    results += [statLog,
+                BenchResult(name: "peers-top-1s-cpu-ms-per-s", value: try perSecond([vmscope, "top", "--metrics", "127.0.0.1:0", "--interval", "1"], "toplog"),
+                            unit: "ms/s", target: .atMost(0.5 * statLog.value), baseline: statLog,
+                            note: "`vmscope top --metrics 127.0.0.1:0 --interval 1`: every VM sampled each second (what the refreshing table does, without a terminal), CPU per second over \(seconds) s after start-up")]
+    return results
+}
+
+/// Whether this process runs inside `vmscope lab` (its kernel command line names the lab's job).
+var insideTheLab: Bool {
+    ((try? String(contentsOfFile: "/proc/cmdline", encoding: .utf8)) ?? "").contains("vmscope.job=")
+}
+
+/// kvm_stat: `$VMSCOPE_KVM_STAT`, else the newest linux-source the lab unpacked.
+func kvmStatScript() -> String? {
+    if let p = ProcessInfo.processInfo.environment["VMSCOPE_KVM_STAT"], FileManager.default.fileExists(atPath: p) { return p }
+    let lab = ProcessInfo.processInfo.environment["VMSCOPE_LAB_DIR"] ?? (NSHomeDirectory() + "/.cache/vmscope/lab")
+    let sources = ((try? FileManager.default.contentsOfDirectory(atPath: lab)) ?? []).filter { $0.hasPrefix("src-") }.sorted()
+    for s in sources.reversed() {
+        for tree in (try? FileManager.default.contentsOfDirectory(atPath: "\(lab)/\(s)")) ?? [] {
+            let p = "\(lab)/\(s)/\(tree)/tools/kvm/kvm_stat/kvm_stat"
+            if FileManager.default.fileExists(atPath: p) { return p }
+        }
+    }
+    return nil
+}
+
+func pythonVersion(_ python: String) -> String {
+    let out = NSTemporaryDirectory() + "vmscope-bench-pyver-\(getpid())"
+    defer { unlink(out) }
+    _ = try? ChildProcess.run([python, "--version"], redirects: .init(stdin: "/dev/null", stdout: out, stderr: out))
+    return ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// One run of `argv` to its end: exit status, output, wall time and the CPU it used (user + system, from this
+/// process's children's resource usage).
+func timedRun(_ argv: [String], dir: String, name: String) throws -> (status: Int32, stdout: String, stderr: String, cpuMs: Double, wallMs: Double) {
+    var before = rusage(), after = rusage()
+    getrusage(RUSAGE_CHILDREN.rawValue, &before)
+    let t0 = nowNs()
+    let status = try ChildProcess.run(argv, redirects: .init(stdin: "/dev/null", stdout: dir + "/\(name).out", stderr: dir + "/\(name).err"))
+    let wall = Double(nowNs() - t0) / 1e6
+    getrusage(RUSAGE_CHILDREN.rawValue, &after)
+    func ms(_ t: timeval) -> Double { Double(t.tv_sec) * 1000 + Double(t.tv_usec) / 1000 }
+    let cpu = ms(after.ru_utime) + ms(after.ru_stime) - ms(before.ru_utime) - ms(before.ru_stime)
+    return (status, (try? String(contentsOfFile: dir + "/\(name).out", encoding: .utf8)) ?? "",
+            (try? String(contentsOfFile: dir + "/\(name).err", encoding: .utf8)) ?? "", cpu, wall)
+}
