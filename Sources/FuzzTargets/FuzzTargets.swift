@@ -76,8 +76,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             guard let j = try? JSON.parse(bytes: &bytes), case .object = j else {
                 fatalError("the server sent a line that is not a JSON object: \(String(decoding: line.prefix(200), as: UTF8.self))")
             }
-            guard j["QMP"] != nil || j["return"] != nil || j["error"]?["class"]?.stringValue != nil || j["event"] != nil else {
-                fatalError("the server sent neither greeting, reply, error nor event: \(j.serialized.prefix(200))")
+            switch QMP.Message(j) {
+            case .greeting, .reply, .error, .event: break
+            case .command, .unknown: fatalError("the server sent neither greeting, reply, error nor event: \(j.serialized.prefix(200))")
             }
         }
     }
@@ -108,7 +109,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 guard let parsed = try? JSON.parse(bytes: &copy) else {
                     fatalError("the fast decoder accepted what JSON.parse refuses: \(String(decoding: m.prefix(200), as: UTF8.self))")
                 }
-                guard FaultBatch(data: parsed["data"]) == batch else {
+                guard case .event(_, let data) = QMP.Message(parsed), FaultBatch(data: data) == batch else {
                     fatalError("the fast decoder and the JSON path disagree on: \(String(decoding: m.prefix(200), as: UTF8.self))")
                 }
             }
@@ -126,15 +127,19 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// One message of a session as the inspector would take it: the greeting, an event, or a reply applied as
     /// the query of its shape.
     static func applySession(_ m: JSON, to model: inout InspectorModel) {
-        if m["QMP"] != nil { _ = ControlPeer(greeting: m); return }
-        if m["event"] != nil { model.apply(event: m, nowNs: 1); return }
-        guard let r = m["return"] else { return }
-        if r["vm"] != nil { model.apply(snapshot: r) }
-        else if r["ram-size"] != nil || r["vcpus"] != nil { model.apply(vm: r) }
-        else if r["runs"] != nil { model.apply(attributes: r) }
-        else if let first = r.arrayValue?.first {
-            if first["slot"] != nil { model.apply(memslots: r) }
-            else if first["exit-counts"] != nil || first["state"] != nil { model.apply(vcpus: r, intervalNs: 1) }
+        switch QMP.Message(m) {
+        case .greeting: _ = ControlPeer(greeting: m)
+        case .event: model.apply(event: m, nowNs: 1)
+        case .reply(let r, _):
+            switch ReplyShape(of: r) {
+            case .snapshot?: model.apply(snapshot: r)
+            case .vm?: model.apply(vm: r)
+            case .attributes?: model.apply(attributes: r)
+            case .memslots?: model.apply(memslots: r)
+            case .vcpus?: model.apply(vcpus: r, intervalNs: 1)
+            case nil: break
+            }
+        case .command, .error, .unknown: break
         }
     }
 

@@ -22,8 +22,8 @@ public struct RawTraceRecord: Sendable, Equatable {
 /// The file is JSON lines: a header (format, version, kernel release, the common header's and each event's field
 /// offsets and sizes), then one line a record (`cpu`, `time-ns`, `data` in base64).
 public struct RawTraceRecording: Sendable, Equatable {
-    public static let format = "vmscope-raw-trace"
-    public static let version = 1
+    public static let format = RawTraceFormat.format
+    public static let version = RawTraceFormat.version
     /// The most record bytes `init(contentsOf:)` keeps in memory (a million records are about 80 MiB).
     public static let maxBytes = 256 << 20
 
@@ -42,31 +42,15 @@ public struct RawTraceRecording: Sendable, Equatable {
         return withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
-    enum Key: String { case format, version, kernel, header, events, id, fields, type, pid, cpu, data }
-    /// A record's time has the member name fault records give theirs.
-    static let timeKey = FaultRecord.Member.timeNs.name
-
-    private static func field(_ f: EventLayouts.Field) -> JSON { .array([.int(Int64(f.offset)), .int(Int64(f.size))]) }
-
     /// The file's first line: format, version, kernel and the layouts.
     public static func headerLine(kernel: String, layouts: EventLayouts) -> String {
-        let events: [(String, JSON)] = layouts.events.sorted { $0.key < $1.key }.map { name, e in
-            (name, .object([(Key.id.rawValue, .int(Int64(e.id))),
-                            (Key.fields.rawValue, .object(e.fields.sorted { $0.key < $1.key }.map { ($0.key, Self.field($0.value)) }))]))
-        }
-        return JSON.object([
-            (Key.format.rawValue, .string(Self.format)), (Key.version.rawValue, .int(Int64(Self.version))),
-            (Key.kernel.rawValue, .string(kernel)),
-            (Key.header.rawValue, .object([(Key.type.rawValue, Self.field(layouts.type)), (Key.pid.rawValue, Self.field(layouts.pid))])),
-            (Key.events.rawValue, .object(events)),
-        ]).serialized + "\n"
+        func field(_ f: EventLayouts.Field) -> RawTraceFormat.Field { .init(offset: f.offset, size: f.size) }
+        return RawTraceFormat.Header(kernel: kernel, type: field(layouts.type), pid: field(layouts.pid),
+                                     events: layouts.events.mapValues { e in (e.id, e.fields.mapValues(field)) }).line
     }
 
     /// One record's line.
-    public static func line(_ r: RawTraceRecord) -> String {
-        JSON.object([(Key.cpu.rawValue, .int(Int64(r.cpu))), (Self.timeKey, .u(r.timeNs)),
-                     (Key.data.rawValue, .string(Data(r.data).base64EncodedString()))]).serialized + "\n"
-    }
+    public static func line(_ r: RawTraceRecord) -> String { RawTraceFormat.recordLine(cpu: r.cpu, timeNs: r.timeNs, data: r.data) }
 
     /// The whole file's text.
     public var text: String { Self.headerLine(kernel: kernel, layouts: layouts) + records.map(Self.line).joined() }
@@ -158,8 +142,6 @@ public struct RawTraceReader: Sendable {
 
     public init(name: String) { self.name = name }
 
-    private typealias Key = RawTraceRecording.Key
-
     /// The record `text` holds; nil for the header and blank lines.
     public mutating func take(_ text: Substring) throws(TraceError) -> RawTraceRecord? {
         line += 1
@@ -171,12 +153,10 @@ public struct RawTraceReader: Sendable {
             try header(j)
             return nil
         }
-        guard let cpu = j[Key.cpu.rawValue]?.intValue, let c = Int32(exactly: cpu), c >= 0,
-              let t = j[RawTraceRecording.timeKey]?.uint64Value,
-              let b64 = j[Key.data.rawValue]?.stringValue, let bytes = Data(base64Encoded: b64), bytes.count <= 65_536 else {
+        guard let r = RawTraceFormat.record(j) else {
             throw TraceError("\(name): line \(line): a record needs cpu (0...), time-ns and data (base64, at most 64 KiB)")
         }
-        return RawTraceRecord(cpu: c, timeNs: t, data: Array(bytes))
+        return RawTraceRecord(cpu: r.cpu, timeNs: r.timeNs, data: r.data)
     }
 
     /// After the last line: a file with no header is refused.
@@ -184,40 +164,14 @@ public struct RawTraceReader: Sendable {
         guard layouts != nil else { throw TraceError("\(name): empty") }
     }
 
-    private mutating func header(_ header: JSON) throws(TraceError) {
-        guard header[Key.format.rawValue]?.stringValue == RawTraceRecording.format else {
-            throw TraceError("\(name): line \(line): not a \(RawTraceRecording.format) file")
+    private mutating func header(_ j: JSON) throws(TraceError) {
+        let h: RawTraceFormat.Header
+        do { h = try RawTraceFormat.Header(json: j) } catch {
+            throw TraceError(error.wholeFile ? "\(name): \(error.reason)" : "\(name): line \(line): \(error.reason)")
         }
-        guard let v = header[Key.version.rawValue]?.intValue, v == RawTraceRecording.version else {
-            throw TraceError("\(name): format version \(header[Key.version.rawValue]?.serialized ?? "missing"); this vmscope reads version \(RawTraceRecording.version)")
-        }
-        let n = line
-        func field(_ j: JSON?, _ what: String) throws(TraceError) -> EventLayouts.Field {
-            guard let a = j?.arrayValue, a.count == 2, let o = a[0].intValue, let s = a[1].intValue,
-                  (0...65_535).contains(o), [1, 2, 4, 8].contains(s) else {
-                throw TraceError("\(name): line \(n): \(what) is not [offset 0...65535, size 1, 2, 4 or 8]")
-            }
-            return .init(offset: Int(o), size: Int(s))
-        }
-        let type = try field(header[Key.header.rawValue]?[Key.type.rawValue], "header.type")
-        let pid = try field(header[Key.header.rawValue]?[Key.pid.rawValue], "header.pid")
-        guard case .object(let eventMembers)? = header[Key.events.rawValue] else { throw TraceError("\(name): line \(n): no events") }
-        var events: [String: EventLayouts.Event] = [:]
-        var named: [Int: String] = [:]
-        for (eventName, e) in eventMembers {
-            guard let id = e[Key.id.rawValue]?.intValue, (0...65_535).contains(id), case .object(let fs)? = e[Key.fields.rawValue] else {
-                throw TraceError("\(name): line \(n): event \(eventName) needs an id (0...65535) and fields")
-            }
-            // One id, one event: with two, a record's event would depend on which the decoder met last.
-            if let other = named[Int(id)] {
-                throw TraceError("\(name): line \(n): events \(other) and \(eventName) both have id \(id)")
-            }
-            named[Int(id)] = eventName
-            var fields: [String: EventLayouts.Field] = [:]
-            for (f, j) in fs { fields[f] = try field(j, "\(eventName).\(f)") }
-            events[eventName] = .init(id: Int(id), fields: fields)
-        }
-        kernel = header[Key.kernel.rawValue]?.stringValue ?? "unknown"
-        layouts = EventLayouts(events: events, type: type, pid: pid)
+        func field(_ f: RawTraceFormat.Field) -> EventLayouts.Field { .init(offset: f.offset, size: f.size) }
+        kernel = h.kernel
+        layouts = EventLayouts(events: h.events.mapValues { e in .init(id: e.id, fields: e.fields.mapValues(field)) },
+                               type: field(h.type), pid: field(h.pid))
     }
 }

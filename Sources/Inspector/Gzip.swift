@@ -1,4 +1,5 @@
 import CZlib
+import Schema
 import Foundation
 
 /// A gzip file written as a stream: `write` compresses, `flush` makes everything written so far readable

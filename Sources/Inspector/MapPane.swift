@@ -9,7 +9,8 @@ extension Renderer {
         (max(1, r.inner.width), max(1, r.inner.height - 2 - noteLines))
     }
 
-    /// A heat map's note, wrapped to the pane's inner `width` (at most 2 lines; none when the map has attributes).
+    /// A heat map's note, wrapped to the pane's inner `width` (at most 2 lines, 3 with the guest's traced requests;
+    /// none when the map has attributes).
     /// A map whose runs the model had to repair says so there instead.
     public static func heatNote(_ m: InspectorModel, width: Int) -> [String] {
         if let t = m.tracedMap {
@@ -18,7 +19,8 @@ extension Renderer {
             let asked = t.pendingRequests.isEmpty && t.answeredRequests.isEmpty ? ""
                 : " · guest requests (KVM_HC_MAP_GPA_RANGE): \(t.pendingRequests.count) pending"
                     + t.answeredRequests.map { ", \($0.count) \($0.outcome)" }.joined()
-            return Array(wrapped("private/shared from KVM's tracepoints (kvm_vm_set_mem_attributes, applied once its ioctl returned 0) · \(known) · \(t.applied) conversions\(refused)\(asked)", width).prefix(2))
+            // A third line for the guest's requests, when there are any (at 80 columns the rest takes two).
+            return Array(wrapped("private/shared from KVM's tracepoints (kvm_vm_set_mem_attributes, applied once its ioctl returned 0) · \(known) · \(t.applied) conversions\(refused)\(asked)", width).prefix(asked.isEmpty ? 2 : 3))
         }
         guard let note = m.heatMapNote else {
             return m.runsRepaired.map { Array(wrapped($0, width).prefix(2)) } ?? []

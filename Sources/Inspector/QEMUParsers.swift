@@ -157,20 +157,7 @@ public enum QEMUText {
 public enum QEMUStats {
     /// Per `qom-path` (nil key for the VM target), the integer and boolean statistics in QEMU's order;
     /// histograms are left out.
-    public static func byPath(_ reply: JSON) -> [String: [(String, UInt64)]] {
-        var out: [String: [(String, UInt64)]] = [:]
-        for entry in reply.arrayValue ?? [] where entry["provider"]?.stringValue == "kvm" {
-            let path = entry["qom-path"]?.stringValue ?? ""
-            var values: [(String, UInt64)] = out[path] ?? []
-            for s in entry["stats"]?.arrayValue ?? [] {
-                guard let name = s["name"]?.stringValue else { continue }
-                if let v = s["value"]?.uint64Value { values.append((name, v)) }
-                else if let b = s["value"]?.boolValue { values.append((name, b ? 1 : 0)) }
-            }
-            out[path] = values
-        }
-        return out
-    }
+    public static func byPath(_ reply: JSON) -> [String: [(String, UInt64)]] { QEMUQMP.kvmStatsByPath(reply) }
 }
 
 extension Substring {

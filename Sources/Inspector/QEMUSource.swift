@@ -40,12 +40,12 @@ public struct QEMUSource: Sendable {
     private var lastSlowPoll: UInt64 = 0
     private var lastVCPURefresh: UInt64 = 0
     /// `query-cpus-fast` as last read.
-    private var cpuList: [JSON] = []
+    private var cpuList: [QEMUQMP.CPU] = []
 
     /// From the greeting's `QMP.version.qemu`.
     public init(greeting: JSON) {
-        let q = greeting["QMP"]?["version"]?["qemu"]
-        version = (q?["major"]?.intValue ?? 0, q?["minor"]?.intValue ?? 0, q?["micro"]?.intValue ?? 0)
+        let v = QEMUQMP.Version(greeting: greeting)
+        version = (v.major, v.minor, v.micro)
         versionText = "QEMU \(version.major).\(version.minor).\(version.micro)"
     }
 
@@ -72,11 +72,11 @@ public struct QEMUSource: Sendable {
         var vm = VMInfo()
         vm.qemuVersion = versionText
         vm.pid = pid
-        let name = try execute("query-name", nil)["name"]?.stringValue ?? ""
+        let name = QEMUQMP.name(try execute(QEMUQMP.Command.queryName.rawValue, nil))
         vm.name = name.isEmpty ? "(no -name)" : name
-        let kvm = try execute("query-kvm", nil)
-        vm.accelerator = kvm["enabled"]?.boolValue == true ? "kvm" : (kvm["present"]?.boolValue == true ? "tcg (KVM present, not used)" : "tcg")
-        vm.arch = (try? execute("query-target", nil))?["arch"]?.stringValue
+        let kvm = QEMUQMP.KVMState(json: try execute(QEMUQMP.Command.queryKVM.rawValue, nil))
+        vm.accelerator = kvm.enabled ? "kvm" : (kvm.present ? "tcg (KVM present, not used)" : "tcg")
+        vm.arch = (try? execute(QEMUQMP.Command.queryTarget.rawValue, nil)).flatMap(QEMUQMP.arch)
         vm.machine = Self.machineType(execute)
         vm.engine = "none"
         vm.policy = "-"
@@ -87,13 +87,14 @@ public struct QEMUSource: Sendable {
         vm.faultInjectionAllowed = true
         model.offeredInjections = [.nmi]
         model.vm = vm
-        if canUseGuestMemfd, let cgs = try? execute("qom-get", .object([("path", .string("/machine")), ("property", .string("confidential-guest-support"))])).stringValue,
-           !cgs.isEmpty, let type = try? execute("qom-get", .object([("path", .string(cgs)), ("property", .string("type"))])).stringValue,
-           ["sev-snp-guest", "tdx-guest"].contains(type) {
+        if canUseGuestMemfd,
+           let cgs = try? execute(QEMUQMP.Command.qomGet.rawValue, QEMUQMP.qomGet(path: QEMUQMP.machinePath, property: QEMUQMP.confidentialGuestProperty)).stringValue,
+           !cgs.isEmpty, let type = try? execute(QEMUQMP.Command.qomGet.rawValue, QEMUQMP.qomGet(path: cgs, property: QEMUQMP.typeProperty)).stringValue,
+           QEMUQMP.guestMemfdGuestTypes.contains(type) {
             guestMemfdGuest = type
         }
         model.unavailable = unavailableViews
-        if kvm["enabled"]?.boolValue != true {
+        if !kvm.enabled {
             model.unavailable[.memslots] = "\(versionText) runs TCG, not KVM (query-kvm): it has no KVM memslots"
         }
         model.runs = []
@@ -104,10 +105,10 @@ public struct QEMUSource: Sendable {
     /// The machine type QEMU runs (`qom-get /machine type` is `pc-q35-7.2-machine`), with the alias
     /// `query-machines` gives it (`q35`); nil when this QEMU answers neither.
     static func machineType(_ execute: Execute) -> String? {
-        guard let type = (try? execute("qom-get", .object([("path", .string("/machine")), ("property", .string("type"))])))?.stringValue,
+        guard let type = (try? execute(QEMUQMP.Command.qomGet.rawValue, QEMUQMP.qomGet(path: QEMUQMP.machinePath, property: QEMUQMP.typeProperty)))?.stringValue,
               !type.isEmpty else { return nil }
         let name = type.hasSuffix("-machine") ? String(type.dropLast("-machine".count)) : type
-        let alias = (try? execute("query-machines", nil))?.arrayValue?.first { $0["name"]?.stringValue == name }?["alias"]?.stringValue
+        let alias = (try? execute(QEMUQMP.Command.queryMachines.rawValue, nil)).flatMap { QEMUQMP.machineAlias($0, name: name) }
         return alias.map { "\(name) (\($0))" } ?? name
     }
 
@@ -132,8 +133,8 @@ public struct QEMUSource: Sendable {
         if slow {
             lastSlowPoll = nowNs
             try refreshMemory(execute, model: &model)
-            cpuList = try execute("query-cpus-fast", nil).arrayValue ?? []
-            if let s = try? execute("query-stats", Self.statsArguments("vm")) { model.vmStats = QEMUStats.byPath(s)[""] ?? [] }
+            cpuList = QEMUQMP.CPU.list(try execute(QEMUQMP.Command.queryCPUsFast.rawValue, nil))
+            if let s = try? execute(QEMUQMP.Command.queryStats.rawValue, QEMUQMP.kvmStats(target: .vm)) { model.vmStats = QEMUStats.byPath(s)[""] ?? [] }
             slowSpacingNs = spacing(slowIntervalNs, spentNs: waited.ns)
             waited.ns = 0
         }
@@ -141,9 +142,9 @@ public struct QEMUSource: Sendable {
             fastSpacingNs = spacing(fastIntervalNs, spentNs: waited.ns)
             model.vm.pollIntervalNs = fastSpacingNs
         }
-        let status = try execute("query-status", nil)
-        let runState = status["status"]?.stringValue ?? "?"
-        let running = status["running"]?.boolValue ?? false
+        let status = QEMUQMP.Status(json: try execute(QEMUQMP.Command.queryStatus.rawValue, nil))
+        let runState = status.status
+        let running = status.running
         let stateChanged = runState != model.vm.runState
         model.vm.runState = runState
         // Registers and counters move only while the VM runs (and at the moment it stops).
@@ -169,11 +170,7 @@ public struct QEMUSource: Sendable {
 
     /// What an HMP command printed, through `human-monitor-command`.
     static func hmp(_ execute: Execute, _ commandLine: String) throws -> String {
-        try execute("human-monitor-command", .object([("command-line", .string(commandLine))])).stringValue ?? ""
-    }
-
-    static func statsArguments(_ target: String) -> JSON {
-        .object([("target", .string(target)), ("providers", .array([.object([("provider", .string("kvm"))])]))])
+        try execute(QEMUQMP.Command.humanMonitorCommand.rawValue, QEMUQMP.hmp(commandLine)).stringValue ?? ""
     }
 
     /// After an action: poll everything at the next pass.
@@ -209,28 +206,28 @@ public struct QEMUSource: Sendable {
     mutating func refreshMemory(_ execute: Execute, model: inout InspectorModel) throws {
         let tree = try Self.hmp(execute, "info mtree -f")
         let ranges = QEMUText.flatView(tree).filter(\.kvm)
-        let devices = (try? execute("query-memory-devices", nil))?.arrayValue ?? []
+        let devices = (try? execute(QEMUQMP.Command.queryMemoryDevices.rawValue, nil)).map(QEMUQMP.MemoryDevice.list) ?? []
         model.memslots = ranges.enumerated().map { i, r in
             var row = MemslotRow(qemu: r, ordinal: i, guestMemfd: guestMemfdGuest != nil)
             row.device = Self.memoryDevice(containing: r, devices)
             return row
         }
-        let summary = try execute("query-memory-size-summary", nil)
-        model.vm.ramSize = (summary["base-memory"]?.uint64Value ?? 0) + (summary["plugged-memory"]?.uint64Value ?? 0)
+        model.vm.ramSize = QEMUQMP.ramSize(try execute(QEMUQMP.Command.queryMemorySizeSummary.rawValue, nil))
         model.memslotsStale = false
     }
 
     /// The memory device (`query-memory-devices`) whose range holds `r`: "dimm dimm1", "+ hotplugged" when
     /// plugged after start. Matched by address, since a backend's region name need not be unique.
     static func memoryDevice(containing r: QEMUText.FlatRange, _ devices: [JSON]) -> String? {
+        memoryDevice(containing: r, devices.map(QEMUQMP.MemoryDevice.init(json:)))
+    }
+
+    static func memoryDevice(containing r: QEMUText.FlatRange, _ devices: [QEMUQMP.MemoryDevice]) -> String? {
         for d in devices {
-            // DIMMs and NVDIMMs say addr and size; virtio-mem, virtio-pmem and sgx-epc say memaddr, and
-            // virtio-mem's region is max-size long (size is what is plugged of it).
-            guard let data = d["data"], let addr = (data["addr"] ?? data["memaddr"])?.uint64Value,
-                  let size = (data["max-size"] ?? data["size"])?.uint64Value,
+            guard let addr = d.address, let size = d.regionSize,
                   r.start >= addr, r.start - addr < size, r.size <= size - (r.start - addr) else { continue }
-            let name = [d["type"]?.stringValue, data["id"]?.stringValue].compactMap { $0 }.joined(separator: " ")
-            return data["hotplugged"]?.boolValue == true ? name + ", hotplugged" : name
+            let name = [d.type, d.id].compactMap { $0 }.joined(separator: " ")
+            return d.hotplugged ? name + ", hotplugged" : name
         }
         return nil
     }
@@ -238,21 +235,21 @@ public struct QEMUSource: Sendable {
     mutating func refreshVCPUs(_ execute: Execute, model: inout InspectorModel, runState: String, running: Bool, intervalNs: UInt64) throws {
         let regs = QEMUText.registers(try Self.hmp(execute, "info registers -a"))
         var stats: [String: [(String, UInt64)]] = [:]
-        if let s = try? execute("query-stats", Self.statsArguments("vcpu")) { stats = QEMUStats.byPath(s) }
+        if let s = try? execute(QEMUQMP.Command.queryStats.rawValue, QEMUQMP.kvmStats(target: .vcpu)) { stats = QEMUStats.byPath(s) }
         var rows: [VCPURow] = []
         for c in cpuList {
-            guard let index = c["cpu-index"]?.intValue else { continue }
-            let path = c["qom-path"]?.stringValue ?? ""
+            guard let index = c.index else { continue }
+            let path = c.qomPath
             let r = regs[index] ?? QEMUText.CPURegisters()
             let st = stats[path] ?? []
             // QEMU's run states (query-status) as vCPU states.
             let state: VCPURunState = switch runState {
-            case "running": r.halted ? .halted : .running
-            case "shutdown": .shutdown
-            case "internal-error", "io-error", "guest-panicked": .error
+            case QEMUQMP.RunState.running.rawValue: r.halted ? .halted : .running
+            case QEMUQMP.RunState.shutdown.rawValue: .shutdown
+            case QEMUQMP.RunState.internalError.rawValue, QEMUQMP.RunState.ioError.rawValue, QEMUQMP.RunState.guestPanicked.rawValue: .error
             default: running ? .running : .paused
             }
-            var row = VCPURow(index: index, threadID: c["thread-id"]?.intValue ?? 0, state: .known(state), lastExit: "-",
+            var row = VCPURow(index: index, threadID: c.threadID, state: .known(state), lastExit: "-",
                               exitCounts: st.filter { $0.0.hasSuffix("_exits") },
                               registers: r.orderedGeneral, segments: r.orderedSelectors, controlRegisters: r.orderedControl,
                               stats: st)
@@ -273,11 +270,11 @@ public struct QEMUSource: Sendable {
 
     public func translate(_ action: InspectorAction) -> Translation {
         switch action {
-        case .vcpu(_, .pause): .run(name: "stop", arguments: nil, description: "stop the VM (QEMU's stop pauses every vCPU)")
-        case .vcpu(_, .resume): .run(name: "cont", arguments: nil, description: "continue the VM (QEMU's cont)")
+        case .vcpu(_, .pause): .run(name: QEMUQMP.Command.stop.rawValue, arguments: nil, description: "stop the VM (QEMU's stop pauses every vCPU)")
+        case .vcpu(_, .resume): .run(name: QEMUQMP.Command.cont.rawValue, arguments: nil, description: "continue the VM (QEMU's cont)")
         case .vcpu(_, .step): .refuse("\(versionText) has no QMP command to run a vCPU to its next exit (its gdbstub can single-step)")
         case .inject(.nmi, _, _, _):
-            .run(name: "inject-nmi", arguments: nil, description: "inject an NMI (QEMU's inject-nmi: every vCPU)")
+            .run(name: QEMUQMP.Command.injectNMI.rawValue, arguments: nil, description: "inject an NMI (QEMU's inject-nmi: every vCPU)")
         case .inject(let kind, _, _, _): .refuse("\(versionText) offers inject-nmi only; \(kind.rawValue) injection needs vmscope's VMM")
         case .convert: .refuse("\(versionText) has no QMP command for private/shared conversion")
         case .setPolicy: .refuse("\(versionText) has no memory-fault policy to set")

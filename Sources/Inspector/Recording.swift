@@ -1,104 +1,17 @@
 import ControlProtocol
 import Foundation
 
-/// Why a recording cannot be written or read at all.
-public enum RecordingError: Error, Sendable, Equatable, CustomStringConvertible {
-    case io(String)
-    case format(String)
-
-    public var description: String {
-        switch self {
-        case .io(let s), .format(let s): s
-        }
-    }
-}
-
 /// A recording (docs/recording.md): gzip-compressed JSON lines. The first line is the header (format, version,
 /// start time, the peer's greeting); each further line is one entry with `t`, nanoseconds since the start:
 /// `snapshot` (a `query-snapshot` reply), `event` (an event as received), `reply` + `return` (a query the recorder
 /// made and its answer), and `end` (why recording stopped) as the last line of a finished file.
 public struct Recording: Sendable {
-    public static let format = "vmscope-recording"
+    public static let format = RecordingHeader.format
     /// Version 2 adds `view` entries (a stock QEMU's recording); a VMM's recordings are still written as version 1.
-    public static let version = 2
+    public static let version = RecordingHeader.newestVersion
 
-    public struct Header: Sendable {
-        public var version: Int
-        public var startedAtWallNs: UInt64
-        /// The recorder's CLOCK_MONOTONIC at the start: fault records carry the VMM's, on the same host.
-        public var startedAtMonotonicNs: UInt64
-        public var socket: String
-        public var greeting: JSON
-        public var recorder: String
-
-        public init(startedAtWallNs: UInt64, startedAtMonotonicNs: UInt64, socket: String, greeting: JSON, recorder: String) {
-            version = 1
-            self.startedAtWallNs = startedAtWallNs
-            self.startedAtMonotonicNs = startedAtMonotonicNs
-            self.socket = socket
-            self.greeting = greeting
-            self.recorder = recorder
-        }
-
-        var json: JSON {
-            .object([("format", .string(Recording.format)), ("version", .i(version)),
-                     ("started-at-ns", .u(startedAtWallNs)), ("started-monotonic-ns", .u(startedAtMonotonicNs)),
-                     ("socket", .string(socket)), ("greeting", greeting), ("recorder", .string(recorder))])
-        }
-
-        init(_ j: JSON) throws(RecordingError) {
-            guard j["format"]?.stringValue == Recording.format else {
-                throw .format("the first line is not a vmscope recording header (no \"format\": \"\(Recording.format)\")")
-            }
-            guard let v = j["version"]?.intValue else { throw .format("the header has no version") }
-            guard v <= Recording.version else {
-                throw .format("the recording is format version \(v); this vmscope reads version \(Recording.version) and older: use a newer vmscope")
-            }
-            guard v >= 1, let wall = j["started-at-ns"]?.uint64Value, let mono = j["started-monotonic-ns"]?.uint64Value,
-                  let greeting = j["greeting"], case .object = greeting else {
-                throw .format("the header lacks started-at-ns, started-monotonic-ns or greeting")
-            }
-            version = v
-            startedAtWallNs = wall
-            startedAtMonotonicNs = mono
-            socket = j["socket"]?.stringValue ?? "?"
-            self.greeting = greeting
-            recorder = j["recorder"]?.stringValue ?? "?"
-        }
-    }
-
-    public enum Entry: Sendable, Equatable {
-        case snapshot(JSON)
-        case event(JSON)
-        case reply(command: String, value: JSON)
-        /// The views as a snapshot document (docs/snapshot.schema.json), without fault records: how a stock QEMU's
-        /// recording carries its state (version 2).
-        case view(JSON)
-        /// Why recording stopped; `peerGone` when the connection ended it (the views end disconnected).
-        case end(reason: String, peerGone: Bool)
-
-        var json: JSON {
-            switch self {
-            case .snapshot(let j): .object([("snapshot", j)])
-            case .event(let j): .object([("event", j)])
-            case .reply(let c, let v): .object([("reply", .string(c)), ("return", v)])
-            case .view(let j): .object([("view", j)])
-            case .end(let r, let gone): .object([("end", .string(r))] + (gone ? [("peer-gone", .bool(true))] : []))
-            }
-        }
-
-        init?(_ j: JSON) {
-            if let s = j["snapshot"], case .object = s { self = .snapshot(s) }
-            else if let e = j["event"], e["event"]?.stringValue != nil { self = .event(e) }
-            else if let c = j["reply"]?.stringValue, let v = j["return"] { self = .reply(command: c, value: v) }
-            else if let v = j["view"], case .object = v { self = .view(v) }
-            else if let r = j["end"]?.stringValue {
-                // Recordings made before `peer-gone` existed say it only in the reason's words.
-                self = .end(reason: r, peerGone: j["peer-gone"]?.boolValue ?? r.hasPrefix(Recording.peerGoneReason))
-            }
-            else { return nil }
-        }
-    }
+    public typealias Header = RecordingHeader
+    public typealias Entry = RecordingEntry
 
     public var header: Header
     public var entries: [(t: UInt64, entry: Entry)]
@@ -111,7 +24,7 @@ public struct Recording: Sendable {
 
     /// The `end` reason the recorder writes when its peer went away (also how recordings from before `peer-gone`
     /// say it).
-    public static let peerGoneReason = "the VMM went away"
+    public static let peerGoneReason = RecordingEntry.peerGoneReason
     public var durationNs: UInt64 { entries.last?.t ?? 0 }
 
     /// Reads a recording as far as it is sound. A file that is not a recording, or one from a newer format
@@ -165,7 +78,7 @@ public struct Recording: Sendable {
                     : "line \(lineNumber) is not JSON; replay stops after line \(lineNumber - 1)"
                 break
             }
-            guard let t = j["t"]?.uint64Value, let entry = Entry(j) else {
+            guard let (t, entry) = Entry.read(line: j) else {
                 damage = "line \(lineNumber) is not a recording entry; replay stops after line \(lineNumber - 1)"
                 break
             }
@@ -190,10 +103,7 @@ public struct Recording: Sendable {
     /// text inflates to at most, a replay holds about 1 GiB whatever the file).
     public static let maxValues = 16_000_000
 
-    static func line(t: UInt64, _ e: Entry) -> JSON {
-        guard case .object(let m) = e.json else { return .null }
-        return .object([("t", .u(t))] + m)
-    }
+    static func line(t: UInt64, _ e: Entry) -> JSON { e.line(t: t) }
 }
 
 /// Writes a recording as it happens: the header at once, then entries; flushed so that a killed recorder

@@ -40,10 +40,12 @@ public struct Theme: Sendable, Equatable {
         do { root = try JSON.parse(text) } catch {
             throw LoadError(file: file, line: line(at: error.offset), reason: error.reason)
         }
-        guard let roles = root["roles"]?.objectMembers else {
+        // A theme file's own members (not the protocol's, whose members only Schema reads).
+        let top = Dictionary(root.objectMembers ?? [], uniquingKeysWith: { first, _ in first })
+        guard let roles = top["roles"]?.objectMembers else {
             throw LoadError(file: file, line: 1, reason: "a theme is an object with \"name\" and \"roles\"")
         }
-        var theme = Theme(name: root["name"]?.stringValue ?? file, styles: [:])
+        var theme = Theme(name: top["name"]?.stringValue ?? file, styles: [:])
         for (key, value) in roles {
             guard let role = Role(rawValue: key) else {
                 throw LoadError(file: file, line: line(of: key), reason: "unknown role \"\(key)\" (roles: \(Role.allCases.map(\.rawValue).joined(separator: ", ")))")

@@ -36,7 +36,10 @@ public enum JSON: Sendable, Equatable {
 
     // MARK: Reading
 
-    public subscript(key: String) -> JSON? {
+    /// A member by name: internal to Schema, so that every member name of the protocol (and of QEMU's QMP, the
+    /// recording and snapshot files) is read here and nowhere else. Other modules read through the schema's types;
+    /// tests, with `@testable import Schema`, read replies as a client would.
+    subscript(key: String) -> JSON? {
         guard case .object(let members) = self else { return nil }
         return members.first { $0.0 == key }?.1
     }

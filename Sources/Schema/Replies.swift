@@ -336,3 +336,20 @@ public struct InjectionReport: SchemaValue, Equatable {
                  ("size", .opt(size.map(JSON.u))), ("detail", .string(detail))])
     }
 }
+
+/// Which query a reply answers, from its shape alone: for a session read without its commands (the fuzzer's, a
+/// recording's stray line). The members looked at are the ones only that reply has.
+public enum ReplyShape: Sendable, Equatable {
+    case snapshot, vm, attributes, memslots, vcpus
+
+    public init?(of r: JSON) {
+        if r["vm"] != nil { self = .snapshot }
+        else if r["ram-size"] != nil || r["vcpus"] != nil { self = .vm }
+        else if r["runs"] != nil { self = .attributes }
+        else if let first = r.arrayValue?.first {
+            if first["slot"] != nil { self = .memslots }
+            else if first["exit-counts"] != nil || first["state"] != nil { self = .vcpus }
+            else { return nil }
+        } else { return nil }
+    }
+}

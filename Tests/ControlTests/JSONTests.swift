@@ -1,3 +1,4 @@
+@testable import Schema
 import Testing
 @testable import ControlProtocol
 

@@ -1,3 +1,4 @@
+@testable import Schema
 import KVM
 import Testing
 @testable import HostTracing

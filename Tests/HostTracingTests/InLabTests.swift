@@ -1,7 +1,7 @@
 import ControlProtocol
 import Foundation
 import ProcessSupport
-import Schema
+@testable import Schema
 import Testing
 @testable import HostTracing
 

@@ -1,6 +1,6 @@
 import Foundation
 import KVM
-import Schema
+@testable import Schema
 import Testing
 @testable import HostTracing
 

@@ -350,6 +350,33 @@ struct TracedMapViewTests {
         let cursor = Renderer(nowNs: 1).render(m, u, width: 200, height: 60).text
         #expect(cursor.contains("gfn 16 unknown (no conversion traced)"), "\(cursor)")
     }
+
+    /// A guest's KVM_HC_MAP_GPA_RANGE the VMM has not answered yet: its pages drawn ◆, the legend and the cursor line
+    /// say what the guest asked for, the note counts it beside the requests answered.
+    @Test func aPendingGuestRequestIsDrawnWhereTheGuestAsked() throws {
+        var m = InspectorModel()
+        m.apply(attributes: AttributeRuns(runs: [AttributeRun(gpa: 0, size: 0x30_0000, isPrivate: true)], privateBytes: 0x30_0000, sharedBytes: 0))
+        var t = InspectorModel.TracedMapState(unknown: [], pages: 0x300, applied: 5, refused: 0, lastRefusal: nil, complete: true)
+        t.pendingRequests = [.init(gfns: 0x280..<0x281, toPrivate: false, requestedNs: 1)]
+        t.answeredRequests = [("converted by the VMM", 4)]
+        m.tracedMap = t
+        var u = ui()
+        u.totalPages = 0x300
+        u.fit(m, width: 200, height: 60)
+        u.cursorGFN = 0x280
+        let s = Renderer(nowNs: 1).render(m, u, width: 200, height: 60).text
+        #expect(s.contains("◆ asked"), "the legend: \(s)")
+        #expect(s.contains("gfn 640 private · the guest asked for shared (KVM_HC_MAP_GPA_RANGE, pending)"), "the cursor line: \(s)")
+        let pane = try #require(Renderer.layout(width: 200, height: 60, ui: u)[.map])
+        let note = Renderer.heatNote(m, width: pane.inner.width).joined(separator: " ")
+        #expect(note.contains("guest requests (KVM_HC_MAP_GPA_RANGE): 1 pending, 4 converted by the VMM"), "\(note)")
+        u.cursorGFN = 0
+        let away = Renderer(nowNs: 1).render(m, u, width: 200, height: 60)
+        #expect(away.text.filter { $0 == "◆" }.count == 2, "one cell and the legend: \(away.text)")
+        // Answered: no mark left.
+        m.tracedMap?.pendingRequests = []
+        #expect(!Renderer(nowNs: 1).render(m, u, width: 200, height: 60).text.contains("◆"))
+    }
 }
 
 /// Issue 27, item 9: at 80×24 four 38-column panes cut words, the legend and the exit counts. Below 100 columns the

@@ -1,7 +1,7 @@
 import ControlProtocol
 import Foundation
 import Inspector
-import Schema
+@testable import Schema
 import Testing
 
 /// The schema against a session recorded before it existed (commit 7803fbf, `Fixtures/recording-7803fbf.*`): the

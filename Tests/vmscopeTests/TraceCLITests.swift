@@ -1,3 +1,4 @@
+@testable import Schema
 import ControlProtocol
 import Inspector
 import ProcessSupport
