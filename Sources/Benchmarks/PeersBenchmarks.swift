@@ -14,7 +14,8 @@ import ProcessSupport
 /// Under PVM kvm_stat does not start (no `vmx` or `svm` in /proc/cpuinfo: it finds no architecture), which the
 /// result says; where `vmscope lab` is usable the group then runs again inside the lab (kvm_amd, where both tools
 /// work) and its results are the lab's, named so. Inside, the VM is vmscope's VMM on the kernel engine, 2 vCPUs.
-public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String) throws -> [BenchResult] {
+/// `bench` is the vmscope-bench binary the lab runs inside (this one, from the command line).
+public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String) throws -> [BenchResult] {
     let headline = "peers-top-once-cpu-ms"
     func skipped(_ why: String) -> [BenchResult] { [BenchResult(name: headline, value: .nan, unit: "ms", note: "skipped: \(why)")] }
     guard let kvmStat = kvmStatScript() else {
@@ -32,7 +33,6 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String) throws -> [Ben
                                note: "kvm_stat does not start on this host (kernel \(RawTraceRecording.runningKernel)): \(why)")]
         if insideTheLab { return out + skipped("kvm_stat does not start inside the lab either: \(why)") }
         // Again inside the lab, where KVM is kvm_amd.
-        let bench = CommandLine.arguments[0]
         let lab = try timedRun([vmscope, "lab", "exec", "--timeout", "900", "--", bench, "--json", "--only", "peers"] + (sizes.repetitions > 10 ? [] : ["--smoke"]),
                                dir: dir, name: "lab")
         struct Report: Decodable { var results: [BenchResult] }
