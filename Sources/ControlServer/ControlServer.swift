@@ -329,7 +329,7 @@ public final class ControlServer: @unchecked Sendable {
             queue(QMP.error(.genericError, "QMP input must be a JSON object, not \(message.typeName)", id: nil), to: c)
             return
         }
-        let id = message[QMP.idMember]
+        let id = QMP.id(of: message)
         if let unknown = members.first(where: { !QMP.commandMembers.contains($0.0) }) {
             let desc = unknown.0 == QMP.outOfBandMember ? "out-of-band execution is not offered (capabilities are [])"
                 : "QMP input member '\(unknown.0)' is unexpected"

@@ -70,6 +70,8 @@ public enum QMP {
     public static let commandMembers: Set<String> = ["execute", "arguments", "id"]
     public static let outOfBandMember = "exec-oob"
     public static let idMember = "id"
+    /// A message's `id` (any JSON value, echoed in its reply), if it has one.
+    public static func id(of message: JSON) -> JSON? { message[idMember] }
 
     /// A message as the client and server tell them apart.
     public enum Message: Sendable, Equatable {
