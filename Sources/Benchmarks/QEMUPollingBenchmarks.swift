@@ -1,7 +1,7 @@
 import Foundation
 import ProcessSupport
 
-/// What the real `vmscope attach` costs a stock QEMU it polls over QMP (QEMUSource: the run state every second,
+/// What the real `vmscope attach` costs a stock QEMU it polls over QMP (QEMUPoller: the run state every second,
 /// registers and KVM statistics every second while the guest runs, the rest every five): QEMU's own CPU, in
 /// windows alone, then attached, then alone again, paused (-S) and running (SeaBIOS with no boot device,
 /// idling). The added cost is attached minus the median of the windows alone on either side, so a drift in

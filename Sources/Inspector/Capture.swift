@@ -2,7 +2,7 @@ import ControlProtocol
 
 /// One model filled from a peer now, without a terminal: what `vmscope snapshot` prints.
 public enum Capture {
-    /// A vmscope VMM answers `query-snapshot` (one consistent cut); a stock QEMU is asked what QEMUSource asks
+    /// A vmscope VMM answers `query-snapshot` (one consistent cut); a stock QEMU is asked what QEMUPoller asks
     /// when it attaches.
     public static func model(_ client: ControlClient, faultLimit: Int = 256, nowNs: UInt64, timeoutMs: Int32 = 10_000)
         throws -> InspectorModel
@@ -13,7 +13,7 @@ public enum Capture {
         case .vmscope:
             model.apply(snapshot: StateSnapshot(json: try snapshotReply(client, faultLimit: faultLimit, timeoutMs: timeoutMs)))
         case .qemu:
-            var source = QEMUSource(greeting: client.greeting)
+            var source = QEMUPoller(greeting: client.greeting)
             try source.start({ name, args in try client.execute(name, args, timeoutMs: timeoutMs) }, model: &model, nowNs: nowNs,
                              pid: client.serverPID)
         }

@@ -3,7 +3,7 @@ import Libvirt
 
 /// A libvirt-managed QEMU (`attach libvirt:DOMAIN`): libvirt keeps QEMU's monitor, and vmscope's QMP commands and
 /// QEMU's events pass through it (`virDomainQemuMonitorCommand`, `virConnectDomainQemuMonitorEventRegister`), so
-/// the views are a direct QEMU attach's (`QEMUSource`, polled at the same budget: a command through libvirt costs
+/// the views are a direct QEMU attach's (`QEMUPoller`, polled at the same budget: a command through libvirt costs
 /// about 4 ms, and the spacing grows with it). Beside them, what libvirt knows better: the domain's name, UUID,
 /// state and reason, and from its XML its vCPU pinning, memory backing, launch security and devices.
 ///
@@ -12,7 +12,7 @@ import Libvirt
 /// passthrough command, queries included, makes libvirt mark the domain tainted ("custom-monitor"): README.
 public final class LibvirtSource: VMSource {
     public let domain: LibvirtDomain
-    public private(set) var qemu: QEMUSource
+    public private(set) var qemu: QEMUPoller
     public let facts: DomainFacts
     /// QEMU's pid (libvirt's pid file for the domain), on a local connection.
     public let qemuPid: Int?
@@ -27,7 +27,7 @@ public final class LibvirtSource: VMSource {
     public init(domain: LibvirtDomain) throws(LibvirtError) {
         self.domain = domain
         let version = try Self.command(domain, "query-version", nil)
-        qemu = QEMUSource(greeting: QMP.greeting(version: version))
+        qemu = QEMUPoller(greeting: QMP.greeting(version: version))
         facts = (try? domain.xml()).map(DomainFacts.init(xml:)) ?? DomainFacts()
         qemuPid = domain.connection.isLocal ? domain.qemuPid.map(Int.init) : nil
         try domain.receiveEvents()
@@ -44,7 +44,7 @@ public final class LibvirtSource: VMSource {
         }
     }
 
-    var execute: QEMUSource.Execute {
+    var execute: QEMUPoller.Execute {
         let d = domain
         return { name, arguments in try Self.command(d, name, arguments) }
     }

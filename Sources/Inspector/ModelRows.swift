@@ -20,7 +20,7 @@ public struct VMInfo: Sendable, Equatable {
     /// architecture (`query-target`).
     public var machine: String?
     public var arch: String?
-    /// How often a stock QEMU's registers and counters are read (QEMUSource's spacing: one second, or longer
+    /// How often a stock QEMU's registers and counters are read (QEMUPoller's spacing: one second, or longer
     /// where that would cost QEMU more than its budget).
     public var pollIntervalNs: UInt64?
     /// A libvirt domain's state and reason as libvirt keeps them ("paused, user"), and its XML's facts (vCPU

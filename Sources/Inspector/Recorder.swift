@@ -20,7 +20,7 @@ public final class Recorder: @unchecked Sendable {
         let client = try ControlClient(path: socket, timeoutMs: 5000, decodeFaults: false)
         guard case .vmscope = client.peer else {
             defer { client.close() }
-            throw RecordingError.format("\(socket) is \(QEMUSource.recorderRefusal)")
+            throw RecordingError.format("\(socket) is \(QEMUPoller.recorderRefusal)")
         }
         self.client = client
         let mono = HostClock.monotonicNs()

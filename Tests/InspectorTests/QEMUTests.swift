@@ -104,8 +104,8 @@ struct QEMUParserTests {
     }
 }
 
-struct QEMUSourceTests {
-    func canned(status: String = "running", major: Int = 7, minor: Int = 2) throws -> (QEMUSource, CannedQEMU) {
+struct QEMUPollerTests {
+    func canned(status: String = "running", major: Int = 7, minor: Int = 2) throws -> (QEMUPoller, CannedQEMU) {
         let q = CannedQEMU([
             "query-name": try JSON.parse(#"{"name": "web1"}"#),
             "query-kvm": try JSON.parse(#"{"enabled": true, "present": true}"#),
@@ -139,7 +139,7 @@ struct QEMUSourceTests {
                   "node": 0, "requested-size": 0, "memdev": "/objects/vm0", "id": "vmem0"}}]
                 """#),
         ])
-        return (QEMUSource(greeting: try CannedQEMU.greeting(major, minor)), q)
+        return (QEMUPoller(greeting: try CannedQEMU.greeting(major, minor)), q)
     }
 
     @Test func startFillsEveryViewQEMUHasASourceFor() throws {
@@ -204,7 +204,7 @@ struct QEMUSourceTests {
         final class FakeClock: @unchecked Sendable { var ns: UInt64 = 0 }
         let clock = FakeClock()
         source.clock = { clock.ns }
-        let execute: QEMUSource.Execute = { name, args in
+        let execute: QEMUPoller.Execute = { name, args in
             clock.ns += args?["command-line"]?.stringValue == "info registers -a" ? 30_000_000 : 2_000_000
             return try q.execute(name, args)
         }
@@ -231,7 +231,7 @@ struct QEMUSourceTests {
     @Test func aNewerQEMUWithAConfidentialGuestSaysItsRAMIsGuestMemfd() throws {
         var (source, q) = try canned(major: 10, minor: 1)
         // /machine's confidential-guest-support link, then that object's type.
-        let execute: QEMUSource.Execute = { name, args in
+        let execute: QEMUPoller.Execute = { name, args in
             guard name == "qom-get", args?["property"]?.stringValue != "type" || args?["path"]?.stringValue != "/machine" else { return try q.execute(name, args) }
             return args?["path"]?.stringValue == "/machine" ? .string("/objects/snp0") : .string("sev-snp-guest")
         }
@@ -243,7 +243,7 @@ struct QEMUSourceTests {
     }
 
     @Test func actionsBecomeQEMUCommandsOrAreRefusedWithTheReason() throws {
-        let source = QEMUSource(greeting: try CannedQEMU.greeting(7, 2))
+        let source = QEMUPoller(greeting: try CannedQEMU.greeting(7, 2))
         let t = source.translate
         guard case .run("stop", _, _) = t(.vcpu(index: 0, .pause)),
               case .run("cont", _, _) = t(.vcpu(index: 0, .resume)),
@@ -287,11 +287,11 @@ struct QEMUSourceTests {
         func range(_ start: UInt64, _ size: UInt64) -> QEMUText.FlatRange {
             QEMUText.FlatRange(start: start, size: size, type: "ram", name: "x", offset: nil, kvm: true)
         }
-        #expect(QEMUSource.memoryDevice(containing: range(1 << 32, 128 << 20), devices) == "dimm dimm1, hotplugged")
-        #expect(QEMUSource.memoryDevice(containing: range((1 << 32) + 4096, 4096), devices) == "dimm dimm1, hotplugged", "part of it")
-        #expect(QEMUSource.memoryDevice(containing: range((1 << 32) + 4096, 128 << 20), devices) == nil, "runs past its end")
-        #expect(QEMUSource.memoryDevice(containing: range(8 << 30, 512 << 20), devices) == "virtio-mem vmem0", "within max-size")
-        #expect(QEMUSource.memoryDevice(containing: range(16 << 30, 4096), devices) == "nvdimm", "no id: the kind alone")
-        #expect(QEMUSource.memoryDevice(containing: range(0, 4096), devices) == nil)
+        #expect(QEMUPoller.memoryDevice(containing: range(1 << 32, 128 << 20), devices) == "dimm dimm1, hotplugged")
+        #expect(QEMUPoller.memoryDevice(containing: range((1 << 32) + 4096, 4096), devices) == "dimm dimm1, hotplugged", "part of it")
+        #expect(QEMUPoller.memoryDevice(containing: range((1 << 32) + 4096, 128 << 20), devices) == nil, "runs past its end")
+        #expect(QEMUPoller.memoryDevice(containing: range(8 << 30, 512 << 20), devices) == "virtio-mem vmem0", "within max-size")
+        #expect(QEMUPoller.memoryDevice(containing: range(16 << 30, 4096), devices) == "nvdimm", "no id: the kind alone")
+        #expect(QEMUPoller.memoryDevice(containing: range(0, 4096), devices) == nil)
     }
 }

@@ -70,9 +70,9 @@ struct QEMUModelTests {
         let inspector = try ControlClient(path: qemu.qmpSockets[0])
         let checker = try ControlClient(path: qemu.qmpSockets[1])
         defer { inspector.close(); checker.close() }
-        var source = QEMUSource(greeting: inspector.greeting)
+        var source = QEMUPoller(greeting: inspector.greeting)
         var model = InspectorModel()
-        let execute: QEMUSource.Execute = { name, args in try inspector.execute(name, args) }
+        let execute: QEMUPoller.Execute = { name, args in try inspector.execute(name, args) }
         // Let the firmware get going, then pause: memory map and registers hold still while both sides read.
         Thread.sleep(forTimeInterval: 0.5)
         try checker.execute("stop")

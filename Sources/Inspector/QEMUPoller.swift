@@ -1,6 +1,8 @@
 import ControlProtocol
 
-/// Keeps an `InspectorModel` fed from a stock QEMU's QMP socket, with no agent in the guest or beside QEMU.
+/// Keeps an `InspectorModel` fed from a stock QEMU's QMP, with no agent in the guest or beside QEMU: what to poll, how
+/// often, and what an action becomes. Not a `VMSource` itself: `QEMUMonitorSource` (QEMU's socket) and `LibvirtSource`
+/// (libvirt's monitor passthrough) run it over their transport. (It was `QEMUSource`, a name that said otherwise.)
 ///
 /// QEMU sends events for run-state changes only, so the rest is polled, at rates chosen by what each command
 /// costs QEMU (measured on QEMU 7.2 with 3 vCPUs: `query-status` 0.5 ms of its CPU, `info registers -a` and
@@ -13,7 +15,7 @@ import ControlProtocol
 /// (a VM with many vCPUs): the time a poll waits for its replies bounds what QEMU spent on it (its main loop
 /// answers one command at a time). An event that says something changed makes the next poll come at once.
 /// `vmscope-bench --only qemu-poll` measures QEMU's CPU with and without the inspector, paused and running.
-public struct QEMUSource: Sendable {
+public struct QEMUPoller: Sendable {
     /// Why vmscope's own recorder (`Recorder`, a client of its own asking `query-snapshot`) does not take a stock
     /// QEMU, and what records it instead (`ModelRecorder`).
     public static let recorderRefusal = "a stock QEMU, which has no query-snapshot and serves one client per monitor: "
@@ -284,7 +286,7 @@ public struct QEMUSource: Sendable {
     }
 }
 
-extension QEMUSource {
+extension QEMUPoller {
     /// A QEMU event as parsed JSON.
     public mutating func apply(event e: JSON, model: inout InspectorModel) {
         if let event = Event(message: e) { apply(event: event, model: &model) }
