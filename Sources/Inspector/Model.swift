@@ -27,6 +27,9 @@ public struct InspectorModel: Sendable {
     var faultBase: UInt64 = 0
     /// The records a traced event may still corroborate, by what it must match.
     var untraced = CorroborationIndex()
+    /// Whether `untraced` is kept: from the first `corroborate` on (a session with a trace beside its VMM). Other
+    /// sessions never pay for it.
+    var indexingUntraced = false
     public let faultCapacity: Int
     /// Records the server said it dropped for us, and events it dropped.
     public var faultsDropped: UInt64 = 0
@@ -207,6 +210,8 @@ struct CorroborationIndex: Sendable {
     }
     var lists: [Key: [Entry]] = [:]
     var entries = 0
+    /// Times the model rebuilt it from the kept records (tests bound it).
+    var rebuilds = 0
 }
 
 public struct TracedExit: Sendable, Equatable {
