@@ -153,13 +153,6 @@ public enum QEMUText {
     }
 }
 
-/// `query-stats` replies: the KVM binary statistics QEMU reads for us.
-public enum QEMUStats {
-    /// Per `qom-path` (nil key for the VM target), the integer and boolean statistics in QEMU's order;
-    /// histograms are left out.
-    public static func byPath(_ reply: JSON) -> [String: [(String, UInt64)]] { QEMUQMP.kvmStatsByPath(reply) }
-}
-
 extension Substring {
     var trimmingSpaces: Substring {
         let start = drop { $0 == " " || $0 == "\t" || $0 == "\r" }

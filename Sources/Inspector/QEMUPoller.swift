@@ -136,7 +136,7 @@ public struct QEMUPoller: Sendable {
             lastSlowPoll = nowNs
             try refreshMemory(execute, model: &model)
             cpuList = QEMUQMP.CPU.list(try execute(QEMUQMP.Command.queryCPUsFast.rawValue, nil))
-            if let s = try? execute(QEMUQMP.Command.queryStats.rawValue, QEMUQMP.kvmStats(target: .vm)) { model.vmStats = QEMUStats.byPath(s)[""] ?? [] }
+            if let s = try? execute(QEMUQMP.Command.queryStats.rawValue, QEMUQMP.kvmStats(target: .vm)) { model.vmStats = QEMUQMP.kvmStatsByPath(s)[""] ?? [] }
             slowSpacingNs = spacing(slowIntervalNs, spentNs: waited.ns)
             waited.ns = 0
         }
@@ -220,10 +220,6 @@ public struct QEMUPoller: Sendable {
 
     /// The memory device (`query-memory-devices`) whose range holds `r`: "dimm dimm1", "+ hotplugged" when
     /// plugged after start. Matched by address, since a backend's region name need not be unique.
-    static func memoryDevice(containing r: QEMUText.FlatRange, _ devices: [JSON]) -> String? {
-        memoryDevice(containing: r, devices.map(QEMUQMP.MemoryDevice.init(json:)))
-    }
-
     static func memoryDevice(containing r: QEMUText.FlatRange, _ devices: [QEMUQMP.MemoryDevice]) -> String? {
         for d in devices {
             guard let addr = d.address, let size = d.regionSize,
@@ -237,7 +233,7 @@ public struct QEMUPoller: Sendable {
     mutating func refreshVCPUs(_ execute: Execute, model: inout InspectorModel, runState: String, running: Bool, intervalNs: UInt64) throws {
         let regs = QEMUText.registers(try Self.hmp(execute, "info registers -a"))
         var stats: [String: [(String, UInt64)]] = [:]
-        if let s = try? execute(QEMUQMP.Command.queryStats.rawValue, QEMUQMP.kvmStats(target: .vcpu)) { stats = QEMUStats.byPath(s) }
+        if let s = try? execute(QEMUQMP.Command.queryStats.rawValue, QEMUQMP.kvmStats(target: .vcpu)) { stats = QEMUQMP.kvmStatsByPath(s) }
         var rows: [VCPURow] = []
         for c in cpuList {
             guard let index = c.index else { continue }

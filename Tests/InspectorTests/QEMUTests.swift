@@ -98,7 +98,7 @@ struct QEMUParserTests {
             [{"provider":"kvm","qom-path":"/machine/unattached/device[2]","stats":[{"name":"exits","value":20},{"name":"guest_mode","value":false},{"name":"halt_wait_hist","value":[1,2]}]},
              {"provider":"kvm","qom-path":"/machine/unattached/device[0]","stats":[{"name":"exits","value":8962},{"name":"blocking","value":true}]}]
             """#)
-        let s = QEMUStats.byPath(reply)
+        let s = QEMUQMP.kvmStatsByPath(reply)
         #expect(s["/machine/unattached/device[2]"]?.map(\.0) == ["exits", "guest_mode"])
         #expect(s["/machine/unattached/device[0]"]?.map(\.1) == [8962, 1])
     }
@@ -279,11 +279,11 @@ struct QEMUPollerTests {
     }
 
     @Test func aMemoryDeviceIsFoundByAddressWhateverItsKind() throws {
-        let devices = try JSON.parse(#"""
+        let devices = QEMUQMP.MemoryDevice.list(try JSON.parse(#"""
             [{"type": "dimm", "data": {"addr": 4294967296, "size": 134217728, "id": "dimm1", "hotplugged": true, "memdev": "/objects/m1"}},
              {"type": "virtio-mem", "data": {"memaddr": 8589934592, "size": 0, "max-size": 1073741824, "id": "vmem0", "memdev": "/objects/vm0"}},
              {"type": "nvdimm", "data": {"addr": 17179869184, "size": 4096, "memdev": "/objects/nv"}}]
-            """#).arrayValue ?? []
+            """#))
         func range(_ start: UInt64, _ size: UInt64) -> QEMUText.FlatRange {
             QEMUText.FlatRange(start: start, size: size, type: "ram", name: "x", offset: nil, kvm: true)
         }
