@@ -54,7 +54,15 @@ public final class ChildProcess: @unchecked Sendable {
         let cargs = argv.map { strdup($0) } + [nil]
         defer { for a in cargs { free(a) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, argv[0], &actions, &attr, cargs, environ)
+        var rc = posix_spawn(&child, argv[0], &actions, &attr, cargs, environ)
+        // ETXTBSY: the file was just written, and a process forked meanwhile (by another thread) still holds the
+        // writer's descriptor until it execs. Transient by nature: a second later it is gone.
+        var tries = 0
+        while rc == ETXTBSY && tries < 50 {
+            tries += 1
+            usleep(20_000)
+            rc = posix_spawn(&child, argv[0], &actions, &attr, cargs, environ)
+        }
         guard rc == 0 else { throw SpawnError(path: argv[0], errno: rc) }
         pid = child
     }
