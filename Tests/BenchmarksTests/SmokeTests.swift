@@ -137,6 +137,27 @@ struct SmokeTests {
         #expect(byName["libvirt-libvirtd-attached-cpu-pct"]?.note?.contains("polled every") == true)
     }
 
+    /// The protocol's round trips against QEMU's query-status (issue 32), quiet and with every core busy: each figure
+    /// has QEMU's under the same load as its baseline, and the conversion's p99 says what the VMM's own part was.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
+    func protocolRoundTripsAreMeasuredAgainstQEMUQuietAndLoaded() throws {
+        let results = try protocolRoundTripBenchmarks(.smoke)
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        if results.count == 1, let only = results.first {
+            #expect(only.value.isNaN && only.note?.hasPrefix("skipped: ") == true, "\(only)")
+            return
+        }
+        for tag in ["quiet", "loaded"] {
+            for what in ["query-vm", "query-memory-faults", "convert"] {
+                let r = try #require(byName["rtt-\(what)-\(tag)-ms"], "\(results)")
+                #expect(r.value.isFinite && r.value > 0 && r.baseline == "rtt-qemu-status-\(tag)-ms", "\(r)")
+            }
+            let p99 = try #require(byName["rtt-convert-\(tag)-p99-ms"])
+            #expect(p99.value >= byName["rtt-convert-\(tag)-ms"]!.value && p99.note?.contains("duration-ns") == true, "\(p99)")
+        }
+        #expect(byName["rtt-convert-loaded-p99-ms"]?.target != nil && byName["rtt-qemu-status-loaded-ms"]?.note?.contains("shell loops") == true)
+    }
+
     /// The peers group against kvm_stat (issue 32): here, under PVM, kvm_stat does not start and the group runs inside
     /// the lab; either way every figure comes with its baseline, or the one result says why it was skipped.
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
