@@ -173,7 +173,7 @@ public func protocolRoundTripBenchmarks(_ sizes: BenchSizes, devicePath: String 
         var status: [Double] = [], query: [Double] = [], convert: [Double] = [], own: [Double] = [], faults: [Double] = []
         for i in 0..<n {
             var t = nowNs()
-            _ = try qmp.execute("query-status")
+            _ = try qmp.execute(QEMUQMP.Command.queryStatus.rawValue)
             status.append(Double(nowNs() - t) / 1e6)
             t = nowNs()
             _ = try client.run(QueryVM())

@@ -31,12 +31,6 @@ public struct GuestRequestTracker: Sendable {
         public var answeredNs: UInt64?
         public var outcome = Outcome.pending
 
-        /// The range in bytes, where the page-size field is one the ABI defines.
-        public var size: UInt64? {
-            guard let p = range.pageSize else { return nil }
-            let (s, o) = range.pages.multipliedReportingOverflow(by: p)
-            return o ? nil : s
-        }
         /// GFNs [start, end) the guest asked about (clipped at x86's 52 address bits); nil with an unknown page size.
         public var gfns: Range<UInt64>? {
             guard let p = range.pageSize else { return nil }

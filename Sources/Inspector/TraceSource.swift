@@ -68,8 +68,6 @@ public final class TraceSource: VMSource {
         self.faultsOnly = faultsOnly || corroborating
         self.corroborating = corroborating
         self.mapsBeside = mapsBeside && !corroborating
-        requests = GuestRequestTracker(conversionsTraced: session.layouts.events["kvm_vm_set_mem_attributes"] != nil
-                                       && session.layouts.events["sys_exit_ioctl"] != nil)
         if session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil {
             // Complete when the process had no VM once tracing was on: every VM it makes is traced from birth.
             attributes = TracedAttributes(complete: !HostProcess.hasVM(pid: session.pid))
@@ -81,6 +79,8 @@ public final class TraceSource: VMSource {
             attributes = nil
             attributesUnavailable = "this kernel has no kvm_vm_set_mem_attributes tracepoint (Linux 6.17 and later with memory attributes have it): private/shared map unavailable"
         }
+        // What the guest's requests led to is known where conversions are.
+        requests = GuestRequestTracker(conversionsTraced: attributes != nil)
     }
 
     private func threadName(_ tid: Int32) -> String {

@@ -9,7 +9,7 @@ public enum QEMUQMP {
         case queryStatus = "query-status", queryCPUsFast = "query-cpus-fast", queryStats = "query-stats"
         case queryMemoryDevices = "query-memory-devices", queryMemorySizeSummary = "query-memory-size-summary"
         case qomGet = "qom-get", humanMonitorCommand = "human-monitor-command"
-        case stop, cont, injectNMI = "inject-nmi", systemReset = "system_reset"
+        case stop, cont, injectNMI = "inject-nmi"
     }
 
     /// `qom-get`'s arguments: a property of the object at `path`.

@@ -39,7 +39,7 @@ public enum CapabilityPlan {
                       : "decoded if KVM_EXIT_MEMORY_FAULT occurs; faults come from the vmm engine (source vmm, exit MMIO)"),
             .init(capability: "KVM_CAP_EXIT_HYPERCALL", value: hex(c.exitHypercallMask),
                   consequence: c.mapGPARangeHypercall
-                      ? (HostCPU.virtualization() != nil
+                      ? ((try? VMBuilder.requestInstruction(.auto, capabilities: c, cpu: HostCPU.virtualization())) != .doorbell
                           ? "KVM_HC_MAP_GPA_RANGE exits enabled; the built-in guest asks by hypercall (--guest-requests)"
                           : "KVM_HC_MAP_GPA_RANGE exits enabled; the built-in guest asks by the doorbell port (no hardware KVM to run hypercalls)")
                       : "guest conversion requests through the doorbell port only"),
