@@ -75,6 +75,8 @@ public final class TraceSession: @unchecked Sendable {
     /// which events no other CPU can still precede (`TimeOrderedRelease`).
     private var onMonotonicClock = false
     private var release = TimeOrderedRelease()
+    /// Events given out after a newer one had been (written later than `TimeOrderedRelease.holdBackNs` allows for).
+    public var lateEvents: UInt64 { release.late }
 
     /// The raw records kept since the last call (with `keepRaw`), and the layouts to decode them with.
     public func takeRaw() -> [RawTraceRecord] { defer { raw = [] }; return raw }
@@ -340,6 +342,10 @@ struct TimeOrderedRelease {
     /// monotonic read and CLOCK_MONOTONIC's.
     static let holdBackNs: UInt64 = 2_000_000
     private(set) var held: [TraceEvent] = []
+    /// Events given out older than one given out by an earlier read: written later than `holdBackNs` after their
+    /// time (the consumers that depend on order, such as `TracedAttributes`, allow for it).
+    private(set) var late: UInt64 = 0
+    private var newestGivenNs: UInt64 = 0
     private var heldRaw: [RawTraceRecord] = []
 
     /// `events` read by a read that began at `readStartedNs` (on the trace's clock; nil: the clock is another, and
@@ -360,6 +366,8 @@ struct TimeOrderedRelease {
         heldRaw = outRaw.map { Array($0[cut...]) } ?? []
         out.removeSubrange(cut...)
         outRaw?.removeSubrange(cut...)
+        for e in out { if e.timeNs < newestGivenNs { late &+= 1 } else { break } }   // in time order: a prefix
+        if let last = out.last { newestGivenNs = max(newestGivenNs, last.timeNs) }
         return (out, outRaw)
     }
 }

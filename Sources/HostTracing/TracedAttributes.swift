@@ -9,6 +9,12 @@ import KVM
 ///
 /// What it cannot know is said, not guessed: pages nobody converted since the trace began are `unknown` unless
 /// the trace began before the VM existed (`complete`), when every page starts shared, as KVM creates them.
+///
+/// Conversions are applied in the order of their returns. An event can reach the reader after newer ones (a CPU
+/// whose event was stamped, then held up before it was committed: in a nested VM the L1 vCPU writing it may be
+/// descheduled by its host for milliseconds), so a conversion that returns late is applied only to the pages no
+/// conversion that returned after it wrote; where one that did may already be forgotten (older than `lateWindowNs`,
+/// or past `recentLimit`), those pages become unknown.
 public struct TracedAttributes: Sendable, Equatable {
     /// A run of GFNs [start, end) with one known state.
     public struct Run: Sendable, Equatable, CustomStringConvertible {
@@ -48,6 +54,8 @@ public struct TracedAttributes: Sendable, Equatable {
     /// Conversions applied, and refused.
     public private(set) var applied: UInt64 = 0
     public private(set) var refused: UInt64 = 0
+    /// Accepted conversions that reached the map after one that returned later (see the type's note).
+    public private(set) var late: UInt64 = 0
     /// Set once the map would need more than `maxRuns` runs: it stops changing and says so (memory stays bounded
     /// whatever a VMM or a raw file does).
     public private(set) var overflowed = false
@@ -64,6 +72,15 @@ public struct TracedAttributes: Sendable, Equatable {
                 && a.range?.end == b.range?.end && a.range?.toPrivate == b.range?.toPrivate
         }
     }
+    /// Accepted conversions that returned within `lateWindowNs` of the newest (at most `recentLimit`), in return
+    /// order: what a late one must not overwrite. Every accepted conversion that returned after `horizonNs` is here.
+    private struct Applied: Sendable, Equatable { var start: UInt64, end: UInt64, returnedNs: UInt64 }
+    private var recent: [Applied] = []
+    private var recentHead = 0
+    private var horizonNs: UInt64 = 0
+    static let lateWindowNs: UInt64 = 2_000_000_000
+    static let recentLimit = 4096
+
     /// Requests in flight, by thread (a thread has at most one ioctl in flight); bounded for hostile input.
     private var pending: [Int32: Pending] = [:]
     static let pendingLimit = 4096
@@ -115,6 +132,9 @@ public struct TracedAttributes: Sendable, Equatable {
         runs = []
         complete = false
         pending.removeAll()
+        if let newest = recent.last?.returnedNs { horizonNs = max(horizonNs, newest) }
+        recent = []
+        recentHead = 0
         forgotten &+= 1
     }
 
@@ -139,7 +159,7 @@ public struct TracedAttributes: Sendable, Equatable {
                 return c
             }
             if let r = p.range {
-                c.changedPages = set(start: r.start, end: r.end, isPrivate: r.toPrivate)
+                c.changedPages = applyInOrder(start: r.start, end: min(r.end, Self.gfnLimit), isPrivate: r.toPrivate, returnedNs: e.timeNs)
             }
             applied &+= 1
             return c
@@ -154,10 +174,57 @@ public struct TracedAttributes: Sendable, Equatable {
         pending[tid] = p
     }
 
-    /// Sets [start, end) (clipped below `gfnLimit`); returns the pages whose known state changed, nil where some
-    /// were unknown before.
+    /// An accepted conversion of [start, end) that returned at `returnedNs`: set where no conversion that returned
+    /// later wrote (all of it, unless it is late), and remembered for those that come later still.
+    private mutating func applyInOrder(start: UInt64, end: UInt64, isPrivate: Bool, returnedNs: UInt64) -> UInt64? {
+        let newest = recent.last?.returnedNs ?? horizonNs
+        guard returnedNs < newest else {
+            remember(Applied(start: start, end: end, returnedNs: returnedNs), at: recent.count)
+            return set(start: start, end: end, isPrivate: isPrivate)
+        }
+        late &+= 1
+        // Where conversions that returned after it wrote, theirs stands; the rest is its own, unless one of those
+        // may have been forgotten, when it is unknown.
+        let firstLater = recent[recentHead...].firstIndex { $0.returnedNs > returnedNs } ?? recent.count
+        let later = recent[firstLater...].map { $0.start..<$0.end }.filter { $0.overlaps(start..<end) }
+            .sorted { $0.lowerBound < $1.lowerBound }
+        let known = returnedNs >= horizonNs
+        var at = start, changed: UInt64? = 0
+        func piece(_ lo: UInt64, _ hi: UInt64) {
+            guard lo < hi else { return }
+            let n = set(start: lo, end: hi, isPrivate: known ? isPrivate : nil)
+            changed = changed.flatMap { c in n.map { c + $0 } }
+        }
+        for r in later {
+            piece(at, min(r.lowerBound, end))
+            at = max(at, r.upperBound)
+            if at >= end { break }
+        }
+        piece(at, end)
+        remember(Applied(start: start, end: end, returnedNs: returnedNs), at: firstLater)
+        return known ? changed : nil
+    }
+
+    /// Keeps `a` at index `i` of the recent conversions; lets go of those past the window or the limit.
+    private mutating func remember(_ a: Applied, at i: Int) {
+        guard a.start < a.end else { return }
+        recent.insert(a, at: max(i, recentHead))
+        let newest = recent.last?.returnedNs ?? 0
+        while recentHead < recent.count,
+              recent.count - recentHead > Self.recentLimit || recent[recentHead].returnedNs &+ Self.lateWindowNs < newest {
+            horizonNs = max(horizonNs, recent[recentHead].returnedNs)
+            recentHead += 1
+        }
+        if recentHead > 1024 && recentHead * 2 > recent.count {
+            recent.removeFirst(recentHead)
+            recentHead = 0
+        }
+    }
+
+    /// Sets [start, end) (clipped below `gfnLimit`) to `isPrivate`, or to unknown where it is nil; returns the pages
+    /// whose known state changed, nil where some were unknown before (or are now).
     @discardableResult
-    mutating func set(start: UInt64, end rawEnd: UInt64, isPrivate: Bool) -> UInt64? {
+    mutating func set(start: UInt64, end rawEnd: UInt64, isPrivate: Bool?) -> UInt64? {
         let end = min(rawEnd, Self.gfnLimit)
         guard start < end, !overflowed else { return overflowed ? nil : 0 }
         // What was there: changed pages, and whether all were known.
@@ -172,11 +239,11 @@ public struct TracedAttributes: Sendable, Equatable {
         }
         var replacement: [Run] = []
         if first < last, runs[first].start < start { replacement.append(Run(start: runs[first].start, end: start, isPrivate: runs[first].isPrivate)) }
-        replacement.append(Run(start: start, end: end, isPrivate: isPrivate))
+        if let isPrivate { replacement.append(Run(start: start, end: end, isPrivate: isPrivate)) }
         if first < last, runs[last - 1].end > end { replacement.append(Run(start: end, end: runs[last - 1].end, isPrivate: runs[last - 1].isPrivate)) }
         // Merge with equal neighbours on either side.
         var lo = first, hi = last
-        if lo > 0, runs[lo - 1].end == replacement[0].start, runs[lo - 1].isPrivate == replacement[0].isPrivate {
+        if lo > 0, let head = replacement.first, runs[lo - 1].end == head.start, runs[lo - 1].isPrivate == head.isPrivate {
             replacement[0].start = runs[lo - 1].start
             lo -= 1
         }
@@ -194,6 +261,6 @@ public struct TracedAttributes: Sendable, Equatable {
             return nil
         }
         runs.replaceSubrange(lo..<hi, with: merged)
-        return known == end - start ? changed : nil
+        return known == end - start && isPrivate != nil ? changed : nil
     }
 }

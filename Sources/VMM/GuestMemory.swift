@@ -273,7 +273,11 @@ public final class GuestMemory: @unchecked Sendable {
             // Put the map back as it was; relayout brings the memslots back with it.
             attributes = oldAttributes
             revoked = oldRevoked
-            try? engine.setAttributes(pages: range, toPrivate: !toPrivate, memory: self)
+            // KVM's attributes as they were, run by run: the range need not have been all of the other kind.
+            for run in oldAttributes.runs(pages: range) {
+                try? engine.setAttributes(pages: run.gpa / AttributeMap.pageSize..<(run.gpa + run.size) / AttributeMap.pageSize,
+                                          toPrivate: run.isPrivate, memory: self)
+            }
             _ = try? relayout(window: window)
             throw error
         }

@@ -126,6 +126,18 @@ struct TimeOrderTests {
         #expect(release.held.isEmpty)
     }
 
+    /// An event written later than the hold-back allows (the L1 vCPU writing it descheduled by its host, in the
+    /// lab) still comes out, after newer ones, and is counted: `TracedAttributes` orders conversions itself.
+    @Test func anEventLaterThanTheHoldBackIsGivenOutAndCounted() {
+        let ms: UInt64 = 1_000_000
+        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t * ms, kind: .other(name: "e\(t)")) }
+        var release = TimeOrderedRelease()
+        let first = release.take([e(50), e(90)], raw: nil, readStartedNs: 100 * ms, final: false).0
+        #expect(first.map(\.timeNs) == [50 * ms, 90 * ms] && release.late == 0)
+        let second = release.take([e(60), e(150)], raw: nil, readStartedNs: 200 * ms, final: false).0
+        #expect(second.map(\.timeNs) == [60 * ms, 150 * ms] && release.late == 1)
+    }
+
     @Test func rawRecordsAreHeldWithTheirEventsAndAnotherClockHoldsNothing() {
         func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t, kind: .other(name: "e")) }
         func r(_ t: UInt64) -> RawTraceRecord { RawTraceRecord(cpu: 0, timeNs: t, data: [UInt8(t % 256)]) }

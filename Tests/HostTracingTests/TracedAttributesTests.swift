@@ -114,6 +114,65 @@ import Testing
         }
     }
 
+    /// One conversion's events at the given times (enter and tracepoint just before its return at `returnNs`).
+    static func conversion(tid: Int32, _ gfns: Range<UInt64>, toPrivate: Bool, returnNs: UInt64) -> [TraceEvent] {
+        [TraceEvent(tid: tid, cpu: 0, timeNs: returnNs - 2, kind: .ioctlEnter(fd: 5, cmd: setAttributes)),
+         TraceEvent(tid: tid, cpu: 0, timeNs: returnNs - 1, kind: .setMemoryAttributes(startGFN: gfns.lowerBound, endGFN: gfns.upperBound, attributes: toPrivate ? 8 : 0)),
+         TraceEvent(tid: tid, cpu: 0, timeNs: returnNs, kind: .ioctlExit(ret: 0))]
+    }
+
+    /// The CI failure of stop 38 (MapAlarmChecks: one page where the VMM's map and the traced one differed for good):
+    /// a conversion's return reached the reader after a later conversion's, and overwrote it. A late conversion
+    /// changes only the pages no later one wrote.
+    @Test func aConversionThatReturnedEarlierButArrivesLateDoesNotOverwriteALaterOne() throws {
+        var map = TracedAttributes(complete: true)
+        // Thread 2's shared conversion of 0x10..<0x20 returned at 2000, thread 1's private one of 0x18..<0x30 at
+        // 1000: KVM's pages 0x18..<0x20 are shared. The reader gets thread 2's first.
+        for e in Self.conversion(tid: 2, 0x10..<0x20, toPrivate: false, returnNs: 2000) { _ = map.apply(e) }
+        for e in Self.conversion(tid: 1, 0x18..<0x30, toPrivate: true, returnNs: 1000) { _ = map.apply(e) }
+        #expect(map.isPrivate(gfn: 0x18) == false && map.isPrivate(gfn: 0x1F) == false, "the later conversion's pages stand")
+        #expect(map.isPrivate(gfn: 0x20) == true && map.isPrivate(gfn: 0x2F) == true, "the late one's own pages are applied")
+        #expect(map.isPrivate(gfn: 0x10) == false && map.late == 1 && map.applied == 2)
+    }
+
+    /// A conversion later than the ones the map still remembers: where a forgotten later one may have written, the
+    /// pages are unknown, never guessed.
+    @Test func aConversionLaterThanTheWindowLeavesItsPagesUnknown() throws {
+        var map = TracedAttributes(complete: true)
+        let window = TracedAttributes.lateWindowNs
+        for e in Self.conversion(tid: 2, 0x10..<0x20, toPrivate: true, returnNs: 1000) { _ = map.apply(e) }
+        for e in Self.conversion(tid: 2, 0x40..<0x50, toPrivate: true, returnNs: 1000 + 2 * window) { _ = map.apply(e) }
+        // Returned at 500: before the first, which the map no longer remembers.
+        let c = try #require(Self.conversion(tid: 1, 0x0..<0x48, toPrivate: true, returnNs: 500).map { map.apply($0) }.last ?? nil)
+        #expect(c.accepted && c.changedPages == nil)
+        #expect(map.isPrivate(gfn: 0x5) == nil && map.isPrivate(gfn: 0x15) == nil, "a forgotten later conversion may have written there")
+        #expect(map.isPrivate(gfn: 0x44) == true, "the remembered later conversion stands")
+        #expect(map.isPrivate(gfn: 0x50) == false && map.late == 1)
+    }
+
+    /// Conversions delivered in a shuffled order (each up to a few places late) against a page model applied in
+    /// the order they returned.
+    @Test func conversionsArrivingOutOfOrderMatchThePagesInReturnOrder() throws {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20 {
+            var map = TracedAttributes(complete: true)
+            var pages = Array(repeating: false, count: 256)
+            var batches: [[TraceEvent]] = []
+            for i in 0..<300 {
+                let a = UInt64.random(in: 0..<256, using: &rng), b = UInt64.random(in: a...256, using: &rng)
+                guard a < b else { continue }
+                let p = Bool.random(using: &rng)
+                batches.append(Self.conversion(tid: Int32(i % 4 + 1), a..<b, toPrivate: p, returnNs: UInt64(1000 + 10 * i)))
+                for g in a..<b { pages[Int(g)] = p }
+            }
+            // Each conversion moved back by up to 5 places.
+            var order = Array(batches.indices)
+            for i in order.indices.reversed() { let j = max(0, i - Int.random(in: 0...5, using: &rng)); order.swapAt(i, j) }
+            for i in order { for e in batches[i] { _ = map.apply(e) } }
+            for (g, want) in pages.enumerated() { #expect(map.isPrivate(gfn: UInt64(g)) == want, "gfn \(g)") }
+        }
+    }
+
     @Test mutating func hostileNumbersAndFloodsStayBounded() throws {
         var map = TracedAttributes(complete: true)
         // Start after end, end past 2^52, the top of the range: no trap, clipped or ignored.

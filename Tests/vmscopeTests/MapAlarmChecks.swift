@@ -66,6 +66,16 @@ struct MapAlarmChecks {
             if driver.model.mapAlarm != nil { break }
             usleep(20_000)
         }
+        if driver.model.mapAlarm != nil, let t = source.trace, let a = t.attributes, let bit = driver.model.vm.sharedAliasBit {
+            // What each side holds around the pages that disagree, for the next reader of a failed run.
+            let alias = (UInt64(1) << UInt64(bit)) >> 12
+            let pages = MapAgreement.disagreements(traced: a.view(start: alias, end: alias + (64 << 8)).known, vmm: driver.model.runs,
+                                                   aliasGFN: alias, pages: 64 << 8, limit: 4).pages
+            for g in pages {
+                print("MapAlarmChecks: page 0x\(String(g, radix: 16)): traced \(a.view(start: alias + g - min(g, 4), end: alias + g + 4).known); "
+                      + "VMM's \(driver.model.runs.filter { $0.gpa >> 12 <= g + 4 && $0.end >> 12 >= g - min(g, 4) })")
+            }
+        }
         if hasTracepoint {
             // The inspector's own account of the conversions it traced (issue 29): each step in its histogram, and the
             // memory-fault rows that asked for them carrying their steps (`conv` on the row, `L` for the histogram).
@@ -117,7 +127,8 @@ struct MapAlarmChecks {
         }
         let trace = try #require(source.trace, "not traced: \(driver.model.unavailable)")
         print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off"); "
-              + "trace events the kernel dropped \(trace.session.missed) (the traced map forgot \(trace.attributes?.forgotten ?? 0) times)")
+              + "trace events the kernel dropped \(trace.session.missed) (the traced map forgot \(trace.attributes?.forgotten ?? 0) times); "
+              + "events read after newer ones \(trace.session.lateEvents), conversions among them \(trace.attributes?.late ?? 0)")
         if hasTracepoint {
             #expect(trace.agreement.comparedPages > 0, "the traced map and the VMM's had no page in common")
         } else {
