@@ -112,7 +112,7 @@ let package = Package(
         .testTarget(name: "ExporterTests", dependencies: ["Exporter", "Schema"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "InspectorTests", dependencies: ["Inspector", "ControlProtocol", "Schema"], exclude: ["Fixtures"]),
-        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport"]),
+        .testTarget(name: "ControlTests", dependencies: ["ControlProtocol", "Schema", "ControlServer", "VMM", "TestSupport", "Inspector"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"], exclude: ["Corpus"]),
         .testTarget(name: "vmscopeTests", dependencies: ["vmscope", "KVM", "VMM", "ProcessSupport", "ControlProtocol", "Inspector", "Lab", "Libvirt", "TestSupport"]),
     ],

@@ -303,6 +303,12 @@ public final class ControlClient: @unchecked Sendable {
         eventBytes += bytes
     }
 
+    /// Commands sent so far on this connection (each is one round trip).
+    public var commandsSent: Int {
+        lock.lock(); defer { lock.unlock() }
+        return nextID - 1
+    }
+
     /// Replies that matched no waiting command (late after a timeout, or ids this client never sent): dropped.
     public var strayReplies: UInt64 {
         lock.lock(); defer { lock.unlock() }

@@ -2,7 +2,7 @@ import Foundation
 import ControlProtocol
 
 /// A vmscope VMM over its control socket: events as they come, memslots and attributes re-read when an event says
-/// they changed, the vCPUs every `vcpuIntervalNs`. Every action is one typed command; the VMM itself refuses what
+/// they changed, the vCPUs every `vcpuIntervalNs`. Every action is one typed command, one round trip; the VMM itself refuses what
 /// it was not started to allow, with its reason.
 public final class VMMSource: ClientBackedSource {
     public let client: ControlClient
@@ -81,9 +81,8 @@ public final class VMMSource: ClientBackedSource {
         case .readMemory(let gpa, let size):
             return .bytes(try client.run(ReadMemory(gpa: gpa, size: size, view: .auto), timeoutMs: 10_000).bytes)
         }
-        model.attributesStale = true
-        model.memslotsStale = true
-        lastVCPUQuery = 0
+        // Nothing is marked stale here: what the action changed, the VMM's events say (logged before its reply),
+        // and only that is read again (issue 30: an action is one round trip).
         return outcome
     }
 
