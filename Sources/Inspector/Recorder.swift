@@ -77,6 +77,7 @@ public final class Recorder: @unchecked Sendable {
                 let e = Event.eventsDropped(count: drops - lastClientDrops, where: "recorder")
                 try writer.append(.event(e.message()), monotonicNs: HostClock.monotonicNs())
                 lastClientDrops = drops
+                (memslotsChanged, attributesChanged) = (true, true)
             }
             guard client.isConnected else { return (Recording.peerGoneReason, true) }
             do {

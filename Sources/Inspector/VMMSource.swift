@@ -10,6 +10,7 @@ public final class VMMSource: ClientBackedSource {
     public var timeoutMs: Int32 = 5000
     private var lastVCPUQuery: UInt64 = 0
     private var lastPaintHint: UInt64 = 0
+    private var clientDrops: UInt64 = 0
 
     public init(client: ControlClient) { self.client = client }
 
@@ -33,6 +34,13 @@ public final class VMMSource: ClientBackedSource {
             n += 1
         }
         if n > 0 { changed = true }
+        // Events this client's own queue dropped (nobody took them in time): counted, and the views read again.
+        let drops = client.eventsDropped
+        if drops > clientDrops {
+            model.apply(event: .eventsDropped(count: drops - clientDrops, where: "inspector"), nowNs: nowNs)
+            clientDrops = drops
+            changed = true
+        }
         if !client.isConnected { throw .connection("the VMM went away") }
         if model.memslotsStale, let r = try query(QueryMemslots()) { model.apply(memslots: r); changed = true }
         if model.attributesStale, let r = try query(QueryMemoryAttributes()) { model.apply(attributes: r); changed = true }

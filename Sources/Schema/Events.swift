@@ -77,6 +77,8 @@ public enum Event: Sendable, Equatable {
         switch self {
         case .memoryAttributesChanged: (true, true)
         case .memslotsChanged: (true, false)
+        // A dropped event may have been a change of either.
+        case .eventsDropped: (true, true)
         default: (false, false)
         }
     }

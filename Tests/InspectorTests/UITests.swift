@@ -228,6 +228,14 @@ struct ModelTests {
         m.apply(event: try JSON.parse(#"{"event":"MEMORY_ATTRIBUTES_CHANGED","data":{"gpa":0,"size":4096,"private":false,"cause":"command","vcpu":null}}"#), nowNs: 0)
         #expect(m.memslotsStale && m.attributesStale)
     }
+
+    /// A dropped event may have been a change of either (and an action no longer re-reads everything): the views
+    /// are read again, not left as they were.
+    @Test func droppedEventsMarkQueriesStale() throws {
+        var m = try fixtureModel()
+        m.apply(event: try JSON.parse(#"{"event":"EVENTS_DROPPED","data":{"count":3}}"#), nowNs: 0)
+        #expect(m.memslotsStale && m.attributesStale && m.eventsDropped == 3)
+    }
 }
 
 struct ThemeFileTests {
