@@ -132,6 +132,9 @@ final class LibvirtAPI: @unchecked Sendable {
         case 38, 5: .noDaemon         // VIR_ERR_SYSTEM_ERROR (socket), VIR_ERR_NO_CONNECT
         default: .other
         }
+        if kind == .accessDenied {
+            return LibvirtError(kind, "\(what): refused by libvirt's access control (access_drivers in libvirtd.conf, polkit's rules for this user): \(message)", code: code)
+        }
         return LibvirtError(kind, "\(what): \(message)", code: code)
     }
 }

@@ -6,14 +6,23 @@ import Testing
 import TestSupport
 
 /// A libvirtd for these tests (issue 31): the one already running, or one started here from Debian's packages
-/// (`.ci/run` installs them) with a configuration of the tests' own: the read-only socket open to every user and
-/// the read-write one root's, no polkit (this machine has no system bus). What the tests started is stopped when
-/// they end; each test's domain is transient and destroyed after it.
+/// (`.ci/run` installs them) with a configuration of the tests' own: the read-only socket open to every user, the
+/// read-write one root's and libvirt's group's, and, where polkitd can run (on a D-Bus system bus these tests start
+/// when the machine has none), libvirt's access control on polkit with libvirt's default policy: a user of the
+/// group may connect read-write, but polkit allows only root libvirt's write permissions (polkit always allows
+/// root). What the tests started is stopped when they end; each test's domain is transient and destroyed after it.
 enum LibvirtFixture {
     static let directory = NSTemporaryDirectory() + "vmscope-libvirtd-\(getpid())"
     /// Whether this process started libvirtd (so its configuration is the tests' own), and virtlogd.
     nonisolated(unsafe) static var startedDaemon = false
     nonisolated(unsafe) static var startedLogger = false
+    /// nil when the tests' libvirtd checks libvirt's access control on polkit; else why not.
+    nonisolated(unsafe) static var aclUnavailable: String? = "libvirtd was running already, with a configuration not the tests' own"
+    /// The system bus and polkitd these tests started (stopped at exit).
+    nonisolated(unsafe) static var startedBusPid: Int32?
+    nonisolated(unsafe) static var polkitd: ChildProcess?
+    /// libvirt's socket group (Debian's libvirt-daemon-system makes it).
+    static let socketGroup: gid_t? = getgrnam("libvirt").map { $0.pointee.gr_gid }
 
     static func virsh(_ args: [String]) -> Binary.Result {
         (try? runProcess("/usr/bin/virsh", ["-c", "qemu:///system"] + args)) ?? Binary.Result(status: -1, stdout: "", stderr: "virsh did not run")
@@ -39,12 +48,15 @@ enum LibvirtFixture {
             startedLogger = true
         }
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let config = """
+        aclUnavailable = startPolkit()
+        var config = """
         auth_unix_ro = "none"
         auth_unix_rw = "none"
         unix_sock_ro_perms = "0777"
-        unix_sock_rw_perms = "0700"
+        unix_sock_rw_perms = "\(aclUnavailable == nil ? "0770" : "0700")"
+
         """
+        if aclUnavailable == nil { config += "unix_sock_group = \"libvirt\"\naccess_drivers = [ \"polkit\" ]\n" }
         try? config.write(toFile: directory + "/libvirtd.conf", atomically: true, encoding: .utf8)
         guard daemonize("/usr/sbin/libvirtd", ["--daemon", "--config", directory + "/libvirtd.conf", "--pid-file", directory + "/libvirtd.pid"]) == 0 else {
             return "libvirtd --daemon failed"
@@ -54,6 +66,8 @@ enum LibvirtFixture {
             if LibvirtFixture.startedDaemon, let text = try? String(contentsOfFile: LibvirtFixture.directory + "/libvirtd.pid", encoding: .utf8),
                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
             if LibvirtFixture.startedLogger { _ = runProcessQuietly("/usr/bin/pkill", ["-x", "virtlogd"]) }
+            _ = LibvirtFixture.polkitd?.terminate(grace: 5)
+            if let bus = LibvirtFixture.startedBusPid { kill(bus, SIGTERM); unlink("/run/dbus/pid"); unlink("/run/dbus/system_bus_socket") }
         }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
@@ -62,6 +76,40 @@ enum LibvirtFixture {
         }
         return "libvirtd started but does not answer: \(virsh(["list"]).stderr)"
     }()
+
+    /// polkitd on the D-Bus system bus (started here where there is none), for libvirt's access control; nil when
+    /// it answers, else why not.
+    static func startPolkit() -> String? {
+        for path in ["/usr/lib/polkit-1/polkitd", "/usr/bin/dbus-daemon", "/usr/bin/pkcheck"] where access(path, X_OK) != 0 {
+            return "\(path) is not installed (.ci/run installs polkitd and dbus-daemon)"
+        }
+        guard socketGroup != nil else { return "there is no group libvirt (libvirt-daemon-system makes it)" }
+        if access("/run/dbus/system_bus_socket", F_OK) != 0 || runProcessQuietly("/usr/bin/pgrep", ["-x", "dbus-daemon"]) != 0 {
+            try? FileManager.default.createDirectory(atPath: "/run/dbus", withIntermediateDirectories: true)
+            // A bus killed outright leaves both, and the next one will not start.
+            unlink("/run/dbus/pid")
+            unlink("/run/dbus/system_bus_socket")
+            // It writes its pid to /run/dbus/pid (Debian's system.conf).
+            guard daemonize("/usr/bin/dbus-daemon", ["--system", "--fork"]) == 0,
+                  let pid = (try? String(contentsOfFile: "/run/dbus/pid", encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+            else { return "dbus-daemon --system --fork failed" }
+            startedBusPid = pid
+        }
+        // polkit always allows root: this asks whether polkitd answers at all.
+        func answers() -> Bool {
+            runProcessQuietly("/usr/bin/pkcheck", ["--action-id", "org.libvirt.api.connect.getattr", "--process", "\(getpid())"]) == 0
+        }
+        if !answers() {
+            polkitd = try? ChildProcess(["/usr/lib/polkit-1/polkitd", "--no-debug"],
+                                        redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: directory + "/polkitd.log"))
+            let deadline = Date().addingTimeInterval(10)
+            while !answers() {
+                guard Date() < deadline else { return "polkitd does not answer: \((try? String(contentsOfFile: directory + "/polkitd.log", encoding: .utf8)) ?? "")" }
+                usleep(100_000)
+            }
+        }
+        return nil
+    }
 
     /// Starts a daemon that forks itself away (`--daemon`), its output to /dev/null: a pipe would stay open in the
     /// daemon, and reading it to its end would wait for ever.
@@ -245,11 +293,23 @@ struct LibvirtTests {
         #expect(LibvirtFixture.virsh(["define", file]).status == 0)
         defer { _ = LibvirtFixture.virsh(["undefine", name]) }
         expectOneLine(try attach(["libvirt:\(name)"]), "is not running (shut off")
-        // A user libvirt allows a read-only connection only (the tests' own libvirtd: its read-write socket is root's).
+        // A user libvirt allows a read-only connection only (the tests' own libvirtd: its read-write socket is root's
+        // and its group's).
         if LibvirtFixture.startedDaemon {
             expectOneLine(try attach(["libvirt:\(name)"], as: true), "read-only connection only")
         } else {
             print("LibvirtTests: the read-only case is not checked: libvirtd was running already, with a configuration not the tests' own")
+        }
+        // A user of libvirt's socket group on a libvirtd with access control: read-write, but libvirt's default polkit
+        // policy gives the monitor passthrough's permission (domain write) to root only.
+        if let why = LibvirtFixture.aclUnavailable {
+            print("LibvirtTests: the access-control case is not checked: \(why)")
+        } else if let group = LibvirtFixture.socketGroup {
+            let running = try LibvirtFixture.start("acl")
+            defer { _ = LibvirtFixture.virsh(["destroy", running]) }
+            let r = try runProcess("/usr/bin/setpriv", ["--reuid", "65534", "--regid", "65534", "--groups", "\(group)", Binary.url.path, "attach", "libvirt:\(running)"])
+            expectOneLine(r, "refused by libvirt's access control")
+            #expect(!r.stderr.contains("read-only"), "the group's user has a read-write connection: \(r.stderr)")
         }
     }
 }
