@@ -56,6 +56,11 @@ public struct QueryVCPUs: PlainQuery {
 }
 
 public struct QueryMemoryAttributes: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let gpa = "gpa", size = "size"
+    }
+
     public static let name = CommandName.queryMemoryAttributes
     /// Both or neither: the range to describe (default: all of RAM).
     public var gpa: UInt64?
@@ -63,11 +68,11 @@ public struct QueryMemoryAttributes: SchemaCommand {
     public init(gpa: UInt64? = nil, size: UInt64? = nil) { self.gpa = gpa; self.size = size }
     public var arguments: JSON? {
         guard let gpa, let size else { return nil }
-        return .object([("gpa", .u(gpa)), ("size", .u(size))])
+        return .object([(Key.gpa, .u(gpa)), (Key.size, .u(size))])
     }
     public init(_ a: inout Arguments) throws(CommandError) {
-        gpa = try a.optionalUInt64("gpa")
-        size = try a.optionalUInt64("size")
+        gpa = try a.optionalUInt64(Key.gpa)
+        size = try a.optionalUInt64(Key.size)
         try a.finish()
         guard (gpa == nil) == (size == nil) else { throw CommandError(.genericError, "give both gpa and size, or neither") }
     }
@@ -75,6 +80,12 @@ public struct QueryMemoryAttributes: SchemaCommand {
 }
 
 public struct SetMemoryAttributes: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let runsChanged = "runs-changed", durationNs = "duration-ns", gpa = "gpa", size = "size"
+        static let `private` = "private", discard = "discard"
+    }
+
     public static let name = CommandName.setMemoryAttributes
     public var gpa: UInt64
     public var size: UInt64
@@ -85,15 +96,15 @@ public struct SetMemoryAttributes: SchemaCommand {
         self.gpa = gpa; self.size = size; self.toPrivate = toPrivate; self.discard = discard
     }
     public var arguments: JSON? {
-        var m: [(String, JSON)] = [("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(toPrivate))]
-        if let discard { m.append(("discard", .bool(discard))) }
+        var m: [(String, JSON)] = [(Key.gpa, .u(gpa)), (Key.size, .u(size)), (Key.`private`, .bool(toPrivate))]
+        if let discard { m.append((Key.discard, .bool(discard))) }
         return .object(m)
     }
     public init(_ a: inout Arguments) throws(CommandError) {
-        gpa = try a.uint64("gpa")
-        size = try a.uint64("size")
-        toPrivate = try a.bool("private")
-        discard = try a.optionalBool("discard")
+        gpa = try a.uint64(Key.gpa)
+        size = try a.uint64(Key.size)
+        toPrivate = try a.bool(Key.`private`)
+        discard = try a.optionalBool(Key.discard)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> Conversion { Conversion(json: j) }
@@ -102,41 +113,56 @@ public struct SetMemoryAttributes: SchemaCommand {
         public var runsChanged: Int
         public var durationNs: UInt64
         public init(runsChanged: Int, durationNs: UInt64) { self.runsChanged = runsChanged; self.durationNs = durationNs }
-        public init(json j: JSON) { runsChanged = j["runs-changed"]?.intValue ?? 0; durationNs = j["duration-ns"]?.uint64Value ?? 0 }
-        public var json: JSON { .object([("runs-changed", .i(runsChanged)), ("duration-ns", .u(durationNs))]) }
+        public init(json j: JSON) { runsChanged = j[Key.runsChanged]?.intValue ?? 0; durationNs = j[Key.durationNs]?.uint64Value ?? 0 }
+        public var json: JSON { .object([(Key.runsChanged, .i(runsChanged)), (Key.durationNs, .u(durationNs))]) }
     }
 }
 
 public struct QueryMemoryFaults: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let limit = "limit"
+    }
+
     public static let name = CommandName.queryMemoryFaults
     /// The newest `limit` records (server default 256).
     public var limit: Int?
     public init(limit: Int? = nil) { self.limit = limit }
-    public var arguments: JSON? { limit.map { .object([("limit", .i($0))]) } }
+    public var arguments: JSON? { limit.map { .object([(Key.limit, .i($0))]) } }
     /// `capacity` bounds `limit` (the VMM's ring).
     public init(_ a: inout Arguments) throws(CommandError) { try self.init(&a, capacity: .max) }
     public init(_ a: inout Arguments, capacity: Int) throws(CommandError) {
-        limit = try a.optionalInt("limit", in: 0...capacity)
+        limit = try a.optionalInt(Key.limit, in: 0...capacity)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> FaultList { FaultList(json: j) }
 }
 
 public struct QuerySnapshot: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let faults = "faults"
+    }
+
     public static let name = CommandName.querySnapshot
     /// How many of the newest fault records to include (server default 256).
     public var faults: Int?
     public init(faults: Int? = nil) { self.faults = faults }
-    public var arguments: JSON? { faults.map { .object([("faults", .i($0))]) } }
+    public var arguments: JSON? { faults.map { .object([(Key.faults, .i($0))]) } }
     public init(_ a: inout Arguments) throws(CommandError) { try self.init(&a, capacity: .max) }
     public init(_ a: inout Arguments, capacity: Int) throws(CommandError) {
-        faults = try a.optionalInt("faults", in: 0...capacity)
+        faults = try a.optionalInt(Key.faults, in: 0...capacity)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> StateSnapshot { StateSnapshot(json: j) }
 }
 
 public struct VCPUControl: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let vcpus = "vcpus", index = "index", state = "state", action = "action"
+    }
+
     public static let name = CommandName.vcpuControl
     /// nil: every vCPU.
     public var index: Int?
@@ -144,13 +170,13 @@ public struct VCPUControl: SchemaCommand {
     public init(index: Int?, action: VCPUAction) { self.index = index; self.action = action }
     public var arguments: JSON? {
         var m: [(String, JSON)] = []
-        if let index { m.append(("index", .i(index))) }
-        m.append(("action", .e(action)))
+        if let index { m.append((Key.index, .i(index))) }
+        m.append((Key.action, .e(action)))
         return .object(m)
     }
     public init(_ a: inout Arguments) throws(CommandError) {
-        index = try a.optionalInt("index", in: 0...Int(Int32.max))
-        action = try a.enumeration("action")
+        index = try a.optionalInt(Key.index, in: 0...Int(Int32.max))
+        action = try a.enumeration(Key.action)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> States { States(json: j) }
@@ -160,13 +186,13 @@ public struct VCPUControl: SchemaCommand {
         public var vcpus: [(index: Int, state: Open<VCPURunState>)]
         public init(_ vcpus: [(index: Int, state: Open<VCPURunState>)]) { self.vcpus = vcpus }
         public init(json j: JSON) {
-            vcpus = (j["vcpus"]?.arrayValue ?? []).compactMap { v in
-                guard let i = v["index"]?.intValue else { return nil }
-                return (i, v["state"]?.open() ?? .unknown("?"))
+            vcpus = (j[Key.vcpus]?.arrayValue ?? []).compactMap { v in
+                guard let i = v[Key.index]?.intValue else { return nil }
+                return (i, v[Key.state]?.open() ?? .unknown("?"))
             }
         }
         public var json: JSON {
-            .object([("vcpus", .array(vcpus.map { .object([("index", .i($0.index)), ("state", .e($0.state))]) }))])
+            .object([(Key.vcpus, .array(vcpus.map { .object([(Key.index, .i($0.index)), (Key.state, .e($0.state))]) }))])
         }
         public static func == (a: States, b: States) -> Bool {
             a.vcpus.map(\.index) == b.vcpus.map(\.index) && a.vcpus.map(\.state) == b.vcpus.map(\.state)
@@ -175,6 +201,11 @@ public struct VCPUControl: SchemaCommand {
 }
 
 public struct InjectFault: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let kind = "kind", vcpu = "vcpu", gpa = "gpa", size = "size"
+    }
+
     public static let name = CommandName.injectFault
     public var kind: InjectionKind
     public var vcpu: Int?
@@ -184,37 +215,43 @@ public struct InjectFault: SchemaCommand {
         self.kind = kind; self.vcpu = vcpu; self.gpa = gpa; self.size = size
     }
     public var arguments: JSON? {
-        var m: [(String, JSON)] = [("kind", .e(kind))]
-        if let vcpu { m.append(("vcpu", .i(vcpu))) }
-        if let gpa { m.append(("gpa", .u(gpa))) }
-        if let size { m.append(("size", .u(size))) }
+        var m: [(String, JSON)] = [(Key.kind, .e(kind))]
+        if let vcpu { m.append((Key.vcpu, .i(vcpu))) }
+        if let gpa { m.append((Key.gpa, .u(gpa))) }
+        if let size { m.append((Key.size, .u(size))) }
         return .object(m)
     }
     public init(_ a: inout Arguments) throws(CommandError) {
-        kind = try a.enumeration("kind")
-        vcpu = try a.optionalInt("vcpu", in: 0...Int(Int32.max))
-        gpa = try a.optionalUInt64("gpa")
-        size = try a.optionalUInt64("size")
+        kind = try a.enumeration(Key.kind)
+        vcpu = try a.optionalInt(Key.vcpu, in: 0...Int(Int32.max))
+        gpa = try a.optionalUInt64(Key.gpa)
+        size = try a.optionalUInt64(Key.size)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> InjectionReport { InjectionReport(json: j) }
 }
 
 public struct ReadMemory: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let data = "data", `private` = "private", views = "views", offset = "offset", size = "size"
+        static let gpa = "gpa", view = "view"
+    }
+
     public static let name = CommandName.readMemory
     public var gpa: UInt64
     public var size: UInt64
     public var view: ReadView?
     public init(gpa: UInt64, size: UInt64, view: ReadView? = nil) { self.gpa = gpa; self.size = size; self.view = view }
     public var arguments: JSON? {
-        var m: [(String, JSON)] = [("gpa", .u(gpa)), ("size", .u(size))]
-        if let view { m.append(("view", .e(view))) }
+        var m: [(String, JSON)] = [(Key.gpa, .u(gpa)), (Key.size, .u(size))]
+        if let view { m.append((Key.view, .e(view))) }
         return .object(m)
     }
     public init(_ a: inout Arguments) throws(CommandError) {
-        gpa = try a.uint64("gpa")
-        size = try a.uint64("size")
-        view = try a.optionalEnum("view")
+        gpa = try a.uint64(Key.gpa)
+        size = try a.uint64(Key.size)
+        view = try a.optionalEnum(Key.view)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> Bytes { Bytes(json: j) }
@@ -231,23 +268,23 @@ public struct ReadMemory: SchemaCommand {
         public var isPrivate: Bool? { views.count == 1 ? views[0].isPrivate : nil }
         public init(bytes: [UInt8], views: [Run]) { self.bytes = bytes; self.views = views }
         public init(json j: JSON) {
-            bytes = j["data"]?.stringValue.flatMap { Data(base64Encoded: $0).map { Array($0) } } ?? []
-            if let p = j["private"]?.boolValue {
+            bytes = j[Key.data]?.stringValue.flatMap { Data(base64Encoded: $0).map { Array($0) } } ?? []
+            if let p = j[Key.`private`]?.boolValue {
                 views = [Run(offset: 0, size: UInt64(bytes.count), isPrivate: p)]
             } else {
-                views = (j["views"]?.arrayValue ?? []).compactMap { v in
-                    guard let o = v["offset"]?.uint64Value, let s = v["size"]?.uint64Value, let p = v["private"]?.boolValue else { return nil }
+                views = (j[Key.views]?.arrayValue ?? []).compactMap { v in
+                    guard let o = v[Key.offset]?.uint64Value, let s = v[Key.size]?.uint64Value, let p = v[Key.`private`]?.boolValue else { return nil }
                     return Run(offset: o, size: s, isPrivate: p)
                 }
             }
         }
         public var json: JSON {
-            var m: [(String, JSON)] = [("data", .string(Data(bytes).base64EncodedString()))]
+            var m: [(String, JSON)] = [(Key.data, .string(Data(bytes).base64EncodedString()))]
             if let p = isPrivate {
-                m.append(("private", .bool(p)))
+                m.append((Key.`private`, .bool(p)))
             } else {
-                m.append(("private", .null))
-                m.append(("views", .array(views.map { .object([("offset", .u($0.offset)), ("size", .u($0.size)), ("private", .bool($0.isPrivate))]) })))
+                m.append((Key.`private`, .null))
+                m.append((Key.views, .array(views.map { .object([(Key.offset, .u($0.offset)), (Key.size, .u($0.size)), (Key.`private`, .bool($0.isPrivate))]) })))
             }
             return .object(m)
         }
@@ -255,37 +292,52 @@ public struct ReadMemory: SchemaCommand {
 }
 
 public struct SetFaultPolicy: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let policy = "policy"
+    }
+
     public static let name = CommandName.setFaultPolicy
     public var policy: FaultPolicy
     public init(policy: FaultPolicy) { self.policy = policy }
-    public var arguments: JSON? { .object([("policy", .e(policy))]) }
+    public var arguments: JSON? { .object([(Key.policy, .e(policy))]) }
     public init(_ a: inout Arguments) throws(CommandError) {
-        policy = try a.enumeration("policy")
+        policy = try a.enumeration(Key.policy)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> Empty { Empty(json: j) }
 }
 
 public struct QueryCommands: PlainQuery {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let name = "name"
+    }
+
     public typealias Reply = Names
     public static let name = CommandName.queryCommands
     public init() {}
     public struct Names: SchemaValue, Equatable {
         public var names: [String]
         public init(_ names: [String]) { self.names = names }
-        public init(json j: JSON) { names = (j.arrayValue ?? []).compactMap { $0["name"]?.stringValue } }
-        public var json: JSON { .array(names.map { .object([("name", .string($0))]) }) }
+        public init(json j: JSON) { names = (j.arrayValue ?? []).compactMap { $0[Key.name]?.stringValue } }
+        public var json: JSON { .array(names.map { .object([(Key.name, .string($0))]) }) }
     }
 }
 
 /// `qmp_capabilities`: leaves negotiation. vmscope offers no capabilities; `enable` naming any is refused.
 public struct QMPCapabilities: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let enable = "enable"
+    }
+
     public static let name = CommandName.qmpCapabilities
     public var enable: [String]?
     public init(enable: [String]? = nil) { self.enable = enable }
-    public var arguments: JSON? { enable.map { .object([("enable", .array($0.map(JSON.string)))]) } }
+    public var arguments: JSON? { enable.map { .object([(Key.enable, .array($0.map(JSON.string)))]) } }
     public init(_ a: inout Arguments) throws(CommandError) {
-        enable = try a.optionalStringList("enable")
+        enable = try a.optionalStringList(Key.enable)
         try a.finish()
     }
     public static func reply(_ j: JSON) -> Empty { Empty(json: j) }

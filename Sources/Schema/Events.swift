@@ -5,6 +5,13 @@ import Foundation
 /// An event as the protocol carries it: vmscope's, typed; anyone else's (a stock QEMU's `STOP`), by name with its
 /// data as it came.
 public enum Event: Sendable, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let event = "event", data = "data", gpa = "gpa", size = "size", `private` = "private"
+        static let cause = "cause", vcpu = "vcpu", generation = "generation", index = "index", state = "state"
+        static let reason = "reason", kind = "kind", value = "value", count = "count", `where` = "where"
+    }
+
     case memoryFault(FaultBatch)
     case memoryAttributesChanged(gpa: UInt64, size: UInt64, isPrivate: Bool, cause: Open<ConversionCause>, vcpu: Int?)
     case memslotsChanged(generation: UInt64?)
@@ -17,24 +24,24 @@ public enum Event: Sendable, Equatable {
 
     /// From a whole event message (`{"event": ..., "data": ..., "timestamp": ...}`); nil when it is not one.
     public init?(message e: JSON) {
-        guard let name = e["event"]?.stringValue else { return nil }
-        self.init(name: name, data: e["data"])
+        guard let name = e[Key.event]?.stringValue else { return nil }
+        self.init(name: name, data: e[Key.data])
     }
 
     public init(name: String, data d: JSON?) {
         switch EventName(rawValue: name) {
         case .memoryFault?: self = .memoryFault(FaultBatch(data: d))
         case .memoryAttributesChanged?:
-            self = .memoryAttributesChanged(gpa: d?["gpa"]?.uint64Value ?? 0, size: d?["size"]?.uint64Value ?? 0,
-                                            isPrivate: d?["private"]?.boolValue ?? false,
-                                            cause: d?["cause"]?.open() ?? .unknown("?"), vcpu: d?["vcpu"]?.intValue)
-        case .memslotsChanged?: self = .memslotsChanged(generation: d?["generation"]?.uint64Value)
+            self = .memoryAttributesChanged(gpa: d?[Key.gpa]?.uint64Value ?? 0, size: d?[Key.size]?.uint64Value ?? 0,
+                                            isPrivate: d?[Key.`private`]?.boolValue ?? false,
+                                            cause: d?[Key.cause]?.open() ?? .unknown("?"), vcpu: d?[Key.vcpu]?.intValue)
+        case .memslotsChanged?: self = .memslotsChanged(generation: d?[Key.generation]?.uint64Value)
         case .vcpuStateChanged?:
-            self = .vcpuStateChanged(index: d?["index"]?.intValue, state: d?["state"]?.open(), reason: d?["reason"]?.stringValue ?? "")
+            self = .vcpuStateChanged(index: d?[Key.index]?.intValue, state: d?[Key.state]?.open(), reason: d?[Key.reason]?.stringValue ?? "")
         case .faultInjected?: self = .faultInjected(InjectionReport(json: d ?? .null))
         case .guestReport?:
-            self = .guestReport(vcpu: d?["vcpu"]?.intValue, kind: d?["kind"]?.open(), value: d?["value"]?.uint64Value ?? 0)
-        case .eventsDropped?: self = .eventsDropped(count: d?["count"]?.uint64Value ?? 0, where: d?["where"]?.stringValue)
+            self = .guestReport(vcpu: d?[Key.vcpu]?.intValue, kind: d?[Key.kind]?.open(), value: d?[Key.value]?.uint64Value ?? 0)
+        case .eventsDropped?: self = .eventsDropped(count: d?[Key.count]?.uint64Value ?? 0, where: d?[Key.`where`]?.stringValue)
         case nil: self = .other(name: name, data: d)
         }
     }
@@ -56,15 +63,15 @@ public enum Event: Sendable, Equatable {
         switch self {
         case .memoryFault(let b): b.data
         case .memoryAttributesChanged(let gpa, let size, let p, let cause, let vcpu):
-            .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(p)), ("cause", .e(cause)), ("vcpu", .opt(vcpu.map(JSON.i)))])
-        case .memslotsChanged(let g): .object([("generation", .opt(g.map(JSON.u)))])
+            .object([(Key.gpa, .u(gpa)), (Key.size, .u(size)), (Key.`private`, .bool(p)), (Key.cause, .e(cause)), (Key.vcpu, .opt(vcpu.map(JSON.i)))])
+        case .memslotsChanged(let g): .object([(Key.generation, .opt(g.map(JSON.u)))])
         case .vcpuStateChanged(let i, let s, let r):
-            .object([("index", .opt(i.map(JSON.i))), ("state", .opt(s.map(JSON.e))), ("reason", .string(r))])
+            .object([(Key.index, .opt(i.map(JSON.i))), (Key.state, .opt(s.map(JSON.e))), (Key.reason, .string(r))])
         case .faultInjected(let r): r.json
         case .guestReport(let v, let k, let value):
-            .object([("vcpu", .opt(v.map(JSON.i))), ("kind", .opt(k.map { JSON.e($0) })), ("value", .u(value))])
+            .object([(Key.vcpu, .opt(v.map(JSON.i))), (Key.kind, .opt(k.map { JSON.e($0) })), (Key.value, .u(value))])
         case .eventsDropped(let c, let w):
-            .object([("count", .u(c))] + (w.map { [("where", JSON.string($0))] } ?? []))
+            .object([(Key.count, .u(c))] + (w.map { [(Key.`where`, JSON.string($0))] } ?? []))
         case .other(_, let d): d
         }
     }

@@ -1,5 +1,14 @@
 /// The control protocol's message shapes (QMP framing; see docs/control-protocol.md).
 public enum QMP {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let id = "id", error = "error", `class` = "class", desc = "desc", `return` = "return"
+        static let event = "event", data = "data", execute = "execute", arguments = "arguments", qmp = "QMP"
+        static let version = "version", package = "package", vmscope = "vmscope", `protocol` = "protocol"
+        static let qemu = "qemu", major = "major", minor = "minor", micro = "micro", capabilities = "capabilities"
+        static let timestamp = "timestamp", seconds = "seconds", microseconds = "microseconds", execOob = "exec-oob"
+    }
+
     /// Error classes: QMP's two, plus vmscope's.
     public enum ErrorClass: String, Sendable, CaseIterable {
         case genericError = "GenericError"
@@ -17,61 +26,60 @@ public enum QMP {
 
     public static var versionObject: JSON {
         .object([
-            ("qemu", .object([("major", .i(version.major)), ("minor", .i(version.minor)), ("micro", .i(version.micro))])),
-            ("package", .string(package)),
+            (Key.qemu, .object([(Key.major, .i(version.major)), (Key.minor, .i(version.minor)), (Key.micro, .i(version.micro))])),
+            (Key.package, .string(package)),
         ])
     }
 
     public static var greeting: JSON {
         .object([
-            ("QMP", .object([("version", versionObject), ("capabilities", .array([]))])),
-            ("vmscope", .object([("protocol", .i(protocolVersion))])),
+            (Key.qmp, .object([(Key.version, versionObject), (Key.capabilities, .array([]))])),
+            (Key.vmscope, .object([(Key.`protocol`, .i(protocolVersion))])),
         ])
     }
 
     public static func reply(_ value: JSON, id: JSON?) -> JSON {
-        var m: [(String, JSON)] = [("return", value)]
-        if let id { m.append(("id", id)) }
+        var m: [(String, JSON)] = [(Key.`return`, value)]
+        if let id { m.append((Key.id, id)) }
         return .object(m)
     }
 
     /// An error reply; `errno` (vmscope's extension, named as in fault records) where a failed system call is the cause.
     public static func error(_ c: ErrorClass, _ desc: String, errno: String? = nil, id: JSON?) -> JSON {
-        var e: [(String, JSON)] = [("class", .string(c.rawValue)), ("desc", .string(desc))]
+        var e: [(String, JSON)] = [(Key.`class`, .string(c.rawValue)), (Key.desc, .string(desc))]
         if let errno { e.append((FaultRecord.Member.errno.name, .string(errno))) }
-        var m: [(String, JSON)] = [("error", .object(e))]
-        if let id { m.append(("id", id)) }
+        var m: [(String, JSON)] = [(Key.error, .object(e))]
+        if let id { m.append((Key.id, id)) }
         return .object(m)
     }
 
     /// An event; `wallNs` is nanoseconds since the Unix epoch (no `timestamp` without it), no `data` without data.
     public static func event(_ name: String, _ data: JSON?, wallNs: UInt64?) -> JSON {
-        var m: [(String, JSON)] = [("event", .string(name))]
-        if let data { m.append(("data", data)) }
+        var m: [(String, JSON)] = [(Key.event, .string(name))]
+        if let data { m.append((Key.data, data)) }
         if let wallNs {
-            m.append(("timestamp", .object([("seconds", .u(wallNs / 1_000_000_000)), ("microseconds", .u(wallNs % 1_000_000_000 / 1000))])))
+            m.append((Key.timestamp, .object([(Key.seconds, .u(wallNs / 1_000_000_000)), (Key.microseconds, .u(wallNs % 1_000_000_000 / 1000))])))
         }
         return .object(m)
     }
 
     /// A greeting as QEMU sends it, from a `query-version` reply: for a QEMU reached without its greeting (through
     /// libvirt's monitor passthrough).
-    public static func greeting(version: JSON) -> JSON { .object([("QMP", .object([("version", version)]))]) }
+    public static func greeting(version: JSON) -> JSON { .object([(Key.qmp, .object([(Key.version, version)]))]) }
 
     /// A command message.
     public static func command(_ name: String, _ arguments: JSON?, id: JSON?) -> JSON {
-        var m: [(String, JSON)] = [("execute", .string(name))]
-        if let arguments { m.append(("arguments", arguments)) }
-        if let id { m.append(("id", id)) }
+        var m: [(String, JSON)] = [(Key.execute, .string(name))]
+        if let arguments { m.append((Key.arguments, arguments)) }
+        if let id { m.append((Key.id, id)) }
         return .object(m)
     }
 
     /// The members a command message may have (`exec-oob` is named so its refusal can say why).
-    public static let commandMembers: Set<String> = ["execute", "arguments", "id"]
-    public static let outOfBandMember = "exec-oob"
-    public static let idMember = "id"
+    public static let commandMembers: Set<String> = [Key.execute, Key.arguments, Key.id]
+    public static let outOfBandMember = Key.execOob
     /// A message's `id` (any JSON value, echoed in its reply), if it has one.
-    public static func id(of message: JSON) -> JSON? { message[idMember] }
+    public static func id(of message: JSON) -> JSON? { message[Key.id] }
 
     /// A message as the client and server tell them apart.
     public enum Message: Sendable, Equatable {
@@ -83,16 +91,16 @@ public enum QMP {
         case unknown(JSON)
 
         public init(_ m: JSON) {
-            let id = m["id"]
-            if let e = m["error"] {
-                self = .error(errorClass: e["class"]?.stringValue ?? ErrorClass.genericError.rawValue, desc: e["desc"]?.stringValue ?? "", id: id)
-            } else if let r = m["return"] {
+            let id = m[Key.id]
+            if let e = m[Key.error] {
+                self = .error(errorClass: e[Key.`class`]?.stringValue ?? ErrorClass.genericError.rawValue, desc: e[Key.desc]?.stringValue ?? "", id: id)
+            } else if let r = m[Key.`return`] {
                 self = .reply(r, id: id)
-            } else if let name = m["event"]?.stringValue {
-                self = .event(name: name, data: m["data"])
-            } else if m["execute"] != nil {
-                self = .command(name: m["execute"]?.stringValue, arguments: m["arguments"], id: id)
-            } else if m["QMP"] != nil {
+            } else if let name = m[Key.event]?.stringValue {
+                self = .event(name: name, data: m[Key.data])
+            } else if m[Key.execute] != nil {
+                self = .command(name: m[Key.execute]?.stringValue, arguments: m[Key.arguments], id: id)
+            } else if m[Key.qmp] != nil {
                 self = .greeting(m)
             } else {
                 self = .unknown(m)
@@ -106,11 +114,11 @@ public enum QMP {
         public var package: String
         public var vmscopeProtocol: Int?
         public init?(_ g: JSON) {
-            guard let version = g["QMP"]?["version"] else { return nil }
-            package = version["package"]?.stringValue ?? ""
-            vmscopeProtocol = g["vmscope"]?["protocol"]?.intValue
-            let q = version["qemu"]
-            major = q?["major"]?.intValue; minor = q?["minor"]?.intValue; micro = q?["micro"]?.intValue
+            guard let version = g[Key.qmp]?[Key.version] else { return nil }
+            package = version[Key.package]?.stringValue ?? ""
+            vmscopeProtocol = g[Key.vmscope]?[Key.`protocol`]?.intValue
+            let q = version[Key.qemu]
+            major = q?[Key.major]?.intValue; minor = q?[Key.minor]?.intValue; micro = q?[Key.micro]?.intValue
         }
     }
 }

@@ -14,6 +14,13 @@ public enum RecordingError: Error, Sendable, Equatable, CustomStringConvertible 
 }
 
 public struct RecordingHeader: Sendable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let format = "format", version = "version", startedAtNs = "started-at-ns"
+        static let startedMonotonicNs = "started-monotonic-ns", greeting = "greeting", socket = "socket"
+        static let recorder = "recorder"
+    }
+
     public static let format = "vmscope-recording"
     /// Version 2 adds `view` entries (a stock QEMU's recording); a VMM's recordings are still written as version 1.
     public static let newestVersion = 2
@@ -36,33 +43,39 @@ public struct RecordingHeader: Sendable {
     }
 
     public var json: JSON {
-        .object([("format", .string(RecordingHeader.format)), ("version", .i(version)),
-                 ("started-at-ns", .u(startedAtWallNs)), ("started-monotonic-ns", .u(startedAtMonotonicNs)),
-                 ("socket", .string(socket)), ("greeting", greeting), ("recorder", .string(recorder))])
+        .object([(Key.format, .string(RecordingHeader.format)), (Key.version, .i(version)),
+                 (Key.startedAtNs, .u(startedAtWallNs)), (Key.startedMonotonicNs, .u(startedAtMonotonicNs)),
+                 (Key.socket, .string(socket)), (Key.greeting, greeting), (Key.recorder, .string(recorder))])
     }
 
     public init(_ j: JSON) throws(RecordingError) {
-        guard j["format"]?.stringValue == RecordingHeader.format else {
+        guard j[Key.format]?.stringValue == RecordingHeader.format else {
             throw .format("the first line is not a vmscope recording header (no \"format\": \"\(RecordingHeader.format)\")")
         }
-        guard let v = j["version"]?.intValue else { throw .format("the header has no version") }
+        guard let v = j[Key.version]?.intValue else { throw .format("the header has no version") }
         guard v <= RecordingHeader.newestVersion else {
             throw .format("the recording is format version \(v); this vmscope reads version \(RecordingHeader.newestVersion) and older: use a newer vmscope")
         }
-        guard v >= 1, let wall = j["started-at-ns"]?.uint64Value, let mono = j["started-monotonic-ns"]?.uint64Value,
-              let greeting = j["greeting"], case .object = greeting else {
+        guard v >= 1, let wall = j[Key.startedAtNs]?.uint64Value, let mono = j[Key.startedMonotonicNs]?.uint64Value,
+              let greeting = j[Key.greeting], case .object = greeting else {
             throw .format("the header lacks started-at-ns, started-monotonic-ns or greeting")
         }
         version = v
         startedAtWallNs = wall
         startedAtMonotonicNs = mono
-        socket = j["socket"]?.stringValue ?? "?"
+        socket = j[Key.socket]?.stringValue ?? "?"
         self.greeting = greeting
-        recorder = j["recorder"]?.stringValue ?? "?"
+        recorder = j[Key.recorder]?.stringValue ?? "?"
     }
 }
 
 public enum RecordingEntry: Sendable, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let t = "t", snapshot = "snapshot", event = "event", reply = "reply", `return` = "return"
+        static let view = "view", end = "end", peerGone = "peer-gone"
+    }
+
     /// The `end` reason the recorder writes when its peer went away (also how recordings from before `peer-gone`
     /// say it).
     public static let peerGoneReason = "the VMM went away"
@@ -78,34 +91,34 @@ public enum RecordingEntry: Sendable, Equatable {
 
     public var json: JSON {
         switch self {
-        case .snapshot(let j): .object([("snapshot", j)])
-        case .event(let j): .object([("event", j)])
-        case .reply(let c, let v): .object([("reply", .string(c)), ("return", v)])
-        case .view(let j): .object([("view", j)])
-        case .end(let r, let gone): .object([("end", .string(r))] + (gone ? [("peer-gone", .bool(true))] : []))
+        case .snapshot(let j): .object([(Key.snapshot, j)])
+        case .event(let j): .object([(Key.event, j)])
+        case .reply(let c, let v): .object([(Key.reply, .string(c)), (Key.`return`, v)])
+        case .view(let j): .object([(Key.view, j)])
+        case .end(let r, let gone): .object([(Key.end, .string(r))] + (gone ? [(Key.peerGone, .bool(true))] : []))
         }
     }
 
     /// One line of the file: `t` (ns since the start) and the entry; nil when it is not an entry.
     public static func read(line j: JSON) -> (t: UInt64, entry: RecordingEntry)? {
-        guard let t = j["t"]?.uint64Value, let e = RecordingEntry(j) else { return nil }
+        guard let t = j[Key.t]?.uint64Value, let e = RecordingEntry(j) else { return nil }
         return (t, e)
     }
 
     /// The entry as a line of the file, at `t`.
     public func line(t: UInt64) -> JSON {
         guard case .object(let m) = json else { return .null }
-        return .object([("t", .u(t))] + m)
+        return .object([(Key.t, .u(t))] + m)
     }
 
     init?(_ j: JSON) {
-        if let s = j["snapshot"], case .object = s { self = .snapshot(s) }
-        else if let e = j["event"], e["event"]?.stringValue != nil { self = .event(e) }
-        else if let c = j["reply"]?.stringValue, let v = j["return"] { self = .reply(command: c, value: v) }
-        else if let v = j["view"], case .object = v { self = .view(v) }
-        else if let r = j["end"]?.stringValue {
+        if let s = j[Key.snapshot], case .object = s { self = .snapshot(s) }
+        else if let e = j[Key.event], e[Key.event]?.stringValue != nil { self = .event(e) }
+        else if let c = j[Key.reply]?.stringValue, let v = j[Key.`return`] { self = .reply(command: c, value: v) }
+        else if let v = j[Key.view], case .object = v { self = .view(v) }
+        else if let r = j[Key.end]?.stringValue {
             // Recordings made before `peer-gone` existed say it only in the reason's words.
-            self = .end(reason: r, peerGone: j["peer-gone"]?.boolValue ?? r.hasPrefix(RecordingEntry.peerGoneReason))
+            self = .end(reason: r, peerGone: j[Key.peerGone]?.boolValue ?? r.hasPrefix(RecordingEntry.peerGoneReason))
         }
         else { return nil }
     }

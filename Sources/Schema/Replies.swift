@@ -4,6 +4,15 @@ import Foundation
 
 /// `query-vm`.
 public struct VMDescription: SchemaValue, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let name = "name", pid = "pid", vmType = "vm-type", attributeEngine = "attribute-engine"
+        static let sharedAlias = "shared-alias", ramSize = "ram-size", vcpus = "vcpus"
+        static let mutationsAllowed = "mutations-allowed", faultInjectionAllowed = "fault-injection-allowed"
+        static let memoryReadsAllowed = "memory-reads-allowed", faultPolicy = "fault-policy"
+        static let kvmCapabilities = "kvm-capabilities"
+    }
+
     public var name: String?
     public var pid: Int?
     public var vmType: UInt64?
@@ -29,18 +38,18 @@ public struct VMDescription: SchemaValue, Equatable {
     }
 
     public init(json j: JSON) {
-        name = j["name"]?.stringValue
-        pid = j["pid"]?.intValue
-        vmType = j["vm-type"]?.uint64Value
-        attributeEngine = j["attribute-engine"]?.open()
-        sharedAlias = j["shared-alias"]?.intValue
-        ramSize = j["ram-size"]?.uint64Value ?? 0
-        vcpus = j["vcpus"]?.intValue ?? 0
-        mutationsAllowed = j["mutations-allowed"]?.boolValue ?? false
-        faultInjectionAllowed = j["fault-injection-allowed"]?.boolValue ?? false
-        memoryReadsAllowed = j["memory-reads-allowed"]?.boolValue ?? false
-        faultPolicy = j["fault-policy"]?.open()
-        kvmCapabilities = j["kvm-capabilities"]?.objectMembers ?? []
+        name = j[Key.name]?.stringValue
+        pid = j[Key.pid]?.intValue
+        vmType = j[Key.vmType]?.uint64Value
+        attributeEngine = j[Key.attributeEngine]?.open()
+        sharedAlias = j[Key.sharedAlias]?.intValue
+        ramSize = j[Key.ramSize]?.uint64Value ?? 0
+        vcpus = j[Key.vcpus]?.intValue ?? 0
+        mutationsAllowed = j[Key.mutationsAllowed]?.boolValue ?? false
+        faultInjectionAllowed = j[Key.faultInjectionAllowed]?.boolValue ?? false
+        memoryReadsAllowed = j[Key.memoryReadsAllowed]?.boolValue ?? false
+        faultPolicy = j[Key.faultPolicy]?.open()
+        kvmCapabilities = j[Key.kvmCapabilities]?.objectMembers ?? []
     }
 
     public var json: JSON { .object(members(inSnapshot: false)) }
@@ -49,12 +58,12 @@ public struct VMDescription: SchemaValue, Equatable {
     /// `memory-reads-allowed`, `kvm-capabilities`).
     public func members(inSnapshot: Bool) -> [(String, JSON)] {
         let all: [(String, JSON, snapshot: Bool)] = [
-            ("name", .opt(name.map(JSON.string)), true), ("pid", .opt(pid.map(JSON.i)), true),
-            ("vm-type", .opt(vmType.map(JSON.u)), false), ("attribute-engine", .opt(attributeEngine.map(JSON.e)), true),
-            ("shared-alias", .opt(sharedAlias.map(JSON.i)), true), ("ram-size", .u(ramSize), true), ("vcpus", .i(vcpus), true),
-            ("mutations-allowed", .bool(mutationsAllowed), true), ("fault-injection-allowed", .bool(faultInjectionAllowed), true),
-            ("memory-reads-allowed", .bool(memoryReadsAllowed), false), ("fault-policy", .opt(faultPolicy.map(JSON.e)), true),
-            ("kvm-capabilities", .object(kvmCapabilities), false),
+            (Key.name, .opt(name.map(JSON.string)), true), (Key.pid, .opt(pid.map(JSON.i)), true),
+            (Key.vmType, .opt(vmType.map(JSON.u)), false), (Key.attributeEngine, .opt(attributeEngine.map(JSON.e)), true),
+            (Key.sharedAlias, .opt(sharedAlias.map(JSON.i)), true), (Key.ramSize, .u(ramSize), true), (Key.vcpus, .i(vcpus), true),
+            (Key.mutationsAllowed, .bool(mutationsAllowed), true), (Key.faultInjectionAllowed, .bool(faultInjectionAllowed), true),
+            (Key.memoryReadsAllowed, .bool(memoryReadsAllowed), false), (Key.faultPolicy, .opt(faultPolicy.map(JSON.e)), true),
+            (Key.kvmCapabilities, .object(kvmCapabilities), false),
         ]
         return all.filter { !inSnapshot || $0.snapshot }.map { ($0.0, $0.1) }
     }
@@ -64,6 +73,13 @@ public struct VMDescription: SchemaValue, Equatable {
 
 /// One memslot (`query-memslots`' elements).
 public struct Memslot: Sendable, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let slot = "slot", gpa = "gpa", size = "size", asId = "as-id", flags = "flags"
+        static let flagNames = "flag-names", view = "view", backing = "backing"
+        static let guestMemfdOffset = "guest-memfd-offset", userspaceAddr = "userspace-addr"
+    }
+
     public var slot: Int
     public var asID: Int
     public var gpa: UInt64
@@ -83,21 +99,21 @@ public struct Memslot: Sendable, Equatable {
 
     /// nil without `slot`, `gpa` and `size`.
     public init?(json j: JSON) {
-        guard let slot = j["slot"]?.intValue, let gpa = j["gpa"]?.uint64Value, let size = j["size"]?.uint64Value else { return nil }
-        self.init(slot: slot, asID: j["as-id"]?.intValue ?? 0, gpa: gpa, size: size, flags: j["flags"]?.uint64Value ?? 0,
-                  flagNames: j["flag-names"]?.arrayValue?.compactMap(\.stringValue) ?? [],
-                  view: j["view"]?.open() ?? .unknown("?"), backing: j["backing"]?.open() ?? .unknown("?"),
-                  guestMemfdOffset: j["guest-memfd-offset"]?.uint64Value, userspaceAddress: j["userspace-addr"]?.uint64Value ?? 0)
+        guard let slot = j[Key.slot]?.intValue, let gpa = j[Key.gpa]?.uint64Value, let size = j[Key.size]?.uint64Value else { return nil }
+        self.init(slot: slot, asID: j[Key.asId]?.intValue ?? 0, gpa: gpa, size: size, flags: j[Key.flags]?.uint64Value ?? 0,
+                  flagNames: j[Key.flagNames]?.arrayValue?.compactMap(\.stringValue) ?? [],
+                  view: j[Key.view]?.open() ?? .unknown("?"), backing: j[Key.backing]?.open() ?? .unknown("?"),
+                  guestMemfdOffset: j[Key.guestMemfdOffset]?.uint64Value, userspaceAddress: j[Key.userspaceAddr]?.uint64Value ?? 0)
     }
 
     /// The members as the protocol writes them; `slot` is null where the slot number is not KVM's (QEMU's ranges, in
     /// snapshots).
     public func members(slotKnown: Bool = true) -> [(String, JSON)] {
         [
-            ("slot", slotKnown ? .i(slot) : .null), ("as-id", .i(asID)), ("gpa", .u(gpa)), ("size", .u(size)),
-            ("flags", .u(flags)), ("flag-names", .array(flagNames.map(JSON.string))), ("view", .e(view)),
-            ("backing", .e(backing)), ("guest-memfd-offset", .opt(guestMemfdOffset.map(JSON.u))),
-            ("userspace-addr", .u(userspaceAddress)),
+            (Key.slot, slotKnown ? .i(slot) : .null), (Key.asId, .i(asID)), (Key.gpa, .u(gpa)), (Key.size, .u(size)),
+            (Key.flags, .u(flags)), (Key.flagNames, .array(flagNames.map(JSON.string))), (Key.view, .e(view)),
+            (Key.backing, .e(backing)), (Key.guestMemfdOffset, .opt(guestMemfdOffset.map(JSON.u))),
+            (Key.userspaceAddr, .u(userspaceAddress)),
         ]
     }
 
@@ -114,6 +130,11 @@ public struct MemslotList: SchemaValue, Equatable {
 
 /// A run of RAM pages with one attribute, in bytes.
 public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let gpa = "gpa", size = "size", `private` = "private"
+    }
+
     public var gpa: UInt64
     public var size: UInt64
     public var isPrivate: Bool
@@ -123,7 +144,12 @@ public struct AttributeRun: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "[0x\(String(gpa, radix: 16)), 0x\(String(end, radix: 16))) \(isPrivate ? "private" : "shared")"
     }
-    public var json: JSON { .object([("gpa", .u(gpa)), ("size", .u(size)), ("private", .bool(isPrivate))]) }
+    public var json: JSON { .object([(Key.gpa, .u(gpa)), (Key.size, .u(size)), (Key.`private`, .bool(isPrivate))]) }
+    /// nil without any of the three.
+    init?(json r: JSON) {
+        guard let gpa = r[Key.gpa]?.uint64Value, let size = r[Key.size]?.uint64Value, let p = r[Key.`private`]?.boolValue else { return nil }
+        self.init(gpa: gpa, size: size, isPrivate: p)
+    }
 }
 
 /// Member names of `query-memory-attributes`' reply, wherever its figures are written (also `query-metrics`).
@@ -140,10 +166,7 @@ public struct AttributeRuns: SchemaValue, Equatable {
         self.runs = runs; self.privateBytes = privateBytes; self.sharedBytes = sharedBytes
     }
     public init(json j: JSON) {
-        runs = (j[AttributesKey.runs]?.arrayValue ?? []).compactMap { r in
-            guard let gpa = r["gpa"]?.uint64Value, let size = r["size"]?.uint64Value, let p = r["private"]?.boolValue else { return nil }
-            return AttributeRun(gpa: gpa, size: size, isPrivate: p)
-        }
+        runs = (j[AttributesKey.runs]?.arrayValue ?? []).compactMap(AttributeRun.init(json:))
         privateBytes = j[AttributesKey.privateBytes]?.uint64Value ?? 0
         sharedBytes = j[AttributesKey.sharedBytes]?.uint64Value ?? 0
     }
@@ -155,35 +178,46 @@ public struct AttributeRuns: SchemaValue, Equatable {
 
 /// `query-memory-faults`' reply (and `query-snapshot`'s `faults`).
 public struct FaultList: SchemaValue, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let total = "total"
+    }
+
     public var records: [FaultRecord]
     public var total: UInt64
     public var dropped: UInt64
     public init(records: [FaultRecord], total: UInt64, dropped: UInt64) { self.records = records; self.total = total; self.dropped = dropped }
     public init(json j: JSON) {
         records = (j[FaultsKey.records]?.arrayValue ?? []).compactMap(FaultRecord.init)
-        total = j["total"]?.uint64Value ?? 0
+        total = j[Key.total]?.uint64Value ?? 0
         dropped = j[FaultsKey.dropped]?.uint64Value ?? 0
     }
     public var json: JSON {
-        .object([(FaultsKey.records, .array(records.map(\.json))), ("total", .u(total)), (FaultsKey.dropped, .u(dropped))])
+        .object([(FaultsKey.records, .array(records.map(\.json))), (Key.total, .u(total)), (FaultsKey.dropped, .u(dropped))])
     }
 }
 
 /// A segment register (`sregs`' `cs` ... `ss`).
 public struct SegmentRegister: Sendable, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let selector = "selector", base = "base", limit = "limit", type = "type", dpl = "dpl", db = "db"
+        static let l = "l"
+    }
+
     public var selector: UInt64, base: UInt64, limit: UInt64, type: UInt64, dpl: UInt64, db: UInt64, l: UInt64
     public init(selector: UInt64, base: UInt64, limit: UInt64, type: UInt64, dpl: UInt64, db: UInt64, l: UInt64) {
         self.selector = selector; self.base = base; self.limit = limit; self.type = type; self.dpl = dpl; self.db = db; self.l = l
     }
     init?(json j: JSON?) {
-        guard let j, let selector = j["selector"]?.uint64Value else { return nil }
-        self.init(selector: selector, base: j["base"]?.uint64Value ?? 0, limit: j["limit"]?.uint64Value ?? 0,
-                  type: j["type"]?.uint64Value ?? 0, dpl: j["dpl"]?.uint64Value ?? 0, db: j["db"]?.uint64Value ?? 0,
-                  l: j["l"]?.uint64Value ?? 0)
+        guard let j, let selector = j[Key.selector]?.uint64Value else { return nil }
+        self.init(selector: selector, base: j[Key.base]?.uint64Value ?? 0, limit: j[Key.limit]?.uint64Value ?? 0,
+                  type: j[Key.type]?.uint64Value ?? 0, dpl: j[Key.dpl]?.uint64Value ?? 0, db: j[Key.db]?.uint64Value ?? 0,
+                  l: j[Key.l]?.uint64Value ?? 0)
     }
     var json: JSON {
-        .object([("selector", .u(selector)), ("base", .u(base)), ("limit", .u(limit)), ("type", .u(type)), ("dpl", .u(dpl)),
-                 ("db", .u(db)), ("l", .u(l))])
+        .object([(Key.selector, .u(selector)), (Key.base, .u(base)), (Key.limit, .u(limit)), (Key.type, .u(type)), (Key.dpl, .u(dpl)),
+                 (Key.db, .u(db)), (Key.l, .u(l))])
     }
 }
 
@@ -226,6 +260,11 @@ enum VCPUKey {
 /// One vCPU (`query-vcpus`' elements). Exit counts and statistics are named by KVM (exit reasons, binary stats),
 /// registers by x86: kept as ordered pairs.
 public struct VCPUStatus: Sendable, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let sregs = "sregs", error = "error"
+    }
+
     public var index: Int
     public var threadID: Int
     public var state: Open<VCPURunState>
@@ -260,9 +299,9 @@ public struct VCPUStatus: Sendable, Equatable {
         lastExit = j[VCPUKey.lastExit]?.stringValue ?? "-"
         exitCounts = Self.pairs(j[VCPUKey.exitCounts])
         registers = j[VCPUKey.regs]?.objectMembers != nil ? Self.pairs(j[VCPUKey.regs]) : nil
-        specialRegisters = j["sregs"]?.objectMembers != nil ? SpecialRegisters(json: j["sregs"]!) : nil
+        specialRegisters = j[Key.sregs]?.objectMembers != nil ? SpecialRegisters(json: j[Key.sregs]!) : nil
         stats = Self.pairs(j[VCPUKey.stats])
-        error = j["error"]?.stringValue
+        error = j[Key.error]?.stringValue
         guest = Self.pairs(j[VCPUKey.guest])
     }
 
@@ -270,8 +309,8 @@ public struct VCPUStatus: Sendable, Equatable {
         .object([
             (VCPUKey.index, .i(index)), (VCPUKey.threadID, .i(threadID)), (VCPUKey.state, .e(state)),
             (VCPUKey.lastExit, .string(lastExit)), (VCPUKey.exitCounts, Self.object(exitCounts)),
-            (VCPUKey.regs, .opt(registers.map(Self.object))), ("sregs", .opt(specialRegisters?.json)),
-            (VCPUKey.stats, Self.object(stats)), ("error", .opt(error.map(JSON.string))), (VCPUKey.guest, Self.object(guest)),
+            (VCPUKey.regs, .opt(registers.map(Self.object))), (Key.sregs, .opt(specialRegisters?.json)),
+            (VCPUKey.stats, Self.object(stats)), (Key.error, .opt(error.map(JSON.string))), (VCPUKey.guest, Self.object(guest)),
         ])
     }
 
@@ -316,6 +355,11 @@ public struct StateSnapshot: SchemaValue, Equatable {
 
 /// What an injection did (`inject-fault`'s reply and `FAULT_INJECTED`'s data).
 public struct InjectionReport: SchemaValue, Equatable {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let kind = "kind", vcpu = "vcpu", gpa = "gpa", size = "size", detail = "detail"
+    }
+
     public var kind: Open<InjectionKind>
     public var vcpu: Int?
     public var gpa: UInt64?
@@ -325,15 +369,15 @@ public struct InjectionReport: SchemaValue, Equatable {
         self.kind = .known(kind); self.vcpu = vcpu; self.gpa = gpa; self.size = size; self.detail = detail
     }
     public init(json j: JSON) {
-        kind = j["kind"]?.open() ?? .unknown("?")
-        vcpu = j["vcpu"]?.intValue
-        gpa = j["gpa"]?.uint64Value
-        size = j["size"]?.uint64Value
-        detail = j["detail"]?.stringValue ?? ""
+        kind = j[Key.kind]?.open() ?? .unknown("?")
+        vcpu = j[Key.vcpu]?.intValue
+        gpa = j[Key.gpa]?.uint64Value
+        size = j[Key.size]?.uint64Value
+        detail = j[Key.detail]?.stringValue ?? ""
     }
     public var json: JSON {
-        .object([("kind", .e(kind)), ("vcpu", .opt(vcpu.map(JSON.i))), ("gpa", .opt(gpa.map(JSON.u))),
-                 ("size", .opt(size.map(JSON.u))), ("detail", .string(detail))])
+        .object([(Key.kind, .e(kind)), (Key.vcpu, .opt(vcpu.map(JSON.i))), (Key.gpa, .opt(gpa.map(JSON.u))),
+                 (Key.size, .opt(size.map(JSON.u))), (Key.detail, .string(detail))])
     }
 }
 
@@ -342,13 +386,14 @@ public struct InjectionReport: SchemaValue, Equatable {
 public enum ReplyShape: Sendable, Equatable {
     case snapshot, vm, attributes, memslots, vcpus
 
+    /// By a member only that reply has (each spelled where its type spells it).
     public init?(of r: JSON) {
-        if r["vm"] != nil { self = .snapshot }
-        else if r["ram-size"] != nil || r["vcpus"] != nil { self = .vm }
-        else if r["runs"] != nil { self = .attributes }
+        if r[SnapshotKey.vm] != nil { self = .snapshot }
+        else if r[VMDescription.Key.ramSize] != nil || r[VMDescription.Key.vcpus] != nil { self = .vm }
+        else if r[AttributesKey.runs] != nil { self = .attributes }
         else if let first = r.arrayValue?.first {
-            if first["slot"] != nil { self = .memslots }
-            else if first["exit-counts"] != nil || first["state"] != nil { self = .vcpus }
+            if first[Memslot.Key.slot] != nil { self = .memslots }
+            else if first[VCPUKey.exitCounts] != nil || first[VCPUKey.state] != nil { self = .vcpus }
             else { return nil }
         } else { return nil }
     }

@@ -2,13 +2,26 @@
 /// the protocol's types where it carries them (memslots, attribute runs, fault records), and the members it adds,
 /// spelled here.
 public enum SnapshotFormat {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let kind = "kind", file = "file", offsetNs = "offset-ns", libvirtState = "libvirt-state"
+        static let libvirtFacts = "libvirt-facts", qemuVersion = "qemu-version", runState = "run-state"
+        static let accelerator = "accelerator", machine = "machine", arch = "arch", privatePages = "private-pages"
+        static let sharedPages = "shared-pages", region = "region", regionOffset = "region-offset"
+        static let device = "device", limit = "limit", received = "received", eventsDropped = "events-dropped"
+        static let exits = "exits", segments = "segments", controlRegisters = "control-registers", format = "format"
+        static let version = "version", takenAtNs = "taken-at-ns", origin = "origin", peer = "peer", vm = "vm"
+        static let memslots = "memslots", attributes = "attributes", faults = "faults", vcpus = "vcpus"
+        static let vmStats = "vm-stats", unavailable = "unavailable"
+    }
+
     public static let format = "vmscope-snapshot"
     public static let version = 1
 
     /// Where the content came from: `live`, or a recording replayed to `offsetNs`.
     public static func origin(recordingFile: String?, offsetNs: UInt64) -> JSON {
-        guard let file = recordingFile else { return .object([("kind", .string("live"))]) }
-        return .object([("kind", .string("recording")), ("file", .string(file)), ("offset-ns", .u(offsetNs))])
+        guard let file = recordingFile else { return .object([(Key.kind, .string("live"))]) }
+        return .object([(Key.kind, .string("recording")), (Key.file, .string(file)), (Key.offsetNs, .u(offsetNs))])
     }
 
     /// A stock QEMU's own facts, beside what `query-vm` says.
@@ -27,24 +40,24 @@ public enum SnapshotFormat {
         func s(_ v: String?) -> JSON { .opt(v.map(JSON.string)) }
         // libvirt's members only for a libvirt domain (snapshots of other peers are as before).
         let libvirt: [(String, JSON)] = q.libvirtState == nil && q.libvirtFacts == nil ? []
-            : [("libvirt-state", s(q.libvirtState)), ("libvirt-facts", s(q.libvirtFacts))]
+            : [(Key.libvirtState, s(q.libvirtState)), (Key.libvirtFacts, s(q.libvirtFacts))]
         return .object(d.members(inSnapshot: true) + [
-            ("qemu-version", s(q.version)), ("run-state", s(q.runState)), ("accelerator", s(q.accelerator)),
-            ("machine", s(q.machine)), ("arch", s(q.arch)),
+            (Key.qemuVersion, s(q.version)), (Key.runState, s(q.runState)), (Key.accelerator, s(q.accelerator)),
+            (Key.machine, s(q.machine)), (Key.arch, s(q.arch)),
         ] + libvirt)
     }
 
     public static func memslot(_ m: Memslot, slotKnown: Bool, privatePages: UInt64, sharedPages: UInt64, region: String?,
                                regionOffset: UInt64?, device: String?) -> JSON {
         .object(m.members(slotKnown: slotKnown) + [
-            ("private-pages", .u(privatePages)), ("shared-pages", .u(sharedPages)), ("region", .opt(region.map(JSON.string))),
-            ("region-offset", .opt(regionOffset.map(JSON.u))), ("device", .opt(device.map(JSON.string))),
+            (Key.privatePages, .u(privatePages)), (Key.sharedPages, .u(sharedPages)), (Key.region, .opt(region.map(JSON.string))),
+            (Key.regionOffset, .opt(regionOffset.map(JSON.u))), (Key.device, .opt(device.map(JSON.string))),
         ])
     }
 
     public static func faults(_ records: [FaultRecord], limit: Int, received: UInt64, dropped: UInt64, eventsDropped: UInt64) -> JSON {
-        .object([(FaultsKey.records, .array(records.map(\.json))), ("limit", .i(limit)), ("received", .u(received)),
-                 (FaultsKey.dropped, .u(dropped)), ("events-dropped", .u(eventsDropped))])
+        .object([(FaultsKey.records, .array(records.map(\.json))), (Key.limit, .i(limit)), (Key.received, .u(received)),
+                 (FaultsKey.dropped, .u(dropped)), (Key.eventsDropped, .u(eventsDropped))])
     }
 
     static func pairs(_ p: [(String, UInt64)]) -> JSON { .object(p.map { ($0.0, .u($0.1)) }) }
@@ -54,8 +67,8 @@ public enum SnapshotFormat {
                             controlRegisters: [(String, UInt64)], stats: [(String, UInt64)], guest: [(String, UInt64)]) -> JSON {
         .object([
             (VCPUKey.index, .i(index)), (VCPUKey.threadID, .i(threadID)), (VCPUKey.state, .e(state)),
-            (VCPUKey.lastExit, .string(lastExit)), ("exits", .u(exits)), (VCPUKey.exitCounts, pairs(exitCounts)),
-            (VCPUKey.regs, pairs(registers)), ("segments", pairs(segments)), ("control-registers", pairs(controlRegisters)),
+            (VCPUKey.lastExit, .string(lastExit)), (Key.exits, .u(exits)), (VCPUKey.exitCounts, pairs(exitCounts)),
+            (VCPUKey.regs, pairs(registers)), (Key.segments, pairs(segments)), (Key.controlRegisters, pairs(controlRegisters)),
             (VCPUKey.stats, pairs(stats)), (VCPUKey.guest, pairs(guest)),
         ])
     }
@@ -63,10 +76,10 @@ public enum SnapshotFormat {
     public static func document(takenAtWallNs: UInt64, origin: JSON, peer: String?, vm: JSON, memslots: [JSON], attributes: JSON,
                                 faults: JSON, vcpus: [JSON], vmStats: [(String, UInt64)], unavailable: [(String, String)]) -> JSON {
         .object([
-            ("format", .string(format)), ("version", .i(version)), ("taken-at-ns", .u(takenAtWallNs)),
-            ("origin", origin), ("peer", .opt(peer.map(JSON.string))), ("vm", vm), ("memslots", .array(memslots)),
-            ("attributes", attributes), ("faults", faults), ("vcpus", .array(vcpus)), ("vm-stats", pairs(vmStats)),
-            ("unavailable", .object(unavailable.map { ($0.0, .string($0.1)) })),
+            (Key.format, .string(format)), (Key.version, .i(version)), (Key.takenAtNs, .u(takenAtWallNs)),
+            (Key.origin, origin), (Key.peer, .opt(peer.map(JSON.string))), (Key.vm, vm), (Key.memslots, .array(memslots)),
+            (Key.attributes, attributes), (Key.faults, faults), (Key.vcpus, .array(vcpus)), (Key.vmStats, pairs(vmStats)),
+            (Key.unavailable, .object(unavailable.map { ($0.0, .string($0.1)) })),
         ])
     }
 }
@@ -102,31 +115,31 @@ extension SnapshotFormat {
         static func pairs(_ j: JSON?) -> [(String, UInt64)] { (j?.objectMembers ?? []).compactMap { k, v in v.uint64Value.map { (k, $0) } } }
 
         public init(json j: JSON) {
-            let v = j["vm"] ?? .null
+            let v = j[Key.vm] ?? .null
             vm = VMDescription(json: v)
             func s(_ key: String) -> String? { v[key]?.stringValue }
-            qemu = QEMUFacts(version: s("qemu-version"), runState: s("run-state"), accelerator: s("accelerator"),
-                             machine: s("machine"), arch: s("arch"))
-            memslots = (j["memslots"]?.arrayValue ?? []).compactMap { m in
+            qemu = QEMUFacts(version: s(Key.qemuVersion), runState: s(Key.runState), accelerator: s(Key.accelerator),
+                             machine: s(Key.machine), arch: s(Key.arch))
+            memslots = (j[Key.memslots]?.arrayValue ?? []).compactMap { m in
                 // QEMU's ranges have no KVM slot number (null): read as slot 0, not known.
-                let known = m["slot"]?.intValue != nil
-                let members = (m.objectMembers ?? []).map { $0.0 == "slot" && !known ? ($0.0, JSON.i(0)) : $0 }
+                let known = m[Memslot.Key.slot]?.intValue != nil
+                let members = (m.objectMembers ?? []).map { $0.0 == Memslot.Key.slot && !known ? ($0.0, JSON.i(0)) : $0 }
                 guard let slot = Memslot(json: .object(members)) else { return nil }
-                return Slot(memslot: slot, slotKnown: known, privatePages: m["private-pages"]?.uint64Value ?? 0,
-                            sharedPages: m["shared-pages"]?.uint64Value ?? 0, region: m["region"]?.stringValue,
-                            regionOffset: m["region-offset"]?.uint64Value, device: m["device"]?.stringValue)
+                return Slot(memslot: slot, slotKnown: known, privatePages: m[Key.privatePages]?.uint64Value ?? 0,
+                            sharedPages: m[Key.sharedPages]?.uint64Value ?? 0, region: m[Key.region]?.stringValue,
+                            regionOffset: m[Key.regionOffset]?.uint64Value, device: m[Key.device]?.stringValue)
             }
-            if let a = j["attributes"], case .object = a { attributes = AttributeRuns(json: a) } else { attributes = nil }
-            vcpus = (j["vcpus"]?.arrayValue ?? []).compactMap { c in
+            if let a = j[Key.attributes], case .object = a { attributes = AttributeRuns(json: a) } else { attributes = nil }
+            vcpus = (j[Key.vcpus]?.arrayValue ?? []).compactMap { c in
                 guard let index = c[VCPUKey.index]?.intValue else { return nil }
                 return VCPU(index: index, threadID: c[VCPUKey.threadID]?.intValue ?? 0, state: c[VCPUKey.state]?.open() ?? .unknown("?"),
-                            lastExit: c[VCPUKey.lastExit]?.stringValue ?? "-", exits: c["exits"]?.uint64Value ?? 0,
+                            lastExit: c[VCPUKey.lastExit]?.stringValue ?? "-", exits: c[Key.exits]?.uint64Value ?? 0,
                             exitCounts: Self.pairs(c[VCPUKey.exitCounts]), registers: Self.pairs(c[VCPUKey.regs]),
-                            segments: Self.pairs(c["segments"]), controlRegisters: Self.pairs(c["control-registers"]),
+                            segments: Self.pairs(c[Key.segments]), controlRegisters: Self.pairs(c[Key.controlRegisters]),
                             stats: Self.pairs(c[VCPUKey.stats]), guest: Self.pairs(c[VCPUKey.guest]))
             }
-            vmStats = Self.pairs(j["vm-stats"])
-            unavailable = (j["unavailable"]?.objectMembers ?? []).compactMap { k, v in v.stringValue.map { (k, $0) } }
+            vmStats = Self.pairs(j[Key.vmStats])
+            unavailable = (j[Key.unavailable]?.objectMembers ?? []).compactMap { k, v in v.stringValue.map { (k, $0) } }
         }
     }
 }

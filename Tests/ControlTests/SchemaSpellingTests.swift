@@ -81,6 +81,43 @@ import Testing
         #expect(testable.isEmpty, "sources that would read around the rule: \(testable)")
     }
 
+    /// Issue 30's "each member name spelled once in fact": inside Schema a member's name is written only in its
+    /// type's table (`enum Key { static let … }`, or a table several replies share such as `VCPUKey`), and decoding
+    /// (`j[Key.gpa]`), encoding (`(Key.gpa, .u(gpa))`) and the server's reading of arguments (`a.uint64(Key.gpa)`)
+    /// all name it from there, so the two directions cannot drift apart.
+    @Test func schemaTypesNameTheirMembersFromOneTable() throws {
+        let dir = Self.root.appendingPathComponent("Sources/Schema")
+        var found: [String] = []
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() where f.hasSuffix(".swift") {
+            let text = try String(contentsOf: dir.appendingPathComponent(f), encoding: .utf8)
+            found += Self.literalMembers(in: text).map { "Sources/Schema/\(f):\($0)" }
+        }
+        #expect(found.isEmpty, "member names spelled outside their type's table:\n\(found.joined(separator: "\n"))")
+        // It finds what it is for: the lines as they were before.
+        let before = """
+                name = j["name"]?.stringValue
+                ("vm-type", .opt(vmType.map(JSON.u)), false), ("slot", slotKnown ? .i(slot) : .null),
+                gpa = try a.uint64("gpa")
+            case UInt8(ascii: "t"): return try literal("true", .bool(true))
+            """
+        #expect(Self.literalMembers(in: before).map { $0.components(separatedBy: ": ").last ?? "" } == ["\"name\"", "\"vm-type\"", "\"slot\"", "\"gpa\""])
+    }
+
+    /// Lines (number: literal) where a string literal is used as a JSON member in code: a subscript, a member tuple's
+    /// name, an argument read; not in comments, and not in the tables (`static let`).
+    static func literalMembers(in text: String) -> [String] {
+        let uses = [/\["([A-Za-z][A-Za-z0-9_-]*)"\]/, /(?:^|[^A-Za-z0-9_])\(\s*"([A-Za-z][A-Za-z0-9_-]*)"\s*,/,
+                    /\ba\.[a-zA-Z0-9]+\(\s*"([A-Za-z][A-Za-z0-9_-]*)"/]
+        var out: [String] = []
+        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let code = line.trimmingCharacters(in: .whitespaces)
+            if code.hasPrefix("//") || code.hasPrefix("static let ") { continue }
+            let beforeComment = code.components(separatedBy: " // ").first ?? code
+            for re in uses { for m in beforeComment.matches(of: re) { out.append("\(n + 1): \"\(m.1)\"") } }
+        }
+        return out
+    }
+
     /// The check finds what it is for: a line as the old inspector wrote it.
     @Test func theCheckWouldCatchTheOldSpelling() throws {
         let names = try Self.schemaNames()
