@@ -104,21 +104,44 @@ public func liveBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm")
     return results
 }
 
-/// Median `query-status` round trip to a QEMU started for the purpose (paused, no devices), or nil without QEMU.
+/// The round-trip benchmarks' peer: a QEMU started for the purpose (paused, no devices) and a client of its QMP
+/// socket, whose `query-status` is the baseline of a control-socket round trip.
+struct QEMUStatusPeer {
+    let qemu: QEMUInstance
+    let client: ControlClient
+    /// nil without QEMU, or when it did not start or answer.
+    init?() {
+        guard QEMUInstance.binary != nil,
+              let qemu = try? QEMUInstance(arguments: ["-machine", "pc", "-m", "64", "-nodefaults", "-S"]) else { return nil }
+        guard let client = try? ControlClient(path: qemu.qmpSockets[0]) else { qemu.stop(); return nil }
+        self.qemu = qemu
+        self.client = client
+    }
+    /// One `query-status` round trip, in ms.
+    func roundTrip() throws -> Double {
+        let t = nowNs()
+        _ = try client.execute(QEMUQMP.Command.queryStatus.rawValue)
+        return Double(nowNs() - t) / 1e6
+    }
+    var version: String { if case .qemu(let v, _) = client.peer { v } else { "?" } }
+    /// What the baseline is, for a result's note.
+    var what: String {
+        "QEMU \(version) (-accel \(qemu.accelerator)\(qemu.fallbackReason.map { " (\($0))" } ?? "")) query-status over its QMP socket, same client code"
+    }
+    func stop() {
+        client.close()
+        qemu.stop()
+    }
+}
+
+/// Median `query-status` round trip to a `QEMUStatusPeer`, or nil without QEMU.
 func qemuStatusRoundTrip(repetitions: Int) -> (ms: Double, what: String)? {
-    guard QEMUInstance.binary != nil,
-          let qemu = try? QEMUInstance(arguments: ["-machine", "pc", "-m", "64", "-nodefaults", "-S"]) else { return nil }
-    defer { qemu.stop() }
-    guard let client = try? ControlClient(path: qemu.qmpSockets[0]) else { return nil }
-    defer { client.close() }
+    guard let peer = QEMUStatusPeer() else { return nil }
+    defer { peer.stop() }
     var times: [Double] = []
     for _ in 0..<repetitions {
-        let t = nowNs()
-        guard (try? client.execute("query-status")) != nil else { break }
-        times.append(Double(nowNs() - t) / 1e6)
+        guard let ms = try? peer.roundTrip() else { break }
+        times.append(ms)
     }
-    guard !times.isEmpty else { return nil }
-    let version = if case .qemu(let v, _) = client.peer { v } else { "?" }
-    let fallback = qemu.fallbackReason.map { " (\($0))" } ?? ""
-    return (median(times), "QEMU \(version) (-accel \(qemu.accelerator)\(fallback)) query-status over its QMP socket, same client code")
+    return times.isEmpty ? nil : (median(times), peer.what)
 }

@@ -146,13 +146,10 @@ func timedRun(_ argv: [String], dir: String, name: String) throws -> (status: In
 /// Debian has without stress-ng). Medians and p99; the conversion's p99 under load has the target (5 ms), and
 /// its time is split into the VMM's own conversion (`duration-ns` in the reply) and the rest (socket, scheduling).
 public func protocolRoundTripBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm") throws -> [BenchResult] {
-    guard QEMUInstance.binary != nil, let qemu = try? QEMUInstance(arguments: ["-machine", "pc", "-m", "64", "-nodefaults", "-S"]) else {
+    guard let peer = QEMUStatusPeer() else {
         return [BenchResult(name: "rtt-convert-loaded-p99-ms", value: .nan, unit: "ms", note: "skipped: qemu-system-x86_64 is not installed or did not start")]
     }
-    defer { qemu.stop() }
-    let qmp = try ControlClient(path: qemu.qmpSockets[0])
-    defer { qmp.close() }
-    let version = if case .qemu(let v, _) = qmp.peer { v } else { "?" }
+    defer { peer.stop() }
     let vm = try liveVM(devicePath: devicePath) { _ in }
     defer { vm.stop() }
     let client = try ControlClient(path: vm.path)
@@ -172,10 +169,8 @@ public func protocolRoundTripBenchmarks(_ sizes: BenchSizes, devicePath: String 
         defer { for h in hogs { _ = h.terminate(grace: 1) } }
         var status: [Double] = [], query: [Double] = [], convert: [Double] = [], own: [Double] = [], faults: [Double] = []
         for i in 0..<n {
+            status.append(try peer.roundTrip())
             var t = nowNs()
-            _ = try qmp.execute(QEMUQMP.Command.queryStatus.rawValue)
-            status.append(Double(nowNs() - t) / 1e6)
-            t = nowNs()
             _ = try client.run(QueryVM())
             query.append(Double(nowNs() - t) / 1e6)
             t = nowNs()
@@ -190,7 +185,7 @@ public func protocolRoundTripBenchmarks(_ sizes: BenchSizes, devicePath: String 
         let tag = loaded ? "loaded" : "quiet"
         let load = loaded ? "every core busy (\(hogs.count) shell loops)" : "a quiet machine"
         let base = BenchResult(name: "rtt-qemu-status-\(tag)-ms", value: median(status), unit: "ms",
-                               note: "baseline: QEMU \(version) (-accel \(qemu.accelerator)) query-status over its QMP socket, same client code, \(load); \(spread(status))")
+                               note: "baseline: \(peer.what), \(load); \(spread(status))")
         results.append(base)
         results.append(BenchResult(name: "rtt-query-vm-\(tag)-ms", value: median(query), unit: "ms", baseline: base,
                                    note: "vmscope query-vm, \(load); \(spread(query))"))
