@@ -7,7 +7,7 @@ import ProcessSupport
 /// idling). The added cost is attached minus the median of the windows alone on either side, so a drift in
 /// the guest's own cost cancels. (This was a timed unit test until a loaded CI machine showed a QEMU that
 /// "settled" at 27% of a core alone: a figure, not a behaviour; the poll schedule itself is unit-tested with
-/// a fake clock in QEMUTests.)
+/// a fake clock in QEMUPollerTests.)
 public func qemuPollingBenchmarks(_ sizes: BenchSizes, vmscope: String) throws -> [BenchResult] {
     guard QEMUInstance.binary != nil else {
         return [BenchResult(name: "qemu-poll-added-cpu-pct-paused", value: .nan, unit: "%", note: "skipped: qemu-system-x86_64 is not installed")]

@@ -88,7 +88,12 @@ public struct InspectorModel: Sendable {
         /// (nil: a page size the ABI does not define), direction (nil: unclear), and when (trace clock).
         public var pendingRequests: [PendingRequest] = []
         /// The guest's requests answered so far, by outcome (`GuestRequestTracker.Request.Outcome`'s words).
-        public var answeredRequests: [(outcome: String, count: UInt64)] = []
+        public var answeredRequests: [AnsweredRequests] = []
+        public struct AnsweredRequests: Sendable, Equatable {
+            public var outcome: String
+            public var count: UInt64
+            public init(_ outcome: String, _ count: UInt64) { self.outcome = outcome; self.count = count }
+        }
         public struct PendingRequest: Sendable, Equatable {
             public var gfns: Range<UInt64>?
             public var toPrivate: Bool?
@@ -96,12 +101,6 @@ public struct InspectorModel: Sendable {
             public init(gfns: Range<UInt64>?, toPrivate: Bool?, requestedNs: UInt64) {
                 self.gfns = gfns; self.toPrivate = toPrivate; self.requestedNs = requestedNs
             }
-        }
-        public static func == (a: TracedMapState, b: TracedMapState) -> Bool {
-            a.unknown == b.unknown && a.pages == b.pages && a.applied == b.applied && a.refused == b.refused
-                && a.lastRefusal == b.lastRefusal && a.complete == b.complete && a.pendingRequests == b.pendingRequests
-                && a.answeredRequests.map(\.outcome) == b.answeredRequests.map(\.outcome)
-                && a.answeredRequests.map(\.count) == b.answeredRequests.map(\.count)
         }
         /// The pending request covering `gfn`, if any.
         public func pendingRequest(at gfn: UInt64) -> PendingRequest? {

@@ -240,7 +240,7 @@ public final class TraceSource: VMSource {
                                               sharedBytes: v.known.filter { !$0.isPrivate }.reduce(0) { $0 &+ ($1.end - $1.start) << 12 }))
         var t = InspectorModel.TracedMapState(unknown: v.unknown, pages: top, applied: a.applied, refused: a.refused, lastRefusal: lastRefusal, complete: a.complete)
         t.pendingRequests = requests.pendingRequests.map { .init(gfns: $0.gfns, toPrivate: $0.range.toPrivate, requestedNs: $0.requestedNs) }
-        t.answeredRequests = GuestRequestTracker.Request.Outcome.allCases.compactMap { o in requests.ended[o].map { (o.words, $0) } }
+        t.answeredRequests = GuestRequestTracker.Request.Outcome.allCases.compactMap { o in requests.ended[o].map { .init(o.words, $0) } }
         model.tracedMap = t
     }
 

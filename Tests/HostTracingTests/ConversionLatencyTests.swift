@@ -88,68 +88,6 @@ import Testing
     }
 }
 
-/// The per-CPU buffers are read one after another: a thread that moved between CPUs had its events out of order, and
-/// the lab paired a conversion with a KVM_RUN entry from before its exit. A read is merged by timestamp, stably.
-struct TimeOrderTests {
-    @Test func eventsOfTwoCPUsComeOutInTimeOrderWithTheirRawRecords() {
-        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: 7, cpu: cpu, timeNs: t, kind: .other(name: "e\(t)")) }
-        let events = [e(0, 10), e(0, 30), e(0, 30), e(1, 20), e(1, 40)]
-        let raw = events.map { RawTraceRecord(cpu: $0.cpu, timeNs: $0.timeNs, data: [UInt8(truncatingIfNeeded: $0.timeNs)]) }
-        let (sorted, sortedRaw) = TraceSession.inTimeOrder(events, raw: raw)
-        #expect(sorted.map(\.timeNs) == [10, 20, 30, 30, 40])
-        #expect(sorted.map(\.cpu) == [0, 1, 0, 0, 1])
-        #expect(sortedRaw?.map(\.timeNs) == [10, 20, 30, 30, 40])
-        #expect(TraceSession.inTimeOrder([e(0, 1), e(1, 2)], raw: nil).0.map(\.timeNs) == [1, 2])
-    }
-
-    /// Seen in a full run: the host's to-shared conversion of a page, traced on one CPU, came a read after the
-    /// vCPU's newer to-private of it (read from the other CPU's buffer), and the traced map ended shared, which the
-    /// VMM's map was not. An event is given out only once no read can bring an older one.
-    @Test func eventsComeOutInTimeOrderAcrossReads() {
-        let ms: UInt64 = 1_000_000
-        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: cpu, cpu: cpu, timeNs: t * ms, kind: .other(name: "e\(t)")) }
-        var release = TimeOrderedRelease()
-        var out: [TraceEvent] = []
-        // The first read begins at 100 ms: CPU 0's buffer is read (empty), then CPU 1's, which by then holds an
-        // event from 101 ms, and one from 50 ms.
-        out += release.take([e(1, 50), e(1, 101)], raw: nil, readStartedNs: 100 * ms, final: false).0
-        #expect(out.map(\.timeNs) == [50 * ms], "101 ms is newer than the read's start: CPU 0 may still have older ones")
-        #expect(release.held.count == 1)
-        // CPU 0's event from 99 ms (written as CPU 0 was read) comes in the second read, with newer ones.
-        out += release.take([e(0, 99), e(0, 160), e(1, 170)], raw: nil, readStartedNs: 200 * ms, final: false).0
-        #expect(out.map(\.timeNs) == [50, 99, 101, 160, 170].map { $0 * ms })
-        // What is within the hold-back of the read's start waits; a final read gives out everything, in order.
-        out += release.take([e(1, 199), e(0, 198)], raw: nil, readStartedNs: 199 * ms + 1, final: false).0
-        #expect(out.count == 5)
-        out += release.take([], raw: nil, readStartedNs: 300 * ms, final: true).0
-        #expect(out.map(\.timeNs) == [50, 99, 101, 160, 170, 198, 199].map { $0 * ms })
-        #expect(release.held.isEmpty)
-    }
-
-    /// An event written later than the hold-back allows (the L1 vCPU writing it descheduled by its host, in the
-    /// lab) still comes out, after newer ones, and is counted: `TracedAttributes` orders conversions itself.
-    @Test func anEventLaterThanTheHoldBackIsGivenOutAndCounted() {
-        let ms: UInt64 = 1_000_000
-        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t * ms, kind: .other(name: "e\(t)")) }
-        var release = TimeOrderedRelease()
-        let first = release.take([e(50), e(90)], raw: nil, readStartedNs: 100 * ms, final: false).0
-        #expect(first.map(\.timeNs) == [50 * ms, 90 * ms] && release.late == 0)
-        let second = release.take([e(60), e(150)], raw: nil, readStartedNs: 200 * ms, final: false).0
-        #expect(second.map(\.timeNs) == [60 * ms, 150 * ms] && release.late == 1)
-    }
-
-    @Test func rawRecordsAreHeldWithTheirEventsAndAnotherClockHoldsNothing() {
-        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t, kind: .other(name: "e")) }
-        func r(_ t: UInt64) -> RawTraceRecord { RawTraceRecord(cpu: 0, timeNs: t, data: [UInt8(t % 256)]) }
-        var release = TimeOrderedRelease()
-        let now: UInt64 = 10_000_000
-        let first = release.take([e(now - 1), e(1)], raw: [r(now - 1), r(1)], readStartedNs: now, final: false)
-        #expect(first.0.map(\.timeNs) == [1] && first.1?.map(\.timeNs) == [1])
-        let second = release.take([e(now + 5)], raw: [r(now + 5)], readStartedNs: nil, final: false)
-        #expect(second.0.map(\.timeNs) == [now - 1, now + 5] && second.1?.map(\.timeNs) == [now - 1, now + 5])
-    }
-}
-
 extension ConversionLatencyTests {
     /// Seen in the lab: a thread's events from another CPU's buffer arrive a read later. An exit newer than the
     /// conversion is not its exit, and a KVM_RUN entry older than its return is not its re-entry.
@@ -169,23 +107,3 @@ extension ConversionLatencyTests {
     }
 }
 
-/// A tracer reads every 100 ms while few events come, sooner as the stream nears what fills the kernel's buffer
-/// between reads, and slows down again after.
-struct TracePacerTests {
-    @Test func aLightStreamIsReadSeldomAndAHeavyOneSooner() {
-        var pacer = TracePacer(bufferKiB: 4096)
-        #expect(pacer.busyEvents == 8192)
-        for _ in 0..<10 { #expect(pacer.next(afterReading: 50) == TracePacer.longestNs) }
-        var last = TracePacer.longestNs
-        for _ in 0..<20 {
-            let next = pacer.next(afterReading: 20_000)
-            #expect(next <= last && next >= TracePacer.shortestNs)
-            last = next
-        }
-        #expect(last == TracePacer.shortestNs)
-        // Between a quarter and all of busyEvents: kept; fewer: slower again, up to the longest.
-        #expect(pacer.next(afterReading: 4096) == last)
-        for _ in 0..<20 { last = pacer.next(afterReading: 0) }
-        #expect(last == TracePacer.longestNs)
-    }
-}

@@ -52,6 +52,21 @@ import Testing
         return seen
     }
 
+    /// Issue 30: test suites named unlike their files were hard to find (and the lab's `--filter RealVMTests` took
+    /// the other suites of RealVMTests.swift through their ids' file names). One suite per file, named as it.
+    @Test func eachSuiteIsInAFileOfItsName() throws {
+        let tests = Self.root.appendingPathComponent("Tests")
+        var wrong: [String] = []
+        for f in FileManager.default.enumerator(atPath: tests.path)!.compactMap({ $0 as? String }) where f.hasSuffix(".swift") {
+            let text = try String(contentsOf: tests.appendingPathComponent(f), encoding: .utf8)
+            let base = URL(fileURLWithPath: f).deletingPathExtension().lastPathComponent
+            for m in text.matches(of: /(?m)^(?:@Suite[^\n]*\s+)?struct (\w+(?:Tests|Checks))\b/) where String(m.1) != base {
+                wrong.append("Tests/\(f): \(m.1)")
+            }
+        }
+        #expect(wrong.isEmpty, "suites in a file of another name:\n\(wrong.joined(separator: "\n"))")
+    }
+
     @Test func tiersRunOneWay() throws {
         let g = try Self.localGraph()
         try #require(g["HostTracing"] != nil && g["Exporter"] != nil && g["Inspector"] != nil, "Package.swift read: \(g.keys.sorted())")

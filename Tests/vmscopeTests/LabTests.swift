@@ -95,16 +95,19 @@ struct LabTests {
         #expect(failing.status == 7)
     }
 
-    /// Runs this package's test suite `suite` inside the lab (the same bundle, through 9p); expects it to pass with
-    /// `tests` tests and returns its output, escape sequences opened.
-    func runSuiteInsideTheLab(_ suite: String, tests: String, kernel: Lab.Kernel = .preferred,
+    /// Runs this package's test suite `suite` (and `others`) inside the lab (the same bundle, through 9p); expects
+    /// each to pass, `tests` tests in all, and returns the output, escape sequences opened.
+    func runSuiteInsideTheLab(_ suite: String, and others: [String] = [], tests: String, kernel: Lab.Kernel = .preferred,
                               sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
         let bundle = Binary.url.deletingLastPathComponent().appendingPathComponent("vmscopePackageTests.xctest").path
+        let filters = ([suite] + others).flatMap { ["--filter", $0] }
         let r = try runProcess(Binary.url.path, ["lab", "exec", "--kernel", kernel.rawValue, "--timeout", "900", "--", bundle,
-                                                 "--testing-library", "swift-testing", "--filter", suite])
+                                                 "--testing-library", "swift-testing"] + filters)
         let plain = (r.stdout + r.stderr).replacingOccurrences(of: "\u{1B}[", with: "[")
         #expect(r.status == 0, "\(plain.suffix(4000))", sourceLocation: sourceLocation)
-        #expect(plain.contains("Suite \(suite) passed"), "\(plain.suffix(4000))", sourceLocation: sourceLocation)
+        for s in [suite] + others {
+            #expect(plain.contains("Suite \(s) passed"), "\(plain.suffix(4000))", sourceLocation: sourceLocation)
+        }
         #expect(plain.contains("with \(tests)"), "\(plain.suffix(4000))", sourceLocation: sourceLocation)
         // CI's log says what ran in the lab, and under which capability set (HostKVM's line, printed in there).
         let caps = plain.split(separator: "\n").first { $0.contains("host KVM for the tests:") }.map { " under " + $0.replacingOccurrences(of: "host KVM for the tests: ", with: "") } ?? ""
@@ -115,8 +118,7 @@ struct LabTests {
     /// The guest_memfd paths of the KVM tests (issue 26): where this host's KVM has no guest_memfd they skip here,
     /// naming the capability, and run inside the lab, where a VM type offers it (6.12: KVM_X86_SW_PROTECTED_VM).
     @Test func guestMemfdKVMTestsRunInsideTheLab() throws {
-        // The filter takes RealVMTests.swift's three suites: AssemblerTests, RealVMTests and BadInputTests.
-        let plain = try runSuiteInsideTheLab("RealVMTests", tests: "13 tests in 3 suites")
+        let plain = try runSuiteInsideTheLab("RealVMTests", and: ["AssemblerTests", "BadInputTests"], tests: "13 tests in 3 suites")
         #expect(plain.contains("RealVMTests: second memslot: guest_memfd"), "\(plain.suffix(4000))")
         #expect(plain.contains("Suite BadInputTests passed"), "\(plain.suffix(4000))")
         // The guest_memfd tests ran there (they are not among the skipped).
@@ -148,7 +150,7 @@ struct LabTests {
     func theOtherKernelRunsTheKernelLevelSuites() throws {
         let other: Lab.Kernel = Lab.Kernel.preferred == .v6_12 ? .v7_3 : .v6_12
         try #require(Lab.unavailable(other) == nil, "\(Lab.unavailable(other) ?? "")")
-        _ = try runSuiteInsideTheLab("RealVMTests", tests: "13 tests in 3 suites", kernel: other)
+        _ = try runSuiteInsideTheLab("RealVMTests", and: ["AssemblerTests", "BadInputTests"], tests: "13 tests in 3 suites", kernel: other)
         _ = try runSuiteInsideTheLab("SWProtectedVMTests", tests: "5 tests", kernel: other)
         let inLab = try runSuiteInsideTheLab("InLabTests", tests: "2 tests", kernel: other)
         for line in inLab.split(separator: "\n") where line.contains("InLabTests: ") { print("\(other): \(line)") }
@@ -403,36 +405,3 @@ func eventuallyTrue(_ seconds: Double, _ condition: () -> Bool) -> Bool {
     return condition()
 }
 
-/// Where the lab cannot start, each lab command says why in one line with the fix, and exits 2.
-struct LabUnavailableTests {
-    @Test func anUnbuiltLabIsNamedWithItsFix() throws {
-        let empty = NSTemporaryDirectory() + "vmscope-nolab-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: empty) }
-        let socket = empty + "/lab.sock"
-        for args in [["lab", "run", "--socket", socket], ["lab", "exec", "--", "/bin/true"], ["demo", "--lab"]] {
-            let r = try runProcess(Binary.url.path, args, environment: ["VMSCOPE_LAB_DIR": empty, "PATH": "/usr/bin:/bin"])
-            #expect(r.status == 2, "\(args): \(r.status) \(r.stderr)")
-            let lines = r.stderr.split(separator: "\n")
-            #expect(lines.count == 1, "\(args): \(r.stderr)")
-            let expected = Lab.qemu == nil ? "apt-get install qemu-system-x86" : "run vmscope lab build"
-            #expect(r.stderr.contains(expected), "\(args): \(r.stderr)")
-            #expect(!FileManager.default.fileExists(atPath: socket))
-        }
-    }
-
-    /// A path another VMM serves, or a file that is not a socket, is refused before anything boots.
-    @Test(.enabled(if: kvmPresent && labUnavailable == nil, "needs /dev/kvm (a VMM to serve the path) and a built lab"))
-    func aPathInUseIsRefusedBeforeBooting() throws {
-        let vmm = try RunningVMM()
-        defer { vmm.stop() }
-        let r = try runProcess(Binary.url.path, ["lab", "run", "--socket", vmm.socket])
-        #expect(r.status == 2 && r.stderr.contains("is in use"), "\(r.status) \(r.stderr)")
-        let file = NSTemporaryDirectory() + "vmscope-notasocket-\(getpid())"
-        FileManager.default.createFile(atPath: file, contents: Data("keep".utf8))
-        defer { unlink(file) }
-        let f = try runProcess(Binary.url.path, ["lab", "run", "--socket", file])
-        #expect(f.status == 2 && f.stderr.contains("is not a socket"), "\(f.status) \(f.stderr)")
-        #expect((try? String(contentsOfFile: file, encoding: .utf8)) == "keep")
-    }
-}

@@ -1,0 +1,25 @@
+import KVM
+import Schema
+import Testing
+@testable import HostTracing
+
+/// A tracer reads every 100 ms while few events come, sooner as the stream nears what fills the kernel's buffer
+/// between reads, and slows down again after.
+struct TracePacerTests {
+    @Test func aLightStreamIsReadSeldomAndAHeavyOneSooner() {
+        var pacer = TracePacer(bufferKiB: 4096)
+        #expect(pacer.busyEvents == 8192)
+        for _ in 0..<10 { #expect(pacer.next(afterReading: 50) == TracePacer.longestNs) }
+        var last = TracePacer.longestNs
+        for _ in 0..<20 {
+            let next = pacer.next(afterReading: 20_000)
+            #expect(next <= last && next >= TracePacer.shortestNs)
+            last = next
+        }
+        #expect(last == TracePacer.shortestNs)
+        // Between a quarter and all of busyEvents: kept; fewer: slower again, up to the longest.
+        #expect(pacer.next(afterReading: 4096) == last)
+        for _ in 0..<20 { last = pacer.next(afterReading: 0) }
+        #expect(last == TracePacer.longestNs)
+    }
+}
