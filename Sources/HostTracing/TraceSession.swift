@@ -46,6 +46,10 @@ public final class TraceSession: @unchecked Sendable {
     public let name: String
     public private(set) var layouts: EventLayouts
     private var instance: OpaquePointer?
+    /// Each CPU's buffer, open for the session (nil where the libraries are too old: then every read opens them).
+    private var cpuReaders: CPUReaders?
+    /// Whether reads keep each CPU's buffer open (libtracefs 1.6's per-CPU readers) rather than opening them anew.
+    public var readsKeepBuffersOpen: Bool { cpuReaders != nil }
     private let tep: OpaquePointer
     private let fs: ctracefs_api
     /// Threads of `pid` as last listed.
@@ -177,12 +181,15 @@ public final class TraceSession: @unchecked Sendable {
             }
         }
         _ = fs.tracefs_trace_on(inst)
+        cpuReaders = CPUReaders(fs, inst)
     }
 
     deinit { close() }
 
     /// Removes the instance (its buffers and enabled events go with it).
     public func close() {
+        cpuReaders?.close()
+        cpuReaders = nil
         if let inst = instance {
             _ = fs.tracefs_instance_destroy(inst)
             fs.tracefs_instance_free(inst)
@@ -285,28 +292,39 @@ public final class TraceSession: @unchecked Sendable {
         let box = Box(layouts, target == nil ? nil : threads, limit)
         if keepRaw { box.raw = [] }
         box.followsForks = followsForks
-        let ctx = Unmanaged.passUnretained(box).toOpaque()
-        _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
-            guard let record, let ctx else { return 0 }
-            let box = Unmanaged<Box>.fromOpaque(ctx).takeUnretainedValue()
-            let r = record.pointee
-            if r.missed_events > 0 { box.missed &+= UInt64(r.missed_events) }
-            guard let data = r.data else { return 0 }
-            let bytes = UnsafeRawBufferPointer(start: data, count: Int(r.size))
-            guard let e = box.layouts.decode(bytes, cpu: Int32(cpu), timeNs: r.ts) else { return 0 }
+        /// One record: decoded and kept, or counted; true once `limit` events are kept.
+        func take(_ box: Box, _ bytes: UnsafeRawBufferPointer, cpu: Int32, ts: UInt64) -> Bool {
+            guard let e = box.layouts.decode(bytes, cpu: cpu, timeNs: ts) else { return false }
             if box.threads?.contains(e.tid) ?? true {
                 box.out.append(e)
-                box.raw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
+                box.raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
             } else if box.followsForks {
                 // In its place, until the thread is known to be the process's (started since the last scan) or not.
                 box.strangers.append(box.out.count)
                 box.out.append(e)
-                box.raw?.append(RawTraceRecord(cpu: Int32(cpu), timeNs: r.ts, data: Array(bytes)))
+                box.raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
             } else {
                 box.foreign &+= 1
             }
-            return box.out.count >= box.limit ? 1 : 0
-        }, ctx)
+            return box.out.count >= box.limit
+        }
+        if let readers = cpuReaders {
+            box.missed &+= readers.read { bytes, cpu, ts in take(box, bytes, cpu: cpu, ts: ts) }
+        } else {
+            final class Context { let box: Box; let take: (Box, UnsafeRawBufferPointer, Int32, UInt64) -> Bool
+                init(_ b: Box, _ t: @escaping (Box, UnsafeRawBufferPointer, Int32, UInt64) -> Bool) { box = b; take = t } }
+            let context = Context(box) { take($0, $1, cpu: $2, ts: $3) }
+            let ctx = Unmanaged.passUnretained(context).toOpaque()
+            _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
+                guard let record, let ctx else { return 0 }
+                let context = Unmanaged<Context>.fromOpaque(ctx).takeUnretainedValue()
+                let r = record.pointee
+                if r.missed_events > 0 { context.box.missed &+= UInt64(r.missed_events) }
+                guard let data = r.data else { return 0 }
+                return context.take(context.box, UnsafeRawBufferPointer(start: data, count: Int(r.size)), Int32(cpu), r.ts) ? 1 : 0
+            }, ctx)
+            withExtendedLifetime(context) {}
+        }
         missed &+= box.missed
         // Threads started since the last scan (the kernel follows them) are the process's; the others' events leave,
         // counted as foreign. The rest keep the order the kernel gave them in.
@@ -369,5 +387,70 @@ struct TimeOrderedRelease {
         for e in out { if e.timeNs < newestGivenNs { late &+= 1 } else { break } }   // in time order: a prefix
         if let last = out.last { newestGivenNs = max(newestGivenNs, last.timeNs) }
         return (out, outRaw)
+    }
+}
+
+/// Each CPU's raw buffer of an instance (`per_cpu/cpuN/trace_pipe_raw`), opened once for the session and read page
+/// by page without blocking (libtracefs's `tracefs_cpu`), the records of each page walked with libtraceevent's
+/// kbuffer. `tracefs_iterate_raw_events` opens, maps and closes every CPU's files on each call: in the lab, at ten
+/// reads a second, that alone took the guest's vCPUs a quarter of a CPU.
+final class CPUReaders {
+    private let fs: ctracefs_api
+    private var cpus: [(cpu: Int32, reader: OpaquePointer)] = []
+    private let kbuf: OpaquePointer
+    private var page: UnsafeMutableRawPointer
+    private let pageSize: Int
+
+    /// nil where the libraries lack the per-CPU readers, or no CPU's buffer opens.
+    init?(_ fs: ctracefs_api, _ instance: OpaquePointer) {
+        guard let open = fs.tracefs_cpu_open, let readSize = fs.tracefs_cpu_read_size,
+              let alloc = fs.kbuffer_alloc, let kbuf = alloc(CTRACEFS_KBUFFER_LSIZE_8, CTRACEFS_KBUFFER_ENDIAN_LITTLE) else { return nil }
+        self.fs = fs
+        self.kbuf = kbuf
+        var size = 0
+        for cpu in 0..<Int32(max(1, sysconf(Int32(_SC_NPROCESSORS_CONF)))) {
+            guard let r = open(instance, cpu, true) else { continue }
+            cpus.append((cpu, r))
+            size = max(size, Int(readSize(r)))
+        }
+        pageSize = max(size, 4096)
+        page = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: 8)
+        if cpus.isEmpty { close(); return nil }
+    }
+
+    deinit { close() }
+
+    private var closed = false
+    func close() {
+        guard !closed else { return }
+        closed = true
+        for c in cpus { fs.tracefs_cpu_close?(c.reader) }
+        cpus = []
+        fs.kbuffer_free?(kbuf)
+        page.deallocate()
+    }
+
+    /// Every page each CPU's buffer holds now, its records given to `take` (bytes, CPU, timestamp) until it returns
+    /// true; returns the events the kernel said it lost.
+    func read(_ take: (UnsafeRawBufferPointer, Int32, UInt64) -> Bool) -> UInt64 {
+        guard !closed, let read = fs.tracefs_cpu_read, let load = fs.kbuffer_load_subbuffer,
+              let first = fs.kbuffer_read_event, let next = fs.kbuffer_next_event,
+              let size = fs.kbuffer_event_size, let missed = fs.kbuffer_missed_events else { return 0 }
+        var lost: UInt64 = 0
+        for c in cpus {
+            // A page at a time, until the buffer is empty (EAGAIN) or `take` has enough.
+            while read(c.reader, page, true) > 0 {
+                guard load(kbuf, page) >= 0 else { break }
+                let m = missed(kbuf)
+                if m > 0 { lost &+= UInt64(m) }
+                var ts: UInt64 = 0
+                var data = first(kbuf, &ts)
+                while let d = data {
+                    if take(UnsafeRawBufferPointer(start: d, count: Int(size(kbuf))), c.cpu, ts) { return lost }
+                    data = next(kbuf, &ts)
+                }
+            }
+        }
+        return lost
     }
 }

@@ -19,7 +19,9 @@ import Testing
             #include <stdio.h>
             #include <stddef.h>
             #include <traceevent/event-parse.h>
+            #include <traceevent/kbuffer.h>
             int main(void) {
+                printf("kbuffer.lsize8 %d\\nkbuffer.little %d\\n", (int)KBUFFER_LSIZE_8, (int)KBUFFER_ENDIAN_LITTLE);
                 printf("record.ts %zu\\nrecord.missed_events %zu\\nrecord.size %zu\\nrecord.data %zu\\n",
                        offsetof(struct tep_record, ts), offsetof(struct tep_record, missed_events),
                        offsetof(struct tep_record, size), offsetof(struct tep_record, data));
@@ -52,6 +54,7 @@ import Testing
             if parts.count == 2, let v = Int(parts[1]) { header[String(parts[0])] = v }
         }
         let ours: [String: Int?] = [
+            "kbuffer.lsize8": Int(CTRACEFS_KBUFFER_LSIZE_8), "kbuffer.little": Int(CTRACEFS_KBUFFER_ENDIAN_LITTLE),
             "record.ts": MemoryLayout<ctracefs_record>.offset(of: \.ts),
             "record.missed_events": MemoryLayout<ctracefs_record>.offset(of: \.missed_events),
             "record.size": MemoryLayout<ctracefs_record>.offset(of: \.size),
