@@ -3,7 +3,7 @@ import Foundation
 import HostTracing
 import ProcessSupport
 
-/// Issue 32's first peer: `vmscope top` against `kvm_stat` (the Python script in the Linux source's
+/// Issue 32's first peers: `vmscope top` against `kvm_stat` (and `vmscope trace` against trace-cmd: `tracerBenchmarks`) (the Python script in the Linux source's
 /// tools/kvm/kvm_stat/, from the linux-source package the lab unpacks) on the same VM and interval.
 ///
 /// - One table: `vmscope top --once --json --interval 1` against `kvm_stat -1` (batch mode: one second), each run
@@ -96,6 +96,8 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
                 BenchResult(name: "peers-top-1s-cpu-ms-per-s", value: try perSecond([vmscope, "top", "--metrics", "127.0.0.1:0", "--interval", "1"], "toplog"),
                             unit: "ms/s", target: .atMost(0.5 * statLog.value), baseline: statLog,
                             note: "`vmscope top --metrics 127.0.0.1:0 --interval 1`: every VM sampled each second (what the refreshing table does, without a terminal), CPU per second over \(seconds) s after start-up")]
+    // The tracing peer, on the same VMM (trace-cmd starts where kvm_stat does: not under PVM).
+    results += try tracerBenchmarks(sizes, vmscope: vmscope, vmm: vmm.pid, socket: socket, dir: dir)
     return results
 }
 

@@ -180,6 +180,19 @@ struct SmokeTests {
         if let here = byName["peers-kvm-stat-starts-here"] {
             #expect(here.note?.contains("does not start on this host") == true && byName["peers-top-once-cpu-ms"]?.note?.hasPrefix("in the lab") == true)
         }
+        // vmscope trace against trace-cmd record on the same VMM (where trace-cmd is installed: .ci/run installs it).
+        if let skipped = byName["peers-trace-progress-vs-trace-cmd"] {
+            #expect(skipped.note?.contains("skipped: trace-cmd is not installed") == true, "\(skipped)")
+            print("SmokeTests: vmscope trace not measured against trace-cmd: \(skipped.note ?? "")")
+            return
+        }
+        for (name, baseline) in [("peers-trace-cmd-beats-per-s", "peers-trace-untraced-beats-per-s"),
+                                 ("peers-trace-vmscope-beats-per-s", "peers-trace-cmd-beats-per-s"),
+                                 ("peers-trace-vmscope-cpu-ms-per-s", "peers-trace-cmd-cpu-ms-per-s")] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value.isFinite && r.value > 0 && r.baseline == baseline, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        #expect(byName["peers-trace-vmscope-beats-per-s"]?.note?.contains("events decoded") == true)
     }
 
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
