@@ -7,7 +7,9 @@ import Schema
 /// process and events (`kvm_userspace_exit` and `kvm_mmio`, what fires for every exit the VMM's guest makes), one
 /// after the other on the same running VMM: the guest's progress under each (its heartbeats a second, against a
 /// window with no tracer), the tracer's CPU (user + system of it and its children, from start to its end after
-/// SIGINT) and what each lost (the kernel's `missed_events` for vmscope; trace-cmd's per-CPU `overrun`).
+/// SIGINT) and what each recorded and lost (the kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
+/// trace-cmd's recorders wake seldom (the kernel's buffer holds the events until they do), so its CPU over a window
+/// can read 0; its whole run's is given beside it.
 ///
 /// Part of `--only peers`, where kvm_stat starts: under PVM trace-cmd cannot start either (it must write
 /// /proc/sys/kernel/ftrace_enabled, which this host refuses), so it runs in the lab with the rest of the group.
@@ -72,7 +74,10 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
         untraced.append(try progress())
         ours.append(try traced([vmscope, "trace", String(vmm), "--events", events.joined(separator: ","), "--json"], "vmscope-trace\(r)",
                                ready: { _, out in out.contains("tracing process") }))
-        theirs.append(try traced([traceCmd, "record", "-P", String(vmm), "-o", dir + "/trace\(r).dat"] + events.flatMap { ["-e", "kvm:" + $0] },
+        // `-P` names a task (the kernel's set_event_pid), not a process: every thread of the VMM, its vCPUs among them
+        // (with `-P VMM-PID` alone trace-cmd records nothing of them: 0 bytes).
+        let tids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(vmm)/task")) ?? [String(vmm)]).sorted()
+        theirs.append(try traced([traceCmd, "record"] + tids.flatMap { ["-P", $0] } + ["-o", dir + "/trace\(r).dat"] + events.flatMap { ["-e", "kvm:" + $0] },
                                  "trace-cmd\(r)",
                                  // It says so on stdout, which a file holds back: its per-CPU recorders say it too.
                                  ready: { pid, out in out.contains("Hit Ctrl^C") || !descendants(of: pid).isEmpty }))
@@ -85,11 +90,16 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
     }
     let ourDecoded = ours.compactMap { number(before: "events decoded", in: $0.out) }.reduce(0, +)
     let ourDropped = ours.compactMap { number(before: "dropped by", in: $0.out) }.reduce(0, +)
-    // trace-cmd's per-CPU statistics at its end, where it prints them: "overrun: N" for each CPU.
-    let overruns = theirs.flatMap { $0.out.split(separator: "\n") }.compactMap { line -> UInt64? in
-        let t = line.trimmingCharacters(in: .whitespaces)
-        return t.hasPrefix("overrun:") ? UInt64(t.dropFirst("overrun:".count).trimmingCharacters(in: .whitespaces)) : nil
+    // What trace-cmd recorded, from its summary at the end: "N bytes in size (M uncompressed)" for each CPU; and
+    // what it lost, where it prints the buffers' statistics ("overrun: N").
+    func sum(_ prefix: String, _ after: String? = nil) -> UInt64 {
+        theirs.flatMap { $0.out.split(separator: "\n") }.compactMap { line -> UInt64? in
+            var t = Substring(line.trimmingCharacters(in: .whitespaces))
+            if let after { guard let r = t.range(of: after) else { return nil }; t = t[r.upperBound...] } else { guard t.hasPrefix(prefix) else { return nil }; t = t.dropFirst(prefix.count) }
+            return UInt64(t.trimmingCharacters(in: .whitespaces).prefix { $0.isNumber })
+        }.reduce(0, +)
     }
+    let recordedBytes = sum("", "bytes in size ("), overruns = sum("overrun:")
     let version = (try? timedRun([traceCmd, "--version"], dir: dir, name: "trace-cmd-version"))
         .map { ($0.stdout + $0.stderr).split(separator: "\n").first { $0.contains("version") }.map(String.init) ?? "?" } ?? "?"
     func spread(_ v: [Double]) -> String { v.count == 1 ? "one window" : String(format: "median of %d, %.1f–%.1f", v.count, v.min()!, v.max()!) }
@@ -98,7 +108,7 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
     let untracedR = BenchResult(name: "peers-trace-untraced-beats-per-s", value: base, unit: "/s",
                                 note: "the guest's heartbeats a second with no tracer, a window before each round and after the last (\(spread(untraced))), \(window)")
     let theirsR = BenchResult(name: "peers-trace-cmd-beats-per-s", value: median(theirsBeats), unit: "/s", baseline: untracedR,
-                              note: "baseline: `trace-cmd record -P PID -e kvm:kvm_userspace_exit -e kvm:kvm_mmio` (\(version)), the guest's heartbeats a second meanwhile (\(spread(theirsBeats))); overrun \(overruns.isEmpty ? "not reported" : String(overruns.reduce(0, +)))")
+                              note: "baseline: `trace-cmd record -P TID … -e kvm:kvm_userspace_exit -e kvm:kvm_mmio` (each of the VMM's threads; \(version)), the guest's heartbeats a second meanwhile (\(spread(theirsBeats))); \(recordedBytes) bytes of events recorded (uncompressed), overrun \(overruns)")
     let theirsCPU = BenchResult(name: "peers-trace-cmd-cpu-ms-per-s", value: median(theirs.map(\.cpuMsPerS)), unit: "ms/s",
                                 note: String(format: "baseline: trace-cmd record's CPU (it and its per-CPU recorders) a second over the window; %.1f ms a second of its whole run, start-up to its end after SIGINT", median(theirs.map(\.wholeMsPerS))))
     return [untracedR, theirsR,
