@@ -269,7 +269,8 @@ public final class TraceSession: @unchecked Sendable {
     /// Whatever the buffers hold now, decoded, oldest first (merged across CPUs by timestamp), up to `holdBackNs`
     /// before the read began (the rest is given out by a later read, in order, or by a `final` one: the traced
     /// process has gone and nothing newer can come). Events of other threads (a filter not yet updated) are dropped
-    /// and counted in `foreign`.
+    /// and counted in `foreign`. At most about `limit` events: the page being read when it is reached is read to
+    /// its end (with the per-CPU readers).
     public func read(limit: Int = 1 << 20, final: Bool = false) -> [TraceEvent] {
         guard let inst = instance else { return [] }
         refreshThreads()
@@ -431,7 +432,8 @@ final class CPUReaders {
     }
 
     /// Every page each CPU's buffer holds now, its records given to `take` (bytes, CPU, timestamp) until it returns
-    /// true; returns the events the kernel said it lost.
+    /// true, then the rest of that page (a page read is gone from the kernel's buffer: its records are taken, not
+    /// dropped unseen; the rest waits in the buffer for the next read); returns the events the kernel said it lost.
     func read(_ take: (UnsafeRawBufferPointer, Int32, UInt64) -> Bool) -> UInt64 {
         guard !closed, let read = fs.tracefs_cpu_read, let load = fs.kbuffer_load_subbuffer,
               let first = fs.kbuffer_read_event, let next = fs.kbuffer_next_event,
@@ -444,11 +446,12 @@ final class CPUReaders {
                 let m = missed(kbuf)
                 if m > 0 { lost &+= UInt64(m) }
                 var ts: UInt64 = 0
-                var data = first(kbuf, &ts)
+                var data = first(kbuf, &ts), enough = false
                 while let d = data {
-                    if take(UnsafeRawBufferPointer(start: d, count: Int(size(kbuf))), c.cpu, ts) { return lost }
+                    if take(UnsafeRawBufferPointer(start: d, count: Int(size(kbuf))), c.cpu, ts) { enough = true }
                     data = next(kbuf, &ts)
                 }
+                if enough { return lost }
             }
         }
         return lost
