@@ -3,8 +3,9 @@ import Foundation
 import HostTracing
 import ProcessSupport
 
-/// Issue 32's first peers: `vmscope top` against `kvm_stat` (and `vmscope trace` against trace-cmd: `tracerBenchmarks`) (the Python script in the Linux source's
-/// tools/kvm/kvm_stat/, from the linux-source package the lab unpacks) on the same VM and interval.
+/// Issue 32's first peers: `vmscope top` against `kvm_stat` (the Python script in the Linux source's
+/// tools/kvm/kvm_stat/, from the linux-source package the lab unpacks) on the same VM and interval; then, on the same
+/// VMM, `vmscope trace` against trace-cmd (`tracerBenchmarks`).
 ///
 /// - One table: `vmscope top --once --json --interval 1` against `kvm_stat -1` (batch mode: one second), each run
 ///   whole (start-up, one-second window, output): its CPU (the child's user + system time) and its wall time.
@@ -130,16 +131,21 @@ func pythonVersion(_ python: String) -> String {
 /// One run of `argv` to its end: exit status, output, wall time and the CPU it used (user + system, from this
 /// process's children's resource usage).
 func timedRun(_ argv: [String], dir: String, name: String) throws -> (status: Int32, stdout: String, stderr: String, cpuMs: Double, wallMs: Double) {
-    var before = rusage(), after = rusage()
-    getrusage(RUSAGE_CHILDREN.rawValue, &before)
+    let before = childrenCPUMs()
     let t0 = nowNs()
     let status = try ChildProcess.run(argv, redirects: .init(stdin: "/dev/null", stdout: dir + "/\(name).out", stderr: dir + "/\(name).err"))
     let wall = Double(nowNs() - t0) / 1e6
-    getrusage(RUSAGE_CHILDREN.rawValue, &after)
-    func ms(_ t: timeval) -> Double { Double(t.tv_sec) * 1000 + Double(t.tv_usec) / 1000 }
-    let cpu = ms(after.ru_utime) + ms(after.ru_stime) - ms(before.ru_utime) - ms(before.ru_stime)
+    let cpu = childrenCPUMs() - before
     return (status, (try? String(contentsOfFile: dir + "/\(name).out", encoding: .utf8)) ?? "",
             (try? String(contentsOfFile: dir + "/\(name).err", encoding: .utf8)) ?? "", cpu, wall)
+}
+
+/// User + system CPU (ms) of this process's children that have ended and been waited for (`RUSAGE_CHILDREN`).
+func childrenCPUMs() -> Double {
+    var u = rusage()
+    getrusage(RUSAGE_CHILDREN.rawValue, &u)
+    func ms(_ t: timeval) -> Double { Double(t.tv_sec) * 1000 + Double(t.tv_usec) / 1000 }
+    return ms(u.ru_utime) + ms(u.ru_stime)
 }
 
 /// Issue 32's protocol peer: round trips over vmscope's control socket (`query-vm`, a 2 MiB conversion,

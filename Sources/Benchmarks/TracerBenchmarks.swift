@@ -6,8 +6,8 @@ import Schema
 /// Issue 32's tracing peer: `vmscope trace PID` against `trace-cmd record` (Debian's trace-cmd) on the same
 /// process and events (`kvm_userspace_exit` and `kvm_mmio`, what fires for every exit the VMM's guest makes), one
 /// after the other on the same running VMM: the guest's progress under each (its heartbeats a second, against a
-/// window with no tracer), the tracer's CPU (user + system of it and its children, from start to its end after
-/// SIGINT) and what each recorded and lost (the kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
+/// window with no tracer), the tracer's CPU (it and its child processes over the window; and over its whole run,
+/// start-up to its end after SIGINT) and what each recorded and lost (the kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
 /// trace-cmd's recorders wake seldom (the kernel's buffer holds the events until they do), so its CPU over a window
 /// can read 0; its whole run's is given beside it.
 ///
@@ -36,13 +36,11 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
     /// `argv` traced over a window, once it is tracing (`ready`; a Swift start takes seconds on the lab's emulated
     /// CPUs) and a second more: the guest's progress meanwhile, the CPU of the tracer and its child
     /// processes over that window, the CPU of its whole run (start-up and end included) a second, and its output.
-    func traced(_ argv: [String], _ name: String, ready: @escaping (_ pid: pid_t, _ output: String) -> Bool) throws -> (beats: Double, cpuMsPerS: Double, wholeMsPerS: Double, out: String) {
+    func traced(_ argv: [String], _ name: String, ready: (_ pid: pid_t, _ output: String) -> Bool) throws -> (beats: Double, cpuMsPerS: Double, wholeMsPerS: Double, out: String) {
         func output() -> String {
             ((try? String(contentsOfFile: dir + "/\(name).out", encoding: .utf8)) ?? "") + ((try? String(contentsOfFile: dir + "/\(name).err", encoding: .utf8)) ?? "")
         }
-        var before = rusage(), after = rusage()
-        getrusage(RUSAGE_CHILDREN.rawValue, &before)
-        let start = nowNs()
+        let before = childrenCPUMs(), start = nowNs()
         let p = try ChildProcess(argv, redirects: .init(stdin: "/dev/null", stdout: dir + "/\(name).out", stderr: dir + "/\(name).err"))
         let deadline = nowNs() + 120_000_000_000
         while p.isRunning, !ready(p.pid, output()), nowNs() < deadline { usleep(100_000) }
@@ -59,10 +57,7 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
         p.signal(SIGINT)
         _ = p.wait(seconds: 30) ?? p.terminate(grace: 2)
         let wall = Double(nowNs() - start) / 1e9
-        getrusage(RUSAGE_CHILDREN.rawValue, &after)
-        func ms(_ t: timeval) -> Double { Double(t.tv_sec) * 1000 + Double(t.tv_usec) / 1000 }
-        let whole = ms(after.ru_utime) + ms(after.ru_stime) - ms(before.ru_utime) - ms(before.ru_stime)
-        return (b, (c1 - c0) * 1000 / (Double(t1 - t0) / 1e9), whole / wall, output())
+        return (b, (c1 - c0) * 1000 / (Double(t1 - t0) / 1e9), (childrenCPUMs() - before) / wall, output())
     }
     // The events both take, on the VMM's threads. Rounds of three windows (none, vmscope, trace-cmd), so a drift in
     // the guest's pace (the lab's emulated CPUs vary by half from one window to the next) falls on all three alike.
@@ -92,14 +87,17 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
     let ourDropped = ours.compactMap { number(before: "dropped by", in: $0.out) }.reduce(0, +)
     // What trace-cmd recorded, from its summary at the end: "N bytes in size (M uncompressed)" for each CPU; and
     // what it lost, where it prints the buffers' statistics ("overrun: N").
-    func sum(_ prefix: String, _ after: String? = nil) -> UInt64 {
+    /// The numbers on trace-cmd's lines where `numberAt` finds one, added up.
+    func sum(_ numberAt: (Substring) -> Substring.Index?) -> UInt64 {
         theirs.flatMap { $0.out.split(separator: "\n") }.compactMap { line -> UInt64? in
-            var t = Substring(line.trimmingCharacters(in: .whitespaces))
-            if let after { guard let r = t.range(of: after) else { return nil }; t = t[r.upperBound...] } else { guard t.hasPrefix(prefix) else { return nil }; t = t.dropFirst(prefix.count) }
-            return UInt64(t.trimmingCharacters(in: .whitespaces).prefix { $0.isNumber })
+            numberAt(line).flatMap { UInt64(line[$0...].drop { $0 == " " }.prefix { $0.isNumber }) }
         }.reduce(0, +)
     }
-    let recordedBytes = sum("", "bytes in size ("), overruns = sum("overrun:")
+    let recordedBytes = sum { $0.range(of: "bytes in size (")?.upperBound }
+    let overruns = sum { line in   // "overrun: N" at the line's start (not "commit overrun")
+        let t = line.drop { $0 == " " || $0 == "\t" }
+        return t.hasPrefix("overrun:") ? t.index(t.startIndex, offsetBy: "overrun:".count) : nil
+    }
     let version = (try? timedRun([traceCmd, "--version"], dir: dir, name: "trace-cmd-version"))
         .map { ($0.stdout + $0.stderr).split(separator: "\n").first { $0.contains("version") }.map(String.init) ?? "?" } ?? "?"
     func spread(_ v: [Double]) -> String { v.count == 1 ? "one window" : String(format: "median of %d, %.1f–%.1f", v.count, v.min()!, v.max()!) }

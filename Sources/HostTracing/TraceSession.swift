@@ -289,42 +289,38 @@ public final class TraceSession: @unchecked Sendable {
             let threads: Set<Int32>?
             let limit: Int
             init(_ l: EventLayouts, _ t: Set<Int32>?, _ limit: Int) { layouts = l; threads = t; self.limit = limit }
+            /// One record: decoded and kept, or counted; true once `limit` events are kept.
+            func take(_ bytes: UnsafeRawBufferPointer, cpu: Int32, ts: UInt64) -> Bool {
+                guard let e = layouts.decode(bytes, cpu: cpu, timeNs: ts) else { return false }
+                if threads?.contains(e.tid) ?? true {
+                    out.append(e)
+                    raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
+                } else if followsForks {
+                    // In its place, until the thread is known to be the process's (started since the last scan) or not.
+                    strangers.append(out.count)
+                    out.append(e)
+                    raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
+                } else {
+                    foreign &+= 1
+                }
+                return out.count >= limit
+            }
         }
         let box = Box(layouts, target == nil ? nil : threads, limit)
         if keepRaw { box.raw = [] }
         box.followsForks = followsForks
-        /// One record: decoded and kept, or counted; true once `limit` events are kept.
-        func take(_ box: Box, _ bytes: UnsafeRawBufferPointer, cpu: Int32, ts: UInt64) -> Bool {
-            guard let e = box.layouts.decode(bytes, cpu: cpu, timeNs: ts) else { return false }
-            if box.threads?.contains(e.tid) ?? true {
-                box.out.append(e)
-                box.raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
-            } else if box.followsForks {
-                // In its place, until the thread is known to be the process's (started since the last scan) or not.
-                box.strangers.append(box.out.count)
-                box.out.append(e)
-                box.raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
-            } else {
-                box.foreign &+= 1
-            }
-            return box.out.count >= box.limit
-        }
         if let readers = cpuReaders {
-            box.missed &+= readers.read { bytes, cpu, ts in take(box, bytes, cpu: cpu, ts: ts) }
+            box.missed &+= readers.read { bytes, cpu, ts in box.take(bytes, cpu: cpu, ts: ts) }
         } else {
-            final class Context { let box: Box; let take: (Box, UnsafeRawBufferPointer, Int32, UInt64) -> Bool
-                init(_ b: Box, _ t: @escaping (Box, UnsafeRawBufferPointer, Int32, UInt64) -> Bool) { box = b; take = t } }
-            let context = Context(box) { take($0, $1, cpu: $2, ts: $3) }
-            let ctx = Unmanaged.passUnretained(context).toOpaque()
+            let ctx = Unmanaged.passUnretained(box).toOpaque()
             _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
                 guard let record, let ctx else { return 0 }
-                let context = Unmanaged<Context>.fromOpaque(ctx).takeUnretainedValue()
+                let box = Unmanaged<Box>.fromOpaque(ctx).takeUnretainedValue()
                 let r = record.pointee
-                if r.missed_events > 0 { context.box.missed &+= UInt64(r.missed_events) }
+                if r.missed_events > 0 { box.missed &+= UInt64(r.missed_events) }
                 guard let data = r.data else { return 0 }
-                return context.take(context.box, UnsafeRawBufferPointer(start: data, count: Int(r.size)), Int32(cpu), r.ts) ? 1 : 0
+                return box.take(UnsafeRawBufferPointer(start: data, count: Int(r.size)), cpu: Int32(cpu), ts: r.ts) ? 1 : 0
             }, ctx)
-            withExtendedLifetime(context) {}
         }
         missed &+= box.missed
         // Threads started since the last scan (the kernel follows them) are the process's; the others' events leave,
