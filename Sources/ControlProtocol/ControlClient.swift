@@ -62,7 +62,7 @@ public enum ControlEvent: Sendable {
         }
     }
 
-    /// The event as a message: as it came, or (a batch decoded on the fast path) as the server writes one, without
+    /// The event as a message: as it came, or (a batch read straight from its document) as the server writes one, without
     /// its timestamp.
     public var message: JSON {
         switch self {
@@ -92,7 +92,7 @@ public final class ControlClient: @unchecked Sendable {
     /// The process at the other end of the socket (`SO_PEERCRED`): a stock QEMU's pid, which QMP does not say.
     public let serverPID: Int?
     public let eventCapacity: Int
-    /// Whether `MEMORY_FAULT` events skip the JSON tree (`FaultBatch.decodeEvent`); `nextEvent` then hands
+    /// Whether `MEMORY_FAULT` events skip the JSON tree (read from their document, `FaultBatch(event:)`); `nextEvent` then hands
     /// them out re-encoded, `nextItem` as they are.
     public let decodeFaults: Bool
 
@@ -146,7 +146,7 @@ public final class ControlClient: @unchecked Sendable {
         self.decodeFaults = decodeFaults
         self.maxMessage = maxMessage
         self.maxEventBytes = maxEventBytes
-        framer = Framer(maxMessage: maxMessage, decodeFaults: decodeFaults)
+        framer = Framer(maxMessage: maxMessage, parsesLines: true)
         do { connection = try LineConnection(path: path) } catch { throw .connection(error.description) }
         serverPID = peerCredentials(connection.fd).map { Int($0.pid) }
         // The greeting: the first message on the stream.
@@ -167,10 +167,8 @@ public final class ControlClient: @unchecked Sendable {
             pendingFrames += framer.feed(chunk)
             if let first = pendingFrames.first {
                 pendingFrames.removeFirst()
-                guard case .message(var bytes) = first, let g = try? JSON.parse(bytes: &bytes) else {
-                    throw .protocolError("the first message from \(path) is not JSON")
-                }
-                greetingMessage = g
+                guard case .parsed(let g) = first else { throw .protocolError("the first message from \(path) is not JSON") }
+                greetingMessage = g.json
             }
         }
         greeting = greetingMessage!
@@ -246,30 +244,30 @@ public final class ControlClient: @unchecked Sendable {
     /// Takes one message; false (with the reason recorded) when the server broke the protocol and the
     /// connection is to be closed.
     private func deliver(_ frame: Framer.Frame) -> Bool {
-        let bytes: [UInt8]
+        let bytes: [UInt8], size: Int
+        let message: JSON
         switch frame {
-        case .faults(let batch):
-            lock.lock()
-            defer { lock.broadcast(); lock.unlock() }
-            enqueue(.faults(batch), bytes: 128 + 160 * batch.records.count)
-            return true
         case .tooLong:
             finish("\(path) sent a message longer than \(maxMessage) bytes; the connection is closed")
             return false
+        case .parsed(let document):
+            if decodeFaults, let batch = FaultBatch(event: document) {
+                lock.lock()
+                defer { lock.broadcast(); lock.unlock() }
+                enqueue(.faults(batch), bytes: document.count)
+                return true
+            }
+            message = document.json
+            bytes = Array(document.bytes.prefix(80))
+            size = document.count
         case .message(let b):
             bytes = b
-        }
-        if decodeFaults, let batch = FaultBatch.decodeEvent(bytes) {
-            lock.lock()
-            defer { lock.broadcast(); lock.unlock() }
-            enqueue(.faults(batch), bytes: bytes.count)
-            return true
-        }
-        var text = bytes
-        let message: JSON
-        do { message = try JSON.parse(bytes: &text) } catch {
-            finish("\(path) sent a message that is not JSON (\(error)): \(String(decoding: bytes.prefix(80), as: UTF8.self))")
-            return false
+            size = b.count
+            var text = bytes
+            do { message = try JSON.parse(bytes: &text) } catch {
+                finish("\(path) sent a message that is not JSON (\(error)): \(String(decoding: bytes.prefix(80), as: UTF8.self))")
+                return false
+            }
         }
         guard message.objectMembers != nil else {
             finish("\(path) sent a \(message.typeName) where QMP has an object: \(String(decoding: bytes.prefix(80), as: UTF8.self))")
@@ -279,7 +277,7 @@ public final class ControlClient: @unchecked Sendable {
         defer { lock.broadcast(); lock.unlock() }
         switch QMP.Message(message) {
         case .event:
-            enqueue(.json(message), bytes: bytes.count)
+            enqueue(.json(message), bytes: size)
         case .reply(_, let id?), .error(_, _, let id?):
             if let id = id.stringValue, waiting.contains(id) { replies[id] = message } else { stray += 1 }
         case .error(let c, let d, nil) where !waiting.isEmpty:

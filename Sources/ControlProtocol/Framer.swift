@@ -13,15 +13,18 @@ public struct Framer: Sendable {
         case message([UInt8])
         /// A message longer than `maxMessage`: discarded up to the next newline.
         case tooLong
-        /// A `MEMORY_FAULT` event line, already decoded (only with `decodeFaults`).
-        case faults(FaultBatch)
+        /// A message that was a whole line, already parsed (only with `parsesLines`).
+        case parsed(JSONDocument)
     }
 
-    /// Whether lines that start as a `MEMORY_FAULT` event are decoded in place (`FaultBatch.decodeEvent`) instead
-    /// of being scanned, copied and handed out as bytes. Such a line is taken once its newline has arrived (the
-    /// VMM ends every message with one); a line the decoder does not take is framed as usual.
-    public let decodeFaults: Bool
-    /// How far a pending fault line was searched for its newline.
+    /// Whether messages are handed out parsed (`.parsed`, a `JSONDocument`; text that is not JSON still comes as
+    /// `.message`), and a message that is a whole line is parsed as it is framed instead of being scanned byte by
+    /// byte first: what a client of a server that ends every message with a newline (the VMM, QEMU) wants. A
+    /// line is taken once its newline has arrived; one that is not exactly one JSON value (pretty-printed, two
+    /// on a line, broken) is framed byte by byte. So is a message that may have ended without a newline (what
+    /// has come ends with `}` or `]`).
+    public let parsesLines: Bool
+    /// How far a pending line was searched for its newline.
     private var newlineSearched = 0
 
     public let maxMessage: Int
@@ -44,9 +47,9 @@ public struct Framer: Sendable {
     /// Validity checks run (for the test that holds the bound).
     public private(set) var validityChecks = 0
 
-    public init(maxMessage: Int = QMP.maxLine, decodeFaults: Bool = false) {
+    public init(maxMessage: Int = QMP.maxLine, parsesLines: Bool = false) {
         self.maxMessage = maxMessage
-        self.decodeFaults = decodeFaults
+        self.parsesLines = parsesLines
     }
 
     /// Bytes received but not yet part of a complete message.
@@ -82,10 +85,10 @@ public struct Framer: Sendable {
             }
             if !inMessage {
                 if b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A { start = scan; continue }
-                if decodeFaults && b == UInt8(ascii: "{") {
-                    switch faultLine(at: i) {
-                    case .decoded(let batch, let next):
-                        frames.append(.faults(batch))
+                if parsesLines && (b == UInt8(ascii: "{") || b == UInt8(ascii: "[")) {
+                    switch line(at: i) {
+                    case .parsed(let document, let next):
+                        frames.append(.parsed(document))
                         start = next
                         scan = next
                         continue scanning
@@ -93,7 +96,7 @@ public struct Framer: Sendable {
                         scan = i
                         start = i
                         break scanning
-                    case .notFaults:
+                    case .frameAsUsual:
                         break
                     }
                 }
@@ -135,41 +138,49 @@ public struct Framer: Sendable {
             newlineSearched = max(0, newlineSearched - start)
             start = 0
         }
+        // A message framed byte by byte (the line was cut after a `}`, or was not a whole line) is handed out
+        // parsed as well, when it parses: the caller has one kind to read.
+        if parsesLines {
+            for k in frames.indices {
+                if case .message(let m) = frames[k], let d = try? JSONDocument(parsing: m) { frames[k] = .parsed(d) }
+            }
+        }
         return frames
     }
 
-    private static let faultPrefix = FaultBatch.compactEventPrefix
-
-    private enum FaultLine {
-        case decoded(FaultBatch, next: Int)
+    private enum Line {
+        case parsed(JSONDocument, next: Int)
         case waitForNewline
-        case notFaults
+        case frameAsUsual
     }
 
-    /// A `MEMORY_FAULT` line starting at `i`: decoded when its newline is here, waited for while it may still come.
-    private mutating func faultLine(at i: Int) -> FaultLine {
-        let prefix = Self.faultPrefix
-        let have = min(prefix.count, buffer.count - i)
-        guard buffer[i..<(i + have)].elementsEqual(prefix[0..<have]) else { newlineSearched = 0; return .notFaults }
+    /// The message starting at `i` (with `{` or `[`) when it is a whole line: parsed when its newline is here,
+    /// waited for while it may still come.
+    private mutating func line(at i: Int) -> Line {
         let from = max(i, newlineSearched)
         let newline: Int? = buffer.withUnsafeBufferPointer { p in
             guard from < p.count, let hit = memchr(p.baseAddress! + from, 0x0A, p.count - from) else { return nil }
             return p.baseAddress!.distance(to: hit.assumingMemoryBound(to: UInt8.self))
         }
         guard let newline else {
-            newlineSearched = buffer.count
-            // Beyond the size limit the ordinary path says `.tooLong`.
-            if buffer.count - i <= maxMessage { return .waitForNewline }
             newlineSearched = 0
-            return .notFaults
+            // Beyond the size limit the ordinary path says `.tooLong`.
+            guard buffer.count - i <= maxMessage else { return .frameAsUsual }
+            // A message that may be whole without its newline (a peer that sends none) is framed as usual.
+            if let last = buffer[i...].last(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0D }),
+               last == UInt8(ascii: "}") || last == UInt8(ascii: "]") {
+                return .frameAsUsual
+            }
+            newlineSearched = buffer.count
+            return .waitForNewline
         }
         newlineSearched = 0
-        guard newline - i <= maxMessage else { return .notFaults }
-        let batch = buffer.withUnsafeBufferPointer { p in
-            FaultBatch.decodeEvent(UnsafeBufferPointer(rebasing: p[i..<newline]))
+        guard newline - i <= maxMessage else { return .frameAsUsual }
+        let document = buffer.withUnsafeBufferPointer { p in
+            try? JSONDocument(parsing: UnsafeBufferPointer(rebasing: p[i..<newline]))
         }
-        guard let batch else { return .notFaults }
-        return .decoded(batch, next: newline + 1)
+        guard let document else { return .frameAsUsual }
+        return .parsed(document, next: newline + 1)
     }
 
     /// Runs through a container message from `scan` until the byte that closes it, a newline (handed to
@@ -223,7 +234,7 @@ public struct Framer: Sendable {
         validityChecks += 1
         let text = buffer[start..<i]
         let errorOffset: Int? = text.withContiguousStorageIfAvailable { p in
-            do throws(JSONParseError) { _ = try JSON.parse(p); return nil } catch {
+            do throws(JSONParseError) { _ = try JSONDocument(parsing: p); return nil } catch {
                 return error.offset >= p.count ? nil : error.offset
             }
         } ?? nil

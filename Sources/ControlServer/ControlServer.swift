@@ -292,7 +292,7 @@ public final class ControlServer: @unchecked Sendable {
         for frame in c.framer.feed(bytes) {
             switch frame {
             case .message(let m): c.inbox.append(m)
-            case .faults: break  // only a framer made with decodeFaults gives these
+            case .parsed(let d): c.inbox.append(Array(d.bytes))  // only a framer made with parsesLines gives these
             case .tooLong:
                 c.inbox.append(Self.tooLongMarker)
             }

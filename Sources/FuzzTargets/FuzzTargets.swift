@@ -88,32 +88,43 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func client(_ input: [UInt8]) {
         // Chunk sizes from the input itself, so the fuzzer also explores where reads split messages.
         let chunk = 1 + Int(input.first ?? 0) * 7
-        var fast = Framer(maxMessage: 1 << 16, decodeFaults: true)
-        var plain = Framer(maxMessage: 1 << 16, decodeFaults: false)
+        var lines = Framer(maxMessage: 1 << 16, parsesLines: true)
+        var plain = Framer(maxMessage: 1 << 16)
         var model = InspectorModel(faultCapacity: 64)
+        // The values each framer gave (nil: a message that is not JSON, or one too long): the framer that parses
+        // whole lines must give what the byte-by-byte one gives, in order (it may wait longer for a newline).
+        var fromLines: [JSON?] = [], fromPlain: [JSON?] = []
         var i = 0
         while i < input.count {
             let piece = input[i..<min(i + chunk, input.count)]
-            for frame in fast.feed(piece) {
+            for frame in lines.feed(piece) {
                 switch frame {
-                case .faults(let batch): model.apply(faults: batch, nowNs: 1)
+                case .parsed(let d):
+                    let tree = d.json
+                    fromLines.append(tree)
+                    // A document reads as its tree reads.
+                    if Event(message: d) != Event(message: tree) {
+                        fatalError("a document and its tree read differently: \(String(decoding: d.bytes.prefix(200), as: UTF8.self))")
+                    }
+                    if let batch = FaultBatch(event: d) { model.apply(faults: batch, nowNs: 1) } else { applySession(tree, to: &model) }
                 case .message(var m):
-                    if let batch = FaultBatch.decodeEvent(m) { model.apply(faults: batch, nowNs: 1) }
-                    else if let e = try? JSON.parse(bytes: &m) { applySession(e, to: &model) }
-                case .tooLong: break
+                    let e = try? JSON.parse(bytes: &m)
+                    fromLines.append(e)
+                    if let e { applySession(e, to: &model) }
+                case .tooLong: fromLines.append(nil)
                 }
             }
             for frame in plain.feed(piece) {
-                guard case .message(let m) = frame, let batch = FaultBatch.decodeEvent(m) else { continue }
-                var copy = m
-                guard let parsed = try? JSON.parse(bytes: &copy) else {
-                    fatalError("the fast decoder accepted what JSON.parse refuses: \(String(decoding: m.prefix(200), as: UTF8.self))")
-                }
-                guard case .event(_, let data) = QMP.Message(parsed), FaultBatch(data: data) == batch else {
-                    fatalError("the fast decoder and the JSON path disagree on: \(String(decoding: m.prefix(200), as: UTF8.self))")
+                switch frame {
+                case .message(var m): fromPlain.append(try? JSON.parse(bytes: &m))
+                case .tooLong: fromPlain.append(nil)
+                case .parsed: fatalError("a framer that does not parse lines gave a parsed line")
                 }
             }
             i += chunk
+        }
+        guard fromLines.count <= fromPlain.count, zip(fromLines, fromPlain).allSatisfy({ $0 == $1 }) else {
+            fatalError("the framers disagree: \(fromLines.map { $0?.serialized ?? "-" }) against \(fromPlain.map { $0?.serialized ?? "-" })")
         }
         _ = Renderer().render(model, InspectorUI(), width: 80, height: 24)
         // One more pane focused, chosen by the input (every pane each time cost the fuzzer most of its speed).

@@ -23,26 +23,39 @@ public enum Event: Sendable, Equatable {
     case other(name: String, data: JSON?)
 
     /// From a whole event message (`{"event": ..., "data": ..., "timestamp": ...}`); nil when it is not one.
-    public init?(message e: JSON) {
-        guard let name = e[Key.event]?.stringValue else { return nil }
+    public init?(message e: JSON) { self.init(reading: e) }
+
+    /// The same from a parsed document, read in place (the client's event path).
+    public init?(message d: JSONDocument) {
+        guard let e = d.withRoot({ Event(reading: $0) }) else { return nil }
+        self = e
+    }
+
+    static let names = WireNames<EventName>()
+
+    init?<R: JSONReading>(reading e: R) {
+        guard let name = e[Key.event]?.open(Self.names) else { return nil }
         self.init(name: name, data: e[Key.data])
     }
 
-    public init(name: String, data d: JSON?) {
-        switch EventName(rawValue: name) {
-        case .memoryFault?: self = .memoryFault(FaultBatch(data: d))
-        case .memoryAttributesChanged?:
+    public init(name: String, data d: JSON?) { self.init(name: Open<EventName>(name), data: d) }
+
+    init<R: JSONReading>(name: Open<EventName>, data d: R?) {
+        switch name {
+        case .known(.memoryFault): self = .memoryFault(FaultBatch(reading: d))
+        case .known(.memoryAttributesChanged):
             self = .memoryAttributesChanged(gpa: d?[Key.gpa]?.uint64Value ?? 0, size: d?[Key.size]?.uint64Value ?? 0,
                                             isPrivate: d?[Key.`private`]?.boolValue ?? false,
-                                            cause: d?[Key.cause]?.open() ?? .unknown("?"), vcpu: d?[Key.vcpu]?.intValue)
-        case .memslotsChanged?: self = .memslotsChanged(generation: d?[Key.generation]?.uint64Value)
-        case .vcpuStateChanged?:
-            self = .vcpuStateChanged(index: d?[Key.index]?.intValue, state: d?[Key.state]?.open(), reason: d?[Key.reason]?.stringValue ?? "")
-        case .faultInjected?: self = .faultInjected(InjectionReport(json: d ?? .null))
-        case .guestReport?:
-            self = .guestReport(vcpu: d?[Key.vcpu]?.intValue, kind: d?[Key.kind]?.open(), value: d?[Key.value]?.uint64Value ?? 0)
-        case .eventsDropped?: self = .eventsDropped(count: d?[Key.count]?.uint64Value ?? 0, where: d?[Key.`where`]?.stringValue)
-        case nil: self = .other(name: name, data: d)
+                                            cause: d?[Key.cause]?.schemaValue() ?? .unknown("?"), vcpu: d?[Key.vcpu]?.intValue)
+        case .known(.memslotsChanged): self = .memslotsChanged(generation: d?[Key.generation]?.uint64Value)
+        case .known(.vcpuStateChanged):
+            self = .vcpuStateChanged(index: d?[Key.index]?.intValue, state: d?[Key.state]?.schemaValue(),
+                                     reason: d?[Key.reason]?.stringValue ?? "")
+        case .known(.faultInjected): self = .faultInjected(InjectionReport(reading: d))
+        case .known(.guestReport):
+            self = .guestReport(vcpu: d?[Key.vcpu]?.intValue, kind: d?[Key.kind]?.schemaValue(), value: d?[Key.value]?.uint64Value ?? 0)
+        case .known(.eventsDropped): self = .eventsDropped(count: d?[Key.count]?.uint64Value ?? 0, where: d?[Key.`where`]?.stringValue)
+        case .unknown(let n): self = .other(name: n, data: d?.json)
         }
     }
 

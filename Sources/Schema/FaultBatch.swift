@@ -117,14 +117,28 @@ public struct FaultRecord: Sendable, Equatable {
             case (6, UInt8(ascii: "a"), UInt8(ascii: "n")): m = .action
             default: return nil
             }
-            return memcmp(m.key.utf8Start, bytes.baseAddress!, bytes.count) == 0 ? m : nil
+            return m.isNamed(bytes) ? m : nil
+        }
+
+        /// Whether `bytes` is this member's name (compared in place: names are a few bytes).
+        @inline(__always) func isNamed(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+            let k = key
+            guard k.utf8CodeUnitCount == bytes.count else { return false }
+            let s = k.utf8Start
+            for j in 0..<bytes.count where s[j] != bytes[j] { return false }
+            return true
         }
     }
 
     static let required: UInt32 = 1 << Member.seq.rawValue | 1 << Member.gpa.rawValue
 
+    /// The enumerations' wire texts, for reading them without making strings.
+    static let accessNames = WireNames<FaultAccess>(), sourceNames = WireNames<FaultSource>()
+    static let exitNames = WireNames<FaultExit>(), attributeNames = WireNames<PageAttribute>()
+    static let actionNames = WireNames<FaultAction>()
+
     /// Sets one member from its JSON value (a value of the wrong type reads as absent).
-    mutating func set(_ m: Member, _ v: JSON) -> Bool {
+    @inline(__always) mutating func set<R: JSONReading>(_ m: Member, _ v: R) -> Bool {
         switch m {
         case .seq: if let x = v.uint64Value { seq = x } else { return false }
         case .timeNs: timeNs = v.uint64Value ?? 0
@@ -133,13 +147,13 @@ public struct FaultRecord: Sendable, Equatable {
         case .size: size = v.uint64Value ?? 0
         case .flags: flags = v.uint64Value ?? 0
         case .isPrivate: isPrivate = v.boolValue ?? false
-        case .access: access = v.open() ?? .known(.unknown)
+        case .access: access = v.open(Self.accessNames) ?? .known(.unknown)
         case .errno: errno = v.stringValue
-        case .source: source = v.open() ?? .unknown("?")
-        case .exit: exit = v.open() ?? .unknown("?")
-        case .attribute: attribute = v.open() ?? .unknown("?")
+        case .source: source = v.open(Self.sourceNames) ?? .unknown("?")
+        case .exit: exit = v.open(Self.exitNames) ?? .unknown("?")
+        case .attribute: attribute = v.open(Self.attributeNames) ?? .unknown("?")
         case .slot: slot = v.intValue
-        case .action: action = v.open() ?? .unknown("?")
+        case .action: action = v.open(Self.actionNames) ?? .unknown("?")
         }
         return true
     }
@@ -168,21 +182,40 @@ public struct FaultRecord: Sendable, Equatable {
     }
 
     /// A record from its JSON; nil without `seq` and `gpa`. Members it does not know are ignored.
-    public init?(_ j: JSON) {
-        guard case .object(let members) = j else { return nil }
-        self.init(empty: ())
+    public init?(_ j: JSON) { self.init(reading: j) }
+
+    init?<R: JSONReading>(reading j: R) {
+        var r = FaultRecord(empty: ())
+        guard r.read(j) else { return nil }
+        self = r
+    }
+
+    /// Sets the members `j` has (this record is `init(empty:)`'s); false when `j` is not a record (not an
+    /// object, or without `seq` or `gpa`).
+    @inline(__always) mutating func read<R: JSONReading>(_ j: R) -> Bool {
+        guard j.isObject else { return false }
         var have: UInt32 = 0
-        for (k, v) in members {
-            guard let m = Array(k.utf8).withUnsafeBufferPointer({ Member.named($0) }) else { continue }
+        // Members come in the spec's order from the VMM: the next one is tried first.
+        var next = Member.seq
+        j.forEachMember { name, v in
+            let m: Member
+            if next.isNamed(name) { m = next } else if let named = Member.named(name) { m = named } else { return }
+            next = Member(rawValue: m.rawValue + 1) ?? .seq
             if set(m, v) { have |= 1 << m.rawValue }
         }
-        guard have & Self.required == Self.required else { return nil }
+        return have & Self.required == Self.required
     }
 }
 
-/// Member names of a list of fault records, wherever one is written; the fast decoder below matches the same words (`MEMORY_FAULT`, `query-memory-faults`, snapshots).
+/// Member names of a list of fault records, wherever one is written (`MEMORY_FAULT`, `query-memory-faults`, snapshots).
 enum FaultsKey {
     static let records = "records", dropped = "dropped"
+}
+
+extension FaultBatch {
+    /// The names of a `MEMORY_FAULT` event's members that hold its batch, for readers outside the schema (the
+    /// benchmarks' `JSONDecoder` baseline).
+    public static let wireNames = (data: Event.Key.data, records: FaultsKey.records)
 }
 
 /// The payload of one `MEMORY_FAULT` event: its records (those with a `seq` and a `gpa`) and the count the
@@ -196,30 +229,32 @@ public struct FaultBatch: Sendable, Equatable {
         self.dropped = dropped
     }
 
-    /// From a parsed event's `data` (the general path).
-    public init(data: JSON?) {
-        records = (data?[FaultsKey.records]?.arrayValue ?? []).compactMap(FaultRecord.init)
+    /// From a parsed event's `data`.
+    public init(data: JSON?) { self.init(reading: data) }
+
+    init<R: JSONReading>(reading data: R?) {
+        var records: [FaultRecord] = []
+        if let list = data?[FaultsKey.records] {
+            records.reserveCapacity(list.elementCount ?? 0)
+            // Each record is read where it will stay (no copy of it on the way in).
+            list.forEachElement { e in
+                records.append(FaultRecord(empty: ()))
+                if !records[records.count - 1].read(e) { records.removeLast() }
+            }
+        }
+        self.records = records
         dropped = data?[FaultsKey.dropped]?.uint64Value ?? 0
     }
 
-    /// How a `MEMORY_FAULT` event written compactly starts (the framer's cue to try the fast decoder).
-    public static let compactEventPrefix = Array(#"{"event":"MEMORY_FAULT""#.utf8)
+    /// The batch of a `MEMORY_FAULT` event message, read in place; nil when the document is another message.
+    public init?(event d: JSONDocument) {
+        guard let b = d.withRoot({ r -> FaultBatch? in
+            guard r[Event.Key.event]?.open(Event.names) == .known(.memoryFault) else { return nil }
+            return FaultBatch(reading: r[Event.Key.data])
+        }) else { return nil }
+        self = b
+    }
 
     /// The event's `data`, as the server writes it.
     public var data: JSON { .object([(FaultsKey.records, .array(records.map(\.json))), (FaultsKey.dropped, .u(dropped))]) }
-
-    /// Decodes one whole message straight from its bytes when it is a `MEMORY_FAULT` event, without building a
-    /// JSON tree (the inspector's hot path: up to a thousand records a line, a line every 10 ms).
-    ///
-    /// Returns nil when the message is anything else, including text that is not valid JSON or an object with a
-    /// repeated member: the caller then parses it with `JSON.parse`, which says what is wrong. For every message
-    /// it accepts, the result equals `FaultBatch(data: parsed["data"])` (the tests check this on mutated input).
-    public static func decodeEvent(_ buffer: UnsafeBufferPointer<UInt8>) -> FaultBatch? {
-        var d = FaultDecoder(p: JSONParser(buffer))
-        return d.event()
-    }
-
-    public static func decodeEvent(_ bytes: [UInt8]) -> FaultBatch? {
-        bytes.withUnsafeBufferPointer { decodeEvent($0) }
-    }
 }

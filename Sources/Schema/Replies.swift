@@ -368,12 +368,15 @@ public struct InjectionReport: SchemaValue, Equatable {
     public init(kind: InjectionKind, vcpu: Int? = nil, gpa: UInt64? = nil, size: UInt64? = nil, detail: String) {
         self.kind = .known(kind); self.vcpu = vcpu; self.gpa = gpa; self.size = size; self.detail = detail
     }
-    public init(json j: JSON) {
-        kind = j[Key.kind]?.open() ?? .unknown("?")
-        vcpu = j[Key.vcpu]?.intValue
-        gpa = j[Key.gpa]?.uint64Value
-        size = j[Key.size]?.uint64Value
-        detail = j[Key.detail]?.stringValue ?? ""
+    public init(json j: JSON) { self.init(reading: j) }
+
+    /// From a report as it came (none: every member reads as absent).
+    init<R: JSONReading>(reading j: R?) {
+        kind = j?[Key.kind]?.schemaValue() ?? .unknown("?")
+        vcpu = j?[Key.vcpu]?.intValue
+        gpa = j?[Key.gpa]?.uint64Value
+        size = j?[Key.size]?.uint64Value
+        detail = j?[Key.detail]?.stringValue ?? ""
     }
     public var json: JSON {
         .object([(Key.kind, .e(kind)), (Key.vcpu, .opt(vcpu.map(JSON.i))), (Key.gpa, .opt(gpa.map(JSON.u))),

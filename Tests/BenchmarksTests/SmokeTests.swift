@@ -44,7 +44,7 @@ struct SmokeTests {
     @Test func inspectorBenchmarksReportEveryFigure() throws {
         let results = inspectorBenchmarks(.smoke)
         let names = Set(results.map(\.name))
-        for name in ["fault-decode-records-per-s", "fault-decode-general-records-per-s", "framer-1mib-one-line-ms", "framer-1mib-4k-lines-ms", "map-frame-ms", "render-frame-ms"] { #expect(names.contains(name), "missing \(name)") }
+        for name in ["fault-decode-records-per-s", "fault-decode-tree-records-per-s", "foundation-jsondecoder-records-per-s", "framer-1mib-one-line-ms", "framer-1mib-4k-lines-ms", "map-frame-ms", "render-frame-ms"] { #expect(names.contains(name), "missing \(name)") }
         for r in results { #expect(r.value.isFinite && r.value > 0, "\(r.name) = \(r.value)") }
         // The decode path really decodes: every record reaches the model, in order.
         let model = decodeIntoModel(faultEventBytes(batches: 3, perBatch: 100), chunk: 777)

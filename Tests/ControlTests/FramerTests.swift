@@ -3,7 +3,13 @@ import Testing
 
 struct FramerTests {
     func texts(_ frames: [Framer.Frame]) -> [String] {
-        frames.map { if case .message(let m) = $0 { String(decoding: m, as: UTF8.self) } else { "<too long>" } }
+        frames.map { f in
+            switch f {
+            case .message(let m): String(decoding: m, as: UTF8.self)
+            case .parsed(let d): String(decoding: d.bytes, as: UTF8.self)
+            case .tooLong: "<too long>"
+            }
+        }
     }
 
     @Test func splitsBackToBackObjectsWithoutNewlines() {
@@ -71,7 +77,7 @@ extension FramerTests {
     @Test func anEndlessLineIsNotKept() {
         for start in ["{\"a\":\"", "nonsense ", "{\"event\":\"MEMORY_FAULT\",\"data\":\""] {
             for decode in [false, true] {
-                var f = Framer(maxMessage: 1 << 20, decodeFaults: decode)
+                var f = Framer(maxMessage: 1 << 20, parsesLines: decode)
                 var frames: [Framer.Frame] = f.feed(Array(start.utf8))
                 let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 65536)
                 var peak = 0
