@@ -37,7 +37,11 @@ public struct FaultRecord: Sendable, Equatable {
 
     /// A record with nothing set yet (the decoders fill it member by member; a member a peer left out reads as
     /// `?`, shown as such).
-    init(empty: ()) {
+    init(empty: ()) { self = Self.blank }
+
+    private static let blank = FaultRecord(blank: ())
+
+    private init(blank: ()) {
         seq = 0; gpa = 0; timeNs = 0; vcpu = nil; size = 0; flags = 0; isPrivate = false; access = .known(.unknown)
         errno = nil; source = .unknown("?"); exit = .unknown("?"); attribute = .unknown("?"); slot = nil; action = .unknown("?")
     }
@@ -120,13 +124,30 @@ public struct FaultRecord: Sendable, Equatable {
             return m.isNamed(bytes) ? m : nil
         }
 
+        /// The member the spec lists after this one (the last: the first).
+        @inline(__always) var following: Member {
+            switch self {
+            case .seq: .timeNs
+            case .timeNs: .vcpu
+            case .vcpu: .gpa
+            case .gpa: .size
+            case .size: .flags
+            case .flags: .isPrivate
+            case .isPrivate: .access
+            case .access: .errno
+            case .errno: .source
+            case .source: .exit
+            case .exit: .attribute
+            case .attribute: .slot
+            case .slot: .action
+            case .action: .seq
+            }
+        }
+
         /// Whether `bytes` is this member's name (compared in place: names are a few bytes).
         @inline(__always) func isNamed(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
             let k = key
-            guard k.utf8CodeUnitCount == bytes.count else { return false }
-            let s = k.utf8Start
-            for j in 0..<bytes.count where s[j] != bytes[j] { return false }
-            return true
+            return k.utf8CodeUnitCount == bytes.count && sameBytes(k.utf8Start, bytes.baseAddress!, bytes.count)
         }
     }
 
@@ -200,7 +221,7 @@ public struct FaultRecord: Sendable, Equatable {
         j.forEachMember { name, v in
             let m: Member
             if next.isNamed(name) { m = next } else if let named = Member.named(name) { m = named } else { return }
-            next = Member(rawValue: m.rawValue + 1) ?? .seq
+            next = m.following
             if set(m, v) { have |= 1 << m.rawValue }
         }
         return have & Self.required == Self.required
@@ -233,16 +254,18 @@ public struct FaultBatch: Sendable, Equatable {
     public init(data: JSON?) { self.init(reading: data) }
 
     init<R: JSONReading>(reading data: R?) {
-        var records: [FaultRecord] = []
-        if let list = data?[FaultsKey.records] {
-            records.reserveCapacity(list.elementCount ?? 0)
+        if let list = data?[FaultsKey.records], let count = list.elementCount {
             // Each record is read where it will stay (no copy of it on the way in).
-            list.forEachElement { e in
-                records.append(FaultRecord(empty: ()))
-                if !records[records.count - 1].read(e) { records.removeLast() }
+            records = Array(unsafeUninitializedCapacity: count) { buffer, initialized in
+                list.forEachElement { e in
+                    let slot = buffer.baseAddress! + initialized
+                    slot.initialize(to: FaultRecord(empty: ()))
+                    if slot.pointee.read(e) { initialized += 1 } else { slot.deinitialize(count: 1) }
+                }
             }
+        } else {
+            records = []
         }
-        self.records = records
         dropped = data?[FaultsKey.dropped]?.uint64Value ?? 0
     }
 

@@ -212,10 +212,28 @@ struct DocumentParser {
         return k
     }
 
+    /// Whether the eight bytes of `w` are all ASCII digits.
+    @inline(__always) static func eightDigits(_ w: UInt64) -> Bool {
+        ((w &+ 0x4646_4646_4646_4646) | (w &- 0x3030_3030_3030_3030)) & 0x8080_8080_8080_8080 == 0
+    }
+
+    /// The value of eight ASCII digits, the first in the lowest byte.
+    @inline(__always) static func valueOfEightDigits(_ w: UInt64) -> UInt64 {
+        var v = w &- 0x3030_3030_3030_3030
+        v = v &* 10 &+ (v >> 8)
+        let mask: UInt64 = 0x0000_00FF_0000_00FF
+        return ((v & mask) &* 0x000F_4240_0000_0064 &+ ((v >> 16) & mask) &* 0x0000_2710_0000_0001) >> 32
+    }
+
     mutating func literal(_ word: StaticString, _ kind: UInt64) throws(JSONParseError) {
         let len = word.utf8CodeUnitCount
         guard i + len <= n else { throw fail("unexpected end") }
-        for k in 0..<len where p[i + k] != word.utf8Start[k] { throw fail("unexpected character") }
+        // The first four bytes as one word ("true", "null", "fals"), then what is left of "false".
+        let w = UnsafeRawPointer(p).loadUnaligned(fromByteOffset: i, as: UInt32.self)
+        guard w == UnsafeRawPointer(word.utf8Start).loadUnaligned(as: UInt32.self),
+              len == 4 || p[i + 4] == word.utf8Start[4] else {
+            throw fail("unexpected character")
+        }
         i += len
         append(kind, 0)
     }
@@ -237,18 +255,55 @@ struct DocumentParser {
         }
     }
 
+    /// A member's or element's value: scalars here (most values), containers through `value`.
+    @inline(__always) mutating func element(depth: Int) throws(JSONParseError) {
+        guard depth < 127 else { throw fail("nested deeper than 128 levels") }
+        guard i < n else { throw fail("unexpected end") }
+        let c = p[i]
+        if c &- 0x31 < 9 {
+            // A plain integer of at most 18 digits followed by neither '.' nor an exponent (most numbers) is
+            // read here; anything else by `number`, from the start.
+            budget -= 1
+            guard budget >= 0 else { throw fail("more values than this reader takes") }
+            var k = i + 1
+            var v = UInt64(c &- 0x30)
+            while k < n {
+                let d = p[k] &- 0x30
+                guard d < 10 else { break }
+                v = v &* 10 &+ UInt64(d)
+                k += 1
+            }
+            if k - i <= 18 && (k == n || (p[k] != UInt8(ascii: ".") && p[k] | 0x20 != UInt8(ascii: "e"))) {
+                append(JSONDocument.Node.int, v)
+                i = k
+            } else {
+                try number()
+            }
+        } else if c == UInt8(ascii: "0") || c == UInt8(ascii: "-") {
+            budget -= 1
+            guard budget >= 0 else { throw fail("more values than this reader takes") }
+            try number()
+        } else if c == UInt8(ascii: "\"") {
+            budget -= 1
+            guard budget >= 0 else { throw fail("more values than this reader takes") }
+            if shortString() == nil { try string() }
+        } else {
+            try value(depth: depth + 1)
+        }
+    }
+
     mutating func array(depth: Int) throws(JSONParseError) {
         i += 1
         let me = append(JSONDocument.Node.array, 0)
-        var members: UInt64 = 0
+        var count: UInt64 = 0
         skipWhitespace()
         if i < n, p[i] == UInt8(ascii: "]") {
             i += 1
         } else {
             while true {
                 skipWhitespace()
-                try value(depth: depth + 1)
-                members += 1
+                try element(depth: depth)
+                count += 1
                 skipWhitespace()
                 guard i < n else { throw fail("unexpected end") }
                 if p[i] == UInt8(ascii: ",") { i += 1; continue }
@@ -256,7 +311,29 @@ struct DocumentParser {
                 throw fail("expected ',' or ']'")
             }
         }
-        nodes[me] = JSONDocument.Node(a: JSONDocument.Node.array | members << 32, b: UInt64(self.count))
+        nodes[me] = JSONDocument.Node(a: JSONDocument.Node.array | count << 32, b: UInt64(self.count))
+    }
+
+    /// A string at `i` (its opening quote) shorter than eight bytes, plain ASCII, with eight bytes of text from
+    /// its first: appended in one load, with its bytes as a word (zero past its end). Nil (nothing read) for any
+    /// other string.
+    @inline(__always) mutating func shortString() -> (node: Int, word: UInt64, length: Int)? {
+        let start = i + 1
+        guard start + 8 <= n else { return nil }
+        let w = UnsafeRawPointer(p).loadUnaligned(fromByteOffset: start, as: UInt64.self)
+        let hits = Self.stops(w)
+        guard hits != 0 else { return nil }
+        let length = hits.trailingZeroBitCount >> 3
+        guard p[start + length] == UInt8(ascii: "\"") else { return nil }
+        let k = append(JSONDocument.Node.string | UInt64(length) << 32, UInt64(start))
+        i = start + length + 1
+        return (k, w & ((1 << (UInt64(length) * 8)) &- 1), length)
+    }
+
+    /// `hash` of a name shorter than eight bytes, from its bytes as a word.
+    @inline(__always) static func shortHash(_ word: UInt64, _ length: Int) -> UInt64 {
+        let h = ((0x9E37_79B9_7F4A_7C15 &* UInt64(length + 1)) ^ word) &* 0xC4CE_B9FE_1A85_EC53
+        return h ^ (h >> 32)
     }
 
     mutating func object(depth: Int) throws(JSONParseError) {
@@ -266,7 +343,7 @@ struct DocumentParser {
         // Repeated names: a 64-bit filter of the names' hashes finds the few worth comparing; past 32 members, a
         // set of the hashes (an object of thousands of members costs linear time in all).
         var filter: UInt64 = 0
-        var hashes: Set<UInt64> = []
+        var hashes: Set<UInt64>? = nil
         skipWhitespace()
         if i < n, p[i] == UInt8(ascii: "}") {
             i += 1
@@ -275,42 +352,59 @@ struct DocumentParser {
                 skipWhitespace()
                 guard i < n, p[i] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
                 let nameStart = i
-                let key = try string()
-                let keyNode = nodes[key]
+                let key: Int, h: UInt64
+                if let short = shortString() {
+                    key = short.node
+                    h = Self.shortHash(short.word, short.length)
+                } else {
+                    key = try string()
+                    let keyNode = nodes[key]
+                    h = keyNode.hasEscapes ? withName(key) { Self.hash($0) } : nameHash(Int(keyNode.b), keyNode.length)
+                }
                 members += 1
-                let h = keyNode.hasEscapes ? withName(key) { Self.hash($0) } : nameHash(Int(keyNode.b), keyNode.length)
                 var check: Bool
                 if members <= 32 {
                     let bit: UInt64 = 1 << (h >> 58)
                     check = filter & bit != 0
                     filter |= bit
                     if members == 32 {
-                        hashes = memberHashes(object: me, upTo: key)
-                        hashes.insert(h)
+                        var all = memberHashes(object: me, upTo: key)
+                        all.insert(h)
+                        hashes = all
                     }
                 } else {
-                    check = !hashes.insert(h).inserted
+                    check = !hashes!.insert(h).inserted
                 }
                 if check, repeats(object: me, name: key) {
                     i = nameStart
-                    let name = String(decoding: JSONDocument.unescapedIfNeeded(keyNode, p), as: UTF8.self)
+                    let name = String(decoding: JSONDocument.unescapedIfNeeded(nodes[key], p), as: UTF8.self)
                     throw fail("duplicate member \"\(name)\"")
                 }
+                if i < n, p[i] == UInt8(ascii: ":") {
+                    i += 1
+                } else {
+                    skipWhitespace()
+                    guard i < n, p[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
+                    i += 1
+                }
                 skipWhitespace()
-                guard i < n, p[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
-                i += 1
-                skipWhitespace()
-                try value(depth: depth + 1)
-                skipWhitespace()
+                try element(depth: depth)
                 guard i < n else { throw fail("unexpected end") }
-                if p[i] == UInt8(ascii: ",") { i += 1; continue }
-                if p[i] == UInt8(ascii: "}") { i += 1; break }
+                var c = p[i]
+                if c <= 0x20 {
+                    skipWhitespace()
+                    guard i < n else { throw fail("unexpected end") }
+                    c = p[i]
+                }
+                if c == UInt8(ascii: ",") { i += 1; continue }
+                if c == UInt8(ascii: "}") { i += 1; break }
                 throw fail("expected ',' or '}'")
             }
         }
         nodes[me] = JSONDocument.Node(a: JSONDocument.Node.object | members << 32, b: UInt64(self.count))
     }
 
+    /// A name's hash (of its value's bytes), for finding repeated names.
     @inline(__always) static func hash(_ s: UnsafeBufferPointer<UInt8>) -> UInt64 {
         var h: UInt64 = 0x9E37_79B9_7F4A_7C15 &* UInt64(s.count + 1)
         var k = 0
@@ -330,9 +424,7 @@ struct DocumentParser {
     /// masked load where the text goes on for eight bytes.
     @inline(__always) func nameHash(_ start: Int, _ length: Int) -> UInt64 {
         guard length < 8, start + 8 <= n else { return Self.hash(UnsafeBufferPointer(start: p + start, count: length)) }
-        let w = UnsafeRawPointer(p).loadUnaligned(fromByteOffset: start, as: UInt64.self) & ((1 << (UInt64(length) * 8)) &- 1)
-        let h = ((0x9E37_79B9_7F4A_7C15 &* UInt64(length + 1)) ^ w) &* 0xC4CE_B9FE_1A85_EC53
-        return h ^ (h >> 32)
+        return Self.shortHash(UnsafeRawPointer(p).loadUnaligned(fromByteOffset: start, as: UInt64.self) & ((1 << (UInt64(length) * 8)) &- 1), length)
     }
 
     /// The value bytes of a name node, for `body` (escapes resolved only when it has some).
@@ -376,12 +468,21 @@ struct DocumentParser {
         if p[i] == 0x30, i + 1 < n, p[i + 1] &- 0x30 < 10 { throw fail("leading zero") }
         var magnitude: UInt64 = 0
         let digitsStart = i
-        while i < n {
-            let d = p[i] &- 0x30
+        var k = i
+        // Eight digits at a time while eight bytes are digits, then one at a time.
+        while k + 8 <= n {
+            let w = UnsafeRawPointer(p).loadUnaligned(fromByteOffset: k, as: UInt64.self)
+            guard Self.eightDigits(w) else { break }
+            magnitude = magnitude &* 100_000_000 &+ Self.valueOfEightDigits(w)
+            k += 8
+        }
+        while k < n {
+            let d = p[k] &- 0x30
             guard d < 10 else { break }
             magnitude = magnitude &* 10 &+ UInt64(d)
-            i += 1
+            k += 1
         }
+        i = k
         // Nineteen digits cannot overflow; more are read again with the overflow checked.
         var overflow = false
         if i - digitsStart > 19 {

@@ -32,19 +32,45 @@ extension JSONReading {
 /// An enumeration's wire texts as bytes, made from its cases (so spelled nowhere else): read without making
 /// a string.
 struct WireNames<E: SchemaEnum>: Sendable {
-    let entries: [(bytes: [UInt8], value: E)]
+    /// Each value's text with its `ShortKey`, which decides alone for texts of at most 16 bytes.
+    let entries: [(key: ShortKey, bytes: [UInt8], value: E)]
 
-    init() { entries = E.allCases.map { (Array($0.rawValue.utf8), $0) } }
+    init() {
+        entries = E.allCases.map { e in
+            let bytes = Array(e.rawValue.utf8)
+            return (bytes.withUnsafeBufferPointer { ShortKey($0) }, bytes, e)
+        }
+    }
 
     @inline(__always) func find(_ text: UnsafeBufferPointer<UInt8>) -> E? {
-        for e in entries where e.bytes.count == text.count {
-            if e.bytes.withUnsafeBufferPointer({ memcmp($0.baseAddress!, text.baseAddress!, text.count) }) == 0 { return e.value }
+        let k = ShortKey(text)
+        for e in entries where e.key == k {
+            if text.count <= 16 || e.bytes.elementsEqual(text) { return e.value }
         }
         return nil
     }
 
     @inline(__always) func open(_ text: UnsafeBufferPointer<UInt8>) -> Open<E> {
         find(text).map { .known($0) } ?? .unknown(String(decoding: text, as: UTF8.self))
+    }
+}
+
+/// A text as its length and two words read inside it (overlapping where it is short, its first and last eight
+/// bytes where it is long): two texts of at most 16 bytes are equal when their keys are.
+struct ShortKey: Equatable, Sendable {
+    let count: Int, a: UInt64, b: UInt64
+
+    @inline(__always) init(_ t: UnsafeBufferPointer<UInt8>) {
+        count = t.count
+        let x = UnsafeRawPointer(t.baseAddress ?? UnsafePointer(bitPattern: 1)!)
+        switch t.count {
+        case 0: a = 0; b = 0
+        case 1...3: a = UInt64(t[0]) | UInt64(t[t.count >> 1]) << 8 | UInt64(t[t.count - 1]) << 16; b = 0
+        case 4...8:
+            a = UInt64(x.loadUnaligned(as: UInt32.self)); b = UInt64(x.loadUnaligned(fromByteOffset: t.count - 4, as: UInt32.self))
+        default:
+            a = x.loadUnaligned(as: UInt64.self); b = x.loadUnaligned(fromByteOffset: t.count - 8, as: UInt64.self)
+        }
     }
 }
 
@@ -155,5 +181,24 @@ extension JSONDocument.Value: JSONReading {
     func open<E>(_ names: WireNames<E>) -> Open<E>? {
         if let t = plainText { return names.open(t) }
         return withUTF8 { names.open($0) }
+    }
+}
+
+/// Whether `n` bytes at `a` and at `b` are the same: a few loads, each inside both (names and the protocol's
+/// words are short; longer runs go to `memcmp`).
+@inline(__always) func sameBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+    let x = UnsafeRawPointer(a), y = UnsafeRawPointer(b)
+    switch n {
+    case 0: return true
+    case 1...3:
+        return a[0] == b[0] && a[n - 1] == b[n - 1] && a[n >> 1] == b[n >> 1]
+    case 4...8:
+        return x.loadUnaligned(as: UInt32.self) == y.loadUnaligned(as: UInt32.self)
+            && x.loadUnaligned(fromByteOffset: n - 4, as: UInt32.self) == y.loadUnaligned(fromByteOffset: n - 4, as: UInt32.self)
+    case 9...16:
+        return x.loadUnaligned(as: UInt64.self) == y.loadUnaligned(as: UInt64.self)
+            && x.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self) == y.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self)
+    default:
+        return memcmp(a, b, n) == 0
     }
 }

@@ -14,7 +14,7 @@ struct VMScopeBench: ParsableCommand {
     @Option(help: "Only the groups named (attr, inspector, convert, live, keys, trace, cpu, qemu-poll, libvirt-poll, exporter, peers); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
-    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (general, tree, tracepoints, attr-walk) and exit.", visibility: .hidden))
+    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (general, tree, model, tracepoints, attr-walk) and exit.", visibility: .hidden))
     var callgrindDecode: String?
 
     func run() throws {

@@ -1,5 +1,6 @@
 @testable import Schema
 import Testing
+import TestSupport
 @testable import ControlProtocol
 
 struct JSONTests {
@@ -58,3 +59,56 @@ extension JSONTests {
         #expect(throws: JSONParseError.self) { try JSON.parse(dup) }
     }
 }
+
+extension JSONTests {
+    /// Random trees, written compactly and with whitespace everywhere it may go, read back equal: every path of the
+    /// parser (names and strings short and long, escaped or not, near the text's end; integers of every length up
+    /// to and past 64 bits, negative, fractions and exponents; literals; nesting) against the writer.
+    @Test func randomTreesReadBackAsWritten() throws {
+        var rng = SplitMix64(state: 0x5EED)
+        let pieces = ["a", "seq", "time-ns", "attribute", "\"", "\\", "é", "\u{1}", "😀", "\n", "MEMORY_FAULT", ""]
+        func text() -> String { (0..<Int(rng.next() % 4)).map { _ in pieces[Int(rng.next() % UInt64(pieces.count))] }.joined() }
+        func number() -> JSON {
+            switch rng.next() % 6 {
+            case 0: .int(Int64(bitPattern: rng.next()))
+            case 1: .uint(UInt64.max - rng.next() % 1000)
+            case 2: .int(Int64(rng.next() % 1_000_000_000_000_000_000))
+            case 3: .int(Int64(rng.next() % 100))
+            case 4: .number(["1.5", "-0.25", "1e5", "12E-3", "18446744073709551616", "-9223372036854775809"][Int(rng.next() % 6)])
+            default: .int(-Int64(rng.next() % 1000))
+            }
+        }
+        func value(_ depth: Int) -> JSON {
+            switch rng.next() % (depth > 4 ? 4 : 6) {
+            case 0: return number()
+            case 1: return .string(text())
+            case 2: return [.null, .bool(true), .bool(false)][Int(rng.next() % 3)]
+            case 3: return number()
+            case 4: return .array((0..<Int(rng.next() % 5)).map { _ in value(depth + 1) })
+            default:
+                var seen: Set<String> = []
+                return .object((0..<Int(rng.next() % 6)).compactMap { k in
+                    let name = text() + (k % 2 == 0 ? "" : String(k))
+                    return seen.insert(name).inserted ? (name, value(depth + 1)) : nil
+                })
+            }
+        }
+        for _ in 0..<3000 {
+            let v = value(0)
+            let compact = v.serialized
+            #expect(try JSON.parse(compact) == v, "\(compact)")
+            #expect(try JSON.parse(v.pretty(inline: 0)) == v, "\(compact)")
+        }
+    }
+
+    @Test func numbersReadAsTheyAre() throws {
+        #expect(try JSON.parse("[123456789012345678,1234567890123456789,12345678901234567890,18446744073709551616]")
+                == .array([.int(123_456_789_012_345_678), .int(1_234_567_890_123_456_789), .uint(12_345_678_901_234_567_890),
+                           .number("18446744073709551616")]))
+        #expect(try JSON.parse("[7,7.5,7e1,7E1,-7,-0,0]") == .array([.int(7), .number("7.5"), .number("7e1"), .number("7E1"), .int(-7), .int(0), .int(0)]))
+        for bad in ["[01]", "[1.]", "[1e]", "[-]", "[tru]", "[nul]", "[falsy]", "{\"a\":1,\"\\u0061\":2}"] {
+            #expect(throws: JSONParseError.self, "\(bad)") { try JSON.parse(bad) }
+        }
+    }
+}
+

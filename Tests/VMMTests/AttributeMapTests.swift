@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import VMM
 
 /// A bit-per-page reference model, to check the interval map against on random operations.
@@ -15,18 +16,6 @@ struct PageArrayModel {
             }
         }
         return out
-    }
-}
-
-/// A small deterministic generator (SplitMix64), so a failing sequence can be replayed from its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
