@@ -87,6 +87,8 @@ public func inspectorCPUBenchmarks(_ sizes: BenchSizes, vmscope: String, deviceP
         BenchResult(name: "stream-cpu-pct", value: streamCPU, unit: "%", target: .atMost(50), baseline: idleResult,
                     note: String(format: "the same inspector under %.0f fault records/s for %.0f s (synthetic records in the VMM's ring, real control server); %@", rate, streamSeconds,
                                  dropped.map { "\($0) of \(total) records announced as dropped" } ?? "dropped count not on screen")),
+        BenchResult(name: "stream-dropped-records", value: dropped.map(Double.init) ?? .nan, unit: "records", target: .atMost(0),
+                    note: String(format: "records of the %.0f-a-second stream the server announced as dropped to the inspector over %.0f s (the status bar's count): it keeps up, and so does the server's batching", rate, streamSeconds)),
         BenchResult(name: "stream-rss-growth-mib", value: (Double(rssEnd) - Double(rssWarm)) / Double(1 << 20), unit: "MiB",
                     target: .atMost(8),
                     note: String(format: "inspector RSS %.1f MiB after %.0f s of the stream, %.1f MiB at its end (flat: bounded fault list and marks)",

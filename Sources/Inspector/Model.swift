@@ -1,5 +1,4 @@
 import Algorithms
-import DequeModule
 import ControlProtocol
 
 /// Everything the views show.
@@ -19,7 +18,7 @@ public struct InspectorModel: Sendable {
     public var previousVCPUs: [VCPURow] = []
     public var vcpuRefreshIntervalNs: UInt64 = 0
     /// The newest fault records, oldest first, at most `faultCapacity`.
-    public internal(set) var faults = Deque<FaultRecord>()
+    public internal(set) var faults = FaultLog()
     /// Records a kernel tracepoint event saw too (`corroborate`).
     public internal(set) var faultsTraced: UInt64 = 0
     /// Records removed from the front of `faults` since the session began: a record's absolute position is

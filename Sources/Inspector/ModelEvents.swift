@@ -1,5 +1,4 @@
 import Algorithms
-import DequeModule
 import ControlProtocol
 
 /// The model from events and fault batches: conversions, memslot changes, vCPU states, the fault stream and its counts.
@@ -213,5 +212,5 @@ extension InspectorModel {
     }
 
     /// The faults as the view keeps them (at most `faultCapacity`, newest last).
-    public var visibleFaults: Deque<FaultRecord> { faults }
+    public var visibleFaults: FaultLog { faults }
 }

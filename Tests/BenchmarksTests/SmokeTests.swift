@@ -93,7 +93,7 @@ struct SmokeTests {
         try #require(TmuxPane.tmux != nil, "tmux is not installed (.ci/run installs it)")
         let results = try inspectorCPUBenchmarks(.smoke, vmscope: vmscope)
         let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        for name in ["idle-cpu-pct", "stream-cpu-pct", "stream-rss-growth-mib"] {
+        for name in ["idle-cpu-pct", "stream-cpu-pct", "stream-dropped-records", "stream-rss-growth-mib"] {
             let r = try #require(byName[name], "missing \(name)")
             #expect(r.value.isFinite, "\(name) = \(r.value)")
         }
