@@ -14,6 +14,8 @@ public struct BenchResult: Codable, Sendable, Equatable {
     public var note: String?
     /// Whether the value meets `target` (nil when there is none).
     public var met: Bool?
+    /// Where the value goes, largest first (a callgrind profile: each function's own instructions per item).
+    public var breakdown: [Share]?
 
     public init(name: String, value: Double, unit: String, target: Target? = nil, baseline: BenchResult? = nil,
                 note: String? = nil) {
@@ -26,6 +28,12 @@ public struct BenchResult: Codable, Sendable, Equatable {
         if let b = baseline, b.value != 0 { self.ratio = value / b.value }
         self.note = note
     }
+}
+
+/// A part of a figure: a function and its share.
+public struct Share: Codable, Sendable, Equatable {
+    public var name: String
+    public var value: Double
 }
 
 /// A target such as "≤ 10 ms" or "≥ 1,000,000 records/s".
@@ -143,6 +151,12 @@ public struct BenchReport: Codable, Sendable {
             let met = r.met.map { $0 ? "yes" : "**no**" } ?? ""
             s += "| \(r.name) | \(format(r.value)) | \(r.unit) | \(r.target ?? "") | \(met) | \(r.baseline ?? "") | "
                 + "\(r.ratio.map { format($0) + "×" } ?? "") | \(r.note ?? "") |\n"
+        }
+        for r in results {
+            guard let parts = r.breakdown, !parts.isEmpty else { continue }
+            s += "\n## Where \(r.name) goes\n\nEach function's own \(r.unit) per item (callgrind, the same run), largest first; "
+                + "together \(format(parts.map(\.value).reduce(0, +))) of \(format(r.value)).\n\n| function | \(r.unit) |\n|---|---|\n"
+            for p in parts { s += "| `\(p.name.replacingOccurrences(of: "|", with: "\\|"))` | \(format(p.value)) |\n" }
         }
         return s
     }

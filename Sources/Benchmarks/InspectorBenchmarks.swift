@@ -116,13 +116,15 @@ public func inspectorBenchmarks(_ sizes: BenchSizes, callgrindExecutable: String
     results.append(BenchResult(name: "fault-decode-tree-records-per-s", value: Double(records) / (treeNs / 1e9), unit: "records/s",
                                note: "the same bytes framed byte by byte, parsed into a JSON tree (JSON.parse), then Event's reading of the tree (\(records) records)"))
     // Instructions per record, which repeat exactly where times do not (this machine's times move 2× in an hour).
-    if let exe = callgrindExecutable, let general = callgrindInstructionsPerRecord(exe, path: "general"),
+    if let exe = callgrindExecutable, let general = callgrindProfile(exe, path: "general", top: 14),
        let tree = callgrindInstructionsPerRecord(exe, path: "tree") {
         let t = BenchResult(name: "fault-decode-tree-instr-per-record", value: tree, unit: "instr",
                             note: "valgrind --tool=callgrind, decode only (--toggle-collect), \(callgrindRecords) records, through the tree")
         results.append(t)
-        results.append(BenchResult(name: "fault-decode-instr-per-record", value: general, unit: "instr", target: .atMost(2500), baseline: t,
-                                   note: "the client's path (framer, JSONDocument, Event's reading; records decoded, not put in a model), counted the same way"))
+        var r = BenchResult(name: "fault-decode-instr-per-record", value: general.perRecord, unit: "instr", target: .atMost(2500), baseline: t,
+                            note: "the client's path (framer, JSONDocument, Event's reading; records decoded, not put in a model), counted the same way; where they go: below")
+        r.breakdown = general.functions
+        results.append(r)
         if let model = callgrindInstructionsPerRecord(exe, path: "model") {
             results.append(BenchResult(name: "fault-decode-into-model-instr-per-record", value: model, unit: "instr",
                                        note: "the same into a new inspector model (as the fast decoder's figure was counted: 5,115 on 2026-12-06)"))
@@ -338,6 +340,12 @@ func strippedCopy(of exe: String) -> String? {
 /// Instructions per item of `callgrindDecodeWorkload` for `path`, counted by callgrind in a child `exe
 /// --callgrind-decode PATH`; nil without valgrind.
 func callgrindInstructionsPerRecord(_ exe: String, path: String, records: Int = callgrindRecords) -> Double? {
+    callgrindProfile(exe, path: path, records: records, top: 0)?.perRecord
+}
+
+/// Instructions per item of `callgrindDecodeWorkload` for `path` and, with `top`, the functions they were spent in
+/// (their own instructions, not their callees', per item; names demangled), largest first.
+func callgrindProfile(_ exe: String, path: String, records: Int = callgrindRecords, top: Int) -> (perRecord: Double, functions: [Share])? {
     let out = NSTemporaryDirectory() + "vmscope-callgrind-\(getpid())-\(path).out"
     defer { unlink(out) }
     guard let copy = strippedCopy(of: exe) else { return nil }
@@ -352,5 +360,42 @@ func callgrindInstructionsPerRecord(_ exe: String, path: String, records: Int = 
     guard p.terminationStatus == 0, let text = try? String(contentsOfFile: out, encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") || $0.hasPrefix("totals:") }),
           let total = Double(line.split(separator: " ").last ?? ""), total > 0 else { return nil }
-    return total / Double(records)
+    guard top > 0, let annotated = run(["callgrind_annotate", out]) else { return (total / Double(records), []) }
+    // Lines such as "14,939,464 (19.94%)  ???:$s6Schema…F [/tmp/…]".
+    var shares: [(symbol: String, count: Double)] = []
+    for l in annotated.split(separator: "\n") where l.contains("%)") && l.contains(":") {
+        let fields = l.split(separator: " ", omittingEmptySubsequences: true)
+        guard let count = Double(fields.first?.replacingOccurrences(of: ",", with: "") ?? ""),
+              let colon = l.range(of: ":") else { continue }
+        var symbol = String(l[colon.upperBound...])
+        if let bracket = symbol.range(of: " [", options: .backwards) { symbol = String(symbol[..<bracket.lowerBound]) }
+        if symbol.hasPrefix("PROGRAM TOTALS") { continue }
+        shares.append((symbol, count))
+        if shares.count == top { break }
+    }
+    let names = run(["swift", "demangle", "--simplified", "--compact"], input: shares.map(\.symbol).joined(separator: "\n"))?
+        .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    let functions = shares.enumerated().map { k, s in
+        Share(name: names.flatMap { k < $0.count ? $0[k] : nil } ?? s.symbol, value: s.count / Double(records))
+    }
+    return (total / Double(records), functions)
+}
+
+/// A command's standard output (nil when it cannot run or fails).
+func run(_ arguments: [String], input: String? = nil) -> String? {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = arguments
+    let out = Pipe(), inPipe = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    if input != nil { p.standardInput = inPipe }
+    do { try p.run() } catch { return nil }
+    if let input {
+        inPipe.fileHandleForWriting.write(Data(input.utf8))
+        try? inPipe.fileHandleForWriting.close()
+    }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
 }

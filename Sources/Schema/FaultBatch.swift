@@ -37,13 +37,16 @@ public struct FaultRecord: Sendable, Equatable {
 
     /// A record with nothing set yet (the decoders fill it member by member; a member a peer left out reads as
     /// `?`, shown as such).
-    init(empty: ()) { self = Self.blank }
+    init(empty: ()) {
+        self.init(placeholders: ())
+        source = .unknown("?"); exit = .unknown("?"); attribute = .unknown("?"); action = .unknown("?")
+    }
 
-    private static let blank = FaultRecord(blank: ())
-
-    private init(blank: ()) {
+    /// A record to be read into (`read`): what `read` does not set stands in for what it will, and holds no
+    /// string (so making one is a few stores).
+    init(placeholders: ()) {
         seq = 0; gpa = 0; timeNs = 0; vcpu = nil; size = 0; flags = 0; isPrivate = false; access = .known(.unknown)
-        errno = nil; source = .unknown("?"); exit = .unknown("?"); attribute = .unknown("?"); slot = nil; action = .unknown("?")
+        errno = nil; source = .known(.vmm); exit = .known(.none); attribute = .known(.none); slot = nil; action = .known(.reported)
     }
 
     public init(seq: UInt64 = 0, timeNs: UInt64, vcpu: Int?, gpa: UInt64, size: UInt64 = 4096, flags: UInt64,
@@ -206,13 +209,13 @@ public struct FaultRecord: Sendable, Equatable {
     public init?(_ j: JSON) { self.init(reading: j) }
 
     init?<R: JSONReading>(reading j: R) {
-        var r = FaultRecord(empty: ())
+        var r = FaultRecord(placeholders: ())
         guard r.read(j) else { return nil }
         self = r
     }
 
-    /// Sets the members `j` has (this record is `init(empty:)`'s); false when `j` is not a record (not an
-    /// object, or without `seq` or `gpa`).
+    /// Sets the members `j` has, and `?` for the enumerations it lacks (this record is `init(placeholders:)`'s);
+    /// false when `j` is not a record (not an object, or without `seq` or `gpa`).
     @inline(__always) mutating func read<R: JSONReading>(_ j: R) -> Bool {
         guard j.isObject else { return false }
         var have: UInt32 = 0
@@ -224,8 +227,20 @@ public struct FaultRecord: Sendable, Equatable {
             next = m.following
             if set(m, v) { have |= 1 << m.rawValue }
         }
-        return have & Self.required == Self.required
+        guard have & Self.required == Self.required else { return false }
+        let lacking = ~have
+        if lacking & Self.placeheld != 0 {
+            if lacking & 1 << Member.source.rawValue != 0 { source = .unknown("?") }
+            if lacking & 1 << Member.exit.rawValue != 0 { exit = .unknown("?") }
+            if lacking & 1 << Member.attribute.rawValue != 0 { attribute = .unknown("?") }
+            if lacking & 1 << Member.action.rawValue != 0 { action = .unknown("?") }
+        }
+        return true
     }
+
+    /// The members whose placeholder is not what a record without them reads as.
+    static let placeheld: UInt32 = 1 << Member.source.rawValue | 1 << Member.exit.rawValue
+        | 1 << Member.attribute.rawValue | 1 << Member.action.rawValue
 }
 
 /// Member names of a list of fault records, wherever one is written (`MEMORY_FAULT`, `query-memory-faults`, snapshots).
@@ -259,7 +274,7 @@ public struct FaultBatch: Sendable, Equatable {
             records = Array(unsafeUninitializedCapacity: count) { buffer, initialized in
                 list.forEachElement { e in
                     let slot = buffer.baseAddress! + initialized
-                    slot.initialize(to: FaultRecord(empty: ()))
+                    slot.initialize(to: FaultRecord(placeholders: ()))
                     if slot.pointee.read(e) { initialized += 1 } else { slot.deinitialize(count: 1) }
                 }
             }
