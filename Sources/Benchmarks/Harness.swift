@@ -150,7 +150,7 @@ public struct BenchReport: Codable, Sendable {
         for r in results {
             let met = r.met.map { $0 ? "yes" : "**no**" } ?? ""
             s += "| \(r.name) | \(format(r.value)) | \(r.unit) | \(r.target ?? "") | \(met) | \(r.baseline ?? "") | "
-                + "\(r.ratio.map { format($0) + "×" } ?? "") | \(r.note ?? "") |\n"
+                + "\(r.ratio.map { format($0) + "×" } ?? "") | \((r.note ?? "").split(whereSeparator: \.isNewline).joined(separator: " ")) |\n"
         }
         for r in results {
             guard let parts = r.breakdown, !parts.isEmpty else { continue }
