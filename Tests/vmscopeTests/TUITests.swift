@@ -66,7 +66,9 @@ struct TUITests {
         t.keys("i")
         screen = t.waitFor(3) { $0.contains("Inject a fault") }
         t.keys("d")
-        screen = t.waitFor(5) { s in
+        // The guest finds the damage on its next pass over the working set: seconds when the full suite loads
+        // both cores (a 5 s wait ran out once, the discard done and the count not yet moved).
+        screen = t.waitFor(20) { s in
             s.contains("inject discard into 1M at 0x100000: done") && (number(after: "integrity-errors", in: s) ?? 0) > errorsBefore
         }
         #expect(screen.contains("inject discard into 1M at 0x100000: done"), "\(screen)")
