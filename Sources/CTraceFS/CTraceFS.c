@@ -27,8 +27,8 @@ static void load(void) {
     FS(tracefs_tracing_dir_is_mounted); FS(tracefs_instances); FS(tracefs_list_free); FS(tracefs_instance_alloc);
     FS(tracefs_instance_create); FS(tracefs_instance_destroy); FS(tracefs_instance_free);
     FS(tracefs_instance_set_buffer_size); FS(tracefs_instance_file_write); FS(tracefs_event_enable);
-    FS(tracefs_event_file_write); FS(tracefs_trace_on); FS(tracefs_local_events); FS(tracefs_iterate_raw_events);
-    TEP(tep_find_event_by_name); TEP(tep_free);
+    FS(tracefs_event_file_write); FS(tracefs_trace_on); FS(tracefs_iterate_raw_events);
+    TEP(tep_find_event_by_name); TEP(tep_free); TEP(tep_alloc); TEP(tep_parse_header_page); TEP(tep_parse_event);
     // Optional: all or none (the reader falls back to tracefs_iterate_raw_events).
     void **optional[] = {
         (void **)&api.tracefs_cpu_open, (void **)&api.tracefs_cpu_close, (void **)&api.tracefs_cpu_read_size,

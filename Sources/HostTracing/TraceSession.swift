@@ -79,8 +79,10 @@ public final class TraceSession: @unchecked Sendable {
     /// which events no other CPU can still precede (`TimeOrderedRelease`).
     private var onMonotonicClock = false
     private var release = TimeOrderedRelease()
-    /// Events given out after a newer one had been (written later than `TimeOrderedRelease.holdBackNs` allows for).
+    /// Events given out after a newer one had been (written later than the hold-back allowed for), and the most one
+    /// came after (the hold-back grows to twice that: `TimeOrderedRelease.currentHoldBackNs`).
     public var lateEvents: UInt64 { release.late }
+    public var worstLatenessNs: UInt64 { release.worstLatenessNs }
 
     /// The raw records kept since the last call (with `keepRaw`), and the layouts to decode them with.
     public func takeRaw() -> [RawTraceRecord] { defer { raw = [] }; return raw }
@@ -97,6 +99,28 @@ public final class TraceSession: @unchecked Sendable {
             throw TraceError("\(dir)/instances is not writable", errno: errno, ": tracing needs root (or write access to tracefs)")
         }
         return dir
+    }
+
+    /// A libtraceevent handle with the ring buffer's page header and the formats of `events` only (those this
+    /// kernel lacks are left out): `tracefs_local_events` would parse every event of every system, and read
+    /// /proc/kallsyms, the printk formats and the saved command lines besides (most of `top --once`'s CPU, and
+    /// seconds of it in the lab's emulated CPUs).
+    static func eventFormats(_ fs: ctracefs_api, dir: String, events: [(group: String, name: String)]) throws(TraceError) -> OpaquePointer {
+        guard let tep = fs.tep_alloc() else { throw TraceError("cannot allocate a libtraceevent handle", errno: errno) }
+        func contents(_ path: String) -> [CChar]? {
+            guard let d = FileManager.default.contents(atPath: path), !d.isEmpty else { return nil }
+            return d.map { CChar(bitPattern: $0) } + [0]
+        }
+        guard var header = contents(dir + "/events/header_page"),
+              fs.tep_parse_header_page(tep, &header, UInt(header.count - 1), Int32(MemoryLayout<Int>.size)) == 0 else {
+            fs.tep_free(tep)
+            throw TraceError("cannot read \(dir)/events/header_page", errno: errno)
+        }
+        for (group, name) in events {
+            guard let format = contents("\(dir)/events/\(group)/\(name)/format") else { continue }
+            _ = format.withUnsafeBufferPointer { fs.tep_parse_event(tep, $0.baseAddress, UInt($0.count - 1), group) }
+        }
+        return tep
     }
 
     /// Removes `vmscope-N` instances whose process N is gone (a session killed before it could clean up).
@@ -131,9 +155,7 @@ public final class TraceSession: @unchecked Sendable {
         // The process's first session is vmscope-PID, a second at the same time vmscope-PID-2, ...
         let n = Self.sessionsStarted.add(1, ordering: .relaxed).newValue
         name = n == 1 ? "vmscope-\(getpid())" : "vmscope-\(getpid())-\(n)"
-        guard let tep = fs.tracefs_local_events(dir) else {
-            throw TraceError("cannot read the event formats under \(dir)/events", errno: errno)
-        }
+        let tep = try Self.eventFormats(fs, dir: dir, events: EventLayouts.decoded.filter { events?.contains($0.name) ?? true })
         self.tep = tep
         var found: [String: EventLayouts.Event] = [:]
         for (group, event) in EventLayouts.decoded where events?.contains(event) ?? true {
@@ -356,10 +378,18 @@ struct TimeOrderedRelease {
     /// Longer than any event's write (in atomic context, a few µs) and than the gap between the trace clock's fast
     /// monotonic read and CLOCK_MONOTONIC's.
     static let holdBackNs: UInt64 = 2_000_000
+    /// The hold-back never grows past this (what the views wait for a traced event at worst).
+    static let maxHoldBackNs: UInt64 = 500_000_000
     private(set) var held: [TraceEvent] = []
-    /// Events given out older than one given out by an earlier read: written later than `holdBackNs` after their
+    /// Events given out older than one given out by an earlier read: written later than the hold-back after their
     /// time (the consumers that depend on order, such as `TracedAttributes`, allow for it).
     private(set) var late: UInt64 = 0
+    /// The most any of them came after the newest given out before it.
+    private(set) var worstLatenessNs: UInt64 = 0
+    /// What a read holds back now: `holdBackNs`, or twice the worst lateness seen (up to `maxHoldBackNs`). In the lab
+    /// an L1 vCPU that stamped an event can be descheduled by its host for tens of milliseconds before the event is
+    /// committed, and once a trace has seen that, it waits long enough for the next one.
+    var currentHoldBackNs: UInt64 { min(Self.maxHoldBackNs, max(Self.holdBackNs, worstLatenessNs &* 2)) }
     private var newestGivenNs: UInt64 = 0
     private var heldRaw: [RawTraceRecord] = []
 
@@ -369,7 +399,7 @@ struct TimeOrderedRelease {
         var (out, outRaw) = TraceSession.inTimeOrder(held + events, raw: raw.map { heldRaw + $0 })
         var cut = out.count
         if !final, let start = readStartedNs {
-            let limit = start &- min(start, Self.holdBackNs)
+            let limit = start &- min(start, currentHoldBackNs)
             var lo = 0, hi = out.count
             while lo < hi {
                 let mid = (lo + hi) / 2
@@ -381,7 +411,11 @@ struct TimeOrderedRelease {
         heldRaw = outRaw.map { Array($0[cut...]) } ?? []
         out.removeSubrange(cut...)
         outRaw?.removeSubrange(cut...)
-        for e in out { if e.timeNs < newestGivenNs { late &+= 1 } else { break } }   // in time order: a prefix
+        for e in out {   // in time order: a prefix
+            guard e.timeNs < newestGivenNs else { break }
+            late &+= 1
+            worstLatenessNs = max(worstLatenessNs, newestGivenNs - e.timeNs)
+        }
         if let last = out.last { newestGivenNs = max(newestGivenNs, last.timeNs) }
         return (out, outRaw)
     }

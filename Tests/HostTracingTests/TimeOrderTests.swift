@@ -51,6 +51,13 @@ struct TimeOrderTests {
         #expect(first.map(\.timeNs) == [50 * ms, 90 * ms] && release.late == 0)
         let second = release.take([e(60), e(150)], raw: nil, readStartedNs: 200 * ms, final: false).0
         #expect(second.map(\.timeNs) == [60 * ms, 150 * ms] && release.late == 1)
+        // It came 30 ms after the newest given out before it: from now on a read holds back 60 ms, so an event as
+        // late again waits for its elders instead of overtaking them.
+        #expect(release.worstLatenessNs == 30 * ms && release.currentHoldBackNs == 60 * ms)
+        let third = release.take([e(210), e(260)], raw: nil, readStartedNs: 300 * ms, final: false).0
+        #expect(third.map(\.timeNs) == [210 * ms], "260 ms is within 60 ms of the read's start")
+        let fourth = release.take([e(250), e(330)], raw: nil, readStartedNs: 400 * ms, final: false).0
+        #expect(fourth.map(\.timeNs) == [250 * ms, 260 * ms, 330 * ms] && release.late == 1, "the late 250 ms waited its turn")
     }
 
     @Test func rawRecordsAreHeldWithTheirEventsAndAnotherClockHoldsNothing() {

@@ -128,7 +128,7 @@ struct MapAlarmChecks {
         let trace = try #require(source.trace, "not traced: \(driver.model.unavailable)")
         print("MapAlarmChecks: \(conversions) host conversions; \(trace.agreement.comparedPages) pages compared at the last check; alarm \(driver.model.mapAlarm ?? "off"); "
               + "trace events the kernel dropped \(trace.session.missed) (the traced map forgot \(trace.attributes?.forgotten ?? 0) times); "
-              + "events read after newer ones \(trace.session.lateEvents), conversions among them \(trace.attributes?.late ?? 0)")
+              + "events read after newer ones \(trace.session.lateEvents) (by up to \(trace.session.worstLatenessNs / 1_000_000) ms), conversions among them \(trace.attributes?.late ?? 0)")
         if hasTracepoint {
             #expect(trace.agreement.comparedPages > 0, "the traced map and the VMM's had no page in common")
         } else {

@@ -71,11 +71,15 @@ struct ctracefs_api {
     int (*tracefs_event_file_write)(struct tracefs_instance *instance, const char *system, const char *event,
                                     const char *file, const char *str);
     int (*tracefs_trace_on)(struct tracefs_instance *instance);
-    struct tep_handle *(*tracefs_local_events)(const char *tracing_dir);
     int (*tracefs_iterate_raw_events)(struct tep_handle *tep, struct tracefs_instance *instance, void *cpus,
                                       int cpu_size, ctracefs_raw_callback callback, void *context);
     struct ctracefs_event *(*tep_find_event_by_name)(struct tep_handle *tep, const char *sys, const char *name);
     void (*tep_free)(struct tep_handle *tep);
+    // A handle holding only the events vmscope decodes (`tracefs_local_events` parses every event's format and reads
+    // /proc/kallsyms and the printk formats besides: most of `vmscope top --once`'s CPU).
+    struct tep_handle *(*tep_alloc)(void);
+    int (*tep_parse_header_page)(struct tep_handle *tep, char *buf, unsigned long size, int long_size);
+    int (*tep_parse_event)(struct tep_handle *tep, const char *buf, unsigned long size, const char *sys);
 
     // Per-CPU readers that stay open between reads (libtracefs 1.6, libtraceevent's kbuffer), NULL where the
     // libraries are older: `tracefs_iterate_raw_events` opens every CPU's files again on each call, which cost the
