@@ -29,9 +29,11 @@ struct TraceCLITests {
     static func resetting(_ monitor: ControlClient?, until condition: (String) -> Bool, in t: TmuxPane, seconds: Double = 60) -> String {
         let deadline = Date().addingTimeInterval(seconds)
         var screen = t.capture()
+        // Each reset starts SeaBIOS again; under PVM it runs emulated, and with the full suite loading both cores
+        // it needed more than the 6 s once given between resets to reach the APIC (QEMU counted no MMIO exit in 60 s).
         while !condition(screen) && Date() < deadline {
             _ = try? monitor?.execute("system_reset")
-            screen = t.waitFor(6, condition)
+            screen = t.waitFor(max(1, min(20, deadline.timeIntervalSinceNow)), condition)
         }
         return screen
     }
