@@ -32,7 +32,6 @@ public struct JSONDocument: @unchecked Sendable {
         let bytes: UnsafeMutableBufferPointer<UInt8>
         /// Set once the parse is done (the parser keeps its own until then).
         var nodes: UnsafeMutablePointer<Node>? = nil
-        var count = 0
 
         init(copying text: UnsafeBufferPointer<UInt8>) {
             bytes = .allocate(capacity: max(text.count, 1))
@@ -66,7 +65,6 @@ public struct JSONDocument: @unchecked Sendable {
         p.skipWhitespace()
         guard p.i == p.n else { throw p.fail("unexpected text after the value") }
         storage.nodes = p.take()
-        storage.count = p.count
         values = maxValues == .max ? p.count : maxValues - p.budget
     }
 
@@ -377,7 +375,7 @@ struct DocumentParser {
                 }
                 if check, repeats(object: me, name: key) {
                     i = nameStart
-                    let name = String(decoding: JSONDocument.unescapedIfNeeded(nodes[key], p), as: UTF8.self)
+                    let name = withName(key) { String(decoding: $0, as: UTF8.self) }
                     throw fail("duplicate member \"\(name)\"")
                 }
                 if i < n, p[i] == UInt8(ascii: ":") {
@@ -604,14 +602,6 @@ struct DocumentParser {
             i += 1
         }
         return v
-    }
-}
-
-extension JSONDocument {
-    /// A name or string node's value bytes (escapes resolved).
-    static func unescapedIfNeeded(_ node: Node, _ p: UnsafePointer<UInt8>) -> [UInt8] {
-        let raw = UnsafeBufferPointer(start: p + Int(node.b), count: node.length)
-        return node.hasEscapes ? unescaped(raw) : Array(raw)
     }
 }
 
