@@ -67,17 +67,9 @@ func pythonJSONRecordsPerSecond(_ bytes: [UInt8], records: Int, repetitions: Int
         times.sort()
         print(n / times[len(times) // 2])
         """
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", "-c", script, path, String(repetitions)]
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return nil }
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { return nil }
-    return Double(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    return run(["python3", "-c", script, path, String(repetitions)]).flatMap {
+        Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
 }
 
 /// The inspector's side: decoding fault batches, computing a map frame, rendering a full screen.

@@ -356,8 +356,7 @@ struct DocumentParser {
                     h = Self.shortHash(short.word, short.length)
                 } else {
                     key = try string()
-                    let keyNode = nodes[key]
-                    h = keyNode.hasEscapes ? withName(key) { Self.hash($0) } : nameHash(Int(keyNode.b), keyNode.length)
+                    h = withName(key) { Self.hash($0) }
                 }
                 members += 1
                 var check: Bool
@@ -416,13 +415,6 @@ struct DocumentParser {
         while k < s.count { tail |= UInt64(s[k]) << shift; shift += 8; k += 1 }
         h = (h ^ tail) &* 0xC4CE_B9FE_1A85_EC53
         return h ^ (h >> 32)
-    }
-
-    /// `hash` of the unescaped name at `start` (its length `length`): a name shorter than eight bytes is one
-    /// masked load where the text goes on for eight bytes.
-    @inline(__always) func nameHash(_ start: Int, _ length: Int) -> UInt64 {
-        guard length < 8, start + 8 <= n else { return Self.hash(UnsafeBufferPointer(start: p + start, count: length)) }
-        return Self.shortHash(UnsafeRawPointer(p).loadUnaligned(fromByteOffset: start, as: UInt64.self) & ((1 << (UInt64(length) * 8)) &- 1), length)
     }
 
     /// The value bytes of a name node, for `body` (escapes resolved only when it has some).
