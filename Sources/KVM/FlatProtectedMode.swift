@@ -1,7 +1,8 @@
 import CKVM
 
-/// The x86 state for a 32-bit flat protected-mode guest without paging: the mode that runs natively on
-/// every KVM flavour this project meets, including the software one on its own machines.
+/// The x86 state for a 32-bit flat protected-mode guest without paging: the mode that runs on every KVM flavour
+/// this project meets. On the software one of its own machines (PVM) it runs, but not natively: kvm_emulate_insn
+/// fires for each guest instruction, a few million instructions a second.
 public enum FlatProtectedMode {
     /// Selector of the flat 32-bit code segment (GDT entry 1).
     public static let codeSelector: UInt16 = 0x08

@@ -23,21 +23,6 @@ let traceAvailable: Bool = {
 /// where either is missing).
 @Suite(.serialized, .enabled(if: traceAvailable, "tracing needs root, /dev/kvm, and libtracefs1 and libtraceevent1"))
 struct TraceCLITests {
-    /// Resets QEMU through `monitor` and waits for `condition` on the pane, again and again for up to `seconds`.
-    /// Each reset gets a few seconds: SeaBIOS touches the local APIC only some way into its run, which under load
-    /// (every instruction it runs under PVM is emulated) takes seconds; resetting sooner would start it over first.
-    static func resetting(_ monitor: ControlClient?, until condition: (String) -> Bool, in t: TmuxPane, seconds: Double = 60) -> String {
-        let deadline = Date().addingTimeInterval(seconds)
-        var screen = t.capture()
-        // Each reset starts SeaBIOS again; under PVM it runs emulated, and with the full suite loading both cores
-        // it needed more than the 6 s once given between resets to reach the APIC (QEMU counted no MMIO exit in 60 s).
-        while !condition(screen) && Date() < deadline {
-            _ = try? monitor?.execute("system_reset")
-            screen = t.waitFor(max(1, min(20, deadline.timeIntervalSinceNow)), condition)
-        }
-        return screen
-    }
-
     /// The vmscope process a pane's shell runs, found from the pane's own pid (not by name: another test run's
     /// vmscope, on this machine at the same time, is never taken for it).
     static func vmscopePid(in t: TmuxPane) -> String {
@@ -227,7 +212,7 @@ struct TraceCLITests {
     @Test func topListsAttachesAndCleansUp() throws {
         let vmm = try RunningVMM(["--vcpus", "2"])
         defer { vmm.stop() }
-        let qemu: QEMUInstance? = qemuAvailable ? try startQEMU(qemuConfigurations[0].arguments, monitors: 1) : nil
+        let qemu: QEMUInstance? = qemuAvailable ? try APICPollingFirmware.startQEMU(qemuConfigurations[0].arguments, monitors: 1) : nil
         defer { qemu?.stop() }
         // Hold QEMU's only monitor: top cannot have it, so its Enter gives a trace-only view.
         let holder = try qemu.map { try ControlClient(path: $0.qmpSockets[0]) }
@@ -256,9 +241,9 @@ struct TraceCLITests {
             _ = t.waitFor(5) { $0.contains("filter: \(qpid)") }
             t.keys("Enter")
             screen = t.waitFor(20) { $0.contains("kernel tracepoints") }
-            // The faults pane fills from the trace source: resets (through the monitor the holder has) keep SeaBIOS
-            // running, whose local-APIC accesses are kvm_mmio rows; the map is their heat.
-            screen = Self.resetting(holder, until: { $0.contains("trace/MMIO") }, in: t)
+            // The faults pane fills from the trace source: the firmware's local-APIC reads are kvm_mmio rows; the
+            // map is their heat.
+            screen = t.waitFor(20) { $0.contains("trace/MMIO") }
             #expect(screen.contains("trace/MMIO"),
                     "QEMU's faults through the trace source (instances \(Self.instances()), QEMU \(qemu.accelerator)):\n\(screen)")
             #expect(screen.contains("heat map of KVM's traced accesses"), "QEMU's map, the trace's heat:\n\(screen)")
@@ -282,7 +267,7 @@ struct TraceCLITests {
     /// credentials) instead of saying QEMU has no fault stream; its instance lives as long as the inspector.
     @Test func attachingToQEMUTracesItsFaultsBesideQMP() throws {
         guard qemuAvailable, TmuxPane.tmux != nil else { print("attachingToQEMUTracesItsFaultsBesideQMP: needs QEMU and tmux"); return }
-        let qemu = try startQEMU(qemuConfigurations[0].arguments, monitors: 2)
+        let qemu = try APICPollingFirmware.startQEMU(qemuConfigurations[0].arguments, monitors: 1)
         defer { qemu.stop() }
         guard qemu.accelerator == "kvm" else { print("attachingToQEMUTracesItsFaultsBesideQMP: QEMU runs TCG here"); return }
         let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) attach \(qemu.qmpSockets[0]); echo ATTACH-EXIT=$?; sleep 60", width: 200, height: 50)
@@ -293,12 +278,10 @@ struct TraceCLITests {
         #expect(!ours().isEmpty, "a tracefs instance of the inspector's while attached: \(Self.instances())")
         #expect(!screen.contains("fault stream unavailable"), "the faults pane is fed by the trace source:\n\(screen)")
         #expect(screen.contains("heat map of KVM's traced accesses"), "the map is the trace's heat map:\n\(screen)")
-        // Resets keep SeaBIOS running, whose local-APIC accesses KVM traces as kvm_mmio at 0xfee00000: rows in the
-        // faults pane, and that page lit in the map, which the cursor line reports once the cursor is on it.
-        let resetter = try ControlClient(path: qemu.qmpSockets[1])
-        defer { resetter.close() }
+        // The firmware's local-APIC reads, which KVM traces as kvm_mmio at 0xfee00030: rows in the faults pane,
+        // and that page lit in the map, which the cursor line reports once the cursor is on it.
         t.keys("1", ":", "goto 0xfee00000", "Enter")
-        screen = Self.resetting(resetter, until: { $0.contains("not KVM-mapped (device or hole) · cell traced") && $0.contains("trace/MMIO") }, in: t)
+        screen = t.waitFor(20) { $0.contains("not KVM-mapped (device or hole) · cell traced") && $0.contains("trace/MMIO") }
         #expect(screen.contains("not KVM-mapped (device or hole) · cell traced"), "the cursor's cell (holding 0xfee00000) lit:\n\(screen)")
         #expect(screen.contains("trace/MMIO") && screen.contains("attribute wanted not reported"),
                 "the faults pane's rows from kvm_mmio, claiming no attribute:\n\(screen)")
