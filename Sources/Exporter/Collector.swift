@@ -52,8 +52,8 @@ public final class HostCollector: @unchecked Sendable {
             var r = VMReading(pid: s.pid, name: s.name, vmm: Self.kind(pid: s.pid), vcpus: s.vcpus, residentBytes: s.rssBytes,
                               kvmStats: stats)
             if let traced {
-                r.userspaceExits = traced.userspaceExitsByReason[s.pid] ?? [:]
-                r.tracedMemoryFaults = traced.userspaceExitsByReason[s.pid]?[HostVMs.Stat.memoryFaultReason] ?? 0
+                r.userspaceExits = traced.userspaceExitsByReason(s.pid)
+                r.tracedMemoryFaults = traced.userspaceExits(s.pid, reason: .memoryFault)
                 if traced.tracesConversions {
                     r.tracedConversionSteps = traced.takeConversionSteps(s.pid)
                     r.tracedPrivateBytes = traced.privateBytes(s.pid)

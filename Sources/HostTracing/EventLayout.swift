@@ -44,14 +44,52 @@ public struct EventLayouts: Sendable, Equatable {
     public var type = Field(offset: 0, size: 2)
     public var pid = Field(offset: 4, size: 4)
     /// By event name (`kvm_userspace_exit`, ...).
-    public var events: [String: Event] = [:]
-    private var byID: [Int: (name: String, event: Event)] = [:]
+    public var events: [String: Event] = [:] { didSet { decoders = Self.decoders(events) } }
+    /// What decoding needs of each event, resolved once: by id, in a flat table (ids are small: a few thousand at most
+    /// on any kernel); an id past it, or not one of `events`, is `.other`. No name is hashed or compared per record.
+    private var decoders = Decoders()
 
     public init(events: [String: Event], type: Field = Field(offset: 0, size: 2), pid: Field = Field(offset: 4, size: 4)) {
         self.type = type
         self.pid = pid
         self.events = events
-        for (name, e) in events { byID[e.id] = (name, e) }
+        decoders = Self.decoders(events)
+    }
+
+    /// One event's kind and its fields in the order `decode` reads them (a field the format lacks reads as 0).
+    struct Decoder: Sendable {
+        enum Kind: UInt8, Sendable { case userspaceExit, mmio, hypercall, pageFault, exit, setMemoryAttributes, ioctlEnter, ioctlExit, other }
+        var kind: Kind
+        var name: String
+        var fields: [Field]
+        /// The fields of each kind, by the kernel's names, in the order `decode` reads them.
+        static let fieldNames: [String: (Kind, [String])] = [
+            "kvm_userspace_exit": (.userspaceExit, ["reason", "errno"]),
+            "kvm_mmio": (.mmio, ["type", "len", "gpa", "val"]),
+            "kvm_hypercall": (.hypercall, ["nr", "a0", "a1", "a2", "a3"]),
+            "kvm_page_fault": (.pageFault, ["vcpu_id", "guest_rip", "fault_address", "error_code"]),
+            "kvm_exit": (.exit, ["vcpu_id", "isa", "exit_reason", "guest_rip", "info1", "info2"]),
+            "kvm_vm_set_mem_attributes": (.setMemoryAttributes, ["start", "end", "attr"]),
+            "sys_enter_ioctl": (.ioctlEnter, ["fd", "cmd"]),
+            "sys_exit_ioctl": (.ioctlExit, ["ret"]),
+        ]
+    }
+    struct Decoders: Sendable {
+        var table: [Decoder?] = []
+    }
+    static let missingField = Field(offset: -1, size: 0)
+    /// Ids at or past this are not tabled (a hostile layout's): their records decode as `.other`.
+    static let tableLimit = 1 << 16
+
+    static func decoders(_ events: [String: Event]) -> Decoders {
+        var d = Decoders()
+        let ids = events.values.map(\.id).filter { $0 >= 0 && $0 < tableLimit }
+        d.table = [Decoder?](repeating: nil, count: (ids.max() ?? -1) + 1)
+        for (name, e) in events where e.id >= 0 && e.id < tableLimit {
+            let (kind, names) = Decoder.fieldNames[name] ?? (.other, [])
+            d.table[e.id] = Decoder(kind: kind, name: name, fields: names.map { e.fields[$0] ?? missingField })
+        }
+        return d
     }
 
     public static func == (a: EventLayouts, b: EventLayouts) -> Bool { a.events == b.events && a.type == b.type && a.pid == b.pid }
@@ -70,7 +108,12 @@ public struct EventLayouts: Sendable, Equatable {
 
     /// An unsigned field read little-endian from `data` (0 when the record is too short for it).
     @inline(__always) static func read(_ f: Field?, _ data: UnsafeRawBufferPointer) -> UInt64 {
-        guard let f, f.offset >= 0, f.offset + f.size <= data.count else { return 0 }
+        guard let f else { return 0 }
+        return read(f, data)
+    }
+
+    @inline(__always) static func read(_ f: Field, _ data: UnsafeRawBufferPointer) -> UInt64 {
+        guard f.offset >= 0, f.offset <= data.count &- f.size else { return 0 }
         switch f.size {
         case 1: return UInt64(data.load(fromByteOffset: f.offset, as: UInt8.self))
         case 2: return UInt64(UInt16(littleEndian: data.loadUnaligned(fromByteOffset: f.offset, as: UInt16.self)))
@@ -85,34 +128,35 @@ public struct EventLayouts: Sendable, Equatable {
         guard data.count >= max(type.offset + type.size, pid.offset + pid.size) else { return nil }
         let id = Int(truncatingIfNeeded: Self.read(type, data))  // a hostile layout may give an 8-byte type
         let tid = Int32(truncatingIfNeeded: Self.read(pid, data))
-        guard let (name, e) = byID[id] else { return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(name: "event \(id)")) }
-        func u(_ field: String) -> UInt64 { Self.read(e[field], data) }
+        let table = decoders.table
+        guard id >= 0, id < table.count, let d = table[id] else {
+            return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(name: "event \(id)"))
+        }
+        let f = d.fields
+        @inline(__always) func u(_ i: Int) -> UInt64 { Self.read(f[i], data) }
         let kind: TraceEvent.Kind
-        switch name {
-        case "kvm_userspace_exit":
-            kind = .userspaceExit(reason: ExitReason(rawValue: UInt32(truncatingIfNeeded: u("reason"))),
-                                  errno: Int32(truncatingIfNeeded: u("errno")))
-        case "kvm_mmio":
-            kind = .mmio(TraceEvent.MMIOType(UInt32(truncatingIfNeeded: u("type"))), length: UInt32(truncatingIfNeeded: u("len")),
-                         gpa: u("gpa"), value: u("val"))
-        case "kvm_hypercall":
-            kind = .hypercall(Hypercall(nr: u("nr"), a0: u("a0"), a1: u("a1"), a2: u("a2"), a3: u("a3")))
-        case "kvm_page_fault":
-            kind = .pageFault(vcpu: UInt32(truncatingIfNeeded: u("vcpu_id")), rip: u("guest_rip"), address: u("fault_address"),
-                              errorCode: PageFaultErrorCode(rawValue: u("error_code")))
-        case "kvm_exit":
-            kind = .exit(vcpu: UInt32(truncatingIfNeeded: u("vcpu_id")), isa: UInt32(truncatingIfNeeded: u("isa")),
-                         reason: UInt32(truncatingIfNeeded: u("exit_reason")), rip: u("guest_rip"), info1: u("info1"), info2: u("info2"))
-        case "kvm_vm_set_mem_attributes":
-            kind = .setMemoryAttributes(startGFN: u("start"), endGFN: u("end"), attributes: u("attr"))
-        case "sys_enter_ioctl":
-            kind = .ioctlEnter(fd: u("fd"), cmd: u("cmd"))
-        case "sys_exit_ioctl":
+        switch d.kind {
+        case .userspaceExit:
+            kind = .userspaceExit(reason: ExitReason(rawValue: UInt32(truncatingIfNeeded: u(0))), errno: Int32(truncatingIfNeeded: u(1)))
+        case .mmio:
+            kind = .mmio(TraceEvent.MMIOType(UInt32(truncatingIfNeeded: u(0))), length: UInt32(truncatingIfNeeded: u(1)), gpa: u(2), value: u(3))
+        case .hypercall:
+            kind = .hypercall(Hypercall(nr: u(0), a0: u(1), a1: u(2), a2: u(3), a3: u(4)))
+        case .pageFault:
+            kind = .pageFault(vcpu: UInt32(truncatingIfNeeded: u(0)), rip: u(1), address: u(2), errorCode: PageFaultErrorCode(rawValue: u(3)))
+        case .exit:
+            kind = .exit(vcpu: UInt32(truncatingIfNeeded: u(0)), isa: UInt32(truncatingIfNeeded: u(1)),
+                         reason: UInt32(truncatingIfNeeded: u(2)), rip: u(3), info1: u(4), info2: u(5))
+        case .setMemoryAttributes:
+            kind = .setMemoryAttributes(startGFN: u(0), endGFN: u(1), attributes: u(2))
+        case .ioctlEnter:
+            kind = .ioctlEnter(fd: u(0), cmd: u(1))
+        case .ioctlExit:
             // `long ret`: the field's size says how wide the sign is.
-            let raw = u("ret"), bits = (e["ret"]?.size ?? 8) * 8
+            let raw = u(0), size = f[0].size, bits = (size == 0 ? 8 : size) * 8
             kind = .ioctlExit(ret: bits >= 64 ? Int64(bitPattern: raw) : Int64(bitPattern: raw << UInt64(64 - bits)) >> Int64(64 - bits))
-        default:
-            kind = .other(name: name)
+        case .other:
+            kind = .other(name: d.name)
         }
         return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: kind)
     }

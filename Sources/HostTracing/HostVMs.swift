@@ -58,8 +58,6 @@ public enum HostVMs {
         public static let exits = "exits", mmio = "mmio_exits", hypercalls = "hypercalls"
         /// The per-reason exit statistics end in this (`io_exits`, `halt_exits`, ...).
         public static let exitsSuffix = "_exits"
-        /// `kvm_userspace_exit`'s reason for a memory-fault exit, as `userspaceExitsByReason` names it.
-        public static let memoryFaultReason = ExitReason.memoryFault.name
         /// Counted by `top` from tracepoints: exits to userspace (`kvm_userspace_exit`) and `kvm_mmio` events.
         public static let tracedUserspaceExits = "traced_userspace_exits", tracedMMIO = "traced_mmio"
         /// Of those exits to userspace, the memory-fault exits (`KVM_EXIT_MEMORY_FAULT`: a guest's access met the
@@ -81,11 +79,21 @@ public enum HostVMs {
     public final class TracedCounts: @unchecked Sendable {
         // @unchecked: `top`'s one thread uses it.
         public let session: TraceSession
-        /// Exits to userspace by KVM_EXIT reason name (`MMIO`, `IO`, `MEMORY_FAULT`, ...), per process.
-        public private(set) var userspaceExitsByReason: [Int32: [String: UInt64]] = [:]
+        /// Exits to userspace of process `pid` by KVM_EXIT reason name (`MMIO`, `IO`, `MEMORY_FAULT`, ...).
+        public func userspaceExitsByReason(_ pid: Int32) -> [String: UInt64] {
+            var named: [String: UInt64] = [:]
+            for (reason, n) in byReason[pid] ?? [:] { named[ExitReason(rawValue: reason).name, default: 0] &+= n }
+            return named
+        }
+        /// The same, by the reason's number: what each event adds to (a name per event would be hashed per event).
+        private var byReason: [Int32: [UInt32: UInt64]] = [:]
         /// Exits to userspace of every reason, per process.
         public func userspaceExits(_ pid: Int32) -> UInt64 {
-            userspaceExitsByReason[pid]?.values.reduce(0, &+) ?? 0
+            byReason[pid]?.values.reduce(0, &+) ?? 0
+        }
+        /// Exits to userspace of one reason, per process.
+        public func userspaceExits(_ pid: Int32, reason: ExitReason) -> UInt64 {
+            byReason[pid]?[reason.rawValue] ?? 0
         }
         public private(set) var mmio: [Int32: UInt64] = [:]
         private var tgidOfThread: [Int32: Int32] = [:]
@@ -135,7 +143,7 @@ public enum HostVMs {
             for e in session.read() {
                 switch e.kind {
                 case .userspaceExit(let reason, _):
-                    userspaceExitsByReason[tgid(e.tid), default: [:]][reason.name, default: 0] &+= 1
+                    byReason[tgid(e.tid), default: [:]][reason.rawValue, default: 0] &+= 1
                 case .mmio: mmio[tgid(e.tid), default: 0] &+= 1
                 default: break
                 }
@@ -187,7 +195,7 @@ public enum HostVMs {
             if let traced {
                 stats[Stat.tracedUserspaceExits] = traced.userspaceExits(pid)
                 stats[Stat.tracedMMIO] = traced.mmio[pid] ?? 0
-                stats[Stat.tracedMemoryFaults] = traced.userspaceExitsByReason[pid]?[Stat.memoryFaultReason] ?? 0
+                stats[Stat.tracedMemoryFaults] = traced.userspaceExits(pid, reason: .memoryFault)
                 if let bytes = traced.privateBytes(pid) { stats[Stat.tracedPrivateBytes] = bytes }
             }
             let vcpus = files.filter { $0.hasPrefix("vcpu") && Int($0.dropFirst(4)) != nil }.count
