@@ -190,6 +190,8 @@ public enum CallgrindWorkload {
     case model([UInt8])
     /// "tracepoints": `callgrindTraceRecords` raw tracepoint records of the recording.
     case tracepoints(RecordedTraceBuffer)
+    /// "pairing": `callgrindTraceRecords` raw records of Linux 7.3's conversions, decoded and paired.
+    case pairing(RecordedTraceBuffer)
     /// "attr-walk": a full-range walk of a map of `callgrindMapRuns` runs.
     case runs(AttributeMap)
 
@@ -198,6 +200,7 @@ public enum CallgrindWorkload {
         case "general", "tree": self = .faults(callgrindDecodeBytes(), tree: path == "tree")
         case "model": self = .model(callgrindDecodeBytes())
         case "tracepoints": self = .tracepoints(try RecordedTraceBuffer(records: callgrindTraceRecords))
+        case "pairing": self = .pairing(try RecordedTraceBuffer(records: callgrindTraceRecords, path: conversionsRecordingPath))
         case "attr-walk": self = .runs(alternatingMap(bytes: 1 << 40, runs: callgrindMapRuns))
         default: return nil
         }
@@ -208,6 +211,7 @@ public enum CallgrindWorkload {
 @inline(never) public func callgrindDecodeWorkload(_ w: CallgrindWorkload) -> Int {
     switch w {
     case .tracepoints(let trace): return decodeRecordedBuffer(trace)
+    case .pairing(let trace): return pairRecordedBuffer(trace)
     case .runs(let map): return summary(map).runs
     // Fed 64 KiB at a time, as the socket gives it (the timed runs do the same).
     case .faults(let bytes, tree: false): return generalDecode(bytes, chunk: 65536)

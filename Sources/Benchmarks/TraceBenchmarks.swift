@@ -31,7 +31,11 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
         let ns = median(sample(reps) { _ in sink &+= pairRecordedBuffer(buffer) })
         results.append(BenchResult(name: "trace-pairing-events-per-s", value: Double(count) / (ns / 1e9), unit: "events/s",
                                    target: .atLeast(1_000_000),
-                                   note: "the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel): kvm_vm_set_mem_attributes, sys_enter/exit_ioctl, kvm_page_fault, MEMORY_FAULT exits), back to back → decoded, paired into conversions, the traced map and memory faults, \(count) events"))
+                                   note: "the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel): kvm_vm_set_mem_attributes, sys_enter/exit_ioctl, kvm_page_fault, MEMORY_FAULT exits), back to back → decoded, paired into conversions, the traced map, conversion latency, the guest's requests and memory faults, \(count) events"))
+        if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "pairing", records: callgrindTraceRecords) {
+            results.append(BenchResult(name: "trace-pairing-instr-per-event", value: instr, unit: "instr",
+                                       note: "valgrind --tool=callgrind, decode and pairing only (--toggle-collect), \(callgrindTraceRecords) events of the same recording"))
+        }
     } catch {
         results.append(BenchResult(name: "trace-pairing-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
     }
@@ -81,13 +85,19 @@ public let traceRecordingPath = URL(fileURLWithPath: #filePath).deletingLastPath
 public let conversionsRecordingPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("../../Tests/HostTracingTests/Fixtures/kernel-7.3-lab-vmm-conversions.jsonl").standardized.path
 
-/// Decodes and pairs every record of `buffer` as the trace source does; returns the conversions and faults seen.
+/// Decodes and pairs every record of `buffer` as `vmscope trace --paired-only` does (the traced map, conversion
+/// latency, the guest's requests, memory faults); returns what they gave.
 @inline(never) public func pairRecordedBuffer(_ buffer: RecordedTraceBuffer) -> Int {
     var map = TracedAttributes(complete: true)
     var faults = MemoryFaultPairing()
+    var latency = ConversionLatencyPairing()
+    var requests = GuestRequestTracker(conversionsTraced: true)
     var seen = 0
     buffer.forEachEvent { e in
-        if map.apply(e) != nil { seen &+= 1 }
+        let c = map.apply(e)
+        if c != nil { seen &+= 1 }
+        seen &+= latency.apply(e, completed: c).count
+        seen &+= requests.apply(e, completed: c).count
         if faults.apply(e, attributes: map) != nil { seen &+= 1 }
     }
     return seen

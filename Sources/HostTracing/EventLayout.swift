@@ -56,12 +56,17 @@ public struct EventLayouts: Sendable, Equatable {
         decoders = Self.decoders(events)
     }
 
-    /// One event's kind and its fields in the order `decode` reads them (a field the format lacks reads as 0).
+    /// One event's kind and its fields in the order `decode` reads them (a field the format lacks reads as 0): plain
+    /// values, so that taking one from the table copies bytes.
     struct Decoder: Sendable {
         enum Kind: UInt8, Sendable { case userspaceExit, mmio, hypercall, pageFault, exit, setMemoryAttributes, ioctlEnter, ioctlExit, other }
         var kind: Kind
-        var name: String
-        var fields: [Field]
+        var f: (Field, Field, Field, Field, Field, Field)
+        init(kind: Kind, fields: [Field]) {
+            self.kind = kind
+            let g = fields + [Field](repeating: EventLayouts.missingField, count: max(0, 6 - fields.count))
+            f = (g[0], g[1], g[2], g[3], g[4], g[5])
+        }
         /// The fields of each kind, by the kernel's names, in the order `decode` reads them.
         static let fieldNames: [String: (Kind, [String])] = [
             "kvm_userspace_exit": (.userspaceExit, ["reason", "errno"]),
@@ -87,7 +92,7 @@ public struct EventLayouts: Sendable, Equatable {
         d.table = [Decoder?](repeating: nil, count: (ids.max() ?? -1) + 1)
         for (name, e) in events where e.id >= 0 && e.id < tableLimit {
             let (kind, names) = Decoder.fieldNames[name] ?? (.other, [])
-            d.table[e.id] = Decoder(kind: kind, name: name, fields: names.map { e.fields[$0] ?? missingField })
+            d.table[e.id] = Decoder(kind: kind, fields: names.map { e.fields[$0] ?? missingField })
         }
         return d
     }
@@ -130,33 +135,33 @@ public struct EventLayouts: Sendable, Equatable {
         let tid = Int32(truncatingIfNeeded: Self.read(pid, data))
         let table = decoders.table
         guard id >= 0, id < table.count, let d = table[id] else {
-            return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(name: "event \(id)"))
+            return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(id: id))
         }
-        let f = d.fields
-        @inline(__always) func u(_ i: Int) -> UInt64 { Self.read(f[i], data) }
+        let f = d.f
+        @inline(__always) func u(_ field: Field) -> UInt64 { Self.read(field, data) }
         let kind: TraceEvent.Kind
         switch d.kind {
         case .userspaceExit:
-            kind = .userspaceExit(reason: ExitReason(rawValue: UInt32(truncatingIfNeeded: u(0))), errno: Int32(truncatingIfNeeded: u(1)))
+            kind = .userspaceExit(reason: ExitReason(rawValue: UInt32(truncatingIfNeeded: u(f.0))), errno: Int32(truncatingIfNeeded: u(f.1)))
         case .mmio:
-            kind = .mmio(TraceEvent.MMIOType(UInt32(truncatingIfNeeded: u(0))), length: UInt32(truncatingIfNeeded: u(1)), gpa: u(2), value: u(3))
+            kind = .mmio(TraceEvent.MMIOType(UInt32(truncatingIfNeeded: u(f.0))), length: UInt32(truncatingIfNeeded: u(f.1)), gpa: u(f.2), value: u(f.3))
         case .hypercall:
-            kind = .hypercall(Hypercall(nr: u(0), a0: u(1), a1: u(2), a2: u(3), a3: u(4)))
+            kind = .hypercall(Hypercall(nr: u(f.0), a0: u(f.1), a1: u(f.2), a2: u(f.3), a3: u(f.4)))
         case .pageFault:
-            kind = .pageFault(vcpu: UInt32(truncatingIfNeeded: u(0)), rip: u(1), address: u(2), errorCode: PageFaultErrorCode(rawValue: u(3)))
+            kind = .pageFault(vcpu: UInt32(truncatingIfNeeded: u(f.0)), rip: u(f.1), address: u(f.2), errorCode: PageFaultErrorCode(rawValue: u(f.3)))
         case .exit:
-            kind = .exit(vcpu: UInt32(truncatingIfNeeded: u(0)), isa: UInt32(truncatingIfNeeded: u(1)),
-                         reason: UInt32(truncatingIfNeeded: u(2)), rip: u(3), info1: u(4), info2: u(5))
+            kind = .exit(vcpu: UInt32(truncatingIfNeeded: u(f.0)), isa: UInt32(truncatingIfNeeded: u(f.1)),
+                         reason: UInt32(truncatingIfNeeded: u(f.2)), rip: u(f.3), info1: u(f.4), info2: u(f.5))
         case .setMemoryAttributes:
-            kind = .setMemoryAttributes(startGFN: u(0), endGFN: u(1), attributes: u(2))
+            kind = .setMemoryAttributes(startGFN: u(f.0), endGFN: u(f.1), attributes: u(f.2))
         case .ioctlEnter:
-            kind = .ioctlEnter(fd: u(0), cmd: u(1))
+            kind = .ioctlEnter(fd: u(f.0), cmd: u(f.1))
         case .ioctlExit:
             // `long ret`: the field's size says how wide the sign is.
-            let raw = u(0), size = f[0].size, bits = (size == 0 ? 8 : size) * 8
+            let raw = u(f.0), size = f.0.size, bits = (size == 0 ? 8 : size) * 8
             kind = .ioctlExit(ret: bits >= 64 ? Int64(bitPattern: raw) : Int64(bitPattern: raw << UInt64(64 - bits)) >> Int64(64 - bits))
         case .other:
-            kind = .other(name: d.name)
+            kind = .other(id: id)
         }
         return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: kind)
     }
@@ -178,7 +183,7 @@ extension TraceEvent {
         case .setMemoryAttributes: "kvm_vm_set_mem_attributes"
         case .ioctlEnter: "sys_enter_ioctl"
         case .ioctlExit: "sys_exit_ioctl"
-        case .other(let name): name
+        case .other(let id): "event \(id)"
         }
     }
 

@@ -38,8 +38,9 @@ public struct TraceEvent: Sendable, Equatable {
         case ioctlEnter(fd: UInt64, cmd: UInt64)
         /// `syscalls:sys_exit_ioctl`: the thread's ioctl returned `ret` (negative: -errno).
         case ioctlExit(ret: Int64)
-        /// Any other event, by name.
-        case other(name: String)
+        /// Any other event, by its id (the common header's type): named "event ID". An id, not a name, keeps a
+        /// `TraceEvent` a plain value, copied as bytes (a tracer copies each event several times on its way out).
+        case other(id: Int)
     }
 
     /// `kvm_mmio`'s type.

@@ -272,7 +272,11 @@ public final class TraceSession: @unchecked Sendable {
 
     /// `events` (and their raw records, kept beside them) sorted by timestamp, stably.
     static func inTimeOrder(_ events: [TraceEvent], raw: [RawTraceRecord]?) -> ([TraceEvent], [RawTraceRecord]?) {
-        guard zip(events, events.dropFirst()).contains(where: { $0.timeNs > $1.timeNs }) else { return (events, raw) }
+        var ordered = true
+        events.withUnsafeBufferPointer { b in
+            for i in b.indices.dropFirst() where b[i - 1].timeNs > b[i].timeNs { ordered = false; break }
+        }
+        guard !ordered else { return (events, raw) }
         let order = events.indices.sorted { (events[$0].timeNs, $0) < (events[$1].timeNs, $1) }
         return (order.map { events[$0] }, raw.map { r in order.map { r[$0] } })
     }
@@ -298,15 +302,19 @@ public final class TraceSession: @unchecked Sendable {
         refreshThreads()
         let startedNs = HostClock.monotonicNs()
         reads &+= 1
+        // One read at a time uses it, on this thread: its members need no run-time exclusivity checks (they were a
+        // sixth of a read's instructions an event).
         final class Box {
-            var out: [TraceEvent] = []
-            var missed: UInt64 = 0
-            var foreign: UInt64 = 0
-            var raw: [RawTraceRecord]?
+            @exclusivity(unchecked) var out: [TraceEvent] = []
+            @exclusivity(unchecked) var missed: UInt64 = 0
+            @exclusivity(unchecked) var foreign: UInt64 = 0
+            @exclusivity(unchecked) var raw: [RawTraceRecord]?
             /// Where in `out` the events of threads the last scan did not list stand (kept in order, in case the
             /// thread is the process's, started since).
-            var strangers: [Int] = []
-            var followsForks = false
+            @exclusivity(unchecked) var strangers: [Int] = []
+            @exclusivity(unchecked) var followsForks = false
+            @exclusivity(unchecked) var lastTid: Int32?
+            @exclusivity(unchecked) var lastKnown = false
             let layouts: EventLayouts
             let threads: Set<Int32>?
             let limit: Int
@@ -314,7 +322,12 @@ public final class TraceSession: @unchecked Sendable {
             /// One record: decoded and kept, or counted; true once `limit` events are kept.
             func take(_ bytes: UnsafeRawBufferPointer, cpu: Int32, ts: UInt64) -> Bool {
                 guard let e = layouts.decode(bytes, cpu: cpu, timeNs: ts) else { return false }
-                if threads?.contains(e.tid) ?? true {
+                // A thread's events come in runs: the last answer is reused instead of hashing the tid again.
+                if e.tid != lastTid {
+                    lastTid = e.tid
+                    lastKnown = threads?.contains(e.tid) ?? true
+                }
+                if lastKnown {
                     out.append(e)
                     raw?.append(RawTraceRecord(cpu: cpu, timeNs: ts, data: Array(bytes)))
                 } else if followsForks {
@@ -396,7 +409,7 @@ struct TimeOrderedRelease {
     /// `events` read by a read that began at `readStartedNs` (on the trace's clock; nil: the clock is another, and
     /// nothing is held), with what earlier reads held, in time order up to where a later read could still add.
     mutating func take(_ events: [TraceEvent], raw: [RawTraceRecord]?, readStartedNs: UInt64?, final: Bool) -> ([TraceEvent], [RawTraceRecord]?) {
-        var (out, outRaw) = TraceSession.inTimeOrder(held + events, raw: raw.map { heldRaw + $0 })
+        var (out, outRaw) = TraceSession.inTimeOrder(held.isEmpty ? events : held + events, raw: raw.map { heldRaw.isEmpty ? $0 : heldRaw + $0 })
         var cut = out.count
         if !final, let start = readStartedNs {
             let limit = start &- min(start, currentHoldBackNs)
@@ -407,14 +420,20 @@ struct TimeOrderedRelease {
             }
             cut = lo
         }
-        held = Array(out[cut...])
-        heldRaw = outRaw.map { Array($0[cut...]) } ?? []
-        out.removeSubrange(cut...)
-        outRaw?.removeSubrange(cut...)
-        for e in out {   // in time order: a prefix
-            guard e.timeNs < newestGivenNs else { break }
+        if cut < out.count {
+            held = Array(out[cut...])
+            heldRaw = outRaw.map { Array($0[cut...]) } ?? []
+            out.removeSubrange(cut...)
+            outRaw?.removeSubrange(cut...)
+        } else {
+            held = []
+            heldRaw = []
+        }
+        for i in out.indices {   // in time order: a prefix
+            let t = out[i].timeNs
+            guard t < newestGivenNs else { break }
             late &+= 1
-            worstLatenessNs = max(worstLatenessNs, newestGivenNs - e.timeNs)
+            worstLatenessNs = max(worstLatenessNs, newestGivenNs - t)
         }
         if let last = out.last { newestGivenNs = max(newestGivenNs, last.timeNs) }
         return (out, outRaw)

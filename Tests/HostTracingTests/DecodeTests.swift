@@ -98,12 +98,21 @@ import Testing
         #expect(Self.decode([1, 0]) == nil)
         let short = Self.decode(Self.record(id: Self.id("kvm_mmio"), pid: 1, [], size: 10))
         #expect(short?.kind == .mmio(.unsatisfiedRead, length: 0, gpa: 0, value: 0), "fields past the end read as 0")
-        #expect(Self.decode(Self.record(id: 999, pid: 1, []))?.kind == .other(name: "event 999"))
+        #expect(Self.decode(Self.record(id: 999, pid: 1, []))?.kind == .other(id: 999))
     }
 
     @Test func threadNamesGiveVCPUIndices() {
         #expect(HostProcess.vcpuIndex(threadName: "CPU 3/KVM\n") == 3)
         #expect(HostProcess.vcpuIndex(threadName: "vmscope/vcpu 12") == 12)
         #expect(HostProcess.vcpuIndex(threadName: "qemu-system-x86") == nil)
+    }
+}
+
+/// A tracer copies each event several times between the kernel's page and its consumers (the read's list, the
+/// time-ordered release, the pairings): a `TraceEvent` stays a plain value, copied as bytes, with no reference
+/// counting (a String in it made each copy a call that checked which case it held).
+struct TraceEventIsPlainTests {
+    @Test func aTraceEventIsCopiedAsBytes() {
+        #expect(_isPOD(TraceEvent.self))
     }
 }

@@ -7,7 +7,7 @@ import Testing
 /// the lab paired a conversion with a KVM_RUN entry from before its exit. A read is merged by timestamp, stably.
 struct TimeOrderTests {
     @Test func eventsOfTwoCPUsComeOutInTimeOrderWithTheirRawRecords() {
-        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: 7, cpu: cpu, timeNs: t, kind: .other(name: "e\(t)")) }
+        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: 7, cpu: cpu, timeNs: t, kind: .other(id: Int(t))) }
         let events = [e(0, 10), e(0, 30), e(0, 30), e(1, 20), e(1, 40)]
         let raw = events.map { RawTraceRecord(cpu: $0.cpu, timeNs: $0.timeNs, data: [UInt8(truncatingIfNeeded: $0.timeNs)]) }
         let (sorted, sortedRaw) = TraceSession.inTimeOrder(events, raw: raw)
@@ -22,7 +22,7 @@ struct TimeOrderTests {
     /// VMM's map was not. An event is given out only once no read can bring an older one.
     @Test func eventsComeOutInTimeOrderAcrossReads() {
         let ms: UInt64 = 1_000_000
-        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: cpu, cpu: cpu, timeNs: t * ms, kind: .other(name: "e\(t)")) }
+        func e(_ cpu: Int32, _ t: UInt64) -> TraceEvent { TraceEvent(tid: cpu, cpu: cpu, timeNs: t * ms, kind: .other(id: Int(t))) }
         var release = TimeOrderedRelease()
         var out: [TraceEvent] = []
         // The first read begins at 100 ms: CPU 0's buffer is read (empty), then CPU 1's, which by then holds an
@@ -45,7 +45,7 @@ struct TimeOrderTests {
     /// lab) still comes out, after newer ones, and is counted: `TracedAttributes` orders conversions itself.
     @Test func anEventLaterThanTheHoldBackIsGivenOutAndCounted() {
         let ms: UInt64 = 1_000_000
-        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t * ms, kind: .other(name: "e\(t)")) }
+        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t * ms, kind: .other(id: Int(t))) }
         var release = TimeOrderedRelease()
         let first = release.take([e(50), e(90)], raw: nil, readStartedNs: 100 * ms, final: false).0
         #expect(first.map(\.timeNs) == [50 * ms, 90 * ms] && release.late == 0)
@@ -61,7 +61,7 @@ struct TimeOrderTests {
     }
 
     @Test func rawRecordsAreHeldWithTheirEventsAndAnotherClockHoldsNothing() {
-        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t, kind: .other(name: "e")) }
+        func e(_ t: UInt64) -> TraceEvent { TraceEvent(tid: 1, cpu: 0, timeNs: t, kind: .other(id: 0)) }
         func r(_ t: UInt64) -> RawTraceRecord { RawTraceRecord(cpu: 0, timeNs: t, data: [UInt8(t % 256)]) }
         var release = TimeOrderedRelease()
         let now: UInt64 = 10_000_000
