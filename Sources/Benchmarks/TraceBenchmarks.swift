@@ -85,20 +85,16 @@ public let traceRecordingPath = URL(fileURLWithPath: #filePath).deletingLastPath
 public let conversionsRecordingPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("../../Tests/HostTracingTests/Fixtures/kernel-7.3-lab-vmm-conversions.jsonl").standardized.path
 
-/// Decodes and pairs every record of `buffer` as `vmscope trace --paired-only` does (the traced map, conversion
-/// latency, the guest's requests, memory faults); returns what they gave.
+/// Decodes and pairs every record of `buffer` as `vmscope trace --paired-only` does (`TracePairing`: the traced map,
+/// conversion steps, the guest's requests, memory faults); returns how many records that gave.
 @inline(never) public func pairRecordedBuffer(_ buffer: RecordedTraceBuffer) -> Int {
-    var map = TracedAttributes(complete: true)
-    var faults = MemoryFaultPairing()
-    var latency = ConversionLatencyPairing()
-    var requests = GuestRequestTracker(conversionsTraced: true)
+    var pairing = TracePairing(tracesConversions: true, complete: true)
+    var paired: [TracePairing.Paired] = []
     var seen = 0
     buffer.forEachEvent { e in
-        let c = map.apply(e)
-        if c != nil { seen &+= 1 }
-        seen &+= latency.apply(e, completed: c).count
-        seen &+= requests.apply(e, completed: c).count
-        if faults.apply(e, attributes: map) != nil { seen &+= 1 }
+        pairing.apply(e, into: &paired)
+        seen &+= paired.count
+        paired.removeAll(keepingCapacity: true)
     }
     return seen
 }

@@ -65,7 +65,7 @@ public struct ConversionLatencyPairing: Sendable {
                 out += done
                 waiting[e.tid] = done.count == w.count ? nil : w.filter { $0.conversion.returnedNs > e.timeNs }
             }
-            if lastExit[e.tid] == nil && lastExit.count >= Self.threadLimit { lastExit.removeAll() }
+            if lastExit.count >= Self.threadLimit && lastExit[e.tid] == nil { lastExit.removeAll() }
             lastExit[e.tid] = (reason, e.timeNs)
         case .ioctlEnter(_, let cmd) where cmd == UInt64(KVMIoctl.run.value):
             if let last = lastExit[e.tid], last.timeNs <= e.timeNs { lastExit[e.tid] = nil }

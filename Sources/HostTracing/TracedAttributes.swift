@@ -170,7 +170,7 @@ public struct TracedAttributes: Sendable, Equatable {
     }
 
     private mutating func remember(_ tid: Int32, _ p: Pending) {
-        if pending[tid] == nil && pending.count >= Self.pendingLimit { pending.removeAll() }
+        if pending.count >= Self.pendingLimit && pending[tid] == nil { pending.removeAll() }
         pending[tid] = p
     }
 

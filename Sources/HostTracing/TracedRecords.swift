@@ -33,7 +33,7 @@ public struct MemoryFaultPairing: Sendable {
     public mutating func apply(_ e: TraceEvent, attributes: TracedAttributes?) -> TracedMemoryFault? {
         switch e.kind {
         case .pageFault(_, _, let address, let code):
-            if lastPageFault[e.tid] == nil && lastPageFault.count >= Self.threadLimit { lastPageFault.removeAll() }
+            if lastPageFault.count >= Self.threadLimit && lastPageFault[e.tid] == nil { lastPageFault.removeAll() }
             lastPageFault[e.tid] = (address, code, e.timeNs)
             return nil
         case .userspaceExit(let reason, let errno) where reason == .memoryFault:

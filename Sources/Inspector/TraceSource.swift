@@ -35,26 +35,24 @@ public final class TraceSource: VMSource {
     private var triedCount = 0
     /// The VM's private/shared map from `kvm_vm_set_mem_attributes` and the ioctls' results, where the kernel has
     /// that tracepoint (Linux 6.17 and later with memory attributes); nil elsewhere (`attributesUnavailable` says why).
-    public private(set) var attributes: TracedAttributes?
+    public var attributes: TracedAttributes? { pairing.attributes }
+    /// What `vmscope trace --paired-only` pairs, the same way: the map, conversions' steps
+    /// (`ConversionLatencyPairing`), the guest's `KVM_HC_MAP_GPA_RANGE` requests (pending until its vCPU thread goes
+    /// back in), and memory faults: a `kvm_page_fault` then a MEMORY_FAULT exit on the same thread. Exits with no page
+    /// fault before them (the trace began between the two, or the kernel does not fire kvm_page_fault, as under PVM)
+    /// are counted, not given a GPA.
+    private var pairing: TracePairing
     public let attributesUnavailable: String?
     private var lastRefusal: String?
     private var notice: (text: String, isError: Bool)?
-    /// A `kvm_page_fault` then a MEMORY_FAULT exit on the same thread: a traced memory fault. Exits with no page fault
-    /// before them (the trace began between the two, or the kernel does not fire kvm_page_fault, as under PVM) are
-    /// counted (`faults.withoutGPA`), not given a GPA.
-    private var faults = MemoryFaultPairing()
     /// Beside vmscope's own VMM on the kernel engine: its map against the traced one (`MapAgreement`).
     public private(set) var agreement = MapAgreement()
     private var lastAgreementCheck: UInt64 = 0
     private var recentConversions = RecentConversions()
     /// `session.missed` when the traced map last took it into account.
     private var missedSeen: UInt64 = 0
-    /// Each traced conversion's steps (`ConversionLatencyPairing`), and those that wait for their memory-fault row
-    /// (beside a VMM, its record comes over the socket after the trace saw the exit): tried each poll for 2 s, at most
-    /// `timingLimit` of them.
-    private var latency = ConversionLatencyPairing()
-    /// The guest's `KVM_HC_MAP_GPA_RANGE` requests, pending until its vCPU thread goes back in.
-    private var requests: GuestRequestTracker
+    /// Conversions' steps that wait for their memory-fault row (beside a VMM, its record comes over the socket after
+    /// the trace saw the exit): tried each poll for 2 s, at most `timingLimit` of them.
     private var unattached: [(steps: [ConversionStep: UInt64], exitNs: UInt64, vcpu: Int?)] = []
     private var rowsAtLastAttach: (UInt64, UInt64) = (0, 0)
     static let timingLimit = 1024
@@ -68,19 +66,17 @@ public final class TraceSource: VMSource {
         self.faultsOnly = faultsOnly || corroborating
         self.corroborating = corroborating
         self.mapsBeside = mapsBeside && !corroborating
-        if session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil {
-            // Complete when the process had no VM once tracing was on: every VM it makes is traced from birth.
-            attributes = TracedAttributes(complete: !HostProcess.hasVM(pid: session.pid))
+        let traces = TracePairing.tracesConversions(session.layouts)
+        if traces {
             attributesUnavailable = nil
         } else if session.layouts.events["kvm_vm_set_mem_attributes"] != nil {
-            attributes = nil
             attributesUnavailable = "this kernel traces KVM_SET_MEMORY_ATTRIBUTES but not system calls (CONFIG_FTRACE_SYSCALLS), so no conversion's result is known: private/shared map unavailable"
         } else {
-            attributes = nil
             attributesUnavailable = "this kernel has no kvm_vm_set_mem_attributes tracepoint (Linux 6.17 and later with memory attributes have it): private/shared map unavailable"
         }
-        // What the guest's requests led to is known where conversions are.
-        requests = GuestRequestTracker(conversionsTraced: attributes != nil)
+        // Complete when the process had no VM once tracing was on: every VM it makes is traced from birth. What the
+        // guest's requests led to is known where conversions are.
+        pairing = TracePairing(tracesConversions: traces, complete: traces && !HostProcess.hasVM(pid: session.pid))
     }
 
     private func threadName(_ tid: Int32) -> String {
@@ -130,28 +126,37 @@ public final class TraceSource: VMSource {
         var mapChanged = false
         var requestsChanged = false
         var timings: [ConversionTiming] = []
+        var paired: [TracePairing.Paired] = []
         for e in events {
             let v = vcpu(e.tid)
-            let completed = attributes?.apply(e)
-            if attributes != nil { timings += latency.apply(e, completed: completed) }
-            let pendingBefore = requests.pending.count
-            for r in requests.apply(e, completed: completed) {
-                requestsChanged = true
-                if r.outcome != .converted && r.outcome != .forwarded {
-                    notice = ("the guest's KVM_HC_MAP_GPA_RANGE \(r.rangeWords): \(r.outcome.words)", false)
+            let pendingBefore = pairing.requests.pending.count
+            paired.removeAll(keepingCapacity: true)
+            pairing.apply(e, into: &paired)
+            if pairing.requests.pending.count != pendingBefore { requestsChanged = true }
+            for p in paired {
+                switch p {
+                case .request(let r):
+                    requestsChanged = true
+                    if r.outcome != .converted && r.outcome != .forwarded {
+                        notice = ("the guest's KVM_HC_MAP_GPA_RANGE \(r.rangeWords): \(r.outcome.words)", false)
+                    }
+                case .steps(let t):
+                    timings.append(t)
+                case .conversion, .fault:
+                    break
                 }
             }
-            if requests.pending.count != pendingBefore { requestsChanged = true }
-            if let c = completed {
-                mapChanged = true
-                if let why = c.refusalText {
-                    lastRefusal = why
-                    // The status line says each as it comes (the map's note has room for the count).
-                    notice = ("KVM refused a traced conversion: \(why)", false)
-                }
-            }
-            if let f = faults.apply(e, attributes: attributes) {
-                if let gpa = f.gpa {
+            for p in paired {
+                switch p {
+                case .conversion(let c):
+                    mapChanged = true
+                    if let why = c.refusalText {
+                        lastRefusal = why
+                        // The status line says each as it comes (the map's note has room for the count).
+                        notice = ("KVM refused a traced conversion: \(why)", false)
+                    }
+                case .fault(let f):
+                    guard let gpa = f.gpa else { continue }
                     seq += 1
                     let code = f.errorCode ?? PageFaultErrorCode(rawValue: 0)
                     let access: FaultAccess = code.has("fetch") ? .exec : code.has("write") ? .write : .read
@@ -161,6 +166,8 @@ public final class TraceSource: VMSource {
                     r.attribute = f.pageIsPrivate.map { Open<PageAttribute>($0 ? .private : .shared) }
                         ?? .unknown(f.wantsPrivate == nil ? "not traced: direction unknown" : "not traced")
                     records.append(r)
+                case .steps, .request:
+                    break
                 }
             }
             switch e.kind {
@@ -239,21 +246,25 @@ public final class TraceSource: VMSource {
                                               privateBytes: v.known.filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) << 12 },
                                               sharedBytes: v.known.filter { !$0.isPrivate }.reduce(0) { $0 &+ ($1.end - $1.start) << 12 }))
         var t = InspectorModel.TracedMapState(unknown: v.unknown, pages: top, applied: a.applied, refused: a.refused, lastRefusal: lastRefusal, complete: a.complete)
-        t.pendingRequests = requests.pendingRequests.map { .init(gfns: $0.gfns, toPrivate: $0.range.toPrivate, requestedNs: $0.requestedNs) }
-        t.answeredRequests = GuestRequestTracker.Request.Outcome.allCases.compactMap { o in requests.ended[o].map { .init(o.words, $0) } }
+        t.pendingRequests = pairing.requests.pendingRequests.map { .init(gfns: $0.gfns, toPrivate: $0.range.toPrivate, requestedNs: $0.requestedNs) }
+        t.answeredRequests = GuestRequestTracker.Request.Outcome.allCases.compactMap { o in pairing.requests.ended[o].map { .init(o.words, $0) } }
         model.tracedMap = t
     }
 
     /// The events as marks on the VMM's own records (see `corroborating`).
     private func corroborate(_ events: [TraceEvent], _ model: inout InspectorModel, nowNs: UInt64) -> Bool {
         var alarmChanged = false
-        if attributes != nil {
+        if pairing.tracesConversions {
             var timings: [ConversionTiming] = []
+            var paired: [TracePairing.Paired] = []
             for e in events {
-                let completed = attributes?.apply(e)
-                timings += latency.apply(e, completed: completed)
-                if let c = completed, c.accepted, let start = c.startGFN, let end = c.endGFN, start < end {
-                    recentConversions.add(start..<end, atNs: e.timeNs)
+                paired.removeAll(keepingCapacity: true)
+                pairing.apply(e, into: &paired)
+                for p in paired {
+                    if case .steps(let t) = p { timings.append(t) }
+                    if case .conversion(let c) = p, c.accepted, let start = c.startGFN, let end = c.endGFN, start < end {
+                        recentConversions.add(start..<end, atNs: e.timeNs)
+                    }
                 }
             }
             alarmChanged = checkAgreement(&model, nowNs: nowNs)
@@ -290,8 +301,8 @@ public final class TraceSource: VMSource {
     /// status line says so, rather than a dropped conversion showing as a page that disagrees.
     private func forgetIfEventsWereLost(_ model: inout InspectorModel) {
         let lost = session.missedSince(&missedSeen)
-        guard lost > 0, attributes != nil else { return }
-        attributes?.forget()
+        guard lost > 0, pairing.tracesConversions else { return }
+        _ = pairing.forget()
         if let a = attributes, !faultsOnly || mapsBeside { publish(a, &model) }
         agreement = MapAgreement()
         if model.mapAlarm != nil { model.mapAlarm = nil }

@@ -101,16 +101,42 @@ struct TraceCommand: ParsableCommand {
             for e in batch where wanted?.contains(e.name) ?? true { text += (json ? e.json.serialized : e.line) + "\n" }
             output(text)
         }
+        /// The batch's conversions (then their steps, once the thread re-entered), the guest's requests and memory
+        /// faults, in the order the kernel gave their events; `missed`: the kernel dropped events before it.
+        func pair(_ batch: [TraceEvent], _ pairing: inout TracePairing, missed: Bool) {
+            var paired: [TracePairing.Paired] = missed ? pairing.forget() : []
+            for e in batch { pairing.apply(e, into: &paired) }
+            output(paired.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
+        }
+        func emitMap(_ pairing: TracePairing) {
+            guard let line = json ? pairing.mapJSON()?.serialized : pairing.mapLine().map(terminalSafe) else { return }
+            output(line + "\n")
+        }
+        /// What was still pending when the events ended is said as such (with or without a map to list it in), then the map.
+        func finish(_ pairing: TracePairing) {
+            output(pairing.pendingRequests.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
+            emitMap(pairing)
+        }
         if let loadRaw {
             do {
-                // Streamed: a recording of any length decodes in the memory of one chunk.
+                // Streamed: a recording of any length decodes in the memory of one chunk. With --paired-only its
+                // events are paired as a live trace's are (the file says nothing of the time before it: pages no
+                // conversion in it covered are unknown).
                 var count = 0
+                var pairing: TracePairing?
                 let reader = try RawTraceRecording.stream(path: loadRaw) { (batch, reader) throws(TraceError) in
                     guard let layouts = reader.layouts else { return }
-                    emit(batch.compactMap(layouts.decode))
+                    let events = batch.compactMap(layouts.decode)
+                    emit(events)
+                    if pairedOnly {
+                        var p = pairing ?? TracePairing(tracesConversions: TracePairing.tracesConversions(layouts), complete: false)
+                        pair(events, &p, missed: false)
+                        pairing = p
+                    }
                     count += batch.count
                     if outputClosed { throw TraceError("standard output closed") }
                 }
+                if let pairing { finish(pairing) }
                 print("vmscope trace: \(count) records of kernel \(terminalSafe(reader.kernel)) decoded from \(loadRaw)"
                       + (reader.cutShort ? "; it ends inside line \(reader.line) (its writer was cut short: a full disk, a kill), which is left out" : ""),
                       to: &err)
@@ -158,46 +184,16 @@ struct TraceCommand: ParsableCommand {
         }
         defer { session.close() }
         // The traced private/shared map, where this kernel can give one (asked after tracing is on: a process with no
-        // VM then has every VM traced from its creation).
-        var attributes: TracedAttributes? = session.layouts.events["kvm_vm_set_mem_attributes"] != nil && session.layouts.events["sys_exit_ioctl"] != nil
-            ? TracedAttributes(complete: child != nil || !HostProcess.hasVM(pid: pid)) : nil
+        // VM then has every VM traced from its creation), the guest's requests (pending until its vCPU goes back in;
+        // what the VMM did between is known where conversions are traced), conversions' steps and memory faults.
+        var pairing = TracePairing(tracesConversions: TracePairing.tracesConversions(session.layouts),
+                                   complete: child != nil || !HostProcess.hasVM(pid: pid))
         if let gate {
             // Open the gate: the shell reads its line and execs the command, under the trace.
             let fd = open(gate, O_WRONLY | O_CLOEXEC)
             if fd >= 0 { _ = writeAll(fd, [0x0A]); close(fd) }
         }
-        // The guest's KVM_HC_MAP_GPA_RANGE requests, pending until its vCPU goes back in; what the VMM did between is
-        // known where conversions are traced.
-        var requests = GuestRequestTracker(conversionsTraced: attributes != nil)
-        func emitMap() {
-            guard let a = attributes else { return }
-            let p = requests.pendingRequests
-            output((json ? a.mapJSON(pending: p).serialized : terminalSafe(a.mapLine(pending: p))) + "\n")
-        }
-        var faults = MemoryFaultPairing()
-        var latency = ConversionLatencyPairing()
-        /// The batch's conversions (then their steps, once the thread re-entered) and memory faults, in the order the
-        /// kernel gave their events.
         var missedSeen: UInt64 = 0
-        func pair(_ batch: [TraceEvent]) {
-            var text = ""
-            if session.missedSince(&missedSeen) > 0 {
-                // Lost events may have been conversions: the map forgets what it knew (its next attribute-map says
-                // complete false, and how many times it forgot).
-                attributes?.forget()
-                for r in requests.forget() { text += (json ? r.json.serialized : r.line) + "\n" }
-            }
-            for e in batch {
-                let c = attributes?.apply(e)
-                if let c { text += (json ? c.json.serialized : c.line) + "\n" }
-                if attributes != nil {
-                    for t in latency.apply(e, completed: c) { text += (json ? t.json.serialized : t.line) + "\n" }
-                }
-                for r in requests.apply(e, completed: c) { text += (json ? r.json.serialized : r.line) + "\n" }
-                if let f = faults.apply(e, attributes: attributes) { text += (json ? f.json.serialized : f.line) + "\n" }
-            }
-            output(text)
-        }
         // --save-raw: the header now, then each batch's records as they come, with POSIX writes (a full disk is
         // reported by its errno, and what was written before it decodes).
         var rawFD: Int32 = -1
@@ -218,7 +214,7 @@ struct TraceCommand: ParsableCommand {
         }
         defer { if rawFD >= 0 { close(rawFD) } }
         print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)"
-              + (attributes == nil ? "; no private/shared map: this kernel does not trace KVM_SET_MEMORY_ATTRIBUTES with its result (kvm_vm_set_mem_attributes and sys_exit_ioctl)" : ""),
+              + (pairing.attributes == nil ? "; no private/shared map: this kernel does not trace KVM_SET_MEMORY_ATTRIBUTES with its result (kvm_vm_set_mem_attributes and sys_exit_ioctl)" : ""),
               to: &err)
         func saveKept() throws {
             guard rawFD >= 0 else { return }
@@ -231,8 +227,8 @@ struct TraceCommand: ParsableCommand {
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
             emit(batch)
-            pair(batch)
-            if traceMapWanted.exchange(0, ordering: .relaxed) != 0 { emitMap() }
+            pair(batch, &pairing, missed: session.missedSince(&missedSeen) > 0)
+            if traceMapWanted.exchange(0, ordering: .relaxed) != 0 { emitMap(pairing) }
             try saveKept()
             if let deadline, HostClock.monotonicNs() >= deadline { break }
             if let child, let status = child.poll() {
@@ -246,11 +242,9 @@ struct TraceCommand: ParsableCommand {
         // What it did last is in the buffers still (or held back by the last read, for order): all of it, in order.
         let rest = session.read(final: true)
         emit(rest)
-        pair(rest)
+        pair(rest, &pairing, missed: session.missedSince(&missedSeen) > 0)
         try saveKept()
-        // Requests still pending when tracing stopped are said as such (with or without a map to list them in).
-        output(requests.pendingRequests.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
-        emitMap()
+        finish(pairing)
         print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded; \(session.reads) reads",
               to: &err)
         if let child {

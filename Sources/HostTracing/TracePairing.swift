@@ -1,0 +1,87 @@
+import Schema
+
+/// What vmscope pairs from a process's events, in the order the kernel gave them: conversions (a traced
+/// `KVM_SET_MEMORY_ATTRIBUTES` with its ioctl's result) and the private/shared map they make, each conversion's steps
+/// (the exit before it, the `KVM_RUN` after it), the guest's `KVM_HC_MAP_GPA_RANGE` requests and memory faults.
+/// `vmscope trace --paired-only` prints it, live or from a raw file (`--load-raw`), and the benchmarks count it:
+/// one pairing, whatever feeds it.
+public struct TracePairing: Sendable {
+    /// The traced map; nil where the kernel does not trace conversions with their result.
+    public private(set) var attributes: TracedAttributes?
+    public private(set) var requests: GuestRequestTracker
+    /// Whether `attributes` is there (asked per event: comparing the optional map with nil copied it).
+    public let tracesConversions: Bool
+    private var faults = MemoryFaultPairing()
+    private var latency = ConversionLatencyPairing()
+
+    /// One record paired from the events.
+    public enum Paired: Sendable {
+        case conversion(TracedAttributes.Conversion)
+        case steps(ConversionTiming)
+        case request(GuestRequestTracker.Request)
+        case fault(TracedMemoryFault)
+
+        public var json: JSON {
+            switch self {
+            case .conversion(let c): c.json
+            case .steps(let t): t.json
+            case .request(let r): r.json
+            case .fault(let f): f.json
+            }
+        }
+
+        public var line: String {
+            switch self {
+            case .conversion(let c): c.line
+            case .steps(let t): t.line
+            case .request(let r): r.line
+            case .fault(let f): f.line
+            }
+        }
+    }
+
+    /// `tracesConversions`: the events carry `kvm_vm_set_mem_attributes` and the ioctl events (`EventLayouts`);
+    /// `complete`: the trace saw the process before it had a VM (every page starts shared).
+    public init(tracesConversions: Bool, complete: Bool) {
+        attributes = tracesConversions ? TracedAttributes(complete: complete) : nil
+        self.tracesConversions = tracesConversions
+        requests = GuestRequestTracker(conversionsTraced: tracesConversions)
+    }
+
+    /// Whether `layouts` let conversions be paired with their results.
+    public static func tracesConversions(_ layouts: EventLayouts) -> Bool {
+        layouts.events["kvm_vm_set_mem_attributes"] != nil && layouts.events["sys_exit_ioctl"] != nil
+    }
+
+    /// Takes one event; appends what it completed to `out`.
+    public mutating func apply(_ e: TraceEvent, into out: inout [Paired]) {
+        let c = attributes?.apply(e)
+        if let c { out.append(.conversion(c)) }
+        if tracesConversions {
+            for t in latency.apply(e, completed: c) { out.append(.steps(t)) }
+        }
+        for r in requests.apply(e, completed: c) { out.append(.request(r)) }
+        // The map goes along only with a memory-fault exit: handing it over copies it (it is this pairing's, as
+        // `faults` is), which for every event was a third of the pairing's instructions.
+        if case .userspaceExit(let reason, _) = e.kind, reason == .memoryFault {
+            let map = attributes
+            if let f = faults.apply(e, attributes: map) { out.append(.fault(f)) }
+        } else {
+            _ = faults.apply(e, attributes: nil)
+        }
+    }
+
+    /// The kernel dropped events: any of them may have been a conversion, so the map forgets what it knew (its next
+    /// attribute-map says complete false, and how many times it forgot), and the requests pending end unanswered.
+    public mutating func forget() -> [Paired] {
+        attributes?.forget()
+        return requests.forget().map(Paired.request)
+    }
+
+    /// The guest's requests still pending, oldest first.
+    public var pendingRequests: [GuestRequestTracker.Request] { requests.pendingRequests }
+
+    /// The map as one record (nil without one), with the requests pending.
+    public func mapJSON() -> JSON? { attributes?.mapJSON(pending: pendingRequests) }
+    public func mapLine() -> String? { attributes?.mapLine(pending: pendingRequests) }
+}
