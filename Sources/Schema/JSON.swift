@@ -136,8 +136,10 @@ extension JSON {
         switch self {
         case .null: out.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C])
         case .bool(let b): out.append(contentsOf: b ? Array("true".utf8) : Array("false".utf8))
-        case .int(let v): out.append(contentsOf: String(v).utf8)
-        case .uint(let v): out.append(contentsOf: String(v).utf8)
+        case .int(let v):
+            if v < 0 { out.append(UInt8(ascii: "-")) }
+            JSON.writeDigits(v.magnitude, to: &out)
+        case .uint(let v): JSON.writeDigits(v, to: &out)
         case .number(let t): out.append(contentsOf: t.utf8)
         case .string(let s): JSON.writeString(s, to: &out)
         case .array(let a):
@@ -156,6 +158,22 @@ extension JSON {
                 v.write(to: &out)
             }
             out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// `v` in decimal, straight into `out` (through `String(v)` it was a formatted string made and copied for each).
+    @inline(__always) static func writeDigits(_ v: UInt64, to out: inout [UInt8]) {
+        guard v >= 10 else { out.append(0x30 &+ UInt8(truncatingIfNeeded: v)); return }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: room for the 20 digits of UInt64.max
+        var n = 0
+        var rest = v
+        withUnsafeMutableBytes(of: &digits) { d in
+            while rest > 0 {
+                n += 1
+                d[24 - n] = 0x30 &+ UInt8(truncatingIfNeeded: rest % 10)
+                rest /= 10
+            }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[(24 - n)...]))
         }
     }
 

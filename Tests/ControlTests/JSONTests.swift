@@ -18,6 +18,19 @@ struct JSONTests {
         #expect(throws: JSONParseError.self) { try JSON.parse("\"" + String(repeating: "a", count: 13) + "\u{01}\"") }
     }
 
+    /// Integers are written digit by digit into the output: each is what Swift's own decimal text says, at every
+    /// length and at both ends of both types.
+    @Test func integersAreWrittenAsTheirDecimalText() {
+        var rng = SplitMix64(state: 0xD1617)
+        var unsigned: [UInt64] = [0, 1, 9, 10, 11, 99, 100, UInt64.max, UInt64.max - 1, UInt64(Int64.max), UInt64(Int64.max) + 1]
+        var power: UInt64 = 1
+        for _ in 0..<19 { power *= 10; unsigned += [power - 1, power, power + 1] }
+        unsigned += (0..<1000).map { _ in rng.next() >> (rng.next() % 64) }
+        for v in unsigned { #expect(JSON.uint(v).serialized == String(v)) }
+        let signed: [Int64] = [0, -1, 1, -9, -10, Int64.min, Int64.min + 1, Int64.max] + unsigned.map { Int64(bitPattern: $0) }
+        for v in signed { #expect(JSON.int(v).serialized == String(v)) }
+    }
+
     @Test func roundTripsExactIntegersAndOrder() throws {
         let text = #"{"b":18446744073709551615,"a":-9223372036854775808,"c":[1.5,true,null,"x\"\n\u00e9"],"d":{}}"#
         let v = try JSON.parse(text)
