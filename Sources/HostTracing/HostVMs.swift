@@ -97,6 +97,8 @@ public enum HostVMs {
         }
         public private(set) var mmio: [Int32: UInt64] = [:]
         private var tgidOfThread: [Int32: Int32] = [:]
+        /// The last thread asked about, and its process (0: none; the kernel's idle task is never traced as a VMM's).
+        private var lastThread: (tid: Int32, pid: Int32) = (0, 0)
         /// Each process's traced private/shared map and conversion timing, where the kernel traces conversions.
         public private(set) var attributes: [Int32: TracedAttributes] = [:]
         private var latency: [Int32: ConversionLatencyPairing] = [:]
@@ -130,10 +132,13 @@ public enum HostVMs {
         }
 
         func tgid(_ tid: Int32) -> Int32 {
-            if let p = tgidOfThread[tid] { return p }
+            // A thread's events come in runs: the last answer first.
+            if tid == lastThread.tid { return lastThread.pid }
+            if let p = tgidOfThread[tid] { lastThread = (tid, p); return p }
             let status = readPseudoFile("/proc/\(tid)/status") ?? ""
             let p = status.split(separator: "\n").first { $0.hasPrefix("Tgid:") }.flatMap { Int32($0.dropFirst(5).trimmingCharacters(in: .whitespaces)) } ?? tid
             tgidOfThread[tid] = p
+            lastThread = (tid, p)
             return p
         }
 

@@ -1,0 +1,27 @@
+import Foundation
+import ProcessSupport
+import Testing
+
+/// `top` reads each VM's resident size from /proc/PID/statm: the same counter /proc/PID/status shows as VmRSS, read
+/// here the slow way, independently.
+struct ProcessMetricsTests {
+    static func vmRSS(_ pid: Int32) -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kb * 1024
+    }
+
+    @Test func residentBytesIsVmRSS() throws {
+        // Grows this process by 32 MiB in between, so that a wrong field (size, shared) would not happen to agree.
+        let before = try #require(residentBytes(pid: getpid()))
+        let block = UnsafeMutableRawPointer.allocate(byteCount: 32 << 20, alignment: 4096)
+        defer { block.deallocate() }
+        memset(block, 1, 32 << 20)
+        let status = try #require(Self.vmRSS(getpid())), statm = try #require(residentBytes(pid: getpid()))
+        // The two reads are moments apart: within 1 MiB of each other.
+        #expect(statm > before + (30 << 20), "\(before) → \(statm)")
+        #expect(max(statm, status) - min(statm, status) < 1 << 20, "statm \(statm), VmRSS \(status)")
+        #expect(residentBytes(pid: Int32.max) == nil, "no such process")
+    }
+}
