@@ -1,5 +1,6 @@
 import Foundation
 import ProcessSupport
+@testable import HostTracing
 import Testing
 
 /// `top` reads each VM's resident size from /proc/PID/statm: the same counter /proc/PID/status shows as VmRSS, read
@@ -23,5 +24,14 @@ struct ProcessMetricsTests {
         #expect(statm > before + (30 << 20), "\(before) → \(statm)")
         #expect(max(statm, status) - min(statm, status) < 1 << 20, "statm \(statm), VmRSS \(status)")
         #expect(residentBytes(pid: Int32.max) == nil, "no such process")
+    }
+}
+
+/// `top` counts a VM's vCPUs by the `vcpuN` directories of its debugfs directory, among the statistics files.
+struct VCPUDirectoryTests {
+    @Test(arguments: [("vcpu0", true), ("vcpu17", true), ("vcpu", false), ("vcpux", false), ("vcpu1a", false), ("xvcpu1", false),
+                      ("vcpu-1", false), ("exits", false), ("vcpu١", false)])
+    func aVCPUDirectoryIsVcpuAndANumber(name: String, isVCPU: Bool) {
+        #expect(HostVMs.isVCPUDirectory(name) == isVCPU)
     }
 }
