@@ -16,6 +16,7 @@ let package = Package(
         // The Prometheus exposition (`--metrics`): swift-prometheus's registry, served by Hummingbird (HTTP/1 on
         // SwiftNIO: header limits, idle timeouts). Hummingbird's default traits pull swift-configuration in: off.
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         // Hummingbird's own transport, named for the handlers the metrics endpoint adds to its pipeline.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -58,6 +59,7 @@ let package = Package(
             "HostTracing", "KVM", "ControlProtocol", "Schema", "ProcessSupport",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

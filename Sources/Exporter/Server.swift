@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import ServiceLifecycle
 
 /// `/metrics` over HTTP/1.1 (Hummingbird on SwiftNIO): the registry's text exposition on GET or HEAD; 404 for any
 /// other path, 405 for another method on `/metrics`; requests whose headers pass 16 KiB are refused by the HTTP
@@ -16,6 +17,9 @@ public final class MetricsServer: Sendable {
     /// The port bound (the one asked for, or the kernel's choice for 0).
     public let port: Int
     private let task: Task<Void, any Error>
+    /// The server runs in a service group of its own (no signals: the command handles those), so that `stop()` is a
+    /// graceful shutdown: cancelling its task instead made Hummingbird log an error on every normal exit.
+    private let group: ServiceGroup
 
     /// The Prometheus exposition format's content type (text format 0.0.4).
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
@@ -62,20 +66,26 @@ public final class MetricsServer: Sendable {
                                  availableConnectionsDelegate: MaximumAvailableConnections(Self.maxConnections)),
             onServerRunning: { channel in bound.fulfil(.success(channel.localAddress?.port ?? port)) },
             logger: quiet)
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: quiet))
+        self.group = group
         task = Task {
-            do { try await app.run() } catch { bound.fulfil(.failure(error)); throw error }
+            do { try await group.run() } catch { bound.fulfil(.failure(error)); throw error }
         }
         self.host = host
         switch bound.wait(seconds: 10) {
         case .success(let p)?: self.port = p
         case .failure(let e)?: throw MetricsError("cannot serve metrics on \(host):\(port): \(e)")
         case nil:
-            task.cancel()
+            let group = group
+            Task { await group.triggerGracefulShutdown() }
             throw MetricsError("cannot serve metrics on \(host):\(port): the server did not start within 10 s")
         }
     }
 
-    public func stop() { task.cancel() }
+    public func stop() {
+        let group = group
+        Task { await group.triggerGracefulShutdown() }
+    }
 
     /// A one-shot result handed from NIO's task to the thread that waits for it.
     private final class Promise: @unchecked Sendable {

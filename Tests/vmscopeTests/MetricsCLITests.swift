@@ -224,6 +224,20 @@ struct MetricsCLITests {
         #expect(worst < 2, "a scrape took \(worst) s")
     }
 
+    /// SIGTERM and SIGINT end `top --metrics` with status 0 and nothing said at error level: cancelling the HTTP
+    /// server's task made Hummingbird log "error ... Waiting on child channel: CancellationError()" on every exit.
+    @Test(arguments: [SIGTERM, SIGINT])
+    func aSignalEndsItQuietly(signal: Int32) throws {
+        let (top, port, log) = try Self.startTop()
+        defer { unlink(log) }
+        #expect(httpGet(port: port, "/metrics").status == 200)
+        top.signal(signal)
+        let status = top.wait(seconds: 20)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(status == 0, "\(text)")
+        #expect(!text.contains(" error ") && !text.contains("CancellationError"), "\(text)")
+    }
+
     /// Issue 28, class 9: an HTTP/1.0 request without keep-alive (curl -0, simple probes) has its connection closed
     /// once answered, as does HTTP/1.1 with `Connection: Close`; it was held open until the 10 s idle timeout, a slot
     /// of the endpoint's 64 each. A keep-alive HTTP/1.0 client keeps its connection for a second request.
