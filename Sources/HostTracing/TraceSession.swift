@@ -292,6 +292,9 @@ public final class TraceSession: @unchecked Sendable {
         return true
     }
 
+    /// Events the last read gave (what the next one makes room for).
+    private var lastReadCount = 0
+
     /// Whatever the buffers hold now, decoded, oldest first (merged across CPUs by timestamp), up to `holdBackNs`
     /// before the read began (the rest is given out by a later read, in order, or by a `final` one: the traced
     /// process has gone and nothing newer can come). Events of other threads (a filter not yet updated) are dropped
@@ -342,6 +345,8 @@ public final class TraceSession: @unchecked Sendable {
             }
         }
         let box = Box(layouts, target == nil ? nil : threads, limit)
+        // Room for about what the last read found: the list is not grown (copied) again and again as it fills.
+        box.out.reserveCapacity(min(limit, max(256, lastReadCount + lastReadCount / 4)))
         if keepRaw { box.raw = [] }
         box.followsForks = followsForks
         if let readers = cpuReaders {
@@ -374,6 +379,7 @@ public final class TraceSession: @unchecked Sendable {
         // re-entry). Stable: events of one timestamp keep the kernel's order.
         foreign &+= box.foreign
         decoded &+= UInt64(box.out.count)
+        lastReadCount = box.out.count
         let (out, outRaw) = release.take(box.out, raw: box.raw, readStartedNs: onMonotonicClock ? startedNs : nil, final: final)
         if let kept = outRaw { raw += kept }
         return out
