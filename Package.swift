@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "GuestCode"),
         // The control protocol's one schema: JSON, QMP framing, and every command, reply, event and enumeration as
         // Swift types. The VMM and every client import it.
-        .target(name: "Schema"),
+        .target(name: "Schema", swiftSettings: optimizedInEveryBuild),
         // The reference VMM: memory model, attribute engines, built-in guest, vCPU threads.
         .target(name: "VMM", dependencies: [
             "KVM", "GuestCode", "CKVM", "Schema",
@@ -52,7 +52,7 @@ let package = Package(
         // Any KVM VM on the host without its VMM's help, as a library over tracefs: KVM tracepoints in a private
         // tracefs instance, decoded; every VM from KVM's debugfs and its vCPU stats (`vmscope top`, the exporter).
         // It knows nothing of the inspector: the trace source and top's view live there.
-        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "ProcessSupport"]),
+        .target(name: "HostTracing", dependencies: ["CTraceFS", "KVM", "Schema", "ProcessSupport"], swiftSettings: optimizedInEveryBuild),
         // Prometheus metrics for every KVM VM on the host (`top --metrics`) or one VMM (`vmm --metrics`): the
         // collector (what `top` samples, and `query-metrics` of vmscope VMMs) and the HTTP endpoint.
         .target(name: "Exporter", dependencies: [
@@ -120,3 +120,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+/// The modules every traced event and every protocol message goes through are optimised in debug builds too: the
+/// README runs `swift run vmscope` (a debug build), and unoptimised they cost 7-8 times the instructions an event
+/// (callgrind, `trace --load-raw --paired-only` of records saved in the lab), which in the lab was most of what
+/// tracing cost the guest. Still built with -enable-testing, so tests reach their internals as before.
+var optimizedInEveryBuild: [SwiftSetting] { [.unsafeFlags(["-O"], .when(configuration: .debug))] }
