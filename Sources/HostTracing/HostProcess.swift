@@ -12,7 +12,7 @@ public enum HostProcess {
 
     /// A process's name as people know it: QEMU's `-name` (guest=NAME or NAME), else its command.
     public static func name(pid: Int32) -> String {
-        let raw = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+        let raw = readPseudoFileBytes("/proc/\(pid)/cmdline") ?? []
         let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         if let name = qemuName(args) { return name }
         let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -174,7 +174,7 @@ public enum HostVMs {
 
     public static func sample(traced: TracedCounts? = nil) throws(TraceError) -> [Sample] {
         let dir = try kvmDirectory()
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        let entries = directoryEntries(dir) ?? []
         // The VMMs' threads are followed for conversions from this sample on (a VM new since the last one is traced
         // from now: its map knows the pages it converts from here).
         traced?.follow(Set(entries.compactMap { Int32($0.split(separator: "-").first ?? "") }))
@@ -184,7 +184,7 @@ public enum HostVMs {
             let parts = e.split(separator: "-")
             guard parts.count == 2, let pid = Int32(parts[0]), Int(parts[1]) != nil else { continue }
             let path = dir + "/" + e
-            let files = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            let files = directoryEntries(path) ?? []
             // The vCPUs' binary statistics, summed (what debugfs's VM directory shows, and readable under lockdown);
             // debugfs's own files where those cannot be had.
             var stats = vcpuStatistics(pid: pid)
@@ -238,8 +238,8 @@ public enum HostVMs {
     static func vcpuStatistics(pid: Int32) -> [String: UInt64] {
         let dir = "/proc/\(pid)/fd"
         var sums: [String: UInt64] = [:]
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-            guard let fd = Int32(entry), let target = try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + entry),
+        for entry in directoryEntries(dir) ?? [] {
+            guard let fd = Int32(entry), let target = symbolicLinkTarget(dir + "/" + entry),
                   target.hasPrefix("anon_inode:kvm-vcpu-stats:"), let stats = try? BinaryStats.ofProcess(pid, fd: fd),
                   let values = try? stats.readScalars() else { continue }
             for s in shownStats { if let v = values[s] { sums[s, default: 0] &+= v } }
@@ -295,18 +295,45 @@ public func readPseudoFile(_ path: String, maxBytes: Int = 65536) -> String? {
     readPseudoFileBytes(path, maxBytes: maxBytes).map { String(decoding: $0, as: UTF8.self) }
 }
 
-/// The same, as bytes.
+/// The same, as bytes. Read through a 4 KiB buffer that is not cleared first (most of these files are a line or
+/// two, and `top` reads several for every VM each second: a cleared 64 KiB buffer a read was a visible part of it).
 public func readPseudoFileBytes(_ path: String, maxBytes: Int = 65536) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while out.count < maxBytes {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, maxBytes - out.count)) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { break }
-        out += buf[0..<n]
+    withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf in
+        while out.count < maxBytes {
+            let n = read(fd, buf.baseAddress, min(buf.count, maxBytes - out.count))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[0..<n]))
+        }
     }
     return out
+}
+
+/// The names in a directory (not `.` and `..`), read with readdir: nil when it cannot be opened. What `top` lists each
+/// second (/proc/PID/fd, KVM's debugfs), without Foundation's directory enumeration and its per-entry work.
+public func directoryEntries(_ path: String) -> [String]? {
+    guard let dir = opendir(path) else { return nil }
+    defer { closedir(dir) }
+    var out: [String] = []
+    while let e = readdir(dir) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name != "." && name != ".." { out.append(name) }
+    }
+    return out
+}
+
+/// Where a symbolic link points (/proc/PID/fd/N: `anon_inode:kvm-vcpu-stats:0`, ...), with readlink; nil when it is
+/// not a link or cannot be read.
+public func symbolicLinkTarget(_ path: String) -> String? {
+    withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { buf in
+        let n = readlink(path, buf.baseAddress!, buf.count)
+        guard n > 0 else { return nil }
+        return String(decoding: UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: buf[0..<n])), as: UTF8.self)
+    }
 }
