@@ -109,7 +109,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["KVM"], path: "Tests/TestSupport"),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "GuestCode", "TestSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "GuestCode", "Schema", "TestSupport"]),
-        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport"]),
+        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks", "VMM", "Inspector", "ProcessSupport", "HostTracing"]),
         .testTarget(name: "HostTracingTests", dependencies: ["HostTracing", "CTraceFS", "KVM", "Schema", "ControlProtocol", "ProcessSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ExporterTests", dependencies: ["Exporter", "Schema"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
