@@ -47,7 +47,7 @@ public struct EventLayouts: Sendable, Equatable {
     public var events: [String: Event] = [:] { didSet { decoders = Self.decoders(events) } }
     /// What decoding needs of each event, resolved once: by id, in a flat table (ids are small: a few thousand at most
     /// on any kernel); an id past it, or not one of `events`, is `.other`. No name is hashed or compared per record.
-    private var decoders = Decoders()
+    private var decoders: [Decoder?] = []
 
     public init(events: [String: Event], type: Field = Field(offset: 0, size: 2), pid: Field = Field(offset: 4, size: 4)) {
         self.type = type
@@ -79,22 +79,18 @@ public struct EventLayouts: Sendable, Equatable {
             "sys_exit_ioctl": (.ioctlExit, ["ret"]),
         ]
     }
-    struct Decoders: Sendable {
-        var table: [Decoder?] = []
-    }
     static let missingField = Field(offset: -1, size: 0)
     /// Ids at or past this are not tabled (a hostile layout's): their records decode as `.other`.
     static let tableLimit = 1 << 16
 
-    static func decoders(_ events: [String: Event]) -> Decoders {
-        var d = Decoders()
+    static func decoders(_ events: [String: Event]) -> [Decoder?] {
         let ids = events.values.map(\.id).filter { $0 >= 0 && $0 < tableLimit }
-        d.table = [Decoder?](repeating: nil, count: (ids.max() ?? -1) + 1)
+        var table = [Decoder?](repeating: nil, count: (ids.max() ?? -1) + 1)
         for (name, e) in events where e.id >= 0 && e.id < tableLimit {
             let (kind, names) = Decoder.fieldNames[name] ?? (.other, [])
-            d.table[e.id] = Decoder(kind: kind, fields: names.map { e.fields[$0] ?? missingField })
+            table[e.id] = Decoder(kind: kind, fields: names.map { e.fields[$0] ?? missingField })
         }
-        return d
+        return table
     }
 
     public static func == (a: EventLayouts, b: EventLayouts) -> Bool { a.events == b.events && a.type == b.type && a.pid == b.pid }
@@ -112,11 +108,6 @@ public struct EventLayouts: Sendable, Equatable {
     public static let conversionPairing: Set<String> = ["sys_enter_ioctl", "sys_exit_ioctl"]
 
     /// An unsigned field read little-endian from `data` (0 when the record is too short for it).
-    @inline(__always) static func read(_ f: Field?, _ data: UnsafeRawBufferPointer) -> UInt64 {
-        guard let f else { return 0 }
-        return read(f, data)
-    }
-
     @inline(__always) static func read(_ f: Field, _ data: UnsafeRawBufferPointer) -> UInt64 {
         guard f.offset >= 0, f.offset <= data.count &- f.size else { return 0 }
         switch f.size {
@@ -133,7 +124,7 @@ public struct EventLayouts: Sendable, Equatable {
         guard data.count >= max(type.offset + type.size, pid.offset + pid.size) else { return nil }
         let id = Int(truncatingIfNeeded: Self.read(type, data))  // a hostile layout may give an 8-byte type
         let tid = Int32(truncatingIfNeeded: Self.read(pid, data))
-        let table = decoders.table
+        let table = decoders
         guard id >= 0, id < table.count, let d = table[id] else {
             return TraceEvent(tid: tid, cpu: cpu, timeNs: timeNs, kind: .other(id: id))
         }
