@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSupport
 import Schema
 
 /// One figure of a benchmark run (`vmscope-bench --json`).
@@ -82,13 +83,8 @@ public func median(_ xs: [Double]) -> Double {
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
-/// Resident set size of this process in bytes (`VmRSS` of /proc/self/status).
-public func residentBytes() -> UInt64 {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-          let kb = UInt64(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
-    return kb * 1024
-}
+/// Resident set size of this process in bytes (ProcessSupport's reading of any process's, 0 if unreadable).
+public func residentBytes() -> UInt64 { residentBytes(pid: getpid()) ?? 0 }
 
 /// The machine a run was measured on.
 public struct MachineInfo: Codable, Sendable {

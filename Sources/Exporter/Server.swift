@@ -16,7 +16,6 @@ public final class MetricsServer: Sendable {
     public let host: String
     /// The port bound (the one asked for, or the kernel's choice for 0).
     public let port: Int
-    private let task: Task<Void, any Error>
     /// The server runs in a service group of its own (no signals: the command handles those), so that `stop()` is a
     /// graceful shutdown: cancelling its task instead made Hummingbird log an error on every normal exit.
     private let group: ServiceGroup
@@ -68,8 +67,8 @@ public final class MetricsServer: Sendable {
             logger: quiet)
         let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: quiet))
         self.group = group
-        task = Task {
-            do { try await group.run() } catch { bound.fulfil(.failure(error)); throw error }
+        Task {
+            do { try await group.run() } catch { bound.fulfil(.failure(error)) }
         }
         self.host = host
         switch bound.wait(seconds: 10) {
