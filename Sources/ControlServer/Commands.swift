@@ -27,6 +27,9 @@ struct CommandTable {
         switch command {
         case .qmpCapabilities:
             throw CommandError(.commandNotFound, "Capabilities negotiation is already complete, command ignored")
+        case .setEvents:
+            // The connection's own: the server runs it (ControlServer.processMessage), never the VM's table.
+            throw CommandError(.genericError, "set-events is about a connection, and none is here")
         case .queryCommands:
             _ = try QueryCommands(&a)
             return QueryCommands.Names(CommandName.allCases.map(\.rawValue)).json

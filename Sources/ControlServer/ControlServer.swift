@@ -65,6 +65,8 @@ public final class ControlServer: @unchecked Sendable {
         var outputStart = 0
         var negotiated = false
         var closed = false
+        /// Whether events are sent to it (`set-events`).
+        var eventsEnabled = true
         var faultCursor: UInt64 = 0
         var eventCursor: UInt64 = 0
         var lastFaultEvent: UInt64 = 0
@@ -363,6 +365,22 @@ public final class ControlServer: @unchecked Sendable {
             queue(QMP.reply(.object([]), id: id), to: c)
             return
         }
+        if name == CommandName.setEvents.rawValue {
+            do throws(CommandError) {
+                var args = try Arguments(arguments)
+                let command = try SetEvents(&args)
+                if command.enabled && !c.eventsEnabled {
+                    // From now on: what went by while they were off is not owed.
+                    c.faultCursor = vmm.faults.total
+                    c.eventCursor = vmm.events.lastSeq
+                }
+                c.eventsEnabled = command.enabled
+                queue(QMP.reply(Empty().json, id: id), to: c)
+            } catch {
+                queue(QMP.error(error.errorClass, error.desc, errno: error.errno, id: id), to: c)
+            }
+            return
+        }
         let audited = CommandName(rawValue: name)?.isAudited ?? false
         do throws(CommandError) {
             let result = try commands.run(name, arguments)
@@ -433,7 +451,7 @@ public final class ControlServer: @unchecked Sendable {
 
     private func pumpEvents(_ c: Client, now: UInt64) {
         // A client that does not read gets nothing new queued; the logs move on without it.
-        guard c.pendingOutput < outputLimit else { return }
+        guard c.eventsEnabled, c.pendingOutput < outputLimit else { return }
         let (entries, missed) = vmm.events.lastSeq > c.eventCursor ? vmm.events.events(after: c.eventCursor) : ([], 0)
         c.eventsDropped += missed
         if c.eventsDropped > 0 {

@@ -23,6 +23,8 @@ public final class HostCollector: @unchecked Sendable {
 
     public func close() {
         traced?.session.close()
+        for kept in connections.values { kept.client.close() }
+        connections = [:]
     }
 
     /// The VMM behind `pid`, from its command line.
@@ -75,21 +77,49 @@ public final class HostCollector: @unchecked Sendable {
             }
             byPid[s.pid] = r
         }
+        forgetConnections(except: Set(byPid.keys))
         return byPid.values.sorted { $0.pid < $1.pid }
     }
 
+    /// Connections kept to vmscope VMMs, by pid, with the socket each is to.
+    private var connections: [Int32: (socket: String, client: ControlClient)] = [:]
+
     /// `query-metrics` from the vmscope VMM `pid` over its control socket; nil when it names no socket or does not
-    /// answer. A connection per pass, not one kept open: a connected client is sent every event (fault batches by
-    /// the thousand), which the exporter would only parse to throw away, and the VMM encode for nobody.
+    /// answer. The connection is kept from pass to pass with its events off (`set-events`): a connected client is
+    /// otherwise sent every event (fault batches by the thousand), which the exporter would only parse to throw
+    /// away. A VMM that does not know `set-events` (older) gets a connection per pass, as it did before.
     private func vmmMetrics(pid: Int32, store: MetricsStore) -> VMMetrics? {
         guard let socket = HostVMs.controlSocket(pid: pid) else { return nil }
+        if let kept = connections[pid], kept.socket != socket {
+            kept.client.close()
+            connections[pid] = nil
+        }
+        let kept = connections[pid]?.client
+        let c: ControlClient
+        do { c = try kept ?? ControlClient(path: socket, timeoutMs: 1000, eventCapacity: 16) } catch {
+            logger.debug("query-metrics of \(pid): cannot connect: \(error)")
+            return nil
+        }
         do {
-            let c = try ControlClient(path: socket, timeoutMs: 1000, eventCapacity: 16)
-            defer { c.close() }
-            return try c.run(QueryMetrics(conversionTimesAfter: store.conversionTimesSeen(pid: pid)), timeoutMs: 1000)
+            let metrics = try c.run(QueryMetrics(conversionTimesAfter: store.conversionTimesSeen(pid: pid)), timeoutMs: 1000)
+            if kept == nil {
+                if (try? c.run(SetEvents(enabled: false), timeoutMs: 1000)) != nil { connections[pid] = (socket, c) } else { c.close() }
+            }
+            return metrics
         } catch {
             logger.debug("query-metrics of \(pid) failed: \(error)")
-            return nil
+            c.close()
+            connections[pid] = nil
+            // A kept connection may have ended in between (the VMM restarted on the same socket): once afresh.
+            return kept == nil ? nil : vmmMetrics(pid: pid, store: store)
+        }
+    }
+
+    /// Closes the connections to VMMs that are gone (`live`: the pids of this pass).
+    private func forgetConnections(except live: Set<Int32>) {
+        for (pid, kept) in connections where !live.contains(pid) {
+            kept.client.close()
+            connections[pid] = nil
         }
     }
 }

@@ -343,6 +343,27 @@ public struct QMPCapabilities: SchemaCommand {
     public static func reply(_ j: JSON) -> Empty { Empty(json: j) }
 }
 
+/// vmscope's: whether this connection is sent events from now on (a new one is, as QMP's are). A client that only
+/// asks, such as an exporter polling `query-metrics` every second, turns them off and keeps its connection: it is
+/// sent no fault batch it would only read to throw away, and the VMM encodes none for it. Turned on again, events
+/// come from then on (none of those sent while off is owed, nor counted as dropped).
+public struct SetEvents: SchemaCommand {
+    /// Its members' names on the wire, spelled here once: decoding and encoding name them only through this table.
+    enum Key {
+        static let enabled = "enabled"
+    }
+
+    public static let name = CommandName.setEvents
+    public var enabled: Bool
+    public init(enabled: Bool) { self.enabled = enabled }
+    public var arguments: JSON? { .object([(Key.enabled, .bool(enabled))]) }
+    public init(_ a: inout Arguments) throws(CommandError) {
+        enabled = try a.bool(Key.enabled)
+        try a.finish()
+    }
+    public static func reply(_ j: JSON) -> Empty { Empty(json: j) }
+}
+
 /// A reply with nothing in it (`{}`).
 public struct Empty: SchemaValue, Equatable {
     public init() {}

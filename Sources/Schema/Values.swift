@@ -123,7 +123,7 @@ public enum CommandName: String, SchemaEnum {
     case setMemoryAttributes = "set-memory-attributes", queryVCPUs = "query-vcpus"
     case queryMemoryFaults = "query-memory-faults", vcpuControl = "vcpu-control", injectFault = "inject-fault"
     case readMemory = "read-memory", setFaultPolicy = "set-fault-policy", querySnapshot = "query-snapshot"
-    case queryMetrics = "query-metrics"
+    case queryMetrics = "query-metrics", setEvents = "set-events"
 
     /// Commands that change the VM or read its memory (each is audited, done or refused).
     public var isAudited: Bool {

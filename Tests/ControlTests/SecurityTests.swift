@@ -50,6 +50,8 @@ struct SecurityTests {
         ("query-memory-faults", #"{"limit":1}"#, Set(Mode.allCases)),
         ("query-snapshot", #"{"faults":1}"#, Set(Mode.allCases)),
         ("query-metrics", #"{"conversion-times-after":0}"#, Set(Mode.allCases)),
+        // The connection's own: what it is sent (a read-only client may turn its events off and on).
+        ("set-events", #"{"enabled":true}"#, Set(Mode.allCases)),
         ("set-memory-attributes", #"{"gpa":16777216,"size":4096,"private":false}"#, [.mutations, .injection]),
         ("set-fault-policy", #"{"policy":"report"}"#, [.mutations, .injection]),
         ("vcpu-control", #"{"index":0,"action":"pause"}"#, [.mutations, .injection]),
