@@ -135,7 +135,9 @@ extension JSON {
     public func write(to out: inout [UInt8]) {
         switch self {
         case .null: out.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C])
-        case .bool(let b): out.append(contentsOf: b ? Array("true".utf8) : Array("false".utf8))
+        case .bool(let b):
+            let word: StaticString = b ? "true" : "false"
+            out.append(contentsOf: UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount))
         case .int(let v):
             if v < 0 { out.append(UInt8(ascii: "-")) }
             JSON.writeDigits(v.magnitude, to: &out)
@@ -177,7 +179,8 @@ extension JSON {
         }
     }
 
-    static func writeString(_ s: String, to out: inout [UInt8]) {
+    /// `s` as a JSON string (quoted, escaped where it must be), straight into `out`.
+    public static func writeString(_ s: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { u in
