@@ -86,6 +86,9 @@ struct TraceCommand: ParsableCommand {
         // The flags as plain values: ArgumentParser's property wrappers cost hundreds of instructions a read, and
         // they are read for every event.
         let json = self.json, pairedOnly = self.pairedOnly
+        // The events --events names, where others may come too (a recording, or the ioctls a conversion is paired
+        // with): nil when every event is one of them, which spares a string's hash an event.
+        var shownOnly = wanted
         // Standard output through POSIX writes: a reader that went away (`| head`) ends the trace quietly (SIGPIPE is
         // caught above), and the session's instance is removed on the way out, instead of a trap in FileHandle.
         var outputClosed = false
@@ -106,7 +109,7 @@ struct TraceCommand: ParsableCommand {
             // making the tree and the text.
             var bytes: [UInt8] = []
             bytes.reserveCapacity(batch.count * (json ? 192 : 128))
-            for e in batch where wanted?.contains(e.name) ?? true {
+            for e in batch where shownOnly?.contains(e.name) ?? true {
                 if json { e.writeJSON(to: &bytes) } else { bytes.append(contentsOf: e.line.utf8) }
                 bytes.append(0x0A)
             }
@@ -188,6 +191,7 @@ struct TraceCommand: ParsableCommand {
         // guest's progress).
         let needed = wanted ?? (pairedOnly ? Set(EventLayouts.pairedEvents) : nil)
         let sessionEvents = needed.map { $0.contains("kvm_vm_set_mem_attributes") ? $0.union(EventLayouts.conversionPairing) : $0 }
+        if let wanted, sessionEvents == wanted { shownOnly = nil }
         do { session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init)) } catch {
             print("vmscope trace: \(error)", to: &err)
             child?.terminate()
