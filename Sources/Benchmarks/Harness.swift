@@ -17,6 +17,8 @@ public struct BenchResult: Codable, Sendable, Equatable {
     public var met: Bool?
     /// Where the value goes, largest first (a callgrind profile: each function's own instructions per item).
     public var breakdown: [Share]?
+    /// What the breakdown says, in words (printed under its table).
+    public var breakdownNote: String?
 
     public init(name: String, value: Double, unit: String, target: Target? = nil, baseline: BenchResult? = nil,
                 note: String? = nil) {
@@ -153,6 +155,7 @@ public struct BenchReport: Codable, Sendable {
             s += "\n## Where \(r.name) goes\n\nEach function's own \(r.unit) per item (callgrind, the same run), largest first; "
                 + "together \(format(parts.map(\.value).reduce(0, +))) of \(format(r.value)).\n\n| function | \(r.unit) |\n|---|---|\n"
             for p in parts { s += "| `\(p.name.replacingOccurrences(of: "|", with: "\\|"))` | \(format(p.value)) |\n" }
+            if let note = r.breakdownNote { s += "\n" + note + "\n" }
         }
         return s
     }
