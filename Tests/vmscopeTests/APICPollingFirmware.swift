@@ -5,7 +5,8 @@ import ProcessSupport
 /// A 64 KiB firmware image for QEMU's `-bios` that, from the reset vector, goes to 32-bit flat protected mode and
 /// reads the local APIC's version register (0xfee00030) every few thousand instructions, for ever: each read is a
 /// kvm_mmio event on QEMU's vCPU thread, so a test of the trace source sees rows at once and for as long as it
-/// likes. SeaBIOS touched the APIC only during POST, which PVM emulates instruction by instruction (tens of millions
+/// likes. After each read it writes port 0x80 (POST codes: QEMU's, in userspace), an exit to QEMU that
+/// kvm_userspace_exit counts, where the APIC read is KVM's own. SeaBIOS touched the APIC only during POST, which PVM emulates instruction by instruction (tens of millions
 /// of them): under load a reset took longer than the test's wait to get there, and between resets nothing was traced.
 ///
 /// PVM emulates every instruction of such a guest (kvm_emulate_insn fires for each; the VMM's built-in guest's too), a
@@ -48,9 +49,10 @@ enum APICPollingFirmware {
         put(protectedEntry, protected)
         let loop: [UInt8] = [0xBB] + le32(0xFEE0_0030)                                      // 0: mov ebx, APIC version
             + [0x8B, 0x03]                                                                  // 5: mov eax, [ebx]
-            + [0xB9] + le32(delayIterations)                                                // 7: mov ecx, n
-            + [0x49, 0x75, 0xFD]                                                            // 12: dec ecx; jnz 12
-            + [0xEB, 0xF4]                                                                  // 15: jmp 5
+            + [0xE6, 0x80]                                                                  // 7: out 0x80, al
+            + [0xB9] + le32(delayIterations)                                                // 9: mov ecx, n
+            + [0x49, 0x75, 0xFD]                                                            // 14: dec ecx; jnz 14
+            + [0xEB, 0xF2]                                                                  // 17: jmp 5
         precondition(loop.count <= 32)
         put(loopSource, loop)
         put(0xFFF0, [0xE9] + le16(UInt16(truncatingIfNeeded: 0xFF00 - 0xFFF3)))            // reset vector: jmp 0xff00
