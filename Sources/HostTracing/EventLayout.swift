@@ -195,11 +195,8 @@ extension TraceEvent {
         out.append(UInt8(ascii: "{"))
         var first = true
         forEachMember { name, value in
-            if !first { out.append(UInt8(ascii: ",")) }
+            JSON.writeMember(name, value, first: first, to: &out)
             first = false
-            JSON.writeString(name, to: &out)
-            out.append(UInt8(ascii: ":"))
-            value.write(to: &out)
         }
         out.append(UInt8(ascii: "}"))
     }

@@ -153,14 +153,19 @@ extension JSON {
             out.append(UInt8(ascii: "]"))
         case .object(let m):
             out.append(UInt8(ascii: "{"))
-            for (i, (k, v)) in m.enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                JSON.writeString(k, to: &out)
-                out.append(UInt8(ascii: ":"))
-                v.write(to: &out)
-            }
+            for (i, (k, v)) in m.enumerated() { JSON.writeMember(k, v, first: i == 0, to: &out) }
             out.append(UInt8(ascii: "}"))
         }
+    }
+
+    /// One member of an object being written (the `{` is out already, the `}` comes after the last): its comma
+    /// unless it is the first, its name, its value. For writers that hand members over without making the object
+    /// (`TraceEvent.writeJSON`).
+    public static func writeMember(_ name: String, _ value: JSON, first: Bool, to out: inout [UInt8]) {
+        if !first { out.append(UInt8(ascii: ",")) }
+        writeString(name, to: &out)
+        out.append(UInt8(ascii: ":"))
+        value.write(to: &out)
     }
 
     /// `v` in decimal, straight into `out` (through `String(v)` it was a formatted string made and copied for each).
@@ -179,8 +184,7 @@ extension JSON {
         }
     }
 
-    /// `s` as a JSON string (quoted, escaped where it must be), straight into `out`.
-    public static func writeString(_ s: String, to out: inout [UInt8]) {
+    static func writeString(_ s: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { u in
