@@ -142,9 +142,11 @@ public final class TraceSession: @unchecked Sendable {
         return removed
     }
 
-    /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default).
+    /// Each CPU's buffer in the session's instance, KiB: by default, and what `bufferKiB` may ask.
     public static let defaultBufferKiB = 4096
+    public static let bufferKiBRange = 16...262_144
 
+    /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default), each CPU's buffer `bufferKiB`.
     public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB) throws(TraceError) {
         // The libraries first: where they are missing, that is the one thing to say.
         fs = try TraceLibraries.api()
@@ -185,7 +187,11 @@ public final class TraceSession: @unchecked Sendable {
             throw TraceError("cannot create the tracefs instance \(name)", errno: e)
         }
         instance = inst
-        _ = fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1)
+        guard Self.bufferKiBRange.contains(bufferKiB), fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1) == 0 else {
+            let e = errno
+            close()
+            throw TraceError("cannot give each CPU's buffer in \(name) \(bufferKiB) KiB", errno: Self.bufferKiBRange.contains(bufferKiB) ? e : EINVAL)
+        }
         // Timestamps on CLOCK_MONOTONIC, the clock of fault records and of the views (this instance only).
         onMonotonicClock = fs.tracefs_instance_file_write(inst, "trace_clock", "mono") > 0
         if let pid {

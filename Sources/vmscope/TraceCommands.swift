@@ -50,6 +50,9 @@ struct TraceCommand: ParsableCommand {
     var saveRaw: String?
     @Option(help: ArgumentHelp("Decode records saved by --save-raw instead of tracing a process (streamed: any size; a damaged line stops it there, named, exit 2).", valueName: "FILE"))
     var loadRaw: String?
+    @Option(name: .customLong("buffer-kib"), help: ArgumentHelp("Each CPU's buffer in the session's tracefs instance, in KiB (\(TraceSession.bufferKiBRange.lowerBound) to \(TraceSession.bufferKiBRange.upperBound); trace-cmd's -b). Events that come faster than they are read for longer than it holds are lost, counted.",
+                               valueName: "KiB"))
+    var bufferKiB: Int = TraceSession.defaultBufferKiB
 
     func validate() throws {
         if exec {
@@ -65,6 +68,12 @@ struct TraceCommand: ParsableCommand {
         }
         if loadRaw != nil && (duration != nil || saveRaw != nil) {
             throw ValidationError("--load-raw decodes a file: --duration and --save-raw do not go with it")
+        }
+        guard TraceSession.bufferKiBRange.contains(bufferKiB) else {
+            throw ValidationError("--buffer-kib \(bufferKiB) is not from \(TraceSession.bufferKiBRange.lowerBound) to \(TraceSession.bufferKiBRange.upperBound)")
+        }
+        if loadRaw != nil && bufferKiB != TraceSession.defaultBufferKiB {
+            throw ValidationError("--load-raw decodes a file: --buffer-kib does not go with it")
         }
         if let duration, parseDuration(duration) == nil {
             throw ValidationError("--duration '\(duration)' is not a duration from 0 to a year (e.g. 10, 10s, 5m)")
@@ -192,7 +201,7 @@ struct TraceCommand: ParsableCommand {
         let needed = wanted ?? (pairedOnly ? Set(EventLayouts.pairedEvents) : nil)
         let sessionEvents = needed.map { $0.contains("kvm_vm_set_mem_attributes") ? $0.union(EventLayouts.conversionPairing) : $0 }
         if let wanted, sessionEvents == wanted { shownOnly = nil }
-        do { session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init)) } catch {
+        do { session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init), bufferKiB: bufferKiB) } catch {
             print("vmscope trace: \(error)", to: &err)
             child?.terminate()
             throw ExitCode(2)
@@ -238,7 +247,7 @@ struct TraceCommand: ParsableCommand {
         }
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
         var exitStatus: Int32?
-        var pacer = TracePacer()
+        var pacer = TracePacer(bufferKiB: bufferKiB)
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
             emit(batch)

@@ -42,6 +42,10 @@ struct CommandLineNumbersTests {
         ["lab", "run", "--socket", "/nonexistent/x.sock", "--lab-cpus", "-1"],
         ["lab", "run", "--socket", "/nonexistent/x.sock", "--boot-timeout", "1e300"],
         ["lab", "exec", "--timeout", "nan", "--", "true"],
+        ["trace", "1", "--buffer-kib", "8"],
+        ["trace", "1", "--buffer-kib", "-1"],
+        ["trace", "1", "--buffer-kib", "262145"],
+        ["trace", "1", "--buffer-kib", "99999999999999999999"],
     ]
 
     @Test(arguments: cases)

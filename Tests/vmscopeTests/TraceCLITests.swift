@@ -83,6 +83,54 @@ struct TraceCLITests {
         #expect(both.status != 0 && both.stderr.contains("takes no process id"), "\(both.stderr)")
     }
 
+    /// --buffer-kib sizes each CPU's buffer in the trace's own instance (trace-cmd's -b): the instance says so while
+    /// the trace runs, and a tracer held up (SIGSTOP) until the kernel overwrote part of a small buffer says what the
+    /// kernel dropped, where the default buffer, held up as long on the same VM, drops nothing.
+    @Test func bufferKiBSizesTheInstanceAndASmallOneCountsWhatItLost() throws {
+        let vmm = try RunningVMM(["--vcpus", "2"])
+        defer { vmm.stop() }
+        let pid = vmm.process.processIdentifier
+        /// Traced with `extra`, held up for `seconds` (nil: until the kernel says it overran a CPU's buffer, at most 60 s).
+        func heldUp(_ extra: [String], seconds: Double?) throws -> (sizeKiB: String, held: Double, decoded: UInt64?, dropped: UInt64?, stderr: String) {
+            let t = try ChildOutput([Binary.url.path, "trace", String(pid), "--events", "kvm_userspace_exit,kvm_mmio", "--json"] + extra)
+            let up = eventuallyTrue(30) { ((try? String(contentsOfFile: t.stderrPath, encoding: .utf8)) ?? "").contains("tracing process") }
+            let instance = "/sys/kernel/tracing/instances/vmscope-\(t.pid)"
+            let size = (try? String(contentsOfFile: instance + "/buffer_size_kb", encoding: .utf8)) ?? ""
+            /// Events the kernel overwrote, every CPU's ("overrun: N" in per_cpu/cpuN/stats).
+            func overrun() -> UInt64 {
+                ((try? FileManager.default.contentsOfDirectory(atPath: instance + "/per_cpu")) ?? []).reduce(0) { sum, cpu in
+                    let stats = (try? String(contentsOfFile: "\(instance)/per_cpu/\(cpu)/stats", encoding: .utf8)) ?? ""
+                    return sum + (stats.split(separator: "\n").first { $0.hasPrefix("overrun:") }.flatMap { UInt64($0.dropFirst(8).trimmingCharacters(in: .whitespaces)) } ?? 0)
+                }
+            }
+            let start = Date()
+            t.child.signal(SIGSTOP)
+            if let seconds { Thread.sleep(forTimeInterval: seconds) } else { _ = eventuallyTrue(60) { overrun() > 0 } }
+            let held = Date().timeIntervalSince(start)
+            t.child.signal(SIGCONT)
+            usleep(500_000)
+            t.child.signal(SIGINT)
+            let r = t.wait(seconds: 30)
+            #expect(up && r.status == 0, "\(r.stderr)")
+            // "… N events decoded, M dropped by the kernel's buffer, …"
+            let summary = r.stderr.split(separator: "\n").first { $0.contains("dropped by the kernel") } ?? ""
+            func number(before word: String) -> UInt64? {
+                summary.range(of: " " + word).flatMap { UInt64(summary[..<$0.lowerBound].split(separator: " ").last ?? "") }
+            }
+            return (size.trimmingCharacters(in: .whitespacesAndNewlines), held, number(before: "events decoded"), number(before: "dropped by"), r.stderr)
+        }
+        // The kernel gives whole pages and a reader's page more (19 KiB for 16, 4099 for 4096 on 6.18).
+        func sized(_ text: String, _ asked: Int) -> Bool { Int(text).map { (asked...asked + 16).contains($0) } ?? false }
+        let small = try heldUp(["--buffer-kib", "16"], seconds: nil)
+        #expect(sized(small.sizeKiB, 16), "the instance's buffer_size_kb: \(small.sizeKiB)")
+        #expect((small.dropped ?? 0) > 0, "held up \(small.held) s with 16 KiB a CPU: \(small.stderr)")
+        let large = try heldUp([], seconds: small.held)
+        print(String(format: "TraceCLITests: held up %.1f s: 16 KiB a CPU: %llu events, %llu dropped; 4096 KiB: %llu, %llu dropped",
+                     small.held, small.decoded ?? 0, small.dropped ?? 0, large.decoded ?? 0, large.dropped ?? 0))
+        #expect(sized(large.sizeKiB, 4096), "the default: \(large.sizeKiB)")
+        #expect(large.dropped == 0, "held up \(large.held) s with 4 MiB a CPU: \(large.stderr)")
+    }
+
     /// A full disk under --save-raw: the trace stops with the reason (exit 2), and the file decodes up to the record
     /// the disk cut short, which --load-raw names instead of calling the file damaged.
     @Test func aFullDiskStopsSaveRawClearlyAndWhatWasWrittenDecodes() throws {
