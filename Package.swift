@@ -93,7 +93,7 @@ let package = Package(
         .target(name: "ProcessSupport"),
         // Benchmarks (`swift run -c release vmscope-bench`); a library so `swift test` can smoke-run them.
         .target(name: "Benchmarks", dependencies: [
-            "VMM", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", "HostTracing",
+            "VMM", "KVM", "GuestCode", "Inspector", "ControlProtocol", "ControlServer", "ProcessSupport", "HostTracing",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vmscope-bench", dependencies: [

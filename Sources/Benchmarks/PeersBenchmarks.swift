@@ -106,7 +106,7 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
                             unit: "ms/s", target: .atMost(0.5 * statLog.value), baseline: statLog,
                             note: "`vmscope top --metrics 127.0.0.1:0 --interval 1`: every VM sampled each second (what the refreshing table does, without a terminal), CPU per second over \(seconds) s after start-up; median of \(rounds) rounds, \(spread(topPerSecond))")]
     // The tracing peer, on the same VMM (trace-cmd starts where kvm_stat does: not under PVM).
-    results += try tracerBenchmarks(sizes, vmscope: vmscope, vmm: vmm.pid, socket: socket, dir: dir)
+    results += try tracerBenchmarks(sizes, vmscope: vmscope, bench: bench, vmm: vmm.pid, socket: socket, dir: dir)
     return results
 }
 

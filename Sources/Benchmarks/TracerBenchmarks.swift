@@ -13,7 +13,7 @@ import Schema
 ///
 /// Part of `--only peers`, where kvm_stat starts: under PVM trace-cmd cannot start either (it must write
 /// /proc/sys/kernel/ftrace_enabled, which this host refuses), so it runs in the lab with the rest of the group.
-func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: String, dir: String) throws -> [BenchResult] {
+func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: pid_t, socket: String, dir: String) throws -> [BenchResult] {
     let traceCmd = "/usr/bin/trace-cmd"
     guard access(traceCmd, X_OK) == 0 else {
         return [BenchResult(name: "peers-trace-progress-vs-trace-cmd", value: .nan, unit: "ratio",
@@ -109,6 +109,7 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
                               note: "baseline: `trace-cmd record -P TID … -e kvm:kvm_userspace_exit -e kvm:kvm_mmio` (each of the VMM's threads; \(version)), the guest's heartbeats a second meanwhile (\(spread(theirsBeats))); \(recordedBytes) bytes of events recorded (uncompressed), overrun \(overruns)")
     let theirsCPU = BenchResult(name: "peers-trace-cmd-cpu-ms-per-s", value: median(theirs.map(\.cpuMsPerS)), unit: "ms/s",
                                 note: String(format: "baseline: trace-cmd record's CPU (it and its per-CPU recorders) a second over the window; %.1f ms a second of its whole run, start-up to its end after SIGINT", median(theirs.map(\.wholeMsPerS))))
+    let sweep = try tracerRateSweep(sizes, vmscope: vmscope, bench: bench, traceCmd: traceCmd, version: version, dir: dir)
     return [untracedR, theirsR,
             BenchResult(name: "peers-trace-vmscope-beats-per-s", value: median(oursBeats), unit: "/s", target: .atLeast(theirsR.value), baseline: theirsR,
                         note: "`vmscope trace PID --events kvm_userspace_exit,kvm_mmio --json` (every event decoded and written), the guest's heartbeats a second meanwhile (\(spread(oursBeats))); "
@@ -116,7 +117,7 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, vmm: pid_t, socket: 
                             + String(format: "%.3f of untraced, trace-cmd %.3f", median(oursBeats) / max(base, 1e-9), theirsR.value / max(base, 1e-9))),
             theirsCPU,
             BenchResult(name: "peers-trace-vmscope-cpu-ms-per-s", value: median(ours.map(\.cpuMsPerS)), unit: "ms/s", baseline: theirsCPU,
-                        note: String(format: "vmscope trace's CPU a second over the window (it decodes every event to JSON; trace-cmd copies pages of the buffer to a file); %.1f ms a second of its whole run, start-up to its end after SIGINT", median(ours.map(\.wholeMsPerS))))]
+                        note: String(format: "vmscope trace's CPU a second over the window (it decodes every event to JSON; trace-cmd copies pages of the buffer to a file); %.1f ms a second of its whole run, start-up to its end after SIGINT", median(ours.map(\.wholeMsPerS))))] + sweep
 }
 
 /// The processes below `pid` (children, their children, …), from /proc's parent links.
@@ -136,4 +137,122 @@ func descendants(of pid: pid_t) -> [pid_t] {
         frontier += children
     }
     return out
+}
+
+/// Issue 32: the highest event rate each tracer sustains without a drop. `vmscope-bench --generate-exits` makes KVM
+/// exits at a set rate from one thread (`runExitGenerator`: one I/O exit to userspace a run, so a `kvm_exit` and a
+/// `kvm_userspace_exit` each), traced by `vmscope trace PID --events kvm_exit,kvm_userspace_exit --json` and by
+/// `trace-cmd record -P PID -e kvm:kvm_exit -e kvm:kvm_userspace_exit`, one after the other at each rate, both with
+/// the same small per-CPU buffer (`bufferKiB`: a window's events overflow it many times over, so a tracer that falls
+/// behind loses events within the window, where a large buffer would hold them to the end). A step is drop-free when
+/// the tracer has a `kvm_userspace_exit` for every exit the generator made and the kernel says it lost nothing.
+/// Rates climb to the generator's own limit (0: as fast as it can beside the tracer); a tracer's climb ends after two
+/// lossy steps. Where a tracer lost nothing at any step, its figure is a lower bound (the generator's limit beside
+/// it, which its CPU lowers), and the comparison that decides is the steps one lost and the other did not.
+func tracerRateSweep(_ sizes: BenchSizes, vmscope: String, bench: String, traceCmd: String, version: String, dir: String) throws -> [BenchResult] {
+    let bufferKiB = 256
+    let seconds = sizes.repetitions > 10 ? 10.0 : 1.0
+    let rates: [Double] = sizes.repetitions > 10 ? [1_000, 2_000, 5_000, 10_000, 20_000, 0] : [1_000, 0]
+    let events = ["kvm_exit", "kvm_userspace_exit"]
+    struct Step {
+        var asked: Double, made: UInt64, seconds: Double, exitsSeen: UInt64, events: UInt64, lost: UInt64
+        var dropFree: Bool { lost == 0 && exitsSeen == made }
+        var eventsPerS: Double { Double(events) / seconds }
+    }
+    /// One step: the generator started and waiting, `tracer(pid)` (nil: none) started and tracing, then the gate
+    /// opened; `count` reads what the tracer had (exits to userspace, events, lost) from its output.
+    func step(_ rate: Double, _ name: String, _ tracer: ((pid_t) -> [String])?, ready: @escaping (pid_t, String) -> Bool = { _, _ in true },
+              count: (String) throws -> (exits: UInt64, events: UInt64, lost: UInt64) = { _ in (0, 0, 0) }) throws -> Step {
+        let gate = dir + "/\(name).gate"
+        unlink(gate)
+        let gen = try ChildProcess([bench, "--generate-exits", String(rate), "--seconds", String(seconds), "--gate", gate],
+                                   redirects: .init(stdin: "/dev/null", stdout: dir + "/\(name).gen", stderr: dir + "/\(name).generr"))
+        defer { _ = gen.terminate(grace: 2) }
+        func text(_ suffix: String) -> String { (try? String(contentsOfFile: dir + "/\(name).\(suffix)", encoding: .utf8)) ?? "" }
+        let deadline = nowNs() + 120_000_000_000
+        while gen.isRunning, !text("generr").contains("ready"), nowNs() < deadline { usleep(20_000) }
+        guard text("generr").contains("ready") else { throw BenchError("the exit generator did not start: \(text("generr").suffix(400))") }
+        let t = try tracer.map { try ChildProcess($0(gen.pid), redirects: .init(stdin: "/dev/null", stdout: dir + "/\(name).out", stderr: dir + "/\(name).err")) }
+        defer { _ = t?.terminate(grace: 2) }
+        if let t, let tracer {
+            while t.isRunning, !ready(t.pid, text("out") + text("err")), nowNs() < deadline { usleep(100_000) }
+            guard t.isRunning else { throw BenchError("\(tracer(gen.pid).joined(separator: " ")) ended: \(text("err").suffix(400))") }
+            usleep(1_000_000)
+        }
+        close(open(gate, O_CREAT | O_WRONLY, 0o600))
+        guard gen.wait(seconds: seconds + 120) == 0 else { throw BenchError("the exit generator failed: \(text("generr").suffix(400))") }
+        // "exits N seconds S"
+        let words = text("gen").split(whereSeparator: \.isWhitespace)
+        guard words.count == 4, let made = UInt64(words[1]), let secs = Double(words[3]) else { throw BenchError("the exit generator said \(text("gen"))") }
+        var seen = (exits: UInt64(0), events: UInt64(0), lost: UInt64(0))
+        if let t {
+            usleep(500_000)
+            t.signal(SIGINT)
+            _ = t.wait(seconds: 60) ?? t.terminate(grace: 2)
+            seen = try count(text("out") + text("err"))
+        }
+        return Step(asked: rate, made: made, seconds: secs, exitsSeen: seen.exits, events: seen.events, lost: seen.lost)
+    }
+    func number(after word: String, in line: Substring) -> UInt64? {
+        guard let r = line.range(of: word) else { return nil }
+        return UInt64(line[r.upperBound...].drop { $0 == " " }.prefix { $0.isNumber })
+    }
+    let alone = try step(0, "sweep-alone", nil)
+    var ours: [Step] = [], theirs: [Step] = []
+    for (i, rate) in rates.enumerated() {
+        if ours.suffix(2).count < 2 || ours.suffix(2).contains(where: \.dropFree) {
+            ours.append(try step(rate, "sweep-vmscope\(i)", { [vmscope, "trace", String($0), "--events", events.joined(separator: ","), "--json", "--buffer-kib", String(bufferKiB)] },
+                                 ready: { _, out in out.contains("tracing process") }) { out in
+                // "… N events decoded, M dropped by the kernel's buffer, …"; each line of --json is one event.
+                let summary = out.split(separator: "\n").first { $0.contains("events decoded") } ?? ""
+                let words = summary.split(separator: " ")
+                guard let at = words.firstIndex(of: "events"), at > 0, let decoded = UInt64(words[at - 1]),
+                      let dropped = number(after: "decoded, ", in: summary) else { throw BenchError("vmscope trace's summary: \(out.suffix(300))") }
+                let lines = out.split(separator: "\n")
+                return (UInt64(lines.count { $0.hasPrefix("{\"event\":\"kvm_userspace_exit\"") }), min(decoded, UInt64(lines.count { $0.hasPrefix("{\"event\":") })), dropped)
+            })
+        }
+        if theirs.suffix(2).count < 2 || theirs.suffix(2).contains(where: \.dropFree) {
+            let dat = dir + "/sweep\(i).dat"
+            theirs.append(try step(rate, "sweep-trace-cmd\(i)", { [traceCmd, "record", "-P", String($0), "-b", String(bufferKiB), "-o", dat] + events.flatMap { ["-e", "kvm:" + $0] } },
+                                   ready: { pid, out in out.contains("Hit Ctrl^C") || !descendants(of: pid).isEmpty }) { out in
+                // What it recorded, from its own report; what the kernel lost: its per-CPU "overrun:" at the end, and
+                // the report's "[LOST N EVENTS]".
+                defer { unlink(dat) }
+                let report = try timedRun([traceCmd, "report", "-i", dat], dir: dir, name: "sweep-report\(i)")
+                guard report.status == 0 else { throw BenchError("trace-cmd report: \(report.stderr.suffix(300))") }
+                let rows = report.stdout.split(separator: "\n")
+                let exits = UInt64(rows.count { $0.contains("kvm_userspace_exit:") })
+                let all = UInt64(rows.count { $0.contains("kvm_userspace_exit:") || $0.contains("kvm_exit:") })
+                let lostInReport = rows.compactMap { number(after: "[LOST ", in: $0) }.reduce(0, +)
+                let overrun = out.split(separator: "\n").compactMap { line -> UInt64? in
+                    let t = line.drop { $0 == " " || $0 == "\t" }
+                    return t.hasPrefix("overrun:") ? number(after: "overrun:", in: t) : nil
+                }.reduce(0, +)
+                return (exits, all, lostInReport + overrun)
+            })
+        }
+    }
+    func highest(_ steps: [Step]) -> Double { steps.filter(\.dropFree).map(\.eventsPerS).max() ?? 0 }
+    func table(_ steps: [Step]) -> String {
+        steps.map { s in
+            String(format: "%@ → %.0f exits/s, %.0f events/s: %llu of %llu exits, %llu lost", s.asked == 0 ? "max" : String(format: "%.0f", s.asked),
+                   Double(s.made) / s.seconds, s.eventsPerS, s.exitsSeen, s.made, s.lost)
+        }.joined(separator: "; ")
+    }
+    func bound(_ steps: [Step]) -> String {
+        steps.allSatisfy(\.dropFree) ? " (a lower bound: it lost nothing at any step, and the generator could go no faster beside it)" : ""
+    }
+    let lossyOnlyOurs = ours.filter { o in !o.dropFree && theirs.contains { $0.asked == o.asked && $0.dropFree } }.count
+    let theirsLimited = !theirs.allSatisfy(\.dropFree)
+    let untraced = BenchResult(name: "peers-trace-sweep-untraced-exits-per-s", value: Double(alone.made) / alone.seconds, unit: "/s",
+                               note: String(format: "the exit generator alone, as fast as it can, no tracer (%.0f s): what the sweep's steps can reach at most", seconds))
+    let theirsR = BenchResult(name: "peers-trace-cmd-drop-free-events-per-s", value: highest(theirs), unit: "/s",
+                              note: "baseline: the highest event rate (kvm_exit and kvm_userspace_exit of the generator's KVM exits, one thread) `trace-cmd record -P PID -b \(bufferKiB) -e kvm:kvm_exit -e kvm:kvm_userspace_exit` (\(version)) kept every exit of\(bound(theirs)), \(String(format: "%.0f", seconds)) s a step, counted by `trace-cmd report`; asked → made: \(table(theirs))")
+    return [untraced, theirsR,
+            BenchResult(name: "peers-trace-drop-free-events-per-s", value: highest(ours), unit: "/s", target: theirsLimited ? .atLeast(theirsR.value) : nil, baseline: theirsR,
+                        note: "`vmscope trace PID --events kvm_exit,kvm_userspace_exit --json --buffer-kib \(bufferKiB)`, the same steps\(bound(ours)); asked → made: \(table(ours))"
+                            + (theirsLimited ? "" : ". trace-cmd lost nothing at any step, so its figure is no limit to be measured against: the row below decides")),
+            BenchResult(name: "peers-trace-steps-lost-by-vmscope-only", value: Double(lossyOnlyOurs), unit: "steps", target: .atMost(0),
+                        note: "steps of the sweep at which vmscope trace lost events and trace-cmd, asked the same rate, lost none")]
 }

@@ -16,11 +16,23 @@ struct VMScopeBench: ParsableCommand {
     var markdown: String?
     @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (general, tree, model, tracepoints, attr-walk) and exit.", visibility: .hidden))
     var callgrindDecode: String?
+    @Option(help: ArgumentHelp("Make KVM exits at this rate a second (0: as fast as it can) once --gate exists, for --seconds; print how many (the tracers' rate sweep).", visibility: .hidden))
+    var generateExits: Double?
+    @Option(help: ArgumentHelp("The file whose existence starts --generate-exits.", visibility: .hidden)) var gate: String?
+    @Option(help: ArgumentHelp("How long --generate-exits makes exits.", visibility: .hidden)) var seconds: Double = 5
 
     func run() throws {
         if let path = callgrindDecode {
             guard let workload = try CallgrindWorkload(path: path) else { throw ValidationError("no callgrind workload \(path)") }
             print(callgrindDecodeWorkload(workload))
+            return
+        }
+        if let rate = generateExits {
+            guard let gate, rate >= 0, seconds > 0 else { throw ValidationError("--generate-exits needs --gate, a rate ≥ 0 and --seconds > 0") }
+            let made = try runExitGenerator(rate: rate, seconds: seconds, gate: gate) {
+                FileHandle.standardError.write(Data("vmscope-bench: exit generator ready, pid \(getpid())\n".utf8))
+            }
+            print("exits \(made.exits) seconds \(made.seconds)")
             return
         }
         let sizes = smoke ? BenchSizes.smoke : .full
