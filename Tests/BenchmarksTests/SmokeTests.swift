@@ -197,6 +197,15 @@ struct SmokeTests {
         // trace-cmd traced the VMM's threads (with -P for the process alone it records nothing of its vCPUs).
         let recorded = byName["peers-trace-cmd-beats-per-s"]?.note ?? ""
         #expect(recorded.contains("bytes of events recorded") && !recorded.contains("; 0 bytes of events"), "\(recorded)")
+        // The drop-free sweep: the generator ran alone and under each tracer; at its slowest step (1,000 exits/s, far
+        // below what either reads) both had every exit, so each has a drop-free rate; the deciding row is judged.
+        #expect((byName["peers-trace-sweep-untraced-exits-per-s"]?.value ?? 0) > 500, "\(results.filter { $0.name.contains("sweep") })")
+        for name in ["peers-trace-cmd-drop-free-events-per-s", "peers-trace-drop-free-events-per-s"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value >= 1_000 && r.note?.contains("1000 → ") == true, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        #expect(byName["peers-trace-drop-free-events-per-s"]?.baseline == "peers-trace-cmd-drop-free-events-per-s")
+        #expect(byName["peers-trace-steps-lost-by-vmscope-only"]?.met != nil)
     }
 
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
