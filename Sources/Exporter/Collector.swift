@@ -59,7 +59,7 @@ public final class HostCollector: @unchecked Sendable {
                 if traced.tracesConversions {
                     r.tracedConversionSteps = traced.takeConversionSteps(s.pid)
                     r.tracedPrivateBytes = traced.privateBytes(s.pid)
-                    r.tracedStepsDropped = traced.stepsDropped[s.pid] ?? 0
+                    r.tracedStepsDropped = traced.stepsDropped(s.pid)
                 }
             }
             if r.vmm == .vmscope {
