@@ -35,7 +35,7 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
                                note: "kvm_stat does not start on this host (kernel \(RawTraceRecording.runningKernel)): \(why)")]
         if insideTheLab { return out + skipped("kvm_stat does not start inside the lab either: \(why)") }
         // Again inside the lab, where KVM is kvm_amd.
-        let lab = try timedRun([vmscope, "lab", "exec", "--timeout", "900", "--", bench, "--json", "--only", "peers"] + (sizes.repetitions > 10 ? [] : ["--smoke"]),
+        let lab = try timedRun([vmscope, "lab", "exec", "--timeout", "1800", "--", bench, "--json", "--only", "peers"] + (sizes.repetitions > 10 ? [] : ["--smoke"]),
                                dir: dir, name: "lab")
         struct Report: Decodable { var results: [BenchResult] }
         guard lab.status == 0, let start = lab.stdout.firstIndex(of: "{"),
