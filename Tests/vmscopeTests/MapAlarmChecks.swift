@@ -174,8 +174,8 @@ struct MapAlarmChecks {
     /// costs is mostly its own CPU there, a debug build's here (whose tracing modules are optimised: Package.swift).
     /// Both figures are printed (docs/attribute-engines.md: 0.955 and 0.964 of the untraced progress with the paired
     /// tracer, 0.842 and 0.862 with every event, run alone on 2026-12-06, and 0.703 and 0.551 in a third such run;
-    /// 0.922 and 0.596, 0.806 and 0.523 in two full runs; 0.49-0.65 and 0.43-0.95 before that day's changes). One
-    /// run's windows vary by about ±10 %, and one run's figure by a quarter from the run before, so the
+    /// 0.922 and 0.596, 0.806 and 0.523, 0.832 and 0.507 in three full runs; 0.49-0.65 and 0.43-0.95 before that
+    /// day's changes). One run's windows vary by about ±10 %, and one run's figure by a quarter from the run before, so the
     /// bound only separates a tracer that costs its CPU share from one that holds the guest up.
     @Test func tracingCostsTheGuestLittleOfItsProgress() throws {
         let vmm = try KernelVMM("tc")
