@@ -61,6 +61,9 @@ public final class TraceSession: @unchecked Sendable {
     private var lastThreadScan: UInt64 = 0
     /// Events the kernel dropped before we read them (`missed_events`), and events from other threads discarded.
     public private(set) var missed: UInt64 = 0
+    /// Whether the kernel lost events without counting them (a page that says events were lost but had no room for
+    /// their number: libtraceevent's -1), each such page counted in `missed` as one: `missed` is then a lower bound.
+    public private(set) var missedUncounted = false
     public private(set) var foreign: UInt64 = 0
     public private(set) var decoded: UInt64 = 0
     /// Events the kernel dropped since `seen` (a reader's own mark, moved up to `missed`): each reader of a session
@@ -316,6 +319,11 @@ public final class TraceSession: @unchecked Sendable {
         final class Box {
             @exclusivity(unchecked) var out: [TraceEvent] = []
             @exclusivity(unchecked) var missed: UInt64 = 0
+            @exclusivity(unchecked) var uncounted = false
+            /// Events a page (or a record) says were lost before it: a number, or -1 for some the kernel did not count.
+            func lost(_ n: Int) {
+                if n > 0 { missed &+= UInt64(n) } else if n < 0 { missed &+= 1; uncounted = true }
+            }
             @exclusivity(unchecked) var foreign: UInt64 = 0
             @exclusivity(unchecked) var raw: [RawTraceRecord]?
             /// Where in `out` the events of threads the last scan did not list stand (kept in order, in case the
@@ -356,19 +364,20 @@ public final class TraceSession: @unchecked Sendable {
         if keepRaw { box.raw = [] }
         box.followsForks = followsForks
         if let readers = cpuReaders {
-            box.missed &+= readers.read { bytes, cpu, ts in box.take(bytes, cpu: cpu, ts: ts) }
+            readers.read(lost: box.lost) { bytes, cpu, ts in box.take(bytes, cpu: cpu, ts: ts) }
         } else {
             let ctx = Unmanaged.passUnretained(box).toOpaque()
             _ = fs.tracefs_iterate_raw_events(tep, inst, nil, 0, { _, record, cpu, ctx in
                 guard let record, let ctx else { return 0 }
                 let box = Unmanaged<Box>.fromOpaque(ctx).takeUnretainedValue()
                 let r = record.pointee
-                if r.missed_events > 0 { box.missed &+= UInt64(r.missed_events) }
+                box.lost(Int(r.missed_events))
                 guard let data = r.data else { return 0 }
                 return box.take(UnsafeRawBufferPointer(start: data, count: Int(r.size)), cpu: Int32(cpu), ts: r.ts) ? 1 : 0
             }, ctx)
         }
         missed &+= box.missed
+        if box.uncounted { missedUncounted = true }
         // Threads started since the last scan (the kernel follows them) are the process's; the others' events leave,
         // counted as foreign. The rest keep the order the kernel gave them in.
         if !box.strangers.isEmpty {
@@ -494,27 +503,26 @@ final class CPUReaders {
 
     /// Every page each CPU's buffer holds now, its records given to `take` (bytes, CPU, timestamp) until it returns
     /// true, then the rest of that page (a page read is gone from the kernel's buffer: its records are taken, not
-    /// dropped unseen; the rest waits in the buffer for the next read); returns the events the kernel said it lost.
-    func read(_ take: (UnsafeRawBufferPointer, Int32, UInt64) -> Bool) -> UInt64 {
+    /// dropped unseen; the rest waits in the buffer for the next read); `lost` is given what each page says the kernel
+    /// lost before it (a number, or -1: some it did not count, where the page had no room for the number).
+    func read(lost: (Int) -> Void, _ take: (UnsafeRawBufferPointer, Int32, UInt64) -> Bool) {
         guard !closed, let read = fs.tracefs_cpu_read, let load = fs.kbuffer_load_subbuffer,
               let first = fs.kbuffer_read_event, let next = fs.kbuffer_next_event,
-              let size = fs.kbuffer_event_size, let missed = fs.kbuffer_missed_events else { return 0 }
-        var lost: UInt64 = 0
+              let size = fs.kbuffer_event_size, let missed = fs.kbuffer_missed_events else { return }
         for c in cpus {
             // A page at a time, until the buffer is empty (EAGAIN) or `take` has enough.
             while read(c.reader, page, true) > 0 {
                 guard load(kbuf, page) >= 0 else { break }
                 let m = missed(kbuf)
-                if m > 0 { lost &+= UInt64(m) }
+                if m != 0 { lost(Int(m)) }
                 var ts: UInt64 = 0
                 var data = first(kbuf, &ts), enough = false
                 while let d = data {
                     if take(UnsafeRawBufferPointer(start: d, count: Int(size(kbuf))), c.cpu, ts) { enough = true }
                     data = next(kbuf, &ts)
                 }
-                if enough { return lost }
+                if enough { return }
             }
         }
-        return lost
     }
 }

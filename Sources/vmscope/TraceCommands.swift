@@ -269,7 +269,8 @@ struct TraceCommand: ParsableCommand {
         pair(rest, &pairing, missed: session.missedSince(&missedSeen) > 0)
         try saveKept()
         finish(pairing)
-        print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded; \(session.reads) reads",
+        print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded; \(session.reads) reads"
+              + (session.missedUncounted ? "; the kernel did not count every event it dropped: at least \(session.missed)" : ""),
               to: &err)
         if let child {
             if child.poll() == nil { child.terminate(grace: 10) }
