@@ -6,8 +6,9 @@ import KVM
 /// writes port 0x80 and loops, run from this process's only thread. Each KVM_RUN returns with one I/O exit to
 /// userspace, and so one `kvm_userspace_exit` event of this thread (and one `sys_exit_ioctl`, `kvm_exit`, … where
 /// those are traced), so the events a tracer should see are the runs it made. It waits for `gate` to exist (the
-/// tracer is tracing; `ready` is called once the VM runs and the wait begins), then makes `rate` exits a second (0: as many as it can) for `seconds`, in bursts every
-/// millisecond (what is due by then: no CPU spent waiting, which the tracer shares), and returns what it made.
+/// tracer is tracing; `ready` is called once the VM runs and the wait begins), then makes `rate` exits a second (0: as
+/// many as it can) for `seconds`, in bursts every millisecond (what is due by then: no CPU spent waiting, which the
+/// tracer shares), and returns what it made.
 public func runExitGenerator(rate: Double, seconds: Double, gate: String, ready: () -> Void) throws -> (exits: UInt64, seconds: Double) {
     let system = try KVMSystem()
     let vm = try system.createVM(type: .default)

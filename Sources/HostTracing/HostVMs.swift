@@ -145,10 +145,23 @@ public enum HostVMs {
         }
 
         /// The VMMs whose conversions to pair (their threads' ioctls are traced; every process's would be far more).
+        /// What is kept of processes that have ended goes (their series went with them): kept for every process whose
+        /// threads were ever traced, it grew with every VM a long-running exporter saw, and a thread id the kernel
+        /// gave again was taken for the ended process's thread.
         public func follow(_ pids: Set<Int32>) {
             if tracesConversions { session.pairConversions(ofThreadsOf: pids) }
-            for (pid, p) in processes where !pids.contains(pid) { p.unfollow() }
+            var gone: Set<Int32> = []
+            for (pid, p) in processes where !pids.contains(pid) {
+                p.unfollow()
+                if kill(pid, 0) != 0 && errno == ESRCH { gone.insert(pid) }
+            }
+            guard !gone.isEmpty else { return }
+            for pid in gone { processes[pid] = nil }
+            processOfThread = processOfThread.filter { !gone.contains($0.value.pid) }
+            lastThread = (0, 0, nil)
         }
+        /// The processes something is kept for.
+        var processesKept: Set<Int32> { Set(processes.keys) }
 
         /// The conversion steps timed for `pid` since the last call.
         public func takeConversionSteps(_ pid: Int32) -> [[ConversionStep: UInt64]] {
