@@ -78,13 +78,8 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
                                  ready: { pid, out in out.contains("Hit Ctrl^C") || !descendants(of: pid).isEmpty }))
     }
     untraced.append(try progress())
-    // vmscope trace's summary: "… N events decoded, M dropped by the kernel's buffer, …".
-    func number(before word: String, in text: String) -> UInt64? {
-        guard let r = text.range(of: " " + word) else { return nil }
-        return UInt64(text[..<r.lowerBound].split(separator: " ").last ?? "")
-    }
-    let ourDecoded = ours.compactMap { number(before: "events decoded", in: $0.out) }.reduce(0, +)
-    let ourDropped = ours.compactMap { number(before: "dropped by", in: $0.out) }.reduce(0, +)
+    let ourDecoded = ours.compactMap { traceSummary($0.out)?.decoded }.reduce(0, +)
+    let ourDropped = ours.compactMap { traceSummary($0.out)?.dropped }.reduce(0, +)
     // What trace-cmd recorded, from its summary at the end: "N bytes in size (M uncompressed)" for each CPU; and
     // what it lost, where it prints the buffers' statistics ("overrun: N").
     /// The numbers on trace-cmd's lines where `numberAt` finds one, added up.
@@ -94,10 +89,7 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
         }.reduce(0, +)
     }
     let recordedBytes = sum { $0.range(of: "bytes in size (")?.upperBound }
-    let overruns = sum { line in   // "overrun: N" at the line's start (not "commit overrun")
-        let t = line.drop { $0 == " " || $0 == "\t" }
-        return t.hasPrefix("overrun:") ? t.index(t.startIndex, offsetBy: "overrun:".count) : nil
-    }
+    let overruns = theirs.reduce(0) { $0 + traceCmdOverruns($1.out) }
     let version = (try? timedRun([traceCmd, "--version"], dir: dir, name: "trace-cmd-version"))
         .map { ($0.stdout + $0.stderr).split(separator: "\n").first { $0.contains("version") }.map(String.init) ?? "?" } ?? "?"
     func spread(_ v: [Double]) -> String { v.count == 1 ? "one window" : String(format: "median of %d, %.1f–%.1f", v.count, v.min()!, v.max()!) }
@@ -118,6 +110,25 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
             theirsCPU,
             BenchResult(name: "peers-trace-vmscope-cpu-ms-per-s", value: median(ours.map(\.cpuMsPerS)), unit: "ms/s", baseline: theirsCPU,
                         note: String(format: "vmscope trace's CPU a second over the window (it decodes every event to JSON; trace-cmd copies pages of the buffer to a file); %.1f ms a second of its whole run, start-up to its end after SIGINT", median(ours.map(\.wholeMsPerS))))] + sweep
+}
+
+/// The counts in `vmscope trace`'s summary: "… N events decoded, M dropped by the kernel's buffer, …".
+func traceSummary(_ output: String) -> (decoded: UInt64, dropped: UInt64)? {
+    func number(before word: String) -> UInt64? {
+        guard let r = output.range(of: " " + word) else { return nil }
+        return UInt64(output[..<r.lowerBound].split(separator: " ").last ?? "")
+    }
+    guard let decoded = number(before: "events decoded"), let dropped = number(before: "dropped by") else { return nil }
+    return (decoded, dropped)
+}
+
+/// What `trace-cmd record` says its buffers overran, added up over its per-CPU statistics at the end ("overrun: N" at
+/// a line's start, not "commit overrun").
+func traceCmdOverruns(_ output: String) -> UInt64 {
+    output.split(separator: "\n").compactMap { line -> UInt64? in
+        let t = line.drop { $0 == " " || $0 == "\t" }
+        return t.hasPrefix("overrun:") ? UInt64(t.dropFirst("overrun:".count).drop { $0 == " " }.prefix { $0.isNumber }) : nil
+    }.reduce(0, +)
 }
 
 /// The processes below `pid` (children, their children, …), from /proc's parent links.
@@ -205,11 +216,8 @@ func tracerRateSweep(_ sizes: BenchSizes, vmscope: String, bench: String, traceC
         if ours.suffix(2).count < 2 || ours.suffix(2).contains(where: \.dropFree) {
             ours.append(try step(rate, "sweep-vmscope\(i)", { [vmscope, "trace", String($0), "--events", events.joined(separator: ","), "--json", "--buffer-kib", String(bufferKiB)] },
                                  ready: { _, out in out.contains("tracing process") }) { out in
-                // "… N events decoded, M dropped by the kernel's buffer, …"; each line of --json is one event.
-                let summary = out.split(separator: "\n").first { $0.contains("events decoded") } ?? ""
-                let words = summary.split(separator: " ")
-                guard let at = words.firstIndex(of: "events"), at > 0, let decoded = UInt64(words[at - 1]),
-                      let dropped = number(after: "decoded, ", in: summary) else { throw BenchError("vmscope trace's summary: \(out.suffix(300))") }
+                // Each line of --json is one event.
+                guard let (decoded, dropped) = traceSummary(out) else { throw BenchError("vmscope trace's summary: \(out.suffix(300))") }
                 let lines = out.split(separator: "\n")
                 return (UInt64(lines.count { $0.hasPrefix("{\"event\":\"kvm_userspace_exit\"") }), min(decoded, UInt64(lines.count { $0.hasPrefix("{\"event\":") })), dropped)
             })
@@ -227,11 +235,7 @@ func tracerRateSweep(_ sizes: BenchSizes, vmscope: String, bench: String, traceC
                 let exits = UInt64(rows.count { $0.contains("kvm_userspace_exit:") })
                 let all = UInt64(rows.count { $0.contains("kvm_userspace_exit:") || $0.contains("kvm_exit:") })
                 let lostInReport = rows.compactMap { number(after: "[LOST ", in: $0) }.reduce(0, +)
-                let overrun = out.split(separator: "\n").compactMap { line -> UInt64? in
-                    let t = line.drop { $0 == " " || $0 == "\t" }
-                    return t.hasPrefix("overrun:") ? number(after: "overrun:", in: t) : nil
-                }.reduce(0, +)
-                return (exits, all, lostInReport + overrun)
+                return (exits, all, lostInReport + traceCmdOverruns(out))
             })
         }
     }
