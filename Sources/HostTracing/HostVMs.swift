@@ -131,8 +131,6 @@ public enum HostVMs {
         }
         /// `kvm_mmio` events of process `pid`.
         public func mmio(_ pid: Int32) -> UInt64 { processes[pid]?.mmio ?? 0 }
-        /// Process `pid`'s traced private/shared map, where the kernel traces conversions.
-        public func attributes(_ pid: Int32) -> TracedAttributes? { processes[pid]?.attributes }
         /// Conversion steps of `pid` left out since the last `takeConversionSteps` (more than `stepsLimit` between two).
         public func stepsDropped(_ pid: Int32) -> UInt64 { processes[pid]?.stepsDropped ?? 0 }
         static let stepsLimit = 65_536
@@ -194,7 +192,6 @@ public enum HostVMs {
             lastThread = (tid, found.pid, found.process)
             return found
         }
-        func tgid(_ tid: Int32) -> Int32 { process(ofThread: tid).pid }
 
         /// Takes what the buffers hold.
         public func update() {
