@@ -153,6 +153,9 @@ public final class TraceSession: @unchecked Sendable {
     public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB) throws(TraceError) {
         // The libraries first: where they are missing, that is the one thing to say.
         fs = try TraceLibraries.api()
+        guard Self.bufferKiBRange.contains(bufferKiB) else {
+            throw TraceError("each CPU's buffer can be \(Self.bufferKiBRange.lowerBound) to \(Self.bufferKiBRange.upperBound) KiB, not \(bufferKiB)")
+        }
         if let pid { guard kill(pid, 0) == 0 || errno == EPERM else { throw TraceError("no process \(pid)") } }
         self.target = pid
         let dir = try Self.tracingDirectory()
@@ -190,10 +193,10 @@ public final class TraceSession: @unchecked Sendable {
             throw TraceError("cannot create the tracefs instance \(name)", errno: e)
         }
         instance = inst
-        guard Self.bufferKiBRange.contains(bufferKiB), fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1) == 0 else {
+        guard fs.tracefs_instance_set_buffer_size(inst, bufferKiB, -1) == 0 else {
             let e = errno
             close()
-            throw TraceError("cannot give each CPU's buffer in \(name) \(bufferKiB) KiB", errno: Self.bufferKiBRange.contains(bufferKiB) ? e : EINVAL)
+            throw TraceError("cannot give each CPU's buffer in \(name) \(bufferKiB) KiB", errno: e)
         }
         // Timestamps on CLOCK_MONOTONIC, the clock of fault records and of the views (this instance only).
         onMonotonicClock = fs.tracefs_instance_file_write(inst, "trace_clock", "mono") > 0
