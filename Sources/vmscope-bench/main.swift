@@ -28,7 +28,9 @@ struct VMScopeBench: ParsableCommand {
             return
         }
         if let rate = generateExits {
-            guard let gate, rate >= 0, seconds > 0 else { throw ValidationError("--generate-exits needs --gate, a rate ≥ 0 and --seconds > 0") }
+            guard let gate, rate.isFinite, rate >= 0, seconds.isFinite, seconds > 0, seconds <= 3600 else {
+                throw ValidationError("--generate-exits needs --gate, a finite rate ≥ 0 and --seconds from 0 to 3600")
+            }
             let made = try runExitGenerator(rate: rate, seconds: seconds, gate: gate) {
                 FileHandle.standardError.write(Data("vmscope-bench: exit generator ready, pid \(getpid())\n".utf8))
             }
