@@ -76,7 +76,7 @@ let package = Package(
         ]),
         // The control server inside the VMM process.
         .target(name: "ControlServer", dependencies: [
-            "VMM", "KVM", "ControlProtocol",
+            "VMM", "KVM", "CKVM", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "DequeModule", package: "swift-collections"),
         ]),

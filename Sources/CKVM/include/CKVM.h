@@ -7,10 +7,13 @@
 // - The `kvm_run` exit payloads live in an anonymous union that Swift imports
 //   awkwardly; the overlays below name them, with offsets asserted against the
 //   6.1 header's `struct kvm_run`.
+// - <malloc.h> is not in Swift's Glibc module: the control server's
+//   `malloc_trim`, handing a sent backlog back to the system.
 #ifndef VMSCOPE_CKVM_H
 #define VMSCOPE_CKVM_H
 
 #include <linux/kvm.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
