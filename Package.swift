@@ -76,7 +76,7 @@ let package = Package(
         ]),
         // The control server inside the VMM process.
         .target(name: "ControlServer", dependencies: [
-            "VMM", "KVM", "CKVM", "ControlProtocol",
+            "VMM", "KVM", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "DequeModule", package: "swift-collections"),
         ]),

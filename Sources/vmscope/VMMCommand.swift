@@ -90,6 +90,11 @@ struct VMMCommand: ParsableCommand {
     @Option(help: .hidden) var exitWithParent: Int32?
 
     func run() throws {
+        // Buffers of 1 MiB and more (a client's unread output, a large reply) are mapped for themselves and go back
+        // to the system when freed. glibc's moving threshold rose past them once one was freed, so the next came
+        // from a heap that kept them: 4 MiB stayed after the clients that made them went
+        // (`HostileClientTests.aBurstOfSlowCommandsDoesNotStarveAnotherClientAndLosesNothing`).
+        _ = mallopt(M_MMAP_THRESHOLD, 1 << 20)
         // Started by `vmscope demo`: SIGTERM (a clean stop, socket removed) when the demo's process goes, however
         // it went; a parent already gone by now is the same.
         if let parent = exitWithParent {

@@ -7,8 +7,8 @@
 // - The `kvm_run` exit payloads live in an anonymous union that Swift imports
 //   awkwardly; the overlays below name them, with offsets asserted against the
 //   6.1 header's `struct kvm_run`.
-// - <malloc.h> is not in Swift's Glibc module: the control server's
-//   `malloc_trim`, handing a sent backlog back to the system.
+// - <malloc.h> is not in Swift's Glibc module: the VMM's `mallopt`, so that
+//   a client's large output buffer goes back to the system when freed.
 #ifndef VMSCOPE_CKVM_H
 #define VMSCOPE_CKVM_H
 
