@@ -76,7 +76,7 @@ struct TUITests {
 
         // Help, then quit with status 0 and the shell back.
         t.keys("?")
-        screen = t.waitFor(10) { $0.contains("Keys and terms") }
+        screen = t.waitFor(10) { $0.contains("Keys and terms") && $0.contains("convert the selection to shared") }  // the whole help drawn, not a capture mid-draw
         #expect(screen.contains("convert the selection to shared"), "\(screen)")
         t.keys("Escape")
         t.keys("q")
