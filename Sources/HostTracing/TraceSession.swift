@@ -465,22 +465,19 @@ struct TimeOrderedRelease {
 }
 
 /// Each CPU's raw buffer of an instance (`per_cpu/cpuN/trace_pipe_raw`), opened once for the session and read page
-/// by page without blocking (libtracefs's `tracefs_cpu`), the records of each page walked with libtraceevent's
-/// kbuffer. `tracefs_iterate_raw_events` opens, maps and closes every CPU's files on each call: in the lab, at ten
+/// by page without blocking (libtracefs's `tracefs_cpu`), the records of each page walked in place
+/// (`RingBufferPage`; libtraceevent's kbuffer before). `tracefs_iterate_raw_events` opens, maps and closes every CPU's files on each call: in the lab, at ten
 /// reads a second, that alone took the guest's vCPUs a quarter of a CPU.
 final class CPUReaders {
     private let fs: ctracefs_api
     private var cpus: [(cpu: Int32, reader: OpaquePointer)] = []
-    private let kbuf: OpaquePointer
     private var page: UnsafeMutableRawPointer
     private let pageSize: Int
 
     /// nil where the libraries lack the per-CPU readers, or no CPU's buffer opens.
     init?(_ fs: ctracefs_api, _ instance: OpaquePointer) {
-        guard let open = fs.tracefs_cpu_open, let readSize = fs.tracefs_cpu_read_size,
-              let alloc = fs.kbuffer_alloc, let kbuf = alloc(CTRACEFS_KBUFFER_LSIZE_8, CTRACEFS_KBUFFER_ENDIAN_LITTLE) else { return nil }
+        guard let open = fs.tracefs_cpu_open, let readSize = fs.tracefs_cpu_read_size else { return nil }
         self.fs = fs
-        self.kbuf = kbuf
         var size = 0
         for cpu in 0..<Int32(max(1, sysconf(Int32(_SC_NPROCESSORS_CONF)))) {
             guard let r = open(instance, cpu, true) else { continue }
@@ -500,7 +497,6 @@ final class CPUReaders {
         closed = true
         for c in cpus { fs.tracefs_cpu_close?(c.reader) }
         cpus = []
-        fs.kbuffer_free?(kbuf)
         page.deallocate()
     }
 
@@ -509,22 +505,16 @@ final class CPUReaders {
     /// dropped unseen; the rest waits in the buffer for the next read); `lost` is given what each page says the kernel
     /// lost before it (a number, or -1: some it did not count, where the page had no room for the number).
     func read(lost: (Int) -> Void, _ take: (UnsafeRawBufferPointer, Int32, UInt64) -> Bool) {
-        guard !closed, let read = fs.tracefs_cpu_read, let load = fs.kbuffer_load_subbuffer,
-              let first = fs.kbuffer_read_event, let next = fs.kbuffer_next_event,
-              let size = fs.kbuffer_event_size, let missed = fs.kbuffer_missed_events else { return }
+        guard !closed, let read = fs.tracefs_cpu_read else { return }
         for c in cpus {
             // A page at a time, until the buffer is empty (EAGAIN) or `take` has enough.
-            while read(c.reader, page, true) > 0 {
-                guard load(kbuf, page) >= 0 else { break }
-                let m = missed(kbuf)
-                if m != 0 { lost(Int(m)) }
-                var ts: UInt64 = 0
-                var data = first(kbuf, &ts), enough = false
-                while let d = data {
-                    if take(UnsafeRawBufferPointer(start: d, count: Int(size(kbuf))), c.cpu, ts) { enough = true }
-                    data = next(kbuf, &ts)
-                }
-                if enough { return }
+            while true {
+                let n = Int(read(c.reader, page, true))
+                guard n > 0 else { break }
+                let bytes = UnsafeRawBufferPointer(start: page, count: min(n, pageSize))
+                let m = RingBufferPage.missed(bytes)
+                if m != 0 { lost(m) }
+                if RingBufferPage.forEachRecord(bytes, { take($0, c.cpu, $1) }) { return }
             }
         }
     }
