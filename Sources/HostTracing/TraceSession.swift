@@ -466,8 +466,8 @@ struct TimeOrderedRelease {
 
 /// Each CPU's raw buffer of an instance (`per_cpu/cpuN/trace_pipe_raw`), opened once for the session and read page
 /// by page without blocking (libtracefs's `tracefs_cpu`), the records of each page walked in place
-/// (`RingBufferPage`; libtraceevent's kbuffer before). `tracefs_iterate_raw_events` opens, maps and closes every CPU's files on each call: in the lab, at ten
-/// reads a second, that alone took the guest's vCPUs a quarter of a CPU.
+/// (`RingBufferPage`; libtraceevent's kbuffer before). `tracefs_iterate_raw_events` opens, maps and closes every
+/// CPU's files on each call: in the lab, at ten reads a second, that alone took the guest's vCPUs a quarter of a CPU.
 final class CPUReaders {
     private let fs: ctracefs_api
     private var cpus: [(cpu: Int32, reader: OpaquePointer)] = []
