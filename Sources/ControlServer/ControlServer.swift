@@ -78,16 +78,13 @@ public final class ControlServer: @unchecked Sendable {
         /// the backlog each time and, at the 4 MiB bound, held it twice (two such clients took a VMM 17 MiB over
         /// its baseline in CI, over the 16 MiB docs/reliability.md states). Capacity not written to costs no memory.
         func append(_ line: [UInt8], bound: Int) {
-            let needed = output.count + line.count
-            if needed > output.capacity {
-                if outputStart > 0 {  // what was sent goes first, in place
-                    output.removeFirst(outputStart)
-                    outputStart = 0
-                }
-                let n = output.count + line.count
-                if n > output.capacity {
-                    output.reserveCapacity(n > 1 << 20 ? max(n, bound + (64 << 10)) : max(n, 2 * output.capacity))
-                }
+            if output.count + line.count > output.capacity && outputStart > 0 {  // what was sent goes first, in place
+                output.removeFirst(outputStart)
+                outputStart = 0
+            }
+            let n = output.count + line.count
+            if n > output.capacity {
+                output.reserveCapacity(n > 1 << 20 ? max(n, bound + (64 << 10)) : max(n, 2 * output.capacity))
             }
             output += line
         }
