@@ -16,6 +16,16 @@ static int resolve(void *lib, const char *name, void **slot) {
     return -1;
 }
 
+/// Resolves `count` functions of `lib` into `slots`; where one is missing, none (all NULL).
+static void optional_group(void *lib, void **slots[], const char *names[], size_t count) {
+    int all = 1;
+    for (size_t i = 0; i < count; i++) {
+        *slots[i] = dlsym(lib, names[i]);
+        if (!*slots[i]) all = 0;
+    }
+    if (!all) for (size_t i = 0; i < count; i++) *slots[i] = NULL;
+}
+
 static void load(void) {
     // libtracefs needs libtraceevent; load it first, global, as the dynamic linker would.
     void *tep = dlopen("libtraceevent.so.1", RTLD_NOW | RTLD_GLOBAL);
@@ -29,24 +39,17 @@ static void load(void) {
     FS(tracefs_instance_set_buffer_size); FS(tracefs_instance_file_write); FS(tracefs_event_enable);
     FS(tracefs_event_file_write); FS(tracefs_trace_on); FS(tracefs_iterate_raw_events);
     TEP(tep_find_event_by_name); TEP(tep_free); TEP(tep_alloc); TEP(tep_parse_header_page); TEP(tep_parse_event);
-    // Optional: all or none (the reader falls back to tracefs_iterate_raw_events).
-    void **optional[] = {
-        (void **)&api.tracefs_cpu_open, (void **)&api.tracefs_cpu_close, (void **)&api.tracefs_cpu_read_size,
-        (void **)&api.tracefs_cpu_read, (void **)&api.kbuffer_alloc, (void **)&api.kbuffer_free,
-        (void **)&api.kbuffer_load_subbuffer, (void **)&api.kbuffer_read_event, (void **)&api.kbuffer_next_event,
-        (void **)&api.kbuffer_event_size, (void **)&api.kbuffer_missed_events,
-    };
-    const char *names[] = {
-        "tracefs_cpu_open", "tracefs_cpu_close", "tracefs_cpu_read_size", "tracefs_cpu_read", "kbuffer_alloc",
-        "kbuffer_free", "kbuffer_load_subbuffer", "kbuffer_read_event", "kbuffer_next_event", "kbuffer_event_size",
-        "kbuffer_missed_events",
-    };
-    int all = 1;
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        *optional[i] = dlsym(i < 4 ? fs : tep, names[i]);
-        if (!*optional[i]) all = 0;
-    }
-    if (!all) for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) *optional[i] = NULL;
+    // Optional, each group all or none. The per-CPU readers (else `tracefs_iterate_raw_events`), and kbuffer, which
+    // vmscope no longer reads pages with (`RingBufferPage`) and keeps for its tests to hold that walk against.
+    optional_group(fs, (void **[]){(void **)&api.tracefs_cpu_open, (void **)&api.tracefs_cpu_close,
+                                   (void **)&api.tracefs_cpu_read_size, (void **)&api.tracefs_cpu_read},
+                   (const char *[]){"tracefs_cpu_open", "tracefs_cpu_close", "tracefs_cpu_read_size", "tracefs_cpu_read"}, 4);
+    optional_group(tep, (void **[]){(void **)&api.kbuffer_alloc, (void **)&api.kbuffer_free,
+                                    (void **)&api.kbuffer_load_subbuffer, (void **)&api.kbuffer_read_event,
+                                    (void **)&api.kbuffer_next_event, (void **)&api.kbuffer_event_size,
+                                    (void **)&api.kbuffer_missed_events},
+                   (const char *[]){"kbuffer_alloc", "kbuffer_free", "kbuffer_load_subbuffer", "kbuffer_read_event",
+                                    "kbuffer_next_event", "kbuffer_event_size", "kbuffer_missed_events"}, 7);
 #undef FS
 #undef TEP
     loaded = &api;

@@ -62,7 +62,7 @@ public final class TraceSession: @unchecked Sendable {
     /// Events the kernel dropped before we read them (`missed_events`), and events from other threads discarded.
     public private(set) var missed: UInt64 = 0
     /// Whether the kernel lost events without counting them (a page that says events were lost but had no room for
-    /// their number: libtraceevent's -1), each such page counted in `missed` as one: `missed` is then a lower bound.
+    /// their number: -1), each such page counted in `missed` as one: `missed` is then a lower bound.
     public private(set) var missedUncounted = false
     public private(set) var foreign: UInt64 = 0
     public private(set) var decoded: UInt64 = 0

@@ -81,14 +81,15 @@ struct ctracefs_api {
     int (*tep_parse_header_page)(struct tep_handle *tep, char *buf, unsigned long size, int long_size);
     int (*tep_parse_event)(struct tep_handle *tep, const char *buf, unsigned long size, const char *sys);
 
-    // Per-CPU readers that stay open between reads (libtracefs 1.6, libtraceevent's kbuffer), NULL where the
-    // libraries are older: `tracefs_iterate_raw_events` opens every CPU's files again on each call, which cost the
-    // lab's guest a quarter of a CPU at ten reads a second with hardly an event.
+    // Per-CPU readers that stay open between reads (libtracefs 1.6), NULL where the library is older:
+    // `tracefs_iterate_raw_events` opens every CPU's files again on each call, which cost the lab's guest a quarter of
+    // a CPU at ten reads a second with hardly an event.
     struct tracefs_cpu *(*tracefs_cpu_open)(struct tracefs_instance *instance, int cpu, bool nonblock);
     void (*tracefs_cpu_close)(struct tracefs_cpu *tcpu);
     int (*tracefs_cpu_read_size)(struct tracefs_cpu *tcpu);
     int (*tracefs_cpu_read)(struct tracefs_cpu *tcpu, void *buffer, bool nonblock);
-    /// `size` and `endian` are kbuffer.h's enum values (below).
+    // libtraceevent's kbuffer, NULL where it lacks one of these: vmscope walks the pages itself (`RingBufferPage`);
+    // its tests hold that walk against kbuffer. `size` and `endian` are kbuffer.h's enum values (below).
     struct kbuffer *(*kbuffer_alloc)(int size, int endian);
     void (*kbuffer_free)(struct kbuffer *kbuf);
     int (*kbuffer_load_subbuffer)(struct kbuffer *kbuf, void *subbuffer);
