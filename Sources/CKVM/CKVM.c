@@ -26,6 +26,8 @@ int ckvm_gettid(void) { return (int)gettid(); }
 
 int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 
+int ckvm_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
 int ckvm_dup_from_process(int pid, int fd) {
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0) return -1;

@@ -10,6 +10,8 @@ import Schema
 public final class HostCollector: @unchecked Sendable {
     // @unchecked: one collector thread uses it.
     private let traced: HostVMs.TracedCounts?
+    /// Each VM's statistics files and names, kept from one collection to the next.
+    private let sampleCache = HostVMs.SampleCache()
     /// Why exits to userspace are not traced (nil when they are).
     public let tracedUnavailable: String?
     private let logger: Logger
@@ -37,7 +39,7 @@ public final class HostCollector: @unchecked Sendable {
 
     /// Reads every VM once. Throws only when KVM's debugfs cannot be read at all.
     public func collect(store: MetricsStore) throws(TraceError) -> [VMReading] {
-        let samples = try HostVMs.sample(traced: traced)
+        let samples = try HostVMs.sample(traced: traced, cache: sampleCache)
         var byPid: [Int32: VMReading] = [:]
         for s in samples {
             var stats = s.stats

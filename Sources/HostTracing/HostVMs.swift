@@ -224,25 +224,42 @@ public enum HostVMs {
         private var missedSeen: UInt64 = 0
     }
 
-    public static func sample(traced: TracedCounts? = nil) throws(TraceError) -> [Sample] {
+    public static func sample(traced: TracedCounts? = nil, cache: SampleCache? = nil) throws(TraceError) -> [Sample] {
         let dir = try kvmDirectory()
-        let entries = directoryEntries(dir) ?? []
+        // KVM's directory lists its global statistics files too (sixty and more), besides a `PID-FD` one a VM.
+        let entries = (directoryEntries(dir) ?? []).compactMap { e in vmDirectoryPID(e).map { (name: e, pid: $0) } }
+            .sorted { $0.name < $1.name }
         // The VMMs' threads are followed for conversions from this sample on (a VM new since the last one is traced
         // from now: its map knows the pages it converts from here).
-        traced?.follow(Set(entries.compactMap { Int32($0.split(separator: "-").first ?? "") }))
+        traced?.follow(Set(entries.map(\.pid)))
         traced?.update()
+        let now = HostClock.monotonicNs()
         var out: [Sample] = []
-        for e in entries.sorted() {
-            let parts = e.split(separator: "-")
-            guard parts.count == 2, let pid = Int32(parts[0]), Int(parts[1]) != nil else { continue }
+        for (e, pid) in entries {
             let path = dir + "/" + e
-            let files = directoryEntries(path) ?? []
+            var vm: SampleCache.VM
+            if let known = cache?.vms[e] {
+                // Its process has ended: the VM lives on only for the statistics files held here. Let them go (the
+                // VM with them) and show it no more.
+                if known.process?.hasExited ?? false { cache?.vms[e] = nil; continue }
+                vm = known
+            } else {
+                vm = SampleCache.VM(pid: pid, process: cache == nil ? nil : ProcessHandle(pid: pid))
+            }
+            if vm.scannedNs == nil || now &- vm.scannedNs! >= SampleCache.rescanNs {
+                vm.rescan(debugfs: path, now: now)
+            }
             // The vCPUs' binary statistics, summed (what debugfs's VM directory shows, and readable under lockdown);
             // debugfs's own files where those cannot be had.
-            var stats = vcpuStatistics(pid: pid)
+            var stats: [String: UInt64] = [:]
+            if !vm.statsFiles.isEmpty, let sums = vm.readStatistics() {
+                stats = sums
+            } else if !vm.statsFiles.isEmpty {
+                vm.scannedNs = nil  // a file stopped answering: found again next time
+            }
             var missing: String?
             if stats.isEmpty {
-                for s in shownStats where files.contains(s) {
+                for s in shownStats where vm.files.contains(s) {
                     if let t = readPseudoFile(path + "/" + s), let v = UInt64(t.trimmingCharacters(in: .whitespacesAndNewlines)) {
                         stats[s] = v
                     }
@@ -255,13 +272,95 @@ public enum HostVMs {
                 stats[Stat.tracedMemoryFaults] = traced.userspaceExits(pid, reason: .memoryFault)
                 if let bytes = traced.privateBytes(pid) { stats[Stat.tracedPrivateBytes] = bytes }
             }
-            let vcpus = files.reduce(0) { $0 + (Self.isVCPUDirectory($1) ? 1 : 0) }
-            var sample = Sample(pid: pid, directory: e, name: HostProcess.name(pid: pid), vcpus: vcpus, stats: stats,
+            var sample = Sample(pid: pid, directory: e, name: vm.name, vcpus: vm.vcpus, stats: stats,
                                 rssBytes: residentBytes(pid: pid), countersMissing: missing)
-            sample.libvirt = HostProcess.libvirtDomain(pid: pid).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
+            sample.libvirt = vm.libvirt
             out.append(sample)
+            cache?.vms[e] = vm
+        }
+        if let cache, cache.vms.count > out.count {
+            let shown = Set(out.map(\.directory))
+            cache.vms = cache.vms.filter { shown.contains($0.key) }
         }
         return out
+    }
+
+    /// What `sample` keeps of each VM from one sample to the next (`top` and the exporter sample every second): its
+    /// process's name, libvirt domain, debugfs listing and vCPU statistics files, found again every `rescanNs`, so
+    /// that a sample in between reads only the numbers: one pread a vCPU. In the lab's emulated CPUs, finding them
+    /// (every descriptor in /proc/PID/fd read, each statistics file duplicated and its hundred descriptors decoded)
+    /// was most of a sample's CPU. The files held keep their VM alive, so a VM whose process has ended (its pidfd
+    /// says so) is dropped at once, files and all; one no longer listed, too.
+    public final class SampleCache: @unchecked Sendable {
+        /// How often a VM's files, name and domain are found again (a vCPU added, QEMU opening its statistics files
+        /// for `query-stats`, a process renamed).
+        public static let rescanNs: UInt64 = 5_000_000_000
+
+        struct VM {
+            let pid: Int32
+            /// Nil without a cache (nothing is kept) or a pidfd.
+            let process: ProcessHandle?
+            var scannedNs: UInt64?
+            var files: [String] = []
+            var vcpus = 0
+            var name = ""
+            var libvirt: LibvirtIdentity?
+            /// Each statistics file, and where each shown statistic stands in its words.
+            var statsFiles: [(file: BinaryStats, words: [(name: String, index: Int)])] = []
+
+            init(pid: Int32, process: ProcessHandle?) {
+                self.pid = pid
+                self.process = process
+            }
+
+            mutating func rescan(debugfs path: String, now: UInt64) {
+                files = directoryEntries(path) ?? []
+                vcpus = files.reduce(0) { $0 + (HostVMs.isVCPUDirectory($1) ? 1 : 0) }
+                name = HostProcess.name(pid: pid)
+                libvirt = HostProcess.libvirtDomain(pid: pid).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
+                statsFiles = HostVMs.vcpuStatisticsFiles(pid: pid).map { f in
+                    (f, HostVMs.shownStats.compactMap { s in f.wordIndex(of: s).map { (s, $0) } })
+                }
+                scannedNs = now
+            }
+
+            /// The shown statistics summed over the files; nil if one cannot be read.
+            func readStatistics() -> [String: UInt64]? {
+                var sums: [String: UInt64] = [:]
+                for (file, words) in statsFiles {
+                    guard let values = try? file.readWords() else { return nil }
+                    for (name, i) in words where i < values.count { sums[name, default: 0] &+= values[i] }
+                }
+                return sums
+            }
+        }
+
+        var vms: [String: VM] = [:]
+
+        public init() {}
+
+        /// The VMs kept for (their debugfs directories' names).
+        public var kept: [String] { vms.keys.sorted() }
+    }
+
+    /// The process of a VM's directory in KVM's debugfs (`PID-FD`, both decimal), read as bytes: nil for any other
+    /// name (the directory's statistics files). Splitting every name a Character at a time was a fifth of a sample.
+    static func vmDirectoryPID(_ name: String) -> Int32? {
+        var pid: Int64 = 0, digits = 0, fdDigits = 0, dash = false
+        for b in name.utf8 {
+            if b == 0x2D, !dash, digits > 0 { dash = true; continue }
+            guard b >= 0x30, b <= 0x39 else { return nil }
+            if dash {
+                fdDigits += 1
+                if fdDigits > 10 { return nil }
+            } else {
+                digits += 1
+                pid = pid * 10 + Int64(b - 0x30)
+                if digits > 10 { return nil }
+            }
+        }
+        guard dash, fdDigits > 0, pid <= Int64(Int32.max) else { return nil }
+        return Int32(pid)
     }
 
     /// Whether a name in a VM's debugfs directory is a vCPU's (`vcpu` and a number), read as bytes: a VM's directory
@@ -285,18 +384,17 @@ public enum HostVMs {
         return n < 0 ? "\(lead) refuses reads: \(String(cString: strerror(errno)))" : "\(lead) has no number in \(debugfsFile)"
     }
 
-    /// The shown statistics summed over the vCPU statistics files `pid` holds (`anon_inode:kvm-vcpu-stats:N` in
-    /// /proc/PID/fd: vmscope's VMM and QEMU open one per vCPU).
-    static func vcpuStatistics(pid: Int32) -> [String: UInt64] {
+    /// The vCPU statistics files `pid` holds (`anon_inode:kvm-vcpu-stats:N` in /proc/PID/fd: vmscope's VMM and QEMU
+    /// open one per vCPU), duplicated into this process.
+    static func vcpuStatisticsFiles(pid: Int32) -> [BinaryStats] {
         let dir = "/proc/\(pid)/fd"
-        var sums: [String: UInt64] = [:]
+        var files: [BinaryStats] = []
         for entry in directoryEntries(dir) ?? [] {
             guard let fd = Int32(entry), let target = symbolicLinkTarget(dir + "/" + entry),
-                  target.hasPrefix("anon_inode:kvm-vcpu-stats:"), let stats = try? BinaryStats.ofProcess(pid, fd: fd),
-                  let values = try? stats.readScalars() else { continue }
-            for s in shownStats { if let v = values[s] { sums[s, default: 0] &+= v } }
+                  target.hasPrefix("anon_inode:kvm-vcpu-stats:"), let stats = try? BinaryStats.ofProcess(pid, fd: fd) else { continue }
+            files.append(stats)
         }
-        return sums
+        return files
     }
 
     /// One row of `top`: a VM's counters and their rates over the interval between two samples.

@@ -93,6 +93,16 @@ public final class BinaryStats: Sendable {
         return out
     }
 
+    /// Where statistic `name`'s value stands among the words `readWords` returns, when it is one value.
+    public func wordIndex(of name: String) -> Int? {
+        descriptors.first { $0.name == name && $0.count == 1 }.map { $0.offset / 8 }
+    }
+
+    /// The data block as it is now, every value in descriptor order of offset (one pread, nothing decoded).
+    public func readWords() throws(KVMError) -> [UInt64] {
+        try Self.pread(fd, count: dataSize / 8, at: dataOffset)
+    }
+
     /// Reads the current values of the non-histogram statistics only.
     public func readScalars() throws(KVMError) -> [String: UInt64] {
         try read().compactMapValues { $0.count == 1 ? $0[0] : nil }
@@ -108,5 +118,26 @@ extension BinaryStats {
         let dup = ckvm_dup_from_process(pid, fd)
         guard dup >= 0 else { throw KVMError.last("pidfd_getfd", "pid \(pid) fd \(fd)") }
         return try BinaryStats(fd: OwnedFileDescriptor(adopting: dup))
+    }
+}
+
+/// A process as a pidfd (pidfd_open): it names that process, never a later one given the same PID, and says when it
+/// has ended.
+public final class ProcessHandle: Sendable {
+    public let pid: Int32
+    private let fd: OwnedFileDescriptor
+
+    /// Nil when the process is gone already, or the kernel has no pidfd_open (before 5.3).
+    public init?(pid: Int32) {
+        let raw = ckvm_pidfd_open(pid)
+        guard raw >= 0 else { return nil }
+        self.pid = pid
+        fd = OwnedFileDescriptor(adopting: raw)
+    }
+
+    /// True once the process has ended (a pidfd becomes readable then, zombie or reaped).
+    public var hasExited: Bool {
+        var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) != 0
     }
 }

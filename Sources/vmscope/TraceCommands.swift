@@ -348,7 +348,8 @@ struct TopCommand: ParsableCommand {
         let traced: HostVMs.TracedCounts?
         var tracedWhy: String?
         do { traced = try HostVMs.TracedCounts() } catch { traced = nil; tracedWhy = error.description }
-        var previous = try HostVMs.sample(traced: traced)
+        let cache = HostVMs.SampleCache()
+        var previous = try HostVMs.sample(traced: traced, cache: cache)
         var sampledAt = HostClock.monotonicNs()
         var view = TopView()
         view.ascii = options.useASCII
@@ -362,7 +363,7 @@ struct TopCommand: ParsableCommand {
         while Terminal.interrupted.load(ordering: .relaxed) == 0 {
             let now = HostClock.monotonicNs()
             if now - sampledAt >= UInt64(interval * 1e9) {
-                let current = (try? HostVMs.sample(traced: traced)) ?? previous
+                let current = (try? HostVMs.sample(traced: traced, cache: cache)) ?? previous
                 view.rows = HostVMs.rows(before: previous, after: current, intervalNs: now - sampledAt)
                 previous = current
                 sampledAt = now
@@ -454,9 +455,10 @@ struct TopCommand: ParsableCommand {
         // Exits to userspace and MMIO counted from tracepoints too, where tracing can start (else those columns are -).
         let traced = try? HostVMs.TracedCounts()
         let t0 = HostClock.monotonicNs()
-        let before = try HostVMs.sample(traced: traced)
+        let cache = HostVMs.SampleCache()
+        let before = try HostVMs.sample(traced: traced, cache: cache)
         usleep(useconds_t(interval * 1e6))
-        let after = try HostVMs.sample(traced: traced)
+        let after = try HostVMs.sample(traced: traced, cache: cache)
         let rows = HostVMs.rows(before: before, after: after, intervalNs: HostClock.monotonicNs() - t0)
         print(json ? JSON.object([("vms", .array(rows.map(\.json)))]).serialized : Self.table(rows))
     }

@@ -41,6 +41,8 @@ int ckvm_memfd_create(const char *name, unsigned int flags);
 int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
 /// pthread_setname_np(3) on the calling thread (15 bytes at most), also _GNU_SOURCE.
 int ckvm_set_thread_name(const char *name);
+/// pidfd_open(2) of `pid` (close-on-exec), or -1 with errno.
+int ckvm_pidfd_open(int pid);
 /// Another process's file descriptor `fd`, duplicated into this one (pidfd_open + pidfd_getfd; needs ptrace
 /// rights over it, e.g. root); -1 with errno on failure. syscall(2) is variadic, so it lives here.
 int ckvm_dup_from_process(int pid, int fd);
