@@ -43,8 +43,8 @@ public struct ConversionTiming: Sendable, Equatable {
 /// event, with the conversion `TracedAttributes.apply` completed on that event, if any. Bounded: at most
 /// `threadLimit` threads and `perThreadLimit` conversions waiting on one thread.
 public struct ConversionLatencyPairing: Sendable {
-    private var lastExit = ThreadTable<(reason: ExitReason, timeNs: UInt64)>()
-    private var waiting = ThreadTable<[ConversionTiming]>()
+    private var lastExit: [Int32: (reason: ExitReason, timeNs: UInt64)] = [:]
+    private var waiting: [Int32: [ConversionTiming]] = [:]
     static let threadLimit = 4096
     static let perThreadLimit = 64
 
@@ -84,11 +84,9 @@ public struct ConversionLatencyPairing: Sendable {
             if let exit = lastExit[c.tid], exit.timeNs <= (t.startNs ?? c.returnedNs) {
                 t.exitReason = exit.reason
                 t.exitNs = exit.timeNs
-                var w = waiting.removeValue(forKey: c.tid) ?? []
-                if w.isEmpty && waiting.count >= Self.threadLimit { out += waiting.allValues.joined(); waiting.removeAll() }
-                if w.count >= Self.perThreadLimit { out.append(w.removeFirst()) }
-                w.append(t)
-                waiting[c.tid] = w
+                if waiting[c.tid] == nil && waiting.count >= Self.threadLimit { out += waiting.values.joined(); waiting.removeAll() }
+                if waiting[c.tid, default: []].count >= Self.perThreadLimit { out.append(waiting[c.tid]!.removeFirst()) }
+                waiting[c.tid, default: []].append(t)
             } else {
                 out.append(t)
             }

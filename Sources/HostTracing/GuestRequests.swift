@@ -42,7 +42,7 @@ public struct GuestRequestTracker: Sendable {
         }
     }
 
-    public private(set) var pending = ThreadTable<Request>()
+    public private(set) var pending: [Int32: Request] = [:]
     /// Requests ended, by outcome.
     public private(set) var ended: [Request.Outcome: UInt64] = [:]
     static let threadLimit = 4096
@@ -52,7 +52,7 @@ public struct GuestRequestTracker: Sendable {
 
     public init(conversionsTraced: Bool) { self.conversionsTraced = conversionsTraced }
 
-    public var pendingRequests: [Request] { pending.allValues.sorted { $0.requestedNs < $1.requestedNs } }
+    public var pendingRequests: [Request] { pending.values.sorted { $0.requestedNs < $1.requestedNs } }
 
     /// Takes one event, with the conversion `TracedAttributes.apply` completed on it, if any; returns the requests it
     /// ended.
@@ -64,7 +64,7 @@ public struct GuestRequestTracker: Sendable {
             // The thread's previous request was answered, or the guest could not have made another: by the VMM if KVM
             // forwarded it (its re-entry not traced: a kernel without the ioctl events), else by KVM itself.
             if let old = pending.removeValue(forKey: e.tid) { out.append(end(old, old.forwarded ? outcome(old) : .answeredByKVM, at: nil)) }
-            if pending.count >= Self.threadLimit, let oldest = pending.allValues.min(by: { $0.requestedNs < $1.requestedNs }) {
+            if pending.count >= Self.threadLimit, let oldest = pending.values.min(by: { $0.requestedNs < $1.requestedNs }) {
                 pending[oldest.tid] = nil
                 out.append(end(oldest, .unanswered, at: nil))
             }

@@ -82,7 +82,7 @@ public struct TracedAttributes: Sendable, Equatable {
     static let recentLimit = 4096
 
     /// Requests in flight, by thread (a thread has at most one ioctl in flight); bounded for hostile input.
-    private var pending = ThreadTable<Pending>()
+    private var pending: [Int32: Pending] = [:]
     static let pendingLimit = 4096
     var pendingCount: Int { pending.count }
 

@@ -23,7 +23,7 @@ public struct TracedMemoryFault: Sendable, Equatable {
 /// Pairs each thread's newest `kvm_page_fault` with a `MEMORY_FAULT` exit after it. Bounded: at most `threadLimit`
 /// threads are remembered (a hostile raw file may name any number).
 public struct MemoryFaultPairing: Sendable {
-    private var lastPageFault = ThreadTable<(gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)>()
+    private var lastPageFault: [Int32: (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)] = [:]
     static let threadLimit = 4096
     /// MEMORY_FAULT exits with no page fault before them on their thread.
     public private(set) var withoutGPA: UInt64 = 0
