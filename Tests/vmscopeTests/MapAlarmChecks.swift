@@ -223,6 +223,9 @@ struct MapAlarmChecks {
                 tracerCPU.full = cpu / s1
             }
             _ = trace.terminate(grace: 10)
+            // Its count of what it read ("N events decoded, M dropped ..."): the rate the cost is paid for.
+            let summary = ((try? String(contentsOfFile: errors, encoding: .utf8)) ?? "").split(separator: "\n").last { $0.contains("events decoded") }
+            print("MapAlarmChecks: tracer \(pass): \(summary.map(String.init) ?? "no summary")")
         }
         let untraced = Double(off.beats) / off.seconds
         let ratio = (Double(on.beats) / on.seconds) / untraced, fullRatio = (Double(full.beats) / full.seconds) / untraced
