@@ -117,10 +117,14 @@ struct TraceCommand: ParsableCommand {
             // then copied out, an event took 11,000 instructions (callgrind, a recording replayed), most of them in
             // making the tree and the text.
             var bytes: [UInt8] = []
-            bytes.reserveCapacity(batch.count * (json ? 192 : 128))
-            for e in batch where shownOnly?.contains(e.name) ?? true {
-                if json { e.writeJSON(to: &bytes) } else { bytes.append(contentsOf: e.line.utf8) }
-                bytes.append(0x0A)
+            if json {
+                TraceEvent.writeJSONLines(batch, shownOnly: shownOnly, to: &bytes)
+            } else {
+                bytes.reserveCapacity(batch.count * 128)
+                for e in batch where shownOnly?.contains(e.name) ?? true {
+                    bytes.append(contentsOf: e.line.utf8)
+                    bytes.append(0x0A)
+                }
             }
             output(bytes)
         }
@@ -128,7 +132,7 @@ struct TraceCommand: ParsableCommand {
         /// faults, in the order the kernel gave their events; `missed`: the kernel dropped events before it.
         func pair(_ batch: [TraceEvent], _ pairing: inout TracePairing, missed: Bool) {
             var paired: [TracePairing.Paired] = missed ? pairing.forget() : []
-            for e in batch { pairing.apply(e, into: &paired) }
+            pairing.apply(batch, into: &paired)
             output(paired.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
         }
         func emitMap(_ pairing: TracePairing) {
