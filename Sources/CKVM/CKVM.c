@@ -28,12 +28,4 @@ int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_s
 
 int ckvm_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
-int ckvm_dup_from_process(int pid, int fd) {
-    int pidfd = ckvm_pidfd_open(pid);
-    if (pidfd < 0) return -1;
-    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-    int saved = errno;
-    close(pidfd);
-    errno = saved;
-    return dup;
-}
+int ckvm_pidfd_getfd(int pidfd, int fd) { return (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0); }

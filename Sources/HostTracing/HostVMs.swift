@@ -244,7 +244,7 @@ public enum HostVMs {
                 if known.process?.hasExited ?? false { cache?.vms[e] = nil; continue }
                 vm = known
             } else {
-                vm = SampleCache.VM(pid: pid, process: cache == nil ? nil : ProcessHandle(pid: pid))
+                vm = SampleCache.VM(pid: pid, process: ProcessHandle(pid: pid))
             }
             if vm.scannedNs == nil || now &- vm.scannedNs! >= SampleCache.rescanNs {
                 vm.rescan(debugfs: path, now: now)
@@ -292,7 +292,7 @@ public enum HostVMs {
     /// and command line read) was four fifths of a sample's instructions besides the traced events, beside vmscope's
     /// VMM and a QEMU on this project's host (callgrind: 1.47 M → 0.33 M). The files held keep their VM alive, so a
     /// VM whose process has ended (its pidfd says so) is dropped at the next sample, files and all; one no longer
-    /// listed, too. Without a pidfd (a kernel before 5.3) a VM is held at most until its next search.
+    /// listed, too. The files are duplicated through that pidfd, so they are that process's, whatever PID reuse.
     public final class SampleCache: @unchecked Sendable {
         /// How often a VM's files, name and domain are found again (a vCPU added, QEMU opening its statistics files
         /// for `query-stats`, a process renamed).
@@ -300,7 +300,7 @@ public enum HostVMs {
 
         struct VM {
             let pid: Int32
-            /// Nil without a cache (nothing is kept) or a pidfd.
+            /// Nil when the process was gone (or no pidfd could be had): then no statistics file is kept.
             let process: ProcessHandle?
             var scannedNs: UInt64?
             var files: [String] = []
@@ -320,7 +320,7 @@ public enum HostVMs {
                 vcpus = files.reduce(0) { $0 + (HostVMs.isVCPUDirectory($1) ? 1 : 0) }
                 name = HostProcess.name(pid: pid)
                 libvirt = HostProcess.libvirtDomain(pid: pid).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
-                statsFiles = HostVMs.vcpuStatisticsFiles(pid: pid).map { f in
+                statsFiles = (process.map(HostVMs.vcpuStatisticsFiles) ?? []).map { f in
                     (f, HostVMs.shownStats.compactMap { s in f.wordIndex(of: s).map { (s, $0) } })
                 }
                 scannedNs = now
@@ -388,12 +388,12 @@ public enum HostVMs {
 
     /// The vCPU statistics files `pid` holds (`anon_inode:kvm-vcpu-stats:N` in /proc/PID/fd: vmscope's VMM and QEMU
     /// open one per vCPU), duplicated into this process.
-    static func vcpuStatisticsFiles(pid: Int32) -> [BinaryStats] {
-        let dir = "/proc/\(pid)/fd"
+    static func vcpuStatisticsFiles(of process: ProcessHandle) -> [BinaryStats] {
+        let dir = "/proc/\(process.pid)/fd"
         var files: [BinaryStats] = []
         for entry in directoryEntries(dir) ?? [] {
             guard let fd = Int32(entry), let target = symbolicLinkTarget(dir + "/" + entry),
-                  target.hasPrefix("anon_inode:kvm-vcpu-stats:"), let stats = try? BinaryStats.ofProcess(pid, fd: fd) else { continue }
+                  target.hasPrefix("anon_inode:kvm-vcpu-stats:"), let stats = try? BinaryStats.ofProcess(process, fd: fd) else { continue }
             files.append(stats)
         }
         return files

@@ -114,30 +114,9 @@ extension BinaryStats {
     /// `kvm-vm-stats`), duplicated with pidfd_getfd: how `vmscope top` reads any VMM's counters without its help.
     /// (KVM refuses ioctls on a VM or vCPU fd from another process, EIO, so a VMM that holds no stats file gives
     /// none this way; KVM's debugfs files may be closed by kernel lockdown.)
-    public static func ofProcess(_ pid: Int32, fd: Int32) throws(KVMError) -> BinaryStats {
-        let dup = ckvm_dup_from_process(pid, fd)
-        guard dup >= 0 else { throw KVMError.last("pidfd_getfd", "pid \(pid) fd \(fd)") }
+    public static func ofProcess(_ process: ProcessHandle, fd: Int32) throws(KVMError) -> BinaryStats {
+        let dup = process.duplicate(fd)
+        guard dup >= 0 else { throw KVMError.last("pidfd_getfd", "pid \(process.pid) fd \(fd)") }
         return try BinaryStats(fd: OwnedFileDescriptor(adopting: dup))
-    }
-}
-
-/// A process as a pidfd (pidfd_open): it names that process, never a later one given the same PID, and says when it
-/// has ended.
-public final class ProcessHandle: Sendable {
-    public let pid: Int32
-    private let fd: OwnedFileDescriptor
-
-    /// Nil when the process is gone already, or the kernel has no pidfd_open (before 5.3).
-    public init?(pid: Int32) {
-        let raw = ckvm_pidfd_open(pid)
-        guard raw >= 0 else { return nil }
-        self.pid = pid
-        fd = OwnedFileDescriptor(adopting: raw)
-    }
-
-    /// True once the process has ended (a pidfd becomes readable then, zombie or reaped).
-    public var hasExited: Bool {
-        var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
-        return poll(&p, 1, 0) != 0
     }
 }

@@ -43,9 +43,9 @@ int ckvm_fallocate(int fd, int mode, int64_t offset, int64_t len);
 int ckvm_set_thread_name(const char *name);
 /// pidfd_open(2) of `pid` (close-on-exec), or -1 with errno.
 int ckvm_pidfd_open(int pid);
-/// Another process's file descriptor `fd`, duplicated into this one (pidfd_open + pidfd_getfd; needs ptrace
-/// rights over it, e.g. root); -1 with errno on failure. syscall(2) is variadic, so it lives here.
-int ckvm_dup_from_process(int pid, int fd);
+/// The file descriptor `fd` of the process `pidfd` names, duplicated into this one (pidfd_getfd(2), Linux 5.6; needs
+/// ptrace rights over it, e.g. root); -1 with errno on failure. syscall(2) is variadic, so these live here.
+int ckvm_pidfd_getfd(int pidfd, int fd);
 #define CKVM_FALLOC_FL_KEEP_SIZE 0x01
 #define CKVM_FALLOC_FL_PUNCH_HOLE 0x02
 #define CKVM_MFD_CLOEXEC 0x0001U
