@@ -10,10 +10,11 @@ struct QEMUSnapshotTests {
     @Test func aStockQEMUSnapshotsWhatItOffersAndIsRecorded() throws {
         let qemu = try startQEMU(qemuConfigurations[0].arguments)
         defer { qemu.stop() }
-        // The firmware remaps low memory as it boots: let it get going, then pause so both sides read one map.
+        // The firmware remaps low memory as it boots: wait until it is done, then pause so both sides read one map
+        // (and the recording below, running, sees the same).
         let checker = try ControlClient(path: qemu.qmpSockets[1])
         defer { checker.close() }
-        Thread.sleep(forTimeInterval: 1)
+        let settled = try settledKVMRanges(checker)
         _ = try checker.execute("stop")
         let r = try Binary.run(["snapshot", qemu.qmpSockets[0], "--json"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -21,11 +22,14 @@ struct QEMUSnapshotTests {
         let s = try parseJSON(r.stdout)
         #expect(s["peer"]?.stringValue?.hasPrefix("QEMU ") == true && s["vm"]?["qemu-version"] == s["peer"])
         // Memslots as QEMU's own flat view has them (the checker reads it on the second monitor).
-        let ranges = try Independent.kvmRanges(try hmp(checker, "info mtree -f"))
-        let slots = (s["memslots"]?.arrayValue ?? []).map {
-            "\(String($0["gpa"]?.uint64Value ?? 0, radix: 16))+\(String($0["size"]?.uint64Value ?? 0, radix: 16))"
+        let mtree = try Independent.kvmRanges(try hmp(checker, "info mtree -f"))
+        func ranges(_ view: JSON) -> [String] {
+            (view["memslots"]?.arrayValue ?? []).map {
+                "\(String($0["gpa"]?.uint64Value ?? 0, radix: 16))+\(String($0["size"]?.uint64Value ?? 0, radix: 16))"
+            }
         }
-        #expect(!slots.isEmpty && slots == ranges, "snapshot \(slots) vs mtree \(ranges)")
+        let slots = ranges(s)
+        #expect(!slots.isEmpty && slots == mtree && mtree == settled, "snapshot \(slots) vs mtree \(mtree), settled \(settled)")
         #expect(s["memslots"]?.arrayValue?.allSatisfy { $0["slot"] == .null } == true, "QMP gives no slot numbers")
         #expect((s["vcpus"]?.arrayValue?.count ?? 0) == qemuConfigurations[0].vcpus)
         // What QEMU has no source for is null, with the reason.
@@ -46,6 +50,7 @@ struct QEMUSnapshotTests {
         #expect(r2["vm"]?["qemu-version"]?.stringValue?.hasPrefix("QEMU") == true, "\(r2["vm"] ?? .null)")
         #expect(r2["vm"]?["run-state"]?.stringValue == "running")
         #expect((r2["vcpus"]?.arrayValue?.count ?? 0) == qemuConfigurations[0].vcpus)
-        #expect(r2["memslots"]?.arrayValue?.count == s["memslots"]?.arrayValue?.count)
+        let recorded = ranges(r2)
+        #expect(recorded == slots, "recorded \(recorded), snapshot \(slots)")
     }
 }
