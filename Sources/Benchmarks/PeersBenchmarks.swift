@@ -47,14 +47,8 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
     }
     // A VM to look at: vmscope's VMM (inside the lab: the kernel engine).
     let socket = dir + "/vm.sock"
-    let vmm = try ChildProcess([vmscope, "vmm", "--socket", socket, "--vcpus", "2", "--ram", "64M"],
-                               redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: dir + "/vmm.err"))
+    let vmm = try startBenchVMM(vmscope, socket: socket, dir: dir)
     defer { _ = vmm.terminate(grace: 5) }
-    let ready = nowNs() + 120_000_000_000
-    while !FileManager.default.fileExists(atPath: socket), nowNs() < ready, vmm.isRunning { usleep(100_000) }
-    guard FileManager.default.fileExists(atPath: socket) else {
-        throw BenchError("the VMM did not start: \((try? String(contentsOfFile: dir + "/vmm.err", encoding: .utf8)) ?? "")")
-    }
     usleep(2_000_000)
     let runs = sizes.repetitions > 10 ? 7 : 1
     var topCPU: [Double] = [], topWall: [Double] = [], statCPU: [Double] = [], statWall: [Double] = []
@@ -108,6 +102,20 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
     // The tracing peer, on the same VMM (trace-cmd starts where kvm_stat does: not under PVM).
     results += try tracerBenchmarks(sizes, vmscope: vmscope, bench: bench, vmm: vmm.pid, socket: socket, dir: dir)
     return results
+}
+
+/// `vmscope vmm` with 2 vCPUs and 64 MiB (and `extra`), serving `socket`, waited for until it does (up to 120 s: a
+/// start on the lab's emulated CPUs takes seconds); its errors go to `dir`/vmm.err.
+func startBenchVMM(_ vmscope: String, socket: String, dir: String, extra: [String] = []) throws -> ChildProcess {
+    let vmm = try ChildProcess([vmscope, "vmm", "--socket", socket, "--vcpus", "2", "--ram", "64M"] + extra,
+                               redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: dir + "/vmm.err"))
+    let ready = nowNs() + 120_000_000_000
+    while !FileManager.default.fileExists(atPath: socket), nowNs() < ready, vmm.isRunning { usleep(100_000) }
+    guard FileManager.default.fileExists(atPath: socket) else {
+        _ = vmm.terminate(grace: 5)
+        throw BenchError("the VMM did not start: \((try? String(contentsOfFile: dir + "/vmm.err", encoding: .utf8)) ?? "")")
+    }
+    return vmm
 }
 
 /// Whether this process runs inside `vmscope lab` (its kernel command line names the lab's job).
