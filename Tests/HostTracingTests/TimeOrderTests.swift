@@ -17,6 +17,27 @@ struct TimeOrderTests {
         #expect(TraceSession.inTimeOrder([e(0, 1), e(1, 2)], raw: nil).0.map(\.timeNs) == [1, 2])
     }
 
+    /// The runs a read gives (one per CPU's buffer, or more where a buffer wrapped) are merged: the same order as a
+    /// stable sort by time, for any number of runs, equal times and all.
+    @Test func mergingRunsOrdersAsAStableSortDoes() {
+        var rng = SystemRandomNumberGenerator()
+        for trial in 0..<300 {
+            let runs = trial % 7 + 1
+            var events: [TraceEvent] = []
+            for cpu in 0..<runs {
+                var t = UInt64.random(in: 0..<20, using: &rng)
+                for _ in 0..<Int.random(in: 0..<40, using: &rng) {
+                    t += UInt64.random(in: 0..<3, using: &rng)   // repeats within a run too
+                    events.append(TraceEvent(tid: 7, cpu: Int32(cpu), timeNs: t, kind: .other(id: events.count)))
+                }
+            }
+            let expected = events.indices.sorted { (events[$0].timeNs, $0) < (events[$1].timeNs, $1) }
+            let got = TraceSession.timeOrder(events)
+            #expect(got == expected, "\(runs) runs: \(events.map(\.timeNs))")
+            if got != expected { return }
+        }
+    }
+
     /// Seen in a full run: the host's to-shared conversion of a page, traced on one CPU, came a read after the
     /// vCPU's newer to-private of it (read from the other CPU's buffer), and the traced map ended shared, which the
     /// VMM's map was not. An event is given out only once no read can bring an older one.
