@@ -133,7 +133,13 @@ struct TraceCommand: ParsableCommand {
         func pair(_ batch: [TraceEvent], _ pairing: inout TracePairing, missed: Bool) {
             var paired: [TracePairing.Paired] = missed ? pairing.forget() : []
             pairing.apply(batch, into: &paired)
-            output(paired.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
+            // Into one buffer of bytes: each record made a String, the batch's joined, then copied out again.
+            var bytes: [UInt8] = []
+            for p in paired {
+                if json { p.json.write(to: &bytes) } else { bytes.append(contentsOf: p.line.utf8) }
+                bytes.append(0x0A)
+            }
+            output(bytes)
         }
         func emitMap(_ pairing: TracePairing) {
             guard let line = json ? pairing.mapJSON()?.serialized : pairing.mapLine().map(terminalSafe) else { return }
