@@ -39,7 +39,6 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
     let socket = dir + "/vm.sock"
     let vmm = try startBenchVMM(vmscope, socket: socket, dir: dir, extra: ["--attribute-engine", "kernel", "--allow-mutations"])
     defer { _ = vmm.terminate(grace: 5) }
-    let ready = nowNs() + 120_000_000_000
     let client = try ControlClient(path: socket, timeoutMs: 60_000)
     defer { client.close() }
     func beats() throws -> UInt64 {
@@ -47,8 +46,9 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
             sum + (v.guest.first { $0.0 == GuestCounter.heartbeat.rawValue }?.1 ?? 0)
         }
     }
+    let beating = nowNs() + 120_000_000_000
     while try beats() < 5 {
-        guard nowNs() < ready + 120_000_000_000 else { throw BenchError("the guest does not beat") }
+        guard nowNs() < beating else { throw BenchError("the guest does not beat") }
         usleep(500_000)
     }
     let seconds = sizes.repetitions > 10 ? 8.0 : 2.0
