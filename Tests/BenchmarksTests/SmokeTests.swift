@@ -159,6 +159,30 @@ struct SmokeTests {
         #expect(byName["rtt-convert-loaded-p99-ms"]?.target != nil && byName["rtt-qemu-status-loaded-ms"]?.note?.contains("shell loops") == true)
     }
 
+    /// The tracing-cost group (issue 29) runs inside the lab: every figure is there and finite, and both tracers
+    /// decoded events of the VMM's guest; or the one result says why it was skipped.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
+    func tracingCostRunsInTheLabOrSaysWhyNot() throws {
+        let dir = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        let results = try labTracingCostBenchmarks(.smoke, vmscope: dir.appendingPathComponent("vmscope").path,
+                                                   bench: dir.appendingPathComponent("vmscope-bench").path)
+        if results.count == 1, let skipped = results.first, skipped.value.isNaN {
+            #expect(skipped.name == "lab-trace-paired-progress" && skipped.note?.hasPrefix("skipped: ") == true, "\(skipped)")
+            print("SmokeTests: tracing cost not measured: \(skipped.note ?? "")")
+            return
+        }
+        let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for name in ["lab-trace-untraced-beats-per-s", "lab-trace-paired-progress", "lab-trace-paired-cpu-share",
+                     "lab-trace-every-event-progress", "lab-trace-every-event-cpu-share"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.value.isFinite && r.value > 0 && r.note?.hasPrefix("in the lab (Linux ") == true, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        for name in ["lab-trace-paired-progress", "lab-trace-every-event-progress"] {
+            let note = byName[name]?.note ?? ""
+            #expect(note.contains("events decoded") && !note.contains("; 0 events decoded"), "\(name): \(note)")
+        }
+    }
+
     /// The peers group against kvm_stat (issue 32): here, under PVM, kvm_stat does not start and the group runs inside
     /// the lab; either way every figure comes with its baseline, or the one result says why it was skipped.
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
