@@ -284,22 +284,18 @@ public final class TraceSession: @unchecked Sendable {
 
     /// `events` (and their raw records, kept beside them) sorted by timestamp, stably.
     static func inTimeOrder(_ events: [TraceEvent], raw: [RawTraceRecord]?) -> ([TraceEvent], [RawTraceRecord]?) {
-        var ordered = true
-        events.withUnsafeBufferPointer { b in
-            for i in b.indices.dropFirst() where b[i - 1].timeNs > b[i].timeNs { ordered = false; break }
-        }
-        guard !ordered else { return (events, raw) }
-        let order = timeOrder(events)
+        guard let order = timeOrder(events) else { return (events, raw) }
         return (order.map { events[$0] }, raw.map { r in order.map { r[$0] } })
     }
 
-    /// The indices of `events` by time, events of one time in the order given: the runs already in order (one per
-    /// CPU's buffer, as a read gives them) merged pairwise, linear in the events for a few CPUs, where sorting the
-    /// indices compared each event log₂(n) times.
-    static func timeOrder(_ events: [TraceEvent]) -> [Int] {
+    /// The indices of `events` by time, events of one time in the order given (nil: they are in order already): the
+    /// runs already in order (one per CPU's buffer, as a read gives them) merged pairwise, linear in the events for a
+    /// few CPUs, where sorting the indices compared each event log₂(n) times.
+    static func timeOrder(_ events: [TraceEvent]) -> [Int]? {
         events.withUnsafeBufferPointer { b in
             var bounds = [0]
             for i in b.indices.dropFirst() where b[i - 1].timeNs > b[i].timeNs { bounds.append(i) }
+            guard bounds.count > 1 else { return nil }
             bounds.append(b.count)
             var order = Array(b.indices), merged = order
             while bounds.count > 2 {
