@@ -41,11 +41,7 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
     defer { _ = vmm.terminate(grace: 5) }
     let client = try ControlClient(path: socket, timeoutMs: 60_000)
     defer { client.close() }
-    func beats() throws -> UInt64 {
-        try client.run(QueryVCPUs()).vcpus.reduce(0) { sum, v in
-            sum + (v.guest.first { $0.0 == GuestCounter.heartbeat.rawValue }?.1 ?? 0)
-        }
-    }
+    func beats() throws -> UInt64 { try guestHeartbeats(client) }
     let beating = nowNs() + 120_000_000_000
     while try beats() < 5 {
         guard nowNs() < beating else { throw BenchError("the guest does not beat") }

@@ -21,11 +21,7 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
     }
     let client = try ControlClient(path: socket, timeoutMs: 30_000)
     defer { client.close() }
-    func beats() throws -> UInt64 {
-        try client.run(QueryVCPUs()).vcpus.reduce(0) { sum, v in
-            sum + (v.guest.first { $0.0 == GuestCounter.heartbeat.rawValue }?.1 ?? 0)
-        }
-    }
+    func beats() throws -> UInt64 { try guestHeartbeats(client) }
     let seconds = sizes.repetitions > 10 ? 10.0 : 3.0
     /// Heartbeats a second over `seconds`.
     func progress() throws -> Double {
@@ -110,6 +106,13 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
             theirsCPU,
             BenchResult(name: "peers-trace-vmscope-cpu-ms-per-s", value: median(ours.map(\.cpuMsPerS)), unit: "ms/s", baseline: theirsCPU,
                         note: String(format: "vmscope trace's CPU a second over the window (it decodes every event to JSON; trace-cmd copies pages of the buffer to a file); %.1f ms a second of its whole run, start-up to its end after SIGINT", median(ours.map(\.wholeMsPerS))))] + sweep
+}
+
+/// The built-in guest's heartbeats so far, all its vCPUs' added up (`query-vcpus`).
+func guestHeartbeats(_ client: ControlClient) throws -> UInt64 {
+    try client.run(QueryVCPUs()).vcpus.reduce(0) { sum, v in
+        sum + (v.guest.first { $0.0 == GuestCounter.heartbeat.rawValue }?.1 ?? 0)
+    }
 }
 
 /// The counts in `vmscope trace`'s summary: "… N events decoded, M dropped by the kernel's buffer, …".
