@@ -55,6 +55,12 @@ public struct TracePairing: Sendable {
 
     /// Takes one event; appends what it completed to `out`.
     public mutating func apply(_ e: TraceEvent, into out: inout [Paired]) {
+        // A page fault is only ever the memory-fault pairing's (the map, the conversions' steps and the guest's
+        // requests pass it by): most of what a paired tracer reads, so it goes there straight.
+        if case .pageFault = e.kind {
+            _ = faults.apply(e, attributes: nil)
+            return
+        }
         let c = attributes?.apply(e)
         if let c { out.append(.conversion(c)) }
         if tracesConversions {
