@@ -158,11 +158,9 @@ public struct EventLayouts: Sendable, Equatable {
     }
 }
 
-extension TraceEvent {
-    /// The event as one JSON-ready list of members (`vmscope trace --json`): name, thread, time, and every field
-    /// decoded beside its raw value.
-    public var json: JSON { .object(members) }
-
+/// The event as one JSON object (`vmscope trace --json`): name, thread, time, and every field decoded beside its raw
+/// value (`forEachMember`).
+extension TraceEvent: JSONObjectRecord {
     /// The tracepoint's name (`kvm_mmio`, ...).
     public var name: String {
         switch kind {
@@ -181,13 +179,6 @@ extension TraceEvent {
     /// The members that hold addresses (shown in hex in text).
     public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa", "info1", "info2", "cmd", "start-gpa", "end-gpa"]
 
-    /// The members as one list (`json`).
-    public var members: [(String, JSON)] {
-        var m: [(String, JSON)] = []
-        m.reserveCapacity(16)
-        forEachMember { m.append(($0, $1)) }
-        return m
-    }
 
     /// The events of `batch` whose names `shownOnly` holds (every one when nil), a JSON object a line: `vmscope trace
     /// --json`'s output. The loop is here, in a module built optimised in every build: in the command's own module a
@@ -201,17 +192,6 @@ extension TraceEvent {
         }
     }
 
-    /// The event as one JSON object, written straight into `out` (`vmscope trace --json`): the same members as
-    /// `json`'s, without making the tree (whose lists and their release were most of an event's cost).
-    public func writeJSON(to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "{"))
-        var first = true
-        forEachMember { name, value in
-            JSON.writeMember(name, value, first: first, to: &out)
-            first = false
-        }
-        out.append(UInt8(ascii: "}"))
-    }
 
     /// Each member in order, to `m`: name, thread, time, and every field decoded beside its raw value.
     public func forEachMember(_ m: (String, JSON) -> Void) {

@@ -15,18 +15,19 @@ public struct TracePairing: Sendable {
     private var latency = ConversionLatencyPairing()
 
     /// One record paired from the events.
-    public enum Paired: Sendable {
+    public enum Paired: Sendable, JSONObjectRecord {
         case conversion(TracedAttributes.Conversion)
         case steps(ConversionTiming)
         case request(GuestRequestTracker.Request)
         case fault(TracedMemoryFault)
 
-        public var json: JSON {
+        /// The record's members (`JSONObjectRecord`: `json`, and `writeJSON` for `vmscope trace --paired-only --json`).
+        public func forEachMember(_ m: (String, JSON) -> Void) {
             switch self {
-            case .conversion(let c): c.json
-            case .steps(let t): t.json
-            case .request(let r): r.json
-            case .fault(let f): f.json
+            case .conversion(let c): c.forEachMember(m)
+            case .steps(let t): t.forEachMember(m)
+            case .request(let r): r.forEachMember(m)
+            case .fault(let f): f.forEachMember(m)
             }
         }
 

@@ -64,19 +64,48 @@ public struct MemoryFaultPairing: Sendable {
     }
 }
 
+/// A record written as one JSON object, each member named once, in `forEachMember`: as a list (`members`), a tree
+/// (`json`), or written straight into bytes (`writeJSON`), which spares the lists and the tree a tracer would make and
+/// release for every event and record it prints.
+public protocol JSONObjectRecord {
+    func forEachMember(_ m: (String, JSON) -> Void)
+}
+
+extension JSONObjectRecord {
+    public var members: [(String, JSON)] {
+        var m: [(String, JSON)] = []
+        m.reserveCapacity(16)
+        forEachMember { m.append(($0, $1)) }
+        return m
+    }
+
+    public var json: JSON { .object(members) }
+
+    /// The same object as `json`'s, written straight into `out`.
+    public func writeJSON(to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "{"))
+        var first = true
+        forEachMember { name, value in
+            JSON.writeMember(name, value, first: first, to: &out)
+            first = false
+        }
+        out.append(UInt8(ascii: "}"))
+    }
+}
+
 // MARK: `vmscope trace`'s paired records (its own output format, beside the events' in EventLayout.swift)
 
-extension TracedMemoryFault {
-    public var json: JSON {
-        .object([
-            ("event", .string("memory-fault")), ("tid", .int(Int64(tid))), (FaultRecord.Member.timeNs.name, .u(timeNs)),
-            ("paired-from", .array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))),
-            ("gpa", gpa.map { .u($0) } ?? .null), ("gfn", gpa.map { .u($0 >> 12) } ?? .null),
-            ("access", errorCode.map { .string($0.access) } ?? .null), ("error-code", errorCode.map { .u($0.rawValue) } ?? .null),
-            ("wanted", wantsPrivate.map { .string($0 ? "private" : "shared") } ?? .null), ("errno", .int(Int64(errno))),
-            ("page-fault-ns", pageFaultNs.map { .u($0) } ?? .null),
-            ("missing", gpa == nil ? .string("no kvm_page_fault before it on this thread: GPA unknown") : .null),
-        ])
+extension TracedMemoryFault: JSONObjectRecord {
+    static let pairedFrom = JSON.array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))
+
+    public func forEachMember(_ m: (String, JSON) -> Void) {
+        m("event", .string("memory-fault")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.name, .u(timeNs))
+        m("paired-from", Self.pairedFrom)
+        m("gpa", gpa.map { .u($0) } ?? .null); m("gfn", gpa.map { .u($0 >> 12) } ?? .null)
+        m("access", errorCode.map { .string($0.access) } ?? .null); m("error-code", errorCode.map { .u($0.rawValue) } ?? .null)
+        m("wanted", wantsPrivate.map { .string($0 ? "private" : "shared") } ?? .null); m("errno", .int(Int64(errno)))
+        m("page-fault-ns", pageFaultNs.map { .u($0) } ?? .null)
+        m("missing", gpa == nil ? .string("no kvm_page_fault before it on this thread: GPA unknown") : .null)
     }
 
     public var line: String {
@@ -92,7 +121,7 @@ extension TracedMemoryFault {
     }
 }
 
-extension TracedAttributes.Conversion {
+extension TracedAttributes.Conversion: JSONObjectRecord {
     var rangeText: String {
         startGFN.map { "gfn 0x\(String($0, radix: 16))-0x\(String(endGFN ?? $0, radix: 16))" } ?? "range not traced (refused by an argument check)"
     }
@@ -102,16 +131,16 @@ extension TracedAttributes.Conversion {
     /// The refusal in words (for a status line).
     public var refusalText: String? { errnoText.map { "\(rangeText) to \(directionText): \($0)" } }
 
-    public var json: JSON {
-        .object([
-            ("event", .string("conversion")), ("tid", .int(Int64(tid))), (FaultRecord.Member.timeNs.name, .u(returnedNs)),
-            ("paired-from", .array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string))),
-            ("entered-ns", enteredNs.map { .u($0) } ?? .null), ("traced-ns", tracedNs.map { .u($0) } ?? .null),
-            ("start-gfn", startGFN.map { .u($0) } ?? .null), ("end-gfn", endGFN.map { .u($0) } ?? .null),
-            ("to", toPrivate.map { .string($0 ? "private" : "shared") } ?? .null),
-            ("result", .string(accepted ? "applied" : "refused")), ("errno", errnoText.map(JSON.string) ?? .null),
-            ("changed-pages", changedPages.map { .u($0) } ?? .null),
-        ])
+    static let pairedFrom = JSON.array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string))
+
+    public func forEachMember(_ m: (String, JSON) -> Void) {
+        m("event", .string("conversion")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.name, .u(returnedNs))
+        m("paired-from", Self.pairedFrom)
+        m("entered-ns", enteredNs.map { .u($0) } ?? .null); m("traced-ns", tracedNs.map { .u($0) } ?? .null)
+        m("start-gfn", startGFN.map { .u($0) } ?? .null); m("end-gfn", endGFN.map { .u($0) } ?? .null)
+        m("to", toPrivate.map { .string($0 ? "private" : "shared") } ?? .null)
+        m("result", .string(accepted ? "applied" : "refused")); m("errno", errnoText.map(JSON.string) ?? .null)
+        m("changed-pages", changedPages.map { .u($0) } ?? .null)
     }
 
     public var line: String {
@@ -135,7 +164,7 @@ extension GuestRequestTracker.Request.Outcome {
     }
 }
 
-extension GuestRequestTracker.Request {
+extension GuestRequestTracker.Request: JSONObjectRecord {
     var rangeText: String {
         gfns.map { "gfn 0x\(String($0.lowerBound, radix: 16))-0x\(String($0.upperBound, radix: 16))" }
             ?? "gpa 0x\(String(range.gpa, radix: 16)) × \(range.pages) pages of unknown size"
@@ -144,16 +173,16 @@ extension GuestRequestTracker.Request {
     /// "gfn 0x100-0x101 to private", for a status line.
     public var rangeWords: String { "\(rangeText) to \(directionText)" }
 
-    public var json: JSON {
-        .object([
-            ("event", .string("guest-request")), ("tid", .int(Int64(tid))), (FaultRecord.Member.timeNs.name, .u(answeredNs ?? requestedNs)),
-            ("paired-from", .array(["kvm_hypercall", "kvm_userspace_exit", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))),
-            ("hypercall", .string("KVM_HC_MAP_GPA_RANGE")), ("gpa", .u(range.gpa)), ("pages", .u(range.pages)),
-            ("page-size", range.pageSize.map { .u($0) } ?? .null), ("to", range.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null),
-            ("requested-ns", .u(requestedNs)), ("answered-ns", answeredNs.map { .u($0) } ?? .null),
-            ("forwarded", .bool(forwarded)), ("conversions", .int(Int64(conversions))), ("refusals", .int(Int64(refusals))),
-            ("outcome", .string(outcome.rawValue)),
-        ])
+    static let pairedFrom = JSON.array(["kvm_hypercall", "kvm_userspace_exit", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))
+
+    public func forEachMember(_ m: (String, JSON) -> Void) {
+        m("event", .string("guest-request")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.name, .u(answeredNs ?? requestedNs))
+        m("paired-from", Self.pairedFrom)
+        m("hypercall", .string("KVM_HC_MAP_GPA_RANGE")); m("gpa", .u(range.gpa)); m("pages", .u(range.pages))
+        m("page-size", range.pageSize.map { .u($0) } ?? .null); m("to", range.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null)
+        m("requested-ns", .u(requestedNs)); m("answered-ns", answeredNs.map { .u($0) } ?? .null)
+        m("forwarded", .bool(forwarded)); m("conversions", .int(Int64(conversions))); m("refusals", .int(Int64(refusals)))
+        m("outcome", .string(outcome.rawValue))
     }
 
     public var line: String {
@@ -193,7 +222,7 @@ extension TracedAttributes {
     }
 }
 
-extension ConversionTiming {
+extension ConversionTiming: JSONObjectRecord {
     /// What the trace could not time, in words; nil when every step was.
     var missing: String? {
         if exitNs == nil { return "made by a thread with no exit to userspace before it (not a vCPU handling its own exit): only convert is timed" }
@@ -201,19 +230,19 @@ extension ConversionTiming {
         return nil
     }
 
-    public var json: JSON {
+    static let pairedFrom = JSON.array(["kvm_userspace_exit", "sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))
+
+    public func forEachMember(_ m: (String, JSON) -> Void) {
         let c = conversion
-        return .object([
-            ("event", .string("conversion-steps")), ("tid", .int(Int64(c.tid))), (FaultRecord.Member.timeNs.name, .u(reenteredNs ?? c.returnedNs)),
-            ("paired-from", .array(["kvm_userspace_exit", "sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))),
-            ("start-gfn", c.startGFN.map { .u($0) } ?? .null), ("end-gfn", c.endGFN.map { .u($0) } ?? .null),
-            ("to", c.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null), ("result", .string(c.accepted ? "applied" : "refused")),
-            ("exit", exitReason.map { .string($0.name) } ?? .null), ("exit-ns", exitNs.map { .u($0) } ?? .null),
-            ("entered-ns", c.enteredNs.map { .u($0) } ?? .null), ("returned-ns", .u(c.returnedNs)),
-            ("re-entered-ns", reenteredNs.map { .u($0) } ?? .null),
-            ("steps-ns", .object(ConversionStep.allCases.map { s in (s.rawValue, duration(s).map { .u($0) } ?? .null) })),
-            ("missing", missing.map(JSON.string) ?? .null),
-        ])
+        m("event", .string("conversion-steps")); m("tid", .int(Int64(c.tid))); m(FaultRecord.Member.timeNs.name, .u(reenteredNs ?? c.returnedNs))
+        m("paired-from", Self.pairedFrom)
+        m("start-gfn", c.startGFN.map { .u($0) } ?? .null); m("end-gfn", c.endGFN.map { .u($0) } ?? .null)
+        m("to", c.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null); m("result", .string(c.accepted ? "applied" : "refused"))
+        m("exit", exitReason.map { .string($0.name) } ?? .null); m("exit-ns", exitNs.map { .u($0) } ?? .null)
+        m("entered-ns", c.enteredNs.map { .u($0) } ?? .null); m("returned-ns", .u(c.returnedNs))
+        m("re-entered-ns", reenteredNs.map { .u($0) } ?? .null)
+        m("steps-ns", .object(ConversionStep.allCases.map { s in (s.rawValue, duration(s).map { .u($0) } ?? .null) }))
+        m("missing", missing.map(JSON.string) ?? .null)
     }
 
     public var line: String {

@@ -133,10 +133,11 @@ struct TraceCommand: ParsableCommand {
         func pair(_ batch: [TraceEvent], _ pairing: inout TracePairing, missed: Bool) {
             var paired: [TracePairing.Paired] = missed ? pairing.forget() : []
             pairing.apply(batch, into: &paired)
-            // Into one buffer of bytes: each record made a String, the batch's joined, then copied out again.
+            // Into one buffer of bytes, each record written straight (`JSONObjectRecord`): each record made a String, the
+            // batch's joined, then copied out again, and before that each made a tree.
             var bytes: [UInt8] = []
             for p in paired {
-                if json { p.json.write(to: &bytes) } else { bytes.append(contentsOf: p.line.utf8) }
+                if json { p.writeJSON(to: &bytes) } else { bytes.append(contentsOf: p.line.utf8) }
                 bytes.append(0x0A)
             }
             output(bytes)

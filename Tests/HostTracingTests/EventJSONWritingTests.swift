@@ -11,15 +11,32 @@ import Testing
     func writtenEventsAreTheirTrees(_ fixture: String) throws {
         let events = try RawTraceRecording(contentsOf: fixturePath(fixture)).decoded()
         #expect(events.count > 500)
-        var kinds: Set<String> = []
-        for e in events {
-            var written: [UInt8] = []
-            e.writeJSON(to: &written)
-            let tree = e.json.serialized
-            #expect(String(decoding: written, as: UTF8.self) == tree)
-            kinds.insert(e.name)
-            if String(decoding: written, as: UTF8.self) != tree { break }
-        }
+        let kinds = Self.writtenAreTrees(events)
         #expect(kinds.count >= 2, "\(kinds)")
+    }
+
+    /// `vmscope trace --paired-only --json` writes its records the same way: each paired record of a 7.3 recording
+    /// (conversions, their steps, memory faults) written is its tree.
+    @Test func writtenPairedRecordsAreTheirTrees() throws {
+        let events = try RawTraceRecording(contentsOf: fixturePath("kernel-7.3-lab-vmm-conversions.jsonl")).decoded()
+        var pairing = TracePairing(tracesConversions: true, complete: false)
+        var paired: [TracePairing.Paired] = []
+        pairing.apply(events, into: &paired)
+        let kinds = Self.writtenAreTrees(paired)
+        #expect(kinds.isSuperset(of: ["conversion", "conversion-steps", "memory-fault"]), "\(kinds)")
+    }
+
+    /// Expects each record written to be its tree, up to the first that is not; the records' "event" names.
+    static func writtenAreTrees(_ records: [some JSONObjectRecord]) -> Set<String> {
+        var kinds: Set<String> = []
+        for r in records {
+            var written: [UInt8] = []
+            r.writeJSON(to: &written)
+            let tree = r.json
+            #expect(String(decoding: written, as: UTF8.self) == tree.serialized)
+            kinds.insert(tree["event"]?.stringValue ?? "?")
+            if String(decoding: written, as: UTF8.self) != tree.serialized { break }
+        }
+        return kinds
     }
 }
