@@ -53,6 +53,9 @@ struct TraceCommand: ParsableCommand {
     @Option(name: .customLong("buffer-kib"), help: ArgumentHelp("Each CPU's buffer in the session's tracefs instance, in KiB (\(TraceSession.bufferKiBRange.lowerBound) to \(TraceSession.bufferKiBRange.upperBound); trace-cmd's -b). Events that come faster than they are read for longer than it holds are lost, counted.",
                                valueName: "KiB"))
     var bufferKiB: Int = TraceSession.defaultBufferKiB
+    @Option(name: .customLong("read-interval"), help: ArgumentHelp("How often to read the kernel's buffers while events come slowly, in ms (\(TracePacer.readIntervalMsRange.lowerBound) to \(TracePacer.readIntervalMsRange.upperBound); trace-cmd's -s). Default \(TracePacer.traceLongestNs / 1_000_000) with the default buffer, shorter with a smaller one; reads come sooner as the stream grows. Each read costs the traced VM's CPUs a fixed part, whatever it brings.",
+                               valueName: "ms"))
+    var readIntervalMs: UInt64?
 
     func validate() throws {
         if exec {
@@ -74,6 +77,12 @@ struct TraceCommand: ParsableCommand {
         }
         if loadRaw != nil && bufferKiB != TraceSession.defaultBufferKiB {
             throw ValidationError("--load-raw decodes a file: --buffer-kib does not go with it")
+        }
+        if let readIntervalMs {
+            guard TracePacer.readIntervalMsRange.contains(readIntervalMs) else {
+                throw ValidationError("--read-interval \(readIntervalMs) is not from \(TracePacer.readIntervalMsRange.lowerBound) to \(TracePacer.readIntervalMsRange.upperBound) ms")
+            }
+            guard loadRaw == nil else { throw ValidationError("--load-raw decodes a file: --read-interval does not go with it") }
         }
         if let duration, parseDuration(duration) == nil {
             throw ValidationError("--duration '\(duration)' is not a duration from 0 to a year (e.g. 10, 10s, 5m)")
@@ -258,7 +267,7 @@ struct TraceCommand: ParsableCommand {
         }
         let deadline = duration.flatMap(parseDuration).map { HostClock.monotonicNs() + $0 }
         var exitStatus: Int32?
-        var pacer = TracePacer(bufferKiB: bufferKiB)
+        var pacer = TracePacer(bufferKiB: bufferKiB, longestNs: readIntervalMs.map { $0 * 1_000_000 } ?? TracePacer.traceLongestNs(bufferKiB: bufferKiB))
         while traceStop.load(ordering: .relaxed) == 0 {
             let batch = session.read()
             emit(batch)
@@ -272,7 +281,9 @@ struct TraceCommand: ParsableCommand {
                 break
             }
             if child == nil, kill(pid, 0) != 0 && errno == ESRCH { print("vmscope trace: process \(pid) exited", to: &err); break }
-            usleep(UInt32(pacer.next(afterReading: batch.count) / 1000))
+            // Not past --duration's end (a read interval may be long).
+            let wait = pacer.next(afterReading: batch.count), now = HostClock.monotonicNs()
+            usleep(UInt32(min(wait, deadline.map { $0 > now ? $0 - now : 0 } ?? wait) / 1000))
         }
         // What it did last is in the buffers still (or held back by the last read, for order): all of it, in order.
         let rest = session.read(final: true)

@@ -22,4 +22,21 @@ struct TracePacerTests {
         for _ in 0..<20 { last = pacer.next(afterReading: 0) }
         #expect(last == TracePacer.longestNs)
     }
+
+    /// `vmscope trace` reads every 500 ms with the default buffer, in proportion with a smaller one down to the views'
+    /// 100 ms (what a burst may bring before the pacer hurries stays within the room for it); asked, what was asked.
+    @Test func traceReadsSeldomerWhereItsBufferHasRoom() {
+        #expect(TracePacer.traceLongestNs(bufferKiB: TraceSession.defaultBufferKiB) == 500_000_000)
+        #expect(TracePacer.traceLongestNs(bufferKiB: TraceSession.defaultBufferKiB * 4) == 500_000_000)
+        #expect(TracePacer.traceLongestNs(bufferKiB: 2048) == 250_000_000)
+        #expect(TracePacer.traceLongestNs(bufferKiB: 256) == TracePacer.longestNs)
+        #expect(TracePacer.traceLongestNs(bufferKiB: TraceSession.bufferKiBRange.lowerBound) == TracePacer.longestNs)
+        var pacer = TracePacer(bufferKiB: 4096, longestNs: 2_000_000_000)
+        #expect(pacer.next(afterReading: 0) == 2_000_000_000)
+        var last: UInt64 = 0
+        for _ in 0..<40 { last = pacer.next(afterReading: 20_000) }
+        #expect(last == TracePacer.shortestNs)
+        for _ in 0..<40 { last = pacer.next(afterReading: 0) }
+        #expect(last == 2_000_000_000)
+    }
 }

@@ -46,6 +46,10 @@ struct CommandLineNumbersTests {
         ["trace", "1", "--buffer-kib", "-1"],
         ["trace", "1", "--buffer-kib", "262145"],
         ["trace", "1", "--buffer-kib", "99999999999999999999"],
+        ["trace", "1", "--read-interval", "0"],
+        ["trace", "1", "--read-interval", "-1"],
+        ["trace", "1", "--read-interval", "10001"],
+        ["trace", "1", "--read-interval", "18446744073709551616"],
     ]
 
     @Test(arguments: cases)
