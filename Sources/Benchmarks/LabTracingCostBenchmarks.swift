@@ -10,12 +10,11 @@ import Schema
 /// bounce buffers and touching pages through the wrong view (so memory faults, conversions and the page-fault storms
 /// that follow each conversion are all in the stream).
 ///
-/// Rounds of three windows: none, `vmscope trace PID --paired-only --json` (the events the traced map, faults and
-/// conversion steps need, paired), `vmscope trace PID --json` (every event decoded and written), the two tracers'
-/// order alternating from round to round, after the guest's pace has settled; each tracer a fresh
-/// process, measured once it says it is tracing and its code has run a while. A round's ratio is its traced window's
-/// heartbeats a second over the mean of the untraced windows either side of it, so the lab's drift (its emulated CPUs
-/// get what the host's scheduler gives QEMU) falls on both; the figure is the median round, with the spread.
+/// Two tracers, one after the other, once the guest's pace has settled: `vmscope trace PID --paired-only --json` (the
+/// events the traced map, faults and conversion steps need, paired) and `vmscope trace PID --json` (every event
+/// decoded and written). Each runs through pairs of short windows, traced and untraced (`alternate`); a pair's ratio
+/// is its traced window's heartbeats a second over its untraced window's, the figure the median pair, with the spread
+/// and the ratio of all windows pooled.
 ///
 /// The unit test `MapAlarmChecks.tracingCostsTheGuestLittleOfItsProgress` measures the same in a debug build beside
 /// the rest of `swift test` (a loaded host), as a bound only; this is the figure.
@@ -47,7 +46,8 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
         guard nowNs() < beating else { throw BenchError("the guest does not beat") }
         usleep(500_000)
     }
-    let seconds = sizes.repetitions > 10 ? 8.0 : 2.0
+    let full = sizes.repetitions > 10
+    let seconds = full ? 2.0 : 1.0
     /// Heartbeats a second over a window of `seconds`, and the CPU seconds `pid` (all its threads) took meanwhile.
     func window(tracer pid: pid_t? = nil) throws -> (beats: Double, cpu: Double) {
         let b0 = try beats(), t0 = nowNs(), c0 = pid.flatMap { cpuSeconds(pid: $0) } ?? 0
@@ -56,63 +56,77 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
         let wall = Double(nowNs() - t0) / 1e9
         return (Double(try beats() &- b0) / wall, (c1 - c0) / wall)
     }
-    struct Traced { var beats: Double, cpu: Double, decoded: UInt64, dropped: UInt64 }
-    /// `trace` started, waited for until it is tracing and 3 s more (its code paged in and run once), one window.
-    func traced(_ extra: [String], _ name: String) throws -> Traced {
+    struct Pairs { var traced: [Double] = [], untraced: [Double] = [], cpu: [Double] = [], decoded: UInt64 = 0, dropped: UInt64 = 0 }
+    /// One `trace` process, waited for until it is tracing and 3 s more (its code paged in and run once), then
+    /// `pairs` pairs of windows, traced and untraced, their order alternating (ABBA: a steady drift falls on both
+    /// alike). Untraced: the tracer stopped (SIGSTOP) and its instance's tracing off, so the kernel writes no event
+    /// either; traced: both back on. The lab guest's pace wanders by a third over tens of seconds (8 s windows of one
+    /// run: 187 to 354 beats a second, untraced), so neighbouring short windows, many of them, are what can show a
+    /// few per cent; a fresh tracer for each window, as this group measured before, could not.
+    func alternate(_ extra: [String], _ name: String, pairs: Int) throws -> Pairs {
         let err = dir + "/\(name).err"
         func said() -> String { (try? String(contentsOfFile: err, encoding: .utf8)) ?? "" }
         let p = try ChildProcess([vmscope, "trace", String(vmm.pid), "--json"] + extra, redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: err))
+        defer { if p.isRunning { p.signal(SIGCONT); _ = p.terminate(grace: 2) } }
         let deadline = nowNs() + 120_000_000_000
         while p.isRunning, !said().contains("tracing process"), nowNs() < deadline { usleep(100_000) }
-        guard p.isRunning, said().contains("tracing process") else {
-            _ = p.terminate(grace: 2)
+        guard p.isRunning, let instance = said().range(of: "tracefs instance ").map({ said()[$0.upperBound...].prefix { !$0.isWhitespace && $0 != ";" } }) else {
             throw BenchError("vmscope trace \(extra.joined(separator: " ")) did not start tracing: \(said().suffix(400))")
         }
+        let tracingOn = (try? HostTracing.TraceSession.tracingDirectory()).map { "\($0)/instances/\(instance)/tracing_on" } ?? ""
+        func tracing(_ on: Bool) throws {
+            if !on { p.signal(SIGSTOP) }
+            guard (try? Data((on ? "1" : "0").utf8).write(to: URL(fileURLWithPath: tracingOn))) != nil else {
+                throw BenchError("cannot write \(tracingOn)")
+            }
+            if on { p.signal(SIGCONT) }
+            // The switch settles (a tracer let go reads what came before it stopped) outside the windows.
+            Thread.sleep(forTimeInterval: 0.2)
+        }
         Thread.sleep(forTimeInterval: 3)
-        let w = try window(tracer: p.pid)
+        var out = Pairs()
+        for i in 0..<pairs {
+            for on in i % 2 == 0 ? [true, false] : [false, true] {
+                try tracing(on)
+                let w = try window(tracer: on ? p.pid : nil)
+                if on { out.traced.append(w.beats); out.cpu.append(w.cpu) } else { out.untraced.append(w.beats) }
+            }
+        }
+        try tracing(true)
         p.signal(SIGINT)
         _ = p.wait(seconds: 30) ?? p.terminate(grace: 2)
-        let summary = traceSummary(said())
-        return Traced(beats: w.beats, cpu: w.cpu, decoded: summary?.decoded ?? 0, dropped: summary?.dropped ?? 0)
+        if let summary = traceSummary(said()) { (out.decoded, out.dropped) = summary }
+        return out
     }
     // The guest's pace climbs for a minute or two after it starts (untraced, 8 s windows from 25 s on: 308, 375, 527
-    // beats a second over three minutes; the lab's translated code warming up): rounds begin once it has.
-    if sizes.repetitions > 10 { Thread.sleep(forTimeInterval: 90) }
-    let rounds = sizes.repetitions > 10 ? 6 : 1
-    var untraced: [Double] = [], paired: [Traced] = [], every: [Traced] = []
-    for r in 0..<rounds {
-        untraced.append(try window().beats)
-        // The two tracers' order alternates, so what is left of the drift falls on both alike.
-        if r % 2 == 0 {
-            paired.append(try traced(["--paired-only"], "paired\(r)"))
-            every.append(try traced([], "every\(r)"))
-        } else {
-            every.append(try traced([], "every\(r)"))
-            paired.append(try traced(["--paired-only"], "paired\(r)"))
-        }
-    }
-    untraced.append(try window().beats)
-    // Each round's traced windows against the untraced windows either side of that round.
-    func ratios(_ t: [Traced]) -> [Double] { t.indices.map { t[$0].beats / max((untraced[$0] + untraced[$0 + 1]) / 2, 1e-9) } }
-    func spread(_ v: [Double], _ f: String = "%.3f", of what: String = "rounds") -> String {
+    // beats a second over three minutes; the lab's translated code warming up): the windows begin once it has.
+    if full { Thread.sleep(forTimeInterval: 90) }
+    let pairs = full ? 30 : 2
+    let paired = try alternate(["--paired-only"], "paired", pairs: pairs)
+    let every = try alternate([], "every", pairs: pairs)
+    func ratios(_ a: Pairs) -> [Double] { a.traced.indices.map { a.traced[$0] / max(a.untraced[$0], 1e-9) } }
+    func spread(_ v: [Double], _ f: String = "%.3f", of what: String = "pairs") -> String {
         v.count == 1 ? "one" : "median of \(v.count) \(what), " + String(format: "\(f)–\(f)", v.min()!, v.max()!)
     }
+    /// All the traced windows' beats over all the untraced windows' (each window as long): the pairs' median's check.
+    func pooled(_ a: Pairs) -> String { String(format: "%.3f", a.traced.reduce(0, +) / max(a.untraced.reduce(0, +), 1e-9)) }
     let cpus = Double(ProcessInfo.processInfo.activeProcessorCount)
     let pairedR = ratios(paired), everyR = ratios(every)
-    let pairedShare = paired.map { $0.cpu / cpus }, everyShare = every.map { $0.cpu / cpus }
-    let window = String(format: "%.0f s windows", seconds)
+    let pairedShare = paired.cpu.map { $0 / cpus }, everyShare = every.cpu.map { $0 / cpus }
+    let untraced = paired.untraced + every.untraced
+    let how = String(format: "pairs of %.0f s windows, traced and untraced, ABBA", seconds)
     return [
         BenchResult(name: "lab-trace-untraced-beats-per-s", value: median(untraced), unit: "/s",
-                    note: kernel + "the built-in guest's heartbeats a second with no tracer, a window before each round and after the last (\(spread(untraced, "%.1f", of: "windows"))), \(window)"),
+                    note: kernel + "the built-in guest's heartbeats a second in the untraced windows (the tracer stopped, its instance's tracing off; \(spread(untraced, "%.1f", of: "windows")))"),
         BenchResult(name: headline, value: median(pairedR), unit: "ratio", target: .atLeast(0.95),
-                    note: kernel + "`vmscope trace PID --paired-only --json`: the guest's heartbeats a second over the untraced windows either side (\(spread(pairedR))); "
-                        + "\(paired.map(\.decoded).reduce(0, +)) events decoded, \(paired.map(\.dropped).reduce(0, +)) dropped by the kernel"),
+                    note: kernel + "`vmscope trace PID --paired-only --json`: the guest's heartbeats a second traced over untraced, \(how) (\(spread(pairedR)); all windows pooled \(pooled(paired))); "
+                        + "\(paired.decoded) events decoded, \(paired.dropped) dropped by the kernel"),
         BenchResult(name: "lab-trace-paired-cpu-share", value: median(pairedShare), unit: "of the lab's CPUs",
-                    note: kernel + "the paired tracer's own CPU (all its threads) over its windows, as a share of the lab's \(Int(cpus)) CPUs (\(spread(pairedShare)))"),
+                    note: kernel + "the paired tracer's own CPU (all its threads) in its traced windows, as a share of the lab's \(Int(cpus)) CPUs (\(spread(pairedShare, of: "windows")))"),
         BenchResult(name: "lab-trace-every-event-progress", value: median(everyR), unit: "ratio",
-                    note: kernel + "`vmscope trace PID --json` (every event decoded and written, kvm_exit and kvm_mmio among them): the same ratio (\(spread(everyR))); "
-                        + "\(every.map(\.decoded).reduce(0, +)) events decoded, \(every.map(\.dropped).reduce(0, +)) dropped by the kernel"),
+                    note: kernel + "`vmscope trace PID --json` (every event decoded and written, kvm_exit and kvm_mmio among them): the same ratio (\(spread(everyR)); pooled \(pooled(every))); "
+                        + "\(every.decoded) events decoded, \(every.dropped) dropped by the kernel"),
         BenchResult(name: "lab-trace-every-event-cpu-share", value: median(everyShare), unit: "of the lab's CPUs",
-                    note: kernel + "that tracer's own CPU, as a share of the lab's CPUs (\(spread(everyShare)))"),
+                    note: kernel + "that tracer's own CPU in its traced windows, as a share of the lab's CPUs (\(spread(everyShare, of: "windows")))"),
     ]
 }
