@@ -179,7 +179,6 @@ extension TraceEvent: JSONObjectRecord {
     /// The members that hold addresses (shown in hex in text).
     public static let addressMembers: Set<String> = ["gpa", "address", "rip", "a0", "map-gpa", "info1", "info2", "cmd", "start-gpa", "end-gpa"]
 
-
     /// The events of `batch` whose names `shownOnly` holds (every one when nil), a JSON object a line: `vmscope trace
     /// --json`'s output. The loop is here, in a module built optimised in every build: in the command's own module a
     /// debug build (the README's `swift run`, the lab's tests) walked the batch through unspecialised generic code,
@@ -191,7 +190,6 @@ extension TraceEvent: JSONObjectRecord {
             bytes.append(0x0A)
         }
     }
-
 
     /// Each member in order, to `m`: name, thread, time, and every field decoded beside its raw value.
     public func forEachMember(_ m: (String, JSON) -> Void) {
