@@ -142,8 +142,8 @@ struct TraceCommand: ParsableCommand {
         func pair(_ batch: [TraceEvent], _ pairing: inout TracePairing, missed: Bool) {
             var paired: [TracePairing.Paired] = missed ? pairing.forget() : []
             pairing.apply(batch, into: &paired)
-            // Into one buffer of bytes, each record written straight (`JSONObjectRecord`): each record made a String, the
-            // batch's joined, then copied out again, and before that each made a tree.
+            // Into one buffer of bytes, each record written straight (`JSONObjectRecord`); before, each record made a tree,
+            // then a String, and the batch's were joined and copied out again.
             var bytes: [UInt8] = []
             for p in paired {
                 if json { p.writeJSON(to: &bytes) } else { bytes.append(contentsOf: p.line.utf8) }
