@@ -68,13 +68,12 @@ public struct TracePairing: Sendable {
             for t in latency.apply(e, completed: c) { out.append(.steps(t)) }
         }
         for r in requests.apply(e, completed: c) { out.append(.request(r)) }
-        // The map goes along only with a memory-fault exit: handing it over copies it (it is this pairing's, as
-        // `faults` is), which for every event was a third of the pairing's instructions.
+        // The rest of the memory-fault pairing: a MEMORY_FAULT exit (it passes every other event by). The map goes
+        // along only with it: handing it over copies it (it is this pairing's, as `faults` is), which for every event
+        // was a third of the pairing's instructions.
         if case .userspaceExit(let reason, _) = e.kind, reason == .memoryFault {
             let map = attributes
             if let f = faults.apply(e, attributes: map) { out.append(.fault(f)) }
-        } else {
-            _ = faults.apply(e, attributes: nil)
         }
     }
 
