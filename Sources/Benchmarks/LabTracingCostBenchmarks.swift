@@ -70,8 +70,9 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
         defer { if p.isRunning { p.signal(SIGCONT); _ = p.terminate(grace: 2) } }
         let deadline = nowNs() + 120_000_000_000
         while p.isRunning, !said().contains("tracing process"), nowNs() < deadline { usleep(100_000) }
-        guard p.isRunning, let instance = said().range(of: "tracefs instance ").map({ said()[$0.upperBound...].prefix { !$0.isWhitespace && $0 != ";" } }) else {
-            throw BenchError("vmscope trace \(extra.joined(separator: " ")) did not start tracing: \(said().suffix(400))")
+        let started = said()
+        guard p.isRunning, let instance = started.range(of: "tracefs instance ").map({ started[$0.upperBound...].prefix { !$0.isWhitespace && $0 != ";" } }) else {
+            throw BenchError("vmscope trace \(extra.joined(separator: " ")) did not start tracing: \(started.suffix(400))")
         }
         let tracingOn = (try? HostTracing.TraceSession.tracingDirectory()).map { "\($0)/instances/\(instance)/tracing_on" } ?? ""
         func tracing(_ on: Bool) throws {
