@@ -89,6 +89,8 @@ public final class ControlClient: @unchecked Sendable {
     public let greeting: JSON
     public let peer: ControlPeer
     public let path: String
+    /// The reader thread's name in the kernel (`/proc/PID/task/TID/comm`, at most 15 bytes).
+    public static let readerThreadName = "vmscope/qmp-in"
     /// The process at the other end of the socket (`SO_PEERCRED`): a stock QEMU's pid, which QMP does not say.
     public let serverPID: Int?
     public let eventCapacity: Int
@@ -178,8 +180,10 @@ public final class ControlClient: @unchecked Sendable {
         self.peer = peer
         for f in pendingFrames where !deliver(f) { connection.shutdown(); break }
         // The thread holds the connection and only a weak reference to the client (see the type's comment).
-        let t = Thread { [weak self, connection] in Self.readLoop(connection) { [weak self] in self } }
-        t.name = "vmscope-qmp-reader"
+        let t = Thread { [weak self, connection] in
+            Thread.current.name = Self.readerThreadName
+            Self.readLoop(connection) { [weak self] in self }
+        }
         reader = t
         t.start()
         _ = try run(QMPCapabilities(), timeoutMs: timeoutMs)

@@ -136,12 +136,16 @@ public final class ControlServer: @unchecked Sendable {
     /// Connected clients (negotiated or not).
     public var connectedClients: Int { clientCount.load(ordering: .relaxed) }
 
+    /// The server thread's name in the kernel (`/proc/PID/task/TID/comm`, at most 15 bytes).
+    public static let threadName = "vmscope/control"
+
     public func start() {
         let t = Thread { [self] in
+            // Foundation's `Thread.name` does not reach the kernel's name on Linux: `top -H` and perf show this one.
+            Thread.current.name = Self.threadName
             run()
             finished.lock(); isFinished = true; finished.broadcast(); finished.unlock()
         }
-        t.name = "vmscope-control"
         thread = t
         t.start()
     }

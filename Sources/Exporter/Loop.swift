@@ -25,6 +25,7 @@ public final class CollectionLoop: Sendable {
         }
         let first = pass()
         let thread = Thread { [self] in
+            Thread.current.name = "vmscope/metrics"
             var start = first
             while !stopped.load(ordering: .relaxed) {
                 let next = start + UInt64(interval * 1e9)
@@ -35,7 +36,6 @@ public final class CollectionLoop: Sendable {
             }
             done.signal()
         }
-        thread.name = "vmscope/metrics"
         thread.start()
     }
 

@@ -59,8 +59,10 @@ final class SourceWorker: @unchecked Sendable {
         self.source = source
         self.model = model
         shared = Mutex(Shared(model: model))
-        let thread = Thread { [self] in run() }
-        thread.name = "vmscope-source"
+        let thread = Thread { [self] in
+            Thread.current.name = "vmscope/source"
+            run()
+        }
         thread.start()
     }
 

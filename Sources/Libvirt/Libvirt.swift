@@ -100,8 +100,10 @@ final class LibvirtAPI: @unchecked Sendable {
         // Events need libvirt's event loop, registered before any connection opens, run on a thread of its own.
         _ = eventRegisterDefaultImpl()
         let run = eventRunDefaultImpl
-        let thread = Thread { while true { if run() < 0 { usleep(100_000) } } }
-        thread.name = "vmscope-libvirt-events"
+        let thread = Thread {
+            Thread.current.name = "vmscope/libvirt"
+            while true { if run() < 0 { usleep(100_000) } }
+        }
         thread.start()
     }
 
