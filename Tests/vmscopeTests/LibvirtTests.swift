@@ -41,6 +41,8 @@ enum LibvirtFixture {
             return "libvirt runs QEMU as libvirt-qemu, who cannot open /dev/kvm here (root-only): set user = \"root\" and group = \"root\" in /etc/libvirt/qemu.conf (.ci/run does)"
         }
         if virsh(["list"]).status == 0 { return nil }
+        // A virtlogd without its socket is one going away (the previous run's, stopped as it exited): wait for it.
+        if access("/run/libvirt/virtlogd-sock", F_OK) != 0 { _ = waitUntilGone("virtlogd") }
         if runProcessQuietly("/usr/bin/pgrep", ["-x", "virtlogd"]) != 0 {
             // A virtlogd killed outright leaves its sockets: the next one cannot bind them, and QEMU's start fails.
             for stale in ["virtlogd-sock", "virtlogd-admin-sock"] { unlink("/run/libvirt/" + stale) }
@@ -63,9 +65,18 @@ enum LibvirtFixture {
         }
         startedDaemon = true
         atexit {
+            // Each waited for: a run started right after this one would otherwise find them still answering, use
+            // them, and lose them (QEMU's start then fails: no virtlogd socket).
             if LibvirtFixture.startedDaemon, let text = try? String(contentsOfFile: LibvirtFixture.directory + "/libvirtd.pid", encoding: .utf8),
-               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
-            if LibvirtFixture.startedLogger { _ = runProcessQuietly("/usr/bin/pkill", ["-x", "virtlogd"]) }
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                kill(pid, SIGTERM)
+                let deadline = Date().addingTimeInterval(10)
+                while kill(pid, 0) == 0 && Date() < deadline { usleep(50_000) }
+            }
+            if LibvirtFixture.startedLogger {
+                _ = runProcessQuietly("/usr/bin/pkill", ["-x", "virtlogd"])
+                _ = LibvirtFixture.waitUntilGone("virtlogd")
+            }
             _ = LibvirtFixture.polkitd?.terminate(grace: 5)
             if let bus = LibvirtFixture.startedBusPid { kill(bus, SIGTERM); unlink("/run/dbus/pid"); unlink("/run/dbus/system_bus_socket") }
         }
@@ -76,6 +87,16 @@ enum LibvirtFixture {
         }
         return "libvirtd started but does not answer: \(virsh(["list"]).stderr)"
     }()
+
+    /// Waits (at most 10 s) until no process is named `name`; whether none is.
+    static func waitUntilGone(_ name: String) -> Bool {
+        let deadline = Date().addingTimeInterval(10)
+        while runProcessQuietly("/usr/bin/pgrep", ["-x", name]) == 0 {
+            guard Date() < deadline else { return false }
+            usleep(50_000)
+        }
+        return true
+    }
 
     /// polkitd on the D-Bus system bus (started here where there is none), for libvirt's access control; nil when
     /// it answers, else why not.
