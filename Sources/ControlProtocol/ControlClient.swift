@@ -181,7 +181,7 @@ public final class ControlClient: @unchecked Sendable {
         for f in pendingFrames where !deliver(f) { connection.shutdown(); break }
         // The thread holds the connection and only a weak reference to the client (see the type's comment).
         let t = Thread { [weak self, connection] in
-            Thread.current.name = Self.readerThreadName
+            nameCurrentThread(Self.readerThreadName)
             Self.readLoop(connection) { [weak self] in self }
         }
         reader = t

@@ -141,8 +141,7 @@ public final class ControlServer: @unchecked Sendable {
 
     public func start() {
         let t = Thread { [self] in
-            // Foundation's `Thread.name` does not reach the kernel's name on Linux: `top -H` and perf show this one.
-            Thread.current.name = Self.threadName
+            nameCurrentThread(Self.threadName)
             run()
             finished.lock(); isFinished = true; finished.broadcast(); finished.unlock()
         }

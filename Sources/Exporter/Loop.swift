@@ -1,4 +1,5 @@
 import Foundation
+import ControlProtocol
 import HostTracing
 import Logging
 import ProcessSupport
@@ -25,7 +26,7 @@ public final class CollectionLoop: Sendable {
         }
         let first = pass()
         let thread = Thread { [self] in
-            Thread.current.name = "vmscope/metrics"
+            nameCurrentThread("vmscope/metrics")
             var start = first
             while !stopped.load(ordering: .relaxed) {
                 let next = start + UInt64(interval * 1e9)

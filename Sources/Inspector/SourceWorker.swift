@@ -1,3 +1,4 @@
+import ControlProtocol
 import Foundation
 import Schema
 import Synchronization
@@ -60,7 +61,7 @@ final class SourceWorker: @unchecked Sendable {
         self.model = model
         shared = Mutex(Shared(model: model))
         let thread = Thread { [self] in
-            Thread.current.name = "vmscope/source"
+            nameCurrentThread("vmscope/source")
             run()
         }
         thread.start()

@@ -101,7 +101,9 @@ final class LibvirtAPI: @unchecked Sendable {
         _ = eventRegisterDefaultImpl()
         let run = eventRunDefaultImpl
         let thread = Thread {
-            Thread.current.name = "vmscope/libvirt"
+            // Its name in the kernel, as `nameCurrentThread` (ControlProtocol) gives vmscope's other threads.
+            let fd = open("/proc/thread-self/comm", O_WRONLY)
+            if fd >= 0 { _ = write(fd, "vmscope/libvirt", 15); close(fd) }
             while true { if run() < 0 { usleep(100_000) } }
         }
         thread.start()
