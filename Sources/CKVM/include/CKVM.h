@@ -8,7 +8,8 @@
 //   awkwardly; the overlays below name them, with offsets asserted against the
 //   6.1 header's `struct kvm_run`.
 // - <malloc.h> is not in Swift's Glibc module: the VMM's `mallopt`, so that
-//   a client's large output buffer goes back to the system when freed.
+//   a client's large output buffer goes back to the system when freed, and
+//   the tracers', so that a read's arrays stay in the heap for the next read.
 #ifndef VMSCOPE_CKVM_H
 #define VMSCOPE_CKVM_H
 
