@@ -10,11 +10,12 @@ import Schema
 /// bounce buffers and touching pages through the wrong view (so memory faults, conversions and the page-fault storms
 /// that follow each conversion are all in the stream).
 ///
-/// Two tracers, one after the other, once the guest's pace has settled: `vmscope trace PID --paired-only --json` (the
-/// events the traced map, faults and conversion steps need, paired) and `vmscope trace PID --json` (every event
-/// decoded and written). Each runs through pairs of short windows, traced and untraced (`alternate`); a pair's ratio
-/// is its traced window's heartbeats a second over its untraced window's, the figure the median pair, with the spread
-/// and the ratio of all windows pooled.
+/// Three tracings, one after the other, once the guest's pace has settled: `vmscope trace PID --paired-only --json`
+/// (the events the traced map, faults and conversion steps need, paired); the same events written by the kernel with
+/// no one reading them (how much of the cost is the kernel's, whatever the reader); and `vmscope trace PID --json`
+/// (every event decoded and written). Each runs through pairs of short windows, traced and untraced (`alternate`); a
+/// pair's ratio is its traced window's heartbeats a second over its untraced window's, the figure the median pair,
+/// with the spread and the ratio of all windows pooled.
 ///
 /// The unit test `MapAlarmChecks.tracingCostsTheGuestLittleOfItsProgress` measures the same in a debug build beside
 /// the rest of `swift test` (a loaded host), as a bound only; this is the figure.
@@ -63,7 +64,11 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
     /// either; traced: both back on. The lab guest's pace wanders by a third over tens of seconds (8 s windows of one
     /// run: 187 to 354 beats a second, untraced), so neighbouring short windows, many of them, are what can show a
     /// few per cent; a fresh tracer for each window, as this group measured before, could not.
-    func alternate(_ extra: [String], _ name: String, pairs: Int) throws -> Pairs {
+    ///
+    /// `reading` false: in the traced windows the kernel writes the events and the tracer stays stopped, so they
+    /// measure what the events cost the guest where they are written, without a reader. Between windows the tracer
+    /// runs (tracing off) long enough to empty the buffers: the kernel never writes into a full one.
+    func alternate(_ extra: [String], _ name: String, pairs: Int, reading: Bool = true) throws -> Pairs {
         let err = dir + "/\(name).err"
         func said() -> String { (try? String(contentsOfFile: err, encoding: .utf8)) ?? "" }
         let p = try ChildProcess([vmscope, "trace", String(vmm.pid), "--json"] + extra, redirects: .init(stdin: "/dev/null", stdout: "/dev/null", stderr: err))
@@ -80,7 +85,13 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
             guard (try? Data((on ? "1" : "0").utf8).write(to: URL(fileURLWithPath: tracingOn))) != nil else {
                 throw BenchError("cannot write \(tracingOn)")
             }
-            if on { p.signal(SIGCONT) }
+            if on && reading { p.signal(SIGCONT) }
+            if !on && !reading {
+                // What the kernel wrote in the window before, read (the tracer reads every 500 ms at most).
+                p.signal(SIGCONT)
+                Thread.sleep(forTimeInterval: 0.8)
+                p.signal(SIGSTOP)
+            }
             // The switch settles (a tracer let go reads what came before it stopped) outside the windows.
             Thread.sleep(forTimeInterval: 0.2)
         }
@@ -104,6 +115,7 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
     if full { Thread.sleep(forTimeInterval: 90) }
     let pairs = full ? 30 : 2
     let paired = try alternate(["--paired-only"], "paired", pairs: pairs)
+    let written = try alternate(["--paired-only"], "written", pairs: pairs, reading: false)
     let every = try alternate([], "every", pairs: pairs)
     func ratios(_ a: Pairs) -> [Double] { a.traced.indices.map { a.traced[$0] / max(a.untraced[$0], 1e-9) } }
     func spread(_ v: [Double], _ f: String = "%.3f", of what: String = "pairs") -> String {
@@ -112,9 +124,9 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
     /// All the traced windows' beats over all the untraced windows' (each window as long): the pairs' median's check.
     func pooled(_ a: Pairs) -> String { String(format: "%.3f", a.traced.reduce(0, +) / max(a.untraced.reduce(0, +), 1e-9)) }
     let cpus = Double(ProcessInfo.processInfo.activeProcessorCount)
-    let pairedR = ratios(paired), everyR = ratios(every)
+    let pairedR = ratios(paired), everyR = ratios(every), writtenR = ratios(written)
     let pairedShare = paired.cpu.map { $0 / cpus }, everyShare = every.cpu.map { $0 / cpus }
-    let untraced = paired.untraced + every.untraced
+    let untraced = paired.untraced + every.untraced + written.untraced
     let how = String(format: "pairs of %.0f s windows, traced and untraced, ABBA", seconds)
     return [
         BenchResult(name: "lab-trace-untraced-beats-per-s", value: median(untraced), unit: "/s",
@@ -122,6 +134,9 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
         BenchResult(name: headline, value: median(pairedR), unit: "ratio", target: .atLeast(0.95),
                     note: kernel + "`vmscope trace PID --paired-only --json`: the guest's heartbeats a second traced over untraced, \(how) (\(spread(pairedR)); all windows pooled \(pooled(paired))); "
                         + "\(paired.decoded) events decoded, \(paired.dropped) dropped by the kernel"),
+        BenchResult(name: "lab-trace-paired-kernel-only-progress", value: median(writtenR), unit: "ratio",
+                    note: kernel + "the same events written by the kernel with no one reading them (the same tracer, stopped through its traced windows, "
+                        + "run between windows to empty the buffers): what writing them costs the guest, of the paired tracer's cost; the same ratio (\(spread(writtenR)); pooled \(pooled(written)))"),
         BenchResult(name: "lab-trace-paired-cpu-share", value: median(pairedShare), unit: "of the lab's CPUs",
                     note: kernel + "the paired tracer's own CPU (all its threads) in its traced windows, as a share of the lab's \(Int(cpus)) CPUs (\(spread(pairedShare, of: "windows")))"),
         BenchResult(name: "lab-trace-every-event-progress", value: median(everyR), unit: "ratio",

@@ -172,7 +172,7 @@ struct SmokeTests {
             return
         }
         let byName = Dictionary(results.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        for name in ["lab-trace-untraced-beats-per-s", "lab-trace-paired-progress", "lab-trace-paired-cpu-share",
+        for name in ["lab-trace-untraced-beats-per-s", "lab-trace-paired-progress", "lab-trace-paired-kernel-only-progress", "lab-trace-paired-cpu-share",
                      "lab-trace-every-event-progress", "lab-trace-every-event-cpu-share"] {
             let r = try #require(byName[name], "missing \(name): \(results)")
             #expect(r.value.isFinite && r.value > 0 && r.note?.hasPrefix("in the lab (Linux ") == true, "\(name) = \(r.value) \(r.note ?? "")")
