@@ -141,7 +141,7 @@ public func attributeMapBenchmarks(_ sizes: BenchSizes, callgrindExecutable: Str
     // Instructions per run of the same walk, which repeat exactly where its time does not.
     let instr = callgrindExecutable.flatMap { callgrindInstructionsPerRecord($0, path: "attr-walk", records: callgrindMapRuns) }.map {
         BenchResult(name: "attr-query-instr-per-run", value: $0, unit: "instr",
-                    note: "valgrind --tool=callgrind, the walk only (--toggle-collect), \(callgrindMapRuns) runs over 1024 GiB")
+                    note: "valgrind --tool=callgrind, the walk only (--toggle-collect) after one pass not counted, \(callgrindMapRuns) runs over 1024 GiB")
     }
     return [
         baseline, fullResult] + (instr.map { [$0] } ?? []) + [arrayResult,

@@ -17,7 +17,7 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
                                    note: "a recorded buffer: the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel)), back to back \(count / buffer.distinct)× → TraceEvent, \(count) events, each with the layouts the file carries"))
         if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "tracepoints", records: callgrindTraceRecords) {
             results.append(BenchResult(name: "trace-decode-instr-per-event", value: instr, unit: "instr",
-                                       note: "valgrind --tool=callgrind, decode only (--toggle-collect), \(callgrindTraceRecords) events of the same recording"))
+                                       note: "valgrind --tool=callgrind, decode only (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording"))
         }
     } catch {
         results.append(BenchResult(name: "trace-decode-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
@@ -34,7 +34,7 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
                                    note: "the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel): kvm_vm_set_mem_attributes, sys_enter/exit_ioctl, kvm_page_fault, MEMORY_FAULT exits), back to back → decoded, paired into conversions, the traced map, conversion latency, the guest's requests and memory faults, \(count) events"))
         if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "pairing", records: callgrindTraceRecords) {
             results.append(BenchResult(name: "trace-pairing-instr-per-event", value: instr, unit: "instr",
-                                       note: "valgrind --tool=callgrind, decode and pairing only (--toggle-collect), \(callgrindTraceRecords) events of the same recording"))
+                                       note: "valgrind --tool=callgrind, decode and pairing only (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording"))
         }
     } catch {
         results.append(BenchResult(name: "trace-pairing-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))

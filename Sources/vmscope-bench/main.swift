@@ -24,7 +24,10 @@ struct VMScopeBench: ParsableCommand {
     func run() throws {
         if let path = callgrindDecode {
             guard let workload = try CallgrindWorkload(path: path) else { throw ValidationError("no callgrind workload \(path)") }
-            print(callgrindDecodeWorkload(workload))
+            let warm = warmDecodeWorkload(workload)
+            let counted = callgrindDecodeWorkload(workload)
+            guard counted == warm else { throw ValidationError("the workload gave \(warm), then \(counted)") }
+            print(counted)
             return
         }
         if let rate = generateExits {
