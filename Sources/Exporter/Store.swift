@@ -19,8 +19,13 @@ public final class MetricsStore: Sendable {
         .seconds(1),
     ]
 
-    private struct SeriesKey: Hashable { var metric: Metric; var labels: [String] }
+    /// A VM's series by metric and the values of its labels besides the VM's own (at most two: their names follow from
+    /// the metric). No array: a pass looks up every series of every VM, and building and hashing each one's full
+    /// label list was a third of `top --metrics`' CPU.
+    private struct SeriesKey: Hashable { var metric: Metric; var first = "", second = "" }
     private struct VMSeries {
+        /// The VM's own labels (pid, name, vmm), as its series have them.
+        var labels: [(String, String)] = []
         var counters: [SeriesKey: (counter: Counter, last: UInt64)] = [:]
         var gauges: [SeriesKey: Gauge] = [:]
         var histogram: DurationHistogram?
@@ -64,7 +69,15 @@ public final class MetricsStore: Sendable {
     /// Sets every series of the VMs read in one pass, and removes the series of VMs no longer there.
     public func apply(_ readings: [VMReading], collectionSeconds: Double) {
         state.withLock { s in
-            for r in readings { apply(r, into: &s.vms[r.pid, default: VMSeries()]) }
+            for r in readings {
+                let labels = [("pid", String(r.pid)), ("name", r.name), ("vmm", r.vmm.rawValue)]
+                // A VM whose name or kind changed under the same pid starts its series again under the new labels.
+                if let old = s.vms[r.pid], !old.labels.elementsEqual(labels, by: ==) {
+                    remove(old)
+                    s.vms[r.pid] = nil
+                }
+                apply(r, into: &s.vms[r.pid, default: VMSeries(labels: labels)])
+            }
             let present = Set(readings.map(\.pid))
             for (pid, series) in s.vms where !present.contains(pid) {
                 remove(series)
@@ -76,7 +89,7 @@ public final class MetricsStore: Sendable {
     }
 
     private func exporterGauge(_ m: Metric, _ s: inout State) -> Gauge {
-        let key = SeriesKey(metric: m, labels: [])
+        let key = SeriesKey(metric: m)
         if let g = s.exporter[key] { return g }
         let g = registry.makeGauge(descriptor: m.descriptor, labels: [])
         s.exporter[key] = g
@@ -92,29 +105,36 @@ public final class MetricsStore: Sendable {
     }
 
     private func apply(_ r: VMReading, into v: inout VMSeries) {
-        let vm = [("pid", String(r.pid)), ("name", r.name), ("vmm", r.vmm.rawValue)]
+        let vm = v.labels
         func full() -> Bool { v.counters.count + v.gauges.count >= Self.seriesPerVM }
-        func counter(_ m: Metric, _ value: UInt64, _ extra: [(String, String)] = []) {
-            let labels = vm + extra
-            let key = SeriesKey(metric: m, labels: labels.flatMap { [$0.0, $0.1] })
-            if v.counters[key] == nil && full() { v.refused &+= 1; return }
-            if let (c, last) = v.counters[key] {
+        /// The series' labels: the VM's, then up to two of its own.
+        func labels(_ a: (String, String)?, _ b: (String, String)?) -> [(String, String)] { vm + [a, b].compactMap { $0 } }
+        func counter(_ m: Metric, _ value: UInt64, _ a: (String, String)? = nil, _ b: (String, String)? = nil) {
+            let key = SeriesKey(metric: m, first: a?.1 ?? "", second: b?.1 ?? "")
+            if let i = v.counters.index(forKey: key) {
                 // A count that went back (its source restarted) starts over from there.
+                let (c, last) = v.counters.values[i]
                 if value > last { c.increment(by: Int64(clamping: value - last)) }
-                v.counters[key] = (c, value)
+                v.counters.values[i].last = value
+            } else if full() {
+                v.refused &+= 1
             } else {
-                let c = registry.makeCounter(descriptor: m.descriptor, labels: labels)
+                let c = registry.makeCounter(descriptor: m.descriptor, labels: labels(a, b))
                 c.increment(by: Int64(clamping: value))
                 v.counters[key] = (c, value)
             }
         }
-        func gauge(_ m: Metric, _ value: Double, _ extra: [(String, String)] = []) {
-            let labels = vm + extra
-            let key = SeriesKey(metric: m, labels: labels.flatMap { [$0.0, $0.1] })
-            if v.gauges[key] == nil && full() { v.refused &+= 1; return }
-            let g = v.gauges[key] ?? registry.makeGauge(descriptor: m.descriptor, labels: labels)
-            v.gauges[key] = g
-            g.set(value)
+        func gauge(_ m: Metric, _ value: Double, _ a: (String, String)? = nil, _ b: (String, String)? = nil) {
+            let key = SeriesKey(metric: m, first: a?.1 ?? "", second: b?.1 ?? "")
+            if let g = v.gauges[key] {
+                g.set(value)
+            } else if full() {
+                v.refused &+= 1
+            } else {
+                let g = registry.makeGauge(descriptor: m.descriptor, labels: labels(a, b))
+                v.gauges[key] = g
+                g.set(value)
+            }
         }
 
         gauge(.vcpus, Double(r.vcpus))
@@ -122,16 +142,16 @@ public final class MetricsStore: Sendable {
         if let exits = r.kvmStats[HostVMs.Stat.exits] { counter(.kvmExits, exits) }
         if let h = r.kvmStats[HostVMs.Stat.hypercalls] { counter(.kvmHypercalls, h) }
         for (stat, value) in r.kvmStats where stat.hasSuffix(HostVMs.Stat.exitsSuffix) {
-            counter(.kvmExitsByReason, value, [("reason", String(stat.dropLast(HostVMs.Stat.exitsSuffix.count)))])
+            counter(.kvmExitsByReason, value, ("reason", String(stat.dropLast(HostVMs.Stat.exitsSuffix.count))))
         }
         // Names a peer gives are taken only where KVM or the protocol defines them (a VMM that invents one each pass
         // would grow the registry without bound); the others are counted as refused.
         for (reason, value) in r.userspaceExits ?? [:] {
             guard Self.isExitName(reason) else { v.refused &+= 1; continue }
-            counter(.userspaceExits, value, [("reason", reason)])
+            counter(.userspaceExits, value, ("reason", reason))
         }
         if let traced = r.tracedMemoryFaults {
-            counter(.memoryFaultExits, traced, [("source", FaultSource.trace.rawValue), ("private", "unknown")])
+            counter(.memoryFaultExits, traced, ("source", FaultSource.trace.rawValue), ("private", "unknown"))
         }
         if let steps = r.tracedConversionSteps {
             for conversion in steps {
@@ -145,30 +165,30 @@ public final class MetricsStore: Sendable {
             }
         }
         if let bytes = r.tracedPrivateBytes { gauge(.tracedPrivateBytes, Double(bytes)) }
-        if let dropped = r.tracedStepsDropped { counter(.eventsDropped, dropped, [("buffer", "conversion-steps")]) }
+        if let dropped = r.tracedStepsDropped { counter(.eventsDropped, dropped, ("buffer", "conversion-steps")) }
         if let m = r.vmmMetrics {
             for f in m.memoryFaultExits {
                 guard f.source.known != nil else { v.refused &+= 1; continue }
-                counter(.memoryFaultExits, f.count, [("source", f.source.rawValue), ("private", String(f.isPrivate))])
+                counter(.memoryFaultExits, f.count, ("source", f.source.rawValue), ("private", String(f.isPrivate)))
             }
             for c in m.conversions {
                 guard c.cause.known != nil else { v.refused &+= 1; continue }
-                let labels = [("direction", c.toPrivate ? "to-private" : "to-shared"), ("cause", c.cause.rawValue)]
-                counter(.conversionsRequested, c.requested, labels)
-                counter(.conversionsDone, c.done, labels)
+                let direction = ("direction", c.toPrivate ? "to-private" : "to-shared"), cause = ("cause", c.cause.rawValue)
+                counter(.conversionsRequested, c.requested, direction, cause)
+                counter(.conversionsDone, c.done, direction, cause)
             }
             for (kind, n) in m.injections {
                 guard kind.known != nil else { v.refused &+= 1; continue }
-                counter(.faultInjections, n, [("kind", kind.rawValue)])
+                counter(.faultInjections, n, ("kind", kind.rawValue))
             }
-            counter(.eventsDropped, m.faultsDropped, [("buffer", "fault-ring")])
+            counter(.eventsDropped, m.faultsDropped, ("buffer", "fault-ring"))
             gauge(.privateBytes, Double(m.privateBytes))
             gauge(.sharedBytes, Double(m.sharedBytes))
             gauge(.attributeRuns, Double(m.attributeRuns))
             gauge(.memslots, Double(m.memslots))
             for cpu in m.vcpus {
                 for state in VCPURunState.allCases {
-                    gauge(.vcpuState, cpu.state == state ? 1 : 0, [("vcpu", String(cpu.index)), ("state", state.rawValue)])
+                    gauge(.vcpuState, cpu.state == state ? 1 : 0, ("vcpu", String(cpu.index)), ("state", state.rawValue))
                 }
             }
             let h = v.histogram ?? registry.makeDurationHistogram(
@@ -178,7 +198,7 @@ public final class MetricsStore: Sendable {
             // not replayed into it.
             if v.conversionTimesSeen != nil { for ns in m.conversionTimes.ns { h.recordNanoseconds(Int64(clamping: ns)) } }
             if v.conversionTimesSeen != nil { v.conversionTimesMissed &+= m.conversionTimes.dropped }
-            counter(.eventsDropped, v.conversionTimesMissed, [("buffer", "conversion-times")])
+            counter(.eventsDropped, v.conversionTimesMissed, ("buffer", "conversion-times"))
             v.conversionTimesSeen = m.conversionTimes.last
         }
         // The refusals' own series, outside the cap, once there is one.

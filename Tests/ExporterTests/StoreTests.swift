@@ -96,6 +96,18 @@ struct StoreTests {
         #expect(value(text, "vmscope_exporter_vms") == 1)
     }
 
+    /// A VM renamed under the same pid (a QEMU's `-name` set by a restart that kept the pid, a process that renamed
+    /// itself) has its series under the new name only: the old name's stayed beside them, frozen, until the pid went.
+    @Test func aRenamedVMHasItsSeriesUnderTheNewNameOnly() {
+        let store = MetricsStore()
+        store.apply([reading(name: "before", exits: 10, times: .init(last: 0, ns: [], dropped: 0))], collectionSeconds: 0)
+        store.apply([reading(name: "after", exits: 12, times: .init(last: 0, ns: [], dropped: 0))], collectionSeconds: 0)
+        let text = String(decoding: store.exposition(), as: UTF8.self)
+        #expect(!text.contains(#"name="before""#), "\(text)")
+        #expect(value(text, #"vmscope_kvm_exits_total{pid="7",name="after",vmm="vmscope"}"#) == 12, "a new series starts at the count first seen")
+        #expect(value(text, #"vmscope_vcpus{pid="7",name="after",vmm="vmscope"}"#) == 2)
+    }
+
     /// A process can name itself anything (QEMU's -name, a comm): quotes, backslashes and newlines stay escaped.
     @Test func hostileNamesStayInsideTheirLabel() {
         let store = MetricsStore()
