@@ -43,7 +43,7 @@ enum LibvirtFixture {
         if virsh(["list"]).status == 0 { return nil }
         // A virtlogd without its socket is one going away (the previous run's, stopped as it exited): wait for it.
         if access("/run/libvirt/virtlogd-sock", F_OK) != 0 { _ = waitUntilGone("virtlogd") }
-        if runProcessQuietly("/usr/bin/pgrep", ["-x", "virtlogd"]) != 0 {
+        if !running("virtlogd") {
             // A virtlogd killed outright leaves its sockets: the next one cannot bind them, and QEMU's start fails.
             for stale in ["virtlogd-sock", "virtlogd-admin-sock"] { unlink("/run/libvirt/" + stale) }
             guard daemonize("/usr/sbin/virtlogd", ["--daemon"]) == 0 else { return "virtlogd --daemon failed" }
@@ -71,7 +71,7 @@ enum LibvirtFixture {
                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 kill(pid, SIGTERM)
                 let deadline = Date().addingTimeInterval(10)
-                while kill(pid, 0) == 0 && Date() < deadline { usleep(50_000) }
+                while LibvirtFixture.isRunning(pid) && Date() < deadline { usleep(50_000) }
             }
             if LibvirtFixture.startedLogger {
                 _ = runProcessQuietly("/usr/bin/pkill", ["-x", "virtlogd"])
@@ -88,10 +88,22 @@ enum LibvirtFixture {
         return "libvirtd started but does not answer: \(virsh(["list"]).stderr)"
     }()
 
-    /// Waits (at most 10 s) until no process is named `name`; whether none is.
+    /// Whether `pid` runs: it exists and is not a zombie (a daemon's parent is init, and here init reaps none).
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let state = stat.split(separator: ")").last?.split(separator: " ").first else { return false }
+        return state != "Z" && state != "X"
+    }
+
+    /// Whether a process named `name` runs (pgrep lists zombies too).
+    static func running(_ name: String) -> Bool {
+        ((try? runProcess("/usr/bin/pgrep", ["-x", name]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }.contains(where: isRunning)
+    }
+
+    /// Waits (at most 10 s) until no process named `name` runs; whether none does.
     static func waitUntilGone(_ name: String) -> Bool {
         let deadline = Date().addingTimeInterval(10)
-        while runProcessQuietly("/usr/bin/pgrep", ["-x", name]) == 0 {
+        while running(name) {
             guard Date() < deadline else { return false }
             usleep(50_000)
         }
@@ -105,7 +117,7 @@ enum LibvirtFixture {
             return "\(path) is not installed (.ci/run installs polkitd and dbus-daemon)"
         }
         guard socketGroup != nil else { return "there is no group libvirt (libvirt-daemon-system makes it)" }
-        if access("/run/dbus/system_bus_socket", F_OK) != 0 || runProcessQuietly("/usr/bin/pgrep", ["-x", "dbus-daemon"]) != 0 {
+        if access("/run/dbus/system_bus_socket", F_OK) != 0 || !running("dbus-daemon") {
             try? FileManager.default.createDirectory(atPath: "/run/dbus", withIntermediateDirectories: true)
             // A bus killed outright leaves both, and the next one will not start.
             unlink("/run/dbus/pid")
