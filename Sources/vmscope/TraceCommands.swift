@@ -15,7 +15,6 @@ private let traceStop = Atomic<Int32>(0)
 /// Set by SIGUSR1: print the traced private/shared map now.
 private let traceMapWanted = Atomic<Int32>(0)
 
-/// `vmscope trace PID`: the decoded KVM tracepoint stream of one process's threads, on stdout.
 /// For the tracers (`trace`, `top`): freed memory stays in the heap for the next read. A read's batches (its events,
 /// them in time order, what pairing gives out) are arrays of hundreds of KiB, made and freed every read, and glibc gave
 /// them fresh pages each time (a mapping of their own, or a heap top it trimmed when they were freed): the kernel
@@ -27,6 +26,7 @@ func keepFreedMemoryForReuse() {
     _ = mallopt(M_TRIM_THRESHOLD, 64 << 20)
 }
 
+/// `vmscope trace PID`: the decoded KVM tracepoint stream of one process's threads, on stdout.
 struct TraceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "trace",
