@@ -105,6 +105,8 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
             }
         }
         try tracing(true)
+        // Running again (a tracer that was not `reading` is still stopped), so that it ends on SIGINT as asked.
+        p.signal(SIGCONT)
         p.signal(SIGINT)
         _ = p.wait(seconds: 30) ?? p.terminate(grace: 2)
         if let summary = traceSummary(said()) { (out.decoded, out.dropped) = summary }
@@ -136,7 +138,8 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
                         + "\(paired.decoded) events decoded, \(paired.dropped) dropped by the kernel"),
         BenchResult(name: "lab-trace-paired-kernel-only-progress", value: median(writtenR), unit: "ratio",
                     note: kernel + "the same events written by the kernel with no one reading them (the same tracer, stopped through its traced windows, "
-                        + "run between windows to empty the buffers): what writing them costs the guest, of the paired tracer's cost; the same ratio (\(spread(writtenR)); pooled \(pooled(written)))"),
+                        + "run between windows to empty the buffers): what writing them costs the guest, of the paired tracer's cost; the same ratio (\(spread(writtenR)); pooled \(pooled(written))); "
+                        + "\(written.decoded) events decoded between windows, \(written.dropped) dropped by the kernel (a full buffer would have dropped some)"),
         BenchResult(name: "lab-trace-paired-cpu-share", value: median(pairedShare), unit: "of the lab's CPUs",
                     note: kernel + "the paired tracer's own CPU (all its threads) in its traced windows, as a share of the lab's \(Int(cpus)) CPUs (\(spread(pairedShare, of: "windows")))"),
         BenchResult(name: "lab-trace-every-event-progress", value: median(everyR), unit: "ratio",

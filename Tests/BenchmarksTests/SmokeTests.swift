@@ -177,7 +177,7 @@ struct SmokeTests {
             let r = try #require(byName[name], "missing \(name): \(results)")
             #expect(r.value.isFinite && r.value > 0 && r.note?.hasPrefix("in the lab (Linux ") == true, "\(name) = \(r.value) \(r.note ?? "")")
         }
-        for name in ["lab-trace-paired-progress", "lab-trace-every-event-progress"] {
+        for name in ["lab-trace-paired-progress", "lab-trace-paired-kernel-only-progress", "lab-trace-every-event-progress"] {
             let note = byName[name]?.note ?? ""
             #expect(note.contains("events decoded") && !note.contains("; 0 events decoded"), "\(name): \(note)")
         }
