@@ -13,6 +13,13 @@ public func cpuSeconds(pid: Int32) -> Double? {
     return Double(ns) / 1e9
 }
 
+/// The fields of /proc/PID/stat after the command's name, from the state on (`[0]` state, `[1]` ppid, `[7]` minflt):
+/// the name may hold spaces and parentheses, what follows its last ')' does not. nil when the process is gone.
+public func procStatFields(pid: Int32) -> [Substring]? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+    return stat[stat.index(after: close)...].split(separator: " ")
+}
+
 /// Resident set size of a process in bytes: /proc/PID/statm's second number (pages; the counter VmRSS in
 /// /proc/PID/status shows in kB), read without splitting the status file into lines (`top` asks for every VM each
 /// second, and that was a fifth of a sample's instructions).

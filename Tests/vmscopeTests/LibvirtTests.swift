@@ -90,8 +90,7 @@ enum LibvirtFixture {
 
     /// Whether `pid` runs: it exists and is not a zombie (a daemon's parent is init, and here init reaps none).
     static func isRunning(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let state = stat.split(separator: ")").last?.split(separator: " ").first else { return false }
+        guard let state = procStatFields(pid: pid)?.first else { return false }
         return state != "Z" && state != "X"
     }
 

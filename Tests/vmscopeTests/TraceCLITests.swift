@@ -105,12 +105,7 @@ struct TraceCLITests {
         let pid = generator.child.pid
         FileManager.default.createFile(atPath: gate, contents: nil)
         let trace = try ChildOutput([Binary.url.path, "trace", String(pid), "--paired-only", "--json", "--duration", "12s"])
-        func faults() -> Int? {
-            (try? String(contentsOfFile: "/proc/\(trace.child.pid)/stat", encoding: .utf8)).flatMap { stat in
-                // After the command's closing parenthesis: state is field 3, minflt field 10.
-                stat.split(separator: ")").last.map { $0.split(separator: " ") }.flatMap { $0.count > 7 ? Int($0[7]) : nil }
-            }
-        }
+        func faults() -> Int? { procStatFields(pid: trace.child.pid).flatMap { $0.count > 7 ? Int($0[7]) : nil } }
         usleep(4_000_000)
         let before = faults()
         usleep(7_000_000)
