@@ -59,7 +59,7 @@ public struct EventLayouts: Sendable, Equatable {
     /// One event's kind and its fields in the order `decode` reads them (a field the format lacks reads as 0): plain
     /// values, so that taking one from the table copies bytes.
     struct Decoder: Sendable {
-        enum Kind: UInt8, Sendable { case userspaceExit, mmio, hypercall, pageFault, exit, setMemoryAttributes, ioctlEnter, ioctlExit, other }
+        enum Kind: UInt8, Sendable { case userspaceExit, mmio, hypercall, pageFault, exit, setMemoryAttributes, ioctlEnter, ioctlExit, kernelPairedFault, other }
         var kind: Kind
         var f: (Field, Field, Field, Field, Field, Field)
         init(kind: Kind, fields: [Field]) {
@@ -77,6 +77,8 @@ public struct EventLayouts: Sendable, Equatable {
             "kvm_vm_set_mem_attributes": (.setMemoryAttributes, ["start", "end", "attr"]),
             "sys_enter_ioctl": (.ioctlEnter, ["fd", "cmd"]),
             "sys_exit_ioctl": (.ioctlExit, ["ret"]),
+            EventLayouts.kernelPairedFault: (.kernelPairedFault, ["vcpu_id", "gpa", "error_code", "errno", "since_first_ns"]),
+            EventLayouts.kernelPairedIoctlResult: (.ioctlExit, ["ret"]),
         ]
     }
     static let missingField = Field(offset: -1, size: 0)
@@ -104,6 +106,12 @@ public struct EventLayouts: Sendable, Equatable {
     ]
     /// What `trace --paired-only` pairs: conversions (with the ioctl events below) and memory faults.
     public static let pairedEvents = ["kvm_vm_set_mem_attributes", "kvm_page_fault", "kvm_userspace_exit", "kvm_hypercall"]
+    /// The synthetic event of memory faults paired in the kernel (`KernelPairing`), by this name in layouts and
+    /// raw recordings whatever the session named it in the kernel.
+    public static let kernelPairedFault = "vmscope_memory_fault"
+    /// The synthetic event of `KVM_SET_MEMORY_ATTRIBUTES` results paired in the kernel (`KernelPairing.ioctlResults`):
+    /// decoded as the `sys_exit_ioctl` it stands for.
+    public static let kernelPairedIoctlResult = "vmscope_ioctl_result"
     /// The events that only make sense beside `kvm_vm_set_mem_attributes`.
     public static let conversionPairing: Set<String> = ["sys_enter_ioctl", "sys_exit_ioctl"]
 
@@ -147,6 +155,9 @@ public struct EventLayouts: Sendable, Equatable {
             kind = .setMemoryAttributes(startGFN: u(f.0), endGFN: u(f.1), attributes: u(f.2))
         case .ioctlEnter:
             kind = .ioctlEnter(fd: u(f.0), cmd: u(f.1))
+        case .kernelPairedFault:
+            kind = .kernelPairedFault(vcpu: UInt32(truncatingIfNeeded: u(f.0)), gpa: u(f.1), errorCode: PageFaultErrorCode(rawValue: u(f.2)),
+                                      errno: Int32(truncatingIfNeeded: u(f.3)), sinceFaultNs: u(f.4))
         case .ioctlExit:
             // `long ret`: the field's size says how wide the sign is.
             let raw = u(f.0), size = f.0.size, bits = (size == 0 ? 8 : size) * 8
@@ -172,6 +183,7 @@ extension TraceEvent: JSONObjectRecord {
         case .setMemoryAttributes: "kvm_vm_set_mem_attributes"
         case .ioctlEnter: "sys_enter_ioctl"
         case .ioctlExit: "sys_exit_ioctl"
+        case .kernelPairedFault: EventLayouts.kernelPairedFault
         case .other(let id): "event \(id)"
         }
     }
@@ -256,6 +268,15 @@ extension TraceEvent: JSONObjectRecord {
         case .ioctlExit(let ret):
             m("ret", .int(ret))
             if ret < 0, ret >= -4095 { m("errno", .string(KVMError.name(of: Int32(-ret)))) }
+        case .kernelPairedFault(let vcpu, let gpa, let ec, let errno, let since):
+            m("vcpu", .u(UInt64(vcpu)))
+            m("gpa", .u(gpa))
+            m("error-code", .u(ec.rawValue))
+            m("error-bits", .array(ec.names.map(JSON.string)))
+            m("access", .string(ec.access))
+            m("errno", .int(Int64(errno)))
+            m("since-page-fault-ns", .u(since))
+            m("paired-from", TracedMemoryFault.pairedFrom)
         case .other:
             break
         }

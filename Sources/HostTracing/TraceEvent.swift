@@ -38,9 +38,19 @@ public struct TraceEvent: Sendable, Equatable {
         case ioctlEnter(fd: UInt64, cmd: UInt64)
         /// `syscalls:sys_exit_ioctl`: the thread's ioctl returned `ret` (negative: -errno).
         case ioctlExit(ret: Int64)
+        /// A MEMORY_FAULT exit's `kvm_page_fault`, paired by the kernel (`KernelPairing`: the thread's newest page
+        /// fault, written by a hist trigger on that exit, on its thread, with the exit's errno): vCPU, GPA and error
+        /// code, and the time from the page fault to the exit.
+        case kernelPairedFault(vcpu: UInt32, gpa: UInt64, errorCode: PageFaultErrorCode, errno: Int32, sinceFaultNs: UInt64)
         /// Any other event, by its id (the common header's type): named "event ID". An id, not a name, keeps a
         /// `TraceEvent` a plain value, copied as bytes (a tracer copies each event several times on its way out).
         case other(id: Int)
+    }
+
+    /// A `kvm_userspace_exit` with reason MEMORY_FAULT.
+    public var isMemoryFaultExit: Bool {
+        if case .userspaceExit(let reason, _) = kind { return reason == .memoryFault }
+        return false
     }
 
     /// `kvm_mmio`'s type.

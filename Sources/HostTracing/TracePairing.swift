@@ -11,6 +11,8 @@ public struct TracePairing: Sendable {
     public private(set) var requests: GuestRequestTracker
     /// Whether `attributes` is there (asked per event: comparing the optional map with nil copied it).
     public let tracesConversions: Bool
+    /// Whether the kernel pairs memory faults (`KernelFaultPairing`): its paired faults come instead of page faults.
+    public let faultsPairedInKernel: Bool
     private var faults = MemoryFaultPairing()
     private var latency = ConversionLatencyPairing()
 
@@ -43,15 +45,23 @@ public struct TracePairing: Sendable {
 
     /// `tracesConversions`: the events carry `kvm_vm_set_mem_attributes` and the ioctl events (`EventLayouts`);
     /// `complete`: the trace saw the process before it had a VM (every page starts shared).
-    public init(tracesConversions: Bool, complete: Bool) {
+    public init(tracesConversions: Bool, complete: Bool, faultsPairedInKernel: Bool = false) {
         attributes = tracesConversions ? TracedAttributes(complete: complete) : nil
         self.tracesConversions = tracesConversions
+        self.faultsPairedInKernel = faultsPairedInKernel
         requests = GuestRequestTracker(conversionsTraced: tracesConversions)
     }
 
     /// Whether `layouts` let conversions be paired with their results.
     public static func tracesConversions(_ layouts: EventLayouts) -> Bool {
-        layouts.events["kvm_vm_set_mem_attributes"] != nil && layouts.events["sys_exit_ioctl"] != nil
+        layouts.events["kvm_vm_set_mem_attributes"] != nil
+            && (layouts.events["sys_exit_ioctl"] != nil || layouts.events[EventLayouts.kernelPairedIoctlResult] != nil)
+    }
+
+    /// Whether `layouts` carry the kernel's paired memory faults (a session that had the kernel pair them, or its
+    /// recording).
+    public static func faultsPairedInKernel(_ layouts: EventLayouts) -> Bool {
+        layouts.events[EventLayouts.kernelPairedFault] != nil
     }
 
     /// Takes one event; appends what it completed to `out`.
@@ -62,6 +72,14 @@ public struct TracePairing: Sendable {
             _ = faults.apply(e, attributes: nil)
             return
         }
+        if faultsPairedInKernel {
+            if case .kernelPairedFault = e.kind {
+                pairInKernelMode(e, into: &out)
+                return
+            }
+            // A MEMORY_FAULT exit whose thread went on with no paired fault: the kernel had no page fault for it.
+            if faults.awaitsKernelFault, !e.isMemoryFaultExit, let f = faults.flush(tid: e.tid) { out.append(.fault(f)) }
+        }
         let c = attributes?.apply(e)
         if let c { out.append(.conversion(c)) }
         if tracesConversions {
@@ -71,11 +89,22 @@ public struct TracePairing: Sendable {
         // The rest of the memory-fault pairing: a MEMORY_FAULT exit (it passes every other event by). The map goes
         // along only with it: handing it over copies it (it is this pairing's, as `faults` is), which for every event
         // was a third of the pairing's instructions.
-        if case .userspaceExit(let reason, _) = e.kind, reason == .memoryFault {
+        if e.isMemoryFaultExit {
+            if faultsPairedInKernel { return pairInKernelMode(e, into: &out) }
             let map = attributes
             if let f = faults.apply(e, attributes: map) { out.append(.fault(f)) }
         }
     }
+
+    private mutating func pairInKernelMode(_ e: TraceEvent, into out: inout [Paired]) {
+        var done: [TracedMemoryFault] = []
+        let map = attributes
+        faults.applyKernelPaired(e, attributes: map, into: &done)
+        for f in done { out.append(.fault(f)) }
+    }
+
+    /// The trace ended: MEMORY_FAULT exits still waiting for the kernel's paired fault are given out without a GPA.
+    public mutating func drain() -> [Paired] { faults.drain().map(Paired.fault) }
 
     /// Takes a batch of events, in order; appends what they completed to `out`. The loop is here, in a module built
     /// optimised in every build: in `vmscope trace`'s own module a debug build (the README's `swift run`, the lab's
@@ -89,7 +118,7 @@ public struct TracePairing: Sendable {
     /// attribute-map says complete false, and how many times it forgot), and the requests pending end unanswered.
     public mutating func forget() -> [Paired] {
         attributes?.forget()
-        return requests.forget().map(Paired.request)
+        return drain() + requests.forget().map(Paired.request)
     }
 
     /// The guest's requests still pending, oldest first.

@@ -52,6 +52,13 @@ public final class TraceSession: @unchecked Sendable {
     public var readsKeepBuffersOpen: Bool { cpuReaders != nil }
     private let tep: OpaquePointer
     private let fs: ctracefs_api
+    /// What the kernel pairs for this session (`KernelPairing`).
+    private var kernelPairings: [KernelPairing] = []
+    /// What the kernel pairs, in words; nil where it pairs nothing.
+    public private(set) var kernelPairing: String?
+    /// Why the kernel pairs nothing, or not all it was asked to, where it was asked to.
+    public private(set) var kernelPairingRefused: String?
+    public var faultsPairedInKernel: Bool { kernelPairings.contains { $0.spec.layoutName == EventLayouts.kernelPairedFault } }
     /// Threads of `pid` as last listed.
     public private(set) var threads: Set<Int32> = []
     /// Whether the kernel follows the process's threads itself (`set_event_pid` with `options/event-fork`): a thread
@@ -126,17 +133,37 @@ public final class TraceSession: @unchecked Sendable {
         return tep
     }
 
-    /// Removes `vmscope-N` instances whose process N is gone (a session killed before it could clean up).
+    /// One event's id and fields as the handle parsed them.
+    static func layout(_ fs: ctracefs_api, _ tep: OpaquePointer, _ group: String, _ event: String) -> EventLayouts.Event? {
+        guard let e = fs.tep_find_event_by_name(tep, group, event) else { return nil }
+        var fields: [String: EventLayouts.Field] = [:]
+        var f = e.pointee.fields
+        while let field = f {
+            fields[String(cString: field.pointee.name)] = .init(offset: Int(field.pointee.offset), size: Int(field.pointee.size))
+            f = field.pointee.next
+        }
+        return .init(id: Int(e.pointee.id), fields: fields)
+    }
+
+    /// Removes `vmscope-N` instances whose process N is gone (a session killed before it could clean up), then their
+    /// synthetic events (`KernelPairing`).
     @discardableResult
     public static func removeStaleInstances() -> [String] {
         guard let fs = try? TraceLibraries.api(), let list = fs.tracefs_instances("^vmscope-") else { return [] }
-        defer { fs.tracefs_list_free(list) }
+        defer {
+            fs.tracefs_list_free(list)
+            if let dir = try? tracingDirectory() { KernelPairing.removeStale(tracingDirectory: dir) }
+        }
         var removed: [String] = []
         var i = 0
         while let p = list[i] {
             let name = String(cString: p)
             i += 1
             guard let owner = Int32(name.dropFirst("vmscope-".count).prefix { $0 != "-" }), kill(owner, 0) != 0, errno == ESRCH else { continue }
+            // Its kernel pairing's triggers first (they hold the instance): named as `init` named them.
+            if let dir = try? tracingDirectory() {
+                for spec in KernelPairing.all { KernelPairing(spec, sessionInstance: name, tracingDirectory: dir).removeTriggers() }
+            }
             if let inst = fs.tracefs_instance_alloc(nil, name) {
                 if fs.tracefs_instance_destroy(inst) == 0 { removed.append(name) }
                 fs.tracefs_instance_free(inst)
@@ -150,7 +177,10 @@ public final class TraceSession: @unchecked Sendable {
     public static let bufferKiBRange = 16...262_144
 
     /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default), each CPU's buffer `bufferKiB`.
-    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB) throws(TraceError) {
+    /// `pairInKernel`: where the kernel can (`KernelPairing`), it pairs each MEMORY_FAULT exit with the page fault before
+    /// it, and each `KVM_SET_MEMORY_ATTRIBUTES` with its result, and `kvm_page_fault` and the other ioctls'
+    /// `sys_exit_ioctl` are not read (for a reader that uses them only for those pairings).
+    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB, pairInKernel: Bool = false) throws(TraceError) {
         // The libraries first: where they are missing, that is the one thing to say.
         fs = try TraceLibraries.api()
         guard Self.bufferKiBRange.contains(bufferKiB) else {
@@ -167,14 +197,8 @@ public final class TraceSession: @unchecked Sendable {
         self.tep = tep
         var found: [String: EventLayouts.Event] = [:]
         for (group, event) in EventLayouts.decoded where events?.contains(event) ?? true {
-            guard let e = fs.tep_find_event_by_name(tep, group, event) else { continue }
-            var fields: [String: EventLayouts.Field] = [:]
-            var f = e.pointee.fields
-            while let field = f {
-                fields[String(cString: field.pointee.name)] = .init(offset: Int(field.pointee.offset), size: Int(field.pointee.size))
-                f = field.pointee.next
-            }
-            found[event] = .init(id: Int(e.pointee.id), fields: fields)
+            guard let e = Self.layout(fs, tep, group, event) else { continue }
+            found[event] = e
         }
         // The ioctl events pair traced conversions with their results: without the conversion event they are
         // only volume (every KVM_RUN returns through sys_exit_ioctl). Every process's (`top`) would be far more: there
@@ -207,6 +231,43 @@ public final class TraceSession: @unchecked Sendable {
         }
         refreshThreads(force: true)
         if pid == nil { writePairingFilter(threads: []) }
+        // Only where the kernel follows the threads itself: otherwise every event is filtered by thread, and a filtered
+        // exit is built aside and written after its trigger's paired fault (`MemoryFaultPairing` expects it before).
+        if pairInKernel, target != nil, !followsForks {
+            kernelPairingRefused = "this kernel cannot follow the process's threads (set_event_pid with options/event-fork)"
+        } else if pairInKernel, target != nil {
+            var said: [String] = []
+            for spec in KernelPairing.all where found[spec.first.event] != nil && found[spec.second.event] != nil {
+                do throws(TraceError) {
+                    let k = try KernelPairing.install(spec, sessionInstance: name, tracingDirectory: dir)
+                    kernelPairings.append(k)
+                    guard let format = FileManager.default.contents(atPath: k.formatPath).map({ $0.map { CChar(bitPattern: $0) } + [0] }),
+                          format.withUnsafeBufferPointer({ fs.tep_parse_event(tep, $0.baseAddress, UInt($0.count - 1), "synthetic") }) == 0,
+                          let e = Self.layout(fs, tep, "synthetic", k.name) else {
+                        throw TraceError("cannot read the format of \(k.formatPath)")
+                    }
+                    guard fs.tracefs_event_enable(inst, "synthetic", k.name) == 0 else {
+                        throw TraceError("cannot enable synthetic/\(k.name) in \(name)", errno: errno)
+                    }
+                    found[spec.replaces] = nil
+                    found[spec.layoutName] = e
+                    said.append(spec.replaces)
+                } catch {
+                    if let k = kernelPairings.last, k.spec.prefix == spec.prefix {
+                        k.removeTriggers()
+                        k.removeEvent()
+                        kernelPairings.removeLast()
+                    }
+                    kernelPairingRefused = error.description
+                }
+            }
+            layouts = EventLayouts(events: found)
+            if !said.isEmpty {
+                kernelPairing = "paired in the kernel (hist triggers, synthetic events \(kernelPairings.map(\.name).joined(separator: ", "))): "
+                    + said.map { $0 == "kvm_page_fault" ? "memory faults with their page faults (kvm_page_fault is not read)"
+                        : "conversions with their ioctl's result (other ioctls' sys_exit_ioctl is not read)" }.joined(separator: ", ")
+            }
+        }
         for (group, event) in EventLayouts.decoded where found[event] != nil {
             if fs.tracefs_event_enable(inst, group, event) != 0 {
                 let e = errno
@@ -220,15 +281,18 @@ public final class TraceSession: @unchecked Sendable {
 
     deinit { close() }
 
-    /// Removes the instance (its buffers and enabled events go with it).
+    /// Removes the instance (its buffers, enabled events and triggers go with it), then the kernel pairing's synthetic event.
     public func close() {
         cpuReaders?.close()
         cpuReaders = nil
+        for k in kernelPairings { k.removeTriggers() }
         if let inst = instance {
             _ = fs.tracefs_instance_destroy(inst)
             fs.tracefs_instance_free(inst)
             instance = nil
         }
+        for k in kernelPairings { k.removeEvent() }
+        kernelPairings = []
     }
 
     public var isOpen: Bool { instance != nil }

@@ -2,7 +2,8 @@ import KVM
 import Schema
 
 /// A memory-fault exit as the trace sees it: a `kvm_page_fault` followed on the same thread by a
-/// `kvm_userspace_exit` with reason `MEMORY_FAULT` (KVM_RUN returns -EFAULT with it, by design).
+/// `kvm_userspace_exit` with reason `MEMORY_FAULT` (KVM_RUN returns -EFAULT with it, by design), paired by vmscope from
+/// the two events or by the kernel (`KernelPairing`).
 public struct TracedMemoryFault: Sendable, Equatable {
     public var tid: Int32
     /// The exit's time (trace clock).
@@ -11,6 +12,7 @@ public struct TracedMemoryFault: Sendable, Equatable {
     /// The page fault before it on the thread: nil where none fired (PVM), or the trace began between the two.
     public var gpa: UInt64?
     public var errorCode: PageFaultErrorCode?
+    /// The page fault's own time (where the kernel paired them: the exit's, less the time between them it kept).
     public var pageFaultNs: UInt64?
     /// The direction wanted: the error code's `private_access` bit where hardware sets it (SEV-SNP's C-bit, added
     /// before the tracepoint); for a software-protected VM KVM adds that bit after the tracepoint from the page's
@@ -18,10 +20,19 @@ public struct TracedMemoryFault: Sendable, Equatable {
     public var wantsPrivate: Bool?
     /// What the traced map says of the page (nil: unknown).
     public var pageIsPrivate: Bool?
+    /// Whether the kernel paired the page fault with the exit (its hist trigger) rather than vmscope from both events.
+    public var pairedInKernel = false
 }
 
 /// Pairs each thread's newest `kvm_page_fault` with a `MEMORY_FAULT` exit after it. Bounded: at most `threadLimit`
 /// threads are remembered (a hostile raw file may name any number).
+///
+/// Where the kernel pairs them (`applyKernelPaired`), the page faults never come: the kernel's paired fault comes just
+/// after its exit, on the exit's thread (the exit's record is reserved in the ring buffer before its trigger runs, and
+/// the trigger writes the paired fault; `KernelPairing` is used only where the exit's record is neither filtered
+/// nor soft-disabled, which would have the kernel build it aside and write it after its trigger's). A MEMORY_FAULT exit
+/// waits for it until the thread's next event, and goes out without a GPA then (the kernel had no page fault of the
+/// thread to pair it with), or at `drain`.
 public struct MemoryFaultPairing: Sendable {
     private typealias PageFault = (gpa: UInt64, code: PageFaultErrorCode, timeNs: UInt64)
     private var lastPageFault: [Int32: PageFault] = [:]
@@ -30,11 +41,22 @@ public struct MemoryFaultPairing: Sendable {
     /// the lab's paired tracer read), and a run then costs no hashing. `lastPageFault` may hold an older one of its
     /// thread, which it replaces.
     private var newest: (tid: Int32, fault: PageFault)?
+    /// MEMORY_FAULT exits waiting for the kernel's paired fault, by thread.
+    private var exitFirst: [Int32: (timeNs: UInt64, errno: Int32)] = [:]
     static let threadLimit = 4096
     /// MEMORY_FAULT exits with no page fault before them on their thread.
     public private(set) var withoutGPA: UInt64 = 0
+    /// Whether an exit waits for its kernel-paired fault (`flush(tid:)` then has one to give out).
+    public var awaitsKernelFault: Bool { !exitFirst.isEmpty }
 
     public init() {}
+
+    /// The record, its direction from the error code or, where that does not say, the traced map.
+    private static func record(tid: Int32, timeNs: UInt64, errno: Int32, _ pf: PageFault?, attributes: TracedAttributes?, kernel: Bool = false) -> TracedMemoryFault {
+        let page = pf.flatMap { attributes?.isPrivate(gfn: $0.gpa >> 12) }
+        return TracedMemoryFault(tid: tid, timeNs: timeNs, errno: errno, gpa: pf?.gpa, errorCode: pf?.code, pageFaultNs: pf?.timeNs,
+                                 wantsPrivate: pf?.code.has("private_access") == true ? true : page, pageIsPrivate: page, pairedInKernel: kernel)
+    }
 
     public mutating func apply(_ e: TraceEvent, attributes: TracedAttributes?) -> TracedMemoryFault? {
         switch e.kind {
@@ -55,12 +77,43 @@ public struct MemoryFaultPairing: Sendable {
                 pf = lastPageFault.removeValue(forKey: e.tid)
             }
             if pf == nil { withoutGPA &+= 1 }
-            let page = pf.flatMap { attributes?.isPrivate(gfn: $0.gpa >> 12) }
-            return TracedMemoryFault(tid: e.tid, timeNs: e.timeNs, errno: errno, gpa: pf?.gpa, errorCode: pf?.code, pageFaultNs: pf?.timeNs,
-                                     wantsPrivate: pf?.code.has("private_access") == true ? true : page, pageIsPrivate: page)
+            return Self.record(tid: e.tid, timeNs: e.timeNs, errno: errno, pf, attributes: attributes)
         default:
             return nil
         }
+    }
+
+    /// Kernel-paired mode: a MEMORY_FAULT exit or the kernel's paired fault (`TraceEvent.Kind.kernelPairedFault`);
+    /// appends what they completed: the exit with its fault, or an earlier exit of the thread left without one. A paired
+    /// fault with no exit waiting (the exit's event lost) is a record of its own: the kernel writes it only on such an
+    /// exit, with the exit's errno, on its thread.
+    public mutating func applyKernelPaired(_ e: TraceEvent, attributes: TracedAttributes?, into out: inout [TracedMemoryFault]) {
+        switch e.kind {
+        case .kernelPairedFault(_, let gpa, let code, let errno, let since):
+            let exit = exitFirst.removeValue(forKey: e.tid) ?? (e.timeNs, errno)
+            out.append(Self.record(tid: e.tid, timeNs: exit.timeNs, errno: exit.errno, (gpa, code, exit.timeNs &- min(since, exit.timeNs)),
+                                   attributes: attributes, kernel: true))
+        case .userspaceExit(let reason, let errno) where reason == .memoryFault:
+            if let f = flush(tid: e.tid) { out.append(f) }
+            if exitFirst.count >= Self.threadLimit { out += drain() }
+            exitFirst[e.tid] = (e.timeNs, errno)
+        default:
+            break
+        }
+    }
+
+    /// The thread's exit still waiting for its kernel-paired fault, given out without a GPA: the thread has gone on (the
+    /// kernel had no page fault of it to pair).
+    public mutating func flush(tid: Int32) -> TracedMemoryFault? {
+        guard let exit = exitFirst.removeValue(forKey: tid) else { return nil }
+        withoutGPA &+= 1
+        return TracedMemoryFault(tid: tid, timeNs: exit.timeNs, errno: exit.errno, gpa: nil, errorCode: nil, pageFaultNs: nil,
+                                 wantsPrivate: nil, pageIsPrivate: nil, pairedInKernel: true)
+    }
+
+    /// Every exit still waiting, oldest first (the trace ended).
+    public mutating func drain() -> [TracedMemoryFault] {
+        exitFirst.sorted { $0.value.timeNs < $1.value.timeNs }.compactMap { flush(tid: $0.key) }
     }
 }
 
@@ -105,6 +158,7 @@ extension TracedMemoryFault: JSONObjectRecord {
         m("access", errorCode.map { .string($0.access) } ?? .null); m("error-code", errorCode.map { .u($0.rawValue) } ?? .null)
         m("wanted", wantsPrivate.map { .string($0 ? "private" : "shared") } ?? .null); m("errno", .int(Int64(errno)))
         m("page-fault-ns", pageFaultNs.map { .u($0) } ?? .null)
+        m("paired-in", .string(pairedInKernel ? "kernel" : "vmscope"))
         m("missing", gpa == nil ? .string("no kvm_page_fault before it on this thread: GPA unknown") : .null)
     }
 

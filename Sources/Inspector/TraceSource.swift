@@ -191,7 +191,7 @@ public final class TraceSource: VMSource {
                                     attribute: .none, slot: nil, action: .reported)
                 r.attribute = .unknown("?")
                 records.append(r)
-            case .hypercall, .exit, .other, .setMemoryAttributes, .ioctlEnter, .ioctlExit:
+            case .hypercall, .exit, .other, .setMemoryAttributes, .ioctlEnter, .ioctlExit, .kernelPairedFault:
                 break
             }
         }

@@ -68,6 +68,11 @@ struct TraceCommand: ParsableCommand {
     @Option(name: .customLong("read-interval"), help: ArgumentHelp("How often to read the kernel's buffers while events come slowly, in ms (\(TracePacer.readIntervalMsRange.lowerBound) to \(TracePacer.readIntervalMsRange.upperBound); trace-cmd's -s). Default \(TracePacer.traceLongestNs / 1_000_000) with the default buffer, shorter with a smaller one; reads come sooner as the stream grows. Each read costs the traced VM's CPUs a fixed part, whatever it brings.",
                                valueName: "ms"))
     var readIntervalMs: UInt64?
+    @Option(name: .customLong("pairing"), help: ArgumentHelp("With --paired-only: who pairs each MEMORY_FAULT exit with the page fault before it, and each KVM_SET_MEMORY_ATTRIBUTES with its ioctl's result. auto: the kernel where it has histogram triggers (then kvm_page_fault and the other ioctls' returns, most of the events, are not read), else vmscope; kernel: the kernel or nothing (exit 2 where it cannot pair both); vmscope: vmscope, from the events.",
+                                                           valueName: "auto|kernel|vmscope"))
+    var pairingChoice: PairingChoice = .auto
+
+    enum PairingChoice: String, ExpressibleByArgument, CaseIterable { case auto, kernel, vmscope }
 
     func validate() throws {
         if exec {
@@ -95,6 +100,10 @@ struct TraceCommand: ParsableCommand {
                 throw ValidationError("--read-interval \(readIntervalMs) is not from \(TracePacer.readIntervalMsRange.lowerBound) to \(TracePacer.readIntervalMsRange.upperBound) ms")
             }
             guard loadRaw == nil else { throw ValidationError("--load-raw decodes a file: --read-interval does not go with it") }
+        }
+        if pairingChoice != .auto {
+            guard pairedOnly else { throw ValidationError("--pairing goes with --paired-only (printing every event needs them all read)") }
+            guard loadRaw == nil else { throw ValidationError("--load-raw decodes a file: who paired its events is in it; --pairing does not go with it") }
         }
         if let duration, parseDuration(duration) == nil {
             throw ValidationError("--duration '\(duration)' is not a duration from 0 to a year (e.g. 10, 10s, 5m)")
@@ -169,7 +178,8 @@ struct TraceCommand: ParsableCommand {
             output(line + "\n")
         }
         /// What was still pending when the events ended is said as such (with or without a map to list it in), then the map.
-        func finish(_ pairing: TracePairing) {
+        func finish(_ pairing: inout TracePairing) {
+            output(pairing.drain().map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
             output(pairing.pendingRequests.map { (json ? $0.json.serialized : $0.line) + "\n" }.joined())
             emitMap(pairing)
         }
@@ -185,14 +195,15 @@ struct TraceCommand: ParsableCommand {
                     let events = batch.compactMap(layouts.decode)
                     emit(events)
                     if pairedOnly {
-                        var p = pairing ?? TracePairing(tracesConversions: TracePairing.tracesConversions(layouts), complete: false)
+                        var p = pairing ?? TracePairing(tracesConversions: TracePairing.tracesConversions(layouts), complete: false,
+                                                        faultsPairedInKernel: TracePairing.faultsPairedInKernel(layouts))
                         pair(events, &p, missed: false)
                         pairing = p
                     }
                     count += batch.count
                     if outputClosed { throw TraceError("standard output closed") }
                 }
-                if let pairing { finish(pairing) }
+                if var pairing { finish(&pairing) }
                 print("vmscope trace: \(count) records of kernel \(terminalSafe(reader.kernel)) decoded from \(loadRaw)"
                       + (reader.cutShort ? "; it ends inside line \(reader.line) (its writer was cut short: a full disk, a kill), which is left out" : ""),
                       to: &err)
@@ -234,17 +245,26 @@ struct TraceCommand: ParsableCommand {
         let needed = wanted ?? (pairedOnly ? Set(EventLayouts.pairedEvents) : nil)
         let sessionEvents = needed.map { $0.contains("kvm_vm_set_mem_attributes") ? $0.union(EventLayouts.conversionPairing) : $0 }
         if let wanted, sessionEvents == wanted { shownOnly = nil }
-        do { session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init), bufferKiB: bufferKiB) } catch {
+        do {
+            session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init), bufferKiB: bufferKiB,
+                                       pairInKernel: pairedOnly && pairingChoice != .vmscope)
+        } catch {
             print("vmscope trace: \(error)", to: &err)
             child?.terminate()
             throw ExitCode(2)
         }
         defer { session.close() }
+        if pairingChoice == .kernel, let why = session.kernelPairingRefused {
+            print("vmscope trace: --pairing kernel: the kernel cannot pair here: \(why)", to: &err)
+            child?.terminate()
+            throw ExitCode(2)
+        }
         // The traced private/shared map, where this kernel can give one (asked after tracing is on: a process with no
         // VM then has every VM traced from its creation), the guest's requests (pending until its vCPU goes back in;
         // what the VMM did between is known where conversions are traced), conversions' steps and memory faults.
         var pairing = TracePairing(tracesConversions: TracePairing.tracesConversions(session.layouts),
-                                   complete: child != nil || !HostProcess.hasVM(pid: pid))
+                                   complete: child != nil || !HostProcess.hasVM(pid: pid),
+                                   faultsPairedInKernel: session.faultsPairedInKernel)
         if let gate {
             // Open the gate: the shell reads its line and execs the command, under the trace.
             let fd = open(gate, O_WRONLY | O_CLOEXEC)
@@ -270,7 +290,12 @@ struct TraceCommand: ParsableCommand {
             session.keepRaw = true
         }
         defer { if rawFD >= 0 { close(rawFD) } }
-        print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)"
+        var who = ""
+        if pairedOnly {
+            who = "; " + (session.kernelPairing ?? "paired by vmscope")
+            if let why = session.kernelPairingRefused { who += " (the kernel pairs \(session.kernelPairing == nil ? "nothing" : "no more"): \(why))" }
+        }
+        print("vmscope trace: tracing process \(pid) in tracefs instance \(session.name)" + who
               + (pairing.attributes == nil ? "; no private/shared map: this kernel does not trace KVM_SET_MEMORY_ATTRIBUTES with its result (kvm_vm_set_mem_attributes and sys_exit_ioctl)" : ""),
               to: &err)
         func saveKept() throws {
@@ -303,7 +328,7 @@ struct TraceCommand: ParsableCommand {
         emit(rest)
         pair(rest, &pairing, missed: session.missedSince(&missedSeen) > 0)
         try saveKept()
-        finish(pairing)
+        finish(&pairing)
         print("vmscope trace: \(session.decoded) events decoded, \(session.missed) dropped by the kernel's buffer, \(session.foreign) from other threads discarded; \(session.reads) reads"
               + (session.missedUncounted ? "; the kernel did not count every event it dropped: at least \(session.missed)" : ""),
               to: &err)
