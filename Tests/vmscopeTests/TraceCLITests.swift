@@ -208,6 +208,35 @@ struct TraceCLITests {
         #expect(!Self.instances().contains("vmscope-\(first.pid)"), "the next start removed the stale instance")
     }
 
+    /// `--pairing kernel` pairs in the kernel where it has histogram triggers, or refuses to start, saying why (this
+    /// project's PVM hosts have none; the lab's 7.3 has them, where `TracedMapChecks` checks the records); `--pairing`
+    /// goes with `--paired-only` only; a clean stop leaves no synthetic event of its own behind.
+    @Test func pairingInTheKernelIsUsedWhereTheKernelCanAndRefusedClearlyWhereNot() throws {
+        let vmm = try RunningVMM()
+        defer { vmm.stop() }
+        let pid = String(vmm.process.processIdentifier)
+        let kernelCan = FileManager.default.fileExists(atPath: "/sys/kernel/tracing/synthetic_events")
+        let r = try Binary.run(["trace", pid, "--paired-only", "--pairing", "kernel", "--duration", "1s"])
+        if kernelCan {
+            #expect(r.status == 0 && r.stderr.contains("paired in the kernel (hist triggers"), "\(r.stderr)")
+            // Its synthetic events (named for its instance, vmscope-PID: vmscope_mf_PID, vmscope_ir_PID) are gone.
+            let instance = r.stderr.range(of: "tracefs instance vmscope-").map { String(r.stderr[$0.upperBound...].prefix { $0.isNumber }) } ?? "?"
+            let left = (try? String(contentsOfFile: "/sys/kernel/tracing/synthetic_events", encoding: .utf8)) ?? ""
+            #expect(!left.contains("vmscope_mf_\(instance)") && !left.contains("vmscope_ir_\(instance)"), "\(left)")
+        } else {
+            #expect(r.status == 2 && r.stderr.contains("--pairing kernel: the kernel cannot pair here: this kernel has no histogram triggers (CONFIG_HIST_TRIGGERS)"),
+                    "\(r.status) \(r.stderr)")
+        }
+        // Its instance is removed either way: every vmscope instance left is a live process's.
+        let orphans = Self.instances().filter { name in Int32(name.dropFirst("vmscope-".count).prefix { $0 != "-" }).map { kill($0, 0) != 0 } ?? true }
+        #expect(orphans.isEmpty, "\(orphans)")
+        // auto: whichever the kernel can, said on start.
+        let auto = try Binary.run(["trace", pid, "--paired-only", "--duration", "0.5s"])
+        #expect(auto.status == 0 && auto.stderr.contains(kernelCan ? "paired in the kernel" : "paired by vmscope (the kernel pairs nothing: "), "\(auto.stderr)")
+        let misused = try Binary.run(["trace", pid, "--pairing", "vmscope", "--duration", "0.5s"])
+        #expect(misused.status != 0 && misused.stderr.contains("--pairing goes with --paired-only"), "\(misused.stderr)")
+    }
+
     /// The same for `top`: killed outright in the middle of its window, it leaves its instance, and the next `top`
     /// removes it.
     @Test func topKilledLeavesAnInstanceTheNextTopRemoves() throws {
