@@ -50,6 +50,9 @@ struct KernelPairing: Sendable {
         /// The event no longer read once the kernel pairs (its records are in the synthetic event's).
         let replaces: String
 
+        /// Which of a session's `KernelPairs` this is.
+        var option: TraceSession.KernelPairs { layoutName == EventLayouts.kernelPairedFault ? .memoryFaults : .ioctlResults }
+
         /// The field a synthetic field's value comes from, as (event, field).
         func source(_ f: (name: String, variable: String?, secondField: String?)) -> (group: String, event: String, field: String)? {
             if let v = f.variable, let field = variables.first(where: { $0.variable == v })?.field { return (first.group, first.event, field) }

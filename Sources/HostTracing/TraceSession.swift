@@ -177,10 +177,21 @@ public final class TraceSession: @unchecked Sendable {
     public static let bufferKiBRange = 16...262_144
 
     /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default), each CPU's buffer `bufferKiB`.
-    /// `pairInKernel`: where the kernel can (`KernelPairing`), it pairs each MEMORY_FAULT exit with the page fault before
-    /// it, and each `KVM_SET_MEMORY_ATTRIBUTES` with its result, and `kvm_page_fault` and the other ioctls'
-    /// `sys_exit_ioctl` are not read (for a reader that uses them only for those pairings).
-    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB, pairInKernel: Bool = false) throws(TraceError) {
+    /// What the kernel may pair for a session (`KernelPairing`), where it can.
+    public struct KernelPairs: OptionSet, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Each MEMORY_FAULT exit with the page fault before it: `kvm_page_fault` is then not read (for a reader that
+        /// uses page faults only for this pairing).
+        public static let memoryFaults = KernelPairs(rawValue: 1)
+        /// Each `KVM_SET_MEMORY_ATTRIBUTES` with its result: the other ioctls' `sys_exit_ioctl` (every `KVM_RUN`'s
+        /// return among them) are then not read, and the pairing is the same (the inspector's views).
+        public static let ioctlResults = KernelPairs(rawValue: 2)
+        public static let all: KernelPairs = [.memoryFaults, .ioctlResults]
+    }
+
+    /// `pairInKernel`: what the kernel pairs where it can (`KernelPairing`), its events not read.
+    public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB, pairInKernel: KernelPairs = []) throws(TraceError) {
         // The libraries first: where they are missing, that is the one thing to say.
         fs = try TraceLibraries.api()
         guard Self.bufferKiBRange.contains(bufferKiB) else {
@@ -233,11 +244,11 @@ public final class TraceSession: @unchecked Sendable {
         if pid == nil { writePairingFilter(threads: []) }
         // Only where the kernel follows the threads itself: otherwise every event is filtered by thread, and a filtered
         // exit is built aside and written after its trigger's paired fault (`MemoryFaultPairing` expects it before).
-        if pairInKernel, target != nil, !followsForks {
+        if !pairInKernel.isEmpty, target != nil, !followsForks {
             kernelPairingRefused = "this kernel cannot follow the process's threads (set_event_pid with options/event-fork)"
-        } else if pairInKernel, target != nil {
+        } else if !pairInKernel.isEmpty, target != nil {
             var said: [String] = []
-            for spec in KernelPairing.all where found[spec.first.event] != nil && found[spec.second.event] != nil {
+            for spec in KernelPairing.all where pairInKernel.contains(spec.option) && found[spec.first.event] != nil && found[spec.second.event] != nil {
                 do throws(TraceError) {
                     let k = try KernelPairing.install(spec, sessionInstance: name, tracingDirectory: dir)
                     kernelPairings.append(k)

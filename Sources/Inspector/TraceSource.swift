@@ -398,7 +398,8 @@ public final class TracedSocketSource: VMSource {
             trace = nil
             tracedPid = pid
             do {
-                let session = try TraceSession(pid: Int32(pid))
+                // The conversions' results paired in the kernel where it can: every KVM_RUN's return is not read.
+                let session = try TraceSession(pid: Int32(pid), pairInKernel: .ioctlResults)
                 trace = socket.isQEMU ? TraceSource(session: session, faultsOnly: true, mapsBeside: true)
                     : TraceSource(session: session, corroborating: true)
             } catch {

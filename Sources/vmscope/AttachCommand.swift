@@ -72,7 +72,7 @@ struct InspectorOptions: ParsableArguments {
     func inspect(tracing pid: Int32) throws {
         var err = StandardError()
         let session: TraceSession
-        do { session = try TraceSession(pid: pid) } catch {
+        do { session = try TraceSession(pid: pid, pairInKernel: .ioctlResults) } catch {
             print("vmscope: cannot trace \(pid): \(error)", to: &err)
             throw ExitCode(2)
         }

@@ -247,7 +247,7 @@ struct TraceCommand: ParsableCommand {
         if let wanted, sessionEvents == wanted { shownOnly = nil }
         do {
             session = try TraceSession(pid: pid, events: sessionEvents.map(Array.init), bufferKiB: bufferKiB,
-                                       pairInKernel: pairedOnly && pairingChoice != .vmscope)
+                                       pairInKernel: pairedOnly && pairingChoice != .vmscope ? .all : [])
         } catch {
             print("vmscope trace: \(error)", to: &err)
             child?.terminate()
@@ -469,7 +469,7 @@ struct TopCommand: ParsableCommand {
             source = traced!
             what = socket
         } else {
-            do { session = try TraceSession(pid: pid) } catch { return ("cannot trace \(pid): \(error)", true) }
+            do { session = try TraceSession(pid: pid, pairInKernel: .ioctlResults) } catch { return ("cannot trace \(pid): \(error)", true) }
             source = TraceSource(session: session!)
             what = "trace of pid \(pid)"
         }
