@@ -197,6 +197,15 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         guard let again = try? RawTraceRecording(text: recording.text, name: "again"), again == recording else {
             fatalError("an accepted raw recording does not read back from its own text")
         }
-        for e in recording.decoded() { _ = e.json.serialized }
+        let events = recording.decoded()
+        for e in events { _ = e.json.serialized }
+        // Paired as `trace --load-raw --paired-only` pairs it (the kernel's pairings where its layouts name them).
+        var pairing = TracePairing(tracesConversions: TracePairing.tracesConversions(recording.layouts), complete: false,
+                                   faultsPairedInKernel: TracePairing.faultsPairedInKernel(recording.layouts))
+        var paired: [TracePairing.Paired] = []
+        pairing.apply(events, into: &paired)
+        paired += pairing.drain()
+        for p in paired { _ = p.json.serialized }
+        _ = pairing.mapJSON()?.serialized
     }
 }
