@@ -11,7 +11,7 @@ public struct TracePairing: Sendable {
     public private(set) var requests: GuestRequestTracker
     /// Whether `attributes` is there (asked per event: comparing the optional map with nil copied it).
     public let tracesConversions: Bool
-    /// Whether the kernel pairs memory faults (`KernelFaultPairing`): its paired faults come instead of page faults.
+    /// Whether the kernel pairs memory faults (`KernelPairing.memoryFaults`): its paired faults come instead of page faults.
     public let faultsPairedInKernel: Bool
     private var faults = MemoryFaultPairing()
     private var latency = ConversionLatencyPairing()

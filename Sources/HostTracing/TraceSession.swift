@@ -176,7 +176,6 @@ public final class TraceSession: @unchecked Sendable {
     public static let defaultBufferKiB = 4096
     public static let bufferKiBRange = 16...262_144
 
-    /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default), each CPU's buffer `bufferKiB`.
     /// What the kernel may pair for a session (`KernelPairing`), where it can.
     public struct KernelPairs: OptionSet, Sendable {
         public let rawValue: UInt8
@@ -190,6 +189,7 @@ public final class TraceSession: @unchecked Sendable {
         public static let all: KernelPairs = [.memoryFaults, .ioctlResults]
     }
 
+    /// Traces `pid`'s threads: `events` among `EventLayouts.decoded` (all by default), each CPU's buffer `bufferKiB`.
     /// `pairInKernel`: what the kernel pairs where it can (`KernelPairing`), its events not read.
     public init(pid: Int32?, events: [String]? = nil, bufferKiB: Int = defaultBufferKiB, pairInKernel: KernelPairs = []) throws(TraceError) {
         // The libraries first: where they are missing, that is the one thing to say.

@@ -32,7 +32,7 @@ struct MemoryFaultPairingTests {
         }
     }
 
-    /// The kernel's pairing (`KernelFaultPairing`: a hist trigger keeps each thread's newest page fault, read once by
+    /// The kernel's pairing (`KernelPairing.memoryFaults`: a hist trigger keeps each thread's newest page fault, read once by
     /// its next MEMORY_FAULT exit, whose trigger writes the paired fault just after the exit) gives the records
     /// vmscope's pairing makes from the page faults themselves: the same exits, at the same times, with the same GPA,
     /// error code and errno, those without a page fault included.

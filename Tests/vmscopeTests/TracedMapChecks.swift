@@ -210,7 +210,7 @@ struct TracedMapChecks {
         trace.signal(SIGINT)
         #expect(trace.wait(seconds: 30) == 0, "trace ends on SIGINT: \(errText().suffix(2000))")
         // Where the kernel has histogram triggers (the lab's 7.3), it pairs the faults and the page faults are not read
-        // (`KernelFaultPairing`); elsewhere (6.12) vmscope pairs them from the page faults.
+        // (`KernelPairing.memoryFaults`); elsewhere (6.12) vmscope pairs them from the page faults.
         let kernelPairs = FileManager.default.fileExists(atPath: "/sys/kernel/tracing/synthetic_events")
         let pairedIn = Set(lines().filter { $0["event"]?.stringValue == "memory-fault" }.compactMap { $0["paired-in"]?.stringValue })
         print("TracedMapChecks: memory faults paired in \(pairedIn.sorted())")
