@@ -111,17 +111,6 @@ struct KernelPairing: Sendable {
         return nil
     }
 
-    /// The field's C type as the event's format names it (`unsigned int` for `field:unsigned int vcpu_id;`).
-    static func fieldType(format: String, field: String) -> String? {
-        for line in format.split(separator: "\n") {
-            guard let r = line.range(of: "field:"), let end = line[r.upperBound...].firstIndex(of: ";") else { continue }
-            let decl = line[r.upperBound..<end]
-            guard let space = decl.lastIndex(of: " "), decl[decl.index(after: space)...] == field else { continue }
-            return String(decl[..<space]).trimmingCharacters(in: .whitespaces)
-        }
-        return nil
-    }
-
     /// Appends `text` to a tracefs control file (never truncating it: an empty `synthetic_events` written over would
     /// remove every synthetic event on the machine). The kernel's words for a refusal are in `errorLog`.
     static func append(_ path: String, _ text: String, errorLog: String? = nil) throws(TraceError) {
@@ -150,18 +139,16 @@ struct KernelPairing: Sendable {
     }
 
     /// Creates the synthetic event and the two triggers in the instance; on any failure undoes what it did and throws.
-    static func install(_ spec: Spec, sessionInstance: String, tracingDirectory dir: String) throws(TraceError) -> KernelPairing {
+    /// `fieldType` gives a field's C type as its event's format names it (`unsigned int` for `vcpu_id`): the synthetic
+    /// event's fields take their sources' types, which the kernel checks `trace()`'s parameters against.
+    static func install(_ spec: Spec, sessionInstance: String, tracingDirectory dir: String,
+                        fieldType: (_ group: String, _ event: String, _ field: String) -> String?) throws(TraceError) -> KernelPairing {
         let k = KernelPairing(spec, sessionInstance: sessionInstance, tracingDirectory: dir)
         if let why = unavailable(tracingDirectory: dir, instanceDirectory: k.instanceDirectory) { throw TraceError(why) }
-        var formats: [String: String] = [:]
         var declared: [String] = []
         for f in spec.fields {
-            guard let src = spec.source(f) else { throw TraceError("\(spec.layoutName): no source for \(f.name)") }
-            let path = "\(dir)/events/\(src.group)/\(src.event)/format"
-            let format = formats[path] ?? ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "")
-            formats[path] = format
-            guard let type = fieldType(format: format, field: src.field) else {
-                throw TraceError("\(src.event) has no field \(src.field), which the kernel's pairing needs")
+            guard let src = spec.source(f), let type = fieldType(src.group, src.event, src.field) else {
+                throw TraceError("\(spec.first.event) or \(spec.second.event) lacks the field the kernel's pairing needs for \(f.name)")
             }
             declared.append("\(type) \(f.name)")
         }

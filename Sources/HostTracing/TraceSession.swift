@@ -145,6 +145,17 @@ public final class TraceSession: @unchecked Sendable {
         return .init(id: Int(e.pointee.id), fields: fields)
     }
 
+    /// One field's C type as the handle parsed it from the event's format (`unsigned int` for `vcpu_id`).
+    static func fieldType(_ fs: ctracefs_api, _ tep: OpaquePointer, _ group: String, _ event: String, _ field: String) -> String? {
+        guard let e = fs.tep_find_event_by_name(tep, group, event) else { return nil }
+        var f = e.pointee.fields
+        while let this = f {
+            if String(cString: this.pointee.name) == field { return this.pointee.type.map { String(cString: $0) } }
+            f = this.pointee.next
+        }
+        return nil
+    }
+
     /// Removes `vmscope-N` instances whose process N is gone (a session killed before it could clean up), then their
     /// synthetic events (`KernelPairing`).
     @discardableResult
@@ -250,7 +261,9 @@ public final class TraceSession: @unchecked Sendable {
             var said: [String] = []
             for spec in KernelPairing.all where pairInKernel.contains(spec.option) && found[spec.first.event] != nil && found[spec.second.event] != nil {
                 do throws(TraceError) {
-                    let k = try KernelPairing.install(spec, sessionInstance: name, tracingDirectory: dir)
+                    let k = try KernelPairing.install(spec, sessionInstance: name, tracingDirectory: dir) { group, event, field in
+                        Self.fieldType(fs, tep, group, event, field)
+                    }
                     kernelPairings.append(k)
                     guard let format = FileManager.default.contents(atPath: k.formatPath).map({ $0.map { CChar(bitPattern: $0) } + [0] }),
                           format.withUnsafeBufferPointer({ fs.tep_parse_event(tep, $0.baseAddress, UInt($0.count - 1), "synthetic") }) == 0,
