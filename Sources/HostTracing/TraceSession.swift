@@ -161,9 +161,10 @@ public final class TraceSession: @unchecked Sendable {
     @discardableResult
     public static func removeStaleInstances() -> [String] {
         guard let fs = try? TraceLibraries.api(), let list = fs.tracefs_instances("^vmscope-") else { return [] }
+        let dir = try? tracingDirectory()
         defer {
             fs.tracefs_list_free(list)
-            if let dir = try? tracingDirectory() { KernelPairing.removeStale(tracingDirectory: dir) }
+            if let dir { KernelPairing.removeStale(tracingDirectory: dir) }
         }
         var removed: [String] = []
         var i = 0
@@ -172,7 +173,7 @@ public final class TraceSession: @unchecked Sendable {
             i += 1
             guard let owner = Int32(name.dropFirst("vmscope-".count).prefix { $0 != "-" }), kill(owner, 0) != 0, errno == ESRCH else { continue }
             // Its kernel pairing's triggers first (they hold the instance): named as `init` named them.
-            if let dir = try? tracingDirectory() {
+            if let dir {
                 for spec in KernelPairing.all { KernelPairing(spec, sessionInstance: name, tracingDirectory: dir).removeTriggers() }
             }
             if let inst = fs.tracefs_instance_alloc(nil, name) {
