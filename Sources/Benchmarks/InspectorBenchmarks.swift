@@ -200,6 +200,8 @@ public enum CallgrindWorkload {
     case model([UInt8])
     /// "tracepoints": `callgrindTraceRecords` raw tracepoint records of the recording.
     case tracepoints(RecordedTraceBuffer)
+    /// "trace-json": the same records decoded and written as `vmscope trace --json` writes them.
+    case traceJSON(RecordedTraceBuffer)
     /// "pairing": `callgrindTraceRecords` raw records of Linux 7.3's conversions, decoded and paired.
     case pairing(RecordedTraceBuffer)
     /// "attr-walk": a full-range walk of a map of `callgrindMapRuns` runs.
@@ -210,6 +212,7 @@ public enum CallgrindWorkload {
         case "general", "tree": self = .faults(callgrindDecodeBytes(), tree: path == "tree")
         case "model": self = .model(callgrindDecodeBytes())
         case "tracepoints": self = .tracepoints(try RecordedTraceBuffer(records: callgrindTraceRecords))
+        case "trace-json": self = .traceJSON(try RecordedTraceBuffer(records: callgrindTraceRecords))
         case "pairing": self = .pairing(try RecordedTraceBuffer(records: callgrindTraceRecords, path: conversionsRecordingPath))
         case "attr-walk": self = .runs(alternatingMap(bytes: 1 << 40, runs: callgrindMapRuns))
         default: return nil
@@ -231,6 +234,7 @@ public enum CallgrindWorkload {
 @inline(never) func decodeWorkload(_ w: CallgrindWorkload) -> Int {
     switch w {
     case .tracepoints(let trace): return decodeRecordedBuffer(trace)
+    case .traceJSON(let trace): return writeRecordedBufferJSON(trace)
     case .pairing(let trace): return pairRecordedBuffer(trace)
     case .runs(let map): return summary(map).runs
     // Fed 64 KiB at a time, as the socket gives it (the timed runs do the same).

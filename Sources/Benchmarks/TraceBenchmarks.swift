@@ -1,5 +1,6 @@
 import Foundation
 import HostTracing
+import Schema
 import VMM
 
 /// The trace source: decoding speed from a recorded buffer of real raw records, and what tracing costs a running
@@ -15,9 +16,20 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
         results.append(BenchResult(name: "trace-decode-events-per-s", value: Double(count) / (ns / 1e9), unit: "events/s",
                                    target: .atLeast(1_000_000),
                                    note: "a recorded buffer: the \(buffer.distinct) raw records of \(buffer.source) (kernel \(buffer.kernel)), back to back \(count / buffer.distinct)× → TraceEvent, \(count) events, each with the layouts the file carries"))
+        var decodeInstr: BenchResult?
         if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "tracepoints", records: callgrindTraceRecords) {
-            results.append(BenchResult(name: "trace-decode-instr-per-event", value: instr, unit: "instr",
-                                       note: "valgrind --tool=callgrind, decode only (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording"))
+            decodeInstr = BenchResult(name: "trace-decode-instr-per-event", value: instr, unit: "instr",
+                                      note: "valgrind --tool=callgrind, decode only (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording")
+            results.append(decodeInstr!)
+        }
+        // `vmscope trace --json`'s work an event: decoded, then written as its JSON line.
+        let jsonNs = median(sample(reps) { _ in sink &+= writeRecordedBufferJSON(buffer) })
+        let bytes = writeRecordedBufferJSON(buffer)
+        results.append(BenchResult(name: "trace-json-events-per-s", value: Double(count) / (jsonNs / 1e9), unit: "events/s",
+                                   note: "the same events decoded and written as `vmscope trace --json` writes them (JSONOutput), \(bytes / count) bytes an event, in batches of 1,024"))
+        if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "trace-json", records: callgrindTraceRecords) {
+            results.append(BenchResult(name: "trace-json-instr-per-event", value: instr, unit: "instr", baseline: decodeInstr,
+                                       note: "valgrind --tool=callgrind, decode and JSON writing (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording; 4,997 on 2026-12-07 before JSONOutput (each piece appended to an [UInt8])"))
         }
     } catch {
         results.append(BenchResult(name: "trace-decode-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
@@ -142,6 +154,27 @@ extension RecordedTraceBuffer {
             }
         }
     }
+}
+
+/// Decodes every record of `buffer` and writes the events as `vmscope trace --json` does (a JSON object a line, a
+/// batch of up to 1,024 at a time, as a read hands them over); returns the bytes written.
+@inline(never) public func writeRecordedBufferJSON(_ buffer: RecordedTraceBuffer) -> Int {
+    var written = 0
+    var batch: [TraceEvent] = []
+    batch.reserveCapacity(1024)
+    let out = JSONOutput()
+    func flush() {
+        out.removeAll()
+        TraceEvent.writeJSONLines(batch, shownOnly: nil, to: out)
+        written &+= out.count
+        batch.removeAll(keepingCapacity: true)
+    }
+    buffer.forEachEvent { e in
+        batch.append(e)
+        if batch.count == 1024 { flush() }
+    }
+    flush()
+    return written
 }
 
 /// Decodes every record of `buffer` (the work `TraceSession.read` does a record); returns the MMIO events seen.

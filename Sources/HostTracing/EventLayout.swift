@@ -195,11 +195,10 @@ extension TraceEvent: JSONObjectRecord {
     /// --json`'s output. The loop is here, in a module built optimised in every build: in the command's own module a
     /// debug build (the README's `swift run`, the lab's tests) walked the batch through unspecialised generic code,
     /// some 400 instructions an event (callgrind).
-    public static func writeJSONLines(_ batch: [TraceEvent], shownOnly: Set<String>?, to bytes: inout [UInt8]) {
-        bytes.reserveCapacity(bytes.count + batch.count * 192)
+    public static func writeJSONLines(_ batch: [TraceEvent], shownOnly: Set<String>?, to out: JSONOutput) {
         for e in batch where shownOnly?.contains(e.name) ?? true {
-            e.writeJSON(to: &bytes)
-            bytes.append(0x0A)
+            e.writeJSON(to: out)
+            out.append(0x0A)
         }
     }
 

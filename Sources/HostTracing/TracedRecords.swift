@@ -135,14 +135,21 @@ extension JSONObjectRecord {
     public var json: JSON { .object(members) }
 
     /// The same object as `json`'s, written straight into `out`.
-    public func writeJSON(to out: inout [UInt8]) {
+    public func writeJSON(to out: JSONOutput) {
         out.append(UInt8(ascii: "{"))
         var first = true
         forEachMember { name, value in
-            JSON.writeMember(name, value, first: first, to: &out)
+            out.member(name, value, first: first)
             first = false
         }
         out.append(UInt8(ascii: "}"))
+    }
+
+    /// The same, appended to `out`.
+    public func writeJSON(to out: inout [UInt8]) {
+        let o = JSONOutput(capacity: 256)
+        writeJSON(to: o)
+        out.append(contentsOf: o.bytes)
     }
 }
 

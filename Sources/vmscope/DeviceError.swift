@@ -45,9 +45,13 @@ struct StandardError: TextOutputStream {
 
 /// Writes all of `bytes` to `fd` (again after EINTR and short writes); the errno that stopped it, or nil.
 func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Int32? {
+    bytes.withUnsafeBufferPointer { writeAll(fd, $0) }
+}
+
+func writeAll(_ fd: Int32, _ bytes: UnsafeBufferPointer<UInt8>) -> Int32? {
     var done = 0
     while done < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+        let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
         if n < 0 && Glibc.errno == EINTR { continue }
         guard n > 0 else { return n < 0 ? Glibc.errno : EIO }
         done += n
