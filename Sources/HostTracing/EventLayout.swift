@@ -203,8 +203,8 @@ extension TraceEvent: JSONObjectRecord {
     }
 
     /// Each member in order, to `m`: name, thread, time, and every field decoded beside its raw value.
-    public func forEachMember(_ m: (String, JSON) -> Void) {
-        m("event", .string(name)); m("tid", .int(Int64(tid))); m("cpu", .int(Int64(cpu))); m(FaultRecord.Member.timeNs.name, .u(timeNs))
+    public func forEachMember(_ m: (JSONName, JSON) -> Void) {
+        m("event", .string(name)); m("tid", .int(Int64(tid))); m("cpu", .int(Int64(cpu))); m(FaultRecord.Member.timeNs.jsonName, .u(timeNs))
         switch kind {
         case .userspaceExit(let reason, let errno):
             if reason == .memoryFault {

@@ -24,7 +24,7 @@ public struct TracePairing: Sendable {
         case fault(TracedMemoryFault)
 
         /// The record's members (`JSONObjectRecord`: `json`, and `writeJSON` for `vmscope trace --paired-only --json`).
-        public func forEachMember(_ m: (String, JSON) -> Void) {
+        public func forEachMember(_ m: (JSONName, JSON) -> Void) {
             switch self {
             case .conversion(let c): c.forEachMember(m)
             case .steps(let t): t.forEachMember(m)

@@ -121,14 +121,14 @@ public struct MemoryFaultPairing: Sendable {
 /// (`json`), or written straight into bytes (`writeJSON`), which spares the lists and the tree a tracer would make and
 /// release for every event and record it prints.
 public protocol JSONObjectRecord {
-    func forEachMember(_ m: (String, JSON) -> Void)
+    func forEachMember(_ m: (JSONName, JSON) -> Void)
 }
 
 extension JSONObjectRecord {
     public var members: [(String, JSON)] {
         var m: [(String, JSON)] = []
         m.reserveCapacity(16)
-        forEachMember { m.append(($0, $1)) }
+        forEachMember { m.append(($0.string, $1)) }
         return m
     }
 
@@ -158,8 +158,8 @@ extension JSONObjectRecord {
 extension TracedMemoryFault: JSONObjectRecord {
     static let pairedFrom = JSON.array(["kvm_page_fault", "kvm_userspace_exit"].map(JSON.string))
 
-    public func forEachMember(_ m: (String, JSON) -> Void) {
-        m("event", .string("memory-fault")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.name, .u(timeNs))
+    public func forEachMember(_ m: (JSONName, JSON) -> Void) {
+        m("event", .string("memory-fault")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.jsonName, .u(timeNs))
         m("paired-from", Self.pairedFrom)
         m("gpa", gpa.map { .u($0) } ?? .null); m("gfn", gpa.map { .u($0 >> 12) } ?? .null)
         m("access", errorCode.map { .string($0.access) } ?? .null); m("error-code", errorCode.map { .u($0.rawValue) } ?? .null)
@@ -194,8 +194,8 @@ extension TracedAttributes.Conversion: JSONObjectRecord {
 
     static let pairedFrom = JSON.array(["sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl"].map(JSON.string))
 
-    public func forEachMember(_ m: (String, JSON) -> Void) {
-        m("event", .string("conversion")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.name, .u(returnedNs))
+    public func forEachMember(_ m: (JSONName, JSON) -> Void) {
+        m("event", .string("conversion")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.jsonName, .u(returnedNs))
         m("paired-from", Self.pairedFrom)
         m("entered-ns", enteredNs.map { .u($0) } ?? .null); m("traced-ns", tracedNs.map { .u($0) } ?? .null)
         m("start-gfn", startGFN.map { .u($0) } ?? .null); m("end-gfn", endGFN.map { .u($0) } ?? .null)
@@ -236,8 +236,8 @@ extension GuestRequestTracker.Request: JSONObjectRecord {
 
     static let pairedFrom = JSON.array(["kvm_hypercall", "kvm_userspace_exit", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))
 
-    public func forEachMember(_ m: (String, JSON) -> Void) {
-        m("event", .string("guest-request")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.name, .u(answeredNs ?? requestedNs))
+    public func forEachMember(_ m: (JSONName, JSON) -> Void) {
+        m("event", .string("guest-request")); m("tid", .int(Int64(tid))); m(FaultRecord.Member.timeNs.jsonName, .u(answeredNs ?? requestedNs))
         m("paired-from", Self.pairedFrom)
         m("hypercall", .string("KVM_HC_MAP_GPA_RANGE")); m("gpa", .u(range.gpa)); m("pages", .u(range.pages))
         m("page-size", range.pageSize.map { .u($0) } ?? .null); m("to", range.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null)
@@ -293,9 +293,9 @@ extension ConversionTiming: JSONObjectRecord {
 
     static let pairedFrom = JSON.array(["kvm_userspace_exit", "sys_enter_ioctl", "kvm_vm_set_mem_attributes", "sys_exit_ioctl", "sys_enter_ioctl"].map(JSON.string))
 
-    public func forEachMember(_ m: (String, JSON) -> Void) {
+    public func forEachMember(_ m: (JSONName, JSON) -> Void) {
         let c = conversion
-        m("event", .string("conversion-steps")); m("tid", .int(Int64(c.tid))); m(FaultRecord.Member.timeNs.name, .u(reenteredNs ?? c.returnedNs))
+        m("event", .string("conversion-steps")); m("tid", .int(Int64(c.tid))); m(FaultRecord.Member.timeNs.jsonName, .u(reenteredNs ?? c.returnedNs))
         m("paired-from", Self.pairedFrom)
         m("start-gfn", c.startGFN.map { .u($0) } ?? .null); m("end-gfn", c.endGFN.map { .u($0) } ?? .null)
         m("to", c.toPrivate.map { .string($0 ? "private" : "shared") } ?? .null); m("result", .string(c.accepted ? "applied" : "refused"))

@@ -103,6 +103,9 @@ public struct FaultRecord: Sendable, Equatable {
 
         public var name: String { key.description }
 
+        /// The name as a writer takes it (`JSONObjectRecord`), written as the literal it is.
+        public var jsonName: JSONName { JSONName(stringLiteral: key) }
+
         static func named(_ bytes: UnsafeBufferPointer<UInt8>) -> Member? {
             guard let first = bytes.first, let last = bytes.last else { return nil }
             // Length, first and last byte tell the members apart; one comparison confirms.

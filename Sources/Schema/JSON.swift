@@ -139,6 +139,27 @@ extension JSON {
     }
 }
 
+/// A member's name as a record hands it to a writer (`JSONObjectRecord.forEachMember`): a literal of the code (copied
+/// as it is where it holds nothing JSON escapes, as the code's names do), or any string, escaped as a value is.
+public struct JSONName: ExpressibleByStringLiteral, Sendable {
+    enum Storage: Sendable { case literal(StaticString), string(String) }
+    let storage: Storage
+
+    public init(stringLiteral value: StaticString) {
+        // A one-character literal may come as a scalar, without the bytes `member` copies.
+        storage = value.hasPointerRepresentation ? .literal(value) : .string(value.description)
+    }
+
+    public init(_ name: String) { storage = .string(name) }
+
+    public var string: String {
+        switch storage {
+        case .literal(let s): s.description
+        case .string(let s): s
+        }
+    }
+}
+
 /// JSON text written through a pointer into memory it owns: the room a piece needs is made with one comparison, then
 /// its bytes are stored. Every compact writer goes through here (`JSON.write`, `serialized`, `vmscope trace --json`'s
 /// events and records). Appending each piece to an `[UInt8]` instead cost a capacity and uniqueness check, and often a
@@ -155,9 +176,14 @@ public final class JSONOutput {
     public init(capacity: Int = 4096) {
         self.capacity = max(capacity, 32)
         base = .allocate(capacity: self.capacity)
+        plainLiterals = .allocate(capacity: Self.plainSlots)
+        plainLiterals.initialize(repeating: 0, count: Self.plainSlots)
     }
 
-    deinit { base.deallocate() }
+    deinit {
+        base.deallocate()
+        plainLiterals.deallocate()
+    }
 
     /// What was written; valid until the next write or `removeAll`.
     public var bytes: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: base, count: count) }
@@ -224,6 +250,49 @@ public final class JSONOutput {
         writeString(name)
         append(UInt8(ascii: ":"))
         write(value)
+    }
+
+    /// The same, named by a `JSONName`: a literal name is copied as it is.
+    public func member(_ name: JSONName, _ value: JSON, first: Bool) {
+        switch name.storage {
+        case .literal(let s) where isPlain(s):
+            let n = s.utf8CodeUnitCount
+            room(n &+ 4)
+            var o = base + count
+            if !first { o.pointee = UInt8(ascii: ","); o += 1 }
+            o.pointee = UInt8(ascii: "\"")
+            (o + 1).initialize(from: s.utf8Start, count: n)
+            o += n &+ 1
+            o[0] = UInt8(ascii: "\"")
+            o[1] = UInt8(ascii: ":")
+            count = o + 2 - base
+        case .literal(let s):
+            if !first { append(UInt8(ascii: ",")) }
+            writeString(utf8: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+            append(UInt8(ascii: ":"))
+        case .string(let s):
+            if !first { append(UInt8(ascii: ",")) }
+            writeString(s)
+            append(UInt8(ascii: ":"))
+        }
+        write(value)
+    }
+
+    /// Literal names found to hold nothing to escape, by address (a literal's bytes never move nor change): each is
+    /// looked at once, not at every write. Slots: `plainSlots`, direct-mapped.
+    private let plainLiterals: UnsafeMutablePointer<UInt>
+    private static let plainSlots = 64
+
+    /// Whether the literal holds nothing JSON escapes.
+    @inline(__always) private func isPlain(_ s: StaticString) -> Bool {
+        let address = UInt(bitPattern: s.utf8Start)
+        let slot = plainLiterals + Int(truncatingIfNeeded: (address >> 3) & UInt(Self.plainSlots - 1))
+        if slot.pointee == address { return true }
+        let plain = !UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount).contains {
+            $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") || $0 < 0x20
+        }
+        if plain { slot.pointee = address }
+        return plain
     }
 
     @inline(__always) private func literal(_ word: StaticString) {

@@ -71,6 +71,24 @@ extension JSONTests {
         let dup = "{" + members.joined(separator: ",") + ",\"m7\":1}"
         #expect(throws: JSONParseError.self) { try JSON.parse(dup) }
     }
+
+    /// Records hand their members to `JSONOutput` by `JSONName`: literal names are copied (a one-character literal too,
+    /// and one that needs escapes is escaped), other names are escaped; into an output that starts with no room, the
+    /// object reads back as the tree of the same members.
+    @Test func membersNamedByLiteralsOrStringsReadBackAsTheirTree() throws {
+        let out = JSONOutput(capacity: 0)
+        let quoted = "say \"hi\"\n", empty = "", accented = "é"
+        let names: [JSONName] = ["time-ns", "a", JSONName(quoted), JSONName(empty), "since-page-fault-ns", JSONName(accented),
+                                 "a \"literal\"\t"]
+        let values: [JSON] = [.u(UInt64.max), .int(-1), .string("x\u{1}y"), .null, .array([.bool(true), .i(0)]), .object([("k", .string(""))]),
+                              .string("\\")]
+        out.append(UInt8(ascii: "{"))
+        for (i, (n, v)) in zip(names, values).enumerated() { out.member(n, v, first: i == 0) }
+        out.append(UInt8(ascii: "}"))
+        let tree = JSON.object(zip(names.map(\.string), values).map { ($0, $1) })
+        #expect(try JSON.parse(String(decoding: out.bytes, as: UTF8.self)) == tree)
+        #expect(String(decoding: out.bytes, as: UTF8.self) == tree.serialized)
+    }
 }
 
 extension JSONTests {
