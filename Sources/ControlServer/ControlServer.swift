@@ -182,11 +182,18 @@ public final class ControlServer: @unchecked Sendable {
                 break
             }
             if fds[0].revents != 0 { drainWakePipe() }
-            if fds[1].revents & Int16(POLLIN) != 0 { acceptAll() }
             for (i, c) in clients.enumerated() where !c.closed {
                 let r = fds.count > i + 2 ? fds[i + 2].revents : 0
                 if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !c.inputEnded && c.inbox.isEmpty { readFrom(c) }
                 if r & Int16(POLLERR) != 0 { c.closed = true }
+            }
+            // Those that left go before newcomers come in: a client that hung up as another connected leaves its place
+            // to it (accepted first, the newcomer was refused as one too many, its place free: 63 of a relay's 64 lab
+            // clients answered once, the 64th refused beside a probe's connection that had just closed).
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                closeFinished()
+                reap()
+                acceptAll()
             }
             var now = monotonic()
             for c in clients where !c.closed && c.inbox.isEmpty && c.framer.hasUnfinishedLine
@@ -220,10 +227,7 @@ public final class ControlServer: @unchecked Sendable {
             encodedEvents.removeAll(keepingCapacity: true)
             encodedFaults.removeAll(keepingCapacity: true)
             for c in clients where !c.closed && c.pendingOutput > 0 { flush(c) }
-            // A client that is done sending is closed once it has everything it asked for.
-            for c in clients where c.inputEnded && !c.closed && c.inbox.isEmpty && c.pendingOutput == 0 && c.framer.pendingBytes == 0 {
-                c.closed = true
-            }
+            closeFinished()
             reap()
         }
         for c in clients { close(c.fd) }
@@ -273,6 +277,13 @@ public final class ControlServer: @unchecked Sendable {
         _ = line.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
         close(fd)
         logger.warning(log, metadata: metadata)
+    }
+
+    /// A client that is done sending is closed once it has everything it asked for.
+    private func closeFinished() {
+        for c in clients where c.inputEnded && !c.closed && c.inbox.isEmpty && c.pendingOutput == 0 && c.framer.pendingBytes == 0 {
+            c.closed = true
+        }
     }
 
     private func reap() {

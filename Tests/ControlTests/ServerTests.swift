@@ -232,6 +232,36 @@ struct ServerTests {
         }
     }
 
+    /// A client that hangs up as another connects leaves its place to it: with the server busy (its thread waits for
+    /// the memory lock in another client's `query-memslots`) one of two clients closes and a third connects; the next
+    /// pass sees both. Accepting before letting the leaver go refused the newcomer as one too many (63 of a relay's
+    /// 64 clients answered once).
+    @Test func aClientLeavingAsAnotherConnectsLeavesItsPlace() throws {
+        var options = ControlServer.Options()
+        options.maxClients = 2
+        let s = try Served(options: options) { $0.vcpus = 1 }
+        defer { s.stop() }
+        let busy = try LineClient(s.path), leaving = try LineClient(s.path)
+        try busy.negotiate()
+        try leaving.negotiate()
+        // Sent no events, as an exporter that only asks: a write to it after it hung up would also let it go.
+        #expect(try leaving.call(#"{"execute":"set-events","arguments":{"enabled":false}}"#)["return"] != nil)
+        var newcomer: LineClient?
+        try s.vmm.memory.lock.withLock {
+            try busy.send(#"{"execute":"query-memslots"}"#)
+            usleep(200_000)   // the server thread is in busy's command, waiting for the lock
+            leaving.conn.shutdown()
+            newcomer = try LineClient(s.path)
+            usleep(200_000)
+        }
+        #expect(try busy.reply()["return"] != nil)
+        let c = try #require(newcomer)
+        let greeting = try c.reply()
+        #expect(greeting["QMP"] != nil, "the newcomer was refused: \(greeting.serialized)")
+        _ = try? c.call(#"{"execute":"qmp_capabilities"}"#)
+        #expect(try c.call(#"{"execute":"query-version"}"#)["return"] != nil)
+    }
+
     @Test func aClientThatNeverReadsCostsTheGuestNothingAndLearnsWhatItMissed() throws {
         var options = ControlServer.Options()
         options.maxPendingOutput = 64 << 10
