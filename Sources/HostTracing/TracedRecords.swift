@@ -144,13 +144,6 @@ extension JSONObjectRecord {
         }
         out.append(UInt8(ascii: "}"))
     }
-
-    /// The same, appended to `out`.
-    public func writeJSON(to out: inout [UInt8]) {
-        let o = JSONOutput(capacity: 256)
-        writeJSON(to: o)
-        out.append(contentsOf: o.bytes)
-    }
 }
 
 // MARK: `vmscope trace`'s paired records (its own output format, beside the events' in EventLayout.swift)

@@ -176,13 +176,11 @@ public final class JSONOutput {
     public init(capacity: Int = 4096) {
         self.capacity = max(capacity, 32)
         base = .allocate(capacity: self.capacity)
-        plainLiterals = .allocate(capacity: Self.plainSlots)
-        plainLiterals.initialize(repeating: 0, count: Self.plainSlots)
     }
 
     deinit {
         base.deallocate()
-        plainLiterals.deallocate()
+        plainLiterals?.deallocate()
     }
 
     /// What was written; valid until the next write or `removeAll`.
@@ -279,20 +277,29 @@ public final class JSONOutput {
     }
 
     /// Literal names found to hold nothing to escape, by address (a literal's bytes never move nor change): each is
-    /// looked at once, not at every write. Slots: `plainSlots`, direct-mapped.
-    private let plainLiterals: UnsafeMutablePointer<UInt>
+    /// looked at once, not at every write. Slots: `plainSlots`, direct-mapped; made at the first literal name
+    /// (`JSON.write` and `serialized`, which make an output for each value, never need them).
+    @exclusivity(unchecked) private var plainLiterals: UnsafeMutablePointer<UInt>?
     private static let plainSlots = 64
 
     /// Whether the literal holds nothing JSON escapes.
     @inline(__always) private func isPlain(_ s: StaticString) -> Bool {
         let address = UInt(bitPattern: s.utf8Start)
-        let slot = plainLiterals + Int(truncatingIfNeeded: (address >> 3) & UInt(Self.plainSlots - 1))
+        let slots = plainLiterals ?? makePlainLiterals()
+        let slot = slots + Int(truncatingIfNeeded: (address >> 3) & UInt(Self.plainSlots - 1))
         if slot.pointee == address { return true }
         let plain = !UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount).contains {
             $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") || $0 < 0x20
         }
         if plain { slot.pointee = address }
         return plain
+    }
+
+    @inline(never) private func makePlainLiterals() -> UnsafeMutablePointer<UInt> {
+        let slots = UnsafeMutablePointer<UInt>.allocate(capacity: Self.plainSlots)
+        slots.initialize(repeating: 0, count: Self.plainSlots)
+        plainLiterals = slots
+        return slots
     }
 
     @inline(__always) private func literal(_ word: StaticString) {

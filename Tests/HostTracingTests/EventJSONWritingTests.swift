@@ -55,8 +55,9 @@ import Testing
     static func writtenAreTrees(_ records: [some JSONObjectRecord]) -> Set<String> {
         var kinds: Set<String> = []
         for r in records {
-            var written: [UInt8] = []
-            r.writeJSON(to: &written)
+            let out = JSONOutput(capacity: 256)
+            r.writeJSON(to: out)
+            let written = Array(out.bytes)
             let tree = r.json
             #expect(String(decoding: written, as: UTF8.self) == tree.serialized)
             kinds.insert(tree["event"]?.stringValue ?? "?")
