@@ -243,12 +243,7 @@ public final class JSONOutput {
     /// One member of an object being written (the `{` is out already, the `}` comes after the last): its comma
     /// unless it is the first, its name, its value. For writers that hand members over without making the object
     /// (`JSONObjectRecord.writeJSON`).
-    public func member(_ name: String, _ value: JSON, first: Bool) {
-        if !first { append(UInt8(ascii: ",")) }
-        writeString(name)
-        append(UInt8(ascii: ":"))
-        write(value)
-    }
+    public func member(_ name: String, _ value: JSON, first: Bool) { member(JSONName(name), value, first: first) }
 
     /// The same, named by a `JSONName`: a literal name is copied as it is.
     public func member(_ name: JSONName, _ value: JSON, first: Bool) {
