@@ -87,7 +87,8 @@ final class FaultInjector: Sendable {
             switch kind {
             case .discard:
                 try memory.discardContents(gpa: g, size: s)
-                detail = "backing punched (FALLOC_FL_PUNCH_HOLE), the vCPUs held out of KVM_RUN: contents lost at one instant"
+                followUp.append(.memslotsChanged(generation: memory.generation))
+                detail = "backing punched (FALLOC_FL_PUNCH_HOLE) and its memslots made again, the vCPUs held out of KVM_RUN: contents lost at one instant"
             case .revoke:
                 try memory.revoke(gpa: g, size: s)
                 followUp.append(.memslotsChanged(generation: memory.generation))
