@@ -318,32 +318,12 @@ public final class GuestMemory: @unchecked Sendable {
         (range.lowerBound == 0 ? 0 : range.lowerBound - 1)..<min(range.upperBound + 1, pageCount)
     }
 
-    /// Frees the backing of `[gpa, gpa+size)` on whichever side each page currently uses (injection `discard`),
-    /// then creates the memslots over it again, as they were (`generation` moves on).
-    ///
-    /// The punch alone was not enough on the software KVM of these machines (6.18, PVM): with every vCPU held out
-    /// of `KVM_RUN` for it, the guest still read its old data in about 3 discards of 1,000 on the built-in guest's
-    /// working set (while its conversions changed memslots now and then), all of the range, for passes on end:
-    /// translations the punch's invalidation did not reach. A memslot's deletion makes KVM drop every shadow
-    /// root, so none survives; vCPUs held meanwhile never meet the range without a memslot.
+    /// Frees the backing of `[gpa, gpa+size)` on whichever side each page currently uses (injection `discard`).
     public func discardContents(gpa: UInt64, size: UInt64) throws(VMMError) {
         let range = try pages(gpa: gpa, size: size)
         for run in attributes.runs(pages: range) {
             let side = run.isPrivate ? privateBacking : sharedBacking
             do { try side.discard(offset: run.gpa, length: run.size) } catch { throw VMMError.kvm(error) }
-        }
-        for e in slots[slotIndices(overlapping: range)] {
-            let region = engine.region(for: e.segment, slot: e.slot, memory: self)
-            do { try vm.deleteMemoryRegion(slot: e.slot) } catch { throw VMMError.kvm(error) }
-            generation += 1
-            do { try vm.setUserMemoryRegion(region) } catch {
-                // KVM has the slot no more: the layout says so, and a relayout makes what the map wants there.
-                slots.removeAll { $0.slot == e.slot }
-                freeSlots.append(e.slot)
-                do throws(VMMError) { try relayout(window: e.start..<e.end) } catch {
-                    throw VMMError(error.errorClass, "the backing was punched, but the memslot over it could not be made again: \(error.description)", errno: error.errno)
-                }
-            }
         }
     }
 

@@ -214,9 +214,6 @@ public final class ReferenceVMM: Sendable {
 
     // MARK: Fault injection
 
-    /// Seconds a discard waits for each vCPU to stop between two runs.
-    static let holdTimeout: TimeInterval = 5
-
     public func injectFault(kind: InjectionKind, vcpu: Int? = nil, gpa: UInt64? = nil, size: UInt64? = nil)
         throws(VMMError) -> InjectionReport
     {
@@ -225,20 +222,6 @@ public final class ReferenceVMM: Sendable {
             throw VMMError(.permissionDenied, "inject-fault needs the VMM started with --allow-fault-injection")
         }
         let runners = runners
-        if kind == .discard {
-            // The kernel punches page by page while the guest runs: a guest reading the range ahead of the punch and
-            // writing it behind could rewrite every lost page before reading it again, and never see the loss (8 of
-            // 100 discards on the built-in guest's working set, an inspector attached; InjectionTests). Held out of
-            // KVM_RUN, the vCPUs see the whole range lost at one instant.
-            var held: [VCPURunner] = []
-            defer { for r in held { r.endHold() } }
-            for r in runners {
-                held.append(r)
-                guard r.hold(timeout: Self.holdTimeout) else {
-                    throw VMMError(.genericError, "vcpu \(r.index) did not stop between two runs within \(Self.holdTimeout) s for the discard: nothing was discarded")
-                }
-            }
-        }
         return try injector.inject(kind: kind, runner: { () throws(VMMError) -> VCPURunner in
             let i = vcpu ?? 0
             guard runners.indices.contains(i) else { throw VMMError(.genericError, "no vCPU \(i) (the VM has \(runners.count))") }

@@ -74,11 +74,6 @@ final class VCPURunner: VCPUContext, @unchecked Sendable {
     private var stopRequested = false
     private var resumeFault = false
     private var requests: [() -> Void] = []
-    /// Holds taken by `hold()` and not yet ended: while any is, the thread stays out of `KVM_RUN`.
-    private var holds = 0
-    /// The thread waits in `nextStep` (held, paused, halted, stopped by a fault or an error): the guest is not
-    /// running and will not until the thread is woken.
-    private var parked = false
     private var exitCounts: [String: UInt64] = [:]
     private var lastExit = "none"
     private var errorDetail: String?
@@ -177,15 +172,9 @@ final class VCPURunner: VCPUContext, @unchecked Sendable {
             cond.broadcast()
             return .stop
         }
-        let stopped = (pauseRequested && steps == 0) || state == .halted || state == .shutdown || state == .error
-            || state == .faultStopped
-        if stopped || holds > 0 {
-            // A hold keeps the state: the guest is between two runs, as at any exit, not paused.
-            if stopped && state == .running { setState(.paused, "pause requested") }
-            parked = true
-            cond.broadcast()
+        if (pauseRequested && steps == 0) || state == .halted || state == .shutdown || state == .error || state == .faultStopped {
+            if state == .running { setState(.paused, "pause requested") }
             cond.wait()
-            parked = false
             return .again
         }
         if steps > 0 { steps -= 1 }
@@ -227,30 +216,6 @@ final class VCPURunner: VCPUContext, @unchecked Sendable {
     }
 
     func requestResume() { release(pausing: false, steps: 0) }
-
-    /// Keeps the vCPU out of `KVM_RUN` until `endHold()`, without a change of state: for a change of guest memory
-    /// the guest must see at one instant (a discard), not page by page as the kernel makes it. Returns once the
-    /// thread waits between two runs (or is not running), or false after `timeout` seconds, the hold still taken.
-    func hold(timeout: TimeInterval) -> Bool {
-        cond.withLock { holds += 1 }
-        kick()
-        let deadline = Date().addingTimeInterval(timeout)
-        return cond.withLock {
-            // A thread just started (`thread` not yet set) parks at its first look.
-            while threadRunning && !parked {
-                if !cond.wait(until: deadline) { return !threadRunning || parked }
-            }
-            return true
-        }
-    }
-
-    /// Ends a hold `hold()` took: the vCPU runs again if nothing else keeps it.
-    func endHold() {
-        cond.withLock {
-            holds -= 1
-            cond.broadcast()
-        }
-    }
 
     func requestStep() { release(pausing: true, steps: 1) }
 
