@@ -107,6 +107,8 @@ public enum ParameterBlock {
     /// How conversion requests go out (`GuestRequestInstruction`): 0 the doorbell port, else the
     /// `KVM_HC_MAP_GPA_RANGE` hypercall by this instruction.
     public static let hypercall: Int32 = 88
+    /// The working-set page (GPA) whose bad word this pass reported last (the guest's own: 0xFFFFFFFF at each pass).
+    public static let reportedPage: Int32 = 92
 }
 
 /// How the built-in guest asks for conversions: the doorbell port (an I/O exit, which any KVM forwards), or
@@ -123,10 +125,11 @@ public enum GuestRequestInstruction: UInt32, Sendable {
 /// The built-in guest: 32-bit flat protected mode, no paging, one loop per vCPU over its own working set.
 ///
 /// Each pass (ESI = parameter block, EBP = pass counter):
-/// 0. checks that every `stride`-th word still holds what the previous pass wrote (except the page its own
-///    wrong-view touch gave away), so a discard or a lossy conversion is reported whenever it happened;
-/// 1. writes `gpa XOR pass` to every `stride`-th word of its working set through the private view, reads
-///    them back and reports the first bad word of each page on `GuestPort.integrityError`;
+/// 1. for every `stride`-th word of its working set, through the private view: checks that it still holds what
+///    the previous pass wrote (except the page its own wrong-view touch gave away), so a discard or a lossy
+///    conversion is reported whenever it happened, then writes `gpa XOR pass`; then reads them all back. The
+///    first bad word of each page is reported on `GuestPort.integrityError`, once for the check before the write
+///    and once for the read-back;
 /// 2. every `convertEvery` passes asks through the doorbell for its bounce buffer to become shared, copies
 ///    `bounceBytes` of its working set into it through the shared alias, checks the copy, and asks for it back private;
 /// 3. every `wrongViewEvery` passes reads one working-set page through the shared alias without asking, as a
@@ -166,42 +169,50 @@ public struct BuiltInGuest: Sendable {
         a.inc(.ebp)
         a.store(.ebp, to: .esi, disp: P.pass)
 
-        // 0. What the previous pass wrote must still be there: a discard, or a conversion that lost the data,
-        //    shows here whenever it happened (not only between a write and its read-back).
-        a.cmp(.ebp, 1)
-        a.j(.equal, "precheck.done")
-        a.load(.edi, from: .esi, disp: P.workingSetBase)
-        a.load(.ecx, from: .esi, disp: P.workingSetPages)
-        a.shl(.ecx, 12)
-        a.add(.ecx, .edi)
-        a.load(.ebx, from: .esi, disp: P.stride)
-        a.label("precheck")
-        a.mov(.eax, .edi)
-        a.and(.eax, pageMask)
-        a.load(.edx, from: .esi, disp: P.skipPage)
-        a.cmp(.eax, .edx)
-        a.j(.equal, "precheck.skip")            // the page its own wrong-view touch gave away
-        a.mov(.eax, .ebp)
-        a.dec(.eax)
-        a.xor(.eax, .edi)                       // what the previous pass wrote
-        Self.compareAndAdvance(&a, "precheck")
-        a.label("precheck.done")
-        a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.skipPage)
-
-        // 1. Working set: write, then read back.
+        // 0-1. Each word in turn: what the previous pass wrote must still be there (a discard, or a conversion that
+        //    lost the data, shows here whenever it happened, not only between a write and its read-back), then this
+        //    pass's value. Checked just before it is written, a word's old value is unread only for an instruction
+        //    or two: a loss of more than one page can never fall where the guest would not read it (checked all
+        //    first and written after, a discard landing between the two went unseen).
+        a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.reportedPage)
         a.load(.edi, from: .esi, disp: P.workingSetBase)
         a.load(.ecx, from: .esi, disp: P.workingSetPages)
         a.shl(.ecx, 12)
         a.add(.ecx, .edi)                       // ecx = end of the working set
         a.load(.ebx, from: .esi, disp: P.stride)
         a.label("write")
+        a.cmp(.ebp, 1)
+        a.j(.equal, "write.store")              // the first pass has nothing to check
+        a.mov(.eax, .edi)
+        a.and(.eax, pageMask)
+        a.load(.edx, from: .esi, disp: P.skipPage)
+        a.cmp(.eax, .edx)
+        a.j(.equal, "write.store")              // the page its own wrong-view touch gave away
+        a.mov(.eax, .ebp)
+        a.dec(.eax)
+        a.xor(.eax, .edi)                       // what the previous pass wrote
+        a.load(.edx, from: .edi)
+        a.cmp(.edx, .eax)
+        a.j(.equal, "write.store")
+        a.mov(.eax, .edi)                       // one report a page: the first bad word's address
+        a.and(.eax, pageMask)
+        a.load(.edx, from: .esi, disp: P.reportedPage)
+        a.cmp(.eax, .edx)
+        a.j(.equal, "write.store")
+        a.store(.eax, to: .esi, disp: P.reportedPage)
+        a.mov(.eax, .edi)
+        a.mov(.edx, UInt32(GuestPort.integrityError))
+        a.outDXEAX()
+        a.label("write.store")
         a.mov(.eax, .edi)
         a.xor(.eax, .ebp)
         a.store(.eax, to: .edi)
         a.add(.edi, .ebx)
         a.cmp(.edi, .ecx)
         a.j(.below, "write")
+        a.store(imm: 0xFFFF_FFFF, to: .esi, disp: P.skipPage)
 
+        // Read back.
         a.load(.edi, from: .esi, disp: P.workingSetBase)
         a.label("check")
         a.mov(.eax, .edi)

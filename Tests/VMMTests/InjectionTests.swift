@@ -6,17 +6,40 @@ import GuestCode
 
 @Suite(.serialized, .enabled(if: kvmPresent, "/dev/kvm does not exist on this machine"))
 struct InjectionTests {
-    @Test func discardOnTheWorkingSetIsAnIntegrityError() throws {
-        let vmm = try runningVMM { $0.guest.wrongViewEvery = 0 }
+    /// The guest's wrong-view touches: none, or every 64 passes (the default).
+    @Test(arguments: [0, 64])
+    func discardOnTheWorkingSetIsAnIntegrityError(wrongViewEvery: Int) throws {
+        let vmm = try runningVMM { $0.guest.wrongViewEvery = wrongViewEvery }
         defer { vmm.stop() }
-        // Each pass first checks what the previous one wrote, so one discard, whenever it lands, shows within the
-        // passes after it: waited for in passes, not seconds (beside the full suite's lab tests, 5 s once went by
-        // with the guest barely run and no error yet).
-        let beat = vmm.guestCounters(0).heartbeat
-        _ = try vmm.injectFault(kind: .discard, gpa: ConversionTests.ws0, size: 1 << 20)
-        #expect(eventually(120) { vmm.guestCounters(0).integrityErrors > 0 || vmm.guestCounters(0).heartbeat > beat + 3 })
-        #expect(vmm.guestCounters(0).integrityErrors > 0)
-        #expect(vmm.faults.recent(1).first?.action == .injected)
+        // Each word is checked for what the previous pass wrote just before it is written again, so a discard of
+        // vCPU 0's working set (256 pages) shows on nearly every page, wherever in the pass it lands. Many
+        // discards, with the vCPUs' registers read meanwhile as an attached inspector does: when the guest checked
+        // its whole working set before writing any of it, a discard landing between the two went unseen, and one
+        // racing the writes (the kernel punches page by page) showed on a few pages: 8 of 100 unseen, 2 to 10
+        // pages reported at the fewest, on the CLI's VMM. Waited for in passes, not seconds (beside the full
+        // suite's lab tests, 5 s once went by with the guest barely run).
+        var fewest = UInt64.max
+        for _ in 0..<40 {
+            // From a quiet guest: the previous discard's pages reported and written again (two passes without an error).
+            var last = vmm.guestCounters(0)
+            #expect(eventually(120) {
+                _ = vmm.vcpus(withRegisters: true)
+                let now = vmm.guestCounters(0)
+                if now.integrityErrors != last.integrityErrors { last = now }
+                return now.heartbeat >= last.heartbeat + 2
+            })
+            let before = vmm.guestCounters(0)
+            _ = try vmm.injectFault(kind: .discard, gpa: ConversionTests.ws0, size: 1 << 20)
+            // Three passes: the one it landed in, the next (which finds what was lost before it was written), one more.
+            #expect(eventually(120) {
+                _ = vmm.vcpus(withRegisters: true)
+                return vmm.guestCounters(0).heartbeat >= before.heartbeat + 3
+            })
+            fewest = min(fewest, vmm.guestCounters(0).integrityErrors - before.integrityErrors)
+        }
+        // At most two pages can escape: the one a wrong-view touch gave away, the one between its check and its write.
+        #expect(fewest >= 254, "a discard of 256 pages reported on \(fewest) of them")
+        #expect(vmm.faults.records(after: 0).records.contains { $0.action == .injected })
         #expect(vmm.guestCounters(1).integrityErrors == 0)
     }
 
