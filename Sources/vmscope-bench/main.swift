@@ -93,7 +93,24 @@ struct VMScopeBench: ParsableCommand {
         if let markdown {
             let command = "swift run -c release vmscope-bench --markdown \(markdown)" + (smoke ? " --smoke" : "")
                 + only.map { " --only \($0)" }.joined()
-            try report.markdown(command: command).write(toFile: markdown, atomically: true, encoding: .utf8)
+            let text = report.markdown(command: command)
+            let url = URL(fileURLWithPath: markdown)
+            if url.lastPathComponent == "benchmarks.md" {
+                // The tables of groups run apart stay, until their next run.
+                let old = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
+                try BenchSections.carryingOver(from: old, into: text, ran: only).write(to: url, atomically: true, encoding: .utf8)
+            } else {
+                try text.write(to: url, atomically: true, encoding: .utf8)
+                // A group run apart also goes into the main file beside this one (issue 32: docs/benchmarks.md holds
+                // the peers table), as a section the next run of the group replaces.
+                let main = url.deletingLastPathComponent().appendingPathComponent("benchmarks.md")
+                for name in BenchSections.groups where only.contains(name) {
+                    if let old = try? String(contentsOf: main, encoding: .utf8) {
+                        try BenchSections.setting(name, to: BenchSections.section(name, from: text), in: old)
+                            .write(to: main, atomically: true, encoding: .utf8)
+                    }
+                }
+            }
         }
     }
 }
