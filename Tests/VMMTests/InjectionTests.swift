@@ -37,8 +37,9 @@ struct InjectionTests {
             })
             fewest = min(fewest, vmm.guestCounters(0).integrityErrors - before.integrityErrors)
         }
-        // At most two pages can escape: the one a wrong-view touch gave away, the one between its check and its write.
-        #expect(fewest >= 254, "a discard of 256 pages reported on \(fewest) of them")
+        // Every page is reported once at least (twice when lost between its write and its read-back), but for two
+        // at most: the one a wrong-view touch gave away, the one between its check and its write.
+        #expect(fewest >= 254, "a discard of 256 pages brought \(fewest) reports")
         #expect(vmm.faults.records(after: 0).records.contains { $0.action == .injected })
         #expect(vmm.guestCounters(1).integrityErrors == 0)
     }
