@@ -253,12 +253,12 @@ public final class TraceSession: @unchecked Sendable {
                 && fs.tracefs_instance_file_write(inst, "set_event_pid", tids.sorted().map(String.init).joined(separator: " ")) > 0
         }
         refreshThreads(force: true)
-        if pid == nil { writePairingFilter(threads: []) }
         // Only where the kernel follows the threads itself: otherwise every event is filtered by thread, and a filtered
         // exit is built aside and written after its trigger's paired fault (`MemoryFaultPairing` expects it before).
+        // Every process's session (`top`) filters no exit by thread: its triggers see every thread's.
         if !pairInKernel.isEmpty, target != nil, !followsForks {
             kernelPairingRefused = "this kernel cannot follow the process's threads (set_event_pid with options/event-fork)"
-        } else if !pairInKernel.isEmpty, target != nil {
+        } else if !pairInKernel.isEmpty {
             var said: [String] = []
             for spec in KernelPairing.all where pairInKernel.contains(spec.option) && found[spec.first.event] != nil && found[spec.second.event] != nil {
                 do throws(TraceError) {
@@ -293,6 +293,9 @@ public final class TraceSession: @unchecked Sendable {
                         : "conversions with their ioctl's result (other ioctls' sys_exit_ioctl is not read)" }.joined(separator: ", ")
             }
         }
+        // Filtered to no thread until the VMMs are named: the events the kernel does not pair (a paired event's own
+        // filter is not touched).
+        if pid == nil { writePairingFilter(threads: []) }
         for (group, event) in EventLayouts.decoded where found[event] != nil {
             if fs.tracefs_event_enable(inst, group, event) != 0 {
                 let e = errno
@@ -354,7 +357,7 @@ public final class TraceSession: @unchecked Sendable {
     /// (lowest first); returns how many threads were left out. Rewritten only when the threads changed.
     @discardableResult
     public func pairConversions(ofThreadsOf pids: Set<Int32>) -> Int {
-        guard target == nil, layouts.events["sys_exit_ioctl"] != nil else { return 0 }
+        guard target == nil, TracePairing.tracesConversions(layouts) else { return 0 }
         let all = pids.reduce(into: Set<Int32>()) { $0.formUnion(Self.tasks(of: $1)) }
         let kept = Set(all.sorted().prefix(Self.pairingThreadLimit))
         if kept != pairingThreads { writePairingFilter(threads: kept) }
