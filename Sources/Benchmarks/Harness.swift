@@ -173,11 +173,11 @@ public enum BenchSections {
 
     /// The sections of `document`, in order, each with its markers.
     public static func sections(in document: String) -> [(name: String, text: String)] {
-        groups.compactMap { name in
+        groups.compactMap { name -> (at: String.Index, name: String, text: String)? in
             guard let b = document.range(of: begin(name)), let e = document.range(of: end(name), range: b.upperBound..<document.endIndex)
             else { return nil }
-            return (name, String(document[b.lowerBound..<e.upperBound]))
-        }.sorted { document.range(of: $0.text)!.lowerBound < document.range(of: $1.text)!.lowerBound }
+            return (at: b.lowerBound, name: name, text: String(document[b.lowerBound..<e.upperBound]))
+        }.sorted { $0.at < $1.at }.map { ($0.name, $0.text) }
     }
 
     /// A run's own Markdown made a section of the main file: its title a heading below the main one.
