@@ -139,8 +139,8 @@ public enum HostVMs {
 
         public init() throws(TraceError) {
             // The conversions' results paired in the kernel where it can: read as they come, every KVM_RUN's return
-            // (sys_exit_ioctl, which no filter can tell from a conversion's) was half of `top`'s CPU in the lab
-            // (42-49 ms/s, 21-23 without the ioctl events, 16-17 untraced).
+            // (sys_exit_ioctl, which no filter can tell from a conversion's) was half of `top`'s CPU in one lab boot
+            // (42-49 ms/s, 21-23 without the ioctl events, 16-17 untraced; the lab's pace differs boot to boot).
             session = try TraceSession(pid: nil, events: ["kvm_userspace_exit", "kvm_mmio", "kvm_vm_set_mem_attributes"]
                                        + EventLayouts.conversionPairing, pairInKernel: .ioctlResults)
         }
