@@ -204,6 +204,8 @@ public enum CallgrindWorkload {
     case traceJSON(RecordedTraceBuffer)
     /// "pairing": `callgrindTraceRecords` raw records of Linux 7.3's conversions, decoded and paired.
     case pairing(RecordedTraceBuffer)
+    /// "top": the same records counted and paired as `top` and the exporter do (`HostVMs.TracedTally`).
+    case tally(RecordedTraceBuffer)
     /// "attr-walk": a full-range walk of a map of `callgrindMapRuns` runs.
     case runs(AttributeMap)
 
@@ -214,6 +216,7 @@ public enum CallgrindWorkload {
         case "tracepoints": self = .tracepoints(try RecordedTraceBuffer(records: callgrindTraceRecords))
         case "trace-json": self = .traceJSON(try RecordedTraceBuffer(records: callgrindTraceRecords))
         case "pairing": self = .pairing(try RecordedTraceBuffer(records: callgrindTraceRecords, path: conversionsRecordingPath))
+        case "top": self = .tally(try RecordedTraceBuffer(records: callgrindTraceRecords, path: conversionsRecordingPath))
         case "attr-walk": self = .runs(alternatingMap(bytes: 1 << 40, runs: callgrindMapRuns))
         default: return nil
         }
@@ -236,6 +239,7 @@ public enum CallgrindWorkload {
     case .tracepoints(let trace): return decodeRecordedBuffer(trace)
     case .traceJSON(let trace): return writeRecordedBufferJSON(trace)
     case .pairing(let trace): return pairRecordedBuffer(trace)
+    case .tally(let trace): return tallyRecordedBuffer(trace)
     case .runs(let map): return summary(map).runs
     // Fed 64 KiB at a time, as the socket gives it (the timed runs do the same).
     case .faults(let bytes, tree: false): return generalDecode(bytes, chunk: 65536)

@@ -48,6 +48,14 @@ public func traceBenchmarks(_ sizes: BenchSizes, devicePath: String = "/dev/kvm"
             results.append(BenchResult(name: "trace-pairing-instr-per-event", value: instr, unit: "instr",
                                        note: "valgrind --tool=callgrind, decode and pairing only (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording"))
         }
+        // The same records as `top` and the exporter count and pair them (HostVMs.TracedTally).
+        let tallyNs = median(sample(reps) { _ in sink &+= tallyRecordedBuffer(buffer) })
+        results.append(BenchResult(name: "trace-top-tally-events-per-s", value: Double(count) / (tallyNs / 1e9), unit: "events/s",
+                                   note: "the same \(count) events counted by process and reason and paired into the traced map and each conversion's steps, as `top` and the exporter do (HostVMs.TracedTally); median of \(reps)"))
+        if let exe = callgrindExecutable, let instr = callgrindInstructionsPerRecord(exe, path: "top", records: callgrindTraceRecords) {
+            results.append(BenchResult(name: "trace-top-tally-instr-per-event", value: instr, unit: "instr",
+                                       note: "valgrind --tool=callgrind, decode and tally only (--toggle-collect) after one pass not counted, \(callgrindTraceRecords) events of the same recording; 3,283 on 2026-12-07 before each conversion's steps were kept in three fields (not a dictionary), the map mutated in place (not through an optional) and ConversionLatencyPairing kept one dictionary (not two)"))
+        }
     } catch {
         results.append(BenchResult(name: "trace-pairing-events-per-s", value: .nan, unit: "events/s", note: "skipped: \(error)"))
     }
@@ -109,6 +117,15 @@ public let conversionsRecordingPath = URL(fileURLWithPath: #filePath).deletingLa
         paired.removeAll(keepingCapacity: true)
     }
     return seen
+}
+
+/// Counts and pairs every record of `buffer` as `top` and the exporter do (`HostVMs.TracedTally`: exits by reason
+/// and process, the traced map and each conversion's steps); returns the steps timed.
+@inline(never) public func tallyRecordedBuffer(_ buffer: RecordedTraceBuffer) -> Int {
+    // Each thread its own process: the recording's thread ids are not this host's.
+    let tally = HostVMs.TracedTally(threadGroup: { $0 })
+    buffer.forEachEvent { e in tally.take(e, pairs: true) }
+    return tally.processesKept.reduce(0) { $0 + tally.takeConversionSteps($1).count }
 }
 
 /// Records in the trace callgrind workload.

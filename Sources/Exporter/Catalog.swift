@@ -90,7 +90,7 @@ public struct VMReading: Sendable {
     /// What a vmscope VMM's `query-metrics` said.
     public var vmmMetrics: VMMetrics?
     /// Conversions the trace timed since the last pass, each its steps; nil where conversions are not traced.
-    public var tracedConversionSteps: [[ConversionStep: UInt64]]?
+    public var tracedConversionSteps: [ConversionStepTimes]?
     /// Bytes the traced map knows private; nil where conversions are not traced.
     public var tracedPrivateBytes: UInt64?
     /// Traced conversions whose steps were let go since the exporter started (more than a pass's bound waited);

@@ -29,9 +29,8 @@ public final class HostCollector: @unchecked Sendable {
         connections = [:]
     }
 
-    /// The VMM behind `pid`, from its command line.
-    static func kind(pid: Int32) -> VMMKind {
-        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+    /// The VMM behind a process, from its command name (/proc/PID/comm).
+    static func kind(command comm: String) -> VMMKind {
         if comm.hasPrefix("qemu") { return .qemu }
         if comm.hasPrefix("vmscope") { return .vmscope }
         return .other
@@ -53,7 +52,7 @@ public final class HostCollector: @unchecked Sendable {
                 byPid[s.pid] = r
                 continue
             }
-            var r = VMReading(pid: s.pid, name: s.name, vmm: Self.kind(pid: s.pid), vcpus: s.vcpus, residentBytes: s.rssBytes,
+            var r = VMReading(pid: s.pid, name: s.name, vmm: Self.kind(command: s.command), vcpus: s.vcpus, residentBytes: s.rssBytes,
                               kvmStats: stats)
             if let traced {
                 r.userspaceExits = traced.userspaceExitsByReason(s.pid)
@@ -70,7 +69,7 @@ public final class HostCollector: @unchecked Sendable {
                 // would make them jump back and forth.
                 r.userspaceExits = nil
                 r.tracedMemoryFaults = nil
-                if let m = vmmMetrics(pid: s.pid, store: store) {
+                if let socket = s.controlSocket, let m = vmmMetrics(pid: s.pid, socket: socket, store: store) {
                     r.vmmMetrics = m
                     var exits: [String: UInt64] = [:]
                     for cpu in m.vcpus { for (k, v) in cpu.exits { exits[k, default: 0] &+= v } }
@@ -90,8 +89,7 @@ public final class HostCollector: @unchecked Sendable {
     /// answer. The connection is kept from pass to pass with its events off (`set-events`): a connected client is
     /// otherwise sent every event (fault batches by the thousand), which the exporter would only parse to throw
     /// away. A VMM that does not know `set-events` (older) gets a connection per pass, as it did before.
-    private func vmmMetrics(pid: Int32, store: MetricsStore) -> VMMetrics? {
-        guard let socket = HostVMs.controlSocket(pid: pid) else { return nil }
+    private func vmmMetrics(pid: Int32, socket: String, store: MetricsStore) -> VMMetrics? {
         if let kept = connections[pid], kept.socket != socket {
             kept.client.close()
             connections[pid] = nil
@@ -113,7 +111,7 @@ public final class HostCollector: @unchecked Sendable {
             c.close()
             connections[pid] = nil
             // A kept connection may have ended in between (the VMM restarted on the same socket): once afresh.
-            return kept == nil ? nil : vmmMetrics(pid: pid, store: store)
+            return kept == nil ? nil : vmmMetrics(pid: pid, socket: socket, store: store)
         }
     }
 

@@ -153,14 +153,19 @@ public final class MetricsStore: Sendable {
         if let traced = r.tracedMemoryFaults {
             counter(.memoryFaultExits, traced, ("source", FaultSource.trace.rawValue), ("private", "unknown"))
         }
-        if let steps = r.tracedConversionSteps {
-            for conversion in steps {
-                for (step, ns) in conversion {
-                    let h = v.latency[step] ?? registry.makeDurationHistogram(
-                        descriptor: Metric.conversionLatency.descriptor,
-                        labels: vm + [("source", FaultSource.trace.rawValue), ("step", step.rawValue)], buckets: Self.conversionBuckets)
-                    v.latency[step] = h
-                    h.recordNanoseconds(Int64(clamping: ns))
+        if let steps = r.tracedConversionSteps, !steps.isEmpty {
+            // A step's histogram looked up once a pass, not once a conversion.
+            for step in ConversionStep.allCases {
+                var h: DurationHistogram?
+                for conversion in steps {
+                    guard let ns = conversion[step] else { continue }
+                    if h == nil {
+                        h = v.latency[step] ?? registry.makeDurationHistogram(
+                            descriptor: Metric.conversionLatency.descriptor,
+                            labels: vm + [("source", FaultSource.trace.rawValue), ("step", step.rawValue)], buckets: Self.conversionBuckets)
+                        v.latency[step] = h
+                    }
+                    h?.recordNanoseconds(Int64(clamping: ns))
                 }
             }
         }

@@ -43,12 +43,31 @@ public struct ConversionTiming: Sendable, Equatable {
 /// event, with the conversion `TracedAttributes.apply` completed on that event, if any. Bounded: at most
 /// `threadLimit` threads and `perThreadLimit` conversions waiting on one thread.
 public struct ConversionLatencyPairing: Sendable {
-    private var lastExit: [Int32: (reason: ExitReason, timeNs: UInt64)] = [:]
-    private var waiting: [Int32: [ConversionTiming]] = [:]
+    /// What is kept of one thread: its last exit to userspace not yet followed by a `KVM_RUN` entry, and its
+    /// conversions that wait for that entry.
+    private struct Thread {
+        var lastExit: (reason: ExitReason, timeNs: UInt64)?
+        var waiting: [ConversionTiming] = []
+    }
+    /// By thread, reached with one hash an event (an entry is found once and changed in place; it stays when the
+    /// thread re-enters, emptied). Kept as two dictionaries (exits, waiting conversions), an event took two to four.
+    private var threads: [Int32: Thread] = [:]
     static let threadLimit = 4096
     static let perThreadLimit = 64
 
     public init() {}
+
+    /// Where `tid` is kept, added if new; past `threadLimit` threads, all are let go first (their waiting
+    /// conversions given out as they are, into `out`).
+    private mutating func slot(_ tid: Int32, _ out: inout [ConversionTiming]) -> Dictionary<Int32, Thread>.Index {
+        if let i = threads.index(forKey: tid) { return i }
+        if threads.count >= Self.threadLimit {
+            for t in threads.values { out += t.waiting }
+            threads.removeAll()
+        }
+        threads[tid] = Thread()
+        return threads.index(forKey: tid)!
+    }
 
     /// Events of one thread can arrive out of order across reads (a thread that moved between CPUs: one CPU's buffer is
     /// read a page later than another's), so nothing is paired against time: an exit is a conversion's only if it came
@@ -58,48 +77,54 @@ public struct ConversionLatencyPairing: Sendable {
         var out: [ConversionTiming] = []
         switch e.kind {
         case .userspaceExit(let reason, _):
-            if let last = lastExit[e.tid], last.timeNs > e.timeNs { break }
+            let i = slot(e.tid, &out)
+            if let last = threads.values[i].lastExit, last.timeNs > e.timeNs { break }
             // An exit with conversions still waiting (made before it): the thread re-entered without its entry traced.
-            if let w = waiting[e.tid] {
-                let done = w.filter { $0.conversion.returnedNs <= e.timeNs }
-                out += done
-                waiting[e.tid] = done.count == w.count ? nil : w.filter { $0.conversion.returnedNs > e.timeNs }
+            if !threads.values[i].waiting.isEmpty {
+                let w = threads.values[i].waiting
+                out += w.filter { $0.conversion.returnedNs <= e.timeNs }
+                threads.values[i].waiting = w.filter { $0.conversion.returnedNs > e.timeNs }
             }
-            if lastExit.count >= Self.threadLimit && lastExit[e.tid] == nil { lastExit.removeAll() }
-            lastExit[e.tid] = (reason, e.timeNs)
-        case .ioctlEnter(_, let cmd) where cmd == UInt64(KVMIoctl.run.value):
-            if let last = lastExit[e.tid], last.timeNs <= e.timeNs { lastExit[e.tid] = nil }
-            if let w = waiting[e.tid] {
+            threads.values[i].lastExit = (reason, e.timeNs)
+        case .ioctlEnter(_, let cmd) where cmd == Self.run:
+            guard let i = threads.index(forKey: e.tid) else { break }
+            if let last = threads.values[i].lastExit, last.timeNs <= e.timeNs { threads.values[i].lastExit = nil }
+            if !threads.values[i].waiting.isEmpty {
                 var later: [ConversionTiming] = []
-                for var t in w {
+                for var t in threads.values[i].waiting {
                     if t.conversion.returnedNs <= e.timeNs { t.reenteredNs = e.timeNs; out.append(t) } else { later.append(t) }
                 }
-                waiting[e.tid] = later.isEmpty ? nil : later
+                threads.values[i].waiting = later
             }
         default:
             break
         }
         if let c = completed {
             var t = ConversionTiming(conversion: c)
-            if let exit = lastExit[c.tid], exit.timeNs <= (t.startNs ?? c.returnedNs) {
+            if let i = threads.index(forKey: c.tid), let exit = threads.values[i].lastExit, exit.timeNs <= (t.startNs ?? c.returnedNs) {
                 t.exitReason = exit.reason
                 t.exitNs = exit.timeNs
-                if waiting[c.tid] == nil && waiting.count >= Self.threadLimit { out += waiting.values.joined(); waiting.removeAll() }
-                if waiting[c.tid, default: []].count >= Self.perThreadLimit { out.append(waiting[c.tid]!.removeFirst()) }
-                waiting[c.tid, default: []].append(t)
+                if threads.values[i].waiting.count >= Self.perThreadLimit { out.append(threads.values[i].waiting.removeFirst()) }
+                threads.values[i].waiting.append(t)
             } else {
                 out.append(t)
             }
         }
         return out
     }
+    private static let run = UInt64(KVMIoctl.run.value)
 }
 
 extension ConversionTiming {
     /// The steps the trace timed, by step.
-    public var steps: [ConversionStep: UInt64] {
-        var out: [ConversionStep: UInt64] = [:]
-        for step in ConversionStep.allCases { out[step] = duration(step) }
+    public var steps: [ConversionStep: UInt64] { stepTimes.dictionary }
+
+    /// The same, in three fields.
+    public var stepTimes: ConversionStepTimes {
+        var out = ConversionStepTimes()
+        out[.request] = duration(.request)
+        out[.convert] = duration(.convert)
+        out[.reentry] = duration(.reentry)
         return out
     }
 }

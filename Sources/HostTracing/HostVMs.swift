@@ -10,8 +10,9 @@ public enum HostVMs {
 
     /// debugfs's KVM directory, mounting debugfs read-only if it is not; a one-line error naming the fix otherwise.
     public static func kvmDirectory() throws(TraceError) -> String {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: debugfsKVM, isDirectory: &isDir), isDir.boolValue { return debugfsKVM }
+        // stat, not FileManager: `top` and the exporter ask each pass.
+        var st = stat()
+        if stat(debugfsKVM, &st) == 0, st.st_mode & S_IFMT == S_IFDIR { return debugfsKVM }
         if !FileManager.default.fileExists(atPath: "/sys/kernel/debug/kvm") {
             let rc = mount("none", "/sys/kernel/debug", "debugfs", UInt(MS_RDONLY), nil)
             if rc != 0 {
@@ -38,6 +39,10 @@ public enum HostVMs {
         public var countersMissing: String? = nil
         /// The libvirt domain this QEMU runs (`HostProcess.libvirtDomain`), nil for any other process.
         public var libvirt: LibvirtIdentity?
+        /// The process's command name (/proc/PID/comm) and its control socket (`HostVMs.controlSocket`), as last
+        /// found (`SampleCache.rescanNs`): what the exporter asks for its VMM's own metrics, each pass.
+        public var command = ""
+        public var controlSocket: String?
 
         public init(pid: Int32, directory: String, name: String, vcpus: Int, stats: [String: UInt64], rssBytes: UInt64? = nil,
                     countersMissing: String? = nil) {
@@ -76,64 +81,23 @@ public enum HostVMs {
 
     /// Exits to userspace and MMIO exits counted from KVM's tracepoints, per process: what `top` shows where KVM's
     /// own counters cannot be read (a VMM holding no statistics file, debugfs closed by lockdown).
+    /// `top`'s and the exporter's traced counts: a trace session of every process's KVM exits (and the VMMs'
+    /// conversions, where the kernel traces them), and what `TracedTally` makes of its events.
     public final class TracedCounts: @unchecked Sendable {
         // @unchecked: `top`'s one thread uses it.
         public let session: TraceSession
-        /// What is counted and paired for one process, reached from its threads' events through the last thread's (a
-        /// thread's events come in runs): an event costs no hash of a pid or a reason. Kept in dictionaries by pid
-        /// and reason, the counting took four hashes an event, and with the exclusivity checks of their accesses it
-        /// was half of `top`'s steady CPU in the lab (callgrind).
-        final class Process {
-            /// Exits to userspace by reason number: those below `lowReasons` by index, any other in `high`.
-            @exclusivity(unchecked) var low = [UInt64](repeating: 0, count: TracedCounts.lowReasons)
-            @exclusivity(unchecked) var high: [UInt32: UInt64] = [:]
-            @exclusivity(unchecked) var mmio: UInt64 = 0
-            /// The traced private/shared map and conversion timing, where the kernel traces conversions (nil: none
-            /// seen since the process was last followed).
-            @exclusivity(unchecked) var attributes: TracedAttributes?
-            @exclusivity(unchecked) var latency = ConversionLatencyPairing()
-            /// Conversion steps timed since `takeConversionSteps` last took them (at most `stepsLimit`; more are
-            /// counted in `stepsDropped`).
-            @exclusivity(unchecked) var steps: [[ConversionStep: UInt64]] = []
-            @exclusivity(unchecked) var stepsDropped: UInt64 = 0
-
-            func count(_ reason: UInt32) {
-                if reason < TracedCounts.lowReasons { low.withUnsafeMutableBufferPointer { $0[Int(reason)] &+= 1 } } else { high[reason, default: 0] &+= 1 }
-            }
-            var byReason: [(reason: UInt32, count: UInt64)] {
-                low.enumerated().compactMap { $0.element > 0 ? (UInt32($0.offset), $0.element) : nil } + high.map { ($0.key, $0.value) }
-            }
-            /// Forgets the conversions' pairing (the process is no longer followed, or events were lost).
-            func unfollow() { attributes = nil; latency = ConversionLatencyPairing(); steps = [] }
-        }
-        /// Reasons counted by index (KVM_EXIT_* numbers run to about 40).
-        static let lowReasons = 64
-        private var processes: [Int32: Process] = [:]
-        private var processOfThread: [Int32: (pid: Int32, process: Process)] = [:]
-        /// The last thread an event came from, and its process (tid 0: none; the kernel's idle task is never traced as
-        /// a VMM's).
-        private var lastThread: (tid: Int32, pid: Int32, process: Process?) = (0, 0, nil)
+        public let tally = TracedTally()
 
         /// Exits to userspace of process `pid` by KVM_EXIT reason name (`MMIO`, `IO`, `MEMORY_FAULT`, ...).
-        public func userspaceExitsByReason(_ pid: Int32) -> [String: UInt64] {
-            var named: [String: UInt64] = [:]
-            for (reason, n) in processes[pid]?.byReason ?? [] { named[ExitReason(rawValue: reason).name, default: 0] &+= n }
-            return named
-        }
+        public func userspaceExitsByReason(_ pid: Int32) -> [String: UInt64] { tally.userspaceExitsByReason(pid) }
         /// Exits to userspace of every reason, per process.
-        public func userspaceExits(_ pid: Int32) -> UInt64 {
-            processes[pid]?.byReason.reduce(0) { $0 &+ $1.count } ?? 0
-        }
+        public func userspaceExits(_ pid: Int32) -> UInt64 { tally.userspaceExits(pid) }
         /// Exits to userspace of one reason, per process.
-        public func userspaceExits(_ pid: Int32, reason: ExitReason) -> UInt64 {
-            guard let p = processes[pid] else { return 0 }
-            return reason.rawValue < Self.lowReasons ? p.low[Int(reason.rawValue)] : p.high[reason.rawValue] ?? 0
-        }
+        public func userspaceExits(_ pid: Int32, reason: ExitReason) -> UInt64 { tally.userspaceExits(pid, reason: reason) }
         /// `kvm_mmio` events of process `pid`.
-        public func mmio(_ pid: Int32) -> UInt64 { processes[pid]?.mmio ?? 0 }
+        public func mmio(_ pid: Int32) -> UInt64 { tally.mmio(pid) }
         /// Conversion steps of `pid` left out since the last `takeConversionSteps` (more than `stepsLimit` between two).
-        public func stepsDropped(_ pid: Int32) -> UInt64 { processes[pid]?.stepsDropped ?? 0 }
-        static let stepsLimit = 65_536
+        public func stepsDropped(_ pid: Int32) -> UInt64 { tally.stepsDropped(pid) }
         /// Whether conversions are traced (the kernel has `kvm_vm_set_mem_attributes` and the system-call events).
         public var tracesConversions: Bool { TracePairing.tracesConversions(session.layouts) }
 
@@ -146,83 +110,30 @@ public enum HostVMs {
         }
 
         /// The VMMs whose conversions to pair (their threads' ioctls are traced; every process's would be far more).
-        /// What is kept of processes that have ended goes (their series went with them): kept for every process whose
-        /// threads were ever traced, it grew with every VM a long-running exporter saw, and a thread id the kernel
-        /// gave again was taken for the ended process's thread.
+        /// What is kept of processes that have ended goes (`TracedTally.follow`).
         public func follow(_ pids: Set<Int32>) {
             if tracesConversions { session.pairConversions(ofThreadsOf: pids) }
-            var gone: Set<Int32> = []
-            for (pid, p) in processes where !pids.contains(pid) {
-                p.unfollow()
-                if kill(pid, 0) != 0 && errno == ESRCH { gone.insert(pid) }
-            }
-            guard !gone.isEmpty else { return }
-            for pid in gone { processes[pid] = nil }
-            processOfThread = processOfThread.filter { !gone.contains($0.value.pid) }
-            lastThread = (0, 0, nil)
+            tally.follow(pids)
         }
         /// The processes something is kept for.
-        var processesKept: Set<Int32> { Set(processes.keys) }
+        var processesKept: Set<Int32> { tally.processesKept }
+        func process(ofThread tid: Int32) -> (pid: Int32, process: TracedTally.Process) { tally.process(ofThread: tid) }
 
         /// The conversion steps timed for `pid` since the last call.
-        public func takeConversionSteps(_ pid: Int32) -> [[ConversionStep: UInt64]] {
-            guard let p = processes[pid] else { return [] }
-            defer { p.steps = [] }
-            return p.steps
-        }
+        public func takeConversionSteps(_ pid: Int32) -> [ConversionStepTimes] { tally.takeConversionSteps(pid) }
 
         /// Bytes the traced map of `pid` knows private.
         public func privateBytes(_ pid: Int32) -> UInt64? {
             guard tracesConversions else { return nil }
-            // The known runs themselves (a view would also list the unknown ranges between them, unused here).
-            return (processes[pid]?.attributes?.runs ?? []).filter(\.isPrivate).reduce(0) { $0 &+ ($1.end - $1.start) } &* 4096
-        }
-
-        /// The process of thread `tid` (its thread group, from /proc, once a thread) and what is kept for it.
-        func process(ofThread tid: Int32) -> (pid: Int32, process: Process) {
-            if tid == lastThread.tid, let p = lastThread.process { return (lastThread.pid, p) }
-            let found: (pid: Int32, process: Process)
-            if let known = processOfThread[tid] {
-                found = known
-            } else {
-                let status = readPseudoFile("/proc/\(tid)/status") ?? ""
-                let pid = status.split(separator: "\n").first { $0.hasPrefix("Tgid:") }.flatMap { Int32($0.dropFirst(5).trimmingCharacters(in: .whitespaces)) } ?? tid
-                let p = processes[pid] ?? Process()
-                processes[pid] = p
-                found = (pid, p)
-                processOfThread[tid] = found
-            }
-            lastThread = (tid, found.pid, found.process)
-            return found
+            return tally.privateBytes(pid)
         }
 
         /// Takes what the buffers hold.
         public func update() {
             let pairs = tracesConversions
-            for e in session.read() {
-                let p = process(ofThread: e.tid).process
-                switch e.kind {
-                case .userspaceExit(let reason, _):
-                    p.count(reason.rawValue)
-                case .mmio: p.mmio &+= 1
-                default: break
-                }
-                guard pairs else { continue }
-                switch e.kind {
-                case .userspaceExit, .setMemoryAttributes, .ioctlEnter, .ioctlExit:
-                    if p.attributes == nil { p.attributes = TracedAttributes(complete: false) }
-                    let completed = p.attributes!.apply(e)
-                    for t in p.latency.apply(e, completed: completed) {
-                        if p.steps.count < Self.stepsLimit { p.steps.append(t.steps) } else { p.stepsDropped &+= 1 }
-                    }
-                default:
-                    break
-                }
-            }
+            for e in session.read() { tally.take(e, pairs: pairs) }
             // Events the kernel dropped may have been conversions: no traced map is exact any more.
-            if session.missedSince(&missedSeen) > 0 {
-                for p in processes.values { p.attributes?.forget() }
-            }
+            if session.missedSince(&missedSeen) > 0 { tally.forgetMaps() }
         }
         private var missedSeen: UInt64 = 0
     }
@@ -278,6 +189,8 @@ public enum HostVMs {
             var sample = Sample(pid: pid, directory: e, name: vm.name, vcpus: vm.vcpus, stats: stats,
                                 rssBytes: residentBytes(pid: pid), countersMissing: missing)
             sample.libvirt = vm.libvirt
+            sample.command = vm.command
+            sample.controlSocket = vm.controlSocket
             out.append(sample)
             cache?.vms[e] = vm
         }
@@ -309,6 +222,8 @@ public enum HostVMs {
             var files: [String] = []
             var vcpus = 0
             var name = ""
+            var command = ""
+            var controlSocket: String?
             var libvirt: LibvirtIdentity?
             /// Each statistics file, and where each shown statistic stands in its words.
             var statsFiles: [(file: BinaryStats, words: [(name: String, index: Int)])] = []
@@ -322,6 +237,8 @@ public enum HostVMs {
                 files = directoryEntries(path) ?? []
                 vcpus = files.reduce(0) { $0 + (HostVMs.isVCPUDirectory($1) ? 1 : 0) }
                 name = HostProcess.name(pid: pid)
+                command = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+                controlSocket = HostVMs.controlSocket(pid: pid)
                 libvirt = HostProcess.libvirtDomain(pid: pid).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
                 statsFiles = (process.map(HostVMs.vcpuStatisticsFiles) ?? []).map { f in
                     (f, HostVMs.shownStats.compactMap { s in f.wordIndex(of: s).map { (s, $0) } })

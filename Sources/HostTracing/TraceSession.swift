@@ -415,7 +415,8 @@ public final class TraceSession: @unchecked Sendable {
     }
 
     static func tasks(of pid: Int32) -> Set<Int32> {
-        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) })
+        // readdir, not FileManager: `top` lists its VMMs' threads each pass.
+        Set((directoryEntries("/proc/\(pid)/task") ?? []).compactMap { Int32($0) })
     }
 
     /// A thread the kernel traced that the last scan did not list: the process's (started since), or not.

@@ -14,7 +14,7 @@ struct VMScopeBench: ParsableCommand {
     @Option(help: "Only the groups named (attr, inspector, convert, live, keys, trace, cpu, qemu-poll, libvirt-poll, exporter, peers; rtt: peers' protocol round trips alone; tracecost: tracing's cost to a guest, in the lab); repeatable.") var only: [String] = []
     @Option(help: "Also write the results as a Markdown table to this file (docs/benchmarks.md).")
     var markdown: String?
-    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (general, tree, model, tracepoints, attr-walk) and exit.", visibility: .hidden))
+    @Option(help: ArgumentHelp("Decode the callgrind workload once by this path (general, tree, model, tracepoints, trace-json, pairing, top, attr-walk) and exit.", visibility: .hidden))
     var callgrindDecode: String?
     @Option(help: ArgumentHelp("Make KVM exits at this rate a second (0: as fast as it can) once --gate exists, for --seconds; print how many (the tracers' rate sweep).", visibility: .hidden))
     var generateExits: Double?

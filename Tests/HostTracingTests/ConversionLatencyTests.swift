@@ -71,6 +71,32 @@ import Testing
         #expect(out.count == 10, "the oldest beyond the bound are given up, without re-entry")
     }
 
+    /// Past `threadLimit` threads all are let go, and the conversions waiting on them are given out (without their
+    /// re-entry) rather than lost.
+    @Test mutating func threadsAreBoundedAndTheirWaitingConversionsGivenOut() {
+        let n = Int32(ConversionLatencyPairing.threadLimit)
+        for tid in 1...n {
+            feed(tid, 10, .userspaceExit(reason: .memoryFault, errno: -14))
+            convert(tid, at: 1000, convertNs: 100, UInt64(tid)..<UInt64(tid + 1))
+        }
+        #expect(out.isEmpty, "each waits for its thread's KVM_RUN")
+        feed(n + 1, 2000, .userspaceExit(reason: .io, errno: 0))
+        #expect(out.count == Int(n) && out.allSatisfy { $0.reenteredNs == nil && $0.exitNs == 10 })
+        feed(1, 3000, .ioctlEnter(fd: 9, cmd: Self.run))
+        #expect(out.count == Int(n), "thread 1 was let go with the others")
+    }
+
+    @Test func stepTimesAreTheStepsByName() {
+        let t: ConversionStepTimes = [.request: 20_000, .reentry: 700_000]
+        #expect(t[.request] == 20_000 && t[.convert] == nil && t[.reentry] == 700_000)
+        #expect(t.map(\.step) == [.request, .reentry], "in the steps' order, the untimed left out")
+        #expect(t.dictionary == [.request: 20_000, .reentry: 700_000] && ConversionStepTimes(t.dictionary) == t)
+        var c = TracedAttributes.Conversion(tid: 1, enteredNs: 100, tracedNs: 150, returnedNs: 400)
+        c.errno = nil
+        let timing = ConversionTiming(conversion: c, exitReason: .io, exitNs: 40, reenteredNs: 1000)
+        #expect(timing.stepTimes == [.request: 60, .convert: 300, .reentry: 600] && timing.steps == timing.stepTimes.dictionary)
+    }
+
     @Test func theHistogramBoundsItsQuantilesByBucketEdges() {
         var h = LatencyHistogram()
         var c = TracedAttributes.Conversion(tid: 1, enteredNs: 0, tracedNs: 0, returnedNs: 0)

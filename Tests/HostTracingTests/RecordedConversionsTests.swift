@@ -60,3 +60,32 @@ import Testing
         }
     }
 }
+
+extension RecordedConversionsTests {
+    /// `top` and the exporter (`HostVMs.TracedTally`) keep the map and the conversions' steps as `vmscope trace`
+    /// (`TracePairing`) does: on the same real records, the same steps, the same private pages and the same count of
+    /// MEMORY_FAULT exits. The tally skips the map for exits and `KVM_RUN` entries, and keeps each conversion's
+    /// steps in three fields: this holds it to the pairing it must not drift from.
+    @Test func topsTallyAgreesWithTracesPairingOnTheRecording() throws {
+        let events = Self.recording.decoded()
+        var pairing = TracePairing(tracesConversions: true, complete: true)
+        var paired: [TracePairing.Paired] = []
+        for e in events { pairing.apply(e, into: &paired) }
+        let traced = paired.compactMap { if case .steps(let t) = $0 { t.stepTimes } else { nil } }
+        // One VMM: every thread of the recording is one process's.
+        let vmm: Int32 = 4242
+        let tally = HostVMs.TracedTally(threadGroup: { _ in vmm })
+        for e in events { tally.take(e, pairs: true) }
+        let tallied = tally.takeConversionSteps(vmm)
+        // 298 conversions; the recording kept no KVM_RUN entry (its filter kept only the conversions' ioctls), so the
+        // last of those a vCPU made after an exit still wait for their thread's re-entry.
+        #expect(traced.count == 289 && tallied == traced, "\(tallied.count) steps tallied, \(traced.count) traced")
+        #expect(tallied.contains { $0[.request] != nil } && tallied.contains { $0[.request] == nil && $0[.convert] != nil },
+                "the vCPUs' own conversions (after an exit) and the others (the VMM's start, `ctl`)")
+        let map = try #require(pairing.attributes)
+        let privatePages = map.runs.filter(\.isPrivate).reduce(0) { $0 + ($1.end - $1.start) }
+        #expect(privatePages > 0 && tally.privateBytes(vmm) == privatePages * 4096)
+        #expect(tally.userspaceExits(vmm, reason: .memoryFault) == 52)
+        #expect(tally.takeConversionSteps(vmm).isEmpty, "taken once")
+    }
+}

@@ -8,7 +8,7 @@ import Testing
 /// reasons KVM has (below 64) by index, any other number beside them, and all of them read back by name.
 struct TracedCountsTests {
     @Test func everyReasonIsCountedAndReadBackByName() {
-        let p = HostVMs.TracedCounts.Process()
+        let p = HostVMs.TracedTally.Process()
         for r: UInt32 in [2, 2, 39, 63, 64, 1000, 1000, 1000] { p.count(r) }
         let counts = Dictionary(uniqueKeysWithValues: p.byReason.map { ($0.reason, $0.count) })
         #expect(counts == [2: 2, 39: 1, 63: 1, 64: 1, 1000: 3])
