@@ -31,8 +31,9 @@ public func labTracingCostBenchmarks(_ sizes: BenchSizes, vmscope: String, bench
         let lab = try timedRun([vmscope, "lab", "exec", "--timeout", "1800", "--", bench, "--json", "--only", "tracecost"] + (sizes.repetitions > 10 ? [] : ["--smoke"]),
                                dir: dir, name: "lab")
         struct Report: Decodable { var results: [BenchResult] }
-        guard lab.status == 0, let start = lab.stdout.firstIndex(of: "{"),
-              let report = try? JSONDecoder().decode(Report.self, from: Data(lab.stdout[start...].utf8)) else {
+        let text = labReport(lab.stdout)
+        guard lab.status == 0, let start = text.firstIndex(of: "{"),
+              let report = try? JSONDecoder().decode(Report.self, from: Data(text[start...].utf8)) else {
             return skipped("the lab run failed (exit \(lab.status)): \(lab.stderr.suffix(400))")
         }
         return report.results
