@@ -121,6 +121,14 @@ final class Terminal {
         return keys
     }
 
+    /// Sleeps until something is typed or `ms` have passed; a signal (a resize, SIGINT) ends it too, and the next
+    /// read then finds it. A loop with nothing to do until a deadline waits here, not in a read that wakes it every
+    /// 50 ms: `top`'s table woke twenty times a second for a sample a second.
+    func waitForInput(ms: Int) {
+        var p = pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)
+        _ = poll(&p, 1, Int32(clamping: max(0, ms)))
+    }
+
     /// The next key, or nil after the input timeout (50 ms).
     func readKey() -> Key? {
         var code: Int32 = 0

@@ -450,7 +450,13 @@ struct TopCommand: ParsableCommand {
                 terminal.paint(view.render(width: w, height: h))
                 dirty = false
             }
-            guard let key = terminal.readKey() else { continue }
+            // A key typed already (at once, not within 50 ms), else sleep until one is or the next sample is due.
+            guard let key = terminal.typedKeys(limit: 1).first else {
+                let due = sampledAt &+ UInt64(interval * 1e9)
+                let now = HostClock.monotonicNs()
+                terminal.waitForInput(ms: due > now ? Int((due - now) / 1_000_000) + 1 : 0)
+                continue
+            }
             dirty = true
             switch view.handle(key) {
             case .quit?: return

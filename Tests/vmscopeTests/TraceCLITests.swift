@@ -375,6 +375,32 @@ struct TraceCLITests {
         #expect(!Self.instances().contains { $0.hasPrefix("vmscope-\(topPid())") }, "top's instances are gone: \(Self.instances())")
     }
 
+    /// `top`'s table sleeps between samples, and a key still acts at once: its loop waited for keys 50 ms at a time,
+    /// twenty wake-ups a second for a sample every 5 s here (fails that way: 100 and more switches in 5 s).
+    @Test func topsTableSleepsBetweenSamplesAndAnswersKeysAtOnce() throws {
+        let t = try TmuxPane("LANG=C.UTF-8 \(Binary.url.path) top --interval 5; echo TOP-EXIT=$?; sleep 60", width: 160, height: 40)
+        defer { t.kill() }
+        _ = t.waitFor(15) { $0.contains("vmscope top") }
+        // The main thread's voluntary switches (each wait that sleeps) over 5 s: one sample, a few reads.
+        let pid = Self.vmscopePid(in: t)
+        func switches() -> Int? {
+            (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/status", encoding: .utf8))?
+                .split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
+                .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }
+        }
+        let before = try #require(switches(), "top's main thread (pid \(pid))")
+        sleep(5)
+        let after = try #require(switches())
+        #expect(after - before <= 40, "\(after - before) wake-ups in 5 s")
+        let sent = HostClock.monotonicNs()
+        t.keys("s")
+        let screen = t.waitFor(5) { $0.contains("sorted by") }
+        let tookMs = (HostClock.monotonicNs() - sent) / 1_000_000
+        #expect(screen.contains("sorted by") && tookMs < 1000, "a key acted after \(tookMs) ms, mid-interval:\n\(screen)")
+        t.keys("q")
+        #expect(t.waitFor(10) { $0.contains("TOP-EXIT=") }.contains("TOP-EXIT=0"))
+    }
+
     /// Attached to a stock QEMU's socket, the faults pane is fed by the trace source on QEMU's pid (the socket's peer
     /// credentials) instead of saying QEMU has no fault stream; its instance lives as long as the inspector.
     @Test func attachingToQEMUTracesItsFaultsBesideQMP() throws {
