@@ -90,9 +90,8 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
         }
         return (c1 - c0) / (Double(nowNs() - t0) / 1e9) * 1000
     }
-    // Rounds alternate the two, each a fresh process: in the lab one kvm_stat measured 337 ms/s and the next, same
-    // boot, 50 ms/s; a single window each made the ratio whatever the round happened to be.
-    // The refreshing table itself, in a terminal: `top` in a tmux pane, its process's CPU over the same window.
+    // The refreshing table itself, in a terminal: `top` in a tmux pane, its process's CPU over the same window (nil:
+    // tmux is missing or did not start).
     func tablePerSecond() throws -> Double? {
         // tmux puts its socket in TMUX_TMPDIR, else /tmp, which the lab has read-only (its scratch is TMPDIR).
         if getenv("TMUX_TMPDIR") == nil, let t = getenv("TMPDIR") { setenv("TMUX_TMPDIR", t, 1) }
@@ -111,6 +110,8 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
         guard let c1 = cpuSeconds(pid: pid) else { throw BenchError("vmscope top stopped in tmux:\n\(pane.capture())") }
         return (c1 - c0) / (Double(nowNs() - t0) / 1e9) * 1000
     }
+    // Rounds alternate the three, each a fresh process: in the lab one kvm_stat measured 337 ms/s and the next, same
+    // boot, 50 ms/s; a single window each made the ratio whatever the round happened to be.
     let rounds = sizes.repetitions > 10 ? 3 : 1
     var statPerSecond: [Double] = [], topPerSecond: [Double] = [], tablePerSecondMs: [Double] = []
     for _ in 0..<rounds {
@@ -125,7 +126,7 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
                             unit: "ms/s", target: .atMost(0.5 * statLog.value), baseline: statLog,
                             note: "`vmscope top --metrics 127.0.0.1:0 --interval 1`: the exporter, every VM sampled each second and its series kept for scrapes (with vmscope's VMM also asked for its own metrics), CPU per second over \(seconds) s after start-up; median of \(rounds) rounds, \(spread(topPerSecond))")]
     results.append(tablePerSecondMs.isEmpty
-        ? BenchResult(name: "peers-top-table-1s-cpu-ms-per-s", value: .nan, unit: "ms/s", note: "skipped: needs tmux")
+        ? BenchResult(name: "peers-top-table-1s-cpu-ms-per-s", value: .nan, unit: "ms/s", note: "skipped: tmux is missing or did not start")
         : BenchResult(name: "peers-top-table-1s-cpu-ms-per-s", value: median(tablePerSecondMs), unit: "ms/s",
                       target: .atMost(0.5 * statLog.value), baseline: statLog,
                       note: "`vmscope top --interval 1`: the refreshing table itself, in a 200×50 tmux pane, its process's CPU per second over \(seconds) s after the VM is shown; median of \(rounds) rounds (alternating with kvm_stat's and the exporter's), \(spread(tablePerSecondMs))"))

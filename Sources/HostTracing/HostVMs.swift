@@ -80,9 +80,9 @@ public enum HostVMs {
                                    "signal_exits", "irq_window_exits", "nmi_window_exits", "request_irq_exits", "l1d_flush"]
 
     /// Exits to userspace and MMIO exits counted from KVM's tracepoints, per process: what `top` shows where KVM's
-    /// own counters cannot be read (a VMM holding no statistics file, debugfs closed by lockdown).
-    /// `top`'s and the exporter's traced counts: a trace session of every process's KVM exits (and the VMMs'
-    /// conversions, where the kernel traces them), and what `TracedTally` makes of its events.
+    /// own counters cannot be read (a VMM holding no statistics file, debugfs closed by lockdown). A trace session of
+    /// every process's KVM exits (and the VMMs' conversions, where the kernel traces them), whose events
+    /// `TracedTally` counts and pairs.
     public final class TracedCounts: @unchecked Sendable {
         // @unchecked: `top`'s one thread uses it.
         public let session: TraceSession
