@@ -12,11 +12,19 @@ public enum HostProcess {
 
     /// A process's name as people know it: QEMU's `-name` (guest=NAME or NAME), else its command.
     public static func name(pid: Int32) -> String {
-        let raw = readPseudoFileBytes("/proc/\(pid)/cmdline") ?? []
-        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        if let name = qemuName(args) { return name }
-        let comm = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
-        return comm ?? (args.first ?? "pid \(pid)")
+        let args = (readPseudoFile("/proc/\(pid)/cmdline") ?? "").split(separator: "\0").map(String.init)
+        return qemuName(args) ?? command(pid: pid) ?? args.first ?? "pid \(pid)"
+    }
+
+    /// The same from a command line and command name read already (`command(pid:)`, /proc/PID/cmdline).
+    public static func name(pid: Int32, cmdline: String?, command: String?) -> String {
+        let args = (cmdline ?? "").split(separator: "\0").map(String.init)
+        return qemuName(args) ?? command ?? args.first ?? "pid \(pid)"
+    }
+
+    /// The process's command name (/proc/PID/comm, trimmed); nil when it cannot be read.
+    public static func command(pid: Int32) -> String? {
+        readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// QEMU's `-name guest=NAME,...` (or `-name NAME,...`): NAME.
@@ -31,7 +39,12 @@ public enum HostProcess {
     /// QEMU driver started it: its pid file for that name (`/run/libvirt/qemu/NAME.pid`) holds this pid. nil for any
     /// other process, whatever it calls itself.
     public static func libvirtDomain(pid: Int32, runDirectory: String = "/run/libvirt/qemu") -> (name: String, uuid: String)? {
-        guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
+        libvirtDomain(pid: pid, cmdline: readPseudoFile("/proc/\(pid)/cmdline"), runDirectory: runDirectory)
+    }
+
+    /// The same from its command line read already.
+    public static func libvirtDomain(pid: Int32, cmdline: String?, runDirectory: String = "/run/libvirt/qemu") -> (name: String, uuid: String)? {
+        guard let raw = cmdline else { return nil }
         let args = raw.split(separator: "\0").map(String.init)
         guard let name = qemuName(args), !name.isEmpty, !name.contains("/"),
               let u = args.firstIndex(of: "-uuid"), u + 1 < args.count,
@@ -63,7 +76,12 @@ extension HostVMs {
     /// The control socket a VMM process was started with, from its command line: vmscope's `--socket PATH`, QEMU's
     /// `-qmp unix:PATH[,...]`; nil when there is none to find.
     public static func controlSocket(pid: Int32) -> String? {
-        guard let raw = readPseudoFile("/proc/\(pid)/cmdline") else { return nil }
+        controlSocket(cmdline: readPseudoFile("/proc/\(pid)/cmdline"))
+    }
+
+    /// The same from its command line read already.
+    public static func controlSocket(cmdline: String?) -> String? {
+        guard let raw = cmdline else { return nil }
         let args = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
         for (i, a) in args.enumerated() where i + 1 < args.count {
             if a == "--socket" { return args[i + 1] }

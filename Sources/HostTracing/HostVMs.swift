@@ -236,10 +236,12 @@ public enum HostVMs {
             mutating func rescan(debugfs path: String, now: UInt64) {
                 files = directoryEntries(path) ?? []
                 vcpus = files.reduce(0) { $0 + (HostVMs.isVCPUDirectory($1) ? 1 : 0) }
-                name = HostProcess.name(pid: pid)
-                command = readPseudoFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
-                controlSocket = HostVMs.controlSocket(pid: pid)
-                libvirt = HostProcess.libvirtDomain(pid: pid).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
+                // The command line read once for the name, the socket and the domain.
+                let cmdline = readPseudoFile("/proc/\(pid)/cmdline"), comm = HostProcess.command(pid: pid)
+                name = HostProcess.name(pid: pid, cmdline: cmdline, command: comm)
+                command = comm ?? ""
+                controlSocket = HostVMs.controlSocket(cmdline: cmdline)
+                libvirt = HostProcess.libvirtDomain(pid: pid, cmdline: cmdline).map { LibvirtIdentity(name: $0.name, uuid: $0.uuid) }
                 statsFiles = (process.map(HostVMs.vcpuStatisticsFiles) ?? []).map { f in
                     (f, HostVMs.shownStats.compactMap { s in f.wordIndex(of: s).map { (s, $0) } })
                 }
