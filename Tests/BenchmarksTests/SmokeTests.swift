@@ -216,11 +216,19 @@ struct SmokeTests {
         }
         for (name, baseline) in [("peers-trace-cmd-beats-per-s", "peers-trace-untraced-beats-per-s"),
                                  ("peers-trace-vmscope-beats-per-s", "peers-trace-cmd-beats-per-s"),
-                                 ("peers-trace-vmscope-cpu-ms-per-s", "peers-trace-cmd-cpu-ms-per-s")] {
+                                 ("peers-trace-vmscope-cpu-ms-per-s", "peers-trace-cmd-cpu-ms-per-s"),
+                                 ("peers-trace-vmscope-progress", "peers-trace-cmd-progress")] {
             let r = try #require(byName[name], "missing \(name): \(results)")
             #expect(r.value.isFinite && r.value > 0 && r.baseline == baseline, "\(name) = \(r.value) \(r.note ?? "")")
         }
         #expect(byName["peers-trace-vmscope-beats-per-s"]?.note?.contains("events decoded") == true)
+        // The guest's pace under each tracer is judged against the untraced windows either side of each window (a
+        // fraction of them, not beats a second), and that comparison carries the target.
+        for name in ["peers-trace-cmd-progress", "peers-trace-vmscope-progress"] {
+            let r = try #require(byName[name], "missing \(name): \(results)")
+            #expect(r.unit == "of untraced" && r.value > 0.2 && r.value < 5, "\(name) = \(r.value) \(r.note ?? "")")
+        }
+        #expect(byName["peers-trace-vmscope-progress"]?.met != nil && byName["peers-trace-vmscope-beats-per-s"]?.met == nil)
         // trace-cmd traced the VMM's threads (with -P for the process alone it records nothing of its vCPUs).
         let recorded = byName["peers-trace-cmd-beats-per-s"]?.note ?? ""
         #expect(recorded.contains("bytes of events recorded") && !recorded.contains("; 0 bytes of events"), "\(recorded)")
