@@ -6,8 +6,8 @@ import Schema
 /// Issue 32's tracing peer: `vmscope trace PID` against `trace-cmd record` (Debian's trace-cmd) on the same
 /// process and events (`kvm_userspace_exit` and `kvm_mmio`, what fires for every exit the VMM's guest makes), one
 /// after the other on the same running VMM: the guest's progress under each (its heartbeats a second in a traced
-/// window, over those of the untraced windows either side of it), the tracer's CPU (it and its child processes over the window; and over its whole run,
-/// start-up to its end after SIGINT) and what each recorded and lost (the kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
+/// window, over those of the untraced windows either side of it), the tracer's CPU (it and its child processes over
+/// the window; and over its whole run, start-up to its end after SIGINT) and what each recorded and lost (the kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
 /// trace-cmd's recorders wake seldom (the kernel's buffer holds the events until they do), so its CPU over a window
 /// can read 0; its whole run's is given beside it.
 ///
@@ -29,10 +29,11 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
         Thread.sleep(forTimeInterval: seconds)
         return Double(try beats() &- b0) / (Double(nowNs() - t0) / 1e9)
     }
+    typealias Window = (beats: Double, cpuMsPerS: Double, wholeMsPerS: Double, out: String)
     /// `argv` traced over a window, once it is tracing (`ready`; a Swift start takes seconds on the lab's emulated
     /// CPUs) and a second more: the guest's progress meanwhile, the CPU of the tracer and its child
     /// processes over that window, the CPU of its whole run (start-up and end included) a second, and its output.
-    func traced(_ argv: [String], _ name: String, ready: (_ pid: pid_t, _ output: String) -> Bool) throws -> (beats: Double, cpuMsPerS: Double, wholeMsPerS: Double, out: String) {
+    func traced(_ argv: [String], _ name: String, ready: (_ pid: pid_t, _ output: String) -> Bool) throws -> Window {
         func output() -> String {
             ((try? String(contentsOfFile: dir + "/\(name).out", encoding: .utf8)) ?? "") + ((try? String(contentsOfFile: dir + "/\(name).err", encoding: .utf8)) ?? "")
         }
@@ -62,10 +63,8 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
     // dozen runs). The tracers' order turns each round (ABBA), so a drift within a round falls on both alike.
     let events = ["kvm_userspace_exit", "kvm_mmio"]
     let rounds = sizes.repetitions > 10 ? 4 : 1
-    typealias Window = (beats: Double, cpuMsPerS: Double, wholeMsPerS: Double, out: String)
-    var untraced: [Double] = [], ours: [Window] = [], theirs: [Window] = []
-    /// Each traced window's index in `untraced` of the untraced window before it, with the tracer it was.
-    var flanked: [(before: Int, vmscope: Bool, beats: Double)] = []
+    /// Each tracer's windows, with the index in `untraced` of the untraced window just before each.
+    var untraced: [Double] = [], ours: [(w: Window, before: Int)] = [], theirs: [(w: Window, before: Int)] = []
     func vmscopeWindow(_ r: Int) throws -> Window {
         try traced([vmscope, "trace", String(vmm), "--events", events.joined(separator: ","), "--json"], "vmscope-trace\(r)",
                    ready: { _, out in out.contains("tracing process") })
@@ -82,35 +81,33 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
     for r in 0..<rounds {
         for vmscopeNow in r % 2 == 0 ? [true, false] : [false, true] {
             untraced.append(try progress())
-            let w = vmscopeNow ? try vmscopeWindow(r) : try traceCmdWindow(r)
-            if vmscopeNow { ours.append(w) } else { theirs.append(w) }
-            flanked.append((untraced.count - 1, vmscopeNow, w.beats))
+            if vmscopeNow { ours.append((try vmscopeWindow(r), untraced.count - 1)) } else { theirs.append((try traceCmdWindow(r), untraced.count - 1)) }
         }
     }
     untraced.append(try progress())
-    let ourDecoded = ours.compactMap { traceSummary($0.out)?.decoded }.reduce(0, +)
-    let ourDropped = ours.compactMap { traceSummary($0.out)?.dropped }.reduce(0, +)
+    let ourDecoded = ours.compactMap { traceSummary($0.w.out)?.decoded }.reduce(0, +)
+    let ourDropped = ours.compactMap { traceSummary($0.w.out)?.dropped }.reduce(0, +)
     // What trace-cmd recorded, from its summary at the end: "N bytes in size (M uncompressed)" for each CPU; and
     // what it lost, where it prints the buffers' statistics ("overrun: N").
     /// The numbers on trace-cmd's lines where `numberAt` finds one, added up.
     func sum(_ numberAt: (Substring) -> Substring.Index?) -> UInt64 {
-        theirs.flatMap { $0.out.split(separator: "\n") }.compactMap { line -> UInt64? in
+        theirs.flatMap { $0.w.out.split(separator: "\n") }.compactMap { line -> UInt64? in
             numberAt(line).flatMap { UInt64(line[$0...].drop { $0 == " " }.prefix { $0.isNumber }) }
         }.reduce(0, +)
     }
     let recordedBytes = sum { $0.range(of: "bytes in size (")?.upperBound }
-    let overruns = theirs.reduce(0) { $0 + traceCmdOverruns($1.out) }
+    let overruns = theirs.reduce(0) { $0 + traceCmdOverruns($1.w.out) }
     let version = (try? timedRun([traceCmd, "--version"], dir: dir, name: "trace-cmd-version"))
         .map { ($0.stdout + $0.stderr).split(separator: "\n").first { $0.contains("version") }.map(String.init) ?? "?" } ?? "?"
     func spread(_ v: [Double], _ f: String = "%.1f") -> String {
         v.count == 1 ? "one window" : String(format: "median of %d, \(f)–\(f)", v.count, v.min()!, v.max()!)
     }
-    let base = median(untraced), oursBeats = ours.map(\.beats), theirsBeats = theirs.map(\.beats)
+    let base = median(untraced), oursBeats = ours.map(\.w.beats), theirsBeats = theirs.map(\.w.beats)
     /// Each traced window's beats over the mean of the untraced windows either side of it.
-    func progress(vmscope: Bool) -> [Double] {
-        flanked.filter { $0.vmscope == vmscope }.map { $0.beats / max((untraced[$0.before] + untraced[$0.before + 1]) / 2, 1e-9) }
+    func paces(_ windows: [(w: Window, before: Int)]) -> [Double] {
+        windows.map { $0.w.beats / max((untraced[$0.before] + untraced[$0.before + 1]) / 2, 1e-9) }
     }
-    let oursProgress = progress(vmscope: true), theirsProgress = progress(vmscope: false)
+    let oursProgress = paces(ours), theirsProgress = paces(theirs)
     /// A tracer's windows' beats over as many untraced windows' (each window as long).
     func pooled(_ traced: [Double]) -> Double {
         traced.reduce(0, +) / Double(traced.count) / max(untraced.reduce(0, +) / Double(untraced.count), 1e-9)
@@ -123,8 +120,8 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
     let order = rounds == 1 ? "one round" : "\(rounds) rounds, the tracers' order turning each round (ABBA)"
     let theirsProgressR = BenchResult(name: "peers-trace-cmd-progress", value: median(theirsProgress), unit: "of untraced",
                                       note: "baseline: the guest's pace under trace-cmd record, each window's heartbeats over those of the untraced windows either side of it (\(spread(theirsProgress, "%.3f")); \(order))")
-    let theirsCPU = BenchResult(name: "peers-trace-cmd-cpu-ms-per-s", value: median(theirs.map(\.cpuMsPerS)), unit: "ms/s",
-                                note: String(format: "baseline: trace-cmd record's CPU (it and its per-CPU recorders) a second over the window; %.1f ms a second of its whole run, start-up to its end after SIGINT", median(theirs.map(\.wholeMsPerS))))
+    let theirsCPU = BenchResult(name: "peers-trace-cmd-cpu-ms-per-s", value: median(theirs.map(\.w.cpuMsPerS)), unit: "ms/s",
+                                note: String(format: "baseline: trace-cmd record's CPU (it and its per-CPU recorders) a second over the window; %.1f ms a second of its whole run, start-up to its end after SIGINT", median(theirs.map(\.w.wholeMsPerS))))
     let sweep = try tracerRateSweep(sizes, vmscope: vmscope, bench: bench, traceCmd: traceCmd, version: version, dir: dir)
     return [untracedR, theirsR,
             BenchResult(name: "peers-trace-vmscope-beats-per-s", value: median(oursBeats), unit: "/s", baseline: theirsR,
@@ -135,8 +132,8 @@ func tracerBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String, vmm: 
                         note: "the guest's pace under vmscope trace, judged the same way (\(spread(oursProgress, "%.3f"))); all windows pooled: "
                             + String(format: "vmscope %.3f, trace-cmd %.3f of untraced", pooled(oursBeats), pooled(theirsBeats))),
             theirsCPU,
-            BenchResult(name: "peers-trace-vmscope-cpu-ms-per-s", value: median(ours.map(\.cpuMsPerS)), unit: "ms/s", baseline: theirsCPU,
-                        note: String(format: "vmscope trace's CPU a second over the window (it decodes every event to JSON; trace-cmd copies pages of the buffer to a file); %.1f ms a second of its whole run, start-up to its end after SIGINT", median(ours.map(\.wholeMsPerS))))] + sweep
+            BenchResult(name: "peers-trace-vmscope-cpu-ms-per-s", value: median(ours.map(\.w.cpuMsPerS)), unit: "ms/s", baseline: theirsCPU,
+                        note: String(format: "vmscope trace's CPU a second over the window (it decodes every event to JSON; trace-cmd copies pages of the buffer to a file); %.1f ms a second of its whole run, start-up to its end after SIGINT", median(ours.map(\.w.wholeMsPerS))))] + sweep
 }
 
 /// The built-in guest's heartbeats so far, all its vCPUs' added up (`query-vcpus`).
