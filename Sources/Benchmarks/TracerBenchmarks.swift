@@ -7,7 +7,8 @@ import Schema
 /// process and events (`kvm_userspace_exit` and `kvm_mmio`, what fires for every exit the VMM's guest makes), one
 /// after the other on the same running VMM: the guest's progress under each (its heartbeats a second in a traced
 /// window, over those of the untraced windows either side of it), the tracer's CPU (it and its child processes over
-/// the window; and over its whole run, start-up to its end after SIGINT) and what each recorded and lost (the kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
+/// the window; and over its whole run, start-up to its end after SIGINT) and what each recorded and lost (the
+/// kernel's `missed_events` for vmscope; trace-cmd's bytes and per-CPU `overrun`).
 /// trace-cmd's recorders wake seldom (the kernel's buffer holds the events until they do), so its CPU over a window
 /// can read 0; its whole run's is given beside it.
 ///

@@ -12,8 +12,7 @@ public enum HostProcess {
 
     /// A process's name as people know it: QEMU's `-name` (guest=NAME or NAME), else its command.
     public static func name(pid: Int32) -> String {
-        let args = (readPseudoFile("/proc/\(pid)/cmdline") ?? "").split(separator: "\0").map(String.init)
-        return qemuName(args) ?? command(pid: pid) ?? args.first ?? "pid \(pid)"
+        name(pid: pid, cmdline: readPseudoFile("/proc/\(pid)/cmdline"), command: command(pid: pid))
     }
 
     /// The same from a command line and command name read already (`command(pid:)`, /proc/PID/cmdline).
