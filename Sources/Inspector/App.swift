@@ -37,8 +37,9 @@ public struct InspectorUI: Sendable {
     public var noteUntilKey = false
     /// A guided tour's words for the step it is at (`demo --story`), above the story line.
     public var narration: String?
-    /// The frame's width as `fit` last saw it (the help's terms wrap to it).
+    /// The frame's size as `fit` last saw it (the help's terms wrap to its width; dialogs scroll within its height).
     var screenWidth = 80
+    var screenHeight = 24
     /// A line being typed after `:` or `/`.
     public var prompt: (kind: Character, text: String)?
     /// What was entered at each prompt (`:` and `/`), oldest first, and where Up/Down stand in it.
@@ -82,6 +83,7 @@ public struct InspectorUI: Sendable {
     /// zoom use what is on screen), RAM, the vCPUs; and pins a frozen fault stream to its newest record.
     public mutating func fit(_ model: InspectorModel, width: Int, height: Int) {
         screenWidth = width
+        screenHeight = height
         if let r = Renderer.layout(width: width, height: height, ui: self, storyRows: Renderer.footerLines(model, self, width: width).count)[.map] {
             let g = Renderer.mapGrid(r, noteLines: Renderer.heatNote(model, width: r.inner.width).count)
             mapColumns = g.columns

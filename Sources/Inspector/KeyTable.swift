@@ -175,12 +175,16 @@ extension InspectorUI {
         switch o {
         case .help:
             // It scrolls, and closes only with q, Esc, Enter or ? (a key looked up must not close it).
+            // The last scroll position is the one that shows the last page full: past it, j moved nothing on
+            // screen and k then seemed dead for a page's worth of presses.
             let count = Self.helpLines(readOnly: readOnly, width: screenWidth - 8).count
-            if let to = Self.scrolled(key, helpScroll, last: max(0, count - 1), page: 10) { helpScroll = to }
+            let last = max(0, count - Renderer.dialogRows(count, height: screenHeight))
+            if let to = Self.scrolled(key, helpScroll, last: last, page: 10) { helpScroll = to }
             else if [.char("q"), .escape, .enter, .char("?")].contains(key) { overlay = nil }
         case .hexDump(_, let bytes):
             // It scrolls over the whole page read, and closes only with q, Esc, Enter or x (any key closed it).
-            if let to = Self.scrolled(key, hexScroll, last: max(0, ((bytes?.count ?? 0) + 15) / 16 - 1), page: 16) { hexScroll = to }
+            let rows = ((bytes?.count ?? 0) + 15) / 16
+            if let to = Self.scrolled(key, hexScroll, last: max(0, rows - Renderer.dialogRows(rows, height: screenHeight)), page: 16) { hexScroll = to }
             else if [.char("q"), .escape, .enter, .char("x")].contains(key) { overlay = nil }
         case .confirm(_, let effect):
             overlay = nil

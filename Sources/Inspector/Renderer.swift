@@ -200,8 +200,8 @@ public struct Renderer {
         switch o {
         case .help:
             let lines = InspectorUI.helpLines(readOnly: ui.readOnly, width: s.width - 8)
-            // As many lines as fit, from the scroll position (clamped so the last page stays full).
-            let visible = max(1, min(s.height - 2, lines.count + 2) - 2)
+            // As many lines as fit, from the scroll position (the key table keeps the last page full).
+            let visible = Self.dialogRows(lines.count, height: s.height)
             let first = max(0, min(ui.helpScroll, lines.count - visible))
             let shown = Array(lines[first..<min(lines.count, first + visible)])
             let title = lines.count > visible
@@ -228,7 +228,7 @@ public struct Renderer {
             guard let bytes else { dialog(&s, title: "read-memory \(Fmt.hex(gpa))", lines: ["reading…"]); return }
             // As many rows as fit, from the scroll position (clamped so the last screen stays full).
             let rows = (bytes.count + 15) / 16
-            let visible = max(1, min(s.height - 2, rows + 2) - 2)
+            let visible = Self.dialogRows(rows, height: s.height)
             let first = max(0, min(ui.hexScroll, rows - visible))
             var lines: [String] = []
             for row in stride(from: first * 16, to: min(bytes.count, (first + visible) * 16), by: 16) {
@@ -241,6 +241,9 @@ public struct Renderer {
             dialog(&s, title: "read-memory \(Fmt.hex(gpa)) (\(span); j/k PgUp/PgDn scroll, q closes)", lines: lines)
         }
     }
+
+    /// How many of `count` lines a dialog shows on a frame `height` rows high (its box takes two).
+    static func dialogRows(_ count: Int, height: Int) -> Int { max(1, min(height - 2, count + 2) - 2) }
 
     func dialog(_ s: inout Screen, title: String, lines: [String]) {
         let w = min(s.width - 4, max(title.count + 6, (lines.map(\.count).max() ?? 0) + 4))
