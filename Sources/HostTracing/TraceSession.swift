@@ -28,7 +28,8 @@ public enum TraceLibraries {
         var error = [CChar](repeating: 0, count: 512)
         guard let api = ctracefs_load(&error, error.count) else {
             let why = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw TraceError("tracing needs libtracefs and libtraceevent, which are not installed (\(why)): apt-get install \(packages)")
+            // What to install first: a status line at 80 columns cut the package names off behind dlerror's words.
+            throw TraceError("tracing needs apt-get install \(packages) (libtracefs and libtraceevent: \(why))")
         }
         return api.pointee
     }

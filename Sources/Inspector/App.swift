@@ -35,6 +35,10 @@ public struct InspectorUI: Sendable {
     public var hexScroll = 0
     /// The status line holds a note until the first key, then the key hints again.
     public var noteUntilKey = false
+    /// Notes that came while one was up (the tracer's reason beside the demo's socket path), each shown in turn at
+    /// the next key; at most `laterNotesLimit`.
+    public var laterNotes: [String] = []
+    static let laterNotesLimit = 4
     /// A guided tour's words for the step it is at (`demo --story`), above the story line.
     public var narration: String?
     /// The frame's size as `fit` last saw it (the help's terms wrap to its width; dialogs scroll within its height).

@@ -109,8 +109,11 @@ extension InspectorUI {
     // MARK: Input
 
     public mutating func handle(_ key: Key) -> [Effect] {
-        // A note shown at the start (the demo's socket path) gives the line back to the key hints at the first key.
-        if noteUntilKey { noteUntilKey = false; status = nil }
+        // A note shown at the start (the demo's socket path) gives the line back to the key hints at the first key,
+        // or to the next note that waited behind it.
+        if noteUntilKey {
+            if laterNotes.isEmpty { noteUntilKey = false; status = nil } else { status = (laterNotes.removeFirst(), false) }
+        }
         if let p = prompt { return handlePrompt(key, p) }
         if let o = overlay { return handleOverlay(key, o) }
         if case .char(let c) = key, let n = c.wholeNumberValue, (1...4).contains(n) {

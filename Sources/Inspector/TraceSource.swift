@@ -407,8 +407,9 @@ public final class TracedSocketSource: VMSource {
                     model.unavailable[.faults] = (model.unavailable[.faults].map { $0 + "; " } ?? "") + "kernel tracepoints unavailable: \(error)"
                 } else {
                     // vmscope's VMM: its own records stand alone (rows show one source); the status line says why
-                    // they are not corroborated (libtracefs missing, not root), once.
-                    notice = ("no tracepoint corroboration: \(error)", false)
+                    // the kernel's tracepoints do not corroborate them (libtracefs missing, not root), once, short
+                    // enough that the packages to install fit in 80 columns.
+                    notice = ("no kernel cross-check: \(error)", false)
                 }
             }
             changed = true

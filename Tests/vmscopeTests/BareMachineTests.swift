@@ -41,6 +41,9 @@ import Testing
             #expect(r.status == 2, "\(r.stderr)")
             #expect(r.stderr.contains("apt-get install libtracefs1 libtraceevent1"), "\(r.stderr)")
             #expect(r.stderr.split(separator: "\n").count == 1, "one line: \(r.stderr)")
+            // The packages within the first 80 columns: the inspector's status line shows no more of it.
+            let end = r.stderr.range(of: "libtraceevent1").map { r.stderr.distance(from: r.stderr.startIndex, to: $0.upperBound) }
+            #expect(end.map { $0 <= 80 } == true, "the packages come late: \(r.stderr)")
         }
     }
 }

@@ -58,7 +58,7 @@ struct FreezeTests {
         #expect(moved, "the status bar stood still for 8 s:\n\(before)\n\(after)")
         let quitting = Date()
         t.keys("q")
-        screen = t.waitFor(3) { $0.contains("VMSCOPE-EXIT=") }
+        screen = t.waitFor(10) { $0.contains("VMSCOPE-EXIT=") }
         #expect(screen.contains("VMSCOPE-EXIT=0"), "\(screen)")
         let quitTook = Date().timeIntervalSince(quitting)
         if quitTook >= 1.5 {

@@ -51,7 +51,7 @@ struct HostileFileTests {
             tui.keys(key)
             usleep(200_000)
         }
-        screen = tui.waitFor(3) { $0.contains("REPLAY ‖") && (timelinePosition($0) ?? 0) > 1e10 }
+        screen = tui.waitFor(10) { $0.contains("REPLAY ‖") && (timelinePosition($0) ?? 0) > 1e10 }
         #expect((timelinePosition(screen) ?? 0) > 1e10, "`}` went to the burst near 2^64 ns: \(screen)")
         tui.keys("q")
         screen = tui.waitFor(10) { $0.contains("REPLAY-EXIT=") }

@@ -35,7 +35,7 @@ struct QEMUTUITests {
 
         // t under NO_COLOR (which the test runner sets): the theme's name, and that it shows no colours.
         t.keys("t")
-        screen = t.waitFor(3) { $0.contains("attributes only") }
+        screen = t.waitFor(10) { $0.contains("attributes only") }
         #expect(screen.contains("theme high-contrast: attributes only, no colours (NO_COLOR is set)"), "\(screen)")
 
         // P on the vCPU view asks first (vmscope did not start this QEMU) and, on y, stops the VM; QEMU's own
@@ -65,7 +65,7 @@ struct QEMUTUITests {
                 let value = try #require(try Independent.register(printed, registers)[index], "\(printed) of CPU#\(index)")
                 wanted.append(String(format: "%@ 0x%08llx", ours, value))
             }
-            screen = t.waitFor(3) { s in wanted.allSatisfy { s.contains($0) } }
+            screen = t.waitFor(10) { s in wanted.allSatisfy { s.contains($0) } }
             for w in wanted { #expect(screen.contains(w), "\(w) in:\n\(screen)") }
         }
         // x in the memslot view dumps where the selected range starts (G: the last, the BIOS ROM), read with
@@ -94,10 +94,10 @@ struct QEMUTUITests {
         t.keys("i", "n")
         _ = t.waitFor(5) { $0.contains("did not start? y/N") }
         t.keys("y")
-        screen = t.waitFor(3) { $0.contains("inject an NMI") }
+        screen = t.waitFor(10) { $0.contains("inject an NMI") }
         #expect(screen.contains("inject an NMI (QEMU's inject-nmi: every vCPU): done"), "\(screen)")
         t.keys("1", "s", "y")
-        screen = t.waitFor(3) { $0.contains("refused") }
+        screen = t.waitFor(10) { $0.contains("refused") }
         #expect(screen.contains("refused: QEMU") && screen.contains("no QMP command for private/shared conversion"), "\(screen)")
         // R records it (issue 27, item 14: it was refused): from the inspector's own model, as the monitor is held
         // here; R again finishes the file, which replays to QEMU's views.
@@ -124,7 +124,7 @@ struct QEMUTUITests {
         screen = t.waitFor(15) { $0.contains("status running") && !$0.contains("disconnected") && $0.contains("pc.ram") }
         #expect(screen.contains("connected (QEMU") && screen.contains("status running"), "\(screen)")
         let restarted = "QEMU restarted (pid \(qemu.process.pid) → \(again.process.pid))"
-        screen = t.waitFor(3) { $0.contains(restarted) }
+        screen = t.waitFor(10) { $0.contains(restarted) }
         #expect(screen.contains(restarted) && screen.contains("pid \(again.process.pid)"), "\(screen)")
         // The new QEMU is traced in turn: its faults pane and heat map again, not QEMU's reasons for their absence.
         t.keys("1")
@@ -178,7 +178,7 @@ struct QEMUTUITests {
         let before = styles()
         #expect(before.contains { $0.contains("38;5;") }, "the default theme's 256 colours: \(before.sorted())")
         t.keys("t")
-        let screen = t.waitFor(3) { $0.contains("theme high-contrast") }
+        let screen = t.waitFor(10) { $0.contains("theme high-contrast") }
         #expect(!screen.contains("attributes only"), "\(screen)")
         let after = styles()
         #expect(before != after && !after.contains { $0.contains("38;5;60") }, "colours \(before.sorted()) → \(after.sorted())")

@@ -109,7 +109,7 @@ struct RecordReplayTests {
         screen = tui.waitFor(10) { $0.contains("REPLAY ▶") && $0.contains(privateBackingMarker) }
         #expect(screen.contains("REPLAY ▶") && screen.contains("/ 0:3") && screen.contains("×2"), "\(screen)")
         tui.keys("Space")
-        _ = tui.waitFor(3) { $0.contains("REPLAY ‖") }
+        _ = tui.waitFor(10) { $0.contains("REPLAY ‖") }
         // The paused frame read once tmux has all of it: curses sends only what changed, and a capture taken
         // between the new "‖" and the digits after it (one run saw 0.228 there, then 0.237) reads a stale position.
         Thread.sleep(forTimeInterval: 0.3)
@@ -122,10 +122,10 @@ struct RecordReplayTests {
         Thread.sleep(forTimeInterval: 1)
         #expect(timelinePosition(tui.capture()) == pausedAt, "paused means the position stays")
         tui.keys("]")
-        screen = tui.waitFor(3) { timelinePosition($0).map { abs($0 - pausedAt - 10) < 0.01 } ?? false }
+        screen = tui.waitFor(10) { timelinePosition($0).map { abs($0 - pausedAt - 10) < 0.01 } ?? false }
         #expect(timelinePosition(screen).map { abs($0 - pausedAt - 10) < 0.01 } == true, "] moves 10 s: \(screen)")
         tui.keys("[", "[")
-        screen = tui.waitFor(3) { timelinePosition($0).map { $0 < pausedAt } ?? false }
+        screen = tui.waitFor(10) { timelinePosition($0).map { $0 < pausedAt } ?? false }
         #expect(timelinePosition(screen).map { $0 == max(0, pausedAt - 10) } == true, "[ [ moves back 20 s from +10: \(screen)")
         // { and }: to the starts of fault bursts. The 3 s pause before T makes one at least.
         let bursts = Replay(recording, file: file).burstsNs.map { Double($0 / 1_000_000) / 1000 }
@@ -146,7 +146,7 @@ struct RecordReplayTests {
             }
         }
         tui.keys("p")
-        screen = tui.waitFor(3) { $0.contains("read-only") }
+        screen = tui.waitFor(10) { $0.contains("read-only") }
         #expect(screen.contains("read-only: convert the selection to private (asks first) is disabled"), "\(screen)")
         _ = try pressSAndCheckSnapshot(tui, origin: "recording")
         tui.keys("q")

@@ -40,7 +40,7 @@ struct TUITests {
         #expect(screen.contains("Convert 1M at 0x100000 to shared? y/N"), "\(screen)")
         let faultsBefore = number(after: "faults", in: screen) ?? 0
         t.keys("y")
-        screen = t.waitFor(2) { s in
+        screen = t.waitFor(10) { s in
             s.contains("to shared: done") && (number(after: "faults", in: s) ?? 0) >= faultsBefore + 50
         }
         #expect(screen.contains("convert 1M at 0x100000 to shared: done"), "\(screen)")
@@ -60,11 +60,11 @@ struct TUITests {
 
         // Discard vCPU 0's working set under the selection: the guest reports (more) integrity errors. (The
         // conversion above discarded the private copy too, so the count may already be above zero.)
-        screen = t.waitFor(3) { number(after: "integrity-errors", in: $0) != nil }
+        screen = t.waitFor(10) { number(after: "integrity-errors", in: $0) != nil }
         Thread.sleep(forTimeInterval: 1)
         let errorsBefore = number(after: "integrity-errors", in: t.capture()) ?? 0
         t.keys("i")
-        screen = t.waitFor(3) { $0.contains("Inject a fault") }
+        screen = t.waitFor(10) { $0.contains("Inject a fault") }
         t.keys("d")
         // The guest finds the damage on its next pass over the working set: seconds when the full suite loads
         // both cores (a 5 s wait ran out once, the discard done and the count not yet moved).
