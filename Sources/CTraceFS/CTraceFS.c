@@ -50,6 +50,7 @@ static void load(void) {
                                     (void **)&api.kbuffer_missed_events},
                    (const char *[]){"kbuffer_alloc", "kbuffer_free", "kbuffer_load_subbuffer", "kbuffer_read_event",
                                     "kbuffer_next_event", "kbuffer_event_size", "kbuffer_missed_events"}, 7);
+    optional_group(fs, (void **[]){(void **)&api.tracefs_set_tracing_dir}, (const char *[]){"tracefs_set_tracing_dir"}, 1);
 #undef FS
 #undef TEP
     loaded = &api;

@@ -98,18 +98,42 @@ public final class TraceSession: @unchecked Sendable {
     /// The raw records kept since the last call (with `keepRaw`), and the layouts to decode them with.
     public func takeRaw() -> [RawTraceRecord] { defer { raw = [] }; return raw }
 
-    /// The tracefs mount point: `/sys/kernel/tracing`, mounted if it is not (one line naming the fix otherwise).
+    /// Where tracefs is mounted when nothing else says: the kernel's own mount point for it.
+    public static let standardTracingDirectory = "/sys/kernel/tracing"
+
+    /// The tracefs mount point, with a writable `instances`: the one libtracefs finds (mounting
+    /// `/sys/kernel/tracing` when there is none); where that one is read-only (a machine whose only tracefs is
+    /// debugfs' `tracing`, mounted ro), `/sys/kernel/tracing`, mounted here if nothing is, and libtracefs pointed at
+    /// it. One line naming the fix otherwise.
     public static func tracingDirectory() throws(TraceError) -> String {
         let fs = try TraceLibraries.api()
         var path: UnsafePointer<CChar>?
-        guard fs.tracefs_tracing_dir_is_mounted(true, &path) >= 0, let path else {
-            throw TraceError("tracefs is not mounted and could not be", errno: errno, ": run as root, or mount -t tracefs nodev /sys/kernel/tracing")
+        let found = fs.tracefs_tracing_dir_is_mounted(true, &path) >= 0 ? path.map { String(cString: $0) } : nil
+        let foundErrno = errno
+        if let found, access(found + "/instances", W_OK) == 0 { return found }
+        let unwritable = errno
+        let standard = standardTracingDirectory
+        if found != standard, getuid() == 0 {
+            // Mounted there already when it holds tracefs' files (unmounted, sysfs leaves the directory empty).
+            let mounted = access(standard + "/instances", F_OK) == 0
+            let mountErrno = mounted ? 0 : (mount("nodev", standard, "tracefs", 0, nil) == 0 ? 0 : errno)
+            if mountErrno == 0, access(standard + "/instances", W_OK) == 0 {
+                // libtracefs creates and lists instances where it looks itself: the first tracefs in /proc/mounts.
+                guard let point = fs.tracefs_set_tracing_dir else {
+                    throw TraceError("\(found ?? "tracefs")/instances is read-only and this libtracefs cannot be pointed at \(standard) (tracefs_set_tracing_dir: libtracefs 1.3 or later)")
+                }
+                guard point(strdup(standard)) == 0 else { throw TraceError("cannot point libtracefs at \(standard)", errno: errno) }
+                return standard
+            }
+            if mountErrno != 0, found != nil {
+                throw TraceError("\(found!)/instances is not writable (\(String(cString: strerror(unwritable)))) and \(standard) could not be mounted",
+                                 errno: mountErrno, ": mount -t tracefs nodev \(standard)")
+            }
         }
-        let dir = String(cString: path)
-        guard access(dir + "/instances", W_OK) == 0 else {
-            throw TraceError("\(dir)/instances is not writable", errno: errno, ": tracing needs root (or write access to tracefs)")
+        guard let found else {
+            throw TraceError("tracefs is not mounted and could not be", errno: foundErrno, ": run as root, or mount -t tracefs nodev \(standard)")
         }
-        return dir
+        throw TraceError("\(found)/instances is not writable", errno: unwritable, ": tracing needs root (or write access to tracefs)")
     }
 
     /// A libtraceevent handle with the ring buffer's page header and the formats of `events` only (those this

@@ -22,6 +22,8 @@ public struct TopView: Sendable {
     public var prompt: String?
     public var cursor = 0
     public var status: (text: String, isError: Bool)?
+    /// Why tracing did not start (the packages to install, root), for the legend of the traced columns' `-`.
+    public var notTraced: String?
     public var themeNames: [String] = ["default"]
     public var themeIndex = 0
     /// ASCII glyphs (the sort mark).
@@ -84,13 +86,13 @@ public struct TopView: Sendable {
     }
 
     /// What `-` means, for the first shown row that has it: KVM's counters could not be read (with why), or the
-    /// traced columns have no tracing. nil when no row shows `-`.
-    public static func dashLegend(_ rows: [HostVMs.Row]) -> String? {
+    /// traced columns have no tracing (with why, when `notTraced` says). nil when no row shows `-`.
+    public static func dashLegend(_ rows: [HostVMs.Row], notTraced: String? = nil) -> String? {
         if let r = rows.first(where: { $0.perSecond[HostVMs.Stat.exits] == nil }) {
             return "- : pid \(r.sample.pid): " + (r.sample.countersMissing.map(terminalSafe) ?? "no sample of KVM's counters yet")
         }
         if rows.contains(where: { $0.perSecond[HostVMs.Stat.tracedUserspaceExits] == nil }) {
-            return "- in USEREXIT/s and MEMFLT/s: not traced (tracing needs root and libtracefs)"
+            return "- in USEREXIT/s and MEMFLT/s: not traced: " + (notTraced.map(terminalSafe) ?? "tracing needs root and libtracefs")
         }
         if rows.contains(where: { $0.sample.stats[HostVMs.Stat.tracedPrivateBytes] == nil }) {
             return "- in PRIV: this kernel does not trace conversions (kvm_vm_set_mem_attributes and the system-call events: Linux 6.17 and later)"
@@ -105,7 +107,7 @@ public struct TopView: Sendable {
         s.put(title.padding(toLength: width, withPad: " ", startingAt: 0), x: 0, y: 0, role: .statusBar, limit: width)
         s.put(Self.header(sortedBy: sort, ascii: ascii), x: 0, y: 1, role: .header, limit: width)
         let list = shown
-        let legend = Self.dashLegend(list)
+        let legend = Self.dashLegend(list, notTraced: notTraced)
         let bottomRows = legend == nil ? 1 : 2
         if let legend, height > 3 { s.put(legend, x: 0, y: height - 2, role: .dim, limit: width) }
         for (i, r) in list.enumerated() where i + 2 < height - bottomRows {

@@ -429,6 +429,7 @@ struct TopCommand: ParsableCommand {
         var view = TopView()
         view.ascii = options.useASCII
         if let tracedWhy { view.status = ("USEREXIT/s unavailable: \(tracedWhy)", true) }
+        view.notTraced = tracedWhy
         let (themes, order, _) = options.loadThemes()
         view.themeNames = order
         let terminal = Terminal(theme: themes[order[0]] ?? .mono)
@@ -533,22 +534,25 @@ struct TopCommand: ParsableCommand {
     }
 
     private func printOnce() throws(TraceError) {
-        // Exits to userspace and MMIO counted from tracepoints too, where tracing can start (else those columns are -).
-        let traced = try? HostVMs.TracedCounts()
+        // Exits to userspace and MMIO counted from tracepoints too, where tracing can start (else those columns are -,
+        // and the legend says why: which packages to install, or root).
+        let traced: HostVMs.TracedCounts?
+        var notTraced: String?
+        do { traced = try HostVMs.TracedCounts() } catch { traced = nil; notTraced = error.description }
         let t0 = HostClock.monotonicNs()
         let cache = HostVMs.SampleCache()
         let before = try HostVMs.sample(traced: traced, cache: cache)
         usleep(useconds_t(interval * 1e6))
         let after = try HostVMs.sample(traced: traced, cache: cache)
         let rows = HostVMs.rows(before: before, after: after, intervalNs: HostClock.monotonicNs() - t0)
-        print(json ? JSON.object([("vms", .array(rows.map(\.json)))]).serialized : Self.table(rows))
+        print(json ? JSON.object([("vms", .array(rows.map(\.json)))]).serialized : Self.table(rows, notTraced: notTraced))
     }
 
-    static func table(_ rows: [HostVMs.Row]) -> String {
+    static func table(_ rows: [HostVMs.Row], notTraced: String? = nil) -> String {
         var view = TopView()
         view.rows = rows
         let lines = view.shown.map(TopView.line)
-        let legend = TopView.dashLegend(view.shown).map { [$0] } ?? []
+        let legend = TopView.dashLegend(view.shown, notTraced: notTraced).map { [$0] } ?? []
         return ([TopView.header(sortedBy: view.sort)] + (lines.isEmpty ? ["(no KVM VMs)"] : lines) + legend).joined(separator: "\n")
     }
 }

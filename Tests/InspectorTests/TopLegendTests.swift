@@ -28,6 +28,11 @@ struct TopLegendTests {
         #expect(sorted[1].contains("▼MMIO/s") && !sorted[1].contains("▼EXITS/s"), "\(sorted[1])")
         view.ascii = true
         #expect(view.render(width: 200, height: 10).text.contains("vMMIO/s"))
+        // No tracing: the traced columns' dash says why when it is known.
+        var untraced = Self.rows()[0]
+        untraced.perSecond[HostVMs.Stat.tracedUserspaceExits] = nil
+        #expect(TopView.dashLegend([untraced], notTraced: "tracing needs apt-get install libtracefs1 libtraceevent1")
+                == "- in USEREXIT/s and MEMFLT/s: not traced: tracing needs apt-get install libtracefs1 libtraceevent1")
         // A kernel that does not trace conversions: PRIV's dash says why.
         view.rows = Array(Self.rows().prefix(1))
         #expect(TopView.dashLegend(view.shown)?.hasPrefix("- in PRIV: this kernel does not trace conversions") == true)

@@ -1,4 +1,5 @@
 import Foundation
+import HostTracing
 import Testing
 
 /// A fresh machine has the Swift toolchain, ncursesw, zlib and tmux, nothing else (issue 27): the optional system
@@ -28,10 +29,13 @@ import Testing
 
     /// Where libtracefs1/libtraceevent1 are absent (as on a fresh machine), `vmscope trace` says which packages to
     /// install, in one line, exit 2; where they are present it gets past loading them.
+    /// Whether libtracefs1 and libtraceevent1 are installed.
+    static let tracingLibrariesPresent = ["libtracefs.so.1", "libtraceevent.so.1"].allSatisfy { lib in
+        ["/usr/lib/x86_64-linux-gnu/", "/lib/x86_64-linux-gnu/", "/usr/lib/"].contains { FileManager.default.fileExists(atPath: $0 + lib) }
+    }
+
     @Test func traceWithoutTheLibrariesNamesThePackages() throws {
-        let present = ["libtracefs.so.1", "libtraceevent.so.1"].allSatisfy { lib in
-            ["/usr/lib/x86_64-linux-gnu/", "/lib/x86_64-linux-gnu/", "/usr/lib/"].contains { FileManager.default.fileExists(atPath: $0 + lib) }
-        }
+        let present = Self.tracingLibrariesPresent
         // A pid no process has (above the kernel's largest pid_max): with the libraries, tracing stops there.
         let r = try Binary.run(["trace", "2147483000"], prefix: ["/usr/bin/timeout", "-s", "KILL", "20"])
         if present {
@@ -44,6 +48,26 @@ import Testing
             // The packages within the first 80 columns: the inspector's status line shows no more of it.
             let end = r.stderr.range(of: "libtraceevent1").map { r.stderr.distance(from: r.stderr.startIndex, to: $0.upperBound) }
             #expect(end.map { $0 <= 80 } == true, "the packages come late: \(r.stderr)")
+        }
+    }
+
+    /// `top --once` beside a VM: its traced columns' `-` says why, naming the packages where they are absent (it
+    /// said "tracing needs root and libtracefs", whatever the reason); as root with them, nothing is missing.
+    @Test(.enabled(if: kvmPresent && getuid() == 0, "needs root and /dev/kvm"))
+    func topOnceSaysWhyItsTracedColumnsAreEmpty() throws {
+        let vmm = try RunningVMM()
+        defer { vmm.stop() }
+        let r = try Binary.run(["top", "--once"], prefix: ["/usr/bin/timeout", "-s", "KILL", "30"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains(" \(vmm.process.processIdentifier) "), "the VMM's row:\n\(r.stdout)")
+        if !Self.tracingLibrariesPresent {
+            #expect(r.stdout.contains("- in USEREXIT/s and MEMFLT/s: not traced: tracing needs apt-get install libtracefs1 libtraceevent1"),
+                    "\(r.stdout)")
+        } else if (try? TraceSession.tracingDirectory()) != nil {
+            #expect(!r.stdout.contains("not traced"), "\(r.stdout)")
+        } else {
+            // The libraries, but no tracefs to write: the legend says that, not a guess.
+            #expect(r.stdout.contains("not traced: ") && !r.stdout.contains("needs root and libtracefs"), "\(r.stdout)")
         }
     }
 }

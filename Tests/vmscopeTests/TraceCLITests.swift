@@ -1,5 +1,6 @@
 @testable import Schema
 import ControlProtocol
+import HostTracing
 import Inspector
 import ProcessSupport
 import Foundation
@@ -16,12 +17,17 @@ let traceAvailable: Bool = {
         print("TraceCLITests: skipped: \(why)")
         return false
     }
+    // A tracefs vmscope can neither write nor mount a writable one beside (a container without mount rights).
+    do { _ = try TraceSession.tracingDirectory() } catch {
+        print("TraceCLITests: skipped: \(error)")
+        return false
+    }
     return true
 }()
 
 /// `vmscope trace` and `vmscope top` against real VMs on this machine (root and tracefs; skipped with the reason
 /// where either is missing).
-@Suite(.serialized, .enabled(if: traceAvailable, "tracing needs root, /dev/kvm, and libtracefs1 and libtraceevent1"))
+@Suite(.serialized, .enabled(if: traceAvailable, "tracing needs root, /dev/kvm, libtracefs1 and libtraceevent1, and a writable tracefs"))
 struct TraceCLITests {
     /// The vmscope process a pane's shell runs, found from the pane's own pid (not by name: another test run's
     /// vmscope, on this machine at the same time, is never taken for it).
@@ -30,8 +36,11 @@ struct TraceCLITests {
         return descendants(of: shell).first { $0.command == "vmscope" }.map { String($0.pid) } ?? "?"
     }
 
+    /// Where vmscope traces on this machine (the suite runs only where there is one).
+    static let tracefs = (try? TraceSession.tracingDirectory()) ?? TraceSession.standardTracingDirectory
+
     static func instances() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/kernel/tracing/instances")) ?? []).filter { $0.hasPrefix("vmscope-") }
+        ((try? FileManager.default.contentsOfDirectory(atPath: tracefs + "/instances")) ?? []).filter { $0.hasPrefix("vmscope-") }
     }
 
     /// Every vmm/MMIO fault record the VMM reports has a kvm_mmio event at the same GPA from one of its own vCPU
@@ -129,7 +138,7 @@ struct TraceCLITests {
         func heldUp(_ extra: [String], seconds: Double?) throws -> (sizeKiB: String, held: Double, decoded: UInt64?, dropped: UInt64?, stderr: String) {
             let t = try ChildOutput([Binary.url.path, "trace", String(pid), "--events", "kvm_userspace_exit,kvm_mmio", "--json"] + extra)
             let up = eventuallyTrue(30) { ((try? String(contentsOfFile: t.stderrPath, encoding: .utf8)) ?? "").contains("tracing process") }
-            let instance = "/sys/kernel/tracing/instances/vmscope-\(t.pid)"
+            let instance = "\(Self.tracefs)/instances/vmscope-\(t.pid)"
             let size = (try? String(contentsOfFile: instance + "/buffer_size_kb", encoding: .utf8)) ?? ""
             /// Events the kernel overwrote, every CPU's ("overrun: N" in per_cpu/cpuN/stats).
             func overrun() -> UInt64 {
@@ -215,13 +224,13 @@ struct TraceCLITests {
         let vmm = try RunningVMM()
         defer { vmm.stop() }
         let pid = String(vmm.process.processIdentifier)
-        let kernelCan = FileManager.default.fileExists(atPath: "/sys/kernel/tracing/synthetic_events")
+        let kernelCan = FileManager.default.fileExists(atPath: Self.tracefs + "/synthetic_events")
         let r = try Binary.run(["trace", pid, "--paired-only", "--pairing", "kernel", "--duration", "1s"])
         if kernelCan {
             #expect(r.status == 0 && r.stderr.contains("paired in the kernel (hist triggers"), "\(r.stderr)")
             // Its synthetic events (named for its instance, vmscope-PID: vmscope_mf_PID, vmscope_ir_PID) are gone.
             let instance = r.stderr.range(of: "tracefs instance vmscope-").map { String(r.stderr[$0.upperBound...].prefix { $0.isNumber }) } ?? "?"
-            let left = (try? String(contentsOfFile: "/sys/kernel/tracing/synthetic_events", encoding: .utf8)) ?? ""
+            let left = (try? String(contentsOfFile: Self.tracefs + "/synthetic_events", encoding: .utf8)) ?? ""
             #expect(!left.contains("vmscope_mf_\(instance)") && !left.contains("vmscope_ir_\(instance)"), "\(left)")
         } else {
             #expect(r.status == 2 && r.stderr.contains("--pairing kernel: the kernel cannot pair here: this kernel has no histogram triggers (CONFIG_HIST_TRIGGERS)"),

@@ -97,6 +97,9 @@ struct ctracefs_api {
     void *(*kbuffer_next_event)(struct kbuffer *kbuf, unsigned long long *ts);
     int (*kbuffer_event_size)(struct kbuffer *kbuf);
     int (*kbuffer_missed_events)(struct kbuffer *kbuf);
+    // Points libtracefs at one tracefs mount (libtracefs 1.3), NULL where the library is older: where the first
+    // tracefs in /proc/mounts is read-only (debugfs' own, mounted ro), vmscope mounts /sys/kernel/tracing and uses it.
+    int (*tracefs_set_tracing_dir)(char *tracing_dir);
 };
 
 /// Loads both libraries (once; later calls return the first answer). NULL where either library or one of the
