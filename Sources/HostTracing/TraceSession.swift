@@ -100,6 +100,8 @@ public final class TraceSession: @unchecked Sendable {
 
     /// Where tracefs is mounted when nothing else says: the kernel's own mount point for it.
     public static let standardTracingDirectory = "/sys/kernel/tracing"
+    /// Whether libtracefs was pointed at `standardTracingDirectory` (`tracingDirectory`).
+    private static let pointedAtStandard = Atomic<Bool>(false)
 
     /// The tracefs mount point, with a writable `instances`: the one libtracefs finds (mounting
     /// `/sys/kernel/tracing` when there is none); where that one is read-only (a machine whose only tracefs is
@@ -107,12 +109,14 @@ public final class TraceSession: @unchecked Sendable {
     /// it. One line naming the fix otherwise.
     public static func tracingDirectory() throws(TraceError) -> String {
         let fs = try TraceLibraries.api()
+        let standard = standardTracingDirectory
+        // Pointed there once already: libtracefs keeps it (and its own search still finds the read-only one first).
+        if pointedAtStandard.load(ordering: .acquiring), access(standard + "/instances", W_OK) == 0 { return standard }
         var path: UnsafePointer<CChar>?
         let found = fs.tracefs_tracing_dir_is_mounted(true, &path) >= 0 ? path.map { String(cString: $0) } : nil
         let foundErrno = errno
         if let found, access(found + "/instances", W_OK) == 0 { return found }
         let unwritable = errno
-        let standard = standardTracingDirectory
         if found != standard, getuid() == 0 {
             // Mounted there already when it holds tracefs' files (unmounted, sysfs leaves the directory empty).
             let mounted = access(standard + "/instances", F_OK) == 0
@@ -122,11 +126,13 @@ public final class TraceSession: @unchecked Sendable {
                 guard let point = fs.tracefs_set_tracing_dir else {
                     throw TraceError("\(found ?? "tracefs")/instances is read-only and this libtracefs cannot be pointed at \(standard) (tracefs_set_tracing_dir: libtracefs 1.3 or later)")
                 }
+                // strdup: libtracefs keeps the pointer it is given (once a process, `pointedAtStandard`).
                 guard point(strdup(standard)) == 0 else { throw TraceError("cannot point libtracefs at \(standard)", errno: errno) }
+                pointedAtStandard.store(true, ordering: .releasing)
                 return standard
             }
-            if mountErrno != 0, found != nil {
-                throw TraceError("\(found!)/instances is not writable (\(String(cString: strerror(unwritable)))) and \(standard) could not be mounted",
+            if let found, mountErrno != 0 {
+                throw TraceError("\(found)/instances is not writable (\(String(cString: strerror(unwritable)))) and \(standard) could not be mounted",
                                  errno: mountErrno, ": mount -t tracefs nodev \(standard)")
             }
         }

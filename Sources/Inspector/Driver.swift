@@ -58,8 +58,8 @@ public final class InspectorDriver {
     /// A source's own message on the status line; a note does not cover an error already there (a bad theme).
     private func notify(_ n: (text: String, isError: Bool)) {
         guard n.isError || ui.status?.isError != true else { return }
-        // A note does not cover one shown until a key (the demo's socket path, which a bare machine's "no tracepoint
-        // corroboration" replaced before anyone read it): it waits its turn.
+        // A note does not cover one shown until a key (the demo's socket path, which a bare machine's "no kernel
+        // cross-check" replaced before anyone read it): it waits its turn.
         if !n.isError && ui.noteUntilKey && ui.status != nil {
             if ui.laterNotes.count < InspectorUI.laterNotesLimit && !ui.laterNotes.contains(n.text) { ui.laterNotes.append(n.text) }
             return
