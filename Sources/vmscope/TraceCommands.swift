@@ -545,7 +545,9 @@ struct TopCommand: ParsableCommand {
         usleep(useconds_t(interval * 1e6))
         let after = try HostVMs.sample(traced: traced, cache: cache)
         let rows = HostVMs.rows(before: before, after: after, intervalNs: HostClock.monotonicNs() - t0)
-        print(json ? JSON.object([("vms", .array(rows.map(\.json)))]).serialized : Self.table(rows, notTraced: notTraced))
+        // In JSON too, why the traced counters are missing (a script sees no `traced_*` key otherwise, and no reason).
+        print(json ? JSON.object([("vms", .array(rows.map(\.json))), ("not-traced", .opt(notTraced.map(JSON.string)))]).serialized
+                   : Self.table(rows, notTraced: notTraced))
     }
 
     static func table(_ rows: [HostVMs.Row], notTraced: String? = nil) -> String {

@@ -1,5 +1,6 @@
 import Foundation
 import HostTracing
+@testable import Schema
 import Testing
 
 /// A fresh machine has the Swift toolchain, ncursesw, zlib and tmux, nothing else (issue 27): the optional system
@@ -60,11 +61,15 @@ import Testing
         let r = try Binary.run(["top", "--once"], prefix: ["/usr/bin/timeout", "-s", "KILL", "30"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains(" \(vmm.process.processIdentifier) "), "the VMM's row:\n\(r.stdout)")
+        let json = try Binary.run(["top", "--once", "--json"], prefix: ["/usr/bin/timeout", "-s", "KILL", "30"])
+        let notTraced = try JSON.parse(json.stdout)["not-traced"]
         if !Self.tracingLibrariesPresent {
             #expect(r.stdout.contains("- in USEREXIT/s and MEMFLT/s: not traced: tracing needs apt-get install libtracefs1 libtraceevent1"),
                     "\(r.stdout)")
+            #expect(notTraced?.stringValue?.contains("apt-get install libtracefs1 libtraceevent1") == true, "\(json.stdout)")
         } else if (try? TraceSession.tracingDirectory()) != nil {
             #expect(!r.stdout.contains("not traced"), "\(r.stdout)")
+            #expect(notTraced == .null, "\(json.stdout)")
         } else {
             // The libraries, but no tracefs to write: the legend says that, not a guess.
             #expect(r.stdout.contains("not traced: ") && !r.stdout.contains("needs root and libtracefs"), "\(r.stdout)")
