@@ -386,10 +386,15 @@ extension Lab {
         # vmscope lab exec: one command in the lab guest.
         \(exports.joined(separator: "\n"))
         cd \(shellQuote(directory)) || exit 126
+        # The console carries the command's output: a kernel message printed in the middle of it (a stall warning
+        # while the host is loaded) broke the JSON a test read. The kernel's warnings come after it instead.
+        echo 1 > /proc/sys/kernel/printk 2>/dev/null
         echo "VMSCOPE-LAB: output begins"
         \(command.map(shellQuote).joined(separator: " ")) 2>&1
         status=$?
         echo "VMSCOPE-LAB: output ends"
+        echo 5 > /proc/sys/kernel/printk 2>/dev/null
+        dmesg -l emerg,alert,crit,err,warn 2>/dev/null | tail -n 20
         exit $status
 
         """
