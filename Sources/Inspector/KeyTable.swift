@@ -16,7 +16,7 @@ extension InspectorUI {
         ("engine", "kernel: KVM_SET_MEMORY_ATTRIBUTES and real KVM_EXIT_MEMORY_FAULT exits; vmm: the VMM enforces the attributes with its memslots, on VM types without private memory (each record says which)"),
         ("policy", "what the VMM does on a memory fault: convert (the page to what the access wanted), pause (stop the vCPU until resumed), report (record it; the guest retries)"),
         ("map glyphs", "█ private, ░ shared, ▓▒ a cell holding both, a coloured cell faulted in the last 3 s, · not known (traced map), ◆ a guest request pending (traced map), ▒ selected"),
-        ("trace", "a row or map from KVM's tracepoints rather than the VMM's own records; +trace on a row: both saw it"),
+        ("trace", "a row or map from KVM's tracepoints rather than the VMM's own records; +trace on a row: both saw it (the kernel's cross-check of the VMM's records; none without tracing: root, libtracefs1 and libtraceevent1)"),
         ("conv", "on a memory-fault row: how long the conversion that resolved it took, exit to the vCPU's next KVM_RUN, as KVM's tracepoints timed it; its steps: request (the VMM deciding), convert (KVM_SET_MEMORY_ATTRIBUTES), re-entry (memslots, then KVM_RUN)"),
     ]
 
