@@ -38,7 +38,8 @@ public func peersBenchmarks(_ sizes: BenchSizes, vmscope: String, bench: String)
         let lab = try timedRun([vmscope, "lab", "exec", "--timeout", "1800", "--", bench, "--json", "--only", "peers"] + (sizes.repetitions > 10 ? [] : ["--smoke"]),
                                dir: dir, name: "lab")
         struct Report: Decodable { var results: [BenchResult] }
-        // The lab's console carries the kernel's messages too ("[  118.76] NOTICE: ..."): a line of them left out.
+        // The lab's console carries the kernel's messages too ("[  118.76] hrtimer: ..."). `lab exec` keeps them off it
+        // while the command runs; a line of those that still get through (an emergency) is left out here.
         let text = labReport(lab.stdout)
         guard lab.status == 0, let start = text.firstIndex(of: "{"),
               let report = try? JSONDecoder().decode(Report.self, from: Data(text[start...].utf8)) else {
