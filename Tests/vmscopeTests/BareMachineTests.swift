@@ -2,6 +2,7 @@ import Foundation
 import HostTracing
 @testable import Schema
 import Testing
+import TestSupport
 
 /// A fresh machine has the Swift toolchain, ncursesw, zlib and tmux, nothing else (issue 27): the optional system
 /// libraries are loaded at run time, never linked, and their absence is one line naming the package.
@@ -30,13 +31,8 @@ import Testing
 
     /// Where libtracefs1/libtraceevent1 are absent (as on a fresh machine), `vmscope trace` says which packages to
     /// install, in one line, exit 2; where they are present it gets past loading them.
-    /// Whether libtracefs1 and libtraceevent1 are installed.
-    static let tracingLibrariesPresent = ["libtracefs.so.1", "libtraceevent.so.1"].allSatisfy { lib in
-        ["/usr/lib/x86_64-linux-gnu/", "/lib/x86_64-linux-gnu/", "/usr/lib/"].contains { FileManager.default.fileExists(atPath: $0 + lib) }
-    }
-
     @Test func traceWithoutTheLibrariesNamesThePackages() throws {
-        let present = Self.tracingLibrariesPresent
+        let present = tracingLibrariesMissing == nil
         // A pid no process has (above the kernel's largest pid_max): with the libraries, tracing stops there.
         let r = try Binary.run(["trace", "2147483000"], prefix: ["/usr/bin/timeout", "-s", "KILL", "20"])
         if present {
@@ -63,7 +59,7 @@ import Testing
         #expect(r.stdout.contains(" \(vmm.process.processIdentifier) "), "the VMM's row:\n\(r.stdout)")
         let json = try Binary.run(["top", "--once", "--json"], prefix: ["/usr/bin/timeout", "-s", "KILL", "30"])
         let notTraced = try JSON.parse(json.stdout)["not-traced"]
-        if !Self.tracingLibrariesPresent {
+        if tracingLibrariesMissing != nil {
             #expect(r.stdout.contains("- in USEREXIT/s and MEMFLT/s: not traced: tracing needs apt-get install libtracefs1 libtraceevent1"),
                     "\(r.stdout)")
             #expect(notTraced?.stringValue?.contains("apt-get install libtracefs1 libtraceevent1") == true, "\(json.stdout)")
