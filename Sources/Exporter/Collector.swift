@@ -18,9 +18,7 @@ public final class HostCollector: @unchecked Sendable {
 
     public init(logger: Logger) {
         self.logger = logger
-        do { traced = try HostVMs.TracedCounts(); tracedUnavailable = nil } catch {
-            traced = nil; tracedUnavailable = error.description
-        }
+        (traced, tracedUnavailable) = HostVMs.TracedCounts.start()
     }
 
     public func close() {

@@ -109,6 +109,12 @@ public enum HostVMs {
                                        + EventLayouts.conversionPairing, pairInKernel: .ioctlResults)
         }
 
+        /// A session started, or why none could be (the packages to install, root, tracefs): what `top` and the
+        /// exporter show in place of the traced counters.
+        public static func start() -> (counts: TracedCounts?, unavailable: String?) {
+            do { return (try TracedCounts(), nil) } catch { return (nil, error.description) }
+        }
+
         /// The VMMs whose conversions to pair (their threads' ioctls are traced; every process's would be far more).
         /// What is kept of processes that have ended goes (`TracedTally.follow`).
         public func follow(_ pids: Set<Int32>) {

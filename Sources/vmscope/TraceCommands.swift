@@ -420,9 +420,7 @@ struct TopCommand: ParsableCommand {
     /// The table, sampled every `interval`; Enter opens the inspector on the selected VM (its control socket when
     /// one is found and answers, else a trace-only view), q there comes back here.
     private func interactive() throws(TraceError) {
-        let traced: HostVMs.TracedCounts?
-        var tracedWhy: String?
-        do { traced = try HostVMs.TracedCounts() } catch { traced = nil; tracedWhy = error.description }
+        let (traced, tracedWhy) = HostVMs.TracedCounts.start()
         let cache = HostVMs.SampleCache()
         var previous = try HostVMs.sample(traced: traced, cache: cache)
         var sampledAt = HostClock.monotonicNs()
@@ -536,9 +534,7 @@ struct TopCommand: ParsableCommand {
     private func printOnce() throws(TraceError) {
         // Exits to userspace and MMIO counted from tracepoints too, where tracing can start (else those columns are -,
         // and the legend says why: which packages to install, or root).
-        let traced: HostVMs.TracedCounts?
-        var notTraced: String?
-        do { traced = try HostVMs.TracedCounts() } catch { traced = nil; notTraced = error.description }
+        let (traced, notTraced) = HostVMs.TracedCounts.start()
         let t0 = HostClock.monotonicNs()
         let cache = HostVMs.SampleCache()
         let before = try HostVMs.sample(traced: traced, cache: cache)
